@@ -1,0 +1,243 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class AuditLevel(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    AUDIT_LEVEL_UNSPECIFIED: _ClassVar[AuditLevel]
+    AUDIT_LEVEL_OFF: _ClassVar[AuditLevel]
+    AUDIT_LEVEL_SUMMARY: _ClassVar[AuditLevel]
+    AUDIT_LEVEL_FULL: _ClassVar[AuditLevel]
+    AUDIT_LEVEL_FULL_WITH_ALLOWED_SETS: _ClassVar[AuditLevel]
+
+class LifecyclePhase(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    LIFECYCLE_PHASE_UNSPECIFIED: _ClassVar[LifecyclePhase]
+    LIFECYCLE_PHASE_ADDED: _ClassVar[LifecyclePhase]
+    LIFECYCLE_PHASE_SCHEDULED: _ClassVar[LifecyclePhase]
+    LIFECYCLE_PHASE_RESUMED: _ClassVar[LifecyclePhase]
+    LIFECYCLE_PHASE_PREEMPTED: _ClassVar[LifecyclePhase]
+    LIFECYCLE_PHASE_FINISHED: _ClassVar[LifecyclePhase]
+    LIFECYCLE_PHASE_ABORTED: _ClassVar[LifecyclePhase]
+AUDIT_LEVEL_UNSPECIFIED: AuditLevel
+AUDIT_LEVEL_OFF: AuditLevel
+AUDIT_LEVEL_SUMMARY: AuditLevel
+AUDIT_LEVEL_FULL: AuditLevel
+AUDIT_LEVEL_FULL_WITH_ALLOWED_SETS: AuditLevel
+LIFECYCLE_PHASE_UNSPECIFIED: LifecyclePhase
+LIFECYCLE_PHASE_ADDED: LifecyclePhase
+LIFECYCLE_PHASE_SCHEDULED: LifecyclePhase
+LIFECYCLE_PHASE_RESUMED: LifecyclePhase
+LIFECYCLE_PHASE_PREEMPTED: LifecyclePhase
+LIFECYCLE_PHASE_FINISHED: LifecyclePhase
+LIFECYCLE_PHASE_ABORTED: LifecyclePhase
+
+class RequestLifecycle(_message.Message):
+    __slots__ = ("phase", "num_prompt_tokens", "num_output_tokens", "finish_reason", "status", "max_tokens", "structured_output")
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    NUM_PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    NUM_OUTPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    STRUCTURED_OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    phase: LifecyclePhase
+    num_prompt_tokens: int
+    num_output_tokens: int
+    finish_reason: str
+    status: str
+    max_tokens: int
+    structured_output: bool
+    def __init__(self, phase: _Optional[_Union[LifecyclePhase, str]] = ..., num_prompt_tokens: _Optional[int] = ..., num_output_tokens: _Optional[int] = ..., finish_reason: _Optional[str] = ..., status: _Optional[str] = ..., max_tokens: _Optional[int] = ..., structured_output: _Optional[bool] = ...) -> None: ...
+
+class GrammarCompiled(_message.Message):
+    __slots__ = ("backend", "spec_type", "compile_ms", "error", "spec_sha256")
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
+    SPEC_TYPE_FIELD_NUMBER: _ClassVar[int]
+    COMPILE_MS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    SPEC_SHA256_FIELD_NUMBER: _ClassVar[int]
+    backend: str
+    spec_type: str
+    compile_ms: float
+    error: str
+    spec_sha256: str
+    def __init__(self, backend: _Optional[str] = ..., spec_type: _Optional[str] = ..., compile_ms: _Optional[float] = ..., error: _Optional[str] = ..., spec_sha256: _Optional[str] = ...) -> None: ...
+
+class StructuredOutputStep(_message.Message):
+    __slots__ = ("step", "accepted_tokens", "allowed_tokens", "accepted", "terminated", "allowed_bitmask", "vocab_size")
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    ACCEPTED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    ALLOWED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    TERMINATED_FIELD_NUMBER: _ClassVar[int]
+    ALLOWED_BITMASK_FIELD_NUMBER: _ClassVar[int]
+    VOCAB_SIZE_FIELD_NUMBER: _ClassVar[int]
+    step: int
+    accepted_tokens: _containers.RepeatedScalarFieldContainer[int]
+    allowed_tokens: int
+    accepted: bool
+    terminated: bool
+    allowed_bitmask: bytes
+    vocab_size: int
+    def __init__(self, step: _Optional[int] = ..., accepted_tokens: _Optional[_Iterable[int]] = ..., allowed_tokens: _Optional[int] = ..., accepted: _Optional[bool] = ..., terminated: _Optional[bool] = ..., allowed_bitmask: _Optional[bytes] = ..., vocab_size: _Optional[int] = ...) -> None: ...
+
+class StructuredOutputSummary(_message.Message):
+    __slots__ = ("backend", "steps", "accepted_tokens", "rejected_tokens", "allowed_tokens_min", "allowed_tokens_max", "allowed_tokens_mean", "terminated", "rollbacks", "first_rejected_token", "first_rejected_step")
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    ACCEPTED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    ALLOWED_TOKENS_MIN_FIELD_NUMBER: _ClassVar[int]
+    ALLOWED_TOKENS_MAX_FIELD_NUMBER: _ClassVar[int]
+    ALLOWED_TOKENS_MEAN_FIELD_NUMBER: _ClassVar[int]
+    TERMINATED_FIELD_NUMBER: _ClassVar[int]
+    ROLLBACKS_FIELD_NUMBER: _ClassVar[int]
+    FIRST_REJECTED_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    FIRST_REJECTED_STEP_FIELD_NUMBER: _ClassVar[int]
+    backend: str
+    steps: int
+    accepted_tokens: int
+    rejected_tokens: int
+    allowed_tokens_min: int
+    allowed_tokens_max: int
+    allowed_tokens_mean: float
+    terminated: bool
+    rollbacks: int
+    first_rejected_token: int
+    first_rejected_step: int
+    def __init__(self, backend: _Optional[str] = ..., steps: _Optional[int] = ..., accepted_tokens: _Optional[int] = ..., rejected_tokens: _Optional[int] = ..., allowed_tokens_min: _Optional[int] = ..., allowed_tokens_max: _Optional[int] = ..., allowed_tokens_mean: _Optional[float] = ..., terminated: _Optional[bool] = ..., rollbacks: _Optional[int] = ..., first_rejected_token: _Optional[int] = ..., first_rejected_step: _Optional[int] = ...) -> None: ...
+
+class EngineStats(_message.Message):
+    __slots__ = ("engine_index", "num_running_reqs", "num_waiting_reqs", "kv_cache_usage", "prefix_cache_queries", "prefix_cache_hits", "prompt_tokens", "generation_tokens", "num_preempted_reqs", "spec_decode_num_drafts", "spec_decode_num_draft_tokens", "spec_decode_num_accepted_tokens")
+    ENGINE_INDEX_FIELD_NUMBER: _ClassVar[int]
+    NUM_RUNNING_REQS_FIELD_NUMBER: _ClassVar[int]
+    NUM_WAITING_REQS_FIELD_NUMBER: _ClassVar[int]
+    KV_CACHE_USAGE_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_CACHE_QUERIES_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_CACHE_HITS_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    NUM_PREEMPTED_REQS_FIELD_NUMBER: _ClassVar[int]
+    SPEC_DECODE_NUM_DRAFTS_FIELD_NUMBER: _ClassVar[int]
+    SPEC_DECODE_NUM_DRAFT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    SPEC_DECODE_NUM_ACCEPTED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    engine_index: int
+    num_running_reqs: int
+    num_waiting_reqs: int
+    kv_cache_usage: float
+    prefix_cache_queries: int
+    prefix_cache_hits: int
+    prompt_tokens: int
+    generation_tokens: int
+    num_preempted_reqs: int
+    spec_decode_num_drafts: int
+    spec_decode_num_draft_tokens: int
+    spec_decode_num_accepted_tokens: int
+    def __init__(self, engine_index: _Optional[int] = ..., num_running_reqs: _Optional[int] = ..., num_waiting_reqs: _Optional[int] = ..., kv_cache_usage: _Optional[float] = ..., prefix_cache_queries: _Optional[int] = ..., prefix_cache_hits: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., generation_tokens: _Optional[int] = ..., num_preempted_reqs: _Optional[int] = ..., spec_decode_num_drafts: _Optional[int] = ..., spec_decode_num_draft_tokens: _Optional[int] = ..., spec_decode_num_accepted_tokens: _Optional[int] = ...) -> None: ...
+
+class HttpRequest(_message.Message):
+    __slots__ = ("method", "path", "client_ip", "user", "model", "status_code", "auth_status", "api_key_sha256", "stream", "prompt", "output", "capture_policy", "prompt_tokens", "completion_tokens", "latency_ms", "ttft_ms", "error", "user_agent", "response_bytes", "tenant", "vllm_request_id")
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_IP_FIELD_NUMBER: _ClassVar[int]
+    USER_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    STATUS_CODE_FIELD_NUMBER: _ClassVar[int]
+    AUTH_STATUS_FIELD_NUMBER: _ClassVar[int]
+    API_KEY_SHA256_FIELD_NUMBER: _ClassVar[int]
+    STREAM_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    CAPTURE_POLICY_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
+    TTFT_MS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    USER_AGENT_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    VLLM_REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    method: str
+    path: str
+    client_ip: str
+    user: str
+    model: str
+    status_code: int
+    auth_status: str
+    api_key_sha256: str
+    stream: bool
+    prompt: str
+    output: str
+    capture_policy: str
+    prompt_tokens: int
+    completion_tokens: int
+    latency_ms: float
+    ttft_ms: float
+    error: str
+    user_agent: str
+    response_bytes: int
+    tenant: str
+    vllm_request_id: str
+    def __init__(self, method: _Optional[str] = ..., path: _Optional[str] = ..., client_ip: _Optional[str] = ..., user: _Optional[str] = ..., model: _Optional[str] = ..., status_code: _Optional[int] = ..., auth_status: _Optional[str] = ..., api_key_sha256: _Optional[str] = ..., stream: _Optional[bool] = ..., prompt: _Optional[str] = ..., output: _Optional[str] = ..., capture_policy: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., latency_ms: _Optional[float] = ..., ttft_ms: _Optional[float] = ..., error: _Optional[str] = ..., user_agent: _Optional[str] = ..., response_bytes: _Optional[int] = ..., tenant: _Optional[str] = ..., vllm_request_id: _Optional[str] = ...) -> None: ...
+
+class Event(_message.Message):
+    __slots__ = ("time_unix_nano", "request_id", "lifecycle", "grammar_compiled", "so_step", "so_summary", "engine_stats", "http")
+    TIME_UNIX_NANO_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    LIFECYCLE_FIELD_NUMBER: _ClassVar[int]
+    GRAMMAR_COMPILED_FIELD_NUMBER: _ClassVar[int]
+    SO_STEP_FIELD_NUMBER: _ClassVar[int]
+    SO_SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    ENGINE_STATS_FIELD_NUMBER: _ClassVar[int]
+    HTTP_FIELD_NUMBER: _ClassVar[int]
+    time_unix_nano: int
+    request_id: str
+    lifecycle: RequestLifecycle
+    grammar_compiled: GrammarCompiled
+    so_step: StructuredOutputStep
+    so_summary: StructuredOutputSummary
+    engine_stats: EngineStats
+    http: HttpRequest
+    def __init__(self, time_unix_nano: _Optional[int] = ..., request_id: _Optional[str] = ..., lifecycle: _Optional[_Union[RequestLifecycle, _Mapping]] = ..., grammar_compiled: _Optional[_Union[GrammarCompiled, _Mapping]] = ..., so_step: _Optional[_Union[StructuredOutputStep, _Mapping]] = ..., so_summary: _Optional[_Union[StructuredOutputSummary, _Mapping]] = ..., engine_stats: _Optional[_Union[EngineStats, _Mapping]] = ..., http: _Optional[_Union[HttpRequest, _Mapping]] = ...) -> None: ...
+
+class GapMarker(_message.Message):
+    __slots__ = ("dropped_by_reason", "first_missing_seq", "last_missing_seq")
+    class DroppedByReasonEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    DROPPED_BY_REASON_FIELD_NUMBER: _ClassVar[int]
+    FIRST_MISSING_SEQ_FIELD_NUMBER: _ClassVar[int]
+    LAST_MISSING_SEQ_FIELD_NUMBER: _ClassVar[int]
+    dropped_by_reason: _containers.ScalarMap[str, int]
+    first_missing_seq: int
+    last_missing_seq: int
+    def __init__(self, dropped_by_reason: _Optional[_Mapping[str, int]] = ..., first_missing_seq: _Optional[int] = ..., last_missing_seq: _Optional[int] = ...) -> None: ...
+
+class Batch(_message.Message):
+    __slots__ = ("source_id", "seq", "events", "gap", "process_role", "pid", "model")
+    SOURCE_ID_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    GAP_FIELD_NUMBER: _ClassVar[int]
+    PROCESS_ROLE_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    source_id: str
+    seq: int
+    events: _containers.RepeatedCompositeFieldContainer[Event]
+    gap: GapMarker
+    process_role: str
+    pid: int
+    model: str
+    def __init__(self, source_id: _Optional[str] = ..., seq: _Optional[int] = ..., events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ..., gap: _Optional[_Union[GapMarker, _Mapping]] = ..., process_role: _Optional[str] = ..., pid: _Optional[int] = ..., model: _Optional[str] = ...) -> None: ...

@@ -1,0 +1,210 @@
+from vllm_audit.v1 import events_pb2 as _events_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class TrailState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TRAIL_STATE_UNSPECIFIED: _ClassVar[TrailState]
+    TRAIL_STATE_ACTIVE: _ClassVar[TrailState]
+    TRAIL_STATE_FINISHED: _ClassVar[TrailState]
+    TRAIL_STATE_ABORTED: _ClassVar[TrailState]
+    TRAIL_STATE_FAILED: _ClassVar[TrailState]
+TRAIL_STATE_UNSPECIFIED: TrailState
+TRAIL_STATE_ACTIVE: TrailState
+TRAIL_STATE_FINISHED: TrailState
+TRAIL_STATE_ABORTED: TrailState
+TRAIL_STATE_FAILED: TrailState
+
+class HealthRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class HealthResponse(_message.Message):
+    __slots__ = ("status", "uptime_s", "gpu_available", "kafka_configured", "kafka_connected", "connected_sources")
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    UPTIME_S_FIELD_NUMBER: _ClassVar[int]
+    GPU_AVAILABLE_FIELD_NUMBER: _ClassVar[int]
+    KAFKA_CONFIGURED_FIELD_NUMBER: _ClassVar[int]
+    KAFKA_CONNECTED_FIELD_NUMBER: _ClassVar[int]
+    CONNECTED_SOURCES_FIELD_NUMBER: _ClassVar[int]
+    status: str
+    uptime_s: float
+    gpu_available: bool
+    kafka_configured: bool
+    kafka_connected: bool
+    connected_sources: int
+    def __init__(self, status: _Optional[str] = ..., uptime_s: _Optional[float] = ..., gpu_available: _Optional[bool] = ..., kafka_configured: _Optional[bool] = ..., kafka_connected: _Optional[bool] = ..., connected_sources: _Optional[int] = ...) -> None: ...
+
+class StatsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class StatsResponse(_message.Message):
+    __slots__ = ("batches_ingested", "events_ingested", "duplicate_batches", "hook_dropped_by_reason", "trails_active", "trails_finished", "trails_evicted", "trail_store_bytes", "wal_bytes", "records_published", "agent_dropped_by_reason", "latest_engine_stats", "audit_level")
+    class HookDroppedByReasonEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    class AgentDroppedByReasonEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    BATCHES_INGESTED_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_INGESTED_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATE_BATCHES_FIELD_NUMBER: _ClassVar[int]
+    HOOK_DROPPED_BY_REASON_FIELD_NUMBER: _ClassVar[int]
+    TRAILS_ACTIVE_FIELD_NUMBER: _ClassVar[int]
+    TRAILS_FINISHED_FIELD_NUMBER: _ClassVar[int]
+    TRAILS_EVICTED_FIELD_NUMBER: _ClassVar[int]
+    TRAIL_STORE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    WAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    RECORDS_PUBLISHED_FIELD_NUMBER: _ClassVar[int]
+    AGENT_DROPPED_BY_REASON_FIELD_NUMBER: _ClassVar[int]
+    LATEST_ENGINE_STATS_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_LEVEL_FIELD_NUMBER: _ClassVar[int]
+    batches_ingested: int
+    events_ingested: int
+    duplicate_batches: int
+    hook_dropped_by_reason: _containers.ScalarMap[str, int]
+    trails_active: int
+    trails_finished: int
+    trails_evicted: int
+    trail_store_bytes: int
+    wal_bytes: int
+    records_published: int
+    agent_dropped_by_reason: _containers.ScalarMap[str, int]
+    latest_engine_stats: _events_pb2.EngineStats
+    audit_level: _events_pb2.AuditLevel
+    def __init__(self, batches_ingested: _Optional[int] = ..., events_ingested: _Optional[int] = ..., duplicate_batches: _Optional[int] = ..., hook_dropped_by_reason: _Optional[_Mapping[str, int]] = ..., trails_active: _Optional[int] = ..., trails_finished: _Optional[int] = ..., trails_evicted: _Optional[int] = ..., trail_store_bytes: _Optional[int] = ..., wal_bytes: _Optional[int] = ..., records_published: _Optional[int] = ..., agent_dropped_by_reason: _Optional[_Mapping[str, int]] = ..., latest_engine_stats: _Optional[_Union[_events_pb2.EngineStats, _Mapping]] = ..., audit_level: _Optional[_Union[_events_pb2.AuditLevel, str]] = ...) -> None: ...
+
+class TrailSummary(_message.Message):
+    __slots__ = ("request_id", "engine_request_ids", "state", "created_unix_ms", "finished_unix_ms", "model", "user", "client_ip", "status_code", "auth_status", "finish_reason", "prompt_tokens", "completion_tokens", "latency_ms", "ttft_ms", "grammar_backend", "grammar_spec_type", "grammar_error", "structured_output", "audit_level", "num_events", "prompt", "output", "api_key_sha256", "error", "stream", "preemptions")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    ENGINE_REQUEST_IDS_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    CREATED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    USER_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_IP_FIELD_NUMBER: _ClassVar[int]
+    STATUS_CODE_FIELD_NUMBER: _ClassVar[int]
+    AUTH_STATUS_FIELD_NUMBER: _ClassVar[int]
+    FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
+    TTFT_MS_FIELD_NUMBER: _ClassVar[int]
+    GRAMMAR_BACKEND_FIELD_NUMBER: _ClassVar[int]
+    GRAMMAR_SPEC_TYPE_FIELD_NUMBER: _ClassVar[int]
+    GRAMMAR_ERROR_FIELD_NUMBER: _ClassVar[int]
+    STRUCTURED_OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_LEVEL_FIELD_NUMBER: _ClassVar[int]
+    NUM_EVENTS_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    API_KEY_SHA256_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    STREAM_FIELD_NUMBER: _ClassVar[int]
+    PREEMPTIONS_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    engine_request_ids: _containers.RepeatedScalarFieldContainer[str]
+    state: TrailState
+    created_unix_ms: int
+    finished_unix_ms: int
+    model: str
+    user: str
+    client_ip: str
+    status_code: int
+    auth_status: str
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    latency_ms: float
+    ttft_ms: float
+    grammar_backend: str
+    grammar_spec_type: str
+    grammar_error: str
+    structured_output: _events_pb2.StructuredOutputSummary
+    audit_level: _events_pb2.AuditLevel
+    num_events: int
+    prompt: str
+    output: str
+    api_key_sha256: str
+    error: str
+    stream: bool
+    preemptions: int
+    def __init__(self, request_id: _Optional[str] = ..., engine_request_ids: _Optional[_Iterable[str]] = ..., state: _Optional[_Union[TrailState, str]] = ..., created_unix_ms: _Optional[int] = ..., finished_unix_ms: _Optional[int] = ..., model: _Optional[str] = ..., user: _Optional[str] = ..., client_ip: _Optional[str] = ..., status_code: _Optional[int] = ..., auth_status: _Optional[str] = ..., finish_reason: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., latency_ms: _Optional[float] = ..., ttft_ms: _Optional[float] = ..., grammar_backend: _Optional[str] = ..., grammar_spec_type: _Optional[str] = ..., grammar_error: _Optional[str] = ..., structured_output: _Optional[_Union[_events_pb2.StructuredOutputSummary, _Mapping]] = ..., audit_level: _Optional[_Union[_events_pb2.AuditLevel, str]] = ..., num_events: _Optional[int] = ..., prompt: _Optional[str] = ..., output: _Optional[str] = ..., api_key_sha256: _Optional[str] = ..., error: _Optional[str] = ..., stream: _Optional[bool] = ..., preemptions: _Optional[int] = ...) -> None: ...
+
+class ListTrailsRequest(_message.Message):
+    __slots__ = ("model", "user", "state", "finish_reason", "since_unix_ms", "until_unix_ms", "structured_only", "page_size", "page_token")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    USER_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
+    SINCE_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    UNTIL_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    STRUCTURED_ONLY_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    user: str
+    state: TrailState
+    finish_reason: str
+    since_unix_ms: int
+    until_unix_ms: int
+    structured_only: bool
+    page_size: int
+    page_token: str
+    def __init__(self, model: _Optional[str] = ..., user: _Optional[str] = ..., state: _Optional[_Union[TrailState, str]] = ..., finish_reason: _Optional[str] = ..., since_unix_ms: _Optional[int] = ..., until_unix_ms: _Optional[int] = ..., structured_only: _Optional[bool] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListTrailsResponse(_message.Message):
+    __slots__ = ("trails", "next_page_token")
+    TRAILS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    trails: _containers.RepeatedCompositeFieldContainer[TrailSummary]
+    next_page_token: str
+    def __init__(self, trails: _Optional[_Iterable[_Union[TrailSummary, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class GetTrailRequest(_message.Message):
+    __slots__ = ("request_id", "include_events")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_EVENTS_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    include_events: bool
+    def __init__(self, request_id: _Optional[str] = ..., include_events: _Optional[bool] = ...) -> None: ...
+
+class GetTrailResponse(_message.Message):
+    __slots__ = ("summary", "events")
+    SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    summary: TrailSummary
+    events: _containers.RepeatedCompositeFieldContainer[_events_pb2.Event]
+    def __init__(self, summary: _Optional[_Union[TrailSummary, _Mapping]] = ..., events: _Optional[_Iterable[_Union[_events_pb2.Event, _Mapping]]] = ...) -> None: ...
+
+class SetAuditLevelRequest(_message.Message):
+    __slots__ = ("level",)
+    LEVEL_FIELD_NUMBER: _ClassVar[int]
+    level: _events_pb2.AuditLevel
+    def __init__(self, level: _Optional[_Union[_events_pb2.AuditLevel, str]] = ...) -> None: ...
+
+class SetAuditLevelResponse(_message.Message):
+    __slots__ = ("level", "version", "sources_notified")
+    LEVEL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    SOURCES_NOTIFIED_FIELD_NUMBER: _ClassVar[int]
+    level: _events_pb2.AuditLevel
+    version: int
+    sources_notified: int
+    def __init__(self, level: _Optional[_Union[_events_pb2.AuditLevel, str]] = ..., version: _Optional[int] = ..., sources_notified: _Optional[int] = ...) -> None: ...

@@ -1,0 +1,1 @@
+"""vllm-audit hook (stub)."""
