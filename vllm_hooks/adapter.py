@@ -1,0 +1,292 @@
+"""The only module that touches vLLM internals. A vLLM upgrade should touch this file alone.
+
+Hook points (vLLM 0.32, CPU build; line numbers drift):
+
+- `vllm.v1.engine.core.EngineCore.__init__` calls `load_general_plugins()` *first*, then builds
+  the scheduler. Patching `EngineCore.__init__` from `register()` would be too late for the
+  running construction, so we patch `Scheduler.__init__` (vllm.v1.core.sched.scheduler), whose
+  instance is created afterwards in the same process, and wrap the *instance*:
+  `add_request` (ADDED), `schedule` (SCHEDULED / RESUMED / PREEMPTED from SchedulerOutput's
+  `scheduled_new_reqs`, `scheduled_cached_reqs.resumed_req_ids`, `preempted_req_ids`) and
+  `_free_request` (every finish: stop, length, abort, error — aborts arrive through
+  `finish_requests`, which calls it too).
+- Structured output (EngineCore process): `StructuredOutputManager._create_grammar` (compile
+  time, backend, spec type, errors) returns our delegating proxy; `grammar_bitmask` returns the
+  int32 array whose rows we popcount once per step. Rows: per structured request in
+  `structured_output_request_ids` order, one per scheduled speculative token, then the bonus
+  row (the one used to sample the next token).
+- Stats: `StatLoggerBase` subclasses come from the `vllm.stat_logger_plugins` entry point in
+  `vllm serve`; the offline `LLM` loads no plugins there, so `StatLoggerManager.__init__` is
+  wrapped to add ours (de-duplicated).
+- Request ids: the API server uses `chatcmpl-<X-Request-Id>` / `cmpl-<X-Request-Id>`, and
+  `InputProcessor.assign_request_id` appends `-<8 random chars>`; the agent correlates on that.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import time
+from typing import Any
+
+from vllm.v1.core.sched.scheduler import Scheduler
+from vllm.v1.metrics.loggers import StatLoggerBase, StatLoggerManager
+from vllm.v1.request import RequestStatus
+
+from . import raw_events as raw
+from .errors import ERRORS
+from .grammar_tap import AuditedGrammar, BitmaskTap
+from .runtime import HookRuntime, get_runtime
+from .settings import Level
+
+__all__ = ["StatLoggerBase", "install"]
+
+_SUMMARY = int(Level.SUMMARY)
+_FULL = int(Level.FULL)
+
+# vllm_audit.v1.LifecyclePhase values.
+ADDED, SCHEDULED, RESUMED, PREEMPTED, FINISHED, ABORTED = 1, 2, 3, 4, 5, 6
+
+_installed = False
+
+
+def install() -> None:
+    """Patches vLLM classes. Called once per process by register() under its lock."""
+    global _installed
+    if _installed:
+        return
+    _installed = True
+    _patch_scheduler_init()
+    _patch_stat_logger_manager()
+
+
+# -- scheduler lifecycle ------------------------------------------------------------------
+def _patch_scheduler_init() -> None:
+    original = Scheduler.__init__
+
+    @functools.wraps(original)
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        if getattr(self, "_vllm_audit_wrapped", False):
+            return  # a subclass calling super().__init__ already wrapped it
+        try:
+            wrap_scheduler(self, get_runtime("engine_core"))
+        except Exception as exc:
+            ERRORS.record("adapter.wrap_scheduler", exc)
+
+    Scheduler.__init__ = __init__  # type: ignore[method-assign]
+
+
+def wrap_scheduler(sched: Any, rt: HookRuntime) -> None:
+    sched._vllm_audit_wrapped = True
+    offer = rt.buffer.offer
+    orig_add = sched.add_request
+    orig_schedule = sched.schedule
+    orig_free = sched._free_request
+
+    def add_request(request: Any) -> None:
+        orig_add(request)
+        if rt.level >= _SUMMARY:
+            try:
+                offer(
+                    (
+                        raw.LIFECYCLE,
+                        time.time_ns(),
+                        request.request_id,
+                        ADDED,
+                        request.num_prompt_tokens,
+                        0,
+                        "",
+                        "",
+                        request.max_tokens or 0,
+                        request.use_structured_output,
+                    )
+                )
+            except Exception as exc:
+                ERRORS.record("scheduler.add_request", exc)
+
+    def schedule(*args: Any, **kwargs: Any) -> Any:
+        out = orig_schedule(*args, **kwargs)
+        if rt.level >= _SUMMARY:
+            try:
+                _offer_schedule(out, offer)
+            except Exception as exc:
+                ERRORS.record("scheduler.schedule", exc)
+        return out
+
+    def _free_request(request: Any, *args: Any, **kwargs: Any) -> Any:
+        if rt.level >= _SUMMARY:
+            try:
+                _offer_finished(request, offer)
+            except Exception as exc:
+                ERRORS.record("scheduler.free_request", exc)
+        return orig_free(request, *args, **kwargs)
+
+    sched.add_request = add_request
+    sched.schedule = schedule
+    sched._free_request = _free_request
+
+    manager = getattr(sched, "structured_output_manager", None)
+    if manager is not None:
+        vocab_size = int(manager.vllm_config.model_config.get_vocab_size())
+        wrap_structured_output_manager(manager, BitmaskTap(rt, vocab_size))
+
+
+def _offer_schedule(out: Any, offer: Any) -> None:
+    now = time.time_ns()
+    for new in out.scheduled_new_reqs:
+        offer((raw.LIFECYCLE, now, new.req_id, SCHEDULED, 0, 0, "", "", 0, False))
+    for req_id in out.scheduled_cached_reqs.resumed_req_ids:
+        offer((raw.LIFECYCLE, now, req_id, RESUMED, 0, 0, "", "", 0, False))
+    for req_id in out.preempted_req_ids or ():
+        offer((raw.LIFECYCLE, now, req_id, PREEMPTED, 0, 0, "", "", 0, False))
+
+
+def _offer_finished(request: Any, offer: Any) -> None:
+    status = request.status
+    reason = request.get_finished_reason()
+    phase = ABORTED if status == RequestStatus.FINISHED_ABORTED else FINISHED
+    now = time.time_ns()
+    so = request.structured_output_request
+    grammar = getattr(so, "_grammar", None) if so is not None else None
+    if isinstance(grammar, AuditedGrammar):
+        offer(grammar.summary_event())
+    offer(
+        (
+            raw.LIFECYCLE,
+            now,
+            request.request_id,
+            phase,
+            request.num_prompt_tokens,
+            request.num_output_tokens,
+            str(reason) if reason is not None else "",
+            status.name,
+            request.max_tokens or 0,
+            request.use_structured_output,
+        )
+    )
+
+
+# -- structured output ----------------------------------------------------------------------
+_SPEC_TYPES = {
+    "JSON": "json",
+    "JSON_OBJECT": "json_object",
+    "REGEX": "regex",
+    "GRAMMAR": "grammar",
+    "CHOICE": "choice",
+    "STRUCTURAL_TAG": "structural_tag",
+}
+
+
+def wrap_structured_output_manager(manager: Any, tap: BitmaskTap) -> None:
+    rt = tap.runtime
+    offer = rt.buffer.offer
+    orig_create = manager._create_grammar
+    orig_bitmask = manager.grammar_bitmask
+
+    def _create_grammar(request: Any) -> Any:
+        if rt.level < _SUMMARY:
+            return orig_create(request)
+        start = time.perf_counter()
+        try:
+            grammar = orig_create(request)
+        except Exception as exc:
+            try:
+                offer(_grammar_event(request, start, repr(exc)))
+            except Exception as inner:
+                ERRORS.record("grammar.create.error_event", inner)
+            raise
+        try:
+            offer(_grammar_event(request, start, ""))
+            backend = _backend_name(request)
+            return AuditedGrammar(grammar, request.request_id, tap, backend)
+        except Exception as exc:
+            ERRORS.record("grammar.create", exc)
+            return grammar
+
+    def grammar_bitmask(
+        requests: dict[str, Any],
+        structured_output_request_ids: list[str],
+        scheduled_spec_decode_tokens: dict[str, list[int]],
+    ) -> Any:
+        tap.filling = True
+        try:
+            bitmask = orig_bitmask(
+                requests, structured_output_request_ids, scheduled_spec_decode_tokens
+            )
+        finally:
+            tap.filling = False
+        if bitmask is not None and rt.level >= _FULL:
+            try:
+                tap.assign(
+                    bitmask,
+                    _bonus_rows(requests, structured_output_request_ids,
+                                scheduled_spec_decode_tokens, bitmask.shape[0]),
+                )
+            except Exception as exc:
+                ERRORS.record("grammar.bitmask", exc)
+        return bitmask
+
+    manager._create_grammar = _create_grammar
+    manager.grammar_bitmask = grammar_bitmask
+
+
+def _bonus_rows(
+    requests: dict[str, Any],
+    request_ids: list[str],
+    spec_tokens: dict[str, list[int]],
+    n_rows: int,
+) -> list[tuple[Any, int]]:
+    rows: list[tuple[Any, int]] = []
+    index = 0
+    for req_id in request_ids:
+        index += len(spec_tokens.get(req_id, ()))
+        if index >= n_rows:
+            break
+        so = requests[req_id].structured_output_request
+        rows.append((getattr(so, "_grammar", None), index))
+        index += 1
+    return rows
+
+
+def _backend_name(request: Any) -> str:
+    params = request.sampling_params.structured_outputs
+    return str(getattr(params, "_backend", None) or "unknown")
+
+
+def _grammar_event(request: Any, start: float, error: str) -> tuple[Any, ...]:
+    so = request.structured_output_request
+    spec_type, spec = so.structured_output_key
+    name = getattr(spec_type, "name", str(spec_type))
+    return (
+        raw.GRAMMAR,
+        time.time_ns(),
+        request.request_id,
+        _backend_name(request),
+        _SPEC_TYPES.get(name, name.lower()),
+        (time.perf_counter() - start) * 1000.0,
+        error,
+        hashlib.sha256(str(spec).encode()).hexdigest(),
+    )
+
+
+# -- stats ----------------------------------------------------------------------------------
+def _patch_stat_logger_manager() -> None:
+    original = StatLoggerManager.__init__
+
+    @functools.wraps(original)
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        from .stat_logger import AuditStatLogger
+
+        try:
+            custom = kwargs.get("custom_stat_loggers")
+            if len(args) < 3:  # custom_stat_loggers is the third positional parameter
+                factories = list(custom or [])
+                if AuditStatLogger not in factories:
+                    factories.append(AuditStatLogger)
+                kwargs["custom_stat_loggers"] = factories
+        except Exception as exc:
+            ERRORS.record("adapter.stat_logger_manager", exc)
+        original(self, *args, **kwargs)
+
+    StatLoggerManager.__init__ = __init__  # type: ignore[method-assign]

@@ -1,0 +1,256 @@
+"""Pure ASGI middleware for `vllm serve`: one audit event per HTTP request.
+
+Use: `--middleware vllm_hooks.middleware.AuditMiddleware`. It sees the client address,
+headers, the request body (model, user, prompt or messages), the response status (401 from
+vLLM's own API-key check), the response bytes and, after the response,
+`scope["state"]["request_metadata"]` (vLLM's request id and final usage).
+
+It injects an `X-Request-Id` when the client sent none: vLLM derives its own request id from
+that header (`chatcmpl-<id>`), which is how the agent joins this event with the engine's.
+Only the API key's SHA-256 is recorded, never the key. Bodies are captured up to a bound;
+the capture policy (hmac by default) is applied before anything leaves the process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import uuid
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import orjson
+
+from . import raw_events as raw
+from .errors import ERRORS
+from .runtime import HookRuntime, get_runtime, settings
+from .settings import Level
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+_SUMMARY = int(Level.SUMMARY)
+#: Request and response bodies kept for the prompt/output fields (bytes); the rest is counted.
+MAX_CAPTURE_BYTES = 1 << 20
+#: Paths audited: the inference endpoints. Health checks and /metrics are not requests to audit.
+AUDITED_PREFIXES = ("/v1/", "/v2/", "/invocations", "/pooling", "/classify", "/score", "/rerank")
+
+
+class AuditMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self._rt: HookRuntime | None = None
+        try:
+            if settings().enabled:
+                self._rt = get_runtime("api_server")
+        except Exception as exc:
+            ERRORS.record("middleware.init", exc)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        rt = self._rt
+        if (
+            rt is None
+            or rt.level < _SUMMARY
+            or scope["type"] != "http"
+            or not scope.get("path", "").startswith(AUDITED_PREFIXES)
+        ):
+            await self.app(scope, receive, send)
+            return
+        try:
+            audit = _RequestAudit(scope, rt.settings.tenant_header)
+        except Exception as exc:
+            ERRORS.record("middleware.begin", exc)
+            await self.app(scope, receive, send)
+            return
+        try:
+            await self.app(audit.scope, audit.wrap_receive(receive), audit.wrap_send(send))
+        except BaseException as exc:
+            audit.error = repr(exc)
+            if audit.status == 0:
+                audit.status = 500
+            raise
+        finally:
+            try:
+                rt.buffer.offer((raw.HTTP, audit.start_ns, audit.request_id, audit.fields()))
+            except Exception as exc:
+                ERRORS.record("middleware.end", exc)
+
+
+class _RequestAudit:
+    def __init__(self, scope: Scope, tenant_header: str) -> None:
+        self.start_ns = time.time_ns()
+        self.t0 = time.perf_counter()
+        headers: list[tuple[bytes, bytes]] = list(scope.get("headers") or [])
+        lookup = {k.lower(): v for k, v in headers}
+        request_id = lookup.get(b"x-request-id")
+        if request_id is None:
+            request_id = uuid.uuid4().hex.encode()
+            headers.append((b"x-request-id", request_id))
+            scope = dict(scope)
+            scope["headers"] = headers
+        self.scope = scope
+        self.request_id = request_id.decode("latin-1")
+        auth = lookup.get(b"authorization", b"")
+        token = auth[7:] if auth[:7].lower() == b"bearer " else auth
+        self.api_key_sha256 = hashlib.sha256(token).hexdigest() if token else ""
+        self.user_agent = lookup.get(b"user-agent", b"").decode("latin-1")
+        self.tenant = lookup.get(tenant_header.encode(), b"").decode("latin-1")
+        client = scope.get("client")
+        self.client_ip = str(client[0]) if client else ""
+        self.body = bytearray()
+        self.response = bytearray()
+        self.response_bytes = 0
+        self.status = 0
+        self.ttft_ms = 0.0
+        self.stream = False
+        self.error = ""
+
+    def wrap_receive(self, receive: Receive) -> Receive:
+        async def audited_receive() -> Message:
+            message = await receive()
+            try:
+                if message.get("type") == "http.request":
+                    chunk = message.get("body", b"")
+                    room = MAX_CAPTURE_BYTES - len(self.body)
+                    if room > 0:
+                        self.body += chunk[:room]
+            except Exception as exc:
+                ERRORS.record("middleware.receive", exc)
+            return message
+
+        return audited_receive
+
+    def wrap_send(self, send: Send) -> Send:
+        async def audited_send(message: Message) -> None:
+            try:
+                kind = message.get("type")
+                if kind == "http.response.start":
+                    self.status = int(message.get("status", 0))
+                    for key, value in message.get("headers") or ():
+                        if key.lower() == b"content-type" and b"text/event-stream" in value:
+                            self.stream = True
+                elif kind == "http.response.body":
+                    chunk = message.get("body", b"")
+                    if chunk and self.ttft_ms == 0.0:
+                        self.ttft_ms = (time.perf_counter() - self.t0) * 1000.0
+                    self.response_bytes += len(chunk)
+                    room = MAX_CAPTURE_BYTES - len(self.response)
+                    if room > 0:
+                        self.response += chunk[:room]
+            except Exception as exc:
+                ERRORS.record("middleware.send", exc)
+            await send(message)
+
+        return audited_send
+
+    def fields(self) -> dict[str, Any]:
+        """Runs after the response; parsing happens here, off vLLM's request path."""
+        latency_ms = (time.perf_counter() - self.t0) * 1000.0
+        request = _json_object(bytes(self.body))
+        prompt_tokens, completion_tokens, vllm_request_id = _metadata_usage(self.scope)
+        output, usage = _response_output(bytes(self.response), self.stream)
+        if usage is not None and prompt_tokens < 0:
+            prompt_tokens = int(usage.get("prompt_tokens") or 0)
+            completion_tokens = int(usage.get("completion_tokens") or 0)
+        auth_status = "rejected" if self.status == 401 else ("ok" if self.api_key_sha256 else "none")
+        return {
+            "method": str(self.scope.get("method", "")),
+            "path": str(self.scope.get("path", "")),
+            "client_ip": self.client_ip,
+            "user": str(request.get("user") or ""),
+            "model": str(request.get("model") or ""),
+            "status_code": self.status,
+            "auth_status": auth_status,
+            "api_key_sha256": self.api_key_sha256,
+            "stream": self.stream,
+            "prompt": _prompt_text(request),
+            "output": output,
+            "prompt_tokens": max(prompt_tokens, 0),
+            "completion_tokens": max(completion_tokens, 0),
+            "latency_ms": latency_ms,
+            "ttft_ms": self.ttft_ms,
+            "error": self.error or (_error_message(bytes(self.response)) if self.status >= 400 else ""),
+            "user_agent": self.user_agent,
+            "response_bytes": self.response_bytes,
+            "tenant": self.tenant,
+            "vllm_request_id": vllm_request_id,
+        }
+
+
+def _json_object(data: bytes) -> dict[str, Any]:
+    try:
+        value = orjson.loads(data) if data else {}
+    except orjson.JSONDecodeError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _metadata_usage(scope: Scope) -> tuple[int, int, str]:
+    """vLLM's final usage from scope["state"]["request_metadata"]; -1 when absent."""
+    state = scope.get("state") or {}
+    metadata = state.get("request_metadata") if isinstance(state, dict) else None
+    if metadata is None:
+        return -1, -1, ""
+    request_id = str(getattr(metadata, "request_id", "") or "")
+    usage = getattr(metadata, "final_usage_info", None)
+    if usage is None:
+        return -1, -1, request_id
+    return int(usage.prompt_tokens or 0), int(usage.completion_tokens or 0), request_id
+
+
+def _prompt_text(request: dict[str, Any]) -> str:
+    if "messages" in request:
+        parts = []
+        for message in request.get("messages") or ():
+            if isinstance(message, dict):
+                content = message.get("content")
+                if isinstance(content, list):
+                    content = " ".join(
+                        str(p.get("text", "")) for p in content if isinstance(p, dict)
+                    )
+                parts.append(f"{message.get('role', '')}: {content or ''}")
+        return "\n".join(parts)
+    prompt = request.get("prompt", request.get("input", ""))
+    return prompt if isinstance(prompt, str) else orjson.dumps(prompt).decode()
+
+
+def _response_output(body: bytes, stream: bool) -> tuple[str, dict[str, Any] | None]:
+    """The generated text and usage, from a JSON body or from SSE chunks."""
+    if not stream:
+        obj = _json_object(body)
+        return _choices_text(obj.get("choices"), delta=False), obj.get("usage")
+    texts: list[str] = []
+    usage = None
+    for line in body.split(b"\n"):
+        if not line.startswith(b"data: ") or line.startswith(b"data: [DONE]"):
+            continue
+        obj = _json_object(line[6:])
+        texts.append(_choices_text(obj.get("choices"), delta=True))
+        usage = obj.get("usage") or usage
+    return "".join(texts), usage
+
+
+def _choices_text(choices: Any, delta: bool) -> str:
+    if not isinstance(choices, list):
+        return ""
+    out = []
+    for choice in choices:
+        if not isinstance(choice, dict):
+            continue
+        if "text" in choice:
+            out.append(str(choice.get("text") or ""))
+        else:
+            message = choice.get("delta" if delta else "message") or {}
+            out.append(str(message.get("content") or ""))
+    return "".join(out)
+
+
+def _error_message(body: bytes) -> str:
+    obj = _json_object(body)
+    error = obj.get("error")
+    if isinstance(error, dict):
+        return str(error.get("message") or "")[:1000]
+    return str(error or obj.get("detail") or "")[:1000]

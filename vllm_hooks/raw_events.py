@@ -1,0 +1,93 @@
+"""Raw event tuples offered on vLLM's threads, and their conversion to protobuf.
+
+The hot path builds a plain tuple (cheap, no allocation beyond the tuple); the sender thread
+converts whole batches to `vllm_audit.v1.Event` messages. The first element is the kind.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vllm_audit.v1 import events_pb2 as pb
+
+from .capture import CapturePolicy
+from .settings import HookSettings
+
+# (KIND, time_ns, request_id, phase, n_prompt, n_output, finish_reason, status, max_tokens, so)
+LIFECYCLE = 1
+# (KIND, time_ns, request_id, backend, spec_type, compile_ms, error, spec_sha256)
+GRAMMAR = 2
+# (KIND, time_ns, request_id, step, tokens, allowed, accepted, terminated, bitmask, vocab)
+STEP = 3
+# (KIND, time_ns, request_id, backend, steps, accepted, rejected, allowed_min, allowed_max,
+#  allowed_mean, terminated, rollbacks, first_rejected_token, first_rejected_step)
+SO_SUMMARY = 4
+# (KIND, time_ns, "", dict of EngineStats fields)
+STATS = 5
+# (KIND, time_ns, x_request_id, dict of HttpRequest fields before the capture policy)
+HTTP = 6
+
+
+class EventConverter:
+    def __init__(self, settings: HookSettings, policy: CapturePolicy) -> None:
+        self.settings = settings
+        self.policy = policy
+
+    def to_proto(self, raw: tuple[Any, ...]) -> pb.Event:
+        kind = raw[0]
+        event = pb.Event(time_unix_nano=raw[1], request_id=raw[2])
+        if kind == LIFECYCLE:
+            lc = event.lifecycle
+            lc.phase = raw[3]
+            lc.num_prompt_tokens = raw[4]
+            lc.num_output_tokens = raw[5]
+            lc.finish_reason = raw[6]
+            lc.status = raw[7]
+            lc.max_tokens = raw[8]
+            lc.structured_output = raw[9]
+        elif kind == GRAMMAR:
+            gc = event.grammar_compiled
+            gc.backend, gc.spec_type, gc.compile_ms, gc.error, gc.spec_sha256 = raw[3:8]
+        elif kind == STEP:
+            st = event.so_step
+            st.step = raw[3]
+            st.accepted_tokens.extend(raw[4])
+            st.allowed_tokens = raw[5]
+            st.accepted = raw[6]
+            st.terminated = raw[7]
+            if raw[8] is not None:
+                st.allowed_bitmask = raw[8]
+            st.vocab_size = raw[9]
+        elif kind == SO_SUMMARY:
+            s = event.so_summary
+            (
+                s.backend,
+                s.steps,
+                s.accepted_tokens,
+                s.rejected_tokens,
+                s.allowed_tokens_min,
+                s.allowed_tokens_max,
+                s.allowed_tokens_mean,
+                s.terminated,
+                s.rollbacks,
+                s.first_rejected_token,
+                s.first_rejected_step,
+            ) = raw[3:14]
+        elif kind == STATS:
+            event.engine_stats.CopyFrom(pb.EngineStats(**raw[3]))
+        elif kind == HTTP:
+            fields = dict(raw[3])
+            settings, policy = self.settings, self.policy
+            fields["prompt"] = policy.apply(settings.capture_prompt, fields.get("prompt", ""))
+            fields["output"] = policy.apply(settings.capture_output, fields.get("output", ""))
+            fields["client_ip"] = policy.apply(
+                settings.capture_client_ip, fields.get("client_ip", "")
+            )
+            fields["capture_policy"] = (
+                f"prompt={settings.capture_prompt},output={settings.capture_output},"
+                f"client_ip={settings.capture_client_ip}"
+            )
+            event.http.CopyFrom(pb.HttpRequest(**fields))
+        else:
+            raise ValueError(f"unknown raw event kind {kind!r}")
+        return event

@@ -1,0 +1,113 @@
+"""Per-process hook runtime: buffer, sender thread and the current audit level.
+
+Created lazily, keyed on the pid: vLLM loads plugins in every process and, under fork, a child
+inherits the parent's objects without `register()` running again. A child drops the inherited
+runtime without closing it (its channel and thread belong to the parent) and builds its own on
+first use.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+
+from .buffer import EventBuffer
+from .capture import CapturePolicy
+from .errors import ERRORS
+from .raw_events import EventConverter
+from .sender import Sender
+from .settings import HookSettings, Level
+
+logger = logging.getLogger("vllm_hooks")
+
+_lock = threading.Lock()
+_runtime: HookRuntime | None = None
+_settings: tuple[int, HookSettings] | None = None
+
+
+class HookRuntime:
+    def __init__(self, settings: HookSettings, role: str) -> None:
+        self.pid = os.getpid()
+        self.settings = settings
+        self.role = role
+        #: Read on every hook call site; an int compare is the whole cost of a disabled level.
+        self.level = int(settings.level)
+        self.config_version = 0
+        self.buffer = EventBuffer(settings.buffer_events)
+        self.buffer.batch_hint = settings.batch_events
+        self.policy = CapturePolicy(settings.hmac_key)
+        if not self.policy.key_configured:
+            logger.warning(
+                "vllm-audit: no HMAC key configured; hmac-captured fields use a per-process key"
+            )
+        self.sender = Sender(
+            settings,
+            self.buffer,
+            EventConverter(settings, self.policy),
+            ERRORS,
+            self.apply_config,
+            role,
+        )
+        self._closed = False
+
+    def start(self) -> None:
+        self.sender.start()
+        atexit.register(self.close, 2.0)
+
+    def apply_config(self, level: int, version: int) -> None:
+        """Called by the sender thread when the agent pushes configuration."""
+        if version < self.config_version or level not in Level._value2member_map_:
+            return
+        self.config_version = version
+        if level != self.level:
+            logger.info("vllm-audit: audit level %s -> %s", Level(self.level).name, Level(level).name)
+        self.level = level
+
+    def close(self, timeout: float = 2.0) -> dict[str, int]:
+        if self._closed or os.getpid() != self.pid:
+            return {}
+        self._closed = True
+        return self.sender.close(timeout)
+
+
+def settings() -> HookSettings:
+    """The process's settings, read from the environment once per pid."""
+    global _settings
+    pid = os.getpid()
+    cached = _settings
+    if cached is None or cached[0] != pid:
+        cached = (pid, HookSettings.from_env())
+        _settings = cached
+    return cached[1]
+
+
+def get_runtime(role: str) -> HookRuntime:
+    """The runtime of this process, created (and its sender started) on first use."""
+    global _runtime
+    rt = _runtime
+    if rt is not None and rt.pid == os.getpid():
+        return rt
+    with _lock:
+        rt = _runtime
+        if rt is None or rt.pid != os.getpid():
+            rt = HookRuntime(settings(), role)
+            rt.start()
+            _runtime = rt
+        return rt
+
+
+def current_runtime() -> HookRuntime | None:
+    rt = _runtime
+    return rt if rt is not None and rt.pid == os.getpid() else None
+
+
+def _forget_after_fork() -> None:
+    global _runtime, _settings
+    # Do not close: the channel and thread belong to the parent process.
+    _runtime = None
+    _settings = None
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)

@@ -1,0 +1,273 @@
+"""The sender thread: batches buffered events and streams them to the agent over gRPC.
+
+- The channel is opened lazily in this thread, in the process that sends (never in
+  `register()`, never inherited across fork).
+- Every batch carries `(source_id, seq)`. It stays in `_unacked` until the agent acknowledges
+  it (after its WAL append) and is resent after a reconnect; the agent drops duplicates.
+- `_unacked` is bounded by bytes. Past the cap the *oldest* batches are dropped and counted
+  (`unacked_overflow`), and the next batch's gap marker names the missing seq range.
+- While the agent is unreachable, events wait in the buffer; when it fills, new events are
+  dropped and counted (`buffer_full`). vLLM never waits on any of this.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import random
+import socket
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import grpc
+from vllm_audit.v1 import events_pb2 as pb
+from vllm_audit.v1 import ingest_pb2, ingest_pb2_grpc
+
+from .buffer import EventBuffer
+from .errors import InternalErrors
+from .raw_events import EventConverter
+from .settings import HookSettings
+
+logger = logging.getLogger("vllm_hooks")
+
+_END = object()
+_MAX_BACKOFF_S = 5.0
+
+
+@dataclass
+class SenderStats:
+    batches_sent: int = 0
+    batches_acked: int = 0
+    events_sent: int = 0
+    reconnects: int = 0
+    connected: bool = False
+
+
+class Sender:
+    def __init__(
+        self,
+        settings: HookSettings,
+        buffer: EventBuffer,
+        converter: EventConverter,
+        errors: InternalErrors,
+        on_config: Callable[[int, int], None],
+        role: str,
+        model: str = "",
+    ) -> None:
+        self._settings = settings
+        self._buffer = buffer
+        self._converter = converter
+        self._errors = errors
+        self._on_config = on_config
+        self.role = role
+        self.model = model
+        self.source_id = f"{socket.gethostname()}:{os.getpid()}:{time.time_ns()}"
+        self.stats = SenderStats()
+        self._seq = 0
+        self._unacked: OrderedDict[int, tuple[pb.Batch, int]] = OrderedDict()
+        self._unacked_bytes = 0
+        self._unacked_lock = threading.Lock()
+        self._missing: tuple[int, int] | None = None
+        self._errors_reported: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._idle = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="vllm-audit-sender", daemon=True)
+        self._started = False
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def start(self) -> None:
+        if not self._started:
+            self._started = True
+            self._thread.start()
+
+    def flush(self, timeout: float) -> bool:
+        """Waits until every buffered event is acknowledged. Returns False on timeout."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if len(self._buffer) == 0 and self.unacked_batches() == 0:
+                return True
+            self._buffer.wakeup.set()
+            time.sleep(0.005)
+        return False
+
+    def close(self, timeout: float) -> dict[str, int]:
+        """Flushes within `timeout`, stops the thread and reports what was not delivered."""
+        if self._started and not self._stop.is_set():
+            self.flush(timeout)
+        self._stop.set()
+        self._buffer.wakeup.set()
+        if self._started:
+            self._thread.join(timeout=max(0.1, timeout))
+        with self._unacked_lock:
+            unacked_events = sum(len(b.events) for b, _ in self._unacked.values())
+        lost = {"buffered": len(self._buffer), "unacked": unacked_events}
+        if any(lost.values()):
+            logger.warning("vllm-audit: shutdown left events undelivered: %s", lost)
+        return lost
+
+    def unacked_batches(self) -> int:
+        with self._unacked_lock:
+            return len(self._unacked)
+
+    # -- the thread ------------------------------------------------------------------------
+    def _run(self) -> None:
+        backoff = 0.05
+        while not self._stop.is_set():
+            try:
+                if self._session():
+                    backoff = 0.05
+            except Exception as exc:
+                self._errors.record("sender.session", exc)
+            if self._stop.is_set():
+                break
+            # Jittered exponential backoff; wakes at once on shutdown.
+            self._stop.wait(backoff * (0.5 + random.random()))
+            backoff = min(_MAX_BACKOFF_S, backoff * 2)
+
+    def _session(self) -> bool:
+        """One connection. Returns True if it was established."""
+        channel = grpc.insecure_channel(
+            self._settings.grpc_target(),
+            options=[("grpc.keepalive_time_ms", 10000), ("grpc.enable_retries", 0)],
+        )
+        outq: queue.SimpleQueue[object] = queue.SimpleQueue()
+        responses = None
+        try:
+            try:
+                grpc.channel_ready_future(channel).result(timeout=1.0)
+            except grpc.FutureTimeoutError:
+                return False
+            stub = ingest_pb2_grpc.IngestServiceStub(channel)
+            responses = stub.Stream(self._requests(outq))
+            reader = threading.Thread(
+                target=self._read, args=(responses,), name="vllm-audit-acks", daemon=True
+            )
+            reader.start()
+            self.stats.reconnects += 1
+            self.stats.connected = True
+            with self._unacked_lock:
+                resend = [batch for batch, _ in self._unacked.values()]
+            for batch in resend:
+                outq.put(batch)
+            interval = self._settings.flush_ms / 1000.0
+            while not self._stop.is_set() and reader.is_alive():
+                self._buffer.wakeup.wait(interval)
+                self._buffer.wakeup.clear()
+                self._flush_into(outq)
+            self._flush_into(outq)
+            return True
+        finally:
+            self.stats.connected = False
+            outq.put(_END)
+            if responses is not None:
+                responses.cancel()
+            channel.close()
+
+    @staticmethod
+    def _requests(outq: queue.SimpleQueue[object]) -> Iterator[pb.Batch]:
+        while True:
+            item = outq.get()
+            if item is _END:
+                return
+            assert isinstance(item, pb.Batch)
+            yield item
+
+    def _read(self, responses: Iterator[ingest_pb2.IngestReply]) -> None:
+        try:
+            for reply in responses:
+                which = reply.WhichOneof("body")
+                if which == "ack":
+                    with self._unacked_lock:
+                        entry = self._unacked.pop(reply.ack.seq, None)
+                        if entry is not None:
+                            self._unacked_bytes -= entry[1]
+                    if entry is not None:
+                        self.stats.batches_acked += 1
+                elif which == "config":
+                    self._on_config(reply.config.level, reply.config.version)
+        except grpc.RpcError:
+            pass  # the session loop notices the dead reader and reconnects
+        except Exception as exc:
+            self._errors.record("sender.read", exc)
+
+    def _flush_into(self, outq: queue.SimpleQueue[object]) -> None:
+        while True:
+            events = self._buffer.drain(self._settings.batch_events)
+            batch = self._make_batch(events)
+            if batch is None:
+                return
+            outq.put(batch)
+            if len(events) < self._settings.batch_events:
+                return
+
+    def _new_internal_errors(self) -> dict[str, int]:
+        """Swallowed hook errors since the last batch, so the agent shows them too."""
+        now = self._errors.snapshot()
+        delta = {
+            f"internal_error.{site}": n - self._errors_reported.get(site, 0)
+            for site, n in now.items()
+            if n != self._errors_reported.get(site, 0)
+        }
+        self._errors_reported = now
+        return delta
+
+    def _make_batch(self, raw_events: list[tuple[object, ...]]) -> pb.Batch | None:
+        drops = self._buffer.take_drops()
+        drops.update(self._new_internal_errors())
+        missing = self._missing
+        if not raw_events and not drops and missing is None:
+            return None
+        self._seq += 1
+        batch = pb.Batch(
+            source_id=self.source_id,
+            seq=self._seq,
+            process_role=self.role,
+            pid=os.getpid(),
+            model=self.model,
+        )
+        convert = self._converter.to_proto
+        append = batch.events.append
+        for raw in raw_events:
+            try:
+                append(convert(raw))
+            except Exception as exc:
+                self._errors.record("sender.convert", exc)
+                drops["convert_error"] = drops.get("convert_error", 0) + 1
+        if drops:
+            for reason, n in drops.items():
+                batch.gap.dropped_by_reason[reason] = n
+        if missing is not None:
+            batch.gap.first_missing_seq, batch.gap.last_missing_seq = missing
+            self._missing = None
+        size = batch.ByteSize()
+        self.stats.batches_sent += 1
+        self.stats.events_sent += len(batch.events)
+        with self._unacked_lock:
+            self._unacked[batch.seq] = (batch, size)
+            self._unacked_bytes += size
+            evicted = self._evict_over_cap()
+        for old in evicted:
+            self._account_lost_batch(old)
+        return batch
+
+    def _evict_over_cap(self) -> list[pb.Batch]:
+        evicted: list[pb.Batch] = []
+        # Keep at least the newest batch: it is being sent now.
+        while self._unacked_bytes > self._settings.unacked_bytes and len(self._unacked) > 1:
+            _, (old, size) = self._unacked.popitem(last=False)
+            self._unacked_bytes -= size
+            evicted.append(old)
+        return evicted
+
+    def _account_lost_batch(self, old: pb.Batch) -> None:
+        self._buffer.count_drop("unacked_overflow", len(old.events))
+        # The lost batch's own gap marker must not vanish with it.
+        self._buffer.restore_drops(dict(old.gap.dropped_by_reason))
+        first, last = old.seq, old.seq
+        if self._missing is not None:
+            first, last = min(first, self._missing[0]), max(last, self._missing[1])
+        self._missing = (first, last)

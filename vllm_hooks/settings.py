@@ -1,0 +1,124 @@
+"""Hook settings, read once per process from environment variables.
+
+Every variable is a documented constant here; nothing else in the hook reads the environment.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from enum import IntEnum
+
+#: "true" installs the hook (the project's own switch).
+ENV_ENABLED = "VLLM_AUDIT_ENABLED"
+#: Alternative switch with the same meaning, kept for the structured-output audit's users.
+ENV_STRUCTURED_OUTPUT_AUDIT = "VLLM_STRUCTURED_OUTPUT_AUDIT"
+#: Agent ingest address: a Unix socket path, or "unix:/path", or "host:port" (TCP).
+ENV_AGENT_ADDRESS = "VLLM_AUDIT_AGENT_ADDRESS"
+#: Level until the agent pushes one: off | summary | full | full-with-allowed-sets.
+ENV_LEVEL = "VLLM_AUDIT_LEVEL"
+#: Events held in memory before new ones are dropped (and counted).
+ENV_BUFFER_EVENTS = "VLLM_AUDIT_BUFFER_EVENTS"
+#: Bytes of sent-but-unacknowledged batches kept for resend after a reconnect.
+ENV_UNACKED_BYTES = "VLLM_AUDIT_UNACKED_BYTES"
+#: Events per batch and the sender's flush interval in milliseconds.
+ENV_BATCH_EVENTS = "VLLM_AUDIT_BATCH_EVENTS"
+ENV_FLUSH_MS = "VLLM_AUDIT_FLUSH_MS"
+#: Capture policies: none | hmac | redact | full.
+ENV_CAPTURE_PROMPT = "VLLM_AUDIT_CAPTURE_PROMPT"
+ENV_CAPTURE_OUTPUT = "VLLM_AUDIT_CAPTURE_OUTPUT"
+ENV_CAPTURE_CLIENT_IP = "VLLM_AUDIT_CAPTURE_CLIENT_IP"
+#: Secret for the hmac policy. Without it a random per-process key is used (not joinable).
+ENV_HMAC_KEY = "VLLM_AUDIT_HMAC_KEY"
+#: Header that names the tenant of a request.
+ENV_TENANT_HEADER = "VLLM_AUDIT_TENANT_HEADER"
+
+DEFAULT_AGENT_ADDRESS = "/var/run/vllm-audit/ingest.sock"
+CAPTURE_POLICIES = ("none", "hmac", "redact", "full")
+
+
+class Level(IntEnum):
+    """Mirrors vllm_audit.v1.AuditLevel numerically, so the wire value converts directly."""
+
+    OFF = 1
+    SUMMARY = 2
+    FULL = 3
+    FULL_WITH_ALLOWED_SETS = 4
+
+    @classmethod
+    def parse(cls, text: str) -> Level:
+        key = text.strip().lower().replace("-", "_")
+        for level in cls:
+            if level.name.lower() == key:
+                return level
+        names = ", ".join(level.name.lower().replace("_", "-") for level in cls)
+        raise ValueError(f"unknown audit level {text!r}; expected one of: {names}")
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _positive_int(env: dict[str, str] | os._Environ[str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not an integer") from None
+    if value <= 0:
+        raise ValueError(f"{name}={raw!r} must be > 0")
+    return value
+
+
+def _policy(env: dict[str, str] | os._Environ[str], name: str, default: str) -> str:
+    value = (env.get(name) or default).strip().lower()
+    if value not in CAPTURE_POLICIES:
+        raise ValueError(f"{name}={value!r}; expected one of {', '.join(CAPTURE_POLICIES)}")
+    return value
+
+
+@dataclass(frozen=True)
+class HookSettings:
+    enabled: bool = False
+    agent_address: str = DEFAULT_AGENT_ADDRESS
+    level: Level = Level.SUMMARY
+    buffer_events: int = 65536
+    unacked_bytes: int = 64 * 1024 * 1024
+    batch_events: int = 2048
+    flush_ms: int = 20
+    capture_prompt: str = "hmac"
+    capture_output: str = "hmac"
+    capture_client_ip: str = "hmac"
+    hmac_key: bytes | None = None
+    tenant_header: str = "x-tenant-id"
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | os._Environ[str] | None = None) -> HookSettings:
+        """Raises ValueError naming the variable when a value is wrong."""
+        env = os.environ if env is None else env
+        key = env.get(ENV_HMAC_KEY)
+        return cls(
+            enabled=_truthy(env.get(ENV_ENABLED)) or _truthy(env.get(ENV_STRUCTURED_OUTPUT_AUDIT)),
+            agent_address=env.get(ENV_AGENT_ADDRESS) or DEFAULT_AGENT_ADDRESS,
+            level=Level.parse(env.get(ENV_LEVEL) or "summary"),
+            buffer_events=_positive_int(env, ENV_BUFFER_EVENTS, 65536),
+            unacked_bytes=_positive_int(env, ENV_UNACKED_BYTES, 64 * 1024 * 1024),
+            batch_events=_positive_int(env, ENV_BATCH_EVENTS, 2048),
+            flush_ms=_positive_int(env, ENV_FLUSH_MS, 20),
+            capture_prompt=_policy(env, ENV_CAPTURE_PROMPT, "hmac"),
+            capture_output=_policy(env, ENV_CAPTURE_OUTPUT, "hmac"),
+            capture_client_ip=_policy(env, ENV_CAPTURE_CLIENT_IP, "hmac"),
+            hmac_key=key.encode() if key else None,
+            tenant_header=(env.get(ENV_TENANT_HEADER) or "x-tenant-id").lower(),
+        )
+
+    def grpc_target(self) -> str:
+        """A gRPC target for the agent address (a bare path means a Unix socket)."""
+        address = self.agent_address
+        if address.startswith(("unix:", "dns:", "ipv4:", "ipv6:")):
+            return address
+        if address.startswith("/"):
+            return f"unix:{address}"
+        return address
