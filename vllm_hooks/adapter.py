@@ -126,6 +126,11 @@ def wrap_scheduler(sched: Any, rt: HookRuntime) -> None:
     sched.schedule = schedule
     sched._free_request = _free_request
 
+    model_config = sched.vllm_config.model_config
+    # Offline trails have no HTTP event: the batch's model field names the model for them.
+    name = model_config.served_model_name or model_config.model
+    rt.sender.model = str(name[0] if isinstance(name, (list, tuple)) else name)
+
     manager = getattr(sched, "structured_output_manager", None)
     if manager is not None:
         vocab_size = int(manager.vllm_config.model_config.get_vocab_size())
