@@ -1,0 +1,98 @@
+"""Session-wide real parts for the end-to-end tests: the tiny model, a Kafka-protocol broker,
+the agent, an offline vLLM run (hook on and off) and a `vllm serve` with the hook.
+
+Each is started once per session so the suite stays within CI's time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+
+from tests.e2e import procs
+from tests.support.kafka_broker import KafkaBroker
+from tests.support.tiny_model import make_tiny_model
+from vllm_audit.v1 import query_pb2_grpc
+
+API_KEY = "test-key-0123456789"
+OFFLINE_PROMPTS = 4
+OFFLINE_MAX_TOKENS = 24
+
+
+@dataclass
+class Agent:
+    proc: procs.Proc
+    socket: Path
+    query_address: str
+    metrics_url: str
+    channel: grpc.Channel
+
+    @property
+    def query(self) -> query_pb2_grpc.QueryServiceStub:
+        return query_pb2_grpc.QueryServiceStub(self.channel)
+
+    @property
+    def control(self) -> query_pb2_grpc.ControlServiceStub:
+        return query_pb2_grpc.ControlServiceStub(self.channel)
+
+
+@pytest.fixture(scope="session")
+def e2e_tmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("e2e")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_model(tmp_path_factory.mktemp("model") / "tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def kafka() -> Iterator[KafkaBroker]:
+    with KafkaBroker() as broker:
+        yield broker
+
+
+def _agent(tmp: Path, name: str, kafka_bootstrap: str | None) -> Iterator[Agent]:
+    sock_dir = tmp / name
+    sock_dir.mkdir(exist_ok=True)
+    socket_path = sock_dir / "ingest.sock"
+    proc, query, metrics = procs.start_agent(sock_dir, socket_path, kafka_bootstrap)
+    channel = grpc.insecure_channel(query)
+    try:
+        yield Agent(proc, socket_path, query, metrics, channel)
+    finally:
+        channel.close()
+        proc.stop()
+
+
+@pytest.fixture(scope="session")
+def agent(e2e_tmp: Path, kafka: KafkaBroker) -> Iterator[Agent]:
+    yield from _agent(e2e_tmp, "agent", kafka.bootstrap)
+
+
+@pytest.fixture(scope="session")
+def offline_enabled(tiny_model: Path, e2e_tmp: Path, agent: Agent) -> list[dict[str, object]]:
+    return procs.run_offline(
+        tiny_model, e2e_tmp, OFFLINE_PROMPTS, OFFLINE_MAX_TOKENS, "enabled",
+        VLLM_AUDIT_ENABLED="true", VLLM_AUDIT_AGENT_ADDRESS=str(agent.socket),
+        VLLM_AUDIT_LEVEL="full-with-allowed-sets",
+    )
+
+
+@pytest.fixture(scope="session")
+def offline_disabled(tiny_model: Path, e2e_tmp: Path) -> list[dict[str, object]]:
+    return procs.run_offline(tiny_model, e2e_tmp, OFFLINE_PROMPTS, OFFLINE_MAX_TOKENS,
+                             "disabled")
+
+
+@pytest.fixture(scope="session")
+def vllm_server(tiny_model: Path, e2e_tmp: Path, agent: Agent) -> Iterator[str]:
+    proc, base = procs.start_vllm_server(tiny_model, e2e_tmp, agent.socket, API_KEY)
+    try:
+        yield base
+    finally:
+        proc.stop()

@@ -1,0 +1,63 @@
+"""Reading trails back from the agent's real query API."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import grpc
+
+from vllm_audit.v1 import query_pb2, query_pb2_grpc
+
+FINAL_STATES = (
+    query_pb2.TRAIL_STATE_FINISHED,
+    query_pb2.TRAIL_STATE_ABORTED,
+    query_pb2.TRAIL_STATE_FAILED,
+)
+
+
+def all_trails(query: query_pb2_grpc.QueryServiceStub) -> list[query_pb2.TrailSummary]:
+    trails: list[query_pb2.TrailSummary] = []
+    token = ""
+    while True:
+        page = query.ListTrails(query_pb2.ListTrailsRequest(page_size=200, page_token=token))
+        trails.extend(page.trails)
+        token = page.next_page_token
+        if not token:
+            return trails
+
+
+def wait_for_trail(
+    query: query_pb2_grpc.QueryServiceStub,
+    request_id: str,
+    ready: Callable[[query_pb2.GetTrailResponse], bool],
+    timeout: float = 30.0,
+    include_events: bool = True,
+) -> query_pb2.GetTrailResponse:
+    deadline = time.monotonic() + timeout
+    last: query_pb2.GetTrailResponse | None = None
+    while time.monotonic() < deadline:
+        try:
+            last = query.GetTrail(
+                query_pb2.GetTrailRequest(request_id=request_id, include_events=include_events)
+            )
+            if ready(last):
+                return last
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.NOT_FOUND:
+                raise
+        time.sleep(0.05)
+    raise AssertionError(f"trail {request_id!r} not ready within {timeout}s; last: {last}")
+
+
+def wait_for_offline_trail(
+    query: query_pb2_grpc.QueryServiceStub, external_id: str, timeout: float = 30.0
+) -> query_pb2.TrailSummary:
+    """Offline trails are keyed by vLLM's engine id: `<external id>-<8 random chars>`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for trail in all_trails(query):
+            if trail.request_id.startswith(external_id + "-") and trail.state in FINAL_STATES:
+                return trail
+        time.sleep(0.05)
+    raise AssertionError(f"no final offline trail for request {external_id!r}")

@@ -1,0 +1,117 @@
+"""`vllm serve` with the hook's middleware, driven by the real `openai` client."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import openai
+import pytest
+
+from tests.e2e.conftest import API_KEY, Agent
+from tests.e2e.helpers import FINAL_STATES, wait_for_trail
+from vllm_audit.v1 import query_pb2
+
+pytestmark = pytest.mark.vllm
+
+SCHEMA = {
+    "type": "object",
+    "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+    "required": ["name", "age"],
+}
+RESPONSE_FORMAT: Any = {"type": "json_schema", "json_schema": {"name": "person", "schema": SCHEMA}}
+
+
+def _client(base: str, key: str = API_KEY) -> openai.OpenAI:
+    return openai.OpenAI(base_url=base + "/v1", api_key=key, max_retries=0, timeout=60)
+
+
+def _final(t: query_pb2.GetTrailResponse) -> bool:
+    return t.summary.state in FINAL_STATES and t.summary.status_code != 0
+
+
+def test_chat_completion_record(vllm_server: str, agent: Agent) -> None:
+    request_id = uuid.uuid4().hex
+    response = _client(vllm_server).chat.completions.create(
+        model="tiny",
+        messages=[{"role": "user", "content": "name and age please"}],
+        response_format=RESPONSE_FORMAT,
+        max_tokens=16,
+        temperature=0,
+        user="alice",
+        extra_headers={"X-Request-Id": request_id},
+    )
+    trail = wait_for_trail(agent.query, request_id, _final)
+    s = trail.summary
+    assert s.client_ip == "127.0.0.1"
+    assert s.user == "alice"
+    assert s.model == "tiny"
+    assert s.status_code == 200
+    assert s.auth_status == "ok"
+    assert not s.stream
+    assert response.usage is not None
+    assert s.prompt_tokens == response.usage.prompt_tokens
+    assert s.completion_tokens == response.usage.completion_tokens
+    assert s.finish_reason == response.choices[0].finish_reason
+    assert s.grammar_backend == "xgrammar"
+    assert s.output == response.choices[0].message.content
+    assert s.api_key_sha256 and API_KEY not in str(trail)
+    assert len(s.engine_request_ids) == 1 and request_id in s.engine_request_ids[0]
+    assert s.latency_ms > 0
+
+
+def test_streaming_chat_completion_record(vllm_server: str, agent: Agent) -> None:
+    request_id = uuid.uuid4().hex
+    stream = _client(vllm_server).chat.completions.create(
+        model="tiny",
+        messages=[{"role": "user", "content": "stream it"}],
+        response_format=RESPONSE_FORMAT,
+        max_tokens=16,
+        temperature=0,
+        user="bob",
+        stream=True,
+        stream_options={"include_usage": True},
+        extra_headers={"X-Request-Id": request_id},
+    )
+    text, usage = [], None
+    for chunk in stream:
+        if chunk.choices:
+            text.append(chunk.choices[0].delta.content or "")
+        usage = chunk.usage or usage
+    trail = wait_for_trail(agent.query, request_id, _final)
+    s = trail.summary
+    assert s.stream
+    assert s.user == "bob" and s.status_code == 200 and s.client_ip == "127.0.0.1"
+    assert usage is not None
+    assert (s.prompt_tokens, s.completion_tokens) == (usage.prompt_tokens, usage.completion_tokens)
+    assert s.output == "".join(text)
+
+
+def test_request_without_id_gets_one_injected(vllm_server: str, agent: Agent) -> None:
+    user = f"no-id-{uuid.uuid4().hex[:8]}"
+    _client(vllm_server).chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=4,
+        temperature=0, user=user,
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        page = agent.query.ListTrails(query_pb2.ListTrailsRequest(user=user))
+        if page.trails and page.trails[0].engine_request_ids and page.trails[0].state in FINAL_STATES:
+            break
+        time.sleep(0.05)
+    assert len(page.trails) == 1, "the injected X-Request-Id must join the HTTP and engine halves"
+    assert page.trails[0].status_code == 200
+
+
+def test_rejected_api_key_recorded_as_401(vllm_server: str, agent: Agent) -> None:
+    request_id = uuid.uuid4().hex
+    with pytest.raises(openai.AuthenticationError):
+        _client(vllm_server, key="wrong-key").chat.completions.create(
+            model="tiny", messages=[{"role": "user", "content": "let me in"}], max_tokens=4,
+            extra_headers={"X-Request-Id": request_id},
+        )
+    trail = wait_for_trail(agent.query, request_id, _final)
+    assert trail.summary.status_code == 401
+    assert trail.summary.auth_status == "rejected"
+    assert not trail.summary.engine_request_ids
