@@ -1,0 +1,114 @@
+"""The agent's one typed configuration object, built at the edge (CLI flags over env vars).
+
+Every environment variable is a documented constant below.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from vllm_audit.v1 import events_pb2
+
+ENV_INGEST_SOCKET = "VLLM_AUDIT_INGEST_SOCKET"      # Unix socket for hooks
+ENV_QUERY_ADDRESS = "VLLM_AUDIT_QUERY_ADDRESS"      # host:port of the query/control API
+ENV_HTTP_ADDRESS = "VLLM_AUDIT_HTTP_ADDRESS"        # host:port of /metrics /healthz /readyz
+ENV_DATA_DIR = "VLLM_AUDIT_DATA_DIR"                # WAL directory
+ENV_WAL_FSYNC = "VLLM_AUDIT_WAL_FSYNC"              # always | batch | never
+ENV_WAL_MAX_BYTES = "VLLM_AUDIT_WAL_MAX_BYTES"
+ENV_MAX_TRAILS = "VLLM_AUDIT_MAX_TRAILS"
+ENV_MAX_TRAIL_EVENTS = "VLLM_AUDIT_MAX_TRAIL_EVENTS"
+ENV_KAFKA_BOOTSTRAP = "VLLM_AUDIT_KAFKA_BOOTSTRAP"  # unset = no Kafka
+ENV_KAFKA_TOPIC_PREFIX = "VLLM_AUDIT_KAFKA_TOPIC_PREFIX"
+ENV_AUDIT_LEVEL = "VLLM_AUDIT_LEVEL"                # pushed to every hook
+ENV_LINGER_SECONDS = "VLLM_AUDIT_LINGER_SECONDS"
+ENV_GPU = "VLLM_AUDIT_GPU"                          # nvml | none | fake
+
+WAL_FSYNC_POLICIES = ("always", "batch", "never")
+GPU_READERS = ("nvml", "none", "fake")
+LEVELS = {
+    "off": events_pb2.AUDIT_LEVEL_OFF,
+    "summary": events_pb2.AUDIT_LEVEL_SUMMARY,
+    "full": events_pb2.AUDIT_LEVEL_FULL,
+    "full-with-allowed-sets": events_pb2.AUDIT_LEVEL_FULL_WITH_ALLOWED_SETS,
+}
+
+
+def parse_level(text: str) -> int:
+    key = text.strip().lower().replace("_", "-")
+    if key not in LEVELS:
+        raise ValueError(f"audit level {text!r} is not one of {', '.join(LEVELS)}")
+    return LEVELS[key]
+
+
+def parse_address(field: str, text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ValueError(f"{field}={text!r} is not host:port")
+    return host, int(port)
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    ingest_socket: Path = Path("/var/run/vllm-audit/ingest.sock")
+    query_address: str = "127.0.0.1:50051"
+    http_address: str = "127.0.0.1:9400"
+    data_dir: Path = Path("/var/lib/vllm-audit")
+    wal_fsync: str = "batch"
+    wal_max_bytes: int = 1 << 30
+    max_trails: int = 100_000
+    max_trail_events: int = 10_000
+    kafka_bootstrap: str | None = None
+    kafka_topic_prefix: str = "vllm-audit"
+    audit_level: int = events_pb2.AUDIT_LEVEL_SUMMARY
+    linger_seconds: float = 30.0
+    gpu: str = "nvml"
+    gpu_interval_seconds: float = 5.0
+
+    def __post_init__(self) -> None:
+        parse_address("query_address", self.query_address)
+        parse_address("http_address", self.http_address)
+        if self.wal_fsync not in WAL_FSYNC_POLICIES:
+            raise ValueError(f"wal_fsync={self.wal_fsync!r}; expected {WAL_FSYNC_POLICIES}")
+        if self.gpu not in GPU_READERS:
+            raise ValueError(f"gpu={self.gpu!r}; expected one of {GPU_READERS}")
+        for name in ("wal_max_bytes", "max_trails", "max_trail_events"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name}={getattr(self, name)!r} must be > 0")
+        if self.linger_seconds <= 0:
+            raise ValueError(f"linger_seconds={self.linger_seconds!r} must be > 0")
+        if self.audit_level not in LEVELS.values():
+            raise ValueError(f"audit_level={self.audit_level!r} is not a known level")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> AgentConfig:
+        """Env vars first, then explicit overrides (CLI flags); None overrides are ignored."""
+        env = os.environ if env is None else env
+        values: dict[str, object] = {}
+
+        def number(var: str, field: str, kind: type) -> None:
+            if env.get(var):
+                try:
+                    values[field] = kind(env[var])
+                except ValueError:
+                    raise ValueError(f"{var}={env[var]!r} is not a {kind.__name__}") from None
+
+        if env.get(ENV_INGEST_SOCKET):
+            values["ingest_socket"] = Path(env[ENV_INGEST_SOCKET])
+        if env.get(ENV_DATA_DIR):
+            values["data_dir"] = Path(env[ENV_DATA_DIR])
+        for var, field in ((ENV_QUERY_ADDRESS, "query_address"), (ENV_HTTP_ADDRESS, "http_address"),
+                           (ENV_WAL_FSYNC, "wal_fsync"), (ENV_KAFKA_BOOTSTRAP, "kafka_bootstrap"),
+                           (ENV_KAFKA_TOPIC_PREFIX, "kafka_topic_prefix"), (ENV_GPU, "gpu")):
+            if env.get(var):
+                values[field] = env[var]
+        number(ENV_WAL_MAX_BYTES, "wal_max_bytes", int)
+        number(ENV_MAX_TRAILS, "max_trails", int)
+        number(ENV_MAX_TRAIL_EVENTS, "max_trail_events", int)
+        number(ENV_LINGER_SECONDS, "linger_seconds", float)
+        if env.get(ENV_AUDIT_LEVEL):
+            values["audit_level"] = parse_level(env[ENV_AUDIT_LEVEL])
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)  # type: ignore[arg-type]

@@ -1,0 +1,168 @@
+"""Publishing final trails: a small interface, an in-memory and a Kafka implementation.
+
+The ingest path never awaits Kafka: `offer()` puts the record on a bounded queue (full =>
+dropped and counted) and one task publishes with acks=all, retrying retriable errors with
+jittered exponential backoff that wakes at once on shutdown. Idempotent producers and
+transactions are not used: not every Kafka-compatible broker has them; records carry a
+stable `event_id` instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections import Counter
+from typing import Any, Protocol
+
+from .records import encode
+
+logger = logging.getLogger("vllm_audit.agent")
+
+
+class Publisher(Protocol):
+    counters: Counter[str]
+
+    def offer(self, topic_suffix: str, key: str, record: dict[str, Any]) -> None: ...
+    async def start(self) -> None: ...
+    async def stop(self, timeout: float) -> int: ...
+    @property
+    def connected(self) -> bool: ...
+
+
+class InMemoryPublisher:
+    """Keeps records in a list (no-Kafka mode and tests)."""
+
+    def __init__(self, max_records: int = 10_000) -> None:
+        self.records: list[tuple[str, str, dict[str, Any]]] = []
+        self.max_records = max_records
+        self.counters: Counter[str] = Counter()
+
+    def offer(self, topic_suffix: str, key: str, record: dict[str, Any]) -> None:
+        if len(self.records) >= self.max_records:
+            self.records.pop(0)
+            self.counters["dropped_memory_cap"] += 1
+        self.records.append((topic_suffix, key, record))
+        self.counters["published"] += 1
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self, timeout: float) -> int:
+        return 0
+
+    @property
+    def connected(self) -> bool:
+        return False
+
+
+class KafkaPublisher:
+    def __init__(self, bootstrap: str, topic_prefix: str, queue_size: int = 100_000,
+                 max_backoff: float = 5.0) -> None:
+        self.bootstrap = bootstrap
+        self.topic_prefix = topic_prefix
+        self.counters: Counter[str] = Counter()
+        self._queue: asyncio.Queue[tuple[str, bytes, bytes]] = asyncio.Queue(queue_size)
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._producer: Any = None
+        self._connected = False
+        self._max_backoff = max_backoff
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    def offer(self, topic_suffix: str, key: str, record: dict[str, Any]) -> None:
+        try:
+            self._queue.put_nowait((f"{self.topic_prefix}.{topic_suffix}", key.encode(),
+                                    encode(record)))
+        except asyncio.QueueFull:
+            self.counters["dropped_queue_full"] += 1
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="kafka-publisher")
+
+    async def _ensure_producer(self) -> Any:
+        from aiokafka import AIOKafkaProducer
+
+        backoff = 0.1
+        while not self._stopping.is_set():
+            producer = AIOKafkaProducer(
+                bootstrap_servers=self.bootstrap, acks="all", enable_idempotence=False,
+                linger_ms=5, compression_type="gzip",
+            )
+            try:
+                await producer.start()
+                self._connected = True
+                return producer
+            except Exception as exc:
+                self.counters["connect_errors"] += 1
+                logger.warning("kafka connect failed (%r); retrying in %.1fs", exc, backoff)
+                await producer.stop()
+                await self._sleep(backoff)
+                backoff = min(self._max_backoff, backoff * 2)
+        return None
+
+    async def _sleep(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self._stopping.wait(), seconds * (0.5 + random.random()))
+        except TimeoutError:
+            pass
+
+    async def _run(self) -> None:
+        from aiokafka.errors import KafkaError
+
+        self._producer = await self._ensure_producer()
+        while self._producer is not None:
+            item = await self._next_item()
+            if item is None:
+                return
+            topic, key, value = item
+            backoff = 0.1
+            while True:
+                try:
+                    await self._producer.send_and_wait(topic, value, key=key)
+                    self.counters["published"] += 1
+                    break
+                except KafkaError as exc:
+                    if not exc.retriable or self._stopping.is_set():
+                        self.counters["failed"] += 1
+                        logger.error("kafka publish to %s failed: %r", topic, exc)
+                        break
+                    self.counters["retries"] += 1
+                    await self._sleep(backoff)
+                    backoff = min(self._max_backoff, backoff * 2)
+
+    async def _next_item(self) -> tuple[str, bytes, bytes] | None:
+        if self._stopping.is_set() and self._queue.empty():
+            return None
+        getter = asyncio.ensure_future(self._queue.get())
+        stopper = asyncio.ensure_future(self._stopping.wait())
+        done, _ = await asyncio.wait({getter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        if getter in done:
+            stopper.cancel()
+            return getter.result()
+        getter.cancel()
+        return None if self._queue.empty() else self._queue.get_nowait()
+
+    async def stop(self, timeout: float) -> int:
+        """Drains what it can within `timeout`; returns the number of records left behind."""
+        if self._task is not None:
+            deadline = asyncio.get_running_loop().time() + timeout
+            while not self._queue.empty() and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.02)
+            self._stopping.set()
+            try:
+                await asyncio.wait_for(self._task, max(0.1, deadline - asyncio.get_running_loop().time()))
+            except TimeoutError:
+                self._task.cancel()
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+        self._connected = False
+        lost = self._queue.qsize()
+        if lost:
+            self.counters["lost_at_shutdown"] += lost
+            logger.warning("kafka publisher stopped with %d records unpublished", lost)
+        return lost

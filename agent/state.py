@@ -1,0 +1,132 @@
+"""The agent's shared state: what ingest writes and what queries, metrics and control read.
+
+Everything here is touched only from the agent's event loop (no locks), except the WAL,
+which is written from a worker thread under `wal_lock` so an fsync never blocks the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+from google.protobuf import json_format
+
+from vllm_audit.v1 import events_pb2 as pb
+from vllm_audit.v1 import ingest_pb2
+from vllm_audit.v1 import query_pb2 as q
+
+from .config import AgentConfig
+from .gpu import GpuSampler
+from .publisher import Publisher
+from .records import trail_record
+from .trails import TrailStore
+from .wal import WriteAheadLog
+
+#: Acknowledged seqs remembered per source for de-duplication of resends.
+DEDUP_WINDOW = 100_000
+#: At most one engine-stats record per source per this many seconds goes to Kafka.
+ENGINE_STATS_PUBLISH_INTERVAL_S = 1.0
+
+
+@dataclass
+class SourceState:
+    acked: set[int] = field(default_factory=set)
+    floor: int = 0  # every seq <= floor counts as seen
+    role: str = ""
+    model: str = ""
+    last_stats: pb.EngineStats | None = None
+    last_stats_published: float = 0.0
+
+    def seen(self, seq: int) -> bool:
+        return seq <= self.floor or seq in self.acked
+
+    def mark(self, seq: int) -> None:
+        self.acked.add(seq)
+        if len(self.acked) > DEDUP_WINDOW:
+            self.floor = max(self.floor, max(self.acked) - DEDUP_WINDOW // 2)
+            self.acked = {s for s in self.acked if s > self.floor}
+
+
+class Session:
+    """One connected hook stream; config pushes go through `push`."""
+
+    def __init__(self) -> None:
+        self.outbox: asyncio.Queue[ingest_pb2.IngestReply] = asyncio.Queue()
+        self.source_id = ""
+
+
+class AgentState:
+    def __init__(self, config: AgentConfig, wal: WriteAheadLog, publisher: Publisher,
+                 gpu: GpuSampler) -> None:
+        self.config = config
+        self.wal = wal
+        self.wal_lock = asyncio.Lock()
+        self.publisher = publisher
+        self.gpu = gpu
+        self.trails = TrailStore(config.max_trails, config.max_trail_events,
+                                 config.linger_seconds, self._on_final)
+        self.counters: Counter[str] = Counter()
+        self.hook_dropped: Counter[str] = Counter()
+        self.agent_dropped: Counter[str] = Counter()
+        self.sources: dict[str, SourceState] = {}
+        self.sessions: set[Session] = set()
+        self.level = config.audit_level
+        self.level_version = 1
+        self.started = time.monotonic()
+        self.ready = False
+        #: Internal errors swallowed by the agent; tests assert this stays empty.
+        self.errors: Counter[str] = Counter()
+
+    def _on_final(self, summary: q.TrailSummary) -> None:
+        self.publisher.offer("requests", summary.request_id, trail_record(summary))
+
+    def hook_config(self) -> ingest_pb2.IngestReply:
+        return ingest_pb2.IngestReply(
+            config=ingest_pb2.HookConfig(level=self.level, version=self.level_version))  # type: ignore[arg-type]
+
+    def set_level(self, level: int) -> int:
+        self.level = level
+        self.level_version += 1
+        reply = self.hook_config()
+        for session in self.sessions:
+            session.outbox.put_nowait(reply)
+        return len(self.sessions)
+
+    def source(self, source_id: str) -> SourceState:
+        state = self.sources.get(source_id)
+        if state is None:
+            state = self.sources[source_id] = SourceState()
+        return state
+
+    def apply_batch(self, batch: pb.Batch) -> None:
+        """Applies a durable batch to the trail store, stats and counters."""
+        source = self.source(batch.source_id)
+        source.role, source.model = batch.process_role, batch.model or source.model
+        self.counters["batches"] += 1
+        self.counters["events"] += len(batch.events)
+        for reason, n in batch.gap.dropped_by_reason.items():
+            self.hook_dropped[reason] += n
+        if batch.gap.first_missing_seq:
+            self.hook_dropped["missing_batches"] += (
+                batch.gap.last_missing_seq - batch.gap.first_missing_seq + 1)
+        for event in batch.events:
+            if event.WhichOneof("body") == "engine_stats":
+                source.last_stats = event.engine_stats
+                self._publish_stats(batch, source, event)
+        self.trails.apply(batch)
+
+    def _publish_stats(self, batch: pb.Batch, source: SourceState, event: pb.Event) -> None:
+        now = time.monotonic()
+        if now - source.last_stats_published < ENGINE_STATS_PUBLISH_INTERVAL_S:
+            return
+        source.last_stats_published = now
+        record = json_format.MessageToDict(event.engine_stats, preserving_proto_field_name=True,
+                                           always_print_fields_with_no_presence=True)
+        record.update({"schema": 1, "source_id": batch.source_id, "model": source.model,
+                       "timestamp_ms": event.time_unix_nano // 1_000_000})
+        self.publisher.offer("engine-stats", batch.source_id, record)
+
+    def latest_engine_stats(self) -> list[tuple[str, SourceState]]:
+        return [(sid, s) for sid, s in self.sources.items() if s.last_stats is not None]

@@ -1,0 +1,199 @@
+"""Per-request trails: assembled from engine and HTTP events, bounded, and finalised once.
+
+A trail is *final* when an offline request finished, or when a served request has both its
+HTTP half and every engine half finished (an HTTP error needs no engine half), or when
+`linger_seconds` passed since its first half arrived. Final trails are handed to `on_final`
+exactly once; late events still update the stored trail and are counted.
+
+Memory is bounded: at most `max_trails` (oldest final trails evicted first, then oldest
+active ones, each counted by reason) and at most `max_events` events per trail (counted).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from vllm_audit.v1 import events_pb2 as pb
+from vllm_audit.v1 import query_pb2 as q
+
+from .correlate import trail_id_for_engine_request
+
+FINAL = (q.TRAIL_STATE_FINISHED, q.TRAIL_STATE_ABORTED, q.TRAIL_STATE_FAILED)
+
+
+@dataclass
+class Trail:
+    summary: q.TrailSummary
+    events: list[pb.Event] = field(default_factory=list)
+    expects_http: bool = False
+    has_http: bool = False
+    engine_finished: set[str] = field(default_factory=set)
+    first_seen: float = field(default_factory=time.monotonic)
+    published: bool = False
+
+
+class TrailStore:
+    def __init__(self, max_trails: int, max_events: int, linger_seconds: float,
+                 on_final: Callable[[q.TrailSummary], None]) -> None:
+        self.max_trails = max_trails
+        self.max_events = max_events
+        self.linger_seconds = linger_seconds
+        self.on_final = on_final
+        self._trails: OrderedDict[str, Trail] = OrderedDict()
+        self.counters: Counter[str] = Counter()
+        self.finished_by_state: Counter[str] = Counter()
+
+    def __len__(self) -> int:
+        return len(self._trails)
+
+    def get(self, trail_id: str) -> Trail | None:
+        return self._trails.get(trail_id)
+
+    def trails(self) -> list[Trail]:
+        return list(self._trails.values())
+
+    def active_count(self) -> int:
+        return sum(1 for t in self._trails.values() if not t.published)
+
+    def approx_bytes(self) -> int:
+        return sum(t.summary.ByteSize() + sum(e.ByteSize() for e in t.events)
+                   for t in self._trails.values())
+
+    # -- ingest ----------------------------------------------------------------------------
+    def apply(self, batch: pb.Batch) -> None:
+        for event in batch.events:
+            kind = event.WhichOneof("body")
+            if kind == "engine_stats" or not event.request_id:
+                continue
+            if kind == "http":
+                trail_id, expects_http = event.request_id, True
+            else:
+                trail_id, expects_http = trail_id_for_engine_request(event.request_id)
+            trail = self._trail(trail_id, expects_http, event)
+            if not trail.summary.model and batch.model:
+                trail.summary.model = batch.model
+            self._apply_event(trail, event, kind)
+            self._maybe_finalise(trail)
+
+    def _trail(self, trail_id: str, expects_http: bool, event: pb.Event) -> Trail:
+        trail = self._trails.get(trail_id)
+        if trail is None:
+            summary = q.TrailSummary(request_id=trail_id, state=q.TRAIL_STATE_ACTIVE,
+                                     created_unix_ms=event.time_unix_nano // 1_000_000)
+            trail = Trail(summary, expects_http=expects_http)
+            self._trails[trail_id] = trail
+            self.counters["trails_created"] += 1
+            self._evict()
+        else:
+            self._trails.move_to_end(trail_id)
+            trail.expects_http = trail.expects_http or expects_http
+            created = event.time_unix_nano // 1_000_000
+            if created and created < trail.summary.created_unix_ms:
+                trail.summary.created_unix_ms = created
+        if trail.published:
+            self.counters["late_events"] += 1
+        if len(trail.events) < self.max_events:
+            trail.events.append(event)
+        else:
+            self.counters["events_truncated"] += 1
+        trail.summary.num_events += 1
+        return trail
+
+    def _apply_event(self, trail: Trail, event: pb.Event, kind: str | None) -> None:
+        s = trail.summary
+        if kind == "lifecycle":
+            lc = event.lifecycle
+            if event.request_id not in s.engine_request_ids:
+                s.engine_request_ids.append(event.request_id)
+            if lc.phase == pb.LIFECYCLE_PHASE_ADDED:
+                if not trail.has_http:
+                    s.prompt_tokens = lc.num_prompt_tokens
+            elif lc.phase == pb.LIFECYCLE_PHASE_PREEMPTED:
+                s.preemptions += 1
+            elif lc.phase in (pb.LIFECYCLE_PHASE_FINISHED, pb.LIFECYCLE_PHASE_ABORTED):
+                trail.engine_finished.add(event.request_id)
+                s.finish_reason = lc.finish_reason
+                s.finished_unix_ms = max(s.finished_unix_ms, event.time_unix_nano // 1_000_000)
+                if not trail.has_http:
+                    s.prompt_tokens = lc.num_prompt_tokens
+                    s.completion_tokens = lc.num_output_tokens
+                    s.latency_ms = (event.time_unix_nano / 1e6) - s.created_unix_ms
+                if lc.status == "FINISHED_ERROR":
+                    s.state = q.TRAIL_STATE_FAILED
+                elif lc.phase == pb.LIFECYCLE_PHASE_ABORTED:
+                    s.state = q.TRAIL_STATE_ABORTED
+        elif kind == "grammar_compiled":
+            g = event.grammar_compiled
+            s.grammar_backend, s.grammar_spec_type, s.grammar_error = g.backend, g.spec_type, g.error
+        elif kind == "so_summary":
+            s.structured_output.CopyFrom(event.so_summary)
+            if not s.grammar_backend:
+                s.grammar_backend = event.so_summary.backend
+        elif kind == "http":
+            self._apply_http(trail, event)
+
+    @staticmethod
+    def _apply_http(trail: Trail, event: pb.Event) -> None:
+        h, s = event.http, trail.summary
+        trail.has_http = True
+        s.model = h.model or s.model
+        s.user, s.client_ip, s.status_code = h.user, h.client_ip, h.status_code
+        s.auth_status, s.api_key_sha256, s.stream = h.auth_status, h.api_key_sha256, h.stream
+        s.prompt, s.output, s.error = h.prompt, h.output, h.error
+        s.latency_ms, s.ttft_ms = h.latency_ms, h.ttft_ms
+        if h.prompt_tokens or h.completion_tokens:
+            # What the client was told (and billed) is the record of truth.
+            s.prompt_tokens, s.completion_tokens = h.prompt_tokens, h.completion_tokens
+        end_ms = (event.time_unix_nano // 1_000_000) + int(h.latency_ms)
+        s.finished_unix_ms = max(s.finished_unix_ms, end_ms)
+        if h.status_code >= 400 and s.state == q.TRAIL_STATE_ACTIVE:
+            s.state = q.TRAIL_STATE_FAILED
+
+    # -- finalisation ----------------------------------------------------------------------
+    def _complete(self, trail: Trail) -> bool:
+        engines = set(trail.summary.engine_request_ids)
+        engine_done = bool(engines) and engines <= trail.engine_finished
+        if not trail.expects_http:
+            return engine_done
+        if not trail.has_http:
+            return False
+        return trail.summary.status_code >= 400 or engine_done
+
+    def _maybe_finalise(self, trail: Trail, force: bool = False) -> None:
+        if trail.published or not (force or self._complete(trail)):
+            return
+        s = trail.summary
+        if s.state == q.TRAIL_STATE_ACTIVE:
+            s.state = q.TRAIL_STATE_FINISHED
+        trail.published = True
+        self.finished_by_state[q.TrailState.Name(s.state)[len("TRAIL_STATE_"):].lower()] += 1
+        if force:
+            self.counters["finalised_by_linger"] += 1
+        self.on_final(s)
+
+    def sweep(self, now: float | None = None) -> None:
+        """Finalises trails whose other half did not arrive within linger_seconds."""
+        now = time.monotonic() if now is None else now
+        for trail in list(self._trails.values()):
+            if not trail.published and now - trail.first_seen >= self.linger_seconds:
+                self._maybe_finalise(trail, force=True)
+
+    def flush(self) -> None:
+        """At shutdown: everything still open is finalised with what it has."""
+        for trail in list(self._trails.values()):
+            self._maybe_finalise(trail, force=True)
+
+    def _evict(self) -> None:
+        while len(self._trails) > self.max_trails:
+            victim = next((k for k, t in self._trails.items() if t.published), None)
+            if victim is not None:
+                del self._trails[victim]
+                self.counters["evicted_final"] += 1
+                continue
+            _, trail = self._trails.popitem(last=False)
+            # An active trail pushed out is still recorded downstream with what it had.
+            self._maybe_finalise(trail, force=True)
+            self.counters["evicted_active"] += 1
