@@ -1,0 +1,125 @@
+"""Wires the agent in one place. Only the entry point (cli.py) reads flags and signals; the
+shutdown trigger is injected.
+
+Start: WAL (replayed into the trail store) -> publisher -> GPU sampler -> gRPC ingest (Unix
+socket) and query (TCP) -> HTTP -> ready.
+Stop: not ready -> stop accepting (gRPC grace) -> flush trails -> flush publisher (one
+deadline, reports what it lost) -> release NVML.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass
+
+import grpc
+
+from vllm_audit.v1 import ingest_pb2_grpc, query_pb2_grpc
+
+from .config import AgentConfig, parse_address
+from .gpu import FakeGpuReader, GpuReader, GpuSampler, NvmlReader
+from .ingest import IngestServicer, replay_wal
+from .metrics import HttpEndpoint, make_registry
+from .publisher import InMemoryPublisher, KafkaPublisher, Publisher
+from .state import AgentState
+from .wal import WriteAheadLog
+
+logger = logging.getLogger("vllm_audit.agent")
+
+SWEEP_INTERVAL_S = 0.5
+
+
+@dataclass
+class AgentHandle:
+    state: AgentState
+    query_address: str
+    http_address: str
+
+
+def _gpu_reader(kind: str) -> GpuReader | None:
+    if kind == "nvml":
+        return NvmlReader()
+    if kind == "fake":
+        return FakeGpuReader()
+    return None
+
+
+def _publisher(config: AgentConfig) -> Publisher:
+    if config.kafka_bootstrap:
+        return KafkaPublisher(config.kafka_bootstrap, config.kafka_topic_prefix)
+    return InMemoryPublisher()
+
+
+@contextlib.asynccontextmanager
+async def running_agent(config: AgentConfig, publisher: Publisher | None = None,
+                        gpu_reader: GpuReader | None = None,
+                        shutdown_timeout: float = 5.0) -> AsyncIterator[AgentHandle]:
+    wal = WriteAheadLog(config.data_dir, config.wal_max_bytes, config.wal_fsync)
+    publisher = publisher or _publisher(config)
+    gpu = GpuSampler(gpu_reader or _gpu_reader(config.gpu), config.gpu_interval_seconds)
+    state = AgentState(config, wal, publisher, gpu)
+    if wal.torn_tail_bytes:
+        state.agent_dropped["wal_torn_tail_bytes"] += wal.torn_tail_bytes
+        logger.warning("WAL had a torn tail of %d bytes (truncated)", wal.torn_tail_bytes)
+    replayed = replay_wal(state)
+    if replayed:
+        logger.info("replayed %d batches from the WAL", replayed)
+    await publisher.start()
+    gpu.start()
+
+    server = grpc.aio.server()
+    ingest_pb2_grpc.add_IngestServiceServicer_to_server(IngestServicer(state), server)
+    config.ingest_socket.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(config.ingest_socket)  # a stale socket from a previous run
+    server.add_insecure_port(f"unix:{config.ingest_socket}")
+    query_server = grpc.aio.server()
+    from .query import ControlServicer, QueryServicer
+
+    query_pb2_grpc.add_QueryServiceServicer_to_server(QueryServicer(state), query_server)
+    query_pb2_grpc.add_ControlServiceServicer_to_server(ControlServicer(state), query_server)
+    query_port = query_server.add_insecure_port(config.query_address)
+    host = parse_address("query_address", config.query_address)[0]
+    http = HttpEndpoint(state, make_registry(state))
+    http_host, http_port = parse_address("http_address", config.http_address)
+    await server.start()
+    await query_server.start()
+    await http.start(http_host, http_port)
+    assert http.server is not None
+    bound_http = http.server.sockets[0].getsockname()[1]
+    sweeper = asyncio.create_task(_sweep(state))
+    state.ready = True
+    logger.info("agent ready: ingest unix:%s, query %s:%d, http %s:%d",
+                config.ingest_socket, host, query_port, http_host, bound_http)
+    try:
+        yield AgentHandle(state, f"{host}:{query_port}", f"{http_host}:{bound_http}")
+    finally:
+        state.ready = False
+        await server.stop(grace=1.0)
+        await query_server.stop(grace=1.0)
+        sweeper.cancel()
+        state.trails.flush()
+        lost = await publisher.stop(shutdown_timeout)
+        gpu.stop()
+        await http.stop()
+        wal.close()
+        logger.info("agent stopped (publisher left %d records unpublished)", lost)
+
+
+async def _sweep(state: AgentState) -> None:
+    while True:
+        await asyncio.sleep(SWEEP_INTERVAL_S)
+        try:
+            state.trails.sweep()
+        except Exception as exc:
+            state.errors["sweep"] += 1
+            logger.exception("trail sweep failed: %r", exc)
+
+
+async def serve(config: AgentConfig, shutdown_trigger: Awaitable[object]) -> None:
+    async with running_agent(config):
+        await shutdown_trigger
