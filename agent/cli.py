@@ -24,7 +24,6 @@ import grpc
 import orjson
 from google.protobuf import json_format
 from google.protobuf.message import Message
-
 from vllm_audit.v1 import query_pb2 as q
 from vllm_audit.v1 import query_pb2_grpc
 

@@ -12,7 +12,6 @@ import logging
 from collections.abc import AsyncIterator
 
 import grpc
-
 from vllm_audit.v1 import events_pb2 as pb
 from vllm_audit.v1 import ingest_pb2, ingest_pb2_grpc
 
@@ -26,7 +25,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
     def __init__(self, state: AgentState) -> None:
         self.state = state
 
-    async def Stream(  # noqa: N802 - gRPC method name
+    async def Stream(
         self, request_iterator: AsyncIterator[pb.Batch], context: grpc.aio.ServicerContext
     ) -> None:
         state = self.state

@@ -6,7 +6,6 @@ import base64
 import time
 
 import grpc
-
 from vllm_audit.v1 import events_pb2 as pb
 from vllm_audit.v1 import query_pb2 as q
 from vllm_audit.v1 import query_pb2_grpc
@@ -38,7 +37,7 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
     def __init__(self, state: AgentState) -> None:
         self.state = state
 
-    async def Health(self, request: q.HealthRequest, context: grpc.aio.ServicerContext  # noqa: N802
+    async def Health(self, request: q.HealthRequest, context: grpc.aio.ServicerContext
                      ) -> q.HealthResponse:
         state = self.state
         return q.HealthResponse(
@@ -50,7 +49,7 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
             connected_sources=len(state.sessions),
         )
 
-    async def GetStats(self, request: q.StatsRequest, context: grpc.aio.ServicerContext  # noqa: N802
+    async def GetStats(self, request: q.StatsRequest, context: grpc.aio.ServicerContext
                        ) -> q.StatsResponse:
         state = self.state
         trails = state.trails
@@ -74,7 +73,7 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
             response.latest_engine_stats.CopyFrom(latest[-1])
         return response
 
-    async def ListTrails(self, request: q.ListTrailsRequest,  # noqa: N802
+    async def ListTrails(self, request: q.ListTrailsRequest,
                          context: grpc.aio.ServicerContext) -> q.ListTrailsResponse:
         if request.page_size < 0:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
@@ -91,7 +90,7 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         token = _encode_token(offset + size) if offset + size < len(matches) else ""
         return q.ListTrailsResponse(trails=page, next_page_token=token)
 
-    async def GetTrail(self, request: q.GetTrailRequest,  # noqa: N802
+    async def GetTrail(self, request: q.GetTrailRequest,
                        context: grpc.aio.ServicerContext) -> q.GetTrailResponse:
         trail = self.state.trails.get(request.request_id)
         if trail is None:
@@ -120,7 +119,7 @@ class ControlServicer(query_pb2_grpc.ControlServiceServicer):
     def __init__(self, state: AgentState) -> None:
         self.state = state
 
-    async def SetAuditLevel(self, request: q.SetAuditLevelRequest,  # noqa: N802
+    async def SetAuditLevel(self, request: q.SetAuditLevelRequest,
                             context: grpc.aio.ServicerContext) -> q.SetAuditLevelResponse:
         if request.level not in pb.AuditLevel.values() or request.level == pb.AUDIT_LEVEL_UNSPECIFIED:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,

@@ -7,7 +7,6 @@ from typing import Any
 
 import orjson
 from google.protobuf import json_format
-
 from vllm_audit.v1 import query_pb2 as q
 
 SCHEMA_VERSION = 1

@@ -17,7 +17,6 @@ from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 
 import grpc
-
 from vllm_audit.v1 import ingest_pb2_grpc, query_pb2_grpc
 
 from .config import AgentConfig, parse_address

@@ -12,7 +12,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from google.protobuf import json_format
-
 from vllm_audit.v1 import events_pb2 as pb
 from vllm_audit.v1 import ingest_pb2
 from vllm_audit.v1 import query_pb2 as q

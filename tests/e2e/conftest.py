@@ -12,11 +12,11 @@ from pathlib import Path
 
 import grpc
 import pytest
+from vllm_audit.v1 import query_pb2_grpc
 
 from tests.e2e import procs
 from tests.support.kafka_broker import KafkaBroker
 from tests.support.tiny_model import make_tiny_model
-from vllm_audit.v1 import query_pb2_grpc
 
 API_KEY = "test-key-0123456789"
 OFFLINE_PROMPTS = 4

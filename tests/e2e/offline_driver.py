@@ -3,7 +3,7 @@
 A separate process: the engine core is spawned, so this needs its own `__main__` guard, and
 each run reads the hook's switches from its own environment.
 
-    python tests/e2e/offline_driver.py MODEL_DIR N_PROMPTS MAX_TOKENS  -> JSON on stdout's last line
+    python tests/e2e/offline_driver.py MODEL_DIR N_PROMPTS MAX_TOKENS OUT_JSON
 """
 
 from __future__ import annotations
@@ -57,7 +57,8 @@ def main() -> None:
     runtime = current_runtime()
     if runtime is not None:
         runtime.sender.flush(5.0)
-    print(json.dumps(result))
+    with open(sys.argv[4], "w") as out:
+        json.dump(result, out)
 
 
 if __name__ == "__main__":

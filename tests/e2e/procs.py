@@ -157,15 +157,16 @@ def run_offline(model_dir: Path, tmp: Path, n: int, max_tokens: int, name: str,
     import json
 
     log = tmp / f"offline-{name}.log"
+    result_path = tmp / f"offline-{name}.json"
     env = base_env(**hook_env)
     with open(log, "wb") as err:
         out = subprocess.run(
             [PYTHON, str(REPO / "tests/e2e/offline_driver.py"), str(model_dir), str(n),
-             str(max_tokens)],
-            env=env, stdout=subprocess.PIPE, stderr=err, cwd=REPO, timeout=300, check=False,
+             str(max_tokens), str(result_path)],
+            env=env, stdout=err, stderr=err, cwd=REPO, timeout=300, check=False,
         )
     if out.returncode != 0:
         raise RuntimeError(f"offline driver failed ({out.returncode}):\n"
                            + log.read_bytes()[-4000:].decode(errors="replace"))
-    result: list[dict[str, object]] = json.loads(out.stdout.decode().strip().splitlines()[-1])
+    result: list[dict[str, object]] = json.loads(result_path.read_text())
     return result

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import openai
 import pytest
+from vllm_audit.v1 import query_pb2, query_pb2_grpc
 
 from tests.e2e import procs
 from tests.e2e.conftest import API_KEY
-from vllm_audit.v1 import query_pb2, query_pb2_grpc
 
 pytestmark = pytest.mark.vllm
 

@@ -8,10 +8,10 @@ from typing import Any
 
 import openai
 import pytest
+from vllm_audit.v1 import query_pb2
 
 from tests.e2e.conftest import API_KEY, Agent
 from tests.e2e.helpers import FINAL_STATES, wait_for_trail
-from vllm_audit.v1 import query_pb2
 
 pytestmark = pytest.mark.vllm
 
