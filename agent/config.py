@@ -40,7 +40,7 @@ def parse_level(text: str) -> int:
     key = text.strip().lower().replace("_", "-")
     if key not in LEVELS:
         raise ValueError(f"audit level {text!r} is not one of {', '.join(LEVELS)}")
-    return LEVELS[key]
+    return int(LEVELS[key])
 
 
 def parse_address(field: str, text: str) -> tuple[str, int]:

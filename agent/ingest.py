@@ -11,6 +11,8 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 
+from typing import Any
+
 import grpc
 from vllm_audit.v1 import events_pb2 as pb
 from vllm_audit.v1 import ingest_pb2, ingest_pb2_grpc
@@ -26,7 +28,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         self.state = state
 
     async def Stream(
-        self, request_iterator: AsyncIterator[pb.Batch], context: grpc.aio.ServicerContext
+        self, request_iterator: AsyncIterator[pb.Batch], context: grpc.aio.ServicerContext[Any, Any]
     ) -> None:
         state = self.state
         session = Session()
@@ -48,7 +50,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             writer.cancel()
 
     @staticmethod
-    async def _write(session: Session, context: grpc.aio.ServicerContext) -> None:
+    async def _write(session: Session, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         while True:
             reply = await session.outbox.get()
             await context.write(reply)

@@ -10,6 +10,7 @@ stable `event_id` instead.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from collections import Counter
@@ -105,10 +106,8 @@ class KafkaPublisher:
         return None
 
     async def _sleep(self, seconds: float) -> None:
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), seconds * (0.5 + random.random()))
-        except TimeoutError:
-            pass
 
     async def _run(self) -> None:
         from aiokafka.errors import KafkaError
@@ -135,8 +134,8 @@ class KafkaPublisher:
                     backoff = min(self._max_backoff, backoff * 2)
 
     async def _next_item(self) -> tuple[str, bytes, bytes] | None:
-        if self._stopping.is_set() and self._queue.empty():
-            return None
+        if self._stopping.is_set():
+            return None if self._queue.empty() else self._queue.get_nowait()
         getter = asyncio.ensure_future(self._queue.get())
         stopper = asyncio.ensure_future(self._stopping.wait())
         done, _ = await asyncio.wait({getter, stopper}, return_when=asyncio.FIRST_COMPLETED)
@@ -149,12 +148,10 @@ class KafkaPublisher:
     async def stop(self, timeout: float) -> int:
         """Drains what it can within `timeout`; returns the number of records left behind."""
         if self._task is not None:
-            deadline = asyncio.get_running_loop().time() + timeout
-            while not self._queue.empty() and asyncio.get_running_loop().time() < deadline:
-                await asyncio.sleep(0.02)
+            # Setting _stopping lets the task drain the queue and then exit; the deadline bounds it.
             self._stopping.set()
             try:
-                await asyncio.wait_for(self._task, max(0.1, deadline - asyncio.get_running_loop().time()))
+                await asyncio.wait_for(self._task, timeout)
             except TimeoutError:
                 self._task.cancel()
         if self._producer is not None:

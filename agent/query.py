@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import time
 
+from typing import Any
+
 import grpc
 from vllm_audit.v1 import events_pb2 as pb
 from vllm_audit.v1 import query_pb2 as q
@@ -37,7 +39,7 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
     def __init__(self, state: AgentState) -> None:
         self.state = state
 
-    async def Health(self, request: q.HealthRequest, context: grpc.aio.ServicerContext
+    async def Health(self, request: q.HealthRequest, context: grpc.aio.ServicerContext[Any, Any]
                      ) -> q.HealthResponse:
         state = self.state
         return q.HealthResponse(
@@ -49,7 +51,7 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
             connected_sources=len(state.sessions),
         )
 
-    async def GetStats(self, request: q.StatsRequest, context: grpc.aio.ServicerContext
+    async def GetStats(self, request: q.StatsRequest, context: grpc.aio.ServicerContext[Any, Any]
                        ) -> q.StatsResponse:
         state = self.state
         trails = state.trails
@@ -74,7 +76,7 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         return response
 
     async def ListTrails(self, request: q.ListTrailsRequest,
-                         context: grpc.aio.ServicerContext) -> q.ListTrailsResponse:
+                         context: grpc.aio.ServicerContext[Any, Any]) -> q.ListTrailsResponse:
         if request.page_size < 0:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 f"page_size must be >= 0, got {request.page_size}")
@@ -91,7 +93,7 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         return q.ListTrailsResponse(trails=page, next_page_token=token)
 
     async def GetTrail(self, request: q.GetTrailRequest,
-                       context: grpc.aio.ServicerContext) -> q.GetTrailResponse:
+                       context: grpc.aio.ServicerContext[Any, Any]) -> q.GetTrailResponse:
         trail = self.state.trails.get(request.request_id)
         if trail is None:
             await context.abort(grpc.StatusCode.NOT_FOUND,
@@ -120,7 +122,7 @@ class ControlServicer(query_pb2_grpc.ControlServiceServicer):
         self.state = state
 
     async def SetAuditLevel(self, request: q.SetAuditLevelRequest,
-                            context: grpc.aio.ServicerContext) -> q.SetAuditLevelResponse:
+                            context: grpc.aio.ServicerContext[Any, Any]) -> q.SetAuditLevelResponse:
         if request.level not in pb.AuditLevel.values() or request.level == pb.AUDIT_LEVEL_UNSPECIFIED:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 f"level must be OFF, SUMMARY, FULL or FULL_WITH_ALLOWED_SETS; "

@@ -11,6 +11,7 @@ Disabled unless `VLLM_AUDIT_ENABLED=true` (or `VLLM_STRUCTURED_OUTPUT_AUDIT=true
 
 from __future__ import annotations
 
+import contextlib
 import threading
 
 from .errors import ERRORS
@@ -40,7 +41,6 @@ def register() -> None:
 
             install()
     except Exception as exc:
-        try:
+        # Strict mode (tests) re-raises from record(); vLLM itself must never see it.
+        with contextlib.suppress(Exception):
             ERRORS.record("register", exc)
-        except Exception:
-            pass  # strict mode in tests re-raises; vLLM itself must never see it

@@ -34,7 +34,9 @@ def allowed_counts(bitmask: npt.NDArray[np.int32], vocab_size: int) -> npt.NDArr
     """
     words = bitmask.view(np.uint32)
     full_words, rem = divmod(vocab_size, 32)
-    counts = np.bitwise_count(words[:, :full_words]).sum(axis=1, dtype=np.int64)
+    counts: npt.NDArray[np.int64] = np.bitwise_count(words[:, :full_words]).sum(
+        axis=1, dtype=np.int64
+    )
     if rem and words.shape[1] > full_words:
         tail = words[:, full_words] & np.uint32((1 << rem) - 1)
         counts += np.bitwise_count(tail).astype(np.int64)

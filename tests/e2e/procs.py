@@ -6,6 +6,7 @@ its own pid (its process group, since vLLM spawns an engine core and workers).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -74,10 +75,8 @@ class Proc:
 
     def stop(self, timeout: float = 20.0) -> None:
         if self.alive():
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
             try:
                 self.popen.wait(timeout)
             except subprocess.TimeoutExpired:

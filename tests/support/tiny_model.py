@@ -23,7 +23,11 @@ MARKER = "vllm-audit-tiny-llama-v1"
 
 def _corpus(n: int = 3000) -> list[str]:
     rng = random.Random(7)
-    words = ["name", "age", "city", "score", "id", "ok", "true", "false", "null", "alice", "bob", "carol", "paris", "rome", "lima", "audit", "model", "token", "grammar", "request", "user", "value", "items", "list", "count"]
+    words = [
+        "name", "age", "city", "score", "id", "ok", "true", "false", "null", "alice", "bob",
+        "carol", "paris", "rome", "lima", "audit", "model", "token", "grammar", "request",
+        "user", "value", "items", "list", "count",
+    ]
     lines = []
     for _ in range(n):
         obj = {rng.choice(words): rng.choice([rng.randint(0, 999), rng.choice(words),
