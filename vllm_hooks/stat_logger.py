@@ -27,6 +27,8 @@ class AuditStatLogger(StatLoggerBase):  # type: ignore[misc]
         try:
             if settings().enabled:
                 self._rt = get_runtime("frontend")
+                name = vllm_config.model_config.served_model_name or vllm_config.model_config.model
+                self._rt.sender.model = str(name[0] if isinstance(name, (list, tuple)) else name)
         except Exception as exc:
             ERRORS.record("stat_logger.init", exc)
         self._last_emit = 0.0
