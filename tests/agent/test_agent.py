@@ -1,0 +1,283 @@
+"""The agent in-process with real gRPC (Unix socket + loopback TCP) and real HTTP scrapes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from vllm_audit.v1 import events_pb2 as pb
+from vllm_audit.v1 import ingest_pb2, ingest_pb2_grpc, query_pb2, query_pb2_grpc
+
+from agent.config import AgentConfig
+from agent.gpu import FakeGpuReader, GpuUnavailable, NvmlReader
+from agent.publisher import InMemoryPublisher
+from agent.server import AgentHandle, running_agent
+from agent.wal import WriteAheadLog
+
+
+def _config(tmp: Path, **kw: object) -> AgentConfig:
+    return AgentConfig(ingest_socket=tmp / "ingest.sock", query_address="127.0.0.1:0",
+                       http_address="127.0.0.1:0", data_dir=tmp / "data", gpu="none",
+                       linger_seconds=kw.pop("linger_seconds", 30.0), **kw)  # type: ignore[arg-type]
+
+
+@contextlib.asynccontextmanager
+async def agent(tmp: Path, **kw: object) -> AsyncIterator[tuple[AgentHandle, InMemoryPublisher]]:
+    publisher = InMemoryPublisher()
+    gpu = kw.pop("gpu_reader", None)
+    async with running_agent(_config(tmp, **kw), publisher=publisher,
+                             gpu_reader=gpu) as handle:  # type: ignore[arg-type]
+        yield handle, publisher
+        assert not handle.state.errors, f"agent swallowed errors: {dict(handle.state.errors)}"
+
+
+def lifecycle(rid: str, phase: int, t: int, **kw: object) -> pb.Event:
+    return pb.Event(time_unix_nano=t, request_id=rid,
+                    lifecycle=pb.RequestLifecycle(phase=phase, **kw))  # type: ignore[arg-type]
+
+
+def http(rid: str, status: int, t: int) -> pb.Event:
+    return pb.Event(time_unix_nano=t, request_id=rid, http=pb.HttpRequest(
+        status_code=status, model="m", user="u", prompt_tokens=3, completion_tokens=5,
+        auth_status="rejected" if status == 401 else "ok"))
+
+
+class Hook:
+    """A client speaking the ingest protocol over the real Unix socket."""
+
+    def __init__(self, socket: Path, source: str = "src-1") -> None:
+        self.channel = grpc.aio.insecure_channel(f"unix:{socket}")
+        self.stub = ingest_pb2_grpc.IngestServiceStub(self.channel)
+        self.source = source
+        self.outbox: asyncio.Queue[pb.Batch | None] = asyncio.Queue()
+        self.replies: asyncio.Queue[ingest_pb2.IngestReply] = asyncio.Queue()
+
+    async def __aenter__(self) -> Hook:
+        async def requests() -> AsyncIterator[pb.Batch]:
+            while (batch := await self.outbox.get()) is not None:
+                yield batch
+
+        self.call = self.stub.Stream(requests())
+
+        async def read() -> None:
+            async for reply in self.call:
+                await self.replies.put(reply)
+
+        self.reader = asyncio.create_task(read())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.outbox.put(None)
+        self.call.cancel()
+        self.reader.cancel()
+        await self.channel.close()
+
+    async def send(self, seq: int, *events: pb.Event, **kw: object) -> ingest_pb2.IngestReply:
+        await self.outbox.put(pb.Batch(source_id=self.source, seq=seq, events=events,
+                                       **kw))  # type: ignore[arg-type]
+        return await self.next("ack")
+
+    async def next(self, kind: str) -> ingest_pb2.IngestReply:
+        async with asyncio.timeout(10):
+            while True:
+                reply = await self.replies.get()
+                if reply.WhichOneof("body") == kind:
+                    return reply
+
+
+def query(handle: AgentHandle) -> query_pb2_grpc.QueryServiceStub:
+    return query_pb2_grpc.QueryServiceStub(grpc.aio.insecure_channel(handle.query_address))
+
+
+async def scrape(handle: AgentHandle, path: str = "/metrics") -> tuple[int, str]:
+    host, port = handle.http_address.rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    data = await reader.read()
+    writer.close()
+    head, _, body = data.decode().partition("\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+async def test_http_and_engine_halves_join_in_either_order(tmp_path: Path) -> None:
+    async with agent(tmp_path) as (handle, published), Hook(handle.state.config.ingest_socket) as hook:
+        config = await hook.next("config")
+        assert config.config.level == pb.AUDIT_LEVEL_SUMMARY
+        # Engine first, then HTTP.
+        await hook.send(1, lifecycle("chatcmpl-aaa-1a2b3c4d", pb.LIFECYCLE_PHASE_ADDED, 10**15))
+        await hook.send(2, lifecycle("chatcmpl-aaa-1a2b3c4d", pb.LIFECYCLE_PHASE_FINISHED, 10**15,
+                                     finish_reason="stop", num_output_tokens=5))
+        assert not published.records
+        await hook.send(3, http("aaa", 200, 10**15))
+        # HTTP first, then engine.
+        await hook.send(4, http("bbb", 200, 10**15))
+        await hook.send(5, lifecycle("cmpl-bbb-deadbeef", pb.LIFECYCLE_PHASE_FINISHED, 10**15,
+                                     finish_reason="length"))
+        # Offline ids stay whole; a 401 needs no engine half.
+        await hook.send(6, lifecycle("0-0a0b0c0d", pb.LIFECYCLE_PHASE_FINISHED, 10**15,
+                                     finish_reason="stop"), model="offline-model")
+        await hook.send(7, http("ccc", 401, 10**15))
+        keys = [key for _, key, _ in published.records]
+        assert keys == ["aaa", "bbb", "0-0a0b0c0d", "ccc"]
+        q = query(handle)
+        aaa = await q.GetTrail(query_pb2.GetTrailRequest(request_id="aaa", include_events=True))
+        assert aaa.summary.state == query_pb2.TRAIL_STATE_FINISHED
+        assert list(aaa.summary.engine_request_ids) == ["chatcmpl-aaa-1a2b3c4d"]
+        assert (aaa.summary.prompt_tokens, aaa.summary.completion_tokens) == (3, 5)
+        assert len(aaa.events) == 3
+        offline = await q.GetTrail(query_pb2.GetTrailRequest(request_id="0-0a0b0c0d"))
+        assert offline.summary.model == "offline-model"
+        ccc = await q.GetTrail(query_pb2.GetTrailRequest(request_id="ccc"))
+        assert ccc.summary.state == query_pb2.TRAIL_STATE_FAILED
+        record = published.records[0][2]
+        assert record["schema"] == 1 and record["gen_ai.request.model"] == "m"
+
+
+async def test_duplicates_dropped_and_gaps_counted(tmp_path: Path) -> None:
+    async with agent(tmp_path) as (handle, _), Hook(handle.state.config.ingest_socket) as hook:
+        event = lifecycle("0-11111111", pb.LIFECYCLE_PHASE_ADDED, 10**15)
+        first = await hook.send(1, event)
+        assert not first.ack.duplicate
+        again = await hook.send(1, event)
+        assert again.ack.duplicate and again.ack.seq == 1
+        gap = pb.GapMarker(dropped_by_reason={"buffer_full": 7}, first_missing_seq=2,
+                           last_missing_seq=3)
+        await hook.send(4, gap=gap)
+        stats = await query(handle).GetStats(query_pb2.StatsRequest())
+        assert stats.duplicate_batches == 1
+        assert stats.events_ingested == 1
+        assert dict(stats.hook_dropped_by_reason) == {"buffer_full": 7, "missing_batches": 2}
+        status, body = await scrape(handle)
+        assert status == 200
+        samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                   for f in text_string_to_metric_families(body) for s in f.samples}
+        assert samples[("vllm_audit_hook_dropped_events_total", (("reason", "buffer_full"),))] == 7
+        assert samples[("vllm_audit_ingest_duplicate_batches_total", ())] == 1
+
+
+async def test_trails_survive_restart_and_torn_tail_is_truncated(tmp_path: Path) -> None:
+    async with agent(tmp_path) as (handle, _), Hook(handle.state.config.ingest_socket) as hook:
+        await hook.send(1, lifecycle("0-22222222", pb.LIFECYCLE_PHASE_FINISHED, 10**15,
+                                     finish_reason="stop"))
+    wal_path = tmp_path / "data" / "ingest.wal"
+    with open(wal_path, "ab") as f:
+        f.write(b"\x10\x00\x00\x00torn")  # a crash mid-append
+    async with agent(tmp_path) as (handle, published):
+        trail = await query(handle).GetTrail(query_pb2.GetTrailRequest(request_id="0-22222222"))
+        assert trail.summary.finish_reason == "stop"
+        assert handle.state.agent_dropped["wal_torn_tail_bytes"] == 8
+        # At-least-once: the replayed final trail is published again, with the same event_id.
+        assert [key for _, key, _ in published.records] == ["0-22222222"]
+        # And the resent batch is recognised as a duplicate after the restart.
+        async with Hook(handle.state.config.ingest_socket) as hook:
+            again = await hook.send(1, lifecycle("0-22222222", pb.LIFECYCLE_PHASE_FINISHED, 10**15))
+            assert again.ack.duplicate
+
+
+def test_wal_refuses_appends_past_its_cap(tmp_path: Path) -> None:
+    wal = WriteAheadLog(tmp_path, max_bytes=100, fsync="never")
+    wal.append(b"x" * 50)
+    from agent.wal import WalFull
+
+    with pytest.raises(WalFull, match="cap 100"):
+        wal.append(b"y" * 50)
+    assert wal.refused_appends == 1
+    assert list(wal.replay()) == [b"x" * 50]
+    wal.close()
+
+
+async def test_set_level_pushes_config_to_connected_hooks(tmp_path: Path) -> None:
+    async with agent(tmp_path) as (handle, _), Hook(handle.state.config.ingest_socket) as hook:
+        await hook.next("config")
+        control = query_pb2_grpc.ControlServiceStub(grpc.aio.insecure_channel(handle.query_address))
+        reply = await control.SetAuditLevel(query_pb2.SetAuditLevelRequest(level=pb.AUDIT_LEVEL_FULL))
+        assert reply.sources_notified == 1
+        pushed = await hook.next("config")
+        assert pushed.config.level == pb.AUDIT_LEVEL_FULL and pushed.config.version == reply.version
+        with pytest.raises(grpc.aio.AioRpcError) as bad:
+            await control.SetAuditLevel(query_pb2.SetAuditLevelRequest(level=0))
+        assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_list_filters_pagination_and_errors(tmp_path: Path) -> None:
+    async with agent(tmp_path) as (handle, _), Hook(handle.state.config.ingest_socket) as hook:
+        for i in range(5):
+            await hook.send(i + 1, lifecycle(f"{i}-abcdef{i:02d}", pb.LIFECYCLE_PHASE_FINISHED,
+                                             10**15 + i * 10**6, finish_reason="stop"),
+                            model="even" if i % 2 == 0 else "odd")
+        q = query(handle)
+        page1 = await q.ListTrails(query_pb2.ListTrailsRequest(page_size=2))
+        page2 = await q.ListTrails(query_pb2.ListTrailsRequest(page_size=2,
+                                                               page_token=page1.next_page_token))
+        page3 = await q.ListTrails(query_pb2.ListTrailsRequest(page_size=2,
+                                                               page_token=page2.next_page_token))
+        ids = [t.request_id for p in (page1, page2, page3) for t in p.trails]
+        assert ids == [f"{i}-abcdef{i:02d}" for i in range(5)] and not page3.next_page_token
+        even = await q.ListTrails(query_pb2.ListTrailsRequest(model="even"))
+        assert len(even.trails) == 3
+        with pytest.raises(grpc.aio.AioRpcError) as bad:
+            await q.ListTrails(query_pb2.ListTrailsRequest(page_token="garbage"))
+        assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "page_token 'garbage'" in str(bad.value.details())
+        with pytest.raises(grpc.aio.AioRpcError) as missing:
+            await q.GetTrail(query_pb2.GetTrailRequest(request_id="nope"))
+        assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+        assert "'nope'" in str(missing.value.details())
+
+
+async def test_linger_finalises_a_half_trail(tmp_path: Path) -> None:
+    async with agent(tmp_path, linger_seconds=0.2) as (handle, published), \
+            Hook(handle.state.config.ingest_socket) as hook:
+        await hook.send(1, lifecycle("chatcmpl-lonely-1a2b3c4d", pb.LIFECYCLE_PHASE_FINISHED,
+                                     10**15, finish_reason="stop"))
+        assert not published.records  # waits for its HTTP half...
+        deadline = time.monotonic() + 5
+        while not published.records and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert [key for _, key, _ in published.records] == ["lonely"]  # ...but not forever
+        assert handle.state.trails.counters["finalised_by_linger"] == 1
+
+
+async def test_health_ready_and_gpu(tmp_path: Path) -> None:
+    async with agent(tmp_path, gpu_reader=FakeGpuReader()) as (handle, _):
+        assert (await scrape(handle, "/healthz"))[0] == 200
+        assert (await scrape(handle, "/readyz"))[0] == 200
+        assert (await scrape(handle, "/nope"))[0] == 404
+        _, body = await scrape(handle)
+        families = {f.name: f for f in text_string_to_metric_families(body)}
+        assert families["vllm_audit_gpu_available"].samples[0].value == 1
+        assert families["vllm_audit_gpu_utilization_ratio"].samples[0].value == pytest.approx(0.42)
+        health = await query(handle).Health(query_pb2.HealthRequest())
+        assert health.status == "SERVING" and health.gpu_available
+
+
+def test_nvml_reports_unavailable_without_a_gpu() -> None:
+    reader = NvmlReader()
+    with pytest.raises(GpuUnavailable, match="NVML unavailable"):
+        reader.open()
+
+
+def test_config_rejects_bad_values(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="query_address='nowhere' is not host:port"):
+        AgentConfig(query_address="nowhere")
+    with pytest.raises(ValueError, match="wal_fsync='sometimes'"):
+        AgentConfig(wal_fsync="sometimes")
+    with pytest.raises(ValueError, match="VLLM_AUDIT_MAX_TRAILS='many' is not a int"):
+        AgentConfig.from_env({"VLLM_AUDIT_MAX_TRAILS": "many"})
+    with pytest.raises(ValueError, match="audit level 'loud'"):
+        AgentConfig.from_env({"VLLM_AUDIT_LEVEL": "loud"})
+
+
+def test_cli_reports_bad_address_clearly() -> None:
+    out = subprocess.run([sys.executable, "-m", "agent.cli", "query", "--address", "127.0.0.1:1",
+                          "health"], capture_output=True, text=True, timeout=30, check=False)
+    assert out.returncode == 1
+    assert out.stderr.startswith("vllm-audit: UNAVAILABLE")
