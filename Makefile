@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install lint test test-fast demo proto bench
+.PHONY: install lint test test-fast demo proto
 
 install:
 	bash scripts/install.sh
@@ -11,7 +11,7 @@ proto: install
 	PATH=$(VENV)/bin:$$PATH bash scripts/gen_proto.sh
 
 lint: install
-	$(VENV)/bin/ruff check agent vllm_hooks tests scripts benchmarks
+	$(VENV)/bin/ruff check agent vllm_hooks tests scripts
 	$(VENV)/bin/mypy
 
 test: lint
@@ -23,5 +23,3 @@ test-fast: install
 demo: install
 	$(PY) scripts/demo.py
 
-bench: install
-	$(PY) benchmarks/bench_hook_offer.py

@@ -168,8 +168,8 @@ async def test_trails_survive_restart_and_torn_tail_is_truncated(tmp_path: Path)
         await hook.send(1, lifecycle("0-22222222", pb.LIFECYCLE_PHASE_FINISHED, 10**15,
                                      finish_reason="stop"))
     wal_path = tmp_path / "data" / "ingest.wal"
-    with open(wal_path, "ab") as f:
-        f.write(b"\x10\x00\x00\x00torn")  # a crash mid-append
+    # A crash mid-append: a header promising 16 bytes, then 4.
+    wal_path.write_bytes(wal_path.read_bytes() + b"\x10\x00\x00\x00torn")
     async with agent(tmp_path) as (handle, published):
         trail = await query(handle).GetTrail(query_pb2.GetTrailRequest(request_id="0-22222222"))
         assert trail.summary.finish_reason == "stop"
@@ -240,7 +240,7 @@ async def test_linger_finalises_a_half_trail(tmp_path: Path) -> None:
                                      10**15, finish_reason="stop"))
         assert not published.records  # waits for its HTTP half...
         deadline = time.monotonic() + 5
-        while not published.records and time.monotonic() < deadline:
+        while not published.records and time.monotonic() < deadline:  # noqa: ASYNC110 - polls a plain list
             await asyncio.sleep(0.05)
         assert [key for _, key, _ in published.records] == ["lonely"]  # ...but not forever
         assert handle.state.trails.counters["finalised_by_linger"] == 1
