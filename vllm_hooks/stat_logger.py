@@ -32,6 +32,7 @@ class AuditStatLogger(StatLoggerBase):  # type: ignore[misc]
         except Exception as exc:
             ERRORS.record("stat_logger.init", exc)
         self._last_emit = 0.0
+        self._was_idle = False
         self._latest: Any = None
         self._prompt_tokens = 0
         self._generation_tokens = 0
@@ -49,8 +50,17 @@ class AuditStatLogger(StatLoggerBase):  # type: ignore[misc]
             return
         try:
             self._accumulate(scheduler_stats, iteration_stats)
+            latest = self._latest
+            if latest is None:
+                return
             now = time.monotonic()
-            if now - self._last_emit >= SNAPSHOT_INTERVAL_S and self._latest is not None:
+            # vLLM calls record() only while the engine has work: the step that empties it is
+            # the last call before a quiet spell, so it is always sent, or the agent would
+            # show a busy engine and stale token counters until the next request.
+            idle = latest.num_running_reqs == 0 and latest.num_waiting_reqs == 0
+            first_idle = idle and not self._was_idle
+            self._was_idle = idle
+            if first_idle or now - self._last_emit >= SNAPSHOT_INTERVAL_S:
                 self._last_emit = now
                 rt.buffer.offer((raw.STATS, time.time_ns(), "", self._snapshot()))
         except Exception as exc:

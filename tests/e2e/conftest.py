@@ -12,9 +12,10 @@ from pathlib import Path
 
 import grpc
 import pytest
-from vllm_audit.v1 import query_pb2_grpc
+from vllm_audit.v1 import query_pb2, query_pb2_grpc
 
 from tests.e2e import procs
+from tests.e2e.helpers import scrape
 from tests.support.kafka_broker import KafkaBroker
 from tests.support.tiny_model import make_tiny_model
 
@@ -63,10 +64,23 @@ def _agent(tmp: Path, name: str, kafka_bootstrap: str | None) -> Iterator[Agent]
     proc, query, metrics = procs.start_agent(sock_dir, socket_path, kafka_bootstrap)
     channel = grpc.insecure_channel(query)
     try:
-        yield Agent(proc, socket_path, query, metrics, channel)
+        handle = Agent(proc, socket_path, query, metrics, channel)
+        yield handle
+        assert_no_swallowed_errors(handle)
     finally:
         channel.close()
         proc.stop()
+
+
+def assert_no_swallowed_errors(agent: Agent) -> None:
+    """The hook and the agent swallow their own errors to protect vLLM; in tests each one
+    is a failure. Hooks report theirs as `internal_error.<site>` drops in their gap markers."""
+    stats = agent.query.GetStats(query_pb2.StatsRequest())
+    hook_errors = {k: v for k, v in stats.hook_dropped_by_reason.items()
+                   if k.startswith("internal_error")}
+    assert not hook_errors, f"the hook swallowed errors: {hook_errors}"
+    agent_errors = scrape(agent.metrics_url).get("vllm_audit_internal_errors_total", [])
+    assert not agent_errors, f"the agent swallowed errors: {agent_errors}"
 
 
 @pytest.fixture(scope="session")

@@ -60,3 +60,26 @@ def wait_for_offline_trail(
                 return trail
         time.sleep(0.05)
     raise AssertionError(f"no final offline trail for request {external_id!r}")
+
+
+def scrape(metrics_url: str) -> dict[str, list[tuple[dict[str, str], float]]]:
+    """One real scrape of /metrics: sample name -> [(labels, value)]."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(metrics_url + "/metrics", timeout=5) as response:
+        text = response.read().decode()
+    samples: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            samples.setdefault(s.name, []).append((dict(s.labels), s.value))
+    return samples
+
+
+def engine_sample(samples: dict[str, list[tuple[dict[str, str], float]]], name: str,
+                  model: str) -> float | None:
+    """The value of an engine series of `model` (one frontend source per server)."""
+    values = [v for labels, v in samples.get(name, []) if labels.get("model") == model]
+    assert len(values) <= 1, f"{name}: several sources report model {model!r}: {values}"
+    return values[0] if values else None

@@ -8,10 +8,10 @@ from typing import Any
 
 import openai
 import pytest
-from vllm_audit.v1 import query_pb2
+from vllm_audit.v1 import events_pb2, query_pb2
 
 from tests.e2e.conftest import API_KEY, Agent
-from tests.e2e.helpers import FINAL_STATES, wait_for_trail
+from tests.e2e.helpers import FINAL_STATES, engine_sample, scrape, wait_for_trail
 
 pytestmark = pytest.mark.vllm
 
@@ -115,3 +115,65 @@ def test_rejected_api_key_recorded_as_401(vllm_server: str, agent: Agent) -> Non
     assert trail.summary.status_code == 401
     assert trail.summary.auth_status == "rejected"
     assert not trail.summary.engine_request_ids
+
+
+def _idle_engine_counters(metrics_url: str, expect: tuple[float, float] | None = None,
+                          timeout: float = 15.0) -> tuple[float, float]:
+    """(prompt, generation) token counters of the `tiny` server once it reports itself idle."""
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        samples = scrape(metrics_url)
+        values = [engine_sample(samples, name, "tiny") for name in (
+            "vllm_audit_engine_num_requests_running", "vllm_audit_engine_num_requests_waiting",
+            "vllm_audit_engine_prompt_tokens_total", "vllm_audit_engine_generation_tokens_total")]
+        last = values
+        running, waiting, prompt, generation = values
+        counters = (prompt or 0.0, generation or 0.0)
+        if running in (None, 0.0) and waiting in (None, 0.0) and expect in (None, counters):
+            return counters
+        time.sleep(0.05)
+    raise AssertionError(f"engine stats not idle at {expect} within {timeout}s; last {last}")
+
+
+def test_engine_stats_reach_metrics_when_the_engine_goes_idle(
+    vllm_server: str, agent: Agent
+) -> None:
+    prompt0, generation0 = _idle_engine_counters(agent.metrics_url)
+    response = _client(vllm_server).chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": "count my tokens"}],
+        max_tokens=12, temperature=0, response_format=RESPONSE_FORMAT,
+    )
+    assert response.usage is not None
+    # The snapshot of the step that emptied the engine arrives at once, not at the next request.
+    _idle_engine_counters(agent.metrics_url, expect=(
+        prompt0 + response.usage.prompt_tokens, generation0 + response.usage.completion_tokens))
+
+
+def test_client_disconnect_is_recorded_as_aborted(vllm_server: str, agent: Agent) -> None:
+    request_id = uuid.uuid4().hex
+    stream = _client(vllm_server).chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": "talk for a long time"}],
+        max_tokens=400, temperature=0, stream=True, user="quitter",
+        extra_body={"ignore_eos": True}, extra_headers={"X-Request-Id": request_id},
+    )
+    received = 0
+    for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            received += 1
+            if received == 2:
+                break
+    stream.close()  # the client goes away mid-generation: vLLM aborts the request
+    trail = wait_for_trail(agent.query, request_id, _final)
+    s = trail.summary
+    assert s.state == query_pb2.TRAIL_STATE_ABORTED
+    assert s.finish_reason == "abort"
+    assert s.user == "quitter" and s.stream
+    lifecycle = [e.lifecycle for e in trail.events if e.WhichOneof("body") == "lifecycle"]
+    phases = [lc.phase for lc in lifecycle]
+    assert phases[0] == events_pb2.LIFECYCLE_PHASE_ADDED
+    assert events_pb2.LIFECYCLE_PHASE_SCHEDULED in phases
+    assert phases[-1] == events_pb2.LIFECYCLE_PHASE_ABORTED
+    # Aborted mid-generation: the engine had produced some tokens, not max_tokens.
+    assert 2 <= lifecycle[-1].num_output_tokens < 400
+    assert lifecycle[-1].status == "FINISHED_ABORTED"
