@@ -1,7 +1,8 @@
 """IngestService: hooks stream batches in; the agent acks each one once it is in the WAL.
 
 Order per batch: de-duplicate by (source_id, seq) -> WAL append + sync (worker thread) ->
-apply to trails -> ack. A full WAL refuses the batch: no ack, so the hook keeps and resends it.
+apply to trails -> ack. A full WAL refuses the batch (an ack with `refused`): the hook keeps it
+and retries it; the hook never drops a batch the agent has not answered.
 Configuration (the audit level) is pushed on connect and whenever it changes.
 """
 
@@ -71,8 +72,10 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             async with state.wal_lock:
                 await asyncio.to_thread(self._append, payload)
         except WalFull:
-            state.agent_dropped["wal_full_unacked"] += 1
-            return None
+            # Not stored, so not acknowledged: the hook keeps the batch and retries it.
+            state.counters["refused_batches_wal_full"] += 1
+            return ingest_pb2.IngestReply(ack=ingest_pb2.Ack(
+                source_id=batch.source_id, seq=batch.seq, refused=True, reason="wal_full"))
         source.mark(batch.seq)
         try:
             state.apply_batch(batch)

@@ -70,6 +70,9 @@ class AgentCollector(Collector):
         yield CounterMetricFamily("vllm_audit_ingest_duplicate_batches",
                                   "Resent batches dropped as duplicates",
                                   value=st.counters["duplicate_batches"])
+        yield _labelled("vllm_audit_ingest_refused_batches",
+                        "Batches refused, not stored (the hook keeps and retries them)", "reason",
+                        {"wal_full": st.counters["refused_batches_wal_full"]})
         yield _labelled("vllm_audit_hook_dropped_events", "Events the hooks could not deliver",
                         "reason", st.hook_dropped)
         yield _labelled("vllm_audit_agent_dropped", "Items the agent dropped", "reason",

@@ -37,15 +37,55 @@ class SourceState:
     model: str = ""
     last_stats: pb.EngineStats | None = None
     last_stats_published: float = 0.0
+    #: Disjoint, sorted seq ranges already reported missing (lost batches are few and runs).
+    missing_counted: list[tuple[int, int]] = field(default_factory=list)
 
     def seen(self, seq: int) -> bool:
         return seq <= self.floor or seq in self.acked
+
+    def count_missing(self, first: int, last: int) -> int:
+        """Seqs in a gap marker's range [first, last] that were never stored and not counted
+        before. A hook's ranges can overlap (a dropped batch hands its own range on to the
+        next one) and can span batches it delivered, so only these are new losses."""
+        new = 0
+        low = max(first, self.floor + 1)
+        for a, b in _subtract(low, last, self.missing_counted):
+            new += (b - a + 1) - sum(1 for s in self.acked if a <= s <= b)
+        self.missing_counted = _merge([*self.missing_counted, (first, last)])
+        return new
 
     def mark(self, seq: int) -> None:
         self.acked.add(seq)
         if len(self.acked) > DEDUP_WINDOW:
             self.floor = max(self.floor, max(self.acked) - DEDUP_WINDOW // 2)
             self.acked = {s for s in self.acked if s > self.floor}
+
+
+def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    merged: list[tuple[int, int]] = []
+    for a, b in sorted(ranges):
+        if merged and a <= merged[-1][1] + 1:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], b))
+        else:
+            merged.append((a, b))
+    return merged
+
+
+def _subtract(first: int, last: int, ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """[first, last] minus the sorted disjoint `ranges`, as a list of ranges."""
+    out: list[tuple[int, int]] = []
+    cursor = first
+    for a, b in ranges:
+        if b < cursor:
+            continue
+        if a > last:
+            break
+        if a > cursor:
+            out.append((cursor, a - 1))
+        cursor = max(cursor, b + 1)
+    if cursor <= last:
+        out.append((cursor, last))
+    return out
 
 
 class Session:
@@ -108,8 +148,8 @@ class AgentState:
         for reason, n in batch.gap.dropped_by_reason.items():
             self.hook_dropped[reason] += n
         if batch.gap.first_missing_seq:
-            self.hook_dropped["missing_batches"] += (
-                batch.gap.last_missing_seq - batch.gap.first_missing_seq + 1)
+            self.hook_dropped["missing_batches"] += source.count_missing(
+                batch.gap.first_missing_seq, batch.gap.last_missing_seq)
         for event in batch.events:
             if event.WhichOneof("body") == "engine_stats":
                 source.last_stats = event.engine_stats

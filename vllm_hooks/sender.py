@@ -4,10 +4,14 @@
   `register()`, never inherited across fork).
 - Every batch carries `(source_id, seq)`. It stays in `_unacked` until the agent acknowledges
   it (after its WAL append) and is resent after a reconnect; the agent drops duplicates.
-- `_unacked` is bounded by bytes. Past the cap the *oldest* batches are dropped and counted
-  (`unacked_overflow`), and the next batch's gap marker names the missing seq range.
-- While the agent is unreachable, events wait in the buffer; when it fills, new events are
-  dropped and counted (`buffer_full`). vLLM never waits on any of this.
+- The agent answers every batch. A *refused* batch (its WAL is full) is kept and retried: one
+  probe per `RETRY_REFUSED_S`, all of them once a probe is accepted.
+- `_unacked` is bounded by bytes. Only refused batches are dropped past the cap (the oldest
+  first), counted (`unacked_overflow`) and named by the next batch's gap marker: a batch the
+  agent has not answered yet may already be stored, so dropping it could count a loss that
+  did not happen. Unanswered batches are bounded by back-pressure instead: at the cap no new
+  batch is made, events wait in the buffer, and when it fills new events are dropped and
+  counted (`buffer_full`), as while the agent is unreachable. vLLM never waits on any of this.
 """
 
 from __future__ import annotations
@@ -36,12 +40,24 @@ logger = logging.getLogger("vllm_hooks")
 
 _END = object()
 _MAX_BACKOFF_S = 5.0
+#: Seconds between retries of refused batches (one probe batch each time).
+RETRY_REFUSED_S = 1.0
+
+
+@dataclass
+class _Unacked:
+    batch: pb.Batch
+    size: int
+    #: The agent answered "not stored"; only such batches may be dropped under the cap.
+    refused: bool = False
 
 
 @dataclass
 class SenderStats:
     batches_sent: int = 0
     batches_acked: int = 0
+    batches_refused: int = 0
+    batches_dropped: int = 0
     events_sent: int = 0
     reconnects: int = 0
     connected: bool = False
@@ -68,8 +84,11 @@ class Sender:
         self.source_id = f"{socket.gethostname()}:{os.getpid()}:{time.time_ns()}"
         self.stats = SenderStats()
         self._seq = 0
-        self._unacked: OrderedDict[int, tuple[pb.Batch, int]] = OrderedDict()
+        self._unacked: OrderedDict[int, _Unacked] = OrderedDict()
         self._unacked_bytes = 0
+        self._refused_bytes = 0
+        #: Set by the reader when a retried batch was stored: the agent has room again.
+        self._retry_all = threading.Event()
         self._unacked_lock = threading.Lock()
         self._missing: tuple[int, int] | None = None
         self._errors_reported: dict[str, int] = {}
@@ -103,7 +122,7 @@ class Sender:
         if self._started:
             self._thread.join(timeout=max(0.1, timeout))
         with self._unacked_lock:
-            unacked_events = sum(len(b.events) for b, _ in self._unacked.values())
+            unacked_events = sum(len(u.batch.events) for u in self._unacked.values())
         lost = {"buffered": len(self._buffer), "unacked": unacked_events}
         if any(lost.values()):
             logger.warning("vllm-audit: shutdown left events undelivered: %s", lost)
@@ -149,14 +168,19 @@ class Sender:
             reader.start()
             self.stats.reconnects += 1
             self.stats.connected = True
-            with self._unacked_lock:
-                resend = [batch for batch, _ in self._unacked.values()]
-            for batch in resend:
-                outq.put(batch)
+            # A new stream: everything kept is resent (the agent drops what it already has).
+            self._resend(outq, self._take_for_resend(refused_only=False))
             interval = self._settings.flush_ms / 1000.0
+            next_retry = time.monotonic() + RETRY_REFUSED_S
             while not self._stop.is_set() and reader.is_alive():
                 self._buffer.wakeup.wait(interval)
                 self._buffer.wakeup.clear()
+                if self._retry_all.is_set():
+                    self._retry_all.clear()
+                    self._resend(outq, self._take_for_resend(refused_only=True))
+                elif time.monotonic() >= next_retry:
+                    next_retry = time.monotonic() + RETRY_REFUSED_S
+                    self._resend(outq, self._take_for_resend(refused_only=True, limit=1))
                 self._flush_into(outq)
             self._flush_into(outq)
             return True
@@ -176,17 +200,53 @@ class Sender:
             assert isinstance(item, pb.Batch)
             yield item
 
+    def _take_for_resend(self, refused_only: bool, limit: int | None = None) -> list[pb.Batch]:
+        """Marks kept batches as unanswered again (oldest first) and returns them to send."""
+        out: list[pb.Batch] = []
+        with self._unacked_lock:
+            for entry in self._unacked.values():
+                if limit is not None and len(out) >= limit:
+                    break
+                if refused_only and not entry.refused:
+                    continue
+                if entry.refused:
+                    entry.refused = False
+                    self._refused_bytes -= entry.size
+                out.append(entry.batch)
+        return out
+
+    @staticmethod
+    def _resend(outq: queue.SimpleQueue[object], batches: list[pb.Batch]) -> None:
+        for batch in batches:
+            outq.put(batch)
+
+    def _on_ack(self, ack: ingest_pb2.Ack) -> None:
+        with self._unacked_lock:
+            entry = self._unacked.get(ack.seq)
+            if entry is None:
+                return
+            if ack.refused:
+                if not entry.refused:
+                    entry.refused = True
+                    self._refused_bytes += entry.size
+                self.stats.batches_refused += 1
+                return
+            del self._unacked[ack.seq]
+            self._unacked_bytes -= entry.size
+            if entry.refused:
+                self._refused_bytes -= entry.size
+            had_refused = self._refused_bytes > 0
+        self.stats.batches_acked += 1
+        if had_refused:
+            # Stored after all: the agent has room again, so send the rest of what it refused.
+            self._retry_all.set()
+
     def _read(self, responses: Iterator[ingest_pb2.IngestReply]) -> None:
         try:
             for reply in responses:
                 which = reply.WhichOneof("body")
                 if which == "ack":
-                    with self._unacked_lock:
-                        entry = self._unacked.pop(reply.ack.seq, None)
-                        if entry is not None:
-                            self._unacked_bytes -= entry[1]
-                    if entry is not None:
-                        self.stats.batches_acked += 1
+                    self._on_ack(reply.ack)
                 elif which == "config":
                     self._on_config(reply.config.level, reply.config.version)
         except grpc.RpcError:
@@ -194,8 +254,14 @@ class Sender:
         except Exception as exc:
             self._errors.record("sender.read", exc)
 
+    def _unanswered_bytes(self) -> int:
+        with self._unacked_lock:
+            return self._unacked_bytes - self._refused_bytes
+
     def _flush_into(self, outq: queue.SimpleQueue[object]) -> None:
         while True:
+            if self._unanswered_bytes() >= self._settings.unacked_bytes:
+                return  # back-pressure: events wait in the bounded buffer
             events = self._buffer.drain(self._settings.batch_events)
             batch = self._make_batch(events)
             if batch is None:
@@ -247,27 +313,39 @@ class Sender:
         self.stats.batches_sent += 1
         self.stats.events_sent += len(batch.events)
         with self._unacked_lock:
-            self._unacked[batch.seq] = (batch, size)
+            self._unacked[batch.seq] = _Unacked(batch, size)
             self._unacked_bytes += size
-            evicted = self._evict_over_cap()
+            evicted = self._evict_refused_over_cap()
         for old in evicted:
             self._account_lost_batch(old)
         return batch
 
-    def _evict_over_cap(self) -> list[pb.Batch]:
+    def _evict_refused_over_cap(self) -> list[pb.Batch]:
+        """Drops the oldest refused batches while over the byte cap (caller holds the lock)."""
+        if self._unacked_bytes <= self._settings.unacked_bytes:
+            return []
         evicted: list[pb.Batch] = []
-        # Keep at least the newest batch: it is being sent now.
-        while self._unacked_bytes > self._settings.unacked_bytes and len(self._unacked) > 1:
-            _, (old, size) = self._unacked.popitem(last=False)
-            self._unacked_bytes -= size
-            evicted.append(old)
+        for seq, entry in list(self._unacked.items()):
+            if self._unacked_bytes <= self._settings.unacked_bytes:
+                break
+            if entry.refused:
+                del self._unacked[seq]
+                self._unacked_bytes -= entry.size
+                self._refused_bytes -= entry.size
+                evicted.append(entry.batch)
         return evicted
 
     def _account_lost_batch(self, old: pb.Batch) -> None:
-        self._buffer.count_drop("unacked_overflow", len(old.events))
-        # The lost batch's own gap marker must not vanish with it.
+        self.stats.batches_dropped += 1
+        if old.events:
+            self._buffer.count_drop("unacked_overflow", len(old.events))
+        # The lost batch's own gap marker must not vanish with it: its drop counts and its
+        # missing range move to the next batch.
         self._buffer.restore_drops(dict(old.gap.dropped_by_reason))
         first, last = old.seq, old.seq
+        if old.gap.first_missing_seq:
+            first = min(first, old.gap.first_missing_seq)
+            last = max(last, old.gap.last_missing_seq)
         if self._missing is not None:
             first, last = min(first, self._missing[0]), max(last, self._missing[1])
         self._missing = (first, last)

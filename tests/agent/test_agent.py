@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import subprocess
 import sys
 import time
@@ -18,25 +17,9 @@ from vllm_audit.v1 import ingest_pb2, ingest_pb2_grpc, query_pb2, query_pb2_grpc
 
 from agent.config import AgentConfig
 from agent.gpu import FakeGpuReader, GpuUnavailable, NvmlReader
-from agent.publisher import InMemoryPublisher
-from agent.server import AgentHandle, running_agent
+from agent.server import AgentHandle
 from agent.wal import WriteAheadLog
-
-
-def _config(tmp: Path, **kw: object) -> AgentConfig:
-    return AgentConfig(ingest_socket=tmp / "ingest.sock", query_address="127.0.0.1:0",
-                       http_address="127.0.0.1:0", data_dir=tmp / "data", gpu="none",
-                       linger_seconds=kw.pop("linger_seconds", 30.0), **kw)  # type: ignore[arg-type]
-
-
-@contextlib.asynccontextmanager
-async def agent(tmp: Path, **kw: object) -> AsyncIterator[tuple[AgentHandle, InMemoryPublisher]]:
-    publisher = InMemoryPublisher()
-    gpu = kw.pop("gpu_reader", None)
-    async with running_agent(_config(tmp, **kw), publisher=publisher,
-                             gpu_reader=gpu) as handle:  # type: ignore[arg-type]
-        yield handle, publisher
-        assert not handle.state.errors, f"agent swallowed errors: {dict(handle.state.errors)}"
+from tests.support.agent_harness import agent, query
 
 
 def lifecycle(rid: str, phase: int, t: int, **kw: object) -> pb.Event:
@@ -91,10 +74,6 @@ class Hook:
                 reply = await self.replies.get()
                 if reply.WhichOneof("body") == kind:
                     return reply
-
-
-def query(handle: AgentHandle) -> query_pb2_grpc.QueryServiceStub:
-    return query_pb2_grpc.QueryServiceStub(grpc.aio.insecure_channel(handle.query_address))
 
 
 async def scrape(handle: AgentHandle, path: str = "/metrics") -> tuple[int, str]:
@@ -281,3 +260,15 @@ def test_cli_reports_bad_address_clearly() -> None:
                           "health"], capture_output=True, text=True, timeout=30, check=False)
     assert out.returncode == 1
     assert out.stderr.startswith("vllm-audit: UNAVAILABLE")
+
+
+async def test_overlapping_gap_ranges_count_each_lost_batch_once(tmp_path: Path) -> None:
+    async with agent(tmp_path) as (handle, _), Hook(handle.state.config.ingest_socket) as hook:
+        event = lifecycle("0-33333333", pb.LIFECYCLE_PHASE_ADDED, 10**15)
+        await hook.send(1, event)
+        await hook.send(3, event)  # 2 and 4..5 never arrive; 3 does
+        await hook.send(6, event, gap=pb.GapMarker(first_missing_seq=2, last_missing_seq=2))
+        # A later marker re-names 2 and spans 3, which was stored: only 4 and 5 are new.
+        await hook.send(7, event, gap=pb.GapMarker(first_missing_seq=2, last_missing_seq=5))
+        stats = await query(handle).GetStats(query_pb2.StatsRequest())
+        assert dict(stats.hook_dropped_by_reason) == {"missing_batches": 3}

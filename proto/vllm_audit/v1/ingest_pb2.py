@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from vllm_audit.v1 import events_pb2 as vllm__audit_dot_v1_dot_events__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1avllm_audit/v1/ingest.proto\x12\rvllm_audit.v1\x1a\x1avllm_audit/v1/events.proto\"G\n\nHookConfig\x12(\n\x05level\x18\x01 \x01(\x0e\x32\x19.vllm_audit.v1.AuditLevel\x12\x0f\n\x07version\x18\x02 \x01(\x04\"8\n\x03\x41\x63k\x12\x11\n\tsource_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x11\n\tduplicate\x18\x03 \x01(\x08\"e\n\x0bIngestReply\x12!\n\x03\x61\x63k\x18\x01 \x01(\x0b\x32\x12.vllm_audit.v1.AckH\x00\x12+\n\x06\x63onfig\x18\x02 \x01(\x0b\x32\x19.vllm_audit.v1.HookConfigH\x00\x42\x06\n\x04\x62ody2O\n\rIngestService\x12>\n\x06Stream\x12\x14.vllm_audit.v1.Batch\x1a\x1a.vllm_audit.v1.IngestReply(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1avllm_audit/v1/ingest.proto\x12\rvllm_audit.v1\x1a\x1avllm_audit/v1/events.proto\"G\n\nHookConfig\x12(\n\x05level\x18\x01 \x01(\x0e\x32\x19.vllm_audit.v1.AuditLevel\x12\x0f\n\x07version\x18\x02 \x01(\x04\"Y\n\x03\x41\x63k\x12\x11\n\tsource_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x11\n\tduplicate\x18\x03 \x01(\x08\x12\x0f\n\x07refused\x18\x04 \x01(\x08\x12\x0e\n\x06reason\x18\x05 \x01(\t\"e\n\x0bIngestReply\x12!\n\x03\x61\x63k\x18\x01 \x01(\x0b\x32\x12.vllm_audit.v1.AckH\x00\x12+\n\x06\x63onfig\x18\x02 \x01(\x0b\x32\x19.vllm_audit.v1.HookConfigH\x00\x42\x06\n\x04\x62ody2O\n\rIngestService\x12>\n\x06Stream\x12\x14.vllm_audit.v1.Batch\x1a\x1a.vllm_audit.v1.IngestReply(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,9 +35,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HOOKCONFIG']._serialized_start=73
   _globals['_HOOKCONFIG']._serialized_end=144
   _globals['_ACK']._serialized_start=146
-  _globals['_ACK']._serialized_end=202
-  _globals['_INGESTREPLY']._serialized_start=204
-  _globals['_INGESTREPLY']._serialized_end=305
-  _globals['_INGESTSERVICE']._serialized_start=307
-  _globals['_INGESTSERVICE']._serialized_end=386
+  _globals['_ACK']._serialized_end=235
+  _globals['_INGESTREPLY']._serialized_start=237
+  _globals['_INGESTREPLY']._serialized_end=338
+  _globals['_INGESTSERVICE']._serialized_start=340
+  _globals['_INGESTSERVICE']._serialized_end=419
 # @@protoc_insertion_point(module_scope)

@@ -15,14 +15,18 @@ class HookConfig(_message.Message):
     def __init__(self, level: _Optional[_Union[_events_pb2.AuditLevel, str]] = ..., version: _Optional[int] = ...) -> None: ...
 
 class Ack(_message.Message):
-    __slots__ = ("source_id", "seq", "duplicate")
+    __slots__ = ("source_id", "seq", "duplicate", "refused", "reason")
     SOURCE_ID_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     DUPLICATE_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
     source_id: str
     seq: int
     duplicate: bool
-    def __init__(self, source_id: _Optional[str] = ..., seq: _Optional[int] = ..., duplicate: _Optional[bool] = ...) -> None: ...
+    refused: bool
+    reason: str
+    def __init__(self, source_id: _Optional[str] = ..., seq: _Optional[int] = ..., duplicate: _Optional[bool] = ..., refused: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class IngestReply(_message.Message):
     __slots__ = ("ack", "config")

@@ -1,0 +1,113 @@
+"""The hook's real sender thread against the real agent over its Unix socket.
+
+Covers the delivery claims of the README: batches the agent did not acknowledge (its WAL was
+full) are kept and resent after a reconnect; past the hook's byte cap the oldest are dropped,
+counted, and named by the next batch's gap marker; nothing disappears without a count.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from vllm_audit.v1 import query_pb2
+
+from agent.server import AgentHandle
+from tests.support.agent_harness import agent, query
+from vllm_hooks import raw_events as raw
+from vllm_hooks.buffer import EventBuffer
+from vllm_hooks.capture import CapturePolicy
+from vllm_hooks.errors import InternalErrors
+from vllm_hooks.raw_events import EventConverter
+from vllm_hooks.sender import Sender
+from vllm_hooks.settings import HookSettings
+
+FINISHED = 5  # vllm_audit.v1.LIFECYCLE_PHASE_FINISHED
+EVENTS = 30
+#: Small enough that the agent refuses appends after a few one-event batches.
+SMALL_WAL = 1500
+
+
+def finished(i: int) -> tuple[object, ...]:
+    return (raw.LIFECYCLE, 10**18 + i, f"req{i:04d}-abcdefgh", FINISHED, 3, 5, "stop",
+            "FINISHED_STOPPED", 16, False)
+
+
+@contextmanager
+def running_sender(socket: Path, unacked_bytes: int) -> Iterator[tuple[Sender, EventBuffer,
+                                                                         InternalErrors]]:
+    # One event per batch, so the WAL cap and the byte cap cut between events.
+    settings = HookSettings(enabled=True, agent_address=str(socket), batch_events=1,
+                            flush_ms=5, unacked_bytes=unacked_bytes)
+    buffer = EventBuffer(1000)
+    errors = InternalErrors()
+    sender = Sender(settings, buffer, EventConverter(settings, CapturePolicy(b"k")), errors,
+                    lambda level, version: None, "test")
+    sender.start()
+    try:
+        yield sender, buffer, errors
+    finally:
+        sender.close(2.0)
+    assert errors.snapshot() == {}, "the sender swallowed errors"
+
+
+async def until(predicate: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+async def fill_until_refused(handle: AgentHandle, sender: Sender, buffer: EventBuffer) -> None:
+    for i in range(EVENTS):
+        buffer.offer(finished(i))
+    await until(lambda: sender.stats.batches_sent >= EVENTS and len(buffer) == 0
+                and handle.state.counters["refused_batches_wal_full"] > 0, "refused batches")
+
+
+async def delivered_request_ids(handle: AgentHandle) -> set[str]:
+    page = await query(handle).ListTrails(query_pb2.ListTrailsRequest(page_size=1000))
+    return {t.request_id for t in page.trails}
+
+
+async def test_unacknowledged_batches_are_resent_after_the_agent_restarts(tmp_path: Path) -> None:
+    socket = tmp_path / "ingest.sock"
+    with running_sender(socket, unacked_bytes=1 << 20) as (sender, buffer, _):
+        async with agent(tmp_path, wal_max_bytes=SMALL_WAL) as (handle, _):
+            await fill_until_refused(handle, sender, buffer)
+            accepted = handle.state.counters["events"]
+            assert 0 < accepted < EVENTS
+            assert sender.unacked_batches() == EVENTS - accepted
+        # The agent comes back with room: the hook resends everything it kept.
+        async with agent(tmp_path) as (handle, _):
+            assert await asyncio.to_thread(sender.flush, 15.0)
+            ids = await delivered_request_ids(handle)
+            assert ids == {f"req{i:04d}-abcdefgh" for i in range(EVENTS)}
+            stats = await query(handle).GetStats(query_pb2.StatsRequest())
+            assert stats.events_ingested == EVENTS  # replayed from the WAL + resent
+            assert stats.duplicate_batches == 0
+            assert dict(stats.hook_dropped_by_reason) == {}
+
+
+async def test_batches_past_the_byte_cap_are_dropped_counted_and_named(tmp_path: Path) -> None:
+    socket = tmp_path / "ingest.sock"
+    with running_sender(socket, unacked_bytes=500) as (sender, buffer, _):
+        async with agent(tmp_path, wal_max_bytes=SMALL_WAL) as (handle, _):
+            await fill_until_refused(handle, sender, buffer)
+            accepted = handle.state.counters["events"]
+            # Only what fits under the cap is kept.
+            assert sender.unacked_batches() < EVENTS - accepted
+        async with agent(tmp_path) as (handle, _):
+            assert await asyncio.to_thread(sender.flush, 15.0)
+            stats = await query(handle).GetStats(query_pb2.StatsRequest())
+            dropped = dict(stats.hook_dropped_by_reason)
+            # Every event is either delivered or counted as dropped, and the gap is named.
+            assert stats.events_ingested + dropped["unacked_overflow"] == EVENTS
+            assert dropped["unacked_overflow"] > 0
+            assert dropped["missing_batches"] == sender.stats.batches_dropped
+            ids = await delivered_request_ids(handle)
+            assert len(ids) == stats.events_ingested
