@@ -32,7 +32,8 @@ def register() -> None:
             if _registered:
                 return
             _registered = True
-            from .runtime import settings
+            # Only the settings are read while disabled: no gRPC, no vLLM internals.
+            from .settings import settings
 
             if not settings().enabled:
                 return

@@ -23,8 +23,8 @@ import orjson
 
 from . import raw_events as raw
 from .errors import ERRORS
-from .runtime import HookRuntime, get_runtime, settings
-from .settings import Level
+from .runtime import HookRuntime, get_runtime
+from .settings import Level, settings
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

@@ -18,13 +18,12 @@ from .capture import CapturePolicy
 from .errors import ERRORS
 from .raw_events import EventConverter
 from .sender import Sender
-from .settings import HookSettings, Level
+from .settings import HookSettings, Level, settings
 
 logger = logging.getLogger("vllm_hooks")
 
 _lock = threading.Lock()
 _runtime: HookRuntime | None = None
-_settings: tuple[int, HookSettings] | None = None
 
 
 class HookRuntime:
@@ -72,17 +71,6 @@ class HookRuntime:
         return self.sender.close(timeout)
 
 
-def settings() -> HookSettings:
-    """The process's settings, read from the environment once per pid."""
-    global _settings
-    pid = os.getpid()
-    cached = _settings
-    if cached is None or cached[0] != pid:
-        cached = (pid, HookSettings.from_env())
-        _settings = cached
-    return cached[1]
-
-
 def get_runtime(role: str) -> HookRuntime:
     """The runtime of this process, created (and its sender started) on first use."""
     global _runtime
@@ -104,10 +92,9 @@ def current_runtime() -> HookRuntime | None:
 
 
 def _forget_after_fork() -> None:
-    global _runtime, _settings
+    global _runtime
     # Do not close: the channel and thread belong to the parent process.
     _runtime = None
-    _settings = None
 
 
 os.register_at_fork(after_in_child=_forget_after_fork)

@@ -122,3 +122,18 @@ class HookSettings:
         if address.startswith("/"):
             return f"unix:{address}"
         return address
+
+
+_cached: tuple[int, HookSettings] | None = None
+
+
+def settings() -> HookSettings:
+    """The process's settings, read from the environment once per pid (a forked child reads
+    its own). Raises ValueError naming the variable when a value is wrong."""
+    global _cached
+    pid = os.getpid()
+    cached = _cached
+    if cached is None or cached[0] != pid:
+        cached = (pid, HookSettings.from_env())
+        _cached = cached
+    return cached[1]

@@ -12,8 +12,8 @@ from typing import Any
 from . import raw_events as raw
 from .adapter import StatLoggerBase
 from .errors import ERRORS
-from .runtime import HookRuntime, get_runtime, settings
-from .settings import Level
+from .runtime import HookRuntime, get_runtime
+from .settings import Level, settings
 
 _SUMMARY = int(Level.SUMMARY)
 #: Seconds between snapshots; counters accumulate in between, so nothing is lost by throttling.
