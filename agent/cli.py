@@ -43,6 +43,9 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--http-address")
     a.add_argument("--data-dir", type=Path)
     a.add_argument("--wal-fsync", choices=("always", "batch", "never"))
+    a.add_argument("--wal-max-bytes", type=int,
+                   help="cap on the WAL (what is not yet delivered); past it batches are refused")
+    a.add_argument("--wal-segment-bytes", type=int, help="WAL segment size (0: derived)")
     a.add_argument("--kafka-bootstrap")
     a.add_argument("--kafka-topic-prefix")
     a.add_argument("--audit-level", choices=list(LEVELS))
@@ -84,6 +87,7 @@ def _run_agent(args: argparse.Namespace) -> int:
     config = AgentConfig.from_env(
         ingest_socket=args.ingest_socket, query_address=args.query_address,
         http_address=args.http_address, data_dir=args.data_dir, wal_fsync=args.wal_fsync,
+        wal_max_bytes=args.wal_max_bytes, wal_segment_bytes=args.wal_segment_bytes,
         kafka_bootstrap=args.kafka_bootstrap, kafka_topic_prefix=args.kafka_topic_prefix,
         audit_level=parse_level(args.audit_level) if args.audit_level else None,
         linger_seconds=args.linger_seconds, max_trails=args.max_trails, gpu=args.gpu,

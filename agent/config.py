@@ -17,7 +17,8 @@ ENV_QUERY_ADDRESS = "VLLM_AUDIT_QUERY_ADDRESS"      # host:port of the query/con
 ENV_HTTP_ADDRESS = "VLLM_AUDIT_HTTP_ADDRESS"        # host:port of /metrics /healthz /readyz
 ENV_DATA_DIR = "VLLM_AUDIT_DATA_DIR"                # WAL directory
 ENV_WAL_FSYNC = "VLLM_AUDIT_WAL_FSYNC"              # always | batch | never
-ENV_WAL_MAX_BYTES = "VLLM_AUDIT_WAL_MAX_BYTES"
+ENV_WAL_MAX_BYTES = "VLLM_AUDIT_WAL_MAX_BYTES"      # cap on what is owed downstream
+ENV_WAL_SEGMENT_BYTES = "VLLM_AUDIT_WAL_SEGMENT_BYTES"  # unit of reclaim; 0 = derived from cap
 ENV_MAX_TRAILS = "VLLM_AUDIT_MAX_TRAILS"
 ENV_MAX_TRAIL_EVENTS = "VLLM_AUDIT_MAX_TRAIL_EVENTS"
 ENV_KAFKA_BOOTSTRAP = "VLLM_AUDIT_KAFKA_BOOTSTRAP"  # unset = no Kafka
@@ -58,6 +59,7 @@ class AgentConfig:
     data_dir: Path = Path("/var/lib/vllm-audit")
     wal_fsync: str = "batch"
     wal_max_bytes: int = 1 << 30
+    wal_segment_bytes: int = 0
     max_trails: int = 100_000
     max_trail_events: int = 10_000
     kafka_bootstrap: str | None = None
@@ -77,6 +79,8 @@ class AgentConfig:
         for name in ("wal_max_bytes", "max_trails", "max_trail_events"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be > 0")
+        if self.wal_segment_bytes < 0:
+            raise ValueError(f"wal_segment_bytes={self.wal_segment_bytes!r} must be >= 0")
         if self.linger_seconds <= 0:
             raise ValueError(f"linger_seconds={self.linger_seconds!r} must be > 0")
         if self.audit_level not in LEVELS.values():
@@ -105,6 +109,7 @@ class AgentConfig:
             if env.get(var):
                 values[field] = env[var]
         number(ENV_WAL_MAX_BYTES, "wal_max_bytes", int)
+        number(ENV_WAL_SEGMENT_BYTES, "wal_segment_bytes", int)
         number(ENV_MAX_TRAILS, "max_trails", int)
         number(ENV_MAX_TRAIL_EVENTS, "max_trail_events", int)
         number(ENV_LINGER_SECONDS, "linger_seconds", float)

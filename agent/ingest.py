@@ -70,7 +70,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         payload = batch.SerializeToString()
         try:
             async with state.wal_lock:
-                await asyncio.to_thread(self._append, payload)
+                segment = await asyncio.to_thread(self._append, payload)
         except WalFull:
             # Not stored, so not acknowledged: the hook keeps the batch and retries it.
             state.counters["refused_batches_wal_full"] += 1
@@ -78,26 +78,27 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                 source_id=batch.source_id, seq=batch.seq, refused=True, reason="wal_full"))
         source.mark(batch.seq)
         try:
-            state.apply_batch(batch)
+            state.apply_batch(batch, segment)
         except Exception as exc:
             state.errors["ingest.apply"] += 1
             logger.exception("applying batch %s/%d failed: %r", batch.source_id, batch.seq, exc)
         return ingest_pb2.IngestReply(ack=ingest_pb2.Ack(source_id=batch.source_id, seq=batch.seq))
 
-    def _append(self, payload: bytes) -> None:
+    def _append(self, payload: bytes) -> int:
         wal = self.state.wal
-        wal.append(payload)
-        if wal.fsync != "never":
+        segment = wal.append(payload)
+        if wal.fsync == "batch":
             wal.sync()
+        return segment
 
 
 def replay_wal(state: AgentState) -> int:
     """Rebuilds trails and de-duplication state from the WAL at start. Returns batches read."""
     n = 0
-    for payload in state.wal.replay():
+    for segment, payload in state.wal.replay():
         batch = pb.Batch.FromString(payload)
         state.source(batch.source_id).mark(batch.seq)
-        state.apply_batch(batch)
+        state.apply_batch(batch, segment)
         n += 1
     state.counters["wal_replayed_batches"] = n
     return n

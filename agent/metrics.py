@@ -82,6 +82,13 @@ class AgentCollector(Collector):
         yield CounterMetricFamily("vllm_audit_records_published", "Records published",
                                   value=st.publisher.counters["published"])
         yield GaugeMetricFamily("vllm_audit_wal_bytes", "Bytes in the WAL", value=st.wal.size)
+        yield GaugeMetricFamily("vllm_audit_wal_max_bytes", "WAL cap; past it batches are refused",
+                                value=st.wal.max_bytes)
+        yield GaugeMetricFamily("vllm_audit_wal_segments", "WAL segment files",
+                                value=len(st.wal.segments()))
+        yield CounterMetricFamily("vllm_audit_wal_reclaimed_segments",
+                                  "WAL segments deleted once everything in them was delivered",
+                                  value=st.wal.deleted_segments)
         yield GaugeMetricFamily("vllm_audit_connected_sources", "Hook streams connected",
                                 value=len(st.sessions))
         yield GaugeMetricFamily("vllm_audit_audit_level", "Audit level pushed to hooks",

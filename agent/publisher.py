@@ -14,6 +14,7 @@ import contextlib
 import logging
 import random
 from collections import Counter
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from .records import encode
@@ -21,10 +22,16 @@ from .records import encode
 logger = logging.getLogger("vllm_audit.agent")
 
 
+#: Called once a record is settled: published, or its loss counted (queue full, fatal error).
+#: Not called for records left unpublished at shutdown: the WAL still holds what rebuilds them.
+OnDone = Callable[[], None]
+
+
 class Publisher(Protocol):
     counters: Counter[str]
 
-    def offer(self, topic_suffix: str, key: str, record: dict[str, Any]) -> None: ...
+    def offer(self, topic_suffix: str, key: str, record: dict[str, Any],
+              on_done: OnDone | None = None) -> None: ...
     async def start(self) -> None: ...
     async def stop(self, timeout: float) -> int: ...
     @property
@@ -39,12 +46,15 @@ class InMemoryPublisher:
         self.max_records = max_records
         self.counters: Counter[str] = Counter()
 
-    def offer(self, topic_suffix: str, key: str, record: dict[str, Any]) -> None:
+    def offer(self, topic_suffix: str, key: str, record: dict[str, Any],
+              on_done: OnDone | None = None) -> None:
         if len(self.records) >= self.max_records:
             self.records.pop(0)
             self.counters["dropped_memory_cap"] += 1
         self.records.append((topic_suffix, key, record))
         self.counters["published"] += 1
+        if on_done is not None:
+            on_done()
 
     async def start(self) -> None:
         pass
@@ -63,7 +73,8 @@ class KafkaPublisher:
         self.bootstrap = bootstrap
         self.topic_prefix = topic_prefix
         self.counters: Counter[str] = Counter()
-        self._queue: asyncio.Queue[tuple[str, bytes, bytes]] = asyncio.Queue(queue_size)
+        self._queue: asyncio.Queue[tuple[str, bytes, bytes, OnDone | None]] = asyncio.Queue(
+            queue_size)
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._producer: Any = None
@@ -74,12 +85,15 @@ class KafkaPublisher:
     def connected(self) -> bool:
         return self._connected
 
-    def offer(self, topic_suffix: str, key: str, record: dict[str, Any]) -> None:
+    def offer(self, topic_suffix: str, key: str, record: dict[str, Any],
+              on_done: OnDone | None = None) -> None:
         try:
             self._queue.put_nowait((f"{self.topic_prefix}.{topic_suffix}", key.encode(),
-                                    encode(record)))
+                                    encode(record), on_done))
         except asyncio.QueueFull:
             self.counters["dropped_queue_full"] += 1
+            if on_done is not None:
+                on_done()
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="kafka-publisher")
@@ -110,30 +124,39 @@ class KafkaPublisher:
             await asyncio.wait_for(self._stopping.wait(), seconds * (0.5 + random.random()))
 
     async def _run(self) -> None:
-        from aiokafka.errors import KafkaError
-
         self._producer = await self._ensure_producer()
         while self._producer is not None:
             item = await self._next_item()
             if item is None:
                 return
-            topic, key, value = item
-            backoff = 0.1
-            while True:
-                try:
-                    await self._producer.send_and_wait(topic, value, key=key)
-                    self.counters["published"] += 1
-                    break
-                except KafkaError as exc:
-                    if not exc.retriable or self._stopping.is_set():
-                        self.counters["failed"] += 1
-                        logger.error("kafka publish to %s failed: %r", topic, exc)
-                        break
-                    self.counters["retries"] += 1
-                    await self._sleep(backoff)
-                    backoff = min(self._max_backoff, backoff * 2)
+            topic, key, value, on_done = item
+            if await self._publish(topic, key, value) and on_done is not None:
+                on_done()
 
-    async def _next_item(self) -> tuple[str, bytes, bytes] | None:
+    async def _publish(self, topic: str, key: bytes, value: bytes) -> bool:
+        """Sends one record, retrying retriable errors. Returns whether it is settled
+        (published, or its loss counted); False when shutdown interrupted it."""
+        from aiokafka.errors import KafkaError
+
+        backoff = 0.1
+        while True:
+            try:
+                await self._producer.send_and_wait(topic, value, key=key)
+                self.counters["published"] += 1
+                return True
+            except KafkaError as exc:
+                if self._stopping.is_set():
+                    self.counters["lost_at_shutdown"] += 1
+                    return False
+                if not exc.retriable:
+                    self.counters["failed"] += 1
+                    logger.error("kafka publish to %s failed: %r", topic, exc)
+                    return True
+                self.counters["retries"] += 1
+                await self._sleep(backoff)
+                backoff = min(self._max_backoff, backoff * 2)
+
+    async def _next_item(self) -> tuple[str, bytes, bytes, OnDone | None] | None:
         if self._stopping.is_set():
             return None if self._queue.empty() else self._queue.get_nowait()
         getter = asyncio.ensure_future(self._queue.get())

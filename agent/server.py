@@ -57,7 +57,8 @@ def _publisher(config: AgentConfig) -> Publisher:
 async def running_agent(config: AgentConfig, publisher: Publisher | None = None,
                         gpu_reader: GpuReader | None = None,
                         shutdown_timeout: float = 5.0) -> AsyncIterator[AgentHandle]:
-    wal = WriteAheadLog(config.data_dir, config.wal_max_bytes, config.wal_fsync)
+    wal = WriteAheadLog(config.data_dir, config.wal_max_bytes, config.wal_fsync,
+                        config.wal_segment_bytes or None)
     publisher = publisher or _publisher(config)
     gpu = GpuSampler(gpu_reader or _gpu_reader(config.gpu), config.gpu_interval_seconds)
     state = AgentState(config, wal, publisher, gpu)
@@ -67,6 +68,7 @@ async def running_agent(config: AgentConfig, publisher: Publisher | None = None,
     replayed = replay_wal(state)
     if replayed:
         logger.info("replayed %d batches from the WAL", replayed)
+    state.reclaim_wal()
     await publisher.start()
     gpu.start()
 
@@ -114,6 +116,7 @@ async def _sweep(state: AgentState) -> None:
         await asyncio.sleep(SWEEP_INTERVAL_S)
         try:
             state.trails.sweep()
+            state.reclaim_wal()
         except Exception as exc:
             state.errors["sweep"] += 1
             logger.exception("trail sweep failed: %r", exc)

@@ -14,13 +14,12 @@ from dataclasses import dataclass, field
 from google.protobuf import json_format
 from vllm_audit.v1 import events_pb2 as pb
 from vllm_audit.v1 import ingest_pb2
-from vllm_audit.v1 import query_pb2 as q
 
 from .config import AgentConfig
 from .gpu import GpuSampler
 from .publisher import Publisher
 from .records import trail_record
-from .trails import TrailStore
+from .trails import Trail, TrailStore
 from .wal import WriteAheadLog
 
 #: Acknowledged seqs remembered per source for de-duplication of resends.
@@ -118,8 +117,18 @@ class AgentState:
         #: Internal errors swallowed by the agent; tests assert this stays empty.
         self.errors: Counter[str] = Counter()
 
-    def _on_final(self, summary: q.TrailSummary) -> None:
-        self.publisher.offer("requests", summary.request_id, trail_record(summary))
+    def _on_final(self, trail: Trail) -> None:
+        summary = trail.summary
+        self.publisher.offer("requests", summary.request_id, trail_record(summary),
+                             on_done=lambda: self.trails.delivered(trail))
+
+    def reclaim_wal(self) -> int:
+        """Deletes sealed WAL segments that no undelivered trail needs; returns how many."""
+        deleted = 0
+        for segment in self.wal.segments():
+            if not self.trails.segment_refs.get(segment) and self.wal.delete(segment):
+                deleted += 1
+        return deleted
 
     def hook_config(self) -> ingest_pb2.IngestReply:
         return ingest_pb2.IngestReply(
@@ -139,8 +148,8 @@ class AgentState:
             state = self.sources[source_id] = SourceState()
         return state
 
-    def apply_batch(self, batch: pb.Batch) -> None:
-        """Applies a durable batch to the trail store, stats and counters."""
+    def apply_batch(self, batch: pb.Batch, segment: int) -> None:
+        """Applies a batch stored in WAL `segment` to the trail store, stats and counters."""
         source = self.source(batch.source_id)
         source.role, source.model = batch.process_role, batch.model or source.model
         self.counters["batches"] += 1
@@ -154,7 +163,7 @@ class AgentState:
             if event.WhichOneof("body") == "engine_stats":
                 source.last_stats = event.engine_stats
                 self._publish_stats(batch, source, event)
-        self.trails.apply(batch)
+        self.trails.apply(batch, segment)
 
     def _publish_stats(self, batch: pb.Batch, source: SourceState, event: pb.Event) -> None:
         now = time.monotonic()

@@ -3,7 +3,9 @@
 A trail is *final* when an offline request finished, or when a served request has both its
 HTTP half and every engine half finished (an HTTP error needs no engine half), or when
 `linger_seconds` passed since its first half arrived. Final trails are handed to `on_final`
-exactly once; late events still update the stored trail and are counted.
+exactly once; late events still update the stored trail and are counted. Each trail notes the
+WAL segments holding its events until its record is delivered (see `delivered`), so the WAL
+keeps exactly what a restart would need to publish again.
 
 Memory is bounded: at most `max_trails` (oldest final trails evicted first, then oldest
 active ones, each counted by reason) and at most `max_events` events per trail (counted).
@@ -33,11 +35,13 @@ class Trail:
     engine_finished: set[str] = field(default_factory=set)
     first_seen: float = field(default_factory=time.monotonic)
     published: bool = False
+    #: WAL segments holding this trail's events, until its record is delivered downstream.
+    segments: set[int] = field(default_factory=set)
 
 
 class TrailStore:
     def __init__(self, max_trails: int, max_events: int, linger_seconds: float,
-                 on_final: Callable[[q.TrailSummary], None]) -> None:
+                 on_final: Callable[[Trail], None]) -> None:
         self.max_trails = max_trails
         self.max_events = max_events
         self.linger_seconds = linger_seconds
@@ -45,6 +49,8 @@ class TrailStore:
         self._trails: OrderedDict[str, Trail] = OrderedDict()
         self.counters: Counter[str] = Counter()
         self.finished_by_state: Counter[str] = Counter()
+        #: Undelivered trails per WAL segment: a segment is reclaimable at zero.
+        self.segment_refs: Counter[int] = Counter()
 
     def __len__(self) -> int:
         return len(self._trails)
@@ -63,7 +69,8 @@ class TrailStore:
                    for t in self._trails.values())
 
     # -- ingest ----------------------------------------------------------------------------
-    def apply(self, batch: pb.Batch) -> None:
+    def apply(self, batch: pb.Batch, segment: int) -> None:
+        """Applies a batch stored in WAL `segment` (which then holds its open trails)."""
         for event in batch.events:
             kind = event.WhichOneof("body")
             if kind == "engine_stats" or not event.request_id:
@@ -73,6 +80,9 @@ class TrailStore:
             else:
                 trail_id, expects_http = trail_id_for_engine_request(event.request_id)
             trail = self._trail(trail_id, expects_http, event)
+            if not trail.published and segment not in trail.segments:
+                trail.segments.add(segment)
+                self.segment_refs[segment] += 1
             if not trail.summary.model and batch.model:
                 trail.summary.model = batch.model
             self._apply_event(trail, event, kind)
@@ -172,7 +182,16 @@ class TrailStore:
         self.finished_by_state[q.TrailState.Name(s.state)[len("TRAIL_STATE_"):].lower()] += 1
         if force:
             self.counters["finalised_by_linger"] += 1
-        self.on_final(s)
+        self.on_final(trail)
+
+    def delivered(self, trail: Trail) -> None:
+        """The trail's record reached its destination (or its loss was counted): the WAL
+        segments that held it for a replay need not any more."""
+        for segment in trail.segments:
+            self.segment_refs[segment] -= 1
+            if self.segment_refs[segment] <= 0:
+                del self.segment_refs[segment]
+        trail.segments.clear()
 
     def sweep(self, now: float | None = None) -> None:
         """Finalises trails whose other half did not arrive within linger_seconds."""

@@ -6,74 +6,25 @@ import asyncio
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from vllm_audit.v1 import events_pb2 as pb
-from vllm_audit.v1 import ingest_pb2, ingest_pb2_grpc, query_pb2, query_pb2_grpc
+from vllm_audit.v1 import query_pb2, query_pb2_grpc
 
 from agent.config import AgentConfig
 from agent.gpu import FakeGpuReader, GpuUnavailable, NvmlReader
 from agent.server import AgentHandle
 from agent.wal import WriteAheadLog
-from tests.support.agent_harness import agent, query
-
-
-def lifecycle(rid: str, phase: int, t: int, **kw: object) -> pb.Event:
-    return pb.Event(time_unix_nano=t, request_id=rid,
-                    lifecycle=pb.RequestLifecycle(phase=phase, **kw))  # type: ignore[arg-type]
+from tests.support.agent_harness import Hook, agent, lifecycle, query
 
 
 def http(rid: str, status: int, t: int) -> pb.Event:
     return pb.Event(time_unix_nano=t, request_id=rid, http=pb.HttpRequest(
         status_code=status, model="m", user="u", prompt_tokens=3, completion_tokens=5,
         auth_status="rejected" if status == 401 else "ok"))
-
-
-class Hook:
-    """A client speaking the ingest protocol over the real Unix socket."""
-
-    def __init__(self, socket: Path, source: str = "src-1") -> None:
-        self.channel = grpc.aio.insecure_channel(f"unix:{socket}")
-        self.stub = ingest_pb2_grpc.IngestServiceStub(self.channel)
-        self.source = source
-        self.outbox: asyncio.Queue[pb.Batch | None] = asyncio.Queue()
-        self.replies: asyncio.Queue[ingest_pb2.IngestReply] = asyncio.Queue()
-
-    async def __aenter__(self) -> Hook:
-        async def requests() -> AsyncIterator[pb.Batch]:
-            while (batch := await self.outbox.get()) is not None:
-                yield batch
-
-        self.call = self.stub.Stream(requests())
-
-        async def read() -> None:
-            async for reply in self.call:
-                await self.replies.put(reply)
-
-        self.reader = asyncio.create_task(read())
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.outbox.put(None)
-        self.call.cancel()
-        self.reader.cancel()
-        await self.channel.close()
-
-    async def send(self, seq: int, *events: pb.Event, **kw: object) -> ingest_pb2.IngestReply:
-        await self.outbox.put(pb.Batch(source_id=self.source, seq=seq, events=events,
-                                       **kw))  # type: ignore[arg-type]
-        return await self.next("ack")
-
-    async def next(self, kind: str) -> ingest_pb2.IngestReply:
-        async with asyncio.timeout(10):
-            while True:
-                reply = await self.replies.get()
-                if reply.WhichOneof("body") == kind:
-                    return reply
 
 
 async def scrape(handle: AgentHandle, path: str = "/metrics") -> tuple[int, str]:
@@ -146,7 +97,7 @@ async def test_trails_survive_restart_and_torn_tail_is_truncated(tmp_path: Path)
     async with agent(tmp_path) as (handle, _), Hook(handle.state.config.ingest_socket) as hook:
         await hook.send(1, lifecycle("0-22222222", pb.LIFECYCLE_PHASE_FINISHED, 10**15,
                                      finish_reason="stop"))
-    wal_path = tmp_path / "data" / "ingest.wal"
+    wal_path = tmp_path / "data" / "ingest-00000001.wal"
     # A crash mid-append: a header promising 16 bytes, then 4.
     wal_path.write_bytes(wal_path.read_bytes() + b"\x10\x00\x00\x00torn")
     async with agent(tmp_path) as (handle, published):
@@ -169,7 +120,7 @@ def test_wal_refuses_appends_past_its_cap(tmp_path: Path) -> None:
     with pytest.raises(WalFull, match="cap 100"):
         wal.append(b"y" * 50)
     assert wal.refused_appends == 1
-    assert list(wal.replay()) == [b"x" * 50]
+    assert list(wal.replay()) == [(1, b"x" * 50)]
     wal.close()
 
 

@@ -67,6 +67,8 @@ async def fill_until_refused(handle: AgentHandle, sender: Sender, buffer: EventB
         buffer.offer(finished(i))
     await until(lambda: sender.stats.batches_sent >= EVENTS and len(buffer) == 0
                 and handle.state.counters["refused_batches_wal_full"] > 0, "refused batches")
+    # Every stored batch's ack has reached the hook.
+    await until(lambda: sender.stats.batches_acked == handle.state.counters["batches"], "acks")
 
 
 async def delivered_request_ids(handle: AgentHandle) -> set[str]:

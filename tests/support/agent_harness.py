@@ -3,12 +3,14 @@ and HTTP endpoint, each bound to a fresh port, with an in-memory publisher to re
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
-from vllm_audit.v1 import query_pb2_grpc
+from vllm_audit.v1 import events_pb2 as pb
+from vllm_audit.v1 import ingest_pb2, ingest_pb2_grpc, query_pb2_grpc
 
 from agent.config import AgentConfig
 from agent.gpu import GpuReader
@@ -39,3 +41,51 @@ async def agent(tmp: Path, gpu_reader: GpuReader | None = None,
 
 def query(handle: AgentHandle) -> query_pb2_grpc.QueryServiceStub:
     return query_pb2_grpc.QueryServiceStub(grpc.aio.insecure_channel(handle.query_address))
+
+
+def lifecycle(rid: str, phase: int, t: int, **kw: object) -> pb.Event:
+    return pb.Event(time_unix_nano=t, request_id=rid,
+                    lifecycle=pb.RequestLifecycle(phase=phase, **kw))  # type: ignore[arg-type]
+
+
+class Hook:
+    """A client speaking the ingest protocol over the real Unix socket."""
+
+    def __init__(self, socket: Path, source: str = "src-1") -> None:
+        self.channel = grpc.aio.insecure_channel(f"unix:{socket}")
+        self.stub = ingest_pb2_grpc.IngestServiceStub(self.channel)
+        self.source = source
+        self.outbox: asyncio.Queue[pb.Batch | None] = asyncio.Queue()
+        self.replies: asyncio.Queue[ingest_pb2.IngestReply] = asyncio.Queue()
+
+    async def __aenter__(self) -> Hook:
+        async def requests() -> AsyncIterator[pb.Batch]:
+            while (batch := await self.outbox.get()) is not None:
+                yield batch
+
+        self.call = self.stub.Stream(requests())
+
+        async def read() -> None:
+            async for reply in self.call:
+                await self.replies.put(reply)
+
+        self.reader = asyncio.create_task(read())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.outbox.put(None)
+        self.call.cancel()
+        self.reader.cancel()
+        await self.channel.close()
+
+    async def send(self, seq: int, *events: pb.Event, **kw: object) -> ingest_pb2.IngestReply:
+        await self.outbox.put(pb.Batch(source_id=self.source, seq=seq, events=events,
+                                       **kw))  # type: ignore[arg-type]
+        return await self.next("ack")
+
+    async def next(self, kind: str) -> ingest_pb2.IngestReply:
+        async with asyncio.timeout(10):
+            while True:
+                reply = await self.replies.get()
+                if reply.WhichOneof("body") == kind:
+                    return reply
