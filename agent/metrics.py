@@ -86,9 +86,12 @@ class AgentCollector(Collector):
                                 value=st.wal.max_bytes)
         yield GaugeMetricFamily("vllm_audit_wal_segments", "WAL segment files",
                                 value=len(st.wal.segments()))
-        yield CounterMetricFamily("vllm_audit_wal_reclaimed_segments",
-                                  "WAL segments deleted once everything in them was delivered",
+        yield CounterMetricFamily("vllm_audit_wal_deleted_segments",
+                                  "WAL segments deleted (delivered, or expired without Kafka)",
                                   value=st.wal.deleted_segments)
+        yield CounterMetricFamily("vllm_audit_wal_expired_segments",
+                                  "WAL segments expired at the cap without Kafka (records lost)",
+                                  value=st.counters["wal_expired_segments"])
         yield GaugeMetricFamily("vllm_audit_connected_sources", "Hook streams connected",
                                 value=len(st.sessions))
         yield GaugeMetricFamily("vllm_audit_audit_level", "Audit level pushed to hooks",

@@ -29,6 +29,8 @@ OnDone = Callable[[], None]
 
 class Publisher(Protocol):
     counters: Counter[str]
+    #: True when a delivered record is kept elsewhere (Kafka): the WAL may then forget it.
+    durable: bool
 
     def offer(self, topic_suffix: str, key: str, record: dict[str, Any],
               on_done: OnDone | None = None) -> None: ...
@@ -39,11 +41,15 @@ class Publisher(Protocol):
 
 
 class InMemoryPublisher:
-    """Keeps records in a list (no-Kafka mode and tests)."""
+    """Keeps the newest records in a list (no-Kafka mode and tests).
 
-    def __init__(self, max_records: int = 10_000) -> None:
+    Not durable by default: without Kafka the WAL is the agent's archive. Tests pass
+    `durable=True` to stand in for a durable sink."""
+
+    def __init__(self, max_records: int = 10_000, durable: bool = False) -> None:
         self.records: list[tuple[str, str, dict[str, Any]]] = []
         self.max_records = max_records
+        self.durable = durable
         self.counters: Counter[str] = Counter()
 
     def offer(self, topic_suffix: str, key: str, record: dict[str, Any],
@@ -68,6 +74,8 @@ class InMemoryPublisher:
 
 
 class KafkaPublisher:
+    durable = True
+
     def __init__(self, bootstrap: str, topic_prefix: str, queue_size: int = 100_000,
                  max_backoff: float = 5.0) -> None:
         self.bootstrap = bootstrap

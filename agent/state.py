@@ -24,6 +24,9 @@ from .wal import WriteAheadLog
 
 #: Acknowledged seqs remembered per source for de-duplication of resends.
 DEDUP_WINDOW = 100_000
+#: Without Kafka, the WAL keeps the newest records up to this share of its cap (the rest of
+#: the cap is headroom for ingest between two sweeps).
+WAL_RETENTION_RATIO = 0.9
 #: At most one engine-stats record per source per this many seconds goes to Kafka.
 ENGINE_STATS_PUBLISH_INTERVAL_S = 1.0
 
@@ -123,11 +126,23 @@ class AgentState:
                              on_done=lambda: self.trails.delivered(trail))
 
     def reclaim_wal(self) -> int:
-        """Deletes sealed WAL segments that no undelivered trail needs; returns how many."""
+        """Deletes sealed WAL segments that are no longer needed; returns how many.
+
+        With a durable publisher (Kafka) a segment goes once no undelivered trail needs it.
+        Without one the WAL is the archive: it keeps the newest records up to
+        WAL_RETENTION_RATIO of its cap and expires the oldest segments first (counted)."""
+        wal = self.wal
         deleted = 0
-        for segment in self.wal.segments():
-            if not self.trails.segment_refs.get(segment) and self.wal.delete(segment):
-                deleted += 1
+        if self.publisher.durable:
+            for segment in wal.segments():
+                if not self.trails.segment_refs.get(segment) and wal.delete(segment):
+                    deleted += 1
+            return deleted
+        for segment in wal.segments():
+            if wal.size <= wal.max_bytes * WAL_RETENTION_RATIO or not wal.delete(segment):
+                break
+            deleted += 1
+            self.counters["wal_expired_segments"] += 1
         return deleted
 
     def hook_config(self) -> ingest_pb2.IngestReply:

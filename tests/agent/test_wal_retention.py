@@ -1,8 +1,10 @@
 """The WAL keeps what is owed downstream and no more.
 
-Segments are reclaimed once every trail in them is final and its record delivered; while
-Kafka is down nothing is delivered, so the WAL grows, refuses batches at its cap (the hook
-keeps them), and drains when Kafka comes back. Real broker, real gRPC, real files.
+With Kafka, segments are reclaimed once every trail in them is final and its record
+delivered; while Kafka is down nothing is delivered, so the WAL grows, refuses batches at its
+cap (the hook keeps them), and drains when Kafka comes back. Without Kafka the WAL is the
+archive: the newest records are kept up to the cap and the oldest segments expire, counted.
+Real broker, real gRPC, real files.
 """
 
 from __future__ import annotations
@@ -38,8 +40,8 @@ async def until(predicate: Callable[[], bool], what: str, timeout: float = 30.0)
 
 
 async def test_segments_are_reclaimed_once_their_trails_are_delivered(tmp_path: Path) -> None:
-    async with agent(tmp_path, wal_segment_bytes=SEGMENT_BYTES) as (handle, published), \
-            Hook(handle.state.config.ingest_socket) as hook:
+    async with agent(tmp_path, durable_publisher=True, wal_segment_bytes=SEGMENT_BYTES) as (
+            handle, published), Hook(handle.state.config.ingest_socket) as hook:
         state, wal = handle.state, handle.state.wal
         # An open trail (its request is still running) pins the segment holding it.
         await hook.send(1, lifecycle("0-0pen0000", pb.LIFECYCLE_PHASE_ADDED, 10**15))
@@ -55,7 +57,8 @@ async def test_segments_are_reclaimed_once_their_trails_are_delivered(tmp_path: 
         state.reclaim_wal()
         assert wal.segments() == [wal.current]
     # A restart replays only what is left, and loses no trail that was still owed.
-    async with agent(tmp_path, wal_segment_bytes=SEGMENT_BYTES) as (handle, published):
+    async with agent(tmp_path, durable_publisher=True, wal_segment_bytes=SEGMENT_BYTES) as (
+            handle, published):
         # Only the open segment is left: it holds the last batch, whose trail is published
         # again (at-least-once, same event_id); the reclaimed ones are not replayed.
         assert [key for _, key, _ in published.records] == ["0-0pen0000"]
@@ -106,3 +109,26 @@ async def test_kafka_outage_grows_the_wal_to_its_cap_and_drains_after(tmp_path: 
         finally:
             await asyncio.to_thread(broker.__exit__, None, None, None)
         assert not state.errors
+
+
+async def test_without_kafka_the_wal_keeps_the_newest_records_up_to_its_cap(
+    tmp_path: Path,
+) -> None:
+    cap = 1000
+    async with agent(tmp_path, wal_segment_bytes=SEGMENT_BYTES, wal_max_bytes=cap) as (
+            handle, _), Hook(handle.state.config.ingest_socket) as hook:
+        state = handle.state
+        for seq in range(1, 61):
+            reply = await hook.send(seq, finished(f"{seq}-arch1ve0"))
+            assert not reply.ack.refused, f"batch {seq} refused at {state.wal.size} bytes"
+            state.reclaim_wal()  # as the sweeper does; here after every batch
+        assert state.wal.size <= cap
+        expired = state.counters["wal_expired_segments"]
+        assert expired > 0
+    async with agent(tmp_path, wal_segment_bytes=SEGMENT_BYTES, wal_max_bytes=cap) as (
+            handle, published):
+        kept = [key for _, key, _ in published.records]
+        # A suffix of what was sent survives the restart: the newest, in order.
+        assert kept and kept == [f"{seq}-arch1ve0" for seq in range(61 - len(kept), 61)]
+        stats = await query(handle).GetStats(query_pb2.StatsRequest())
+        assert stats.trails_finished == len(kept)

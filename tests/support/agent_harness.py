@@ -29,10 +29,10 @@ def agent_config(tmp: Path, **overrides: object) -> AgentConfig:
 
 
 @contextlib.asynccontextmanager
-async def agent(tmp: Path, gpu_reader: GpuReader | None = None,
+async def agent(tmp: Path, gpu_reader: GpuReader | None = None, durable_publisher: bool = False,
                 **overrides: object) -> AsyncIterator[tuple[AgentHandle, InMemoryPublisher]]:
     """Runs an agent; on a clean exit, fails if it swallowed any internal error."""
-    publisher = InMemoryPublisher()
+    publisher = InMemoryPublisher(durable=durable_publisher)
     async with running_agent(agent_config(tmp, **overrides), publisher=publisher,
                              gpu_reader=gpu_reader) as handle:
         yield handle, publisher
