@@ -32,6 +32,8 @@ class Trail:
     events: list[pb.Event] = field(default_factory=list)
     expects_http: bool = False
     has_http: bool = False
+    #: The HTTP half carried usage (what the client was told): it wins over engine counts.
+    http_usage: bool = False
     engine_finished: set[str] = field(default_factory=set)
     first_seen: float = field(default_factory=time.monotonic)
     published: bool = False
@@ -119,7 +121,7 @@ class TrailStore:
             if event.request_id not in s.engine_request_ids:
                 s.engine_request_ids.append(event.request_id)
             if lc.phase == pb.LIFECYCLE_PHASE_ADDED:
-                if not trail.has_http:
+                if not trail.http_usage:
                     s.prompt_tokens = lc.num_prompt_tokens
             elif lc.phase == pb.LIFECYCLE_PHASE_PREEMPTED:
                 s.preemptions += 1
@@ -127,9 +129,12 @@ class TrailStore:
                 trail.engine_finished.add(event.request_id)
                 s.finish_reason = lc.finish_reason
                 s.finished_unix_ms = max(s.finished_unix_ms, event.time_unix_nano // 1_000_000)
-                if not trail.has_http:
+                if not trail.http_usage:
+                    # No usage reached the client (offline, or it went away): what the engine
+                    # processed is the cost.
                     s.prompt_tokens = lc.num_prompt_tokens
                     s.completion_tokens = lc.num_output_tokens
+                if not trail.has_http:
                     s.latency_ms = (event.time_unix_nano / 1e6) - s.created_unix_ms
                 if lc.status == "FINISHED_ERROR":
                     s.state = q.TRAIL_STATE_FAILED
@@ -154,8 +159,10 @@ class TrailStore:
         s.auth_status, s.api_key_sha256, s.stream = h.auth_status, h.api_key_sha256, h.stream
         s.prompt, s.output, s.error = h.prompt, h.output, h.error
         s.latency_ms, s.ttft_ms = h.latency_ms, h.ttft_ms
+        s.tenant, s.client_disconnected = h.tenant, h.client_disconnected
         if h.prompt_tokens or h.completion_tokens:
             # What the client was told (and billed) is the record of truth.
+            trail.http_usage = True
             s.prompt_tokens, s.completion_tokens = h.prompt_tokens, h.completion_tokens
         end_ms = (event.time_unix_nano // 1_000_000) + int(h.latency_ms)
         s.finished_unix_ms = max(s.finished_unix_ms, end_ms)

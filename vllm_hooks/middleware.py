@@ -107,16 +107,21 @@ class _RequestAudit:
         self.ttft_ms = 0.0
         self.stream = False
         self.error = ""
+        self.response_complete = False
+        self.client_disconnected = False
 
     def wrap_receive(self, receive: Receive) -> Receive:
         async def audited_receive() -> Message:
             message = await receive()
             try:
-                if message.get("type") == "http.request":
+                kind = message.get("type")
+                if kind == "http.request":
                     chunk = message.get("body", b"")
                     room = MAX_CAPTURE_BYTES - len(self.body)
                     if room > 0:
                         self.body += chunk[:room]
+                elif kind == "http.disconnect" and not self.response_complete:
+                    self.client_disconnected = True
             except Exception as exc:
                 ERRORS.record("middleware.receive", exc)
             return message
@@ -133,6 +138,8 @@ class _RequestAudit:
                         if key.lower() == b"content-type" and b"text/event-stream" in value:
                             self.stream = True
                 elif kind == "http.response.body":
+                    if not message.get("more_body", False):
+                        self.response_complete = True
                     chunk = message.get("body", b"")
                     if chunk and self.ttft_ms == 0.0:
                         self.ttft_ms = (time.perf_counter() - self.t0) * 1000.0
@@ -156,6 +163,9 @@ class _RequestAudit:
             prompt_tokens = int(usage.get("prompt_tokens") or 0)
             completion_tokens = int(usage.get("completion_tokens") or 0)
         auth_status = "rejected" if self.status == 401 else ("ok" if self.api_key_sha256 else "none")
+        error = self.error or (_error_message(bytes(self.response)) if self.status >= 400 else "")
+        if self.client_disconnected and not error:
+            error = "client disconnected before the response was complete"
         return {
             "method": str(self.scope.get("method", "")),
             "path": str(self.scope.get("path", "")),
@@ -172,7 +182,8 @@ class _RequestAudit:
             "completion_tokens": max(completion_tokens, 0),
             "latency_ms": latency_ms,
             "ttft_ms": self.ttft_ms,
-            "error": self.error or (_error_message(bytes(self.response)) if self.status >= 400 else ""),
+            "error": error,
+            "client_disconnected": self.client_disconnected,
             "user_agent": self.user_agent,
             "response_bytes": self.response_bytes,
             "tenant": self.tenant,

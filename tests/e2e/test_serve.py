@@ -40,12 +40,14 @@ def test_chat_completion_record(vllm_server: str, agent: Agent) -> None:
         max_tokens=16,
         temperature=0,
         user="alice",
-        extra_headers={"X-Request-Id": request_id},
+        extra_headers={"X-Request-Id": request_id, "X-Tenant-Id": "bank-a"},
     )
     trail = wait_for_trail(agent.query, request_id, _final)
     s = trail.summary
     assert s.client_ip == "127.0.0.1"
     assert s.user == "alice"
+    assert s.tenant == "bank-a"
+    assert not s.client_disconnected
     assert s.model == "tiny"
     assert s.status_code == 200
     assert s.auth_status == "ok"
@@ -151,29 +153,30 @@ def test_engine_stats_reach_metrics_when_the_engine_goes_idle(
 
 
 def test_client_disconnect_is_recorded_as_aborted(vllm_server: str, agent: Agent) -> None:
+    """The client gives up waiting; vLLM notices the disconnect and aborts the request."""
     request_id = uuid.uuid4().hex
-    stream = _client(vllm_server).chat.completions.create(
-        model="tiny", messages=[{"role": "user", "content": "talk for a long time"}],
-        max_tokens=400, temperature=0, stream=True, user="quitter",
-        extra_body={"ignore_eos": True}, extra_headers={"X-Request-Id": request_id},
-    )
-    received = 0
-    for chunk in stream:
-        if chunk.choices and chunk.choices[0].delta.content:
-            received += 1
-            if received == 2:
-                break
-    stream.close()  # the client goes away mid-generation: vLLM aborts the request
+    impatient = openai.OpenAI(base_url=vllm_server + "/v1", api_key=API_KEY, max_retries=0,
+                              timeout=0.3)
+    with pytest.raises(openai.APITimeoutError):
+        impatient.chat.completions.create(
+            model="tiny", messages=[{"role": "user", "content": "talk for a long time"}],
+            max_tokens=480, temperature=0, user="quitter",
+            extra_body={"ignore_eos": True}, extra_headers={"X-Request-Id": request_id},
+        )
     trail = wait_for_trail(agent.query, request_id, _final)
     s = trail.summary
     assert s.state == query_pb2.TRAIL_STATE_ABORTED
     assert s.finish_reason == "abort"
-    assert s.user == "quitter" and s.stream
+    assert s.user == "quitter" and s.client_disconnected
+    assert "client disconnected" in s.error
     lifecycle = [e.lifecycle for e in trail.events if e.WhichOneof("body") == "lifecycle"]
     phases = [lc.phase for lc in lifecycle]
     assert phases[0] == events_pb2.LIFECYCLE_PHASE_ADDED
     assert events_pb2.LIFECYCLE_PHASE_SCHEDULED in phases
     assert phases[-1] == events_pb2.LIFECYCLE_PHASE_ABORTED
-    # Aborted mid-generation: the engine had produced some tokens, not max_tokens.
-    assert 2 <= lifecycle[-1].num_output_tokens < 400
+    # Aborted mid-generation: some tokens, not max_tokens; no usage reached the client, so
+    # the record carries what the engine processed.
+    assert 0 < lifecycle[-1].num_output_tokens < 480
     assert lifecycle[-1].status == "FINISHED_ABORTED"
+    assert (s.prompt_tokens, s.completion_tokens) == (
+        lifecycle[-1].num_prompt_tokens, lifecycle[-1].num_output_tokens)

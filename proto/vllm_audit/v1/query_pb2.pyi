@@ -90,7 +90,7 @@ class StatsResponse(_message.Message):
     def __init__(self, batches_ingested: _Optional[int] = ..., events_ingested: _Optional[int] = ..., duplicate_batches: _Optional[int] = ..., hook_dropped_by_reason: _Optional[_Mapping[str, int]] = ..., trails_active: _Optional[int] = ..., trails_finished: _Optional[int] = ..., trails_evicted: _Optional[int] = ..., trail_store_bytes: _Optional[int] = ..., wal_bytes: _Optional[int] = ..., records_published: _Optional[int] = ..., agent_dropped_by_reason: _Optional[_Mapping[str, int]] = ..., latest_engine_stats: _Optional[_Union[_events_pb2.EngineStats, _Mapping]] = ..., audit_level: _Optional[_Union[_events_pb2.AuditLevel, str]] = ...) -> None: ...
 
 class TrailSummary(_message.Message):
-    __slots__ = ("request_id", "engine_request_ids", "state", "created_unix_ms", "finished_unix_ms", "model", "user", "client_ip", "status_code", "auth_status", "finish_reason", "prompt_tokens", "completion_tokens", "latency_ms", "ttft_ms", "grammar_backend", "grammar_spec_type", "grammar_error", "structured_output", "audit_level", "num_events", "prompt", "output", "api_key_sha256", "error", "stream", "preemptions")
+    __slots__ = ("request_id", "engine_request_ids", "state", "created_unix_ms", "finished_unix_ms", "model", "user", "client_ip", "status_code", "auth_status", "finish_reason", "prompt_tokens", "completion_tokens", "latency_ms", "ttft_ms", "grammar_backend", "grammar_spec_type", "grammar_error", "structured_output", "audit_level", "num_events", "prompt", "output", "api_key_sha256", "error", "stream", "preemptions", "tenant", "client_disconnected")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     ENGINE_REQUEST_IDS_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -118,6 +118,8 @@ class TrailSummary(_message.Message):
     ERROR_FIELD_NUMBER: _ClassVar[int]
     STREAM_FIELD_NUMBER: _ClassVar[int]
     PREEMPTIONS_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_DISCONNECTED_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     engine_request_ids: _containers.RepeatedScalarFieldContainer[str]
     state: TrailState
@@ -145,7 +147,9 @@ class TrailSummary(_message.Message):
     error: str
     stream: bool
     preemptions: int
-    def __init__(self, request_id: _Optional[str] = ..., engine_request_ids: _Optional[_Iterable[str]] = ..., state: _Optional[_Union[TrailState, str]] = ..., created_unix_ms: _Optional[int] = ..., finished_unix_ms: _Optional[int] = ..., model: _Optional[str] = ..., user: _Optional[str] = ..., client_ip: _Optional[str] = ..., status_code: _Optional[int] = ..., auth_status: _Optional[str] = ..., finish_reason: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., latency_ms: _Optional[float] = ..., ttft_ms: _Optional[float] = ..., grammar_backend: _Optional[str] = ..., grammar_spec_type: _Optional[str] = ..., grammar_error: _Optional[str] = ..., structured_output: _Optional[_Union[_events_pb2.StructuredOutputSummary, _Mapping]] = ..., audit_level: _Optional[_Union[_events_pb2.AuditLevel, str]] = ..., num_events: _Optional[int] = ..., prompt: _Optional[str] = ..., output: _Optional[str] = ..., api_key_sha256: _Optional[str] = ..., error: _Optional[str] = ..., stream: _Optional[bool] = ..., preemptions: _Optional[int] = ...) -> None: ...
+    tenant: str
+    client_disconnected: bool
+    def __init__(self, request_id: _Optional[str] = ..., engine_request_ids: _Optional[_Iterable[str]] = ..., state: _Optional[_Union[TrailState, str]] = ..., created_unix_ms: _Optional[int] = ..., finished_unix_ms: _Optional[int] = ..., model: _Optional[str] = ..., user: _Optional[str] = ..., client_ip: _Optional[str] = ..., status_code: _Optional[int] = ..., auth_status: _Optional[str] = ..., finish_reason: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., latency_ms: _Optional[float] = ..., ttft_ms: _Optional[float] = ..., grammar_backend: _Optional[str] = ..., grammar_spec_type: _Optional[str] = ..., grammar_error: _Optional[str] = ..., structured_output: _Optional[_Union[_events_pb2.StructuredOutputSummary, _Mapping]] = ..., audit_level: _Optional[_Union[_events_pb2.AuditLevel, str]] = ..., num_events: _Optional[int] = ..., prompt: _Optional[str] = ..., output: _Optional[str] = ..., api_key_sha256: _Optional[str] = ..., error: _Optional[str] = ..., stream: _Optional[bool] = ..., preemptions: _Optional[int] = ..., tenant: _Optional[str] = ..., client_disconnected: _Optional[bool] = ...) -> None: ...
 
 class ListTrailsRequest(_message.Message):
     __slots__ = ("model", "user", "state", "finish_reason", "since_unix_ms", "until_unix_ms", "structured_only", "page_size", "page_token")
