@@ -10,8 +10,6 @@ Real broker, real gRPC, real files.
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer
@@ -20,7 +18,7 @@ from vllm_audit.v1 import query_pb2
 
 from agent.publisher import KafkaPublisher
 from agent.server import running_agent
-from tests.support.agent_harness import Hook, agent, agent_config, lifecycle, query
+from tests.support.agent_harness import Hook, agent, agent_config, lifecycle, query, until
 from tests.support.kafka_broker import KafkaBroker
 
 #: About two one-event batches per segment.
@@ -29,14 +27,6 @@ SEGMENT_BYTES = 100
 
 def finished(rid: str) -> pb.Event:
     return lifecycle(rid, pb.LIFECYCLE_PHASE_FINISHED, 10**15, finish_reason="stop")
-
-
-async def until(predicate: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 async def test_segments_are_reclaimed_once_their_trails_are_delivered(tmp_path: Path) -> None:

@@ -8,15 +8,14 @@ counted, and named by the next batch's gap marker; nothing disappears without a 
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from vllm_audit.v1 import query_pb2
 
 from agent.server import AgentHandle
-from tests.support.agent_harness import agent, query
+from tests.support.agent_harness import agent, query, until
 from vllm_hooks import raw_events as raw
 from vllm_hooks.buffer import EventBuffer
 from vllm_hooks.capture import CapturePolicy
@@ -52,14 +51,6 @@ def running_sender(socket: Path, unacked_bytes: int) -> Iterator[tuple[Sender, E
     finally:
         sender.close(2.0)
     assert errors.snapshot() == {}, "the sender swallowed errors"
-
-
-async def until(predicate: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 async def fill_until_refused(handle: AgentHandle, sender: Sender, buffer: EventBuffer) -> None:
