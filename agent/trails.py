@@ -72,29 +72,50 @@ class TrailStore:
 
     # -- ingest ----------------------------------------------------------------------------
     def apply(self, batch: pb.Batch, segment: int) -> None:
-        """Applies a batch stored in WAL `segment` (which then holds its open trails)."""
+        """Applies a batch stored in WAL `segment` (which then holds its open trails).
+
+        Events are grouped by request id first: a batch holds many events of few requests
+        (one per grammar step at level full), so correlation, lookup and the completeness
+        check run once per request and batch, not once per event. Completeness is checked
+        after the whole batch, so the order of requests inside it does not matter."""
+        groups: dict[str, list[pb.Event]] = {}
         for event in batch.events:
-            kind = event.WhichOneof("body")
-            if kind == "engine_stats" or not event.request_id:
-                continue
-            if kind == "http":
-                trail_id, expects_http = event.request_id, True
+            if event.request_id:  # engine stats carry none
+                groups.setdefault(event.request_id, []).append(event)
+        touched: list[Trail] = []
+        for request_id, events in groups.items():
+            kinds = [event.WhichOneof("body") for event in events]
+            if kinds[0] == "http":
+                trail_id, expects_http = request_id, True
             else:
-                trail_id, expects_http = trail_id_for_engine_request(event.request_id)
-            trail = self._trail(trail_id, expects_http, event)
-            if not trail.published and segment not in trail.segments:
+                trail_id, expects_http = trail_id_for_engine_request(request_id)
+            trail = self._trail(trail_id, expects_http, events[0].time_unix_nano)
+            if trail.published:
+                self.counters["late_events"] += len(events)
+            elif segment not in trail.segments:
                 trail.segments.add(segment)
                 self.segment_refs[segment] += 1
             if not trail.summary.model and batch.model:
                 trail.summary.model = batch.model
-            self._apply_event(trail, event, kind)
+            kept = events[:self.max_events - len(trail.events)]
+            trail.events.extend(kept)
+            if len(kept) < len(events):
+                self.counters["events_truncated"] += len(events) - len(kept)
+            trail.summary.num_events += len(events)
+            apply_event = self._apply_event
+            for event, kind in zip(events, kinds, strict=True):
+                if kind != "so_step":  # the bulk at level full; only stored
+                    apply_event(trail, event, kind)
+            touched.append(trail)
+        for trail in touched:
             self._maybe_finalise(trail)
 
-    def _trail(self, trail_id: str, expects_http: bool, event: pb.Event) -> Trail:
+    def _trail(self, trail_id: str, expects_http: bool, time_unix_nano: int) -> Trail:
+        created = time_unix_nano // 1_000_000
         trail = self._trails.get(trail_id)
         if trail is None:
             summary = q.TrailSummary(request_id=trail_id, state=q.TRAIL_STATE_ACTIVE,
-                                     created_unix_ms=event.time_unix_nano // 1_000_000)
+                                     created_unix_ms=created)
             trail = Trail(summary, expects_http=expects_http)
             self._trails[trail_id] = trail
             self.counters["trails_created"] += 1
@@ -102,16 +123,8 @@ class TrailStore:
         else:
             self._trails.move_to_end(trail_id)
             trail.expects_http = trail.expects_http or expects_http
-            created = event.time_unix_nano // 1_000_000
             if created and created < trail.summary.created_unix_ms:
                 trail.summary.created_unix_ms = created
-        if trail.published:
-            self.counters["late_events"] += 1
-        if len(trail.events) < self.max_events:
-            trail.events.append(event)
-        else:
-            self.counters["events_truncated"] += 1
-        trail.summary.num_events += 1
         return trail
 
     def _apply_event(self, trail: Trail, event: pb.Event, kind: str | None) -> None:
