@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install lint test test-fast demo proto
+.PHONY: install lint test test-fast demo proto bench
 
 install:
 	bash scripts/install.sh
@@ -23,3 +23,7 @@ test-fast: install
 demo: install
 	$(PY) scripts/demo.py
 
+
+bench: install
+	$(PY) scripts/benchmarks.py
+	$(PY) scripts/bench_engine.py
