@@ -57,7 +57,8 @@ def kafka() -> Iterator[KafkaBroker]:
         yield broker
 
 
-def _agent(tmp: Path, name: str, kafka_bootstrap: str | None) -> Iterator[Agent]:
+def agent_process(tmp: Path, name: str, kafka_bootstrap: str | None) -> Iterator[Agent]:
+    """An agent process for a fixture to yield from; checks for swallowed errors at the end."""
     sock_dir = tmp / name
     sock_dir.mkdir(exist_ok=True)
     socket_path = sock_dir / "ingest.sock"
@@ -85,7 +86,7 @@ def assert_no_swallowed_errors(agent: Agent) -> None:
 
 @pytest.fixture(scope="session")
 def agent(e2e_tmp: Path, kafka: KafkaBroker) -> Iterator[Agent]:
-    yield from _agent(e2e_tmp, "agent", kafka.bootstrap)
+    yield from agent_process(e2e_tmp, "agent", kafka.bootstrap)
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,10 @@
 A separate process: the engine core is spawned, so this needs its own `__main__` guard, and
 each run reads the hook's switches from its own environment.
 
-    python tests/e2e/offline_driver.py MODEL_DIR N_PROMPTS MAX_TOKENS OUT_JSON
+    python tests/e2e/offline_driver.py MODEL_DIR N_PROMPTS MAX_TOKENS OUT_JSON [KV_BLOCKS]
+
+With KV_BLOCKS the KV cache holds only that many blocks and generation is plain (no grammar,
+EOS ignored), so the scheduler must preempt requests to finish them all.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ def main() -> None:
     from vllm.sampling_params import StructuredOutputsParams
 
     model, n, max_tokens = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    kv_blocks = int(sys.argv[5]) if len(sys.argv) > 5 else 0
     llm = LLM(
         model=model,
         served_model_name="tiny-offline",
@@ -33,12 +37,16 @@ def main() -> None:
         gpu_memory_utilization=0.1,
         disable_log_stats=False,
         seed=0,
+        num_gpu_blocks_override=kv_blocks or None,
     )
-    params = SamplingParams(
-        temperature=0,
-        max_tokens=max_tokens,
-        structured_outputs=StructuredOutputsParams(json=SCHEMA),
-    )
+    if kv_blocks:
+        params = SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True)
+    else:
+        params = SamplingParams(
+            temperature=0,
+            max_tokens=max_tokens,
+            structured_outputs=StructuredOutputsParams(json=SCHEMA),
+        )
     prompts = [PROMPTS[i % len(PROMPTS)] + f" #{i}" for i in range(n)]
     outputs = llm.generate(prompts, params, use_tqdm=False)
     result = [

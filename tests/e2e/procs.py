@@ -152,7 +152,7 @@ def start_vllm_server(model_dir: Path, tmp: Path, agent_socket: Path, api_key: s
 
 
 def run_offline(model_dir: Path, tmp: Path, n: int, max_tokens: int, name: str,
-                **hook_env: str) -> list[dict[str, object]]:
+                kv_blocks: int = 0, **hook_env: str) -> list[dict[str, object]]:
     import json
 
     log = tmp / f"offline-{name}.log"
@@ -161,7 +161,7 @@ def run_offline(model_dir: Path, tmp: Path, n: int, max_tokens: int, name: str,
     with open(log, "wb") as err:
         out = subprocess.run(
             [PYTHON, str(REPO / "tests/e2e/offline_driver.py"), str(model_dir), str(n),
-             str(max_tokens), str(result_path)],
+             str(max_tokens), str(result_path), str(kv_blocks)],
             env=env, stdout=err, stderr=err, cwd=REPO, timeout=300, check=False,
         )
     if out.returncode != 0:
