@@ -9,85 +9,23 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from dataclasses import dataclass, field
 
-from google.protobuf import json_format
 from vllm_audit.v1 import events_pb2 as pb
 from vllm_audit.v1 import ingest_pb2
 
 from .config import AgentConfig
 from .gpu import GpuSampler
 from .publisher import Publisher
-from .records import trail_record
+from .records import message_to_dict, trail_record
+from .sources import SourceState
 from .trails import Trail, TrailStore
 from .wal import WriteAheadLog
 
-#: Acknowledged seqs remembered per source for de-duplication of resends.
-DEDUP_WINDOW = 100_000
 #: Without Kafka, the WAL keeps the newest records up to this share of its cap (the rest of
 #: the cap is headroom for ingest between two sweeps).
 WAL_RETENTION_RATIO = 0.9
 #: At most one engine-stats record per source per this many seconds goes to Kafka.
 ENGINE_STATS_PUBLISH_INTERVAL_S = 1.0
-
-
-@dataclass
-class SourceState:
-    acked: set[int] = field(default_factory=set)
-    floor: int = 0  # every seq <= floor counts as seen
-    role: str = ""
-    model: str = ""
-    last_stats: pb.EngineStats | None = None
-    last_stats_published: float = 0.0
-    #: Disjoint, sorted seq ranges already reported missing (lost batches are few and runs).
-    missing_counted: list[tuple[int, int]] = field(default_factory=list)
-
-    def seen(self, seq: int) -> bool:
-        return seq <= self.floor or seq in self.acked
-
-    def count_missing(self, first: int, last: int) -> int:
-        """Seqs in a gap marker's range [first, last] that were never stored and not counted
-        before. A hook's ranges can overlap (a dropped batch hands its own range on to the
-        next one) and can span batches it delivered, so only these are new losses."""
-        new = 0
-        low = max(first, self.floor + 1)
-        for a, b in _subtract(low, last, self.missing_counted):
-            new += (b - a + 1) - sum(1 for s in self.acked if a <= s <= b)
-        self.missing_counted = _merge([*self.missing_counted, (first, last)])
-        return new
-
-    def mark(self, seq: int) -> None:
-        self.acked.add(seq)
-        if len(self.acked) > DEDUP_WINDOW:
-            self.floor = max(self.floor, max(self.acked) - DEDUP_WINDOW // 2)
-            self.acked = {s for s in self.acked if s > self.floor}
-
-
-def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    merged: list[tuple[int, int]] = []
-    for a, b in sorted(ranges):
-        if merged and a <= merged[-1][1] + 1:
-            merged[-1] = (merged[-1][0], max(merged[-1][1], b))
-        else:
-            merged.append((a, b))
-    return merged
-
-
-def _subtract(first: int, last: int, ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    """[first, last] minus the sorted disjoint `ranges`, as a list of ranges."""
-    out: list[tuple[int, int]] = []
-    cursor = first
-    for a, b in ranges:
-        if b < cursor:
-            continue
-        if a > last:
-            break
-        if a > cursor:
-            out.append((cursor, a - 1))
-        cursor = max(cursor, b + 1)
-    if cursor <= last:
-        out.append((cursor, last))
-    return out
 
 
 class Session:
@@ -185,8 +123,7 @@ class AgentState:
         if now - source.last_stats_published < ENGINE_STATS_PUBLISH_INTERVAL_S:
             return
         source.last_stats_published = now
-        record = json_format.MessageToDict(event.engine_stats, preserving_proto_field_name=True,
-                                           always_print_fields_with_no_presence=True)
+        record = message_to_dict(event.engine_stats)
         record.update({"schema": 1, "source_id": batch.source_id, "model": source.model,
                        "timestamp_ms": event.time_unix_nano // 1_000_000})
         self.publisher.offer("engine-stats", batch.source_id, record)

@@ -56,6 +56,7 @@ class WriteAheadLog:
                 self._segments[int(match.group(1))] = self._recover(path)
         if not self._segments:
             self._segments[1] = 0
+        self._size = sum(self._segments.values())
         self.current = max(self._segments)
         self._file = open(self._path(self.current), "ab")  # noqa: SIM115 - owned until close()
 
@@ -64,7 +65,8 @@ class WriteAheadLog:
 
     @property
     def size(self) -> int:
-        return sum(self._segments.values())
+        """Bytes in all segments (kept as a running total: other threads read it unlocked)."""
+        return self._size
 
     def segments(self) -> list[int]:
         with self._lock:
@@ -119,6 +121,7 @@ class WriteAheadLog:
             self._file.write(_HEADER.pack(len(payload), zlib.crc32(payload)))
             self._file.write(payload)
             self._segments[self.current] += record_size
+            self._size += record_size
             if self.fsync == "always":
                 self._sync()
             return self.current
@@ -135,7 +138,7 @@ class WriteAheadLog:
         with self._lock:
             if index == self.current or index not in self._segments:
                 return False
-            del self._segments[index]
+            self._size -= self._segments.pop(index)
             self._path(index).unlink(missing_ok=True)
             self.deleted_segments += 1
             return True
