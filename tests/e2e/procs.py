@@ -20,6 +20,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
+#: The served model's context: room for a request long enough to be aborted mid-generation.
+MAX_MODEL_LEN = 2048
 
 
 def free_port() -> int:
@@ -136,7 +138,7 @@ def start_vllm_server(model_dir: Path, tmp: Path, agent_socket: Path, api_key: s
     args = [
         PYTHON, "-m", "vllm.entrypoints.openai.api_server",
         "--model", str(model_dir), "--served-model-name", "tiny",
-        "--dtype", "float32", "--max-model-len", "512", "--enforce-eager",
+        "--dtype", "float32", "--max-model-len", str(MAX_MODEL_LEN), "--enforce-eager",
         "--gpu-memory-utilization", "0.1", "--port", str(port), "--host", "127.0.0.1",
         "--api-key", api_key,
         "--middleware", "vllm_hooks.middleware.AuditMiddleware",
