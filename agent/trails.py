@@ -37,6 +37,8 @@ class Trail:
     engine_finished: set[str] = field(default_factory=set)
     first_seen: float = field(default_factory=time.monotonic)
     published: bool = False
+    #: Tokens each engine request (one per sample) produced, as it finished.
+    engine_output_tokens: dict[str, int] = field(default_factory=dict)
     #: WAL segments holding this trail's events, until its record is delivered downstream.
     segments: set[int] = field(default_factory=set)
 
@@ -142,11 +144,12 @@ class TrailStore:
                 trail.engine_finished.add(event.request_id)
                 s.finish_reason = lc.finish_reason
                 s.finished_unix_ms = max(s.finished_unix_ms, event.time_unix_nano // 1_000_000)
+                trail.engine_output_tokens[event.request_id] = lc.num_output_tokens
                 if not trail.http_usage:
-                    # No usage reached the client (offline, or it went away): what the engine
-                    # processed is the cost.
+                    # No usage reached the client (offline, or it was aborted): what the
+                    # engine processed is the cost; the samples of n > 1 share one prompt.
                     s.prompt_tokens = lc.num_prompt_tokens
-                    s.completion_tokens = lc.num_output_tokens
+                    s.completion_tokens = sum(trail.engine_output_tokens.values())
                 if not trail.has_http:
                     s.latency_ms = (event.time_unix_nano / 1e6) - s.created_unix_ms
                 if lc.status == "FINISHED_ERROR":

@@ -223,3 +223,15 @@ async def test_overlapping_gap_ranges_count_each_lost_batch_once(tmp_path: Path)
         await hook.send(7, event, gap=pb.GapMarker(first_missing_seq=2, last_missing_seq=5))
         stats = await query(handle).GetStats(query_pb2.StatsRequest())
         assert dict(stats.hook_dropped_by_reason) == {"missing_batches": 3}
+
+
+def test_engine_ids_correlate_to_their_trail() -> None:
+    from agent.correlate import trail_id_for_engine_request as trail_of
+
+    assert trail_of("chatcmpl-abc-1a2b3c4d") == ("abc", True)
+    assert trail_of("cmpl-abc-1a2b3c4d") == ("abc", True)
+    # n > 1: every sample is a child `<index>_<parent>`, all in the parent's trail.
+    assert trail_of("0_chatcmpl-abc-1a2b3c4d") == trail_of("15_chatcmpl-abc-1a2b3c4d")
+    assert trail_of("15_chatcmpl-abc-1a2b3c4d") == ("abc", True)
+    # Offline ids stay whole.
+    assert trail_of("0-1a2b3c4d") == ("0-1a2b3c4d", False)

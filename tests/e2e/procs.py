@@ -142,6 +142,8 @@ def start_vllm_server(model_dir: Path, tmp: Path, agent_socket: Path, api_key: s
         "--gpu-memory-utilization", "0.1", "--port", str(port), "--host", "127.0.0.1",
         "--api-key", api_key,
         "--middleware", "vllm_hooks.middleware.AuditMiddleware",
+        # Its /inference/v1/abort_requests lets a test abort a request mid-generation.
+        "--enable-scale-out",
     ]
     proc = Proc(args, env, tmp / f"vllm-{port}.log")
     base = f"http://127.0.0.1:{port}"
