@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -102,6 +103,7 @@ def main() -> None:
         enabled = run_worker(model, order, env, query, work / "enabled.json")
     finally:
         agent.stop()
+        shutil.rmtree(work, ignore_errors=True)
 
     def values(rows: list[dict[str, object]], level: str) -> list[float]:
         return [float(str(r["tokens_per_s"])) for r in rows if r["level"] == level]
