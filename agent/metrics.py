@@ -76,9 +76,7 @@ class AgentCollector(Collector):
         yield _labelled("vllm_audit_hook_dropped_events", "Events the hooks could not deliver",
                         "reason", st.hook_dropped)
         yield _labelled("vllm_audit_agent_dropped", "Items the agent dropped", "reason",
-                        {**st.agent_dropped,
-                         **{k: v for k, v in st.publisher.counters.items()
-                            if k.startswith(("dropped", "failed", "lost"))}})
+                        st.agent_drops())
         yield CounterMetricFamily("vllm_audit_records_published", "Records published",
                                   value=st.publisher.counters["published"])
         yield GaugeMetricFamily("vllm_audit_wal_bytes", "Bytes in the WAL", value=st.wal.size)

@@ -64,9 +64,7 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
             trails_evicted=trails.counters["evicted_final"] + trails.counters["evicted_active"],
             wal_bytes=state.wal.size,
             records_published=state.publisher.counters["published"],
-            agent_dropped_by_reason={**state.agent_dropped,
-                                     **{f"publisher_{k}": v for k, v in state.publisher.counters.items()
-                                        if k.startswith(("dropped", "failed", "lost"))}},
+            agent_dropped_by_reason=state.agent_drops(),
             audit_level=state.level,  # type: ignore[arg-type]
         )
         latest = [s.last_stats for _, s in state.latest_engine_stats() if s.last_stats]

@@ -63,6 +63,12 @@ class AgentState:
         self.publisher.offer("requests", summary.request_id, trail_record(summary),
                              on_done=lambda: self.trails.delivered(trail))
 
+    def agent_drops(self) -> dict[str, int]:
+        """Everything the agent itself lost, by reason (one view for stats and metrics)."""
+        publisher = {f"publisher_{k}": v for k, v in self.publisher.counters.items()
+                     if k.startswith(("dropped", "failed", "lost"))}
+        return {**self.agent_dropped, **publisher}
+
     def reclaim_wal(self) -> int:
         """Deletes sealed WAL segments that are no longer needed; returns how many.
 
