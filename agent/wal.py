@@ -26,8 +26,27 @@ _HEADER = struct.Struct("<II")
 _SEGMENT = re.compile(r"^ingest-(\d{8})\.wal$")
 
 
-class WalFull(Exception):
-    pass
+class WalRefused(Exception):
+    """An append that did not happen: the log is exactly as it was before the call.
+
+    `reason` is the lower-case name of a `vllm_audit.v1.RefusalReason` (wal_full,
+    disk_full, disk_error); ingest answers the batch with that refusal."""
+
+    reason = "disk_error"
+
+
+class WalFull(WalRefused):
+    """The log is at its configured cap."""
+
+    reason = "wal_full"
+
+
+class WalWriteError(WalRefused):
+    """The file system refused the write or the fsync (ENOSPC → disk_full, else disk_error)."""
+
+    def __init__(self, message: str, reason: str = "disk_error") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 def _segment_name(index: int) -> str:

@@ -190,9 +190,10 @@ class HttpRequest(_message.Message):
     def __init__(self, method: _Optional[str] = ..., path: _Optional[str] = ..., client_ip: _Optional[str] = ..., user: _Optional[str] = ..., model: _Optional[str] = ..., status_code: _Optional[int] = ..., auth_status: _Optional[str] = ..., api_key_sha256: _Optional[str] = ..., stream: _Optional[bool] = ..., prompt: _Optional[str] = ..., output: _Optional[str] = ..., capture_policy: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., latency_ms: _Optional[float] = ..., ttft_ms: _Optional[float] = ..., error: _Optional[str] = ..., user_agent: _Optional[str] = ..., response_bytes: _Optional[int] = ..., tenant: _Optional[str] = ..., vllm_request_id: _Optional[str] = ..., client_disconnected: _Optional[bool] = ...) -> None: ...
 
 class Event(_message.Message):
-    __slots__ = ("time_unix_nano", "request_id", "lifecycle", "grammar_compiled", "so_step", "so_summary", "engine_stats", "http")
+    __slots__ = ("time_unix_nano", "request_id", "truncated", "lifecycle", "grammar_compiled", "so_step", "so_summary", "engine_stats", "http")
     TIME_UNIX_NANO_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_FIELD_NUMBER: _ClassVar[int]
     LIFECYCLE_FIELD_NUMBER: _ClassVar[int]
     GRAMMAR_COMPILED_FIELD_NUMBER: _ClassVar[int]
     SO_STEP_FIELD_NUMBER: _ClassVar[int]
@@ -201,13 +202,14 @@ class Event(_message.Message):
     HTTP_FIELD_NUMBER: _ClassVar[int]
     time_unix_nano: int
     request_id: str
+    truncated: bool
     lifecycle: RequestLifecycle
     grammar_compiled: GrammarCompiled
     so_step: StructuredOutputStep
     so_summary: StructuredOutputSummary
     engine_stats: EngineStats
     http: HttpRequest
-    def __init__(self, time_unix_nano: _Optional[int] = ..., request_id: _Optional[str] = ..., lifecycle: _Optional[_Union[RequestLifecycle, _Mapping]] = ..., grammar_compiled: _Optional[_Union[GrammarCompiled, _Mapping]] = ..., so_step: _Optional[_Union[StructuredOutputStep, _Mapping]] = ..., so_summary: _Optional[_Union[StructuredOutputSummary, _Mapping]] = ..., engine_stats: _Optional[_Union[EngineStats, _Mapping]] = ..., http: _Optional[_Union[HttpRequest, _Mapping]] = ...) -> None: ...
+    def __init__(self, time_unix_nano: _Optional[int] = ..., request_id: _Optional[str] = ..., truncated: _Optional[bool] = ..., lifecycle: _Optional[_Union[RequestLifecycle, _Mapping]] = ..., grammar_compiled: _Optional[_Union[GrammarCompiled, _Mapping]] = ..., so_step: _Optional[_Union[StructuredOutputStep, _Mapping]] = ..., so_summary: _Optional[_Union[StructuredOutputSummary, _Mapping]] = ..., engine_stats: _Optional[_Union[EngineStats, _Mapping]] = ..., http: _Optional[_Union[HttpRequest, _Mapping]] = ...) -> None: ...
 
 class GapMarker(_message.Message):
     __slots__ = ("dropped_by_reason", "first_missing_seq", "last_missing_seq")
@@ -227,7 +229,7 @@ class GapMarker(_message.Message):
     def __init__(self, dropped_by_reason: _Optional[_Mapping[str, int]] = ..., first_missing_seq: _Optional[int] = ..., last_missing_seq: _Optional[int] = ...) -> None: ...
 
 class Batch(_message.Message):
-    __slots__ = ("source_id", "seq", "events", "gap", "process_role", "pid", "model")
+    __slots__ = ("source_id", "seq", "events", "gap", "process_role", "pid", "model", "epoch")
     SOURCE_ID_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     EVENTS_FIELD_NUMBER: _ClassVar[int]
@@ -235,6 +237,7 @@ class Batch(_message.Message):
     PROCESS_ROLE_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
     source_id: str
     seq: int
     events: _containers.RepeatedCompositeFieldContainer[Event]
@@ -242,4 +245,5 @@ class Batch(_message.Message):
     process_role: str
     pid: int
     model: str
-    def __init__(self, source_id: _Optional[str] = ..., seq: _Optional[int] = ..., events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ..., gap: _Optional[_Union[GapMarker, _Mapping]] = ..., process_role: _Optional[str] = ..., pid: _Optional[int] = ..., model: _Optional[str] = ...) -> None: ...
+    epoch: int
+    def __init__(self, source_id: _Optional[str] = ..., seq: _Optional[int] = ..., events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ..., gap: _Optional[_Union[GapMarker, _Mapping]] = ..., process_role: _Optional[str] = ..., pid: _Optional[int] = ..., model: _Optional[str] = ..., epoch: _Optional[int] = ...) -> None: ...
