@@ -51,6 +51,10 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--audit-level", choices=list(LEVELS))
     a.add_argument("--linger-seconds", type=float)
     a.add_argument("--max-trails", type=int)
+    a.add_argument("--max-trail-bytes", type=int,
+                   help="memory cap of the trail store in bytes (oldest evicted first, counted)")
+    a.add_argument("--shutdown-timeout", type=float, dest="shutdown_timeout_seconds",
+                   help="seconds the whole stop may take; keep it under the pod's grace period")
     a.add_argument("--gpu", choices=("nvml", "none", "fake"))
 
     for name in ("query", "set-level", "tail"):
@@ -91,6 +95,8 @@ def _run_agent(args: argparse.Namespace) -> int:
         kafka_bootstrap=args.kafka_bootstrap, kafka_topic_prefix=args.kafka_topic_prefix,
         audit_level=parse_level(args.audit_level) if args.audit_level else None,
         linger_seconds=args.linger_seconds, max_trails=args.max_trails, gpu=args.gpu,
+        max_trail_bytes=args.max_trail_bytes,
+        shutdown_timeout_seconds=args.shutdown_timeout_seconds,
     )
     from .server import serve
 

@@ -122,10 +122,10 @@ class GpuSampler:
         while not self._stop.wait(self.interval):
             self._sample()
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=5)
+            self._thread.join(timeout=max(0.1, timeout))
         if self.available and self.reader is not None:
             self.reader.close()
         self.available = False

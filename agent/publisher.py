@@ -177,17 +177,33 @@ class KafkaPublisher:
         return None if self._queue.empty() else self._queue.get_nowait()
 
     async def stop(self, timeout: float) -> int:
-        """Drains what it can within `timeout`; returns the number of records left behind."""
+        """Drains what it can within `timeout`; returns the number of records left behind.
+
+        The whole stop is bounded by `timeout`, the producer's own close included: with a
+        hung broker aiokafka's stop() waits for in-flight batches up to request_timeout_ms
+        (40 s), which is past a pod's grace period."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         if self._task is not None:
             # Setting _stopping lets the task drain the queue and then exit; the deadline bounds it.
             self._stopping.set()
             try:
-                await asyncio.wait_for(self._task, timeout)
+                await asyncio.wait_for(self._task, max(0.0, deadline - loop.time() - 0.5))
             except TimeoutError:
                 self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await self._task
         if self._producer is not None:
-            await self._producer.stop()
-            self._producer = None
+            producer, self._producer = self._producer, None
+            closing = asyncio.ensure_future(producer.stop())
+            try:
+                await asyncio.wait_for(asyncio.shield(closing),
+                                       max(0.1, deadline - loop.time()))
+            except TimeoutError:
+                self.counters["stop_timeouts"] += 1
+                logger.warning("kafka producer did not close within the shutdown deadline")
+            except Exception as exc:
+                logger.warning("kafka producer close failed: %r", exc)
         self._connected = False
         lost = self._queue.qsize()
         if lost:

@@ -56,7 +56,7 @@ def _publisher(config: AgentConfig) -> Publisher:
 @contextlib.asynccontextmanager
 async def running_agent(config: AgentConfig, publisher: Publisher | None = None,
                         gpu_reader: GpuReader | None = None,
-                        shutdown_timeout: float = 5.0) -> AsyncIterator[AgentHandle]:
+                        shutdown_timeout: float | None = None) -> AsyncIterator[AgentHandle]:
     wal = WriteAheadLog(config.data_dir, config.wal_max_bytes, config.wal_fsync,
                         config.wal_segment_bytes or None)
     publisher = publisher or _publisher(config)
@@ -99,16 +99,39 @@ async def running_agent(config: AgentConfig, publisher: Publisher | None = None,
     try:
         yield AgentHandle(state, f"{host}:{query_port}", f"{http_host}:{bound_http}")
     finally:
-        state.ready = False
-        await server.stop(grace=1.0)
-        await query_server.stop(grace=1.0)
-        sweeper.cancel()
-        state.trails.flush()
-        lost = await publisher.stop(shutdown_timeout)
-        gpu.stop()
-        await http.stop()
-        wal.close()
-        logger.info("agent stopped (publisher left %d records unpublished)", lost)
+        await _stop(state, server, query_server, sweeper, http,
+                    config.shutdown_timeout_seconds if shutdown_timeout is None else shutdown_timeout)
+
+
+async def _stop(state: AgentState, server: grpc.aio.Server, query_server: grpc.aio.Server,
+                sweeper: asyncio.Task[None], http: HttpEndpoint, timeout: float) -> None:
+    """Stops everything within one deadline, in order; each step gets what is left of it.
+
+    Kubernetes sends SIGKILL `terminationGracePeriodSeconds` after SIGTERM, so a stop that
+    outlives the deadline is cut short here, with what it left behind logged and counted,
+    rather than there, silently. Whatever is left unpublished is still in the WAL."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+
+    def left(reserve: float = 0.0) -> float:
+        return max(0.0, deadline - loop.time() - reserve)
+
+    state.ready = False
+    # Hooks get a moment to receive the acks of batches in flight; then streams are cut.
+    grace = min(1.0, timeout / 10)
+    await asyncio.gather(server.stop(grace=grace), query_server.stop(grace=grace))
+    sweeper.cancel()
+    state.trails.flush()
+    # Keep a little of the deadline for the steps after the publisher.
+    lost = await state.publisher.stop(left(reserve=min(2.0, timeout / 5)))
+    await asyncio.to_thread(state.gpu.stop, left())
+    try:
+        await asyncio.wait_for(http.stop(), max(0.1, left()))
+    except TimeoutError:
+        logger.warning("HTTP endpoint did not close within the shutdown deadline")
+    state.wal.close()
+    logger.info("agent stopped in %.1fs (publisher left %d records unpublished; the WAL keeps "
+                "them for the next start)", timeout - left(), lost)
 
 
 async def _sweep(state: AgentState) -> None:

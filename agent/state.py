@@ -45,7 +45,8 @@ class AgentState:
         self.publisher = publisher
         self.gpu = gpu
         self.trails = TrailStore(config.max_trails, config.max_trail_events,
-                                 config.linger_seconds, self._on_final)
+                                 config.linger_seconds, self._on_final,
+                                 max_bytes=config.max_trail_bytes)
         self.counters: Counter[str] = Counter()
         self.hook_dropped: Counter[str] = Counter()
         self.agent_dropped: Counter[str] = Counter()

@@ -7,8 +7,13 @@ exactly once; late events still update the stored trail and are counted. Each tr
 WAL segments holding its events until its record is delivered (see `delivered`), so the WAL
 keeps exactly what a restart would need to publish again.
 
-Memory is bounded: at most `max_trails` (oldest final trails evicted first, then oldest
-active ones, each counted by reason) and at most `max_events` events per trail (counted).
+Memory is bounded by count and by bytes: at most `max_trails` trails and about `max_bytes`
+bytes of them (oldest final trails evicted first, then oldest active ones, each counted by
+reason), and at most `max_events` events per trail (counted). Events are kept serialised:
+a parsed sub-message would keep its whole batch's protobuf arena alive, which is what made a
+level-full trail cost ~97 KiB of resident memory against a few KiB of content. A trail's
+size is its serialised events plus its summary plus a fixed per-object overhead; the total
+is kept as a running sum (`bytes`), so the cap is checked in O(1) per batch.
 """
 
 from __future__ import annotations
@@ -24,12 +29,22 @@ from vllm_audit.v1 import query_pb2 as q
 from .correlate import trail_id_for_engine_request
 
 FINAL = (q.TRAIL_STATE_FINISHED, q.TRAIL_STATE_ABORTED, q.TRAIL_STATE_FAILED)
+#: Python overhead of a trail beyond its serialised content (the Trail object, its summary
+#: message, dict/set members, the store's entry), measured as resident growth per trail.
+TRAIL_OVERHEAD_BYTES = 1024
+#: Overhead of one stored event beyond its serialised bytes (bytes object + list slot).
+EVENT_OVERHEAD_BYTES = 48
 
 
 @dataclass
 class Trail:
     summary: q.TrailSummary
-    events: list[pb.Event] = field(default_factory=list)
+    #: Serialised `pb.Event`s, in arrival order (see the module docstring for why bytes).
+    events: list[bytes] = field(default_factory=list)
+    #: Accounted size of the stored events (serialised + per-event overhead).
+    event_bytes: int = 0
+    #: What this trail counts against the store's byte cap (events + summary + overhead).
+    nbytes: int = 0
     expects_http: bool = False
     has_http: bool = False
     #: The HTTP half carried usage (what the client was told): it wins over engine counts.
@@ -45,8 +60,11 @@ class Trail:
 
 class TrailStore:
     def __init__(self, max_trails: int, max_events: int, linger_seconds: float,
-                 on_final: Callable[[Trail], None]) -> None:
+                 on_final: Callable[[Trail], None], max_bytes: int = 1 << 62) -> None:
         self.max_trails = max_trails
+        self.max_bytes = max_bytes
+        #: Running total of every stored trail's `nbytes`.
+        self.bytes = 0
         self.max_events = max_events
         self.linger_seconds = linger_seconds
         self.on_final = on_final
@@ -68,9 +86,8 @@ class TrailStore:
     def active_count(self) -> int:
         return sum(1 for t in self._trails.values() if not t.published)
 
-    def approx_bytes(self) -> int:
-        return sum(t.summary.ByteSize() + sum(e.ByteSize() for e in t.events)
-                   for t in self._trails.values())
+    def parsed_events(self, trail: Trail) -> list[pb.Event]:
+        return [pb.Event.FromString(raw) for raw in trail.events]
 
     # -- ingest ----------------------------------------------------------------------------
     def apply(self, batch: pb.Batch, segment: int) -> None:
@@ -99,8 +116,9 @@ class TrailStore:
                 self.segment_refs[segment] += 1
             if not trail.summary.model and batch.model:
                 trail.summary.model = batch.model
-            kept = events[:self.max_events - len(trail.events)]
+            kept = [e.SerializeToString() for e in events[:self.max_events - len(trail.events)]]
             trail.events.extend(kept)
+            trail.event_bytes += sum(map(len, kept)) + EVENT_OVERHEAD_BYTES * len(kept)
             if len(kept) < len(events):
                 self.counters["events_truncated"] += len(events) - len(kept)
             trail.summary.num_events += len(events)
@@ -110,7 +128,15 @@ class TrailStore:
                     apply_event(trail, event, kind)
             touched.append(trail)
         for trail in touched:
+            self._resize(trail)
+        for trail in touched:
             self._maybe_finalise(trail)
+        self._evict()
+
+    def _resize(self, trail: Trail) -> None:
+        size = TRAIL_OVERHEAD_BYTES + trail.event_bytes + trail.summary.ByteSize()
+        self.bytes += size - trail.nbytes
+        trail.nbytes = size
 
     def _trail(self, trail_id: str, expects_http: bool, time_unix_nano: int) -> Trail:
         created = time_unix_nano // 1_000_000
@@ -121,7 +147,6 @@ class TrailStore:
             trail = Trail(summary, expects_http=expects_http)
             self._trails[trail_id] = trail
             self.counters["trails_created"] += 1
-            self._evict()
         else:
             self._trails.move_to_end(trail_id)
             trail.expects_http = trail.expects_http or expects_http
@@ -228,14 +253,27 @@ class TrailStore:
         for trail in list(self._trails.values()):
             self._maybe_finalise(trail, force=True)
 
+    def _over_cap(self) -> bool:
+        return len(self._trails) > self.max_trails or self.bytes > self.max_bytes
+
     def _evict(self) -> None:
-        while len(self._trails) > self.max_trails:
+        """Evicts until both caps hold: oldest final trails first, then oldest active ones.
+
+        The newest trail is never evicted for bytes (a single trail larger than the cap is
+        bounded by `max_events` instead), so the trail just written stays queryable."""
+        while self._over_cap() and len(self._trails) > 1:
             victim = next((k for k, t in self._trails.items() if t.published), None)
             if victim is not None:
-                del self._trails[victim]
+                self._remove(victim)
                 self.counters["evicted_final"] += 1
                 continue
-            _, trail = self._trails.popitem(last=False)
+            trail_id, trail = next(iter(self._trails.items()))
+            self._remove(trail_id)
             # An active trail pushed out is still recorded downstream with what it had.
             self._maybe_finalise(trail, force=True)
             self.counters["evicted_active"] += 1
+
+    def _remove(self, trail_id: str) -> None:
+        trail = self._trails.pop(trail_id)
+        self.bytes -= trail.nbytes
+        self.counters["evicted_bytes"] += trail.nbytes
