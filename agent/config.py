@@ -28,6 +28,11 @@ ENV_KAFKA_TOPIC_PREFIX = "VLLM_AUDIT_KAFKA_TOPIC_PREFIX"
 ENV_AUDIT_LEVEL = "VLLM_AUDIT_LEVEL"                # pushed to every hook
 ENV_LINGER_SECONDS = "VLLM_AUDIT_LINGER_SECONDS"
 ENV_GPU = "VLLM_AUDIT_GPU"                          # nvml | none | fake
+ENV_SIGNING_KEY_FILE = "VLLM_AUDIT_SIGNING_KEY_FILE"  # Ed25519 key (PEM or raw 32 bytes)
+ENV_CHECKPOINT_EVERY = "VLLM_AUDIT_CHECKPOINT_EVERY"  # records between signed checkpoints
+ENV_CHECKPOINT_INTERVAL = "VLLM_AUDIT_CHECKPOINT_INTERVAL_SECONDS"
+ENV_RECORD_RETENTION_DAYS = "VLLM_AUDIT_RECORD_RETENTION_DAYS"
+ENV_RECORD_LOG_MAX_BYTES = "VLLM_AUDIT_RECORD_LOG_MAX_BYTES"
 
 WAL_FSYNC_POLICIES = ("always", "batch", "never")
 GPU_READERS = ("nvml", "none", "fake")
@@ -75,6 +80,13 @@ class AgentConfig:
     linger_seconds: float = 30.0
     gpu: str = "nvml"
     gpu_interval_seconds: float = 5.0
+    #: Record log (<data_dir>/records): the signing key (None: generated in the data dir at
+    #: the first start), checkpoint cadence, retention by age and size.
+    signing_key_file: Path | None = None
+    checkpoint_every: int = 1000
+    checkpoint_interval_seconds: float = 10.0
+    record_retention_days: float = 180.0
+    record_log_max_bytes: int = 4 << 30
 
     def __post_init__(self) -> None:
         parse_address("query_address", self.query_address)
@@ -84,7 +96,8 @@ class AgentConfig:
         if self.gpu not in GPU_READERS:
             raise ValueError(f"gpu={self.gpu!r}; expected one of {GPU_READERS}")
         for name in ("wal_max_bytes", "max_trails", "max_trail_events", "max_trail_bytes",
-                     "shutdown_timeout_seconds"):
+                     "shutdown_timeout_seconds", "checkpoint_every", "checkpoint_interval_seconds",
+                     "record_retention_days", "record_log_max_bytes"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be > 0")
         if self.wal_segment_bytes < 0:
@@ -111,6 +124,8 @@ class AgentConfig:
             values["ingest_socket"] = Path(env[ENV_INGEST_SOCKET])
         if env.get(ENV_DATA_DIR):
             values["data_dir"] = Path(env[ENV_DATA_DIR])
+        if env.get(ENV_SIGNING_KEY_FILE):
+            values["signing_key_file"] = Path(env[ENV_SIGNING_KEY_FILE])
         for var, field in ((ENV_QUERY_ADDRESS, "query_address"), (ENV_HTTP_ADDRESS, "http_address"),
                            (ENV_WAL_FSYNC, "wal_fsync"), (ENV_KAFKA_BOOTSTRAP, "kafka_bootstrap"),
                            (ENV_KAFKA_TOPIC_PREFIX, "kafka_topic_prefix"), (ENV_GPU, "gpu")):
@@ -123,6 +138,10 @@ class AgentConfig:
         number(ENV_MAX_TRAIL_BYTES, "max_trail_bytes", int)
         number(ENV_SHUTDOWN_TIMEOUT, "shutdown_timeout_seconds", float)
         number(ENV_LINGER_SECONDS, "linger_seconds", float)
+        number(ENV_CHECKPOINT_EVERY, "checkpoint_every", int)
+        number(ENV_CHECKPOINT_INTERVAL, "checkpoint_interval_seconds", float)
+        number(ENV_RECORD_RETENTION_DAYS, "record_retention_days", float)
+        number(ENV_RECORD_LOG_MAX_BYTES, "record_log_max_bytes", int)
         if env.get(ENV_AUDIT_LEVEL):
             values["audit_level"] = parse_level(env[ENV_AUDIT_LEVEL])
         values.update({k: v for k, v in overrides.items() if v is not None})

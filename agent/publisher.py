@@ -1,10 +1,30 @@
-"""Publishing final trails: a small interface, an in-memory and a Kafka implementation.
+"""Publishing the record log from a cursor: one generic loop, a Kafka and an in-memory sink.
 
-The ingest path never awaits Kafka: `offer()` puts the record on a bounded queue (full =>
-dropped and counted) and one task publishes with acks=all, retrying retriable errors with
-jittered exponential backoff that wakes at once on shutdown. Idempotent producers and
-transactions are not used: not every Kafka-compatible broker has them; records carry a
-stable `event_id` instead.
+The loop reads durable records after the log's cursor (the last seq the sink acknowledged)
+and keeps up to `window` sends in flight: overlapping sends let aiokafka batch per partition
+(awaiting each send in turn capped a producer at one broker round trip per record, ~140
+records/s against the test broker). Acknowledgements are settled oldest first, so the cursor
+only ever moves past a contiguous prefix of acknowledged records; it is persisted atomically
+(at most every CURSOR_PERSIST_INTERVAL_S, and at stop). After a crash the records after the
+persisted cursor are sent again: at-least-once, de-duplicated downstream on `event_id`.
+
+A failed send is retried on its own with jittered exponential backoff that wakes at once on
+shutdown (broker down, timeouts, leader changes, refusals such as authorisation: all retried,
+counted by reason). Only a record that can never be accepted (too large, invalid) is parked
+in the dead-letter file `<data_dir>/records/dead-letter.jsonl` — fsynced before the cursor
+passes it, counted by reason — never silently released. (A dead-letter *topic* would refuse a
+too-large record just the same, so the file is the one place that always takes it.)
+
+Engine-stats snapshots are not audit records: they bypass the record log and go through a
+small bounded queue straight to `<prefix>.engine-stats` (full queue: the newest snapshot is
+dropped, counted as `stats_dropped_queue_full`; a failed send is counted as `stats_failed`).
+
+Idempotent producers and transactions are not used: not every Kafka-compatible broker has
+them; records carry `event_id` instead.
+
+Attributes read by metrics: `connected`, `backlog_records`, `backlog_bytes`,
+`oldest_unpublished_age_seconds`, `failures` (by FAILURE_REASONS), `dead_lettered` (by
+DEAD_LETTER_REASONS) and `counters` (published, retries, connect_errors, stats_*).
 """
 
 from __future__ import annotations
@@ -12,235 +32,400 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
-from collections import Counter
-from collections.abc import Callable
+import time
+from collections import Counter, deque
+from collections.abc import Awaitable
 from typing import Any, Protocol
 
-from .records import encode
+import orjson
+
+from .recordlog import DEAD_LETTER_NAME, Entry, RecordLog
 
 logger = logging.getLogger("vllm_audit.agent")
 
+#: Sends in flight at most.
+SEND_WINDOW = 8192
+CURSOR_PERSIST_INTERVAL_S = 0.2
+#: Why a send failed (each retried, except the dead-letter reasons).
+FAILURE_REASONS = ("retriable", "timeout", "refused", "too_large", "invalid")
+#: Failures that no retry can fix: the record goes to the dead-letter file.
+DEAD_LETTER_REASONS = ("too_large", "invalid")
+STATS_QUEUE_SIZE = 1000
 
-#: Records sent to the broker before the first of them is awaited.
-SEND_WINDOW = 2048
 
-#: Called once a record is settled: published, or its loss counted (queue full, fatal error).
-#: Not called for records left unpublished at shutdown: the WAL still holds what rebuilds them.
-OnDone = Callable[[], None]
+class Sink(Protocol):
+    """Where records go. `send` enqueues and returns the acknowledgement to await."""
 
-
-class Publisher(Protocol):
-    counters: Counter[str]
-    #: True when a delivered record is kept elsewhere (Kafka): the WAL may then forget it.
+    #: True when what it accepted is kept elsewhere (Kafka), not only in this process.
     durable: bool
 
-    def offer(self, topic_suffix: str, key: str, record: dict[str, Any],
-              on_done: OnDone | None = None) -> None: ...
-    async def start(self) -> None: ...
-    async def stop(self, timeout: float) -> int: ...
-    @property
-    def connected(self) -> bool: ...
+    async def connect(self) -> None: ...
+    async def send(self, topic_suffix: str, key: bytes, value: bytes) -> Awaitable[Any]: ...
+    def classify(self, exc: BaseException) -> str | None:
+        """A FAILURE_REASONS member, or None if `exc` is not a sink error (a bug: raised)."""
+        ...
+    async def close(self, timeout: float) -> None: ...
 
 
-class InMemoryPublisher:
-    """Keeps the newest records in a list (no-Kafka mode and tests).
-
-    Not durable by default: without Kafka the WAL is the agent's archive. Tests pass
-    `durable=True` to stand in for a durable sink."""
-
-    def __init__(self, max_records: int = 10_000, durable: bool = False) -> None:
-        self.records: list[tuple[str, str, dict[str, Any]]] = []
-        self.max_records = max_records
-        self.durable = durable
-        self.counters: Counter[str] = Counter()
-
-    def offer(self, topic_suffix: str, key: str, record: dict[str, Any],
-              on_done: OnDone | None = None) -> None:
-        if len(self.records) >= self.max_records:
-            self.records.pop(0)
-            self.counters["dropped_memory_cap"] += 1
-        self.records.append((topic_suffix, key, record))
-        self.counters["published"] += 1
-        if on_done is not None:
-            on_done()
-
-    async def start(self) -> None:
-        pass
-
-    async def stop(self, timeout: float) -> int:
-        return 0
-
-    @property
-    def connected(self) -> bool:
-        return False
-
-
-class KafkaPublisher:
-    durable = True
-
-    def __init__(self, bootstrap: str, topic_prefix: str, queue_size: int = 100_000,
-                 max_backoff: float = 5.0) -> None:
-        self.bootstrap = bootstrap
-        self.topic_prefix = topic_prefix
-        self.counters: Counter[str] = Counter()
-        self._queue: asyncio.Queue[tuple[str, bytes, bytes, OnDone | None]] = asyncio.Queue(
-            queue_size)
+class Publisher:
+    def __init__(self, sink: Sink, window: int = SEND_WINDOW, max_backoff: float = 5.0) -> None:
+        self.sink = sink
+        self.durable = sink.durable
+        self.window = window
+        self.max_backoff = max_backoff
+        self.counters: Counter[str] = Counter({k: 0 for k in (
+            "published", "retries", "connect_errors", "stats_published",
+            "stats_dropped_queue_full", "stats_failed")})
+        self.failures: Counter[str] = Counter({r: 0 for r in FAILURE_REASONS})
+        self.dead_lettered: Counter[str] = Counter({r: 0 for r in DEAD_LETTER_REASONS})
+        self.log: RecordLog | None = None
+        self._connected = False
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._producer: Any = None
-        self._connected = False
-        self._max_backoff = max_backoff
+        self._stats_task: asyncio.Task[None] | None = None
+        self._stats: deque[tuple[str, bytes, bytes]] = deque()
+        self._stats_ready = asyncio.Event()
+        self._oldest_inflight_ms: int | None = None
+        self._persisted = -1
 
+    # -- attributes for metrics -------------------------------------------------------------
     @property
     def connected(self) -> bool:
         return self._connected
 
-    def offer(self, topic_suffix: str, key: str, record: dict[str, Any],
-              on_done: OnDone | None = None) -> None:
-        try:
-            self._queue.put_nowait((f"{self.topic_prefix}.{topic_suffix}", key.encode(),
-                                    encode(record), on_done))
-        except asyncio.QueueFull:
-            self.counters["dropped_queue_full"] += 1
-            if on_done is not None:
-                on_done()
+    @property
+    def backlog_records(self) -> int:
+        return self.log.backlog_records if self.log is not None else 0
 
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="kafka-publisher")
+    @property
+    def backlog_bytes(self) -> int:
+        return self.log.unpublished_bytes if self.log is not None else 0
 
-    async def _ensure_producer(self) -> Any:
-        from aiokafka import AIOKafkaProducer
+    @property
+    def oldest_unpublished_age_seconds(self) -> float:
+        if self.log is None or not self.log.backlog_records:
+            return 0.0
+        oldest = self._oldest_inflight_ms or self.log.oldest_unpublished_ms()
+        return max(0.0, time.time() - oldest / 1000) if oldest else 0.0
 
-        backoff = 0.1
-        while not self._stopping.is_set():
-            producer = AIOKafkaProducer(
-                bootstrap_servers=self.bootstrap, acks="all", enable_idempotence=False,
-                linger_ms=5, compression_type="gzip",
-            )
+    # -- lifecycle --------------------------------------------------------------------------
+    async def start(self, log: RecordLog) -> None:
+        self.log = log
+        self._task = asyncio.create_task(self._run(log), name="record-publisher")
+        self._stats_task = asyncio.create_task(self._run_stats(), name="stats-publisher")
+
+    async def stop(self, timeout: float) -> int:
+        """Publishes what it can within `timeout` (the sink's close included); returns the
+        number of records left unpublished (still in the log, after the cursor)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        self._stopping.set()
+        self._stats_ready.set()
+        for task in (self._task, self._stats_task):
+            if task is None:
+                continue
             try:
-                await producer.start()
-                self._connected = True
-                return producer
-            except Exception as exc:
-                self.counters["connect_errors"] += 1
-                logger.warning("kafka connect failed (%r); retrying in %.1fs", exc, backoff)
-                await producer.stop()
-                await self._sleep(backoff)
-                backoff = min(self._max_backoff, backoff * 2)
-        return None
+                await asyncio.wait_for(task, max(0.0, deadline - loop.time() - 0.5))
+            except TimeoutError:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        try:
+            await self.sink.close(max(0.1, deadline - loop.time()))
+        except Exception as exc:
+            self.counters["stop_timeouts"] += 1
+            logger.warning("sink close failed: %r", exc)
+        self._connected = False
+        if self.log is None:
+            return 0
+        with contextlib.suppress(OSError):
+            await asyncio.to_thread(self.log.persist_cursor)
+        left = self.log.backlog_records
+        if left:
+            logger.warning("publisher stopped with %d records unpublished (kept in the record "
+                           "log after the cursor)", left)
+        return left
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), seconds * (0.5 + random.random()))
 
-    async def _run(self) -> None:
-        self._producer = await self._ensure_producer()
-        while self._producer is not None:
-            item = await self._next_item()
-            if item is None:
-                return
-            window = [item]
-            while len(window) < SEND_WINDOW and not self._queue.empty():
-                window.append(self._queue.get_nowait())
-            await self._publish_window(window)
-
-    async def _publish_window(self, window: list[tuple[str, bytes, bytes, OnDone | None]]
-                              ) -> None:
-        """Sends a window of records with overlapping sends, then settles each in order.
-
-        Awaiting each send in turn caps a producer at one broker round trip per record
-        (~140 records/s measured against the test broker); overlapping sends let aiokafka
-        batch per partition. A record whose send failed is retried on its own (retriable
-        errors, with backoff) or counted as failed; `on_done` runs only once it is settled."""
-        from aiokafka.errors import KafkaError
-
-        sends: list[asyncio.Future[Any] | None] = []
-        for topic, key, value, _ in window:
+    async def _connect(self) -> bool:
+        backoff = 0.1
+        while not self._stopping.is_set():
             try:
-                sends.append(await self._producer.send(topic, value, key=key))
-            except KafkaError:
-                sends.append(None)  # settled below by the one-record retry path
-        for (topic, key, value, on_done), sent in zip(window, sends, strict=True):
-            settled = False
-            if sent is not None:
+                await self.sink.connect()
+                self._connected = True
+                return True
+            except Exception as exc:
+                if self.sink.classify(exc) is None and not isinstance(exc, OSError):
+                    raise
+                self.counters["connect_errors"] += 1
+                logger.warning("sink connect failed (%r); retrying in ~%.1fs", exc, backoff)
+                await self._sleep(backoff)
+                backoff = min(self.max_backoff, backoff * 2)
+        return False
+
+    # -- the cursor loop ----------------------------------------------------------------------
+    async def _run(self, log: RecordLog) -> None:
+        if not await self._connect():
+            return
+        inflight: deque[tuple[Entry, asyncio.Future[Any] | BaseException]] = deque()
+        last_sent = log.cursor
+        acked_bytes = 0
+        last_persist = time.monotonic()
+        while True:
+            if len(inflight) <= self.window // 2:
+                for entry in await log.read(last_sent, self.window - len(inflight)):
+                    inflight.append((entry, await self._send(entry)))
+                    last_sent = entry.seq
+            if not inflight:
+                if acked_bytes:
+                    log.acknowledged(log.cursor, acked_bytes)
+                    acked_bytes = 0
+                if log.cursor != self._persisted:
+                    await self._persist(log)
+                if self._stopping.is_set():
+                    return
+                waiter = asyncio.ensure_future(log.wait_durable(last_sent, 1.0))
+                stopper = asyncio.ensure_future(self._stopping.wait())
+                await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                waiter.cancel()
+                stopper.cancel()
+                continue
+            entry, sent = inflight[0]
+            self._oldest_inflight_ms = entry.time_ms
+            if not await self._settle(entry, sent):
+                return  # shutdown interrupted a retry: the cursor stays before this record
+            inflight.popleft()
+            acked_bytes += len(entry.value)
+            log.cursor = entry.seq  # contiguous prefix acknowledged
+            self._oldest_inflight_ms = None
+            if time.monotonic() - last_persist >= CURSOR_PERSIST_INTERVAL_S:
+                log.acknowledged(entry.seq, acked_bytes)
+                acked_bytes = 0
+                await self._persist(log)
+                last_persist = time.monotonic()
+
+    async def _persist(self, log: RecordLog) -> None:
+        cursor = log.cursor
+        try:
+            await asyncio.to_thread(log.persist_cursor)
+            self._persisted = cursor
+        except OSError as exc:
+            self.counters["cursor_write_errors"] += 1
+            logger.warning("could not persist the publish cursor: %r", exc)
+
+    async def _send(self, entry: Entry) -> asyncio.Future[Any] | BaseException:
+        try:
+            return await self.sink.send(entry.topic, entry.key, entry.value)  # type: ignore[return-value]
+        except Exception as exc:
+            if self.sink.classify(exc) is None:
+                raise
+            return exc
+
+    async def _settle(self, entry: Entry, sent: asyncio.Future[Any] | BaseException) -> bool:
+        """Waits for one record's acknowledgement, retrying failures; True once it is
+        acknowledged or dead-lettered, False if shutdown interrupted the retries."""
+        backoff = 0.1
+        while True:
+            if not isinstance(sent, BaseException):
                 try:
                     await sent
                     self.counters["published"] += 1
-                    settled = True
-                except KafkaError:
-                    self.counters["retries"] += 1
-            if not settled:
-                settled = await self._publish(topic, key, value)
-            if settled and on_done is not None:
-                on_done()
+                    self._connected = True
+                    return True
+                except Exception as exc:
+                    if self.sink.classify(exc) is None:
+                        raise
+                    sent = exc
+            reason = self.sink.classify(sent) or "retriable"
+            self.failures[reason] += 1
+            if reason in DEAD_LETTER_REASONS:
+                return await self._dead_letter(entry, reason, sent)
+            self._connected = False
+            self.counters["retries"] += 1
+            if self._stopping.is_set():
+                return False
+            logger.warning("publishing seq %d failed (%s: %r); retrying in ~%.1fs",
+                           entry.seq, reason, sent, backoff)
+            await self._sleep(backoff)
+            if self._stopping.is_set():
+                return False
+            backoff = min(self.max_backoff, backoff * 2)
+            sent = await self._send(entry)
 
-    async def _publish(self, topic: str, key: bytes, value: bytes) -> bool:
-        """Sends one record, retrying retriable errors. Returns whether it is settled
-        (published, or its loss counted); False when shutdown interrupted it."""
-        from aiokafka.errors import KafkaError
+    async def _dead_letter(self, entry: Entry, reason: str, exc: BaseException) -> bool:
+        assert self.log is not None
+        line = orjson.dumps({
+            "seq": entry.seq, "topic": entry.topic, "key": entry.key.decode(errors="replace"),
+            "reason": reason, "error": repr(exc), "dead_lettered_unix_ms": int(time.time() * 1000),
+            "record": entry.value.decode(),
+        }) + b"\n"
+        path = self.log.directory / DEAD_LETTER_NAME
 
-        backoff = 0.1
+        def write() -> None:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            try:
+                os.write(fd, line)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
         while True:
             try:
-                await self._producer.send_and_wait(topic, value, key=key)
-                self.counters["published"] += 1
-                return True
-            except KafkaError as exc:
+                await asyncio.to_thread(write)
+                break
+            except OSError as wexc:
+                # Without the dead-letter write the record is not settled: retry, never skip.
+                self.counters["dead_letter_write_errors"] += 1
+                logger.error("dead-letter write failed: %r", wexc)
                 if self._stopping.is_set():
-                    self.counters["lost_at_shutdown"] += 1
                     return False
-                if not exc.retriable:
-                    self.counters["failed"] += 1
-                    logger.error("kafka publish to %s failed: %r", topic, exc)
-                    return True
-                self.counters["retries"] += 1
-                await self._sleep(backoff)
-                backoff = min(self._max_backoff, backoff * 2)
+                await self._sleep(1.0)
+        self.dead_lettered[reason] += 1
+        logger.error("record seq %d dead-lettered (%s): %r", entry.seq, reason, exc)
+        return True
 
-    async def _next_item(self) -> tuple[str, bytes, bytes, OnDone | None] | None:
-        if self._stopping.is_set():
-            return None if self._queue.empty() else self._queue.get_nowait()
-        getter = asyncio.ensure_future(self._queue.get())
-        stopper = asyncio.ensure_future(self._stopping.wait())
-        done, _ = await asyncio.wait({getter, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        if getter in done:
-            stopper.cancel()
-            return getter.result()
-        getter.cancel()
-        return None if self._queue.empty() else self._queue.get_nowait()
+    # -- engine stats: not chained, best effort, counted --------------------------------------
+    def offer_stats(self, topic_suffix: str, key: str, record: dict[str, Any]) -> None:
+        if len(self._stats) >= STATS_QUEUE_SIZE:
+            self.counters["stats_dropped_queue_full"] += 1
+            return
+        self._stats.append((topic_suffix, key.encode(), orjson.dumps(record)))
+        self._stats_ready.set()
 
-    async def stop(self, timeout: float) -> int:
-        """Drains what it can within `timeout`; returns the number of records left behind.
+    async def _run_stats(self) -> None:
+        while not self._stopping.is_set():
+            await self._stats_ready.wait()
+            self._stats_ready.clear()
+            while self._stats and self._connected:
+                topic, key, value = self._stats.popleft()
+                try:
+                    sent = await self.sink.send(topic, key, value)
+                    sent_future = asyncio.ensure_future(sent)
+                    sent_future.add_done_callback(self._stats_done)
+                except Exception as exc:
+                    if self.sink.classify(exc) is None:
+                        raise
+                    self.counters["stats_failed"] += 1
+            if self._stats and not self._connected:
+                await self._sleep(0.5)
+                self._stats_ready.set()
 
-        The whole stop is bounded by `timeout`, the producer's own close included: with a
-        hung broker aiokafka's stop() waits for in-flight batches up to request_timeout_ms
-        (40 s), which is past a pod's grace period."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        if self._task is not None:
-            # Setting _stopping lets the task drain the queue and then exit; the deadline bounds it.
-            self._stopping.set()
-            try:
-                await asyncio.wait_for(self._task, max(0.0, deadline - loop.time() - 0.5))
-            except TimeoutError:
-                self._task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await self._task
-        if self._producer is not None:
-            producer, self._producer = self._producer, None
-            closing = asyncio.ensure_future(producer.stop())
-            try:
-                await asyncio.wait_for(asyncio.shield(closing),
-                                       max(0.1, deadline - loop.time()))
-            except TimeoutError:
-                self.counters["stop_timeouts"] += 1
-                logger.warning("kafka producer did not close within the shutdown deadline")
-            except Exception as exc:
-                logger.warning("kafka producer close failed: %r", exc)
-        self._connected = False
-        lost = self._queue.qsize()
-        if lost:
-            self.counters["lost_at_shutdown"] += lost
-            logger.warning("kafka publisher stopped with %d records unpublished", lost)
-        return lost
+    def _stats_done(self, future: asyncio.Future[Any]) -> None:
+        if future.cancelled() or future.exception() is not None:
+            self.counters["stats_failed"] += 1
+        else:
+            self.counters["stats_published"] += 1
+
+
+class MemorySink:
+    """Keeps the newest records in a list (no-Kafka mode and tests): not durable; without
+    Kafka the record log itself is the archive."""
+
+    durable = False
+
+    def __init__(self, max_records: int = 10_000) -> None:
+        self.records: list[tuple[str, str, dict[str, Any]]] = []
+        self.max_records = max_records
+        self.trimmed = 0
+
+    async def connect(self) -> None:
+        pass
+
+    async def send(self, topic_suffix: str, key: bytes, value: bytes) -> Awaitable[Any]:
+        if len(self.records) >= self.max_records:
+            self.records.pop(0)
+            self.trimmed += 1
+        self.records.append((topic_suffix, key.decode(), orjson.loads(value)))
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+    def classify(self, exc: BaseException) -> str | None:
+        return None
+
+    async def close(self, timeout: float) -> None:
+        pass
+
+
+class InMemoryPublisher(Publisher):
+    """The publisher over a MemorySink; `records` are (topic suffix, key, record)."""
+
+    def __init__(self, max_records: int = 10_000, durable: bool = False) -> None:
+        sink = MemorySink(max_records)
+        sink.durable = durable  # tests may stand in for a durable sink
+        super().__init__(sink)
+        self.memory = sink
+
+    @property
+    def records(self) -> list[tuple[str, str, dict[str, Any]]]:
+        return self.memory.records
+
+
+class KafkaSink:
+    """aiokafka with acks=all; lz4 keeps the producer's CPU per record low."""
+
+    durable = True
+
+    def __init__(self, bootstrap: str, topic_prefix: str, compression: str | None = "lz4",
+                 request_timeout_ms: int = 30_000) -> None:
+        self.bootstrap = bootstrap
+        self.topic_prefix = topic_prefix
+        self.compression = compression
+        self.request_timeout_ms = request_timeout_ms
+        self._producer: Any = None
+
+    async def connect(self) -> None:
+        from aiokafka import AIOKafkaProducer
+
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self.bootstrap, acks="all", enable_idempotence=False,
+            linger_ms=5, compression_type=self.compression, max_batch_size=256 * 1024,
+            request_timeout_ms=self.request_timeout_ms,
+        )
+        try:
+            await producer.start()
+        except BaseException:
+            await producer.stop()
+            raise
+        self._producer = producer
+
+    async def send(self, topic_suffix: str, key: bytes, value: bytes) -> Awaitable[Any]:
+        fut: Awaitable[Any] = await self._producer.send(f"{self.topic_prefix}.{topic_suffix}",
+                                                        value, key=key)
+        return fut
+
+    def classify(self, exc: BaseException) -> str | None:
+        from aiokafka import errors
+
+        if isinstance(exc, errors.MessageSizeTooLargeError | errors.RecordTooLargeError):
+            return "too_large"
+        if isinstance(exc, errors.CorruptRecordException | errors.InvalidMessageError |
+                      errors.InvalidTopicError):
+            return "invalid"
+        if isinstance(exc, errors.KafkaTimeoutError | errors.RequestTimedOutError):
+            return "timeout"
+        if isinstance(exc, errors.KafkaError):
+            return "retriable" if exc.retriable else "refused"
+        return None
+
+    async def close(self, timeout: float) -> None:
+        """Bounded: with a hung broker aiokafka's stop() waits for in-flight batches up to
+        request_timeout_ms, which can be past a pod's grace period."""
+        if self._producer is None:
+            return
+        producer, self._producer = self._producer, None
+        closing = asyncio.ensure_future(producer.stop())
+        try:
+            await asyncio.wait_for(asyncio.shield(closing), timeout)
+        except TimeoutError:
+            logger.warning("kafka producer did not close within the shutdown deadline")
+
+
+def KafkaPublisher(bootstrap: str, topic_prefix: str, max_backoff: float = 5.0,
+                   window: int = SEND_WINDOW) -> Publisher:
+    return Publisher(KafkaSink(bootstrap, topic_prefix), window=window, max_backoff=max_backoff)

@@ -19,11 +19,13 @@ from dataclasses import dataclass
 import grpc
 from vllm_audit.v1 import ingest_pb2_grpc, query_pb2_grpc
 
+from .chain import load_or_create_signer
 from .config import AgentConfig, parse_address
 from .gpu import FakeGpuReader, GpuReader, GpuSampler, NvmlReader
 from .ingest import IngestServicer, replay_wal
 from .metrics import HttpEndpoint, make_registry
 from .publisher import InMemoryPublisher, KafkaPublisher, Publisher
+from .recordlog import RecordLog
 from .state import AgentState
 from .wal import WriteAheadLog
 
@@ -47,6 +49,14 @@ def _gpu_reader(kind: str) -> GpuReader | None:
     return None
 
 
+def _record_log(config: AgentConfig) -> RecordLog:
+    return RecordLog(config.data_dir / "records", config.record_log_max_bytes, config.wal_fsync,
+                     load_or_create_signer(config.signing_key_file, config.data_dir),
+                     retention_days=config.record_retention_days,
+                     checkpoint_every=config.checkpoint_every,
+                     checkpoint_interval=config.checkpoint_interval_seconds)
+
+
 def _publisher(config: AgentConfig) -> Publisher:
     if config.kafka_bootstrap:
         return KafkaPublisher(config.kafka_bootstrap, config.kafka_topic_prefix)
@@ -59,17 +69,20 @@ async def running_agent(config: AgentConfig, publisher: Publisher | None = None,
                         shutdown_timeout: float | None = None) -> AsyncIterator[AgentHandle]:
     wal = WriteAheadLog(config.data_dir, config.wal_max_bytes, config.wal_fsync,
                         config.wal_segment_bytes or None)
+    records = _record_log(config)
     publisher = publisher or _publisher(config)
     gpu = GpuSampler(gpu_reader or _gpu_reader(config.gpu), config.gpu_interval_seconds)
-    state = AgentState(config, wal, publisher, gpu)
+    state = AgentState(config, wal, publisher, gpu, records)
     if wal.torn_tail_bytes:
         state.agent_dropped["wal_torn_tail_bytes"] += wal.torn_tail_bytes
         logger.warning("WAL had a torn tail of %d bytes (truncated)", wal.torn_tail_bytes)
     replayed = replay_wal(state)
+    records.end_replay()
     if replayed:
         logger.info("replayed %d batches from the WAL", replayed)
     state.reclaim_wal()
-    await publisher.start()
+    records.start()
+    await publisher.start(records)
     gpu.start()
 
     server = grpc.aio.server()
@@ -122,6 +135,8 @@ async def _stop(state: AgentState, server: grpc.aio.Server, query_server: grpc.a
     await asyncio.gather(server.stop(grace=grace), query_server.stop(grace=grace))
     sweeper.cancel()
     state.trails.flush()
+    # The record log writes what the flush produced and a final signed checkpoint first.
+    await state.records.stop(left(reserve=min(4.0, timeout / 3)))
     # Keep a little of the deadline for the steps after the publisher.
     lost = await state.publisher.stop(left(reserve=min(2.0, timeout / 5)))
     await asyncio.to_thread(state.gpu.stop, left())
@@ -129,6 +144,7 @@ async def _stop(state: AgentState, server: grpc.aio.Server, query_server: grpc.a
         await asyncio.wait_for(http.stop(), max(0.1, left()))
     except TimeoutError:
         logger.warning("HTTP endpoint did not close within the shutdown deadline")
+    state.records.close()
     state.wal.close()
     logger.info("agent stopped in %.1fs (publisher left %d records unpublished; the WAL keeps "
                 "them for the next start)", timeout - left(), lost)

@@ -16,14 +16,12 @@ from vllm_audit.v1 import ingest_pb2
 from .config import AgentConfig
 from .gpu import GpuSampler
 from .publisher import Publisher
+from .recordlog import RecordLog, event_id
 from .records import message_to_dict, trail_record
 from .sources import SourceState
 from .trails import Trail, TrailStore
 from .wal import WriteAheadLog
 
-#: Without Kafka, the WAL keeps the newest records up to this share of its cap (the rest of
-#: the cap is headroom for ingest between two sweeps).
-WAL_RETENTION_RATIO = 0.9
 #: At most one engine-stats record per source per this many seconds goes to Kafka.
 ENGINE_STATS_PUBLISH_INTERVAL_S = 1.0
 
@@ -38,9 +36,10 @@ class Session:
 
 class AgentState:
     def __init__(self, config: AgentConfig, wal: WriteAheadLog, publisher: Publisher,
-                 gpu: GpuSampler) -> None:
+                 gpu: GpuSampler, records: RecordLog) -> None:
         self.config = config
         self.wal = wal
+        self.records = records
         self.wal_lock = asyncio.Lock()
         self.publisher = publisher
         self.gpu = gpu
@@ -60,34 +59,35 @@ class AgentState:
         self.errors: Counter[str] = Counter()
 
     def _on_final(self, trail: Trail) -> None:
-        summary = trail.summary
-        self.publisher.offer("requests", summary.request_id, trail_record(summary),
-                             on_done=lambda: self.trails.delivered(trail))
+        """A final trail (or revision) becomes one record in the record log; once it is
+        durable there, the ingest WAL segments that held the trail are released."""
+        record = trail_record(trail.summary)
+        replayed = self.records.replay_event_ids
+        if replayed is not None and event_id(record) in replayed:
+            # Replaying the ingest WAL at start rebuilt a trail the log already holds.
+            self.counters["records_deduplicated_at_replay"] += 1
+            self.trails.delivered(trail)
+            return
+        self.records.append(record, on_recorded=lambda: self.trails.delivered(trail))
 
     def agent_drops(self) -> dict[str, int]:
         """Everything the agent itself lost, by reason (one view for stats and metrics)."""
         publisher = {f"publisher_{k}": v for k, v in self.publisher.counters.items()
-                     if k.startswith(("dropped", "failed", "lost"))}
+                     if k in ("stats_dropped_queue_full", "stats_failed")}
         return {**self.agent_dropped, **publisher}
 
     def reclaim_wal(self) -> int:
-        """Deletes sealed WAL segments that are no longer needed; returns how many.
+        """Deletes sealed ingest WAL segments no longer needed; returns how many.
 
-        With a durable publisher (Kafka) a segment goes once no undelivered trail needs it.
-        Without one the WAL is the archive: it keeps the newest records up to
-        WAL_RETENTION_RATIO of its cap and expires the oldest segments first (counted)."""
+        A segment goes once every trail in it is recorded (durable in the record log),
+        whether or not Kafka has it yet: from there on the record log is what is owed
+        downstream. The record log's own retention (size, age; counted) runs here too."""
         wal = self.wal
         deleted = 0
-        if self.publisher.durable:
-            for segment in wal.segments():
-                if not self.trails.segment_refs.get(segment) and wal.delete(segment):
-                    deleted += 1
-            return deleted
         for segment in wal.segments():
-            if wal.size <= wal.max_bytes * WAL_RETENTION_RATIO or not wal.delete(segment):
-                break
-            deleted += 1
-            self.counters["wal_expired_segments"] += 1
+            if not self.trails.segment_refs.get(segment) and wal.delete(segment):
+                deleted += 1
+        self.records.reclaim()
         return deleted
 
     def hook_config(self) -> ingest_pb2.IngestReply:
@@ -133,7 +133,7 @@ class AgentState:
         record = message_to_dict(event.engine_stats)
         record.update({"schema": 1, "source_id": batch.source_id, "model": source.model,
                        "timestamp_ms": event.time_unix_nano // 1_000_000})
-        self.publisher.offer("engine-stats", batch.source_id, record)
+        self.publisher.offer_stats("engine-stats", batch.source_id, record)
 
     def latest_engine_stats(self) -> list[tuple[str, SourceState]]:
         return [(sid, s) for sid, s in self.sources.items() if s.last_stats is not None]

@@ -8,6 +8,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
 from vllm_audit.v1 import events_pb2 as pb
@@ -99,3 +100,16 @@ async def until(predicate: Callable[[], bool], what: str, timeout: float = 30.0)
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.02)
+
+
+def requests_of(publisher: InMemoryPublisher) -> list[tuple[str, dict[str, Any]]]:
+    """(key, record) of the request records published so far (checkpoints left out)."""
+    return [(key, record) for topic, key, record in publisher.records if topic == "requests"]
+
+
+async def published_keys(publisher: InMemoryPublisher, n: int, timeout: float = 30.0
+                         ) -> list[str]:
+    """Waits until `n` request records went through the record log to the publisher (it is
+    asynchronous: append, group commit, then publish); returns their keys."""
+    await until(lambda: len(requests_of(publisher)) >= n, f"{n} published records", timeout)
+    return [key for key, _ in requests_of(publisher)]
