@@ -6,6 +6,11 @@
     vllm-audit query get REQUEST_ID [--events]
     vllm-audit set-level off|summary|full|full-with-allowed-sets
     vllm-audit tail [--interval S]
+    vllm-audit verify PATH|--kafka-bootstrap B --public-key PEM [--allow-unsigned-tail]
+    vllm-audit export [--data-dir DIR] [--since T] [--until T] [--format jsonl|csv]
+
+verify exits 0 when the chain is intact and covered by checkpoints, 1 at the first break
+(named on stderr, the report on stdout as JSON), 2 on a usage error.
 """
 
 from __future__ import annotations
@@ -56,6 +61,31 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--shutdown-timeout", type=float, dest="shutdown_timeout_seconds",
                    help="seconds the whole stop may take; keep it under the pod's grace period")
     a.add_argument("--gpu", choices=("nvml", "none", "fake"))
+    a.add_argument("--signing-key-file", type=Path,
+                   help="Ed25519 key for checkpoints (PEM or raw 32 bytes); default: generated "
+                        "in the data dir at the first start, public key beside it")
+    a.add_argument("--checkpoint-every", type=int, help="records between signed checkpoints")
+    a.add_argument("--record-retention-days", type=float,
+                   help="the record log keeps records this long (and within its size cap)")
+    a.add_argument("--record-log-max-bytes", type=int, help="cap on the record log")
+
+    v = sub.add_parser("verify", help="check a record chain: log directory, export file or Kafka")
+    v.add_argument("path", nargs="?", type=Path,
+                   help="record log directory (<data_dir>/records) or JSONL export file")
+    v.add_argument("--kafka-bootstrap", help="read the chain from Kafka instead")
+    v.add_argument("--topic", action="append",
+                   help="Kafka topic (repeatable); default <prefix>.requests and .checkpoints")
+    v.add_argument("--topic-prefix", default="vllm-audit")
+    v.add_argument("--public-key", type=Path, required=True,
+                   help="the agent's Ed25519 public key (PEM, raw 32 bytes or hex)")
+    v.add_argument("--allow-unsigned-tail", action="store_true",
+                   help="records after the last checkpoint are reported, not a failure")
+    e = sub.add_parser("export", help="a time range of the record log as JSONL or CSV")
+    e.add_argument("--data-dir", type=Path, help="the agent's data dir (default: env or config)")
+    e.add_argument("--since", help="ISO 8601 or unix time (recorded time, inclusive)")
+    e.add_argument("--until", help="ISO 8601 or unix time (recorded time, exclusive)")
+    e.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
+    e.add_argument("--output", type=Path, help="file to write (default: stdout)")
 
     for name in ("query", "set-level", "tail"):
         s = sub.add_parser(name)
@@ -95,7 +125,9 @@ def _run_agent(args: argparse.Namespace) -> int:
         kafka_bootstrap=args.kafka_bootstrap, kafka_topic_prefix=args.kafka_topic_prefix,
         audit_level=parse_level(args.audit_level) if args.audit_level else None,
         linger_seconds=args.linger_seconds, max_trails=args.max_trails, gpu=args.gpu,
-        max_trail_bytes=args.max_trail_bytes,
+        max_trail_bytes=args.max_trail_bytes, signing_key_file=args.signing_key_file,
+        checkpoint_every=args.checkpoint_every, record_retention_days=args.record_retention_days,
+        record_log_max_bytes=args.record_log_max_bytes,
         shutdown_timeout_seconds=args.shutdown_timeout_seconds,
     )
     from .server import serve
@@ -108,6 +140,53 @@ def _run_agent(args: argparse.Namespace) -> int:
         await serve(config, stop.wait())
 
     asyncio.run(main())
+    return 0
+
+
+def _run_verify(args: argparse.Namespace) -> int:
+    from .chain import load_public_key
+    from .verify import Report, kafka_payloads, order_by_seq, path_payloads, verify_chain
+
+    if (args.path is None) == (args.kafka_bootstrap is None):
+        raise ValueError("verify needs exactly one of PATH or --kafka-bootstrap")
+    key = load_public_key(args.public_key)
+    if args.path is not None:
+        report = verify_chain(path_payloads(args.path), key, args.allow_unsigned_tail)
+    else:
+        topics = args.topic or [f"{args.topic_prefix}.requests",
+                                f"{args.topic_prefix}.checkpoints"]
+        payloads = asyncio.run(kafka_payloads(args.kafka_bootstrap, topics))
+        pre = Report()
+        ordered = order_by_seq(payloads, pre)
+        report = verify_chain(ordered, key, args.allow_unsigned_tail)
+        report.duplicates_collapsed = pre.duplicates_collapsed
+        if pre.broken is not None and (report.broken is None or pre.broken.seq <= report.broken.seq):
+            report.broken = pre.broken
+    _print(report.to_dict())
+    if report.broken is not None:
+        b = report.broken
+        print(f"vllm-audit verify: BROKEN at seq {b.seq}: {b.reason} ({b.detail})", file=sys.stderr)
+        return 1
+    print(f"vllm-audit verify: intact: {report.records} records, seq {report.first_seq}.."
+          f"{report.last_seq}, {report.checkpoints} checkpoints", file=sys.stderr)
+    return 0
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from .export import export, parse_time
+
+    data_dir = args.data_dir or AgentConfig.from_env().data_dir
+    since = parse_time(args.since) if args.since else None
+    until = parse_time(args.until) if args.until else None
+    records_dir = data_dir / "records"
+    if not records_dir.is_dir():
+        raise ValueError(f"{records_dir}: no record log there")
+    if args.output is None:
+        n = export(records_dir, sys.stdout, since, until, args.format)
+    else:
+        with open(args.output, "w", newline="") as out:
+            n = export(records_dir, out, since, until, args.format)
+    print(f"vllm-audit export: {n} request records", file=sys.stderr)
     return 0
 
 
@@ -161,6 +240,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "agent":
             return _run_agent(args)
+        if args.command == "verify":
+            return _run_verify(args)
+        if args.command == "export":
+            return _run_export(args)
         return _run_client(args)
     except ValueError as exc:
         print(f"vllm-audit: {exc}", file=sys.stderr)
