@@ -19,9 +19,13 @@ Checkpoint: a chained record of `type` "checkpoint" naming the head it covers (`
 `head_hash` = the record just before it, `count` = records in the chain up to the head,
 `time_unix_ms`, `key_id` = first 16 hex digits of SHA-256 of the raw public key) with
 
-    signature = base64(Ed25519-sign(canonical(checkpoint without "hash" and "signature")))
+    signature = base64(Ed25519-sign(canonical(checkpoint without SIGNATURE_EXCLUDES)))
 
-and then its own `hash` as for any record (the signature is inside it).
+and then its own `hash` as for any record (the signature is inside it). The signature covers
+what the checkpoint asserts (head, count, time, key), not where it sits (`seq`, `prev_hash`,
+`recorded_unix_ms`): re-chaining records after an altered one, up to and through a
+checkpoint, keeps its signature valid but leaves its `head_hash` naming the original head,
+which `verify` reports as a checkpoint head mismatch.
 """
 
 from __future__ import annotations
@@ -84,8 +88,12 @@ def seal(record: dict[str, Any], seq: int, prev_hash: str) -> bytes:
     return orjson.dumps(record, option=orjson.OPT_SORT_KEYS)
 
 
+#: Fields a checkpoint's signature does not cover: its own hash and signature, and its place.
+SIGNATURE_EXCLUDES = frozenset({"hash", "signature", "seq", "prev_hash", "recorded_unix_ms"})
+
+
 def signed_bytes(checkpoint: dict[str, Any]) -> bytes:
-    return canonical({k: v for k, v in checkpoint.items() if k not in ("hash", "signature")})
+    return canonical({k: v for k, v in checkpoint.items() if k not in SIGNATURE_EXCLUDES})
 
 
 def raw_public_key(key: Ed25519PublicKey) -> bytes:

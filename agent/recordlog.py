@@ -215,7 +215,7 @@ class RecordLog:
     def checkpoint(self) -> int:
         """Appends a signed checkpoint over the current head."""
         record: dict[str, Any] = {
-            "chain": 1, "head_seq": self.head_seq, "head_hash": self.head_hash,
+            "type": RECORD_TYPE_CHECKPOINT, "chain": 1, "head_seq": self.head_seq, "head_hash": self.head_hash,
             "count": self.head_seq, "time_unix_ms": int(self.clock() * 1000),
         }
         self.signer.sign(record)

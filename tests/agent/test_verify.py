@@ -1,0 +1,226 @@
+"""`vllm-audit verify` locates every kind of tampering; an intact log passes.
+
+The chain comes from the real agent in-process (real gRPC ingest, real record log files);
+`verify` and `export` run as the real CLI (`python -m agent.cli`) on those files.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from vllm_audit.v1 import events_pb2 as pb
+
+from agent.chain import PUBLIC_KEY_NAME, Signer, canonical, record_hash, seal
+from agent.verify import file_payloads, verify_chain
+from tests.support.agent_harness import Hook, agent, lifecycle, published_keys
+
+REQUESTS = 12
+CHECKPOINT_EVERY = 5
+
+
+def finished(rid: str) -> pb.Event:
+    return lifecycle(rid, pb.LIFECYCLE_PHASE_FINISHED, 10**15, finish_reason="stop")
+
+
+def cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "agent.cli", *map(str, args)],
+                          capture_output=True, text=True, timeout=60)
+
+
+async def _write_log(tmp: Path) -> None:
+    async with agent(tmp, checkpoint_every=CHECKPOINT_EVERY) as (handle, published), \
+            Hook(handle.state.config.ingest_socket) as hook:
+        for seq in range(1, REQUESTS + 1):
+            await hook.send(seq, finished(f"{seq}-ver1fy00"))
+        await published_keys(published, REQUESTS)
+
+
+@pytest.fixture(scope="module")
+def written_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A record log written by the real agent: 12 requests, checkpoints every 5, stopped
+    cleanly (so it ends with a checkpoint). Written once; each test gets a copy."""
+    tmp = tmp_path_factory.mktemp("agent")
+    asyncio.run(_write_log(tmp))
+    return tmp / "data"
+
+
+@pytest.fixture
+def log_dir(written_log: Path, tmp_path: Path) -> Path:
+    shutil.copytree(written_log, tmp_path / "data")
+    return tmp_path / "data" / "records"
+
+
+@pytest.fixture
+def public_key(log_dir: Path) -> Path:
+    return log_dir.parent / PUBLIC_KEY_NAME
+
+
+def lines_of(log_dir: Path, tmp_path: Path) -> list[bytes]:
+    out = tmp_path / "export.jsonl"
+    done = cli("export", "--data-dir", log_dir.parent, "--output", out)
+    assert done.returncode == 0, done.stderr
+    return list(file_payloads(out))
+
+
+def write(tmp_path: Path, lines: list[bytes]) -> Path:
+    path = tmp_path / "tampered.jsonl"
+    path.write_bytes(b"".join(line + b"\n" for line in lines))
+    return path
+
+
+def verify(path: Path, public_key: Path, *extra: str) -> tuple[int, dict[str, Any]]:
+    done = cli("verify", path, "--public-key", public_key, *extra)
+    assert done.returncode in (0, 1), done.stderr
+    return done.returncode, orjson.loads(done.stdout)
+
+
+def seq_of(line: bytes) -> int:
+    return int(orjson.loads(line)["seq"])
+
+
+def index_of_type(lines: list[bytes], kind: str) -> list[int]:
+    return [i for i, line in enumerate(lines) if orjson.loads(line)["type"] == kind]
+
+
+def test_intact_log_directory_and_export_pass(log_dir: Path, public_key: Path,
+                                                    tmp_path: Path) -> None:
+    code, report = verify(log_dir, public_key)
+    # 12 requests, a checkpoint after every 5, one at the stop: 12 + 3 records.
+    assert code == 0 and report["intact"], report
+    assert (report["first_seq"], report["last_seq"], report["checkpoints"]) == (1, 15, 3)
+    lines = lines_of(log_dir, tmp_path)
+    assert len(lines) == 15
+    assert all(canonical(orjson.loads(line)) == line for line in lines)  # stored canonical
+    code, report = verify(write(tmp_path, lines), public_key)
+    assert code == 0 and report["records"] == 15
+
+
+def _change_a_byte(lines: list[bytes]) -> tuple[list[bytes], int]:
+    i = 7
+    lines[i] = lines[i].replace(b"ver1fy00", b"ver1fy01")
+    return lines, seq_of(lines[i])
+
+
+def _delete(lines: list[bytes]) -> tuple[list[bytes], int]:
+    seq = seq_of(lines[3])
+    del lines[3]
+    return lines, seq
+
+
+def _swap(lines: list[bytes]) -> tuple[list[bytes], int]:
+    lines[2], lines[3] = lines[3], lines[2]
+    return lines, seq_of(lines[3])  # the record that should come first is now second
+
+
+def _insert(lines: list[bytes]) -> tuple[list[bytes], int]:
+    # A forged record that chains correctly onto seq 4 (the attacker can hash, not sign).
+    forged = orjson.loads(lines[3])
+    forged["request_id"] = "forged"
+    value = seal(forged, seq_of(lines[3]) + 1, forged["hash"])
+    lines.insert(4, value)
+    return lines, seq_of(lines[5]) + 1  # the genuine seq 5 arrives where 6 was expected
+
+
+def _rechain_after_change(lines: list[bytes]) -> tuple[list[bytes], int]:
+    # Alter seq 2 and re-hash everything after it, checkpoint included (its signature
+    # covers the head it names, which no longer matches).
+    records = [orjson.loads(line) for line in lines]
+    records[1]["request_id"] = "altered"
+    out = lines[:1]
+    prev = records[0]["hash"]
+    for record in records[1:]:
+        out.append(seal(record, record["seq"], prev))
+        prev = record["hash"]
+    first_checkpoint = index_of_type(lines, "checkpoint")[0]
+    return out, seq_of(lines[first_checkpoint])
+
+
+def _forge_checkpoint(lines: list[bytes]) -> tuple[list[bytes], int]:
+    i = index_of_type(lines, "checkpoint")[0]
+    checkpoint = orjson.loads(lines[i])
+    Signer(Ed25519PrivateKey.generate()).sign(checkpoint)  # signed with another key
+    lines[i] = seal(checkpoint, checkpoint["seq"], checkpoint["prev_hash"])
+    return lines, checkpoint["seq"]
+
+
+@pytest.mark.parametrize(("tamper", "reason"), [
+    (_change_a_byte, "hash_mismatch"),
+    (_delete, "seq_gap"),
+    (_swap, "seq_gap"),
+    (_insert, "seq_order"),
+    (_rechain_after_change, "checkpoint_head_mismatch"),
+    (_forge_checkpoint, "bad_checkpoint_signature"),
+])
+def test_tampering_is_detected_and_located(
+    log_dir: Path, public_key: Path, tmp_path: Path,
+    tamper: Callable[[list[bytes]], tuple[list[bytes], int]], reason: str,
+) -> None:
+    lines, seq = tamper(lines_of(log_dir, tmp_path))
+    code, report = verify(write(tmp_path, lines), public_key)
+    assert code == 1 and not report["intact"]
+    assert (report["broken"]["reason"], report["broken"]["seq"]) == (reason, seq), report
+
+
+def test_a_truncated_tail_is_reported_unverified(log_dir: Path, public_key: Path,
+                                                       tmp_path: Path) -> None:
+    lines = lines_of(log_dir, tmp_path)
+    checkpoints = index_of_type(lines, "checkpoint")
+    # Cut in the middle of the last checkpoint interval: the final checkpoint is gone.
+    cut = lines[:checkpoints[-2] + 3]
+    code, report = verify(write(tmp_path, cut), public_key)
+    assert code == 1
+    assert report["broken"]["reason"] == "unverified_after_checkpoint"
+    assert report["broken"]["seq"] == seq_of(lines[checkpoints[-2]]) + 1
+    assert report["unsigned_tail"] == 2
+    # A live log may be checked with its unsigned tail allowed: reported, not a failure.
+    code, report = verify(write(tmp_path, cut), public_key, "--allow-unsigned-tail")
+    assert code == 0 and report["unsigned_tail"] == 2 and report["notes"]
+
+
+def test_a_changed_byte_in_a_log_file_is_detected(log_dir: Path, public_key: Path
+                                                        ) -> None:
+    segment = next(p for p in sorted(log_dir.iterdir()) if p.name.endswith(".wal"))
+    data = bytearray(segment.read_bytes())
+    at = data.index(b"5-ver1fy00")
+    data[at] = ord("6")
+    segment.write_bytes(bytes(data))
+    before = segment.read_bytes()
+    code, report = verify(log_dir, public_key)
+    assert code == 1
+    # The WAL's checksum drops the damaged record (a gap at seq 5), or cuts the segment
+    # there (the chain ends at seq 4, and what precedes is not covered by a checkpoint).
+    broken = report["broken"]
+    assert (broken["reason"], broken["seq"]) == ("seq_gap", 5) or (
+        broken["reason"] == "unverified_after_checkpoint" and report["last_seq"] == 4), report
+    assert segment.read_bytes() == before  # verify never modifies the log
+
+
+def test_usage_errors_exit_2(tmp_path: Path) -> None:
+    assert cli("verify", tmp_path).returncode == 2  # no --public-key
+    key = tmp_path / "k.pub"
+    key.write_bytes(b"not a key")
+    done = cli("verify", tmp_path / "missing.jsonl", "--public-key", key)
+    assert done.returncode == 2 and "not a PEM" in done.stderr
+    assert cli("export", "--data-dir", tmp_path, "--since", "yesterday").returncode == 2
+
+
+def test_verify_chain_checks_every_record_hash() -> None:
+    # Unit-level: a record whose hash field was replaced by its correct value passes.
+    signer = Signer(Ed25519PrivateKey.generate())
+    record: dict[str, Any] = {"type": "request", "x": 1.0, "y": 0.25}
+    line = seal(record, 1, "0" * 64)
+    assert orjson.loads(line)["x"] == 1 and record_hash(orjson.loads(line)) == record["hash"]
+    cp: dict[str, Any] = {"type": "checkpoint", "head_seq": 1, "head_hash": record["hash"],
+                          "count": 1, "time_unix_ms": 0}
+    signer.sign(cp)
+    report = verify_chain([line, seal(cp, 2, record["hash"])], signer.public_key)
+    assert report.intact and report.checkpoints == 1
