@@ -122,6 +122,7 @@ class RecordLog:
         self._tail: deque[Entry] = deque()
         self._tail_bytes = 0
         self._pending: list[tuple[Entry, OnRecorded | None]] = []
+        self._writing = 0
         self._since_checkpoint = 0
         self._last_checkpoint = time.monotonic()
         self._wake = asyncio.Event()
@@ -215,7 +216,8 @@ class RecordLog:
     def checkpoint(self) -> int:
         """Appends a signed checkpoint over the current head."""
         record: dict[str, Any] = {
-            "type": RECORD_TYPE_CHECKPOINT, "chain": 1, "head_seq": self.head_seq, "head_hash": self.head_hash,
+            "type": RECORD_TYPE_CHECKPOINT, "chain": 1, "head_seq": self.head_seq,
+            "head_hash": self.head_hash,
             "count": self.head_seq, "time_unix_ms": int(self.clock() * 1000),
         }
         self.signer.sign(record)
@@ -225,7 +227,8 @@ class RecordLog:
 
     @property
     def pending(self) -> int:
-        return len(self._pending)
+        """Records appended but not yet durable (queued or being written)."""
+        return len(self._pending) + self._writing
 
     # -- writer task ----------------------------------------------------------------------
     def start(self) -> None:
@@ -249,9 +252,12 @@ class RecordLog:
                 continue
             if self._stopping.is_set():
                 return
+            # Refused: retention may free published segments now (the publisher moves on).
+            if self.reclaim(need=sum(len(e.value) for e, _ in self._pending)):
+                continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), backoff)
-            backoff = min(2.0, backoff * 2)
+            backoff = min(0.5, backoff * 2)
 
     def _checkpoint_due_in(self) -> float:
         return max(0.05, self.checkpoint_interval - (time.monotonic() - self._last_checkpoint))
@@ -259,8 +265,12 @@ class RecordLog:
     async def write_pending(self) -> bool:
         """Writes and syncs what is queued; returns False if the log refused (kept queued)."""
         group, self._pending = self._pending, []
-        async with self._io:
-            written, segments, refusal = await asyncio.to_thread(self._write, group)
+        self._writing = len(group)
+        try:
+            async with self._io:
+                written, segments, refusal = await asyncio.to_thread(self._write, group)
+        finally:
+            self._writing = 0
         if refusal is not None:
             self._pending[:0] = group[written:]
             self.counters[f"refused_{refusal.reason}"] += 1
@@ -403,15 +413,17 @@ class RecordLog:
         return max(0, self.durable_seq - self.cursor)
 
     # -- retention ------------------------------------------------------------------------
-    def reclaim(self) -> int:
-        """Deletes the oldest sealed segments past the size or age limit; returns how many."""
+    def reclaim(self, need: int = 0) -> int:
+        """Deletes the oldest sealed segments past the size or age limit; returns how many.
+
+        `need`: bytes waiting to be written (after a refusal), to make room for."""
         deleted = 0
         horizon_ms = (self.clock() - self.retention_days * 86400) * 1000
         for segment in sorted(self.segments):
             info = self.segments[segment]
             if info.last_seq > self.cursor:
                 break  # owed to the sink: kept (and the log refuses at its cap)
-            if self.wal.size > self.wal.max_bytes * RETENTION_RATIO:
+            if self.wal.size + need > self.wal.max_bytes * RETENTION_RATIO:
                 reason = "size"
             elif info.last_time_ms < horizon_ms:
                 reason = "age"

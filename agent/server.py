@@ -54,7 +54,9 @@ def _record_log(config: AgentConfig) -> RecordLog:
                      load_or_create_signer(config.signing_key_file, config.data_dir),
                      retention_days=config.record_retention_days,
                      checkpoint_every=config.checkpoint_every,
-                     checkpoint_interval=config.checkpoint_interval_seconds)
+                     checkpoint_interval=config.checkpoint_interval_seconds,
+                     # Retention deletes whole segments: ~1/16 of the cap each.
+                     segment_bytes=max(1024, min(64 << 20, config.record_log_max_bytes // 16)))
 
 
 def _publisher(config: AgentConfig) -> Publisher:
