@@ -41,7 +41,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from .recordlog import DEAD_LETTER_NAME, Entry, RecordLog
+from .recordlog import DEAD_LETTER_NAME, TOPICS, Entry, RecordLog
 
 logger = logging.getLogger("vllm_audit.agent")
 
@@ -377,6 +377,8 @@ class KafkaSink:
         self.topic_prefix = topic_prefix
         self.compression = compression
         self.request_timeout_ms = request_timeout_ms
+        #: Topic suffixes whose metadata is fetched at connect.
+        self.topics = (*TOPICS.values(), "engine-stats")
         self._producer: Any = None
 
     async def connect(self) -> None:
@@ -389,6 +391,12 @@ class KafkaSink:
         )
         try:
             await producer.start()
+            # Metadata for every topic first (auto-creating them where the broker does): a
+            # topic created by the first produce request that also carries batches for
+            # another topic hung that other topic's batches for request_timeout_ms on the
+            # test broker.
+            for suffix in self.topics:
+                await producer.partitions_for(f"{self.topic_prefix}.{suffix}")
         except BaseException:
             await producer.stop()
             raise

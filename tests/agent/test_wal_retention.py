@@ -20,8 +20,16 @@ from vllm_audit.v1 import query_pb2
 from agent.publisher import KafkaPublisher
 from agent.recordlog import read_records
 from agent.server import running_agent
-from tests.support.agent_harness import (Hook, agent, agent_config, lifecycle, published_keys,
-                                         query, requests_of, until)
+from tests.support.agent_harness import (
+    Hook,
+    agent,
+    agent_config,
+    lifecycle,
+    published_keys,
+    query,
+    requests_of,
+    until,
+)
 from tests.support.kafka_broker import KafkaBroker
 
 #: About two one-event batches per segment.
