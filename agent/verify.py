@@ -185,8 +185,11 @@ async def kafka_payloads(bootstrap: str, topics: list[str], timeout: float = 60.
     out: list[bytes] = []
     try:
         partitions = []
+        known = await consumer.topics()  # fetches the cluster's metadata
         for topic in topics:
-            for p in await consumer.partitions_for_topic(topic) or set():
+            if topic not in known:
+                raise ValueError(f"topic {topic!r} does not exist on {bootstrap}")
+            for p in consumer.partitions_for_topic(topic) or set():
                 partitions.append(TopicPartition(topic, p))
         if not partitions:
             return out
