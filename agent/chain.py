@@ -33,7 +33,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
-import math
 import os
 from pathlib import Path
 from typing import Any
@@ -51,13 +50,36 @@ RECORD_TYPE_CHECKPOINT = "checkpoint"
 CHAIN_VERSION = 1
 
 
+def _float(value: float) -> float | int:
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ValueError(f"non-finite number {value!r} in a record")
+    if value.is_integer():
+        return int(value)
+    return 0 if -1e-6 < value < 1e-6 else value
+
+
+def _normalise_in_place(container: dict[str, Any] | list[Any]) -> None:
+    """Normalises the floats of a JSON-like tree in place (the hot path: every record)."""
+    if isinstance(container, dict):
+        for key, value in container.items():
+            kind = type(value)
+            if kind is float:
+                container[key] = _float(value)
+            elif kind is dict or kind is list:
+                _normalise_in_place(value)
+        return
+    for i, value in enumerate(container):
+        kind = type(value)
+        if kind is float:
+            container[i] = _float(value)
+        elif kind is dict or kind is list:
+            _normalise_in_place(value)
+
+
 def _normalise(value: Any) -> Any:
+    """A normalised copy (for verification: the input is left as it was)."""
     if isinstance(value, float):
-        if not math.isfinite(value):
-            raise ValueError(f"non-finite number {value!r} in a record")
-        if value.is_integer():
-            return int(value)
-        return 0 if abs(value) < 1e-6 else value
+        return _float(value)
     if isinstance(value, dict):
         return {k: _normalise(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -80,9 +102,7 @@ def seal(record: dict[str, Any], seq: int, prev_hash: str) -> bytes:
     record["seq"] = seq
     record["prev_hash"] = prev_hash
     record.pop("hash", None)
-    normalised = _normalise(record)
-    record.clear()
-    record.update(normalised)
+    _normalise_in_place(record)
     record["hash"] = hashlib.sha256(
         orjson.dumps(record, option=orjson.OPT_SORT_KEYS)).hexdigest()
     return orjson.dumps(record, option=orjson.OPT_SORT_KEYS)

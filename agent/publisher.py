@@ -53,6 +53,10 @@ FAILURE_REASONS = ("retriable", "timeout", "refused", "too_large", "invalid")
 #: Failures that no retry can fix: the record goes to the dead-letter file.
 DEAD_LETTER_REASONS = ("too_large", "invalid")
 STATS_QUEUE_SIZE = 1000
+#: The producer's request cap (aiokafka's default); a record above it is dead-lettered.
+MAX_REQUEST_SIZE = 1 << 20
+#: Upper bound of a record's framing inside a batch beyond its key and value.
+RECORD_OVERHEAD_BYTES = 64
 
 
 class Sink(Protocol):
@@ -63,6 +67,9 @@ class Sink(Protocol):
 
     async def connect(self) -> None: ...
     async def send(self, topic_suffix: str, key: bytes, value: bytes) -> Awaitable[Any]: ...
+    async def send_many(self, entries: list[Entry]) -> list[Awaitable[Any] | BaseException]:
+        """One acknowledgement (or the error that stopped it) per entry, in order."""
+        ...
     def classify(self, exc: BaseException) -> str | None:
         """A FAILURE_REASONS member, or None if `exc` is not a sink error (a bug: raised)."""
         ...
@@ -172,15 +179,17 @@ class Publisher:
     async def _run(self, log: RecordLog) -> None:
         if not await self._connect():
             return
-        inflight: deque[tuple[Entry, asyncio.Future[Any] | BaseException]] = deque()
+        inflight: deque[tuple[Entry, Awaitable[Any] | BaseException]] = deque()
         last_sent = log.cursor
         acked_bytes = 0
         last_persist = time.monotonic()
         while True:
             if len(inflight) <= self.window // 2:
-                for entry in await log.read(last_sent, self.window - len(inflight)):
-                    inflight.append((entry, await self._send(entry)))
-                    last_sent = entry.seq
+                entries = await log.read(last_sent, self.window - len(inflight))
+                if entries:
+                    sends = await self.sink.send_many(entries)
+                    inflight.extend(zip(entries, sends, strict=True))
+                    last_sent = entries[-1].seq
             if not inflight:
                 if acked_bytes:
                     log.acknowledged(log.cursor, acked_bytes)
@@ -218,15 +227,15 @@ class Publisher:
             self.counters["cursor_write_errors"] += 1
             logger.warning("could not persist the publish cursor: %r", exc)
 
-    async def _send(self, entry: Entry) -> asyncio.Future[Any] | BaseException:
+    async def _send(self, entry: Entry) -> Awaitable[Any] | BaseException:
         try:
-            return await self.sink.send(entry.topic, entry.key, entry.value)  # type: ignore[return-value]
+            return await self.sink.send(entry.topic, entry.key, entry.value)
         except Exception as exc:
             if self.sink.classify(exc) is None:
                 raise
             return exc
 
-    async def _settle(self, entry: Entry, sent: asyncio.Future[Any] | BaseException) -> bool:
+    async def _settle(self, entry: Entry, sent: Awaitable[Any] | BaseException) -> bool:
         """Waits for one record's acknowledgement, retrying failures; True once it is
         acknowledged or dead-lettered, False if shutdown interrupted the retries."""
         backoff = 0.1
@@ -345,6 +354,9 @@ class MemorySink:
         done.set_result(None)
         return done
 
+    async def send_many(self, entries: list[Entry]) -> list[Awaitable[Any] | BaseException]:
+        return [await self.send(e.topic, e.key, e.value) for e in entries]
+
     def classify(self, exc: BaseException) -> str | None:
         return None
 
@@ -367,11 +379,12 @@ class InMemoryPublisher(Publisher):
 
 
 class KafkaSink:
-    """aiokafka with acks=all."""
+    """aiokafka with acks=all. Uncompressed by default: gzip (the only codec without extra
+    packages) halved the publish rate (~33k vs ~69k records/s to the test broker)."""
 
     durable = True
 
-    def __init__(self, bootstrap: str, topic_prefix: str, compression: str | None = "gzip",
+    def __init__(self, bootstrap: str, topic_prefix: str, compression: str | None = None,
                  request_timeout_ms: int = 30_000) -> None:
         self.bootstrap = bootstrap
         self.topic_prefix = topic_prefix
@@ -379,7 +392,12 @@ class KafkaSink:
         self.request_timeout_ms = request_timeout_ms
         #: Topic suffixes whose metadata is fetched at connect.
         self.topics = (*TOPICS.values(), "engine-stats")
+        self.max_request_size = MAX_REQUEST_SIZE
         self._producer: Any = None
+        self._partitions: dict[str, list[int]] = {}
+        from aiokafka.partitioner import DefaultPartitioner
+
+        self._partitioner = DefaultPartitioner()
 
     async def connect(self) -> None:
         from aiokafka import AIOKafkaProducer
@@ -387,8 +405,9 @@ class KafkaSink:
         producer = AIOKafkaProducer(
             bootstrap_servers=self.bootstrap, acks="all", enable_idempotence=False,
             linger_ms=5, compression_type=self.compression, max_batch_size=256 * 1024,
-            request_timeout_ms=self.request_timeout_ms,
+            request_timeout_ms=self.request_timeout_ms, max_request_size=self.max_request_size,
         )
+        self._partitions.clear()
         try:
             await producer.start()
             # Metadata for every topic first (auto-creating them where the broker does): a
@@ -406,6 +425,52 @@ class KafkaSink:
         fut: Awaitable[Any] = await self._producer.send(f"{self.topic_prefix}.{topic_suffix}",
                                                         value, key=key)
         return fut
+
+    async def send_many(self, entries: list[Entry]) -> list[Awaitable[Any] | BaseException]:
+        """Builds the record batches itself (one per topic-partition, as full as the batch
+        size allows) and submits each with `send_batch`: per record this is an append to a
+        builder instead of a `send()` coroutine, about twice the records/s. Keys map to
+        partitions with aiokafka's default partitioner, as `send()` would."""
+        from aiokafka.errors import KafkaError, MessageSizeTooLargeError
+
+        producer = self._producer
+        out: list[Awaitable[Any] | BaseException | None] = [None] * len(entries)
+        open_batches: dict[tuple[str, int], tuple[Any, list[int]]] = {}
+
+        async def submit(topic: str, partition: int, batch: Any, members: list[int]) -> None:
+            try:
+                fut: Awaitable[Any] | BaseException = await producer.send_batch(
+                    batch, topic, partition=partition)
+            except KafkaError as exc:
+                fut = exc
+            for j in members:
+                out[j] = fut
+
+        for i, entry in enumerate(entries):
+            topic = f"{self.topic_prefix}.{entry.topic}"
+            if len(entry.key) + len(entry.value) + RECORD_OVERHEAD_BYTES > self.max_request_size:
+                out[i] = MessageSizeTooLargeError(
+                    f"record of {len(entry.value)} bytes > max_request_size")
+                continue
+            partitions = self._partitions.get(topic)
+            if partitions is None:
+                try:
+                    partitions = sorted(await producer.partitions_for(topic))
+                except KafkaError as exc:
+                    out[i] = exc
+                    continue
+                self._partitions[topic] = partitions
+            partition = self._partitioner(entry.key, partitions, partitions)
+            batch, members = open_batches.get((topic, partition)) or (producer.create_batch(), [])
+            if batch.append(key=entry.key, value=entry.value, timestamp=None) is None:
+                await submit(topic, partition, batch, members)
+                batch, members = producer.create_batch(), []
+                batch.append(key=entry.key, value=entry.value, timestamp=None)
+            members.append(i)
+            open_batches[(topic, partition)] = (batch, members)
+        for (topic, partition), (batch, members) in open_batches.items():
+            await submit(topic, partition, batch, members)
+        return [o if o is not None else RuntimeError("unsent") for o in out]
 
     def classify(self, exc: BaseException) -> str | None:
         from aiokafka import errors

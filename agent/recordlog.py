@@ -57,6 +57,8 @@ RETENTION_RATIO = 0.9
 #: Event ids of this many newest records are remembered at start, so that replaying the
 #: ingest WAL does not record again a trail already in the log. Freed once replay is over.
 REPLAY_DEDUP_RECORDS = 1_000_000
+#: What one pass over the log on disk loads for the publisher at most.
+DISK_CHUNK_BYTES = 64 << 20
 #: Reasons retention deletes a segment.
 EXPIRY_REASONS = ("size", "age")
 OnRecorded = Callable[[], None]
@@ -121,6 +123,8 @@ class RecordLog:
         self.unpublished_bytes = 0
         self._tail: deque[Entry] = deque()
         self._tail_bytes = 0
+        #: Records read back from disk for the publisher (when the tail does not reach back).
+        self._disk_chunk: list[Entry] = []
         self._pending: list[tuple[Entry, OnRecorded | None]] = []
         self._writing = 0
         self._since_checkpoint = 0
@@ -353,14 +357,27 @@ class RecordLog:
             if start >= len(tail) or tail[start].seq != after_seq + 1:  # a gap at replay
                 start = next((i for i, e in enumerate(tail) if e.seq > after_seq), len(tail))
             return [tail[i] for i in range(start, min(len(tail), start + max_records))]
-        self.counters["disk_reads"] += 1
         upto = tail[0].seq - 1 if tail else self.durable_seq
-        async with self._io:
-            return await asyncio.to_thread(self._read_disk, after_seq, upto, max_records)
+        chunk = self._disk_chunk
+        if not chunk or not chunk[0].seq <= after_seq + 1 <= chunk[-1].seq:
+            # One pass over the log loads up to DISK_CHUNK_BYTES of what follows the cursor:
+            # each pass reads the log from its start (the WAL has no seek), so it is done
+            # once per chunk, not once per window.
+            self.counters["disk_reads"] += 1
+            async with self._io:
+                chunk = await asyncio.to_thread(self._read_disk, after_seq, upto)
+            self._disk_chunk = chunk
+        start = after_seq + 1 - chunk[0].seq if chunk else 0
+        if not 0 <= start < len(chunk) or chunk[start].seq != after_seq + 1:  # gaps
+            start = next((i for i, e in enumerate(chunk) if e.seq > after_seq), len(chunk))
+        if start >= 4096:
+            del chunk[:start]  # keep the scan short; the publisher only reads forward
+            start = 0
+        return chunk[start:start + max_records]
 
-    def _read_disk(self, after_seq: int, upto: int, max_records: int) -> list[Entry]:
+    def _read_disk(self, after_seq: int, upto: int) -> list[Entry]:
         out: list[Entry] = []
-        budget = self.tail_max_bytes
+        budget = max(self.tail_max_bytes, DISK_CHUNK_BYTES)
         skip = {s for s, info in self.segments.items() if info.last_seq <= after_seq}
         replay: Iterator[tuple[int, bytes]] = self.wal.replay()
         try:
@@ -371,7 +388,7 @@ class RecordLog:
                 seq = int(record["seq"])
                 if seq <= after_seq:
                     continue
-                if seq > upto or len(out) >= max_records or budget <= 0:
+                if seq > upto or budget <= 0:
                     break
                 out.append(_entry(record, payload))
                 budget -= len(payload)
@@ -387,6 +404,8 @@ class RecordLog:
         self.unpublished_bytes = max(0, self.unpublished_bytes - nbytes)
         while self._tail and self._tail[0].seq <= seq:
             self._tail_bytes -= len(self._tail.popleft().value)
+        if self._disk_chunk and self._disk_chunk[-1].seq <= seq:
+            self._disk_chunk = []
 
     def persist_cursor(self) -> None:
         """Writes the cursor atomically (temp file, fsync, rename); run off the loop."""

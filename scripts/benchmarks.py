@@ -11,6 +11,8 @@
 - trail memory:   bytes the agent holds per summary-level trail: resident growth (protobuf
                   keeps messages in its own arenas, which tracemalloc does not see) and the
                   Python heap share.
+- Kafka publish:  records/s from the record log to the test broker through the cursor
+                  publisher, from the in-memory tail and from disk (tail overflowed).
 
 About a minute on two cores; everything it starts it stops.
 """
@@ -213,6 +215,49 @@ def bench_trail_memory(n: int = 20_000) -> tuple[float, float]:
     return heap, resident
 
 
+async def bench_publish(n: int = 100_000) -> tuple[float, float]:
+    """Records/s from the record log to the real test broker (Tansu) through the cursor
+    publisher: (from the in-memory tail, from disk after the tail overflowed). The records
+    are real trail records (~1 KB), chained and sealed, appended before the clock starts."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from vllm_audit.v1 import query_pb2 as q
+
+    from agent.chain import Signer
+    from agent.publisher import KafkaPublisher
+    from agent.recordlog import RecordLog
+    from agent.records import trail_record
+    from tests.support.kafka_broker import KafkaBroker
+
+    broker = KafkaBroker()
+    await asyncio.to_thread(broker.__enter__)
+    rates = []
+    try:
+        for tail_bytes in (1 << 30, 1 << 20):
+            with tempfile.TemporaryDirectory() as tmp:
+                log = RecordLog(Path(tmp), 1 << 34, "never", Signer(Ed25519PrivateKey.generate()),
+                                tail_max_bytes=tail_bytes, checkpoint_every=1000)
+                for i in range(n):
+                    summary = q.TrailSummary(
+                        request_id=f"chatcmpl-{i:016x}", model="tiny-llama", user="alice",
+                        client_ip="10.0.0.1", state=q.TRAIL_STATE_FINISHED, prompt_tokens=128,
+                        completion_tokens=256, latency_ms=812.5, ttft_ms=41.25,
+                        finish_reason="stop", status_code=200, created_unix_ms=1_790_000_000_000)
+                    log.append(trail_record(summary))
+                await log.write_pending()
+                total = log.durable_seq
+                publisher = KafkaPublisher(broker.bootstrap, f"bench{tail_bytes}")
+                start = time.perf_counter()
+                await publisher.start(log)
+                while log.backlog_records:  # noqa: ASYNC110 - polls the figure it measures
+                    await asyncio.sleep(0.01)
+                rates.append(total / (time.perf_counter() - start))
+                await publisher.stop(10)
+                log.close()
+    finally:
+        await asyncio.to_thread(broker.__exit__, None, None, None)
+    return rates[0], rates[1]
+
+
 def main() -> None:
     offer_median, offer_p99 = bench_offer()
     level = bench_level_check()
@@ -221,6 +266,7 @@ def main() -> None:
     ingest_summary = asyncio.run(bench_ingest(steps=0))
     ingest_full = asyncio.run(bench_ingest(steps=64))
     heap_bytes, rss_per_trail = bench_trail_memory()
+    publish_memory, publish_disk = asyncio.run(bench_publish())
     rows = [
         ("offer() per event, median", f"{offer_median:.0f} ns", "<= 1 us"),
         ("offer() per event, p99", f"{offer_p99:.0f} ns", ""),
@@ -234,6 +280,10 @@ def main() -> None:
         ("agent memory per summary trail (resident)", f"{rss_per_trail / 1024:.2f} KiB",
          "<= 2 KB"),
         ("  of which Python heap (tracemalloc)", f"{heap_bytes / 1024:.2f} KiB", ""),
+        ("Kafka publish from the record log (tail)", f"{publish_memory / 1000:.1f}k records/s",
+         ">= 50k/s"),
+        ("Kafka publish from the record log (disk)", f"{publish_disk / 1000:.1f}k records/s",
+         ">= 50k/s"),
     ]
     width = max(len(r[0]) for r in rows)
     print(f"{'figure':<{width}}  {'measured':<32} target")
