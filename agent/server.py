@@ -1,10 +1,12 @@
 """Wires the agent in one place. Only the entry point (cli.py) reads flags and signals; the
 shutdown trigger is injected.
 
-Start: WAL (replayed into the trail store) -> publisher -> GPU sampler -> gRPC ingest (Unix
+Start: WAL (replayed into the trail store; the record log de-duplicates what it already
+holds) -> record log writer -> publisher (from its cursor) -> GPU sampler -> gRPC ingest (Unix
 socket) and query (TCP) -> HTTP -> ready.
-Stop: not ready -> stop accepting (gRPC grace) -> flush trails -> flush publisher (one
-deadline, reports what it lost) -> release NVML.
+Stop: not ready -> stop accepting (gRPC grace) -> flush trails -> record log (what the flush
+produced, then a signed checkpoint) -> flush publisher (one deadline, reports what it left)
+-> release NVML.
 """
 
 from __future__ import annotations
@@ -148,8 +150,8 @@ async def _stop(state: AgentState, server: grpc.aio.Server, query_server: grpc.a
         logger.warning("HTTP endpoint did not close within the shutdown deadline")
     state.records.close()
     state.wal.close()
-    logger.info("agent stopped in %.1fs (publisher left %d records unpublished; the WAL keeps "
-                "them for the next start)", timeout - left(), lost)
+    logger.info("agent stopped in %.1fs (publisher left %d records unpublished; the record log "
+                "keeps them for the next start)", timeout - left(), lost)
 
 
 async def _sweep(state: AgentState) -> None:

@@ -2,8 +2,8 @@
 
 Kubernetes kills the pod `terminationGracePeriodSeconds` after SIGTERM (30 s by default);
 with the broker frozen (SIGSTOP) the stop used to take ~39 s, waiting out the producer's
-request timeout. Real broker, real agent; records left unpublished stay in the WAL and are
-published after the next start.
+request timeout. Real broker, real agent; records left unpublished stay in the record log
+after the publish cursor and are published after the next start.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ async def _stop_with_kafka_hung(tmp_path: Path, broker: KafkaBroker) -> None:
             os.kill(pid, signal.SIGCONT)
     # The stop ends within its deadline (plus scheduling slack), not at aiokafka's 40 s.
     assert elapsed < DEADLINE_S + 2.0, f"stop took {elapsed:.1f}s"
-    # What was not published is still owed: the next start publishes it from the WAL.
+    # What was not published is still owed: the next start publishes it from the record log.
     publisher = KafkaPublisher(broker.bootstrap, config.kafka_topic_prefix, max_backoff=0.5)
     async with running_agent(config, publisher=publisher):
         await until(lambda: publisher.counters["published"] >= 10, "republished after restart")
