@@ -377,6 +377,11 @@ class InMemoryPublisher(Publisher):
     def records(self) -> list[tuple[str, str, dict[str, Any]]]:
         return self.memory.records
 
+    @property
+    def connected(self) -> bool:
+        """Connected to Kafka: never (health and metrics report Kafka's state)."""
+        return False
+
 
 class KafkaSink:
     """aiokafka with acks=all. Uncompressed by default: gzip (the only codec without extra

@@ -11,7 +11,7 @@ from pathlib import Path
 from vllm_audit.v1 import events_pb2 as pb
 from vllm_audit.v1 import query_pb2
 
-from tests.support.agent_harness import Hook, agent, lifecycle, query
+from tests.support.agent_harness import Hook, agent, lifecycle, published_keys, query
 
 CAP = 64 << 10
 STEPS = 200  # grammar steps per request: ~4 KiB of serialised events per trail
@@ -40,8 +40,8 @@ async def test_trail_memory_is_capped_in_bytes_and_evictions_are_counted(tmp_pat
             # The cap holds after every batch, and the running total is the true sum.
             assert store.bytes <= CAP
             assert store.bytes == sum(t.nbytes for t in store.trails())
-        # Every trail was published whole before its memory was reclaimed.
-        assert len(published.records) == 60
+        # Every trail was recorded (and so published) whole before its memory was reclaimed.
+        assert len(await published_keys(published, 60)) == 60
         assert store.counters["evicted_final"] == 60 - len(store)
         assert store.counters["evicted_final"] > 0
         # A trail accounts at least its serialised events.
@@ -67,5 +67,5 @@ async def test_active_trails_pushed_out_by_bytes_are_still_recorded(tmp_path: Pa
         evicted = store.counters["evicted_active"]
         assert evicted > 0
         # Nothing vanished: each evicted active trail was handed on with what it had.
-        assert len(published.records) == evicted
+        assert len(await published_keys(published, evicted)) == evicted
         assert len(store) + evicted == 40
