@@ -224,3 +224,42 @@ def test_verify_chain_checks_every_record_hash() -> None:
     signer.sign(cp)
     report = verify_chain([line, seal(cp, 2, record["hash"])], signer.public_key)
     assert report.intact and report.checkpoints == 1
+
+
+async def test_an_exported_range_verifies_on_its_own(tmp_path: Path) -> None:
+    from agent.chain import PRIVATE_KEY_NAME, load_or_create_signer
+    from agent.recordlog import RecordLog
+
+    now = [1_790_000_000.0]
+    data = tmp_path / "data"
+    signer = load_or_create_signer(None, data)
+    log = RecordLog(data / "records", 1 << 30, "batch", signer, checkpoint_every=4,
+                    clock=lambda: now[0])
+    for i in range(20):  # one record a minute
+        log.append({"schema": 1, "request_id": f"r{i}", "latency_ms": 1.5,
+                    "nested": {"a": [1, 2.0]}})
+        now[0] += 60
+    await log.write_pending()
+    log.close()
+    assert (data / PRIVATE_KEY_NAME).exists()
+    since, until = 1_790_000_000 + 5 * 60, 1_790_000_000 + 10 * 60  # requests r5..r9
+    out = tmp_path / "range.jsonl"
+    done = cli("export", "--data-dir", data, "--since", str(since), "--until", str(until),
+               "--output", out)
+    assert done.returncode == 0, done.stderr
+    records = [orjson.loads(line) for line in file_payloads(out)]
+    requests = [r["request_id"] for r in records if r["type"] == "request"]
+    # The range, then on to the checkpoint that covers it (after r11: 4 per checkpoint).
+    assert requests == [f"r{i}" for i in range(5, 12)] and records[-1]["type"] == "checkpoint"
+    code, report = verify(out, data / PUBLIC_KEY_NAME)
+    assert code == 0 and report["first_seq"] == records[0]["seq"], report
+    csv_out = tmp_path / "range.csv"
+    iso_since = "2026-09-21T14:18:20Z"  # = since
+    done = cli("export", "--data-dir", data, "--since", iso_since, "--until", str(until),
+               "--format", "csv", "--output", csv_out)
+    assert done.returncode == 0, done.stderr
+    import csv
+
+    rows = list(csv.DictReader(csv_out.open()))
+    assert [r["request_id"] for r in rows] == [f"r{i}" for i in range(5, 10)]
+    assert rows[0]["nested"] == '{"a":[1,2]}' and rows[0]["latency_ms"] == "1.5"
