@@ -8,11 +8,13 @@ only ever moves past a contiguous prefix of acknowledged records; it is persiste
 (at most every CURSOR_PERSIST_INTERVAL_S, and at stop). After a crash the records after the
 persisted cursor are sent again: at-least-once, de-duplicated downstream on `event_id`.
 
-A failed send is retried on its own with jittered exponential backoff that wakes at once on
-shutdown (broker down, timeouts, leader changes, refusals such as authorisation: all retried,
-counted by reason). Only a record that can never be accepted (too large, invalid) is parked
-in the dead-letter file `<data_dir>/records/dead-letter.jsonl` — fsynced before the cursor
-passes it, counted by reason — never silently released. (A dead-letter *topic* would refuse a
+When the oldest send in flight fails, every failed send in the window is sent again, as
+batches, after a jittered exponential backoff that wakes at once on shutdown (broker down,
+timeouts, leader changes, refusals such as authorisation: all retried, counted by reason);
+sends still pending are left to finish, so a retry does not duplicate them. Only a record
+that can never be accepted (too large, invalid) is parked in the dead-letter file
+`<data_dir>/records/dead-letter.jsonl` — fsynced before the cursor passes it, counted by
+reason — never silently released. (A dead-letter *topic* would refuse a
 too-large record just the same, so the file is the one place that always takes it.)
 
 Engine-stats snapshots are not audit records: they bypass the record log and go through a
@@ -182,6 +184,7 @@ class Publisher:
         inflight: deque[tuple[Entry, Awaitable[Any] | BaseException]] = deque()
         last_sent = log.cursor
         acked_bytes = 0
+        backoff = 0.1
         last_persist = time.monotonic()
         while True:
             if len(inflight) <= self.window // 2:
@@ -206,8 +209,21 @@ class Publisher:
                 continue
             entry, sent = inflight[0]
             self._oldest_inflight_ms = entry.time_ms
-            if not await self._settle(entry, sent):
-                return  # shutdown interrupted a retry: the cursor stays before this record
+            error = await self._outcome(sent)
+            if error is not None:
+                reason = self.sink.classify(error) or "retriable"
+                self.failures[reason] += 1
+                if reason not in DEAD_LETTER_REASONS:
+                    if not await self._retry(inflight, entry, reason, error, backoff):
+                        return  # shutdown: the cursor stays before this record
+                    backoff = min(self.max_backoff, backoff * 2)
+                    continue
+                if not await self._dead_letter(entry, reason, error):
+                    return
+            else:
+                self.counters["published"] += 1
+                self._connected = True
+                backoff = 0.1
             inflight.popleft()
             acked_bytes += len(entry.value)
             log.cursor = entry.seq  # contiguous prefix acknowledged
@@ -227,44 +243,37 @@ class Publisher:
             self.counters["cursor_write_errors"] += 1
             logger.warning("could not persist the publish cursor: %r", exc)
 
-    async def _send(self, entry: Entry) -> Awaitable[Any] | BaseException:
+    async def _outcome(self, sent: Awaitable[Any] | BaseException) -> BaseException | None:
+        """The send's error (a sink error), or None once the broker acknowledged it."""
+        if isinstance(sent, BaseException):
+            return sent
         try:
-            return await self.sink.send(entry.topic, entry.key, entry.value)
+            await sent
         except Exception as exc:
             if self.sink.classify(exc) is None:
                 raise
             return exc
+        return None
 
-    async def _settle(self, entry: Entry, sent: Awaitable[Any] | BaseException) -> bool:
-        """Waits for one record's acknowledgement, retrying failures; True once it is
-        acknowledged or dead-lettered, False if shutdown interrupted the retries."""
-        backoff = 0.1
-        while True:
-            if not isinstance(sent, BaseException):
-                try:
-                    await sent
-                    self.counters["published"] += 1
-                    self._connected = True
-                    return True
-                except Exception as exc:
-                    if self.sink.classify(exc) is None:
-                        raise
-                    sent = exc
-            reason = self.sink.classify(sent) or "retriable"
-            self.failures[reason] += 1
-            if reason in DEAD_LETTER_REASONS:
-                return await self._dead_letter(entry, reason, sent)
-            self._connected = False
-            self.counters["retries"] += 1
-            if self._stopping.is_set():
-                return False
-            logger.warning("publishing seq %d failed (%s: %r); retrying in ~%.1fs",
-                           entry.seq, reason, sent, backoff)
-            await self._sleep(backoff)
-            if self._stopping.is_set():
-                return False
-            backoff = min(self.max_backoff, backoff * 2)
-            sent = await self._send(entry)
+    async def _retry(self, inflight: deque[tuple[Entry, Awaitable[Any] | BaseException]],
+                     entry: Entry, reason: str, error: BaseException, backoff: float) -> bool:
+        """After a backoff, sends again every in-flight record whose send failed (as
+        batches; those still pending or acknowledged are kept, so nothing is sent twice by
+        this). Returns False if shutdown came first."""
+        self._connected = False
+        self.counters["retries"] += 1
+        if self._stopping.is_set():
+            return False
+        logger.warning("publishing seq %d failed (%s: %r); retrying in ~%.1fs",
+                       entry.seq, reason, error, backoff)
+        await self._sleep(backoff)
+        if self._stopping.is_set():
+            return False
+        failed = [i for i, (_, sent) in enumerate(inflight) if _failed(sent)]
+        sends = await self.sink.send_many([inflight[i][0] for i in failed])
+        for i, again in zip(failed, sends, strict=True):
+            inflight[i] = (inflight[i][0], again)
+        return True
 
     async def _dead_letter(self, entry: Entry, reason: str, exc: BaseException) -> bool:
         assert self.log is not None
@@ -329,6 +338,14 @@ class Publisher:
             self.counters["stats_failed"] += 1
         else:
             self.counters["stats_published"] += 1
+
+
+def _failed(sent: Awaitable[Any] | BaseException) -> bool:
+    if isinstance(sent, BaseException):
+        return True
+    if isinstance(sent, asyncio.Future) and sent.done():
+        return sent.cancelled() or sent.exception() is not None
+    return False
 
 
 class MemorySink:
