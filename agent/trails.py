@@ -73,6 +73,10 @@ class TrailStore:
         self.finished_by_state: Counter[str] = Counter()
         #: Undelivered trails per WAL segment: a segment is reclaimable at zero.
         self.segment_refs: Counter[int] = Counter()
+        # -- observer (query index, agent/trail_index.py) --
+        #: Called with (trail, removed=False) after a batch touched a trail or it was finalised,
+        #: and (trail, removed=True) when it left the store.
+        self.on_change: Callable[[Trail, bool], None] = _ignore_change
 
     def __len__(self) -> int:
         return len(self._trails)
@@ -131,6 +135,8 @@ class TrailStore:
             self._resize(trail)
         for trail in touched:
             self._maybe_finalise(trail)
+        for trail in touched:
+            self.on_change(trail, False)  # observer
         self._evict()
 
     def _resize(self, trail: Trail) -> None:
@@ -247,11 +253,13 @@ class TrailStore:
         for trail in list(self._trails.values()):
             if not trail.published and now - trail.first_seen >= self.linger_seconds:
                 self._maybe_finalise(trail, force=True)
+                self.on_change(trail, False)  # observer
 
     def flush(self) -> None:
         """At shutdown: everything still open is finalised with what it has."""
         for trail in list(self._trails.values()):
             self._maybe_finalise(trail, force=True)
+            self.on_change(trail, False)  # observer
 
     def _over_cap(self) -> bool:
         return len(self._trails) > self.max_trails or self.bytes > self.max_bytes
@@ -275,5 +283,10 @@ class TrailStore:
 
     def _remove(self, trail_id: str) -> None:
         trail = self._trails.pop(trail_id)
+        self.on_change(trail, True)  # observer
         self.bytes -= trail.nbytes
         self.counters["evicted_bytes"] += trail.nbytes
+
+
+def _ignore_change(trail: Trail, removed: bool) -> None:
+    pass

@@ -70,7 +70,7 @@ class Sender:
         buffer: EventBuffer,
         converter: EventConverter,
         errors: InternalErrors,
-        on_config: Callable[[int, int], None],
+        on_config: Callable[[int, int, int], None],
         role: str,
         model: str = "",
     ) -> None:
@@ -96,6 +96,11 @@ class Sender:
         self._idle = threading.Event()
         self._thread = threading.Thread(target=self._run, name="vllm-audit-sender", daemon=True)
         self._started = False
+        #: (level, config epoch, config version) the process runs, set by the runtime when it
+        #: applies a pushed config; stamped on every batch. A change makes a batch even with
+        #: no events, so an idle hook reports a new level too.
+        self.applied_config: tuple[int, int, int] = (0, 0, 0)
+        self._reported_config: tuple[int, int, int] = (0, 0, 0)
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -248,7 +253,7 @@ class Sender:
                 if which == "ack":
                     self._on_ack(reply.ack)
                 elif which == "config":
-                    self._on_config(reply.config.level, reply.config.version)
+                    self._on_config(reply.config.level, reply.config.version, reply.config.epoch)
         except grpc.RpcError:
             pass  # the session loop notices the dead reader and reconnects
         except Exception as exc:
@@ -285,8 +290,10 @@ class Sender:
         drops = self._buffer.take_drops()
         drops.update(self._new_internal_errors())
         missing = self._missing
-        if not raw_events and not drops and missing is None:
+        applied = self.applied_config
+        if not raw_events and not drops and missing is None and applied == self._reported_config:
             return None
+        self._reported_config = applied
         self._seq += 1
         batch = pb.Batch(
             source_id=self.source_id,
@@ -294,6 +301,9 @@ class Sender:
             process_role=self.role,
             pid=os.getpid(),
             model=self.model,
+            applied_level=applied[0],  # type: ignore[arg-type]
+            config_epoch=applied[1],
+            config_version=applied[2],
         )
         convert = self._converter.to_proto
         append = batch.events.append

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from vllm_audit.v1 import events_pb2 as vllm__audit_dot_v1_dot_events__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19vllm_audit/v1/query.proto\x12\rvllm_audit.v1\x1a\x1avllm_audit/v1/events.proto\"\x0f\n\rHealthRequest\"\x97\x01\n\x0eHealthResponse\x12\x0e\n\x06status\x18\x01 \x01(\t\x12\x10\n\x08uptime_s\x18\x02 \x01(\x01\x12\x15\n\rgpu_available\x18\x03 \x01(\x08\x12\x18\n\x10kafka_configured\x18\x04 \x01(\x08\x12\x17\n\x0fkafka_connected\x18\x05 \x01(\x08\x12\x19\n\x11\x63onnected_sources\x18\x06 \x01(\x05\"\x0e\n\x0cStatsRequest\"\x80\x05\n\rStatsResponse\x12\x18\n\x10\x62\x61tches_ingested\x18\x01 \x01(\x04\x12\x17\n\x0f\x65vents_ingested\x18\x02 \x01(\x04\x12\x19\n\x11\x64uplicate_batches\x18\x03 \x01(\x04\x12U\n\x16hook_dropped_by_reason\x18\x04 \x03(\x0b\x32\x35.vllm_audit.v1.StatsResponse.HookDroppedByReasonEntry\x12\x15\n\rtrails_active\x18\x05 \x01(\x04\x12\x17\n\x0ftrails_finished\x18\x06 \x01(\x04\x12\x16\n\x0etrails_evicted\x18\x07 \x01(\x04\x12\x19\n\x11trail_store_bytes\x18\x08 \x01(\x04\x12\x11\n\twal_bytes\x18\t \x01(\x04\x12\x19\n\x11records_published\x18\n \x01(\x04\x12W\n\x17\x61gent_dropped_by_reason\x18\x0b \x03(\x0b\x32\x36.vllm_audit.v1.StatsResponse.AgentDroppedByReasonEntry\x12\x37\n\x13latest_engine_stats\x18\x0c \x01(\x0b\x32\x1a.vllm_audit.v1.EngineStats\x12.\n\x0b\x61udit_level\x18\r \x01(\x0e\x32\x19.vllm_audit.v1.AuditLevel\x1a:\n\x18HookDroppedByReasonEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x1a;\n\x19\x41gentDroppedByReasonEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"\xce\x05\n\x0cTrailSummary\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x1a\n\x12\x65ngine_request_ids\x18\x02 \x03(\t\x12(\n\x05state\x18\x03 \x01(\x0e\x32\x19.vllm_audit.v1.TrailState\x12\x17\n\x0f\x63reated_unix_ms\x18\x04 \x01(\x03\x12\x18\n\x10\x66inished_unix_ms\x18\x05 \x01(\x03\x12\r\n\x05model\x18\x06 \x01(\t\x12\x0c\n\x04user\x18\x07 \x01(\t\x12\x11\n\tclient_ip\x18\x08 \x01(\t\x12\x13\n\x0bstatus_code\x18\t \x01(\x05\x12\x13\n\x0b\x61uth_status\x18\n \x01(\t\x12\x15\n\rfinish_reason\x18\x0b \x01(\t\x12\x15\n\rprompt_tokens\x18\x0c \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\r \x01(\x05\x12\x12\n\nlatency_ms\x18\x0e \x01(\x01\x12\x0f\n\x07ttft_ms\x18\x0f \x01(\x01\x12\x17\n\x0fgrammar_backend\x18\x10 \x01(\t\x12\x19\n\x11grammar_spec_type\x18\x11 \x01(\t\x12\x15\n\rgrammar_error\x18\x12 \x01(\t\x12\x41\n\x11structured_output\x18\x13 \x01(\x0b\x32&.vllm_audit.v1.StructuredOutputSummary\x12.\n\x0b\x61udit_level\x18\x14 \x01(\x0e\x32\x19.vllm_audit.v1.AuditLevel\x12\x12\n\nnum_events\x18\x15 \x01(\x05\x12\x0e\n\x06prompt\x18\x16 \x01(\t\x12\x0e\n\x06output\x18\x17 \x01(\t\x12\x16\n\x0e\x61pi_key_sha256\x18\x18 \x01(\t\x12\r\n\x05\x65rror\x18\x19 \x01(\t\x12\x0e\n\x06stream\x18\x1a \x01(\x08\x12\x13\n\x0bpreemptions\x18\x1b \x01(\x05\x12\x0e\n\x06tenant\x18\x1c \x01(\t\x12\x1b\n\x13\x63lient_disconnected\x18\x1d \x01(\x08\"\xdf\x01\n\x11ListTrailsRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0c\n\x04user\x18\x02 \x01(\t\x12(\n\x05state\x18\x03 \x01(\x0e\x32\x19.vllm_audit.v1.TrailState\x12\x15\n\rfinish_reason\x18\x04 \x01(\t\x12\x15\n\rsince_unix_ms\x18\x05 \x01(\x03\x12\x15\n\runtil_unix_ms\x18\x06 \x01(\x03\x12\x17\n\x0fstructured_only\x18\x07 \x01(\x08\x12\x11\n\tpage_size\x18\x08 \x01(\x05\x12\x12\n\npage_token\x18\t \x01(\t\"Z\n\x12ListTrailsResponse\x12+\n\x06trails\x18\x01 \x03(\x0b\x32\x1b.vllm_audit.v1.TrailSummary\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"=\n\x0fGetTrailRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x16\n\x0einclude_events\x18\x02 \x01(\x08\"f\n\x10GetTrailResponse\x12,\n\x07summary\x18\x01 \x01(\x0b\x32\x1b.vllm_audit.v1.TrailSummary\x12$\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x14.vllm_audit.v1.Event\"@\n\x14SetAuditLevelRequest\x12(\n\x05level\x18\x01 \x01(\x0e\x32\x19.vllm_audit.v1.AuditLevel\"l\n\x15SetAuditLevelResponse\x12(\n\x05level\x18\x01 \x01(\x0e\x32\x19.vllm_audit.v1.AuditLevel\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\x18\n\x10sources_notified\x18\x03 \x01(\x05*\x8c\x01\n\nTrailState\x12\x1b\n\x17TRAIL_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12TRAIL_STATE_ACTIVE\x10\x01\x12\x18\n\x14TRAIL_STATE_FINISHED\x10\x02\x12\x17\n\x13TRAIL_STATE_ABORTED\x10\x03\x12\x16\n\x12TRAIL_STATE_FAILED\x10\x04\x32\xbc\x02\n\x0cQueryService\x12\x45\n\x06Health\x12\x1c.vllm_audit.v1.HealthRequest\x1a\x1d.vllm_audit.v1.HealthResponse\x12\x45\n\x08GetStats\x12\x1b.vllm_audit.v1.StatsRequest\x1a\x1c.vllm_audit.v1.StatsResponse\x12Q\n\nListTrails\x12 .vllm_audit.v1.ListTrailsRequest\x1a!.vllm_audit.v1.ListTrailsResponse\x12K\n\x08GetTrail\x12\x1e.vllm_audit.v1.GetTrailRequest\x1a\x1f.vllm_audit.v1.GetTrailResponse2l\n\x0e\x43ontrolService\x12Z\n\rSetAuditLevel\x12#.vllm_audit.v1.SetAuditLevelRequest\x1a$.vllm_audit.v1.SetAuditLevelResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19vllm_audit/v1/query.proto\x12\rvllm_audit.v1\x1a\x1avllm_audit/v1/events.proto\"\x0f\n\rHealthRequest\"\x97\x01\n\x0eHealthResponse\x12\x0e\n\x06status\x18\x01 \x01(\t\x12\x10\n\x08uptime_s\x18\x02 \x01(\x01\x12\x15\n\rgpu_available\x18\x03 \x01(\x08\x12\x18\n\x10kafka_configured\x18\x04 \x01(\x08\x12\x17\n\x0fkafka_connected\x18\x05 \x01(\x08\x12\x19\n\x11\x63onnected_sources\x18\x06 \x01(\x05\"\x0e\n\x0cStatsRequest\"\xd3\x05\n\rStatsResponse\x12\x18\n\x10\x62\x61tches_ingested\x18\x01 \x01(\x04\x12\x17\n\x0f\x65vents_ingested\x18\x02 \x01(\x04\x12\x19\n\x11\x64uplicate_batches\x18\x03 \x01(\x04\x12U\n\x16hook_dropped_by_reason\x18\x04 \x03(\x0b\x32\x35.vllm_audit.v1.StatsResponse.HookDroppedByReasonEntry\x12\x15\n\rtrails_active\x18\x05 \x01(\x04\x12\x17\n\x0ftrails_finished\x18\x06 \x01(\x04\x12\x16\n\x0etrails_evicted\x18\x07 \x01(\x04\x12\x19\n\x11trail_store_bytes\x18\x08 \x01(\x04\x12\x11\n\twal_bytes\x18\t \x01(\x04\x12\x19\n\x11records_published\x18\n \x01(\x04\x12W\n\x17\x61gent_dropped_by_reason\x18\x0b \x03(\x0b\x32\x36.vllm_audit.v1.StatsResponse.AgentDroppedByReasonEntry\x12\x37\n\x13latest_engine_stats\x18\x0c \x01(\x0b\x32\x1a.vllm_audit.v1.EngineStats\x12.\n\x0b\x61udit_level\x18\r \x01(\x0e\x32\x19.vllm_audit.v1.AuditLevel\x12\x31\n\rsource_levels\x18\x0e \x03(\x0b\x32\x1a.vllm_audit.v1.SourceLevel\x12\x1e\n\x16level_mismatch_sources\x18\x0f \x01(\r\x1a:\n\x18HookDroppedByReasonEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x1a;\n\x19\x41gentDroppedByReasonEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"\xbb\x01\n\x0bSourceLevel\x12\x11\n\tsource_id\x18\x01 \x01(\t\x12\x14\n\x0cprocess_role\x18\x02 \x01(\t\x12\x30\n\rapplied_level\x18\x03 \x01(\x0e\x32\x19.vllm_audit.v1.AuditLevel\x12\x14\n\x0c\x63onfig_epoch\x18\x04 \x01(\x04\x12\x16\n\x0e\x63onfig_version\x18\x05 \x01(\x04\x12\x11\n\tconnected\x18\x06 \x01(\x08\x12\x10\n\x08mismatch\x18\x07 \x01(\x08\"\xce\x05\n\x0cTrailSummary\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x1a\n\x12\x65ngine_request_ids\x18\x02 \x03(\t\x12(\n\x05state\x18\x03 \x01(\x0e\x32\x19.vllm_audit.v1.TrailState\x12\x17\n\x0f\x63reated_unix_ms\x18\x04 \x01(\x03\x12\x18\n\x10\x66inished_unix_ms\x18\x05 \x01(\x03\x12\r\n\x05model\x18\x06 \x01(\t\x12\x0c\n\x04user\x18\x07 \x01(\t\x12\x11\n\tclient_ip\x18\x08 \x01(\t\x12\x13\n\x0bstatus_code\x18\t \x01(\x05\x12\x13\n\x0b\x61uth_status\x18\n \x01(\t\x12\x15\n\rfinish_reason\x18\x0b \x01(\t\x12\x15\n\rprompt_tokens\x18\x0c \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\r \x01(\x05\x12\x12\n\nlatency_ms\x18\x0e \x01(\x01\x12\x0f\n\x07ttft_ms\x18\x0f \x01(\x01\x12\x17\n\x0fgrammar_backend\x18\x10 \x01(\t\x12\x19\n\x11grammar_spec_type\x18\x11 \x01(\t\x12\x15\n\rgrammar_error\x18\x12 \x01(\t\x12\x41\n\x11structured_output\x18\x13 \x01(\x0b\x32&.vllm_audit.v1.StructuredOutputSummary\x12.\n\x0b\x61udit_level\x18\x14 \x01(\x0e\x32\x19.vllm_audit.v1.AuditLevel\x12\x12\n\nnum_events\x18\x15 \x01(\x05\x12\x0e\n\x06prompt\x18\x16 \x01(\t\x12\x0e\n\x06output\x18\x17 \x01(\t\x12\x16\n\x0e\x61pi_key_sha256\x18\x18 \x01(\t\x12\r\n\x05\x65rror\x18\x19 \x01(\t\x12\x0e\n\x06stream\x18\x1a \x01(\x08\x12\x13\n\x0bpreemptions\x18\x1b \x01(\x05\x12\x0e\n\x06tenant\x18\x1c \x01(\t\x12\x1b\n\x13\x63lient_disconnected\x18\x1d \x01(\x08\"\xef\x01\n\x11ListTrailsRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0c\n\x04user\x18\x02 \x01(\t\x12(\n\x05state\x18\x03 \x01(\x0e\x32\x19.vllm_audit.v1.TrailState\x12\x15\n\rfinish_reason\x18\x04 \x01(\t\x12\x15\n\rsince_unix_ms\x18\x05 \x01(\x03\x12\x15\n\runtil_unix_ms\x18\x06 \x01(\x03\x12\x17\n\x0fstructured_only\x18\x07 \x01(\x08\x12\x11\n\tpage_size\x18\x08 \x01(\x05\x12\x12\n\npage_token\x18\t \x01(\t\x12\x0e\n\x06tenant\x18\n \x01(\t\"Z\n\x12ListTrailsResponse\x12+\n\x06trails\x18\x01 \x03(\x0b\x32\x1b.vllm_audit.v1.TrailSummary\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"h\n\x0fGetTrailRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x16\n\x0einclude_events\x18\x02 \x01(\x08\x12\x14\n\x0c\x65vent_offset\x18\x03 \x01(\r\x12\x13\n\x0b\x65vent_limit\x18\x04 \x01(\r\"\x97\x01\n\x10GetTrailResponse\x12,\n\x07summary\x18\x01 \x01(\x0b\x32\x1b.vllm_audit.v1.TrailSummary\x12$\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x14.vllm_audit.v1.Event\x12\x14\n\x0c\x65vents_total\x18\x03 \x01(\r\x12\x19\n\x11next_event_offset\x18\x04 \x01(\r\"\x94\x01\n\x12WatchTrailsRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0c\n\x04user\x18\x02 \x01(\t\x12(\n\x05state\x18\x03 \x01(\x0e\x32\x19.vllm_audit.v1.TrailState\x12\x0e\n\x06tenant\x18\x04 \x01(\t\x12\x17\n\x0fstructured_only\x18\x05 \x01(\x08\x12\x0e\n\x06replay\x18\x06 \x01(\x08\"A\n\x13WatchTrailsResponse\x12*\n\x05trail\x18\x01 \x01(\x0b\x32\x1b.vllm_audit.v1.TrailSummary\"@\n\x14SetAuditLevelRequest\x12(\n\x05level\x18\x01 \x01(\x0e\x32\x19.vllm_audit.v1.AuditLevel\"l\n\x15SetAuditLevelResponse\x12(\n\x05level\x18\x01 \x01(\x0e\x32\x19.vllm_audit.v1.AuditLevel\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\x18\n\x10sources_notified\x18\x03 \x01(\x05*\x8c\x01\n\nTrailState\x12\x1b\n\x17TRAIL_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12TRAIL_STATE_ACTIVE\x10\x01\x12\x18\n\x14TRAIL_STATE_FINISHED\x10\x02\x12\x17\n\x13TRAIL_STATE_ABORTED\x10\x03\x12\x16\n\x12TRAIL_STATE_FAILED\x10\x04\x32\x94\x03\n\x0cQueryService\x12\x45\n\x06Health\x12\x1c.vllm_audit.v1.HealthRequest\x1a\x1d.vllm_audit.v1.HealthResponse\x12\x45\n\x08GetStats\x12\x1b.vllm_audit.v1.StatsRequest\x1a\x1c.vllm_audit.v1.StatsResponse\x12Q\n\nListTrails\x12 .vllm_audit.v1.ListTrailsRequest\x1a!.vllm_audit.v1.ListTrailsResponse\x12K\n\x08GetTrail\x12\x1e.vllm_audit.v1.GetTrailRequest\x1a\x1f.vllm_audit.v1.GetTrailResponse\x12V\n\x0bWatchTrails\x12!.vllm_audit.v1.WatchTrailsRequest\x1a\".vllm_audit.v1.WatchTrailsResponse0\x01\x32l\n\x0e\x43ontrolService\x12Z\n\rSetAuditLevel\x12#.vllm_audit.v1.SetAuditLevelRequest\x1a$.vllm_audit.v1.SetAuditLevelResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,8 +36,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STATSRESPONSE_HOOKDROPPEDBYREASONENTRY']._serialized_options = b'8\001'
   _globals['_STATSRESPONSE_AGENTDROPPEDBYREASONENTRY']._loaded_options = None
   _globals['_STATSRESPONSE_AGENTDROPPEDBYREASONENTRY']._serialized_options = b'8\001'
-  _globals['_TRAILSTATE']._serialized_start=2285
-  _globals['_TRAILSTATE']._serialized_end=2425
+  _globals['_TRAILSTATE']._serialized_start=2885
+  _globals['_TRAILSTATE']._serialized_end=3025
   _globals['_HEALTHREQUEST']._serialized_start=72
   _globals['_HEALTHREQUEST']._serialized_end=87
   _globals['_HEALTHRESPONSE']._serialized_start=90
@@ -45,27 +45,33 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STATSREQUEST']._serialized_start=243
   _globals['_STATSREQUEST']._serialized_end=257
   _globals['_STATSRESPONSE']._serialized_start=260
-  _globals['_STATSRESPONSE']._serialized_end=900
-  _globals['_STATSRESPONSE_HOOKDROPPEDBYREASONENTRY']._serialized_start=781
-  _globals['_STATSRESPONSE_HOOKDROPPEDBYREASONENTRY']._serialized_end=839
-  _globals['_STATSRESPONSE_AGENTDROPPEDBYREASONENTRY']._serialized_start=841
-  _globals['_STATSRESPONSE_AGENTDROPPEDBYREASONENTRY']._serialized_end=900
-  _globals['_TRAILSUMMARY']._serialized_start=903
-  _globals['_TRAILSUMMARY']._serialized_end=1621
-  _globals['_LISTTRAILSREQUEST']._serialized_start=1624
-  _globals['_LISTTRAILSREQUEST']._serialized_end=1847
-  _globals['_LISTTRAILSRESPONSE']._serialized_start=1849
-  _globals['_LISTTRAILSRESPONSE']._serialized_end=1939
-  _globals['_GETTRAILREQUEST']._serialized_start=1941
-  _globals['_GETTRAILREQUEST']._serialized_end=2002
-  _globals['_GETTRAILRESPONSE']._serialized_start=2004
-  _globals['_GETTRAILRESPONSE']._serialized_end=2106
-  _globals['_SETAUDITLEVELREQUEST']._serialized_start=2108
-  _globals['_SETAUDITLEVELREQUEST']._serialized_end=2172
-  _globals['_SETAUDITLEVELRESPONSE']._serialized_start=2174
-  _globals['_SETAUDITLEVELRESPONSE']._serialized_end=2282
-  _globals['_QUERYSERVICE']._serialized_start=2428
-  _globals['_QUERYSERVICE']._serialized_end=2744
-  _globals['_CONTROLSERVICE']._serialized_start=2746
-  _globals['_CONTROLSERVICE']._serialized_end=2854
+  _globals['_STATSRESPONSE']._serialized_end=983
+  _globals['_STATSRESPONSE_HOOKDROPPEDBYREASONENTRY']._serialized_start=864
+  _globals['_STATSRESPONSE_HOOKDROPPEDBYREASONENTRY']._serialized_end=922
+  _globals['_STATSRESPONSE_AGENTDROPPEDBYREASONENTRY']._serialized_start=924
+  _globals['_STATSRESPONSE_AGENTDROPPEDBYREASONENTRY']._serialized_end=983
+  _globals['_SOURCELEVEL']._serialized_start=986
+  _globals['_SOURCELEVEL']._serialized_end=1173
+  _globals['_TRAILSUMMARY']._serialized_start=1176
+  _globals['_TRAILSUMMARY']._serialized_end=1894
+  _globals['_LISTTRAILSREQUEST']._serialized_start=1897
+  _globals['_LISTTRAILSREQUEST']._serialized_end=2136
+  _globals['_LISTTRAILSRESPONSE']._serialized_start=2138
+  _globals['_LISTTRAILSRESPONSE']._serialized_end=2228
+  _globals['_GETTRAILREQUEST']._serialized_start=2230
+  _globals['_GETTRAILREQUEST']._serialized_end=2334
+  _globals['_GETTRAILRESPONSE']._serialized_start=2337
+  _globals['_GETTRAILRESPONSE']._serialized_end=2488
+  _globals['_WATCHTRAILSREQUEST']._serialized_start=2491
+  _globals['_WATCHTRAILSREQUEST']._serialized_end=2639
+  _globals['_WATCHTRAILSRESPONSE']._serialized_start=2641
+  _globals['_WATCHTRAILSRESPONSE']._serialized_end=2706
+  _globals['_SETAUDITLEVELREQUEST']._serialized_start=2708
+  _globals['_SETAUDITLEVELREQUEST']._serialized_end=2772
+  _globals['_SETAUDITLEVELRESPONSE']._serialized_start=2774
+  _globals['_SETAUDITLEVELRESPONSE']._serialized_end=2882
+  _globals['_QUERYSERVICE']._serialized_start=3028
+  _globals['_QUERYSERVICE']._serialized_end=3432
+  _globals['_CONTROLSERVICE']._serialized_start=3434
+  _globals['_CONTROLSERVICE']._serialized_end=3542
 # @@protoc_insertion_point(module_scope)
