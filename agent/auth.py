@@ -118,7 +118,7 @@ class TokenTable:
             except json.JSONDecodeError as exc:
                 raise ValueError(f"auth tokens file {path}: not valid JSON ({exc})") from None
         else:
-            import yaml  # only when a YAML file is configured
+            import yaml  # type: ignore[import-untyped]  # no stubs installed; safe_load only
 
             try:
                 data = yaml.safe_load(text)
@@ -262,11 +262,11 @@ def _details(request: object) -> dict[str, Any]:
 
 
 # -- the interceptor ------------------------------------------------------------------------------
-Handler = grpc.RpcMethodHandler
-Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]]
+Handler = grpc.RpcMethodHandler[Any, Any]
+Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[Handler]]
 
 
-class AuthInterceptor(grpc.aio.ServerInterceptor):
+class AuthInterceptor(grpc.aio.ServerInterceptor[Any, Any]):
     """Authenticates and authorises every RPC of the server it is installed on.
 
     The caller is made available to the handler through `current_principal()` (a context
@@ -281,11 +281,11 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         self.audit_sink: AuditSink = audit_sink or CountingAuditSink()
 
     async def intercept_service(self, continuation: Continuation,
-                                handler_call_details: grpc.HandlerCallDetails) -> Handler | None:
+                                handler_call_details: grpc.HandlerCallDetails) -> Handler:
         method: str = handler_call_details.method
         handler = await continuation(handler_call_details)
         if handler is None or method.startswith(UNAUTHENTICATED_PREFIXES):
-            return handler
+            return handler  # an unknown method: gRPC answers UNIMPLEMENTED
         metadata = handler_call_details.invocation_metadata or ()
         token = _bearer(metadata)
         if token is None:
@@ -321,12 +321,16 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
 
     def _authorised(self, handler: Handler, principal: Principal, method: str) -> Handler:
         sink = self.audit_sink
+        # The stubs type handler behaviours for sync servers; on an aio server they are
+        # coroutine functions and async generators.
+        call_unary: Any = handler.unary_unary
+        call_stream: Any = handler.unary_stream
 
         async def unary(request: object, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             reset = _principal.set(principal)
             count = 0
             try:
-                response = await handler.unary_unary(request, context)  # type: ignore[misc]
+                response = await call_unary(request, context)
                 count = result_count(response)
                 return response
             finally:
@@ -338,7 +342,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             reset = _principal.set(principal)
             count = 0
             try:
-                async for response in handler.unary_stream(request, context):  # type: ignore[misc]
+                async for response in call_stream(request, context):
                     count += result_count(response)
                     yield response
             finally:

@@ -5,7 +5,10 @@
     vllm-audit query list [--model M] [--user U] [--state S] [--limit N]
     vllm-audit query get REQUEST_ID [--events]
     vllm-audit set-level off|summary|full|full-with-allowed-sets
-    vllm-audit tail [--interval S]
+    vllm-audit tail [--count N]
+
+Client commands need a credential: --token, $VLLM_AUDIT_TOKEN, --token-file, else the local
+agent's admin token in its data dir (--data-dir, $VLLM_AUDIT_DATA_DIR, /var/lib/vllm-audit).
 """
 
 from __future__ import annotations
@@ -13,9 +16,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -27,7 +30,9 @@ from google.protobuf.message import Message
 from vllm_audit.v1 import query_pb2 as q
 from vllm_audit.v1 import query_pb2_grpc
 
-from .config import LEVELS, AgentConfig, parse_level
+from .auth import resolve_client_token
+from .client import ClientTls, channel
+from .config import ENV_DATA_DIR, LEVELS, AgentConfig, parse_level
 
 STATES = {"active": q.TRAIL_STATE_ACTIVE, "finished": q.TRAIL_STATE_FINISHED,
           "aborted": q.TRAIL_STATE_ABORTED, "failed": q.TRAIL_STATE_FAILED}
@@ -56,10 +61,31 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--shutdown-timeout", type=float, dest="shutdown_timeout_seconds",
                    help="seconds the whole stop may take; keep it under the pod's grace period")
     a.add_argument("--gpu", choices=("nvml", "none", "fake"))
+    # -- security (agent/auth.py) --
+    a.add_argument("--auth-tokens-file", type=Path,
+                   help="YAML/JSON list of {sha256, subject, role, tenant}; without it the agent "
+                        "makes <data-dir>/admin.token at first start")
+    a.add_argument("--tls-cert", type=Path, help="PEM certificate of the query listener")
+    a.add_argument("--tls-key", type=Path, help="PEM private key of the query listener")
+    a.add_argument("--tls-client-ca", type=Path, help="mutual TLS: client certificates' CA")
+    a.add_argument("--allow-insecure-remote", action="store_true", default=None,
+                   help="allow a plaintext query listener beyond loopback")
+    a.add_argument("--ingest-socket-group", help="group of the ingest socket (mode 0660)")
+    a.add_argument("--metrics-token-file", type=Path, help="/metrics needs this bearer token")
+    a.add_argument("--level-apply-deadline", type=float, dest="level_apply_deadline_seconds",
+                   help="seconds a hook has to apply a new level before it counts as mismatch")
 
     for name in ("query", "set-level", "tail"):
         s = sub.add_parser(name)
         s.add_argument("--address", default="127.0.0.1:50051", help="agent query address")
+        s.add_argument("--token", help="bearer token (else $VLLM_AUDIT_TOKEN, --token-file)")
+        s.add_argument("--token-file", type=Path)
+        s.add_argument("--data-dir", type=Path,
+                       help="a local agent's data dir, to read its admin.token")
+        s.add_argument("--tls-ca", type=Path, help="use TLS; verify the agent against this CA")
+        s.add_argument("--tls-cert", type=Path, help="client certificate (mutual TLS)")
+        s.add_argument("--tls-key", type=Path, help="client key (mutual TLS)")
+        s.add_argument("--tls-server-name", help="name in the agent's certificate")
         if name == "query":
             qs = s.add_subparsers(dest="what", required=True)
             qs.add_parser("health")
@@ -72,10 +98,10 @@ def _parser() -> argparse.ArgumentParser:
             g = qs.add_parser("get")
             g.add_argument("request_id")
             g.add_argument("--events", action="store_true")
+            ls.add_argument("--tenant", default="")
         elif name == "set-level":
             s.add_argument("level", choices=list(LEVELS))
         else:
-            s.add_argument("--interval", type=float, default=1.0)
             s.add_argument("--count", type=int, default=0, help="stop after N trails (0: never)")
     return p
 
@@ -97,6 +123,10 @@ def _run_agent(args: argparse.Namespace) -> int:
         linger_seconds=args.linger_seconds, max_trails=args.max_trails, gpu=args.gpu,
         max_trail_bytes=args.max_trail_bytes,
         shutdown_timeout_seconds=args.shutdown_timeout_seconds,
+        auth_tokens_file=args.auth_tokens_file, tls_cert=args.tls_cert, tls_key=args.tls_key,
+        tls_client_ca=args.tls_client_ca, allow_insecure_remote=args.allow_insecure_remote,
+        ingest_socket_group=args.ingest_socket_group, metrics_token_file=args.metrics_token_file,
+        level_apply_deadline_seconds=args.level_apply_deadline_seconds,
     )
     from .server import serve
 
@@ -111,49 +141,60 @@ def _run_agent(args: argparse.Namespace) -> int:
     return 0
 
 
+def _client_channel(args: argparse.Namespace) -> grpc.Channel:
+    data_dir = args.data_dir or Path(os.environ.get(ENV_DATA_DIR) or AgentConfig().data_dir)
+    token = resolve_client_token(args.token, args.token_file, data_dir, os.environ)
+    tls = None
+    if args.tls_ca or args.tls_cert:
+        tls = ClientTls(args.tls_ca, args.tls_cert, args.tls_key, args.tls_server_name)
+    return channel(args.address, token, tls)
+
+
 def _run_client(args: argparse.Namespace) -> int:
-    with grpc.insecure_channel(args.address) as channel:
-        query = query_pb2_grpc.QueryServiceStub(channel)
+    with _client_channel(args) as chan:
+        query = query_pb2_grpc.QueryServiceStub(chan)
         if args.command == "set-level":
-            control = query_pb2_grpc.ControlServiceStub(channel)
+            control = query_pb2_grpc.ControlServiceStub(chan)
             _print(control.SetAuditLevel(q.SetAuditLevelRequest(level=parse_level(args.level)),  # type: ignore[arg-type]
                                          timeout=10))
         elif args.command == "tail":
-            return _tail(query, args.interval, args.count)
+            return _tail(query, args.count)
         elif args.what == "health":
             _print(query.Health(q.HealthRequest(), timeout=10))
         elif args.what == "stats":
             _print(query.GetStats(q.StatsRequest(), timeout=10))
         elif args.what == "list":
             request = q.ListTrailsRequest(model=args.model, user=args.user, page_size=args.limit,
+                                          tenant=args.tenant,
                                           state=STATES[args.state] if args.state else 0)  # type: ignore[arg-type]
             _print(query.ListTrails(request, timeout=10))
         elif args.what == "get":
-            _print(query.GetTrail(q.GetTrailRequest(request_id=args.request_id,
-                                                    include_events=args.events), timeout=10))
+            _print(_get_trail(query, args.request_id, args.events))
     return 0
 
 
-def _tail(query: query_pb2_grpc.QueryServiceStub, interval: float, count: int) -> int:
-    seen: set[str] = set()
-    shown = 0
-    while True:
-        token = ""
-        while True:
-            page = query.ListTrails(q.ListTrailsRequest(page_size=1000, page_token=token), timeout=10)
-            for trail in page.trails:
-                if trail.state != q.TRAIL_STATE_ACTIVE and trail.request_id not in seen:
-                    seen.add(trail.request_id)
-                    sys.stdout.write(orjson.dumps(json_format.MessageToDict(
-                        trail, preserving_proto_field_name=True)).decode() + "\n")
-                    sys.stdout.flush()
-                    shown += 1
-                    if count and shown >= count:
-                        return 0
-            token = page.next_page_token
-            if not token:
-                break
-        time.sleep(interval)
+def _get_trail(query: query_pb2_grpc.QueryServiceStub, request_id: str, events: bool
+               ) -> q.GetTrailResponse:
+    """The whole trail: its events come in pages (a long trail exceeds one message)."""
+    request = q.GetTrailRequest(request_id=request_id, include_events=events)
+    trail: q.GetTrailResponse = query.GetTrail(request, timeout=10)
+    while trail.next_event_offset:
+        request.event_offset = trail.next_event_offset
+        page = query.GetTrail(request, timeout=10)
+        trail.events.extend(page.events)
+        trail.next_event_offset = page.next_event_offset
+    return trail
+
+
+def _tail(query: query_pb2_grpc.QueryServiceStub, count: int) -> int:
+    """Final trails as they come (the stored ones first), from one server stream."""
+    for shown, item in enumerate(query.WatchTrails(q.WatchTrailsRequest(replay=True)), 1):
+        sys.stdout.write(orjson.dumps(json_format.MessageToDict(
+            item.trail, preserving_proto_field_name=True)).decode() + "\n")
+        sys.stdout.flush()
+        if count and shown >= count:
+            return 0
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

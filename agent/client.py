@@ -41,12 +41,13 @@ class _Details(collections.namedtuple(
     pass
 
 
-def _with_token(metadata: Sequence[tuple[str, str]] | None, token: str) -> list[tuple[str, str]]:
+def _with_token(metadata: Sequence[tuple[str, str | bytes]] | None, token: str
+                ) -> list[tuple[str, str | bytes]]:
     return [*(metadata or ()), ("authorization", f"Bearer {token}")]
 
 
-class _SyncBearer(grpc.UnaryUnaryClientInterceptor,  # type: ignore[misc]
-                  grpc.UnaryStreamClientInterceptor):  # type: ignore[misc]
+class _SyncBearer(grpc.UnaryUnaryClientInterceptor[Any, Any],
+                  grpc.UnaryStreamClientInterceptor[Any, Any]):
     def __init__(self, token: str) -> None:
         self.token = token
 
@@ -63,7 +64,8 @@ class _SyncBearer(grpc.UnaryUnaryClientInterceptor,  # type: ignore[misc]
         return continuation(self._details(client_call_details), request)
 
 
-class _AioBearer(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor):
+class _AioBearer(grpc.aio.UnaryUnaryClientInterceptor[Any, Any],
+                 grpc.aio.UnaryStreamClientInterceptor[Any, Any]):
     def __init__(self, token: str) -> None:
         self.token = token
 
@@ -92,7 +94,7 @@ def channel(address: str, token: str | None, tls: ClientTls | None = None) -> gr
 def aio_channel(address: str, token: str | None, tls: ClientTls | None = None
                 ) -> grpc.aio.Channel:
     """An asyncio channel (in-process tests)."""
-    interceptors = [_AioBearer(token)] if token else None
+    interceptors: Any = [_AioBearer(token)] if token else None  # the stubs want a cast
     if tls:
         return grpc.aio.secure_channel(address, tls.credentials(), options=tls.options(),
                                        interceptors=interceptors)

@@ -19,7 +19,7 @@ import bisect
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from sortedcontainers import SortedList
+from sortedcontainers import SortedList  # type: ignore[import-untyped]  # ships no stubs
 from vllm_audit.v1 import query_pb2 as q
 
 from .trails import Trail, TrailStore
@@ -194,7 +194,8 @@ class TrailIndex:
                 return ()
             lists.append(seqs)
         if not lists:
-            return self._all.irange(minimum=after, inclusive=(False, True))
+            every: Iterable[int] = self._all.irange(minimum=after, inclusive=(False, True))
+            return every
         smallest = min(lists, key=len)
         return _tail(smallest, after)
 

@@ -7,6 +7,7 @@ Stops everything it started (by pid).
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import tempfile
@@ -47,6 +48,8 @@ def main() -> int:
 
     t0 = time.monotonic()
     work = Path(tempfile.mkdtemp(prefix="vllm-audit-demo-"))
+    # The CLI finds the local agent's admin token through its data dir (as on a real host).
+    os.environ["VLLM_AUDIT_DATA_DIR"] = str(work / "agent-data")
     step(f"generating the tiny model (work dir {work})")
     model = make_tiny_model(REPO / ".cache" / "tiny-llama")
     stack: list[procs.Proc] = []

@@ -12,7 +12,7 @@ import grpc
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from vllm_audit.v1 import events_pb2 as pb
-from vllm_audit.v1 import query_pb2, query_pb2_grpc
+from vllm_audit.v1 import query_pb2
 
 from agent.config import AgentConfig
 from agent.gpu import FakeGpuReader, GpuUnavailable, NvmlReader

@@ -96,6 +96,11 @@ def base_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def admin_token(tmp: Path) -> str:
+    """The admin token the agent started by `start_agent(tmp, ...)` made in its data dir."""
+    return (tmp / "agent-data" / "admin.token").read_text().strip()
+
+
 def start_agent(tmp: Path, socket_path: Path, kafka_bootstrap: str | None,
                 level: str = "full-with-allowed-sets") -> tuple[Proc, str, str]:
     """Starts `vllm-audit agent`; returns (proc, query address, metrics base URL)."""
