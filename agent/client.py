@@ -11,7 +11,7 @@ import collections
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import grpc
 
@@ -46,8 +46,19 @@ def _with_token(metadata: Sequence[tuple[str, str | bytes]] | None, token: str
     return [*(metadata or ()), ("authorization", f"Bearer {token}")]
 
 
-class _SyncBearer(grpc.UnaryUnaryClientInterceptor[Any, Any],
-                  grpc.UnaryStreamClientInterceptor[Any, Any]):
+# grpc's classes are generic only in its stubs.
+if TYPE_CHECKING:
+    _SyncUnary: TypeAlias = grpc.UnaryUnaryClientInterceptor[Any, Any]
+    _SyncStream: TypeAlias = grpc.UnaryStreamClientInterceptor[Any, Any]
+    _AioUnary: TypeAlias = grpc.aio.UnaryUnaryClientInterceptor[Any, Any]
+    _AioStream: TypeAlias = grpc.aio.UnaryStreamClientInterceptor[Any, Any]
+else:
+    _SyncUnary, _SyncStream = grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor
+    _AioUnary = grpc.aio.UnaryUnaryClientInterceptor
+    _AioStream = grpc.aio.UnaryStreamClientInterceptor
+
+
+class _SyncBearer(_SyncUnary, _SyncStream):
     def __init__(self, token: str) -> None:
         self.token = token
 
@@ -64,24 +75,30 @@ class _SyncBearer(grpc.UnaryUnaryClientInterceptor[Any, Any],
         return continuation(self._details(client_call_details), request)
 
 
-class _AioBearer(grpc.aio.UnaryUnaryClientInterceptor[Any, Any],
-                 grpc.aio.UnaryStreamClientInterceptor[Any, Any]):
+def _aio_details(d: grpc.aio.ClientCallDetails, token: str) -> grpc.aio.ClientCallDetails:
+    metadata = grpc.aio.Metadata(*(d.metadata or ()))
+    metadata.add("authorization", f"Bearer {token}")
+    return grpc.aio.ClientCallDetails(d.method, d.timeout, metadata, d.credentials,
+                                      d.wait_for_ready)
+
+
+# Two classes: an aio channel files each interceptor under its first matching kind only.
+class _AioBearerUnary(_AioUnary):
     def __init__(self, token: str) -> None:
         self.token = token
 
-    def _details(self, d: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
-        metadata = grpc.aio.Metadata(*(d.metadata or ()))
-        metadata.add("authorization", f"Bearer {self.token}")
-        return grpc.aio.ClientCallDetails(d.method, d.timeout, metadata, d.credentials,
-                                          d.wait_for_ready)
-
     async def intercept_unary_unary(self, continuation: Any, client_call_details: Any,
                                     request: Any) -> Any:
-        return await continuation(self._details(client_call_details), request)
+        return await continuation(_aio_details(client_call_details, self.token), request)
+
+
+class _AioBearerStream(_AioStream):
+    def __init__(self, token: str) -> None:
+        self.token = token
 
     async def intercept_unary_stream(self, continuation: Any, client_call_details: Any,
                                      request: Any) -> Any:
-        return await continuation(self._details(client_call_details), request)
+        return await continuation(_aio_details(client_call_details, self.token), request)
 
 
 def channel(address: str, token: str | None, tls: ClientTls | None = None) -> grpc.Channel:
@@ -94,7 +111,7 @@ def channel(address: str, token: str | None, tls: ClientTls | None = None) -> gr
 def aio_channel(address: str, token: str | None, tls: ClientTls | None = None
                 ) -> grpc.aio.Channel:
     """An asyncio channel (in-process tests)."""
-    interceptors: Any = [_AioBearer(token)] if token else None  # the stubs want a cast
+    interceptors: Any = [_AioBearerUnary(token), _AioBearerStream(token)] if token else None  # the stubs want a cast
     if tls:
         return grpc.aio.secure_channel(address, tls.credentials(), options=tls.options(),
                                        interceptors=interceptors)
