@@ -111,7 +111,8 @@ def channel(address: str, token: str | None, tls: ClientTls | None = None) -> gr
 def aio_channel(address: str, token: str | None, tls: ClientTls | None = None
                 ) -> grpc.aio.Channel:
     """An asyncio channel (in-process tests)."""
-    interceptors: Any = [_AioBearerUnary(token), _AioBearerStream(token)] if token else None  # the stubs want a cast
+    # Any: the stubs want a cast for an interceptor list.
+    interceptors: Any = [_AioBearerUnary(token), _AioBearerStream(token)] if token else None
     if tls:
         return grpc.aio.secure_channel(address, tls.credentials(), options=tls.options(),
                                        interceptors=interceptors)
