@@ -185,6 +185,27 @@ def ensure_admin_token(data_dir: Path) -> str:
     return token
 
 
+def bearer_matches(authorization: str, sha256: str | None) -> bool:
+    """An HTTP `Authorization` header against a configured token hash (None: no check)."""
+    if sha256 is None:
+        return True
+    scheme, _, token = authorization.partition(" ")
+    return scheme.lower() == "bearer" and secrets.compare_digest(
+        hash_token(token.strip()), sha256)
+
+
+def metrics_token_hash(path: Path) -> str:
+    """The hash of the /metrics token kept in `path` (the file holds the token itself, as a
+    Kubernetes Secret mounted for both the agent and Prometheus' bearer_token_file would)."""
+    try:
+        token = path.read_text().strip()
+    except OSError as exc:
+        raise ValueError(f"metrics token file {path}: {exc.strerror or exc}") from None
+    if not token:
+        raise ValueError(f"metrics token file {path} is empty")
+    return hash_token(token)
+
+
 def load_token_table(tokens_file: Path | None, data_dir: Path) -> TokenTable:
     if tokens_file is not None:
         return TokenTable.from_file(tokens_file)

@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from .auth import bearer_matches
 from .state import AgentState
 
 
@@ -129,6 +130,8 @@ class HttpEndpoint:
         self.state = state
         self.registry = registry
         self.server: asyncio.Server | None = None
+        #: Set: /metrics needs `Authorization: Bearer <token>` with this SHA-256 (agent/auth.py).
+        self.metrics_token_sha256: str | None = None
 
     async def start(self, host: str, port: int) -> None:
         self.server = await asyncio.start_server(self._handle, host, port)
@@ -141,11 +144,17 @@ class HttpEndpoint:
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             line = await asyncio.wait_for(reader.readline(), 5)
-            while (await asyncio.wait_for(reader.readline(), 5)) not in (b"\r\n", b"\n", b""):
-                pass
+            request_headers: dict[str, str] = {}
+            while (header := await asyncio.wait_for(reader.readline(), 5)) not in (
+                    b"\r\n", b"\n", b""):
+                name, _, value = header.decode("latin-1").partition(":")
+                request_headers[name.strip().lower()] = value.strip()
             parts = line.decode("latin-1").split()
             path = parts[1].split("?")[0] if len(parts) >= 2 else ""
-            if path == "/metrics":
+            if path == "/metrics" and not bearer_matches(request_headers.get("authorization", ""),
+                                                         self.metrics_token_sha256):
+                status, ctype, body = "401 Unauthorized", "text/plain", b"bearer token required\n"
+            elif path == "/metrics":
                 body = generate_latest(self.registry)
                 status, ctype = "200 OK", "text/plain; version=0.0.4; charset=utf-8"
             elif path == "/healthz":

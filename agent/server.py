@@ -20,7 +20,14 @@ from dataclasses import dataclass
 import grpc
 from vllm_audit.v1 import ingest_pb2_grpc, query_pb2_grpc
 
-from .auth import AuditSink, AuthInterceptor, check_listener, load_token_table, server_credentials
+from .auth import (
+    AuditSink,
+    AuthInterceptor,
+    check_listener,
+    load_token_table,
+    metrics_token_hash,
+    server_credentials,
+)
 from .config import AgentConfig, parse_address
 from .gpu import FakeGpuReader, GpuReader, GpuSampler, NvmlReader
 from .ingest import IngestServicer, replay_wal
@@ -102,6 +109,8 @@ async def running_agent(config: AgentConfig, publisher: Publisher | None = None,
     else:
         query_port = query_server.add_insecure_port(config.query_address)
     http = HttpEndpoint(state, make_registry(state))
+    if config.metrics_token_file is not None:
+        http.metrics_token_sha256 = metrics_token_hash(config.metrics_token_file)
     http_host, http_port = parse_address("http_address", config.http_address)
     await server.start()
     await query_server.start()

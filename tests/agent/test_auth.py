@@ -324,3 +324,57 @@ async def test_tls_and_mutual_tls_on_the_query_listener(tmp_path: Path) -> None:
     # TLS makes a public address acceptable without the explicit flag.
     async with running_agent(agent_config(tmp_path, query_address="0.0.0.0:0", **tls)) as handle:
         assert handle.state.ready
+
+
+async def test_the_standard_health_service_needs_no_credential(tmp_path: Path) -> None:
+    """kubelet's gRPC probe carries no token: the interceptor lets grpc.health.v1 through."""
+    from collections import Counter
+
+    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+    from agent.auth import AuthInterceptor
+    from agent.query import QueryServicer
+
+    counters: Counter[str] = Counter()
+    server = grpc.aio.server(interceptors=[AuthInterceptor(TokenTable(), counters)])
+    servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    query_pb2_grpc.add_QueryServiceServicer_to_server(QueryServicer(None, None), server)  # type: ignore[arg-type]
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as chan:
+            reply = await health_pb2_grpc.HealthStub(chan).Check(health_pb2.HealthCheckRequest())
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+            assert await code_of(query_pb2_grpc.QueryServiceStub(chan).Health(
+                q.HealthRequest())) == grpc.StatusCode.UNAUTHENTICATED
+    finally:
+        await server.stop(None)
+    assert counters["auth_unauthenticated"] == 1
+
+
+async def test_metrics_behind_a_token_when_configured(tmp_path: Path) -> None:
+    import urllib.error
+    import urllib.request
+
+    token_file = tmp_path / "metrics.token"
+    token_file.write_text("scrape-secret\n")
+
+    def get(url: str, token: str | None) -> int:
+        request = urllib.request.Request(url)
+        if token:
+            request.add_header("Authorization", f"Bearer {token}")
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return int(response.status)
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
+    async with agent(tmp_path, metrics_token_file=token_file) as (handle, _):
+        base = f"http://{handle.http_address}"
+        assert await asyncio.to_thread(get, base + "/metrics", None) == 401
+        assert await asyncio.to_thread(get, base + "/metrics", "wrong") == 401
+        assert await asyncio.to_thread(get, base + "/metrics", "scrape-secret") == 200
+        assert await asyncio.to_thread(get, base + "/readyz", None) == 200  # probes stay open
+    async with agent(tmp_path) as (handle, _):  # not configured: open, as before
+        assert await asyncio.to_thread(get, f"http://{handle.http_address}/metrics", None) == 200
