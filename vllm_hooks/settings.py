@@ -33,6 +33,16 @@ ENV_HMAC_KEY = "VLLM_AUDIT_HMAC_KEY"
 #: Header that names the tenant of a request.
 ENV_TENANT_HEADER = "VLLM_AUDIT_TENANT_HEADER"
 
+# -- start-up policy (read by register() on its own: it must work when the rest is invalid) --
+#: "true": an invalid setting only logs and vLLM serves unaudited. Default: vLLM refuses to
+#: start, naming the variable (an audit that is silently off fails its purpose).
+ENV_FAIL_OPEN = "VLLM_AUDIT_FAIL_OPEN"
+#: "true": vLLM refuses to start when the agent cannot be reached at start-up.
+ENV_REQUIRED = "VLLM_AUDIT_REQUIRED"
+#: Seconds register() keeps trying the agent under VLLM_AUDIT_REQUIRED (a sidecar may start
+#: a moment after vLLM).
+ENV_REQUIRED_WAIT = "VLLM_AUDIT_REQUIRED_WAIT_SECONDS"
+
 DEFAULT_AGENT_ADDRESS = "/var/run/vllm-audit/ingest.sock"
 CAPTURE_POLICIES = ("none", "hmac", "redact", "full")
 
@@ -137,3 +147,21 @@ def settings() -> HookSettings:
         cached = (pid, HookSettings.from_env())
         _cached = cached
     return cached[1]
+
+
+def start_policy(env: dict[str, str] | os._Environ[str] | None = None) -> tuple[bool, bool, float]:
+    """(fail_open, required, required_wait_seconds), readable even when other settings are
+    invalid. Raises ValueError naming the variable for a bad wait."""
+    env = os.environ if env is None else env
+    raw = env.get(ENV_REQUIRED_WAIT) or "10"
+    try:
+        wait = float(raw)
+    except ValueError:
+        raise ValueError(f"{ENV_REQUIRED_WAIT}={raw!r} is not a number") from None
+    return _truthy(env.get(ENV_FAIL_OPEN)), _truthy(env.get(ENV_REQUIRED)), max(0.0, wait)
+
+
+def enabled_in_env(env: dict[str, str] | os._Environ[str] | None = None) -> bool:
+    """The on switch alone, readable even when other settings are invalid."""
+    env = os.environ if env is None else env
+    return _truthy(env.get(ENV_ENABLED)) or _truthy(env.get(ENV_STRUCTURED_OUTPUT_AUDIT))

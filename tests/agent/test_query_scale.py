@@ -46,10 +46,9 @@ def test_index_pages_equal_a_full_scan_under_churn() -> None:
     filters = [Filter(), Filter(model="m1"), Filter(user="u2", tenant="t1"),
                Filter(state=q.TRAIL_STATE_FAILED), Filter(state=q.TRAIL_STATE_ACTIVE),
                Filter(tenant="t2", model="m2", user="u3"), Filter(user="nobody")]
-    seq = 0
     order: list[str] = []
     for step in range(1000):
-        seq += 1
+        seq = step + 1
         rid = f"r{rng.randrange(500)}"  # ids come back after eviction: new trails, same id
         # A 4xx HTTP half makes a trail final (state failed); a 200 one waits for its engine.
         status = rng.choice((200, 403))
