@@ -133,3 +133,40 @@ async def test_a_trail_larger_than_a_message_is_read_in_pages(tmp_path: Path) ->
             request_id="0-abcdef01", include_events=True, event_offset=10, event_limit=5))
         assert len(limited.events) == 5 and limited.next_event_offset == 15
         assert limited.events[0].time_unix_nano == 10**15 + 10
+
+
+async def test_cli_tail_streams_and_get_reads_every_page(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    import orjson
+
+    async with agent(tmp_path) as (handle, _), Hook(handle.state.config.ingest_socket) as hook:
+        await hook.send(1, lifecycle("0-00000000", pb.LIFECYCLE_PHASE_FINISHED, 10**15))
+        mask = bytes(range(256)) * 64
+        for i in range(300):  # ~4.9 MB of steps: more than one gRPC message
+            await hook.send(i + 2, pb.Event(time_unix_nano=10**15 + i, request_id="1-00000001",
+                                            so_step=pb.StructuredOutputStep(allowed_bitmask=mask)))
+        env = {**os.environ, "VLLM_AUDIT_DATA_DIR": str(handle.state.config.data_dir)}
+        cli = [sys.executable, "-m", "agent.cli"]
+        tail = subprocess.Popen([*cli, "tail", "--address", handle.query_address, "--count", "2"],
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+        try:
+            # The stored final trail comes first; the second arrives while tail is connected.
+            await asyncio.sleep(0.5)
+            await hook.send(400, lifecycle("1-00000001", pb.LIFECYCLE_PHASE_FINISHED, 10**15 + 999))
+            out, err = await asyncio.to_thread(tail.communicate, timeout=30)
+        finally:
+            if tail.poll() is None:
+                tail.kill()
+        assert tail.returncode == 0, err
+        assert [orjson.loads(line)["request_id"] for line in out.splitlines()] == [
+            "0-00000000", "1-00000001"]
+        got = await asyncio.to_thread(
+            subprocess.run, [*cli, "query", "--address", handle.query_address, "get",
+                             "1-00000001", "--events"],
+            env=env, capture_output=True, text=True, timeout=60)
+        assert got.returncode == 0, got.stderr
+        assert len(orjson.loads(got.stdout)["events"]) == 301
