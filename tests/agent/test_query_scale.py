@@ -150,9 +150,9 @@ async def test_cli_tail_streams_and_get_reads_every_page(tmp_path: Path) -> None
                                             so_step=pb.StructuredOutputStep(allowed_bitmask=mask)))
         env = {**os.environ, "VLLM_AUDIT_DATA_DIR": str(handle.state.config.data_dir)}
         cli = [sys.executable, "-m", "agent.cli"]
-        tail = subprocess.Popen([*cli, "tail", "--address", handle.query_address, "--count", "2"],
-                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True)
+        tail = await asyncio.to_thread(
+            subprocess.Popen, [*cli, "tail", "--address", handle.query_address, "--count", "2"],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
             # The stored final trail comes first; the second arrives while tail is connected.
             await asyncio.sleep(0.5)

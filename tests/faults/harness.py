@@ -108,14 +108,20 @@ class AgentProc:
         if self.proc is not None:
             self.proc.stop()
 
+    def channel(self) -> grpc.Channel:
+        """The query API as the local admin (the token the agent made in its data dir)."""
+        from agent.client import channel
+
+        return channel(self.query_address, (self.data_dir / "admin.token").read_text().strip())
+
     def stats(self) -> query_pb2.StatsResponse:
-        with grpc.insecure_channel(self.query_address) as channel:
+        with self.channel() as channel:
             stub = query_pb2_grpc.QueryServiceStub(channel)
             return stub.GetStats(query_pb2.StatsRequest(), timeout=10)
 
     def trail_ids(self) -> list[str]:
         ids: list[str] = []
-        with grpc.insecure_channel(self.query_address) as channel:
+        with self.channel() as channel:
             stub = query_pb2_grpc.QueryServiceStub(channel)
             token = ""
             while True:
@@ -147,7 +153,7 @@ class Load:
         self.errors = InternalErrors()
         self.sender = Sender(self.settings, self.buffer,
                              EventConverter(self.settings, CapturePolicy(b"k")), self.errors,
-                             lambda level, version: None, "fault-test")
+                             lambda *config: None, "fault-test")
         self.sent: list[str] = []
 
     def __enter__(self) -> Load:
