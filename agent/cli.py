@@ -28,6 +28,7 @@ from vllm_audit.v1 import query_pb2 as q
 from vllm_audit.v1 import query_pb2_grpc
 
 from .config import LEVELS, AgentConfig, parse_level
+from .datadir import DataDirLocked
 
 STATES = {"active": q.TRAIL_STATE_ACTIVE, "finished": q.TRAIL_STATE_FINISHED,
           "aborted": q.TRAIL_STATE_ABORTED, "failed": q.TRAIL_STATE_FAILED}
@@ -156,7 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "agent":
             return _run_agent(args)
         return _run_client(args)
-    except ValueError as exc:
+    except (ValueError, DataDirLocked) as exc:
         print(f"vllm-audit: {exc}", file=sys.stderr)
         return 2
     except grpc.RpcError as exc:

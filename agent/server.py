@@ -20,6 +20,7 @@ import grpc
 from vllm_audit.v1 import ingest_pb2_grpc, query_pb2_grpc
 
 from .config import AgentConfig, parse_address
+from .datadir import DataDirLock
 from .gpu import FakeGpuReader, GpuReader, GpuSampler, NvmlReader
 from .ingest import IngestServicer, replay_wal
 from .metrics import HttpEndpoint, make_registry
@@ -57,6 +58,17 @@ def _publisher(config: AgentConfig) -> Publisher:
 async def running_agent(config: AgentConfig, publisher: Publisher | None = None,
                         gpu_reader: GpuReader | None = None,
                         shutdown_timeout: float = 5.0) -> AsyncIterator[AgentHandle]:
+    # One agent per data directory: a second one fails here (DataDirLocked names the holder),
+    # before it opens the WAL. Held until the WAL is closed.
+    with DataDirLock(config.data_dir):
+        async with _running_agent(config, publisher, gpu_reader, shutdown_timeout) as handle:
+            yield handle
+
+
+@contextlib.asynccontextmanager
+async def _running_agent(config: AgentConfig, publisher: Publisher | None,
+                         gpu_reader: GpuReader | None,
+                         shutdown_timeout: float) -> AsyncIterator[AgentHandle]:
     wal = WriteAheadLog(config.data_dir, config.wal_max_bytes, config.wal_fsync,
                         config.wal_segment_bytes or None)
     publisher = publisher or _publisher(config)

@@ -39,6 +39,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 from .datadir import FILE_MODE, fsync_dir, open_private, private_dir, write_private_file
 
@@ -198,7 +199,6 @@ class WriteAheadLog:
         self._fd = open_private(self._path(self.current), os.O_WRONLY | os.O_APPEND)
         # What a failed sync rolls back to: the current segment's synced end and next seq.
         self._synced = (self._segments[self.current], self._next_seq)
-        self._closed = False
         #: Set when a failed append could not truncate its partial record away.
         self._truncate_to: int | None = None
 
@@ -322,84 +322,97 @@ class WriteAheadLog:
                 raise WalFull(f"WAL at {self._size} bytes; cap {self.max_bytes}")
             if length > MAX_PAYLOAD:
                 raise ValueError(f"WAL record of {length} bytes; at most {MAX_PAYLOAD}")
-            if self._closed:
+            if self._fd < 0:
                 raise WalWriteError("WAL is closed", "disk_error")
             offset = self._segments[self.current]
             if self._truncate_to is not None:
                 self._repair(offset)
-            if offset and offset + record_size > self.segment_bytes:
-                self._rotate()
-                offset = 0
+            fd = self._fd
+            # A new segment becomes current only once its first record is written: a failed
+            # append leaves neither a record nor an empty segment behind.
+            rotating = bool(offset) and offset + record_size > self.segment_bytes
+            if rotating:
+                fd = self._open_next()
             seq = self._next_seq
             prefix = _PREFIX.pack(MAGIC, length, seq)
             header = prefix + struct.pack("<I", zlib.crc32(payload, zlib.crc32(prefix)))
             try:
-                written = os.writev(self._fd, (header, payload))
+                written = os.writev(fd, (header, payload))
                 if written != record_size:  # a short write (the disk filling up): finish it
-                    _write_all(self._fd, memoryview(header + payload)[written:])
+                    _write_all(fd, memoryview(header + payload)[written:])
                 if self.fsync == "always":
-                    os.fsync(self._fd)
+                    os.fsync(fd)
             except OSError as exc:
+                if rotating:
+                    self._discard_next(fd)
+                    self._refuse(exc)
                 self._roll_back(offset, seq, exc)
+            if rotating:
+                os.close(self._fd)
+                self._fd = fd
+                self.current += 1
+                offset = 0
             self._next_seq = seq + 1
             self._segments[self.current] = offset + record_size
             self._size += record_size
-            if self.fsync == "always":
-                self._synced = (offset + record_size, seq + 1)
+            if self.fsync == "always" or rotating:
+                # The sealed segment was synced; the new one holds one record (maybe unsynced).
+                self._synced = (offset + record_size, seq + 1) if self.fsync == "always" \
+                    else (0, seq)
             self.healthy = True
             return self.current
 
-    def _roll_back(self, offset: int, seq: int, exc: OSError) -> None:
-        """Truncates the current segment back to `offset` and raises WalWriteError."""
+    def _refuse(self, exc: OSError) -> NoReturn:
         reason = write_error_reason(exc)
         self.failed_appends[reason] += 1
         self.healthy = False
         self.last_error = f"{reason}: {exc}"
+        raise WalWriteError(f"WAL write failed, batch not stored: {exc}", reason) from exc
+
+    def _roll_back(self, offset: int, seq: int, exc: OSError) -> NoReturn:
+        """Truncates the current segment back to `offset` and raises WalWriteError."""
         try:
             os.ftruncate(self._fd, offset)
-        except OSError as again:
+        except OSError:
             # Nothing may land behind the partial record: the next append truncates first.
             self._truncate_to = offset
-            self.last_error += f"; truncating back failed: {again}"
-        dropped = self._segments[self.current] - offset
+        self._size -= self._segments[self.current] - offset
         self._segments[self.current] = offset
-        self._size -= dropped
         self._next_seq = seq
-        raise WalWriteError(f"WAL write failed, batch not stored: {exc}", reason) from exc
+        self._refuse(exc)
 
     def _repair(self, offset: int) -> None:
         """Retries the truncation a failed append could not finish."""
         try:
             os.ftruncate(self._fd, offset)
         except OSError as exc:
-            self._roll_back(offset, self._next_seq, exc)
+            self._refuse(exc)
         self._truncate_to = None
 
-    def _rotate(self) -> None:
-        """Seals the current segment and opens the next; on failure nothing has changed."""
+    def _open_next(self) -> int:
+        """Seals the current segment and creates the next; on failure nothing has changed."""
         if self.fsync != "never":
             try:
                 os.fsync(self._fd)  # a sealed segment is complete on disk
             except OSError as exc:
                 self._roll_back(*self._synced, exc)
-        path = self._path(self.current + 1)
+            self._synced = (self._segments[self.current], self._next_seq)
         fd = -1
         try:
-            fd = open_private(path, os.O_WRONLY | os.O_APPEND)
+            # O_TRUNC: a leftover of an earlier failed rotation never holds an acked record.
+            fd = open_private(self._path(self.current + 1), os.O_WRONLY | os.O_APPEND | os.O_TRUNC)
             if self.fsync != "never":
                 fsync_dir(self.directory)  # the new file's name is durable before its records
         except OSError as exc:
             if fd >= 0:
-                os.close(fd)
-                with contextlib.suppress(OSError):  # an empty segment is harmless at open
-                    path.unlink()
-            # Still appending to the current segment; the caller sees the refusal.
-            self._roll_back(self._segments[self.current], self._next_seq, exc)
-        os.close(self._fd)
-        self._fd = fd
-        self.current += 1
-        self._segments[self.current] = 0
-        self._synced = (0, self._next_seq)
+                self._discard_next(fd)
+            self._refuse(exc)
+        return fd
+
+    def _discard_next(self, fd: int) -> None:
+        os.close(fd)
+        with contextlib.suppress(OSError):  # if it stays, it is empty: harmless at open
+            self._path(self.current + 1).unlink()
 
     def delete(self, index: int) -> bool:
         """Deletes a sealed segment. The open one is never deleted; returns whether it was."""
@@ -415,7 +428,7 @@ class WriteAheadLog:
         """Under batch/always fsyncs everything appended so far. On failure the records
         appended since the last good sync (not acknowledged yet) are truncated away."""
         with self._lock:
-            if self.fsync == "never" or self._closed:
+            if self.fsync == "never" or self._fd < 0:
                 return
             end = (self._segments[self.current], self._next_seq)
             try:
@@ -433,7 +446,6 @@ class WriteAheadLog:
             if self._fd >= 0:
                 os.close(self._fd)
                 self._fd = -1
-            self._closed = True
 
 
 def _write_all(fd: int, view: memoryview) -> None:
