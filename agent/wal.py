@@ -43,11 +43,16 @@ from typing import NoReturn
 
 from .datadir import FILE_MODE, fsync_dir, open_private, private_dir, write_private_file
 
-MAGIC = 0x4C415741  # b"AWAL" on disk
+MAGIC = int.from_bytes(b"AWAL", "little")
+#: A record that stands for records lost to damage (payload: first and last lost seq). Written
+#: by recovery where it removed damage, so the seq gap it leaves is counted once, not at every
+#: open. Never replayed.
+LOST_MAGIC = int.from_bytes(b"ALST", "little")
 _PREFIX = struct.Struct("<IIQ")  # magic, length, seq: what the CRC covers before the payload
 _HEADER = struct.Struct("<IIQI")
 HEADER_SIZE = _HEADER.size
-_MAGIC_BYTES = struct.pack("<I", MAGIC)
+_MAGIC_BYTES = (struct.pack("<I", MAGIC), struct.pack("<I", LOST_MAGIC))
+_LOST = struct.Struct("<QQ")
 MAX_PAYLOAD = 0xFFFFFFFF
 _SEGMENT = re.compile(r"^ingest-(\d{8})\.wal$")
 QUARANTINE_DIR = "quarantine"
@@ -87,10 +92,15 @@ def _segment_name(index: int) -> str:
     return f"ingest-{index:08d}.wal"
 
 
-def encode(seq: int, payload: bytes) -> bytes:
+def encode(seq: int, payload: bytes, magic: int = MAGIC) -> bytes:
     """One framed record (the append path inlines this)."""
-    prefix = _PREFIX.pack(MAGIC, len(payload), seq)
+    prefix = _PREFIX.pack(magic, len(payload), seq)
     return prefix + struct.pack("<I", zlib.crc32(payload, zlib.crc32(prefix))) + payload
+
+
+def lost_marker(first: int, last: int) -> bytes:
+    """Stands for records first..last, lost and counted; takes the seq `last`."""
+    return encode(last, _LOST.pack(first, last), LOST_MAGIC)
 
 
 @dataclass(frozen=True)
@@ -98,6 +108,7 @@ class Record:
     start: int
     end: int
     seq: int
+    lost: bool = False  # a lost_marker, not a payload
 
 
 @dataclass
@@ -120,12 +131,27 @@ def _record_at(data: memoryview, pos: int, prev_seq: int | None) -> Record | Non
         return None
     magic, length, seq, crc = _HEADER.unpack_from(data, pos)
     end = pos + HEADER_SIZE + length
-    if magic != MAGIC or end > len(data) or (prev_seq is not None and seq <= prev_seq):
+    if (magic != MAGIC and magic != LOST_MAGIC) or end > len(data) or (
+            prev_seq is not None and seq <= prev_seq):
         return None
     body = pos + HEADER_SIZE
     if zlib.crc32(data[body:end], zlib.crc32(data[pos:pos + _PREFIX.size])) != crc:
         return None
-    return Record(pos, end, seq)
+    return Record(pos, end, seq, magic == LOST_MAGIC)
+
+
+def _marker_first(data: bytes, record: Record) -> int:
+    """The first seq a lost_marker stands for (its own seq if the payload is not one)."""
+    if record.end - record.start != HEADER_SIZE + _LOST.size:
+        return record.seq
+    first, _ = _LOST.unpack_from(data, record.start + HEADER_SIZE)
+    return int(min(max(first, 1), record.seq))
+
+
+def _find_header(data: bytes, start: int) -> int:
+    """The next offset from `start` holding either magic, or -1."""
+    hits = [at for at in (data.find(m, start) for m in _MAGIC_BYTES) if at >= 0]
+    return min(hits) if hits else -1
 
 
 def scan(data: bytes, prev_seq: int | None = None) -> tuple[list[Record], list[Damage]]:
@@ -141,12 +167,12 @@ def scan(data: bytes, prev_seq: int | None = None) -> tuple[list[Record], list[D
             prev_seq, pos = record.seq, record.end
             continue
         # Resynchronise: the next offset where an intact record starts (find() runs in C).
-        probe = data.find(_MAGIC_BYTES, pos + 1)
+        probe = _find_header(data, pos + 1)
         while probe >= 0:
             record = _record_at(view, probe, prev_seq)
             if record is not None:
                 break
-            probe = data.find(_MAGIC_BYTES, probe + 1)
+            probe = _find_header(data, probe + 1)
         if record is None:
             damage.append(Damage(pos, size, prev_seq, None))
             break
@@ -163,7 +189,7 @@ def is_torn(data: bytes, damage: Damage) -> bool:
     if len(data) - damage.start < HEADER_SIZE:
         return True
     magic, length, _, _ = _HEADER.unpack_from(data, damage.start)
-    return bool(magic == MAGIC and damage.start + HEADER_SIZE + length > len(data))
+    return bool(magic in (MAGIC, LOST_MAGIC) and damage.start + HEADER_SIZE + length > len(data))
 
 
 class WriteAheadLog:
@@ -226,13 +252,14 @@ class WriteAheadLog:
             elif path.name.endswith(".wal.tmp"):
                 path.unlink()  # a rewrite that crashed before its rename; the original stands
         indexes.sort()
-        # Damage is counted per run: damaged ranges with no intact record between them (a run
-        # may cross a segment boundary). Exactly from the seq gap when the intact records on
-        # both sides are known and no deleted segment lies between them; else one record per
-        # range (at least one: records never span segments).
+        # Lost records are counted per run of damaged ranges with no intact record between
+        # them (a run may cross a segment boundary): exactly from the seq gap when the intact
+        # records on both sides are known and no deleted segment lies between them (so a
+        # sealed segment cut at a record boundary is counted too); else one record per range
+        # (at least one: records never span segments). Segment 1 starts the log at seq 1.
         run: list[Damage] = []
-        run_exact = exact = False
-        last_seq: int | None = None
+        run_exact = exact = bool(indexes) and indexes[0] == 1
+        last_seq: int | None = 0 if exact else None
         for position, index in enumerate(indexes):
             if position and index != indexes[position - 1] + 1:
                 self._count_run(run, last_seq, None, run_exact)
@@ -246,9 +273,14 @@ class WriteAheadLog:
                 torn = damage.pop()
                 self.torn_tail_bytes += len(data) - torn.start
             events: list[Record | Damage] = sorted([*records, *damage], key=lambda e: e.start)
+            markers: dict[int, bytes] = {}  # record start -> lost_marker to put before it
             for event in events:
                 if isinstance(event, Record):
-                    self._count_run(run, last_seq, event.seq, run_exact)
+                    # A marker from an earlier recovery continues the gap it stands for.
+                    upto = _marker_first(data, event) if event.lost else event.seq
+                    lost = self._count_run(run, last_seq, upto, run_exact if run else exact)
+                    if lost:
+                        markers[event.start] = lost_marker(upto - lost, upto - 1)
                     run, last_seq, exact = [], event.seq, True
                 else:
                     if not run:
@@ -256,8 +288,9 @@ class WriteAheadLog:
                     run.append(event)
                     self.damaged_bytes += event.end - event.start
                     self._quarantine(path.name, event.start, data[event.start:event.end])
-            if damage:
-                write_private_file(path, b"".join(data[r.start:r.end] for r in records))
+            if damage or markers:
+                write_private_file(path, b"".join(
+                    markers.get(r.start, b"") + data[r.start:r.end] for r in records))
             elif torn is not None:
                 fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
                 try:
@@ -265,18 +298,20 @@ class WriteAheadLog:
                     os.fsync(fd)
                 finally:
                     os.close(fd)
-            self._segments[index] = sum(r.end - r.start for r in records)
+            self._segments[index] = (sum(r.end - r.start for r in records)
+                                     + sum(map(len, markers.values())))
         self._count_run(run, last_seq, None, run_exact)
         return (last_seq or 0) + 1
 
     def _count_run(self, run: list[Damage], prev_seq: int | None, next_seq: int | None,
-                   exact: bool) -> None:
-        if not run:
-            return
+                   exact: bool) -> int:
+        """Counts the records lost in `run`; returns how many when known exactly."""
         if exact and prev_seq is not None and next_seq is not None:
-            self.damaged_records += next_seq - prev_seq - 1
-        else:
-            self.damaged_records += len(run)
+            lost = max(0, next_seq - prev_seq - 1)
+            self.damaged_records += lost
+            return lost
+        self.damaged_records += len(run)
+        return 0
 
     def _quarantine(self, segment: str, offset: int, data: bytes) -> None:
         """Keeps damaged bytes for inspection; a rerun after a crash rewrites the same file."""
@@ -303,7 +338,8 @@ class WriteAheadLog:
                 self.damaged_records += 1
                 self.damaged_bytes += item.end - item.start
             for record in records:
-                yield index, data[record.start + HEADER_SIZE:record.end]
+                if not record.lost:
+                    yield index, data[record.start + HEADER_SIZE:record.end]
             if records:
                 prev_seq = records[-1].seq
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import struct
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,9 +35,17 @@ def filled(directory: Path, n: int = 5 * PER_SEGMENT) -> list[bytes]:
 
 
 def records(path: Path) -> list[Record]:
+    """The segment's records (not the markers recovery leaves where it removed damage)."""
     found, damage = scan(path.read_bytes())
     assert not damage
-    return found
+    return [r for r in found if not r.lost]
+
+
+def markers(path: Path) -> list[tuple[int, int]]:
+    """(first, last) seq of each run of lost records recovery recorded in the segment."""
+    data = path.read_bytes()
+    return [struct.unpack_from("<QQ", data, r.start + HEADER_SIZE)
+            for r in scan(data)[0] if r.lost]
 
 
 def segment(directory: Path, index: int) -> Path:
@@ -69,8 +78,10 @@ def test_a_flipped_byte_costs_one_record_and_keeps_every_other(tmp_path: Path) -
         f"ingest-00000003.wal.{victim.start}.bad": bytes(data[victim.start:victim.end])}
     assert (tmp_path / "quarantine" / f"ingest-00000003.wal.{victim.start}.bad"
             ).stat().st_mode & 0o777 == 0o600
-    # The segment was rewritten with its intact records; the log goes on from there.
+    # The segment was rewritten with its intact records and a marker in place of the lost
+    # one (so the next open does not count it again); the log goes on from there.
     assert len(records(path)) == PER_SEGMENT - 1
+    assert markers(path) == [(lost + 1, lost + 1)]
     wal.append(b"after")
     wal.close()
     again = WriteAheadLog(tmp_path, 1 << 30, "never")
