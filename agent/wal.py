@@ -12,10 +12,13 @@ zeroed bytes never parses as a record. Records go to numbered segment files
 Recovery (at open) validates record by record and resynchronises after a damaged record by
 searching forward for the next intact header+CRC, so one damaged record never costs the intact
 ones after it (Kafka's log recovery and Vector's disk buffer do the same). Damaged byte ranges
-are copied to `quarantine/<segment>.<offset>.bad`, counted (`damaged_records`, `damaged_bytes`)
-and the segment is rewritten atomically with its intact records. An incomplete record at the
-very end of the newest segment is a crash mid-append — never acknowledged — and is truncated
-and counted apart (`torn_tail_bytes`).
+are copied to `quarantine/<segment>.<offset>.bad` (0600), counted (`damaged_records`,
+`damaged_bytes`) and the segment is rewritten atomically with its intact records, plus a
+"lost" marker record where an exact count was known, so that the seq gap is counted once and
+not again at the next open. An incomplete record at the very end of the newest segment is a
+crash mid-append — never acknowledged — and is truncated and counted apart
+(`torn_tail_bytes`); a damaged length field in the newest segment's last record looks the
+same and is counted as torn too.
 
 An append either completes or leaves the log exactly as it was: on a write/fsync/rotation
 error the segment is truncated back and `WalWriteError` says why (disk_full, disk_error);
