@@ -33,7 +33,8 @@ class DataDirLocked(RuntimeError):
 
 
 def private_dir(path: Path) -> Path:
-    """Creates `path` (and missing parents) 0700; tightens it if it already exists."""
+    """Creates `path` 0700, or tightens it to 0700 if it exists. Missing parents get the
+    default mode (they are not ours to hide: e.g. /var/lib)."""
     path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
     os.chmod(path, DIR_MODE)  # mkdir's mode is masked by the umask; an old one may be 0755
     return path
