@@ -12,8 +12,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from vllm_audit.v1 import events_pb2 as pb
+from vllm_audit.v1 import query_pb2
 
 from agent.wal import HEADER_SIZE, Record, WalWriteError, WriteAheadLog, scan
+from tests.support.agent_harness import Hook, agent, lifecycle, query
 
 PAYLOAD = 100
 RECORD = HEADER_SIZE + PAYLOAD
@@ -265,3 +268,36 @@ def test_a_failed_rotation_leaves_the_log_usable(tmp_path: Path) -> None:
         again = WriteAheadLog(disk / "wal", 1 << 30, "batch")
         assert payloads(again) == [payload(i) for i in range(5)]
         again.close()
+
+
+async def test_the_agent_replays_every_intact_batch_after_a_damaged_one(tmp_path: Path) -> None:
+    """The real agent: 33 acknowledged batches, a byte flipped in a middle one of a middle
+    segment; after a restart every other trail is back and the loss is counted."""
+    def rid(seq: int) -> str:
+        return f"{seq}-fl1p0000"
+
+    async with agent(tmp_path, wal_segment_bytes=1000) as (handle, _), \
+            Hook(handle.state.config.ingest_socket) as hook:
+        for seq in range(1, 34):
+            reply = await hook.send(seq, lifecycle(rid(seq), pb.LIFECYCLE_PHASE_FINISHED,
+                                                   10**15, finish_reason="stop"))
+            assert not reply.ack.refused
+    data = tmp_path / "data"
+    segments = sorted(data.glob("ingest-*.wal"))
+    assert len(segments) >= 3
+    middle = segments[len(segments) // 2]
+    found = records(middle)
+    victim = found[len(found) // 2]
+    raw = bytearray(middle.read_bytes())
+    raw[victim.end - 3] ^= 0xFF
+    middle.write_bytes(bytes(raw))
+    lost_seq = sum(len(records(p)) for p in segments[:len(segments) // 2]) + len(found) // 2 + 1
+
+    async with agent(tmp_path, wal_segment_bytes=1000) as (handle, _):
+        wal = handle.state.wal
+        assert (wal.damaged_records, wal.damaged_bytes) == (1, victim.end - victim.start)
+        assert handle.state.counters["wal_replayed_batches"] == 32
+        trails = await query(handle).ListTrails(query_pb2.ListTrailsRequest(page_size=100))
+        assert sorted(t.request_id for t in trails.trails) == sorted(
+            rid(seq) for seq in range(1, 34) if seq != lost_seq)
+        assert len(quarantined(data)) == 1
