@@ -151,12 +151,6 @@ def _marker_first(data: bytes, record: Record) -> int:
     return int(min(max(first, 1), record.seq))
 
 
-def _find_header(data: bytes, start: int) -> int:
-    """The next offset from `start` holding either magic, or -1."""
-    hits = [at for at in (data.find(m, start) for m in _MAGIC_BYTES) if at >= 0]
-    return min(hits) if hits else -1
-
-
 def scan(data: bytes, prev_seq: int | None = None) -> tuple[list[Record], list[Damage]]:
     """Splits one segment's bytes into intact records and damaged ranges. Never raises."""
     view = memoryview(data)
@@ -169,13 +163,18 @@ def scan(data: bytes, prev_seq: int | None = None) -> tuple[list[Record], list[D
             records.append(record)
             prev_seq, pos = record.seq, record.end
             continue
-        # Resynchronise: the next offset where an intact record starts (find() runs in C).
-        probe = _find_header(data, pos + 1)
-        while probe >= 0:
+        # Resynchronise: the next offset where an intact record starts (find() runs in C;
+        # each magic's next hit is kept, so the region is searched once per magic).
+        hits = [data.find(m, pos + 1) for m in _MAGIC_BYTES]
+        while True:
+            probe = min((at for at in hits if at >= 0), default=-1)
+            if probe < 0:
+                break
             record = _record_at(view, probe, prev_seq)
             if record is not None:
                 break
-            probe = _find_header(data, probe + 1)
+            hits = [data.find(m, probe + 1) if at == probe else at
+                    for m, at in zip(_MAGIC_BYTES, hits, strict=True)]
         if record is None:
             damage.append(Damage(pos, size, prev_seq, None))
             break
