@@ -51,7 +51,7 @@ class AgentCollector(Collector):
         yield from (kv, running, waiting, prompt, gen, pq, ph)
 
         trails = CounterMetricFamily("vllm_audit_trails", "Final trails by state", labels=["state"])
-        for state in ("finished", "aborted", "failed"):
+        for state in ("finished", "aborted", "failed", "incomplete"):
             trails.add_metric([state], st.trails.finished_by_state[state])
         yield trails
         yield GaugeMetricFamily("vllm_audit_trails_active", "Trails not yet final",

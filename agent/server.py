@@ -121,7 +121,9 @@ async def _stop(state: AgentState, server: grpc.aio.Server, query_server: grpc.a
     grace = min(1.0, timeout / 10)
     await asyncio.gather(server.stop(grace=grace), query_server.stop(grace=grace))
     sweeper.cancel()
-    state.trails.flush()
+    # Open trails are not forced out: the WAL keeps them and the next start finishes them
+    # (a record made up now would share its id with the real one that follows).
+    open_trails = state.trails.open_trails()
     # Keep a little of the deadline for the steps after the publisher.
     lost = await state.publisher.stop(left(reserve=min(2.0, timeout / 5)))
     await asyncio.to_thread(state.gpu.stop, left())
@@ -130,8 +132,8 @@ async def _stop(state: AgentState, server: grpc.aio.Server, query_server: grpc.a
     except TimeoutError:
         logger.warning("HTTP endpoint did not close within the shutdown deadline")
     state.wal.close()
-    logger.info("agent stopped in %.1fs (publisher left %d records unpublished; the WAL keeps "
-                "them for the next start)", timeout - left(), lost)
+    logger.info("agent stopped in %.1fs (%d open trails and %d unpublished records are kept "
+                "in the WAL for the next start)", timeout - left(), open_trails, lost)
 
 
 async def _sweep(state: AgentState) -> None:

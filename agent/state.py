@@ -53,6 +53,7 @@ class AgentState:
         self.sources: dict[str, SourceState] = {}
         self.sessions: set[Session] = set()
         self.level = config.audit_level
+        self.trails.audit_level = config.audit_level
         self.level_version = 1
         self.started = time.monotonic()
         self.ready = False
@@ -96,6 +97,7 @@ class AgentState:
 
     def set_level(self, level: int) -> int:
         self.level = level
+        self.trails.audit_level = level
         self.level_version += 1
         reply = self.hook_config()
         for session in self.sessions:

@@ -142,7 +142,7 @@ class EngineStats(_message.Message):
     def __init__(self, engine_index: _Optional[int] = ..., num_running_reqs: _Optional[int] = ..., num_waiting_reqs: _Optional[int] = ..., kv_cache_usage: _Optional[float] = ..., prefix_cache_queries: _Optional[int] = ..., prefix_cache_hits: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., generation_tokens: _Optional[int] = ..., num_preempted_reqs: _Optional[int] = ..., spec_decode_num_drafts: _Optional[int] = ..., spec_decode_num_draft_tokens: _Optional[int] = ..., spec_decode_num_accepted_tokens: _Optional[int] = ...) -> None: ...
 
 class HttpRequest(_message.Message):
-    __slots__ = ("method", "path", "client_ip", "user", "model", "status_code", "auth_status", "api_key_sha256", "stream", "prompt", "output", "capture_policy", "prompt_tokens", "completion_tokens", "latency_ms", "ttft_ms", "error", "user_agent", "response_bytes", "tenant", "vllm_request_id", "client_disconnected")
+    __slots__ = ("method", "path", "client_ip", "user", "model", "status_code", "auth_status", "api_key_sha256", "stream", "prompt", "output", "capture_policy", "prompt_tokens", "completion_tokens", "latency_ms", "ttft_ms", "error", "user_agent", "response_bytes", "tenant", "vllm_request_id", "client_disconnected", "client_request_id")
     METHOD_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
     CLIENT_IP_FIELD_NUMBER: _ClassVar[int]
@@ -165,6 +165,7 @@ class HttpRequest(_message.Message):
     TENANT_FIELD_NUMBER: _ClassVar[int]
     VLLM_REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     CLIENT_DISCONNECTED_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     method: str
     path: str
     client_ip: str
@@ -187,7 +188,8 @@ class HttpRequest(_message.Message):
     tenant: str
     vllm_request_id: str
     client_disconnected: bool
-    def __init__(self, method: _Optional[str] = ..., path: _Optional[str] = ..., client_ip: _Optional[str] = ..., user: _Optional[str] = ..., model: _Optional[str] = ..., status_code: _Optional[int] = ..., auth_status: _Optional[str] = ..., api_key_sha256: _Optional[str] = ..., stream: _Optional[bool] = ..., prompt: _Optional[str] = ..., output: _Optional[str] = ..., capture_policy: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., latency_ms: _Optional[float] = ..., ttft_ms: _Optional[float] = ..., error: _Optional[str] = ..., user_agent: _Optional[str] = ..., response_bytes: _Optional[int] = ..., tenant: _Optional[str] = ..., vllm_request_id: _Optional[str] = ..., client_disconnected: _Optional[bool] = ...) -> None: ...
+    client_request_id: str
+    def __init__(self, method: _Optional[str] = ..., path: _Optional[str] = ..., client_ip: _Optional[str] = ..., user: _Optional[str] = ..., model: _Optional[str] = ..., status_code: _Optional[int] = ..., auth_status: _Optional[str] = ..., api_key_sha256: _Optional[str] = ..., stream: _Optional[bool] = ..., prompt: _Optional[str] = ..., output: _Optional[str] = ..., capture_policy: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., latency_ms: _Optional[float] = ..., ttft_ms: _Optional[float] = ..., error: _Optional[str] = ..., user_agent: _Optional[str] = ..., response_bytes: _Optional[int] = ..., tenant: _Optional[str] = ..., vllm_request_id: _Optional[str] = ..., client_disconnected: _Optional[bool] = ..., client_request_id: _Optional[str] = ...) -> None: ...
 
 class Event(_message.Message):
     __slots__ = ("time_unix_nano", "request_id", "truncated", "lifecycle", "grammar_compiled", "so_step", "so_summary", "engine_stats", "http")
