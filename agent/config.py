@@ -26,6 +26,9 @@ ENV_KAFKA_TOPIC_PREFIX = "VLLM_AUDIT_KAFKA_TOPIC_PREFIX"
 ENV_AUDIT_LEVEL = "VLLM_AUDIT_LEVEL"                # pushed to every hook
 ENV_LINGER_SECONDS = "VLLM_AUDIT_LINGER_SECONDS"
 ENV_GPU = "VLLM_AUDIT_GPU"                          # nvml | none | fake
+# Deadline for the flush on SIGTERM; below the orchestrator's grace period (Kubernetes'
+# terminationGracePeriodSeconds, 30 s by default) so the agent reports what it lost itself.
+ENV_SHUTDOWN_TIMEOUT = "VLLM_AUDIT_SHUTDOWN_TIMEOUT_SECONDS"
 
 WAL_FSYNC_POLICIES = ("always", "batch", "never")
 GPU_READERS = ("nvml", "none", "fake")
@@ -68,6 +71,7 @@ class AgentConfig:
     linger_seconds: float = 30.0
     gpu: str = "nvml"
     gpu_interval_seconds: float = 5.0
+    shutdown_timeout_seconds: float = 20.0
 
     def __post_init__(self) -> None:
         parse_address("query_address", self.query_address)
@@ -81,6 +85,8 @@ class AgentConfig:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be > 0")
         if self.wal_segment_bytes < 0:
             raise ValueError(f"wal_segment_bytes={self.wal_segment_bytes!r} must be >= 0")
+        if self.shutdown_timeout_seconds <= 0:
+            raise ValueError(f"shutdown_timeout_seconds={self.shutdown_timeout_seconds!r} must be > 0")
         if self.linger_seconds <= 0:
             raise ValueError(f"linger_seconds={self.linger_seconds!r} must be > 0")
         if self.audit_level not in LEVELS.values():
@@ -113,6 +119,7 @@ class AgentConfig:
         number(ENV_MAX_TRAILS, "max_trails", int)
         number(ENV_MAX_TRAIL_EVENTS, "max_trail_events", int)
         number(ENV_LINGER_SECONDS, "linger_seconds", float)
+        number(ENV_SHUTDOWN_TIMEOUT, "shutdown_timeout_seconds", float)
         if env.get(ENV_AUDIT_LEVEL):
             values["audit_level"] = parse_level(env[ENV_AUDIT_LEVEL])
         values.update({k: v for k, v in overrides.items() if v is not None})
