@@ -266,8 +266,13 @@ def _run_agent(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         # A future, not Event.wait(): a coroutine never awaited (start-up failed) warns on exit.
         stop: asyncio.Future[None] = loop.create_future()
+
+        def request_stop() -> None:
+            if not stop.done():
+                stop.set_result(None)
+
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
+            loop.add_signal_handler(sig, request_stop)
         await serve(config, stop)
 
     try:

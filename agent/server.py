@@ -17,7 +17,9 @@ from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+# health.aio is the public name of this module; mypy cannot see through that alias.
+from grpc_health.v1._async import HealthServicer
 from vllm_audit.v1 import ingest_pb2, ingest_pb2_grpc, query_pb2, query_pb2_grpc
 
 from .config import AgentConfig, parse_address
@@ -125,9 +127,9 @@ async def running_agent(config: AgentConfig, publisher: Publisher | None = None,
         logger.info("agent stopped (publisher left %d records unpublished)", lost)
 
 
-async def _health(server: grpc.aio.Server, names: tuple[str, ...]) -> health.aio.HealthServicer:
+async def _health(server: grpc.aio.Server, names: tuple[str, ...]) -> HealthServicer:
     """NOT_SERVING until the agent is ready (the servicer's own default is SERVING)."""
-    servicer = health.aio.HealthServicer()
+    servicer = HealthServicer()
     for name in names:
         await servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
