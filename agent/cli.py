@@ -237,9 +237,13 @@ def _emit(value: dict[str, Any], output: str) -> None:
 
 
 def _as_dict(message: Message) -> dict[str, Any]:
+    # A trail is shown as its Kafka record, wherever it appears.
     if isinstance(message, q.ListTrailsResponse):
         return {"trails": [trail_record(t) for t in message.trails],
                 "next_page_token": message.next_page_token}
+    if isinstance(message, q.GetTrailResponse):
+        return {"summary": trail_record(message.summary),
+                "events": [message_to_dict(e) for e in message.events]}
     return message_to_dict(message)
 
 

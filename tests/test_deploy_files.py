@@ -329,3 +329,14 @@ def stop_after_exit(proc: subprocess.Popen[str]) -> tuple[int, str]:
     except subprocess.TimeoutExpired:
         return stop(proc)
     return proc.returncode, err
+
+
+def test_agent_image_owns_the_directories_compose_mounts() -> None:
+    """A fresh named volume takes the owner of the image's directory it is mounted on, so the
+    image creating them as 65532 covers `docker run` without audit-init too."""
+    dockerfile = (REPO / "deploy" / "agent.Dockerfile").read_text()
+    owned = {line.split()[-1] for line in dockerfile.replace("\\\n", "\n").splitlines()
+             if f"install -d -o {AGENT_UID} -g {AGENT_UID}" in line}
+    assert f"USER {AGENT_UID}:{AGENT_UID}" in dockerfile
+    agent = compose()["services"]["vllm-audit-agent"]
+    assert owned == {mounts(agent)["audit-wal"], mounts(agent)["audit-socket"]}
