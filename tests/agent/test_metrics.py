@@ -171,3 +171,15 @@ async def test_promtool_accepts_a_real_scrape(tmp_path: Path) -> None:
     out = await asyncio.to_thread(subprocess.run, ["promtool", "check", "metrics"], input=body,
                                   capture_output=True, timeout=30, check=False)
     assert out.returncode == 0, (out.stdout + out.stderr).decode()
+
+
+async def test_each_data_parallel_engine_gets_its_engine_stats_record(tmp_path: Path) -> None:
+    async with agent(tmp_path) as (handle, published), \
+            Hook(handle.state.config.ingest_socket, source="host:1:1") as hook:
+        await hook.send(1, stats(0, 2, ttft_seconds_sum=1.5, ttft_count=3, finished_requests=2,
+                                 queue_time_seconds_sum=0.5), stats(1, 1), model="m", pid=7)
+        await hook.send(2, stats(0, 3), stats(1, 0), model="m", pid=7)  # within the interval
+    records = [record for topic, _, record in published.records if topic == "engine-stats"]
+    assert [(r["engine_index"], r["source_id"], r["model"]) for r in records] == [
+        (0, "host:1:1", "m"), (1, "host:1:1", "m")]
+    assert records[0]["ttft_seconds_sum"] == 1.5 and records[0]["queue_time_seconds_sum"] == 0.5
