@@ -164,6 +164,8 @@ class AgentCollector(Collector):
         yield counter("vllm_audit_publisher_connect_errors", "Failed Kafka connection attempts",
                       pc["connect_errors"])
         yield counter("vllm_audit_publisher_retries", "Kafka sends retried", pc["retries"])
+        yield counter("vllm_audit_publisher_stop_timeouts",
+                      "Kafka producer closes cut by the shutdown deadline", pc["stop_timeouts"])
         yield counter("vllm_audit_records_published", "Records published", pc["published"])
         yield labelled("vllm_audit_internal_errors", "Errors the agent swallowed", "site",
                        st.errors, AGENT_ERROR_SITES)
@@ -179,6 +181,12 @@ class AgentCollector(Collector):
         yield labelled("vllm_audit_trails_evicted", "Trails evicted from memory", "reason",
                        {k: trails.counters[f"evicted_{k}"] for k in r.TRAIL_EVICTION_REASONS},
                        r.TRAIL_EVICTION_REASONS)
+        yield counter("vllm_audit_trails_evicted_bytes", "Bytes of the trails evicted from memory",
+                      trails.counters["evicted_bytes"])
+        yield GaugeMetricFamily("vllm_audit_trail_store_bytes",
+                                "Accounted bytes of the trails held in memory", value=trails.bytes)
+        yield GaugeMetricFamily("vllm_audit_trail_store_max_bytes",
+                                "Cap on the trail store's bytes", value=trails.max_bytes)
         yield counter("vllm_audit_trails_finalised_by_linger",
                       "Trails finalised because their other half did not arrive in time",
                       trails.counters["finalised_by_linger"])

@@ -85,6 +85,12 @@ panel("Oldest undelivered record", [(f"vllm_audit_undelivered_oldest_age_seconds
                                      "{{instance}}")], unit="s")
 panel("Hook sources connected", [(f"vllm_audit_connected_sources{{{J}}}", "{{instance}}"),
                                  (f"vllm_audit_audit_level{{{J}}}", "level {{instance}}")])
+panel("Trail store", [
+    (f"vllm_audit_trail_store_bytes{{{J}}} / vllm_audit_trail_store_max_bytes{{{J}}}",
+     "bytes of cap {{instance}}"),
+    (f"vllm_audit_trails_active{{{J}}}", "active {{instance}}"),
+    (f"sum by (reason) (increase(vllm_audit_trails_evicted_total{{{J}}}[{RI}]))",
+     "evicted {{reason}}")])
 panel("Agent process", [
     (f"rate(vllm_audit_process_cpu_seconds_total{{{J}}}[{RI}])", "CPU {{instance}}"),
     (f"vllm_audit_process_resident_memory_bytes{{{J}}} / 2^30", "RSS GiB {{instance}}")])

@@ -73,7 +73,8 @@ async def test_every_reason_is_exported_at_zero_before_any_loss(tmp_path: Path) 
     assert "wal_full" in reasons.REFUSAL_REASONS and "too_big" in reasons.REFUSAL_REASONS
     for name in ("vllm_audit_trail_events_truncated_total", "vllm_audit_trail_late_events_total",
                  "vllm_audit_trails_finalised_by_linger_total", "vllm_audit_hook_lost_batches_total",
-                 "vllm_audit_hook_internal_errors_total", "vllm_audit_wal_torn_tail_bytes_total"):
+                 "vllm_audit_hook_internal_errors_total", "vllm_audit_wal_torn_tail_bytes_total",
+                 "vllm_audit_trails_evicted_bytes_total", "vllm_audit_publisher_stop_timeouts_total"):
         assert found[(name, ())] == 0, name
     assert found[("vllm_audit_gpu_available", ())] == 0
 
