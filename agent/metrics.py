@@ -250,7 +250,8 @@ def make_registry(state: AgentState) -> CollectorRegistry:
     registry.register(AgentCollector(state))
     registry.register(state.request_metrics)
     registry.register(BuildInfo())
-    ProcessCollector(namespace="vllm_audit", registry=registry)
+    # The standard process_* names: the registry is this process's alone.
+    ProcessCollector(registry=registry)
     return registry
 
 

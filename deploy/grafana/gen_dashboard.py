@@ -92,8 +92,8 @@ panel("Trail store", [
     (f"sum by (reason) (increase(vllm_audit_trails_evicted_total{{{J}}}[{RI}]))",
      "evicted {{reason}}")])
 panel("Agent process", [
-    (f"rate(vllm_audit_process_cpu_seconds_total{{{J}}}[{RI}])", "CPU {{instance}}"),
-    (f"vllm_audit_process_resident_memory_bytes{{{J}}} / 2^30", "RSS GiB {{instance}}")])
+    (f"rate(process_cpu_seconds_total{{{J}}}[{RI}])", "CPU {{instance}}"),
+    (f"process_resident_memory_bytes{{{J}}} / 2^30", "RSS GiB {{instance}}")])
 panel("Build", [(f"vllm_audit_build_info{{{J}}}", "{{version}} {{instance}}")], kind="table")
 end_row()
 row("Requests (from audit trails)")

@@ -157,7 +157,7 @@ async def test_exposition_negotiates_openmetrics_and_gzip(tmp_path: Path) -> Non
     text = gzip.decompress(om_body).decode()
     assert text.endswith("# EOF\n")
     names = {f.name for f in om_families(text)}
-    assert {"vllm_audit_build", "vllm_audit_process_resident_memory_bytes",
+    assert {"vllm_audit_build", "process_resident_memory_bytes",
             "vllm_audit_hook_dropped_events"} <= names
     assert b"vllm_audit_build_info{" in body
 
