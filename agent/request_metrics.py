@@ -61,4 +61,8 @@ class RequestMetrics(Collector):
     def collect(self) -> Iterator[Metric]:
         for histogram in (self.latency, self.ttft, self.tpot, self.prompt_tokens,
                           self.completion_tokens):
-            yield from histogram.collect()
+            for metric in histogram.collect():
+                # `_created` series double every histogram's label sets for a timestamp the
+                # process start time already gives; dropped here, not by a global switch.
+                metric.samples = [x for x in metric.samples if not x.name.endswith("_created")]
+                yield metric
