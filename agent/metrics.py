@@ -151,16 +151,16 @@ class AgentCollector(Collector):
         yield counter("vllm_audit_hook_internal_errors", "Errors the hooks swallowed",
                       sum(v for k, v in st.hook_dropped.items()
                           if k.startswith(r.HOOK_INTERNAL_ERROR_PREFIX)))
-        yield labelled("vllm_audit_agent_dropped_batches", "Batches the agent dropped unstored",
-                       "reason", st.agent_dropped, r.AGENT_BATCH_DROP_REASONS)
+        yield labelled("vllm_audit_agent_dropped_batches", "Batches the agent lost",
+                       "reason", {k: v for k, v in st.agent_dropped.items()
+                                  if k not in r.AGENT_BYTE_DROP_KEYS},
+                       r.AGENT_BATCH_DROP_REASONS)
         yield counter("vllm_audit_wal_torn_tail_bytes",
                       "Bytes cut from a torn WAL tail at start (a crash mid-append)",
                       st.agent_dropped["wal_torn_tail_bytes"])
         pc = st.publisher.counters
         yield labelled("vllm_audit_publisher_lost_records", "Records the publisher lost",
-                       "reason", {k: pc[f"dropped_{k}"] + pc[k] + pc[f"lost_{k}"]
-                                  for k in r.PUBLISHER_RECORD_LOSS_REASONS},
-                       r.PUBLISHER_RECORD_LOSS_REASONS)
+                       "reason", r.publisher_losses(pc), r.PUBLISHER_RECORD_LOSS_REASONS)
         yield counter("vllm_audit_publisher_connect_errors", "Failed Kafka connection attempts",
                       pc["connect_errors"])
         yield counter("vllm_audit_publisher_retries", "Kafka sends retried", pc["retries"])

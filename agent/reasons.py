@@ -34,10 +34,15 @@ HOOK_EVENT_DROP_REASONS = ("buffer_full", "unacked_overflow", "convert_error", O
 HOOK_INTERNAL_ERROR_PREFIX = "internal_error."
 #: The agent's own key for batches a hook reported lost (a range of seqs never stored).
 HOOK_MISSING_BATCHES = "missing_batches"
-#: Batches the agent dropped without storing them (not refusals: those have their enum).
-AGENT_BATCH_DROP_REASONS = ("invalid_batch",)
-#: Records the publisher lost, by reason (publisher.counters keys without the prefixes).
-PUBLISHER_RECORD_LOSS_REASONS = ("memory_cap", "queue_full", "failed", "lost_at_shutdown")
+#: Batches the agent lost (AgentState.agent_dropped keys): unanswered invalid batches and WAL
+#: records (one per batch) found damaged at replay. Refusals have their own enum and family.
+AGENT_BATCH_DROP_REASONS = ("invalid_batch", "wal_damaged_records", OTHER)
+#: AgentState.agent_dropped keys counted in bytes, each exported as its own family.
+AGENT_BYTE_DROP_KEYS = ("wal_torn_tail_bytes",)
+#: Records the publisher lost, by reason: publisher.counters keys with their prefix
+#: (`dropped_`, `lost_`) removed; `failed` has none.
+PUBLISHER_RECORD_LOSS_REASONS = ("memory_cap", "queue_full", "failed", "at_shutdown", OTHER)
+PUBLISHER_LOSS_PREFIXES = ("dropped_", "lost_")
 #: Why a trail left memory.
 TRAIL_EVICTION_REASONS = ("final", "active")
 
@@ -52,4 +57,16 @@ def closed(values: Mapping[str, int], reasons: Iterable[str]) -> dict[str, int]:
             out[key] += n
         elif OTHER in out:
             out[OTHER] += n
+    return out
+
+
+def publisher_losses(counters: Mapping[str, int]) -> dict[str, int]:
+    """Publisher counters that are lost records, keyed by reason (see the set above)."""
+    out: dict[str, int] = {}
+    for key, n in counters.items():
+        for prefix in PUBLISHER_LOSS_PREFIXES:
+            if key.startswith(prefix):
+                out[key[len(prefix):]] = out.get(key[len(prefix):], 0) + n
+        if key == "failed":
+            out["failed"] = out.get("failed", 0) + n
     return out

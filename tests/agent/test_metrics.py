@@ -184,3 +184,11 @@ async def test_each_data_parallel_engine_gets_its_engine_stats_record(tmp_path: 
     assert [(r["engine_index"], r["source_id"], r["model"]) for r in records] == [
         (0, "host:1:1", "m"), (1, "host:1:1", "m")]
     assert records[0]["ttft_seconds_sum"] == 1.5 and records[0]["queue_time_seconds_sum"] == 0.5
+
+
+def test_publisher_counters_map_onto_the_closed_loss_set() -> None:
+    counters = {"dropped_queue_full": 2, "lost_at_shutdown": 1, "failed": 3, "published": 9,
+                "retries": 4, "dropped_something_new": 5}
+    assert reasons.closed(reasons.publisher_losses(counters),
+                          reasons.PUBLISHER_RECORD_LOSS_REASONS) == {
+        "memory_cap": 0, "queue_full": 2, "failed": 3, "at_shutdown": 1, "other": 5}
