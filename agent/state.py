@@ -14,9 +14,11 @@ from vllm_audit.v1 import events_pb2 as pb
 from vllm_audit.v1 import ingest_pb2
 
 from .config import AgentConfig
+from .engines import EngineTable
 from .gpu import GpuSampler
 from .publisher import Publisher
 from .records import message_to_dict, trail_record
+from .request_metrics import RequestMetrics
 from .sources import SourceState
 from .trails import Trail, TrailStore
 from .wal import WriteAheadLog
@@ -59,9 +61,11 @@ class AgentState:
         self.ready = False
         #: Internal errors swallowed by the agent; tests assert this stays empty.
         self.errors: Counter[str] = Counter()
+        self.engines, self.request_metrics = EngineTable(), RequestMetrics()
 
     def _on_final(self, trail: Trail) -> None:
         summary = trail.summary
+        self.request_metrics.observe(summary)
         self.publisher.offer("requests", summary.request_id, trail_record(summary),
                              on_done=lambda: self.trails.delivered(trail))
 
@@ -116,6 +120,7 @@ class AgentState:
         source.role, source.model = batch.process_role, batch.model or source.model
         self.counters["batches"] += 1
         self.counters["events"] += len(batch.events)
+        self.engines.observe_batch(batch, source.model)
         for reason, n in batch.gap.dropped_by_reason.items():
             self.hook_dropped[reason] += n
         if batch.gap.first_missing_seq:
@@ -128,10 +133,9 @@ class AgentState:
         self.trails.apply(batch, segment)
 
     def _publish_stats(self, batch: pb.Batch, source: SourceState, event: pb.Event) -> None:
-        now = time.monotonic()
-        if now - source.last_stats_published < ENGINE_STATS_PUBLISH_INTERVAL_S:
+        if not self.engines.due(batch.source_id, event.engine_stats.engine_index,
+                                ENGINE_STATS_PUBLISH_INTERVAL_S):
             return
-        source.last_stats_published = now
         record = message_to_dict(event.engine_stats)
         record.update({"schema": 1, "source_id": batch.source_id, "model": source.model,
                        "timestamp_ms": event.time_unix_nano // 1_000_000})

@@ -184,7 +184,7 @@ async def test_health_ready_and_gpu(tmp_path: Path) -> None:
         _, body = await scrape(handle)
         families = {f.name: f for f in text_string_to_metric_families(body)}
         assert families["vllm_audit_gpu_available"].samples[0].value == 1
-        assert families["vllm_audit_gpu_utilization_ratio"].samples[0].value == pytest.approx(0.42)
+        assert families["DCGM_FI_DEV_GPU_UTIL"].samples[0].value == pytest.approx(42)
         health = await query(handle).Health(query_pb2.HealthRequest())
         assert health.status == "SERVING" and health.gpu_available
 
