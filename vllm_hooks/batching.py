@@ -1,0 +1,94 @@
+"""Cutting buffered events into batches by count and by bytes (sender thread only).
+
+Events are converted to protobuf here, off vLLM's threads, and measured one by one
+(`ByteSize`), so a batch never exceeds the per-batch byte cap: the cap sits well under the
+transport's message limit, and a batch over that limit would be refused by the transport on
+every resend. An event that alone exceeds the room left under the cap is truncated to fit
+(`truncate.py`), counted in `events_truncated` and sent; one that cannot fit even then is
+dropped and counted (`event_too_big`). Conversion errors are counted (`convert_error`). Both
+counts ride in the next batch's gap marker. A converted event that did not fit the current
+batch waits in `carry` for the next one, so the order of events is kept.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from vllm_audit.v1 import events_pb2 as pb
+
+from .buffer import EventBuffer
+from .errors import InternalErrors
+from .raw_events import EventConverter
+from .truncate import truncate_to_fit
+
+#: Wire overhead of one event inside a batch beyond its own bytes: the field tag (1 byte) and
+#: at most a 5-byte length prefix.
+_MAX_FRAMING = 6
+
+
+def framed_size(size: int) -> int:
+    """Bytes one `Batch.events` entry of `size` bytes takes in the batch."""
+    prefix, rest = 1, size >> 7
+    while rest:
+        rest >>= 7
+        prefix += 1
+    return 1 + prefix + size
+
+
+class BatchFiller:
+    def __init__(self, buffer: EventBuffer, converter: EventConverter, errors: InternalErrors,
+                 max_events: int, max_bytes: int) -> None:
+        self._buffer = buffer
+        self._converter = converter
+        self._errors = errors
+        self._max_events = max_events
+        self._max_bytes = max_bytes
+        self._carry: deque[pb.Event] = deque()
+        #: Events sent cut to fit (each marked `Event.truncated`); not a drop.
+        self.events_truncated = 0
+
+    def pending(self) -> int:
+        """Converted events waiting for the next batch."""
+        return len(self._carry)
+
+    def waiting(self) -> bool:
+        return bool(self._carry) or len(self._buffer) > 0
+
+    def fill(self, batch: pb.Batch) -> int:
+        """Appends events to `batch`, whose header (ids, gap marker) is final, up to the count
+        and byte caps. Returns the batch's serialised size."""
+        header = batch.ByteSize()
+        room = self._max_bytes - header
+        used = 0
+        events = batch.events
+        while len(events) < self._max_events:
+            event = self._next(self._max_events - len(events))
+            if event is None:
+                break
+            size = framed_size(event.ByteSize())
+            if used + size > room:
+                if events:
+                    self._carry.appendleft(event)  # first in the next batch
+                    break
+                # Alone in a batch it still does not fit: cut it to the room there is.
+                already = event.truncated
+                if not truncate_to_fit(event, room - _MAX_FRAMING):
+                    self._buffer.count_drop("event_too_big")
+                    continue
+                if not already:
+                    self.events_truncated += 1
+                size = framed_size(event.ByteSize())
+            events.append(event)
+            used += size
+        return header + used
+
+    def _next(self, want: int) -> pb.Event | None:
+        if not self._carry:
+            convert = self._converter.to_proto
+            for raw in self._buffer.drain(want):
+                try:
+                    self._carry.append(convert(raw))
+                except Exception as exc:
+                    self._errors.record("sender.convert", exc)
+                    self._buffer.count_drop("convert_error")
+        return self._carry.popleft() if self._carry else None
