@@ -6,13 +6,14 @@ transport's message limit, and a batch over that limit would be refused by the t
 every resend. An event that alone exceeds the room left under the cap is truncated to fit
 (`truncate.py`), counted in `events_truncated` and sent; one that cannot fit even then is
 dropped and counted (`event_too_big`). Conversion errors are counted (`convert_error`). Both
-counts ride in the next batch's gap marker. A converted event that did not fit the current
-batch waits in `carry` for the next one, so the order of events is kept.
+drop counts go into the gap marker of the batch being filled (room is reserved for them). A
+converted event that did not fit the current batch waits in `carry` for the next one, so the
+order of events is kept.
 """
 
 from __future__ import annotations
 
-from collections import deque
+from collections import Counter, deque
 
 from vllm_audit.v1 import events_pb2 as pb
 
@@ -24,6 +25,9 @@ from .truncate import truncate_to_fit
 #: Wire overhead of one event inside a batch beyond its own bytes: the field tag (1 byte) and
 #: at most a 5-byte length prefix.
 _MAX_FRAMING = 6
+#: Room kept for the drop counts `fill` may add to the gap marker: two map entries
+#: ("convert_error", "event_too_big") of at most ~30 bytes each.
+_GAP_RESERVE = 64
 
 
 def framed_size(size: int) -> int:
@@ -56,13 +60,15 @@ class BatchFiller:
 
     def fill(self, batch: pb.Batch) -> int:
         """Appends events to `batch`, whose header (ids, gap marker) is final, up to the count
-        and byte caps. Returns the batch's serialised size."""
+        and byte caps; adds the drops it makes to the gap marker. Returns the batch's
+        serialised size."""
         header = batch.ByteSize()
-        room = self._max_bytes - header
+        room = self._max_bytes - header - _GAP_RESERVE
         used = 0
         events = batch.events
+        drops: Counter[str] = Counter()
         while len(events) < self._max_events:
-            event = self._next(self._max_events - len(events))
+            event = self._next(self._max_events - len(events), drops)
             if event is None:
                 break
             size = framed_size(event.ByteSize())
@@ -73,16 +79,21 @@ class BatchFiller:
                 # Alone in a batch it still does not fit: cut it to the room there is.
                 already = event.truncated
                 if not truncate_to_fit(event, room - _MAX_FRAMING):
-                    self._buffer.count_drop("event_too_big")
+                    drops["event_too_big"] += 1
                     continue
                 if not already:
                     self.events_truncated += 1
                 size = framed_size(event.ByteSize())
             events.append(event)
             used += size
-        return header + used
+        if not drops:
+            return header + used
+        gap = batch.gap.dropped_by_reason
+        for reason, n in drops.items():
+            gap[reason] = gap.get(reason, 0) + n
+        return batch.ByteSize()
 
-    def _next(self, want: int) -> pb.Event | None:
+    def _next(self, want: int, drops: Counter[str]) -> pb.Event | None:
         if not self._carry:
             convert = self._converter.to_proto
             for raw in self._buffer.drain(want):
@@ -90,5 +101,5 @@ class BatchFiller:
                     self._carry.append(convert(raw))
                 except Exception as exc:
                     self._errors.record("sender.convert", exc)
-                    self._buffer.count_drop("convert_error")
+                    drops["convert_error"] += 1
         return self._carry.popleft() if self._carry else None

@@ -147,7 +147,7 @@ class Sender:
         """Waits until every buffered event is acknowledged. Returns False on timeout."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if not self._filler.waiting() and self.unacked_batches() == 0:
+            if not self._filler.waiting() and self._all_answered():
                 return True
             self._buffer.wakeup.set()
             time.sleep(0.005)
@@ -167,6 +167,11 @@ class Sender:
         if any(lost.values()):
             logger.warning("vllm-audit: shutdown left events undelivered: %s", lost)
         return lost
+
+    def _all_answered(self) -> bool:
+        """Nothing kept for resend and no dropped batch still to be named by a gap marker."""
+        with self._unacked_lock:
+            return not self._unacked and self._missing is None
 
     def unacked_batches(self) -> int:
         with self._unacked_lock:
@@ -375,10 +380,12 @@ class Sender:
         return delta
 
     def _make_batch(self) -> pb.Batch | None:
-        drops = self._buffer.take_drops()
-        drops.update(self._new_internal_errors())
+        # The missing range first, then the drop counts: a lost batch's events are counted
+        # before its range is set, so a range taken here comes with its counts.
         with self._unacked_lock:
             missing, self._missing = self._missing, None
+        drops = self._buffer.take_drops()
+        drops.update(self._new_internal_errors())
         batch = pb.Batch(
             source_id=self.source_id,
             epoch=self.epoch,
@@ -393,7 +400,7 @@ class Sender:
             batch.gap.first_missing_seq, batch.gap.last_missing_seq = missing
         size = self._filler.fill(batch)
         self.stats.events_truncated = self._filler.events_truncated
-        if not batch.events and not drops and missing is None:
+        if not batch.events and not batch.gap.dropped_by_reason and missing is None:
             return None
         self._seq += 1
         self.stats.batches_sent += 1
