@@ -131,6 +131,8 @@ class Sender:
         #: Guards `_unacked`, `_inflight`, the byte counts and `_missing` (reader and sender).
         self._unacked_lock = threading.Lock()
         self._missing: tuple[int, int] | None = None
+        #: Held while a batch is made, so flush() never sees events half-way there.
+        self._batch_lock = threading.Lock()
         self._errors_reported: dict[str, int] = {}
         self._refusals_logged: set[int] = set()
         self._stop = threading.Event()
@@ -146,9 +148,16 @@ class Sender:
     def flush(self, timeout: float) -> bool:
         """Waits until every buffered event is acknowledged. Returns False on timeout."""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not self._filler.waiting() and self._all_answered():
-                return True
+        while (remaining := deadline - time.monotonic()) > 0:
+            # Under the batch lock, events are in the buffer, the carry or a kept batch, never
+            # in between (drained and being converted).
+            if not self._batch_lock.acquire(timeout=remaining):
+                return False
+            try:
+                if not self._filler.waiting() and self._all_answered():
+                    return True
+            finally:
+                self._batch_lock.release()
             self._buffer.wakeup.set()
             time.sleep(0.005)
         return False
@@ -314,24 +323,24 @@ class Sender:
                 self._refused_bytes -= entry.size
             had_refused = self._refused_bytes > 0
             if ack.refused:
+                # Dropped and named in one step, so flush() never sees it gone but unnamed.
                 lost = entry.batch
+                self._account_lost_batch(lost, refusals.drop_reason(ack.refusal))
         if lost is not None:
             self.stats.batches_refused += 1
-            self._refused_permanently(lost, ack)
+            self._log_refusal(lost, ack)
             return
         self.stats.batches_acked += 1
         if had_refused:
             # Stored after all: the agent has room again, so send the rest of what it refused.
             self._retry_all.set()
 
-    def _refused_permanently(self, batch: pb.Batch, ack: ingest_pb2.Ack) -> None:
-        """Sending these bytes again cannot succeed: drop the batch, count and name it."""
+    def _log_refusal(self, batch: pb.Batch, ack: ingest_pb2.Ack) -> None:
         if ack.refusal not in self._refusals_logged:
             # Once per reason: a log line per batch could flood vLLM's log.
             self._refusals_logged.add(ack.refusal)
             logger.warning("vllm-audit: the agent refused batch %d (%s): %s; dropped and counted",
                            batch.seq, refusals.drop_reason(ack.refusal), ack.reason)
-        self._account_lost_batch(batch, refusals.drop_reason(ack.refusal))
 
     def _read(self, responses: Iterator[ingest_pb2.IngestReply],
               cancelling: threading.Event) -> None:
@@ -380,6 +389,10 @@ class Sender:
         return delta
 
     def _make_batch(self) -> pb.Batch | None:
+        with self._batch_lock:
+            return self._make_batch_locked()
+
+    def _make_batch_locked(self) -> pb.Batch | None:
         # The missing range first, then the drop counts: a lost batch's events are counted
         # before its range is set, so a range taken here comes with its counts.
         with self._unacked_lock:
@@ -409,9 +422,8 @@ class Sender:
             self._unacked[batch.seq] = _Unacked(batch, size)
             self._unacked_bytes += size
             self._inflight[batch.seq] = time.monotonic()
-            evicted = self._evict_refused_over_cap()
-        for old in evicted:
-            self._account_lost_batch(old, "unacked_overflow")
+            for old in self._evict_refused_over_cap():
+                self._account_lost_batch(old, "unacked_overflow")
         return batch
 
     def _evict_refused_over_cap(self) -> list[pb.Batch]:
@@ -431,7 +443,8 @@ class Sender:
 
     def _account_lost_batch(self, old: pb.Batch, reason: str) -> None:
         """Counts a dropped batch's events under `reason` and names it in the next gap marker.
-        Called from the sender thread (cap) and the reader thread (permanent refusal)."""
+        Called, holding `_unacked_lock`, from the sender thread (cap) and the reader thread
+        (permanent refusal). The counts go in before the range (see `_make_batch_locked`)."""
         self.stats.batches_dropped += 1
         if old.events:
             self._buffer.count_drop(reason, len(old.events))
@@ -442,9 +455,8 @@ class Sender:
         if old.gap.first_missing_seq:
             first = min(first, old.gap.first_missing_seq)
             last = max(last, old.gap.last_missing_seq)
-        with self._unacked_lock:
-            if self._missing is not None:
-                first, last = min(first, self._missing[0]), max(last, self._missing[1])
-            self._missing = (first, last)
+        if self._missing is not None:
+            first, last = min(first, self._missing[0]), max(last, self._missing[1])
+        self._missing = (first, last)
         # A gap marker is due even when no new event comes.
         self._buffer.wakeup.set()
