@@ -65,16 +65,19 @@ class BatchFiller:
         header = batch.ByteSize()
         room = self._max_bytes - header - _GAP_RESERVE
         used = 0
+        count = 0
         events = batch.events
+        carry = self._carry
         drops: Counter[str] = Counter()
-        while len(events) < self._max_events:
-            event = self._next(self._max_events - len(events), drops)
-            if event is None:
+        while count < self._max_events:
+            if not carry and not self._refill(self._max_events - count, drops):
                 break
-            size = framed_size(event.ByteSize())
+            event = carry.popleft()
+            n = event.ByteSize()
+            size = n + 2 if n < 0x80 else framed_size(n)  # most events are small
             if used + size > room:
-                if events:
-                    self._carry.appendleft(event)  # first in the next batch
+                if count:
+                    carry.appendleft(event)  # first in the next batch
                     break
                 # Alone in a batch it still does not fit: cut it to the room there is.
                 already = event.truncated
@@ -86,6 +89,7 @@ class BatchFiller:
                 size = framed_size(event.ByteSize())
             events.append(event)
             used += size
+            count += 1
         if not drops:
             return header + used
         gap = batch.gap.dropped_by_reason
@@ -93,13 +97,14 @@ class BatchFiller:
             gap[reason] = gap.get(reason, 0) + n
         return batch.ByteSize()
 
-    def _next(self, want: int, drops: Counter[str]) -> pb.Event | None:
-        if not self._carry:
-            convert = self._converter.to_proto
-            for raw in self._buffer.drain(want):
-                try:
-                    self._carry.append(convert(raw))
-                except Exception as exc:
-                    self._errors.record("sender.convert", exc)
-                    drops["convert_error"] += 1
-        return self._carry.popleft() if self._carry else None
+    def _refill(self, want: int, drops: Counter[str]) -> bool:
+        """Converts up to `want` buffered events into the carry. False when none is left."""
+        convert = self._converter.to_proto
+        append = self._carry.append
+        for raw in self._buffer.drain(want):
+            try:
+                append(convert(raw))
+            except Exception as exc:
+                self._errors.record("sender.convert", exc)
+                drops["convert_error"] += 1
+        return bool(self._carry)
