@@ -47,7 +47,7 @@ from .batching import BatchFiller
 from .buffer import EventBuffer
 from .errors import InternalErrors
 from .raw_events import EventConverter
-from .settings import HookSettings
+from .settings import ENV_MAX_BATCH_BYTES, HookSettings
 
 logger = logging.getLogger("vllm_hooks")
 
@@ -361,6 +361,12 @@ class Sender:
         # (deadline, shutdown) is not the agent ending the stream.
         if not cancelling.is_set():
             self.stats.stream_ends[status] = self.stats.stream_ends.get(status, 0) + 1
+            if status == "RESOURCE_EXHAUSTED" and self.stats.stream_ends[status] == 1:
+                # The agent's transport limit is below this hook's batches: a configuration
+                # error no resend can fix, so say which settings must agree.
+                logger.error("vllm-audit: the agent ended the stream with RESOURCE_EXHAUSTED; "
+                             "its max message size must exceed %s=%d",
+                             ENV_MAX_BATCH_BYTES, self._settings.max_batch_bytes)
 
     def _unanswered_bytes(self) -> int:
         with self._unacked_lock:
