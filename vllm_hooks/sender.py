@@ -3,9 +3,9 @@
 - The channel is opened lazily in this thread, in the process that sends (never in
   `register()`, never inherited across fork).
 - Every batch carries `(source_id, epoch, seq)`; the epoch is random per Sender, so a restarted
-  process or a second one reusing a source id is never taken for a duplicate. A batch stays in
-  `_unacked` until the agent acknowledges it (after its WAL append) and is resent after a
-  reconnect; the agent drops duplicates.
+  process or a second one reusing a source id is never taken for a duplicate. A batch is kept
+  until the agent acknowledges it (after its WAL append) and is resent after a reconnect; the
+  agent drops duplicates.
 - The agent answers every batch (ack, refusal with a reason, or a stream status). A batch
   refused for a retriable reason (WAL or disk full, shutting down) is kept and retried: one
   probe per `RETRY_REFUSED_S`, all of them once a probe is accepted. One refused for a
@@ -16,12 +16,11 @@
   ends with any status; the sender reconnects with jittered backoff and resends.
 - Batches are cut by count and by bytes (`batching.py`), so none exceeds the per-batch byte
   cap; an event too big for any batch is truncated and marked (`Event.truncated`).
-- `_unacked` is bounded by bytes. Only refused batches are dropped past the cap (the oldest
-  first), counted (`unacked_overflow`) and named by the next batch's gap marker: a batch the
-  agent has not answered yet may already be stored, so dropping it could count a loss that
-  did not happen. Unanswered batches are bounded by back-pressure instead: at the cap no new
-  batch is made, events wait in the buffer, and when it fills new events are dropped and
-  counted (`buffer_full`), as while the agent is unreachable. vLLM never waits on any of this.
+- Kept batches live in an `UnackedWindow` (`window.py`), bounded by bytes; only refused ones
+  are dropped past the cap (`unacked_overflow`). Unanswered batches are bounded by
+  back-pressure instead: at the cap no new batch is made, events wait in the buffer, and when
+  it fills new events are dropped and counted (`buffer_full`), as while the agent is
+  unreachable. vLLM never waits on any of this.
 """
 
 from __future__ import annotations
@@ -34,7 +33,6 @@ import secrets
 import socket
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -48,6 +46,7 @@ from .buffer import EventBuffer
 from .errors import InternalErrors
 from .raw_events import EventConverter
 from .settings import ENV_MAX_BATCH_BYTES, HookSettings
+from .window import Outcome, UnackedWindow
 
 logger = logging.getLogger("vllm_hooks")
 
@@ -59,14 +58,6 @@ RETRY_REFUSED_S = 1.0
 _CONNECT_TIMEOUT_S = 1.0
 #: Batches made per flush before the session loop checks its deadlines again.
 _MAX_BATCHES_PER_FLUSH = 16
-
-
-@dataclass
-class _Unacked:
-    batch: pb.Batch
-    size: int
-    #: The agent answered "not stored"; only such batches may be dropped under the cap.
-    refused: bool = False
 
 
 @dataclass
@@ -119,18 +110,10 @@ class Sender:
         self._filler = BatchFiller(buffer, converter, errors, settings.batch_events,
                                    settings.max_batch_bytes)
         self._seq = 0
-        self._unacked: OrderedDict[int, _Unacked] = OrderedDict()
-        self._unacked_bytes = 0
-        self._refused_bytes = 0
-        #: Sent and not answered yet, in send order: seq -> monotonic send time. The first
-        #: entry is the oldest, which the ack deadline watches.
-        self._inflight: OrderedDict[int, float] = OrderedDict()
+        self._window = UnackedWindow(settings.unacked_bytes, buffer)
         self._acks = 0
         #: Set by the reader when a retried batch was stored: the agent has room again.
         self._retry_all = threading.Event()
-        #: Guards `_unacked`, `_inflight`, the byte counts and `_missing` (reader and sender).
-        self._unacked_lock = threading.Lock()
-        self._missing: tuple[int, int] | None = None
         #: Held while a batch is made, so flush() never sees events half-way there.
         self._batch_lock = threading.Lock()
         self._errors_reported: dict[str, int] = {}
@@ -154,7 +137,7 @@ class Sender:
             if not self._batch_lock.acquire(timeout=remaining):
                 return False
             try:
-                if not self._filler.waiting() and self._all_answered():
+                if not self._filler.waiting() and self._window.all_answered():
                     return True
             finally:
                 self._batch_lock.release()
@@ -170,21 +153,14 @@ class Sender:
         self._buffer.wakeup.set()
         if self._started:
             self._thread.join(timeout=max(0.1, timeout))
-        with self._unacked_lock:
-            unacked_events = sum(len(u.batch.events) for u in self._unacked.values())
-        lost = {"buffered": len(self._buffer) + self._filler.pending(), "unacked": unacked_events}
+        lost = {"buffered": len(self._buffer) + self._filler.pending(),
+                "unacked": self._window.events()}
         if any(lost.values()):
             logger.warning("vllm-audit: shutdown left events undelivered: %s", lost)
         return lost
 
-    def _all_answered(self) -> bool:
-        """Nothing kept for resend and no dropped batch still to be named by a gap marker."""
-        with self._unacked_lock:
-            return not self._unacked and self._missing is None
-
     def unacked_batches(self) -> int:
-        with self._unacked_lock:
-            return len(self._unacked)
+        return len(self._window)
 
     # -- the thread ------------------------------------------------------------------------
     def _run(self) -> None:
@@ -230,7 +206,7 @@ class Sender:
             self.stats.reconnects += 1
             self.stats.connected = True
             # A new stream: everything kept is resent (the agent drops what it already has).
-            self._resend(outq, self._take_for_resend(refused_only=False, restart=True))
+            self._resend(outq, self._window.take_for_resend(refused_only=False, restart=True))
             interval = self._settings.flush_ms / 1000.0
             ack_timeout = self._settings.ack_timeout_ms / 1000.0
             next_retry = time.monotonic() + RETRY_REFUSED_S
@@ -239,12 +215,12 @@ class Sender:
                 self._buffer.wakeup.clear()
                 if self._retry_all.is_set():
                     self._retry_all.clear()
-                    self._resend(outq, self._take_for_resend(refused_only=True))
+                    self._resend(outq, self._window.take_for_resend(refused_only=True))
                 elif time.monotonic() >= next_retry:
                     next_retry = time.monotonic() + RETRY_REFUSED_S
-                    self._resend(outq, self._take_for_resend(refused_only=True, limit=1))
+                    self._resend(outq, self._window.take_for_resend(refused_only=True, limit=1))
                 self._flush_into(outq)
-                if self._oldest_unanswered_age() > ack_timeout:
+                if self._window.oldest_unanswered_age() > ack_timeout:
                     # The agent took the stream but stopped answering: start over.
                     self.stats.ack_timeouts += 1
                     logger.warning("vllm-audit: no answer from the agent for %.1fs; reconnecting",
@@ -269,78 +245,34 @@ class Sender:
             assert isinstance(item, pb.Batch)
             yield item
 
-    def _take_for_resend(self, refused_only: bool, limit: int | None = None,
-                         restart: bool = False) -> list[pb.Batch]:
-        """Marks kept batches as unanswered again (oldest first) and returns them to send.
-        `restart`: a new stream, on which nothing is in flight yet."""
-        out: list[pb.Batch] = []
-        now = time.monotonic()
-        with self._unacked_lock:
-            if restart:
-                self._inflight.clear()
-            for seq, entry in self._unacked.items():
-                if limit is not None and len(out) >= limit:
-                    break
-                if refused_only and not entry.refused:
-                    continue
-                if entry.refused:
-                    entry.refused = False
-                    self._refused_bytes -= entry.size
-                self._inflight.pop(seq, None)
-                self._inflight[seq] = now
-                out.append(entry.batch)
-        return out
-
     @staticmethod
     def _resend(outq: queue.SimpleQueue[object], batches: list[pb.Batch]) -> None:
         for batch in batches:
             outq.put(batch)
 
-    def _oldest_unanswered_age(self) -> float:
-        with self._unacked_lock:
-            sent = next(iter(self._inflight.values()), None)
-        return 0.0 if sent is None else time.monotonic() - sent
-
     def _on_ack(self, ack: ingest_pb2.Ack) -> None:
         if ack.epoch and ack.epoch != self.epoch:
             return  # an answer to another sender that used our source id
         self._acks += 1
-        lost: pb.Batch | None = None
-        with self._unacked_lock:
-            entry = self._unacked.get(ack.seq)
-            if entry is None:
-                return
-            self._inflight.pop(ack.seq, None)
-            if ack.refused and not refusals.is_permanent(ack.refusal):
-                if not entry.refused:
-                    entry.refused = True
-                    self._refused_bytes += entry.size
-                self.stats.batches_refused += 1
-                return
-            del self._unacked[ack.seq]
-            self._unacked_bytes -= entry.size
-            if entry.refused:
-                self._refused_bytes -= entry.size
-            had_refused = self._refused_bytes > 0
-            if ack.refused:
-                # Dropped and named in one step, so flush() never sees it gone but unnamed.
-                lost = entry.batch
-                self._account_lost_batch(lost, refusals.drop_reason(ack.refusal))
-        if lost is not None:
+        outcome = self._window.answer(ack.seq, ack.refused, ack.refusal)
+        if outcome is Outcome.KEPT:
             self.stats.batches_refused += 1
-            self._log_refusal(lost, ack)
-            return
-        self.stats.batches_acked += 1
-        if had_refused:
-            # Stored after all: the agent has room again, so send the rest of what it refused.
-            self._retry_all.set()
+        elif outcome is Outcome.DROPPED:
+            self.stats.batches_refused += 1
+            self.stats.batches_dropped += 1
+            self._log_refusal(ack)
+        elif outcome is Outcome.STORED:
+            self.stats.batches_acked += 1
+            if self._window.has_refused():
+                # Stored after all: the agent has room again, so send the rest it refused.
+                self._retry_all.set()
 
-    def _log_refusal(self, batch: pb.Batch, ack: ingest_pb2.Ack) -> None:
+    def _log_refusal(self, ack: ingest_pb2.Ack) -> None:
         if ack.refusal not in self._refusals_logged:
             # Once per reason: a log line per batch could flood vLLM's log.
             self._refusals_logged.add(ack.refusal)
             logger.warning("vllm-audit: the agent refused batch %d (%s): %s; dropped and counted",
-                           batch.seq, refusals.drop_reason(ack.refusal), ack.reason)
+                           ack.seq, refusals.drop_reason(ack.refusal), ack.reason)
 
     def _read(self, responses: Iterator[ingest_pb2.IngestReply],
               cancelling: threading.Event) -> None:
@@ -368,13 +300,9 @@ class Sender:
                              "its max message size must exceed %s=%d",
                              ENV_MAX_BATCH_BYTES, self._settings.max_batch_bytes)
 
-    def _unanswered_bytes(self) -> int:
-        with self._unacked_lock:
-            return self._unacked_bytes - self._refused_bytes
-
     def _flush_into(self, outq: queue.SimpleQueue[object]) -> None:
         for _ in range(_MAX_BATCHES_PER_FLUSH):
-            if self._unanswered_bytes() >= self._settings.unacked_bytes:
+            if self._window.unanswered_bytes() >= self._settings.unacked_bytes:
                 return  # back-pressure: events wait in the bounded buffer
             batch = self._make_batch()
             if batch is None:
@@ -401,8 +329,7 @@ class Sender:
     def _make_batch_locked(self) -> pb.Batch | None:
         # The missing range first, then the drop counts: a lost batch's events are counted
         # before its range is set, so a range taken here comes with its counts.
-        with self._unacked_lock:
-            missing, self._missing = self._missing, None
+        missing = self._window.take_missing()
         drops = self._buffer.take_drops()
         drops.update(self._new_internal_errors())
         batch = pb.Batch(
@@ -424,45 +351,5 @@ class Sender:
         self._seq += 1
         self.stats.batches_sent += 1
         self.stats.events_sent += len(batch.events)
-        with self._unacked_lock:
-            self._unacked[batch.seq] = _Unacked(batch, size)
-            self._unacked_bytes += size
-            self._inflight[batch.seq] = time.monotonic()
-            for old in self._evict_refused_over_cap():
-                self._account_lost_batch(old, "unacked_overflow")
+        self.stats.batches_dropped += self._window.add(batch, size)
         return batch
-
-    def _evict_refused_over_cap(self) -> list[pb.Batch]:
-        """Drops the oldest refused batches while over the byte cap (caller holds the lock)."""
-        if self._unacked_bytes <= self._settings.unacked_bytes:
-            return []
-        evicted: list[pb.Batch] = []
-        for seq, entry in list(self._unacked.items()):
-            if self._unacked_bytes <= self._settings.unacked_bytes:
-                break
-            if entry.refused:
-                del self._unacked[seq]
-                self._unacked_bytes -= entry.size
-                self._refused_bytes -= entry.size
-                evicted.append(entry.batch)
-        return evicted
-
-    def _account_lost_batch(self, old: pb.Batch, reason: str) -> None:
-        """Counts a dropped batch's events under `reason` and names it in the next gap marker.
-        Called, holding `_unacked_lock`, from the sender thread (cap) and the reader thread
-        (permanent refusal). The counts go in before the range (see `_make_batch_locked`)."""
-        self.stats.batches_dropped += 1
-        if old.events:
-            self._buffer.count_drop(reason, len(old.events))
-        # The lost batch's own gap marker must not vanish with it: its drop counts and its
-        # missing range move to the next batch.
-        self._buffer.restore_drops(dict(old.gap.dropped_by_reason))
-        first, last = old.seq, old.seq
-        if old.gap.first_missing_seq:
-            first = min(first, old.gap.first_missing_seq)
-            last = max(last, old.gap.last_missing_seq)
-        if self._missing is not None:
-            first, last = min(first, self._missing[0]), max(last, self._missing[1])
-        self._missing = (first, last)
-        # A gap marker is due even when no new event comes.
-        self._buffer.wakeup.set()
