@@ -69,6 +69,10 @@ class SenderStats:
     #: Batches given up: refused-and-kept past the byte cap, or refused permanently.
     batches_dropped: int = 0
     events_sent: int = 0
+    #: Events of batches refused for a permanent reason, by drop reason (also in the gap
+    #: marker that follows); born at 0 for every permanent reason.
+    events_refused: dict[str, int] = field(
+        default_factory=lambda: dict.fromkeys(refusals.PERMANENT_DROP_REASONS, 0))
     #: Events cut to fit the per-batch byte cap and sent marked `truncated` (not a drop).
     events_truncated: int = 0
     reconnects: int = 0
@@ -254,12 +258,14 @@ class Sender:
         if ack.epoch and ack.epoch != self.epoch:
             return  # an answer to another sender that used our source id
         self._acks += 1
-        outcome = self._window.answer(ack.seq, ack.refused, ack.refusal)
+        outcome, events = self._window.answer(ack.seq, ack.refused, ack.refusal)
         if outcome is Outcome.KEPT:
             self.stats.batches_refused += 1
         elif outcome is Outcome.DROPPED:
             self.stats.batches_refused += 1
             self.stats.batches_dropped += 1
+            reason = refusals.drop_reason(ack.refusal)
+            self.stats.events_refused[reason] = self.stats.events_refused.get(reason, 0) + events
             self._log_refusal(ack)
         elif outcome is Outcome.STORED:
             self.stats.batches_acked += 1

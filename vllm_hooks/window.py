@@ -107,22 +107,25 @@ class UnackedWindow:
             return self._bytes - self._refused_bytes
 
     # -- the reader thread -------------------------------------------------------------------
-    def answer(self, seq: int, refused: bool, refusal: int) -> Outcome:
+    def answer(self, seq: int, refused: bool, refusal: int) -> tuple[Outcome, int]:
+        """Applies the agent's answer to batch `seq`. Returns the outcome and the batch's
+        number of events."""
         with self._lock:
             entry = self._kept.get(seq)
             if entry is None:
-                return Outcome.UNKNOWN
+                return Outcome.UNKNOWN, 0
+            events = len(entry.batch.events)
             self._inflight.pop(seq, None)
             if refused and not refusals.is_permanent(refusal):
                 if not entry.refused:
                     entry.refused = True
                     self._refused_bytes += entry.size
-                return Outcome.KEPT
+                return Outcome.KEPT, events
             self._remove(seq, entry)
             if refused:
                 self._account_lost(entry.batch, refusals.drop_reason(refusal))
-                return Outcome.DROPPED
-            return Outcome.STORED
+                return Outcome.DROPPED, events
+            return Outcome.STORED, events
 
     def has_refused(self) -> bool:
         with self._lock:

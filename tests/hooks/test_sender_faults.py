@@ -195,6 +195,7 @@ async def test_permanent_refusals_are_dropped_counted_and_named_retriable_ones_r
             assert {t.request_id for t in page.trails} == request_ids(EVENTS) - {"req0002",
                                                                                   "req0006"}
     assert sender.stats.batches_dropped == 2
+    assert sender.stats.events_refused == {"refused_invalid": 1, "refused_too_big": 1}
     assert sender.stats.batches_refused == 4
     named = [(b.gap.first_missing_seq, b.gap.last_missing_seq) for b in proxy.received
              if b.gap.first_missing_seq]
