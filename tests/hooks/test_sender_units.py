@@ -13,7 +13,7 @@ from vllm_hooks.capture import CapturePolicy
 from vllm_hooks.errors import InternalErrors
 from vllm_hooks.raw_events import EventConverter
 from vllm_hooks.refusals import PERMANENT_DROP_REASONS, drop_reason, is_permanent
-from vllm_hooks.sender import new_epoch
+from vllm_hooks.sender import SenderStats, new_epoch
 from vllm_hooks.settings import (
     ENV_ACK_TIMEOUT_MS,
     ENV_MAX_BATCH_BYTES,
@@ -52,6 +52,7 @@ def test_refusal_names_derive_from_the_proto_enum() -> None:
     assert not is_permanent(ingest_pb2.REFUSAL_REASON_DISK_FULL)
     assert not is_permanent(99)
     assert is_permanent(ingest_pb2.REFUSAL_REASON_TOO_BIG)
+    assert SenderStats().events_refused == {"refused_invalid": 0, "refused_too_big": 0}
 
 
 def test_epochs_are_non_zero_63_bit_and_differ() -> None:
