@@ -21,11 +21,15 @@ ENV_WAL_MAX_BYTES = "VLLM_AUDIT_WAL_MAX_BYTES"      # cap on what is owed downst
 ENV_WAL_SEGMENT_BYTES = "VLLM_AUDIT_WAL_SEGMENT_BYTES"  # unit of reclaim; 0 = derived from cap
 ENV_MAX_TRAILS = "VLLM_AUDIT_MAX_TRAILS"
 ENV_MAX_TRAIL_EVENTS = "VLLM_AUDIT_MAX_TRAIL_EVENTS"
+ENV_MAX_TRAIL_BYTES = "VLLM_AUDIT_MAX_TRAIL_BYTES"  # memory cap of the trail store
+ENV_SHUTDOWN_TIMEOUT = "VLLM_AUDIT_SHUTDOWN_TIMEOUT_SECONDS"  # < the pod's grace period
 ENV_KAFKA_BOOTSTRAP = "VLLM_AUDIT_KAFKA_BOOTSTRAP"  # unset = no Kafka
 ENV_KAFKA_TOPIC_PREFIX = "VLLM_AUDIT_KAFKA_TOPIC_PREFIX"
 ENV_AUDIT_LEVEL = "VLLM_AUDIT_LEVEL"                # pushed to every hook
 ENV_LINGER_SECONDS = "VLLM_AUDIT_LINGER_SECONDS"
 ENV_GPU = "VLLM_AUDIT_GPU"                          # nvml | none | fake
+# Deadline for the flush on SIGTERM; below the orchestrator's grace period (Kubernetes'
+# terminationGracePeriodSeconds, 30 s by default) so the agent reports what it lost itself.
 
 WAL_FSYNC_POLICIES = ("always", "batch", "never")
 GPU_READERS = ("nvml", "none", "fake")
@@ -62,6 +66,11 @@ class AgentConfig:
     wal_segment_bytes: int = 0
     max_trails: int = 100_000
     max_trail_events: int = 10_000
+    #: The chart gives the agent 1 GiB; trails get a quarter of it by default.
+    max_trail_bytes: int = 256 << 20
+    #: The whole stop (drain ingest, flush trails, publisher, NVML) fits in this; it must be
+    #: shorter than Kubernetes' terminationGracePeriodSeconds (30 s by default).
+    shutdown_timeout_seconds: float = 20.0
     kafka_bootstrap: str | None = None
     kafka_topic_prefix: str = "vllm-audit"
     audit_level: int = events_pb2.AUDIT_LEVEL_SUMMARY
@@ -76,7 +85,8 @@ class AgentConfig:
             raise ValueError(f"wal_fsync={self.wal_fsync!r}; expected {WAL_FSYNC_POLICIES}")
         if self.gpu not in GPU_READERS:
             raise ValueError(f"gpu={self.gpu!r}; expected one of {GPU_READERS}")
-        for name in ("wal_max_bytes", "max_trails", "max_trail_events"):
+        for name in ("wal_max_bytes", "max_trails", "max_trail_events", "max_trail_bytes",
+                     "shutdown_timeout_seconds"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be > 0")
         if self.wal_segment_bytes < 0:
@@ -112,6 +122,8 @@ class AgentConfig:
         number(ENV_WAL_SEGMENT_BYTES, "wal_segment_bytes", int)
         number(ENV_MAX_TRAILS, "max_trails", int)
         number(ENV_MAX_TRAIL_EVENTS, "max_trail_events", int)
+        number(ENV_MAX_TRAIL_BYTES, "max_trail_bytes", int)
+        number(ENV_SHUTDOWN_TIMEOUT, "shutdown_timeout_seconds", float)
         number(ENV_LINGER_SECONDS, "linger_seconds", float)
         if env.get(ENV_AUDIT_LEVEL):
             values["audit_level"] = parse_level(env[ENV_AUDIT_LEVEL])

@@ -26,8 +26,8 @@ class DataDirLocked(RuntimeError):
 
     def __init__(self, directory: Path, holder: str) -> None:
         super().__init__(
-            f"data directory {directory} is in use by another agent (pid {holder}); "
-            "run one agent per data directory")
+            f"data directory {directory} is locked by another agent (pid {holder}, "
+            f"{directory / LOCK_NAME}); run one agent per data directory")
         self.directory = directory
         self.holder = holder
 

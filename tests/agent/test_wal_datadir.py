@@ -24,8 +24,8 @@ def test_a_second_lock_in_this_process_is_refused_until_the_first_is_released(
         with pytest.raises(DataDirLocked) as refused, DataDirLock(tmp_path / "data"):
             pass
         assert str(refused.value) == (
-            f"data directory {tmp_path / 'data'} is in use by another agent "
-            f"(pid {os.getpid()}); run one agent per data directory")
+            f"data directory {tmp_path / 'data'} is locked by another agent "
+            f"(pid {os.getpid()}, {tmp_path / 'data' / 'LOCK'}); run one agent per data directory")
         assert first.held
     with DataDirLock(tmp_path / "data") as again:  # released: free again
         assert again.held
@@ -45,7 +45,7 @@ def test_a_lock_held_by_another_process_names_it_and_dies_with_it(tmp_path: Path
         """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
-        with pytest.raises(DataDirLocked, match=f"in use by another agent \\(pid {holder.pid}\\)"):
+        with pytest.raises(DataDirLocked, match=f"locked by another agent \\(pid {holder.pid},"):
             DataDirLock(tmp_path / "data").acquire()
         holder.kill()  # a crash: the kernel drops the lock, nothing stale is left behind
         holder.wait(timeout=30)
@@ -63,15 +63,15 @@ async def test_a_second_agent_on_the_same_directory_fails_to_start(tmp_path: Pat
         with pytest.raises(DataDirLocked, match=f"pid {os.getpid()}"):
             async with running_agent(agent_config(tmp_path / "second", data_dir=tmp_path / "data")):
                 pass
-        # As a process (the CLI): exits with the message, rc 2.
+        # As a process (the CLI): exits with the message, rc 1.
         second = await asyncio.to_thread(
             subprocess.run, [sys.executable, "-m", "agent.cli", "agent", "--data-dir", str(tmp_path / "data"),
              "--ingest-socket", str(tmp_path / "second.sock"), "--query-address", "127.0.0.1:0",
              "--http-address", "127.0.0.1:0", "--gpu", "none"],
             capture_output=True, text=True, timeout=60)  # (the first agent keeps serving)
-        assert second.returncode == 2
-        assert (f"vllm-audit: data directory {tmp_path / 'data'} is in use by another agent "
-                f"(pid {os.getpid()})") in second.stderr
+        assert second.returncode == 1
+        assert (f"vllm-audit: agent cannot start: data directory {tmp_path / 'data'} is locked "
+                f"by another agent (pid {os.getpid()},") in second.stderr
         # The first agent is untouched: it still stores and acks.
         reply = await hook.send(1, lifecycle("0-10ck0000", pb.LIFECYCLE_PHASE_FINISHED, 10**15,
                                              finish_reason="stop"))
