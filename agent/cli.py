@@ -47,6 +47,7 @@ from .config import (
     ENV_MAX_TRAIL_EVENTS,
     ENV_MAX_TRAILS,
     ENV_QUERY_ADDRESS,
+    ENV_READY_REQUIRES,
     ENV_SHUTDOWN_TIMEOUT,
     ENV_WAL_FSYNC,
     ENV_WAL_MAX_BYTES,
@@ -59,6 +60,8 @@ from .config import (
     parse_level,
 )
 from .datadir import DataDirLocked
+from .readiness import CONDITIONS as READY_CONDITIONS
+from .readiness import parse_required
 from .records import message_to_dict, trail_record
 
 PROG = "vllm-audit"
@@ -148,6 +151,10 @@ def _agent_parser(sub: Any) -> None:
     a.add_argument("--max-trail-bytes", type=int, metavar="BYTES",
                    help="memory cap of the trail store; oldest evicted first, counted "
                         f"({_env(ENV_MAX_TRAIL_BYTES)}; default {d.max_trail_bytes})")
+    a.add_argument("--ready-requires", metavar="LIST",
+                   help="comma-separated conditions /readyz requires: "
+                        f"{', '.join(READY_CONDITIONS)} ({_env(ENV_READY_REQUIRES)}; "
+                        f"default {','.join(d.ready_requires)})")
     a.add_argument("--gpu", choices=GPU_READERS,
                    help=f"GPU telemetry reader ({_env(ENV_GPU)}; default {d.gpu})")
     a.add_argument("--shutdown-timeout", type=float, metavar="S",
@@ -268,6 +275,8 @@ def _run_agent(args: argparse.Namespace) -> int:
         linger_seconds=args.linger_seconds, max_trails=args.max_trails,
         max_trail_events=args.max_trail_events, max_trail_bytes=args.max_trail_bytes,
         gpu=args.gpu,
+        ready_requires=(parse_required(args.ready_requires)
+                        if args.ready_requires is not None else None),
         shutdown_timeout_seconds=args.shutdown_timeout,
     )
     for field, address in (("--query-address", config.query_address),

@@ -30,7 +30,9 @@ from prometheus_client.registry import Collector
 from . import reasons as r
 from .engines import SourceSeries
 from .gpu_metrics import gpu_metrics
+from .readiness import readiness
 from .state import AgentState
+from .wal import WRITE_ERROR_REASONS
 
 ENGINE_LABELS = ["source", "model", "engine_index"]
 #: Engine gauges and counters: (EngineStats field, metric name, help, is counter).
@@ -158,6 +160,15 @@ class AgentCollector(Collector):
         yield counter("vllm_audit_wal_torn_tail_bytes",
                       "Bytes cut from a torn WAL tail at start (a crash mid-append)",
                       st.agent_dropped["wal_torn_tail_bytes"])
+        yield counter("vllm_audit_wal_damaged_bytes",
+                      "Damaged WAL bytes found at start, moved to the quarantine directory",
+                      st.agent_dropped["wal_damaged_bytes"])
+        yield labelled("vllm_audit_wal_failed_appends", "WAL appends the file system refused "
+                       "(the log was left as it was and the batch refused)", "reason",
+                       st.wal.failed_appends, WRITE_ERROR_REASONS)
+        yield GaugeMetricFamily("vllm_audit_wal_writable",
+                                "1 while the WAL's file system accepts appends",
+                                value=1 if st.wal.healthy else 0)
         pc = st.publisher.counters
         yield labelled("vllm_audit_publisher_lost_records", "Records the publisher lost",
                        "reason", r.publisher_losses(pc), r.PUBLISHER_RECORD_LOSS_REASONS)
@@ -302,9 +313,9 @@ class HttpEndpoint:
             elif path == "/healthz":
                 status, body = "200 OK", b"ok\n"
             elif path == "/readyz":
-                ready = self.state.ready
+                ready, text = readiness(self.state)
                 status = "200 OK" if ready else "503 Service Unavailable"
-                body = b"ready\n" if ready else b"not ready\n"
+                body = (("ready\n" if ready else "not ready\n") + text).encode()
             else:
                 status, body = "404 Not Found", b"not found\n"
             head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())

@@ -38,7 +38,7 @@ HOOK_MISSING_BATCHES = "missing_batches"
 #: records (one per batch) found damaged at replay. Refusals have their own enum and family.
 AGENT_BATCH_DROP_REASONS = ("invalid_batch", "wal_damaged_records", OTHER)
 #: AgentState.agent_dropped keys counted in bytes, each exported as its own family.
-AGENT_BYTE_DROP_KEYS = ("wal_torn_tail_bytes",)
+AGENT_BYTE_DROP_KEYS = ("wal_torn_tail_bytes", "wal_damaged_bytes")
 #: Records the publisher lost, by reason: publisher.counters keys with their prefix
 #: (`dropped_`, `lost_`) removed; `failed` has none.
 PUBLISHER_RECORD_LOSS_REASONS = ("memory_cap", "queue_full", "failed", "at_shutdown", OTHER)

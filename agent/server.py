@@ -87,6 +87,7 @@ async def _running_agent(config: AgentConfig, publisher: Publisher | None,
         logger.warning("WAL had a torn tail of %d bytes (truncated)", wal.torn_tail_bytes)
     if wal.damaged_records or wal.damaged_bytes:
         state.agent_dropped["wal_damaged_records"] += wal.damaged_records
+        state.agent_dropped["wal_damaged_bytes"] += wal.damaged_bytes
         logger.warning("WAL had %d damaged records (%d bytes), kept in %s", wal.damaged_records,
                        wal.damaged_bytes, wal.quarantine_dir)
     replayed = replay_wal(state)
