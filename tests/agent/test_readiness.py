@@ -44,24 +44,33 @@ async def test_kafka_down_is_informational_unless_required(tmp_path: Path) -> No
         assert status == 503 and "kafka_connected: failing (required)" in body
 
 
+def mount_tmpfs(path: Path, size: str) -> bool:
+    path.mkdir()
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                          capture_output=True, check=False).returncode == 0
+
+
+def fill(path: Path) -> None:
+    """Writes until the file system says it is full."""
+    with open(path, "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 4096)
+                f.flush()
+        except OSError:
+            pass
+
+
 async def test_a_disk_that_refuses_appends_makes_the_agent_unready(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    data.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(data)],
-                      capture_output=True, check=False).returncode:
+    if not await asyncio.to_thread(mount_tmpfs, data, "512k"):
         pytest.skip("cannot mount a tmpfs here (needs root)")
     try:
         async with agent(tmp_path, data_dir=data) as (handle, _), \
                 Hook(handle.state.config.ingest_socket) as hook:
             assert (await readyz(handle))[0] == 200
             filler = data / "filler"
-            with open(filler, "wb") as f:
-                try:
-                    while True:
-                        f.write(b"\0" * 4096)
-                        f.flush()
-                except OSError:
-                    pass
+            await asyncio.to_thread(fill, filler)
             big = "x" * 8192
             reply = await hook.send(1, pb.Event(time_unix_nano=1, request_id="r", http=pb.HttpRequest(
                 status_code=200, prompt=big)))
@@ -73,4 +82,4 @@ async def test_a_disk_that_refuses_appends_makes_the_agent_unready(tmp_path: Pat
             assert not reply.ack.refused
             assert (await readyz(handle))[0] == 200
     finally:
-        subprocess.run(["umount", "-l", str(data)], check=False)
+        await asyncio.to_thread(subprocess.run, ["umount", "-l", str(data)], check=False)
