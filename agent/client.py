@@ -101,10 +101,12 @@ class _AioBearerStream(_AioStream):
         return await continuation(_aio_details(client_call_details, self.token), request)
 
 
-def channel(address: str, token: str | None, tls: ClientTls | None = None) -> grpc.Channel:
+def channel(address: str, token: str | None, tls: ClientTls | None = None,
+            options: list[tuple[str, Any]] | None = None) -> grpc.Channel:
     """A blocking channel (the CLI, the e2e tests)."""
-    raw = (grpc.secure_channel(address, tls.credentials(), options=tls.options()) if tls
-           else grpc.insecure_channel(address))
+    options = list(options or [])
+    raw = (grpc.secure_channel(address, tls.credentials(), options=tls.options() + options)
+           if tls else grpc.insecure_channel(address, options=options))
     return grpc.intercept_channel(raw, _SyncBearer(token)) if token else raw
 
 

@@ -12,6 +12,8 @@ from pathlib import Path
 
 from vllm_audit.v1 import events_pb2
 
+from .readiness import DEFAULT_REQUIRED, parse_required
+
 ENV_INGEST_SOCKET = "VLLM_AUDIT_INGEST_SOCKET"      # Unix socket for hooks
 ENV_QUERY_ADDRESS = "VLLM_AUDIT_QUERY_ADDRESS"      # host:port of the query/control API
 ENV_HTTP_ADDRESS = "VLLM_AUDIT_HTTP_ADDRESS"        # host:port of /metrics /healthz /readyz
@@ -23,6 +25,7 @@ ENV_MAX_TRAILS = "VLLM_AUDIT_MAX_TRAILS"
 ENV_MAX_TRAIL_EVENTS = "VLLM_AUDIT_MAX_TRAIL_EVENTS"
 ENV_MAX_TRAIL_BYTES = "VLLM_AUDIT_MAX_TRAIL_BYTES"  # memory cap of the trail store
 ENV_SHUTDOWN_TIMEOUT = "VLLM_AUDIT_SHUTDOWN_TIMEOUT_SECONDS"  # < the pod's grace period
+ENV_READY_REQUIRES = "VLLM_AUDIT_READY_REQUIRES"    # conditions /readyz requires (readiness.py)
 ENV_KAFKA_BOOTSTRAP = "VLLM_AUDIT_KAFKA_BOOTSTRAP"  # unset = no Kafka
 ENV_KAFKA_TOPIC_PREFIX = "VLLM_AUDIT_KAFKA_TOPIC_PREFIX"
 ENV_AUDIT_LEVEL = "VLLM_AUDIT_LEVEL"                # pushed to every hook
@@ -38,6 +41,8 @@ ENV_INGEST_SOCKET_GROUP = "VLLM_AUDIT_INGEST_SOCKET_GROUP"  # group of the 0660 
 ENV_METRICS_TOKEN_FILE = "VLLM_AUDIT_METRICS_TOKEN_FILE"    # set: /metrics needs this bearer
 # Seconds a connected hook has to apply a new level before it counts as a mismatch.
 ENV_LEVEL_APPLY_DEADLINE = "VLLM_AUDIT_LEVEL_APPLY_DEADLINE_SECONDS"
+# Deadline for the flush on SIGTERM; below the orchestrator's grace period (Kubernetes'
+# terminationGracePeriodSeconds, 30 s by default) so the agent reports what it lost itself.
 
 WAL_FSYNC_POLICIES = ("always", "batch", "never")
 GPU_READERS = ("nvml", "none", "fake")
@@ -104,6 +109,8 @@ class AgentConfig:
     ingest_socket_group: str | None = None
     metrics_token_file: Path | None = None
     level_apply_deadline_seconds: float = 10.0
+    #: Conditions /readyz requires besides serving (agent/readiness.py).
+    ready_requires: tuple[str, ...] = DEFAULT_REQUIRED
 
     def __post_init__(self) -> None:
         parse_address("query_address", self.query_address)
@@ -120,6 +127,7 @@ class AgentConfig:
             raise ValueError(f"wal_segment_bytes={self.wal_segment_bytes!r} must be >= 0")
         if self.linger_seconds <= 0:
             raise ValueError(f"linger_seconds={self.linger_seconds!r} must be > 0")
+        parse_required(",".join(self.ready_requires))
         if self.audit_level not in LEVELS.values():
             raise ValueError(f"audit_level={self.audit_level!r} is not a known level")
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -159,6 +167,8 @@ class AgentConfig:
         number(ENV_MAX_TRAIL_BYTES, "max_trail_bytes", int)
         number(ENV_SHUTDOWN_TIMEOUT, "shutdown_timeout_seconds", float)
         number(ENV_LINGER_SECONDS, "linger_seconds", float)
+        if env.get(ENV_READY_REQUIRES) is not None:
+            values["ready_requires"] = parse_required(env[ENV_READY_REQUIRES])
         if env.get(ENV_AUDIT_LEVEL):
             values["audit_level"] = parse_level(env[ENV_AUDIT_LEVEL])
         for var, field in ((ENV_AUTH_TOKENS_FILE, "auth_tokens_file"), (ENV_TLS_CERT, "tls_cert"),

@@ -37,7 +37,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         session.outbox.put_nowait(state.hook_config())
         try:
             async for batch in request_iterator:
-                session.source_id = batch.source_id  # for the per-source level report
+                session.source_id = batch.source_id  # metrics: which sources are connected
                 reply = await self.handle(batch)
                 if reply is not None:
                     session.outbox.put_nowait(reply)

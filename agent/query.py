@@ -119,6 +119,7 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         f = Filter(model=request.model, user=request.user, tenant=scoped_tenant(request.tenant),
                    state=request.state, structured_only=request.structured_only,
+                   client_request_id=request.client_request_id,
                    finish_reason=request.finish_reason, since_unix_ms=request.since_unix_ms,
                    until_unix_ms=request.until_unix_ms)
         page, next_seq = self.index.page(f, after, size)

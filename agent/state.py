@@ -17,10 +17,12 @@ from vllm_audit.v1 import ingest_pb2
 from vllm_audit.v1 import query_pb2 as q
 
 from .config import AgentConfig
+from .engines import EngineTable
 from .gpu import GpuSampler
 from .level_file import PersistedLevel, load_level, save_level
 from .publisher import Publisher
 from .records import message_to_dict, trail_record
+from .request_metrics import RequestMetrics
 from .sources import SourceState
 from .trails import Trail, TrailStore
 from .wal import WriteAheadLog
@@ -62,6 +64,7 @@ class AgentState:
         self.sessions: set[Session] = set()
         # -- level control --
         self.level = config.audit_level
+        self.trails.audit_level = config.audit_level
         self.level_version = 1
         #: Random per agent start: a hook takes any config from an epoch it has not seen, so a
         #: restarted agent (versions from 1 again) is never ignored.
@@ -74,9 +77,11 @@ class AgentState:
         self.ready = False
         #: Internal errors swallowed by the agent; tests assert this stays empty.
         self.errors: Counter[str] = Counter()
+        self.engines, self.request_metrics = EngineTable(), RequestMetrics()
 
     def _on_final(self, trail: Trail) -> None:
         summary = trail.summary
+        self.request_metrics.observe(summary)
         self.publisher.offer("requests", summary.request_id, trail_record(summary),
                              on_done=lambda: self.trails.delivered(trail))
 
@@ -113,7 +118,7 @@ class AgentState:
             return
         self.level_version = persisted.version
         if persisted.configured_level == self.config.audit_level:
-            self.level = persisted.level
+            self.level = self.trails.audit_level = persisted.level
             logger.info("audit level %s (set through the control API before this start)",
                         pb.AuditLevel.Name(self.level))  # type: ignore[arg-type]
         else:
@@ -132,6 +137,7 @@ class AgentState:
         version = self.level_version + 1
         save_level(self.config.data_dir, PersistedLevel(level, version, self.config.audit_level))
         self.level, self.level_version = level, version
+        self.trails.audit_level = level
         self.level_changed_at = time.monotonic()
         reply = self.hook_config()
         for session in self.sessions:
@@ -173,6 +179,7 @@ class AgentState:
                 batch.applied_level, batch.config_epoch, batch.config_version)
         self.counters["batches"] += 1
         self.counters["events"] += len(batch.events)
+        self.engines.observe_batch(batch, source.model)
         for reason, n in batch.gap.dropped_by_reason.items():
             self.hook_dropped[reason] += n
         if batch.gap.first_missing_seq:
@@ -185,10 +192,9 @@ class AgentState:
         self.trails.apply(batch, segment)
 
     def _publish_stats(self, batch: pb.Batch, source: SourceState, event: pb.Event) -> None:
-        now = time.monotonic()
-        if now - source.last_stats_published < ENGINE_STATS_PUBLISH_INTERVAL_S:
+        if not self.engines.due(batch.source_id, event.engine_stats.engine_index,
+                                ENGINE_STATS_PUBLISH_INTERVAL_S):
             return
-        source.last_stats_published = now
         record = message_to_dict(event.engine_stats)
         record.update({"schema": 1, "source_id": batch.source_id, "model": source.model,
                        "timestamp_ms": event.time_unix_nano // 1_000_000})

@@ -27,9 +27,9 @@ from .trails import Trail, TrailStore
 #: Final trails a watcher may have queued before its stream is ended as too slow.
 WATCH_QUEUE = 10_000
 
-#: (model, user, tenant, state, structured): the values each trail is indexed under.
-Keys = tuple[str, str, str, int, bool]
-_FIELDS = ("model", "user", "tenant", "state", "structured")
+#: (model, user, tenant, state, structured, client_request_id): what a trail is indexed under.
+Keys = tuple[str, str, str, int, bool, str]
+_FIELDS = ("model", "user", "tenant", "state", "structured", "client_request_id")
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,7 @@ class Filter:
     tenant: str = ""
     state: int = 0
     structured_only: bool = False
+    client_request_id: str = ""
     finish_reason: str = ""
     since_unix_ms: int = 0
     until_unix_ms: int = 0
@@ -48,7 +49,8 @@ class Filter:
     def indexed(self) -> list[tuple[str, object]]:
         out: list[tuple[str, object]] = []
         for name, value in (("model", self.model), ("user", self.user),
-                            ("tenant", self.tenant), ("state", self.state)):
+                            ("tenant", self.tenant), ("state", self.state),
+                            ("client_request_id", self.client_request_id)):
             if value:
                 out.append((name, value))
         if self.structured_only:
@@ -61,6 +63,7 @@ class Filter:
             and (not self.user or s.user == self.user)
             and (not self.tenant or s.tenant == self.tenant)
             and (not self.state or s.state == self.state)
+            and (not self.client_request_id or s.client_request_id == self.client_request_id)
             and (not self.finish_reason or s.finish_reason == self.finish_reason)
             and (not self.since_unix_ms or s.created_unix_ms >= self.since_unix_ms)
             and (not self.until_unix_ms or s.created_unix_ms < self.until_unix_ms)
@@ -70,7 +73,7 @@ class Filter:
 
 def _keys(trail: Trail) -> Keys:
     s = trail.summary
-    return (s.model, s.user, s.tenant, s.state, bool(s.grammar_backend))
+    return (s.model, s.user, s.tenant, s.state, bool(s.grammar_backend), s.client_request_id)
 
 
 @dataclass
