@@ -56,6 +56,12 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--shutdown-timeout", type=float, dest="shutdown_timeout_seconds",
                    help="seconds the whole stop may take; keep it under the pod's grace period")
     a.add_argument("--gpu", choices=("nvml", "none", "fake"))
+    a.add_argument("--max-batch-bytes", type=int,
+                   help="per-batch byte cap; a larger batch is refused as too_big "
+                        "(default 2 MiB)")
+    a.add_argument("--max-message-bytes", type=int,
+                   help="gRPC max receive message size of the ingest socket, "
+                        ">= --max-batch-bytes (default 8 MiB)")
 
     for name in ("query", "set-level", "tail"):
         s = sub.add_parser(name)
@@ -97,6 +103,7 @@ def _run_agent(args: argparse.Namespace) -> int:
         linger_seconds=args.linger_seconds, max_trails=args.max_trails, gpu=args.gpu,
         max_trail_bytes=args.max_trail_bytes,
         shutdown_timeout_seconds=args.shutdown_timeout_seconds,
+        max_batch_bytes=args.max_batch_bytes, max_message_bytes=args.max_message_bytes,
     )
     from .server import serve
 

@@ -71,8 +71,15 @@ class AgentCollector(Collector):
                                   "Resent batches dropped as duplicates",
                                   value=st.counters["duplicate_batches"])
         yield _labelled("vllm_audit_ingest_refused_batches",
-                        "Batches refused, not stored (the hook keeps and retries them)", "reason",
-                        {"wal_full": st.counters["refused_batches_wal_full"]})
+                        "Batches refused, not stored (retriable ones are kept and resent by "
+                        "the hook; invalid and too_big ones are dropped)", "reason",
+                        st.refused_by_reason())
+        yield _labelled("vllm_audit_ingest_clamped_fields",
+                        "Event fields repaired by validation at ingest", "field",
+                        st.clamped_fields)
+        yield CounterMetricFamily("vllm_audit_ingest_dedup_holes_skipped",
+                                  "Seq holes the de-dup window gave up on to bound its memory",
+                                  value=st.counters["dedup_holes_skipped"])
         yield _labelled("vllm_audit_hook_dropped_events", "Events the hooks could not deliver",
                         "reason", st.hook_dropped)
         yield _labelled("vllm_audit_agent_dropped", "Items the agent dropped", "reason",

@@ -72,7 +72,8 @@ async def running_agent(config: AgentConfig, publisher: Publisher | None = None,
     await publisher.start()
     gpu.start()
 
-    server = grpc.aio.server()
+    server = grpc.aio.server(
+        options=[("grpc.max_receive_message_length", config.max_message_bytes)])
     ingest_pb2_grpc.add_IngestServiceServicer_to_server(IngestServicer(state), server)
     config.ingest_socket.parent.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(FileNotFoundError):
@@ -119,6 +120,8 @@ async def _stop(state: AgentState, server: grpc.aio.Server, query_server: grpc.a
     state.ready = False
     # Hooks get a moment to receive the acks of batches in flight; then streams are cut.
     grace = min(1.0, timeout / 10)
+    # New batches are refused (shutting_down: the hooks keep them); stores under way finish.
+    await state.stop_ingest(grace)
     await asyncio.gather(server.stop(grace=grace), query_server.stop(grace=grace))
     sweeper.cancel()
     state.trails.flush()
