@@ -12,10 +12,11 @@ Per batch, in order:
    unmarked.
 4. The ack (Ack.epoch echoes the batch's epoch).
 
-An unexpected exception ends the stream with INTERNAL and a message (counted in
-errors["ingest.stream"]): the hook sees a status, reconnects and resends what it has not had
-acked; what was stored is then acked as a duplicate. Configuration (the audit level) is pushed
-on connect and whenever it changes.
+Bytes that do not parse as a Batch end the stream with INVALID_ARGUMENT (counted in
+agent_dropped malformed_batches). An unexpected exception ends the stream with INTERNAL and a
+message (counted in errors["ingest.stream"]): the hook sees a status, reconnects and resends
+what it has not had acked; what was stored is then acked as a duplicate. Configuration (the
+audit level) is pushed on connect and whenever it changes.
 
 Replay at start re-validates and de-duplicates every WAL record; one that cannot be parsed,
 fails validation or fails to apply is counted and its payload kept in <data_dir>/quarantine/,
@@ -34,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 from vllm_audit.v1 import events_pb2 as pb
 from vllm_audit.v1 import ingest_pb2, ingest_pb2_grpc
 
@@ -64,12 +66,17 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         state.sessions.add(session)
         writer = asyncio.create_task(self._write(session, context))
         session.outbox.put_nowait(state.hook_config())
-        failure = ""
+        failure, code = "", grpc.StatusCode.INTERNAL
         try:
             async for batch in request_iterator:
                 session.outbox.put_nowait(await self.handle(batch))
         except asyncio.CancelledError:
             raise
+        except DecodeError as exc:
+            # Bytes that are not a Batch carry no seq to refuse: the stream ends instead.
+            state.agent_dropped["malformed_batches"] += 1
+            failure, code = f"a message on this stream is not a Batch: {exc}", \
+                grpc.StatusCode.INVALID_ARGUMENT
         except Exception as exc:
             state.errors["ingest.stream"] += 1
             logger.exception("ingest stream failed: %r", exc)
@@ -82,7 +89,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                     await asyncio.wait_for(session.outbox.join(), _FLUSH_BEFORE_ABORT_S)
             writer.cancel()
         if failure:
-            await context.abort(grpc.StatusCode.INTERNAL, failure)
+            await context.abort(code, failure)
 
     @staticmethod
     async def _write(session: Session, context: grpc.aio.ServicerContext[Any, Any]) -> None:

@@ -83,7 +83,7 @@ class AgentState:
         for name in ("duplicate_batches", "wal_replay_duplicates", "dedup_holes_skipped",
                      "dedup_epochs_evicted"):
             self.counters[name] += 0
-        for name in ("events_without_body", "replay_quarantined_batches",
+        for name in ("events_without_body", "malformed_batches", "replay_quarantined_batches",
                      "replay_quarantine_failed"):
             self.agent_dropped[name] += 0
 

@@ -32,6 +32,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 
+from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 from vllm_audit.v1 import events_pb2 as pb
 
@@ -62,10 +63,8 @@ _COUNTS = {
 }
 
 
-def _string_fields(descriptor: object) -> tuple[str, ...]:
-    from google.protobuf.descriptor import FieldDescriptor
-
-    return tuple(f.name for f in descriptor.fields  # type: ignore[attr-defined]
+def _string_fields(cls: type[Message]) -> tuple[str, ...]:
+    return tuple(f.name for f in cls.DESCRIPTOR.fields
                  if f.type == FieldDescriptor.TYPE_STRING and not f.is_repeated)
 
 
@@ -74,7 +73,7 @@ _BODIES: dict[str, type[Message]] = {
     "so_step": pb.StructuredOutputStep, "so_summary": pb.StructuredOutputSummary,
     "engine_stats": pb.EngineStats, "http": pb.HttpRequest,
 }
-_STRINGS = {cls.DESCRIPTOR.name: _string_fields(cls.DESCRIPTOR) for cls in _BODIES.values()}
+_STRINGS = {cls.DESCRIPTOR.name: _string_fields(cls) for cls in _BODIES.values()}
 
 
 def _all_fields() -> tuple[str, ...]:
