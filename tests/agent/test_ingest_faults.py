@@ -60,6 +60,16 @@ async def test_poison_numbers_are_clamped_and_the_agent_restarts_cleanly(tmp_pat
             assert trail.events[0].truncated  # marked as altered by the agent
 
 
+async def test_token_counts_that_sum_past_int32_saturate(tmp_path: Path) -> None:
+    most = (1 << 31) - 1
+    async with agent(tmp_path) as (handle, _), Hook(tmp_path / SOCKET) as hook:
+        for seq, sample in enumerate(("0_chatcmpl-big-1a2b3c4d", "1_chatcmpl-big-1a2b3c4d"), 1):
+            assert acked(await hook.send(seq, lifecycle(sample, pb.LIFECYCLE_PHASE_FINISHED, T,
+                                                        num_output_tokens=most)))
+        trail = await query(handle).GetTrail(query_pb2.GetTrailRequest(request_id="big"))
+        assert trail.summary.completion_tokens == most
+
+
 async def test_unreplayable_wal_records_are_quarantined_not_fatal(tmp_path: Path) -> None:
     data = tmp_path / "data"
     wal = WriteAheadLog(data, max_bytes=1 << 20, fsync="never")
