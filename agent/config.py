@@ -96,9 +96,9 @@ class AgentConfig:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be > 0")
         if self.wal_segment_bytes < 0:
             raise ValueError(f"wal_segment_bytes={self.wal_segment_bytes!r} must be >= 0")
-        if self.max_message_bytes < self.max_batch_bytes:
+        if not self.max_batch_bytes <= self.max_message_bytes < 1 << 31:  # gRPC takes an int32
             raise ValueError(f"max_message_bytes={self.max_message_bytes!r} must be >= "
-                             f"max_batch_bytes={self.max_batch_bytes!r}")
+                             f"max_batch_bytes={self.max_batch_bytes!r} and < 2 GiB")
         if self.linger_seconds <= 0:
             raise ValueError(f"linger_seconds={self.linger_seconds!r} must be > 0")
         if self.audit_level not in LEVELS.values():

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import grpc
@@ -13,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from vllm_audit.v1 import events_pb2 as pb
 from vllm_audit.v1 import ingest_pb2, query_pb2
 
+from agent.config import AgentConfig
 from agent.validation import MAX_DURATION_MS, UINT64_MAX
 from agent.wal import WriteAheadLog
 from tests.agent.test_agent import scrape
@@ -259,3 +262,30 @@ async def test_batches_during_shutdown_are_refused_as_retriable(tmp_path: Path) 
         assert reply.ack.refused
         assert reply.ack.refusal == ingest_pb2.REFUSAL_REASON_SHUTTING_DOWN
         assert handle.state.refused_by_reason()["shutting_down"] == 1
+
+
+async def test_the_transport_limit_is_configurable_and_answers_with_a_status(
+        tmp_path: Path) -> None:
+    async with agent(tmp_path, max_batch_bytes=4096, max_message_bytes=16384) as (_h, _), \
+            Hook(tmp_path / SOCKET) as hook:
+        reply = await hook.send(1, http("mid", prompt="p" * 10_000))
+        assert reply.ack.refusal == ingest_pb2.REFUSAL_REASON_TOO_BIG
+        await hook.outbox.put(pb.Batch(source_id=hook.source, seq=2,
+                                       events=[http("over", prompt="p" * 20_000)]))
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            async with asyncio.timeout(10):
+                await hook.reader
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_batch_and_message_caps_come_from_env_and_flags() -> None:
+    config = AgentConfig.from_env({"VLLM_AUDIT_MAX_BATCH_BYTES": "1000",
+                                   "VLLM_AUDIT_MAX_MESSAGE_BYTES": "5000"}, max_message_bytes=6000)
+    assert (config.max_batch_bytes, config.max_message_bytes) == (1000, 6000)
+    with pytest.raises(ValueError, match="max_message_bytes=10 must be >= max_batch_bytes=100"):
+        AgentConfig(max_batch_bytes=100, max_message_bytes=10)
+    with pytest.raises(ValueError, match="max_batch_bytes=0 must be > 0"):
+        AgentConfig(max_batch_bytes=0)
+    out = subprocess.run([sys.executable, "-m", "agent.cli", "agent", "--help"],
+                         capture_output=True, text=True, timeout=60, check=True)
+    assert "--max-batch-bytes" in out.stdout and "--max-message-bytes" in out.stdout
