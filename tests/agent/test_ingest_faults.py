@@ -19,7 +19,7 @@ from agent.config import AgentConfig
 from agent.validation import MAX_DURATION_MS, UINT64_MAX
 from agent.wal import WriteAheadLog
 from tests.agent.test_agent import scrape
-from tests.support.agent_harness import FailingPublisher, Hook, agent, lifecycle, query
+from tests.support.agent_harness import FailingPublisher, Hook, agent, lifecycle, query, until
 
 T = 10**18  # a plausible time_unix_nano
 SOCKET = "ingest.sock"
@@ -289,3 +289,29 @@ def test_batch_and_message_caps_come_from_env_and_flags() -> None:
     out = subprocess.run([sys.executable, "-m", "agent.cli", "agent", "--help"],
                          capture_output=True, text=True, timeout=60, check=True)
     assert "--max-batch-bytes" in out.stdout and "--max-message-bytes" in out.stdout
+
+
+async def test_a_stream_cancelled_mid_append_leaves_its_batch_stored_once(tmp_path: Path) -> None:
+    async with agent(tmp_path) as (handle, _):
+        state = handle.state
+        hook = Hook(tmp_path / SOCKET)
+        await hook.__aenter__()
+        await hook.next("config")
+        # Hold the WAL's own lock: the append of the next batch waits in its worker thread.
+        wal_lock = state.wal._lock  # the file lock of the real WAL; released below
+        wal_lock.acquire()
+        try:
+            await hook.outbox.put(pb.Batch(source_id=hook.source, seq=1,
+                                           events=[finished("0-0000000c")]))
+            await until(state.wal_lock.locked, "the append to start")
+            await hook.__aexit__()  # the client goes away: the server cancels the stream
+            await until(lambda: not state.sessions, "the stream handler to end")
+        finally:
+            wal_lock.release()
+        await until(lambda: not state.wal_lock.locked(), "the append to finish")
+        async with Hook(tmp_path / SOCKET) as again:
+            assert (await again.send(1, finished("0-0000000c"))).ack.duplicate
+        assert state.counters["batches"] == 1
+    async with agent(tmp_path) as (handle, _):
+        assert handle.state.counters["wal_replayed_batches"] == 1
+        assert handle.state.counters["wal_replay_duplicates"] == 0
