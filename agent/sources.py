@@ -23,6 +23,8 @@ from vllm_audit.v1 import events_pb2 as pb
 #: Seqs (and declared-missing ranges) held above the window's floor before the window gives
 #: up on its oldest hole (see SeqWindow).
 DEDUP_WINDOW = 100_000
+#: Above every seq (a uint64), for bisecting (seq, end) pairs.
+UINT64_LIMIT = 1 << 64
 #: Epochs remembered per source id; the least recently used one is forgotten first.
 MAX_EPOCHS_PER_SOURCE = 16
 
@@ -59,9 +61,9 @@ class SeqWindow:
         low = max(first, self.floor + 1)
         if low > last:
             return 0
-        new = 0
-        for a, b in _subtract(low, last, self.missing):
-            new += (b - a + 1) - sum(1 for s in self.held if a <= s <= b)
+        # One pass over each structure (both are bounded by the window's limit).
+        new = sum(b - a + 1 for a, b in _subtract(low, last, self.missing))
+        new -= sum(1 for s in self.held if low <= s <= last and not _within(s, self.missing))
         self.missing = _merge([*self.missing, (low, last)])
         self._advance()
         return new
@@ -115,6 +117,12 @@ def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
         else:
             merged.append((a, b))
     return merged
+
+
+def _within(seq: int, ranges: list[tuple[int, int]]) -> bool:
+    """Whether `seq` lies in one of the sorted disjoint `ranges`."""
+    i = bisect.bisect_right(ranges, (seq, UINT64_LIMIT)) - 1
+    return i >= 0 and ranges[i][0] <= seq <= ranges[i][1]
 
 
 def _subtract(first: int, last: int, ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:

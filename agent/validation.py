@@ -13,7 +13,8 @@ Refused (REFUSAL_REASON_INVALID, the detail names the field):
 Refused (REFUSAL_REASON_TOO_BIG): a batch over the agent's per-batch byte cap.
 
 Repaired and counted in `clamped` by "<Message>.<field>" (the event is marked `truncated`):
-  - a duration (ms) that is NaN or negative -> 0; +inf or over MAX_DURATION_MS -> the max;
+  - a duration in ms (or allowed_tokens_mean) that is NaN or negative -> 0; +inf or over
+    MAX_DURATION_MS -> that max;
   - a ratio (kv_cache_usage) outside [0, 1] or NaN -> clamped into [0, 1] (NaN -> 0);
   - a count (tokens, bytes, steps) below 0 -> 0; `time_unix_nano` below 0 -> 0;
   - an HTTP status outside [0, 999] -> 0 (unknown);

@@ -71,3 +71,24 @@ def test_the_window_never_forgets_or_invents_within_its_limit(marks: list[int],
         # Nothing given up: exactly the stored seqs are seen.
         for probe in {*marks, *(s + 1 for s in marks), *(s - 1 for s in marks)} - {0}:
             assert window.seen(probe) == (probe in stored)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(st.tuples(st.just(0), st.integers(1, 40)),
+                          st.tuples(st.integers(1, 40), st.integers(0, 10))), max_size=40))
+def test_each_missing_seq_is_counted_once_and_never_a_stored_one(
+        steps: list[tuple[int, int]]) -> None:
+    """Against a model of the hook's contract: it never sends a seq it declared missing."""
+    window = SeqWindow()
+    stored: set[int] = set()
+    declared: set[int] = set()
+    for a, b in steps:
+        if a == 0:  # a batch arrives
+            if b not in declared and b not in stored:
+                assert not window.seen(b)
+                window.mark(b)
+                stored.add(b)
+        else:  # a gap marker declares [a, a + b] missing
+            span = set(range(a, a + b + 1))
+            assert window.count_missing(a, a + b) == len(span - stored - declared)
+            declared |= span - stored
