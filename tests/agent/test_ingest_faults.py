@@ -50,6 +50,14 @@ async def test_poison_numbers_are_clamped_and_the_agent_restarts_cleanly(tmp_pat
         assert clamped["HttpRequest.prompt_tokens"] == 4
         trail = await query(handle).GetTrail(query_pb2.GetTrailRequest(request_id="inf"))
         assert trail.summary.latency_ms == MAX_DURATION_MS and trail.summary.prompt_tokens == 0
+        _, body = await scrape(handle)
+        samples = {(s.name, tuple(s.labels.values())): s.value
+                   for f in text_string_to_metric_families(body) for s in f.samples}
+        assert samples[("vllm_audit_ingest_clamped_fields_total",
+                        ("HttpRequest.latency_ms",))] == 4
+        assert samples[("vllm_audit_ingest_clamped_fields_total", ("EngineStats.prompt_tokens",))] == 0
+        assert {k[1][0] for k in samples if k[0] == "vllm_audit_ingest_refused_batches_total"} == {
+            "wal_full", "disk_full", "disk_error", "shutting_down", "invalid", "too_big"}
     # The restart replays what was acknowledged: no exit, no error, the same trails.
     async with agent(tmp_path) as (handle, _):
         assert handle.state.counters["wal_replayed_batches"] == 4
