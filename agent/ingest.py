@@ -5,7 +5,8 @@ Per batch, in order:
 2. Validation (validation.py) -> refused `invalid` / `too_big` (permanent: the hook drops and
    counts it), or accepted with repaired fields counted. Ack.reason names what was wrong.
 3. The store unit, under one lock and shielded from cancellation: de-duplicate on
-   (source_id, epoch, seq) -> WAL append + sync (worker thread) -> mark -> apply to trails.
+   (source_id, epoch, seq) -> WAL append + sync (worker thread) -> mark -> apply to trails
+   (epoch 0, from a hook older than epochs, is one more epoch: see sources.py).
    A WAL refusal (WalRefused) refuses the batch with its reason (retriable). Because the
    check and the mark sit in one unit, the same batch sent on two streams at once is stored
    once; because the unit is shielded, a cancelled stream never leaves a batch appended but
