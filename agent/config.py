@@ -30,6 +30,8 @@ ENV_LINGER_SECONDS = "VLLM_AUDIT_LINGER_SECONDS"
 ENV_GPU = "VLLM_AUDIT_GPU"                          # nvml | none | fake
 ENV_MAX_BATCH_BYTES = "VLLM_AUDIT_MAX_BATCH_BYTES"  # larger batches are refused (too_big)
 ENV_MAX_MESSAGE_BYTES = "VLLM_AUDIT_MAX_MESSAGE_BYTES"  # gRPC receive limit of the ingest socket
+# Deadline for the flush on SIGTERM; below the orchestrator's grace period (Kubernetes'
+# terminationGracePeriodSeconds, 30 s by default) so the agent reports what it lost itself.
 
 WAL_FSYNC_POLICIES = ("always", "batch", "never")
 GPU_READERS = ("nvml", "none", "fake")

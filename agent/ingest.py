@@ -70,6 +70,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         failure, code = "", grpc.StatusCode.INTERNAL
         try:
             async for batch in request_iterator:
+                session.source_id = batch.source_id  # metrics: which sources are connected
                 session.outbox.put_nowait(await self.handle(batch))
         except asyncio.CancelledError:
             raise

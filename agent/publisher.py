@@ -22,6 +22,9 @@ from .records import encode
 logger = logging.getLogger("vllm_audit.agent")
 
 
+#: Records sent to the broker before the first of them is awaited.
+SEND_WINDOW = 2048
+
 #: Called once a record is settled: published, or its loss counted (queue full, fatal error).
 #: Not called for records left unpublished at shutdown: the WAL still holds what rebuilds them.
 OnDone = Callable[[], None]
@@ -137,8 +140,39 @@ class KafkaPublisher:
             item = await self._next_item()
             if item is None:
                 return
-            topic, key, value, on_done = item
-            if await self._publish(topic, key, value) and on_done is not None:
+            window = [item]
+            while len(window) < SEND_WINDOW and not self._queue.empty():
+                window.append(self._queue.get_nowait())
+            await self._publish_window(window)
+
+    async def _publish_window(self, window: list[tuple[str, bytes, bytes, OnDone | None]]
+                              ) -> None:
+        """Sends a window of records with overlapping sends, then settles each in order.
+
+        Awaiting each send in turn caps a producer at one broker round trip per record
+        (~140 records/s measured against the test broker); overlapping sends let aiokafka
+        batch per partition. A record whose send failed is retried on its own (retriable
+        errors, with backoff) or counted as failed; `on_done` runs only once it is settled."""
+        from aiokafka.errors import KafkaError
+
+        sends: list[asyncio.Future[Any] | None] = []
+        for topic, key, value, _ in window:
+            try:
+                sends.append(await self._producer.send(topic, value, key=key))
+            except KafkaError:
+                sends.append(None)  # settled below by the one-record retry path
+        for (topic, key, value, on_done), sent in zip(window, sends, strict=True):
+            settled = False
+            if sent is not None:
+                try:
+                    await sent
+                    self.counters["published"] += 1
+                    settled = True
+                except KafkaError:
+                    self.counters["retries"] += 1
+            if not settled:
+                settled = await self._publish(topic, key, value)
+            if settled and on_done is not None:
                 on_done()
 
     async def _publish(self, topic: str, key: bytes, value: bytes) -> bool:

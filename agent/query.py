@@ -108,6 +108,7 @@ def _matches(s: q.TrailSummary, r: q.ListTrailsRequest) -> bool:
     return (
         (not r.model or s.model == r.model)
         and (not r.user or s.user == r.user)
+        and (not r.client_request_id or s.client_request_id == r.client_request_id)
         and (not r.state or s.state == r.state)
         and (not r.finish_reason or s.finish_reason == r.finish_reason)
         and (not r.since_unix_ms or s.created_unix_ms >= r.since_unix_ms)

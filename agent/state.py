@@ -14,9 +14,11 @@ from vllm_audit.v1 import events_pb2 as pb
 from vllm_audit.v1 import ingest_pb2
 
 from .config import AgentConfig
+from .engines import EngineTable
 from .gpu import GpuSampler
 from .publisher import Publisher
 from .records import message_to_dict, trail_record
+from .request_metrics import RequestMetrics
 from .sources import SeqWindow, SourceState
 from .trails import Trail, TrailStore
 from .validation import CLAMPABLE_FIELDS, saturating_add
@@ -73,6 +75,7 @@ class AgentState:
         self.pending_stores: set[asyncio.Task[ingest_pb2.IngestReply]] = set()
         self.sessions: set[Session] = set()
         self.level = config.audit_level
+        self.trails.audit_level = config.audit_level
         self.level_version = 1
         self.started = time.monotonic()
         self.ready = False
@@ -86,9 +89,11 @@ class AgentState:
         for name in ("events_without_body", "malformed_batches", "replay_quarantined_batches",
                      "replay_quarantine_failed"):
             self.agent_dropped[name] += 0
+        self.engines, self.request_metrics = EngineTable(), RequestMetrics()
 
     def _on_final(self, trail: Trail) -> None:
         summary = trail.summary
+        self.request_metrics.observe(summary)
         self.publisher.offer("requests", summary.request_id, trail_record(summary),
                              on_done=lambda: self.trails.delivered(trail))
 
@@ -137,6 +142,7 @@ class AgentState:
 
     def set_level(self, level: int) -> int:
         self.level = level
+        self.trails.audit_level = level
         self.level_version += 1
         reply = self.hook_config()
         for session in self.sessions:
@@ -172,6 +178,7 @@ class AgentState:
         source.role, source.model = batch.process_role, batch.model or source.model
         self.counters["batches"] += 1
         self.counters["events"] += len(batch.events)
+        self.engines.observe_batch(batch, source.model)
         for reason, n in batch.gap.dropped_by_reason.items():
             saturating_add(self.hook_dropped, reason, n)
         if batch.gap.first_missing_seq:
@@ -187,10 +194,9 @@ class AgentState:
         self.trails.apply(batch, segment)
 
     def _publish_stats(self, batch: pb.Batch, source: SourceState, event: pb.Event) -> None:
-        now = time.monotonic()
-        if now - source.last_stats_published < ENGINE_STATS_PUBLISH_INTERVAL_S:
+        if not self.engines.due(batch.source_id, event.engine_stats.engine_index,
+                                ENGINE_STATS_PUBLISH_INTERVAL_S):
             return
-        source.last_stats_published = now
         record = message_to_dict(event.engine_stats)
         record.update({"schema": 1, "source_id": batch.source_id, "model": source.model,
                        "timestamp_ms": event.time_unix_nano // 1_000_000})
