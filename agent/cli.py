@@ -60,6 +60,7 @@ from .config import (
     parse_address,
     parse_level,
 )
+from .datadir import DataDirLocked
 from .records import message_to_dict, trail_record
 
 PROG = "vllm-audit"
@@ -302,6 +303,8 @@ def _run_agent(args: argparse.Namespace) -> int:
         asyncio.run(main())
     except OSError as exc:  # a port in use, a data dir it may not write
         raise AgentStartError(f"agent cannot start: {exc}") from exc
+    except DataDirLocked as exc:  # another agent has this data directory
+        raise AgentStartError(f"agent cannot start: {exc}") from None
     except RuntimeError as exc:
         # grpc reports a bind failure as a bare RuntimeError("Failed to bind to address ...").
         if "bind" not in str(exc):

@@ -22,6 +22,7 @@ from grpc_health.v1._async import HealthServicer  # public as health.aio, which 
 from vllm_audit.v1 import ingest_pb2, ingest_pb2_grpc, query_pb2, query_pb2_grpc
 
 from .config import AgentConfig, parse_address
+from .datadir import DataDirLock
 from .gpu import FakeGpuReader, GpuReader, GpuSampler, NvmlReader
 from .ingest import IngestServicer, replay_wal
 from .metrics import HttpEndpoint, make_registry
@@ -65,6 +66,17 @@ def _publisher(config: AgentConfig) -> Publisher:
 async def running_agent(config: AgentConfig, publisher: Publisher | None = None,
                         gpu_reader: GpuReader | None = None,
                         shutdown_timeout: float | None = None) -> AsyncIterator[AgentHandle]:
+    # One agent per data directory: a second one fails here (DataDirLocked names the holder),
+    # before it opens the WAL. Held until the WAL is closed.
+    with DataDirLock(config.data_dir):
+        async with _running_agent(config, publisher, gpu_reader, shutdown_timeout) as handle:
+            yield handle
+
+
+@contextlib.asynccontextmanager
+async def _running_agent(config: AgentConfig, publisher: Publisher | None,
+                         gpu_reader: GpuReader | None,
+                         shutdown_timeout: float | None) -> AsyncIterator[AgentHandle]:
     wal = WriteAheadLog(config.data_dir, config.wal_max_bytes, config.wal_fsync,
                         config.wal_segment_bytes or None)
     publisher = publisher or _publisher(config)
@@ -73,6 +85,10 @@ async def running_agent(config: AgentConfig, publisher: Publisher | None = None,
     if wal.torn_tail_bytes:
         state.agent_dropped["wal_torn_tail_bytes"] += wal.torn_tail_bytes
         logger.warning("WAL had a torn tail of %d bytes (truncated)", wal.torn_tail_bytes)
+    if wal.damaged_records or wal.damaged_bytes:
+        state.agent_dropped["wal_damaged_records"] += wal.damaged_records
+        logger.warning("WAL had %d damaged records (%d bytes), kept in %s", wal.damaged_records,
+                       wal.damaged_bytes, wal.quarantine_dir)
     replayed = replay_wal(state)
     if replayed:
         logger.info("replayed %d batches from the WAL", replayed)

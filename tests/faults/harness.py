@@ -115,11 +115,13 @@ class AgentProc:
 
     def trail_ids(self) -> list[str]:
         ids: list[str] = []
-        with grpc.insecure_channel(self.query_address) as channel:
+        # A page of trails with 50 KB prompts is larger than gRPC's 4 MiB default.
+        options = [("grpc.max_receive_message_length", 64 << 20)]
+        with grpc.insecure_channel(self.query_address, options=options) as channel:
             stub = query_pb2_grpc.QueryServiceStub(channel)
             token = ""
             while True:
-                page = stub.ListTrails(query_pb2.ListTrailsRequest(page_size=1000,
+                page = stub.ListTrails(query_pb2.ListTrailsRequest(page_size=200,
                                                                    page_token=token), timeout=30)
                 ids += [t.request_id for t in page.trails]
                 token = page.next_page_token
