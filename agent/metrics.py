@@ -312,9 +312,11 @@ class HttpEndpoint:
             elif path == "/healthz":
                 status, body = "200 OK", b"ok\n"
             elif path == "/readyz":
-                ready = self.state.ready
+                # Not ready while the WAL refuses writes for disk reasons (batches are refused).
+                ready = self.state.ready and self.state.ingest_healthy
                 status = "200 OK" if ready else "503 Service Unavailable"
-                body = b"ready\n" if ready else b"not ready\n"
+                body = (b"ready\n" if ready else b"not ready\n" if not self.state.ready
+                        else b"not ready: the WAL refuses writes (disk)\n")
             else:
                 status, body = "404 Not Found", b"not found\n"
             head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())

@@ -17,6 +17,7 @@ from vllm_audit.v1 import events_pb2 as pb
 from vllm_audit.v1 import ingest_pb2, query_pb2
 
 from agent import wal as wal_module
+from tests.agent.test_agent import scrape
 from tests.support.agent_harness import Hook, agent, query
 
 pytestmark = pytest.mark.skipif(not hasattr(wal_module, "write_error_reason"),
@@ -62,6 +63,7 @@ async def test_a_full_disk_refuses_batches_with_a_reason_until_space_is_freed(
             assert reply.ack.refusal == ingest_pb2.REFUSAL_REASON_DISK_FULL
             assert reply.ack.reason.startswith("disk_full: ")
             assert not state.ingest_healthy
+            assert (await scrape(handle, "/readyz"))[0] == 503
             again = await hook.send(seq, event(seq))  # still full: refused again, kept by the hook
             assert again.ack.refusal == ingest_pb2.REFUSAL_REASON_DISK_FULL
             assert state.refused_by_reason()["disk_full"] == 2
@@ -71,6 +73,7 @@ async def test_a_full_disk_refuses_batches_with_a_reason_until_space_is_freed(
                 assert not reply.ack.refused and not reply.ack.duplicate
                 acked.append(s)
             assert state.ingest_healthy
+            assert (await scrape(handle, "/readyz"))[0] == 200
         async with agent(tmp_path, data_dir=disk / "data") as (handle, _):
             assert handle.state.counters["wal_replayed_batches"] == len(acked)
             stats = await query(handle).GetStats(query_pb2.StatsRequest())
