@@ -144,6 +144,12 @@ class AgentCollector(Collector):
         yield counter("vllm_audit_ingest_dedup_holes_skipped",
                       "Seq holes the de-dup window gave up on to bound its memory",
                       c["dedup_holes_skipped"])
+        yield counter("vllm_audit_ingest_dedup_epochs_evicted",
+                      "Epochs of a source whose de-dup window was forgotten (oldest first)",
+                      c["dedup_epochs_evicted"])
+        yield counter("vllm_audit_wal_replay_duplicate_batches",
+                      "Second copies of a batch skipped when replaying the WAL",
+                      c["wal_replay_duplicates"])
 
     def _losses(self) -> Iterator[Metric]:
         st = self.state

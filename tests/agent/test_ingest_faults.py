@@ -241,6 +241,8 @@ async def test_the_same_batch_on_two_streams_at_once_is_stored_once(tmp_path: Pa
     async with agent(tmp_path) as (handle, _):
         assert handle.state.counters["wal_replayed_batches"] == n
         assert handle.state.counters["wal_replay_duplicates"] == 0
+        _, body = await scrape(handle)
+        assert "vllm_audit_wal_replay_duplicate_batches_total 0.0" in body
 
 
 async def test_an_exception_mid_stream_ends_it_with_a_status(tmp_path: Path) -> None:
