@@ -1,9 +1,6 @@
 """A full disk under the real agent: a small real tmpfs as its data directory. Each batch the
 WAL cannot store is refused with REFUSAL_REASON_DISK_FULL (the hook keeps it), ingest reports
-unhealthy until an append succeeds again, and every acknowledged batch survives a restart.
-
-Needs the WAL that rolls back a failed append and raises WalWriteError (branch `wal`); the
-WAL before it let the OSError escape after writing a partial record."""
+unhealthy until an append succeeds again, and every acknowledged batch survives a restart."""
 
 from __future__ import annotations
 
@@ -16,12 +13,8 @@ import pytest
 from vllm_audit.v1 import events_pb2 as pb
 from vllm_audit.v1 import ingest_pb2, query_pb2
 
-from agent import wal as wal_module
 from tests.agent.test_agent import scrape
 from tests.support.agent_harness import Hook, agent, query
-
-pytestmark = pytest.mark.skipif(not hasattr(wal_module, "write_error_reason"),
-                                reason="needs the WAL that rolls back failed appends")
 
 
 @contextlib.contextmanager
