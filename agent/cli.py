@@ -51,6 +51,8 @@ from .config import (
     ENV_KAFKA_TOPIC_PREFIX,
     ENV_LEVEL_APPLY_DEADLINE,
     ENV_LINGER_SECONDS,
+    ENV_MAX_BATCH_BYTES,
+    ENV_MAX_MESSAGE_BYTES,
     ENV_MAX_TRAIL_BYTES,
     ENV_MAX_TRAIL_EVENTS,
     ENV_MAX_TRAILS,
@@ -214,6 +216,14 @@ def _agent_parser(sub: Any) -> None:
                    help="deadline for flushing on SIGTERM; keep it below the orchestrator's "
                         f"grace period ({_env(ENV_SHUTDOWN_TIMEOUT)}; "
                         f"default {d.shutdown_timeout_seconds})")
+    a.add_argument("--max-batch-bytes", type=int, metavar="BYTES",
+                   help="per-batch byte cap; a larger batch is refused as too_big and the hook "
+                        f"drops it, counted ({_env(ENV_MAX_BATCH_BYTES)}; "
+                        f"default {d.max_batch_bytes})")
+    a.add_argument("--max-message-bytes", type=int, metavar="BYTES",
+                   help="gRPC max receive message size of the ingest socket, at least "
+                        f"--max-batch-bytes ({_env(ENV_MAX_MESSAGE_BYTES)}; "
+                        f"default {d.max_message_bytes})")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -337,6 +347,7 @@ def _run_agent(args: argparse.Namespace) -> int:
         tls_client_ca=args.tls_client_ca, allow_insecure_remote=args.allow_insecure_remote,
         ingest_socket_group=args.ingest_socket_group, metrics_token_file=args.metrics_token_file,
         level_apply_deadline_seconds=args.level_apply_deadline,
+        max_batch_bytes=args.max_batch_bytes, max_message_bytes=args.max_message_bytes,
     )
     for field, address in (("--query-address", config.query_address),
                            ("--http-address", config.http_address)):

@@ -41,6 +41,8 @@ ENV_INGEST_SOCKET_GROUP = "VLLM_AUDIT_INGEST_SOCKET_GROUP"  # group of the 0660 
 ENV_METRICS_TOKEN_FILE = "VLLM_AUDIT_METRICS_TOKEN_FILE"    # set: /metrics needs this bearer
 # Seconds a connected hook has to apply a new level before it counts as a mismatch.
 ENV_LEVEL_APPLY_DEADLINE = "VLLM_AUDIT_LEVEL_APPLY_DEADLINE_SECONDS"
+ENV_MAX_BATCH_BYTES = "VLLM_AUDIT_MAX_BATCH_BYTES"  # larger batches are refused (too_big)
+ENV_MAX_MESSAGE_BYTES = "VLLM_AUDIT_MAX_MESSAGE_BYTES"  # gRPC receive limit of the ingest socket
 # Deadline for the flush on SIGTERM; below the orchestrator's grace period (Kubernetes'
 # terminationGracePeriodSeconds, 30 s by default) so the agent reports what it lost itself.
 
@@ -111,6 +113,11 @@ class AgentConfig:
     level_apply_deadline_seconds: float = 10.0
     #: Conditions /readyz requires besides serving (agent/readiness.py).
     ready_requires: tuple[str, ...] = DEFAULT_REQUIRED
+    #: A batch over this many bytes is refused as too_big (permanent: the hook drops it).
+    max_batch_bytes: int = 2 << 20
+    #: gRPC max receive message size of the ingest server; at least max_batch_bytes, so an
+    #: oversize batch is answered with a refusal rather than a transport error.
+    max_message_bytes: int = 8 << 20
 
     def __post_init__(self) -> None:
         parse_address("query_address", self.query_address)
@@ -120,11 +127,14 @@ class AgentConfig:
         if self.gpu not in GPU_READERS:
             raise ValueError(f"gpu={self.gpu!r}; expected one of {GPU_READERS}")
         for name in ("wal_max_bytes", "max_trails", "max_trail_events", "max_trail_bytes",
-                     "shutdown_timeout_seconds"):
+                     "shutdown_timeout_seconds", "max_batch_bytes"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be > 0")
         if self.wal_segment_bytes < 0:
             raise ValueError(f"wal_segment_bytes={self.wal_segment_bytes!r} must be >= 0")
+        if not self.max_batch_bytes <= self.max_message_bytes < 1 << 31:  # gRPC takes an int32
+            raise ValueError(f"max_message_bytes={self.max_message_bytes!r} must be >= "
+                             f"max_batch_bytes={self.max_batch_bytes!r} and < 2 GiB")
         if self.linger_seconds <= 0:
             raise ValueError(f"linger_seconds={self.linger_seconds!r} must be > 0")
         parse_required(",".join(self.ready_requires))
@@ -169,6 +179,8 @@ class AgentConfig:
         number(ENV_LINGER_SECONDS, "linger_seconds", float)
         if env.get(ENV_READY_REQUIRES) is not None:
             values["ready_requires"] = parse_required(env[ENV_READY_REQUIRES])
+        number(ENV_MAX_BATCH_BYTES, "max_batch_bytes", int)
+        number(ENV_MAX_MESSAGE_BYTES, "max_message_bytes", int)
         if env.get(ENV_AUDIT_LEVEL):
             values["audit_level"] = parse_level(env[ENV_AUDIT_LEVEL])
         for var, field in ((ENV_AUTH_TOKENS_FILE, "auth_tokens_file"), (ENV_TLS_CERT, "tls_cert"),

@@ -33,6 +33,7 @@ from .engines import SourceSeries
 from .gpu_metrics import gpu_metrics
 from .readiness import readiness
 from .state import AgentState
+from .validation import CLAMPABLE_FIELDS
 from .wal import WRITE_ERROR_REASONS
 
 ENGINE_LABELS = ["source", "model", "engine_index"]
@@ -140,6 +141,18 @@ class AgentCollector(Collector):
                        "Batches refused, not stored (retriable ones the hook keeps and resends)",
                        "reason", {k: c[f"refused_batches_{k}"] for k in r.REFUSAL_REASONS},
                        r.REFUSAL_REASONS)
+        yield labelled("vllm_audit_ingest_clamped_fields",
+                       "Event fields repaired by validation at ingest", "field",
+                       self.state.clamped_fields, CLAMPABLE_FIELDS)
+        yield counter("vllm_audit_ingest_dedup_holes_skipped",
+                      "Seq holes the de-dup window gave up on to bound its memory",
+                      c["dedup_holes_skipped"])
+        yield counter("vllm_audit_ingest_dedup_epochs_evicted",
+                      "Epochs of a source whose de-dup window was forgotten (oldest first)",
+                      c["dedup_epochs_evicted"])
+        yield counter("vllm_audit_wal_replay_duplicate_batches",
+                      "Second copies of a batch skipped when replaying the WAL",
+                      c["wal_replay_duplicates"])
 
     def _losses(self) -> Iterator[Metric]:
         st = self.state
@@ -156,8 +169,11 @@ class AgentCollector(Collector):
                           if k.startswith(r.HOOK_INTERNAL_ERROR_PREFIX)))
         yield labelled("vllm_audit_agent_dropped_batches", "Batches the agent lost",
                        "reason", {k: v for k, v in st.agent_dropped.items()
-                                  if k not in r.AGENT_BYTE_DROP_KEYS},
+                                  if k not in r.AGENT_BYTE_DROP_KEYS + r.AGENT_EVENT_DROP_KEYS},
                        r.AGENT_BATCH_DROP_REASONS)
+        yield counter("vllm_audit_agent_dropped_events_without_body",
+                      "Events dropped at ingest for having no body (an unknown kind); the rest "
+                      "of their batch was stored", st.agent_dropped["events_without_body"])
         yield counter("vllm_audit_wal_torn_tail_bytes",
                       "Bytes cut from a torn WAL tail at start (a crash mid-append)",
                       st.agent_dropped["wal_torn_tail_bytes"])

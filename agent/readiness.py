@@ -39,7 +39,7 @@ def readiness(state: AgentState) -> tuple[bool, str]:
     ready = state.ready
     wal = state.wal
     checks = {
-        "wal_writable": wal.healthy,
+        "wal_writable": wal.healthy and state.ingest_healthy,
         "wal_not_full": wal.size < wal.max_bytes * 0.99,
         "kafka_connected": state.config.kafka_bootstrap is None or state.publisher.connected,
     }

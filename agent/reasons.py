@@ -34,11 +34,16 @@ HOOK_EVENT_DROP_REASONS = ("buffer_full", "unacked_overflow", "convert_error", O
 HOOK_INTERNAL_ERROR_PREFIX = "internal_error."
 #: The agent's own key for batches a hook reported lost (a range of seqs never stored).
 HOOK_MISSING_BATCHES = "missing_batches"
-#: Batches the agent lost (AgentState.agent_dropped keys): unanswered invalid batches and WAL
-#: records (one per batch) found damaged at replay. Refusals have their own enum and family.
-AGENT_BATCH_DROP_REASONS = ("invalid_batch", "wal_damaged_records", OTHER)
+#: Batches the agent lost (AgentState.agent_dropped keys): bytes on a stream that were not a
+#: Batch, WAL records (one per batch) found damaged or impossible to apply at replay (kept in
+#: quarantine/), and quarantine copies that could not be written. Refusals (invalid and
+#: too_big included) have their own enum and family.
+AGENT_BATCH_DROP_REASONS = ("malformed_batches", "wal_damaged_records",
+                            "replay_quarantined_batches", "replay_quarantine_failed", OTHER)
 #: AgentState.agent_dropped keys counted in bytes, each exported as its own family.
 AGENT_BYTE_DROP_KEYS = ("wal_torn_tail_bytes", "wal_damaged_bytes")
+#: AgentState.agent_dropped keys counted in events, each exported as its own family.
+AGENT_EVENT_DROP_KEYS = ("events_without_body",)
 #: Records the publisher lost, by reason: publisher.counters keys with their prefix
 #: (`dropped_`, `lost_`) removed; `failed` has none.
 PUBLISHER_RECORD_LOSS_REASONS = ("memory_cap", "queue_full", "failed", "at_shutdown", OTHER)

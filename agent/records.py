@@ -98,9 +98,13 @@ def _identity(value: Any) -> Any:
 @cache
 def _plan(descriptor: Descriptor) -> tuple[tuple[str, _Convert, bool], ...]:
     """(field name, value converter, repeated) for every field of a message type."""
-    plan = []
+    plan: list[tuple[str, _Convert, bool]] = []
     for field in descriptor.fields:
         convert: _Convert = _identity
+        if field.message_type is not None and field.message_type.GetOptions().map_entry:
+            # map<string, scalar> (counters by reason): a JSON object, numbers kept numbers.
+            plan.append((field.name, dict, False))
+            continue
         if field.type == FieldDescriptor.TYPE_MESSAGE:
             convert = message_to_dict
         elif field.type == FieldDescriptor.TYPE_ENUM and field.enum_type is not None:

@@ -117,7 +117,8 @@ async def _running_agent(config: AgentConfig, publisher: Publisher | None,
     await publisher.start()
     gpu.start()
 
-    server = grpc.aio.server()
+    server = grpc.aio.server(
+        options=[("grpc.max_receive_message_length", config.max_message_bytes)])
     ingest_pb2_grpc.add_IngestServiceServicer_to_server(IngestServicer(state), server)
     ingest_health = await _health(server, INGEST_HEALTH)
     config.ingest_socket.parent.mkdir(parents=True, exist_ok=True)
@@ -195,6 +196,8 @@ async def _stop(state: AgentState, server: grpc.aio.Server, query_server: grpc.a
         await servicer.enter_graceful_shutdown()
     # Hooks get a moment to receive the acks of batches in flight; then streams are cut.
     grace = min(1.0, timeout / 10)
+    # New batches are refused (shutting_down: the hooks keep them); stores under way finish.
+    await state.stop_ingest(grace)
     await asyncio.gather(server.stop(grace=grace), query_server.stop(grace=grace))
     sweeper.cancel()
     # Open trails are not forced out: the WAL keeps them and the next start finishes them

@@ -41,6 +41,7 @@ from vllm_audit.v1 import query_pb2 as q
 
 from .correlate import trail_id_for_engine_request
 
+INT32_MAX = (1 << 31) - 1
 FINAL = (q.TRAIL_STATE_FINISHED, q.TRAIL_STATE_ABORTED, q.TRAIL_STATE_FAILED,
          q.TRAIL_STATE_INCOMPLETE)
 #: Python overhead of a trail beyond its serialised content (the Trail object, its summary
@@ -228,7 +229,9 @@ class TrailStore:
                     # No usage reached the client (offline, or it was aborted): what the
                     # engine processed is the cost; the samples of n > 1 share one prompt.
                     s.prompt_tokens = lc.num_prompt_tokens
-                    s.completion_tokens = sum(trail.engine_output_tokens.values())
+                    # Saturates: each sample's count fits int32, their sum may not.
+                    s.completion_tokens = min(sum(trail.engine_output_tokens.values()),
+                                              INT32_MAX)
                 if not trail.has_http:
                     s.latency_ms = (event.time_unix_nano / 1e6) - s.created_unix_ms
                 if lc.status == "FINISHED_ERROR":
