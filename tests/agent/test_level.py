@@ -3,6 +3,7 @@ agent, restarted on the same data dir and on a fresh one."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import stat
 from collections.abc import Iterator
@@ -115,3 +116,31 @@ async def test_the_level_file_is_private_and_a_changed_configuration_wins(tmp_pa
     # The operator changed the deployment's --audit-level since: the configuration wins.
     async with agent(tmp_path, audit_level=pb.AUDIT_LEVEL_OFF) as (handle, _):
         assert handle.state.level == pb.AUDIT_LEVEL_OFF
+
+
+async def test_level_and_auth_metrics_are_exported_from_birth(tmp_path: Path) -> None:
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def scrape(url: str) -> dict[str, list[tuple[dict[str, str], float]]]:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            text = response.read().decode()
+        return {f.name: [(s.labels, s.value) for s in f.samples]
+                for f in text_string_to_metric_families(text)}
+
+    async with agent(tmp_path, level_apply_deadline_seconds=0.2) as (handle, _), \
+            Hook(handle.state.config.ingest_socket) as hook:
+        url = f"http://{handle.http_address}/metrics"
+        families = await asyncio.to_thread(scrape, url)
+        assert sorted((s[0]["reason"], s[1]) for s in families["vllm_audit_query_refused_calls"]
+                      if s[0]) == [("permission_denied", 0.0), ("unauthenticated", 0.0)]
+        assert families["vllm_audit_level_mismatch_sources"] == [({}, 0.0)]
+        await hook.send(1, lifecycle("0-aaaaaaaa", pb.LIFECYCLE_PHASE_ADDED, 10**15),
+                        applied_level=pb.AUDIT_LEVEL_SUMMARY)
+        await set_level(handle, pb.AUDIT_LEVEL_OFF)
+        await until(lambda: handle.state.level_mismatch_sources() == 1, "a mismatch")
+        families = await asyncio.to_thread(scrape, url)
+        assert families["vllm_audit_level_mismatch_sources"] == [({}, 1.0)]
+        assert families["vllm_audit_source_applied_level"] == [
+            ({"source": "src-1", "role": ""}, float(pb.AUDIT_LEVEL_SUMMARY))]
