@@ -11,7 +11,7 @@ proto: install
 	PATH=$(VENV)/bin:$$PATH bash scripts/gen_proto.sh
 
 lint: install
-	$(VENV)/bin/ruff check agent vllm_hooks tests scripts
+	$(VENV)/bin/ruff check agent vllm_hooks harness tests scripts
 	$(VENV)/bin/mypy
 
 # promtool, docker-compose and Grafana's schema, for the operations tests (skipped without).

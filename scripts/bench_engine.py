@@ -30,8 +30,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.e2e import procs  # noqa: E402 - the same process helpers the tests use
-from tests.support.tiny_model import make_tiny_model  # noqa: E402
+from harness import procs  # noqa: E402 - the same process helpers the tests use
+from harness.tiny_model import make_tiny_model  # noqa: E402
 
 LEVELS = ("off", "summary", "full", "full-with-allowed-sets")
 SCHEMA = {"type": "object", "properties": {"name": {"type": "string"},
