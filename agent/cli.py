@@ -5,69 +5,277 @@
     vllm-audit query list [--model M] [--user U] [--state S] [--limit N]
     vllm-audit query get REQUEST_ID [--events]
     vllm-audit set-level off|summary|full|full-with-allowed-sets
-    vllm-audit tail [--interval S]
+    vllm-audit tail [--count N]
     vllm-audit verify PATH|--kafka-bootstrap B --public-key PEM [--allow-unsigned-tail]
     vllm-audit export [--data-dir DIR] [--since T] [--until T] [--format jsonl|csv]
 
 verify exits 0 when the chain is intact and covered by checkpoints, 1 at the first break
 (named on stderr, the report on stdout as JSON), 2 on a usage error.
+
+The client options (--address, --output, --timeout, credentials, TLS) go before or after the
+subcommand. Client commands need a credential: --token, $VLLM_AUDIT_TOKEN, --token-file
+($VLLM_AUDIT_TOKEN_FILE), else the local agent's admin token in its data dir (--data-dir,
+$VLLM_AUDIT_DATA_DIR, default /var/lib/vllm-audit).
+JSON output has the shape of the Kafka record: proto field names, every field present, enum
+names, 64-bit integers as numbers.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import importlib.metadata
 import logging
+import os
 import signal
+import socket
 import sys
-import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import grpc
 import orjson
-from google.protobuf import json_format
 from google.protobuf.message import Message
 from vllm_audit.v1 import query_pb2 as q
 from vllm_audit.v1 import query_pb2_grpc
 
-from .config import LEVELS, AgentConfig, parse_level
+from .auth import ENV_TOKEN, ENV_TOKEN_FILE, resolve_client_token
+from .client import ClientTls, channel
+from .config import (
+    ENV_ALLOW_INSECURE_REMOTE,
+    ENV_AUDIT_LEVEL,
+    ENV_AUTH_TOKENS_FILE,
+    ENV_DATA_DIR,
+    ENV_GPU,
+    ENV_HTTP_ADDRESS,
+    ENV_INGEST_SOCKET,
+    ENV_INGEST_SOCKET_GROUP,
+    ENV_KAFKA_BOOTSTRAP,
+    ENV_KAFKA_TOPIC_PREFIX,
+    ENV_LEVEL_APPLY_DEADLINE,
+    ENV_LINGER_SECONDS,
+    ENV_MAX_BATCH_BYTES,
+    ENV_MAX_MESSAGE_BYTES,
+    ENV_MAX_TRAIL_BYTES,
+    ENV_MAX_TRAIL_EVENTS,
+    ENV_MAX_TRAILS,
+    ENV_METRICS_TOKEN_FILE,
+    ENV_QUERY_ADDRESS,
+    ENV_READY_REQUIRES,
+    ENV_SHUTDOWN_TIMEOUT,
+    ENV_TLS_CERT,
+    ENV_TLS_CLIENT_CA,
+    ENV_TLS_KEY,
+    ENV_WAL_FSYNC,
+    ENV_WAL_MAX_BYTES,
+    ENV_WAL_SEGMENT_BYTES,
+    GPU_READERS,
+    LEVELS,
+    WAL_FSYNC_POLICIES,
+    AgentConfig,
+    parse_address,
+    parse_level,
+)
+from .datadir import DataDirLocked
+from .readiness import CONDITIONS as READY_CONDITIONS
+from .readiness import parse_required
+from .records import message_to_dict, trail_record
 
-STATES = {"active": q.TRAIL_STATE_ACTIVE, "finished": q.TRAIL_STATE_FINISHED,
-          "aborted": q.TRAIL_STATE_ABORTED, "failed": q.TRAIL_STATE_FAILED}
+PROG = "vllm-audit"
+DISTRIBUTION = "vllm-audit"
+DEFAULT_QUERY_ADDRESS = "127.0.0.1:50051"
+OUTPUTS = ("json", "table")
+#: Derived from the contract's TrailState (one definition): active, finished, aborted, ...
+STATES = {name[len("TRAIL_STATE_"):].lower(): number
+          for name, number in q.TrailState.items() if number != q.TRAIL_STATE_UNSPECIFIED}
+#: The columns `--output table` shows for a list of trails (the JSON has every field).
+TRAIL_COLUMNS = ("request_id", "state", "model", "user", "status_code", "finish_reason",
+                 "prompt_tokens", "completion_tokens", "latency_ms", "ttft_ms")
+
+
+def version() -> str:
+    try:
+        return importlib.metadata.version(DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:  # a source checkout that was never installed
+        return "unknown"
+
+
+def _client_options(top_level: bool) -> argparse.ArgumentParser:
+    """Options every client command takes, before or after its subcommand. Only the top level
+    holds defaults (None: resolved later); below it SUPPRESS keeps an option given earlier."""
+    default: Any = None if top_level else argparse.SUPPRESS
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("client options")
+    g.add_argument("--address", default=default,
+                   help=f"agent query address host:port (default: ${ENV_QUERY_ADDRESS}, "
+                        f"else {DEFAULT_QUERY_ADDRESS})")
+    g.add_argument("--output", "-o", choices=OUTPUTS, default=default,
+                   help="json (the Kafka record's shape) or table (default: json)")
+    g.add_argument("--timeout", type=float, default=default,
+                   help="seconds to wait for each answer (default: 10)")
+    g.add_argument("--token", default=default,
+                   help=f"bearer token (default: ${ENV_TOKEN}, then --token-file)")
+    g.add_argument("--token-file", type=Path, default=default,
+                   help=f"file holding the bearer token (default: ${ENV_TOKEN_FILE}, else the "
+                        "local agent's admin.token in --data-dir)")
+    g.add_argument("--data-dir", type=Path, default=default, dest="client_data_dir",
+                   help=f"a local agent's data dir, to read its admin.token (default: "
+                        f"${ENV_DATA_DIR}, else {AgentConfig().data_dir})")
+    g.add_argument("--tls-ca", type=Path, default=default,
+                   help="use TLS and verify the agent against this CA (PEM)")
+    g.add_argument("--tls-cert", type=Path, default=default, dest="client_tls_cert",
+                   help="client certificate for mutual TLS (PEM)")
+    g.add_argument("--tls-key", type=Path, default=default, dest="client_tls_key",
+                   help="client key for mutual TLS (PEM)")
+    g.add_argument("--tls-server-name", default=default,
+                   help="name the agent's certificate carries, if not the address' host")
+    return p
+
+
+def _env(var: str) -> str:
+    return f"env {var}"
+
+
+def _agent_parser(sub: Any) -> None:
+    d = AgentConfig()
+    a = sub.add_parser(
+        "agent", help="run the sidecar agent",
+        description="Run the sidecar agent. A flag wins over its environment variable, which wins "
+                    "over the default.")
+    # default=None everywhere so an unset flag leaves the env var (AgentConfig.from_env) in
+    # charge; the help shows the effective default instead.
+    a.add_argument("--ingest-socket", type=Path, metavar="PATH",
+                   help=f"Unix socket the hooks send to ({_env(ENV_INGEST_SOCKET)}; "
+                        f"default {d.ingest_socket})")
+    a.add_argument("--query-address", metavar="HOST:PORT",
+                   help=f"query/control gRPC API ({_env(ENV_QUERY_ADDRESS)}; "
+                        f"default {d.query_address})")
+    a.add_argument("--http-address", metavar="HOST:PORT",
+                   help=f"/metrics /healthz /readyz ({_env(ENV_HTTP_ADDRESS)}; "
+                        f"default {d.http_address})")
+    a.add_argument("--data-dir", type=Path, metavar="DIR",
+                   help=f"WAL directory, writable by the agent ({_env(ENV_DATA_DIR)}; "
+                        f"default {d.data_dir})")
+    a.add_argument("--wal-fsync", choices=WAL_FSYNC_POLICIES,
+                   help=f"when the WAL reaches the disk ({_env(ENV_WAL_FSYNC)}; "
+                        f"default {d.wal_fsync})")
+    a.add_argument("--wal-max-bytes", type=int, metavar="BYTES",
+                   help="cap on the WAL (what is not yet delivered); past it batches are refused "
+                        f"({_env(ENV_WAL_MAX_BYTES)}; default {d.wal_max_bytes})")
+    a.add_argument("--wal-segment-bytes", type=int, metavar="BYTES",
+                   help=f"WAL segment size, the unit of reclaim ({_env(ENV_WAL_SEGMENT_BYTES)}; "
+                        "default 0: derived from the cap)")
+    a.add_argument("--kafka-bootstrap", metavar="HOST:PORT[,...]",
+                   help=f"Kafka brokers ({_env(ENV_KAFKA_BOOTSTRAP)}; default none: the WAL "
+                        "is the archive)")
+    a.add_argument("--kafka-topic-prefix", metavar="PREFIX",
+                   help=f"topics are PREFIX.requests etc. ({_env(ENV_KAFKA_TOPIC_PREFIX)}; "
+                        f"default {d.kafka_topic_prefix})")
+    a.add_argument("--audit-level", choices=list(LEVELS),
+                   help=f"level pushed to every hook ({_env(ENV_AUDIT_LEVEL)}; default summary)")
+    a.add_argument("--linger-seconds", type=float, metavar="S",
+                   help="how long a finished trail waits for late events "
+                        f"({_env(ENV_LINGER_SECONDS)}; default {d.linger_seconds})")
+    a.add_argument("--max-trails", type=int, metavar="N",
+                   help=f"trails kept in memory ({_env(ENV_MAX_TRAILS)}; default {d.max_trails})")
+    a.add_argument("--max-trail-events", type=int, metavar="N",
+                   help=f"events kept per trail ({_env(ENV_MAX_TRAIL_EVENTS)}; "
+                        f"default {d.max_trail_events})")
+    a.add_argument("--max-trail-bytes", type=int, metavar="BYTES",
+                   help="memory cap of the trail store; oldest evicted first, counted "
+                        f"({_env(ENV_MAX_TRAIL_BYTES)}; default {d.max_trail_bytes})")
+    a.add_argument("--ready-requires", metavar="LIST",
+                   help="comma-separated conditions /readyz requires: "
+                        f"{', '.join(READY_CONDITIONS)} ({_env(ENV_READY_REQUIRES)}; "
+                        f"default {','.join(d.ready_requires)})")
+    a.add_argument("--gpu", choices=GPU_READERS,
+                   help=f"GPU telemetry reader ({_env(ENV_GPU)}; default {d.gpu})")
+    # -- security (agent/auth.py) --
+    a.add_argument("--auth-tokens-file", type=Path, metavar="FILE",
+                   help="YAML/JSON list of {sha256, subject, role, tenant} "
+                        f"({_env(ENV_AUTH_TOKENS_FILE)}; default none: the agent makes "
+                        "<data-dir>/admin.token at first start)")
+    a.add_argument("--tls-cert", type=Path, metavar="PEM",
+                   help=f"certificate of the query listener ({_env(ENV_TLS_CERT)}; default none)")
+    a.add_argument("--tls-key", type=Path, metavar="PEM",
+                   help=f"private key of the query listener ({_env(ENV_TLS_KEY)}; default none)")
+    a.add_argument("--tls-client-ca", type=Path, metavar="PEM",
+                   help="mutual TLS: the CA client certificates must come from "
+                        f"({_env(ENV_TLS_CLIENT_CA)}; default none)")
+    a.add_argument("--allow-insecure-remote", action="store_true", default=None,
+                   help="allow a plaintext query listener beyond loopback "
+                        f"({_env(ENV_ALLOW_INSECURE_REMOTE)}; default false)")
+    a.add_argument("--ingest-socket-group", metavar="GROUP",
+                   help="group of the ingest socket, which is mode 0660 "
+                        f"({_env(ENV_INGEST_SOCKET_GROUP)}; default the agent's)")
+    a.add_argument("--metrics-token-file", type=Path, metavar="FILE",
+                   help="/metrics needs the bearer token in this file "
+                        f"({_env(ENV_METRICS_TOKEN_FILE)}; default none: open)")
+    a.add_argument("--level-apply-deadline", type=float, metavar="S",
+                   help="seconds a connected hook has to apply a new level before it counts as "
+                        f"a mismatch ({_env(ENV_LEVEL_APPLY_DEADLINE)}; "
+                        f"default {d.level_apply_deadline_seconds})")
+    a.add_argument("--shutdown-timeout", type=float, metavar="S",
+                   help="deadline for flushing on SIGTERM; keep it below the orchestrator's "
+                        f"grace period ({_env(ENV_SHUTDOWN_TIMEOUT)}; "
+                        f"default {d.shutdown_timeout_seconds})")
+    a.add_argument("--max-batch-bytes", type=int, metavar="BYTES",
+                   help="per-batch byte cap; a larger batch is refused as too_big and the hook "
+                        f"drops it, counted ({_env(ENV_MAX_BATCH_BYTES)}; "
+                        f"default {d.max_batch_bytes})")
+    a.add_argument("--max-message-bytes", type=int, metavar="BYTES",
+                   help="gRPC max receive message size of the ingest socket, at least "
+                        f"--max-batch-bytes ({_env(ENV_MAX_MESSAGE_BYTES)}; "
+                        f"default {d.max_message_bytes})")
+    # -- the record log (agent/recordlog.py) --
+    a.add_argument("--signing-key-file", type=Path, metavar="FILE",
+                   help="Ed25519 key signing the record log's checkpoints, PEM or raw 32 bytes "
+                        "(VLLM_AUDIT_SIGNING_KEY_FILE; default: generated 0600 in the data dir "
+                        "at the first start, public key beside it)")
+    a.add_argument("--checkpoint-every", type=int, metavar="N",
+                   help="records between signed checkpoints (VLLM_AUDIT_CHECKPOINT_EVERY; "
+                        f"default {d.checkpoint_every})")
+    a.add_argument("--record-retention-days", type=float, metavar="DAYS",
+                   help="the record log keeps records this long, and within its size cap "
+                        f"(VLLM_AUDIT_RECORD_RETENTION_DAYS; default {d.record_retention_days:g})")
+    a.add_argument("--record-log-max-bytes", type=int, metavar="BYTES",
+                   help="cap on the record log (VLLM_AUDIT_RECORD_LOG_MAX_BYTES; "
+                        f"default {d.record_log_max_bytes})")
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="vllm-audit", description=__doc__,
+    client = _client_options(top_level=False)
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__, parents=[_client_options(True)],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="command", required=True)
-    a = sub.add_parser("agent", help="run the sidecar agent")
-    a.add_argument("--ingest-socket", type=Path)
-    a.add_argument("--query-address")
-    a.add_argument("--http-address")
-    a.add_argument("--data-dir", type=Path)
-    a.add_argument("--wal-fsync", choices=("always", "batch", "never"))
-    a.add_argument("--wal-max-bytes", type=int,
-                   help="cap on the WAL (what is not yet delivered); past it batches are refused")
-    a.add_argument("--wal-segment-bytes", type=int, help="WAL segment size (0: derived)")
-    a.add_argument("--kafka-bootstrap")
-    a.add_argument("--kafka-topic-prefix")
-    a.add_argument("--audit-level", choices=list(LEVELS))
-    a.add_argument("--linger-seconds", type=float)
-    a.add_argument("--max-trails", type=int)
-    a.add_argument("--max-trail-bytes", type=int,
-                   help="memory cap of the trail store in bytes (oldest evicted first, counted)")
-    a.add_argument("--shutdown-timeout", type=float, dest="shutdown_timeout_seconds",
-                   help="seconds the whole stop may take; keep it under the pod's grace period")
-    a.add_argument("--gpu", choices=("nvml", "none", "fake"))
-    a.add_argument("--signing-key-file", type=Path,
-                   help="Ed25519 key for checkpoints (PEM or raw 32 bytes); default: generated "
-                        "in the data dir at the first start, public key beside it")
-    a.add_argument("--checkpoint-every", type=int, help="records between signed checkpoints")
-    a.add_argument("--record-retention-days", type=float,
-                   help="the record log keeps records this long (and within its size cap)")
-    a.add_argument("--record-log-max-bytes", type=int, help="cap on the record log")
+    p.add_argument("--version", action="version", version=f"%(prog)s {version()}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _agent_parser(sub)
+
+    s = sub.add_parser("query", parents=[client], help="read the agent's trails, stats, health")
+    qs = s.add_subparsers(dest="what", required=True, metavar="WHAT")
+    qs.add_parser("health", parents=[client], help="the agent's health")
+    qs.add_parser("stats", parents=[client], help="ingest, drops by reason, WAL, publishing")
+    ls = qs.add_parser("list", parents=[client], help="trails, filtered and paginated")
+    ls.add_argument("--model", default="", help="only this model")
+    ls.add_argument("--user", default="", help="only this user")
+    ls.add_argument("--client-request-id", default="",
+                    help="only requests the client sent with this X-Request-Id")
+    ls.add_argument("--state", choices=list(STATES), help="only trails in this state")
+    ls.add_argument("--tenant", default="", help="only this tenant")
+    ls.add_argument("--limit", type=int, default=50, help="at most N trails (default: 50)")
+    g = qs.add_parser("get", parents=[client], help="one trail")
+    g.add_argument("request_id")
+    g.add_argument("--events", action="store_true",
+                   help="include the trail's events (read page by page)")
+
+    s = sub.add_parser("set-level", parents=[client], help="switch the audit level of every hook")
+    s.add_argument("level", choices=list(LEVELS))
+
+    s = sub.add_parser("tail", parents=[client],
+                       help="the stored final trails, then each new one as it becomes final")
+    s.add_argument("--count", type=int, default=0, help="stop after N trails (default 0: never)")
 
     v = sub.add_parser("verify", help="check a record chain: log directory, export file or Kafka")
     v.add_argument("path", nargs="?", type=Path,
@@ -85,36 +293,78 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--since", help="ISO 8601 or unix time (recorded time, inclusive)")
     e.add_argument("--until", help="ISO 8601 or unix time (recorded time, exclusive)")
     e.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
-    e.add_argument("--output", type=Path, help="file to write (default: stdout)")
-
-    for name in ("query", "set-level", "tail"):
-        s = sub.add_parser(name)
-        s.add_argument("--address", default="127.0.0.1:50051", help="agent query address")
-        if name == "query":
-            qs = s.add_subparsers(dest="what", required=True)
-            qs.add_parser("health")
-            qs.add_parser("stats")
-            ls = qs.add_parser("list")
-            ls.add_argument("--model", default="")
-            ls.add_argument("--user", default="")
-            ls.add_argument("--state", choices=list(STATES))
-            ls.add_argument("--limit", type=int, default=50)
-            g = qs.add_parser("get")
-            g.add_argument("request_id")
-            g.add_argument("--events", action="store_true")
-        elif name == "set-level":
-            s.add_argument("level", choices=list(LEVELS))
-        else:
-            s.add_argument("--interval", type=float, default=1.0)
-            s.add_argument("--count", type=int, default=0, help="stop after N trails (0: never)")
+    e.add_argument("--output-file", type=Path, help="file to write (default: stdout)")
     return p
 
 
-def _print(message: Message | dict[str, Any] | list[Any]) -> None:
-    if isinstance(message, Message):
-        message = json_format.MessageToDict(message, preserving_proto_field_name=True)
-    sys.stdout.write(orjson.dumps(message, option=orjson.OPT_INDENT_2).decode() + "\n")
+# --- output -----------------------------------------------------------------------------------
 
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, bytes):  # as protobuf's JSON mapping does
+        return base64.b64encode(value).decode()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def _dumps(value: Any, indent: bool = True) -> str:
+    option = orjson.OPT_INDENT_2 if indent else 0
+    return orjson.dumps(value, option=option | orjson.OPT_NON_STR_KEYS, default=_jsonable).decode()
+
+
+def _flatten(value: Any, prefix: str = "") -> Iterator[tuple[str, str]]:
+    if isinstance(value, dict):
+        if not value and prefix:
+            yield prefix, ""
+        for key, item in value.items():
+            yield from _flatten(item, f"{prefix}.{key}" if prefix else str(key))
+    elif isinstance(value, list) and value and isinstance(value[0], dict):
+        for i, item in enumerate(value):
+            yield from _flatten(item, f"{prefix}[{i}]")
+    elif isinstance(value, list):
+        yield prefix, ",".join(str(v) for v in value)
+    elif isinstance(value, bytes):
+        yield prefix, _jsonable(value)
+    else:
+        yield prefix, str(value)
+
+
+def _table(rows: Sequence[Sequence[str]], header: Sequence[str] | None = None) -> str:
+    every = [list(header)] if header else []
+    every += [list(r) for r in rows]
+    if not every:
+        return ""
+    widths = [max(len(r[i]) for r in every) for i in range(len(every[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+                     for r in every)
+
+
+def _trail_rows(trails: Sequence[dict[str, Any]]) -> list[list[str]]:
+    return [[str(t.get(c, "")) for c in TRAIL_COLUMNS] for t in trails]
+
+
+def _emit(value: dict[str, Any], output: str) -> None:
+    if output == "json":
+        text = _dumps(value)
+    elif isinstance(value.get("trails"), list):
+        text = _table(_trail_rows(value["trails"]), TRAIL_COLUMNS)
+        if value.get("next_page_token"):
+            text += f"\n(more: next page token {value['next_page_token']})"
+    else:
+        text = _table(list(_flatten(value)), ("FIELD", "VALUE"))
+    sys.stdout.write(text + "\n")
+
+
+def _as_dict(message: Message) -> dict[str, Any]:
+    # A trail is shown as its Kafka record, wherever it appears.
+    if isinstance(message, q.ListTrailsResponse):
+        return {"trails": [trail_record(t) for t in message.trails],
+                "next_page_token": message.next_page_token}
+    if isinstance(message, q.GetTrailResponse):
+        return {"summary": trail_record(message.summary),
+                "events": [message_to_dict(e) for e in message.events]}
+    return message_to_dict(message)
+
+
+# --- commands ---------------------------------------------------------------------------------
 
 def _run_agent(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
@@ -124,23 +374,155 @@ def _run_agent(args: argparse.Namespace) -> int:
         wal_max_bytes=args.wal_max_bytes, wal_segment_bytes=args.wal_segment_bytes,
         kafka_bootstrap=args.kafka_bootstrap, kafka_topic_prefix=args.kafka_topic_prefix,
         audit_level=parse_level(args.audit_level) if args.audit_level else None,
-        linger_seconds=args.linger_seconds, max_trails=args.max_trails, gpu=args.gpu,
-        max_trail_bytes=args.max_trail_bytes, signing_key_file=args.signing_key_file,
-        checkpoint_every=args.checkpoint_every, record_retention_days=args.record_retention_days,
+        linger_seconds=args.linger_seconds, max_trails=args.max_trails,
+        max_trail_events=args.max_trail_events, max_trail_bytes=args.max_trail_bytes,
+        gpu=args.gpu,
+        ready_requires=(parse_required(args.ready_requires)
+                        if args.ready_requires is not None else None),
+        shutdown_timeout_seconds=args.shutdown_timeout,
+        auth_tokens_file=args.auth_tokens_file, tls_cert=args.tls_cert, tls_key=args.tls_key,
+        tls_client_ca=args.tls_client_ca, allow_insecure_remote=args.allow_insecure_remote,
+        ingest_socket_group=args.ingest_socket_group, metrics_token_file=args.metrics_token_file,
+        level_apply_deadline_seconds=args.level_apply_deadline,
+        max_batch_bytes=args.max_batch_bytes, max_message_bytes=args.max_message_bytes,
+        signing_key_file=args.signing_key_file, checkpoint_every=args.checkpoint_every,
+        record_retention_days=args.record_retention_days,
         record_log_max_bytes=args.record_log_max_bytes,
-        shutdown_timeout_seconds=args.shutdown_timeout_seconds,
     )
+    for field, address in (("--query-address", config.query_address),
+                           ("--http-address", config.http_address)):
+        _check_bindable(field, address)
     from .server import serve
 
     async def main() -> None:
-        stop = asyncio.Event()
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await serve(config, stop.wait())
+        # A future, not Event.wait(): a coroutine never awaited (start-up failed) warns on exit.
+        stop: asyncio.Future[None] = loop.create_future()
 
-    asyncio.run(main())
+        def request_stop() -> None:
+            if not stop.done():
+                stop.set_result(None)
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, request_stop)
+        await serve(config, stop)
+
+    try:
+        asyncio.run(main())
+    except OSError as exc:  # a port in use, a data dir it may not write
+        raise AgentStartError(f"agent cannot start: {exc}") from exc
+    except DataDirLocked as exc:  # another agent has this data directory
+        raise AgentStartError(f"agent cannot start: {exc}") from None
+    except RuntimeError as exc:
+        # grpc reports a bind failure as a bare RuntimeError("Failed to bind to address ...").
+        if "bind" not in str(exc):
+            raise
+        raise AgentStartError(f"agent cannot start: {str(exc).split(';')[0]} (address in use?)") \
+            from exc
     return 0
+
+
+class AgentStartError(Exception):
+    """The agent could not start; the message is the whole story (one line, no traceback)."""
+
+
+def _check_bindable(field: str, address: str) -> None:
+    """Fail before start-up with the OS's reason: gRPC only says "Failed to bind" (after a
+    core log line), and a half-started agent is worse than none."""
+    host, port = parse_address(field, address)
+    if port == 0:
+        return
+    try:
+        family, kind, proto, _, sockaddr = socket.getaddrinfo(
+            host.strip("[]"), port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as both servers do
+            probe.bind(sockaddr)
+    except OSError as exc:
+        raise AgentStartError(f"agent cannot listen on {field}={address}: "
+                              f"{exc.strerror or exc}") from None
+
+
+def _run_client(args: argparse.Namespace) -> int:
+    address = args.address or os.environ.get(ENV_QUERY_ADDRESS) or DEFAULT_QUERY_ADDRESS
+    output = args.output or "json"
+    timeout = 10.0 if args.timeout is None else args.timeout
+    args.resolved_address = address
+    with _client_channel(args, address) as chan:
+        query = query_pb2_grpc.QueryServiceStub(chan)
+        answer: Message
+        if args.command == "set-level":
+            control = query_pb2_grpc.ControlServiceStub(chan)
+            answer = control.SetAuditLevel(
+                q.SetAuditLevelRequest(level=parse_level(args.level)),  # type: ignore[arg-type]
+                timeout=timeout)
+        elif args.command == "tail":
+            return _tail(query, args.count, output)
+        elif args.what == "health":
+            answer = query.Health(q.HealthRequest(), timeout=timeout)
+        elif args.what == "stats":
+            answer = query.GetStats(q.StatsRequest(), timeout=timeout)
+        elif args.what == "list":
+            request = q.ListTrailsRequest(model=args.model, user=args.user, page_size=args.limit,
+                                          client_request_id=args.client_request_id,
+                                          tenant=args.tenant,
+                                          state=STATES[args.state] if args.state else 0)  # type: ignore[arg-type]
+            answer = query.ListTrails(request, timeout=timeout)
+        else:
+            answer = _get_trail(query, args.request_id, args.events, timeout)
+        _emit(_as_dict(answer), output)
+    return 0
+
+
+def _client_channel(args: argparse.Namespace, address: str) -> grpc.Channel:
+    data_dir = args.client_data_dir or Path(os.environ.get(ENV_DATA_DIR) or AgentConfig().data_dir)
+    token = resolve_client_token(args.token, args.token_file, data_dir, os.environ)
+    tls = None
+    if args.tls_ca or args.client_tls_cert:
+        tls = ClientTls(args.tls_ca, args.client_tls_cert, args.client_tls_key,
+                        args.tls_server_name)
+    return channel(address, token, tls)
+
+
+def _get_trail(query: query_pb2_grpc.QueryServiceStub, request_id: str, events: bool,
+               timeout: float) -> q.GetTrailResponse:
+    """The whole trail: its events come in pages (a long trail exceeds one message)."""
+    request = q.GetTrailRequest(request_id=request_id, include_events=events)
+    trail: q.GetTrailResponse = query.GetTrail(request, timeout=timeout)
+    while trail.next_event_offset:
+        request.event_offset = trail.next_event_offset
+        page = query.GetTrail(request, timeout=timeout)
+        trail.events.extend(page.events)
+        trail.next_event_offset = page.next_event_offset
+    return trail
+
+
+def _tail(query: query_pb2_grpc.QueryServiceStub, count: int, output: str) -> int:
+    """One final trail per line (its Kafka record, or a table row): the stored ones first,
+    then each as it becomes final, from one server stream (no re-listing)."""
+    if output == "table":
+        sys.stdout.write(_table([], TRAIL_COLUMNS) + "\n")
+    stream = query.WatchTrails(q.WatchTrailsRequest(replay=True))
+    for shown, item in enumerate(stream, 1):
+        record = trail_record(item.trail)
+        line = (_dumps(record, indent=False) if output == "json"
+                else "  ".join(_trail_rows([record])[0]))
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+        if count and shown >= count:
+            stream.cancel()
+            return 0
+    return 0
+
+
+def _rpc_error(exc: grpc.RpcError, address: str) -> str:
+    code = exc.code()  # type: ignore[attr-defined]
+    details = exc.details()  # type: ignore[attr-defined]
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return f"UNAVAILABLE: no agent answers at {address} ({details})"
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return f"DEADLINE_EXCEEDED: the agent at {address} did not answer in time"
+    return f"{code.name}: {details}"
 
 
 def _run_verify(args: argparse.Namespace) -> int:
@@ -160,14 +542,15 @@ def _run_verify(args: argparse.Namespace) -> int:
         ordered = order_by_seq(payloads, pre)
         report = verify_chain(ordered, key, args.allow_unsigned_tail)
         report.duplicates_collapsed = pre.duplicates_collapsed
-        if pre.broken is not None and (report.broken is None or pre.broken.seq <= report.broken.seq):
+        if pre.broken is not None and (report.broken is None
+                                       or pre.broken.seq <= report.broken.seq):
             report.broken = pre.broken
-    _print(report.to_dict())
+    sys.stdout.write(_dumps(report.to_dict()) + "\n")
     if report.broken is not None:
         b = report.broken
-        print(f"vllm-audit verify: BROKEN at seq {b.seq}: {b.reason} ({b.detail})", file=sys.stderr)
+        print(f"{PROG} verify: BROKEN at seq {b.seq}: {b.reason} ({b.detail})", file=sys.stderr)
         return 1
-    print(f"vllm-audit verify: intact: {report.records} records, seq {report.first_seq}.."
+    print(f"{PROG} verify: intact: {report.records} records, seq {report.first_seq}.."
           f"{report.last_seq}, {report.checkpoints} checkpoints", file=sys.stderr)
     return 0
 
@@ -181,76 +564,36 @@ def _run_export(args: argparse.Namespace) -> int:
     records_dir = data_dir / "records"
     if not records_dir.is_dir():
         raise ValueError(f"{records_dir}: no record log there")
-    if args.output is None:
+    if args.output_file is None:
         n = export(records_dir, sys.stdout, since, until, args.format)
     else:
-        with open(args.output, "w", newline="") as out:
+        with open(args.output_file, "w", newline="") as out:
             n = export(records_dir, out, since, until, args.format)
-    print(f"vllm-audit export: {n} request records", file=sys.stderr)
+    print(f"{PROG} export: {n} request records", file=sys.stderr)
     return 0
-
-
-def _run_client(args: argparse.Namespace) -> int:
-    with grpc.insecure_channel(args.address) as channel:
-        query = query_pb2_grpc.QueryServiceStub(channel)
-        if args.command == "set-level":
-            control = query_pb2_grpc.ControlServiceStub(channel)
-            _print(control.SetAuditLevel(q.SetAuditLevelRequest(level=parse_level(args.level)),  # type: ignore[arg-type]
-                                         timeout=10))
-        elif args.command == "tail":
-            return _tail(query, args.interval, args.count)
-        elif args.what == "health":
-            _print(query.Health(q.HealthRequest(), timeout=10))
-        elif args.what == "stats":
-            _print(query.GetStats(q.StatsRequest(), timeout=10))
-        elif args.what == "list":
-            request = q.ListTrailsRequest(model=args.model, user=args.user, page_size=args.limit,
-                                          state=STATES[args.state] if args.state else 0)  # type: ignore[arg-type]
-            _print(query.ListTrails(request, timeout=10))
-        elif args.what == "get":
-            _print(query.GetTrail(q.GetTrailRequest(request_id=args.request_id,
-                                                    include_events=args.events), timeout=10))
-    return 0
-
-
-def _tail(query: query_pb2_grpc.QueryServiceStub, interval: float, count: int) -> int:
-    seen: set[str] = set()
-    shown = 0
-    while True:
-        token = ""
-        while True:
-            page = query.ListTrails(q.ListTrailsRequest(page_size=1000, page_token=token), timeout=10)
-            for trail in page.trails:
-                if trail.state != q.TRAIL_STATE_ACTIVE and trail.request_id not in seen:
-                    seen.add(trail.request_id)
-                    sys.stdout.write(orjson.dumps(json_format.MessageToDict(
-                        trail, preserving_proto_field_name=True)).decode() + "\n")
-                    sys.stdout.flush()
-                    shown += 1
-                    if count and shown >= count:
-                        return 0
-            token = page.next_page_token
-            if not token:
-                break
-        time.sleep(interval)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "agent":
+            if args.address or args.output or args.timeout is not None:
+                raise ValueError("--address/--output/--timeout are client options; the agent "
+                                 "listens on --query-address")
             return _run_agent(args)
         if args.command == "verify":
             return _run_verify(args)
         if args.command == "export":
             return _run_export(args)
         return _run_client(args)
-    except ValueError as exc:
-        print(f"vllm-audit: {exc}", file=sys.stderr)
-        return 2
+    except (ValueError, AgentStartError) as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, ValueError) else 1
     except grpc.RpcError as exc:
-        print(f"vllm-audit: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        print(f"{PROG}: {_rpc_error(exc, args.resolved_address)}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":

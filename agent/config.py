@@ -12,6 +12,8 @@ from pathlib import Path
 
 from vllm_audit.v1 import events_pb2
 
+from .readiness import DEFAULT_REQUIRED, parse_required
+
 ENV_INGEST_SOCKET = "VLLM_AUDIT_INGEST_SOCKET"      # Unix socket for hooks
 ENV_QUERY_ADDRESS = "VLLM_AUDIT_QUERY_ADDRESS"      # host:port of the query/control API
 ENV_HTTP_ADDRESS = "VLLM_AUDIT_HTTP_ADDRESS"        # host:port of /metrics /healthz /readyz
@@ -23,6 +25,7 @@ ENV_MAX_TRAILS = "VLLM_AUDIT_MAX_TRAILS"
 ENV_MAX_TRAIL_EVENTS = "VLLM_AUDIT_MAX_TRAIL_EVENTS"
 ENV_MAX_TRAIL_BYTES = "VLLM_AUDIT_MAX_TRAIL_BYTES"  # memory cap of the trail store
 ENV_SHUTDOWN_TIMEOUT = "VLLM_AUDIT_SHUTDOWN_TIMEOUT_SECONDS"  # < the pod's grace period
+ENV_READY_REQUIRES = "VLLM_AUDIT_READY_REQUIRES"    # conditions /readyz requires (readiness.py)
 ENV_KAFKA_BOOTSTRAP = "VLLM_AUDIT_KAFKA_BOOTSTRAP"  # unset = no Kafka
 ENV_KAFKA_TOPIC_PREFIX = "VLLM_AUDIT_KAFKA_TOPIC_PREFIX"
 ENV_AUDIT_LEVEL = "VLLM_AUDIT_LEVEL"                # pushed to every hook
@@ -33,6 +36,20 @@ ENV_CHECKPOINT_EVERY = "VLLM_AUDIT_CHECKPOINT_EVERY"  # records between signed c
 ENV_CHECKPOINT_INTERVAL = "VLLM_AUDIT_CHECKPOINT_INTERVAL_SECONDS"
 ENV_RECORD_RETENTION_DAYS = "VLLM_AUDIT_RECORD_RETENTION_DAYS"
 ENV_RECORD_LOG_MAX_BYTES = "VLLM_AUDIT_RECORD_LOG_MAX_BYTES"
+# -- security of the query/control API (agent/auth.py) --
+ENV_AUTH_TOKENS_FILE = "VLLM_AUDIT_AUTH_TOKENS_FILE"  # YAML/JSON: sha256, subject, role, tenant
+ENV_TLS_CERT = "VLLM_AUDIT_TLS_CERT"                # PEM certificate of the query listener
+ENV_TLS_KEY = "VLLM_AUDIT_TLS_KEY"                  # its PEM private key
+ENV_TLS_CLIENT_CA = "VLLM_AUDIT_TLS_CLIENT_CA"      # set: mutual TLS, clients need a cert from it
+ENV_ALLOW_INSECURE_REMOTE = "VLLM_AUDIT_ALLOW_INSECURE_REMOTE"  # true: plaintext beyond loopback
+ENV_INGEST_SOCKET_GROUP = "VLLM_AUDIT_INGEST_SOCKET_GROUP"  # group of the 0660 ingest socket
+ENV_METRICS_TOKEN_FILE = "VLLM_AUDIT_METRICS_TOKEN_FILE"    # set: /metrics needs this bearer
+# Seconds a connected hook has to apply a new level before it counts as a mismatch.
+ENV_LEVEL_APPLY_DEADLINE = "VLLM_AUDIT_LEVEL_APPLY_DEADLINE_SECONDS"
+ENV_MAX_BATCH_BYTES = "VLLM_AUDIT_MAX_BATCH_BYTES"  # larger batches are refused (too_big)
+ENV_MAX_MESSAGE_BYTES = "VLLM_AUDIT_MAX_MESSAGE_BYTES"  # gRPC receive limit of the ingest socket
+# Deadline for the flush on SIGTERM; below the orchestrator's grace period (Kubernetes'
+# terminationGracePeriodSeconds, 30 s by default) so the agent reports what it lost itself.
 
 WAL_FSYNC_POLICIES = ("always", "batch", "never")
 GPU_READERS = ("nvml", "none", "fake")
@@ -49,6 +66,15 @@ def parse_level(text: str) -> int:
     if key not in LEVELS:
         raise ValueError(f"audit level {text!r} is not one of {', '.join(LEVELS)}")
     return int(LEVELS[key])
+
+
+def parse_bool(field: str, text: str) -> bool:
+    key = text.strip().lower()
+    if key in ("1", "true", "yes", "on"):
+        return True
+    if key in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"{field}={text!r} is not true or false")
 
 
 def parse_address(field: str, text: str) -> tuple[str, int]:
@@ -87,6 +113,23 @@ class AgentConfig:
     checkpoint_interval_seconds: float = 10.0
     record_retention_days: float = 180.0
     record_log_max_bytes: int = 4 << 30
+    #: None: the agent makes `<data_dir>/admin.token` at first start (local quick start).
+    auth_tokens_file: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    #: Plaintext on a non-loopback query address is refused unless this is set.
+    allow_insecure_remote: bool = False
+    ingest_socket_group: str | None = None
+    metrics_token_file: Path | None = None
+    level_apply_deadline_seconds: float = 10.0
+    #: Conditions /readyz requires besides serving (agent/readiness.py).
+    ready_requires: tuple[str, ...] = DEFAULT_REQUIRED
+    #: A batch over this many bytes is refused as too_big (permanent: the hook drops it).
+    max_batch_bytes: int = 2 << 20
+    #: gRPC max receive message size of the ingest server; at least max_batch_bytes, so an
+    #: oversize batch is answered with a refusal rather than a transport error.
+    max_message_bytes: int = 8 << 20
 
     def __post_init__(self) -> None:
         parse_address("query_address", self.query_address)
@@ -96,16 +139,28 @@ class AgentConfig:
         if self.gpu not in GPU_READERS:
             raise ValueError(f"gpu={self.gpu!r}; expected one of {GPU_READERS}")
         for name in ("wal_max_bytes", "max_trails", "max_trail_events", "max_trail_bytes",
-                     "shutdown_timeout_seconds", "checkpoint_every", "checkpoint_interval_seconds",
-                     "record_retention_days", "record_log_max_bytes"):
+                     "shutdown_timeout_seconds", "max_batch_bytes", "checkpoint_every",
+                     "checkpoint_interval_seconds", "record_retention_days",
+                     "record_log_max_bytes"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be > 0")
         if self.wal_segment_bytes < 0:
             raise ValueError(f"wal_segment_bytes={self.wal_segment_bytes!r} must be >= 0")
+        if not self.max_batch_bytes <= self.max_message_bytes < 1 << 31:  # gRPC takes an int32
+            raise ValueError(f"max_message_bytes={self.max_message_bytes!r} must be >= "
+                             f"max_batch_bytes={self.max_batch_bytes!r} and < 2 GiB")
         if self.linger_seconds <= 0:
             raise ValueError(f"linger_seconds={self.linger_seconds!r} must be > 0")
+        parse_required(",".join(self.ready_requires))
         if self.audit_level not in LEVELS.values():
             raise ValueError(f"audit_level={self.audit_level!r} is not a known level")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together: give both or neither")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("tls_client_ca (mutual TLS) needs tls_cert and tls_key")
+        if self.level_apply_deadline_seconds <= 0:
+            raise ValueError(f"level_apply_deadline_seconds={self.level_apply_deadline_seconds!r}"
+                             " must be > 0")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> AgentConfig:
@@ -142,7 +197,22 @@ class AgentConfig:
         number(ENV_CHECKPOINT_INTERVAL, "checkpoint_interval_seconds", float)
         number(ENV_RECORD_RETENTION_DAYS, "record_retention_days", float)
         number(ENV_RECORD_LOG_MAX_BYTES, "record_log_max_bytes", int)
+        if env.get(ENV_READY_REQUIRES) is not None:
+            values["ready_requires"] = parse_required(env[ENV_READY_REQUIRES])
+        number(ENV_MAX_BATCH_BYTES, "max_batch_bytes", int)
+        number(ENV_MAX_MESSAGE_BYTES, "max_message_bytes", int)
         if env.get(ENV_AUDIT_LEVEL):
             values["audit_level"] = parse_level(env[ENV_AUDIT_LEVEL])
+        for var, field in ((ENV_AUTH_TOKENS_FILE, "auth_tokens_file"), (ENV_TLS_CERT, "tls_cert"),
+                           (ENV_TLS_KEY, "tls_key"), (ENV_TLS_CLIENT_CA, "tls_client_ca"),
+                           (ENV_METRICS_TOKEN_FILE, "metrics_token_file")):
+            if env.get(var):
+                values[field] = Path(env[var])
+        if env.get(ENV_INGEST_SOCKET_GROUP):
+            values["ingest_socket_group"] = env[ENV_INGEST_SOCKET_GROUP]
+        if env.get(ENV_ALLOW_INSECURE_REMOTE):
+            values["allow_insecure_remote"] = parse_bool(ENV_ALLOW_INSECURE_REMOTE,
+                                                         env[ENV_ALLOW_INSECURE_REMOTE])
+        number(ENV_LEVEL_APPLY_DEADLINE, "level_apply_deadline_seconds", float)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]

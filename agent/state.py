@@ -7,23 +7,42 @@ which is written from a worker thread under `wal_lock` so an fsync never blocks 
 from __future__ import annotations
 
 import asyncio
+import logging
+import secrets
 import time
 from collections import Counter
 
 from vllm_audit.v1 import events_pb2 as pb
 from vllm_audit.v1 import ingest_pb2
+from vllm_audit.v1 import query_pb2 as q
 
 from .config import AgentConfig
+from .engines import EngineTable
 from .gpu import GpuSampler
+from .level_file import PersistedLevel, load_level, save_level
 from .publisher import Publisher
 from .recordlog import RecordLog, event_id
 from .records import message_to_dict, trail_record
-from .sources import SourceState
+from .request_metrics import RequestMetrics
+from .sources import SeqWindow, SourceState
 from .trails import Trail, TrailStore
+from .validation import CLAMPABLE_FIELDS, saturating_add
 from .wal import WriteAheadLog
 
 #: At most one engine-stats record per source per this many seconds goes to Kafka.
 ENGINE_STATS_PUBLISH_INTERVAL_S = 1.0
+_REFUSAL_PREFIX = "REFUSAL_REASON_"
+#: Lower-case RefusalReason names (the proto enum is the definition) -> enum values.
+REFUSAL_REASONS: dict[str, int] = {
+    name[len(_REFUSAL_PREFIX):].lower(): value
+    for name, value in ingest_pb2.RefusalReason.items() if value}
+#: Refusals a resend cannot cure: the hook drops the batch, so the agent counts it as dropped
+#: too (agent_dropped `refused_batches_<reason>`); the others are retried by the hook.
+PERMANENT_REFUSALS = ("invalid", "too_big")
+#: WAL refusals that say the disk (not the configured cap) is refusing: ingest is unhealthy.
+DISK_REFUSALS = ("disk_full", "disk_error")
+
+logger = logging.getLogger("vllm_audit.agent")
 
 
 class Session:
@@ -31,7 +50,9 @@ class Session:
 
     def __init__(self) -> None:
         self.outbox: asyncio.Queue[ingest_pb2.IngestReply] = asyncio.Queue()
+        #: Set by ingest from the stream's batches (the level report is per source).
         self.source_id = ""
+        self.connected_at = time.monotonic()
 
 
 class AgentState:
@@ -50,17 +71,45 @@ class AgentState:
         self.hook_dropped: Counter[str] = Counter()
         self.agent_dropped: Counter[str] = Counter()
         self.sources: dict[str, SourceState] = {}
+        #: Fields repaired by validation at ingest, by "<Message>.<field>" (validation.py).
+        self.clamped_fields: Counter[str] = Counter(dict.fromkeys(CLAMPABLE_FIELDS, 0))
+        #: False while the WAL refuses appends for disk reasons; True after a good append.
+        self.ingest_healthy = True
+        #: Set at shutdown: new batches are refused (shutting_down), the hook keeps them.
+        self.stopping = False
+        #: Store units (check, append, mark, apply) under way; each runs to its end even when
+        #: the stream that started it is cancelled.
+        self.pending_stores: set[asyncio.Task[ingest_pb2.IngestReply]] = set()
         self.sessions: set[Session] = set()
+        # -- level control --
         self.level = config.audit_level
+        self.trails.audit_level = config.audit_level
         self.level_version = 1
+        #: Random per agent start: a hook takes any config from an epoch it has not seen, so a
+        #: restarted agent (versions from 1 again) is never ignored.
+        self.level_epoch = secrets.randbits(63) | 1
+        self.level_changed_at = time.monotonic()
+        #: What each source reports it runs: (applied level, config epoch, config version).
+        self.applied_levels: dict[str, tuple[int, int, int]] = {}
+        self._load_level()
         self.started = time.monotonic()
         self.ready = False
         #: Internal errors swallowed by the agent; tests assert this stays empty.
         self.errors: Counter[str] = Counter()
+        for reason in REFUSAL_REASONS:
+            self.counters[f"refused_batches_{reason}"] += 0
+        for name in ("duplicate_batches", "wal_replay_duplicates", "dedup_holes_skipped",
+                     "dedup_epochs_evicted"):
+            self.counters[name] += 0
+        for name in ("events_without_body", "malformed_batches", "replay_quarantined_batches",
+                     "replay_quarantine_failed"):
+            self.agent_dropped[name] += 0
+        self.engines, self.request_metrics = EngineTable(), RequestMetrics()
 
     def _on_final(self, trail: Trail) -> None:
         """A final trail (or revision) becomes one record in the record log; once it is
         durable there, the ingest WAL segments that held the trail are released."""
+        self.request_metrics.observe(trail.summary)
         record = trail_record(trail.summary)
         replayed = self.records.replay_event_ids
         if replayed is not None and event_id(record) in replayed:
@@ -74,7 +123,20 @@ class AgentState:
         """Everything the agent itself lost, by reason (one view for stats and metrics)."""
         publisher = {f"publisher_{k}": v for k, v in self.publisher.counters.items()
                      if k in ("stats_dropped_queue_full", "stats_failed")}
-        return {**self.agent_dropped, **publisher}
+        refused = {f"refused_batches_{r}": self.counters[f"refused_batches_{r}"]
+                   for r in PERMANENT_REFUSALS}
+        return {**self.agent_dropped, **refused, **publisher}
+
+    def refused_by_reason(self) -> dict[str, int]:
+        """Batches refused (not stored), by lower-case RefusalReason name."""
+        return {r: self.counters[f"refused_batches_{r}"] for r in REFUSAL_REASONS}
+
+    async def stop_ingest(self, timeout: float = 5.0) -> None:
+        """At shutdown, before the ingest server stops: refuse new batches (shutting_down,
+        so hooks keep them) and let the store units under way finish."""
+        self.stopping = True
+        if self.pending_stores:
+            await asyncio.wait(list(self.pending_stores), timeout=timeout)
 
     def reclaim_wal(self) -> int:
         """Deletes sealed ingest WAL segments no longer needed; returns how many.
@@ -90,17 +152,58 @@ class AgentState:
         self.records.reclaim()
         return deleted
 
+    # -- level control ---------------------------------------------------------------------
+    def _load_level(self) -> None:
+        persisted = load_level(self.config.data_dir)
+        if persisted is None:
+            return
+        self.level_version = persisted.version
+        if persisted.configured_level == self.config.audit_level:
+            self.level = self.trails.audit_level = persisted.level
+            logger.info("audit level %s (set through the control API before this start)",
+                        pb.AuditLevel.Name(self.level))  # type: ignore[arg-type]
+        else:
+            logger.info("audit level %s from the configuration, which changed since the level "
+                        "%s was set", pb.AuditLevel.Name(self.level),  # type: ignore[arg-type]
+                        pb.AuditLevel.Name(persisted.level))  # type: ignore[arg-type]
+
     def hook_config(self) -> ingest_pb2.IngestReply:
-        return ingest_pb2.IngestReply(
-            config=ingest_pb2.HookConfig(level=self.level, version=self.level_version))  # type: ignore[arg-type]
+        return ingest_pb2.IngestReply(config=ingest_pb2.HookConfig(
+            level=self.level, version=self.level_version, epoch=self.level_epoch))  # type: ignore[arg-type]
 
     def set_level(self, level: int) -> int:
-        self.level = level
-        self.level_version += 1
+        """Persists, then pushes the level to every connected hook; returns how many.
+
+        Raises OSError (level unchanged) when it cannot be persisted."""
+        version = self.level_version + 1
+        save_level(self.config.data_dir, PersistedLevel(level, version, self.config.audit_level))
+        self.level, self.level_version = level, version
+        self.trails.audit_level = level
+        self.level_changed_at = time.monotonic()
         reply = self.hook_config()
         for session in self.sessions:
             session.outbox.put_nowait(reply)
         return len(self.sessions)
+
+    def source_levels(self, now: float | None = None) -> list[q.SourceLevel]:
+        """The level each connected hook reports it runs; `mismatch` when it is not the
+        agent's level `level_apply_deadline_seconds` after the change (or the connection)."""
+        now = time.monotonic() if now is None else now
+        deadline = self.config.level_apply_deadline_seconds
+        out = []
+        for session in self.sessions:
+            level, epoch, version = self.applied_levels.get(session.source_id, (0, 0, 0))
+            source = self.sources.get(session.source_id)
+            late = now - max(self.level_changed_at, session.connected_at) > deadline
+            out.append(q.SourceLevel(
+                source_id=session.source_id, process_role=source.role if source else "",
+                applied_level=level, config_epoch=epoch, config_version=version,  # type: ignore[arg-type]
+                connected=True, mismatch=late and level != self.level))
+        return out
+
+    def level_mismatch_sources(self) -> int:
+        """Connected hooks not running the agent's level past the deadline (alert on > 0)."""
+        return sum(1 for s in self.source_levels() if s.mismatch)
 
     def source(self, source_id: str) -> SourceState:
         state = self.sources.get(source_id)
@@ -108,17 +211,41 @@ class AgentState:
             state = self.sources[source_id] = SourceState()
         return state
 
+    def window(self, batch: pb.Batch) -> SeqWindow:
+        """The de-duplication window of the batch's (source_id, epoch)."""
+        source = self.source(batch.source_id)
+        evicted = source.epochs_evicted
+        window = source.window(batch.epoch)
+        self.counters["dedup_epochs_evicted"] += source.epochs_evicted - evicted
+        return window
+
+    def mark_stored(self, batch: pb.Batch) -> None:
+        """Remembers (source_id, epoch, seq) as stored, so a resend is a duplicate."""
+        window = self.window(batch)
+        skipped = window.holes_skipped
+        window.mark(batch.seq)
+        self.counters["dedup_holes_skipped"] += window.holes_skipped - skipped
+
     def apply_batch(self, batch: pb.Batch, segment: int) -> None:
-        """Applies a batch stored in WAL `segment` to the trail store, stats and counters."""
+        """Applies a batch stored in WAL `segment` to the trail store, stats and counters.
+
+        Gap-marker counts are hook-supplied uint64s: their sums saturate at 2^64-1."""
         source = self.source(batch.source_id)
         source.role, source.model = batch.process_role, batch.model or source.model
+        if batch.applied_level:
+            self.applied_levels[batch.source_id] = (
+                batch.applied_level, batch.config_epoch, batch.config_version)
         self.counters["batches"] += 1
         self.counters["events"] += len(batch.events)
+        self.engines.observe_batch(batch, source.model)
         for reason, n in batch.gap.dropped_by_reason.items():
-            self.hook_dropped[reason] += n
+            saturating_add(self.hook_dropped, reason, n)
         if batch.gap.first_missing_seq:
-            self.hook_dropped["missing_batches"] += source.count_missing(
-                batch.gap.first_missing_seq, batch.gap.last_missing_seq)
+            window = self.window(batch)
+            skipped = window.holes_skipped
+            saturating_add(self.hook_dropped, "missing_batches", window.count_missing(
+                batch.gap.first_missing_seq, batch.gap.last_missing_seq))
+            self.counters["dedup_holes_skipped"] += window.holes_skipped - skipped
         for event in batch.events:
             if event.WhichOneof("body") == "engine_stats":
                 source.last_stats = event.engine_stats
@@ -126,10 +253,9 @@ class AgentState:
         self.trails.apply(batch, segment)
 
     def _publish_stats(self, batch: pb.Batch, source: SourceState, event: pb.Event) -> None:
-        now = time.monotonic()
-        if now - source.last_stats_published < ENGINE_STATS_PUBLISH_INTERVAL_S:
+        if not self.engines.due(batch.source_id, event.engine_stats.engine_index,
+                                ENGINE_STATS_PUBLISH_INTERVAL_S):
             return
-        source.last_stats_published = now
         record = message_to_dict(event.engine_stats)
         record.update({"schema": 1, "source_id": batch.source_id, "model": source.model,
                        "timestamp_ms": event.time_unix_nano // 1_000_000})

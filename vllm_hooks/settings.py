@@ -24,6 +24,15 @@ ENV_UNACKED_BYTES = "VLLM_AUDIT_UNACKED_BYTES"
 #: Events per batch and the sender's flush interval in milliseconds.
 ENV_BATCH_EVENTS = "VLLM_AUDIT_BATCH_EVENTS"
 ENV_FLUSH_MS = "VLLM_AUDIT_FLUSH_MS"
+#: Serialised bytes per batch (at least MIN_BATCH_BYTES). Batches are cut by bytes as well as
+#: by count; a single event larger than this is truncated to fit and marked `truncated`.
+ENV_MAX_BATCH_BYTES = "VLLM_AUDIT_MAX_BATCH_BYTES"
+#: The gRPC channel's message size limit; must exceed the batch cap. Give the agent the same
+#: (or a larger) limit, or it ends the stream on every batch between its limit and this one.
+ENV_MAX_MESSAGE_BYTES = "VLLM_AUDIT_MAX_MESSAGE_BYTES"
+#: Milliseconds the oldest sent batch may wait for an answer before the sender cancels the
+#: stream, reconnects and resends.
+ENV_ACK_TIMEOUT_MS = "VLLM_AUDIT_ACK_TIMEOUT_MS"
 #: Capture policies: none | hmac | redact | full.
 ENV_CAPTURE_PROMPT = "VLLM_AUDIT_CAPTURE_PROMPT"
 ENV_CAPTURE_OUTPUT = "VLLM_AUDIT_CAPTURE_OUTPUT"
@@ -33,7 +42,24 @@ ENV_HMAC_KEY = "VLLM_AUDIT_HMAC_KEY"
 #: Header that names the tenant of a request.
 ENV_TENANT_HEADER = "VLLM_AUDIT_TENANT_HEADER"
 
+# -- start-up policy (read by register() on its own: it must work when the rest is invalid) --
+#: "true": an invalid setting only logs and vLLM serves unaudited. Default: vLLM refuses to
+#: start, naming the variable (an audit that is silently off fails its purpose).
+ENV_FAIL_OPEN = "VLLM_AUDIT_FAIL_OPEN"
+#: "true": vLLM refuses to start when the agent cannot be reached at start-up.
+ENV_REQUIRED = "VLLM_AUDIT_REQUIRED"
+#: Seconds register() keeps trying the agent under VLLM_AUDIT_REQUIRED (a sidecar may start
+#: a moment after vLLM).
+ENV_REQUIRED_WAIT = "VLLM_AUDIT_REQUIRED_WAIT_SECONDS"
+
 DEFAULT_AGENT_ADDRESS = "/var/run/vllm-audit/ingest.sock"
+DEFAULT_MAX_BATCH_BYTES = 1 << 20
+DEFAULT_MAX_MESSAGE_BYTES = 8 << 20
+DEFAULT_ACK_TIMEOUT_MS = 10_000
+#: Room for a batch's header, its gap marker and one truncated event.
+MIN_BATCH_BYTES = 4096
+#: gRPC takes message limits as a C int.
+MAX_MESSAGE_BYTES_LIMIT = (1 << 31) - 1
 CAPTURE_POLICIES = ("none", "hmac", "redact", "full")
 
 
@@ -93,6 +119,23 @@ class HookSettings:
     capture_client_ip: str = "hmac"
     hmac_key: bytes | None = None
     tenant_header: str = "x-tenant-id"
+    max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    ack_timeout_ms: int = DEFAULT_ACK_TIMEOUT_MS
+
+    def __post_init__(self) -> None:
+        # Checked here, not only in from_env, so settings built in code obey the same rules.
+        if self.max_batch_bytes < MIN_BATCH_BYTES:
+            raise ValueError(f"{ENV_MAX_BATCH_BYTES}={self.max_batch_bytes} must be >= "
+                             f"{MIN_BATCH_BYTES}")
+        if self.max_message_bytes > MAX_MESSAGE_BYTES_LIMIT:
+            raise ValueError(f"{ENV_MAX_MESSAGE_BYTES}={self.max_message_bytes} must be <= "
+                             f"{MAX_MESSAGE_BYTES_LIMIT}")
+        if self.max_message_bytes <= self.max_batch_bytes:
+            raise ValueError(f"{ENV_MAX_MESSAGE_BYTES}={self.max_message_bytes} must exceed "
+                             f"{ENV_MAX_BATCH_BYTES}={self.max_batch_bytes}")
+        if self.ack_timeout_ms <= 0:
+            raise ValueError(f"{ENV_ACK_TIMEOUT_MS}={self.ack_timeout_ms} must be > 0")
 
     @classmethod
     def from_env(cls, env: dict[str, str] | os._Environ[str] | None = None) -> HookSettings:
@@ -112,6 +155,9 @@ class HookSettings:
             capture_client_ip=_policy(env, ENV_CAPTURE_CLIENT_IP, "hmac"),
             hmac_key=key.encode() if key else None,
             tenant_header=(env.get(ENV_TENANT_HEADER) or "x-tenant-id").lower(),
+            max_batch_bytes=_positive_int(env, ENV_MAX_BATCH_BYTES, DEFAULT_MAX_BATCH_BYTES),
+            max_message_bytes=_positive_int(env, ENV_MAX_MESSAGE_BYTES, DEFAULT_MAX_MESSAGE_BYTES),
+            ack_timeout_ms=_positive_int(env, ENV_ACK_TIMEOUT_MS, DEFAULT_ACK_TIMEOUT_MS),
         )
 
     def grpc_target(self) -> str:
@@ -137,3 +183,21 @@ def settings() -> HookSettings:
         cached = (pid, HookSettings.from_env())
         _cached = cached
     return cached[1]
+
+
+def start_policy(env: dict[str, str] | os._Environ[str] | None = None) -> tuple[bool, bool, float]:
+    """(fail_open, required, required_wait_seconds), readable even when other settings are
+    invalid. Raises ValueError naming the variable for a bad wait."""
+    env = os.environ if env is None else env
+    raw = env.get(ENV_REQUIRED_WAIT) or "10"
+    try:
+        wait = float(raw)
+    except ValueError:
+        raise ValueError(f"{ENV_REQUIRED_WAIT}={raw!r} is not a number") from None
+    return _truthy(env.get(ENV_FAIL_OPEN)), _truthy(env.get(ENV_REQUIRED)), max(0.0, wait)
+
+
+def enabled_in_env(env: dict[str, str] | os._Environ[str] | None = None) -> bool:
+    """The on switch alone, readable even when other settings are invalid."""
+    env = os.environ if env is None else env
+    return _truthy(env.get(ENV_ENABLED)) or _truthy(env.get(ENV_STRUCTURED_OUTPUT_AUDIT))

@@ -11,13 +11,14 @@ import grpc
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from vllm_audit.v1 import events_pb2 as pb
-from vllm_audit.v1 import query_pb2, query_pb2_grpc
+from vllm_audit.v1 import query_pb2
 
 from agent.config import AgentConfig
 from agent.gpu import FakeGpuReader, GpuUnavailable, NvmlReader
 from agent.server import AgentHandle
 from agent.wal import WriteAheadLog
 from tests.support.agent_harness import Hook, agent, lifecycle, published_keys, query, requests_of
+from tests.support.agent_harness import control as harness_control
 
 
 def http(rid: str, status: int, t: int) -> pb.Event:
@@ -66,7 +67,7 @@ async def test_http_and_engine_halves_join_in_either_order(tmp_path: Path) -> No
         ccc = await q.GetTrail(query_pb2.GetTrailRequest(request_id="ccc"))
         assert ccc.summary.state == query_pb2.TRAIL_STATE_FAILED
         record = requests_of(published)[0][1]
-        assert record["schema"] == 1 and record["gen_ai.request.model"] == "m"
+        assert record["schema"] == 2 and record["gen_ai.request.model"] == "m"
 
 
 async def test_duplicates_dropped_and_gaps_counted(tmp_path: Path) -> None:
@@ -128,7 +129,7 @@ def test_wal_refuses_appends_past_its_cap(tmp_path: Path) -> None:
 async def test_set_level_pushes_config_to_connected_hooks(tmp_path: Path) -> None:
     async with agent(tmp_path) as (handle, _), Hook(handle.state.config.ingest_socket) as hook:
         await hook.next("config")
-        control = query_pb2_grpc.ControlServiceStub(grpc.aio.insecure_channel(handle.query_address))
+        control = harness_control(handle)
         reply = await control.SetAuditLevel(query_pb2.SetAuditLevelRequest(level=pb.AUDIT_LEVEL_FULL))
         assert reply.sources_notified == 1
         pushed = await hook.next("config")
@@ -182,7 +183,7 @@ async def test_health_ready_and_gpu(tmp_path: Path) -> None:
         _, body = await scrape(handle)
         families = {f.name: f for f in text_string_to_metric_families(body)}
         assert families["vllm_audit_gpu_available"].samples[0].value == 1
-        assert families["vllm_audit_gpu_utilization_ratio"].samples[0].value == pytest.approx(0.42)
+        assert families["DCGM_FI_DEV_GPU_UTIL"].samples[0].value == pytest.approx(42)
         health = await query(handle).Health(query_pb2.HealthRequest())
         assert health.status == "SERVING" and health.gpu_available
 

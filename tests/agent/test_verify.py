@@ -66,7 +66,7 @@ def public_key(log_dir: Path) -> Path:
 
 def lines_of(log_dir: Path, tmp_path: Path) -> list[bytes]:
     out = tmp_path / "export.jsonl"
-    done = cli("export", "--data-dir", log_dir.parent, "--output", out)
+    done = cli("export", "--data-dir", log_dir.parent, "--output-file", out)
     assert done.returncode == 0, done.stderr
     return list(file_payloads(out))
 
@@ -245,7 +245,7 @@ async def test_an_exported_range_verifies_on_its_own(tmp_path: Path) -> None:
     since, until = 1_790_000_000 + 5 * 60, 1_790_000_000 + 10 * 60  # requests r5..r9
     out = tmp_path / "range.jsonl"
     done = cli("export", "--data-dir", data, "--since", str(since), "--until", str(until),
-               "--output", out)
+               "--output-file", out)
     assert done.returncode == 0, done.stderr
     records = [orjson.loads(line) for line in file_payloads(out)]
     requests = [r["request_id"] for r in records if r["type"] == "request"]
@@ -256,7 +256,7 @@ async def test_an_exported_range_verifies_on_its_own(tmp_path: Path) -> None:
     csv_out = tmp_path / "range.csv"
     iso_since = "2026-09-21T14:18:20Z"  # = since
     done = cli("export", "--data-dir", data, "--since", iso_since, "--until", str(until),
-               "--format", "csv", "--output", csv_out)
+               "--format", "csv", "--output-file", csv_out)
     assert done.returncode == 0, done.stderr
     import csv
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer
 from vllm_audit.v1 import events_pb2 as pb
-from vllm_audit.v1 import query_pb2
+from vllm_audit.v1 import ingest_pb2, query_pb2
 
 from agent.publisher import KafkaPublisher
 from agent.recordlog import read_records
@@ -92,7 +92,8 @@ async def test_kafka_outage_fills_the_record_log_then_the_wal_and_drains_after(
             if reply.ack.refused:
                 break
             stored.append(f"{seq}-0utage00")
-        assert reply.ack.reason == "wal_full"
+        assert reply.ack.refusal == ingest_pb2.REFUSAL_REASON_WAL_FULL
+        assert reply.ack.reason.startswith("wal_full: ")
         # The record log reached its cap first and refused (nothing dropped: queued).
         assert state.records.counters["refused_wal_full"] >= 1 and state.records.pending
         assert state.records.wal.size <= 16_000 and state.wal.size <= 2000

@@ -240,11 +240,11 @@ def test_disk_full_then_freed(tmp_path: Path, fault_table: list[FaultRow]) -> No
                 load.offer(200)
                 assert load.flush(30)
                 filler = data / "filler"
-                with open(filler, "wb") as f:  # fill the file system to the last block
+                # Fill the file system to the last block (unbuffered: close() cannot fail).
+                with open(filler, "wb", buffering=0) as f:
                     try:
                         while True:
-                            f.write(b"\0" * 65536)
-                            f.flush()
+                            f.write(b"\0" * 4096)
                     except OSError:
                         pass
                 load.offer(2000)

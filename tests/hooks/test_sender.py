@@ -44,7 +44,7 @@ def running_sender(socket: Path, unacked_bytes: int) -> Iterator[tuple[Sender, E
     buffer = EventBuffer(1000)
     errors = InternalErrors()
     sender = Sender(settings, buffer, EventConverter(settings, CapturePolicy(b"k")), errors,
-                    lambda level, version: None, "test")
+                    lambda *config: None, "test")
     sender.start()
     try:
         yield sender, buffer, errors

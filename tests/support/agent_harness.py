@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +14,11 @@ import grpc
 from vllm_audit.v1 import events_pb2 as pb
 from vllm_audit.v1 import ingest_pb2, ingest_pb2_grpc, query_pb2_grpc
 
+from agent.auth import ADMIN_TOKEN_FILE
+from agent.client import aio_channel
 from agent.config import AgentConfig
 from agent.gpu import GpuReader
-from agent.publisher import InMemoryPublisher
+from agent.publisher import InMemoryPublisher, OnDone
 from agent.server import AgentHandle, running_agent
 
 
@@ -32,17 +34,49 @@ def agent_config(tmp: Path, **overrides: object) -> AgentConfig:
 
 @contextlib.asynccontextmanager
 async def agent(tmp: Path, gpu_reader: GpuReader | None = None, durable_publisher: bool = False,
+                publisher: InMemoryPublisher | None = None, expected_errors: Collection[str] = (),
                 **overrides: object) -> AsyncIterator[tuple[AgentHandle, InMemoryPublisher]]:
-    """Runs an agent; on a clean exit, fails if it swallowed any internal error."""
-    publisher = InMemoryPublisher(durable=durable_publisher)
+    """Runs an agent; on a clean exit, fails if it swallowed any internal error (other than
+    at the `expected_errors` sites, for tests that inject a failure)."""
+    publisher = publisher or InMemoryPublisher(durable=durable_publisher)
     async with running_agent(agent_config(tmp, **overrides), publisher=publisher,
                              gpu_reader=gpu_reader) as handle:
         yield handle, publisher
-        assert not handle.state.errors, f"agent swallowed errors: {dict(handle.state.errors)}"
+        unexpected = {k: v for k, v in handle.state.errors.items() if k not in expected_errors}
+        assert not unexpected, f"agent swallowed errors: {unexpected}"
 
 
-def query(handle: AgentHandle) -> query_pb2_grpc.QueryServiceStub:
-    return query_pb2_grpc.QueryServiceStub(grpc.aio.insecure_channel(handle.query_address))
+class FailingPublisher(InMemoryPublisher):
+    """A publisher whose `offer` raises: injects an agent-side exception mid-stream (a final
+    trail is offered while its batch is applied)."""
+
+    def offer(self, topic_suffix: str, key: str, record: dict[str, Any],
+              on_done: OnDone | None = None) -> None:
+        raise RuntimeError("injected publisher failure")
+
+
+def admin_token(handle: AgentHandle) -> str:
+    """The local admin token the agent made in its data dir (no tokens file configured)."""
+    return (handle.state.config.data_dir / ADMIN_TOKEN_FILE).read_text().strip()
+
+
+def _channel(handle: AgentHandle, token: str | None) -> grpc.aio.Channel:
+    """One channel per agent and token, held by the handle: an aio channel nobody references
+    closes itself, even under a call a temporary stub has just started."""
+    token = token or admin_token(handle)
+    channels: dict[str, grpc.aio.Channel] = handle.__dict__.setdefault("_test_channels", {})
+    if token not in channels:
+        channels[token] = aio_channel(handle.query_address, token)
+    return channels[token]
+
+
+def query(handle: AgentHandle, token: str | None = None) -> query_pb2_grpc.QueryServiceStub:
+    """The query API as the local admin (or as the holder of `token`)."""
+    return query_pb2_grpc.QueryServiceStub(_channel(handle, token))
+
+
+def control(handle: AgentHandle, token: str | None = None) -> query_pb2_grpc.ControlServiceStub:
+    return query_pb2_grpc.ControlServiceStub(_channel(handle, token))
 
 
 def lifecycle(rid: str, phase: int, t: int, **kw: object) -> pb.Event:
@@ -83,6 +117,11 @@ class Hook:
     async def send(self, seq: int, *events: pb.Event, **kw: object) -> ingest_pb2.IngestReply:
         await self.outbox.put(pb.Batch(source_id=self.source, seq=seq, events=events,
                                        **kw))  # type: ignore[arg-type]
+        return await self.next("ack")
+
+    async def send_batch(self, batch: pb.Batch) -> ingest_pb2.IngestReply:
+        """Sends a batch exactly as given (any source, seq, epoch) and returns its answer."""
+        await self.outbox.put(batch)
         return await self.next("ack")
 
     async def next(self, kind: str) -> ingest_pb2.IngestReply:
