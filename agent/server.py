@@ -16,7 +16,7 @@ import contextlib
 import grp
 import logging
 import os
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 import grpc
@@ -72,8 +72,9 @@ def _gpu_reader(kind: str) -> GpuReader | None:
     return None
 
 
-def _record_log(config: AgentConfig) -> RecordLog:
-    return RecordLog(config.data_dir / "records", config.record_log_max_bytes, config.wal_fsync,
+def _record_log(config: AgentConfig, kind: Callable[..., RecordLog] = RecordLog) -> RecordLog:
+    """`kind`: RecordLog, or a subclass (tests inject failures with one)."""
+    return kind(config.data_dir / "records", config.record_log_max_bytes, config.wal_fsync,
                      load_or_create_signer(config.signing_key_file, config.data_dir),
                      retention_days=config.record_retention_days,
                      checkpoint_every=config.checkpoint_every,
@@ -92,7 +93,9 @@ def _publisher(config: AgentConfig) -> Publisher:
 async def running_agent(config: AgentConfig, publisher: Publisher | None = None,
                         gpu_reader: GpuReader | None = None,
                         shutdown_timeout: float | None = None,
-                        audit_sink: AuditSink | None = None) -> AsyncIterator[AgentHandle]:
+                        audit_sink: AuditSink | None = None,
+                        record_log: Callable[..., RecordLog] = RecordLog,
+                        ) -> AsyncIterator[AgentHandle]:
     # Refuse an unsafe listener before touching anything.
     host = parse_address("query_address", config.query_address)[0]
     check_listener(host, config.tls_cert is not None, config.allow_insecure_remote)
@@ -100,7 +103,7 @@ async def running_agent(config: AgentConfig, publisher: Publisher | None = None,
     # before it opens the WAL. Held until the WAL is closed.
     with DataDirLock(config.data_dir):
         async with _running_agent(config, publisher, gpu_reader, shutdown_timeout,
-                                  audit_sink) as handle:
+                                  audit_sink, record_log) as handle:
             yield handle
 
 
@@ -108,10 +111,11 @@ async def running_agent(config: AgentConfig, publisher: Publisher | None = None,
 async def _running_agent(config: AgentConfig, publisher: Publisher | None,
                          gpu_reader: GpuReader | None,
                          shutdown_timeout: float | None,
-                         audit_sink: AuditSink | None) -> AsyncIterator[AgentHandle]:
+                         audit_sink: AuditSink | None,
+                         record_log: Callable[..., RecordLog]) -> AsyncIterator[AgentHandle]:
     wal = WriteAheadLog(config.data_dir, config.wal_max_bytes, config.wal_fsync,
                         config.wal_segment_bytes or None)
-    records = _record_log(config)
+    records = _record_log(config, record_log)
     publisher = publisher or _publisher(config)
     gpu = GpuSampler(gpu_reader or _gpu_reader(config.gpu), config.gpu_interval_seconds)
     state = AgentState(config, wal, publisher, gpu, records)

@@ -19,7 +19,7 @@ from agent.config import AgentConfig
 from agent.validation import MAX_DURATION_MS, UINT64_MAX
 from agent.wal import WriteAheadLog
 from tests.agent.test_agent import scrape
-from tests.support.agent_harness import FailingPublisher, Hook, agent, lifecycle, query, until
+from tests.support.agent_harness import FailingRecordLog, Hook, agent, lifecycle, query, until
 
 T = 10**18  # a plausible time_unix_nano
 SOCKET = "ingest.sock"
@@ -108,8 +108,8 @@ async def test_unreplayable_wal_records_are_quarantined_not_fatal(tmp_path: Path
 async def test_a_batch_that_fails_to_apply_at_replay_is_quarantined(tmp_path: Path) -> None:
     async with agent(tmp_path) as (_, _), Hook(tmp_path / SOCKET) as hook:
         assert acked(await hook.send(1, finished("0-0000000a")))
-    # At the restart the final trail's record cannot be offered: the batch fails to apply.
-    async with agent(tmp_path, publisher=FailingPublisher()) as (handle, _):
+    # At the restart the final trail cannot be recorded: the batch fails to apply.
+    async with agent(tmp_path, record_log=FailingRecordLog) as (handle, _):
         assert handle.state.agent_dropped["replay_quarantined_batches"] == 1
         assert len(list((tmp_path / "data" / "quarantine").iterdir())) == 1
         # Still marked as stored: the hook's resend is a duplicate, not a second copy.
@@ -246,18 +246,18 @@ async def test_the_same_batch_on_two_streams_at_once_is_stored_once(tmp_path: Pa
 
 
 async def test_an_exception_mid_stream_ends_it_with_a_status(tmp_path: Path) -> None:
-    async with agent(tmp_path, publisher=FailingPublisher(),
+    async with agent(tmp_path, record_log=FailingRecordLog,
                      expected_errors=("ingest.stream", "ingest.apply")) as (handle, _):
         async with Hook(tmp_path / SOCKET) as hook:
             assert acked(await hook.send(1, lifecycle("0-0000000b", pb.LIFECYCLE_PHASE_ADDED, T)))
-            # Finishing the trail offers its record to the failing publisher.
+            # Finishing the trail appends its record to the failing record log.
             await hook.outbox.put(pb.Batch(source_id=hook.source, seq=2,
                                            events=[finished("0-0000000b")]))
             with pytest.raises(grpc.aio.AioRpcError) as info:
                 async with asyncio.timeout(10):
                     await hook.reader
             assert info.value.code() == grpc.StatusCode.INTERNAL
-            assert "injected publisher failure" in (info.value.details() or "")
+            assert "injected record log failure" in (info.value.details() or "")
         assert handle.state.errors["ingest.stream"] == 1
         # The batch was stored before the failure: the hook's resend is acked as a duplicate.
         async with Hook(tmp_path / SOCKET) as hook:

@@ -18,7 +18,8 @@ from agent.auth import ADMIN_TOKEN_FILE
 from agent.client import aio_channel
 from agent.config import AgentConfig
 from agent.gpu import GpuReader
-from agent.publisher import InMemoryPublisher, OnDone
+from agent.publisher import InMemoryPublisher
+from agent.recordlog import RecordLog
 from agent.server import AgentHandle, running_agent
 
 
@@ -35,24 +36,24 @@ def agent_config(tmp: Path, **overrides: object) -> AgentConfig:
 @contextlib.asynccontextmanager
 async def agent(tmp: Path, gpu_reader: GpuReader | None = None, durable_publisher: bool = False,
                 publisher: InMemoryPublisher | None = None, expected_errors: Collection[str] = (),
+                record_log: type[RecordLog] = RecordLog,
                 **overrides: object) -> AsyncIterator[tuple[AgentHandle, InMemoryPublisher]]:
     """Runs an agent; on a clean exit, fails if it swallowed any internal error (other than
     at the `expected_errors` sites, for tests that inject a failure)."""
     publisher = publisher or InMemoryPublisher(durable=durable_publisher)
     async with running_agent(agent_config(tmp, **overrides), publisher=publisher,
-                             gpu_reader=gpu_reader) as handle:
+                             gpu_reader=gpu_reader, record_log=record_log) as handle:
         yield handle, publisher
         unexpected = {k: v for k, v in handle.state.errors.items() if k not in expected_errors}
         assert not unexpected, f"agent swallowed errors: {unexpected}"
 
 
-class FailingPublisher(InMemoryPublisher):
-    """A publisher whose `offer` raises: injects an agent-side exception mid-stream (a final
-    trail is offered while its batch is applied)."""
+class FailingRecordLog(RecordLog):
+    """A record log whose `append` raises: injects an agent-side exception mid-stream (a final
+    trail is recorded while its batch is applied)."""
 
-    def offer(self, topic_suffix: str, key: str, record: dict[str, Any],
-              on_done: OnDone | None = None) -> None:
-        raise RuntimeError("injected publisher failure")
+    def append(self, *args: Any, **kwargs: Any) -> int:
+        raise RuntimeError("injected record log failure")
 
 
 def admin_token(handle: AgentHandle) -> str:
