@@ -69,7 +69,7 @@ def event_id(record: dict[str, Any]) -> str:
     keeps the newest revision per trail id never takes a forced finalisation for the real
     record. Falls back to `request_id` and revision 0 for records without a trail id."""
     trail = record.get("trail_id") or record.get("request_id") or ""
-    return f"{trail}:{int(record.get('revision') or 0)}"
+    return f"{trail}/{int(record.get('revision') or 0)}"
 
 
 @dataclass(slots=True)

@@ -9,16 +9,19 @@ import time
 from pathlib import Path
 from typing import Any
 
+import orjson
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import generate_latest
 from vllm_audit.v1 import events_pb2 as pb
 
+from agent.chain import load_or_create_signer
 from agent.gpu import GpuSampler
 from agent.ingest import replay_wal
 from agent.metrics import make_registry
 from agent.publisher import InMemoryPublisher
+from agent.recordlog import RecordLog, read_records
 from agent.records import encode
 from agent.state import AgentState
 from agent.validation import validate
@@ -73,7 +76,9 @@ def test_accepted_batches_apply_finalise_export_and_replay(tmp_path_factory: Any
     def fresh() -> AgentState:
         config = agent_config(tmp)
         wal = WriteAheadLog(config.data_dir, config.wal_max_bytes, "never")
-        return AgentState(config, wal, InMemoryPublisher(), GpuSampler(None, 5.0))
+        records = RecordLog(config.data_dir / "records", 1 << 30, "never",
+                            load_or_create_signer(None, config.data_dir))
+        return AgentState(config, wal, InMemoryPublisher(), GpuSampler(None, 5.0), records)
 
     async def run() -> None:
         state = fresh()
@@ -85,13 +90,16 @@ def test_accepted_batches_apply_finalise_export_and_replay(tmp_path_factory: Any
             state.mark_stored(batch)
             state.apply_batch(batch, segment)
         state.trails.sweep(now=time.monotonic() + 1e9)  # every half-complete trail lingered out
-        for _, _, record in state.publisher.records:  # type: ignore[attr-defined]
-            encode(record)
+        await state.records.write_pending()  # every final trail became a record on disk
+        for payload in read_records(tmp / "data" / "records"):
+            encode(orjson.loads(payload))
         generate_latest(make_registry(state))
         state.wal.close()
+        state.records.close()
         again = fresh()
         assert replay_wal(again) == len(batches)
         assert again.agent_dropped["replay_quarantined_batches"] == 0
         again.wal.close()
+        again.records.close()
 
     asyncio.run(run())

@@ -55,7 +55,7 @@ async def test_the_chain_continues_across_restarts(tmp_path: Path) -> None:
     log.close()
     again = open_log(tmp_path, signer, checkpoint_every=4)
     assert (again.head_seq, again.head_hash) == head
-    assert again.replay_event_ids == {f"req-{i}:0" for i in range(10)}
+    assert again.replay_event_ids == {f"req-{i}/0" for i in range(10)}
     again.append(request(10))
     again.checkpoint()
     await again.write_pending()

@@ -40,6 +40,7 @@ async def test_one_client_request_id_on_two_requests_gives_two_trails(tmp_path: 
         for seq, (trail, user) in enumerate((("t-one", "alice"), ("t-two", "mallory")), 1):
             await hook.send(seq, http(trail, client_id="same-header", user=user),
                             engine(trail, pb.LIFECYCLE_PHASE_FINISHED, finish_reason="stop"))
+        await until(lambda: len(records(published)) == 2, "two records")
         got = records(published)
         assert sorted((r["trail_id"], r["user"]) for r in got) == [("t-one", "alice"),
                                                                   ("t-two", "mallory")]
@@ -57,6 +58,7 @@ async def test_linger_counts_from_the_first_complete_half(tmp_path: Path) -> Non
         await hook.send(2, engine("slow", pb.LIFECYCLE_PHASE_FINISHED, finish_reason="stop"))
         await asyncio.sleep(0.1)
         await hook.send(3, http("slow"))
+        await until(lambda: len(records(published)) == 1, "the record")
         (record,) = records(published)
         assert record["finalised_by"] == "FINALISED_BY_COMPLETE"
         assert record["incomplete"] == []
@@ -109,6 +111,7 @@ async def test_shutdown_records_nothing_made_up_and_the_restart_finishes_it(
         for i in range(20):
             await hook.send(i + 1, engine(f"f{i}", pb.LIFECYCLE_PHASE_FINISHED,
                                           finish_reason="stop"), http(f"f{i}"))
+        await until(lambda: len(records(published)) == 20, "20 records")
         got = records(published)
         assert len(got) == 20
         assert {r["finalised_by"] for r in got} == {"FINALISED_BY_COMPLETE"}
@@ -121,11 +124,14 @@ async def test_an_evicted_active_trail_says_so_and_its_rest_is_a_revision(
             Hook(handle.state.config.ingest_socket) as hook:
         for seq, trail in enumerate(("e0", "e1", "e2"), 1):
             await hook.send(seq, engine(trail, pb.LIFECYCLE_PHASE_ADDED))
+        await until(lambda: len(records(published)) == 1, "the evicted trail's record")
         (evicted,) = records(published)
         assert (evicted["trail_id"], evicted["finalised_by"], evicted["state"]) == (
             "e0", "FINALISED_BY_EVICTION", "TRAIL_STATE_INCOMPLETE")
         assert evicted["incomplete"] == ["TRAIL_HALF_HTTP", "TRAIL_HALF_ENGINE"]
         await hook.send(4, engine("e0", pb.LIFECYCLE_PHASE_FINISHED, finish_reason="stop"),
                         http("e0"))
+        await until(lambda: len([r for r in records(published) if r["trail_id"] == "e0"]) == 2,
+                    "the revision")
         rest = [r for r in records(published) if r["trail_id"] == "e0"][1]
         assert rest["revision"] == 1 and rest["event_id"] == "e0/1"

@@ -50,7 +50,15 @@ async def agent(tmp: Path, gpu_reader: GpuReader | None = None, durable_publishe
 
 class FailingRecordLog(RecordLog):
     """A record log whose `append` raises: injects an agent-side exception mid-stream (a final
-    trail is recorded while its batch is applied)."""
+    trail is recorded while its batch is applied). It remembers no earlier record, so a trail
+    replayed from the WAL is recorded (and fails) again."""
+
+    def end_replay(self) -> None:
+        self.replay_event_ids = None
+
+    def _replay(self) -> None:
+        super()._replay()
+        self.replay_event_ids = None
 
     def append(self, *args: Any, **kwargs: Any) -> int:
         raise RuntimeError("injected record log failure")
