@@ -120,6 +120,15 @@ class AgentProc:
             stub = query_pb2_grpc.QueryServiceStub(channel)
             return stub.GetStats(query_pb2.StatsRequest(), timeout=10)
 
+    def recorded_ids(self) -> list[str]:
+        """Request ids of the records in the agent's record log (read from a scratch copy)."""
+        import orjson
+
+        from agent.recordlog import read_records
+
+        records = (orjson.loads(p) for p in read_records(self.data_dir / "records"))
+        return [str(r["request_id"]) for r in records if r.get("type") == "request"]
+
     def trail_ids(self) -> list[str]:
         ids: list[str] = []
         # A page of trails with 50 KB prompts is larger than gRPC's 4 MiB default.
