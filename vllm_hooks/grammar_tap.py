@@ -56,16 +56,18 @@ class BitmaskTap:
     def assign(
         self,
         bitmask: npt.NDArray[np.int32],
-        rows: list[tuple[Any, int]],
+        rows: list[tuple[Any, int, int]],
     ) -> None:
-        """`rows`: (grammar, row index of the token to be sampled next) per request."""
+        """`rows`: (grammar, first row, row count) per request. A request has one row per
+        scheduled draft token (speculative decoding) and one bonus row; the k-th token the
+        engine accepts this step is sampled from row first + k."""
         counts = allowed_counts(bitmask, self.vocab_size)
         with_sets = self.runtime.level >= _WITH_SETS
-        for grammar, row in rows:
+        for grammar, first, n_rows in rows:
             if isinstance(grammar, AuditedGrammar):
-                grammar.pending_allowed = int(counts[row])
+                grammar.pending_rows = counts[first:first + n_rows].tolist()
                 if with_sets:
-                    grammar.pending_bitmask = bitmask[row].astype("<i4", copy=False).tobytes()
+                    grammar.pending_bitmask = bitmask[first].astype("<i4", copy=False).tobytes()
 
 
 class AuditedGrammar:
@@ -88,8 +90,15 @@ class AuditedGrammar:
         self.allowed_max = -1
         self.first_rejected_token = -1
         self.first_rejected_step = -1
-        self.pending_allowed = -1
+        self.drafted = 0
+        self.accepted_drafts = 0
+        self.draft_rollbacks = 0
+        self.rolled_back_drafts = 0
+        #: Set while vLLM fills this step's rows (see BitmaskTap.assign and the adapter).
+        self.pending_rows: list[int] = []
         self.pending_bitmask: bytes | None = None
+        self.pending_drafted = 0
+        self.pending_rolled_back = 0
 
     # -- the StructuredOutputGrammar interface ---------------------------------------------
     def accept_tokens(self, request_id: str, tokens: list[int]) -> bool:
@@ -107,7 +116,12 @@ class AuditedGrammar:
 
     def rollback(self, num_tokens: int) -> None:
         self._inner.rollback(num_tokens)
-        if not self.tap.filling:
+        if self.tap.filling:
+            # vLLM advanced the grammar over the drafts to fill their rows and now undoes it.
+            self.draft_rollbacks += 1
+            self.rolled_back_drafts += num_tokens
+            self.pending_rolled_back += num_tokens
+        else:
             self.rollbacks += 1
 
     def fill_bitmask(self, bitmask: Any, batch_index: int) -> None:
@@ -134,17 +148,28 @@ class AuditedGrammar:
             if self.first_rejected_step < 0:
                 self.first_rejected_step = self.steps
                 self.first_rejected_token = tokens[0] if tokens else -1
-        allowed = self.pending_allowed
+        rows = self.pending_rows
         bitmask = self.pending_bitmask
-        self.pending_allowed = -1
+        drafted = self.pending_drafted
+        rolled_back = self.pending_rolled_back
+        self.pending_rows = []
         self.pending_bitmask = None
-        if allowed >= 0:
-            self.allowed_n += 1
-            self.allowed_sum += allowed
-            if self.allowed_min < 0 or allowed < self.allowed_min:
-                self.allowed_min = allowed
-            if allowed > self.allowed_max:
-                self.allowed_max = allowed
+        self.pending_drafted = 0
+        self.pending_rolled_back = 0
+        # Token k was sampled from row k (after k accepted drafts); rows past the tokens belong
+        # to drafts the engine rejected. Missing rows (level raised mid-request) are unknown.
+        per_token = [rows[k] if k < len(rows) else -1 for k in range(len(tokens))]
+        for allowed in per_token:
+            if allowed >= 0:
+                self.allowed_n += 1
+                self.allowed_sum += allowed
+                if self.allowed_min < 0 or allowed < self.allowed_min:
+                    self.allowed_min = allowed
+                if allowed > self.allowed_max:
+                    self.allowed_max = allowed
+        accepted_drafts = min(drafted, max(len(tokens) - 1, 0))
+        self.drafted += drafted
+        self.accepted_drafts += accepted_drafts
         rt = self.tap.runtime
         if rt.level >= _FULL:
             rt.buffer.offer(
@@ -154,15 +179,20 @@ class AuditedGrammar:
                     self.request_id,
                     self.steps,
                     list(tokens),
-                    allowed,
+                    per_token[0] if per_token else -1,
                     ok,
                     bool(self._inner.is_terminated()),
                     bitmask,
                     self.tap.vocab_size,
+                    per_token,
+                    drafted,
+                    accepted_drafts,
+                    rolled_back,
                 )
             )
 
-    def summary_event(self) -> tuple[Any, ...]:
+    def summary_event(self, status: str = "") -> tuple[Any, ...]:
+        """`status`: vLLM's request status at the end, kept as the fate of a rejection."""
         mean = self.allowed_sum / self.allowed_n if self.allowed_n else -1.0
         return (
             raw.SO_SUMMARY,
@@ -179,4 +209,9 @@ class AuditedGrammar:
             self.rollbacks,
             self.first_rejected_token,
             self.first_rejected_step,
+            self.drafted,
+            self.accepted_drafts,
+            self.draft_rollbacks,
+            self.rolled_back_drafts,
+            status if self.rejected else "",
         )

@@ -17,10 +17,12 @@ from .settings import HookSettings
 LIFECYCLE = 1
 # (KIND, time_ns, request_id, backend, spec_type, compile_ms, error, spec_sha256)
 GRAMMAR = 2
-# (KIND, time_ns, request_id, step, tokens, allowed, accepted, terminated, bitmask, vocab)
+# (KIND, time_ns, request_id, step, tokens, allowed, accepted, terminated, bitmask, vocab,
+#  allowed_per_token, drafted, accepted_drafts, rolled_back_drafts)
 STEP = 3
 # (KIND, time_ns, request_id, backend, steps, accepted, rejected, allowed_min, allowed_max,
-#  allowed_mean, terminated, rollbacks, first_rejected_token, first_rejected_step)
+#  allowed_mean, terminated, rollbacks, first_rejected_token, first_rejected_step,
+#  drafted, accepted_drafts, draft_rollbacks, rolled_back_drafts, rejection_fate)
 SO_SUMMARY = 4
 # (KIND, time_ns, "", dict of EngineStats fields)
 STATS = 5
@@ -58,6 +60,8 @@ class EventConverter:
             if raw[8] is not None:
                 st.allowed_bitmask = raw[8]
             st.vocab_size = raw[9]
+            st.allowed_per_token.extend(raw[10])
+            st.drafted_tokens, st.accepted_draft_tokens, st.rolled_back_draft_tokens = raw[11:14]
         elif kind == SO_SUMMARY:
             s = event.so_summary
             (
@@ -72,7 +76,12 @@ class EventConverter:
                 s.rollbacks,
                 s.first_rejected_token,
                 s.first_rejected_step,
-            ) = raw[3:14]
+                s.drafted_tokens,
+                s.accepted_draft_tokens,
+                s.draft_rollbacks,
+                s.rolled_back_draft_tokens,
+                s.rejection_fate,
+            ) = raw[3:19]
         elif kind == STATS:
             event.engine_stats.CopyFrom(pb.EngineStats(**raw[3]))
         elif kind == HTTP:
