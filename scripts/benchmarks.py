@@ -115,7 +115,7 @@ def request_events(request: int, steps: int) -> list[tuple[object, ...]]:
     events: list[tuple[object, ...]] = [
         (raw.LIFECYCLE, now, rid, 1, 120, 0, "", "", 256, True),
         (raw.LIFECYCLE, now, rid, 2, 0, 0, "", "", 0, False),
-        (raw.GRAMMAR, now, rid, "xgrammar", "json", 1.5, "", "ab" * 32),
+        (raw.GRAMMAR, now, rid, "xgrammar", "json", 1.5, "", "ab" * 32, "", 0),
     ]
     events += [(raw.STEP, now, rid, i + 1, [17], 150, True, False, None, 128_256, [150], 0, 0, 0)
                for i in range(steps)]

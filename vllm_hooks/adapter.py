@@ -47,7 +47,7 @@ from .settings import Level
 __all__ = ["StatLoggerBase", "install"]
 
 _SUMMARY = int(Level.SUMMARY)
-_FULL = int(Level.FULL)
+_KEY_EVENTS = int(Level.KEY_EVENTS)
 
 # vllm_audit.v1.LifecyclePhase values.
 ADDED, SCHEDULED, RESUMED, PREEMPTED, FINISHED, ABORTED = 1, 2, 3, 4, 5, 6
@@ -160,7 +160,7 @@ def _offer_finished(request: Any, offer: Any) -> None:
     so = request.structured_output_request
     grammar = getattr(so, "_grammar", None) if so is not None else None
     if isinstance(grammar, AuditedGrammar):
-        offer(grammar.summary_event(status.name))
+        grammar.finish(status.name)
     offer(
         (
             raw.LIFECYCLE,
@@ -191,6 +191,7 @@ _SPEC_TYPES = {
 def wrap_structured_output_manager(manager: Any, tap: BitmaskTap) -> None:
     rt = tap.runtime
     offer = rt.buffer.offer
+    include, cap = rt.settings.include_grammar, rt.settings.grammar_max_bytes
     orig_create = manager._create_grammar
     orig_bitmask = manager.grammar_bitmask
 
@@ -202,12 +203,12 @@ def wrap_structured_output_manager(manager: Any, tap: BitmaskTap) -> None:
             grammar = orig_create(request)
         except Exception as exc:
             try:
-                offer(_grammar_event(request, start, repr(exc)))
+                offer(_grammar_event(request, start, repr(exc), include, cap))
             except Exception as inner:
                 ERRORS.record("grammar.create.error_event", inner)
             raise
         try:
-            offer(_grammar_event(request, start, ""))
+            offer(_grammar_event(request, start, "", include, cap))
             backend = _backend_name(request)
             return AuditedGrammar(grammar, request.request_id, tap, backend)
         except Exception as exc:
@@ -228,14 +229,14 @@ def wrap_structured_output_manager(manager: Any, tap: BitmaskTap) -> None:
             tap.filling = False
         level = rt.level
         # Rows are walked at summary level only under speculative decoding (draft counts);
-        # the popcount is paid from level full on.
+        # the popcount is paid from level key-events on (its steps carry allowed counts).
         if bitmask is not None and (
-            level >= _FULL or (level >= _SUMMARY and scheduled_spec_decode_tokens)
+            level >= _KEY_EVENTS or (level >= _SUMMARY and scheduled_spec_decode_tokens)
         ):
             try:
                 rows = _request_rows(requests, structured_output_request_ids,
                                      scheduled_spec_decode_tokens, bitmask.shape[0])
-                if level >= _FULL:
+                if level >= _KEY_EVENTS:
                     tap.assign(bitmask, rows)
             except Exception as exc:
                 ERRORS.record("grammar.bitmask", exc)
@@ -273,10 +274,16 @@ def _backend_name(request: Any) -> str:
     return str(getattr(params, "_backend", None) or "unknown")
 
 
-def _grammar_event(request: Any, start: float, error: str) -> tuple[Any, ...]:
+def _grammar_event(request: Any, start: float, error: str,
+                   include_grammar: bool = False, max_bytes: int = 0) -> tuple[Any, ...]:
     so = request.structured_output_request
     spec_type, spec = so.structured_output_key
     name = getattr(spec_type, "name", str(spec_type))
+    data = str(spec).encode()
+    text = ""
+    if include_grammar:
+        # Cut on a UTF-8 boundary so the kept prefix stays valid text.
+        text = data[:max_bytes].decode("utf-8", "ignore")
     return (
         raw.GRAMMAR,
         time.time_ns(),
@@ -285,7 +292,9 @@ def _grammar_event(request: Any, start: float, error: str) -> tuple[Any, ...]:
         _SPEC_TYPES.get(name, name.lower()),
         (time.perf_counter() - start) * 1000.0,
         error,
-        hashlib.sha256(str(spec).encode()).hexdigest(),
+        hashlib.sha256(data).hexdigest(),
+        text,
+        len(data),
     )
 
 

@@ -3,7 +3,8 @@
 Wrapping the grammar object (instead of subclassing a backend) works across xgrammar,
 guidance, outlines and lm-format-enforcer. The proxy counts steps, accepted and rejected
 tokens for the per-request summary and, at level FULL, emits one event per step with the
-number of tokens the bitmask allowed before the token was sampled.
+number of tokens the bitmask allowed before each token was sampled (at KEY_EVENTS only the
+first step, every rejected step and the last).
 
 Allowed-token counts come from one vectorised popcount over the whole bitmask array per
 engine step (see `allowed_counts`), not from per-token Python work.
@@ -22,6 +23,7 @@ from .errors import ERRORS
 from .runtime import HookRuntime
 from .settings import Level
 
+_KEY_EVENTS = int(Level.KEY_EVENTS)
 _FULL = int(Level.FULL)
 _WITH_SETS = int(Level.FULL_WITH_ALLOWED_SETS)
 
@@ -99,6 +101,8 @@ class AuditedGrammar:
         self.pending_bitmask: bytes | None = None
         self.pending_drafted = 0
         self.pending_rolled_back = 0
+        #: Level key-events: the latest step not yet offered, offered at finish as the last.
+        self.held_step: tuple[Any, ...] | None = None
 
     # -- the StructuredOutputGrammar interface ---------------------------------------------
     def accept_tokens(self, request_id: str, tokens: list[int]) -> bool:
@@ -171,25 +175,39 @@ class AuditedGrammar:
         self.drafted += drafted
         self.accepted_drafts += accepted_drafts
         rt = self.tap.runtime
-        if rt.level >= _FULL:
-            rt.buffer.offer(
-                (
-                    raw.STEP,
-                    time.time_ns(),
-                    self.request_id,
-                    self.steps,
-                    list(tokens),
-                    per_token[0] if per_token else -1,
-                    ok,
-                    bool(self._inner.is_terminated()),
-                    bitmask,
-                    self.tap.vocab_size,
-                    per_token,
-                    drafted,
-                    accepted_drafts,
-                    rolled_back,
-                )
-            )
+        level = rt.level
+        if level < _KEY_EVENTS:
+            return
+        step = (
+            raw.STEP,
+            time.time_ns(),
+            self.request_id,
+            self.steps,
+            list(tokens),
+            per_token[0] if per_token else -1,
+            ok,
+            bool(self._inner.is_terminated()),
+            bitmask,
+            self.tap.vocab_size,
+            per_token,
+            drafted,
+            accepted_drafts,
+            rolled_back,
+        )
+        if level >= _FULL or self.steps == 1 or not ok:
+            rt.buffer.offer(step)
+            self.held_step = None
+        else:
+            # Key events keep the first step, every rejection and the last, known at finish.
+            self.held_step = step
+
+    def finish(self, status: str) -> None:
+        """At the request's end: the held last step (level key-events), then the summary."""
+        buffer = self.tap.runtime.buffer
+        held, self.held_step = self.held_step, None
+        if held is not None:
+            buffer.offer(held)
+        buffer.offer(self.summary_event(status))
 
     def summary_event(self, status: str = "") -> tuple[Any, ...]:
         """`status`: vLLM's request status at the end, kept as the fate of a rejection."""

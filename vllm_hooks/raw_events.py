@@ -15,7 +15,8 @@ from .settings import HookSettings
 
 # (KIND, time_ns, request_id, phase, n_prompt, n_output, finish_reason, status, max_tokens, so)
 LIFECYCLE = 1
-# (KIND, time_ns, request_id, backend, spec_type, compile_ms, error, spec_sha256)
+# (KIND, time_ns, request_id, backend, spec_type, compile_ms, error, spec_sha256, spec,
+#  spec_size)
 GRAMMAR = 2
 # (KIND, time_ns, request_id, step, tokens, allowed, accepted, terminated, bitmask, vocab,
 #  allowed_per_token, drafted, accepted_drafts, rolled_back_drafts)
@@ -28,6 +29,8 @@ SO_SUMMARY = 4
 STATS = 5
 # (KIND, time_ns, x_request_id, dict of HttpRequest fields before the capture policy)
 HTTP = 6
+# (KIND, time_ns, request_id, name, dict of str attributes) — vllm_hooks.api
+CUSTOM = 7
 
 
 class EventConverter:
@@ -50,6 +53,7 @@ class EventConverter:
         elif kind == GRAMMAR:
             gc = event.grammar_compiled
             gc.backend, gc.spec_type, gc.compile_ms, gc.error, gc.spec_sha256 = raw[3:8]
+            gc.spec, gc.spec_size = raw[8:10]
         elif kind == STEP:
             st = event.so_step
             st.step = raw[3]
@@ -97,6 +101,12 @@ class EventConverter:
                 f"client_ip={settings.capture_client_ip}"
             )
             event.http.CopyFrom(pb.HttpRequest(**fields))
+        elif kind == CUSTOM:
+            # Field added by the wire contract's CustomEvent; the API refuses before offering
+            # when the generated code lacks it, so this is never reached without it.
+            custom = event.custom  # type: ignore[attr-defined]
+            custom.name = raw[3]
+            custom.attributes.update(raw[4])
         else:
             raise ValueError(f"unknown raw event kind {kind!r}")
         return event

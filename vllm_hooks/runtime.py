@@ -57,12 +57,17 @@ class HookRuntime:
 
     def apply_config(self, level: int, version: int) -> None:
         """Called by the sender thread when the agent pushes configuration."""
-        if version < self.config_version or level not in Level._value2member_map_:
+        if version < self.config_version:
+            return
+        try:
+            # `level` is the wire number; the runtime holds the capture rank (see Level).
+            new = Level.from_wire(level)
+        except ValueError:
             return
         self.config_version = version
-        if level != self.level:
-            logger.info("vllm-audit: audit level %s -> %s", Level(self.level).name, Level(level).name)
-        self.level = level
+        if new != self.level:
+            logger.info("vllm-audit: audit level %s -> %s", Level(self.level).name, new.name)
+        self.level = int(new)
 
     def close(self, timeout: float = 2.0) -> dict[str, int]:
         if self._closed or os.getpid() != self.pid:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 
 import numpy as np
@@ -90,3 +91,81 @@ def test_allowed_counts_mask_padding_bits() -> None:
     expected = bits[:, :vocab].sum(axis=1)
     assert allowed_counts(packed, vocab).tolist() == expected.tolist()
     assert allowed_counts(np.full((1, 3), -1, dtype=np.int32), vocab).tolist() == [vocab]
+
+
+def test_levels_are_the_proto_enum_ranked_by_capture() -> None:
+    from vllm_audit.v1 import events_pb2 as pb
+
+    wire = {n.removeprefix("AUDIT_LEVEL_") for n in pb.AuditLevel.DESCRIPTOR.values_by_name} - {"UNSPECIFIED"}
+    assert {level.name for level in Level} == wire
+    for level in Level:
+        assert Level.from_wire(level.wire) is level
+    # KEY_EVENTS is wire number 5 but captures less than FULL: ranks, not numbers, compare.
+    assert Level.KEY_EVENTS.wire == 5 > Level.FULL.wire
+    assert Level.SUMMARY < Level.KEY_EVENTS < Level.FULL < Level.FULL_WITH_ALLOWED_SETS
+    assert Level.parse("key-events") is Level.KEY_EVENTS
+    with pytest.raises(ValueError, match="no audit level for wire value 0"):
+        Level.from_wire(0)
+
+
+def test_runtime_takes_pushed_wire_levels_as_ranks() -> None:
+    from vllm_hooks.runtime import HookRuntime
+
+    rt = HookRuntime(HookSettings(enabled=True, hmac_key=b"k"), "test")
+    rt.apply_config(Level.KEY_EVENTS.wire, 1)
+    assert rt.level == Level.KEY_EVENTS and rt.level < Level.FULL
+    rt.apply_config(0, 2)  # unspecified: ignored
+    assert rt.level == Level.KEY_EVENTS
+
+
+def test_seed_variables_map_onto_settings() -> None:
+    s = HookSettings.from_env({"VLLM_AUDIT_RECORD_ALLOWED_TOKENS": "true"})
+    assert s.level is Level.FULL_WITH_ALLOWED_SETS
+    assert HookSettings.from_env({"VLLM_AUDIT_RECORD_FULL_EVENTS": "1"}).level is Level.FULL
+    assert HookSettings.from_env({"VLLM_AUDIT_RECORD_FULL_EVENTS": "false"}).level is Level.SUMMARY
+    s = HookSettings.from_env({
+        "VLLM_AUDIT_INCLUDE_GRAMMAR": "yes", "VLLM_AUDIT_GRAMMAR_MAX_BYTES": "100",
+        "VLLM_AUDIT_IN_RESPONSE": "true", "VLLM_AUDIT_RESPONSE_LEVEL": "full",
+        "VLLM_AUDIT_ASYNC": "false", "VLLM_AUDIT_PERSIST": "true",
+        "VLLM_AUDIT_LOG_DIR": "/data/audit", "VLLM_AUDIT_MAX_TRAILS": "500",
+    })
+    assert (s.include_grammar, s.grammar_max_bytes, s.in_response, s.response_level) == (
+        True, 100, True, "full")
+    assert (s.async_requested, s.persist, s.log_dir, s.max_trails) == (
+        False, True, "/data/audit", 500)
+    notes = "\n".join(s.startup_notes())
+    assert "VLLM_AUDIT_ASYNC=false is not offered" in notes
+    assert "--data-dir /data/audit" in notes and "VLLM_AUDIT_MAX_TRAILS=500" in notes
+    assert HookSettings.from_env({}).startup_notes() == []
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"VLLM_AUDIT_RECORD_ALLOWED_TOKENS": "maybe"}, "VLLM_AUDIT_RECORD_ALLOWED_TOKENS='maybe'"),
+    ({"VLLM_AUDIT_RECORD_FULL_EVENTS": "2"}, "VLLM_AUDIT_RECORD_FULL_EVENTS='2' is not a boolean"),
+    ({"VLLM_AUDIT_INCLUDE_GRAMMAR": "si"}, "VLLM_AUDIT_INCLUDE_GRAMMAR='si'"),
+    ({"VLLM_AUDIT_ASYNC": "sync"}, "VLLM_AUDIT_ASYNC='sync'"),
+    ({"VLLM_AUDIT_PERSIST": "disk"}, "VLLM_AUDIT_PERSIST='disk'"),
+    ({"VLLM_AUDIT_IN_RESPONSE": "y e s"}, "VLLM_AUDIT_IN_RESPONSE="),
+    ({"VLLM_AUDIT_RESPONSE_LEVEL": "verbose"}, "VLLM_AUDIT_RESPONSE_LEVEL='verbose'"),
+    ({"VLLM_AUDIT_MAX_TRAILS": "0"}, "VLLM_AUDIT_MAX_TRAILS='0' must be > 0"),
+    ({"VLLM_AUDIT_GRAMMAR_MAX_BYTES": "big"}, "VLLM_AUDIT_GRAMMAR_MAX_BYTES='big'"),
+    ({"VLLM_AUDIT_RECORD_ALLOWED_TOKENS": "true", "VLLM_AUDIT_LEVEL": "full"},
+     "VLLM_AUDIT_RECORD_ALLOWED_TOKENS=true needs level full-with-allowed-sets but "
+     "VLLM_AUDIT_LEVEL='full'"),
+])
+def test_seed_variables_reject_bad_values_naming_the_variable(
+    env: dict[str, str], message: str
+) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        HookSettings.from_env(env)
+
+
+def test_record_custom_event_validates_and_needs_a_runtime() -> None:
+    from vllm_hooks.api import record_custom_event
+
+    with pytest.raises(ValueError, match="name must be a non-empty string"):
+        record_custom_event(" ")
+    with pytest.raises(TypeError, match="attributes must map str to str"):
+        record_custom_event("x", {"n": 1})  # type: ignore[dict-item]
+    with pytest.raises(ValueError, match="over 16384"):
+        record_custom_event("x", {"k": "v" * 20000})

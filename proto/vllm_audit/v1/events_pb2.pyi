@@ -14,6 +14,7 @@ class AuditLevel(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     AUDIT_LEVEL_SUMMARY: _ClassVar[AuditLevel]
     AUDIT_LEVEL_FULL: _ClassVar[AuditLevel]
     AUDIT_LEVEL_FULL_WITH_ALLOWED_SETS: _ClassVar[AuditLevel]
+    AUDIT_LEVEL_KEY_EVENTS: _ClassVar[AuditLevel]
 
 class LifecyclePhase(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -29,6 +30,7 @@ AUDIT_LEVEL_OFF: AuditLevel
 AUDIT_LEVEL_SUMMARY: AuditLevel
 AUDIT_LEVEL_FULL: AuditLevel
 AUDIT_LEVEL_FULL_WITH_ALLOWED_SETS: AuditLevel
+AUDIT_LEVEL_KEY_EVENTS: AuditLevel
 LIFECYCLE_PHASE_UNSPECIFIED: LifecyclePhase
 LIFECYCLE_PHASE_ADDED: LifecyclePhase
 LIFECYCLE_PHASE_SCHEDULED: LifecyclePhase
@@ -56,18 +58,22 @@ class RequestLifecycle(_message.Message):
     def __init__(self, phase: _Optional[_Union[LifecyclePhase, str]] = ..., num_prompt_tokens: _Optional[int] = ..., num_output_tokens: _Optional[int] = ..., finish_reason: _Optional[str] = ..., status: _Optional[str] = ..., max_tokens: _Optional[int] = ..., structured_output: _Optional[bool] = ...) -> None: ...
 
 class GrammarCompiled(_message.Message):
-    __slots__ = ("backend", "spec_type", "compile_ms", "error", "spec_sha256")
+    __slots__ = ("backend", "spec_type", "compile_ms", "error", "spec_sha256", "spec", "spec_size")
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     SPEC_TYPE_FIELD_NUMBER: _ClassVar[int]
     COMPILE_MS_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     SPEC_SHA256_FIELD_NUMBER: _ClassVar[int]
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    SPEC_SIZE_FIELD_NUMBER: _ClassVar[int]
     backend: str
     spec_type: str
     compile_ms: float
     error: str
     spec_sha256: str
-    def __init__(self, backend: _Optional[str] = ..., spec_type: _Optional[str] = ..., compile_ms: _Optional[float] = ..., error: _Optional[str] = ..., spec_sha256: _Optional[str] = ...) -> None: ...
+    spec: str
+    spec_size: int
+    def __init__(self, backend: _Optional[str] = ..., spec_type: _Optional[str] = ..., compile_ms: _Optional[float] = ..., error: _Optional[str] = ..., spec_sha256: _Optional[str] = ..., spec: _Optional[str] = ..., spec_size: _Optional[int] = ...) -> None: ...
 
 class StructuredOutputStep(_message.Message):
     __slots__ = ("step", "accepted_tokens", "allowed_tokens", "accepted", "terminated", "allowed_bitmask", "vocab_size", "allowed_per_token", "drafted_tokens", "accepted_draft_tokens", "rolled_back_draft_tokens")
