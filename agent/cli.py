@@ -73,7 +73,19 @@ def _parser() -> argparse.ArgumentParser:
         else:
             s.add_argument("--interval", type=float, default=1.0)
             s.add_argument("--count", type=int, default=0, help="stop after N trails (0: never)")
+    r = sub.add_parser("replay", help="prove a trail's tokens against its recorded grammar")
+    r.add_argument("trail", help="a trail JSON file (query get ID --events) or a request id")
+    r.add_argument("--model", required=True, help="the model directory (its tokenizer)")
+    r.add_argument("--address", default="127.0.0.1:50051", help="agent query address")
     return p
+
+
+def _run_replay(args: argparse.Namespace) -> int:
+    from .replay import run
+
+    code, result = run(args.trail, args.model, args.address)
+    _print(result)
+    return code
 
 
 def _print(message: Message | dict[str, Any] | list[Any]) -> None:
@@ -155,6 +167,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "agent":
             return _run_agent(args)
+        if args.command == "replay":
+            return _run_replay(args)
         return _run_client(args)
     except ValueError as exc:
         print(f"vllm-audit: {exc}", file=sys.stderr)

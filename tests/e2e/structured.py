@@ -100,3 +100,32 @@ def check_trail_matches_engine(agent: Agent, out: dict[str, Any], backend: str) 
 
 def iter_non_forced(outputs: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
     return (o for o in outputs if o["forced"] is None and o["finish_reason"] != "error")
+
+
+def replay_in_tests(backend: str, trail: query_pb2.GetTrailResponse, model: Path) -> Any:
+    """agent.replay.replay in this process (vLLM imported once for the session)."""
+    from agent.replay import replay
+
+    if backend == "lm-format-enforcer":
+        from tests.e2e.structured_driver import _lm_format_enforcer_shim
+
+        _lm_format_enforcer_shim()
+    return replay(trail, str(model))
+
+
+def forbidden_token(backend: str, trail: query_pb2.GetTrailResponse, model: Path,
+                    step: int) -> int:
+    """A token the trail's grammar does not allow at `step` (1-based), found by replaying the
+    steps before it with the backend itself."""
+    import numpy as np
+
+    from agent.replay import _build_grammar, _recorded
+
+    rec = _recorded(trail)
+    grammar, bitmask = _build_grammar(rec.backend, rec.spec_type, rec.spec, str(model),
+                                      rec.vocab_size)
+    for st in rec.steps[:step - 1]:
+        assert grammar.accept_tokens("probe", list(st.accepted_tokens))
+    grammar.fill_bitmask(bitmask, 0)
+    bits = np.unpackbits(bitmask.numpy().view(np.uint8), bitorder="little")[:rec.vocab_size]
+    return int(np.flatnonzero(bits == 0)[0])

@@ -15,8 +15,10 @@ from tests.e2e.conftest import Agent, agent_process
 from tests.e2e.structured import (
     PERSON,
     check_trail_matches_engine,
+    forbidden_token,
     grammar_event,
     iter_non_forced,
+    replay_in_tests,
     run_driver,
     steps_of,
     trail_of,
@@ -74,7 +76,7 @@ def backend_run(request: pytest.FixtureRequest, tiny_model: Path, e2e_tmp: Path,
     cases = cases_for(backend)
     outputs = run_driver(tiny_model, e2e_tmp, backend, backend, cases, so_agent,
                          id_offset=1000 * (1 + list(BACKENDS).index(backend)),
-                         VLLM_AUDIT_LEVEL="full")
+                         VLLM_AUDIT_LEVEL="full", VLLM_AUDIT_INCLUDE_GRAMMAR="true")
     return backend, cases, outputs
 
 
@@ -129,3 +131,48 @@ def test_compile_error_is_recorded(backend_run: Any, so_agent: Agent) -> None:
     assert trail.summary.grammar_error == g.error
     assert trail.summary.finish_reason == "error"
     assert steps_of(trail) == []
+
+
+def test_replay_proves_every_trail(backend_run: Any, so_agent: Agent, tiny_model: Path) -> None:
+    backend, cases, outputs = backend_run
+    for out in outputs:
+        if cases[out["case"]].get("compile_error"):
+            continue
+        report = replay_in_tests(backend, trail_of(so_agent, out), tiny_model)
+        assert report.proven, report
+        assert report.steps_checked == len(out["independent_rows"])
+        if out["forced"]:
+            assert report.rejections_confirmed == 1
+            assert report.tokens_checked == len(out["token_ids"]) - 1
+        else:
+            assert report.rejections_confirmed == 0
+            assert report.tokens_checked == len(out["token_ids"])
+
+
+def test_replay_names_the_altered_step(backend_run: Any, so_agent: Agent,
+                                       tiny_model: Path) -> None:
+    backend, _, outputs = backend_run
+    out = next(o for o in iter_non_forced(outputs) if len(o["token_ids"]) >= 4)
+    original = trail_of(so_agent, out)
+    steps = [e for e in original.events if e.WhichOneof("body") == "so_step"]
+
+    # A count one off at step 3.
+    altered = type(original)()
+    altered.CopyFrom(original)
+    target = next(e for e in altered.events if e.so_step.step == 3)
+    target.so_step.allowed_per_token[0] += 1
+    report = replay_in_tests(backend, altered, tiny_model)
+    assert report.first_mismatch is not None
+    assert (report.first_mismatch.step, report.first_mismatch.token_index) == (3, 0)
+    assert "allowed count" in report.first_mismatch.reason
+
+    # A token the grammar forbids at step 2: the driver's row 2 had masked tokens.
+    forbidden = forbidden_token(backend, original, tiny_model, 2)
+    altered.CopyFrom(original)
+    target = next(e for e in altered.events if e.so_step.step == 2)
+    target.so_step.accepted_tokens[0] = forbidden
+    report = replay_in_tests(backend, altered, tiny_model)
+    assert report.first_mismatch is not None
+    assert (report.first_mismatch.step, report.first_mismatch.token) == (2, forbidden)
+    assert report.first_mismatch.reason == "token not allowed by the grammar here"
+    assert len(steps) >= 4

@@ -1,0 +1,239 @@
+"""`vllm-audit replay TRAIL`: re-runs a trail's recorded grammar with the same vLLM backend over
+the recorded accepted tokens and proves, step by step, that each token was allowed and that the
+allowed count matches the one recorded — or names the first step where not.
+
+The grammar is compiled by vLLM's own backend class (xgrammar, guidance, outlines,
+lm-format-enforcer) from the spec text the trail kept (hook setting VLLM_AUDIT_INCLUDE_GRAMMAR),
+and each row is filled with the backend grammar's own `fill_bitmask`, exactly as vLLM's
+`StructuredOutputManager` fills it (a terminated grammar gets an all-allowed row). Counts use
+the hook's popcount. Tokens are replayed one at a time: under speculative decoding token k of a
+step was sampled from the row filled after the k tokens before it, which is the same state.
+
+Needs vLLM, the backend's package and the model's tokenizer (`--model`): run it where vLLM
+runs (the vLLM image), not in the agent's sidecar image.
+
+TRAIL is a file holding a trail as `vllm-audit query get ID --events` prints it (JSON of
+GetTrailResponse), or a request id read from the agent at `--address`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+from google.protobuf import json_format
+from vllm_audit.v1 import events_pb2 as pb
+from vllm_audit.v1 import query_pb2 as q
+
+# Exit codes of the subcommand.
+PROVEN, MISMATCH, UNUSABLE = 0, 1, 2
+
+
+class ReplayError(Exception):
+    """The trail cannot be replayed (no grammar text, missing steps, backend unavailable)."""
+
+
+@dataclass
+class Mismatch:
+    step: int
+    token_index: int  # position within the step's accepted tokens
+    token: int
+    reason: str
+
+
+@dataclass
+class ReplayReport:
+    request_id: str
+    backend: str
+    spec_type: str
+    steps_checked: int = 0
+    tokens_checked: int = 0
+    #: A recorded rejection the replay confirmed (the token was not allowed there).
+    rejections_confirmed: int = 0
+    first_mismatch: Mismatch | None = None
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def proven(self) -> bool:
+        return self.first_mismatch is None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["proven"] = self.proven
+        return out
+
+
+@dataclass
+class _Recorded:
+    backend: str
+    spec_type: str
+    spec: str
+    vocab_size: int
+    steps: list[pb.StructuredOutputStep]
+
+
+def load_trail_file(path: Path) -> q.GetTrailResponse:
+    """A trail as `vllm-audit query get ID --events` prints it."""
+    try:
+        data = orjson.loads(path.read_bytes())
+    except (OSError, orjson.JSONDecodeError) as exc:
+        raise ReplayError(f"{path}: not a readable JSON trail ({exc})") from None
+    trail = q.GetTrailResponse()
+    try:
+        json_format.ParseDict(data, trail)
+    except json_format.ParseError as exc:
+        raise ReplayError(f"{path}: not a GetTrailResponse ({exc})") from None
+    return trail
+
+
+def _recorded(trail: q.GetTrailResponse) -> _Recorded:
+    grammars = [e.grammar_compiled for e in trail.events
+                if e.WhichOneof("body") == "grammar_compiled"]
+    if not grammars:
+        raise ReplayError("the trail has no GrammarCompiled event (not a structured request, "
+                          "or fetched without events)")
+    g = grammars[0]
+    if g.error:
+        raise ReplayError(f"the grammar failed to compile when recorded: {g.error}")
+    if not g.spec and g.spec_size:
+        raise ReplayError("the trail keeps no grammar text: record with "
+                          "VLLM_AUDIT_INCLUDE_GRAMMAR=true")
+    if len(g.spec.encode()) != g.spec_size:
+        raise ReplayError(f"the grammar text was cut at {len(g.spec.encode())} of "
+                          f"{g.spec_size} bytes: raise VLLM_AUDIT_GRAMMAR_MAX_BYTES")
+    steps = sorted((e.so_step for e in trail.events if e.WhichOneof("body") == "so_step"),
+                   key=lambda s: s.step)
+    if not steps:
+        raise ReplayError("the trail has no grammar steps: record at level full")
+    numbers = [s.step for s in steps]
+    if numbers != list(range(1, len(steps) + 1)):
+        missing = sorted(set(range(1, numbers[-1] + 1)) - set(numbers))
+        raise ReplayError(f"the trail lacks steps {missing[:10]}: a replay needs every step "
+                          "(level full; key-events keeps only some)")
+    return _Recorded(g.backend, g.spec_type, g.spec, steps[0].vocab_size, steps)
+
+
+def _build_grammar(backend: str, spec_type: str, spec: str, model: str,
+                   vocab_size: int) -> tuple[Any, Any]:
+    """vLLM's own backend, compiled grammar and a one-row bitmask."""
+    try:
+        from vllm.config import ModelConfig, StructuredOutputsConfig, VllmConfig
+        from vllm.tokenizers import cached_tokenizer_from_config
+        from vllm.v1.structured_output.backend_types import StructuredOutputOptions
+    except ImportError as exc:
+        raise ReplayError(f"replay needs vLLM installed: {exc}") from None
+    model_config = ModelConfig(model=model, tokenizer=model)
+    if model_config.get_vocab_size() != vocab_size:
+        raise ReplayError(f"--model has vocabulary {model_config.get_vocab_size()}, the trail "
+                          f"{vocab_size}: not the model that generated it")
+    config = VllmConfig(model_config=model_config,
+                        structured_outputs_config=StructuredOutputsConfig(backend=backend))
+    tokenizer = cached_tokenizer_from_config(model_config=model_config)
+    try:
+        impl = _backend_class(backend)(config, tokenizer=tokenizer, vocab_size=vocab_size)
+    except ImportError as exc:
+        raise ReplayError(f"backend {backend!r} is unavailable here: {exc}") from None
+    option = StructuredOutputOptions[spec_type.upper()]
+    grammar = impl.compile_grammar(option, spec)
+    return grammar, impl.allocate_token_bitmask(1)
+
+
+def _backend_class(backend: str) -> Any:
+    if backend == "xgrammar":
+        from vllm.v1.structured_output.backend_xgrammar import XgrammarBackend
+
+        return XgrammarBackend
+    if backend == "guidance":
+        from vllm.v1.structured_output.backend_guidance import GuidanceBackend
+
+        return GuidanceBackend
+    if backend == "outlines":
+        from vllm.v1.structured_output.backend_outlines import OutlinesBackend
+
+        return OutlinesBackend
+    if backend == "lm-format-enforcer":
+        from vllm.v1.structured_output.backend_lm_format_enforcer import LMFormatEnforcerBackend
+
+        return LMFormatEnforcerBackend
+    raise ReplayError(f"unknown structured-output backend {backend!r}")
+
+
+def replay(trail: q.GetTrailResponse, model: str) -> ReplayReport:
+    """Raises ReplayError when the trail cannot be replayed at all."""
+    import numpy as np
+
+    from vllm_hooks.grammar_tap import allowed_counts
+
+    start = time.perf_counter()
+    rec = _recorded(trail)
+    report = ReplayReport(trail.summary.request_id, rec.backend, rec.spec_type)
+    grammar, bitmask = _build_grammar(rec.backend, rec.spec_type, rec.spec, model,
+                                      rec.vocab_size)
+    request_id = trail.summary.request_id or "replay"
+    for st in rec.steps:
+        per_token = list(st.allowed_per_token) or [st.allowed_tokens]
+        for k, token in enumerate(st.accepted_tokens):
+            if grammar.is_terminated():
+                bitmask.fill_(-1)  # vLLM's row for a finished grammar: everything allowed
+            else:
+                grammar.fill_bitmask(bitmask, 0)
+            row = bitmask.numpy()
+            count = int(allowed_counts(row, rec.vocab_size)[0])
+            word = int(row[0, token // 32].astype(np.uint32))
+            allowed = 0 <= token < rec.vocab_size and bool((word >> (token % 32)) & 1)
+            recorded = per_token[k] if k < len(per_token) else -1
+            if not st.accepted and k == 0 and not allowed:
+                report.rejections_confirmed += 1
+                report.steps_checked += 1
+                report.seconds = time.perf_counter() - start
+                return report  # the request ended at its recorded rejection
+            if not allowed:
+                report.first_mismatch = Mismatch(st.step, k, token,
+                                                 "token not allowed by the grammar here")
+            elif recorded >= 0 and recorded != count:
+                report.first_mismatch = Mismatch(
+                    st.step, k, token, f"allowed count {count} but the trail recorded {recorded}")
+            elif not st.accepted:
+                report.first_mismatch = Mismatch(
+                    st.step, k, token, "the trail records a rejection of an allowed token")
+            if report.first_mismatch is not None:
+                report.seconds = time.perf_counter() - start
+                return report
+            if not grammar.accept_tokens(request_id, [token]):
+                report.first_mismatch = Mismatch(st.step, k, token,
+                                                 "the grammar refused the token on accept")
+                return report
+            report.tokens_checked += 1
+        report.steps_checked += 1
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def fetch_trail(address: str, request_id: str) -> q.GetTrailResponse:
+    import grpc
+    from vllm_audit.v1 import query_pb2_grpc
+
+    with grpc.insecure_channel(address) as channel:
+        # grpcio-tools emits no type hints for *_pb2_grpc stubs.
+        stub = query_pb2_grpc.QueryServiceStub(channel)  # type: ignore[no-untyped-call]
+        try:
+            response: q.GetTrailResponse = stub.GetTrail(
+                q.GetTrailRequest(request_id=request_id, include_events=True), timeout=10)
+        except grpc.RpcError as exc:
+            raise ReplayError(f"agent at {address}: {exc.code().name}: {exc.details()}") from None
+        return response
+
+
+def run(trail_arg: str, model: str, address: str) -> tuple[int, dict[str, Any]]:
+    """The subcommand: (exit code, JSON-able result)."""
+    try:
+        path = Path(trail_arg)
+        trail = load_trail_file(path) if path.is_file() else fetch_trail(address, trail_arg)
+        report = replay(trail, model)
+    except ReplayError as exc:
+        return UNUSABLE, {"proven": False, "error": str(exc)}
+    return (PROVEN if report.proven else MISMATCH), report.to_dict()
