@@ -5,14 +5,25 @@ filling draft rows recorded as draft bookkeeping, never as rejections."""
 
 from __future__ import annotations
 
+import json
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from google.protobuf import json_format
 
+from tests.e2e import procs
 from tests.e2e.conftest import Agent, agent_process
-from tests.e2e.structured import PERSON, check_trail_matches_engine, run_driver, steps_of, trail_of
+from tests.e2e.structured import (
+    PERSON,
+    check_trail_matches_engine,
+    replay_in_tests,
+    run_driver,
+    steps_of,
+    trail_of,
+)
 
 pytestmark = pytest.mark.vllm
 
@@ -43,7 +54,7 @@ def spec_run(request: pytest.FixtureRequest, tiny_model: Path, e2e_tmp: Path,
     outputs = run_driver(tiny_model, e2e_tmp, f"spec-{backend}", backend,
                          [*CASES, GRAMMARS[backend]], spec_agent,
                          id_offset=10_000 * (1 + list(GRAMMARS).index(backend)),
-                         speculative=True)
+                         speculative=True, VLLM_AUDIT_INCLUDE_GRAMMAR="true")
     return backend, outputs
 
 
@@ -79,3 +90,49 @@ def test_draft_rollbacks_are_bookkeeping_not_rejections(
         assert trail.summary.finish_reason in ("stop", "length")
         rolled_back += so.rolled_back_draft_tokens
     assert rolled_back > 0
+
+
+def test_replay_proves_speculative_trails(spec_run: Any, spec_agent: Agent,
+                                          tiny_model: Path) -> None:
+    backend, outputs = spec_run
+    for out in outputs:
+        report = replay_in_tests(backend, trail_of(spec_agent, out), tiny_model)
+        assert report.proven, report
+        assert report.tokens_checked == len(out["token_ids"])
+
+
+def test_replay_command_on_an_exported_trail(spec_run: Any, spec_agent: Agent,
+                                             tiny_model: Path, e2e_tmp: Path) -> None:
+    """The CLI, from the JSON `vllm-audit query get ID --events` prints, and from the agent."""
+    backend, outputs = spec_run
+    if backend != "xgrammar":
+        pytest.skip("one backend is enough for the command line")
+    out = outputs[0]
+    trail = trail_of(spec_agent, out)
+    exported = e2e_tmp / "exported-trail.json"
+    exported.write_text(json.dumps(json_format.MessageToDict(
+        trail, preserving_proto_field_name=True)))
+    done = _replay_cli(str(exported), tiny_model, spec_agent)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout)
+    assert result["proven"] and result["tokens_checked"] == len(out["token_ids"])
+    # Altered at step 2: exit 1 and the step named.
+    data = json.loads(exported.read_text())
+    step2 = next(e for e in data["events"] if e.get("so_step", {}).get("step") == 2)
+    step2["so_step"]["allowed_per_token"][0] = str(int(step2["so_step"]["allowed_per_token"][0]) + 5)
+    exported.write_text(json.dumps(data))
+    done = _replay_cli(str(exported), tiny_model, spec_agent)
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert json.loads(done.stdout)["first_mismatch"]["step"] == 2
+    # By request id, read from the agent.
+    done = _replay_cli(trail.summary.request_id, tiny_model, spec_agent)
+    assert done.returncode == 0 and json.loads(done.stdout)["proven"], done.stderr[-3000:]
+
+
+def _replay_cli(trail: str, model: Path, agent: Agent) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [procs.PYTHON, "-m", "agent.cli", "replay", trail, "--model", str(model),
+         "--address", agent.query_address],
+        env=procs.base_env(), cwd=procs.REPO, capture_output=True, text=True, timeout=180,
+        check=False,
+    )
