@@ -93,6 +93,20 @@ def test_allowed_counts_mask_padding_bits() -> None:
     assert allowed_counts(np.full((1, 3), -1, dtype=np.int32), vocab).tolist() == [vocab]
 
 
+@pytest.mark.parametrize("vocab", [32, 64, 95, 96, 100, 128, 150])
+def test_allowed_counts_odd_and_even_word_counts(vocab: int) -> None:
+    # Word pairs go through a uint64 view; an odd last full word and the tail do not.
+    rng = np.random.default_rng(vocab)
+    words = (vocab + 31) // 32
+    bits = rng.integers(0, 2, size=(7, words * 32), dtype=np.uint8)
+    packed = np.packbits(bits, axis=1, bitorder="little").view(np.int32)
+    assert allowed_counts(packed, vocab).tolist() == bits[:, :vocab].sum(axis=1).tolist()
+    # A row slice of a larger array (vLLM hands over a view of its preallocated bitmask).
+    big = np.concatenate([packed, packed], axis=0)[3:10]
+    assert allowed_counts(big, vocab).tolist() == np.concatenate(
+        [bits, bits])[3:10, :vocab].sum(axis=1).tolist()
+
+
 def test_levels_are_the_proto_enum_ranked_by_capture() -> None:
     from vllm_audit.v1 import events_pb2 as pb
 
