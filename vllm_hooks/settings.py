@@ -55,6 +55,10 @@ ENV_LOG_DIR = "VLLM_AUDIT_LOG_DIR"
 ENV_IN_RESPONSE = "VLLM_AUDIT_IN_RESPONSE"
 #: What the response carries: summary (the trail's audit summary) | full (also its events).
 ENV_RESPONSE_LEVEL = "VLLM_AUDIT_RESPONSE_LEVEL"
+#: Where the API server reads a request's audit for the response: the agent's query API.
+ENV_QUERY_ADDRESS = "VLLM_AUDIT_QUERY_ADDRESS"
+#: Longest a response waits for its audit (the engine's events reach the agent in ~flush ms).
+ENV_RESPONSE_TIMEOUT_MS = "VLLM_AUDIT_RESPONSE_TIMEOUT_MS"
 #: Trails kept in memory: the agent's trail store cap. Validated here, applied by the agent.
 ENV_MAX_TRAILS = "VLLM_AUDIT_MAX_TRAILS"
 
@@ -191,6 +195,8 @@ class HookSettings:
     in_response: bool = False
     response_level: str = "summary"
     max_trails: int | None = None
+    query_address: str = "127.0.0.1:50051"
+    response_timeout_ms: int = 500
 
     @classmethod
     def from_env(cls, env: dict[str, str] | os._Environ[str] | None = None) -> HookSettings:
@@ -218,6 +224,8 @@ class HookSettings:
             in_response=_bool(env, ENV_IN_RESPONSE, False),
             response_level=_choice(env, ENV_RESPONSE_LEVEL, RESPONSE_LEVELS, "summary"),
             max_trails=_positive_int(env, ENV_MAX_TRAILS, 1) if env.get(ENV_MAX_TRAILS) else None,
+            query_address=env.get(ENV_QUERY_ADDRESS) or "127.0.0.1:50051",
+            response_timeout_ms=_positive_int(env, ENV_RESPONSE_TIMEOUT_MS, 500),
         )
 
     def startup_notes(self) -> list[str]:
