@@ -183,3 +183,100 @@ def test_record_custom_event_validates_and_needs_a_runtime() -> None:
         record_custom_event("x", {"n": 1})  # type: ignore[dict-item]
     with pytest.raises(ValueError, match="over 16384"):
         record_custom_event("x", {"k": "v" * 20000})
+
+
+class _Auditor:
+    """Stands in for the agent query (the e2e test drives the real one through vllm serve)."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.fail = fail
+        self.asked: list[tuple[str, ...]] = []
+
+    async def audit(self, trail_ids: tuple[str, ...]) -> dict[str, object]:
+        self.asked.append(trail_ids)
+        if self.fail:
+            raise RuntimeError("agent unreachable")
+        return {"request_id": trail_ids[0]}
+
+
+def _run_injector(auditor: _Auditor, messages: list[dict[str, object]],
+                  path: str = "/v1/chat/completions") -> tuple[list[dict[str, object]], object]:
+    import asyncio
+
+    from vllm_hooks.errors import InternalErrors
+    from vllm_hooks.response_audit import ResponseInjector
+
+    sent: list[dict[str, object]] = []
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    errors = InternalErrors()
+    injector = ResponseInjector(auditor, "rid", path, send, errors)  # type: ignore[arg-type]
+
+    async def main() -> None:
+        for m in messages:
+            await injector.send(m)
+
+    asyncio.run(main())
+    return sent, errors
+
+
+def _start(status: int, content_type: bytes, length: int) -> dict[str, object]:
+    return {"type": "http.response.start", "status": status,
+            "headers": [(b"content-type", content_type), (b"content-length", str(length).encode())]}
+
+
+def test_response_injector_adds_the_audit_and_fixes_the_length() -> None:
+    import orjson
+
+    body = b'{"id":"x","choices":[],"usage":{"prompt_tokens":1}}'
+    auditor = _Auditor()
+    sent, _ = _run_injector(auditor, [
+        _start(200, b"application/json", len(body)),
+        {"type": "http.response.body", "body": body[:10], "more_body": True},
+        {"type": "http.response.body", "body": body[10:], "more_body": False},
+    ], path="/v1/completions")
+    start, out = sent
+    new_body = out["body"]
+    assert isinstance(new_body, bytes)
+    assert orjson.loads(new_body)["usage"]["structured_output_audit"] == {"request_id": "rid"}
+    assert (b"content-length", str(len(new_body)).encode()) in start["headers"]  # type: ignore[operator]
+    assert auditor.asked == [("rid", "rid-0")]
+
+
+def test_response_injector_passes_errors_and_failures_through_unchanged() -> None:
+    body = b'{"error":{"message":"bad"}}'
+    messages: list[dict[str, object]] = [
+        _start(400, b"application/json", len(body)),
+        {"type": "http.response.body", "body": body, "more_body": False},
+    ]
+    auditor = _Auditor()
+    sent, _ = _run_injector(auditor, messages)
+    assert sent == messages and auditor.asked == []
+    # The agent fails: the client still gets vLLM's bytes, and the failure is counted.
+    body = b'{"choices":[],"usage":{"prompt_tokens":1}}'
+    messages = [_start(200, b"application/json", len(body)),
+                {"type": "http.response.body", "body": body, "more_body": False}]
+    sent, errors = _run_injector(_Auditor(fail=True), messages)
+    assert sent == messages
+    assert errors.snapshot() == {"response_audit.patch": 1}  # type: ignore[attr-defined]
+
+
+def test_response_injector_touches_only_the_final_usage_chunk() -> None:
+    import orjson
+
+    token = b'data: {"choices":[{"delta":{"content":"a"}}],"usage":{"prompt_tokens":1}}\n\n'
+    final = b'data: {"choices":[],"usage":{"prompt_tokens":1}}\n\ndata: [DONE]\n\n'
+    sent, _ = _run_injector(_Auditor(), [
+        {"type": "http.response.start", "status": 200,
+         "headers": [(b"content-type", b"text/event-stream")]},
+        {"type": "http.response.body", "body": token, "more_body": True},
+        {"type": "http.response.body", "body": final, "more_body": False},
+    ])
+    assert sent[1]["body"] == token
+    last = sent[2]["body"]
+    assert isinstance(last, bytes) and last.endswith(b"data: [DONE]\n\n")
+    first_event = last.split(b"\n\n")[0]
+    assert orjson.loads(first_event[6:])["usage"]["structured_output_audit"] == {
+        "request_id": "rid"}
