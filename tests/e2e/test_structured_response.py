@@ -141,3 +141,21 @@ def test_report_added_latency() -> None:
     assert WAITS_MS
     print(f"\nresponse audit wait: median {statistics.median(WAITS_MS):.1f} ms, "
           f"max {max(WAITS_MS):.1f} ms over {len(WAITS_MS)} responses")
+
+
+def test_grammar_that_fails_to_compile_gets_a_400_and_is_recorded(
+    response_server: str, response_agent: Agent
+) -> None:
+    """xgrammar specs are compiled by vLLM's frontend first: a broken one never reaches the
+    engine, the client gets a 400 and the trail keeps the status and vLLM's error text."""
+    request_id = uuid.uuid4().hex
+    bad: Any = {"type": "json_schema",
+                "json_schema": {"name": "bad", "schema": {"type": "nonsense"}}}
+    with pytest.raises(openai.BadRequestError) as info:
+        _client(response_server).chat.completions.create(
+            model="tiny", messages=[{"role": "user", "content": "x"}], response_format=bad,
+            max_tokens=4, extra_headers={"X-Request-Id": request_id})
+    trail = wait_for_trail(response_agent.query, request_id,
+                           lambda t: t.summary.status_code != 0)
+    assert trail.summary.status_code == 400
+    assert trail.summary.error and trail.summary.error in str(info.value)
