@@ -63,6 +63,9 @@ ENV_RESPONSE_TIMEOUT_MS = "VLLM_AUDIT_RESPONSE_TIMEOUT_MS"
 ENV_MAX_TRAILS = "VLLM_AUDIT_MAX_TRAILS"
 
 RESPONSE_LEVELS = ("summary", "full")
+#: Named starting points (PRESETS); every variable set explicitly overrides its preset value.
+ENV_PRESET = "VLLM_AUDIT_PRESET"
+
 
 DEFAULT_AGENT_ADDRESS = "/var/run/vllm-audit/ingest.sock"
 CAPTURE_POLICIES = ("none", "hmac", "redact", "full")
@@ -107,6 +110,29 @@ class Level(IntEnum):
         raise ValueError(f"unknown audit level {text!r}; expected one of: {names}")
 
 
+
+
+@dataclass(frozen=True)
+class Preset:
+    level: Level
+    include_grammar: bool
+    in_response: bool = False
+    response_level: str = "summary"
+
+
+PRESETS: dict[str, Preset] = {
+    # Who called what and the structured-output summary: the cheapest useful audit.
+    "minimal": Preset(Level.SUMMARY, include_grammar=False),
+    # The seed's middle granularity, with the grammar kept so a trail is self-contained.
+    "standard": Preset(Level.KEY_EVENTS, include_grammar=True),
+    # Every step with its allowed count and the grammar: `vllm-audit replay` can prove it.
+    "forensic": Preset(Level.FULL, include_grammar=True),
+    # Everything, the allowed sets too, and the audit in each response.
+    "debug": Preset(Level.FULL_WITH_ALLOWED_SETS, include_grammar=True, in_response=True,
+                    response_level="full"),
+}
+
+
 def _truthy(value: str | None) -> bool:
     return (value or "").strip().lower() in ("1", "true", "yes", "on")
 
@@ -124,14 +150,22 @@ def _bool(env: dict[str, str] | os._Environ[str], name: str, default: bool) -> b
     raise ValueError(f"{name}={raw!r} is not a boolean; expected true or false")
 
 
-def _seed_level(env: dict[str, str] | os._Environ[str]) -> Level:
+def _preset(env: dict[str, str] | os._Environ[str]) -> Preset:
+    name = (env.get(ENV_PRESET) or "minimal").strip().lower()
+    if name not in PRESETS:
+        raise ValueError(f"{ENV_PRESET}={name!r}; expected one of {', '.join(PRESETS)}")
+    return PRESETS[name]
+
+
+def _seed_level(env: dict[str, str] | os._Environ[str], default: Level = Level.SUMMARY) -> Level:
     """VLLM_AUDIT_LEVEL, or the level the seed's RECORD_* variables imply. Both set and the
     explicit level below what a RECORD_* variable asks for is a contradiction, not a guess."""
-    implied, because = Level.SUMMARY, ""
-    if _bool(env, ENV_RECORD_FULL_EVENTS, False):
-        implied, because = Level.FULL, ENV_RECORD_FULL_EVENTS
-    if _bool(env, ENV_RECORD_ALLOWED_TOKENS, False):
-        implied, because = Level.FULL_WITH_ALLOWED_SETS, ENV_RECORD_ALLOWED_TOKENS
+    implied, because = default, ""
+    for name, level in ((ENV_RECORD_FULL_EVENTS, Level.FULL),
+                        (ENV_RECORD_ALLOWED_TOKENS, Level.FULL_WITH_ALLOWED_SETS)):
+        if _bool(env, name, False):
+            because = name
+            implied = max(implied, level)
     explicit = env.get(ENV_LEVEL)
     if not explicit:
         return implied
@@ -203,10 +237,11 @@ class HookSettings:
         """Raises ValueError naming the variable when a value is wrong."""
         env = os.environ if env is None else env
         key = env.get(ENV_HMAC_KEY)
+        preset = _preset(env)
         return cls(
             enabled=_truthy(env.get(ENV_ENABLED)) or _truthy(env.get(ENV_STRUCTURED_OUTPUT_AUDIT)),
             agent_address=env.get(ENV_AGENT_ADDRESS) or DEFAULT_AGENT_ADDRESS,
-            level=_seed_level(env),
+            level=_seed_level(env, preset.level),
             buffer_events=_positive_int(env, ENV_BUFFER_EVENTS, 65536),
             unacked_bytes=_positive_int(env, ENV_UNACKED_BYTES, 64 * 1024 * 1024),
             batch_events=_positive_int(env, ENV_BATCH_EVENTS, 2048),
@@ -216,13 +251,14 @@ class HookSettings:
             capture_client_ip=_policy(env, ENV_CAPTURE_CLIENT_IP, "hmac"),
             hmac_key=key.encode() if key else None,
             tenant_header=(env.get(ENV_TENANT_HEADER) or "x-tenant-id").lower(),
-            include_grammar=_bool(env, ENV_INCLUDE_GRAMMAR, False),
+            include_grammar=_bool(env, ENV_INCLUDE_GRAMMAR, preset.include_grammar),
             grammar_max_bytes=_positive_int(env, ENV_GRAMMAR_MAX_BYTES, 64 * 1024),
             async_requested=_bool(env, ENV_ASYNC, True),
             persist=_bool(env, ENV_PERSIST, True) if env.get(ENV_PERSIST) else None,
             log_dir=env.get(ENV_LOG_DIR) or "",
-            in_response=_bool(env, ENV_IN_RESPONSE, False),
-            response_level=_choice(env, ENV_RESPONSE_LEVEL, RESPONSE_LEVELS, "summary"),
+            in_response=_bool(env, ENV_IN_RESPONSE, preset.in_response),
+            response_level=_choice(env, ENV_RESPONSE_LEVEL, RESPONSE_LEVELS,
+                                   preset.response_level),
             max_trails=_positive_int(env, ENV_MAX_TRAILS, 1) if env.get(ENV_MAX_TRAILS) else None,
             query_address=env.get(ENV_QUERY_ADDRESS) or "127.0.0.1:50051",
             response_timeout_ms=_positive_int(env, ENV_RESPONSE_TIMEOUT_MS, 500),

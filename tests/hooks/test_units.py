@@ -280,3 +280,19 @@ def test_response_injector_touches_only_the_final_usage_chunk() -> None:
     first_event = last.split(b"\n\n")[0]
     assert orjson.loads(first_event[6:])["usage"]["structured_output_audit"] == {
         "request_id": "rid"}
+
+
+def test_presets_are_defaults_that_explicit_variables_override() -> None:
+    s = HookSettings.from_env({"VLLM_AUDIT_PRESET": "forensic"})
+    assert (s.level, s.include_grammar, s.in_response) == (Level.FULL, True, False)
+    s = HookSettings.from_env({"VLLM_AUDIT_PRESET": "standard"})
+    assert (s.level, s.include_grammar) == (Level.KEY_EVENTS, True)
+    s = HookSettings.from_env({"VLLM_AUDIT_PRESET": "debug", "VLLM_AUDIT_IN_RESPONSE": "false",
+                               "VLLM_AUDIT_LEVEL": "full"})
+    assert (s.level, s.in_response, s.response_level) == (Level.FULL, False, "full")
+    s = HookSettings.from_env({"VLLM_AUDIT_PRESET": "debug",
+                               "VLLM_AUDIT_RECORD_FULL_EVENTS": "true"})
+    assert s.level is Level.FULL_WITH_ALLOWED_SETS  # a RECORD_* variable never lowers it
+    assert HookSettings.from_env({}).level is Level.SUMMARY
+    with pytest.raises(ValueError, match="VLLM_AUDIT_PRESET='loud'; expected one of minimal"):
+        HookSettings.from_env({"VLLM_AUDIT_PRESET": "loud"})
