@@ -66,7 +66,6 @@ RESPONSE_LEVELS = ("summary", "full")
 #: Named starting points (PRESETS); every variable set explicitly overrides its preset value.
 ENV_PRESET = "VLLM_AUDIT_PRESET"
 
-
 DEFAULT_AGENT_ADDRESS = "/var/run/vllm-audit/ingest.sock"
 CAPTURE_POLICIES = ("none", "hmac", "redact", "full")
 
@@ -108,8 +107,6 @@ class Level(IntEnum):
                 return level
         names = ", ".join(level.name.lower().replace("_", "-") for level in cls)
         raise ValueError(f"unknown audit level {text!r}; expected one of: {names}")
-
-
 
 
 @dataclass(frozen=True)
