@@ -6,93 +6,278 @@
     vllm-audit query get REQUEST_ID [--events]
     vllm-audit set-level off|summary|full|full-with-allowed-sets
     vllm-audit tail [--interval S]
+
+The client options (--address, --output, --timeout) go before or after the subcommand.
+JSON output has the shape of the Kafka record: proto field names, every field present, enum
+names, 64-bit integers as numbers.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import importlib.metadata
 import logging
+import os
 import signal
+import socket
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import grpc
 import orjson
-from google.protobuf import json_format
 from google.protobuf.message import Message
 from vllm_audit.v1 import query_pb2 as q
 from vllm_audit.v1 import query_pb2_grpc
 
-from .config import LEVELS, AgentConfig, parse_level
+from .config import (
+    ENV_AUDIT_LEVEL,
+    ENV_DATA_DIR,
+    ENV_GPU,
+    ENV_HTTP_ADDRESS,
+    ENV_INGEST_SOCKET,
+    ENV_KAFKA_BOOTSTRAP,
+    ENV_KAFKA_TOPIC_PREFIX,
+    ENV_LINGER_SECONDS,
+    ENV_MAX_BATCH_BYTES,
+    ENV_MAX_MESSAGE_BYTES,
+    ENV_MAX_TRAIL_BYTES,
+    ENV_MAX_TRAIL_EVENTS,
+    ENV_MAX_TRAILS,
+    ENV_QUERY_ADDRESS,
+    ENV_READY_REQUIRES,
+    ENV_SHUTDOWN_TIMEOUT,
+    ENV_WAL_FSYNC,
+    ENV_WAL_MAX_BYTES,
+    ENV_WAL_SEGMENT_BYTES,
+    GPU_READERS,
+    LEVELS,
+    WAL_FSYNC_POLICIES,
+    AgentConfig,
+    parse_address,
+    parse_level,
+)
+from .datadir import DataDirLocked
+from .readiness import CONDITIONS as READY_CONDITIONS
+from .readiness import parse_required
+from .records import message_to_dict, trail_record
 
-STATES = {"active": q.TRAIL_STATE_ACTIVE, "finished": q.TRAIL_STATE_FINISHED,
-          "aborted": q.TRAIL_STATE_ABORTED, "failed": q.TRAIL_STATE_FAILED}
+PROG = "vllm-audit"
+DISTRIBUTION = "vllm-audit"
+DEFAULT_QUERY_ADDRESS = "127.0.0.1:50051"
+OUTPUTS = ("json", "table")
+#: Derived from the contract's TrailState (one definition): active, finished, aborted, ...
+STATES = {name[len("TRAIL_STATE_"):].lower(): number
+          for name, number in q.TrailState.items() if number != q.TRAIL_STATE_UNSPECIFIED}
+#: The columns `--output table` shows for a list of trails (the JSON has every field).
+TRAIL_COLUMNS = ("request_id", "state", "model", "user", "status_code", "finish_reason",
+                 "prompt_tokens", "completion_tokens", "latency_ms", "ttft_ms")
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="vllm-audit", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="command", required=True)
-    a = sub.add_parser("agent", help="run the sidecar agent")
-    a.add_argument("--ingest-socket", type=Path)
-    a.add_argument("--query-address")
-    a.add_argument("--http-address")
-    a.add_argument("--data-dir", type=Path)
-    a.add_argument("--wal-fsync", choices=("always", "batch", "never"))
-    a.add_argument("--wal-max-bytes", type=int,
-                   help="cap on the WAL (what is not yet delivered); past it batches are refused")
-    a.add_argument("--wal-segment-bytes", type=int, help="WAL segment size (0: derived)")
-    a.add_argument("--kafka-bootstrap")
-    a.add_argument("--kafka-topic-prefix")
-    a.add_argument("--audit-level", choices=list(LEVELS))
-    a.add_argument("--linger-seconds", type=float)
-    a.add_argument("--max-trails", type=int)
-    a.add_argument("--gpu", choices=("nvml", "none", "fake"))
+def version() -> str:
+    try:
+        return importlib.metadata.version(DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:  # a source checkout that was never installed
+        return "unknown"
 
-    for name in ("query", "set-level", "tail"):
-        s = sub.add_parser(name)
-        s.add_argument("--address", default="127.0.0.1:50051", help="agent query address")
-        if name == "query":
-            qs = s.add_subparsers(dest="what", required=True)
-            qs.add_parser("health")
-            qs.add_parser("stats")
-            ls = qs.add_parser("list")
-            ls.add_argument("--model", default="")
-            ls.add_argument("--user", default="")
-            ls.add_argument("--state", choices=list(STATES))
-            ls.add_argument("--limit", type=int, default=50)
-            g = qs.add_parser("get")
-            g.add_argument("request_id")
-            g.add_argument("--events", action="store_true")
-        elif name == "set-level":
-            s.add_argument("level", choices=list(LEVELS))
-        else:
-            s.add_argument("--interval", type=float, default=1.0)
-            s.add_argument("--count", type=int, default=0, help="stop after N trails (0: never)")
-    r = sub.add_parser("replay", help="prove a trail's tokens against its recorded grammar")
-    r.add_argument("trail", help="a trail JSON file (query get ID --events) or a request id")
-    r.add_argument("--model", required=True, help="the model directory (its tokenizer)")
-    r.add_argument("--address", default="127.0.0.1:50051", help="agent query address")
+
+def _client_options(top_level: bool) -> argparse.ArgumentParser:
+    """Options every client command takes, before or after its subcommand. Only the top level
+    holds defaults (None: resolved later); below it SUPPRESS keeps an option given earlier."""
+    default: Any = None if top_level else argparse.SUPPRESS
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("client options")
+    g.add_argument("--address", default=default,
+                   help=f"agent query address host:port (default: ${ENV_QUERY_ADDRESS}, "
+                        f"else {DEFAULT_QUERY_ADDRESS})")
+    g.add_argument("--output", "-o", choices=OUTPUTS, default=default,
+                   help="json (the Kafka record's shape) or table (default: json)")
+    g.add_argument("--timeout", type=float, default=default,
+                   help="seconds to wait for each answer (default: 10)")
     return p
 
 
-def _run_replay(args: argparse.Namespace) -> int:
-    from .replay import run
-
-    code, result = run(args.trail, args.model, args.address)
-    _print(result)
-    return code
+def _env(var: str) -> str:
+    return f"env {var}"
 
 
-def _print(message: Message | dict[str, Any] | list[Any]) -> None:
-    if isinstance(message, Message):
-        message = json_format.MessageToDict(message, preserving_proto_field_name=True)
-    sys.stdout.write(orjson.dumps(message, option=orjson.OPT_INDENT_2).decode() + "\n")
+def _agent_parser(sub: Any) -> None:
+    d = AgentConfig()
+    a = sub.add_parser(
+        "agent", help="run the sidecar agent",
+        description="Run the sidecar agent. A flag wins over its environment variable, which wins "
+                    "over the default.")
+    # default=None everywhere so an unset flag leaves the env var (AgentConfig.from_env) in
+    # charge; the help shows the effective default instead.
+    a.add_argument("--ingest-socket", type=Path, metavar="PATH",
+                   help=f"Unix socket the hooks send to ({_env(ENV_INGEST_SOCKET)}; "
+                        f"default {d.ingest_socket})")
+    a.add_argument("--query-address", metavar="HOST:PORT",
+                   help=f"query/control gRPC API ({_env(ENV_QUERY_ADDRESS)}; "
+                        f"default {d.query_address})")
+    a.add_argument("--http-address", metavar="HOST:PORT",
+                   help=f"/metrics /healthz /readyz ({_env(ENV_HTTP_ADDRESS)}; "
+                        f"default {d.http_address})")
+    a.add_argument("--data-dir", type=Path, metavar="DIR",
+                   help=f"WAL directory, writable by the agent ({_env(ENV_DATA_DIR)}; "
+                        f"default {d.data_dir})")
+    a.add_argument("--wal-fsync", choices=WAL_FSYNC_POLICIES,
+                   help=f"when the WAL reaches the disk ({_env(ENV_WAL_FSYNC)}; "
+                        f"default {d.wal_fsync})")
+    a.add_argument("--wal-max-bytes", type=int, metavar="BYTES",
+                   help="cap on the WAL (what is not yet delivered); past it batches are refused "
+                        f"({_env(ENV_WAL_MAX_BYTES)}; default {d.wal_max_bytes})")
+    a.add_argument("--wal-segment-bytes", type=int, metavar="BYTES",
+                   help=f"WAL segment size, the unit of reclaim ({_env(ENV_WAL_SEGMENT_BYTES)}; "
+                        "default 0: derived from the cap)")
+    a.add_argument("--kafka-bootstrap", metavar="HOST:PORT[,...]",
+                   help=f"Kafka brokers ({_env(ENV_KAFKA_BOOTSTRAP)}; default none: the WAL "
+                        "is the archive)")
+    a.add_argument("--kafka-topic-prefix", metavar="PREFIX",
+                   help=f"topics are PREFIX.requests etc. ({_env(ENV_KAFKA_TOPIC_PREFIX)}; "
+                        f"default {d.kafka_topic_prefix})")
+    a.add_argument("--audit-level", choices=list(LEVELS),
+                   help=f"level pushed to every hook ({_env(ENV_AUDIT_LEVEL)}; default summary)")
+    a.add_argument("--linger-seconds", type=float, metavar="S",
+                   help="how long a finished trail waits for late events "
+                        f"({_env(ENV_LINGER_SECONDS)}; default {d.linger_seconds})")
+    a.add_argument("--max-trails", type=int, metavar="N",
+                   help=f"trails kept in memory ({_env(ENV_MAX_TRAILS)}; default {d.max_trails})")
+    a.add_argument("--max-trail-events", type=int, metavar="N",
+                   help=f"events kept per trail ({_env(ENV_MAX_TRAIL_EVENTS)}; "
+                        f"default {d.max_trail_events})")
+    a.add_argument("--max-trail-bytes", type=int, metavar="BYTES",
+                   help="memory cap of the trail store; oldest evicted first, counted "
+                        f"({_env(ENV_MAX_TRAIL_BYTES)}; default {d.max_trail_bytes})")
+    a.add_argument("--ready-requires", metavar="LIST",
+                   help="comma-separated conditions /readyz requires: "
+                        f"{', '.join(READY_CONDITIONS)} ({_env(ENV_READY_REQUIRES)}; "
+                        f"default {','.join(d.ready_requires)})")
+    a.add_argument("--gpu", choices=GPU_READERS,
+                   help=f"GPU telemetry reader ({_env(ENV_GPU)}; default {d.gpu})")
+    a.add_argument("--shutdown-timeout", type=float, metavar="S",
+                   help="deadline for flushing on SIGTERM; keep it below the orchestrator's "
+                        f"grace period ({_env(ENV_SHUTDOWN_TIMEOUT)}; "
+                        f"default {d.shutdown_timeout_seconds})")
+    a.add_argument("--max-batch-bytes", type=int, metavar="BYTES",
+                   help="per-batch byte cap; a larger batch is refused as too_big and the hook "
+                        f"drops it, counted ({_env(ENV_MAX_BATCH_BYTES)}; "
+                        f"default {d.max_batch_bytes})")
+    a.add_argument("--max-message-bytes", type=int, metavar="BYTES",
+                   help="gRPC max receive message size of the ingest socket, at least "
+                        f"--max-batch-bytes ({_env(ENV_MAX_MESSAGE_BYTES)}; "
+                        f"default {d.max_message_bytes})")
 
+
+def _parser() -> argparse.ArgumentParser:
+    client = _client_options(top_level=False)
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__, parents=[_client_options(True)],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"%(prog)s {version()}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _agent_parser(sub)
+
+    s = sub.add_parser("query", parents=[client], help="read the agent's trails, stats, health")
+    qs = s.add_subparsers(dest="what", required=True, metavar="WHAT")
+    qs.add_parser("health", parents=[client], help="the agent's health")
+    qs.add_parser("stats", parents=[client], help="ingest, drops by reason, WAL, publishing")
+    ls = qs.add_parser("list", parents=[client], help="trails, filtered and paginated")
+    ls.add_argument("--model", default="", help="only this model")
+    ls.add_argument("--user", default="", help="only this user")
+    ls.add_argument("--client-request-id", default="",
+                    help="only requests the client sent with this X-Request-Id")
+    ls.add_argument("--state", choices=list(STATES), help="only trails in this state")
+    ls.add_argument("--limit", type=int, default=50, help="at most N trails (default: 50)")
+    g = qs.add_parser("get", parents=[client], help="one trail")
+    g.add_argument("request_id")
+    g.add_argument("--events", action="store_true", help="include the trail's events")
+
+    s = sub.add_parser("set-level", parents=[client], help="switch the audit level of every hook")
+    s.add_argument("level", choices=list(LEVELS))
+
+    s = sub.add_parser("tail", parents=[client], help="follow new final trails (one per line)")
+    s.add_argument("--interval", type=float, default=1.0, help="poll period in s (default: 1)")
+    s.add_argument("--count", type=int, default=0, help="stop after N trails (default 0: never)")
+
+    s = sub.add_parser("replay", parents=[client],
+                       help="prove a trail's tokens against its recorded grammar (needs vLLM)")
+    s.add_argument("trail", help="a trail file (`query get ID --events`) or a request id")
+    s.add_argument("--model", required=True, help="the model directory (its tokenizer)")
+    return p
+
+
+# --- output -----------------------------------------------------------------------------------
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, bytes):  # as protobuf's JSON mapping does
+        return base64.b64encode(value).decode()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def _dumps(value: Any, indent: bool = True) -> str:
+    option = orjson.OPT_INDENT_2 if indent else 0
+    return orjson.dumps(value, option=option | orjson.OPT_NON_STR_KEYS, default=_jsonable).decode()
+
+
+def _flatten(value: Any, prefix: str = "") -> Iterator[tuple[str, str]]:
+    if isinstance(value, dict):
+        if not value and prefix:
+            yield prefix, ""
+        for key, item in value.items():
+            yield from _flatten(item, f"{prefix}.{key}" if prefix else str(key))
+    elif isinstance(value, list) and value and isinstance(value[0], dict):
+        for i, item in enumerate(value):
+            yield from _flatten(item, f"{prefix}[{i}]")
+    elif isinstance(value, list):
+        yield prefix, ",".join(str(v) for v in value)
+    elif isinstance(value, bytes):
+        yield prefix, _jsonable(value)
+    else:
+        yield prefix, str(value)
+
+
+def _table(rows: Sequence[Sequence[str]], header: Sequence[str] | None = None) -> str:
+    every = [list(header)] if header else []
+    every += [list(r) for r in rows]
+    if not every:
+        return ""
+    widths = [max(len(r[i]) for r in every) for i in range(len(every[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+                     for r in every)
+
+
+def _trail_rows(trails: Sequence[dict[str, Any]]) -> list[list[str]]:
+    return [[str(t.get(c, "")) for c in TRAIL_COLUMNS] for t in trails]
+
+
+def _emit(value: dict[str, Any], output: str) -> None:
+    if output == "json":
+        text = _dumps(value)
+    elif isinstance(value.get("trails"), list):
+        text = _table(_trail_rows(value["trails"]), TRAIL_COLUMNS)
+        if value.get("next_page_token"):
+            text += f"\n(more: next page token {value['next_page_token']})"
+    else:
+        text = _table(list(_flatten(value)), ("FIELD", "VALUE"))
+    sys.stdout.write(text + "\n")
+
+
+def _as_dict(message: Message) -> dict[str, Any]:
+    # A trail is shown as its Kafka record, wherever it appears.
+    if isinstance(message, q.ListTrailsResponse):
+        return {"trails": [trail_record(t) for t in message.trails],
+                "next_page_token": message.next_page_token}
+    if isinstance(message, q.GetTrailResponse):
+        return {"summary": trail_record(message.summary),
+                "events": [message_to_dict(e) for e in message.events]}
+    return message_to_dict(message)
+
+
+# --- commands ---------------------------------------------------------------------------------
 
 def _run_agent(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
@@ -102,56 +287,118 @@ def _run_agent(args: argparse.Namespace) -> int:
         wal_max_bytes=args.wal_max_bytes, wal_segment_bytes=args.wal_segment_bytes,
         kafka_bootstrap=args.kafka_bootstrap, kafka_topic_prefix=args.kafka_topic_prefix,
         audit_level=parse_level(args.audit_level) if args.audit_level else None,
-        linger_seconds=args.linger_seconds, max_trails=args.max_trails, gpu=args.gpu,
+        linger_seconds=args.linger_seconds, max_trails=args.max_trails,
+        max_trail_events=args.max_trail_events, max_trail_bytes=args.max_trail_bytes,
+        gpu=args.gpu,
+        ready_requires=(parse_required(args.ready_requires)
+                        if args.ready_requires is not None else None),
+        shutdown_timeout_seconds=args.shutdown_timeout,
+        max_batch_bytes=args.max_batch_bytes, max_message_bytes=args.max_message_bytes,
     )
+    for field, address in (("--query-address", config.query_address),
+                           ("--http-address", config.http_address)):
+        _check_bindable(field, address)
     from .server import serve
 
     async def main() -> None:
-        stop = asyncio.Event()
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await serve(config, stop.wait())
+        # A future, not Event.wait(): a coroutine never awaited (start-up failed) warns on exit.
+        stop: asyncio.Future[None] = loop.create_future()
 
-    asyncio.run(main())
+        def request_stop() -> None:
+            if not stop.done():
+                stop.set_result(None)
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, request_stop)
+        await serve(config, stop)
+
+    try:
+        asyncio.run(main())
+    except OSError as exc:  # a port in use, a data dir it may not write
+        raise AgentStartError(f"agent cannot start: {exc}") from exc
+    except DataDirLocked as exc:  # another agent has this data directory
+        raise AgentStartError(f"agent cannot start: {exc}") from None
+    except RuntimeError as exc:
+        # grpc reports a bind failure as a bare RuntimeError("Failed to bind to address ...").
+        if "bind" not in str(exc):
+            raise
+        raise AgentStartError(f"agent cannot start: {str(exc).split(';')[0]} (address in use?)") \
+            from exc
     return 0
+
+
+class AgentStartError(Exception):
+    """The agent could not start; the message is the whole story (one line, no traceback)."""
+
+
+def _check_bindable(field: str, address: str) -> None:
+    """Fail before start-up with the OS's reason: gRPC only says "Failed to bind" (after a
+    core log line), and a half-started agent is worse than none."""
+    host, port = parse_address(field, address)
+    if port == 0:
+        return
+    try:
+        family, kind, proto, _, sockaddr = socket.getaddrinfo(
+            host.strip("[]"), port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as both servers do
+            probe.bind(sockaddr)
+    except OSError as exc:
+        raise AgentStartError(f"agent cannot listen on {field}={address}: "
+                              f"{exc.strerror or exc}") from None
 
 
 def _run_client(args: argparse.Namespace) -> int:
-    with grpc.insecure_channel(args.address) as channel:
+    address = args.address or os.environ.get(ENV_QUERY_ADDRESS) or DEFAULT_QUERY_ADDRESS
+    output = args.output or "json"
+    timeout = 10.0 if args.timeout is None else args.timeout
+    args.resolved_address = address
+    with grpc.insecure_channel(address) as channel:
         query = query_pb2_grpc.QueryServiceStub(channel)
+        answer: Message
         if args.command == "set-level":
             control = query_pb2_grpc.ControlServiceStub(channel)
-            _print(control.SetAuditLevel(q.SetAuditLevelRequest(level=parse_level(args.level)),  # type: ignore[arg-type]
-                                         timeout=10))
+            answer = control.SetAuditLevel(
+                q.SetAuditLevelRequest(level=parse_level(args.level)),  # type: ignore[arg-type]
+                timeout=timeout)
         elif args.command == "tail":
-            return _tail(query, args.interval, args.count)
+            return _tail(query, args.interval, args.count, output, timeout)
         elif args.what == "health":
-            _print(query.Health(q.HealthRequest(), timeout=10))
+            answer = query.Health(q.HealthRequest(), timeout=timeout)
         elif args.what == "stats":
-            _print(query.GetStats(q.StatsRequest(), timeout=10))
+            answer = query.GetStats(q.StatsRequest(), timeout=timeout)
         elif args.what == "list":
             request = q.ListTrailsRequest(model=args.model, user=args.user, page_size=args.limit,
+                                          client_request_id=args.client_request_id,
                                           state=STATES[args.state] if args.state else 0)  # type: ignore[arg-type]
-            _print(query.ListTrails(request, timeout=10))
-        elif args.what == "get":
-            _print(query.GetTrail(q.GetTrailRequest(request_id=args.request_id,
-                                                    include_events=args.events), timeout=10))
+            answer = query.ListTrails(request, timeout=timeout)
+        else:
+            answer = query.GetTrail(q.GetTrailRequest(request_id=args.request_id,
+                                                      include_events=args.events), timeout=timeout)
+        _emit(_as_dict(answer), output)
     return 0
 
 
-def _tail(query: query_pb2_grpc.QueryServiceStub, interval: float, count: int) -> int:
+def _tail(query: query_pb2_grpc.QueryServiceStub, interval: float, count: int, output: str,
+          timeout: float) -> int:
+    """One final trail per line: its Kafka record (json) or a table row."""
     seen: set[str] = set()
     shown = 0
+    if output == "table":
+        sys.stdout.write(_table([], TRAIL_COLUMNS) + "\n")
     while True:
         token = ""
         while True:
-            page = query.ListTrails(q.ListTrailsRequest(page_size=1000, page_token=token), timeout=10)
+            page = query.ListTrails(q.ListTrailsRequest(page_size=1000, page_token=token),
+                                    timeout=timeout)
             for trail in page.trails:
                 if trail.state != q.TRAIL_STATE_ACTIVE and trail.request_id not in seen:
                     seen.add(trail.request_id)
-                    sys.stdout.write(orjson.dumps(json_format.MessageToDict(
-                        trail, preserving_proto_field_name=True)).decode() + "\n")
+                    record = trail_record(trail)
+                    line = (_dumps(record, indent=False) if output == "json"
+                            else "  ".join(_trail_rows([record])[0]))
+                    sys.stdout.write(line + "\n")
                     sys.stdout.flush()
                     shown += 1
                     if count and shown >= count:
@@ -162,20 +409,45 @@ def _tail(query: query_pb2_grpc.QueryServiceStub, interval: float, count: int) -
         time.sleep(interval)
 
 
+def _run_replay(args: argparse.Namespace) -> int:
+    """Exit 0: proven; 1: a step does not match (named); 2: the trail cannot be replayed."""
+    from .replay import run
+
+    address = args.address or os.environ.get(ENV_QUERY_ADDRESS) or DEFAULT_QUERY_ADDRESS
+    code, result = run(args.trail, args.model, address)
+    _emit(result, args.output or "json")
+    return code
+
+
+def _rpc_error(exc: grpc.RpcError, address: str) -> str:
+    code = exc.code()  # type: ignore[attr-defined]
+    details = exc.details()  # type: ignore[attr-defined]
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return f"UNAVAILABLE: no agent answers at {address} ({details})"
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return f"DEADLINE_EXCEEDED: the agent at {address} did not answer in time"
+    return f"{code.name}: {details}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "agent":
+            if args.address or args.output or args.timeout is not None:
+                raise ValueError("--address/--output/--timeout are client options; the agent "
+                                 "listens on --query-address")
             return _run_agent(args)
         if args.command == "replay":
             return _run_replay(args)
         return _run_client(args)
-    except ValueError as exc:
-        print(f"vllm-audit: {exc}", file=sys.stderr)
-        return 2
+    except (ValueError, AgentStartError) as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, ValueError) else 1
     except grpc.RpcError as exc:
-        print(f"vllm-audit: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        print(f"{PROG}: {_rpc_error(exc, args.resolved_address)}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":

@@ -12,6 +12,8 @@ from pathlib import Path
 
 from vllm_audit.v1 import events_pb2
 
+from .readiness import DEFAULT_REQUIRED, parse_required
+
 ENV_INGEST_SOCKET = "VLLM_AUDIT_INGEST_SOCKET"      # Unix socket for hooks
 ENV_QUERY_ADDRESS = "VLLM_AUDIT_QUERY_ADDRESS"      # host:port of the query/control API
 ENV_HTTP_ADDRESS = "VLLM_AUDIT_HTTP_ADDRESS"        # host:port of /metrics /healthz /readyz
@@ -21,11 +23,18 @@ ENV_WAL_MAX_BYTES = "VLLM_AUDIT_WAL_MAX_BYTES"      # cap on what is owed downst
 ENV_WAL_SEGMENT_BYTES = "VLLM_AUDIT_WAL_SEGMENT_BYTES"  # unit of reclaim; 0 = derived from cap
 ENV_MAX_TRAILS = "VLLM_AUDIT_MAX_TRAILS"
 ENV_MAX_TRAIL_EVENTS = "VLLM_AUDIT_MAX_TRAIL_EVENTS"
+ENV_MAX_TRAIL_BYTES = "VLLM_AUDIT_MAX_TRAIL_BYTES"  # memory cap of the trail store
+ENV_SHUTDOWN_TIMEOUT = "VLLM_AUDIT_SHUTDOWN_TIMEOUT_SECONDS"  # < the pod's grace period
+ENV_READY_REQUIRES = "VLLM_AUDIT_READY_REQUIRES"    # conditions /readyz requires (readiness.py)
 ENV_KAFKA_BOOTSTRAP = "VLLM_AUDIT_KAFKA_BOOTSTRAP"  # unset = no Kafka
 ENV_KAFKA_TOPIC_PREFIX = "VLLM_AUDIT_KAFKA_TOPIC_PREFIX"
 ENV_AUDIT_LEVEL = "VLLM_AUDIT_LEVEL"                # pushed to every hook
 ENV_LINGER_SECONDS = "VLLM_AUDIT_LINGER_SECONDS"
 ENV_GPU = "VLLM_AUDIT_GPU"                          # nvml | none | fake
+ENV_MAX_BATCH_BYTES = "VLLM_AUDIT_MAX_BATCH_BYTES"  # larger batches are refused (too_big)
+ENV_MAX_MESSAGE_BYTES = "VLLM_AUDIT_MAX_MESSAGE_BYTES"  # gRPC receive limit of the ingest socket
+# Deadline for the flush on SIGTERM; below the orchestrator's grace period (Kubernetes'
+# terminationGracePeriodSeconds, 30 s by default) so the agent reports what it lost itself.
 
 WAL_FSYNC_POLICIES = ("always", "batch", "never")
 GPU_READERS = ("nvml", "none", "fake")
@@ -62,12 +71,24 @@ class AgentConfig:
     wal_segment_bytes: int = 0
     max_trails: int = 100_000
     max_trail_events: int = 10_000
+    #: The chart gives the agent 1 GiB; trails get a quarter of it by default.
+    max_trail_bytes: int = 256 << 20
+    #: The whole stop (drain ingest, flush trails, publisher, NVML) fits in this; it must be
+    #: shorter than Kubernetes' terminationGracePeriodSeconds (30 s by default).
+    shutdown_timeout_seconds: float = 20.0
     kafka_bootstrap: str | None = None
     kafka_topic_prefix: str = "vllm-audit"
     audit_level: int = events_pb2.AUDIT_LEVEL_SUMMARY
     linger_seconds: float = 30.0
     gpu: str = "nvml"
     gpu_interval_seconds: float = 5.0
+    #: Conditions /readyz requires besides serving (agent/readiness.py).
+    ready_requires: tuple[str, ...] = DEFAULT_REQUIRED
+    #: A batch over this many bytes is refused as too_big (permanent: the hook drops it).
+    max_batch_bytes: int = 2 << 20
+    #: gRPC max receive message size of the ingest server; at least max_batch_bytes, so an
+    #: oversize batch is answered with a refusal rather than a transport error.
+    max_message_bytes: int = 8 << 20
 
     def __post_init__(self) -> None:
         parse_address("query_address", self.query_address)
@@ -76,13 +97,18 @@ class AgentConfig:
             raise ValueError(f"wal_fsync={self.wal_fsync!r}; expected {WAL_FSYNC_POLICIES}")
         if self.gpu not in GPU_READERS:
             raise ValueError(f"gpu={self.gpu!r}; expected one of {GPU_READERS}")
-        for name in ("wal_max_bytes", "max_trails", "max_trail_events"):
+        for name in ("wal_max_bytes", "max_trails", "max_trail_events", "max_trail_bytes",
+                     "shutdown_timeout_seconds", "max_batch_bytes"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be > 0")
         if self.wal_segment_bytes < 0:
             raise ValueError(f"wal_segment_bytes={self.wal_segment_bytes!r} must be >= 0")
+        if not self.max_batch_bytes <= self.max_message_bytes < 1 << 31:  # gRPC takes an int32
+            raise ValueError(f"max_message_bytes={self.max_message_bytes!r} must be >= "
+                             f"max_batch_bytes={self.max_batch_bytes!r} and < 2 GiB")
         if self.linger_seconds <= 0:
             raise ValueError(f"linger_seconds={self.linger_seconds!r} must be > 0")
+        parse_required(",".join(self.ready_requires))
         if self.audit_level not in LEVELS.values():
             raise ValueError(f"audit_level={self.audit_level!r} is not a known level")
 
@@ -112,7 +138,13 @@ class AgentConfig:
         number(ENV_WAL_SEGMENT_BYTES, "wal_segment_bytes", int)
         number(ENV_MAX_TRAILS, "max_trails", int)
         number(ENV_MAX_TRAIL_EVENTS, "max_trail_events", int)
+        number(ENV_MAX_TRAIL_BYTES, "max_trail_bytes", int)
+        number(ENV_SHUTDOWN_TIMEOUT, "shutdown_timeout_seconds", float)
         number(ENV_LINGER_SECONDS, "linger_seconds", float)
+        if env.get(ENV_READY_REQUIRES) is not None:
+            values["ready_requires"] = parse_required(env[ENV_READY_REQUIRES])
+        number(ENV_MAX_BATCH_BYTES, "max_batch_bytes", int)
+        number(ENV_MAX_MESSAGE_BYTES, "max_message_bytes", int)
         if env.get(ENV_AUDIT_LEVEL):
             values["audit_level"] = parse_level(env[ENV_AUDIT_LEVEL])
         values.update({k: v for k, v in overrides.items() if v is not None})

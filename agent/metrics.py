@@ -1,125 +1,298 @@
-"""Prometheus exposition: a private registry whose collector reads the agent's snapshots,
+"""Prometheus exposition: a private registry whose collectors read the agent's snapshots,
 and a tiny asyncio HTTP server for /metrics, /healthz and /readyz.
 
 A scrape never calls NVML, Kafka or the WAL: it reads counters and the latest snapshots.
+Every labelled counter carries every reason of its closed set (agent/reasons.py) from the
+start, at 0, and each family counts one unit (events, batches, records, bytes or errors).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+import gzip
+import platform
+import socket
+import time
+from collections.abc import Iterator, Mapping
+from importlib import metadata
 
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry, ProcessCollector
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    InfoMetricFamily,
+    Metric,
+    SummaryMetricFamily,
+)
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
+from . import reasons as r
+from .engines import SourceSeries
+from .gpu_metrics import gpu_metrics
+from .readiness import readiness
 from .state import AgentState
+from .validation import CLAMPABLE_FIELDS
+from .wal import WRITE_ERROR_REASONS
+
+ENGINE_LABELS = ["source", "model", "engine_index"]
+#: Engine gauges and counters: (EngineStats field, metric name, help, is counter).
+ENGINE_VALUES = (
+    ("kv_cache_usage", "vllm_audit_engine_kv_cache_usage_ratio",
+     "KV-cache usage (0..1) last reported by vLLM", False),
+    ("num_running_reqs", "vllm_audit_engine_num_requests_running",
+     "Requests running in the engine", False),
+    ("num_waiting_reqs", "vllm_audit_engine_num_requests_waiting",
+     "Requests waiting in the engine", False),
+    ("prompt_tokens", "vllm_audit_engine_prompt_tokens", "Prompt tokens processed", True),
+    ("generation_tokens", "vllm_audit_engine_generation_tokens", "Generated tokens", True),
+    ("prefix_cache_queries", "vllm_audit_engine_prefix_cache_queries",
+     "Prefix-cache queried tokens", True),
+    ("prefix_cache_hits", "vllm_audit_engine_prefix_cache_hits", "Prefix-cache hit tokens", True),
+    ("cached_prompt_tokens", "vllm_audit_engine_cached_prompt_tokens",
+     "Prompt tokens of finished requests served from a cache", True),
+    ("num_preempted_reqs", "vllm_audit_engine_preemptions", "Requests preempted", True),
+    ("finished_requests", "vllm_audit_engine_finished_requests", "Requests finished", True),
+    ("spec_decode_num_drafts", "vllm_audit_engine_spec_decode_drafts",
+     "Speculative-decoding drafts", True),
+    ("spec_decode_num_draft_tokens", "vllm_audit_engine_spec_decode_draft_tokens",
+     "Speculative-decoding draft tokens proposed", True),
+    ("spec_decode_num_accepted_tokens", "vllm_audit_engine_spec_decode_accepted_tokens",
+     "Speculative-decoding draft tokens accepted", True),
+)
+#: Engine summaries (sum and count, seconds): (name, help, sum field, count field).
+ENGINE_SUMMARIES = (
+    ("vllm_audit_engine_time_to_first_token_seconds", "Time to first token (engine)",
+     "ttft_seconds_sum", "ttft_count"),
+    ("vllm_audit_engine_inter_token_latency_seconds", "Time between output tokens (engine)",
+     "inter_token_latency_seconds_sum", "inter_token_latency_count"),
+    ("vllm_audit_engine_time_per_output_token_seconds",
+     "Mean time per output token of finished requests (engine)", "tpot_seconds_sum",
+     "tpot_count"),
+    ("vllm_audit_engine_request_queue_time_seconds", "Time finished requests waited in queue",
+     "queue_time_seconds_sum", "finished_requests"),
+    ("vllm_audit_engine_e2e_request_latency_seconds", "End-to-end latency in the engine",
+     "e2e_latency_seconds_sum", "finished_requests"),
+    ("vllm_audit_engine_request_prefill_time_seconds", "Prefill time of finished requests",
+     "prefill_time_seconds_sum", "finished_requests"),
+    ("vllm_audit_engine_request_decode_time_seconds", "Decode time of finished requests",
+     "decode_time_seconds_sum", "finished_requests"),
+)
+#: Sites where the agent swallows an error (closed set; unknown sites go to `other`).
+AGENT_ERROR_SITES = ("http", "ingest.stream", "ingest.apply", "sweep", r.OTHER)
+
+
+def counter(name: str, doc: str, value: float) -> Metric:
+    return CounterMetricFamily(name, doc, value=value)
+
+
+def labelled(name: str, doc: str, label: str, values: Mapping[str, int],
+             reasons: tuple[str, ...]) -> Metric:
+    """A counter with one sample per reason of its closed set, present at 0."""
+    family = CounterMetricFamily(name, doc, labels=[label])
+    for key, value in r.closed(values, reasons).items():
+        family.add_metric([key], value)
+    return family
 
 
 class AgentCollector(Collector):
-    def __init__(self, state: AgentState) -> None:
+    def __init__(self, state: AgentState, hostname: str | None = None) -> None:
         self.state = state
+        self.hostname = hostname or socket.gethostname()
 
     def collect(self) -> Iterator[Metric]:
-        st = self.state
-        labels = ["source", "model"]
-        kv = GaugeMetricFamily("vllm_audit_engine_kv_cache_usage_ratio",
-                               "KV-cache usage (0..1) last reported by vLLM", labels=labels)
-        running = GaugeMetricFamily("vllm_audit_engine_num_requests_running",
-                                    "Requests running in the engine", labels=labels)
-        waiting = GaugeMetricFamily("vllm_audit_engine_num_requests_waiting",
-                                    "Requests waiting in the engine", labels=labels)
-        prompt = CounterMetricFamily("vllm_audit_engine_prompt_tokens",
-                                     "Prompt tokens processed", labels=labels)
-        gen = CounterMetricFamily("vllm_audit_engine_generation_tokens",
-                                  "Generated tokens", labels=labels)
-        pq = CounterMetricFamily("vllm_audit_engine_prefix_cache_queries",
-                                 "Prefix-cache queried tokens", labels=labels)
-        ph = CounterMetricFamily("vllm_audit_engine_prefix_cache_hits",
-                                 "Prefix-cache hit tokens", labels=labels)
-        for source_id, src in st.latest_engine_stats():
-            s = src.last_stats
-            assert s is not None
-            lv = [source_id, src.model]
-            kv.add_metric(lv, s.kv_cache_usage)
-            running.add_metric(lv, s.num_running_reqs)
-            waiting.add_metric(lv, s.num_waiting_reqs)
-            prompt.add_metric(lv, s.prompt_tokens)
-            gen.add_metric(lv, s.generation_tokens)
-            pq.add_metric(lv, s.prefix_cache_queries)
-            ph.add_metric(lv, s.prefix_cache_hits)
-        yield from (kv, running, waiting, prompt, gen, pq, ph)
+        live = self.state.engines.live(s.source_id for s in self.state.sessions)
+        yield from self._engines(live)
+        yield from self._ingest()
+        yield from self._losses()
+        yield from self._trails()
+        yield from self._storage()
+        pids = {series.pid: (sid, series.model) for sid, series in live if series.pid}
+        yield from gpu_metrics(self.state.gpu, self.hostname, pids)
 
-        trails = CounterMetricFamily("vllm_audit_trails", "Final trails by state", labels=["state"])
-        for state in ("finished", "aborted", "failed"):
-            trails.add_metric([state], st.trails.finished_by_state[state])
-        yield trails
-        yield GaugeMetricFamily("vllm_audit_trails_active", "Trails not yet final",
-                                value=st.trails.active_count())
-        yield GaugeMetricFamily("vllm_audit_trails_stored", "Trails held in memory",
-                                value=len(st.trails))
-        evicted = CounterMetricFamily("vllm_audit_trails_evicted", "Trails evicted from memory",
-                                      labels=["reason"])
-        for reason in ("final", "active"):
-            evicted.add_metric([reason], st.trails.counters[f"evicted_{reason}"])
-        yield evicted
-        yield CounterMetricFamily("vllm_audit_ingest_batches", "Batches ingested",
-                                  value=st.counters["batches"])
-        yield CounterMetricFamily("vllm_audit_ingest_events", "Events ingested",
-                                  value=st.counters["events"])
-        yield CounterMetricFamily("vllm_audit_ingest_duplicate_batches",
-                                  "Resent batches dropped as duplicates",
-                                  value=st.counters["duplicate_batches"])
-        yield _labelled("vllm_audit_ingest_refused_batches",
-                        "Batches refused, not stored (the hook keeps and retries them)", "reason",
-                        {"wal_full": st.counters["refused_batches_wal_full"]})
-        yield _labelled("vllm_audit_hook_dropped_events", "Events the hooks could not deliver",
-                        "reason", st.hook_dropped)
-        yield _labelled("vllm_audit_agent_dropped", "Items the agent dropped", "reason",
-                        st.agent_drops())
-        yield CounterMetricFamily("vllm_audit_records_published", "Records published",
-                                  value=st.publisher.counters["published"])
-        yield GaugeMetricFamily("vllm_audit_wal_bytes", "Bytes in the WAL", value=st.wal.size)
-        yield GaugeMetricFamily("vllm_audit_wal_max_bytes", "WAL cap; past it batches are refused",
-                                value=st.wal.max_bytes)
-        yield GaugeMetricFamily("vllm_audit_wal_segments", "WAL segment files",
-                                value=len(st.wal.segments()))
-        yield CounterMetricFamily("vllm_audit_wal_deleted_segments",
-                                  "WAL segments deleted (delivered, or expired without Kafka)",
-                                  value=st.wal.deleted_segments)
-        yield CounterMetricFamily("vllm_audit_wal_expired_segments",
-                                  "WAL segments expired at the cap without Kafka (records lost)",
-                                  value=st.counters["wal_expired_segments"])
+    def _engines(self, live: list[tuple[str, SourceSeries]]) -> Iterator[Metric]:
+        values = [(field, (CounterMetricFamily if is_counter else GaugeMetricFamily)(
+            name, doc, labels=ENGINE_LABELS)) for field, name, doc, is_counter in ENGINE_VALUES]
+        summaries = [(SummaryMetricFamily(name, doc, labels=ENGINE_LABELS), total, count)
+                     for name, doc, total, count in ENGINE_SUMMARIES]
+        for source_id, series in live:
+            for index, stats in sorted(series.engines.items()):
+                lv = [source_id, series.model, str(index)]
+                for field, family in values:
+                    family.add_metric(lv, getattr(stats, field))
+                for summary, total, count in summaries:
+                    summary.add_metric(lv, count_value=getattr(stats, count),
+                                       sum_value=getattr(stats, total))
+        yield from (family for _, family in values)
+        yield from (summary for summary, _, _ in summaries)
         yield GaugeMetricFamily("vllm_audit_connected_sources", "Hook streams connected",
-                                value=len(st.sessions))
+                                value=len(self.state.sessions))
         yield GaugeMetricFamily("vllm_audit_audit_level", "Audit level pushed to hooks",
-                                value=st.level)
-        yield GaugeMetricFamily("vllm_audit_gpu_available", "1 when GPU telemetry is available",
-                                value=1 if st.gpu.available else 0)
-        util = GaugeMetricFamily("vllm_audit_gpu_utilization_ratio", "GPU utilization",
-                                 labels=["gpu", "name"])
-        mem = GaugeMetricFamily("vllm_audit_gpu_memory_used_bytes", "GPU memory used",
-                                labels=["gpu", "name"])
-        for r in st.gpu.snapshot:
-            util.add_metric([str(r.index), r.name], r.utilization_pct / 100.0)
-            mem.add_metric([str(r.index), r.name], r.memory_used_bytes)
-        yield util
-        yield mem
-        yield _labelled("vllm_audit_internal_errors", "Errors the agent swallowed", "site",
-                        st.errors)
+                                value=self.state.level)
+
+    def _ingest(self) -> Iterator[Metric]:
+        c = self.state.counters
+        yield counter("vllm_audit_ingest_batches", "Batches ingested", c["batches"])
+        yield counter("vllm_audit_ingest_events", "Events ingested", c["events"])
+        yield counter("vllm_audit_ingest_duplicate_batches",
+                      "Resent batches dropped as duplicates", c["duplicate_batches"])
+        yield labelled("vllm_audit_ingest_refused_batches",
+                       "Batches refused, not stored (retriable ones the hook keeps and resends)",
+                       "reason", {k: c[f"refused_batches_{k}"] for k in r.REFUSAL_REASONS},
+                       r.REFUSAL_REASONS)
+        yield labelled("vllm_audit_ingest_clamped_fields",
+                       "Event fields repaired by validation at ingest", "field",
+                       self.state.clamped_fields, CLAMPABLE_FIELDS)
+        yield counter("vllm_audit_ingest_dedup_holes_skipped",
+                      "Seq holes the de-dup window gave up on to bound its memory",
+                      c["dedup_holes_skipped"])
+        yield counter("vllm_audit_ingest_dedup_epochs_evicted",
+                      "Epochs of a source whose de-dup window was forgotten (oldest first)",
+                      c["dedup_epochs_evicted"])
+        yield counter("vllm_audit_wal_replay_duplicate_batches",
+                      "Second copies of a batch skipped when replaying the WAL",
+                      c["wal_replay_duplicates"])
+
+    def _losses(self) -> Iterator[Metric]:
+        st = self.state
+        hook_events = {k: v for k, v in st.hook_dropped.items()
+                       if k != r.HOOK_MISSING_BATCHES
+                       and not k.startswith(r.HOOK_INTERNAL_ERROR_PREFIX)}
+        yield labelled("vllm_audit_hook_dropped_events", "Events the hooks could not deliver",
+                       "reason", hook_events, r.HOOK_EVENT_DROP_REASONS)
+        yield counter("vllm_audit_hook_lost_batches",
+                      "Batches the hooks reported lost and the agent never stored",
+                      st.hook_dropped[r.HOOK_MISSING_BATCHES])
+        yield counter("vllm_audit_hook_internal_errors", "Errors the hooks swallowed",
+                      sum(v for k, v in st.hook_dropped.items()
+                          if k.startswith(r.HOOK_INTERNAL_ERROR_PREFIX)))
+        yield labelled("vllm_audit_agent_dropped_batches", "Batches the agent lost",
+                       "reason", {k: v for k, v in st.agent_dropped.items()
+                                  if k not in r.AGENT_BYTE_DROP_KEYS + r.AGENT_EVENT_DROP_KEYS},
+                       r.AGENT_BATCH_DROP_REASONS)
+        yield counter("vllm_audit_agent_dropped_events_without_body",
+                      "Events dropped at ingest for having no body (an unknown kind); the rest "
+                      "of their batch was stored", st.agent_dropped["events_without_body"])
+        yield counter("vllm_audit_wal_torn_tail_bytes",
+                      "Bytes cut from a torn WAL tail at start (a crash mid-append)",
+                      st.agent_dropped["wal_torn_tail_bytes"])
+        yield counter("vllm_audit_wal_damaged_bytes",
+                      "Damaged WAL bytes found at start, moved to the quarantine directory",
+                      st.agent_dropped["wal_damaged_bytes"])
+        yield labelled("vllm_audit_wal_failed_appends", "WAL appends the file system refused "
+                       "(the log was left as it was and the batch refused)", "reason",
+                       st.wal.failed_appends, WRITE_ERROR_REASONS)
+        yield GaugeMetricFamily("vllm_audit_wal_writable",
+                                "1 while the WAL's file system accepts appends",
+                                value=1 if st.wal.healthy else 0)
+        pc = st.publisher.counters
+        yield labelled("vllm_audit_publisher_lost_records", "Records the publisher lost",
+                       "reason", r.publisher_losses(pc), r.PUBLISHER_RECORD_LOSS_REASONS)
+        yield counter("vllm_audit_publisher_connect_errors", "Failed Kafka connection attempts",
+                      pc["connect_errors"])
+        yield counter("vllm_audit_publisher_retries", "Kafka sends retried", pc["retries"])
+        yield counter("vllm_audit_publisher_stop_timeouts",
+                      "Kafka producer closes cut by the shutdown deadline", pc["stop_timeouts"])
+        yield counter("vllm_audit_records_published", "Records published", pc["published"])
+        yield labelled("vllm_audit_internal_errors", "Errors the agent swallowed", "site",
+                       st.errors, AGENT_ERROR_SITES)
+
+    def _trails(self) -> Iterator[Metric]:
+        trails = self.state.trails
+        yield labelled("vllm_audit_trails", "Final trails by state", "state",
+                       trails.finished_by_state, r.FINAL_TRAIL_STATES)
+        yield GaugeMetricFamily("vllm_audit_trails_active", "Trails not yet final",
+                                value=trails.active_count())
+        yield GaugeMetricFamily("vllm_audit_trails_stored", "Trails held in memory",
+                                value=len(trails))
+        yield labelled("vllm_audit_trails_evicted", "Trails evicted from memory", "reason",
+                       {k: trails.counters[f"evicted_{k}"] for k in r.TRAIL_EVICTION_REASONS},
+                       r.TRAIL_EVICTION_REASONS)
+        yield counter("vllm_audit_trails_evicted_bytes", "Bytes of the trails evicted from memory",
+                      trails.counters["evicted_bytes"])
+        yield GaugeMetricFamily("vllm_audit_trail_store_bytes",
+                                "Accounted bytes of the trails held in memory", value=trails.bytes)
+        yield GaugeMetricFamily("vllm_audit_trail_store_max_bytes",
+                                "Cap on the trail store's bytes", value=trails.max_bytes)
+        yield counter("vllm_audit_trails_finalised_by_linger",
+                      "Trails finalised because their other half did not arrive in time",
+                      trails.counters["finalised_by_linger"])
+        yield counter("vllm_audit_trail_events_truncated",
+                      "Events not kept because their trail reached max_trail_events",
+                      trails.counters["events_truncated"])
+        yield counter("vllm_audit_trail_late_events",
+                      "Events that arrived after their trail was final (not in its record)",
+                      trails.counters["late_events"])
+
+    def _storage(self) -> Iterator[Metric]:
+        st = self.state
+        wal = st.wal
+        yield GaugeMetricFamily("vllm_audit_wal_bytes", "Bytes in the WAL", value=wal.size)
+        yield GaugeMetricFamily("vllm_audit_wal_max_bytes",
+                                "WAL cap; past it batches are refused", value=wal.max_bytes)
+        yield GaugeMetricFamily("vllm_audit_wal_segments", "WAL segment files",
+                                value=len(wal.segments()))
+        yield counter("vllm_audit_wal_deleted_segments",
+                      "WAL segments deleted (delivered, or expired without Kafka)",
+                      wal.deleted_segments)
+        yield counter("vllm_audit_wal_expired_segments",
+                      "WAL segments expired at the cap without Kafka (records lost)",
+                      st.counters["wal_expired_segments"])
+        yield GaugeMetricFamily("vllm_audit_kafka_connected",
+                                "1 while the publisher has a Kafka connection",
+                                value=1 if st.publisher.connected else 0)
+        # What is owed downstream: final trails whose record is not yet delivered (their
+        # WAL segments are held for them). Age from when the trail's first half completed.
+        now = time.monotonic()
+        owed = [t.half_complete_at or now for t in st.trails.trails()
+                if t.published and t.segments]
+        yield GaugeMetricFamily("vllm_audit_undelivered_records",
+                                "Final trail records not yet delivered to Kafka",
+                                value=len(owed))
+        yield GaugeMetricFamily("vllm_audit_undelivered_oldest_age_seconds",
+                                "Age of the oldest undelivered trail record (0 when none)",
+                                value=now - min(owed) if owed else 0.0)
 
 
-def _labelled(name: str, doc: str, label: str, values: dict[str, int]) -> Metric:
-    family = CounterMetricFamily(name, doc, labels=[label])
-    for key, value in sorted(values.items()):
-        family.add_metric([key], value)
-    return family
+def build_info() -> Metric:
+    try:
+        version = metadata.version("vllm-audit")
+    except metadata.PackageNotFoundError:
+        version = "unknown"
+    info = InfoMetricFamily("vllm_audit_build", "Build of the running agent",
+                            labels=["version", "python_version"])
+    info.add_metric([version, platform.python_version()], {})
+    return info
+
+
+class BuildInfo(Collector):
+    def __init__(self) -> None:
+        self.info = build_info()
+
+    def collect(self) -> Iterator[Metric]:
+        yield self.info
 
 
 def make_registry(state: AgentState) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(AgentCollector(state))
+    registry.register(state.request_metrics)
+    registry.register(BuildInfo())
+    # The standard process_* names: the registry is this process's alone.
+    ProcessCollector(registry=registry)
     return registry
+
+
+def encode_metrics(registry: CollectorRegistry, accept: str,
+                   accept_encoding: str) -> tuple[bytes, dict[str, str]]:
+    """The exposition the client asked for (OpenMetrics or text 0.0.4), gzip if accepted."""
+    encoder, content_type = choose_encoder(accept)
+    body = encoder(registry)
+    headers = {"Content-Type": content_type}
+    if "gzip" in accept_encoding.lower():
+        body = gzip.compress(body, compresslevel=6)
+        headers["Content-Encoding"] = "gzip"
+    return body, headers
 
 
 class HttpEndpoint:
@@ -141,23 +314,29 @@ class HttpEndpoint:
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             line = await asyncio.wait_for(reader.readline(), 5)
-            while (await asyncio.wait_for(reader.readline(), 5)) not in (b"\r\n", b"\n", b""):
-                pass
+            request_headers: dict[str, str] = {}
+            while (header := await asyncio.wait_for(reader.readline(), 5)) not in (
+                    b"\r\n", b"\n", b""):
+                name, _, value = header.decode("latin-1").partition(":")
+                request_headers[name.strip().lower()] = value.strip()
             parts = line.decode("latin-1").split()
             path = parts[1].split("?")[0] if len(parts) >= 2 else ""
+            headers = {"Content-Type": "text/plain"}
             if path == "/metrics":
-                body = generate_latest(self.registry)
-                status, ctype = "200 OK", "text/plain; version=0.0.4; charset=utf-8"
+                body, headers = encode_metrics(self.registry, request_headers.get("accept", ""),
+                                               request_headers.get("accept-encoding", ""))
+                status = "200 OK"
             elif path == "/healthz":
-                status, ctype, body = "200 OK", "text/plain", b"ok\n"
+                status, body = "200 OK", b"ok\n"
             elif path == "/readyz":
-                ready = self.state.ready
+                ready, text = readiness(self.state)
                 status = "200 OK" if ready else "503 Service Unavailable"
-                ctype, body = "text/plain", b"ready\n" if ready else b"not ready\n"
+                body = (("ready\n" if ready else "not ready\n") + text).encode()
             else:
-                status, ctype, body = "404 Not Found", "text/plain", b"not found\n"
+                status, body = "404 Not Found", b"not found\n"
+            head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
             writer.write(
-                f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
+                f"HTTP/1.1 {status}\r\n{head}Content-Length: {len(body)}\r\n"
                 "Connection: close\r\n\r\n".encode() + body)
             await writer.drain()
         except (TimeoutError, ConnectionError):

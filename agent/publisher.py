@@ -22,6 +22,9 @@ from .records import encode
 logger = logging.getLogger("vllm_audit.agent")
 
 
+#: Records sent to the broker before the first of them is awaited.
+SEND_WINDOW = 2048
+
 #: Called once a record is settled: published, or its loss counted (queue full, fatal error).
 #: Not called for records left unpublished at shutdown: the WAL still holds what rebuilds them.
 OnDone = Callable[[], None]
@@ -137,8 +140,39 @@ class KafkaPublisher:
             item = await self._next_item()
             if item is None:
                 return
-            topic, key, value, on_done = item
-            if await self._publish(topic, key, value) and on_done is not None:
+            window = [item]
+            while len(window) < SEND_WINDOW and not self._queue.empty():
+                window.append(self._queue.get_nowait())
+            await self._publish_window(window)
+
+    async def _publish_window(self, window: list[tuple[str, bytes, bytes, OnDone | None]]
+                              ) -> None:
+        """Sends a window of records with overlapping sends, then settles each in order.
+
+        Awaiting each send in turn caps a producer at one broker round trip per record
+        (~140 records/s measured against the test broker); overlapping sends let aiokafka
+        batch per partition. A record whose send failed is retried on its own (retriable
+        errors, with backoff) or counted as failed; `on_done` runs only once it is settled."""
+        from aiokafka.errors import KafkaError
+
+        sends: list[asyncio.Future[Any] | None] = []
+        for topic, key, value, _ in window:
+            try:
+                sends.append(await self._producer.send(topic, value, key=key))
+            except KafkaError:
+                sends.append(None)  # settled below by the one-record retry path
+        for (topic, key, value, on_done), sent in zip(window, sends, strict=True):
+            settled = False
+            if sent is not None:
+                try:
+                    await sent
+                    self.counters["published"] += 1
+                    settled = True
+                except KafkaError:
+                    self.counters["retries"] += 1
+            if not settled:
+                settled = await self._publish(topic, key, value)
+            if settled and on_done is not None:
                 on_done()
 
     async def _publish(self, topic: str, key: bytes, value: bytes) -> bool:
@@ -177,17 +211,33 @@ class KafkaPublisher:
         return None if self._queue.empty() else self._queue.get_nowait()
 
     async def stop(self, timeout: float) -> int:
-        """Drains what it can within `timeout`; returns the number of records left behind."""
+        """Drains what it can within `timeout`; returns the number of records left behind.
+
+        The whole stop is bounded by `timeout`, the producer's own close included: with a
+        hung broker aiokafka's stop() waits for in-flight batches up to request_timeout_ms
+        (40 s), which is past a pod's grace period."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         if self._task is not None:
             # Setting _stopping lets the task drain the queue and then exit; the deadline bounds it.
             self._stopping.set()
             try:
-                await asyncio.wait_for(self._task, timeout)
+                await asyncio.wait_for(self._task, max(0.0, deadline - loop.time() - 0.5))
             except TimeoutError:
                 self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await self._task
         if self._producer is not None:
-            await self._producer.stop()
-            self._producer = None
+            producer, self._producer = self._producer, None
+            closing = asyncio.ensure_future(producer.stop())
+            try:
+                await asyncio.wait_for(asyncio.shield(closing),
+                                       max(0.1, deadline - loop.time()))
+            except TimeoutError:
+                self.counters["stop_timeouts"] += 1
+                logger.warning("kafka producer did not close within the shutdown deadline")
+            except Exception as exc:
+                logger.warning("kafka producer close failed: %r", exc)
         self._connected = False
         lost = self._queue.qsize()
         if lost:

@@ -62,6 +62,7 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
             trails_active=trails.active_count(),
             trails_finished=sum(trails.finished_by_state.values()),
             trails_evicted=trails.counters["evicted_final"] + trails.counters["evicted_active"],
+            trail_store_bytes=trails.bytes,
             wal_bytes=state.wal.size,
             records_published=state.publisher.counters["published"],
             agent_dropped_by_reason=state.agent_drops(),
@@ -98,7 +99,8 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         assert trail is not None
         response = q.GetTrailResponse(summary=trail.summary)
         if request.include_events:
-            response.events.extend(trail.events)
+            for raw in trail.events:
+                response.events.add().MergeFromString(raw)
         return response
 
 
@@ -106,6 +108,7 @@ def _matches(s: q.TrailSummary, r: q.ListTrailsRequest) -> bool:
     return (
         (not r.model or s.model == r.model)
         and (not r.user or s.user == r.user)
+        and (not r.client_request_id or s.client_request_id == r.client_request_id)
         and (not r.state or s.state == r.state)
         and (not r.finish_reason or s.finish_reason == r.finish_reason)
         and (not r.since_unix_ms or s.created_unix_ms >= r.since_unix_ms)

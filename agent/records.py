@@ -1,4 +1,14 @@
-"""The JSON record published for each final trail (topic `<prefix>.requests`).
+"""The JSON record written for each final trail and each revision of one (topic
+`<prefix>.requests`).
+
+Identity: `trail_id` is the agent-side key (unique per request: never the client's
+X-Request-Id, see trails.py) and `event_id` = `<trail_id>/<revision>`, so a consumer that
+de-duplicates on event_id keeps every revision, and one that keeps the newest revision per
+trail_id has the whole story.
+
+Completeness: every field of the events the hook sends is either mapped into the record or
+deliberately excluded, with the reason, in FIELD_MAP below; tests/agent/test_record_fields.py
+fails when a field is added to the contract without a decision here.
 
 Field names are the proto's; every field is present (defaults included), enums are their
 names, and 64-bit integers stay JSON numbers (protobuf's own JSON mapping turns them into
@@ -9,7 +19,6 @@ share of the agent's ingest time at level summary.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from functools import cache
 from typing import Any
@@ -19,7 +28,62 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 from vllm_audit.v1 import query_pb2 as q
 
-SCHEMA_VERSION = 1
+#: 2: trail_id/revision/finalised_by/incomplete, source identity, HTTP method/path, user
+#: agent, bytes, capture policy, compile time, spec hash, max_tokens; event_id by revision.
+SCHEMA_VERSION = 2
+RECORD_TYPE = "trail"
+
+#: Where every field of the hook's per-request events goes: the TrailSummary field it fills,
+#: or None with the reason it is not in the summary (the event itself is still kept in the
+#: trail's events, and at level full published to the trail-events topic).
+FIELD_MAP: dict[str, dict[str, str | tuple[None, str]]] = {
+    "HttpRequest": {
+        "method": "http_method", "path": "http_path", "client_ip": "client_ip",
+        "user": "user", "model": "model", "status_code": "status_code",
+        "auth_status": "auth_status", "api_key_sha256": "api_key_sha256", "stream": "stream",
+        "prompt": "prompt", "output": "output", "capture_policy": "capture_policy",
+        "prompt_tokens": "prompt_tokens", "completion_tokens": "completion_tokens",
+        "latency_ms": "latency_ms", "ttft_ms": "ttft_ms", "error": "error",
+        "user_agent": "user_agent", "response_bytes": "response_bytes", "tenant": "tenant",
+        "vllm_request_id": "vllm_request_id", "client_disconnected": "client_disconnected",
+        "client_request_id": "client_request_id",
+    },
+    "RequestLifecycle": {
+        "phase": (None, "drives state, preemptions and completeness; each transition is an event"),
+        "num_prompt_tokens": "prompt_tokens",
+        "num_output_tokens": "completion_tokens",
+        "finish_reason": "finish_reason",
+        "status": (None, "drives state (FINISHED_ERROR -> FAILED); kept in the event"),
+        "max_tokens": "max_tokens",
+        "structured_output": (None, "implied by grammar_backend / structured_output"),
+    },
+    "GrammarCompiled": {
+        "backend": "grammar_backend", "spec_type": "grammar_spec_type",
+        "compile_ms": "grammar_compile_ms", "error": "grammar_error",
+        "spec_sha256": "grammar_spec_sha256",
+    },
+    "Event": {
+        "time_unix_nano": "created_unix_ms",
+        "request_id": "request_id",
+        "truncated": "truncated_events",
+        "lifecycle": (None, "mapped field by field (RequestLifecycle)"),
+        "grammar_compiled": (None, "mapped field by field (GrammarCompiled)"),
+        "so_step": (None, "one per grammar step: trail events and the trail-events topic"),
+        "so_summary": "structured_output",
+        "engine_stats": (None, "not per request: the engine-stats topic"),
+        "http": (None, "mapped field by field (HttpRequest)"),
+    },
+    "Batch": {
+        "source_id": "source_ids",
+        "seq": (None, "transport: de-duplication only"),
+        "epoch": (None, "transport: de-duplication only"),
+        "events": (None, "mapped event by event (Event)"),
+        "gap": (None, "hook losses: counted in the agent's stats and metrics"),
+        "process_role": (None, "identifies the process kind, not the request"),
+        "pid": (None, "part of source_id"),
+        "model": "model",
+    },
+}
 
 _Convert = Callable[[Any], Any]
 
@@ -31,9 +95,13 @@ def _identity(value: Any) -> Any:
 @cache
 def _plan(descriptor: Descriptor) -> tuple[tuple[str, _Convert, bool], ...]:
     """(field name, value converter, repeated) for every field of a message type."""
-    plan = []
+    plan: list[tuple[str, _Convert, bool]] = []
     for field in descriptor.fields:
         convert: _Convert = _identity
+        if field.message_type is not None and field.message_type.GetOptions().map_entry:
+            # map<string, scalar> (counters by reason): a JSON object, numbers kept numbers.
+            plan.append((field.name, dict, False))
+            continue
         if field.type == FieldDescriptor.TYPE_MESSAGE:
             convert = message_to_dict
         elif field.type == FieldDescriptor.TYPE_ENUM and field.enum_type is not None:
@@ -51,13 +119,17 @@ def message_to_dict(message: Message) -> dict[str, Any]:
     return out
 
 
+def event_id(trail_id: str, revision: int) -> str:
+    """Stable across re-publication (at-least-once delivery), distinct per revision."""
+    return f"{trail_id}/{revision}"
+
+
 def trail_record(summary: q.TrailSummary) -> dict[str, Any]:
     record: dict[str, Any] = {
         "schema": SCHEMA_VERSION,
-        # Stable across re-publication (at-least-once delivery): consumers de-duplicate on it.
-        "event_id": hashlib.sha256(
-            f"{summary.request_id}|{','.join(summary.engine_request_ids)}".encode()
-        ).hexdigest(),
+        "record_type": RECORD_TYPE,
+        "trail_id": summary.request_id,
+        "event_id": event_id(summary.request_id, summary.revision),
         "timestamp_ms": summary.finished_unix_ms or summary.created_unix_ms,
         # OpenTelemetry GenAI semantic-convention names where one exists.
         "gen_ai.request.model": summary.model,

@@ -12,8 +12,10 @@ step was sampled from the row filled after the k tokens before it, which is the 
 Needs vLLM, the backend's package and the model's tokenizer (`--model`): run it where vLLM
 runs (the vLLM image), not in the agent's sidecar image.
 
-TRAIL is a file holding a trail as `vllm-audit query get ID --events` prints it (JSON of
-GetTrailResponse), or a request id read from the agent at `--address`.
+TRAIL is a file holding a trail as `vllm-audit query get ID --events` prints it (the record
+shape: {"summary": record, "events": [...]}; protobuf's JSON of GetTrailResponse also works),
+or a request id read from the agent at `--address`. A `requests` Kafka record alone carries no
+steps and no grammar text, so it cannot be replayed.
 """
 
 from __future__ import annotations
@@ -82,12 +84,36 @@ def load_trail_file(path: Path) -> q.GetTrailResponse:
         data = orjson.loads(path.read_bytes())
     except (OSError, orjson.JSONDecodeError) as exc:
         raise ReplayError(f"{path}: not a readable JSON trail ({exc})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("events"), list):
+        raise ReplayError(f"{path}: no trail events (write it with `query get ID --events`)")
     trail = q.GetTrailResponse()
     try:
-        json_format.ParseDict(data, trail)
-    except json_format.ParseError as exc:
-        raise ReplayError(f"{path}: not a GetTrailResponse ({exc})") from None
+        json_format.ParseDict(data.get("summary") or {}, trail.summary,
+                              ignore_unknown_fields=True)
+        for item in data["events"]:
+            trail.events.append(_event_from_dict(item))
+    except (json_format.ParseError, TypeError, AttributeError) as exc:
+        raise ReplayError(f"{path}: not a trail ({exc})") from None
     return trail
+
+
+def _event_from_dict(item: dict[str, Any]) -> pb.Event:
+    """One event from either JSON shape. The record shape lists every member of the `body`
+    oneof (unset ones at their defaults): the member that is not empty is the body."""
+    event = pb.Event()
+    scalars = {f.name: item[f.name] for f in pb.Event.DESCRIPTOR.fields
+               if f.containing_oneof is None and f.name in item}
+    json_format.ParseDict(scalars, event, ignore_unknown_fields=True)
+    for f in pb.Event.DESCRIPTOR.oneofs_by_name["body"].fields:
+        value = item.get(f.name)
+        if not isinstance(value, dict):
+            continue
+        body = getattr(event, f.name).__class__()
+        json_format.ParseDict(value, body, ignore_unknown_fields=True)
+        if body.ByteSize():
+            getattr(event, f.name).CopyFrom(body)
+            break
+    return event
 
 
 def _recorded(trail: q.GetTrailResponse) -> _Recorded:

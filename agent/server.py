@@ -17,9 +17,12 @@ from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 
 import grpc
-from vllm_audit.v1 import ingest_pb2_grpc, query_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer  # public as health.aio, which mypy cannot see
+from vllm_audit.v1 import ingest_pb2, ingest_pb2_grpc, query_pb2, query_pb2_grpc
 
 from .config import AgentConfig, parse_address
+from .datadir import DataDirLock
 from .gpu import FakeGpuReader, GpuReader, GpuSampler, NvmlReader
 from .ingest import IngestServicer, replay_wal
 from .metrics import HttpEndpoint, make_registry
@@ -28,6 +31,12 @@ from .state import AgentState
 from .wal import WriteAheadLog
 
 logger = logging.getLogger("vllm_audit.agent")
+
+#: What each server reports through the standard gRPC health service ("" is the whole server),
+#: so Kubernetes `grpc:` probes and grpc_health_probe work without our own client.
+INGEST_HEALTH = ("", ingest_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name)
+QUERY_HEALTH = ("", query_pb2.DESCRIPTOR.services_by_name["QueryService"].full_name,
+                query_pb2.DESCRIPTOR.services_by_name["ControlService"].full_name)
 
 SWEEP_INTERVAL_S = 0.5
 
@@ -56,7 +65,18 @@ def _publisher(config: AgentConfig) -> Publisher:
 @contextlib.asynccontextmanager
 async def running_agent(config: AgentConfig, publisher: Publisher | None = None,
                         gpu_reader: GpuReader | None = None,
-                        shutdown_timeout: float = 5.0) -> AsyncIterator[AgentHandle]:
+                        shutdown_timeout: float | None = None) -> AsyncIterator[AgentHandle]:
+    # One agent per data directory: a second one fails here (DataDirLocked names the holder),
+    # before it opens the WAL. Held until the WAL is closed.
+    with DataDirLock(config.data_dir):
+        async with _running_agent(config, publisher, gpu_reader, shutdown_timeout) as handle:
+            yield handle
+
+
+@contextlib.asynccontextmanager
+async def _running_agent(config: AgentConfig, publisher: Publisher | None,
+                         gpu_reader: GpuReader | None,
+                         shutdown_timeout: float | None) -> AsyncIterator[AgentHandle]:
     wal = WriteAheadLog(config.data_dir, config.wal_max_bytes, config.wal_fsync,
                         config.wal_segment_bytes or None)
     publisher = publisher or _publisher(config)
@@ -65,6 +85,11 @@ async def running_agent(config: AgentConfig, publisher: Publisher | None = None,
     if wal.torn_tail_bytes:
         state.agent_dropped["wal_torn_tail_bytes"] += wal.torn_tail_bytes
         logger.warning("WAL had a torn tail of %d bytes (truncated)", wal.torn_tail_bytes)
+    if wal.damaged_records or wal.damaged_bytes:
+        state.agent_dropped["wal_damaged_records"] += wal.damaged_records
+        state.agent_dropped["wal_damaged_bytes"] += wal.damaged_bytes
+        logger.warning("WAL had %d damaged records (%d bytes), kept in %s", wal.damaged_records,
+                       wal.damaged_bytes, wal.quarantine_dir)
     replayed = replay_wal(state)
     if replayed:
         logger.info("replayed %d batches from the WAL", replayed)
@@ -72,8 +97,10 @@ async def running_agent(config: AgentConfig, publisher: Publisher | None = None,
     await publisher.start()
     gpu.start()
 
-    server = grpc.aio.server()
+    server = grpc.aio.server(
+        options=[("grpc.max_receive_message_length", config.max_message_bytes)])
     ingest_pb2_grpc.add_IngestServiceServicer_to_server(IngestServicer(state), server)
+    ingest_health = await _health(server, INGEST_HEALTH)
     config.ingest_socket.parent.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(config.ingest_socket)  # a stale socket from a previous run
@@ -83,32 +110,75 @@ async def running_agent(config: AgentConfig, publisher: Publisher | None = None,
 
     query_pb2_grpc.add_QueryServiceServicer_to_server(QueryServicer(state), query_server)
     query_pb2_grpc.add_ControlServiceServicer_to_server(ControlServicer(state), query_server)
+    query_health = await _health(query_server, QUERY_HEALTH)
     query_port = query_server.add_insecure_port(config.query_address)
     host = parse_address("query_address", config.query_address)[0]
     http = HttpEndpoint(state, make_registry(state))
     http_host, http_port = parse_address("http_address", config.http_address)
+    await http.start(http_host, http_port)  # first: a failed bind leaves no gRPC server running
     await server.start()
     await query_server.start()
-    await http.start(http_host, http_port)
     assert http.server is not None
     bound_http = http.server.sockets[0].getsockname()[1]
     sweeper = asyncio.create_task(_sweep(state))
     state.ready = True
+    for servicer, names in ((ingest_health, INGEST_HEALTH), (query_health, QUERY_HEALTH)):
+        for name in names:
+            await servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     logger.info("agent ready: ingest unix:%s, query %s:%d, http %s:%d",
                 config.ingest_socket, host, query_port, http_host, bound_http)
     try:
         yield AgentHandle(state, f"{host}:{query_port}", f"{http_host}:{bound_http}")
     finally:
-        state.ready = False
-        await server.stop(grace=1.0)
-        await query_server.stop(grace=1.0)
-        sweeper.cancel()
-        state.trails.flush()
-        lost = await publisher.stop(shutdown_timeout)
-        gpu.stop()
-        await http.stop()
-        wal.close()
-        logger.info("agent stopped (publisher left %d records unpublished)", lost)
+        await _stop(state, server, query_server, sweeper, http, (ingest_health, query_health),
+                    config.shutdown_timeout_seconds if shutdown_timeout is None else shutdown_timeout)
+
+
+async def _stop(state: AgentState, server: grpc.aio.Server, query_server: grpc.aio.Server,
+                sweeper: asyncio.Task[None], http: HttpEndpoint,
+                health: tuple[HealthServicer, ...], timeout: float) -> None:
+    """Stops everything within one deadline, in order; each step gets what is left of it.
+
+    Kubernetes sends SIGKILL `terminationGracePeriodSeconds` after SIGTERM, so a stop that
+    outlives the deadline is cut short here, with what it left behind logged and counted,
+    rather than there, silently. Whatever is left unpublished is still in the WAL."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+
+    def left(reserve: float = 0.0) -> float:
+        return max(0.0, deadline - loop.time() - reserve)
+
+    state.ready = False
+    for servicer in health:  # probes see NOT_SERVING before the servers stop
+        await servicer.enter_graceful_shutdown()
+    # Hooks get a moment to receive the acks of batches in flight; then streams are cut.
+    grace = min(1.0, timeout / 10)
+    # New batches are refused (shutting_down: the hooks keep them); stores under way finish.
+    await state.stop_ingest(grace)
+    await asyncio.gather(server.stop(grace=grace), query_server.stop(grace=grace))
+    sweeper.cancel()
+    # Open trails are not forced out: the WAL keeps them and the next start finishes them
+    # (a record made up now would share its id with the real one that follows).
+    open_trails = state.trails.open_trails()
+    # Keep a little of the deadline for the steps after the publisher.
+    lost = await state.publisher.stop(left(reserve=min(2.0, timeout / 5)))
+    await asyncio.to_thread(state.gpu.stop, left())
+    try:
+        await asyncio.wait_for(http.stop(), max(0.1, left()))
+    except TimeoutError:
+        logger.warning("HTTP endpoint did not close within the shutdown deadline")
+    state.wal.close()
+    logger.info("agent stopped in %.1fs (%d open trails and %d unpublished records are kept "
+                "in the WAL for the next start)", timeout - left(), open_trails, lost)
+
+
+async def _health(server: grpc.aio.Server, names: tuple[str, ...]) -> HealthServicer:
+    """NOT_SERVING until the agent is ready (the servicer's own default is SERVING)."""
+    servicer = HealthServicer()
+    for name in names:
+        await servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    return servicer
 
 
 async def _sweep(state: AgentState) -> None:
@@ -123,5 +193,5 @@ async def _sweep(state: AgentState) -> None:
 
 
 async def serve(config: AgentConfig, shutdown_trigger: Awaitable[object]) -> None:
-    async with running_agent(config):
+    async with running_agent(config, shutdown_timeout=config.shutdown_timeout_seconds):
         await shutdown_trigger

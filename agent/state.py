@@ -14,11 +14,14 @@ from vllm_audit.v1 import events_pb2 as pb
 from vllm_audit.v1 import ingest_pb2
 
 from .config import AgentConfig
+from .engines import EngineTable
 from .gpu import GpuSampler
 from .publisher import Publisher
 from .records import message_to_dict, trail_record
-from .sources import SourceState
+from .request_metrics import RequestMetrics
+from .sources import SeqWindow, SourceState
 from .trails import Trail, TrailStore
+from .validation import CLAMPABLE_FIELDS, saturating_add
 from .wal import WriteAheadLog
 
 #: Without Kafka, the WAL keeps the newest records up to this share of its cap (the rest of
@@ -26,6 +29,16 @@ from .wal import WriteAheadLog
 WAL_RETENTION_RATIO = 0.9
 #: At most one engine-stats record per source per this many seconds goes to Kafka.
 ENGINE_STATS_PUBLISH_INTERVAL_S = 1.0
+_REFUSAL_PREFIX = "REFUSAL_REASON_"
+#: Lower-case RefusalReason names (the proto enum is the definition) -> enum values.
+REFUSAL_REASONS: dict[str, int] = {
+    name[len(_REFUSAL_PREFIX):].lower(): value
+    for name, value in ingest_pb2.RefusalReason.items() if value}
+#: Refusals a resend cannot cure: the hook drops the batch, so the agent counts it as dropped
+#: too (agent_dropped `refused_batches_<reason>`); the others are retried by the hook.
+PERMANENT_REFUSALS = ("invalid", "too_big")
+#: WAL refusals that say the disk (not the configured cap) is refusing: ingest is unhealthy.
+DISK_REFUSALS = ("disk_full", "disk_error")
 
 
 class Session:
@@ -45,21 +58,42 @@ class AgentState:
         self.publisher = publisher
         self.gpu = gpu
         self.trails = TrailStore(config.max_trails, config.max_trail_events,
-                                 config.linger_seconds, self._on_final)
+                                 config.linger_seconds, self._on_final,
+                                 max_bytes=config.max_trail_bytes)
         self.counters: Counter[str] = Counter()
         self.hook_dropped: Counter[str] = Counter()
         self.agent_dropped: Counter[str] = Counter()
         self.sources: dict[str, SourceState] = {}
+        #: Fields repaired by validation at ingest, by "<Message>.<field>" (validation.py).
+        self.clamped_fields: Counter[str] = Counter(dict.fromkeys(CLAMPABLE_FIELDS, 0))
+        #: False while the WAL refuses appends for disk reasons; True after a good append.
+        self.ingest_healthy = True
+        #: Set at shutdown: new batches are refused (shutting_down), the hook keeps them.
+        self.stopping = False
+        #: Store units (check, append, mark, apply) under way; each runs to its end even when
+        #: the stream that started it is cancelled.
+        self.pending_stores: set[asyncio.Task[ingest_pb2.IngestReply]] = set()
         self.sessions: set[Session] = set()
         self.level = config.audit_level
+        self.trails.audit_level = config.audit_level
         self.level_version = 1
         self.started = time.monotonic()
         self.ready = False
         #: Internal errors swallowed by the agent; tests assert this stays empty.
         self.errors: Counter[str] = Counter()
+        for reason in REFUSAL_REASONS:
+            self.counters[f"refused_batches_{reason}"] += 0
+        for name in ("duplicate_batches", "wal_replay_duplicates", "dedup_holes_skipped",
+                     "dedup_epochs_evicted"):
+            self.counters[name] += 0
+        for name in ("events_without_body", "malformed_batches", "replay_quarantined_batches",
+                     "replay_quarantine_failed"):
+            self.agent_dropped[name] += 0
+        self.engines, self.request_metrics = EngineTable(), RequestMetrics()
 
     def _on_final(self, trail: Trail) -> None:
         summary = trail.summary
+        self.request_metrics.observe(summary)
         self.publisher.offer("requests", summary.request_id, trail_record(summary),
                              on_done=lambda: self.trails.delivered(trail))
 
@@ -67,7 +101,20 @@ class AgentState:
         """Everything the agent itself lost, by reason (one view for stats and metrics)."""
         publisher = {f"publisher_{k}": v for k, v in self.publisher.counters.items()
                      if k.startswith(("dropped", "failed", "lost"))}
-        return {**self.agent_dropped, **publisher}
+        refused = {f"refused_batches_{r}": self.counters[f"refused_batches_{r}"]
+                   for r in PERMANENT_REFUSALS}
+        return {**self.agent_dropped, **refused, **publisher}
+
+    def refused_by_reason(self) -> dict[str, int]:
+        """Batches refused (not stored), by lower-case RefusalReason name."""
+        return {r: self.counters[f"refused_batches_{r}"] for r in REFUSAL_REASONS}
+
+    async def stop_ingest(self, timeout: float = 5.0) -> None:
+        """At shutdown, before the ingest server stops: refuse new batches (shutting_down,
+        so hooks keep them) and let the store units under way finish."""
+        self.stopping = True
+        if self.pending_stores:
+            await asyncio.wait(list(self.pending_stores), timeout=timeout)
 
     def reclaim_wal(self) -> int:
         """Deletes sealed WAL segments that are no longer needed; returns how many.
@@ -95,6 +142,7 @@ class AgentState:
 
     def set_level(self, level: int) -> int:
         self.level = level
+        self.trails.audit_level = level
         self.level_version += 1
         reply = self.hook_config()
         for session in self.sessions:
@@ -107,17 +155,38 @@ class AgentState:
             state = self.sources[source_id] = SourceState()
         return state
 
+    def window(self, batch: pb.Batch) -> SeqWindow:
+        """The de-duplication window of the batch's (source_id, epoch)."""
+        source = self.source(batch.source_id)
+        evicted = source.epochs_evicted
+        window = source.window(batch.epoch)
+        self.counters["dedup_epochs_evicted"] += source.epochs_evicted - evicted
+        return window
+
+    def mark_stored(self, batch: pb.Batch) -> None:
+        """Remembers (source_id, epoch, seq) as stored, so a resend is a duplicate."""
+        window = self.window(batch)
+        skipped = window.holes_skipped
+        window.mark(batch.seq)
+        self.counters["dedup_holes_skipped"] += window.holes_skipped - skipped
+
     def apply_batch(self, batch: pb.Batch, segment: int) -> None:
-        """Applies a batch stored in WAL `segment` to the trail store, stats and counters."""
+        """Applies a batch stored in WAL `segment` to the trail store, stats and counters.
+
+        Gap-marker counts are hook-supplied uint64s: their sums saturate at 2^64-1."""
         source = self.source(batch.source_id)
         source.role, source.model = batch.process_role, batch.model or source.model
         self.counters["batches"] += 1
         self.counters["events"] += len(batch.events)
+        self.engines.observe_batch(batch, source.model)
         for reason, n in batch.gap.dropped_by_reason.items():
-            self.hook_dropped[reason] += n
+            saturating_add(self.hook_dropped, reason, n)
         if batch.gap.first_missing_seq:
-            self.hook_dropped["missing_batches"] += source.count_missing(
-                batch.gap.first_missing_seq, batch.gap.last_missing_seq)
+            window = self.window(batch)
+            skipped = window.holes_skipped
+            saturating_add(self.hook_dropped, "missing_batches", window.count_missing(
+                batch.gap.first_missing_seq, batch.gap.last_missing_seq))
+            self.counters["dedup_holes_skipped"] += window.holes_skipped - skipped
         for event in batch.events:
             if event.WhichOneof("body") == "engine_stats":
                 source.last_stats = event.engine_stats
@@ -125,10 +194,9 @@ class AgentState:
         self.trails.apply(batch, segment)
 
     def _publish_stats(self, batch: pb.Batch, source: SourceState, event: pb.Event) -> None:
-        now = time.monotonic()
-        if now - source.last_stats_published < ENGINE_STATS_PUBLISH_INTERVAL_S:
+        if not self.engines.due(batch.source_id, event.engine_stats.engine_index,
+                                ENGINE_STATS_PUBLISH_INTERVAL_S):
             return
-        source.last_stats_published = now
         record = message_to_dict(event.engine_stats)
         record.update({"schema": 1, "source_id": batch.source_id, "model": source.model,
                        "timestamp_ms": event.time_unix_nano // 1_000_000})

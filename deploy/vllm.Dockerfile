@@ -1,4 +1,5 @@
-# vLLM's own image plus the hook (it brings only grpcio, protobuf and numpy, which vLLM has).
+# vLLM's own image plus the hook: the `hooks` extra adds grpcio and orjson (vLLM ships neither);
+# numpy and protobuf come with vLLM (tests/test_packaging.py checks the hook's imports against both).
 FROM vllm/vllm-openai:v0.32.0
 COPY . /tmp/vllm-audit
 RUN pip install --no-cache-dir "/tmp/vllm-audit[hooks]" && rm -rf /tmp/vllm-audit

@@ -1,28 +1,344 @@
-"""docker-compose.yml is for users (no Docker engine runs here): validate it by parsing."""
+"""docker-compose.yml (no Docker engine runs here): validated against the Compose
+specification's JSON Schema and by `docker-compose config`, its wiring checked, and the real
+agent started as uid 65532 on directories prepared exactly as its `audit-init` service does.
+
+tests/data/compose-spec.json is schema/compose-spec.json of github.com/compose-spec/compose-spec
+(see tests/data/compose-spec.SOURCE)."""
 
 from __future__ import annotations
 
+import asyncio
+import copy
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import grpc
+import jsonschema
+import pytest
 import yaml
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from vllm_audit.v1 import events_pb2 as pb
+
+from agent.cli import _parser
+from tests.support.agent_harness import Hook, lifecycle
 
 REPO = Path(__file__).resolve().parents[1]
+COMPOSE_FILE = REPO / "docker-compose.yml"
+SCHEMA = json.loads((REPO / "tests" / "data" / "compose-spec.json").read_text())
+AGENT_UID = 65532
+#: Written by the alerts/dashboard work (issue 10 item 4); compose only mounts them.
+OTHERS_FILES = {"deploy/prometheus/alerts.yml", "deploy/grafana/vllm-audit.json"}
+
+
+def compose() -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load(COMPOSE_FILE.read_text())  # merge keys resolved
+    return loaded
+
+
+def mounts(service: dict[str, Any]) -> dict[str, str]:
+    """source -> container path of a service's short-syntax volumes."""
+    return dict(tuple(v.split(":")[:2]) for v in service.get("volumes", []))
+
+
+def flags(command: list[str]) -> dict[str, str]:
+    return dict(a[2:].split("=", 1) for a in command if a.startswith("--") and "=" in a)
+
+
+def test_compose_validates_against_the_compose_specification() -> None:
+    # The schema declares draft-07 (its "$schema" lacks the "#" jsonschema keys drafts by).
+    assert SCHEMA["$schema"].rstrip("#") == "https://json-schema.org/draft-07/schema"
+    jsonschema.Draft7Validator.check_schema(SCHEMA)
+    validator = jsonschema.Draft7Validator(SCHEMA)
+    doc = compose()
+    assert [e.message for e in validator.iter_errors(doc)] == []
+    # The schema is strict enough to catch a misspelt key or a wrong type.
+    bad = copy.deepcopy(doc)
+    bad["services"]["vllm-audit-agent"]["volume"] = bad["services"]["vllm-audit-agent"].pop("volumes")
+    bad["services"]["vllm"]["deploy"]["resources"]["reservations"]["devices"][0]["count"] = 1.5
+    messages = sorted(e.message for e in validator.iter_errors(bad))
+    assert len(messages) == 2, messages
+    assert "'volume' does not match any of the regexes: '^x-'" in messages
+    assert "1.5 is not of type 'string', 'integer'" in messages
+
+
+def test_docker_compose_config_accepts_every_profile() -> None:
+    binary = shutil.which("docker-compose")
+    if binary is None:
+        pytest.skip("docker-compose is not installed (Debian: apt-get install docker-compose)")
+    env = {**os.environ, "VLLM_AUDIT_HMAC_KEY": "test-key"}
+    for profiles in ("", "gpu", "cpu"):
+        out = subprocess.run([binary, "-f", str(COMPOSE_FILE), "config", "-q"], cwd=REPO,
+                             env={**env, "COMPOSE_PROFILES": profiles}, capture_output=True,
+                             text=True, timeout=60, check=False)
+        assert out.returncode == 0, (profiles, out.stderr)
+    # The HMAC key is required, not defaulted.
+    out = subprocess.run([binary, "-f", str(COMPOSE_FILE), "config", "-q"], cwd=REPO,
+                         env={k: v for k, v in env.items() if k != "VLLM_AUDIT_HMAC_KEY"},
+                         capture_output=True, text=True, timeout=60, check=False)
+    assert out.returncode != 0 and "set a secret HMAC key" in out.stderr
 
 
 def test_compose_wires_agent_and_vllm_through_a_shared_socket() -> None:
-    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
-    services = compose["services"]
-    assert {"kafka", "vllm-audit-agent", "vllm"} <= set(services)
-    agent, vllm = services["vllm-audit-agent"], services["vllm"]
-    socket_flag = next(a for a in agent["command"] if a.startswith("--ingest-socket="))
-    socket_path = socket_flag.split("=", 1)[1]
-    assert vllm["environment"]["VLLM_AUDIT_AGENT_ADDRESS"] == socket_path
-    mount = str(Path(socket_path).parent)
-    assert f"audit-socket:{mount}" in agent["volumes"] and f"audit-socket:{mount}" in vllm["volumes"]
-    assert "--middleware=vllm_hooks.middleware.AuditMiddleware" in vllm["command"]
-    assert vllm["environment"]["VLLM_AUDIT_ENABLED"] == "true"
-    assert set(compose["volumes"]) >= {"audit-socket", "audit-wal"}
+    doc = compose()
+    services = doc["services"]
+    assert {"kafka", "audit-init", "vllm-audit-agent", "vllm", "vllm-cpu", "prometheus",
+            "grafana"} <= set(services)
+    agent = services["vllm-audit-agent"]
     # Every flag the compose file gives the agent is one the CLI accepts.
-    from agent.cli import _parser
+    args = _parser().parse_args(agent["command"][1:])
+    socket_dir = str(args.ingest_socket.parent)
+    assert mounts(agent)["audit-socket"] == socket_dir
+    assert mounts(agent)["audit-wal"] == str(args.data_dir)
+    for name in ("vllm", "vllm-cpu"):
+        vllm = services[name]
+        assert vllm["environment"]["VLLM_AUDIT_AGENT_ADDRESS"] == str(args.ingest_socket)
+        assert mounts(vllm)["audit-socket"] == socket_dir
+        assert "audit-wal" not in mounts(vllm)
+        assert "--middleware=vllm_hooks.middleware.AuditMiddleware" in vllm["command"]
+        assert vllm["environment"]["VLLM_AUDIT_ENABLED"] == "true"
+        assert vllm["depends_on"]["vllm-audit-agent"] == {"condition": "service_healthy"}
+    # One vLLM at a time: the GPU one reserves a GPU, the CPU build runs without one.
+    assert services["vllm"]["profiles"] == ["gpu"] and services["vllm-cpu"]["profiles"] == ["cpu"]
+    (gpu,) = services["vllm"]["deploy"]["resources"]["reservations"]["devices"]
+    assert gpu["driver"] == "nvidia" and gpu["capabilities"] == ["gpu"] and gpu["count"] == 1
+    assert "reservations" not in services["vllm-cpu"].get("deploy", {}).get("resources", {})
+    # The agent starts after its directories are its own, as its own user, and has time to flush.
+    assert agent["depends_on"]["audit-init"] == {"condition": "service_completed_successfully"}
+    assert agent["user"] == f"{AGENT_UID}:{AGENT_UID}"
+    assert mounts(services["audit-init"]) == {k: v for k, v in mounts(agent).items()
+                                              if k in ("audit-socket", "audit-wal")}
+    grace = int(agent["stop_grace_period"].rstrip("s"))
+    assert args.shutdown_timeout < grace
+    assert set(doc["volumes"]) >= {"audit-socket", "audit-wal", "kafka-data"}
 
-    _parser().parse_args([a for a in agent["command"][1:]])
+
+def test_kafka_keeps_its_log_on_its_volume() -> None:
+    kafka = compose()["services"]["kafka"]
+    env = kafka["environment"]
+    # apache/kafka's configureDefaults puts the log in /tmp/kraft-combined-logs unless told.
+    assert env["KAFKA_LOG_DIRS"] == mounts(kafka)["kafka-data"] == "/var/lib/kafka/data"
+    assert env["KAFKA_PROCESS_ROLES"] == "broker,controller" and env["CLUSTER_ID"]
+    agent_flags = flags(compose()["services"]["vllm-audit-agent"]["command"])
+    assert agent_flags["kafka-bootstrap"] in env["KAFKA_ADVERTISED_LISTENERS"]
+
+
+def test_prometheus_and_grafana_are_provisioned_with_the_rules_and_dashboard() -> None:
+    services = compose()["services"]
+    prom = mounts(services["prometheus"])
+    config = yaml.safe_load((REPO / "deploy/compose/prometheus.yml").read_text())
+    assert prom["./deploy/compose/prometheus.yml"] == "/etc/prometheus/prometheus.yml"
+    rules_at = prom["./deploy/prometheus/alerts.yml"]
+    (pattern,) = config["rule_files"]
+    assert Path(rules_at).match(pattern)
+    targets = {job["job_name"]: job["static_configs"][0]["targets"]
+               for job in config["scrape_configs"]}
+    agent_port = flags(services["vllm-audit-agent"]["command"])["http-address"].rsplit(":", 1)[1]
+    assert targets["vllm-audit-agent"] == [f"vllm-audit-agent:{agent_port}"]
+    assert set(targets["vllm"]) == {"vllm:8000", "vllm-cpu:8000"}
+
+    grafana = mounts(services["grafana"])
+    datasources = yaml.safe_load((REPO / "deploy/compose/grafana/datasources.yml").read_text())
+    (source,) = datasources["datasources"]
+    assert source["url"] == "http://prometheus:9090" and source["uid"] == "prometheus"
+    providers = yaml.safe_load((REPO / "deploy/compose/grafana/dashboards.yml").read_text())
+    (provider,) = providers["providers"]
+    dashboard_at = grafana["./deploy/grafana/vllm-audit.json"]
+    assert str(Path(dashboard_at).parent) == provider["options"]["path"]
+    provisioning = {v for v in grafana.values() if v.startswith("/etc/grafana/provisioning/")}
+    assert len(provisioning) == 2
+
+    # Every file the compose file mounts or builds from exists.
+    sources = {s[2:] for service in services.values() for s in mounts(service) if s.startswith("./")}
+    sources |= {s["build"]["dockerfile"] for s in services.values() if "build" in s}
+    absent = sorted(s for s in sources if not (REPO / s).is_file())
+    assert [s for s in absent if s not in OTHERS_FILES] == []
+    if absent:
+        pytest.skip(f"not yet in this branch (written by the alerts/dashboard work): {absent}")
+
+
+# --- the agent on the compose file's volumes -------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def volumes() -> Iterator[Path]:
+    """A root for Docker-like named volumes that uid 65532 can traverse (pytest's tmp_path
+    parent is 0700 root)."""
+    root = Path(tempfile.mkdtemp(prefix="vllm-audit-compose-"))
+    root.chmod(0o755)
+    try:
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def fresh_volumes(root: Path, service: dict[str, Any]) -> dict[str, Path]:
+    """What Docker gives a new named volume that the image does not populate: root:root 0755."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to act as Docker and to start the agent as uid 65532")
+    out = {}
+    for name in mounts(service):
+        out[name] = root / name
+        out[name].mkdir(mode=0o755)
+        os.chown(out[name], 0, 0)
+    return out
+
+
+def on_host(text: str, service: dict[str, Any], volumes: dict[str, Path]) -> str:
+    """A container path of the service rewritten to the volume directory behind it."""
+    for name, path in sorted(mounts(service).items(), key=lambda kv: -len(kv[1])):
+        text = text.replace(path, str(volumes[name]))
+    return text
+
+
+def agent_command(agent: dict[str, Any], volumes: dict[str, Path]) -> tuple[list[str], str, str]:
+    """The compose command with paths on the volumes and loopback ports; no Kafka (no broker
+    here), no 0.0.0.0."""
+    query, http = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+    args = []
+    for arg in agent["command"][1:]:
+        if arg.startswith("--kafka-bootstrap="):
+            continue
+        if arg.startswith("--query-address="):
+            arg = f"--query-address={query}"
+        elif arg.startswith("--http-address="):
+            arg = f"--http-address={http}"
+        args.append(on_host(arg, agent, volumes))
+    return [sys.executable, "-m", "agent.cli", *args], query, http
+
+
+def _others_can_read(path: Path) -> bool:
+    return all(p.stat().st_mode & 0o005 == 0o005 for p in (path, *path.parents) if p.is_dir()) \
+        and path.stat().st_mode & 0o004 != 0
+
+
+def run_as_agent_user(command: list[str]) -> subprocess.Popen[str]:
+    """Starts the command as uid/gid 65532 with no supplementary groups. When this interpreter
+    or its packages sit where 65532 cannot read them (a Python under /root), the child keeps
+    CAP_DAC_READ_SEARCH: it may read and search anything, but every write is still checked
+    against 65532 (the WAL and the socket are what this test is about)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VLLM_AUDIT_")}
+    env["HOME"] = "/nonexistent"
+    popen: dict[str, Any] = {"cwd": REPO, "env": env, "stdout": subprocess.PIPE,
+                             "stderr": subprocess.PIPE, "text": True, "start_new_session": True}
+    needed = (Path(sys.executable).resolve(), Path(os.__file__), Path(grpc.__file__), REPO / "agent")
+    if all(_others_can_read(p) for p in needed):
+        return subprocess.Popen(command, user=AGENT_UID, group=AGENT_UID, extra_groups=[],
+                                **popen)
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("the interpreter is unreadable by uid 65532 and setpriv (util-linux) is absent")
+    return subprocess.Popen([setpriv, f"--reuid={AGENT_UID}", f"--regid={AGENT_UID}",
+                             "--clear-groups", "--inh-caps=+dac_read_search",
+                             "--ambient-caps=+dac_read_search", *command], **popen)
+
+
+def wait_ready(proc: subprocess.Popen[str], url: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"agent exited {proc.returncode}: {proc.communicate()[1]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"agent not ready at {url} within {timeout}s")
+
+
+def stop(proc: subprocess.Popen[str]) -> tuple[int, str]:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        _, err = proc.communicate(timeout=40)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        _, err = proc.communicate(timeout=10)
+    return proc.returncode, err
+
+
+async def send_one_batch(socket_path: Path) -> None:
+    async with Hook(socket_path) as hook:
+        reply = await hook.send(1, lifecycle("0-0c0ffee0", pb.LIFECYCLE_PHASE_FINISHED, 10**15,
+                                             finish_reason="stop"), model="compose")
+        assert reply.ack.seq == 1
+
+
+def test_agent_starts_as_its_user_on_volumes_prepared_by_audit_init(volumes: Path) -> None:
+    services = compose()["services"]
+    init, agent = services["audit-init"], services["vllm-audit-agent"]
+    vols = fresh_volumes(volumes, init)
+    # audit-init's own command, on the host paths behind its volumes (we are root, as it is).
+    assert init["user"] == "0:0"
+    subprocess.run([on_host(a, init, vols) for a in init["command"]], check=True, timeout=30)
+    for path in vols.values():
+        assert (path.stat().st_uid, path.stat().st_gid) == (AGENT_UID, AGENT_UID)
+
+    command, query, http = agent_command(agent, vols)
+    proc = run_as_agent_user(command)
+    try:
+        wait_ready(proc, f"http://{http}/readyz")
+        socket_path = Path(on_host(flags(agent["command"])["ingest-socket"], agent, vols))
+        asyncio.run(send_one_batch(socket_path))
+        with grpc.insecure_channel(query) as channel:  # the standard health service answers
+            status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(),
+                                                               timeout=10).status
+        assert status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        code, err = stop(proc)
+    assert code == 0, err
+    segments = sorted(vols["audit-wal"].glob("*.wal"))
+    assert segments and segments[0].stat().st_size > 0, "the batch never reached the WAL"
+    assert {p.stat().st_uid for p in vols["audit-wal"].iterdir()} == {AGENT_UID}
+
+
+def test_without_audit_init_the_agent_refuses_in_one_line(volumes: Path) -> None:
+    """The failure audit-init exists for: root-owned volumes, agent as 65532."""
+    services = compose()["services"]
+    agent = services["vllm-audit-agent"]
+    vols = fresh_volumes(volumes, services["audit-init"])
+    command, _, _ = agent_command(agent, vols)
+    proc = run_as_agent_user(command)
+    code, err = stop_after_exit(proc)
+    assert code == 1
+    (line,) = err.splitlines()
+    # EACCES creating a file, or EPERM tightening a directory it does not own: one line.
+    assert line.startswith(("vllm-audit: agent cannot start: [Errno 13] Permission denied",
+                            "vllm-audit: agent cannot start: [Errno 1] Operation not permitted"))
+
+
+def stop_after_exit(proc: subprocess.Popen[str]) -> tuple[int, str]:
+    try:
+        _, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        return stop(proc)
+    return proc.returncode, err
+
+
+def test_agent_image_owns_the_directories_compose_mounts() -> None:
+    """A fresh named volume takes the owner of the image's directory it is mounted on, so the
+    image creating them as 65532 covers `docker run` without audit-init too."""
+    dockerfile = (REPO / "deploy" / "agent.Dockerfile").read_text()
+    owned = {line.split()[-1] for line in dockerfile.replace("\\\n", "\n").splitlines()
+             if f"install -d -o {AGENT_UID} -g {AGENT_UID}" in line}
+    assert f"USER {AGENT_UID}:{AGENT_UID}" in dockerfile
+    agent = compose()["services"]["vllm-audit-agent"]
+    assert owned == {mounts(agent)["audit-wal"], mounts(agent)["audit-socket"]}

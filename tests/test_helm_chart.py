@@ -1,22 +1,40 @@
 """The Helm chart, rendered and linted by Helm's own Go SDK (helm-python-sdk, no cluster and
-no helm binary) and validated against Kubernetes' schemas (kubernetes-validate)."""
+no helm binary) and validated against Kubernetes' schemas (kubernetes-validate) and, for the
+Prometheus Operator objects, against the operator's CRD schemas (tests/data/prometheus-operator,
+see SOURCE there) with unknown fields rejected as `kubectl apply --validate=strict` does."""
 
 from __future__ import annotations
 
+import json
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 import helm_python as helm
+import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
 
 from agent.cli import _parser
 
-CHART = Path(__file__).resolve().parents[1] / "helm" / "vllm-audit"
+REPO = Path(__file__).resolve().parents[1]
+CHART = REPO / "helm" / "vllm-audit"
+CRDS = REPO / "tests" / "data" / "prometheus-operator"
 #: The oldest Kubernetes the chart supports (native sidecars) and the newest schema we have.
 KUBE_VERSIONS = ("1.29.0", "1.37.0")
 SECRET = {"audit": {"hmacKeySecret": {"name": "audit-hmac"}}}
+KAFKA = {"kafka": {"bootstrap": "kafka:9092"}}
+SRE = [{"namespaceSelector": {"matchLabels": {"team": "sre"}}}]
+EVERYTHING = {**SECRET,
+              "agent": {**KAFKA, "wal": {"persistence": {"enabled": True, "storageClassName": "fast"}}},
+              "networkPolicy": {"queryClients": SRE, "metricsClients": SRE,
+                                "vllmClients": [{"podSelector": {"matchLabels": {"app": "gateway"}}}]},
+              "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "kps"}},
+                          "prometheusRule": {"enabled": True, "labels": {"release": "kps"}}},
+              "replicaCount": 2}
+VALUE_SETS = (SECRET, {**SECRET, "agent": KAFKA},
+              {**SECRET, "agent": {**KAFKA, "wal": {"existingClaim": "audit-wal"}}}, EVERYTHING)
 
 
 def render(values: dict[str, Any]) -> list[dict[str, Any]]:
@@ -26,34 +44,96 @@ def render(values: dict[str, Any]) -> list[dict[str, Any]]:
             for doc in yaml.safe_load_all(text) if doc]
 
 
+def notes(values: dict[str, Any]) -> str:
+    manifests = helm.Chart.load(CHART).render(values, name="llm", namespace="ml", is_install=True)
+    return str(manifests["vllm-audit/templates/NOTES.txt"])
+
+
+def of_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+def workload(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    (found,) = [d for d in docs if d["kind"] in ("Deployment", "StatefulSet")]
+    return found
+
+
 def pod_spec(docs: list[dict[str, Any]]) -> dict[str, Any]:
-    deployment = next(d for d in docs if d["kind"] == "Deployment")
-    spec: dict[str, Any] = deployment["spec"]["template"]["spec"]
+    spec: dict[str, Any] = workload(docs)["spec"]["template"]["spec"]
     return spec
+
+
+def containers(docs: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
+    spec = pod_spec(docs)
+    (agent,) = spec["initContainers"]
+    (vllm,) = spec["containers"]
+    return agent, vllm
+
+
+def agent_args(agent: dict[str, Any]) -> Any:
+    return _parser().parse_args([*agent["command"][1:], *agent["args"]])
 
 
 def env_of(container: dict[str, Any]) -> dict[str, Any]:
     return {e["name"]: e.get("value", e.get("valueFrom")) for e in container.get("env", [])}
 
 
+def _strict(schema: Any) -> Any:
+    """Unknown fields rejected, as the API server's strict field validation does (a CRD schema
+    alone only prunes them)."""
+    if isinstance(schema, dict):
+        out = {k: _strict(v) for k, v in schema.items()}
+        if "properties" in schema and not schema.get("x-kubernetes-preserve-unknown-fields"):
+            out.setdefault("additionalProperties", False)
+        return out
+    if isinstance(schema, list):
+        return [_strict(v) for v in schema]
+    return schema
+
+
+@cache
+def crd_validator(kind: str) -> jsonschema.Draft7Validator:
+    for path in CRDS.glob("*.yaml"):
+        crd = yaml.safe_load(path.read_text())
+        if crd["spec"]["names"]["kind"] == kind:
+            (version,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
+            return jsonschema.Draft7Validator(_strict(version["schema"]["openAPIV3Schema"]))
+    raise LookupError(kind)
+
+
+def validate(doc: dict[str, Any]) -> None:
+    if doc["apiVersion"].startswith("monitoring.coreos.com/"):
+        errors = [f"{list(e.absolute_path)}: {e.message}"
+                  for e in crd_validator(doc["kind"]).iter_errors(doc)]
+        assert errors == [], doc["kind"]
+        return
+    for version in KUBE_VERSIONS:
+        kubernetes_validate.validate(doc, version, strict=True)
+
+
 def test_chart_lints_clean_and_validates_against_kubernetes_schemas() -> None:
-    report = helm.lint(CHART, SECRET, strict=True)
-    assert report["errors"] == []
-    assert [m for m in report["messages"] if m["severity"] >= 2] == []
-    for values in (SECRET, {**SECRET, "agent": {"kafka": {"bootstrap": "kafka:9092"},
-                                                "wal": {"existingClaim": "audit-wal"}}}):
+    for values in VALUE_SETS:
+        report = helm.lint(CHART, values, strict=True)
+        assert report["errors"] == []
+        assert [m for m in report["messages"] if m["severity"] >= 2] == []
         for doc in render(values):
-            for version in KUBE_VERSIONS:
-                kubernetes_validate.validate(doc, version, strict=True)
+            validate(doc)
+    kinds = {d["kind"] for d in render(EVERYTHING)}
+    assert kinds == {"StatefulSet", "Service", "ServiceAccount", "NetworkPolicy",
+                     "PodDisruptionBudget", "ServiceMonitor", "PrometheusRule"}
+
+
+def test_crd_validation_rejects_unknown_fields() -> None:
+    (monitor,) = of_kind(render(EVERYTHING), "ServiceMonitor")
+    monitor["spec"]["endpoints"][0]["intervall"] = "30s"
+    assert not crd_validator("ServiceMonitor").is_valid(monitor)
 
 
 def test_agent_is_a_native_sidecar_sharing_the_socket_with_vllm() -> None:
-    spec = pod_spec(render(SECRET))
-    (agent,) = spec["initContainers"]
-    (vllm,) = spec["containers"]
+    agent, vllm = containers(render(SECRET))
     assert agent["restartPolicy"] == "Always"  # started before vLLM, stopped after it
     # Every flag the chart gives the agent is one the CLI accepts, and they agree.
-    args = _parser().parse_args([*agent["command"][1:], *agent["args"]])
+    args = agent_args(agent)
     env = env_of(vllm)
     assert env["VLLM_AUDIT_ENABLED"] == "true"
     assert env["VLLM_AUDIT_AGENT_ADDRESS"] == str(args.ingest_socket)
@@ -76,13 +156,166 @@ def test_agent_is_a_native_sidecar_sharing_the_socket_with_vllm() -> None:
 
 
 def test_kafka_and_overrides_reach_the_agent() -> None:
-    spec = pod_spec(render({**SECRET, "audit": {**SECRET["audit"], "level": "full"},
-                            "agent": {"kafka": {"bootstrap": "kafka:9092"}, "gpu": "none"}}))
-    (agent,) = spec["initContainers"]
-    args = _parser().parse_args([*agent["command"][1:], *agent["args"]])
+    agent, _ = containers(render({**SECRET, "audit": {**SECRET["audit"], "level": "full"},
+                                  "agent": {**KAFKA, "gpu": "none"}}))
+    args = agent_args(agent)
     assert (args.kafka_bootstrap, args.kafka_topic_prefix) == ("kafka:9092", "vllm-audit")
     assert args.audit_level == "full" and args.gpu == "none"
     assert "env" not in agent  # no NVML visibility asked for without a GPU reader
+
+
+def test_pod_runs_least_privileged_without_an_api_token() -> None:
+    docs = render(SECRET)
+    spec = pod_spec(docs)
+    (account,) = of_kind(docs, "ServiceAccount")
+    assert spec["serviceAccountName"] == account["metadata"]["name"]
+    assert account["automountServiceAccountToken"] is False
+    assert spec["automountServiceAccountToken"] is False
+    assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    agent, vllm = containers(docs)
+    assert agent["securityContext"]["runAsNonRoot"] is True
+    assert agent["securityContext"]["readOnlyRootFilesystem"] is True
+    for container in (agent, vllm):
+        assert container["securityContext"]["allowPrivilegeEscalation"] is False
+        assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    # An existing account instead of a new one.
+    docs = render({**SECRET, "serviceAccount": {"create": False, "name": "ml-runner"}})
+    assert of_kind(docs, "ServiceAccount") == []
+    assert pod_spec(docs)["serviceAccountName"] == "ml-runner"
+
+
+def test_vllm_has_probes_and_resources() -> None:
+    _, vllm = containers(render(SECRET))
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert vllm[probe]["httpGet"] == {"path": "/health", "port": "http"}, probe
+    assert {p["name"] for p in vllm["ports"]} == {"http"}
+    assert vllm["livenessProbe"]["failureThreshold"] >= 3
+    # The startup probe outlasts a model download; the liveness probe starts after it.
+    startup = vllm["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 600
+    resources = vllm["resources"]
+    assert {"cpu", "memory"} <= set(resources["requests"])
+    assert resources["limits"]["nvidia.com/gpu"] == 1
+
+
+def test_agent_flushes_within_the_pods_grace_period() -> None:
+    docs = render(SECRET)
+    agent, _ = containers(docs)
+    grace = pod_spec(docs)["terminationGracePeriodSeconds"]
+    assert agent_args(agent).shutdown_timeout < grace
+    with pytest.raises(helm.HelmError, match=r"agent.shutdownTimeoutSeconds \(30\) must be below "
+                                             r"terminationGracePeriodSeconds \(30\)"):
+        render({**SECRET, "terminationGracePeriodSeconds": 30,
+                "agent": {"shutdownTimeoutSeconds": 30}})
+
+
+def volume_of(docs: list[dict[str, Any]], name: str) -> dict[str, Any] | None:
+    return next((v for v in pod_spec(docs)["volumes"] if v["name"] == name), None)
+
+
+def test_without_kafka_the_wal_gets_a_claim_per_pod() -> None:
+    docs = render(SECRET)
+    sts = workload(docs)
+    assert sts["kind"] == "StatefulSet"
+    (claim,) = sts["spec"]["volumeClaimTemplates"]
+    assert claim["metadata"]["name"] == "audit-wal" and volume_of(docs, "audit-wal") is None
+    assert claim["spec"]["resources"]["requests"]["storage"] == "10Gi"
+    assert sts["spec"]["persistentVolumeClaimRetentionPolicy"] == {"whenDeleted": "Retain",
+                                                                   "whenScaled": "Retain"}
+    headless = next(s for s in of_kind(docs, "Service") if s["spec"].get("clusterIP") == "None")
+    assert sts["spec"]["serviceName"] == headless["metadata"]["name"]
+    agent, _ = containers(docs)
+    mount = next(m for m in agent["volumeMounts"] if m["name"] == "audit-wal")
+    assert mount["mountPath"] == str(agent_args(agent).data_dir)
+    assert "PersistentVolumeClaim per pod" in notes(SECRET)
+    # With Kafka the WAL is a buffer: an emptyDir is enough, unless persistence is forced.
+    docs = render({**SECRET, "agent": KAFKA})
+    assert workload(docs)["kind"] == "Deployment"
+    assert volume_of(docs, "audit-wal") == {"name": "audit-wal", "emptyDir": {"sizeLimit": "2Gi"}}
+    forced = workload(render(EVERYTHING))
+    assert forced["kind"] == "StatefulSet"
+    assert forced["spec"]["volumeClaimTemplates"][0]["spec"]["storageClassName"] == "fast"
+    # Or an existing claim, for one replica only.
+    claimed = {**SECRET, "agent": {"wal": {"existingClaim": "audit-wal"}}}
+    docs = render(claimed)
+    assert workload(docs)["kind"] == "Deployment"
+    assert volume_of(docs, "audit-wal") == {"name": "audit-wal",
+                                            "persistentVolumeClaim": {"claimName": "audit-wal"}}
+    with pytest.raises(helm.HelmError, match="existingClaim serves one replica only"):
+        render({**claimed, "replicaCount": 2})
+
+
+def rule_for(policy: dict[str, Any], port: str) -> list[dict[str, Any]]:
+    return [r for r in policy["spec"]["ingress"] if any(p["port"] == port for p in r["ports"])]
+
+
+def test_network_policy_admits_only_the_configured_query_clients() -> None:
+    docs = render(SECRET)
+    (policy,) = of_kind(docs, "NetworkPolicy")
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= \
+        workload(docs)["spec"]["template"]["metadata"]["labels"].items()
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    # vLLM's API and the metrics: anyone by default; the query API: nobody over the network.
+    assert [r.get("from") for r in rule_for(policy, "http")] == [None]
+    assert [r.get("from") for r in rule_for(policy, "audit-metrics")] == [None]
+    assert rule_for(policy, "audit-query") == []
+    assert "admits no network client" in notes(SECRET)
+    # Every port the policy names is a container port of the pod.
+    agent, vllm = containers(docs)
+    named = {p["name"] for c in (agent, vllm) for p in c["ports"]}
+    assert {p["port"] for r in policy["spec"]["ingress"] for p in r["ports"]} <= named
+
+    (policy,) = of_kind(render(EVERYTHING), "NetworkPolicy")
+    assert [r["from"] for r in rule_for(policy, "audit-query")] == [SRE]
+    assert [r["from"] for r in rule_for(policy, "audit-metrics")] == [SRE]
+    assert [r["from"] for r in rule_for(policy, "http")] == [
+        [{"podSelector": {"matchLabels": {"app": "gateway"}}}]]
+    assert of_kind(render({**SECRET, "networkPolicy": {"enabled": False}}), "NetworkPolicy") == []
+
+
+def test_pod_disruption_budget_covers_the_pods() -> None:
+    docs = render({**SECRET, "replicaCount": 3})
+    (pdb,) = of_kind(docs, "PodDisruptionBudget")
+    assert pdb["spec"]["maxUnavailable"] == 1
+    assert pdb["spec"]["selector"] == workload(docs)["spec"]["selector"]
+
+
+def test_service_monitor_and_prometheus_rule_are_optional() -> None:
+    assert not {"ServiceMonitor", "PrometheusRule"} & {d["kind"] for d in render(SECRET)}
+    docs = render(EVERYTHING)
+    (monitor,) = of_kind(docs, "ServiceMonitor")
+    (rule,) = of_kind(docs, "PrometheusRule")
+    assert monitor["metadata"]["labels"]["release"] == rule["metadata"]["labels"]["release"] == "kps"
+    service = next(s for s in of_kind(docs, "Service") if s["spec"].get("clusterIP") != "None")
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    service_ports = {p["name"] for p in service["spec"]["ports"]}
+    assert {e["port"] for e in monitor["spec"]["endpoints"]} == {"audit-metrics", "http"}
+    assert {e["port"] for e in monitor["spec"]["endpoints"]} <= service_ports
+    # The rules are the chart's copy of the alert rules, unchanged.
+    rules = yaml.safe_load((CHART / "files" / "alerts.yml").read_text())
+    assert rule["spec"]["groups"] == rules["groups"]
+
+
+def _object_schemas(schema: dict[str, Any], path: str = "") -> list[tuple[str, dict[str, Any]]]:
+    found = [(path or "/", schema)] if "properties" in schema else []
+    for key, sub in schema.get("properties", {}).items():
+        found += _object_schemas(sub, f"{path}/{key}")
+    return found
+
+
+def test_values_schema_rejects_unknown_keys_everywhere() -> None:
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    open_objects = [p for p, s in _object_schemas(schema) if s.get("additionalProperties") is not False]
+    assert open_objects == []
+    # values.yaml itself satisfies it, every key of it is declared.
+    jsonschema.Draft7Validator(schema).validate(yaml.safe_load((CHART / "values.yaml").read_text()))
+    for values, where in (({"replicaCont": 2}, "at '': additional properties 'replicaCont'"),
+                          ({"agent": {"wal": {"fsnyc": "batch"}}}, "at '/agent/wal': additional"),
+                          ({"networkPolicy": {"queryClient": SRE}}, "at '/networkPolicy': additional"),
+                          ({"metrics": {"serviceMonitor": {"enable": True}}},
+                           "at '/metrics/serviceMonitor': additional")):
+        with pytest.raises(helm.HelmError, match=where):
+            render({**SECRET, **values})
 
 
 def test_missing_hmac_key_is_a_clear_error() -> None:
@@ -90,7 +323,7 @@ def test_missing_hmac_key_is_a_clear_error() -> None:
         render({})
     # Without hashing no key is needed.
     none = {"audit": {"capture": {"prompt": "none", "output": "redact", "clientIp": "full"}}}
-    assert "VLLM_AUDIT_HMAC_KEY" not in env_of(pod_spec(render(none))["containers"][0])
+    assert "VLLM_AUDIT_HMAC_KEY" not in env_of(containers(render(none))[1])
 
 
 def test_bad_values_are_rejected_by_the_schema() -> None:
@@ -98,3 +331,5 @@ def test_bad_values_are_rejected_by_the_schema() -> None:
         render({**SECRET, "audit": {**SECRET["audit"], "level": "loud"}})
     with pytest.raises(helm.HelmError, match=r"'/agent/wal/fsync': value must be one of"):
         render({**SECRET, "agent": {"wal": {"fsync": "sometimes"}}})
+    with pytest.raises(helm.HelmError, match=r"'/agent/wal/persistence/enabled': value must be"):
+        render({**SECRET, "agent": {"wal": {"persistence": {"enabled": "yes"}}}})

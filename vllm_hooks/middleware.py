@@ -5,8 +5,12 @@ headers, the request body (model, user, prompt or messages), the response status
 vLLM's own API-key check), the response bytes and, after the response,
 `scope["state"]["request_metadata"]` (vLLM's request id and final usage).
 
-It injects an `X-Request-Id` when the client sent none: vLLM derives its own request id from
-that header (`chatcmpl-<id>`), which is how the agent joins this event with the engine's.
+It hands vLLM an `X-Request-Id` of its own for every request (a fresh UUID): vLLM derives its
+own request id from that header (`chatcmpl-<id>`), which is how the agent joins this event
+with the engine's. The id is the trail's key, so it must be unique and must not be chosen by
+the client: two requests sent with one X-Request-Id would otherwise merge into one trail,
+letting any caller overwrite another's audit record. The client's header is kept as
+`client_request_id` (searchable) and put back into the response's X-Request-Id header.
 Only the API key's SHA-256 is recorded, never the key. Bodies are captured up to a bound;
 the capture policy (hmac by default) is applied before anything leaves the process.
 """
@@ -103,16 +107,17 @@ class _RequestAudit:
     def __init__(self, scope: Scope, tenant_header: str) -> None:
         self.start_ns = time.time_ns()
         self.t0 = time.perf_counter()
-        headers: list[tuple[bytes, bytes]] = list(scope.get("headers") or [])
-        lookup = {k.lower(): v for k, v in headers}
-        request_id = lookup.get(b"x-request-id")
-        if request_id is None:
-            request_id = uuid.uuid4().hex.encode()
-            headers.append((b"x-request-id", request_id))
-            scope = dict(scope)
-            scope["headers"] = headers
+        original: list[tuple[bytes, bytes]] = list(scope.get("headers") or [])
+        lookup = {k.lower(): v for k, v in original}
+        request_id = uuid.uuid4().hex.encode()
+        headers = [(k, v) for k, v in original if k.lower() != b"x-request-id"]
+        headers.append((b"x-request-id", request_id))
+        scope = dict(scope)
+        scope["headers"] = headers
         self.scope = scope
         self.request_id = request_id.decode("latin-1")
+        self.request_id_bytes = request_id
+        self.client_request_id: bytes | None = lookup.get(b"x-request-id")
         auth = lookup.get(b"authorization", b"")
         token = auth[7:] if auth[:7].lower() == b"bearer " else auth
         self.api_key_sha256 = hashlib.sha256(token).hexdigest() if token else ""
@@ -154,9 +159,11 @@ class _RequestAudit:
                 kind = message.get("type")
                 if kind == "http.response.start":
                     self.status = int(message.get("status", 0))
-                    for key, value in message.get("headers") or ():
+                    headers = list(message.get("headers") or ())
+                    for key, value in headers:
                         if key.lower() == b"content-type" and b"text/event-stream" in value:
                             self.stream = True
+                    message = self._restore_client_request_id(message, headers)
                 elif kind == "http.response.body":
                     if not message.get("more_body", False):
                         self.response_complete = True
@@ -172,6 +179,21 @@ class _RequestAudit:
             await send(message)
 
         return audited_send
+
+    def _restore_client_request_id(self, message: Message,
+                                   headers: list[tuple[bytes, bytes]]) -> Message:
+        """vLLM echoes X-Request-Id (--enable-request-id-headers): the client gets back its
+        own id, or none if it sent none, never the trail id it did not choose."""
+        if not any(k.lower() == b"x-request-id" and v == self.request_id_bytes
+                   for k, v in headers):
+            return message
+        kept = [(k, v) for k, v in headers
+                if not (k.lower() == b"x-request-id" and v == self.request_id_bytes)]
+        if self.client_request_id is not None:
+            kept.append((b"x-request-id", self.client_request_id))
+        message = dict(message)
+        message["headers"] = kept
+        return message
 
     def fields(self) -> dict[str, Any]:
         """Runs after the response; parsing happens here, off vLLM's request path."""
@@ -208,6 +230,7 @@ class _RequestAudit:
             "response_bytes": self.response_bytes,
             "tenant": self.tenant,
             "vllm_request_id": vllm_request_id,
+            "client_request_id": (self.client_request_id or b"").decode("latin-1"),
         }
 
 

@@ -2,16 +2,25 @@
 
 - The channel is opened lazily in this thread, in the process that sends (never in
   `register()`, never inherited across fork).
-- Every batch carries `(source_id, seq)`. It stays in `_unacked` until the agent acknowledges
-  it (after its WAL append) and is resent after a reconnect; the agent drops duplicates.
-- The agent answers every batch. A *refused* batch (its WAL is full) is kept and retried: one
-  probe per `RETRY_REFUSED_S`, all of them once a probe is accepted.
-- `_unacked` is bounded by bytes. Only refused batches are dropped past the cap (the oldest
-  first), counted (`unacked_overflow`) and named by the next batch's gap marker: a batch the
-  agent has not answered yet may already be stored, so dropping it could count a loss that
-  did not happen. Unanswered batches are bounded by back-pressure instead: at the cap no new
-  batch is made, events wait in the buffer, and when it fills new events are dropped and
-  counted (`buffer_full`), as while the agent is unreachable. vLLM never waits on any of this.
+- Every batch carries `(source_id, epoch, seq)`; the epoch is random per Sender, so a restarted
+  process or a second one reusing a source id is never taken for a duplicate. A batch is kept
+  until the agent acknowledges it (after its WAL append) and is resent after a reconnect; the
+  agent drops duplicates.
+- The agent answers every batch (ack, refusal with a reason, or a stream status). A batch
+  refused for a retriable reason (WAL or disk full, shutting down) is kept and retried: one
+  probe per `RETRY_REFUSED_S`, all of them once a probe is accepted. One refused for a
+  permanent reason (invalid, too big) is dropped at once, its events counted as
+  `refused_<reason>` (`refusals.py`) and the batch named by the next gap marker.
+- Nothing waits forever: connecting has a deadline, and when the oldest sent-but-unanswered
+  batch is older than `ack_timeout_ms` the stream is cancelled (`ack_timeouts`), as when it
+  ends with any status; the sender reconnects with jittered backoff and resends.
+- Batches are cut by count and by bytes (`batching.py`), so none exceeds the per-batch byte
+  cap; an event too big for any batch is truncated and marked (`Event.truncated`).
+- Kept batches live in an `UnackedWindow` (`window.py`), bounded by bytes; only refused ones
+  are dropped past the cap (`unacked_overflow`). Unanswered batches are bounded by
+  back-pressure instead: at the cap no new batch is made, events wait in the buffer, and when
+  it fills new events are dropped and counted (`buffer_full`), as while the agent is
+  unreachable. vLLM never waits on any of this.
 """
 
 from __future__ import annotations
@@ -20,21 +29,24 @@ import logging
 import os
 import queue
 import random
+import secrets
 import socket
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 from vllm_audit.v1 import events_pb2 as pb
 from vllm_audit.v1 import ingest_pb2, ingest_pb2_grpc
 
+from . import refusals
+from .batching import BatchFiller
 from .buffer import EventBuffer
 from .errors import InternalErrors
 from .raw_events import EventConverter
-from .settings import HookSettings
+from .settings import ENV_MAX_BATCH_BYTES, HookSettings
+from .window import Outcome, UnackedWindow
 
 logger = logging.getLogger("vllm_hooks")
 
@@ -42,25 +54,41 @@ _END = object()
 _MAX_BACKOFF_S = 5.0
 #: Seconds between retries of refused batches (one probe batch each time).
 RETRY_REFUSED_S = 1.0
-
-
-@dataclass
-class _Unacked:
-    batch: pb.Batch
-    size: int
-    #: The agent answered "not stored"; only such batches may be dropped under the cap.
-    refused: bool = False
+#: Deadline for the channel to connect before the session gives up and backs off.
+_CONNECT_TIMEOUT_S = 1.0
+#: Batches made per flush before the session loop checks its deadlines again.
+_MAX_BATCHES_PER_FLUSH = 16
 
 
 @dataclass
 class SenderStats:
     batches_sent: int = 0
     batches_acked: int = 0
+    #: Refusals of any reason; the permanent ones also count in `batches_dropped`.
     batches_refused: int = 0
+    #: Batches given up: refused-and-kept past the byte cap, or refused permanently.
     batches_dropped: int = 0
     events_sent: int = 0
+    #: Events of batches refused for a permanent reason, by drop reason (also in the gap
+    #: marker that follows); born at 0 for every permanent reason.
+    events_refused: dict[str, int] = field(
+        default_factory=lambda: dict.fromkeys(refusals.PERMANENT_DROP_REASONS, 0))
+    #: Events cut to fit the per-batch byte cap and sent marked `truncated` (not a drop).
+    events_truncated: int = 0
     reconnects: int = 0
+    #: Streams cancelled because the oldest unanswered batch passed `ack_timeout_ms`.
+    ack_timeouts: int = 0
+    #: Streams the agent side ended, by gRPC status name ("OK" for a clean end).
+    stream_ends: dict[str, int] = field(default_factory=dict)
     connected: bool = False
+
+
+def new_epoch() -> int:
+    """A random non-zero 63-bit epoch (fits int64 readers of the uint64 field)."""
+    epoch = 0
+    while not epoch:
+        epoch = secrets.randbits(63)
+    return epoch
 
 
 class Sender:
@@ -76,24 +104,25 @@ class Sender:
     ) -> None:
         self._settings = settings
         self._buffer = buffer
-        self._converter = converter
         self._errors = errors
         self._on_config = on_config
         self.role = role
         self.model = model
         self.source_id = f"{socket.gethostname()}:{os.getpid()}:{time.time_ns()}"
+        self.epoch = new_epoch()
         self.stats = SenderStats()
+        self._filler = BatchFiller(buffer, converter, errors, settings.batch_events,
+                                   settings.max_batch_bytes)
         self._seq = 0
-        self._unacked: OrderedDict[int, _Unacked] = OrderedDict()
-        self._unacked_bytes = 0
-        self._refused_bytes = 0
+        self._window = UnackedWindow(settings.unacked_bytes, buffer)
+        self._acks = 0
         #: Set by the reader when a retried batch was stored: the agent has room again.
         self._retry_all = threading.Event()
-        self._unacked_lock = threading.Lock()
-        self._missing: tuple[int, int] | None = None
+        #: Held while a batch is made, so flush() never sees events half-way there.
+        self._batch_lock = threading.Lock()
         self._errors_reported: dict[str, int] = {}
+        self._refusals_logged: set[int] = set()
         self._stop = threading.Event()
-        self._idle = threading.Event()
         self._thread = threading.Thread(target=self._run, name="vllm-audit-sender", daemon=True)
         self._started = False
 
@@ -106,9 +135,16 @@ class Sender:
     def flush(self, timeout: float) -> bool:
         """Waits until every buffered event is acknowledged. Returns False on timeout."""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if len(self._buffer) == 0 and self.unacked_batches() == 0:
-                return True
+        while (remaining := deadline - time.monotonic()) > 0:
+            # Under the batch lock, events are in the buffer, the carry or a kept batch, never
+            # in between (drained and being converted).
+            if not self._batch_lock.acquire(timeout=remaining):
+                return False
+            try:
+                if not self._filler.waiting() and self._window.all_answered():
+                    return True
+            finally:
+                self._batch_lock.release()
             self._buffer.wakeup.set()
             time.sleep(0.005)
         return False
@@ -121,16 +157,14 @@ class Sender:
         self._buffer.wakeup.set()
         if self._started:
             self._thread.join(timeout=max(0.1, timeout))
-        with self._unacked_lock:
-            unacked_events = sum(len(u.batch.events) for u in self._unacked.values())
-        lost = {"buffered": len(self._buffer), "unacked": unacked_events}
+        lost = {"buffered": len(self._buffer) + self._filler.pending(),
+                "unacked": self._window.events()}
         if any(lost.values()):
             logger.warning("vllm-audit: shutdown left events undelivered: %s", lost)
         return lost
 
     def unacked_batches(self) -> int:
-        with self._unacked_lock:
-            return len(self._unacked)
+        return len(self._window)
 
     # -- the thread ------------------------------------------------------------------------
     def _run(self) -> None:
@@ -148,44 +182,59 @@ class Sender:
             backoff = min(_MAX_BACKOFF_S, backoff * 2)
 
     def _session(self) -> bool:
-        """One connection. Returns True if it was established."""
+        """One connection. Returns True if the agent acknowledged something on it (the
+        backoff restarts from its minimum), False if it failed or made no progress."""
+        limit = self._settings.max_message_bytes
         channel = grpc.insecure_channel(
             self._settings.grpc_target(),
-            options=[("grpc.keepalive_time_ms", 10000), ("grpc.enable_retries", 0)],
+            options=[("grpc.keepalive_time_ms", 10000), ("grpc.enable_retries", 0),
+                     ("grpc.max_send_message_length", limit),
+                     ("grpc.max_receive_message_length", limit)],
         )
         outq: queue.SimpleQueue[object] = queue.SimpleQueue()
         responses = None
+        cancelling = threading.Event()
+        acks_before = self._acks
         try:
             try:
-                grpc.channel_ready_future(channel).result(timeout=1.0)
+                grpc.channel_ready_future(channel).result(timeout=_CONNECT_TIMEOUT_S)
             except grpc.FutureTimeoutError:
                 return False
             stub = ingest_pb2_grpc.IngestServiceStub(channel)
             responses = stub.Stream(self._requests(outq))
             reader = threading.Thread(
-                target=self._read, args=(responses,), name="vllm-audit-acks", daemon=True
+                target=self._read, args=(responses, cancelling), name="vllm-audit-acks",
+                daemon=True,
             )
             reader.start()
             self.stats.reconnects += 1
             self.stats.connected = True
             # A new stream: everything kept is resent (the agent drops what it already has).
-            self._resend(outq, self._take_for_resend(refused_only=False))
+            self._resend(outq, self._window.take_for_resend(refused_only=False, restart=True))
             interval = self._settings.flush_ms / 1000.0
+            ack_timeout = self._settings.ack_timeout_ms / 1000.0
             next_retry = time.monotonic() + RETRY_REFUSED_S
             while not self._stop.is_set() and reader.is_alive():
                 self._buffer.wakeup.wait(interval)
                 self._buffer.wakeup.clear()
                 if self._retry_all.is_set():
                     self._retry_all.clear()
-                    self._resend(outq, self._take_for_resend(refused_only=True))
+                    self._resend(outq, self._window.take_for_resend(refused_only=True))
                 elif time.monotonic() >= next_retry:
                     next_retry = time.monotonic() + RETRY_REFUSED_S
-                    self._resend(outq, self._take_for_resend(refused_only=True, limit=1))
+                    self._resend(outq, self._window.take_for_resend(refused_only=True, limit=1))
                 self._flush_into(outq)
+                if self._window.oldest_unanswered_age() > ack_timeout:
+                    # The agent took the stream but stopped answering: start over.
+                    self.stats.ack_timeouts += 1
+                    logger.warning("vllm-audit: no answer from the agent for %.1fs; reconnecting",
+                                   ack_timeout)
+                    return False
             self._flush_into(outq)
-            return True
+            return self._acks > acks_before
         finally:
             self.stats.connected = False
+            cancelling.set()
             outq.put(_END)
             if responses is not None:
                 responses.cancel()
@@ -200,48 +249,40 @@ class Sender:
             assert isinstance(item, pb.Batch)
             yield item
 
-    def _take_for_resend(self, refused_only: bool, limit: int | None = None) -> list[pb.Batch]:
-        """Marks kept batches as unanswered again (oldest first) and returns them to send."""
-        out: list[pb.Batch] = []
-        with self._unacked_lock:
-            for entry in self._unacked.values():
-                if limit is not None and len(out) >= limit:
-                    break
-                if refused_only and not entry.refused:
-                    continue
-                if entry.refused:
-                    entry.refused = False
-                    self._refused_bytes -= entry.size
-                out.append(entry.batch)
-        return out
-
     @staticmethod
     def _resend(outq: queue.SimpleQueue[object], batches: list[pb.Batch]) -> None:
         for batch in batches:
             outq.put(batch)
 
     def _on_ack(self, ack: ingest_pb2.Ack) -> None:
-        with self._unacked_lock:
-            entry = self._unacked.get(ack.seq)
-            if entry is None:
-                return
-            if ack.refused:
-                if not entry.refused:
-                    entry.refused = True
-                    self._refused_bytes += entry.size
-                self.stats.batches_refused += 1
-                return
-            del self._unacked[ack.seq]
-            self._unacked_bytes -= entry.size
-            if entry.refused:
-                self._refused_bytes -= entry.size
-            had_refused = self._refused_bytes > 0
-        self.stats.batches_acked += 1
-        if had_refused:
-            # Stored after all: the agent has room again, so send the rest of what it refused.
-            self._retry_all.set()
+        if ack.epoch and ack.epoch != self.epoch:
+            return  # an answer to another sender that used our source id
+        self._acks += 1
+        outcome, events = self._window.answer(ack.seq, ack.refused, ack.refusal)
+        if outcome is Outcome.KEPT:
+            self.stats.batches_refused += 1
+        elif outcome is Outcome.DROPPED:
+            self.stats.batches_refused += 1
+            self.stats.batches_dropped += 1
+            reason = refusals.drop_reason(ack.refusal)
+            self.stats.events_refused[reason] = self.stats.events_refused.get(reason, 0) + events
+            self._log_refusal(ack)
+        elif outcome is Outcome.STORED:
+            self.stats.batches_acked += 1
+            if self._window.has_refused():
+                # Stored after all: the agent has room again, so send the rest it refused.
+                self._retry_all.set()
 
-    def _read(self, responses: Iterator[ingest_pb2.IngestReply]) -> None:
+    def _log_refusal(self, ack: ingest_pb2.Ack) -> None:
+        if ack.refusal not in self._refusals_logged:
+            # Once per reason: a log line per batch could flood vLLM's log.
+            self._refusals_logged.add(ack.refusal)
+            logger.warning("vllm-audit: the agent refused batch %d (%s): %s; dropped and counted",
+                           ack.seq, refusals.drop_reason(ack.refusal), ack.reason)
+
+    def _read(self, responses: Iterator[ingest_pb2.IngestReply],
+              cancelling: threading.Event) -> None:
+        status = "OK"
         try:
             for reply in responses:
                 which = reply.WhichOneof("body")
@@ -249,26 +290,32 @@ class Sender:
                     self._on_ack(reply.ack)
                 elif which == "config":
                     self._on_config(reply.config.level, reply.config.version)
-        except grpc.RpcError:
-            pass  # the session loop notices the dead reader and reconnects
+        except grpc.RpcError as exc:
+            code = exc.code() if isinstance(exc, grpc.Call) else None
+            status = code.name if code is not None else "UNKNOWN"
         except Exception as exc:
             self._errors.record("sender.read", exc)
-
-    def _unanswered_bytes(self) -> int:
-        with self._unacked_lock:
-            return self._unacked_bytes - self._refused_bytes
+        # The session loop notices the dead reader and reconnects. A cancel of our own
+        # (deadline, shutdown) is not the agent ending the stream.
+        if not cancelling.is_set():
+            self.stats.stream_ends[status] = self.stats.stream_ends.get(status, 0) + 1
+            if status == "RESOURCE_EXHAUSTED" and self.stats.stream_ends[status] == 1:
+                # The agent's transport limit is below this hook's batches: a configuration
+                # error no resend can fix, so say which settings must agree.
+                logger.error("vllm-audit: the agent ended the stream with RESOURCE_EXHAUSTED; "
+                             "its max message size must exceed %s=%d",
+                             ENV_MAX_BATCH_BYTES, self._settings.max_batch_bytes)
 
     def _flush_into(self, outq: queue.SimpleQueue[object]) -> None:
-        while True:
-            if self._unanswered_bytes() >= self._settings.unacked_bytes:
+        for _ in range(_MAX_BATCHES_PER_FLUSH):
+            if self._window.unanswered_bytes() >= self._settings.unacked_bytes:
                 return  # back-pressure: events wait in the bounded buffer
-            events = self._buffer.drain(self._settings.batch_events)
-            batch = self._make_batch(events)
+            batch = self._make_batch()
             if batch is None:
                 return
             outq.put(batch)
-            if len(events) < self._settings.batch_events:
-                return
+        # More is waiting: come back at once, after the session loop checked its deadlines.
+        self._buffer.wakeup.set()
 
     def _new_internal_errors(self) -> dict[str, int]:
         """Swallowed hook errors since the last batch, so the agent shows them too."""
@@ -281,71 +328,34 @@ class Sender:
         self._errors_reported = now
         return delta
 
-    def _make_batch(self, raw_events: list[tuple[object, ...]]) -> pb.Batch | None:
+    def _make_batch(self) -> pb.Batch | None:
+        with self._batch_lock:
+            return self._make_batch_locked()
+
+    def _make_batch_locked(self) -> pb.Batch | None:
+        # The missing range first, then the drop counts: a lost batch's events are counted
+        # before its range is set, so a range taken here comes with its counts.
+        missing = self._window.take_missing()
         drops = self._buffer.take_drops()
         drops.update(self._new_internal_errors())
-        missing = self._missing
-        if not raw_events and not drops and missing is None:
-            return None
-        self._seq += 1
         batch = pb.Batch(
             source_id=self.source_id,
-            seq=self._seq,
+            epoch=self.epoch,
+            seq=self._seq + 1,
             process_role=self.role,
             pid=os.getpid(),
             model=self.model,
         )
-        convert = self._converter.to_proto
-        append = batch.events.append
-        for raw in raw_events:
-            try:
-                append(convert(raw))
-            except Exception as exc:
-                self._errors.record("sender.convert", exc)
-                drops["convert_error"] = drops.get("convert_error", 0) + 1
-        if drops:
-            for reason, n in drops.items():
-                batch.gap.dropped_by_reason[reason] = n
+        for reason, n in drops.items():
+            batch.gap.dropped_by_reason[reason] = n
         if missing is not None:
             batch.gap.first_missing_seq, batch.gap.last_missing_seq = missing
-            self._missing = None
-        size = batch.ByteSize()
+        size = self._filler.fill(batch)
+        self.stats.events_truncated = self._filler.events_truncated
+        if not batch.events and not batch.gap.dropped_by_reason and missing is None:
+            return None
+        self._seq += 1
         self.stats.batches_sent += 1
         self.stats.events_sent += len(batch.events)
-        with self._unacked_lock:
-            self._unacked[batch.seq] = _Unacked(batch, size)
-            self._unacked_bytes += size
-            evicted = self._evict_refused_over_cap()
-        for old in evicted:
-            self._account_lost_batch(old)
+        self.stats.batches_dropped += self._window.add(batch, size)
         return batch
-
-    def _evict_refused_over_cap(self) -> list[pb.Batch]:
-        """Drops the oldest refused batches while over the byte cap (caller holds the lock)."""
-        if self._unacked_bytes <= self._settings.unacked_bytes:
-            return []
-        evicted: list[pb.Batch] = []
-        for seq, entry in list(self._unacked.items()):
-            if self._unacked_bytes <= self._settings.unacked_bytes:
-                break
-            if entry.refused:
-                del self._unacked[seq]
-                self._unacked_bytes -= entry.size
-                self._refused_bytes -= entry.size
-                evicted.append(entry.batch)
-        return evicted
-
-    def _account_lost_batch(self, old: pb.Batch) -> None:
-        self.stats.batches_dropped += 1
-        if old.events:
-            self._buffer.count_drop("unacked_overflow", len(old.events))
-        # The lost batch's own gap marker must not vanish with it: its drop counts and its
-        # missing range move to the next batch.
-        self._buffer.restore_drops(dict(old.gap.dropped_by_reason))
-        first, last = old.seq, old.seq
-        if old.gap.first_missing_seq:
-            first = min(first, old.gap.first_missing_seq)
-            last = max(last, old.gap.last_missing_seq)
-        if self._missing is not None:
-            first, last = min(first, self._missing[0]), max(last, self._missing[1])
-        self._missing = (first, last)

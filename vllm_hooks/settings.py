@@ -24,6 +24,15 @@ ENV_UNACKED_BYTES = "VLLM_AUDIT_UNACKED_BYTES"
 #: Events per batch and the sender's flush interval in milliseconds.
 ENV_BATCH_EVENTS = "VLLM_AUDIT_BATCH_EVENTS"
 ENV_FLUSH_MS = "VLLM_AUDIT_FLUSH_MS"
+#: Serialised bytes per batch (at least MIN_BATCH_BYTES). Batches are cut by bytes as well as
+#: by count; a single event larger than this is truncated to fit and marked `truncated`.
+ENV_MAX_BATCH_BYTES = "VLLM_AUDIT_MAX_BATCH_BYTES"
+#: The gRPC channel's message size limit; must exceed the batch cap. Give the agent the same
+#: (or a larger) limit, or it ends the stream on every batch between its limit and this one.
+ENV_MAX_MESSAGE_BYTES = "VLLM_AUDIT_MAX_MESSAGE_BYTES"
+#: Milliseconds the oldest sent batch may wait for an answer before the sender cancels the
+#: stream, reconnects and resends.
+ENV_ACK_TIMEOUT_MS = "VLLM_AUDIT_ACK_TIMEOUT_MS"
 #: Capture policies: none | hmac | redact | full.
 ENV_CAPTURE_PROMPT = "VLLM_AUDIT_CAPTURE_PROMPT"
 ENV_CAPTURE_OUTPUT = "VLLM_AUDIT_CAPTURE_OUTPUT"
@@ -67,6 +76,13 @@ RESPONSE_LEVELS = ("summary", "full")
 ENV_PRESET = "VLLM_AUDIT_PRESET"
 
 DEFAULT_AGENT_ADDRESS = "/var/run/vllm-audit/ingest.sock"
+DEFAULT_MAX_BATCH_BYTES = 1 << 20
+DEFAULT_MAX_MESSAGE_BYTES = 8 << 20
+DEFAULT_ACK_TIMEOUT_MS = 10_000
+#: Room for a batch's header, its gap marker and one truncated event.
+MIN_BATCH_BYTES = 4096
+#: gRPC takes message limits as a C int.
+MAX_MESSAGE_BYTES_LIMIT = (1 << 31) - 1
 CAPTURE_POLICIES = ("none", "hmac", "redact", "full")
 
 
@@ -228,6 +244,23 @@ class HookSettings:
     max_trails: int | None = None
     query_address: str = "127.0.0.1:50051"
     response_timeout_ms: int = 500
+    max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    ack_timeout_ms: int = DEFAULT_ACK_TIMEOUT_MS
+
+    def __post_init__(self) -> None:
+        # Checked here, not only in from_env, so settings built in code obey the same rules.
+        if self.max_batch_bytes < MIN_BATCH_BYTES:
+            raise ValueError(f"{ENV_MAX_BATCH_BYTES}={self.max_batch_bytes} must be >= "
+                             f"{MIN_BATCH_BYTES}")
+        if self.max_message_bytes > MAX_MESSAGE_BYTES_LIMIT:
+            raise ValueError(f"{ENV_MAX_MESSAGE_BYTES}={self.max_message_bytes} must be <= "
+                             f"{MAX_MESSAGE_BYTES_LIMIT}")
+        if self.max_message_bytes <= self.max_batch_bytes:
+            raise ValueError(f"{ENV_MAX_MESSAGE_BYTES}={self.max_message_bytes} must exceed "
+                             f"{ENV_MAX_BATCH_BYTES}={self.max_batch_bytes}")
+        if self.ack_timeout_ms <= 0:
+            raise ValueError(f"{ENV_ACK_TIMEOUT_MS}={self.ack_timeout_ms} must be > 0")
 
     @classmethod
     def from_env(cls, env: dict[str, str] | os._Environ[str] | None = None) -> HookSettings:
@@ -259,6 +292,9 @@ class HookSettings:
             max_trails=_positive_int(env, ENV_MAX_TRAILS, 1) if env.get(ENV_MAX_TRAILS) else None,
             query_address=env.get(ENV_QUERY_ADDRESS) or "127.0.0.1:50051",
             response_timeout_ms=_positive_int(env, ENV_RESPONSE_TIMEOUT_MS, 500),
+            max_batch_bytes=_positive_int(env, ENV_MAX_BATCH_BYTES, DEFAULT_MAX_BATCH_BYTES),
+            max_message_bytes=_positive_int(env, ENV_MAX_MESSAGE_BYTES, DEFAULT_MAX_MESSAGE_BYTES),
+            ack_timeout_ms=_positive_int(env, ENV_ACK_TIMEOUT_MS, DEFAULT_ACK_TIMEOUT_MS),
         )
 
     def startup_notes(self) -> list[str]:

@@ -18,6 +18,12 @@ from .settings import Level, settings
 _SUMMARY = int(Level.SUMMARY)
 #: Seconds between snapshots; counters accumulate in between, so nothing is lost by throttling.
 SNAPSHOT_INTERVAL_S = 0.25
+#: EngineStats fields summed from the iteration stats (seconds, then counts).
+_LATENCY_FIELDS = ("ttft_seconds_sum", "inter_token_latency_seconds_sum", "tpot_seconds_sum",
+                   "queue_time_seconds_sum", "e2e_latency_seconds_sum",
+                   "prefill_time_seconds_sum", "decode_time_seconds_sum")
+_COUNT_FIELDS = ("ttft_count", "inter_token_latency_count", "tpot_count", "finished_requests",
+                 "cached_prompt_tokens")
 
 
 class AuditStatLogger(StatLoggerBase):  # type: ignore[misc]
@@ -42,6 +48,9 @@ class AuditStatLogger(StatLoggerBase):  # type: ignore[misc]
         self._spec_drafts = 0
         self._spec_draft_tokens = 0
         self._spec_accepted = 0
+        # Latency sums (seconds) and counts, cumulative like the token counters.
+        self._lat: dict[str, float] = dict.fromkeys(_LATENCY_FIELDS, 0.0)
+        self._counts: dict[str, int] = dict.fromkeys(_COUNT_FIELDS, 0)
 
     def record(self, scheduler_stats: Any = None, iteration_stats: Any = None,
                *args: Any, **kwargs: Any) -> None:
@@ -49,6 +58,10 @@ class AuditStatLogger(StatLoggerBase):  # type: ignore[misc]
         if rt is None or rt.level < _SUMMARY:
             return
         try:
+            # vLLM >= 0.11 passes the engine index; a per-engine logger also knows its own.
+            engine_idx = kwargs.get("engine_idx")
+            if isinstance(engine_idx, int):
+                self.engine_index = engine_idx
             self._accumulate(scheduler_stats, iteration_stats)
             latest = self._latest
             if latest is None:
@@ -71,6 +84,7 @@ class AuditStatLogger(StatLoggerBase):  # type: ignore[misc]
             self._prompt_tokens += getattr(iteration_stats, "num_prompt_tokens", 0)
             self._generation_tokens += getattr(iteration_stats, "num_generation_tokens", 0)
             self._preempted += getattr(iteration_stats, "num_preempted_reqs", 0)
+            self._accumulate_latencies(iteration_stats)
         if scheduler_stats is not None:
             self._latest = scheduler_stats
             prefix = getattr(scheduler_stats, "prefix_cache_stats", None)
@@ -82,6 +96,28 @@ class AuditStatLogger(StatLoggerBase):  # type: ignore[misc]
                 self._spec_drafts += spec.num_drafts
                 self._spec_draft_tokens += spec.num_draft_tokens
                 self._spec_accepted += spec.num_accepted_tokens
+
+    def _accumulate_latencies(self, it: Any) -> None:
+        """TTFT and inter-token latencies of this iteration, and the timings of the requests
+        that finished in it (vllm/v1/metrics/stats.py: IterationStats, FinishedRequestStats)."""
+        lat, counts = self._lat, self._counts
+        ttfts = getattr(it, "time_to_first_tokens_iter", ()) or ()
+        lat["ttft_seconds_sum"] += float(sum(ttfts))
+        counts["ttft_count"] += len(ttfts)
+        itls = getattr(it, "inter_token_latencies_iter", ()) or ()
+        lat["inter_token_latency_seconds_sum"] += float(sum(itls))
+        counts["inter_token_latency_count"] += len(itls)
+        for done in getattr(it, "finished_requests", ()) or ():
+            counts["finished_requests"] += 1
+            lat["queue_time_seconds_sum"] += float(getattr(done, "queued_time", 0.0))
+            lat["e2e_latency_seconds_sum"] += float(getattr(done, "e2e_latency", 0.0))
+            lat["prefill_time_seconds_sum"] += float(getattr(done, "prefill_time", 0.0))
+            lat["decode_time_seconds_sum"] += float(getattr(done, "decode_time", 0.0))
+            counts["cached_prompt_tokens"] += int(getattr(done, "num_cached_tokens", 0) or 0)
+            # vLLM's mean time per output token is 0 for one token: not a TPOT sample.
+            if getattr(done, "num_generation_tokens", 0) > 1:
+                lat["tpot_seconds_sum"] += float(getattr(done, "mean_time_per_output_token", 0.0))
+                counts["tpot_count"] += 1
 
     def _snapshot(self) -> dict[str, Any]:
         latest = self._latest
@@ -98,6 +134,8 @@ class AuditStatLogger(StatLoggerBase):  # type: ignore[misc]
             "spec_decode_num_drafts": self._spec_drafts,
             "spec_decode_num_draft_tokens": self._spec_draft_tokens,
             "spec_decode_num_accepted_tokens": self._spec_accepted,
+            **self._lat,
+            **self._counts,
         }
 
     def log_engine_initialized(self) -> None:

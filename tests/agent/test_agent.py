@@ -68,7 +68,7 @@ async def test_http_and_engine_halves_join_in_either_order(tmp_path: Path) -> No
         ccc = await q.GetTrail(query_pb2.GetTrailRequest(request_id="ccc"))
         assert ccc.summary.state == query_pb2.TRAIL_STATE_FAILED
         record = published.records[0][2]
-        assert record["schema"] == 1 and record["gen_ai.request.model"] == "m"
+        assert record["schema"] == 2 and record["gen_ai.request.model"] == "m"
 
 
 async def test_duplicates_dropped_and_gaps_counted(tmp_path: Path) -> None:
@@ -184,7 +184,7 @@ async def test_health_ready_and_gpu(tmp_path: Path) -> None:
         _, body = await scrape(handle)
         families = {f.name: f for f in text_string_to_metric_families(body)}
         assert families["vllm_audit_gpu_available"].samples[0].value == 1
-        assert families["vllm_audit_gpu_utilization_ratio"].samples[0].value == pytest.approx(0.42)
+        assert families["DCGM_FI_DEV_GPU_UTIL"].samples[0].value == pytest.approx(42)
         health = await query(handle).Health(query_pb2.HealthRequest())
         assert health.status == "SERVING" and health.gpu_available
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer
 from vllm_audit.v1 import events_pb2 as pb
-from vllm_audit.v1 import query_pb2
+from vllm_audit.v1 import ingest_pb2, query_pb2
 
 from agent.publisher import KafkaPublisher
 from agent.server import running_agent
@@ -70,7 +70,8 @@ async def test_kafka_outage_grows_the_wal_to_its_cap_and_drains_after(tmp_path: 
             if reply.ack.refused:
                 break
             stored.append(f"{seq}-0utage00")
-        assert reply.ack.reason == "wal_full"
+        assert reply.ack.refusal == ingest_pb2.REFUSAL_REASON_WAL_FULL
+        assert reply.ack.reason.startswith("wal_full: ")
         assert state.wal.size <= 2000 and state.reclaim_wal() == 0
         assert not publisher.connected
 

@@ -12,6 +12,7 @@ FINAL_STATES = (
     query_pb2.TRAIL_STATE_FINISHED,
     query_pb2.TRAIL_STATE_ABORTED,
     query_pb2.TRAIL_STATE_FAILED,
+    query_pb2.TRAIL_STATE_INCOMPLETE,
 )
 
 
@@ -26,6 +27,14 @@ def all_trails(query: query_pb2_grpc.QueryServiceStub) -> list[query_pb2.TrailSu
             return trails
 
 
+def trail_ids_for_client_id(query: query_pb2_grpc.QueryServiceStub,
+                            client_request_id: str) -> list[str]:
+    """The trails of requests sent with this X-Request-Id (the trail key is the hook's own
+    id; the client's header is a searchable claim)."""
+    page = query.ListTrails(query_pb2.ListTrailsRequest(client_request_id=client_request_id))
+    return [t.request_id for t in page.trails]
+
+
 def wait_for_trail(
     query: query_pb2_grpc.QueryServiceStub,
     request_id: str,
@@ -33,12 +42,16 @@ def wait_for_trail(
     timeout: float = 30.0,
     include_events: bool = True,
 ) -> query_pb2.GetTrailResponse:
+    """Waits for the trail of the request sent with X-Request-Id `request_id` (or, offline,
+    with that trail id) until `ready` holds."""
     deadline = time.monotonic() + timeout
     last: query_pb2.GetTrailResponse | None = None
     while time.monotonic() < deadline:
         try:
+            ids = trail_ids_for_client_id(query, request_id) or [request_id]
+            assert len(ids) == 1, f"X-Request-Id {request_id!r} names {len(ids)} trails"
             last = query.GetTrail(
-                query_pb2.GetTrailRequest(request_id=request_id, include_events=include_events)
+                query_pb2.GetTrailRequest(request_id=ids[0], include_events=include_events)
             )
             if ready(last):
                 return last

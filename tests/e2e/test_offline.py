@@ -5,16 +5,21 @@ from __future__ import annotations
 import asyncio
 import json
 import urllib.request
+from pathlib import Path
 from typing import Any
 
+import jsonschema
 import numpy as np
 import pytest
 from aiokafka import AIOKafkaConsumer
 from prometheus_client.parser import text_string_to_metric_families
 
+from agent.records import SCHEMA_VERSION
 from tests.e2e.conftest import Agent
 from tests.e2e.helpers import wait_for_offline_trail, wait_for_trail
 from tests.support.kafka_broker import KafkaBroker
+
+RECORD_SCHEMA = Path(__file__).resolve().parents[2] / "schema" / "trail-record.schema.json"
 
 pytestmark = pytest.mark.vllm
 
@@ -87,10 +92,13 @@ def test_record_reaches_kafka(
         return found
 
     found = asyncio.run(consume())
+    # Real records from the real engine, read back from the broker, match the shipped schema.
+    validator = jsonschema.Draft202012Validator(json.loads(RECORD_SCHEMA.read_text()))
     for trail_id, out in wanted.items():
         value = found[trail_id]
-        assert value["schema"] == 1
-        assert value["event_id"]
+        validator.validate(value)
+        assert value["schema"] == SCHEMA_VERSION
+        assert value["event_id"] == f"{trail_id}/{value['revision']}"
         assert value["gen_ai.request.model"] == "tiny-offline"
         assert value["gen_ai.usage.output_tokens"] == len(out["token_ids"])
         assert value["gen_ai.usage.input_tokens"] == out["prompt_tokens"]

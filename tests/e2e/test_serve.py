@@ -62,7 +62,12 @@ def test_chat_completion_record(vllm_server: str, agent: Agent) -> None:
     assert s.grammar_backend == "xgrammar"
     assert s.output == response.choices[0].message.content
     assert s.api_key_sha256 and API_KEY not in str(trail)
-    assert len(s.engine_request_ids) == 1 and request_id in s.engine_request_ids[0]
+    # The trail is keyed on the hook's own id; the client's X-Request-Id is kept beside it.
+    assert s.client_request_id == request_id and s.request_id != request_id
+    assert len(s.engine_request_ids) == 1 and s.request_id in s.engine_request_ids[0]
+    assert (s.http_method, s.http_path) == ("POST", "/v1/chat/completions")
+    assert s.user_agent and s.response_bytes > 0 and s.source_ids
+    assert s.finalised_by == query_pb2.FINALISED_BY_COMPLETE and s.revision == 0
     assert s.latency_ms > 0
 
 
@@ -156,10 +161,11 @@ def test_engine_stats_reach_metrics_when_the_engine_goes_idle(
 
 
 def _abort(base: str, request_ids: list[str]) -> None:
-    """vLLM's abort API; it takes the API server's ids: `chatcmpl-` and the X-Request-Id."""
+    """vLLM's abort API; it takes the API server's ids (`chatcmpl-<id>`, the response's id:
+    the id the hook's middleware gave vLLM, not the client's X-Request-Id)."""
     abort = urllib.request.Request(
         base + "/inference/v1/abort_requests", method="POST",
-        data=json.dumps({"request_ids": [f"chatcmpl-{r}" for r in request_ids]}).encode(),
+        data=json.dumps({"request_ids": request_ids}).encode(),
         headers={"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"})
     with urllib.request.urlopen(abort, timeout=30) as response:
         assert response.status == 200
@@ -185,7 +191,7 @@ def test_aborted_request_is_recorded_as_aborted(vllm_server: str, agent: Agent) 
         finish_reason = None
         for received, chunk in enumerate(stream, start=1):
             if received == 5:
-                _abort(vllm_server, [request_id])
+                _abort(vllm_server, [chunk.id])
             if chunk.choices and chunk.choices[0].finish_reason:
                 finish_reason = chunk.choices[0].finish_reason
         trail = wait_for_trail(agent.query, request_id, _final)

@@ -6,8 +6,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Collection
 from pathlib import Path
+from typing import Any
 
 import grpc
 from vllm_audit.v1 import events_pb2 as pb
@@ -15,7 +16,7 @@ from vllm_audit.v1 import ingest_pb2, ingest_pb2_grpc, query_pb2_grpc
 
 from agent.config import AgentConfig
 from agent.gpu import GpuReader
-from agent.publisher import InMemoryPublisher
+from agent.publisher import InMemoryPublisher, OnDone
 from agent.server import AgentHandle, running_agent
 
 
@@ -31,13 +32,25 @@ def agent_config(tmp: Path, **overrides: object) -> AgentConfig:
 
 @contextlib.asynccontextmanager
 async def agent(tmp: Path, gpu_reader: GpuReader | None = None, durable_publisher: bool = False,
+                publisher: InMemoryPublisher | None = None, expected_errors: Collection[str] = (),
                 **overrides: object) -> AsyncIterator[tuple[AgentHandle, InMemoryPublisher]]:
-    """Runs an agent; on a clean exit, fails if it swallowed any internal error."""
-    publisher = InMemoryPublisher(durable=durable_publisher)
+    """Runs an agent; on a clean exit, fails if it swallowed any internal error (other than
+    at the `expected_errors` sites, for tests that inject a failure)."""
+    publisher = publisher or InMemoryPublisher(durable=durable_publisher)
     async with running_agent(agent_config(tmp, **overrides), publisher=publisher,
                              gpu_reader=gpu_reader) as handle:
         yield handle, publisher
-        assert not handle.state.errors, f"agent swallowed errors: {dict(handle.state.errors)}"
+        unexpected = {k: v for k, v in handle.state.errors.items() if k not in expected_errors}
+        assert not unexpected, f"agent swallowed errors: {unexpected}"
+
+
+class FailingPublisher(InMemoryPublisher):
+    """A publisher whose `offer` raises: injects an agent-side exception mid-stream (a final
+    trail is offered while its batch is applied)."""
+
+    def offer(self, topic_suffix: str, key: str, record: dict[str, Any],
+              on_done: OnDone | None = None) -> None:
+        raise RuntimeError("injected publisher failure")
 
 
 def query(handle: AgentHandle) -> query_pb2_grpc.QueryServiceStub:
@@ -82,6 +95,11 @@ class Hook:
     async def send(self, seq: int, *events: pb.Event, **kw: object) -> ingest_pb2.IngestReply:
         await self.outbox.put(pb.Batch(source_id=self.source, seq=seq, events=events,
                                        **kw))  # type: ignore[arg-type]
+        return await self.next("ack")
+
+    async def send_batch(self, batch: pb.Batch) -> ingest_pb2.IngestReply:
+        """Sends a batch exactly as given (any source, seq, epoch) and returns its answer."""
+        await self.outbox.put(batch)
         return await self.next("ack")
 
     async def next(self, kind: str) -> ingest_pb2.IngestReply:

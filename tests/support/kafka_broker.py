@@ -50,6 +50,12 @@ class KafkaBroker:
         raise TimeoutError(f"Kafka broker not ready within {self.start_timeout}s: "
                            + self._output())
 
+    @property
+    def pid(self) -> int:
+        """The broker's pid, for fault tests (SIGSTOP/SIGCONT/SIGKILL)."""
+        assert self._proc is not None, "the broker is not started"
+        return self._proc.pid
+
     def _output(self) -> str:
         self._log.seek(0)
         return self._log.read()[-2000:].decode(errors="replace")

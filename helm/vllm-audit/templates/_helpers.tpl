@@ -27,3 +27,31 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- $c := .Values.audit.capture -}}
 {{- if or (eq $c.prompt "hmac") (eq $c.output "hmac") (eq $c.clientIp "hmac") -}}true{{- end -}}
 {{- end -}}
+
+{{/* "true" when the WAL lives on a PersistentVolumeClaim per pod (a StatefulSet). */}}
+{{- define "vllm-audit.persistent" -}}
+{{- $enabled := toString .Values.agent.wal.persistence.enabled -}}
+{{- if .Values.agent.wal.existingClaim -}}
+{{- else if eq $enabled "auto" -}}
+{{- if not .Values.agent.kafka.bootstrap -}}true{{- end -}}
+{{- else if eq $enabled "true" -}}true
+{{- end -}}
+{{- end -}}
+
+{{- define "vllm-audit.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "vllm-audit.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Values the schema cannot check (they relate two keys). */}}
+{{- define "vllm-audit.checks" -}}
+{{- if ge (int .Values.agent.shutdownTimeoutSeconds) (int .Values.terminationGracePeriodSeconds) }}
+{{- fail (printf "agent.shutdownTimeoutSeconds (%v) must be below terminationGracePeriodSeconds (%v): the agent flushes after vLLM has stopped, within the same grace period" .Values.agent.shutdownTimeoutSeconds .Values.terminationGracePeriodSeconds) }}
+{{- end }}
+{{- if and .Values.agent.wal.existingClaim (gt (int .Values.replicaCount) 1) }}
+{{- fail "agent.wal.existingClaim serves one replica only (two agents must never share a WAL); use agent.wal.persistence for a claim per pod" }}
+{{- end }}
+{{- end -}}

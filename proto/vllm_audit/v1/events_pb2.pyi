@@ -138,7 +138,7 @@ class StructuredOutputSummary(_message.Message):
     def __init__(self, backend: _Optional[str] = ..., steps: _Optional[int] = ..., accepted_tokens: _Optional[int] = ..., rejected_tokens: _Optional[int] = ..., allowed_tokens_min: _Optional[int] = ..., allowed_tokens_max: _Optional[int] = ..., allowed_tokens_mean: _Optional[float] = ..., terminated: _Optional[bool] = ..., rollbacks: _Optional[int] = ..., first_rejected_token: _Optional[int] = ..., first_rejected_step: _Optional[int] = ..., drafted_tokens: _Optional[int] = ..., accepted_draft_tokens: _Optional[int] = ..., draft_rollbacks: _Optional[int] = ..., rolled_back_draft_tokens: _Optional[int] = ..., rejection_fate: _Optional[str] = ...) -> None: ...
 
 class EngineStats(_message.Message):
-    __slots__ = ("engine_index", "num_running_reqs", "num_waiting_reqs", "kv_cache_usage", "prefix_cache_queries", "prefix_cache_hits", "prompt_tokens", "generation_tokens", "num_preempted_reqs", "spec_decode_num_drafts", "spec_decode_num_draft_tokens", "spec_decode_num_accepted_tokens")
+    __slots__ = ("engine_index", "num_running_reqs", "num_waiting_reqs", "kv_cache_usage", "prefix_cache_queries", "prefix_cache_hits", "prompt_tokens", "generation_tokens", "num_preempted_reqs", "spec_decode_num_drafts", "spec_decode_num_draft_tokens", "spec_decode_num_accepted_tokens", "ttft_seconds_sum", "ttft_count", "inter_token_latency_seconds_sum", "inter_token_latency_count", "tpot_seconds_sum", "tpot_count", "finished_requests", "queue_time_seconds_sum", "e2e_latency_seconds_sum", "prefill_time_seconds_sum", "decode_time_seconds_sum", "cached_prompt_tokens")
     ENGINE_INDEX_FIELD_NUMBER: _ClassVar[int]
     NUM_RUNNING_REQS_FIELD_NUMBER: _ClassVar[int]
     NUM_WAITING_REQS_FIELD_NUMBER: _ClassVar[int]
@@ -151,6 +151,18 @@ class EngineStats(_message.Message):
     SPEC_DECODE_NUM_DRAFTS_FIELD_NUMBER: _ClassVar[int]
     SPEC_DECODE_NUM_DRAFT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     SPEC_DECODE_NUM_ACCEPTED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    TTFT_SECONDS_SUM_FIELD_NUMBER: _ClassVar[int]
+    TTFT_COUNT_FIELD_NUMBER: _ClassVar[int]
+    INTER_TOKEN_LATENCY_SECONDS_SUM_FIELD_NUMBER: _ClassVar[int]
+    INTER_TOKEN_LATENCY_COUNT_FIELD_NUMBER: _ClassVar[int]
+    TPOT_SECONDS_SUM_FIELD_NUMBER: _ClassVar[int]
+    TPOT_COUNT_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_TIME_SECONDS_SUM_FIELD_NUMBER: _ClassVar[int]
+    E2E_LATENCY_SECONDS_SUM_FIELD_NUMBER: _ClassVar[int]
+    PREFILL_TIME_SECONDS_SUM_FIELD_NUMBER: _ClassVar[int]
+    DECODE_TIME_SECONDS_SUM_FIELD_NUMBER: _ClassVar[int]
+    CACHED_PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     engine_index: int
     num_running_reqs: int
     num_waiting_reqs: int
@@ -163,10 +175,22 @@ class EngineStats(_message.Message):
     spec_decode_num_drafts: int
     spec_decode_num_draft_tokens: int
     spec_decode_num_accepted_tokens: int
-    def __init__(self, engine_index: _Optional[int] = ..., num_running_reqs: _Optional[int] = ..., num_waiting_reqs: _Optional[int] = ..., kv_cache_usage: _Optional[float] = ..., prefix_cache_queries: _Optional[int] = ..., prefix_cache_hits: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., generation_tokens: _Optional[int] = ..., num_preempted_reqs: _Optional[int] = ..., spec_decode_num_drafts: _Optional[int] = ..., spec_decode_num_draft_tokens: _Optional[int] = ..., spec_decode_num_accepted_tokens: _Optional[int] = ...) -> None: ...
+    ttft_seconds_sum: float
+    ttft_count: int
+    inter_token_latency_seconds_sum: float
+    inter_token_latency_count: int
+    tpot_seconds_sum: float
+    tpot_count: int
+    finished_requests: int
+    queue_time_seconds_sum: float
+    e2e_latency_seconds_sum: float
+    prefill_time_seconds_sum: float
+    decode_time_seconds_sum: float
+    cached_prompt_tokens: int
+    def __init__(self, engine_index: _Optional[int] = ..., num_running_reqs: _Optional[int] = ..., num_waiting_reqs: _Optional[int] = ..., kv_cache_usage: _Optional[float] = ..., prefix_cache_queries: _Optional[int] = ..., prefix_cache_hits: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., generation_tokens: _Optional[int] = ..., num_preempted_reqs: _Optional[int] = ..., spec_decode_num_drafts: _Optional[int] = ..., spec_decode_num_draft_tokens: _Optional[int] = ..., spec_decode_num_accepted_tokens: _Optional[int] = ..., ttft_seconds_sum: _Optional[float] = ..., ttft_count: _Optional[int] = ..., inter_token_latency_seconds_sum: _Optional[float] = ..., inter_token_latency_count: _Optional[int] = ..., tpot_seconds_sum: _Optional[float] = ..., tpot_count: _Optional[int] = ..., finished_requests: _Optional[int] = ..., queue_time_seconds_sum: _Optional[float] = ..., e2e_latency_seconds_sum: _Optional[float] = ..., prefill_time_seconds_sum: _Optional[float] = ..., decode_time_seconds_sum: _Optional[float] = ..., cached_prompt_tokens: _Optional[int] = ...) -> None: ...
 
 class HttpRequest(_message.Message):
-    __slots__ = ("method", "path", "client_ip", "user", "model", "status_code", "auth_status", "api_key_sha256", "stream", "prompt", "output", "capture_policy", "prompt_tokens", "completion_tokens", "latency_ms", "ttft_ms", "error", "user_agent", "response_bytes", "tenant", "vllm_request_id", "client_disconnected")
+    __slots__ = ("method", "path", "client_ip", "user", "model", "status_code", "auth_status", "api_key_sha256", "stream", "prompt", "output", "capture_policy", "prompt_tokens", "completion_tokens", "latency_ms", "ttft_ms", "error", "user_agent", "response_bytes", "tenant", "vllm_request_id", "client_disconnected", "client_request_id")
     METHOD_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
     CLIENT_IP_FIELD_NUMBER: _ClassVar[int]
@@ -189,6 +213,7 @@ class HttpRequest(_message.Message):
     TENANT_FIELD_NUMBER: _ClassVar[int]
     VLLM_REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     CLIENT_DISCONNECTED_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     method: str
     path: str
     client_ip: str
@@ -211,7 +236,8 @@ class HttpRequest(_message.Message):
     tenant: str
     vllm_request_id: str
     client_disconnected: bool
-    def __init__(self, method: _Optional[str] = ..., path: _Optional[str] = ..., client_ip: _Optional[str] = ..., user: _Optional[str] = ..., model: _Optional[str] = ..., status_code: _Optional[int] = ..., auth_status: _Optional[str] = ..., api_key_sha256: _Optional[str] = ..., stream: _Optional[bool] = ..., prompt: _Optional[str] = ..., output: _Optional[str] = ..., capture_policy: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., latency_ms: _Optional[float] = ..., ttft_ms: _Optional[float] = ..., error: _Optional[str] = ..., user_agent: _Optional[str] = ..., response_bytes: _Optional[int] = ..., tenant: _Optional[str] = ..., vllm_request_id: _Optional[str] = ..., client_disconnected: _Optional[bool] = ...) -> None: ...
+    client_request_id: str
+    def __init__(self, method: _Optional[str] = ..., path: _Optional[str] = ..., client_ip: _Optional[str] = ..., user: _Optional[str] = ..., model: _Optional[str] = ..., status_code: _Optional[int] = ..., auth_status: _Optional[str] = ..., api_key_sha256: _Optional[str] = ..., stream: _Optional[bool] = ..., prompt: _Optional[str] = ..., output: _Optional[str] = ..., capture_policy: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., latency_ms: _Optional[float] = ..., ttft_ms: _Optional[float] = ..., error: _Optional[str] = ..., user_agent: _Optional[str] = ..., response_bytes: _Optional[int] = ..., tenant: _Optional[str] = ..., vllm_request_id: _Optional[str] = ..., client_disconnected: _Optional[bool] = ..., client_request_id: _Optional[str] = ...) -> None: ...
 
 class Event(_message.Message):
     __slots__ = ("time_unix_nano", "request_id", "truncated", "lifecycle", "grammar_compiled", "so_step", "so_summary", "engine_stats", "http")

@@ -15,11 +15,33 @@ class TrailState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TRAIL_STATE_FINISHED: _ClassVar[TrailState]
     TRAIL_STATE_ABORTED: _ClassVar[TrailState]
     TRAIL_STATE_FAILED: _ClassVar[TrailState]
+    TRAIL_STATE_INCOMPLETE: _ClassVar[TrailState]
+
+class FinalisedBy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    FINALISED_BY_UNSPECIFIED: _ClassVar[FinalisedBy]
+    FINALISED_BY_COMPLETE: _ClassVar[FinalisedBy]
+    FINALISED_BY_LINGER: _ClassVar[FinalisedBy]
+    FINALISED_BY_EVICTION: _ClassVar[FinalisedBy]
+
+class TrailHalf(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TRAIL_HALF_UNSPECIFIED: _ClassVar[TrailHalf]
+    TRAIL_HALF_HTTP: _ClassVar[TrailHalf]
+    TRAIL_HALF_ENGINE: _ClassVar[TrailHalf]
 TRAIL_STATE_UNSPECIFIED: TrailState
 TRAIL_STATE_ACTIVE: TrailState
 TRAIL_STATE_FINISHED: TrailState
 TRAIL_STATE_ABORTED: TrailState
 TRAIL_STATE_FAILED: TrailState
+TRAIL_STATE_INCOMPLETE: TrailState
+FINALISED_BY_UNSPECIFIED: FinalisedBy
+FINALISED_BY_COMPLETE: FinalisedBy
+FINALISED_BY_LINGER: FinalisedBy
+FINALISED_BY_EVICTION: FinalisedBy
+TRAIL_HALF_UNSPECIFIED: TrailHalf
+TRAIL_HALF_HTTP: TrailHalf
+TRAIL_HALF_ENGINE: TrailHalf
 
 class HealthRequest(_message.Message):
     __slots__ = ()
@@ -90,7 +112,7 @@ class StatsResponse(_message.Message):
     def __init__(self, batches_ingested: _Optional[int] = ..., events_ingested: _Optional[int] = ..., duplicate_batches: _Optional[int] = ..., hook_dropped_by_reason: _Optional[_Mapping[str, int]] = ..., trails_active: _Optional[int] = ..., trails_finished: _Optional[int] = ..., trails_evicted: _Optional[int] = ..., trail_store_bytes: _Optional[int] = ..., wal_bytes: _Optional[int] = ..., records_published: _Optional[int] = ..., agent_dropped_by_reason: _Optional[_Mapping[str, int]] = ..., latest_engine_stats: _Optional[_Union[_events_pb2.EngineStats, _Mapping]] = ..., audit_level: _Optional[_Union[_events_pb2.AuditLevel, str]] = ...) -> None: ...
 
 class TrailSummary(_message.Message):
-    __slots__ = ("request_id", "engine_request_ids", "state", "created_unix_ms", "finished_unix_ms", "model", "user", "client_ip", "status_code", "auth_status", "finish_reason", "prompt_tokens", "completion_tokens", "latency_ms", "ttft_ms", "grammar_backend", "grammar_spec_type", "grammar_error", "structured_output", "audit_level", "num_events", "prompt", "output", "api_key_sha256", "error", "stream", "preemptions", "tenant", "client_disconnected")
+    __slots__ = ("request_id", "engine_request_ids", "state", "created_unix_ms", "finished_unix_ms", "model", "user", "client_ip", "status_code", "auth_status", "finish_reason", "prompt_tokens", "completion_tokens", "latency_ms", "ttft_ms", "grammar_backend", "grammar_spec_type", "grammar_error", "structured_output", "audit_level", "num_events", "prompt", "output", "api_key_sha256", "error", "stream", "preemptions", "tenant", "client_disconnected", "client_request_id", "revision", "finalised_by", "incomplete", "source_ids", "http_method", "http_path", "user_agent", "response_bytes", "vllm_request_id", "grammar_compile_ms", "grammar_spec_sha256", "max_tokens", "capture_policy", "truncated_events")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     ENGINE_REQUEST_IDS_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -120,6 +142,21 @@ class TrailSummary(_message.Message):
     PREEMPTIONS_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
     CLIENT_DISCONNECTED_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    FINALISED_BY_FIELD_NUMBER: _ClassVar[int]
+    INCOMPLETE_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_IDS_FIELD_NUMBER: _ClassVar[int]
+    HTTP_METHOD_FIELD_NUMBER: _ClassVar[int]
+    HTTP_PATH_FIELD_NUMBER: _ClassVar[int]
+    USER_AGENT_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    VLLM_REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    GRAMMAR_COMPILE_MS_FIELD_NUMBER: _ClassVar[int]
+    GRAMMAR_SPEC_SHA256_FIELD_NUMBER: _ClassVar[int]
+    MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    CAPTURE_POLICY_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_EVENTS_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     engine_request_ids: _containers.RepeatedScalarFieldContainer[str]
     state: TrailState
@@ -149,10 +186,25 @@ class TrailSummary(_message.Message):
     preemptions: int
     tenant: str
     client_disconnected: bool
-    def __init__(self, request_id: _Optional[str] = ..., engine_request_ids: _Optional[_Iterable[str]] = ..., state: _Optional[_Union[TrailState, str]] = ..., created_unix_ms: _Optional[int] = ..., finished_unix_ms: _Optional[int] = ..., model: _Optional[str] = ..., user: _Optional[str] = ..., client_ip: _Optional[str] = ..., status_code: _Optional[int] = ..., auth_status: _Optional[str] = ..., finish_reason: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., latency_ms: _Optional[float] = ..., ttft_ms: _Optional[float] = ..., grammar_backend: _Optional[str] = ..., grammar_spec_type: _Optional[str] = ..., grammar_error: _Optional[str] = ..., structured_output: _Optional[_Union[_events_pb2.StructuredOutputSummary, _Mapping]] = ..., audit_level: _Optional[_Union[_events_pb2.AuditLevel, str]] = ..., num_events: _Optional[int] = ..., prompt: _Optional[str] = ..., output: _Optional[str] = ..., api_key_sha256: _Optional[str] = ..., error: _Optional[str] = ..., stream: _Optional[bool] = ..., preemptions: _Optional[int] = ..., tenant: _Optional[str] = ..., client_disconnected: _Optional[bool] = ...) -> None: ...
+    client_request_id: str
+    revision: int
+    finalised_by: FinalisedBy
+    incomplete: _containers.RepeatedScalarFieldContainer[TrailHalf]
+    source_ids: _containers.RepeatedScalarFieldContainer[str]
+    http_method: str
+    http_path: str
+    user_agent: str
+    response_bytes: int
+    vllm_request_id: str
+    grammar_compile_ms: float
+    grammar_spec_sha256: str
+    max_tokens: int
+    capture_policy: str
+    truncated_events: int
+    def __init__(self, request_id: _Optional[str] = ..., engine_request_ids: _Optional[_Iterable[str]] = ..., state: _Optional[_Union[TrailState, str]] = ..., created_unix_ms: _Optional[int] = ..., finished_unix_ms: _Optional[int] = ..., model: _Optional[str] = ..., user: _Optional[str] = ..., client_ip: _Optional[str] = ..., status_code: _Optional[int] = ..., auth_status: _Optional[str] = ..., finish_reason: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., latency_ms: _Optional[float] = ..., ttft_ms: _Optional[float] = ..., grammar_backend: _Optional[str] = ..., grammar_spec_type: _Optional[str] = ..., grammar_error: _Optional[str] = ..., structured_output: _Optional[_Union[_events_pb2.StructuredOutputSummary, _Mapping]] = ..., audit_level: _Optional[_Union[_events_pb2.AuditLevel, str]] = ..., num_events: _Optional[int] = ..., prompt: _Optional[str] = ..., output: _Optional[str] = ..., api_key_sha256: _Optional[str] = ..., error: _Optional[str] = ..., stream: _Optional[bool] = ..., preemptions: _Optional[int] = ..., tenant: _Optional[str] = ..., client_disconnected: _Optional[bool] = ..., client_request_id: _Optional[str] = ..., revision: _Optional[int] = ..., finalised_by: _Optional[_Union[FinalisedBy, str]] = ..., incomplete: _Optional[_Iterable[_Union[TrailHalf, str]]] = ..., source_ids: _Optional[_Iterable[str]] = ..., http_method: _Optional[str] = ..., http_path: _Optional[str] = ..., user_agent: _Optional[str] = ..., response_bytes: _Optional[int] = ..., vllm_request_id: _Optional[str] = ..., grammar_compile_ms: _Optional[float] = ..., grammar_spec_sha256: _Optional[str] = ..., max_tokens: _Optional[int] = ..., capture_policy: _Optional[str] = ..., truncated_events: _Optional[int] = ...) -> None: ...
 
 class ListTrailsRequest(_message.Message):
-    __slots__ = ("model", "user", "state", "finish_reason", "since_unix_ms", "until_unix_ms", "structured_only", "page_size", "page_token")
+    __slots__ = ("model", "user", "state", "finish_reason", "since_unix_ms", "until_unix_ms", "structured_only", "page_size", "page_token", "client_request_id")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     USER_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -162,6 +214,7 @@ class ListTrailsRequest(_message.Message):
     STRUCTURED_ONLY_FIELD_NUMBER: _ClassVar[int]
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     model: str
     user: str
     state: TrailState
@@ -171,7 +224,8 @@ class ListTrailsRequest(_message.Message):
     structured_only: bool
     page_size: int
     page_token: str
-    def __init__(self, model: _Optional[str] = ..., user: _Optional[str] = ..., state: _Optional[_Union[TrailState, str]] = ..., finish_reason: _Optional[str] = ..., since_unix_ms: _Optional[int] = ..., until_unix_ms: _Optional[int] = ..., structured_only: _Optional[bool] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+    client_request_id: str
+    def __init__(self, model: _Optional[str] = ..., user: _Optional[str] = ..., state: _Optional[_Union[TrailState, str]] = ..., finish_reason: _Optional[str] = ..., since_unix_ms: _Optional[int] = ..., until_unix_ms: _Optional[int] = ..., structured_only: _Optional[bool] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., client_request_id: _Optional[str] = ...) -> None: ...
 
 class ListTrailsResponse(_message.Message):
     __slots__ = ("trails", "next_page_token")

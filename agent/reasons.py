@@ -1,0 +1,77 @@
+"""The closed sets of reasons the agent's labelled counters use: one definition per set.
+
+Every labelled counter family is exported with a sample for every reason of its set from the
+start (at 0), so `increase()` over it sees the first loss. Sets with a proto enum are derived
+from the enum; the others are one tuple here. A reason outside its set (a newer hook sending
+a reason this agent does not know) is counted under OTHER, never dropped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
+from vllm_audit.v1 import ingest_pb2
+from vllm_audit.v1 import query_pb2 as q
+
+OTHER = "other"
+
+
+def enum_reasons(enum: EnumTypeWrapper, prefix: str) -> tuple[str, ...]:
+    """`REFUSAL_REASON_WAL_FULL` -> `wal_full`; the UNSPECIFIED (0) value is not a reason."""
+    return tuple(name[len(prefix):].lower() for name, number in enum.items() if number != 0)
+
+
+#: Why the agent refused a batch (the hook keeps retriable ones): the contract's enum.
+REFUSAL_REASONS = enum_reasons(ingest_pb2.RefusalReason, "REFUSAL_REASON_")
+#: Final trail states (ACTIVE is not final).
+FINAL_TRAIL_STATES = tuple(s for s in enum_reasons(q.TrailState, "TRAIL_STATE_") if s != "active")
+#: Events a hook could not deliver, by the reason its gap marker names (vllm_hooks/buffer.py,
+#: vllm_hooks/sender.py). `missing_batches` (whole batches) and `internal_error.*` (error
+#: counts) are other units and go to their own families.
+HOOK_EVENT_DROP_REASONS = ("buffer_full", "unacked_overflow", "convert_error", OTHER)
+#: Gap-marker keys of the hook's swallowed internal errors start with this.
+HOOK_INTERNAL_ERROR_PREFIX = "internal_error."
+#: The agent's own key for batches a hook reported lost (a range of seqs never stored).
+HOOK_MISSING_BATCHES = "missing_batches"
+#: Batches the agent lost (AgentState.agent_dropped keys): bytes on a stream that were not a
+#: Batch, WAL records (one per batch) found damaged or impossible to apply at replay (kept in
+#: quarantine/), and quarantine copies that could not be written. Refusals (invalid and
+#: too_big included) have their own enum and family.
+AGENT_BATCH_DROP_REASONS = ("malformed_batches", "wal_damaged_records",
+                            "replay_quarantined_batches", "replay_quarantine_failed", OTHER)
+#: AgentState.agent_dropped keys counted in bytes, each exported as its own family.
+AGENT_BYTE_DROP_KEYS = ("wal_torn_tail_bytes", "wal_damaged_bytes")
+#: AgentState.agent_dropped keys counted in events, each exported as its own family.
+AGENT_EVENT_DROP_KEYS = ("events_without_body",)
+#: Records the publisher lost, by reason: publisher.counters keys with their prefix
+#: (`dropped_`, `lost_`) removed; `failed` has none.
+PUBLISHER_RECORD_LOSS_REASONS = ("memory_cap", "queue_full", "failed", "at_shutdown", OTHER)
+PUBLISHER_LOSS_PREFIXES = ("dropped_", "lost_")
+#: Why a trail left memory.
+TRAIL_EVICTION_REASONS = ("final", "active")
+
+
+def closed(values: Mapping[str, int], reasons: Iterable[str]) -> dict[str, int]:
+    """`values` over the closed set `reasons`: every reason present (0 when absent), anything
+    else summed under OTHER when the set has it."""
+    known = tuple(reasons)
+    out = dict.fromkeys(known, 0)
+    for key, n in values.items():
+        if key in out:
+            out[key] += n
+        elif OTHER in out:
+            out[OTHER] += n
+    return out
+
+
+def publisher_losses(counters: Mapping[str, int]) -> dict[str, int]:
+    """Publisher counters that are lost records, keyed by reason (see the set above)."""
+    out: dict[str, int] = {}
+    for key, n in counters.items():
+        for prefix in PUBLISHER_LOSS_PREFIXES:
+            if key.startswith(prefix):
+                out[key[len(prefix):]] = out.get(key[len(prefix):], 0) + n
+        if key == "failed":
+            out["failed"] = out.get("failed", 0) + n
+    return out

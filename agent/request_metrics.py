@@ -1,0 +1,68 @@
+"""Per-request histograms (seconds, tokens), observed once per final trail.
+
+`AgentState._on_final` calls `observe`; the histograms are prometheus_client objects in no
+registry, exported by `collect` through the agent's private registry.
+Only finished trails are observed: a 401 or an aborted request would pull latency down.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import Histogram
+from prometheus_client.core import Metric
+from prometheus_client.registry import Collector
+from vllm_audit.v1 import query_pb2 as q
+
+#: Request latency and TTFT: 10 ms .. 10 min.
+LATENCY_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0,
+                     120.0, 300.0, 600.0)
+#: Time per output token: 1 ms .. 2.5 s.
+TPOT_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5,
+                  1.0, 2.5)
+#: Tokens per request: powers of 4 up to 1M.
+TOKEN_BUCKETS = tuple(float(4 ** i) for i in range(11))
+
+
+class RequestMetrics(Collector):
+    def __init__(self) -> None:
+        labels = ["model"]
+        self.latency = Histogram("vllm_audit_request_latency_seconds",
+                                 "End-to-end latency of finished requests", labels,
+                                 registry=None, buckets=LATENCY_BUCKETS_S)
+        self.ttft = Histogram("vllm_audit_request_time_to_first_token_seconds",
+                              "Time to the first response byte of finished served requests",
+                              labels, registry=None, buckets=LATENCY_BUCKETS_S)
+        self.tpot = Histogram("vllm_audit_request_time_per_output_token_seconds",
+                              "(latency - TTFT) / (completion tokens - 1) of finished requests",
+                              labels, registry=None, buckets=TPOT_BUCKETS_S)
+        self.prompt_tokens = Histogram("vllm_audit_request_prompt_tokens",
+                                       "Prompt tokens per finished request", labels,
+                                       registry=None, buckets=TOKEN_BUCKETS)
+        self.completion_tokens = Histogram("vllm_audit_request_completion_tokens",
+                                           "Completion tokens per finished request", labels,
+                                           registry=None, buckets=TOKEN_BUCKETS)
+
+    def observe(self, s: q.TrailSummary) -> None:
+        if s.state != q.TRAIL_STATE_FINISHED:
+            return
+        model = s.model or "unknown"
+        if s.latency_ms > 0:
+            self.latency.labels(model).observe(s.latency_ms / 1000.0)
+        if s.ttft_ms > 0:
+            self.ttft.labels(model).observe(s.ttft_ms / 1000.0)
+            # TPOT needs two tokens and a first token strictly before the end.
+            if s.completion_tokens > 1 and s.latency_ms > s.ttft_ms:
+                self.tpot.labels(model).observe(
+                    (s.latency_ms - s.ttft_ms) / 1000.0 / (s.completion_tokens - 1))
+        self.prompt_tokens.labels(model).observe(s.prompt_tokens)
+        self.completion_tokens.labels(model).observe(s.completion_tokens)
+
+    def collect(self) -> Iterator[Metric]:
+        for histogram in (self.latency, self.ttft, self.tpot, self.prompt_tokens,
+                          self.completion_tokens):
+            for metric in histogram.collect():
+                # `_created` series double every histogram's label sets for a timestamp the
+                # process start time already gives; dropped here, not by a global switch.
+                metric.samples = [x for x in metric.samples if not x.name.endswith("_created")]
+                yield metric

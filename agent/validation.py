@@ -1,0 +1,194 @@
+"""Validation of an ingested batch before it is stored and acknowledged (pure functions).
+
+Whatever passes here can always be applied to the trail store and replayed from the WAL, so
+a hook can never store a poison pill. Each rule either refuses the whole batch (a permanent
+refusal: sending the same bytes again cannot succeed) or repairs one field and counts it:
+
+Refused (REFUSAL_REASON_INVALID, the detail names the field):
+  - `source_id` empty or over MAX_SOURCE_ID_BYTES; `seq` 0;
+  - an empty batch (no events and no gap marker: it carries nothing);
+  - a gap marker whose missing range is half-set, reversed or not below the batch's own seq;
+    one with more than MAX_GAP_REASONS reasons or a reason key that is not a short
+    identifier (reasons become metric labels).
+Refused (REFUSAL_REASON_TOO_BIG): a batch over the agent's per-batch byte cap.
+
+Repaired and counted in `clamped` by "<Message>.<field>" (the event is marked `truncated`):
+  - a duration in ms (or allowed_tokens_mean) that is NaN or negative -> 0; +inf or over
+    MAX_DURATION_MS -> that max;
+  - a ratio (kv_cache_usage) outside [0, 1] or NaN -> clamped into [0, 1] (NaN -> 0);
+  - a count (tokens, bytes, steps) below 0 -> 0; `time_unix_nano` below 0 -> 0;
+  - an HTTP status outside [0, 999] -> 0 (unknown);
+  - a string over its cap (MAX_TEXT_BYTES for prompt/output/error, MAX_STRING_BYTES for the
+    rest) -> cut at a UTF-8 boundary.
+Dropped and counted in `dropped_events`: an event with no body (an unknown kind from a newer
+hook, or none at all); the rest of its batch is kept.
+
+Gap-marker counts are accepted up to 2^64-1: the counters they feed saturate (saturating_add).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
+from vllm_audit.v1 import events_pb2 as pb
+
+MAX_SOURCE_ID_BYTES = 256
+#: Longest duration accepted, in ms (~115 days); keeps every derived timestamp in int64.
+MAX_DURATION_MS = 1e10
+MAX_STRING_BYTES = 4096
+MAX_TEXT_BYTES = 1 << 20
+MAX_GAP_REASONS = 64
+#: Counters exported as uint64 stop here instead of overflowing.
+UINT64_MAX = (1 << 64) - 1
+_REASON_KEY = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
+
+#: Long free text (captured prompts and outputs, error messages); other strings are short.
+_TEXT_FIELDS = frozenset({"HttpRequest.prompt", "HttpRequest.output", "HttpRequest.error",
+                          "GrammarCompiled.error"})
+_DURATIONS = {"HttpRequest": ("latency_ms", "ttft_ms"), "GrammarCompiled": ("compile_ms",),
+              "StructuredOutputSummary": ("allowed_tokens_mean",)}
+_RATIOS = {"EngineStats": ("kv_cache_usage",)}
+_COUNTS = {
+    "RequestLifecycle": ("num_prompt_tokens", "num_output_tokens", "max_tokens"),
+    "HttpRequest": ("prompt_tokens", "completion_tokens", "response_bytes"),
+    "StructuredOutputSummary": ("steps", "accepted_tokens", "rejected_tokens", "rollbacks"),
+    "EngineStats": ("num_running_reqs", "num_waiting_reqs", "prefix_cache_queries",
+                    "prefix_cache_hits", "prompt_tokens", "generation_tokens",
+                    "num_preempted_reqs", "spec_decode_num_drafts",
+                    "spec_decode_num_draft_tokens", "spec_decode_num_accepted_tokens"),
+}
+
+
+def _string_fields(cls: type[Message]) -> tuple[str, ...]:
+    return tuple(f.name for f in cls.DESCRIPTOR.fields
+                 if f.type == FieldDescriptor.TYPE_STRING and not f.is_repeated)
+
+
+_BODIES: dict[str, type[Message]] = {
+    "lifecycle": pb.RequestLifecycle, "grammar_compiled": pb.GrammarCompiled,
+    "so_step": pb.StructuredOutputStep, "so_summary": pb.StructuredOutputSummary,
+    "engine_stats": pb.EngineStats, "http": pb.HttpRequest,
+}
+_STRINGS = {cls.DESCRIPTOR.name: _string_fields(cls) for cls in _BODIES.values()}
+
+
+def _all_fields() -> tuple[str, ...]:
+    names = {"Event.time_unix_nano", "Event.request_id", "Batch.model", "Batch.process_role",
+             "HttpRequest.status_code"}
+    for table in (_DURATIONS, _RATIOS, _COUNTS, _STRINGS):
+        names.update(f"{msg}.{f}" for msg, fields in table.items() for f in fields)
+    return tuple(sorted(names))
+
+
+#: Every field a rule may repair: the label set of the clamped-fields counter (born at 0).
+CLAMPABLE_FIELDS = _all_fields()
+
+
+@dataclass
+class Verdict:
+    """The outcome for one batch: refused (`refusal` set) or accepted as (now) repaired."""
+
+    refusal: str = ""  # lower-case RefusalReason name ("invalid", "too_big"), "" if accepted
+    detail: str = ""
+    clamped: Counter[str] = field(default_factory=Counter)
+    dropped_events: int = 0
+
+
+def validate(batch: pb.Batch, max_batch_bytes: int) -> Verdict:
+    """Checks `batch` and repairs it in place; see the module docstring for the rules."""
+    size = batch.ByteSize()
+    if size > max_batch_bytes:
+        return Verdict("too_big", f"batch is {size} bytes; the agent's cap is {max_batch_bytes}")
+    if not batch.source_id:
+        return Verdict("invalid", "source_id is empty")
+    if len(batch.source_id.encode()) > MAX_SOURCE_ID_BYTES:
+        return Verdict("invalid", f"source_id is over {MAX_SOURCE_ID_BYTES} bytes")
+    if batch.seq == 0:
+        return Verdict("invalid", "seq is 0 (seqs start at 1)")
+    if not batch.events and not batch.HasField("gap"):
+        return Verdict("invalid", "empty batch: no events and no gap marker")
+    problem = _check_gap(batch)
+    if problem:
+        return Verdict("invalid", problem)
+    verdict = Verdict()
+    _cap_string(batch, "Batch", "model", verdict.clamped)
+    _cap_string(batch, "Batch", "process_role", verdict.clamped)
+    kept = [event for event in batch.events if event.WhichOneof("body") is not None]
+    if len(kept) < len(batch.events):
+        verdict.dropped_events = len(batch.events) - len(kept)
+        del batch.events[:]
+        batch.events.extend(kept)
+    for event in batch.events:
+        if _repair_event(event, verdict.clamped):
+            event.truncated = True
+    return verdict
+
+
+def _check_gap(batch: pb.Batch) -> str:
+    gap = batch.gap
+    if len(gap.dropped_by_reason) > MAX_GAP_REASONS:
+        return f"gap marker has {len(gap.dropped_by_reason)} reasons (max {MAX_GAP_REASONS})"
+    for reason in gap.dropped_by_reason:
+        if not _REASON_KEY.match(reason):
+            return f"gap marker reason {reason[:64]!r} is not an identifier of 1-128 characters"
+    first, last = gap.first_missing_seq, gap.last_missing_seq
+    if (first == 0) != (last == 0) or first > last:
+        return f"gap marker missing range [{first}, {last}] is not a range"
+    if last and last >= batch.seq:
+        return f"gap marker missing range [{first}, {last}] is not below seq {batch.seq}"
+    return ""
+
+
+def _repair_event(event: pb.Event, clamped: Counter[str]) -> bool:
+    before = sum(clamped.values())
+    if event.time_unix_nano < 0:
+        event.time_unix_nano = 0
+        clamped["Event.time_unix_nano"] += 1
+    _cap_string(event, "Event", "request_id", clamped)
+    kind = event.WhichOneof("body")
+    assert kind is not None
+    body: Message = getattr(event, kind)
+    name = body.DESCRIPTOR.name
+    for f in _DURATIONS.get(name, ()):
+        value = getattr(body, f)
+        fixed = 0.0 if math.isnan(value) or value < 0 else min(value, MAX_DURATION_MS)
+        if fixed != value or math.isnan(value):
+            setattr(body, f, fixed)
+            clamped[f"{name}.{f}"] += 1
+    for f in _RATIOS.get(name, ()):
+        value = getattr(body, f)
+        fixed = 0.0 if math.isnan(value) else min(max(value, 0.0), 1.0)
+        if fixed != value or math.isnan(value):
+            setattr(body, f, fixed)
+            clamped[f"{name}.{f}"] += 1
+    for f in _COUNTS.get(name, ()):
+        if getattr(body, f) < 0:
+            setattr(body, f, 0)
+            clamped[f"{name}.{f}"] += 1
+    if name == "HttpRequest" and not 0 <= event.http.status_code <= 999:
+        event.http.status_code = 0
+        clamped["HttpRequest.status_code"] += 1
+    for f in _STRINGS[name]:
+        _cap_string(body, name, f, clamped)
+    return sum(clamped.values()) > before
+
+
+def _cap_string(message: Message, name: str, f: str, clamped: Counter[str]) -> None:
+    value: str = getattr(message, f)
+    cap = MAX_TEXT_BYTES if f"{name}.{f}" in _TEXT_FIELDS else MAX_STRING_BYTES
+    if len(value) * 4 <= cap:  # fast path: no UTF-8 character is over 4 bytes
+        return
+    data = value.encode()
+    if len(data) > cap:
+        setattr(message, f, data[:cap].decode("utf-8", "ignore"))
+        clamped[f"{name}.{f}"] += 1
+
+
+def saturating_add(counter: Counter[str], key: str, n: int) -> None:
+    """counter[key] += n, stopping at 2^64-1 (the counters are exported as uint64)."""
+    counter[key] = min(counter[key] + n, UINT64_MAX)

@@ -1,0 +1,120 @@
+"""Every field the hook captures reaches the record or is excluded on purpose, and every
+record matches the JSON Schema that ships in schema/.
+
+Fields were captured and silently dropped on the way to the record (user agent, bytes,
+method/path, compile time, spec hash, max_tokens, the vLLM request id); FIELD_MAP is the one
+place that decides, and these tests fail when the contract gains a field without a decision.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
+from vllm_audit.v1 import events_pb2 as pb
+from vllm_audit.v1 import query_pb2 as q
+
+from agent.record_schema import trail_record_schema
+from agent.records import FIELD_MAP, trail_record
+from agent.trails import Trail, TrailStore
+
+REPO = Path(__file__).resolve().parents[2]
+SCHEMA_FILE = REPO / "schema" / "trail-record.schema.json"
+MESSAGES: dict[str, Any] = {"HttpRequest": pb.HttpRequest, "RequestLifecycle": pb.RequestLifecycle,
+                            "GrammarCompiled": pb.GrammarCompiled, "Event": pb.Event,
+                            "Batch": pb.Batch}
+
+
+@pytest.mark.parametrize("name", sorted(MESSAGES))
+def test_every_field_is_mapped_or_excluded_with_a_reason(name: str) -> None:
+    fields = {f.name for f in MESSAGES[name].DESCRIPTOR.fields}
+    decided = set(FIELD_MAP[name])
+    assert fields - decided == set(), f"{name}: no decision for {sorted(fields - decided)}"
+    assert decided - fields == set(), f"{name}: FIELD_MAP names unknown {sorted(decided - fields)}"
+    summary_fields = {f.name for f in q.TrailSummary.DESCRIPTOR.fields}
+    for field, target in FIELD_MAP[name].items():
+        if isinstance(target, tuple):
+            assert target[0] is None and len(target[1]) > 10, f"{name}.{field}: give a reason"
+        else:
+            assert target in summary_fields, f"{name}.{field} -> unknown {target}"
+
+
+def _distinct_value(field: FieldDescriptor, n: int) -> Any:
+    if field.type == FieldDescriptor.TYPE_STRING:
+        return f"v{n}-{field.name}"
+    if field.type == FieldDescriptor.TYPE_BOOL:
+        return True
+    if field.type in (FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT):
+        return float(n) + 0.5
+    return n
+
+
+def _filled(message: type[Message], skip: tuple[str, ...] = ()) -> Message:
+    values = {f.name: _distinct_value(f, i + 7) for i, f in enumerate(message.DESCRIPTOR.fields)
+              if f.name not in skip}
+    return message(**values)
+
+
+def _store() -> tuple[TrailStore, list[Trail]]:
+    final: list[Trail] = []
+    return TrailStore(10, 100, 30.0, final.append), final
+
+
+def test_every_mapped_http_field_reaches_the_record() -> None:
+    store, final = _store()
+    http = _filled(pb.HttpRequest, skip=("status_code",))
+    assert isinstance(http, pb.HttpRequest)
+    http.status_code = 401  # refused by vLLM: no engine half, the trail is complete
+    store.apply(pb.Batch(source_id="host:1:2", seq=1, events=[
+        pb.Event(time_unix_nano=10**18, request_id="t1", http=http)]), segment=1)
+    (trail,) = final
+    record = trail_record(trail.summary)
+    for field, target in FIELD_MAP["HttpRequest"].items():
+        if isinstance(target, str):
+            assert record[target] == getattr(http, field), f"HttpRequest.{field} -> {target}"
+    assert record["source_ids"] == ["host:1:2"]
+
+
+def test_every_mapped_engine_field_reaches_the_record() -> None:
+    store, final = _store()
+    rid = "0-1a2b3c4d"  # offline: the engine half alone completes it
+    grammar = _filled(pb.GrammarCompiled)
+    lifecycle = pb.RequestLifecycle(phase=pb.LIFECYCLE_PHASE_FINISHED, num_prompt_tokens=11,
+                                    num_output_tokens=13, finish_reason="stop",
+                                    status="FINISHED_STOPPED", max_tokens=17)
+    store.apply(pb.Batch(source_id="s", seq=1, events=[
+        pb.Event(time_unix_nano=10**18, request_id=rid, grammar_compiled=grammar),
+        pb.Event(time_unix_nano=10**18, request_id=rid, lifecycle=lifecycle, truncated=True),
+    ]), segment=1)
+    (trail,) = final
+    record = trail_record(trail.summary)
+    for message, value in (("GrammarCompiled", grammar), ("RequestLifecycle", lifecycle)):
+        for field, target in FIELD_MAP[message].items():
+            if isinstance(target, str):
+                want = getattr(value, field)
+                assert record[target] == want, f"{message}.{field} -> {target}"
+    assert record["truncated_events"] == 1
+
+
+def test_the_committed_schema_is_the_one_the_contract_gives() -> None:
+    committed = json.loads(SCHEMA_FILE.read_text())
+    assert committed == trail_record_schema(), \
+        "schema/trail-record.schema.json is stale: python -m agent.record_schema > it"
+
+
+def test_records_validate_against_the_schema_and_it_rejects_drift() -> None:
+    store, final = _store()
+    store.apply(pb.Batch(source_id="s", seq=1, events=[
+        pb.Event(time_unix_nano=10**18, request_id="0-1a2b3c4d", lifecycle=pb.RequestLifecycle(
+            phase=pb.LIFECYCLE_PHASE_FINISHED, finish_reason="stop"))]), segment=1)
+    record = trail_record(final[0].summary)
+    validator = jsonschema.Draft202012Validator(json.loads(SCHEMA_FILE.read_text()))
+    validator.validate(record)
+    for broken in ({**record, "surprise": 1}, {k: v for k, v in record.items() if k != "user"},
+                   {**record, "state": "TRAIL_STATE_GONE"}, {**record, "prompt_tokens": "3"}):
+        assert list(validator.iter_errors(broken)), broken

