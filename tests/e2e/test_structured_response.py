@@ -5,6 +5,7 @@ chunk, and it is the audit the agent holds for the request."""
 from __future__ import annotations
 
 import statistics
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +16,7 @@ import pytest
 
 from tests.e2e import procs
 from tests.e2e.conftest import API_KEY, Agent, agent_process
-from tests.e2e.helpers import wait_for_trail
+from tests.e2e.helpers import trail_ids_for_client_id, wait_for_trail
 from tests.e2e.structured import PERSON
 
 pytestmark = pytest.mark.vllm
@@ -55,12 +56,16 @@ def _audit(usage: Any) -> dict[str, Any]:
     return audit
 
 
-def _check(audit: dict[str, Any], request_id: str, completion_tokens: int,
+def _check(audit: dict[str, Any], client_id: str, completion_tokens: int,
            agent: Agent) -> None:
     assert "error" not in audit, audit
-    # A completion's engine request is `cmpl-<id>-0`: its trail may be `<id>-0`.
-    assert audit["request_id"] in (request_id, f"{request_id}-0")
-    request_id = audit["request_id"]
+    # The audit names the trail the hook keyed the request on (the client's X-Request-Id is
+    # a claim recorded beside it); a completion's engine request is `cmpl-<id>-0`.
+    deadline = time.monotonic() + 30
+    while not (ids := trail_ids_for_client_id(agent.query, client_id)):
+        assert time.monotonic() < deadline, f"no trail for X-Request-Id {client_id}"
+        time.sleep(0.05)
+    assert audit["request_id"] in ids + [f"{i}-0" for i in ids]
     summary = audit["audit_summary"]
     assert summary["grammar_backend"] == "xgrammar" and summary["grammar_spec_type"] == "json"
     assert summary["steps"] == summary["accepted_tokens"] == completion_tokens
@@ -69,7 +74,8 @@ def _check(audit: dict[str, Any], request_id: str, completion_tokens: int,
     assert len(steps) == completion_tokens
     assert [s["step"] for s in steps] == list(range(1, completion_tokens + 1))
     # The same audit the agent keeps for the request.
-    trail = wait_for_trail(agent.query, request_id, lambda t: t.summary.finish_reason != "")
+    trail = wait_for_trail(agent.query, audit["request_id"],
+                           lambda t: t.summary.finish_reason != "")
     so = trail.summary.structured_output
     assert (so.steps, so.accepted_tokens, so.allowed_tokens_min, so.allowed_tokens_max) == (
         summary["steps"], summary["accepted_tokens"], int(summary["allowed_tokens_min"]),

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from google.protobuf import json_format
 
 from tests.e2e import procs
 from tests.e2e.conftest import Agent, agent_process
@@ -103,15 +102,20 @@ def test_replay_proves_speculative_trails(spec_run: Any, spec_agent: Agent,
 
 def test_replay_command_on_an_exported_trail(spec_run: Any, spec_agent: Agent,
                                              tiny_model: Path, e2e_tmp: Path) -> None:
-    """The CLI, from the JSON `vllm-audit query get ID --events` prints, and from the agent."""
+    """The CLI, from the file `vllm-audit query get ID --events` writes, and from the agent."""
     backend, outputs = spec_run
     if backend != "xgrammar":
         pytest.skip("one backend is enough for the command line")
     out = outputs[0]
     trail = trail_of(spec_agent, out)
     exported = e2e_tmp / "exported-trail.json"
-    exported.write_text(json.dumps(json_format.MessageToDict(
-        trail, preserving_proto_field_name=True)))
+    got = subprocess.run(
+        [procs.PYTHON, "-m", "agent.cli", "query", "get", trail.summary.request_id, "--events",
+         "--address", spec_agent.query_address],
+        env=procs.base_env(), cwd=procs.REPO, capture_output=True, text=True, timeout=60,
+        check=False)
+    assert got.returncode == 0, got.stderr
+    exported.write_text(got.stdout)
     done = _replay_cli(str(exported), tiny_model, spec_agent)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout)
@@ -119,7 +123,7 @@ def test_replay_command_on_an_exported_trail(spec_run: Any, spec_agent: Agent,
     # Altered at step 2: exit 1 and the step named.
     data = json.loads(exported.read_text())
     step2 = next(e for e in data["events"] if e.get("so_step", {}).get("step") == 2)
-    step2["so_step"]["allowed_per_token"][0] = str(int(step2["so_step"]["allowed_per_token"][0]) + 5)
+    step2["so_step"]["allowed_per_token"][0] = int(step2["so_step"]["allowed_per_token"][0]) + 5
     exported.write_text(json.dumps(data))
     done = _replay_cli(str(exported), tiny_model, spec_agent)
     assert done.returncode == 1, done.stderr[-3000:]
