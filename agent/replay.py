@@ -143,100 +143,55 @@ def _recorded(trail: q.GetTrailResponse) -> _Recorded:
     return _Recorded(g.backend, g.spec_type, g.spec, steps[0].vocab_size, steps)
 
 
-def _build_grammar(backend: str, spec_type: str, spec: str, model: str,
-                   vocab_size: int) -> tuple[Any, Any]:
-    """vLLM's own backend, compiled grammar and a one-row bitmask."""
+def _replayer(rec: _Recorded, model: str) -> Any:
     try:
-        from vllm.config import ModelConfig, StructuredOutputsConfig, VllmConfig
-        from vllm.tokenizers import cached_tokenizer_from_config
-        from vllm.v1.structured_output.backend_types import StructuredOutputOptions
-    except ImportError as exc:
-        raise ReplayError(f"replay needs vLLM installed: {exc}") from None
-    model_config = ModelConfig(model=model, tokenizer=model)
-    if model_config.get_vocab_size() != vocab_size:
-        raise ReplayError(f"--model has vocabulary {model_config.get_vocab_size()}, the trail "
-                          f"{vocab_size}: not the model that generated it")
-    config = VllmConfig(model_config=model_config,
-                        structured_outputs_config=StructuredOutputsConfig(backend=backend))
-    tokenizer = cached_tokenizer_from_config(model_config=model_config)
+        from vllm_hooks.replay_grammar import GrammarReplayer, GrammarUnavailable
+    except ImportError as exc:  # the agent's own image has no vLLM
+        raise ReplayError(f"replay needs vLLM and its backends installed: {exc}") from None
     try:
-        impl = _backend_class(backend)(config, tokenizer=tokenizer, vocab_size=vocab_size)
-    except ImportError as exc:
-        raise ReplayError(f"backend {backend!r} is unavailable here: {exc}") from None
-    option = StructuredOutputOptions[spec_type.upper()]
-    grammar = impl.compile_grammar(option, spec)
-    return grammar, impl.allocate_token_bitmask(1)
-
-
-def _backend_class(backend: str) -> Any:
-    if backend == "xgrammar":
-        from vllm.v1.structured_output.backend_xgrammar import XgrammarBackend
-
-        return XgrammarBackend
-    if backend == "guidance":
-        from vllm.v1.structured_output.backend_guidance import GuidanceBackend
-
-        return GuidanceBackend
-    if backend == "outlines":
-        from vllm.v1.structured_output.backend_outlines import OutlinesBackend
-
-        return OutlinesBackend
-    if backend == "lm-format-enforcer":
-        from vllm.v1.structured_output.backend_lm_format_enforcer import LMFormatEnforcerBackend
-
-        return LMFormatEnforcerBackend
-    raise ReplayError(f"unknown structured-output backend {backend!r}")
+        return GrammarReplayer(rec.backend, rec.spec_type, rec.spec, model, rec.vocab_size)
+    except GrammarUnavailable as exc:
+        raise ReplayError(str(exc)) from None
 
 
 def replay(trail: q.GetTrailResponse, model: str) -> ReplayReport:
     """Raises ReplayError when the trail cannot be replayed at all."""
-    import numpy as np
-
-    from vllm_hooks.grammar_tap import allowed_counts
-
     start = time.perf_counter()
     rec = _recorded(trail)
     report = ReplayReport(trail.summary.request_id, rec.backend, rec.spec_type)
-    grammar, bitmask = _build_grammar(rec.backend, rec.spec_type, rec.spec, model,
-                                      rec.vocab_size)
-    request_id = trail.summary.request_id or "replay"
+    replayer = _replayer(rec, model)
+    try:
+        _check_steps(rec, replayer, report)
+    finally:
+        report.seconds = time.perf_counter() - start
+    return report
+
+
+def _check_steps(rec: _Recorded, replayer: Any, report: ReplayReport) -> None:
     for st in rec.steps:
         per_token = list(st.allowed_per_token) or [st.allowed_tokens]
         for k, token in enumerate(st.accepted_tokens):
-            if grammar.is_terminated():
-                bitmask.fill_(-1)  # vLLM's row for a finished grammar: everything allowed
-            else:
-                grammar.fill_bitmask(bitmask, 0)
-            row = bitmask.numpy()
-            count = int(allowed_counts(row, rec.vocab_size)[0])
-            word = int(row[0, token // 32].astype(np.uint32))
-            allowed = 0 <= token < rec.vocab_size and bool((word >> (token % 32)) & 1)
+            count, words = replayer.row()
+            allowed = replayer.allows(words, token)
             recorded = per_token[k] if k < len(per_token) else -1
             if not st.accepted and k == 0 and not allowed:
                 report.rejections_confirmed += 1
                 report.steps_checked += 1
-                report.seconds = time.perf_counter() - start
-                return report  # the request ended at its recorded rejection
+                return  # the request ended at its recorded rejection
             if not allowed:
-                report.first_mismatch = Mismatch(st.step, k, token,
-                                                 "token not allowed by the grammar here")
+                reason = "token not allowed by the grammar here"
             elif recorded >= 0 and recorded != count:
-                report.first_mismatch = Mismatch(
-                    st.step, k, token, f"allowed count {count} but the trail recorded {recorded}")
+                reason = f"allowed count {count} but the trail recorded {recorded}"
             elif not st.accepted:
-                report.first_mismatch = Mismatch(
-                    st.step, k, token, "the trail records a rejection of an allowed token")
-            if report.first_mismatch is not None:
-                report.seconds = time.perf_counter() - start
-                return report
-            if not grammar.accept_tokens(request_id, [token]):
-                report.first_mismatch = Mismatch(st.step, k, token,
-                                                 "the grammar refused the token on accept")
-                return report
-            report.tokens_checked += 1
+                reason = "the trail records a rejection of an allowed token"
+            elif not replayer.accept(token):
+                reason = "the grammar refused the token on accept"
+            else:
+                report.tokens_checked += 1
+                continue
+            report.first_mismatch = Mismatch(st.step, k, token, reason)
+            return
         report.steps_checked += 1
-    report.seconds = time.perf_counter() - start
-    return report
 
 
 def fetch_trail(address: str, request_id: str) -> q.GetTrailResponse:

@@ -115,17 +115,14 @@ def replay_in_tests(backend: str, trail: query_pb2.GetTrailResponse, model: Path
 
 def forbidden_token(backend: str, trail: query_pb2.GetTrailResponse, model: Path,
                     step: int) -> int:
-    """A token the trail's grammar does not allow at `step` (1-based), found by replaying the
-    steps before it with the backend itself."""
-    import numpy as np
-
-    from agent.replay import _build_grammar, _recorded
+    """A token the trail's grammar does not allow at `step` (1-based), found by stepping the
+    backend itself over the steps before it."""
+    from agent.replay import _recorded
+    from vllm_hooks.replay_grammar import GrammarReplayer
 
     rec = _recorded(trail)
-    grammar, bitmask = _build_grammar(rec.backend, rec.spec_type, rec.spec, str(model),
-                                      rec.vocab_size)
+    replayer = GrammarReplayer(rec.backend, rec.spec_type, rec.spec, str(model), rec.vocab_size)
     for st in rec.steps[:step - 1]:
-        assert grammar.accept_tokens("probe", list(st.accepted_tokens))
-    grammar.fill_bitmask(bitmask, 0)
-    bits = np.unpackbits(bitmask.numpy().view(np.uint8), bitorder="little")[:rec.vocab_size]
-    return int(np.flatnonzero(bits == 0)[0])
+        for token in st.accepted_tokens:
+            assert replayer.accept(token)
+    return replayer.forbidden_token()
