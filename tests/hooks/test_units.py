@@ -296,3 +296,17 @@ def test_presets_are_defaults_that_explicit_variables_override() -> None:
     assert HookSettings.from_env({}).level is Level.SUMMARY
     with pytest.raises(ValueError, match="VLLM_AUDIT_PRESET='loud'; expected one of minimal"):
         HookSettings.from_env({"VLLM_AUDIT_PRESET": "loud"})
+
+
+def test_register_says_what_the_seed_variables_it_cannot_honour_do() -> None:
+    """Startup notes go to the log once, at registration; nothing is silently ignored."""
+    from tests.hooks.test_register import run_python
+
+    out = run_python(
+        "import vllm_hooks\nvllm_hooks.register()\n",
+        VLLM_AUDIT_ENABLED="true", VLLM_AUDIT_AGENT_ADDRESS="/nonexistent/ingest.sock",
+        VLLM_AUDIT_ASYNC="false", VLLM_AUDIT_LOG_DIR="/data/audit",
+    )
+    assert out.returncode == 0, out.stderr
+    assert "VLLM_AUDIT_ASYNC=false is not offered" in out.stderr
+    assert "--data-dir /data/audit" in out.stderr
