@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install lint test test-fast demo proto bench
+.PHONY: install tools lint test test-fast faults demo proto bench
 
 install:
 	bash scripts/install.sh
@@ -11,14 +11,22 @@ proto: install
 	PATH=$(VENV)/bin:$$PATH bash scripts/gen_proto.sh
 
 lint: install
-	$(VENV)/bin/ruff check agent vllm_hooks tests scripts
+	$(VENV)/bin/ruff check agent vllm_hooks harness tests scripts
 	$(VENV)/bin/mypy
 
-test: lint
-	$(PY) -m pytest -q -rs
+# promtool, docker-compose and Grafana's schema, for the operations tests (skipped without).
+tools:
+	bash scripts/install_test_tools.sh
+
+test: lint tools
+	VLLM_AUDIT_GRAFANA_SCHEMA_DIR=$(CURDIR)/.cache/grafana-schema $(PY) -m pytest -q -rs
 
 test-fast: install
-	$(PY) -m pytest -q -m "not vllm"
+	$(PY) -m pytest -q -m "not vllm and not faults"
+
+# The fault suite alone (also part of `make test`), with its table of what each fault cost.
+faults: install
+	$(PY) -m pytest -q -rs tests/faults
 
 demo: install
 	$(PY) scripts/demo.py

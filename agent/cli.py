@@ -5,9 +5,12 @@
     vllm-audit query list [--model M] [--user U] [--state S] [--limit N]
     vllm-audit query get REQUEST_ID [--events]
     vllm-audit set-level off|summary|full|full-with-allowed-sets
-    vllm-audit tail [--interval S]
+    vllm-audit tail [--count N]
 
-The client options (--address, --output, --timeout) go before or after the subcommand.
+The client options (--address, --output, --timeout, credentials, TLS) go before or after the
+subcommand. Client commands need a credential: --token, $VLLM_AUDIT_TOKEN, --token-file
+($VLLM_AUDIT_TOKEN_FILE), else the local agent's admin token in its data dir (--data-dir,
+$VLLM_AUDIT_DATA_DIR, default /var/lib/vllm-audit).
 JSON output has the shape of the Kafka record: proto field names, every field present, enum
 names, 64-bit integers as numbers.
 """
@@ -23,7 +26,6 @@ import os
 import signal
 import socket
 import sys
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -34,23 +36,33 @@ from google.protobuf.message import Message
 from vllm_audit.v1 import query_pb2 as q
 from vllm_audit.v1 import query_pb2_grpc
 
+from .auth import ENV_TOKEN, ENV_TOKEN_FILE, resolve_client_token
+from .client import ClientTls, channel
 from .config import (
+    ENV_ALLOW_INSECURE_REMOTE,
     ENV_AUDIT_LEVEL,
+    ENV_AUTH_TOKENS_FILE,
     ENV_DATA_DIR,
     ENV_GPU,
     ENV_HTTP_ADDRESS,
     ENV_INGEST_SOCKET,
+    ENV_INGEST_SOCKET_GROUP,
     ENV_KAFKA_BOOTSTRAP,
     ENV_KAFKA_TOPIC_PREFIX,
+    ENV_LEVEL_APPLY_DEADLINE,
     ENV_LINGER_SECONDS,
     ENV_MAX_BATCH_BYTES,
     ENV_MAX_MESSAGE_BYTES,
     ENV_MAX_TRAIL_BYTES,
     ENV_MAX_TRAIL_EVENTS,
     ENV_MAX_TRAILS,
+    ENV_METRICS_TOKEN_FILE,
     ENV_QUERY_ADDRESS,
     ENV_READY_REQUIRES,
     ENV_SHUTDOWN_TIMEOUT,
+    ENV_TLS_CERT,
+    ENV_TLS_CLIENT_CA,
+    ENV_TLS_KEY,
     ENV_WAL_FSYNC,
     ENV_WAL_MAX_BYTES,
     ENV_WAL_SEGMENT_BYTES,
@@ -98,6 +110,22 @@ def _client_options(top_level: bool) -> argparse.ArgumentParser:
                    help="json (the Kafka record's shape) or table (default: json)")
     g.add_argument("--timeout", type=float, default=default,
                    help="seconds to wait for each answer (default: 10)")
+    g.add_argument("--token", default=default,
+                   help=f"bearer token (default: ${ENV_TOKEN}, then --token-file)")
+    g.add_argument("--token-file", type=Path, default=default,
+                   help=f"file holding the bearer token (default: ${ENV_TOKEN_FILE}, else the "
+                        "local agent's admin.token in --data-dir)")
+    g.add_argument("--data-dir", type=Path, default=default, dest="client_data_dir",
+                   help=f"a local agent's data dir, to read its admin.token (default: "
+                        f"${ENV_DATA_DIR}, else {AgentConfig().data_dir})")
+    g.add_argument("--tls-ca", type=Path, default=default,
+                   help="use TLS and verify the agent against this CA (PEM)")
+    g.add_argument("--tls-cert", type=Path, default=default, dest="client_tls_cert",
+                   help="client certificate for mutual TLS (PEM)")
+    g.add_argument("--tls-key", type=Path, default=default, dest="client_tls_key",
+                   help="client key for mutual TLS (PEM)")
+    g.add_argument("--tls-server-name", default=default,
+                   help="name the agent's certificate carries, if not the address' host")
     return p
 
 
@@ -159,6 +187,31 @@ def _agent_parser(sub: Any) -> None:
                         f"default {','.join(d.ready_requires)})")
     a.add_argument("--gpu", choices=GPU_READERS,
                    help=f"GPU telemetry reader ({_env(ENV_GPU)}; default {d.gpu})")
+    # -- security (agent/auth.py) --
+    a.add_argument("--auth-tokens-file", type=Path, metavar="FILE",
+                   help="YAML/JSON list of {sha256, subject, role, tenant} "
+                        f"({_env(ENV_AUTH_TOKENS_FILE)}; default none: the agent makes "
+                        "<data-dir>/admin.token at first start)")
+    a.add_argument("--tls-cert", type=Path, metavar="PEM",
+                   help=f"certificate of the query listener ({_env(ENV_TLS_CERT)}; default none)")
+    a.add_argument("--tls-key", type=Path, metavar="PEM",
+                   help=f"private key of the query listener ({_env(ENV_TLS_KEY)}; default none)")
+    a.add_argument("--tls-client-ca", type=Path, metavar="PEM",
+                   help="mutual TLS: the CA client certificates must come from "
+                        f"({_env(ENV_TLS_CLIENT_CA)}; default none)")
+    a.add_argument("--allow-insecure-remote", action="store_true", default=None,
+                   help="allow a plaintext query listener beyond loopback "
+                        f"({_env(ENV_ALLOW_INSECURE_REMOTE)}; default false)")
+    a.add_argument("--ingest-socket-group", metavar="GROUP",
+                   help="group of the ingest socket, which is mode 0660 "
+                        f"({_env(ENV_INGEST_SOCKET_GROUP)}; default the agent's)")
+    a.add_argument("--metrics-token-file", type=Path, metavar="FILE",
+                   help="/metrics needs the bearer token in this file "
+                        f"({_env(ENV_METRICS_TOKEN_FILE)}; default none: open)")
+    a.add_argument("--level-apply-deadline", type=float, metavar="S",
+                   help="seconds a connected hook has to apply a new level before it counts as "
+                        f"a mismatch ({_env(ENV_LEVEL_APPLY_DEADLINE)}; "
+                        f"default {d.level_apply_deadline_seconds})")
     a.add_argument("--shutdown-timeout", type=float, metavar="S",
                    help="deadline for flushing on SIGTERM; keep it below the orchestrator's "
                         f"grace period ({_env(ENV_SHUTDOWN_TIMEOUT)}; "
@@ -191,16 +244,18 @@ def _parser() -> argparse.ArgumentParser:
     ls.add_argument("--client-request-id", default="",
                     help="only requests the client sent with this X-Request-Id")
     ls.add_argument("--state", choices=list(STATES), help="only trails in this state")
+    ls.add_argument("--tenant", default="", help="only this tenant")
     ls.add_argument("--limit", type=int, default=50, help="at most N trails (default: 50)")
     g = qs.add_parser("get", parents=[client], help="one trail")
     g.add_argument("request_id")
-    g.add_argument("--events", action="store_true", help="include the trail's events")
+    g.add_argument("--events", action="store_true",
+                   help="include the trail's events (read page by page)")
 
     s = sub.add_parser("set-level", parents=[client], help="switch the audit level of every hook")
     s.add_argument("level", choices=list(LEVELS))
 
-    s = sub.add_parser("tail", parents=[client], help="follow new final trails (one per line)")
-    s.add_argument("--interval", type=float, default=1.0, help="poll period in s (default: 1)")
+    s = sub.add_parser("tail", parents=[client],
+                       help="the stored final trails, then each new one as it becomes final")
     s.add_argument("--count", type=int, default=0, help="stop after N trails (default 0: never)")
 
     s = sub.add_parser("replay", parents=[client],
@@ -293,6 +348,10 @@ def _run_agent(args: argparse.Namespace) -> int:
         ready_requires=(parse_required(args.ready_requires)
                         if args.ready_requires is not None else None),
         shutdown_timeout_seconds=args.shutdown_timeout,
+        auth_tokens_file=args.auth_tokens_file, tls_cert=args.tls_cert, tls_key=args.tls_key,
+        tls_client_ca=args.tls_client_ca, allow_insecure_remote=args.allow_insecure_remote,
+        ingest_socket_group=args.ingest_socket_group, metrics_token_file=args.metrics_token_file,
+        level_apply_deadline_seconds=args.level_apply_deadline,
         max_batch_bytes=args.max_batch_bytes, max_message_bytes=args.max_message_bytes,
     )
     for field, address in (("--query-address", config.query_address),
@@ -354,16 +413,16 @@ def _run_client(args: argparse.Namespace) -> int:
     output = args.output or "json"
     timeout = 10.0 if args.timeout is None else args.timeout
     args.resolved_address = address
-    with grpc.insecure_channel(address) as channel:
-        query = query_pb2_grpc.QueryServiceStub(channel)
+    with _client_channel(args, address) as chan:
+        query = query_pb2_grpc.QueryServiceStub(chan)
         answer: Message
         if args.command == "set-level":
-            control = query_pb2_grpc.ControlServiceStub(channel)
+            control = query_pb2_grpc.ControlServiceStub(chan)
             answer = control.SetAuditLevel(
                 q.SetAuditLevelRequest(level=parse_level(args.level)),  # type: ignore[arg-type]
                 timeout=timeout)
         elif args.command == "tail":
-            return _tail(query, args.interval, args.count, output, timeout)
+            return _tail(query, args.count, output)
         elif args.what == "health":
             answer = query.Health(q.HealthRequest(), timeout=timeout)
         elif args.what == "stats":
@@ -371,42 +430,54 @@ def _run_client(args: argparse.Namespace) -> int:
         elif args.what == "list":
             request = q.ListTrailsRequest(model=args.model, user=args.user, page_size=args.limit,
                                           client_request_id=args.client_request_id,
+                                          tenant=args.tenant,
                                           state=STATES[args.state] if args.state else 0)  # type: ignore[arg-type]
             answer = query.ListTrails(request, timeout=timeout)
         else:
-            answer = query.GetTrail(q.GetTrailRequest(request_id=args.request_id,
-                                                      include_events=args.events), timeout=timeout)
+            answer = _get_trail(query, args.request_id, args.events, timeout)
         _emit(_as_dict(answer), output)
     return 0
 
 
-def _tail(query: query_pb2_grpc.QueryServiceStub, interval: float, count: int, output: str,
-          timeout: float) -> int:
-    """One final trail per line: its Kafka record (json) or a table row."""
-    seen: set[str] = set()
-    shown = 0
+def _client_channel(args: argparse.Namespace, address: str) -> grpc.Channel:
+    data_dir = args.client_data_dir or Path(os.environ.get(ENV_DATA_DIR) or AgentConfig().data_dir)
+    token = resolve_client_token(args.token, args.token_file, data_dir, os.environ)
+    tls = None
+    if args.tls_ca or args.client_tls_cert:
+        tls = ClientTls(args.tls_ca, args.client_tls_cert, args.client_tls_key,
+                        args.tls_server_name)
+    return channel(address, token, tls)
+
+
+def _get_trail(query: query_pb2_grpc.QueryServiceStub, request_id: str, events: bool,
+               timeout: float) -> q.GetTrailResponse:
+    """The whole trail: its events come in pages (a long trail exceeds one message)."""
+    request = q.GetTrailRequest(request_id=request_id, include_events=events)
+    trail: q.GetTrailResponse = query.GetTrail(request, timeout=timeout)
+    while trail.next_event_offset:
+        request.event_offset = trail.next_event_offset
+        page = query.GetTrail(request, timeout=timeout)
+        trail.events.extend(page.events)
+        trail.next_event_offset = page.next_event_offset
+    return trail
+
+
+def _tail(query: query_pb2_grpc.QueryServiceStub, count: int, output: str) -> int:
+    """One final trail per line (its Kafka record, or a table row): the stored ones first,
+    then each as it becomes final, from one server stream (no re-listing)."""
     if output == "table":
         sys.stdout.write(_table([], TRAIL_COLUMNS) + "\n")
-    while True:
-        token = ""
-        while True:
-            page = query.ListTrails(q.ListTrailsRequest(page_size=1000, page_token=token),
-                                    timeout=timeout)
-            for trail in page.trails:
-                if trail.state != q.TRAIL_STATE_ACTIVE and trail.request_id not in seen:
-                    seen.add(trail.request_id)
-                    record = trail_record(trail)
-                    line = (_dumps(record, indent=False) if output == "json"
-                            else "  ".join(_trail_rows([record])[0]))
-                    sys.stdout.write(line + "\n")
-                    sys.stdout.flush()
-                    shown += 1
-                    if count and shown >= count:
-                        return 0
-            token = page.next_page_token
-            if not token:
-                break
-        time.sleep(interval)
+    stream = query.WatchTrails(q.WatchTrailsRequest(replay=True))
+    for shown, item in enumerate(stream, 1):
+        record = trail_record(item.trail)
+        line = (_dumps(record, indent=False) if output == "json"
+                else "  ".join(_trail_rows([record])[0]))
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+        if count and shown >= count:
+            stream.cancel()
+            return 0
+    return 0
 
 
 def _run_replay(args: argparse.Namespace) -> int:
@@ -414,7 +485,14 @@ def _run_replay(args: argparse.Namespace) -> int:
     from .replay import run
 
     address = args.address or os.environ.get(ENV_QUERY_ADDRESS) or DEFAULT_QUERY_ADDRESS
-    code, result = run(args.trail, args.model, address)
+    timeout = 10.0 if args.timeout is None else args.timeout
+    args.resolved_address = address
+
+    def fetch(request_id: str) -> q.GetTrailResponse:
+        with _client_channel(args, address) as chan:
+            return _get_trail(query_pb2_grpc.QueryServiceStub(chan), request_id, True, timeout)
+
+    code, result = run(args.trail, args.model, fetch)
     _emit(result, args.output or "json")
     return code
 

@@ -31,6 +31,16 @@ ENV_KAFKA_TOPIC_PREFIX = "VLLM_AUDIT_KAFKA_TOPIC_PREFIX"
 ENV_AUDIT_LEVEL = "VLLM_AUDIT_LEVEL"                # pushed to every hook
 ENV_LINGER_SECONDS = "VLLM_AUDIT_LINGER_SECONDS"
 ENV_GPU = "VLLM_AUDIT_GPU"                          # nvml | none | fake
+# -- security of the query/control API (agent/auth.py) --
+ENV_AUTH_TOKENS_FILE = "VLLM_AUDIT_AUTH_TOKENS_FILE"  # YAML/JSON: sha256, subject, role, tenant
+ENV_TLS_CERT = "VLLM_AUDIT_TLS_CERT"                # PEM certificate of the query listener
+ENV_TLS_KEY = "VLLM_AUDIT_TLS_KEY"                  # its PEM private key
+ENV_TLS_CLIENT_CA = "VLLM_AUDIT_TLS_CLIENT_CA"      # set: mutual TLS, clients need a cert from it
+ENV_ALLOW_INSECURE_REMOTE = "VLLM_AUDIT_ALLOW_INSECURE_REMOTE"  # true: plaintext beyond loopback
+ENV_INGEST_SOCKET_GROUP = "VLLM_AUDIT_INGEST_SOCKET_GROUP"  # group of the 0660 ingest socket
+ENV_METRICS_TOKEN_FILE = "VLLM_AUDIT_METRICS_TOKEN_FILE"    # set: /metrics needs this bearer
+# Seconds a connected hook has to apply a new level before it counts as a mismatch.
+ENV_LEVEL_APPLY_DEADLINE = "VLLM_AUDIT_LEVEL_APPLY_DEADLINE_SECONDS"
 ENV_MAX_BATCH_BYTES = "VLLM_AUDIT_MAX_BATCH_BYTES"  # larger batches are refused (too_big)
 ENV_MAX_MESSAGE_BYTES = "VLLM_AUDIT_MAX_MESSAGE_BYTES"  # gRPC receive limit of the ingest socket
 # Deadline for the flush on SIGTERM; below the orchestrator's grace period (Kubernetes'
@@ -51,6 +61,15 @@ def parse_level(text: str) -> int:
     if key not in LEVELS:
         raise ValueError(f"audit level {text!r} is not one of {', '.join(LEVELS)}")
     return int(LEVELS[key])
+
+
+def parse_bool(field: str, text: str) -> bool:
+    key = text.strip().lower()
+    if key in ("1", "true", "yes", "on"):
+        return True
+    if key in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"{field}={text!r} is not true or false")
 
 
 def parse_address(field: str, text: str) -> tuple[str, int]:
@@ -82,6 +101,16 @@ class AgentConfig:
     linger_seconds: float = 30.0
     gpu: str = "nvml"
     gpu_interval_seconds: float = 5.0
+    #: None: the agent makes `<data_dir>/admin.token` at first start (local quick start).
+    auth_tokens_file: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    #: Plaintext on a non-loopback query address is refused unless this is set.
+    allow_insecure_remote: bool = False
+    ingest_socket_group: str | None = None
+    metrics_token_file: Path | None = None
+    level_apply_deadline_seconds: float = 10.0
     #: Conditions /readyz requires besides serving (agent/readiness.py).
     ready_requires: tuple[str, ...] = DEFAULT_REQUIRED
     #: A batch over this many bytes is refused as too_big (permanent: the hook drops it).
@@ -111,6 +140,13 @@ class AgentConfig:
         parse_required(",".join(self.ready_requires))
         if self.audit_level not in LEVELS.values():
             raise ValueError(f"audit_level={self.audit_level!r} is not a known level")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together: give both or neither")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("tls_client_ca (mutual TLS) needs tls_cert and tls_key")
+        if self.level_apply_deadline_seconds <= 0:
+            raise ValueError(f"level_apply_deadline_seconds={self.level_apply_deadline_seconds!r}"
+                             " must be > 0")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> AgentConfig:
@@ -147,5 +183,16 @@ class AgentConfig:
         number(ENV_MAX_MESSAGE_BYTES, "max_message_bytes", int)
         if env.get(ENV_AUDIT_LEVEL):
             values["audit_level"] = parse_level(env[ENV_AUDIT_LEVEL])
+        for var, field in ((ENV_AUTH_TOKENS_FILE, "auth_tokens_file"), (ENV_TLS_CERT, "tls_cert"),
+                           (ENV_TLS_KEY, "tls_key"), (ENV_TLS_CLIENT_CA, "tls_client_ca"),
+                           (ENV_METRICS_TOKEN_FILE, "metrics_token_file")):
+            if env.get(var):
+                values[field] = Path(env[var])
+        if env.get(ENV_INGEST_SOCKET_GROUP):
+            values["ingest_socket_group"] = env[ENV_INGEST_SOCKET_GROUP]
+        if env.get(ENV_ALLOW_INSECURE_REMOTE):
+            values["allow_insecure_remote"] = parse_bool(ENV_ALLOW_INSECURE_REMOTE,
+                                                         env[ENV_ALLOW_INSECURE_REMOTE])
+        number(ENV_LEVEL_APPLY_DEADLINE, "level_apply_deadline_seconds", float)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]

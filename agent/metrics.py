@@ -28,6 +28,8 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
 from . import reasons as r
+from .auth import REFUSALS as AUTH_REFUSALS
+from .auth import bearer_matches
 from .engines import SourceSeries
 from .gpu_metrics import gpu_metrics
 from .readiness import readiness
@@ -107,6 +109,7 @@ class AgentCollector(Collector):
         yield from self._losses()
         yield from self._trails()
         yield from self._storage()
+        yield from self._security()
         pids = {series.pid: (sid, series.model) for sid, series in live if series.pid}
         yield from gpu_metrics(self.state.gpu, self.hostname, pids)
 
@@ -129,6 +132,26 @@ class AgentCollector(Collector):
                                 value=len(self.state.sessions))
         yield GaugeMetricFamily("vllm_audit_audit_level", "Audit level pushed to hooks",
                                 value=self.state.level)
+
+    def _security(self) -> Iterator[Metric]:
+        """Refused query/control calls and whether every hook runs the agent's level."""
+        st = self.state
+        yield labelled("vllm_audit_query_refused_calls",
+                       "Query and control calls refused by the auth interceptor", "reason",
+                       {reason: st.counters[f"auth_{reason}"] for reason in AUTH_REFUSALS},
+                       AUTH_REFUSALS)
+        levels = st.source_levels()
+        yield GaugeMetricFamily(
+            "vllm_audit_level_mismatch_sources",
+            "Connected hooks not running the agent's audit level past the apply deadline",
+            value=sum(1 for s in levels if s.mismatch))
+        applied = GaugeMetricFamily(
+            "vllm_audit_source_applied_level",
+            "Audit level each connected hook reports it runs (AuditLevel number; 0 unreported)",
+            labels=["source", "role"])
+        for s in levels:
+            applied.add_metric([s.source_id, s.process_role], s.applied_level)
+        yield applied
 
     def _ingest(self) -> Iterator[Metric]:
         c = self.state.counters
@@ -302,6 +325,8 @@ class HttpEndpoint:
         self.state = state
         self.registry = registry
         self.server: asyncio.Server | None = None
+        #: Set: /metrics needs `Authorization: Bearer <token>` with this SHA-256 (agent/auth.py).
+        self.metrics_token_sha256: str | None = None
 
     async def start(self, host: str, port: int) -> None:
         self.server = await asyncio.start_server(self._handle, host, port)
@@ -322,7 +347,10 @@ class HttpEndpoint:
             parts = line.decode("latin-1").split()
             path = parts[1].split("?")[0] if len(parts) >= 2 else ""
             headers = {"Content-Type": "text/plain"}
-            if path == "/metrics":
+            if path == "/metrics" and not bearer_matches(request_headers.get("authorization", ""),
+                                                         self.metrics_token_sha256):
+                status, body = "401 Unauthorized", b"bearer token required\n"
+            elif path == "/metrics":
                 body, headers = encode_metrics(self.registry, request_headers.get("accept", ""),
                                                request_headers.get("accept-encoding", ""))
                 status = "200 OK"

@@ -14,17 +14,19 @@ runs (the vLLM image), not in the agent's sidecar image.
 
 TRAIL is a file holding a trail as `vllm-audit query get ID --events` prints it (the record
 shape: {"summary": record, "events": [...]}; protobuf's JSON of GetTrailResponse also works),
-or a request id read from the agent at `--address`. A `requests` Kafka record alone carries no
-steps and no grammar text, so it cannot be replayed.
+or a request id read from the agent at `--address` (with the CLI's credentials). A
+`requests` Kafka record alone carries no steps and no grammar text: it cannot be replayed.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import grpc
 import orjson
 from google.protobuf import json_format
 from vllm_audit.v1 import events_pb2 as pb
@@ -194,26 +196,19 @@ def _check_steps(rec: _Recorded, replayer: Any, report: ReplayReport) -> None:
         report.steps_checked += 1
 
 
-def fetch_trail(address: str, request_id: str) -> q.GetTrailResponse:
-    import grpc
-    from vllm_audit.v1 import query_pb2_grpc
-
-    with grpc.insecure_channel(address) as channel:
-        # grpcio-tools emits no type hints for *_pb2_grpc stubs.
-        stub = query_pb2_grpc.QueryServiceStub(channel)  # type: ignore[no-untyped-call]
-        try:
-            response: q.GetTrailResponse = stub.GetTrail(
-                q.GetTrailRequest(request_id=request_id, include_events=True), timeout=10)
-        except grpc.RpcError as exc:
-            raise ReplayError(f"agent at {address}: {exc.code().name}: {exc.details()}") from None
-        return response
-
-
-def run(trail_arg: str, model: str, address: str) -> tuple[int, dict[str, Any]]:
-    """The subcommand: (exit code, JSON-able result)."""
+def run(trail_arg: str, model: str,
+        fetch: Callable[[str], q.GetTrailResponse]) -> tuple[int, dict[str, Any]]:
+    """The subcommand: (exit code, JSON-able result). `fetch` reads a trail by id from the
+    agent (the CLI passes one over its authenticated channel, every page of events read)."""
     try:
         path = Path(trail_arg)
-        trail = load_trail_file(path) if path.is_file() else fetch_trail(address, trail_arg)
+        if path.is_file():
+            trail = load_trail_file(path)
+        else:
+            try:
+                trail = fetch(trail_arg)
+            except grpc.RpcError as exc:
+                raise ReplayError(f"agent: {exc.code().name}: {exc.details()}") from None
         report = replay(trail, model)
     except ReplayError as exc:
         return UNUSABLE, {"proven": False, "error": str(exc)}

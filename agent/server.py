@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import grp
 import logging
 import os
 from collections.abc import AsyncIterator, Awaitable
@@ -21,6 +22,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer  # public as health.aio, which mypy cannot see
 from vllm_audit.v1 import ingest_pb2, ingest_pb2_grpc, query_pb2, query_pb2_grpc
 
+from .auth import (
+    AuditSink,
+    AuthInterceptor,
+    check_listener,
+    load_token_table,
+    metrics_token_hash,
+    server_credentials,
+)
 from .config import AgentConfig, parse_address
 from .datadir import DataDirLock
 from .gpu import FakeGpuReader, GpuReader, GpuSampler, NvmlReader
@@ -28,6 +37,7 @@ from .ingest import IngestServicer, replay_wal
 from .metrics import HttpEndpoint, make_registry
 from .publisher import InMemoryPublisher, KafkaPublisher, Publisher
 from .state import AgentState
+from .trail_index import TrailIndex
 from .wal import WriteAheadLog
 
 logger = logging.getLogger("vllm_audit.agent")
@@ -46,6 +56,8 @@ class AgentHandle:
     state: AgentState
     query_address: str
     http_address: str
+    index: TrailIndex | None = None
+    audit_sink: AuditSink | None = None
 
 
 def _gpu_reader(kind: str) -> GpuReader | None:
@@ -65,23 +77,31 @@ def _publisher(config: AgentConfig) -> Publisher:
 @contextlib.asynccontextmanager
 async def running_agent(config: AgentConfig, publisher: Publisher | None = None,
                         gpu_reader: GpuReader | None = None,
-                        shutdown_timeout: float | None = None) -> AsyncIterator[AgentHandle]:
+                        shutdown_timeout: float | None = None,
+                        audit_sink: AuditSink | None = None) -> AsyncIterator[AgentHandle]:
+    # Refuse an unsafe listener before touching anything.
+    host = parse_address("query_address", config.query_address)[0]
+    check_listener(host, config.tls_cert is not None, config.allow_insecure_remote)
     # One agent per data directory: a second one fails here (DataDirLocked names the holder),
     # before it opens the WAL. Held until the WAL is closed.
     with DataDirLock(config.data_dir):
-        async with _running_agent(config, publisher, gpu_reader, shutdown_timeout) as handle:
+        async with _running_agent(config, publisher, gpu_reader, shutdown_timeout,
+                                  audit_sink) as handle:
             yield handle
 
 
 @contextlib.asynccontextmanager
 async def _running_agent(config: AgentConfig, publisher: Publisher | None,
                          gpu_reader: GpuReader | None,
-                         shutdown_timeout: float | None) -> AsyncIterator[AgentHandle]:
+                         shutdown_timeout: float | None,
+                         audit_sink: AuditSink | None) -> AsyncIterator[AgentHandle]:
     wal = WriteAheadLog(config.data_dir, config.wal_max_bytes, config.wal_fsync,
                         config.wal_segment_bytes or None)
     publisher = publisher or _publisher(config)
     gpu = GpuSampler(gpu_reader or _gpu_reader(config.gpu), config.gpu_interval_seconds)
     state = AgentState(config, wal, publisher, gpu)
+    tokens = load_token_table(config.auth_tokens_file, config.data_dir)
+    index = TrailIndex(state.trails)  # before the replay, so replayed trails are indexed
     if wal.torn_tail_bytes:
         state.agent_dropped["wal_torn_tail_bytes"] += wal.torn_tail_bytes
         logger.warning("WAL had a torn tail of %d bytes (truncated)", wal.torn_tail_bytes)
@@ -105,15 +125,23 @@ async def _running_agent(config: AgentConfig, publisher: Publisher | None,
     with contextlib.suppress(FileNotFoundError):
         os.unlink(config.ingest_socket)  # a stale socket from a previous run
     server.add_insecure_port(f"unix:{config.ingest_socket}")
-    query_server = grpc.aio.server()
+    _restrict_socket(config.ingest_socket, config.ingest_socket_group)
+    auth = AuthInterceptor(tokens, state.counters, audit_sink)
+    query_server = grpc.aio.server(interceptors=[auth])
     from .query import ControlServicer, QueryServicer
 
-    query_pb2_grpc.add_QueryServiceServicer_to_server(QueryServicer(state), query_server)
+    query_pb2_grpc.add_QueryServiceServicer_to_server(QueryServicer(state, index), query_server)
     query_pb2_grpc.add_ControlServiceServicer_to_server(ControlServicer(state), query_server)
     query_health = await _health(query_server, QUERY_HEALTH)
-    query_port = query_server.add_insecure_port(config.query_address)
+    if config.tls_cert is not None and config.tls_key is not None:
+        query_port = query_server.add_secure_port(config.query_address, server_credentials(
+            config.tls_cert, config.tls_key, config.tls_client_ca))
+    else:
+        query_port = query_server.add_insecure_port(config.query_address)
     host = parse_address("query_address", config.query_address)[0]
     http = HttpEndpoint(state, make_registry(state))
+    if config.metrics_token_file is not None:
+        http.metrics_token_sha256 = metrics_token_hash(config.metrics_token_file)
     http_host, http_port = parse_address("http_address", config.http_address)
     await http.start(http_host, http_port)  # first: a failed bind leaves no gRPC server running
     await server.start()
@@ -128,10 +156,25 @@ async def _running_agent(config: AgentConfig, publisher: Publisher | None,
     logger.info("agent ready: ingest unix:%s, query %s:%d, http %s:%d",
                 config.ingest_socket, host, query_port, http_host, bound_http)
     try:
-        yield AgentHandle(state, f"{host}:{query_port}", f"{http_host}:{bound_http}")
+        yield AgentHandle(state, f"{host}:{query_port}", f"{http_host}:{bound_http}", index,
+                          auth.audit_sink)
     finally:
         await _stop(state, server, query_server, sweeper, http, (ingest_health, query_health),
                     config.shutdown_timeout_seconds if shutdown_timeout is None else shutdown_timeout)
+
+
+def _restrict_socket(path: os.PathLike[str], group: str | None) -> None:
+    """The ingest socket: owner and (optionally) one group may connect, nobody else.
+
+    Connecting to a Unix socket needs write permission on it; chmod right after bind (gRPC
+    offers no mode), before the server accepts anything."""
+    if group is not None:
+        try:
+            gid = int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
+        except KeyError:
+            raise ValueError(f"ingest socket group {group!r} does not exist") from None
+        os.chown(path, -1, gid)
+    os.chmod(path, 0o660)
 
 
 async def _stop(state: AgentState, server: grpc.aio.Server, query_server: grpc.aio.Server,

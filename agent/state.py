@@ -7,15 +7,19 @@ which is written from a worker thread under `wal_lock` so an fsync never blocks 
 from __future__ import annotations
 
 import asyncio
+import logging
+import secrets
 import time
 from collections import Counter
 
 from vllm_audit.v1 import events_pb2 as pb
 from vllm_audit.v1 import ingest_pb2
+from vllm_audit.v1 import query_pb2 as q
 
 from .config import AgentConfig
 from .engines import EngineTable
 from .gpu import GpuSampler
+from .level_file import PersistedLevel, load_level, save_level
 from .publisher import Publisher
 from .records import message_to_dict, trail_record
 from .request_metrics import RequestMetrics
@@ -40,13 +44,17 @@ PERMANENT_REFUSALS = ("invalid", "too_big")
 #: WAL refusals that say the disk (not the configured cap) is refusing: ingest is unhealthy.
 DISK_REFUSALS = ("disk_full", "disk_error")
 
+logger = logging.getLogger("vllm_audit.agent")
+
 
 class Session:
     """One connected hook stream; config pushes go through `push`."""
 
     def __init__(self) -> None:
         self.outbox: asyncio.Queue[ingest_pb2.IngestReply] = asyncio.Queue()
+        #: Set by ingest from the stream's batches (the level report is per source).
         self.source_id = ""
+        self.connected_at = time.monotonic()
 
 
 class AgentState:
@@ -74,9 +82,17 @@ class AgentState:
         #: the stream that started it is cancelled.
         self.pending_stores: set[asyncio.Task[ingest_pb2.IngestReply]] = set()
         self.sessions: set[Session] = set()
+        # -- level control --
         self.level = config.audit_level
         self.trails.audit_level = config.audit_level
         self.level_version = 1
+        #: Random per agent start: a hook takes any config from an epoch it has not seen, so a
+        #: restarted agent (versions from 1 again) is never ignored.
+        self.level_epoch = secrets.randbits(63) | 1
+        self.level_changed_at = time.monotonic()
+        #: What each source reports it runs: (applied level, config epoch, config version).
+        self.applied_levels: dict[str, tuple[int, int, int]] = {}
+        self._load_level()
         self.started = time.monotonic()
         self.ready = False
         #: Internal errors swallowed by the agent; tests assert this stays empty.
@@ -136,18 +152,58 @@ class AgentState:
             self.counters["wal_expired_segments"] += 1
         return deleted
 
+    # -- level control ---------------------------------------------------------------------
+    def _load_level(self) -> None:
+        persisted = load_level(self.config.data_dir)
+        if persisted is None:
+            return
+        self.level_version = persisted.version
+        if persisted.configured_level == self.config.audit_level:
+            self.level = self.trails.audit_level = persisted.level
+            logger.info("audit level %s (set through the control API before this start)",
+                        pb.AuditLevel.Name(self.level))  # type: ignore[arg-type]
+        else:
+            logger.info("audit level %s from the configuration, which changed since the level "
+                        "%s was set", pb.AuditLevel.Name(self.level),  # type: ignore[arg-type]
+                        pb.AuditLevel.Name(persisted.level))  # type: ignore[arg-type]
+
     def hook_config(self) -> ingest_pb2.IngestReply:
-        return ingest_pb2.IngestReply(
-            config=ingest_pb2.HookConfig(level=self.level, version=self.level_version))  # type: ignore[arg-type]
+        return ingest_pb2.IngestReply(config=ingest_pb2.HookConfig(
+            level=self.level, version=self.level_version, epoch=self.level_epoch))  # type: ignore[arg-type]
 
     def set_level(self, level: int) -> int:
-        self.level = level
+        """Persists, then pushes the level to every connected hook; returns how many.
+
+        Raises OSError (level unchanged) when it cannot be persisted."""
+        version = self.level_version + 1
+        save_level(self.config.data_dir, PersistedLevel(level, version, self.config.audit_level))
+        self.level, self.level_version = level, version
         self.trails.audit_level = level
-        self.level_version += 1
+        self.level_changed_at = time.monotonic()
         reply = self.hook_config()
         for session in self.sessions:
             session.outbox.put_nowait(reply)
         return len(self.sessions)
+
+    def source_levels(self, now: float | None = None) -> list[q.SourceLevel]:
+        """The level each connected hook reports it runs; `mismatch` when it is not the
+        agent's level `level_apply_deadline_seconds` after the change (or the connection)."""
+        now = time.monotonic() if now is None else now
+        deadline = self.config.level_apply_deadline_seconds
+        out = []
+        for session in self.sessions:
+            level, epoch, version = self.applied_levels.get(session.source_id, (0, 0, 0))
+            source = self.sources.get(session.source_id)
+            late = now - max(self.level_changed_at, session.connected_at) > deadline
+            out.append(q.SourceLevel(
+                source_id=session.source_id, process_role=source.role if source else "",
+                applied_level=level, config_epoch=epoch, config_version=version,  # type: ignore[arg-type]
+                connected=True, mismatch=late and level != self.level))
+        return out
+
+    def level_mismatch_sources(self) -> int:
+        """Connected hooks not running the agent's level past the deadline (alert on > 0)."""
+        return sum(1 for s in self.source_levels() if s.mismatch)
 
     def source(self, source_id: str) -> SourceState:
         state = self.sources.get(source_id)
@@ -176,6 +232,9 @@ class AgentState:
         Gap-marker counts are hook-supplied uint64s: their sums saturate at 2^64-1."""
         source = self.source(batch.source_id)
         source.role, source.model = batch.process_role, batch.model or source.model
+        if batch.applied_level:
+            self.applied_levels[batch.source_id] = (
+                batch.applied_level, batch.config_epoch, batch.config_version)
         self.counters["batches"] += 1
         self.counters["events"] += len(batch.events)
         self.engines.observe_batch(batch, source.model)

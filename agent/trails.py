@@ -102,6 +102,10 @@ class TrailStore:
         self.finished_by_state: Counter[str] = Counter()
         #: Undelivered trails per WAL segment: a segment is reclaimable at zero.
         self.segment_refs: Counter[int] = Counter()
+        # -- observer (query index, agent/trail_index.py) --
+        #: Called with (trail, removed=False) after a batch touched a trail or it was finalised,
+        #: and (trail, removed=True) when it left the store.
+        self.on_change: Callable[[Trail, bool], None] = _ignore_change
 
     def __len__(self) -> int:
         return len(self._trails)
@@ -171,6 +175,8 @@ class TrailStore:
                 trail.half_complete_at = now
         for trail in touched:
             self._maybe_finalise(trail)
+        for trail in touched:
+            self.on_change(trail, False)  # observer
         self._evict()
 
     def _resize(self, trail: Trail) -> None:
@@ -331,6 +337,7 @@ class TrailStore:
                     and trail.half_complete_at is not None
                     and now - trail.half_complete_at >= self.linger_seconds):
                 self._maybe_finalise(trail, forced_by=q.FINALISED_BY_LINGER)
+                self.on_change(trail, False)  # observer
 
     def open_trails(self) -> int:
         """Trails without a record of their latest events (at shutdown they stay in the WAL
@@ -361,8 +368,13 @@ class TrailStore:
 
     def _remove(self, trail_id: str) -> None:
         trail = self._trails.pop(trail_id)
+        self.on_change(trail, True)  # observer
         self.bytes -= trail.nbytes
         self.counters["evicted_bytes"] += trail.nbytes
         self._next_revision[trail_id] = trail.summary.revision + 1
         if len(self._next_revision) > REMEMBERED_REVISIONS:
             self._next_revision.popitem(last=False)
+
+
+def _ignore_change(trail: Trail, removed: bool) -> None:
+    pass

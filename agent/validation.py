@@ -6,7 +6,7 @@ refusal: sending the same bytes again cannot succeed) or repairs one field and c
 
 Refused (REFUSAL_REASON_INVALID, the detail names the field):
   - `source_id` empty or over MAX_SOURCE_ID_BYTES; `seq` 0;
-  - an empty batch (no events and no gap marker: it carries nothing);
+  - an empty batch (no events, no gap marker and no level report: it carries nothing);
   - a gap marker whose missing range is half-set, reversed or not below the batch's own seq;
     one with more than MAX_GAP_REASONS reasons or a reason key that is not a short
     identifier (reasons become metric labels).
@@ -110,8 +110,9 @@ def validate(batch: pb.Batch, max_batch_bytes: int) -> Verdict:
         return Verdict("invalid", f"source_id is over {MAX_SOURCE_ID_BYTES} bytes")
     if batch.seq == 0:
         return Verdict("invalid", "seq is 0 (seqs start at 1)")
-    if not batch.events and not batch.HasField("gap"):
-        return Verdict("invalid", "empty batch: no events and no gap marker")
+    # A batch with only a level report (applied_level) is how an idle hook confirms a level.
+    if not batch.events and not batch.HasField("gap") and not batch.applied_level:
+        return Verdict("invalid", "empty batch: no events, no gap marker, no level report")
     problem = _check_gap(batch)
     if problem:
         return Verdict("invalid", problem)

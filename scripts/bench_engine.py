@@ -30,8 +30,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.e2e import procs  # noqa: E402 - the same process helpers the tests use
-from tests.support.tiny_model import make_tiny_model  # noqa: E402
+from harness import procs  # noqa: E402 - the same process helpers the tests use
+from harness.tiny_model import make_tiny_model  # noqa: E402
 
 LEVELS = ("off", "summary", "full", "full-with-allowed-sets")
 SCHEMA = {"type": "object", "properties": {"name": {"type": "string"},
@@ -43,7 +43,6 @@ PROPAGATION_S = 0.5
 
 def worker(model: str, levels: list[str], query_address: str, out_path: str) -> None:
     """Runs inside the benchmark's child process: one engine, a round per entry of levels."""
-    import grpc
     from vllm import LLM, SamplingParams
     from vllm.sampling_params import StructuredOutputsParams
     from vllm_audit.v1 import query_pb2, query_pb2_grpc
@@ -58,7 +57,11 @@ def worker(model: str, levels: list[str], query_address: str, out_path: str) -> 
     llm.generate(prompts[:8], params, use_tqdm=False)  # warm-up: compile grammars, caches
     control = None
     if query_address:
-        control = query_pb2_grpc.ControlServiceStub(grpc.insecure_channel(query_address))
+        from agent.client import channel
+
+        # The local agent's admin token, found through its data dir (VLLM_AUDIT_DATA_DIR).
+        token = (Path(os.environ["VLLM_AUDIT_DATA_DIR"]) / "admin.token").read_text().strip()
+        control = query_pb2_grpc.ControlServiceStub(channel(query_address, token))
     results = []
     for level in levels:
         if control is not None:
@@ -97,7 +100,8 @@ def main() -> None:
     agent, query, _ = procs.start_agent(work, sock, None, level="off")
     try:
         env = procs.base_env(VLLM_AUDIT_ENABLED="true", VLLM_AUDIT_AGENT_ADDRESS=str(sock),
-                             VLLM_AUDIT_LEVEL="off")
+                             VLLM_AUDIT_LEVEL="off",
+                             VLLM_AUDIT_DATA_DIR=str(work / "agent-data"))  # its admin.token
         # Rotated each round, so no level always runs first after a switch.
         order = [LEVELS[(i + r) % len(LEVELS)] for r in range(rounds) for i in range(len(LEVELS))]
         enabled = run_worker(model, order, env, query, work / "enabled.json")

@@ -7,6 +7,8 @@ Stops everything it started (by pid).
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -18,9 +20,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.e2e import procs  # noqa: E402 - the same process helpers the tests use
-from tests.support.kafka_broker import KafkaBroker  # noqa: E402
-from tests.support.tiny_model import make_tiny_model  # noqa: E402
+from harness import procs  # noqa: E402 - the same process helpers the tests use
+from harness.kafka_broker import KafkaBroker  # noqa: E402
+from harness.tiny_model import make_tiny_model  # noqa: E402
 
 API_KEY = "demo-key"
 SCHEMA = {
@@ -47,6 +49,8 @@ def main() -> int:
 
     t0 = time.monotonic()
     work = Path(tempfile.mkdtemp(prefix="vllm-audit-demo-"))
+    # The CLI finds the local agent's admin token through its data dir (as on a real host).
+    os.environ["VLLM_AUDIT_DATA_DIR"] = str(work / "agent-data")
     step(f"generating the tiny model (work dir {work})")
     model = make_tiny_model(REPO / ".cache" / "tiny-llama")
     stack: list[procs.Proc] = []
@@ -91,10 +95,15 @@ def main() -> int:
                 print("  wrong API key -> 401 (recorded)")
 
             time.sleep(1.0)  # let the hooks' 20 ms batches land
-            step("vllm-audit query list")
-            print(cli(query_address, "query", "list", "--limit", "10"))
-            step(f"vllm-audit query get {ids[0]} (summary only)")
-            print(cli(query_address, "query", "get", ids[0]))
+            step("vllm-audit query list --output table")
+            print(cli(query_address, "query", "list", "--limit", "10", "--output", "table"))
+            # The trail key is the hook's own id; the client's X-Request-Id is a search field.
+            step(f"vllm-audit query list --client-request-id {ids[0]}")
+            found = json.loads(cli(query_address, "query", "list", "--client-request-id", ids[0]))
+            trail_id = found["trails"][0]["request_id"]
+            print(f"  X-Request-Id {ids[0]} -> trail {trail_id}")
+            step(f"vllm-audit query get {trail_id} (summary only)")
+            print(cli(query_address, "query", "get", trail_id))
             step("vllm-audit query stats")
             print(cli(query_address, "query", "stats"))
             step("a few metrics from the agent's /metrics")

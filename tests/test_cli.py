@@ -20,7 +20,7 @@ from vllm_audit.v1 import events_pb2 as pb
 from agent import config as config_module
 from agent.cli import _parser, version
 from agent.records import encode
-from agent.server import INGEST_HEALTH, QUERY_HEALTH
+from agent.server import INGEST_HEALTH, QUERY_HEALTH, AgentHandle
 from tests.support.agent_harness import Hook, agent, lifecycle
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,6 +46,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def local_admin(handle: AgentHandle) -> dict[str, str]:
+    """How the CLI on the agent's machine finds the local admin token: the data dir."""
+    return {"VLLM_AUDIT_DATA_DIR": str(handle.state.config.data_dir)}
+
+
 def test_version() -> None:
     out = cli("--version")
     assert out.returncode == 0
@@ -56,6 +61,7 @@ def test_version() -> None:
 async def test_client_options_go_anywhere_and_the_env_var_names_the_agent(tmp_path: Path) -> None:
     async with agent(tmp_path) as (handle, _):
         address = handle.query_address
+        creds = local_admin(handle)
         for args, env in (
             (["--address", address, "query", "health"], None),
             (["query", "--address", address, "health"], None),
@@ -63,12 +69,12 @@ async def test_client_options_go_anywhere_and_the_env_var_names_the_agent(tmp_pa
             (["query", "health"], {ADDRESS_ENV: address}),
             (["-o", "json", "query", "health"], {ADDRESS_ENV: address}),
         ):
-            out = await acli(*args, env=env)
+            out = await acli(*args, env={**creds, **(env or {})})
             assert out.returncode == 0, (args, out.stderr)
             assert json.loads(out.stdout)["status"] == "SERVING", args
         # A flag wins over the env var (which here names nothing).
         out = await acli("query", "health", "--address", address,
-                         env={ADDRESS_ENV: f"127.0.0.1:{free_port()}"})
+                         env={ADDRESS_ENV: f"127.0.0.1:{free_port()}", **creds})
         assert out.returncode == 0, out.stderr
 
 
@@ -78,7 +84,8 @@ async def test_json_output_has_the_kafka_record_shape_and_table_reads_as_one(tmp
         await hook.send(1, lifecycle("0-0a0b0c0d", pb.LIFECYCLE_PHASE_FINISHED, 10**15,
                                      finish_reason="stop"), model="offline-model")
         address = handle.query_address
-        out = await acli("query", "list", "--address", address)
+        creds = local_admin(handle)
+        out = await acli("query", "list", "--address", address, env=creds)
         assert out.returncode == 0, out.stderr
         (trail,) = json.loads(out.stdout)["trails"]
         (_, _, published_record) = published.records[0]
@@ -90,19 +97,20 @@ async def test_json_output_has_the_kafka_record_shape_and_table_reads_as_one(tmp
         assert trail["state"] == "TRAIL_STATE_FINISHED"
         assert trail["model"] == "offline-model"
 
-        out = await acli("query", "list", "--output", "table", "--address", address)
+        out = await acli("query", "list", "--output", "table", "--address", address, env=creds)
         assert out.returncode == 0, out.stderr
         header, row = out.stdout.splitlines()
         assert header.split()[:3] == ["request_id", "state", "model"]
         assert row.split()[:3] == ["0-0a0b0c0d", "TRAIL_STATE_FINISHED", "offline-model"]
 
-        out = await acli("-o", "table", "query", "stats", "--address", address)
+        out = await acli("-o", "table", "query", "stats", "--address", address, env=creds)
         assert out.returncode == 0, out.stderr
         rows = dict(line.split(None, 1) for line in out.stdout.splitlines()[1:] if " " in line)
         assert rows["batches_ingested"].strip() == "1"
         assert rows["audit_level"].strip() == "AUDIT_LEVEL_SUMMARY"
 
-        out = await acli("query", "get", "0-0a0b0c0d", "--events", "--address", address)
+        out = await acli("query", "get", "0-0a0b0c0d", "--events", "--address", address,
+                         env=creds)
         got = json.loads(out.stdout)
         assert got["summary"] == trail and len(got["events"]) == 1
         assert got["events"][0]["time_unix_nano"] == 10**15  # a uint64, still a number

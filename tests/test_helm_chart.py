@@ -164,6 +164,27 @@ def test_kafka_and_overrides_reach_the_agent() -> None:
     assert "env" not in agent  # no NVML visibility asked for without a GPU reader
 
 
+def test_query_api_credentials_and_tls_come_from_secrets() -> None:
+    agent, _ = containers(render(SECRET))
+    args = agent_args(agent)
+    # Default: the agent's own admin token; plaintext only inside the NetworkPolicy's reach.
+    assert args.auth_tokens_file is None and args.tls_cert is None
+    assert args.allow_insecure_remote
+    docs = render({**SECRET, "agent": {"auth": {"tokensSecret": "audit-tokens",
+                                                "tlsSecret": "audit-tls"}}})
+    agent, _ = containers(docs)
+    args = agent_args(agent)
+    assert str(args.auth_tokens_file) == "/etc/vllm-audit/tokens/tokens.yaml"
+    assert (str(args.tls_cert), str(args.tls_key)) == ("/etc/vllm-audit/tls/tls.crt",
+                                                       "/etc/vllm-audit/tls/tls.key")
+    assert not args.allow_insecure_remote
+    mounts = {m["name"]: m["mountPath"] for m in agent["volumeMounts"]}
+    assert mounts["audit-tokens"] == "/etc/vllm-audit/tokens"
+    volumes = {v["name"]: v for v in pod_spec(docs)["volumes"]}
+    assert volumes["audit-tokens"]["secret"]["secretName"] == "audit-tokens"
+    assert volumes["audit-tls"]["secret"]["secretName"] == "audit-tls"
+
+
 def test_pod_runs_least_privileged_without_an_api_token() -> None:
     docs = render(SECRET)
     spec = pod_spec(docs)

@@ -10,6 +10,11 @@ Disabled unless `VLLM_AUDIT_ENABLED=true` (or `VLLM_STRUCTURED_OUTPUT_AUDIT=true
 
 Public API: `vllm_hooks.record_custom_event` (see `vllm_hooks.api`), imported on first use so
 a disabled hook still loads nothing.
+
+Fail closed at start-up, where a user can still act on it: when enabled, an invalid setting
+stops vLLM with a message naming the variable (unless `VLLM_AUDIT_FAIL_OPEN=true`), and
+`VLLM_AUDIT_REQUIRED=true` also stops it when the agent cannot be reached. These are the only
+exceptions `register()` lets through; after start-up the hook never raises into vLLM.
 """
 
 from __future__ import annotations
@@ -27,6 +32,10 @@ _lock = threading.Lock()
 _registered = False
 
 
+class AuditStartupError(RuntimeError):
+    """The audit cannot run as configured and the user asked for it to be enforced."""
+
+
 def register() -> None:
     """vLLM general plugin. Safe to call any number of times, in any process."""
     global _registered
@@ -38,21 +47,70 @@ def register() -> None:
                 return
             _registered = True
             # Only the settings are read while disabled: no gRPC, no vLLM internals.
-            from .settings import settings
+            from .settings import ENV_FAIL_OPEN, enabled_in_env, settings, start_policy
 
-            current = settings()
-            if not current.enabled:
+            if not enabled_in_env():
                 return
-            for note in current.startup_notes():
+            try:
+                _, required, wait = start_policy()
+                configured = settings()
+            except ValueError as exc:
+                if fail_open_in_env():
+                    raise
+                raise AuditStartupError(
+                    f"vllm-audit: {exc}. Fix the setting, or set {ENV_FAIL_OPEN}=true to let "
+                    "vLLM serve unaudited") from None
+            for note in configured.startup_notes():
                 logging.getLogger("vllm_hooks").warning("vllm-audit: %s", note)
+            if required:
+                _require_agent(configured.agent_address, wait)
             # Imported only when enabled: the adapter imports vLLM internals.
             from .adapter import install
 
             install()
+    except AuditStartupError:
+        raise  # fail closed: vLLM stops at start-up with the reason
     except Exception as exc:
         # Strict mode (tests) re-raises from record(); vLLM itself must never see it.
         with contextlib.suppress(Exception):
             ERRORS.record("register", exc)
+
+
+def fail_open_in_env() -> bool:
+    from .settings import start_policy
+
+    try:
+        return start_policy()[0]
+    except ValueError:
+        return False
+
+
+def _require_agent(address: str, wait: float) -> None:
+    """Connects a plain socket (no gRPC: register() runs before vLLM forks) until the agent
+    answers or `wait` seconds passed."""
+    import socket
+    import time
+
+    from .settings import ENV_REQUIRED
+
+    target = address[len("unix:"):] if address.startswith("unix:") else address
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            if target.startswith("/"):
+                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                    s.settimeout(1.0)
+                    s.connect(target)
+            else:
+                host, _, port = target.rpartition(":")
+                socket.create_connection((host.strip("[]"), int(port)), timeout=1.0).close()
+            return
+        except (OSError, ValueError) as exc:
+            if time.monotonic() >= deadline:
+                raise AuditStartupError(
+                    f"vllm-audit: {ENV_REQUIRED}=true and the agent at {address!r} cannot be "
+                    f"reached ({exc}); start the agent first, or unset {ENV_REQUIRED}") from None
+        time.sleep(0.2)
 
 
 def __getattr__(name: str) -> Any:

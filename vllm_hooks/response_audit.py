@@ -38,6 +38,9 @@ _POLL_S = 0.005
 class ResponseAuditor:
     def __init__(self, settings: HookSettings) -> None:
         self.address = settings.query_address
+        # The query API wants a bearer token with read access to every tenant (role auditor).
+        self.metadata = (("authorization", f"Bearer {settings.query_token}"),) \
+            if settings.query_token else ()
         self.full = settings.response_level == "full"
         self.timeout_s = settings.response_timeout_ms / 1000.0
         self._lock = threading.Lock()
@@ -70,9 +73,7 @@ class ResponseAuditor:
                     return {"error": f"audit not available within "
                                      f"{self.timeout_s * 1000:.0f} ms ({last_error})"}
                 try:
-                    trail: q.GetTrailResponse = stub.GetTrail(
-                        q.GetTrailRequest(request_id=trail_id, include_events=self.full),
-                        timeout=remaining)
+                    trail = self._get(stub, trail_id, remaining)
                 except grpc.RpcError as exc:
                     if exc.code() != grpc.StatusCode.NOT_FOUND:
                         last_error = f"agent: {exc.code().name}"
@@ -81,6 +82,18 @@ class ResponseAuditor:
                     return self._render(trail, time.perf_counter() - start)
                 last_error = "engine finish not in the trail yet"
             time.sleep(min(_POLL_S, max(deadline - time.perf_counter(), 0)))
+
+    def _get(self, stub: Any, trail_id: str, timeout: float) -> q.GetTrailResponse:
+        """The trail, every page of its events (a long trail exceeds one message)."""
+        request = q.GetTrailRequest(request_id=trail_id, include_events=self.full)
+        trail: q.GetTrailResponse = stub.GetTrail(request, timeout=timeout,
+                                                  metadata=self.metadata)
+        while trail.next_event_offset:
+            request.event_offset = trail.next_event_offset
+            page = stub.GetTrail(request, timeout=timeout, metadata=self.metadata)
+            trail.events.extend(page.events)
+            trail.next_event_offset = page.next_event_offset
+        return trail
 
     def _render(self, trail: q.GetTrailResponse, waited_s: float) -> dict[str, Any]:
         s = trail.summary

@@ -34,6 +34,7 @@ class HookRuntime:
         #: Read on every hook call site; an int compare is the whole cost of a disabled level.
         self.level = int(settings.level)
         self.config_version = 0
+        self.config_epoch = 0
         self.buffer = EventBuffer(settings.buffer_events)
         self.buffer.batch_hint = settings.batch_events
         self.policy = CapturePolicy(settings.hmac_key)
@@ -49,25 +50,34 @@ class HookRuntime:
             self.apply_config,
             role,
         )
+        self.sender.applied_config = (settings.level.wire, 0, 0)  # the wire number
         self._closed = False
 
     def start(self) -> None:
         self.sender.start()
         atexit.register(self.close, 2.0)
 
-    def apply_config(self, level: int, version: int) -> None:
-        """Called by the sender thread when the agent pushes configuration."""
-        if version < self.config_version:
-            return
+    def apply_config(self, level: int, version: int, epoch: int = 0) -> None:
+        """Called by the sender thread when the agent pushes configuration.
+
+        Versions are ordered only within one agent start (epoch): a restarted agent counts
+        from 1 again, so a config from another epoch is always taken. What is applied is
+        reported back on every batch (`Batch.applied_level`), so a hook that did not follow
+        is visible at the agent. `level` is the wire number; the runtime holds the capture
+        rank (see Level: KEY_EVENTS is wire 5 but ranks between SUMMARY and FULL)."""
         try:
-            # `level` is the wire number; the runtime holds the capture rank (see Level).
             new = Level.from_wire(level)
         except ValueError:
+            logger.warning("vllm-audit: ignoring unknown audit level %d from the agent", level)
             return
-        self.config_version = version
+        if epoch == self.config_epoch and version < self.config_version:
+            return  # stale within this agent start
+        self.config_epoch, self.config_version = epoch, version
         if new != self.level:
             logger.info("vllm-audit: audit level %s -> %s", Level(self.level).name, new.name)
         self.level = int(new)
+        self.sender.applied_config = (new.wire, epoch, version)
+        self.buffer.wakeup.set()  # report it now, even with nothing else to send
 
     def close(self, timeout: float = 2.0) -> dict[str, int]:
         if self._closed or os.getpid() != self.pid:

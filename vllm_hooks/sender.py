@@ -98,7 +98,7 @@ class Sender:
         buffer: EventBuffer,
         converter: EventConverter,
         errors: InternalErrors,
-        on_config: Callable[[int, int], None],
+        on_config: Callable[[int, int, int], None],
         role: str,
         model: str = "",
     ) -> None:
@@ -125,6 +125,11 @@ class Sender:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="vllm-audit-sender", daemon=True)
         self._started = False
+        #: (level, config epoch, config version) the process runs, set by the runtime when it
+        #: applies a pushed config; stamped on every batch. A change makes a batch even with
+        #: no events, so an idle hook reports a new level too.
+        self.applied_config: tuple[int, int, int] = (0, 0, 0)
+        self._reported_config: tuple[int, int, int] = (0, 0, 0)
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -289,7 +294,7 @@ class Sender:
                 if which == "ack":
                     self._on_ack(reply.ack)
                 elif which == "config":
-                    self._on_config(reply.config.level, reply.config.version)
+                    self._on_config(reply.config.level, reply.config.version, reply.config.epoch)
         except grpc.RpcError as exc:
             code = exc.code() if isinstance(exc, grpc.Call) else None
             status = code.name if code is not None else "UNKNOWN"
@@ -338,6 +343,7 @@ class Sender:
         missing = self._window.take_missing()
         drops = self._buffer.take_drops()
         drops.update(self._new_internal_errors())
+        applied = self.applied_config
         batch = pb.Batch(
             source_id=self.source_id,
             epoch=self.epoch,
@@ -345,6 +351,9 @@ class Sender:
             process_role=self.role,
             pid=os.getpid(),
             model=self.model,
+            applied_level=applied[0],  # type: ignore[arg-type]
+            config_epoch=applied[1],
+            config_version=applied[2],
         )
         for reason, n in drops.items():
             batch.gap.dropped_by_reason[reason] = n
@@ -352,8 +361,11 @@ class Sender:
             batch.gap.first_missing_seq, batch.gap.last_missing_seq = missing
         size = self._filler.fill(batch)
         self.stats.events_truncated = self._filler.events_truncated
-        if not batch.events and not batch.gap.dropped_by_reason and missing is None:
+        if (not batch.events and not batch.gap.dropped_by_reason and missing is None
+                and applied == self._reported_config):
             return None
+        # A new applied config makes a batch on its own: an idle hook reports it too.
+        self._reported_config = applied
         self._seq += 1
         self.stats.batches_sent += 1
         self.stats.events_sent += len(batch.events)

@@ -6,7 +6,7 @@ Every variable is a documented constant here; nothing else in the hook reads the
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntEnum
 
 #: "true" installs the hook (the project's own switch).
@@ -66,6 +66,8 @@ ENV_IN_RESPONSE = "VLLM_AUDIT_IN_RESPONSE"
 ENV_RESPONSE_LEVEL = "VLLM_AUDIT_RESPONSE_LEVEL"
 #: Where the API server reads a request's audit for the response: the agent's query API.
 ENV_QUERY_ADDRESS = "VLLM_AUDIT_QUERY_ADDRESS"
+#: Bearer token for that query API (role auditor or admin); kept out of logs.
+ENV_QUERY_TOKEN = "VLLM_AUDIT_QUERY_TOKEN"
 #: Longest a response waits for its audit (the engine's events reach the agent in ~flush ms).
 ENV_RESPONSE_TIMEOUT_MS = "VLLM_AUDIT_RESPONSE_TIMEOUT_MS"
 #: Trails kept in memory: the agent's trail store cap. Validated here, applied by the agent.
@@ -74,6 +76,16 @@ ENV_MAX_TRAILS = "VLLM_AUDIT_MAX_TRAILS"
 RESPONSE_LEVELS = ("summary", "full")
 #: Named starting points (PRESETS); every variable set explicitly overrides its preset value.
 ENV_PRESET = "VLLM_AUDIT_PRESET"
+
+# -- start-up policy (read by register() on its own: it must work when the rest is invalid) --
+#: "true": an invalid setting only logs and vLLM serves unaudited. Default: vLLM refuses to
+#: start, naming the variable (an audit that is silently off fails its purpose).
+ENV_FAIL_OPEN = "VLLM_AUDIT_FAIL_OPEN"
+#: "true": vLLM refuses to start when the agent cannot be reached at start-up.
+ENV_REQUIRED = "VLLM_AUDIT_REQUIRED"
+#: Seconds register() keeps trying the agent under VLLM_AUDIT_REQUIRED (a sidecar may start
+#: a moment after vLLM).
+ENV_REQUIRED_WAIT = "VLLM_AUDIT_REQUIRED_WAIT_SECONDS"
 
 DEFAULT_AGENT_ADDRESS = "/var/run/vllm-audit/ingest.sock"
 DEFAULT_MAX_BATCH_BYTES = 1 << 20
@@ -243,6 +255,7 @@ class HookSettings:
     response_level: str = "summary"
     max_trails: int | None = None
     query_address: str = "127.0.0.1:50051"
+    query_token: str = field(default="", repr=False)
     response_timeout_ms: int = 500
     max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
@@ -291,6 +304,7 @@ class HookSettings:
                                    preset.response_level),
             max_trails=_positive_int(env, ENV_MAX_TRAILS, 1) if env.get(ENV_MAX_TRAILS) else None,
             query_address=env.get(ENV_QUERY_ADDRESS) or "127.0.0.1:50051",
+            query_token=(env.get(ENV_QUERY_TOKEN) or "").strip(),
             response_timeout_ms=_positive_int(env, ENV_RESPONSE_TIMEOUT_MS, 500),
             max_batch_bytes=_positive_int(env, ENV_MAX_BATCH_BYTES, DEFAULT_MAX_BATCH_BYTES),
             max_message_bytes=_positive_int(env, ENV_MAX_MESSAGE_BYTES, DEFAULT_MAX_MESSAGE_BYTES),
@@ -347,3 +361,21 @@ def settings() -> HookSettings:
         cached = (pid, HookSettings.from_env())
         _cached = cached
     return cached[1]
+
+
+def start_policy(env: dict[str, str] | os._Environ[str] | None = None) -> tuple[bool, bool, float]:
+    """(fail_open, required, required_wait_seconds), readable even when other settings are
+    invalid. Raises ValueError naming the variable for a bad wait."""
+    env = os.environ if env is None else env
+    raw = env.get(ENV_REQUIRED_WAIT) or "10"
+    try:
+        wait = float(raw)
+    except ValueError:
+        raise ValueError(f"{ENV_REQUIRED_WAIT}={raw!r} is not a number") from None
+    return _truthy(env.get(ENV_FAIL_OPEN)), _truthy(env.get(ENV_REQUIRED)), max(0.0, wait)
+
+
+def enabled_in_env(env: dict[str, str] | os._Environ[str] | None = None) -> bool:
+    """The on switch alone, readable even when other settings are invalid."""
+    env = os.environ if env is None else env
+    return _truthy(env.get(ENV_ENABLED)) or _truthy(env.get(ENV_STRUCTURED_OUTPUT_AUDIT))

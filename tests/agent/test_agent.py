@@ -12,13 +12,14 @@ import grpc
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from vllm_audit.v1 import events_pb2 as pb
-from vllm_audit.v1 import query_pb2, query_pb2_grpc
+from vllm_audit.v1 import query_pb2
 
 from agent.config import AgentConfig
 from agent.gpu import FakeGpuReader, GpuUnavailable, NvmlReader
 from agent.server import AgentHandle
 from agent.wal import WriteAheadLog
 from tests.support.agent_harness import Hook, agent, lifecycle, query
+from tests.support.agent_harness import control as harness_control
 
 
 def http(rid: str, status: int, t: int) -> pb.Event:
@@ -127,7 +128,7 @@ def test_wal_refuses_appends_past_its_cap(tmp_path: Path) -> None:
 async def test_set_level_pushes_config_to_connected_hooks(tmp_path: Path) -> None:
     async with agent(tmp_path) as (handle, _), Hook(handle.state.config.ingest_socket) as hook:
         await hook.next("config")
-        control = query_pb2_grpc.ControlServiceStub(grpc.aio.insecure_channel(handle.query_address))
+        control = harness_control(handle)
         reply = await control.SetAuditLevel(query_pb2.SetAuditLevelRequest(level=pb.AUDIT_LEVEL_FULL))
         assert reply.sources_notified == 1
         pushed = await hook.next("config")

@@ -14,6 +14,7 @@ import grpc
 import pytest
 from vllm_audit.v1 import query_pb2, query_pb2_grpc
 
+from agent.client import channel as query_channel
 from tests.e2e import procs
 from tests.e2e.helpers import scrape
 from tests.support.kafka_broker import KafkaBroker
@@ -63,7 +64,7 @@ def agent_process(tmp: Path, name: str, kafka_bootstrap: str | None) -> Iterator
     sock_dir.mkdir(exist_ok=True)
     socket_path = sock_dir / "ingest.sock"
     proc, query, metrics = procs.start_agent(sock_dir, socket_path, kafka_bootstrap)
-    channel = grpc.insecure_channel(query)
+    channel = query_channel(query, procs.admin_token(sock_dir))
     try:
         handle = Agent(proc, socket_path, query, metrics, channel)
         yield handle

@@ -1,158 +1,24 @@
-"""Starting and stopping the real processes the end-to-end tests drive.
-
-Every process is started here, waited on by polling a real endpoint (bounded), and stopped by
-its own pid (its process group, since vLLM spawns an engine core and workers).
-"""
+"""The real processes the end-to-end tests drive: the shared helpers live in harness/procs.py
+(the demo and benchmarks use them too); the offline driver is the tests' own."""
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
-import socket
 import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-PYTHON = sys.executable
-#: The served model's context: room for a request long enough to be aborted mid-generation.
-MAX_MODEL_LEN = 2048
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_until(predicate: Callable[[], object], timeout: float, what: str,
-               interval: float = 0.05) -> object:
-    deadline = time.monotonic() + timeout
-    last_exc: BaseException | None = None
-    while time.monotonic() < deadline:
-        try:
-            value = predicate()
-            if value:
-                return value
-        except Exception as exc:  # the thing is not up yet
-            last_exc = exc
-        time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout}s waiting for {what} (last error: {last_exc!r})")
-
-
-def http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return bool(response.status == 200)
-    except (urllib.error.URLError, OSError):
-        return False
-
-
-class Proc:
-    def __init__(self, args: list[str], env: dict[str, str], log_path: Path) -> None:
-        self.log_path = log_path
-        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.popen = subprocess.Popen(
-            args, env=env, stdout=self._log, stderr=subprocess.STDOUT, cwd=REPO,
-            start_new_session=True,
-        )
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def log_tail(self, n: int = 4000) -> str:
-        try:
-            return self.log_path.read_bytes()[-n:].decode(errors="replace")
-        except OSError:
-            return ""
-
-    def stop(self, timeout: float = 20.0) -> None:
-        if self.alive():
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.pid, signal.SIGTERM)
-            try:
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.pid, signal.SIGKILL)
-                self.popen.wait(5)
-        self._log.close()
-
-
-def base_env(**extra: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env.pop("VLLM_AUDIT_ENABLED", None)
-    env.pop("VLLM_STRUCTURED_OUTPUT_AUDIT", None)
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    env.update(extra)
-    return env
-
-
-def start_agent(tmp: Path, socket_path: Path, kafka_bootstrap: str | None,
-                level: str = "full-with-allowed-sets") -> tuple[Proc, str, str]:
-    """Starts `vllm-audit agent`; returns (proc, query address, metrics base URL)."""
-    query = f"127.0.0.1:{free_port()}"
-    http_port = free_port()
-    args = [
-        PYTHON, "-m", "agent.cli", "agent",
-        "--ingest-socket", str(socket_path),
-        "--query-address", query,
-        "--http-address", f"127.0.0.1:{http_port}",
-        "--data-dir", str(tmp / "agent-data"),
-        "--audit-level", level,
-        "--linger-seconds", "10",
-        "--gpu", "none",
-    ]
-    if kafka_bootstrap:
-        args += ["--kafka-bootstrap", kafka_bootstrap]
-    proc = Proc(args, base_env(), tmp / "agent.log")
-    base = f"http://127.0.0.1:{http_port}"
-    try:
-        wait_until(lambda: proc.alive() and http_ok(base + "/readyz"), 60, "agent /readyz")
-    except TimeoutError:
-        proc.stop()
-        raise RuntimeError("agent did not start:\n" + proc.log_tail()) from None
-    return proc, query, base
-
-
-def start_vllm_server(model_dir: Path, tmp: Path, agent_socket: Path, api_key: str,
-                      **hook_env: str) -> tuple[Proc, str]:
-    """Starts `vllm serve` (CPU build) with the hook; returns (proc, base URL)."""
-    port = free_port()
-    env = base_env(
-        VLLM_AUDIT_ENABLED="true",
-        VLLM_AUDIT_AGENT_ADDRESS=str(agent_socket),
-        VLLM_AUDIT_CAPTURE_PROMPT="full",
-        VLLM_AUDIT_CAPTURE_OUTPUT="full",
-        VLLM_AUDIT_CAPTURE_CLIENT_IP="full",
-        **hook_env,
-    )
-    args = [
-        PYTHON, "-m", "vllm.entrypoints.openai.api_server",
-        "--model", str(model_dir), "--served-model-name", "tiny",
-        "--dtype", "float32", "--max-model-len", str(MAX_MODEL_LEN), "--enforce-eager",
-        "--gpu-memory-utilization", "0.1", "--port", str(port), "--host", "127.0.0.1",
-        "--api-key", api_key,
-        "--middleware", "vllm_hooks.middleware.AuditMiddleware",
-        # Its /inference/v1/abort_requests lets a test abort a request mid-generation.
-        "--enable-scale-out",
-    ]
-    proc = Proc(args, env, tmp / f"vllm-{port}.log")
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_until(lambda: proc.alive() and http_ok(base + "/health"), 240, "vLLM /health", 0.5)
-    except TimeoutError:
-        proc.stop()
-        raise RuntimeError("vLLM did not start:\n" + proc.log_tail()) from None
-    return proc, base
+from harness.procs import (  # noqa: F401 - re-exported for the tests
+    MAX_MODEL_LEN,
+    PYTHON,
+    REPO,
+    Proc,
+    admin_token,
+    base_env,
+    free_port,
+    http_ok,
+    start_agent,
+    start_vllm_server,
+    wait_until,
+)
 
 
 def run_offline(model_dir: Path, tmp: Path, n: int, max_tokens: int, name: str,

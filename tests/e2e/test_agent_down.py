@@ -55,9 +55,10 @@ def test_vllm_serves_without_agent_and_drops_are_counted(
     proc, query_address, _ = procs.start_agent(socket_path.parent, socket_path, None,
                                                level="full")
     try:
-        import grpc
 
-        with grpc.insecure_channel(query_address) as channel:
+        from agent.client import channel as query_channel
+
+        with query_channel(query_address, procs.admin_token(socket_path.parent)) as channel:
             query = query_pb2_grpc.QueryServiceStub(channel)
             deadline = time.monotonic() + 30
             stats = query.GetStats(query_pb2.StatsRequest())

@@ -36,6 +36,8 @@ def response_server(tiny_model: Path, e2e_tmp: Path, response_agent: Agent) -> I
         tiny_model, e2e_tmp, response_agent.socket, API_KEY,
         VLLM_AUDIT_IN_RESPONSE="true", VLLM_AUDIT_RESPONSE_LEVEL="full",
         VLLM_AUDIT_QUERY_ADDRESS=response_agent.query_address,
+        # The agent's local admin token: any token with read access to every tenant works.
+        VLLM_AUDIT_QUERY_TOKEN=procs.admin_token(e2e_tmp / "response-agent"),
         VLLM_AUDIT_RESPONSE_TIMEOUT_MS="5000",
     )
     try:

@@ -116,12 +116,12 @@ def test_replay_command_on_an_exported_trail(spec_run: Any, spec_agent: Agent,
     exported = e2e_tmp / "exported-trail.json"
     got = subprocess.run(
         [procs.PYTHON, "-m", "agent.cli", "query", "get", trail.summary.request_id, "--events",
-         "--address", spec_agent.query_address],
+         "--address", spec_agent.query_address, "--token-file", str(_token_file(e2e_tmp))],
         env=procs.base_env(), cwd=procs.REPO, capture_output=True, text=True, timeout=60,
         check=False)
     assert got.returncode == 0, got.stderr
     exported.write_text(got.stdout)
-    done = _replay_cli(str(exported), tiny_model, spec_agent)
+    done = _replay_cli(str(exported), tiny_model, spec_agent, e2e_tmp)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout)
     assert result["proven"] and result["tokens_checked"] == len(out["token_ids"])
@@ -130,18 +130,24 @@ def test_replay_command_on_an_exported_trail(spec_run: Any, spec_agent: Agent,
     step2 = next(e for e in data["events"] if e.get("so_step", {}).get("step") == 2)
     step2["so_step"]["allowed_per_token"][0] = int(step2["so_step"]["allowed_per_token"][0]) + 5
     exported.write_text(json.dumps(data))
-    done = _replay_cli(str(exported), tiny_model, spec_agent)
+    done = _replay_cli(str(exported), tiny_model, spec_agent, e2e_tmp)
     assert done.returncode == 1, done.stderr[-3000:]
     assert json.loads(done.stdout)["first_mismatch"]["step"] == 2
     # By request id, read from the agent.
-    done = _replay_cli(trail.summary.request_id, tiny_model, spec_agent)
+    done = _replay_cli(trail.summary.request_id, tiny_model, spec_agent, e2e_tmp)
     assert done.returncode == 0 and json.loads(done.stdout)["proven"], done.stderr[-3000:]
 
 
-def _replay_cli(trail: str, model: Path, agent: Agent) -> subprocess.CompletedProcess[str]:
+def _token_file(e2e_tmp: Path) -> Path:
+    """The local admin token the fixture's agent wrote into its data directory."""
+    return e2e_tmp / "speculative-agent" / "agent-data" / "admin.token"
+
+
+def _replay_cli(trail: str, model: Path, agent: Agent,
+                e2e_tmp: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [procs.PYTHON, "-m", "agent.cli", "replay", trail, "--model", str(model),
-         "--address", agent.query_address],
+         "--address", agent.query_address, "--token-file", str(_token_file(e2e_tmp))],
         env=procs.base_env(), cwd=procs.REPO, capture_output=True, text=True, timeout=180,
         check=False,
     )

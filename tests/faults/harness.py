@@ -108,8 +108,15 @@ class AgentProc:
         if self.proc is not None:
             self.proc.stop()
 
+    def channel(self, options: list[tuple[str, object]] | None = None) -> grpc.Channel:
+        """The query API as the local admin (the token the agent made in its data dir)."""
+        from agent.client import channel
+
+        return channel(self.query_address, (self.data_dir / "admin.token").read_text().strip(),
+                       options=options)
+
     def stats(self) -> query_pb2.StatsResponse:
-        with grpc.insecure_channel(self.query_address) as channel:
+        with self.channel() as channel:
             stub = query_pb2_grpc.QueryServiceStub(channel)
             return stub.GetStats(query_pb2.StatsRequest(), timeout=10)
 
@@ -117,7 +124,7 @@ class AgentProc:
         ids: list[str] = []
         # A page of trails with 50 KB prompts is larger than gRPC's 4 MiB default.
         options = [("grpc.max_receive_message_length", 64 << 20)]
-        with grpc.insecure_channel(self.query_address, options=options) as channel:
+        with self.channel(options) as channel:
             stub = query_pb2_grpc.QueryServiceStub(channel)
             token = ""
             while True:
@@ -149,7 +156,7 @@ class Load:
         self.errors = InternalErrors()
         self.sender = Sender(self.settings, self.buffer,
                              EventConverter(self.settings, CapturePolicy(b"k")), self.errors,
-                             lambda level, version: None, "fault-test")
+                             lambda *config: None, "fault-test")
         self.sent: list[str] = []
 
     def __enter__(self) -> Load:

@@ -14,6 +14,8 @@ import grpc
 from vllm_audit.v1 import events_pb2 as pb
 from vllm_audit.v1 import ingest_pb2, ingest_pb2_grpc, query_pb2_grpc
 
+from agent.auth import ADMIN_TOKEN_FILE
+from agent.client import aio_channel
 from agent.config import AgentConfig
 from agent.gpu import GpuReader
 from agent.publisher import InMemoryPublisher, OnDone
@@ -53,8 +55,28 @@ class FailingPublisher(InMemoryPublisher):
         raise RuntimeError("injected publisher failure")
 
 
-def query(handle: AgentHandle) -> query_pb2_grpc.QueryServiceStub:
-    return query_pb2_grpc.QueryServiceStub(grpc.aio.insecure_channel(handle.query_address))
+def admin_token(handle: AgentHandle) -> str:
+    """The local admin token the agent made in its data dir (no tokens file configured)."""
+    return (handle.state.config.data_dir / ADMIN_TOKEN_FILE).read_text().strip()
+
+
+def _channel(handle: AgentHandle, token: str | None) -> grpc.aio.Channel:
+    """One channel per agent and token, held by the handle: an aio channel nobody references
+    closes itself, even under a call a temporary stub has just started."""
+    token = token or admin_token(handle)
+    channels: dict[str, grpc.aio.Channel] = handle.__dict__.setdefault("_test_channels", {})
+    if token not in channels:
+        channels[token] = aio_channel(handle.query_address, token)
+    return channels[token]
+
+
+def query(handle: AgentHandle, token: str | None = None) -> query_pb2_grpc.QueryServiceStub:
+    """The query API as the local admin (or as the holder of `token`)."""
+    return query_pb2_grpc.QueryServiceStub(_channel(handle, token))
+
+
+def control(handle: AgentHandle, token: str | None = None) -> query_pb2_grpc.ControlServiceStub:
+    return query_pb2_grpc.ControlServiceStub(_channel(handle, token))
 
 
 def lifecycle(rid: str, phase: int, t: int, **kw: object) -> pb.Event:

@@ -25,12 +25,14 @@ REFUSAL_REASON_INVALID: RefusalReason
 REFUSAL_REASON_TOO_BIG: RefusalReason
 
 class HookConfig(_message.Message):
-    __slots__ = ("level", "version")
+    __slots__ = ("level", "version", "epoch")
     LEVEL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
     level: _events_pb2.AuditLevel
     version: int
-    def __init__(self, level: _Optional[_Union[_events_pb2.AuditLevel, str]] = ..., version: _Optional[int] = ...) -> None: ...
+    epoch: int
+    def __init__(self, level: _Optional[_Union[_events_pb2.AuditLevel, str]] = ..., version: _Optional[int] = ..., epoch: _Optional[int] = ...) -> None: ...
 
 class Ack(_message.Message):
     __slots__ = ("source_id", "seq", "duplicate", "refused", "reason", "refusal", "epoch")

@@ -68,7 +68,7 @@ class StatsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StatsResponse(_message.Message):
-    __slots__ = ("batches_ingested", "events_ingested", "duplicate_batches", "hook_dropped_by_reason", "trails_active", "trails_finished", "trails_evicted", "trail_store_bytes", "wal_bytes", "records_published", "agent_dropped_by_reason", "latest_engine_stats", "audit_level")
+    __slots__ = ("batches_ingested", "events_ingested", "duplicate_batches", "hook_dropped_by_reason", "trails_active", "trails_finished", "trails_evicted", "trail_store_bytes", "wal_bytes", "records_published", "agent_dropped_by_reason", "latest_engine_stats", "audit_level", "source_levels", "level_mismatch_sources")
     class HookDroppedByReasonEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -96,6 +96,8 @@ class StatsResponse(_message.Message):
     AGENT_DROPPED_BY_REASON_FIELD_NUMBER: _ClassVar[int]
     LATEST_ENGINE_STATS_FIELD_NUMBER: _ClassVar[int]
     AUDIT_LEVEL_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_LEVELS_FIELD_NUMBER: _ClassVar[int]
+    LEVEL_MISMATCH_SOURCES_FIELD_NUMBER: _ClassVar[int]
     batches_ingested: int
     events_ingested: int
     duplicate_batches: int
@@ -109,7 +111,27 @@ class StatsResponse(_message.Message):
     agent_dropped_by_reason: _containers.ScalarMap[str, int]
     latest_engine_stats: _events_pb2.EngineStats
     audit_level: _events_pb2.AuditLevel
-    def __init__(self, batches_ingested: _Optional[int] = ..., events_ingested: _Optional[int] = ..., duplicate_batches: _Optional[int] = ..., hook_dropped_by_reason: _Optional[_Mapping[str, int]] = ..., trails_active: _Optional[int] = ..., trails_finished: _Optional[int] = ..., trails_evicted: _Optional[int] = ..., trail_store_bytes: _Optional[int] = ..., wal_bytes: _Optional[int] = ..., records_published: _Optional[int] = ..., agent_dropped_by_reason: _Optional[_Mapping[str, int]] = ..., latest_engine_stats: _Optional[_Union[_events_pb2.EngineStats, _Mapping]] = ..., audit_level: _Optional[_Union[_events_pb2.AuditLevel, str]] = ...) -> None: ...
+    source_levels: _containers.RepeatedCompositeFieldContainer[SourceLevel]
+    level_mismatch_sources: int
+    def __init__(self, batches_ingested: _Optional[int] = ..., events_ingested: _Optional[int] = ..., duplicate_batches: _Optional[int] = ..., hook_dropped_by_reason: _Optional[_Mapping[str, int]] = ..., trails_active: _Optional[int] = ..., trails_finished: _Optional[int] = ..., trails_evicted: _Optional[int] = ..., trail_store_bytes: _Optional[int] = ..., wal_bytes: _Optional[int] = ..., records_published: _Optional[int] = ..., agent_dropped_by_reason: _Optional[_Mapping[str, int]] = ..., latest_engine_stats: _Optional[_Union[_events_pb2.EngineStats, _Mapping]] = ..., audit_level: _Optional[_Union[_events_pb2.AuditLevel, str]] = ..., source_levels: _Optional[_Iterable[_Union[SourceLevel, _Mapping]]] = ..., level_mismatch_sources: _Optional[int] = ...) -> None: ...
+
+class SourceLevel(_message.Message):
+    __slots__ = ("source_id", "process_role", "applied_level", "config_epoch", "config_version", "connected", "mismatch")
+    SOURCE_ID_FIELD_NUMBER: _ClassVar[int]
+    PROCESS_ROLE_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_LEVEL_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CONNECTED_FIELD_NUMBER: _ClassVar[int]
+    MISMATCH_FIELD_NUMBER: _ClassVar[int]
+    source_id: str
+    process_role: str
+    applied_level: _events_pb2.AuditLevel
+    config_epoch: int
+    config_version: int
+    connected: bool
+    mismatch: bool
+    def __init__(self, source_id: _Optional[str] = ..., process_role: _Optional[str] = ..., applied_level: _Optional[_Union[_events_pb2.AuditLevel, str]] = ..., config_epoch: _Optional[int] = ..., config_version: _Optional[int] = ..., connected: _Optional[bool] = ..., mismatch: _Optional[bool] = ...) -> None: ...
 
 class TrailSummary(_message.Message):
     __slots__ = ("request_id", "engine_request_ids", "state", "created_unix_ms", "finished_unix_ms", "model", "user", "client_ip", "status_code", "auth_status", "finish_reason", "prompt_tokens", "completion_tokens", "latency_ms", "ttft_ms", "grammar_backend", "grammar_spec_type", "grammar_error", "structured_output", "audit_level", "num_events", "prompt", "output", "api_key_sha256", "error", "stream", "preemptions", "tenant", "client_disconnected", "client_request_id", "revision", "finalised_by", "incomplete", "source_ids", "http_method", "http_path", "user_agent", "response_bytes", "vllm_request_id", "grammar_compile_ms", "grammar_spec_sha256", "max_tokens", "capture_policy", "truncated_events")
@@ -204,7 +226,7 @@ class TrailSummary(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., engine_request_ids: _Optional[_Iterable[str]] = ..., state: _Optional[_Union[TrailState, str]] = ..., created_unix_ms: _Optional[int] = ..., finished_unix_ms: _Optional[int] = ..., model: _Optional[str] = ..., user: _Optional[str] = ..., client_ip: _Optional[str] = ..., status_code: _Optional[int] = ..., auth_status: _Optional[str] = ..., finish_reason: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., latency_ms: _Optional[float] = ..., ttft_ms: _Optional[float] = ..., grammar_backend: _Optional[str] = ..., grammar_spec_type: _Optional[str] = ..., grammar_error: _Optional[str] = ..., structured_output: _Optional[_Union[_events_pb2.StructuredOutputSummary, _Mapping]] = ..., audit_level: _Optional[_Union[_events_pb2.AuditLevel, str]] = ..., num_events: _Optional[int] = ..., prompt: _Optional[str] = ..., output: _Optional[str] = ..., api_key_sha256: _Optional[str] = ..., error: _Optional[str] = ..., stream: _Optional[bool] = ..., preemptions: _Optional[int] = ..., tenant: _Optional[str] = ..., client_disconnected: _Optional[bool] = ..., client_request_id: _Optional[str] = ..., revision: _Optional[int] = ..., finalised_by: _Optional[_Union[FinalisedBy, str]] = ..., incomplete: _Optional[_Iterable[_Union[TrailHalf, str]]] = ..., source_ids: _Optional[_Iterable[str]] = ..., http_method: _Optional[str] = ..., http_path: _Optional[str] = ..., user_agent: _Optional[str] = ..., response_bytes: _Optional[int] = ..., vllm_request_id: _Optional[str] = ..., grammar_compile_ms: _Optional[float] = ..., grammar_spec_sha256: _Optional[str] = ..., max_tokens: _Optional[int] = ..., capture_policy: _Optional[str] = ..., truncated_events: _Optional[int] = ...) -> None: ...
 
 class ListTrailsRequest(_message.Message):
-    __slots__ = ("model", "user", "state", "finish_reason", "since_unix_ms", "until_unix_ms", "structured_only", "page_size", "page_token", "client_request_id")
+    __slots__ = ("model", "user", "state", "finish_reason", "since_unix_ms", "until_unix_ms", "structured_only", "page_size", "page_token", "client_request_id", "tenant")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     USER_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -215,6 +237,7 @@ class ListTrailsRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     CLIENT_REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
     model: str
     user: str
     state: TrailState
@@ -225,7 +248,8 @@ class ListTrailsRequest(_message.Message):
     page_size: int
     page_token: str
     client_request_id: str
-    def __init__(self, model: _Optional[str] = ..., user: _Optional[str] = ..., state: _Optional[_Union[TrailState, str]] = ..., finish_reason: _Optional[str] = ..., since_unix_ms: _Optional[int] = ..., until_unix_ms: _Optional[int] = ..., structured_only: _Optional[bool] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., client_request_id: _Optional[str] = ...) -> None: ...
+    tenant: str
+    def __init__(self, model: _Optional[str] = ..., user: _Optional[str] = ..., state: _Optional[_Union[TrailState, str]] = ..., finish_reason: _Optional[str] = ..., since_unix_ms: _Optional[int] = ..., until_unix_ms: _Optional[int] = ..., structured_only: _Optional[bool] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., client_request_id: _Optional[str] = ..., tenant: _Optional[str] = ...) -> None: ...
 
 class ListTrailsResponse(_message.Message):
     __slots__ = ("trails", "next_page_token")
@@ -236,20 +260,50 @@ class ListTrailsResponse(_message.Message):
     def __init__(self, trails: _Optional[_Iterable[_Union[TrailSummary, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class GetTrailRequest(_message.Message):
-    __slots__ = ("request_id", "include_events")
+    __slots__ = ("request_id", "include_events", "event_offset", "event_limit")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_EVENTS_FIELD_NUMBER: _ClassVar[int]
+    EVENT_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    EVENT_LIMIT_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     include_events: bool
-    def __init__(self, request_id: _Optional[str] = ..., include_events: _Optional[bool] = ...) -> None: ...
+    event_offset: int
+    event_limit: int
+    def __init__(self, request_id: _Optional[str] = ..., include_events: _Optional[bool] = ..., event_offset: _Optional[int] = ..., event_limit: _Optional[int] = ...) -> None: ...
 
 class GetTrailResponse(_message.Message):
-    __slots__ = ("summary", "events")
+    __slots__ = ("summary", "events", "events_total", "next_event_offset")
     SUMMARY_FIELD_NUMBER: _ClassVar[int]
     EVENTS_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    NEXT_EVENT_OFFSET_FIELD_NUMBER: _ClassVar[int]
     summary: TrailSummary
     events: _containers.RepeatedCompositeFieldContainer[_events_pb2.Event]
-    def __init__(self, summary: _Optional[_Union[TrailSummary, _Mapping]] = ..., events: _Optional[_Iterable[_Union[_events_pb2.Event, _Mapping]]] = ...) -> None: ...
+    events_total: int
+    next_event_offset: int
+    def __init__(self, summary: _Optional[_Union[TrailSummary, _Mapping]] = ..., events: _Optional[_Iterable[_Union[_events_pb2.Event, _Mapping]]] = ..., events_total: _Optional[int] = ..., next_event_offset: _Optional[int] = ...) -> None: ...
+
+class WatchTrailsRequest(_message.Message):
+    __slots__ = ("model", "user", "state", "tenant", "structured_only", "replay")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    USER_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    STRUCTURED_ONLY_FIELD_NUMBER: _ClassVar[int]
+    REPLAY_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    user: str
+    state: TrailState
+    tenant: str
+    structured_only: bool
+    replay: bool
+    def __init__(self, model: _Optional[str] = ..., user: _Optional[str] = ..., state: _Optional[_Union[TrailState, str]] = ..., tenant: _Optional[str] = ..., structured_only: _Optional[bool] = ..., replay: _Optional[bool] = ...) -> None: ...
+
+class WatchTrailsResponse(_message.Message):
+    __slots__ = ("trail",)
+    TRAIL_FIELD_NUMBER: _ClassVar[int]
+    trail: TrailSummary
+    def __init__(self, trail: _Optional[_Union[TrailSummary, _Mapping]] = ...) -> None: ...
 
 class SetAuditLevelRequest(_message.Message):
     __slots__ = ("level",)

@@ -54,6 +54,11 @@ class QueryServiceStub:
                 request_serializer=vllm__audit_dot_v1_dot_query__pb2.GetTrailRequest.SerializeToString,
                 response_deserializer=vllm__audit_dot_v1_dot_query__pb2.GetTrailResponse.FromString,
                 _registered_method=True)
+        self.WatchTrails = channel.unary_stream(
+                '/vllm_audit.v1.QueryService/WatchTrails',
+                request_serializer=vllm__audit_dot_v1_dot_query__pb2.WatchTrailsRequest.SerializeToString,
+                response_deserializer=vllm__audit_dot_v1_dot_query__pb2.WatchTrailsResponse.FromString,
+                _registered_method=True)
 
 
 class QueryServiceServicer:
@@ -83,6 +88,12 @@ class QueryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchTrails(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_QueryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -105,6 +116,11 @@ def add_QueryServiceServicer_to_server(servicer, server):
                     servicer.GetTrail,
                     request_deserializer=vllm__audit_dot_v1_dot_query__pb2.GetTrailRequest.FromString,
                     response_serializer=vllm__audit_dot_v1_dot_query__pb2.GetTrailResponse.SerializeToString,
+            ),
+            'WatchTrails': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchTrails,
+                    request_deserializer=vllm__audit_dot_v1_dot_query__pb2.WatchTrailsRequest.FromString,
+                    response_serializer=vllm__audit_dot_v1_dot_query__pb2.WatchTrailsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -215,6 +231,33 @@ class QueryService:
             '/vllm_audit.v1.QueryService/GetTrail',
             vllm__audit_dot_v1_dot_query__pb2.GetTrailRequest.SerializeToString,
             vllm__audit_dot_v1_dot_query__pb2.GetTrailResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchTrails(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/vllm_audit.v1.QueryService/WatchTrails',
+            vllm__audit_dot_v1_dot_query__pb2.WatchTrailsRequest.SerializeToString,
+            vllm__audit_dot_v1_dot_query__pb2.WatchTrailsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,242 @@
+"""Indexes over the trail store so a page of `ListTrails` costs O(page), not O(store).
+
+Every trail gets a sequence number when the index first sees it (arrival order, which is
+creation order for the store). The index keeps the sequence numbers sorted overall and per
+value of each filtered field (model, user, tenant, state, structured or not), and is kept
+current by the store's change callback (`TrailStore.on_change`), called after a batch touched a
+trail, after a trail was finalised and when one left the store. A page walks the smallest
+candidate list from the cursor (the last sequence number handed out) and checks the remaining
+filters on each candidate; the cursor stays valid while trails arrive and are evicted.
+
+Watchers (`WatchTrails`) are told of each trail as it becomes final through a bounded queue;
+one that falls behind is marked overflowed and its stream ends with a status, never silently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from sortedcontainers import SortedList  # type: ignore[import-untyped]  # ships no stubs
+from vllm_audit.v1 import query_pb2 as q
+
+from .trails import Trail, TrailStore
+
+#: Final trails a watcher may have queued before its stream is ended as too slow.
+WATCH_QUEUE = 10_000
+
+#: (model, user, tenant, state, structured, client_request_id): what a trail is indexed under.
+Keys = tuple[str, str, str, int, bool, str]
+_FIELDS = ("model", "user", "tenant", "state", "structured", "client_request_id")
+
+
+@dataclass(frozen=True)
+class Filter:
+    """What a caller asked for, after the caller's own scope was applied (see query.py)."""
+
+    model: str = ""
+    user: str = ""
+    tenant: str = ""
+    state: int = 0
+    structured_only: bool = False
+    client_request_id: str = ""
+    finish_reason: str = ""
+    since_unix_ms: int = 0
+    until_unix_ms: int = 0
+
+    def indexed(self) -> list[tuple[str, object]]:
+        out: list[tuple[str, object]] = []
+        for name, value in (("model", self.model), ("user", self.user),
+                            ("tenant", self.tenant), ("state", self.state),
+                            ("client_request_id", self.client_request_id)):
+            if value:
+                out.append((name, value))
+        if self.structured_only:
+            out.append(("structured", True))
+        return out
+
+    def matches(self, s: q.TrailSummary) -> bool:
+        return (
+            (not self.model or s.model == self.model)
+            and (not self.user or s.user == self.user)
+            and (not self.tenant or s.tenant == self.tenant)
+            and (not self.state or s.state == self.state)
+            and (not self.client_request_id or s.client_request_id == self.client_request_id)
+            and (not self.finish_reason or s.finish_reason == self.finish_reason)
+            and (not self.since_unix_ms or s.created_unix_ms >= self.since_unix_ms)
+            and (not self.until_unix_ms or s.created_unix_ms < self.until_unix_ms)
+            and (not self.structured_only or bool(s.grammar_backend))
+        )
+
+
+def _keys(trail: Trail) -> Keys:
+    s = trail.summary
+    return (s.model, s.user, s.tenant, s.state, bool(s.grammar_backend), s.client_request_id)
+
+
+@dataclass
+class _Entry:
+    trail: Trail
+    keys: Keys
+    published: bool
+
+
+class Watch:
+    """One `WatchTrails` stream's queue of summaries of trails that became final."""
+
+    def __init__(self, filter: Filter, maxsize: int = WATCH_QUEUE) -> None:
+        self.filter = filter
+        self.queue: asyncio.Queue[q.TrailSummary] = asyncio.Queue(maxsize)
+        self.overflowed = False
+
+    def offer(self, summary: q.TrailSummary) -> None:
+        if self.overflowed or not self.filter.matches(summary):
+            return
+        try:
+            self.queue.put_nowait(q.TrailSummary.FromString(summary.SerializeToString()))
+        except asyncio.QueueFull:
+            self.overflowed = True
+
+
+class TrailIndex:
+    def __init__(self, store: TrailStore) -> None:
+        self._next_seq = 0
+        self._seq_of: dict[str, int] = {}
+        self._entries: dict[int, _Entry] = {}
+        self._all: SortedList = SortedList()
+        #: field -> value -> sorted seqs. Plain sorted lists: one per distinct user would make
+        #: a SortedList's fixed overhead dominate; inserts land near the end (recent trails).
+        self._by: dict[str, dict[object, list[int]]] = {f: {} for f in _FIELDS}
+        self._unpublished = 0
+        self.watches: set[Watch] = set()
+        store.on_change = self.on_change
+        for trail in store.trails():  # trails applied before the index existed
+            self.on_change(trail, False)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def active_count(self) -> int:
+        """Trails not yet final, kept current as they change (no scan)."""
+        return self._unpublished
+
+    # -- maintenance (called by the store) --------------------------------------------------
+    def on_change(self, trail: Trail, removed: bool) -> None:
+        trail_id = trail.summary.request_id
+        seq = self._seq_of.get(trail_id)
+        if removed:
+            if seq is not None:
+                self._drop(trail_id, seq)
+            return
+        keys = _keys(trail)
+        if seq is None:
+            self._next_seq += 1
+            seq = self._next_seq
+            self._seq_of[trail_id] = seq
+            self._entries[seq] = _Entry(trail, keys, trail.published)
+            self._all.add(seq)
+            for field, value in zip(_FIELDS, keys, strict=True):
+                self._insert(field, value, seq)
+            if not trail.published:
+                self._unpublished += 1
+            elif self.watches:
+                self._notify(trail)
+            return
+        entry = self._entries[seq]
+        if entry.trail is not trail:  # the id was evicted and came back as a new trail
+            self._drop(trail_id, seq)
+            self.on_change(trail, False)
+            return
+        if keys != entry.keys:
+            for field, old, new in zip(_FIELDS, entry.keys, keys, strict=True):
+                if old != new:
+                    self._remove(field, old, seq)
+                    self._insert(field, new, seq)
+            entry.keys = keys
+        if trail.published and not entry.published:
+            entry.published = True
+            self._unpublished -= 1
+            if self.watches:
+                self._notify(trail)
+
+    def _drop(self, trail_id: str, seq: int) -> None:
+        entry = self._entries.pop(seq)
+        del self._seq_of[trail_id]
+        self._all.remove(seq)
+        for field, value in zip(_FIELDS, entry.keys, strict=True):
+            self._remove(field, value, seq)
+        if not entry.published:
+            self._unpublished -= 1
+
+    def _insert(self, field: str, value: object, seq: int) -> None:
+        seqs = self._by[field].setdefault(value, [])
+        if not seqs or seqs[-1] < seq:
+            seqs.append(seq)
+        else:
+            bisect.insort(seqs, seq)
+
+    def _remove(self, field: str, value: object, seq: int) -> None:
+        values = self._by[field]
+        seqs = values[value]
+        del seqs[bisect.bisect_left(seqs, seq)]
+        if not seqs:
+            del values[value]
+
+    def _notify(self, trail: Trail) -> None:
+        for watch in self.watches:
+            watch.offer(trail.summary)
+
+    # -- queries -------------------------------------------------------------------------------
+    def _candidates(self, f: Filter, after: int) -> Iterable[int]:
+        lists: list[list[int]] = []
+        for field, value in f.indexed():
+            seqs = self._by[field].get(value)
+            if seqs is None:
+                return ()
+            lists.append(seqs)
+        if not lists:
+            every: Iterable[int] = self._all.irange(minimum=after, inclusive=(False, True))
+            return every
+        smallest = min(lists, key=len)
+        return _tail(smallest, after)
+
+    def page(self, f: Filter, after: int, size: int) -> tuple[list[q.TrailSummary], int]:
+        """Up to `size` matching summaries after cursor `after` (oldest first), and the cursor
+        for the next page (0 when there is none)."""
+        out: list[q.TrailSummary] = []
+        entries = self._entries
+        last = 0
+        for seq in self._candidates(f, after):
+            summary = entries[seq].trail.summary
+            if not f.matches(summary):
+                continue
+            if len(out) == size:
+                return out, last  # one more exists: the next page starts after `last`
+            out.append(summary)
+            last = seq
+        return out, 0
+
+    def final(self, f: Filter) -> Iterator[q.TrailSummary]:
+        """Matching final trails, oldest first (a watch's replay)."""
+        for seq in self._candidates(f, 0):
+            entry = self._entries.get(seq)
+            if entry is not None and entry.published and f.matches(entry.trail.summary):
+                yield entry.trail.summary
+
+    def watch(self, f: Filter, maxsize: int = WATCH_QUEUE) -> Watch:
+        w = Watch(f, maxsize)
+        self.watches.add(w)
+        return w
+
+    def unwatch(self, w: Watch) -> None:
+        self.watches.discard(w)
+
+
+def _tail(seqs: list[int], after: int) -> Iterator[int]:
+    # Iterates by index over a list the store may change between pages (never during one:
+    # a page is built without awaiting).
+    for i in range(bisect.bisect_right(seqs, after), len(seqs)):
+        yield seqs[i]
+

