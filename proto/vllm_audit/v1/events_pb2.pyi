@@ -14,6 +14,7 @@ class AuditLevel(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     AUDIT_LEVEL_SUMMARY: _ClassVar[AuditLevel]
     AUDIT_LEVEL_FULL: _ClassVar[AuditLevel]
     AUDIT_LEVEL_FULL_WITH_ALLOWED_SETS: _ClassVar[AuditLevel]
+    AUDIT_LEVEL_KEY_EVENTS: _ClassVar[AuditLevel]
 
 class LifecyclePhase(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -29,6 +30,7 @@ AUDIT_LEVEL_OFF: AuditLevel
 AUDIT_LEVEL_SUMMARY: AuditLevel
 AUDIT_LEVEL_FULL: AuditLevel
 AUDIT_LEVEL_FULL_WITH_ALLOWED_SETS: AuditLevel
+AUDIT_LEVEL_KEY_EVENTS: AuditLevel
 LIFECYCLE_PHASE_UNSPECIFIED: LifecyclePhase
 LIFECYCLE_PHASE_ADDED: LifecyclePhase
 LIFECYCLE_PHASE_SCHEDULED: LifecyclePhase
@@ -56,21 +58,25 @@ class RequestLifecycle(_message.Message):
     def __init__(self, phase: _Optional[_Union[LifecyclePhase, str]] = ..., num_prompt_tokens: _Optional[int] = ..., num_output_tokens: _Optional[int] = ..., finish_reason: _Optional[str] = ..., status: _Optional[str] = ..., max_tokens: _Optional[int] = ..., structured_output: _Optional[bool] = ...) -> None: ...
 
 class GrammarCompiled(_message.Message):
-    __slots__ = ("backend", "spec_type", "compile_ms", "error", "spec_sha256")
+    __slots__ = ("backend", "spec_type", "compile_ms", "error", "spec_sha256", "spec", "spec_size")
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     SPEC_TYPE_FIELD_NUMBER: _ClassVar[int]
     COMPILE_MS_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     SPEC_SHA256_FIELD_NUMBER: _ClassVar[int]
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    SPEC_SIZE_FIELD_NUMBER: _ClassVar[int]
     backend: str
     spec_type: str
     compile_ms: float
     error: str
     spec_sha256: str
-    def __init__(self, backend: _Optional[str] = ..., spec_type: _Optional[str] = ..., compile_ms: _Optional[float] = ..., error: _Optional[str] = ..., spec_sha256: _Optional[str] = ...) -> None: ...
+    spec: str
+    spec_size: int
+    def __init__(self, backend: _Optional[str] = ..., spec_type: _Optional[str] = ..., compile_ms: _Optional[float] = ..., error: _Optional[str] = ..., spec_sha256: _Optional[str] = ..., spec: _Optional[str] = ..., spec_size: _Optional[int] = ...) -> None: ...
 
 class StructuredOutputStep(_message.Message):
-    __slots__ = ("step", "accepted_tokens", "allowed_tokens", "accepted", "terminated", "allowed_bitmask", "vocab_size")
+    __slots__ = ("step", "accepted_tokens", "allowed_tokens", "accepted", "terminated", "allowed_bitmask", "vocab_size", "allowed_per_token", "drafted_tokens", "accepted_draft_tokens", "rolled_back_draft_tokens")
     STEP_FIELD_NUMBER: _ClassVar[int]
     ACCEPTED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     ALLOWED_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -78,6 +84,10 @@ class StructuredOutputStep(_message.Message):
     TERMINATED_FIELD_NUMBER: _ClassVar[int]
     ALLOWED_BITMASK_FIELD_NUMBER: _ClassVar[int]
     VOCAB_SIZE_FIELD_NUMBER: _ClassVar[int]
+    ALLOWED_PER_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    DRAFTED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    ACCEPTED_DRAFT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    ROLLED_BACK_DRAFT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     step: int
     accepted_tokens: _containers.RepeatedScalarFieldContainer[int]
     allowed_tokens: int
@@ -85,10 +95,14 @@ class StructuredOutputStep(_message.Message):
     terminated: bool
     allowed_bitmask: bytes
     vocab_size: int
-    def __init__(self, step: _Optional[int] = ..., accepted_tokens: _Optional[_Iterable[int]] = ..., allowed_tokens: _Optional[int] = ..., accepted: _Optional[bool] = ..., terminated: _Optional[bool] = ..., allowed_bitmask: _Optional[bytes] = ..., vocab_size: _Optional[int] = ...) -> None: ...
+    allowed_per_token: _containers.RepeatedScalarFieldContainer[int]
+    drafted_tokens: int
+    accepted_draft_tokens: int
+    rolled_back_draft_tokens: int
+    def __init__(self, step: _Optional[int] = ..., accepted_tokens: _Optional[_Iterable[int]] = ..., allowed_tokens: _Optional[int] = ..., accepted: _Optional[bool] = ..., terminated: _Optional[bool] = ..., allowed_bitmask: _Optional[bytes] = ..., vocab_size: _Optional[int] = ..., allowed_per_token: _Optional[_Iterable[int]] = ..., drafted_tokens: _Optional[int] = ..., accepted_draft_tokens: _Optional[int] = ..., rolled_back_draft_tokens: _Optional[int] = ...) -> None: ...
 
 class StructuredOutputSummary(_message.Message):
-    __slots__ = ("backend", "steps", "accepted_tokens", "rejected_tokens", "allowed_tokens_min", "allowed_tokens_max", "allowed_tokens_mean", "terminated", "rollbacks", "first_rejected_token", "first_rejected_step")
+    __slots__ = ("backend", "steps", "accepted_tokens", "rejected_tokens", "allowed_tokens_min", "allowed_tokens_max", "allowed_tokens_mean", "terminated", "rollbacks", "first_rejected_token", "first_rejected_step", "drafted_tokens", "accepted_draft_tokens", "draft_rollbacks", "rolled_back_draft_tokens", "rejection_fate")
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     STEPS_FIELD_NUMBER: _ClassVar[int]
     ACCEPTED_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -100,6 +114,11 @@ class StructuredOutputSummary(_message.Message):
     ROLLBACKS_FIELD_NUMBER: _ClassVar[int]
     FIRST_REJECTED_TOKEN_FIELD_NUMBER: _ClassVar[int]
     FIRST_REJECTED_STEP_FIELD_NUMBER: _ClassVar[int]
+    DRAFTED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    ACCEPTED_DRAFT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    DRAFT_ROLLBACKS_FIELD_NUMBER: _ClassVar[int]
+    ROLLED_BACK_DRAFT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    REJECTION_FATE_FIELD_NUMBER: _ClassVar[int]
     backend: str
     steps: int
     accepted_tokens: int
@@ -111,7 +130,12 @@ class StructuredOutputSummary(_message.Message):
     rollbacks: int
     first_rejected_token: int
     first_rejected_step: int
-    def __init__(self, backend: _Optional[str] = ..., steps: _Optional[int] = ..., accepted_tokens: _Optional[int] = ..., rejected_tokens: _Optional[int] = ..., allowed_tokens_min: _Optional[int] = ..., allowed_tokens_max: _Optional[int] = ..., allowed_tokens_mean: _Optional[float] = ..., terminated: _Optional[bool] = ..., rollbacks: _Optional[int] = ..., first_rejected_token: _Optional[int] = ..., first_rejected_step: _Optional[int] = ...) -> None: ...
+    drafted_tokens: int
+    accepted_draft_tokens: int
+    draft_rollbacks: int
+    rolled_back_draft_tokens: int
+    rejection_fate: str
+    def __init__(self, backend: _Optional[str] = ..., steps: _Optional[int] = ..., accepted_tokens: _Optional[int] = ..., rejected_tokens: _Optional[int] = ..., allowed_tokens_min: _Optional[int] = ..., allowed_tokens_max: _Optional[int] = ..., allowed_tokens_mean: _Optional[float] = ..., terminated: _Optional[bool] = ..., rollbacks: _Optional[int] = ..., first_rejected_token: _Optional[int] = ..., first_rejected_step: _Optional[int] = ..., drafted_tokens: _Optional[int] = ..., accepted_draft_tokens: _Optional[int] = ..., draft_rollbacks: _Optional[int] = ..., rolled_back_draft_tokens: _Optional[int] = ..., rejection_fate: _Optional[str] = ...) -> None: ...
 
 class EngineStats(_message.Message):
     __slots__ = ("engine_index", "num_running_reqs", "num_waiting_reqs", "kv_cache_usage", "prefix_cache_queries", "prefix_cache_hits", "prompt_tokens", "generation_tokens", "num_preempted_reqs", "spec_decode_num_drafts", "spec_decode_num_draft_tokens", "spec_decode_num_accepted_tokens", "ttft_seconds_sum", "ttft_count", "inter_token_latency_seconds_sum", "inter_token_latency_count", "tpot_seconds_sum", "tpot_count", "finished_requests", "queue_time_seconds_sum", "e2e_latency_seconds_sum", "prefill_time_seconds_sum", "decode_time_seconds_sum", "cached_prompt_tokens")
