@@ -74,6 +74,7 @@ FIELD_MAP: dict[str, dict[str, str | tuple[None, str]]] = {
         "so_step": (None, "one per grammar step: trail events and the trail-events topic"),
         "so_summary": "structured_output",
         "engine_stats": (None, "not per request: the engine-stats topic"),
+        "custom": (None, "application events (record_custom_event): kept in the trail's events"),
         "http": (None, "mapped field by field (HttpRequest)"),
     },
     "Batch": {

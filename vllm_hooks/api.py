@@ -24,12 +24,6 @@ MAX_ATTRIBUTE_BYTES = 16 * 1024
 _SUMMARY = int(Level.SUMMARY)
 
 
-def _wire_supports_custom() -> bool:
-    from vllm_audit.v1 import events_pb2 as pb
-
-    return "custom" in pb.Event.DESCRIPTOR.fields_by_name
-
-
 def record_custom_event(
     name: str, attributes: Mapping[str, str] | None = None, request_id: str = ""
 ) -> bool:
@@ -56,11 +50,6 @@ def record_custom_event(
         )
     if not isinstance(request_id, str):
         raise TypeError("record_custom_event: request_id must be a string")
-    if not _wire_supports_custom():
-        raise NotImplementedError(
-            "record_custom_event: this build's wire contract has no Event.custom "
-            "(vllm_audit.v1.CustomEvent)"
-        )
     rt = current_runtime()
     if rt is None or rt.level < _SUMMARY:
         return False

@@ -104,7 +104,7 @@ class EventConverter:
         elif kind == CUSTOM:
             # Field added by the wire contract's CustomEvent; the API refuses before offering
             # when the generated code lacks it, so this is never reached without it.
-            custom = event.custom  # type: ignore[attr-defined]
+            custom = event.custom
             custom.name = raw[3]
             custom.attributes.update(raw[4])
         else:

@@ -240,7 +240,7 @@ class HttpRequest(_message.Message):
     def __init__(self, method: _Optional[str] = ..., path: _Optional[str] = ..., client_ip: _Optional[str] = ..., user: _Optional[str] = ..., model: _Optional[str] = ..., status_code: _Optional[int] = ..., auth_status: _Optional[str] = ..., api_key_sha256: _Optional[str] = ..., stream: _Optional[bool] = ..., prompt: _Optional[str] = ..., output: _Optional[str] = ..., capture_policy: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., latency_ms: _Optional[float] = ..., ttft_ms: _Optional[float] = ..., error: _Optional[str] = ..., user_agent: _Optional[str] = ..., response_bytes: _Optional[int] = ..., tenant: _Optional[str] = ..., vllm_request_id: _Optional[str] = ..., client_disconnected: _Optional[bool] = ..., client_request_id: _Optional[str] = ...) -> None: ...
 
 class Event(_message.Message):
-    __slots__ = ("time_unix_nano", "request_id", "truncated", "lifecycle", "grammar_compiled", "so_step", "so_summary", "engine_stats", "http")
+    __slots__ = ("time_unix_nano", "request_id", "truncated", "lifecycle", "grammar_compiled", "so_step", "so_summary", "engine_stats", "http", "custom")
     TIME_UNIX_NANO_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     TRUNCATED_FIELD_NUMBER: _ClassVar[int]
@@ -250,6 +250,7 @@ class Event(_message.Message):
     SO_SUMMARY_FIELD_NUMBER: _ClassVar[int]
     ENGINE_STATS_FIELD_NUMBER: _ClassVar[int]
     HTTP_FIELD_NUMBER: _ClassVar[int]
+    CUSTOM_FIELD_NUMBER: _ClassVar[int]
     time_unix_nano: int
     request_id: str
     truncated: bool
@@ -259,7 +260,23 @@ class Event(_message.Message):
     so_summary: StructuredOutputSummary
     engine_stats: EngineStats
     http: HttpRequest
-    def __init__(self, time_unix_nano: _Optional[int] = ..., request_id: _Optional[str] = ..., truncated: _Optional[bool] = ..., lifecycle: _Optional[_Union[RequestLifecycle, _Mapping]] = ..., grammar_compiled: _Optional[_Union[GrammarCompiled, _Mapping]] = ..., so_step: _Optional[_Union[StructuredOutputStep, _Mapping]] = ..., so_summary: _Optional[_Union[StructuredOutputSummary, _Mapping]] = ..., engine_stats: _Optional[_Union[EngineStats, _Mapping]] = ..., http: _Optional[_Union[HttpRequest, _Mapping]] = ...) -> None: ...
+    custom: CustomEvent
+    def __init__(self, time_unix_nano: _Optional[int] = ..., request_id: _Optional[str] = ..., truncated: _Optional[bool] = ..., lifecycle: _Optional[_Union[RequestLifecycle, _Mapping]] = ..., grammar_compiled: _Optional[_Union[GrammarCompiled, _Mapping]] = ..., so_step: _Optional[_Union[StructuredOutputStep, _Mapping]] = ..., so_summary: _Optional[_Union[StructuredOutputSummary, _Mapping]] = ..., engine_stats: _Optional[_Union[EngineStats, _Mapping]] = ..., http: _Optional[_Union[HttpRequest, _Mapping]] = ..., custom: _Optional[_Union[CustomEvent, _Mapping]] = ...) -> None: ...
+
+class CustomEvent(_message.Message):
+    __slots__ = ("name", "attributes")
+    class AttributesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    attributes: _containers.ScalarMap[str, str]
+    def __init__(self, name: _Optional[str] = ..., attributes: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class GapMarker(_message.Message):
     __slots__ = ("dropped_by_reason", "first_missing_seq", "last_missing_seq")
