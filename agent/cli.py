@@ -277,6 +277,10 @@ def _parser() -> argparse.ArgumentParser:
                        help="the stored final trails, then each new one as it becomes final")
     s.add_argument("--count", type=int, default=0, help="stop after N trails (default 0: never)")
 
+    s = sub.add_parser("replay", parents=[client],
+                       help="prove a trail's tokens against its recorded grammar (needs vLLM)")
+    s.add_argument("trail", help="a trail file (`query get ID --events`) or a request id")
+    s.add_argument("--model", required=True, help="the model directory (its tokenizer)")
     v = sub.add_parser("verify", help="check a record chain: log directory, export file or Kafka")
     v.add_argument("path", nargs="?", type=Path,
                    help="record log directory (<data_dir>/records) or JSONL export file")
@@ -515,6 +519,23 @@ def _tail(query: query_pb2_grpc.QueryServiceStub, count: int, output: str) -> in
     return 0
 
 
+def _run_replay(args: argparse.Namespace) -> int:
+    """Exit 0: proven; 1: a step does not match (named); 2: the trail cannot be replayed."""
+    from .replay import run
+
+    address = args.address or os.environ.get(ENV_QUERY_ADDRESS) or DEFAULT_QUERY_ADDRESS
+    timeout = 10.0 if args.timeout is None else args.timeout
+    args.resolved_address = address
+
+    def fetch(request_id: str) -> q.GetTrailResponse:
+        with _client_channel(args, address) as chan:
+            return _get_trail(query_pb2_grpc.QueryServiceStub(chan), request_id, True, timeout)
+
+    code, result = run(args.trail, args.model, fetch)
+    _emit(result, args.output or "json")
+    return code
+
+
 def _rpc_error(exc: grpc.RpcError, address: str) -> str:
     code = exc.code()  # type: ignore[attr-defined]
     details = exc.details()  # type: ignore[attr-defined]
@@ -581,6 +602,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise ValueError("--address/--output/--timeout are client options; the agent "
                                  "listens on --query-address")
             return _run_agent(args)
+        if args.command == "replay":
+            return _run_replay(args)
         if args.command == "verify":
             return _run_verify(args)
         if args.command == "export":

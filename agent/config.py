@@ -53,12 +53,12 @@ ENV_MAX_MESSAGE_BYTES = "VLLM_AUDIT_MAX_MESSAGE_BYTES"  # gRPC receive limit of 
 
 WAL_FSYNC_POLICIES = ("always", "batch", "never")
 GPU_READERS = ("nvml", "none", "fake")
-LEVELS = {
-    "off": events_pb2.AUDIT_LEVEL_OFF,
-    "summary": events_pb2.AUDIT_LEVEL_SUMMARY,
-    "full": events_pb2.AUDIT_LEVEL_FULL,
-    "full-with-allowed-sets": events_pb2.AUDIT_LEVEL_FULL_WITH_ALLOWED_SETS,
-}
+#: Derived from the contract's AuditLevel (one definition), in wire order: off, summary, full,
+#: full-with-allowed-sets, key-events (which captures between summary and full; its wire
+#: number is newer, see events.proto).
+LEVELS = {name[len("AUDIT_LEVEL_"):].lower().replace("_", "-"): number
+          for name, number in events_pb2.AuditLevel.items()
+          if number != events_pb2.AUDIT_LEVEL_UNSPECIFIED}
 
 
 def parse_level(text: str) -> int:

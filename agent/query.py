@@ -19,6 +19,7 @@ from vllm_audit.v1 import query_pb2 as q
 from vllm_audit.v1 import query_pb2_grpc
 
 from .auth import TENANT_AUDITOR, current_principal
+from .config import LEVELS
 from .state import AgentState
 from .trail_index import Filter, TrailIndex
 
@@ -182,7 +183,7 @@ class ControlServicer(query_pb2_grpc.ControlServiceServicer):
                             ) -> q.SetAuditLevelResponse:
         if request.level not in pb.AuditLevel.values() or request.level == pb.AUDIT_LEVEL_UNSPECIFIED:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                f"level must be OFF, SUMMARY, FULL or FULL_WITH_ALLOWED_SETS; "
+                                f"level must be one of {', '.join(n.upper() for n in LEVELS)}; "
                                 f"got {request.level}")
         try:
             notified = self.state.set_level(request.level)

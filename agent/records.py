@@ -61,6 +61,9 @@ FIELD_MAP: dict[str, dict[str, str | tuple[None, str]]] = {
         "backend": "grammar_backend", "spec_type": "grammar_spec_type",
         "compile_ms": "grammar_compile_ms", "error": "grammar_error",
         "spec_sha256": "grammar_spec_sha256",
+        "spec": (None, "the grammar text (VLLM_AUDIT_INCLUDE_GRAMMAR), kept in the trail's "
+                       "event for `vllm-audit replay`; the record keeps its hash"),
+        "spec_size": (None, "goes with spec: shows whether the kept text was cut"),
     },
     "Event": {
         "time_unix_nano": "created_unix_ms",
@@ -71,6 +74,7 @@ FIELD_MAP: dict[str, dict[str, str | tuple[None, str]]] = {
         "so_step": (None, "one per grammar step: trail events and the trail-events topic"),
         "so_summary": "structured_output",
         "engine_stats": (None, "not per request: the engine-stats topic"),
+        "custom": (None, "application events (record_custom_event): kept in the trail's events"),
         "http": (None, "mapped field by field (HttpRequest)"),
     },
     "Batch": {

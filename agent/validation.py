@@ -69,17 +69,18 @@ def _string_fields(cls: type[Message]) -> tuple[str, ...]:
                  if f.type == FieldDescriptor.TYPE_STRING and not f.is_repeated)
 
 
+#: Every kind of event body, from the contract's `Event.body` oneof (one definition).
 _BODIES: dict[str, type[Message]] = {
-    "lifecycle": pb.RequestLifecycle, "grammar_compiled": pb.GrammarCompiled,
-    "so_step": pb.StructuredOutputStep, "so_summary": pb.StructuredOutputSummary,
-    "engine_stats": pb.EngineStats, "http": pb.HttpRequest,
+    f.name: getattr(pb, f.message_type.name)
+    for f in pb.Event.DESCRIPTOR.oneofs_by_name["body"].fields
+    if f.message_type is not None
 }
 _STRINGS = {cls.DESCRIPTOR.name: _string_fields(cls) for cls in _BODIES.values()}
 
 
 def _all_fields() -> tuple[str, ...]:
     names = {"Event.time_unix_nano", "Event.request_id", "Batch.model", "Batch.process_role",
-             "HttpRequest.status_code"}
+             "HttpRequest.status_code", "CustomEvent.attributes"}
     for table in (_DURATIONS, _RATIOS, _COUNTS, _STRINGS):
         names.update(f"{msg}.{f}" for msg, fields in table.items() for f in fields)
     return tuple(sorted(names))
@@ -176,6 +177,16 @@ def _repair_event(event: pb.Event, clamped: Counter[str]) -> bool:
         clamped["HttpRequest.status_code"] += 1
     for f in _STRINGS[name]:
         _cap_string(body, name, f, clamped)
+    if name == "CustomEvent":
+        attributes = event.custom.attributes
+        for key in list(attributes):
+            value = attributes[key]
+            if len(key.encode()) > MAX_STRING_BYTES:
+                del attributes[key]  # a key cut short could collide with another: drop it
+                clamped["CustomEvent.attributes"] += 1
+            elif len(value.encode()) > MAX_STRING_BYTES:
+                attributes[key] = value.encode()[:MAX_STRING_BYTES].decode("utf-8", "ignore")
+                clamped["CustomEvent.attributes"] += 1
     return sum(clamped.values()) > before
 
 

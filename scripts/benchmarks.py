@@ -117,12 +117,12 @@ def request_events(request: int, steps: int) -> list[tuple[object, ...]]:
     events: list[tuple[object, ...]] = [
         (raw.LIFECYCLE, now, rid, 1, 120, 0, "", "", 256, True),
         (raw.LIFECYCLE, now, rid, 2, 0, 0, "", "", 0, False),
-        (raw.GRAMMAR, now, rid, "xgrammar", "json", 1.5, "", "ab" * 32),
+        (raw.GRAMMAR, now, rid, "xgrammar", "json", 1.5, "", "ab" * 32, "", 0),
     ]
-    events += [(raw.STEP, now, rid, i + 1, [17], 150, True, False, None, 128_256)
+    events += [(raw.STEP, now, rid, i + 1, [17], 150, True, False, None, 128_256, [150], 0, 0, 0)
                for i in range(steps)]
     events.append((raw.SO_SUMMARY, now, rid, "xgrammar", steps, steps, 0, 2, 900, 150.0, True,
-                   0, -1, -1))
+                   0, -1, -1, 0, 0, 0, 0, ""))
     events.append(lifecycle(request))
     return events
 

@@ -8,6 +8,9 @@ Entry points (pyproject.toml):
 Disabled unless `VLLM_AUDIT_ENABLED=true` (or `VLLM_STRUCTURED_OUTPUT_AUDIT=true`): then
 `register()` patches nothing and the hook costs nothing on the engine's path.
 
+Public API: `vllm_hooks.record_custom_event` (see `vllm_hooks.api`), imported on first use so
+a disabled hook still loads nothing.
+
 Fail closed at start-up, where a user can still act on it: when enabled, an invalid setting
 stops vLLM with a message naming the variable (unless `VLLM_AUDIT_FAIL_OPEN=true`), and
 `VLLM_AUDIT_REQUIRED=true` also stops it when the agent cannot be reached. These are the only
@@ -17,11 +20,13 @@ exceptions `register()` lets through; after start-up the hook never raises into 
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
+from typing import Any
 
 from .errors import ERRORS
 
-__all__ = ["register"]
+__all__ = ["record_custom_event", "register"]
 
 _lock = threading.Lock()
 _registered = False
@@ -55,6 +60,8 @@ def register() -> None:
                 raise AuditStartupError(
                     f"vllm-audit: {exc}. Fix the setting, or set {ENV_FAIL_OPEN}=true to let "
                     "vLLM serve unaudited") from None
+            for note in configured.startup_notes():
+                logging.getLogger("vllm_hooks").warning("vllm-audit: %s", note)
             if required:
                 _require_agent(configured.agent_address, wait)
             # Imported only when enabled: the adapter imports vLLM internals.
@@ -104,3 +111,12 @@ def _require_agent(address: str, wait: float) -> None:
                     f"vllm-audit: {ENV_REQUIRED}=true and the agent at {address!r} cannot be "
                     f"reached ({exc}); start the agent first, or unset {ENV_REQUIRED}") from None
         time.sleep(0.2)
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy: the API module imports the runtime (and gRPC), which a disabled hook never loads.
+    if name == "record_custom_event":
+        from .api import record_custom_event
+
+        return record_custom_event
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

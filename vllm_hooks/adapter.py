@@ -13,8 +13,13 @@ Hook points (vLLM 0.32, CPU build; line numbers drift):
 - Structured output (EngineCore process): `StructuredOutputManager._create_grammar` (compile
   time, backend, spec type, errors) returns our delegating proxy; `grammar_bitmask` returns the
   int32 array whose rows we popcount once per step. Rows: per structured request in
-  `structured_output_request_ids` order, one per scheduled speculative token, then the bonus
-  row (the one used to sample the next token).
+  `structured_output_request_ids` order, one per scheduled speculative token (-1 padding
+  included), then the bonus row. The k-th token the engine accepts in a step was sampled from
+  the request's row k (the rejection sampler keeps drafts up to the first mismatch, then
+  samples one token from the next row), so each accepted token gets the count of its own row.
+  While filling, vLLM advances the grammar over the drafts and `rollback()`s them: that is
+  draft bookkeeping (counted as such), never a rejection. A token the grammar refuses in
+  `Scheduler.update_from_output` finishes the request with FINISHED_ERROR.
 - Stats: `StatLoggerBase` subclasses come from the `vllm.stat_logger_plugins` entry point in
   `vllm serve`; the offline `LLM` loads no plugins there, so `StatLoggerManager.__init__` is
   wrapped to add ours (de-duplicated).
@@ -42,7 +47,7 @@ from .settings import Level
 __all__ = ["StatLoggerBase", "install"]
 
 _SUMMARY = int(Level.SUMMARY)
-_FULL = int(Level.FULL)
+_KEY_EVENTS = int(Level.KEY_EVENTS)
 
 # vllm_audit.v1.LifecyclePhase values.
 ADDED, SCHEDULED, RESUMED, PREEMPTED, FINISHED, ABORTED = 1, 2, 3, 4, 5, 6
@@ -155,7 +160,7 @@ def _offer_finished(request: Any, offer: Any) -> None:
     so = request.structured_output_request
     grammar = getattr(so, "_grammar", None) if so is not None else None
     if isinstance(grammar, AuditedGrammar):
-        offer(grammar.summary_event())
+        grammar.finish(status.name)
     offer(
         (
             raw.LIFECYCLE,
@@ -186,6 +191,7 @@ _SPEC_TYPES = {
 def wrap_structured_output_manager(manager: Any, tap: BitmaskTap) -> None:
     rt = tap.runtime
     offer = rt.buffer.offer
+    include, cap = rt.settings.include_grammar, rt.settings.grammar_max_bytes
     orig_create = manager._create_grammar
     orig_bitmask = manager.grammar_bitmask
 
@@ -197,12 +203,12 @@ def wrap_structured_output_manager(manager: Any, tap: BitmaskTap) -> None:
             grammar = orig_create(request)
         except Exception as exc:
             try:
-                offer(_grammar_event(request, start, repr(exc)))
+                offer(_grammar_event(request, start, repr(exc), include, cap))
             except Exception as inner:
                 ERRORS.record("grammar.create.error_event", inner)
             raise
         try:
-            offer(_grammar_event(request, start, ""))
+            offer(_grammar_event(request, start, "", include, cap))
             backend = _backend_name(request)
             return AuditedGrammar(grammar, request.request_id, tap, backend)
         except Exception as exc:
@@ -221,13 +227,17 @@ def wrap_structured_output_manager(manager: Any, tap: BitmaskTap) -> None:
             )
         finally:
             tap.filling = False
-        if bitmask is not None and rt.level >= _FULL:
+        level = rt.level
+        # Rows are walked at summary level only under speculative decoding (draft counts);
+        # the popcount is paid from level key-events on (its steps carry allowed counts).
+        if bitmask is not None and (
+            level >= _KEY_EVENTS or (level >= _SUMMARY and scheduled_spec_decode_tokens)
+        ):
             try:
-                tap.assign(
-                    bitmask,
-                    _bonus_rows(requests, structured_output_request_ids,
-                                scheduled_spec_decode_tokens, bitmask.shape[0]),
-                )
+                rows = _request_rows(requests, structured_output_request_ids,
+                                     scheduled_spec_decode_tokens, bitmask.shape[0])
+                if level >= _KEY_EVENTS:
+                    tap.assign(bitmask, rows)
             except Exception as exc:
                 ERRORS.record("grammar.bitmask", exc)
         return bitmask
@@ -236,21 +246,26 @@ def wrap_structured_output_manager(manager: Any, tap: BitmaskTap) -> None:
     manager.grammar_bitmask = grammar_bitmask
 
 
-def _bonus_rows(
+def _request_rows(
     requests: dict[str, Any],
     request_ids: list[str],
     spec_tokens: dict[str, list[int]],
     n_rows: int,
-) -> list[tuple[Any, int]]:
-    rows: list[tuple[Any, int]] = []
+) -> list[tuple[Any, int, int]]:
+    """(grammar, first row, row count) per request, in the manager's row order; also sets each
+    grammar's count of real (non-padding) drafts for the coming step."""
+    rows: list[tuple[Any, int, int]] = []
     index = 0
     for req_id in request_ids:
-        index += len(spec_tokens.get(req_id, ()))
-        if index >= n_rows:
+        drafts = spec_tokens.get(req_id, ())
+        count = min(len(drafts) + 1, n_rows - index)
+        if count <= 0:
             break
-        so = requests[req_id].structured_output_request
-        rows.append((getattr(so, "_grammar", None), index))
-        index += 1
+        grammar = getattr(requests[req_id].structured_output_request, "_grammar", None)
+        if isinstance(grammar, AuditedGrammar):
+            grammar.pending_drafted = sum(1 for t in drafts if t != -1)
+        rows.append((grammar, index, count))
+        index += len(drafts) + 1
     return rows
 
 
@@ -259,10 +274,16 @@ def _backend_name(request: Any) -> str:
     return str(getattr(params, "_backend", None) or "unknown")
 
 
-def _grammar_event(request: Any, start: float, error: str) -> tuple[Any, ...]:
+def _grammar_event(request: Any, start: float, error: str,
+                   include_grammar: bool = False, max_bytes: int = 0) -> tuple[Any, ...]:
     so = request.structured_output_request
     spec_type, spec = so.structured_output_key
     name = getattr(spec_type, "name", str(spec_type))
+    data = str(spec).encode()
+    text = ""
+    if include_grammar:
+        # Cut on a UTF-8 boundary so the kept prefix stays valid text.
+        text = data[:max_bytes].decode("utf-8", "ignore")
     return (
         raw.GRAMMAR,
         time.time_ns(),
@@ -271,7 +292,9 @@ def _grammar_event(request: Any, start: float, error: str) -> tuple[Any, ...]:
         _SPEC_TYPES.get(name, name.lower()),
         (time.perf_counter() - start) * 1000.0,
         error,
-        hashlib.sha256(str(spec).encode()).hexdigest(),
+        hashlib.sha256(data).hexdigest(),
+        text,
+        len(data),
     )
 
 

@@ -47,9 +47,14 @@ class AuditMiddleware:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
         self._rt: HookRuntime | None = None
+        self._auditor: Any = None  # ResponseAuditor when VLLM_AUDIT_IN_RESPONSE=true
         try:
             if settings().enabled:
                 self._rt = get_runtime("api_server")
+                if self._rt.settings.in_response:
+                    from .response_audit import ResponseAuditor
+
+                    self._auditor = ResponseAuditor(self._rt.settings)
         except Exception as exc:
             ERRORS.record("middleware.init", exc)
 
@@ -69,8 +74,11 @@ class AuditMiddleware:
             ERRORS.record("middleware.begin", exc)
             await self.app(scope, receive, send)
             return
+        send_out = audit.wrap_send(send)
+        if self._auditor is not None:
+            send_out = _with_response_audit(self._auditor, scope, audit.request_id, send_out)
         try:
-            await self.app(audit.scope, audit.wrap_receive(receive), audit.wrap_send(send))
+            await self.app(audit.scope, audit.wrap_receive(receive), send_out)
         except BaseException as exc:
             audit.error = repr(exc)
             if audit.status == 0:
@@ -81,6 +89,18 @@ class AuditMiddleware:
                 rt.buffer.offer((raw.HTTP, audit.start_ns, audit.request_id, audit.fields()))
             except Exception as exc:
                 ERRORS.record("middleware.end", exc)
+
+
+def _with_response_audit(auditor: Any, scope: Scope, request_id: str, send: Send) -> Send:
+    """VLLM_AUDIT_IN_RESPONSE: the response audit sits between vLLM and the request audit, so
+    the request audit records the bytes the client actually received."""
+    from .response_audit import PATHS, ResponseInjector
+
+    if scope.get("method") != "POST" or scope.get("path") not in PATHS:
+        return send
+    injector: Send = ResponseInjector(auditor, request_id, str(scope.get("path")), send,
+                                      ERRORS).send
+    return injector
 
 
 class _RequestAudit:

@@ -15,17 +15,22 @@ from .settings import HookSettings
 
 # (KIND, time_ns, request_id, phase, n_prompt, n_output, finish_reason, status, max_tokens, so)
 LIFECYCLE = 1
-# (KIND, time_ns, request_id, backend, spec_type, compile_ms, error, spec_sha256)
+# (KIND, time_ns, request_id, backend, spec_type, compile_ms, error, spec_sha256, spec,
+#  spec_size)
 GRAMMAR = 2
-# (KIND, time_ns, request_id, step, tokens, allowed, accepted, terminated, bitmask, vocab)
+# (KIND, time_ns, request_id, step, tokens, allowed, accepted, terminated, bitmask, vocab,
+#  allowed_per_token, drafted, accepted_drafts, rolled_back_drafts)
 STEP = 3
 # (KIND, time_ns, request_id, backend, steps, accepted, rejected, allowed_min, allowed_max,
-#  allowed_mean, terminated, rollbacks, first_rejected_token, first_rejected_step)
+#  allowed_mean, terminated, rollbacks, first_rejected_token, first_rejected_step,
+#  drafted, accepted_drafts, draft_rollbacks, rolled_back_drafts, rejection_fate)
 SO_SUMMARY = 4
 # (KIND, time_ns, "", dict of EngineStats fields)
 STATS = 5
 # (KIND, time_ns, x_request_id, dict of HttpRequest fields before the capture policy)
 HTTP = 6
+# (KIND, time_ns, request_id, name, dict of str attributes) — vllm_hooks.api
+CUSTOM = 7
 
 
 class EventConverter:
@@ -48,6 +53,7 @@ class EventConverter:
         elif kind == GRAMMAR:
             gc = event.grammar_compiled
             gc.backend, gc.spec_type, gc.compile_ms, gc.error, gc.spec_sha256 = raw[3:8]
+            gc.spec, gc.spec_size = raw[8:10]
         elif kind == STEP:
             st = event.so_step
             st.step = raw[3]
@@ -58,6 +64,8 @@ class EventConverter:
             if raw[8] is not None:
                 st.allowed_bitmask = raw[8]
             st.vocab_size = raw[9]
+            st.allowed_per_token.extend(raw[10])
+            st.drafted_tokens, st.accepted_draft_tokens, st.rolled_back_draft_tokens = raw[11:14]
         elif kind == SO_SUMMARY:
             s = event.so_summary
             (
@@ -72,7 +80,12 @@ class EventConverter:
                 s.rollbacks,
                 s.first_rejected_token,
                 s.first_rejected_step,
-            ) = raw[3:14]
+                s.drafted_tokens,
+                s.accepted_draft_tokens,
+                s.draft_rollbacks,
+                s.rolled_back_draft_tokens,
+                s.rejection_fate,
+            ) = raw[3:19]
         elif kind == STATS:
             event.engine_stats.CopyFrom(pb.EngineStats(**raw[3]))
         elif kind == HTTP:
@@ -88,6 +101,12 @@ class EventConverter:
                 f"client_ip={settings.capture_client_ip}"
             )
             event.http.CopyFrom(pb.HttpRequest(**fields))
+        elif kind == CUSTOM:
+            # Field added by the wire contract's CustomEvent; the API refuses before offering
+            # when the generated code lacks it, so this is never reached without it.
+            custom = event.custom
+            custom.name = raw[3]
+            custom.attributes.update(raw[4])
         else:
             raise ValueError(f"unknown raw event kind {kind!r}")
         return event

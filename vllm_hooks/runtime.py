@@ -50,7 +50,7 @@ class HookRuntime:
             self.apply_config,
             role,
         )
-        self.sender.applied_config = (self.level, 0, 0)
+        self.sender.applied_config = (settings.level.wire, 0, 0)  # the wire number
         self._closed = False
 
     def start(self) -> None:
@@ -63,17 +63,20 @@ class HookRuntime:
         Versions are ordered only within one agent start (epoch): a restarted agent counts
         from 1 again, so a config from another epoch is always taken. What is applied is
         reported back on every batch (`Batch.applied_level`), so a hook that did not follow
-        is visible at the agent."""
-        if level not in Level._value2member_map_:
+        is visible at the agent. `level` is the wire number; the runtime holds the capture
+        rank (see Level: KEY_EVENTS is wire 5 but ranks between SUMMARY and FULL)."""
+        try:
+            new = Level.from_wire(level)
+        except ValueError:
             logger.warning("vllm-audit: ignoring unknown audit level %d from the agent", level)
             return
         if epoch == self.config_epoch and version < self.config_version:
             return  # stale within this agent start
         self.config_epoch, self.config_version = epoch, version
-        if level != self.level:
-            logger.info("vllm-audit: audit level %s -> %s", Level(self.level).name, Level(level).name)
-        self.level = level
-        self.sender.applied_config = (level, epoch, version)
+        if new != self.level:
+            logger.info("vllm-audit: audit level %s -> %s", Level(self.level).name, new.name)
+        self.level = int(new)
+        self.sender.applied_config = (new.wire, epoch, version)
         self.buffer.wakeup.set()  # report it now, even with nothing else to send
 
     def close(self, timeout: float = 2.0) -> dict[str, int]:

@@ -6,7 +6,7 @@ Every variable is a documented constant here; nothing else in the hook reads the
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntEnum
 
 #: "true" installs the hook (the project's own switch).
@@ -15,7 +15,7 @@ ENV_ENABLED = "VLLM_AUDIT_ENABLED"
 ENV_STRUCTURED_OUTPUT_AUDIT = "VLLM_STRUCTURED_OUTPUT_AUDIT"
 #: Agent ingest address: a Unix socket path, or "unix:/path", or "host:port" (TCP).
 ENV_AGENT_ADDRESS = "VLLM_AUDIT_AGENT_ADDRESS"
-#: Level until the agent pushes one: off | summary | full | full-with-allowed-sets.
+#: Level until the agent pushes one: off | summary | key-events | full | full-with-allowed-sets.
 ENV_LEVEL = "VLLM_AUDIT_LEVEL"
 #: Events held in memory before new ones are dropped (and counted).
 ENV_BUFFER_EVENTS = "VLLM_AUDIT_BUFFER_EVENTS"
@@ -42,6 +42,41 @@ ENV_HMAC_KEY = "VLLM_AUDIT_HMAC_KEY"
 #: Header that names the tenant of a request.
 ENV_TENANT_HEADER = "VLLM_AUDIT_TENANT_HEADER"
 
+# -- The first seed design's variables, each with its seed meaning mapped onto this design. --
+#: true: record the allowed-token set of every step (implies level full-with-allowed-sets).
+ENV_RECORD_ALLOWED_TOKENS = "VLLM_AUDIT_RECORD_ALLOWED_TOKENS"
+#: true: record every grammar step, not only the summary (implies level full).
+ENV_RECORD_FULL_EVENTS = "VLLM_AUDIT_RECORD_FULL_EVENTS"
+#: true: keep the grammar's spec text in GrammarCompiled (cut at VLLM_AUDIT_GRAMMAR_MAX_BYTES),
+#: so a trail is self-contained and `vllm-audit replay` can re-run it.
+ENV_INCLUDE_GRAMMAR = "VLLM_AUDIT_INCLUDE_GRAMMAR"
+ENV_GRAMMAR_MAX_BYTES = "VLLM_AUDIT_GRAMMAR_MAX_BYTES"
+#: The seed's synchronous mode (false) is not offered: the engine thread only appends to a
+#: bounded buffer and a background thread sends, so vLLM never waits on the audit. false is
+#: accepted and answered with a startup warning saying so.
+ENV_ASYNC = "VLLM_AUDIT_ASYNC"
+#: Persistence is the agent's: its ingest WAL and record log under `--data-dir`. In the hook
+#: these only produce a startup message pointing there (VLLM_AUDIT_LOG_DIR is the agent's
+#: data directory; VLLM_AUDIT_PERSIST=false cannot turn off what acknowledgements rely on).
+ENV_PERSIST = "VLLM_AUDIT_PERSIST"
+ENV_LOG_DIR = "VLLM_AUDIT_LOG_DIR"
+#: true: chat and completion responses carry usage.structured_output_audit.
+ENV_IN_RESPONSE = "VLLM_AUDIT_IN_RESPONSE"
+#: What the response carries: summary (the trail's audit summary) | full (also its events).
+ENV_RESPONSE_LEVEL = "VLLM_AUDIT_RESPONSE_LEVEL"
+#: Where the API server reads a request's audit for the response: the agent's query API.
+ENV_QUERY_ADDRESS = "VLLM_AUDIT_QUERY_ADDRESS"
+#: Bearer token for that query API (role auditor or admin); kept out of logs.
+ENV_QUERY_TOKEN = "VLLM_AUDIT_QUERY_TOKEN"
+#: Longest a response waits for its audit (the engine's events reach the agent in ~flush ms).
+ENV_RESPONSE_TIMEOUT_MS = "VLLM_AUDIT_RESPONSE_TIMEOUT_MS"
+#: Trails kept in memory: the agent's trail store cap. Validated here, applied by the agent.
+ENV_MAX_TRAILS = "VLLM_AUDIT_MAX_TRAILS"
+
+RESPONSE_LEVELS = ("summary", "full")
+#: Named starting points (PRESETS); every variable set explicitly overrides its preset value.
+ENV_PRESET = "VLLM_AUDIT_PRESET"
+
 # -- start-up policy (read by register() on its own: it must work when the rest is invalid) --
 #: "true": an invalid setting only logs and vLLM serves unaudited. Default: vLLM refuses to
 #: start, naming the variable (an audit that is silently off fails its purpose).
@@ -64,12 +99,33 @@ CAPTURE_POLICIES = ("none", "hmac", "redact", "full")
 
 
 class Level(IntEnum):
-    """Mirrors vllm_audit.v1.AuditLevel numerically, so the wire value converts directly."""
+    """Audit levels. The int is a *rank* (what a level captures, in increasing order), so call
+    sites compare with `>=`; the wire number is `vllm_audit.v1.AuditLevel`, where KEY_EVENTS was
+    appended as 5 (wire numbers are forever), hence the two differ. Names match the proto enum
+    without its AUDIT_LEVEL_ prefix (a unit test holds them together)."""
 
-    OFF = 1
-    SUMMARY = 2
-    FULL = 3
-    FULL_WITH_ALLOWED_SETS = 4
+    OFF = 10
+    SUMMARY = 20
+    #: Compile, first and last step, rejections, rollbacks, errors and finish.
+    KEY_EVENTS = 25
+    FULL = 30
+    FULL_WITH_ALLOWED_SETS = 40
+
+    @property
+    def wire(self) -> int:
+        from vllm_audit.v1 import events_pb2 as pb
+
+        return int(pb.AuditLevel.Value("AUDIT_LEVEL_" + self.name))
+
+    @classmethod
+    def from_wire(cls, value: int) -> Level:
+        """Raises ValueError for a wire value with no level (including UNSPECIFIED)."""
+        from vllm_audit.v1 import events_pb2 as pb
+
+        name = pb.AuditLevel.Name(value).removeprefix("AUDIT_LEVEL_")
+        if name not in cls.__members__:
+            raise ValueError(f"no audit level for wire value {value}")
+        return cls[name]
 
     @classmethod
     def parse(cls, text: str) -> Level:
@@ -81,8 +137,78 @@ class Level(IntEnum):
         raise ValueError(f"unknown audit level {text!r}; expected one of: {names}")
 
 
+@dataclass(frozen=True)
+class Preset:
+    level: Level
+    include_grammar: bool
+    in_response: bool = False
+    response_level: str = "summary"
+
+
+PRESETS: dict[str, Preset] = {
+    # Who called what and the structured-output summary: the cheapest useful audit.
+    "minimal": Preset(Level.SUMMARY, include_grammar=False),
+    # The seed's middle granularity, with the grammar kept so a trail is self-contained.
+    "standard": Preset(Level.KEY_EVENTS, include_grammar=True),
+    # Every step with its allowed count and the grammar: `vllm-audit replay` can prove it.
+    "forensic": Preset(Level.FULL, include_grammar=True),
+    # Everything, the allowed sets too, and the audit in each response.
+    "debug": Preset(Level.FULL_WITH_ALLOWED_SETS, include_grammar=True, in_response=True,
+                    response_level="full"),
+}
+
+
 def _truthy(value: str | None) -> bool:
     return (value or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _bool(env: dict[str, str] | os._Environ[str], name: str, default: bool) -> bool:
+    """The seed's boolean variables: a wrong value is an error naming the variable."""
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{name}={raw!r} is not a boolean; expected true or false")
+
+
+def _preset(env: dict[str, str] | os._Environ[str]) -> Preset:
+    name = (env.get(ENV_PRESET) or "minimal").strip().lower()
+    if name not in PRESETS:
+        raise ValueError(f"{ENV_PRESET}={name!r}; expected one of {', '.join(PRESETS)}")
+    return PRESETS[name]
+
+
+def _seed_level(env: dict[str, str] | os._Environ[str], default: Level = Level.SUMMARY) -> Level:
+    """VLLM_AUDIT_LEVEL, or the level the seed's RECORD_* variables imply. Both set and the
+    explicit level below what a RECORD_* variable asks for is a contradiction, not a guess."""
+    implied, because = default, ""
+    for name, level in ((ENV_RECORD_FULL_EVENTS, Level.FULL),
+                        (ENV_RECORD_ALLOWED_TOKENS, Level.FULL_WITH_ALLOWED_SETS)):
+        if _bool(env, name, False):
+            because = name
+            implied = max(implied, level)
+    explicit = env.get(ENV_LEVEL)
+    if not explicit:
+        return implied
+    level = Level.parse(explicit)
+    if because and level < implied:
+        raise ValueError(
+            f"{because}=true needs level {implied.name.lower().replace('_', '-')} but "
+            f"{ENV_LEVEL}={explicit!r}; unset one of them"
+        )
+    return level
+
+
+def _choice(env: dict[str, str] | os._Environ[str], name: str, choices: tuple[str, ...],
+            default: str) -> str:
+    value = (env.get(name) or default).strip().lower()
+    if value not in choices:
+        raise ValueError(f"{name}={value!r}; expected one of {', '.join(choices)}")
+    return value
 
 
 def _positive_int(env: dict[str, str] | os._Environ[str], name: str, default: int) -> int:
@@ -119,6 +245,18 @@ class HookSettings:
     capture_client_ip: str = "hmac"
     hmac_key: bytes | None = None
     tenant_header: str = "x-tenant-id"
+    # -- the seed's variables (see the ENV_* constants above for how each maps) --
+    include_grammar: bool = False
+    grammar_max_bytes: int = 64 * 1024
+    async_requested: bool = True
+    persist: bool | None = None
+    log_dir: str = ""
+    in_response: bool = False
+    response_level: str = "summary"
+    max_trails: int | None = None
+    query_address: str = "127.0.0.1:50051"
+    query_token: str = field(default="", repr=False)
+    response_timeout_ms: int = 500
     max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     ack_timeout_ms: int = DEFAULT_ACK_TIMEOUT_MS
@@ -142,10 +280,11 @@ class HookSettings:
         """Raises ValueError naming the variable when a value is wrong."""
         env = os.environ if env is None else env
         key = env.get(ENV_HMAC_KEY)
+        preset = _preset(env)
         return cls(
             enabled=_truthy(env.get(ENV_ENABLED)) or _truthy(env.get(ENV_STRUCTURED_OUTPUT_AUDIT)),
             agent_address=env.get(ENV_AGENT_ADDRESS) or DEFAULT_AGENT_ADDRESS,
-            level=Level.parse(env.get(ENV_LEVEL) or "summary"),
+            level=_seed_level(env, preset.level),
             buffer_events=_positive_int(env, ENV_BUFFER_EVENTS, 65536),
             unacked_bytes=_positive_int(env, ENV_UNACKED_BYTES, 64 * 1024 * 1024),
             batch_events=_positive_int(env, ENV_BATCH_EVENTS, 2048),
@@ -155,10 +294,49 @@ class HookSettings:
             capture_client_ip=_policy(env, ENV_CAPTURE_CLIENT_IP, "hmac"),
             hmac_key=key.encode() if key else None,
             tenant_header=(env.get(ENV_TENANT_HEADER) or "x-tenant-id").lower(),
+            include_grammar=_bool(env, ENV_INCLUDE_GRAMMAR, preset.include_grammar),
+            grammar_max_bytes=_positive_int(env, ENV_GRAMMAR_MAX_BYTES, 64 * 1024),
+            async_requested=_bool(env, ENV_ASYNC, True),
+            persist=_bool(env, ENV_PERSIST, True) if env.get(ENV_PERSIST) else None,
+            log_dir=env.get(ENV_LOG_DIR) or "",
+            in_response=_bool(env, ENV_IN_RESPONSE, preset.in_response),
+            response_level=_choice(env, ENV_RESPONSE_LEVEL, RESPONSE_LEVELS,
+                                   preset.response_level),
+            max_trails=_positive_int(env, ENV_MAX_TRAILS, 1) if env.get(ENV_MAX_TRAILS) else None,
+            query_address=env.get(ENV_QUERY_ADDRESS) or "127.0.0.1:50051",
+            query_token=(env.get(ENV_QUERY_TOKEN) or "").strip(),
+            response_timeout_ms=_positive_int(env, ENV_RESPONSE_TIMEOUT_MS, 500),
             max_batch_bytes=_positive_int(env, ENV_MAX_BATCH_BYTES, DEFAULT_MAX_BATCH_BYTES),
             max_message_bytes=_positive_int(env, ENV_MAX_MESSAGE_BYTES, DEFAULT_MAX_MESSAGE_BYTES),
             ack_timeout_ms=_positive_int(env, ENV_ACK_TIMEOUT_MS, DEFAULT_ACK_TIMEOUT_MS),
         )
+
+    def startup_notes(self) -> list[str]:
+        """What the seed's variables that this design answers elsewhere do here, said once at
+        startup so nobody believes a setting took effect when it did not."""
+        notes = []
+        if not self.async_requested:
+            notes.append(
+                f"{ENV_ASYNC}=false is not offered: the engine thread only appends to a bounded "
+                "buffer and a background thread sends, so vLLM never waits on the audit"
+            )
+        if self.persist is False:
+            notes.append(
+                f"{ENV_PERSIST}=false is not offered: the agent's write-ahead log is what its "
+                "acknowledgements rest on; use the agent's retention settings instead"
+            )
+        if self.persist or self.log_dir:
+            where = self.log_dir or "its --data-dir"
+            notes.append(
+                f"{ENV_PERSIST}/{ENV_LOG_DIR}: audit records persist in the agent's record log "
+                f"({where}); start the agent with --data-dir {self.log_dir or 'DIR'}"
+            )
+        if self.max_trails is not None:
+            notes.append(
+                f"{ENV_MAX_TRAILS}={self.max_trails} is the agent's trail store cap; set it "
+                "in the agent's environment (the hook keeps no trails)"
+            )
+        return notes
 
     def grpc_target(self) -> str:
         """A gRPC target for the agent address (a bare path means a Unix socket)."""

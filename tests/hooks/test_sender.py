@@ -8,21 +8,16 @@ counted, and named by the next batch's gap marker; nothing disappears without a 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from vllm_audit.v1 import query_pb2
 
 from agent.server import AgentHandle
 from tests.support.agent_harness import agent, query, until
+from tests.support.sender_harness import running_sender
 from vllm_hooks import raw_events as raw
 from vllm_hooks.buffer import EventBuffer
-from vllm_hooks.capture import CapturePolicy
-from vllm_hooks.errors import InternalErrors
-from vllm_hooks.raw_events import EventConverter
 from vllm_hooks.sender import Sender
-from vllm_hooks.settings import HookSettings
 
 FINISHED = 5  # vllm_audit.v1.LIFECYCLE_PHASE_FINISHED
 EVENTS = 30
@@ -35,22 +30,6 @@ def finished(i: int) -> tuple[object, ...]:
             "FINISHED_STOPPED", 16, False)
 
 
-@contextmanager
-def running_sender(socket: Path, unacked_bytes: int) -> Iterator[tuple[Sender, EventBuffer,
-                                                                         InternalErrors]]:
-    # One event per batch, so the WAL cap and the byte cap cut between events.
-    settings = HookSettings(enabled=True, agent_address=str(socket), batch_events=1,
-                            flush_ms=5, unacked_bytes=unacked_bytes)
-    buffer = EventBuffer(1000)
-    errors = InternalErrors()
-    sender = Sender(settings, buffer, EventConverter(settings, CapturePolicy(b"k")), errors,
-                    lambda *config: None, "test")
-    sender.start()
-    try:
-        yield sender, buffer, errors
-    finally:
-        sender.close(2.0)
-    assert errors.snapshot() == {}, "the sender swallowed errors"
 
 
 async def fill_until_refused(handle: AgentHandle, sender: Sender, buffer: EventBuffer) -> None:
@@ -69,7 +48,7 @@ async def delivered_request_ids(handle: AgentHandle) -> set[str]:
 
 async def test_unacknowledged_batches_are_resent_after_the_agent_restarts(tmp_path: Path) -> None:
     socket = tmp_path / "ingest.sock"
-    with running_sender(socket, unacked_bytes=1 << 20) as (sender, buffer, _):
+    with running_sender(socket, batch_events=1, unacked_bytes=1 << 20) as (sender, buffer):
         async with agent(tmp_path, wal_max_bytes=SMALL_WAL) as (handle, _):
             await fill_until_refused(handle, sender, buffer)
             accepted = handle.state.counters["events"]
@@ -88,7 +67,7 @@ async def test_unacknowledged_batches_are_resent_after_the_agent_restarts(tmp_pa
 
 async def test_batches_past_the_byte_cap_are_dropped_counted_and_named(tmp_path: Path) -> None:
     socket = tmp_path / "ingest.sock"
-    with running_sender(socket, unacked_bytes=500) as (sender, buffer, _):
+    with running_sender(socket, batch_events=1, unacked_bytes=500) as (sender, buffer):
         async with agent(tmp_path, wal_max_bytes=SMALL_WAL) as (handle, _):
             await fill_until_refused(handle, sender, buffer)
             accepted = handle.state.counters["events"]

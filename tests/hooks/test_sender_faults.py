@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +22,9 @@ from vllm_audit.v1 import events_pb2 as pb
 from vllm_audit.v1 import ingest_pb2, ingest_pb2_grpc, query_pb2
 
 from tests.support.agent_harness import Hook, agent, query, until
+from tests.support.sender_harness import running_sender
 from vllm_hooks import raw_events as raw
-from vllm_hooks.buffer import EventBuffer
-from vllm_hooks.capture import CapturePolicy
-from vllm_hooks.errors import InternalErrors
-from vllm_hooks.raw_events import EventConverter
 from vllm_hooks.sender import Sender
-from vllm_hooks.settings import HookSettings
 
 FINISHED = 5  # vllm_audit.v1.LIFECYCLE_PHASE_FINISHED
 EVENTS = 40
@@ -43,21 +39,6 @@ def request_ids(n: int) -> set[str]:
     return {f"req{i:04d}" for i in range(n)}
 
 
-@contextlib.contextmanager
-def running_sender(socket: Path, batch_events: int, ack_timeout_ms: int
-                   ) -> Iterator[tuple[Sender, EventBuffer]]:
-    settings = HookSettings(enabled=True, agent_address=str(socket), batch_events=batch_events,
-                            flush_ms=5, ack_timeout_ms=ack_timeout_ms)
-    buffer = EventBuffer(1000)
-    errors = InternalErrors()
-    sender = Sender(settings, buffer, EventConverter(settings, CapturePolicy(b"k")), errors,
-                    lambda *config: None, "test")
-    sender.start()
-    try:
-        yield sender, buffer
-    finally:
-        sender.close(2.0)
-    assert errors.snapshot() == {}, "the sender swallowed errors"
 
 
 @contextlib.asynccontextmanager

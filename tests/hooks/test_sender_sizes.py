@@ -7,20 +7,14 @@ Before the per-batch byte cap, `capture_prompt=full` with 100 requests of 50 KB 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from vllm_audit.v1 import query_pb2
 
 from tests.support.agent_harness import agent, query
+from tests.support.sender_harness import running_sender
 from vllm_hooks import raw_events as raw
-from vllm_hooks.buffer import EventBuffer
-from vllm_hooks.capture import CapturePolicy
-from vllm_hooks.errors import InternalErrors
-from vllm_hooks.raw_events import EventConverter
-from vllm_hooks.sender import Sender
-from vllm_hooks.settings import DEFAULT_MAX_BATCH_BYTES, HookSettings
+from vllm_hooks.settings import DEFAULT_MAX_BATCH_BYTES
 
 PHASES = (1, 2, 2, 2, 2, 2, 2, 2, 2, 5)  # added, scheduled x8, finished: 10 engine events
 
@@ -34,26 +28,12 @@ def lifecycle(rid: str, phase: int, t: int) -> tuple[object, ...]:
     return (raw.LIFECYCLE, 10**18 + t, rid, phase, 3, 5, "", "", 16, False)
 
 
-@contextmanager
-def full_capture_sender(socket: Path) -> Iterator[tuple[Sender, EventBuffer]]:
-    # The defaults a deployment gets, with prompts captured in full.
-    settings = HookSettings(enabled=True, agent_address=str(socket), capture_prompt="full",
-                            capture_output="full")
-    buffer = EventBuffer(4096)
-    errors = InternalErrors()
-    sender = Sender(settings, buffer, EventConverter(settings, CapturePolicy(b"k")), errors,
-                    lambda *config: None, "api_server")
-    sender.start()
-    try:
-        yield sender, buffer
-    finally:
-        sender.close(2.0)
-    assert errors.snapshot() == {}, "the sender swallowed errors"
 
 
 async def test_many_large_prompts_are_cut_into_batches_and_all_delivered(tmp_path: Path) -> None:
     prompt = "p" * 50_000
-    with full_capture_sender(tmp_path / "ingest.sock") as (sender, buffer):
+    with running_sender(tmp_path / "ingest.sock", buffer_events=4096, role="api_server",
+                        flush_ms=20, capture_prompt="full", capture_output="full") as (sender, buffer):
         async with agent(tmp_path) as (handle, _):
             for i in range(100):
                 rid = f"req{i:03d}"
@@ -76,7 +56,8 @@ async def test_many_large_prompts_are_cut_into_batches_and_all_delivered(tmp_pat
 async def test_a_prompt_over_the_batch_cap_is_delivered_truncated_and_marked(
         tmp_path: Path) -> None:
     prompt = "\u00e9" * 3_000_000  # 6 MB of two-byte UTF-8 characters
-    with full_capture_sender(tmp_path / "ingest.sock") as (sender, buffer):
+    with running_sender(tmp_path / "ingest.sock", buffer_events=4096, role="api_server",
+                        flush_ms=20, capture_prompt="full", capture_output="full") as (sender, buffer):
         async with agent(tmp_path) as (handle, _):
             buffer.offer(http("big", prompt))
             buffer.offer(lifecycle("after", 5, 0))  # what follows is not blocked

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
+
 import pytest
 from vllm_audit.v1 import events_pb2 as pb
-from vllm_audit.v1 import ingest_pb2
+from vllm_audit.v1 import ingest_pb2, query_pb2
 
+from tests.support.agent_harness import agent, query
+from tests.support.sender_harness import running_sender
 from vllm_hooks import raw_events as raw
 from vllm_hooks.batching import BatchFiller, framed_size
 from vllm_hooks.buffer import EventBuffer
@@ -127,3 +132,18 @@ def test_the_filler_cuts_by_bytes_keeps_order_and_counts_what_it_cannot_send() -
             drops[reason] = drops.get(reason, 0) + n
     assert drops == {"event_too_big": 1, "convert_error": 1}
     assert errors.snapshot() == {"sender.convert": 1}
+
+
+async def test_a_custom_event_reaches_its_trail_through_the_real_agent(tmp_path: Path) -> None:
+    """record_custom_event's raw tuple, through the real sender and agent, into the trail."""
+    rid = "0-1a2b3c4d"
+    async with agent(tmp_path) as (handle, _):
+        with running_sender(tmp_path / "ingest.sock") as (sender, buffer):
+            buffer.offer((raw.CUSTOM, 10**18, rid, "policy_check", {"verdict": "allow"}))
+            buffer.offer((raw.LIFECYCLE, 10**18 + 1, rid, 5, 3, 5, "stop", "FINISHED_STOPPED",
+                          16, False))
+            assert await asyncio.to_thread(sender.flush, 15.0)
+        trail = await query(handle).GetTrail(query_pb2.GetTrailRequest(request_id=rid,
+                                                                       include_events=True))
+        (custom,) = [e.custom for e in trail.events if e.WhichOneof("body") == "custom"]
+        assert (custom.name, dict(custom.attributes)) == ("policy_check", {"verdict": "allow"})

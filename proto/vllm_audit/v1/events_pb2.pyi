@@ -14,6 +14,7 @@ class AuditLevel(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     AUDIT_LEVEL_SUMMARY: _ClassVar[AuditLevel]
     AUDIT_LEVEL_FULL: _ClassVar[AuditLevel]
     AUDIT_LEVEL_FULL_WITH_ALLOWED_SETS: _ClassVar[AuditLevel]
+    AUDIT_LEVEL_KEY_EVENTS: _ClassVar[AuditLevel]
 
 class LifecyclePhase(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -29,6 +30,7 @@ AUDIT_LEVEL_OFF: AuditLevel
 AUDIT_LEVEL_SUMMARY: AuditLevel
 AUDIT_LEVEL_FULL: AuditLevel
 AUDIT_LEVEL_FULL_WITH_ALLOWED_SETS: AuditLevel
+AUDIT_LEVEL_KEY_EVENTS: AuditLevel
 LIFECYCLE_PHASE_UNSPECIFIED: LifecyclePhase
 LIFECYCLE_PHASE_ADDED: LifecyclePhase
 LIFECYCLE_PHASE_SCHEDULED: LifecyclePhase
@@ -56,21 +58,25 @@ class RequestLifecycle(_message.Message):
     def __init__(self, phase: _Optional[_Union[LifecyclePhase, str]] = ..., num_prompt_tokens: _Optional[int] = ..., num_output_tokens: _Optional[int] = ..., finish_reason: _Optional[str] = ..., status: _Optional[str] = ..., max_tokens: _Optional[int] = ..., structured_output: _Optional[bool] = ...) -> None: ...
 
 class GrammarCompiled(_message.Message):
-    __slots__ = ("backend", "spec_type", "compile_ms", "error", "spec_sha256")
+    __slots__ = ("backend", "spec_type", "compile_ms", "error", "spec_sha256", "spec", "spec_size")
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     SPEC_TYPE_FIELD_NUMBER: _ClassVar[int]
     COMPILE_MS_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     SPEC_SHA256_FIELD_NUMBER: _ClassVar[int]
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    SPEC_SIZE_FIELD_NUMBER: _ClassVar[int]
     backend: str
     spec_type: str
     compile_ms: float
     error: str
     spec_sha256: str
-    def __init__(self, backend: _Optional[str] = ..., spec_type: _Optional[str] = ..., compile_ms: _Optional[float] = ..., error: _Optional[str] = ..., spec_sha256: _Optional[str] = ...) -> None: ...
+    spec: str
+    spec_size: int
+    def __init__(self, backend: _Optional[str] = ..., spec_type: _Optional[str] = ..., compile_ms: _Optional[float] = ..., error: _Optional[str] = ..., spec_sha256: _Optional[str] = ..., spec: _Optional[str] = ..., spec_size: _Optional[int] = ...) -> None: ...
 
 class StructuredOutputStep(_message.Message):
-    __slots__ = ("step", "accepted_tokens", "allowed_tokens", "accepted", "terminated", "allowed_bitmask", "vocab_size")
+    __slots__ = ("step", "accepted_tokens", "allowed_tokens", "accepted", "terminated", "allowed_bitmask", "vocab_size", "allowed_per_token", "drafted_tokens", "accepted_draft_tokens", "rolled_back_draft_tokens")
     STEP_FIELD_NUMBER: _ClassVar[int]
     ACCEPTED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     ALLOWED_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -78,6 +84,10 @@ class StructuredOutputStep(_message.Message):
     TERMINATED_FIELD_NUMBER: _ClassVar[int]
     ALLOWED_BITMASK_FIELD_NUMBER: _ClassVar[int]
     VOCAB_SIZE_FIELD_NUMBER: _ClassVar[int]
+    ALLOWED_PER_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    DRAFTED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    ACCEPTED_DRAFT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    ROLLED_BACK_DRAFT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     step: int
     accepted_tokens: _containers.RepeatedScalarFieldContainer[int]
     allowed_tokens: int
@@ -85,10 +95,14 @@ class StructuredOutputStep(_message.Message):
     terminated: bool
     allowed_bitmask: bytes
     vocab_size: int
-    def __init__(self, step: _Optional[int] = ..., accepted_tokens: _Optional[_Iterable[int]] = ..., allowed_tokens: _Optional[int] = ..., accepted: _Optional[bool] = ..., terminated: _Optional[bool] = ..., allowed_bitmask: _Optional[bytes] = ..., vocab_size: _Optional[int] = ...) -> None: ...
+    allowed_per_token: _containers.RepeatedScalarFieldContainer[int]
+    drafted_tokens: int
+    accepted_draft_tokens: int
+    rolled_back_draft_tokens: int
+    def __init__(self, step: _Optional[int] = ..., accepted_tokens: _Optional[_Iterable[int]] = ..., allowed_tokens: _Optional[int] = ..., accepted: _Optional[bool] = ..., terminated: _Optional[bool] = ..., allowed_bitmask: _Optional[bytes] = ..., vocab_size: _Optional[int] = ..., allowed_per_token: _Optional[_Iterable[int]] = ..., drafted_tokens: _Optional[int] = ..., accepted_draft_tokens: _Optional[int] = ..., rolled_back_draft_tokens: _Optional[int] = ...) -> None: ...
 
 class StructuredOutputSummary(_message.Message):
-    __slots__ = ("backend", "steps", "accepted_tokens", "rejected_tokens", "allowed_tokens_min", "allowed_tokens_max", "allowed_tokens_mean", "terminated", "rollbacks", "first_rejected_token", "first_rejected_step")
+    __slots__ = ("backend", "steps", "accepted_tokens", "rejected_tokens", "allowed_tokens_min", "allowed_tokens_max", "allowed_tokens_mean", "terminated", "rollbacks", "first_rejected_token", "first_rejected_step", "drafted_tokens", "accepted_draft_tokens", "draft_rollbacks", "rolled_back_draft_tokens", "rejection_fate")
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     STEPS_FIELD_NUMBER: _ClassVar[int]
     ACCEPTED_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -100,6 +114,11 @@ class StructuredOutputSummary(_message.Message):
     ROLLBACKS_FIELD_NUMBER: _ClassVar[int]
     FIRST_REJECTED_TOKEN_FIELD_NUMBER: _ClassVar[int]
     FIRST_REJECTED_STEP_FIELD_NUMBER: _ClassVar[int]
+    DRAFTED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    ACCEPTED_DRAFT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    DRAFT_ROLLBACKS_FIELD_NUMBER: _ClassVar[int]
+    ROLLED_BACK_DRAFT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    REJECTION_FATE_FIELD_NUMBER: _ClassVar[int]
     backend: str
     steps: int
     accepted_tokens: int
@@ -111,7 +130,12 @@ class StructuredOutputSummary(_message.Message):
     rollbacks: int
     first_rejected_token: int
     first_rejected_step: int
-    def __init__(self, backend: _Optional[str] = ..., steps: _Optional[int] = ..., accepted_tokens: _Optional[int] = ..., rejected_tokens: _Optional[int] = ..., allowed_tokens_min: _Optional[int] = ..., allowed_tokens_max: _Optional[int] = ..., allowed_tokens_mean: _Optional[float] = ..., terminated: _Optional[bool] = ..., rollbacks: _Optional[int] = ..., first_rejected_token: _Optional[int] = ..., first_rejected_step: _Optional[int] = ...) -> None: ...
+    drafted_tokens: int
+    accepted_draft_tokens: int
+    draft_rollbacks: int
+    rolled_back_draft_tokens: int
+    rejection_fate: str
+    def __init__(self, backend: _Optional[str] = ..., steps: _Optional[int] = ..., accepted_tokens: _Optional[int] = ..., rejected_tokens: _Optional[int] = ..., allowed_tokens_min: _Optional[int] = ..., allowed_tokens_max: _Optional[int] = ..., allowed_tokens_mean: _Optional[float] = ..., terminated: _Optional[bool] = ..., rollbacks: _Optional[int] = ..., first_rejected_token: _Optional[int] = ..., first_rejected_step: _Optional[int] = ..., drafted_tokens: _Optional[int] = ..., accepted_draft_tokens: _Optional[int] = ..., draft_rollbacks: _Optional[int] = ..., rolled_back_draft_tokens: _Optional[int] = ..., rejection_fate: _Optional[str] = ...) -> None: ...
 
 class EngineStats(_message.Message):
     __slots__ = ("engine_index", "num_running_reqs", "num_waiting_reqs", "kv_cache_usage", "prefix_cache_queries", "prefix_cache_hits", "prompt_tokens", "generation_tokens", "num_preempted_reqs", "spec_decode_num_drafts", "spec_decode_num_draft_tokens", "spec_decode_num_accepted_tokens", "ttft_seconds_sum", "ttft_count", "inter_token_latency_seconds_sum", "inter_token_latency_count", "tpot_seconds_sum", "tpot_count", "finished_requests", "queue_time_seconds_sum", "e2e_latency_seconds_sum", "prefill_time_seconds_sum", "decode_time_seconds_sum", "cached_prompt_tokens")
@@ -216,7 +240,7 @@ class HttpRequest(_message.Message):
     def __init__(self, method: _Optional[str] = ..., path: _Optional[str] = ..., client_ip: _Optional[str] = ..., user: _Optional[str] = ..., model: _Optional[str] = ..., status_code: _Optional[int] = ..., auth_status: _Optional[str] = ..., api_key_sha256: _Optional[str] = ..., stream: _Optional[bool] = ..., prompt: _Optional[str] = ..., output: _Optional[str] = ..., capture_policy: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., latency_ms: _Optional[float] = ..., ttft_ms: _Optional[float] = ..., error: _Optional[str] = ..., user_agent: _Optional[str] = ..., response_bytes: _Optional[int] = ..., tenant: _Optional[str] = ..., vllm_request_id: _Optional[str] = ..., client_disconnected: _Optional[bool] = ..., client_request_id: _Optional[str] = ...) -> None: ...
 
 class Event(_message.Message):
-    __slots__ = ("time_unix_nano", "request_id", "truncated", "lifecycle", "grammar_compiled", "so_step", "so_summary", "engine_stats", "http")
+    __slots__ = ("time_unix_nano", "request_id", "truncated", "lifecycle", "grammar_compiled", "so_step", "so_summary", "engine_stats", "http", "custom")
     TIME_UNIX_NANO_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     TRUNCATED_FIELD_NUMBER: _ClassVar[int]
@@ -226,6 +250,7 @@ class Event(_message.Message):
     SO_SUMMARY_FIELD_NUMBER: _ClassVar[int]
     ENGINE_STATS_FIELD_NUMBER: _ClassVar[int]
     HTTP_FIELD_NUMBER: _ClassVar[int]
+    CUSTOM_FIELD_NUMBER: _ClassVar[int]
     time_unix_nano: int
     request_id: str
     truncated: bool
@@ -235,7 +260,23 @@ class Event(_message.Message):
     so_summary: StructuredOutputSummary
     engine_stats: EngineStats
     http: HttpRequest
-    def __init__(self, time_unix_nano: _Optional[int] = ..., request_id: _Optional[str] = ..., truncated: _Optional[bool] = ..., lifecycle: _Optional[_Union[RequestLifecycle, _Mapping]] = ..., grammar_compiled: _Optional[_Union[GrammarCompiled, _Mapping]] = ..., so_step: _Optional[_Union[StructuredOutputStep, _Mapping]] = ..., so_summary: _Optional[_Union[StructuredOutputSummary, _Mapping]] = ..., engine_stats: _Optional[_Union[EngineStats, _Mapping]] = ..., http: _Optional[_Union[HttpRequest, _Mapping]] = ...) -> None: ...
+    custom: CustomEvent
+    def __init__(self, time_unix_nano: _Optional[int] = ..., request_id: _Optional[str] = ..., truncated: _Optional[bool] = ..., lifecycle: _Optional[_Union[RequestLifecycle, _Mapping]] = ..., grammar_compiled: _Optional[_Union[GrammarCompiled, _Mapping]] = ..., so_step: _Optional[_Union[StructuredOutputStep, _Mapping]] = ..., so_summary: _Optional[_Union[StructuredOutputSummary, _Mapping]] = ..., engine_stats: _Optional[_Union[EngineStats, _Mapping]] = ..., http: _Optional[_Union[HttpRequest, _Mapping]] = ..., custom: _Optional[_Union[CustomEvent, _Mapping]] = ...) -> None: ...
+
+class CustomEvent(_message.Message):
+    __slots__ = ("name", "attributes")
+    class AttributesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    attributes: _containers.ScalarMap[str, str]
+    def __init__(self, name: _Optional[str] = ..., attributes: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class GapMarker(_message.Message):
     __slots__ = ("dropped_by_reason", "first_missing_seq", "last_missing_seq")

@@ -1,0 +1,91 @@
+"""The vLLM side of `vllm-audit replay` (agent/replay.py): a recorded grammar re-compiled by
+vLLM's own backend class and stepped token by token, each row filled as vLLM's
+`StructuredOutputManager` fills it and counted with the hook's own popcount.
+
+Lives with the hook because it needs vLLM, which the agent's slim image does not have: the
+replay command runs where vLLM runs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .grammar_tap import allowed_counts
+
+
+class GrammarUnavailable(Exception):
+    """vLLM, the backend or the model is missing, or does not fit the trail."""
+
+
+def _backend_class(backend: str) -> Any:
+    if backend == "xgrammar":
+        from vllm.v1.structured_output.backend_xgrammar import XgrammarBackend
+
+        return XgrammarBackend
+    if backend == "guidance":
+        from vllm.v1.structured_output.backend_guidance import GuidanceBackend
+
+        return GuidanceBackend
+    if backend == "outlines":
+        from vllm.v1.structured_output.backend_outlines import OutlinesBackend
+
+        return OutlinesBackend
+    if backend == "lm-format-enforcer":
+        from vllm.v1.structured_output.backend_lm_format_enforcer import LMFormatEnforcerBackend
+
+        return LMFormatEnforcerBackend
+    raise GrammarUnavailable(f"unknown structured-output backend {backend!r}")
+
+
+class GrammarReplayer:
+    """One compiled grammar and a one-row bitmask, stepped as the engine stepped it."""
+
+    def __init__(self, backend: str, spec_type: str, spec: str, model: str,
+                 vocab_size: int) -> None:
+        try:
+            from vllm.config import ModelConfig, StructuredOutputsConfig, VllmConfig
+            from vllm.tokenizers import cached_tokenizer_from_config
+            from vllm.v1.structured_output.backend_types import StructuredOutputOptions
+        except ImportError as exc:
+            raise GrammarUnavailable(f"replay needs vLLM installed: {exc}") from None
+        model_config = ModelConfig(model=model, tokenizer=model)
+        if model_config.get_vocab_size() != vocab_size:
+            raise GrammarUnavailable(
+                f"the model has vocabulary {model_config.get_vocab_size()}, the trail "
+                f"{vocab_size}: not the model that generated it")
+        config = VllmConfig(model_config=model_config,
+                            structured_outputs_config=StructuredOutputsConfig(backend=backend))
+        tokenizer = cached_tokenizer_from_config(model_config=model_config)
+        try:
+            impl = _backend_class(backend)(config, tokenizer=tokenizer, vocab_size=vocab_size)
+        except ImportError as exc:
+            raise GrammarUnavailable(f"backend {backend!r} is unavailable here: {exc}") from None
+        self.vocab_size = vocab_size
+        self.grammar = impl.compile_grammar(StructuredOutputOptions[spec_type.upper()], spec)
+        self.bitmask = impl.allocate_token_bitmask(1)
+
+    def row(self) -> tuple[int, Any]:
+        """The next token's row, filled as vLLM fills it: (allowed count, the row's words)."""
+        if self.grammar.is_terminated():
+            self.bitmask.fill_(-1)  # vLLM's row for a finished grammar: everything allowed
+        else:
+            self.grammar.fill_bitmask(self.bitmask, 0)
+        words = self.bitmask.numpy()
+        return int(allowed_counts(words, self.vocab_size)[0]), words[0]
+
+    def allows(self, words: Any, token: int) -> bool:
+        if not 0 <= token < self.vocab_size:
+            return False
+        word = int(words[token // 32]) & 0xFFFFFFFF  # int32 storage, read as unsigned bits
+        return bool((word >> (token % 32)) & 1)
+
+    def accept(self, token: int) -> bool:
+        return bool(self.grammar.accept_tokens("replay", [token]))
+
+    def forbidden_token(self) -> int:
+        """A token the grammar does not allow next (tests alter trails with it)."""
+        _, words = self.row()
+        bits = np.unpackbits(words.view(np.uint8), bitorder="little")[:self.vocab_size]
+        return int(np.flatnonzero(bits == 0)[0])
