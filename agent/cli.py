@@ -237,6 +237,10 @@ def _agent_parser(sub: Any) -> None:
     a.add_argument("--checkpoint-every", type=int, metavar="N",
                    help="records between signed checkpoints (VLLM_AUDIT_CHECKPOINT_EVERY; "
                         f"default {d.checkpoint_every})")
+    a.add_argument("--checkpoint-interval", type=float, metavar="S",
+                   help="seconds between signed checkpoints while records arrive "
+                        "(VLLM_AUDIT_CHECKPOINT_INTERVAL_SECONDS; "
+                        f"default {d.checkpoint_interval_seconds:g})")
     a.add_argument("--record-retention-days", type=float, metavar="DAYS",
                    help="the record log keeps records this long, and within its size cap "
                         f"(VLLM_AUDIT_RECORD_RETENTION_DAYS; default {d.record_retention_days:g})")
@@ -390,6 +394,7 @@ def _run_agent(args: argparse.Namespace) -> int:
         level_apply_deadline_seconds=args.level_apply_deadline,
         max_batch_bytes=args.max_batch_bytes, max_message_bytes=args.max_message_bytes,
         signing_key_file=args.signing_key_file, checkpoint_every=args.checkpoint_every,
+        checkpoint_interval_seconds=args.checkpoint_interval,
         record_retention_days=args.record_retention_days,
         record_log_max_bytes=args.record_log_max_bytes,
     )

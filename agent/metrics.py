@@ -12,7 +12,6 @@ import asyncio
 import gzip
 import platform
 import socket
-import time
 from collections.abc import Iterator, Mapping
 from importlib import metadata
 
@@ -33,6 +32,7 @@ from .auth import bearer_matches
 from .engines import SourceSeries
 from .gpu_metrics import gpu_metrics
 from .readiness import readiness
+from .recordlog import TOPICS
 from .state import AgentState
 from .validation import CLAMPABLE_FIELDS
 from .wal import WRITE_ERROR_REASONS
@@ -209,8 +209,14 @@ class AgentCollector(Collector):
                                 "1 while the WAL's file system accepts appends",
                                 value=1 if st.wal.healthy else 0)
         pc = st.publisher.counters
-        yield labelled("vllm_audit_publisher_lost_records", "Records the publisher lost",
-                       "reason", r.publisher_losses(pc), r.PUBLISHER_RECORD_LOSS_REASONS)
+        yield labelled("vllm_audit_publisher_lost_records",
+                       "Records that left without reaching Kafka (dead-lettered audit records "
+                       "are kept in records/dead-letter.jsonl)", "reason",
+                       r.publisher_losses(st.publisher.dead_lettered, pc),
+                       r.PUBLISHER_RECORD_LOSS_REASONS)
+        yield labelled("vllm_audit_publisher_failed_sends", "Record sends the broker failed "
+                       "(retried, or dead-lettered when permanent)", "reason",
+                       st.publisher.failures, r.PUBLISHER_FAILURE_REASONS)
         yield counter("vllm_audit_publisher_connect_errors", "Failed Kafka connection attempts",
                       pc["connect_errors"])
         yield counter("vllm_audit_publisher_retries", "Kafka sends retried", pc["retries"])
@@ -258,23 +264,35 @@ class AgentCollector(Collector):
         yield counter("vllm_audit_wal_deleted_segments",
                       "WAL segments deleted (delivered, or expired without Kafka)",
                       wal.deleted_segments)
-        yield counter("vllm_audit_wal_expired_segments",
-                      "WAL segments expired at the cap without Kafka (records lost)",
-                      st.counters["wal_expired_segments"])
+        log = st.records
+        yield GaugeMetricFamily("vllm_audit_record_log_bytes", "Bytes in the record log",
+                                value=log.wal.size)
+        yield GaugeMetricFamily("vllm_audit_record_log_max_bytes", "Cap on the record log",
+                                value=log.wal.max_bytes)
+        yield labelled("vllm_audit_record_log_appended_records", "Records appended to the "
+                       "hash-chained record log", "type",
+                       {t: log.counters[f"appended_{t}"] for t in TOPICS}, tuple(TOPICS))
+        yield labelled("vllm_audit_record_log_expired_segments", "Record-log segments deleted: "
+                       "size = the archive at its cap without Kafka (oldest records gone), "
+                       "age = retention", "reason",
+                       {k: log.counters[f"expired_segments_{k}"]
+                        for k in r.RECORD_LOG_EXPIRY_REASONS}, r.RECORD_LOG_EXPIRY_REASONS)
+        yield counter("vllm_audit_record_log_damaged_records",
+                      "Record-log records found damaged at start (moved to quarantine/)",
+                      st.agent_dropped["record_log_damaged_records"])
         yield GaugeMetricFamily("vllm_audit_kafka_connected",
                                 "1 while the publisher has a Kafka connection",
                                 value=1 if st.publisher.connected else 0)
-        # What is owed downstream: final trails whose record is not yet delivered (their
-        # WAL segments are held for them). Age from when the trail's first half completed.
-        now = time.monotonic()
-        owed = [t.half_complete_at or now for t in st.trails.trails()
-                if t.published and t.segments]
+        # What is owed downstream: records in the log past the publisher's cursor.
         yield GaugeMetricFamily("vllm_audit_undelivered_records",
-                                "Final trail records not yet delivered to Kafka",
-                                value=len(owed))
+                                "Records in the log not yet acknowledged by Kafka",
+                                value=st.publisher.backlog_records)
+        yield GaugeMetricFamily("vllm_audit_undelivered_bytes",
+                                "Bytes of the records not yet acknowledged by Kafka",
+                                value=st.publisher.backlog_bytes)
         yield GaugeMetricFamily("vllm_audit_undelivered_oldest_age_seconds",
-                                "Age of the oldest undelivered trail record (0 when none)",
-                                value=now - min(owed) if owed else 0.0)
+                                "Age of the oldest record not yet acknowledged (0 when none)",
+                                value=st.publisher.oldest_unpublished_age_seconds)
 
 
 def build_info() -> Metric:

@@ -14,6 +14,9 @@ from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
 from vllm_audit.v1 import ingest_pb2
 from vllm_audit.v1 import query_pb2 as q
 
+from .publisher import DEAD_LETTER_REASONS, FAILURE_REASONS
+from .recordlog import EXPIRY_REASONS
+
 OTHER = "other"
 
 
@@ -44,10 +47,15 @@ AGENT_BATCH_DROP_REASONS = ("malformed_batches", "wal_damaged_records",
 AGENT_BYTE_DROP_KEYS = ("wal_torn_tail_bytes", "wal_damaged_bytes")
 #: AgentState.agent_dropped keys counted in events, each exported as its own family.
 AGENT_EVENT_DROP_KEYS = ("events_without_body",)
-#: Records the publisher lost, by reason: publisher.counters keys with their prefix
-#: (`dropped_`, `lost_`) removed; `failed` has none.
-PUBLISHER_RECORD_LOSS_REASONS = ("memory_cap", "queue_full", "failed", "at_shutdown", OTHER)
-PUBLISHER_LOSS_PREFIXES = ("dropped_", "lost_")
+#: Records that left the agent without reaching Kafka, by reason: audit records parked in the
+#: dead-letter file (too large or invalid for the broker; kept, counted, never released) and
+#: engine-stats snapshots dropped on their bounded path (not audit records).
+PUBLISHER_RECORD_LOSS_REASONS = (*(f"dead_letter_{r}" for r in DEAD_LETTER_REASONS),
+                                 "stats_queue_full", "stats_failed")
+#: Why a send to the broker failed (each is retried, or dead-lettered when permanent).
+PUBLISHER_FAILURE_REASONS = FAILURE_REASONS
+#: Why a record-log segment was deleted (size: the archive at its cap; age: retention).
+RECORD_LOG_EXPIRY_REASONS = EXPIRY_REASONS
 #: Why a trail left memory.
 TRAIL_EVICTION_REASONS = ("final", "active")
 
@@ -65,13 +73,10 @@ def closed(values: Mapping[str, int], reasons: Iterable[str]) -> dict[str, int]:
     return out
 
 
-def publisher_losses(counters: Mapping[str, int]) -> dict[str, int]:
-    """Publisher counters that are lost records, keyed by reason (see the set above)."""
-    out: dict[str, int] = {}
-    for key, n in counters.items():
-        for prefix in PUBLISHER_LOSS_PREFIXES:
-            if key.startswith(prefix):
-                out[key[len(prefix):]] = out.get(key[len(prefix):], 0) + n
-        if key == "failed":
-            out["failed"] = out.get("failed", 0) + n
+def publisher_losses(dead_lettered: Mapping[str, int], counters: Mapping[str, int]
+                     ) -> dict[str, int]:
+    """The publisher's record losses over PUBLISHER_RECORD_LOSS_REASONS."""
+    out = {f"dead_letter_{r}": n for r, n in dead_lettered.items()}
+    out["stats_queue_full"] = counters.get("stats_dropped_queue_full", 0)
+    out["stats_failed"] = counters.get("stats_failed", 0)
     return out

@@ -1,5 +1,6 @@
-"""The JSON Schema of the trail record, derived from the contract (TrailSummary's descriptor
-plus the few top-level fields records.py adds), so the schema cannot drift from the record.
+"""The JSON Schema of the trail record as written to the record log and Kafka, derived from
+the contract (TrailSummary's descriptor) plus the top-level fields records.py and the record
+log add, so the schema cannot drift from the record.
 
 `python -m agent.record_schema > schema/trail-record.schema.json` writes it; a test proves
 the committed file is what this produces and validates real records against it.
@@ -14,7 +15,8 @@ import orjson
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from vllm_audit.v1 import query_pb2 as q
 
-from .records import RECORD_TYPE, SCHEMA_VERSION
+from .chain import RECORD_TYPE_REQUEST
+from .records import SCHEMA_VERSION
 
 _INTEGER = {FieldDescriptor.TYPE_INT32, FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_UINT32,
             FieldDescriptor.TYPE_UINT64, FieldDescriptor.TYPE_SINT32, FieldDescriptor.TYPE_SINT64,
@@ -58,7 +60,12 @@ def trail_record_schema() -> dict[str, Any]:
     schema = _message_schema(q.TrailSummary.DESCRIPTOR)
     extra: dict[str, Any] = {
         "schema": {"const": SCHEMA_VERSION},
-        "record_type": {"const": RECORD_TYPE},
+        # Added by the record log (recordlog.py, chain.py): its place in the hash chain.
+        "type": {"const": RECORD_TYPE_REQUEST},
+        "recorded_unix_ms": {"type": "integer", "minimum": 0},
+        "seq": {"type": "integer", "minimum": 1},
+        "prev_hash": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+        "hash": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
         "trail_id": {"type": "string", "minLength": 1},
         "event_id": {"type": "string", "pattern": "^.+/[0-9]+$"},
         "timestamp_ms": {"type": "integer"},

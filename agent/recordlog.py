@@ -43,6 +43,7 @@ from typing import Any
 
 import orjson
 
+from . import records
 from .chain import GENESIS_HASH, RECORD_TYPE_CHECKPOINT, RECORD_TYPE_REQUEST, Signer, seal
 from .wal import WalRefused, WriteAheadLog
 
@@ -69,7 +70,7 @@ def event_id(record: dict[str, Any]) -> str:
     keeps the newest revision per trail id never takes a forced finalisation for the real
     record. Falls back to `request_id` and revision 0 for records without a trail id."""
     trail = record.get("trail_id") or record.get("request_id") or ""
-    return f"{trail}/{int(record.get('revision') or 0)}"
+    return records.event_id(str(trail), int(record.get("revision") or 0))
 
 
 @dataclass(slots=True)
@@ -242,6 +243,8 @@ class RecordLog:
         backoff = 0.05
         while True:
             if not self._pending:
+                if self._stopping.is_set():
+                    return  # everything queued (the final checkpoint included) is written
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self._checkpoint_due_in())
                 self._wake.clear()

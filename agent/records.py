@@ -31,7 +31,6 @@ from vllm_audit.v1 import query_pb2 as q
 #: 2: trail_id/revision/finalised_by/incomplete, source identity, HTTP method/path, user
 #: agent, bytes, capture policy, compile time, spec hash, max_tokens; event_id by revision.
 SCHEMA_VERSION = 2
-RECORD_TYPE = "trail"
 
 #: Where every field of the hook's per-request events goes: the TrailSummary field it fills,
 #: or None with the reason it is not in the summary (the event itself is still kept in the
@@ -134,7 +133,6 @@ def event_id(trail_id: str, revision: int) -> str:
 def trail_record(summary: q.TrailSummary) -> dict[str, Any]:
     record: dict[str, Any] = {
         "schema": SCHEMA_VERSION,
-        "record_type": RECORD_TYPE,
         "trail_id": summary.request_id,
         "event_id": event_id(summary.request_id, summary.revision),
         "timestamp_ms": summary.finished_unix_ms or summary.created_unix_ms,

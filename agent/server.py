@@ -129,6 +129,11 @@ async def _running_agent(config: AgentConfig, publisher: Publisher | None,
         state.agent_dropped["wal_damaged_bytes"] += wal.damaged_bytes
         logger.warning("WAL had %d damaged records (%d bytes), kept in %s", wal.damaged_records,
                        wal.damaged_bytes, wal.quarantine_dir)
+    if records.wal.damaged_records:
+        state.agent_dropped["record_log_damaged_records"] += records.wal.damaged_records
+        logger.warning("record log had %d damaged records (%d bytes), kept in %s",
+                       records.wal.damaged_records, records.wal.damaged_bytes,
+                       records.wal.quarantine_dir)
     replayed = replay_wal(state)
     records.end_replay()
     if replayed:

@@ -61,7 +61,10 @@ panel("Refused batches by reason", [(
 panel("Agent losses", [
     (f"sum by (reason) (increase(vllm_audit_publisher_lost_records_total{{{J}}}[{RI}]))",
      "publisher {{reason}}"),
-    (f"sum(increase(vllm_audit_wal_expired_segments_total{{{J}}}[{RI}]))", "WAL segments expired"),
+    (f"sum by (reason) (increase(vllm_audit_record_log_expired_segments_total{{{J}}}[{RI}]))",
+     "record-log segments expired ({{reason}})"),
+    (f"sum(increase(vllm_audit_record_log_damaged_records_total{{{J}}}[{RI}]))",
+     "damaged records"),
     (f"sum by (reason) (increase(vllm_audit_agent_dropped_batches_total{{{J}}}[{RI}]))",
      "batches {{reason}}"),
     (f"sum(increase(vllm_audit_trail_events_truncated_total{{{J}}}[{RI}]))", "events truncated"),

@@ -62,6 +62,9 @@ async def test_every_reason_is_exported_at_zero_before_any_loss(tmp_path: Path) 
         ("vllm_audit_agent_dropped_batches_total", "reason"): reasons.AGENT_BATCH_DROP_REASONS,
         ("vllm_audit_publisher_lost_records_total", "reason"):
             reasons.PUBLISHER_RECORD_LOSS_REASONS,
+        ("vllm_audit_publisher_failed_sends_total", "reason"): reasons.PUBLISHER_FAILURE_REASONS,
+        ("vllm_audit_record_log_expired_segments_total", "reason"):
+            reasons.RECORD_LOG_EXPIRY_REASONS,
         ("vllm_audit_trails_total", "state"): reasons.FINAL_TRAIL_STATES,
         ("vllm_audit_trails_evicted_total", "reason"): reasons.TRAIL_EVICTION_REASONS,
         ("vllm_audit_internal_errors_total", "site"): AGENT_ERROR_SITES,
@@ -187,8 +190,9 @@ async def test_each_data_parallel_engine_gets_its_engine_stats_record(tmp_path: 
 
 
 def test_publisher_counters_map_onto_the_closed_loss_set() -> None:
-    counters = {"dropped_queue_full": 2, "lost_at_shutdown": 1, "failed": 3, "published": 9,
-                "retries": 4, "dropped_something_new": 5}
-    assert reasons.closed(reasons.publisher_losses(counters),
+    counters = {"stats_dropped_queue_full": 2, "stats_failed": 1, "published": 9, "retries": 4}
+    dead_lettered = {"too_large": 3, "invalid": 0}
+    assert reasons.closed(reasons.publisher_losses(dead_lettered, counters),
                           reasons.PUBLISHER_RECORD_LOSS_REASONS) == {
-        "memory_cap": 0, "queue_full": 2, "failed": 3, "at_shutdown": 1, "other": 5}
+        "dead_letter_too_large": 3, "dead_letter_invalid": 0, "stats_queue_full": 2,
+        "stats_failed": 1}

@@ -19,6 +19,7 @@ from google.protobuf.message import Message
 from vllm_audit.v1 import events_pb2 as pb
 from vllm_audit.v1 import query_pb2 as q
 
+from agent.chain import GENESIS_HASH, RECORD_TYPE_REQUEST, seal
 from agent.record_schema import trail_record_schema
 from agent.records import FIELD_MAP, trail_record
 from agent.trails import Trail, TrailStore
@@ -112,7 +113,9 @@ def test_records_validate_against_the_schema_and_it_rejects_drift() -> None:
     store.apply(pb.Batch(source_id="s", seq=1, events=[
         pb.Event(time_unix_nano=10**18, request_id="0-1a2b3c4d", lifecycle=pb.RequestLifecycle(
             phase=pb.LIFECYCLE_PHASE_FINISHED, finish_reason="stop"))]), segment=1)
-    record = trail_record(final[0].summary)
+    record = {**trail_record(final[0].summary), "type": RECORD_TYPE_REQUEST,
+              "recorded_unix_ms": 1_795_000_000_000}
+    record = json.loads(seal(record, seq=1, prev_hash=GENESIS_HASH))  # as the record log writes
     validator = jsonschema.Draft202012Validator(json.loads(SCHEMA_FILE.read_text()))
     validator.validate(record)
     for broken in ({**record, "surprise": 1}, {k: v for k, v in record.items() if k != "user"},

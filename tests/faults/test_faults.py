@@ -8,6 +8,7 @@ the damaged bytes are in its quarantine directory.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -103,12 +104,12 @@ def test_kafka_down_for_20_seconds(tmp_path: Path, broker: KafkaBroker,
     assert row.lost == 0, row
 
 
-def _segments(data: Path) -> list[Path]:
-    return sorted(data.glob("ingest-*.wal"))
+def _segments(records: Path) -> list[Path]:
+    return sorted(records.glob("*.wal"))
 
 
-def _damage_middle_segment(data: Path, how: str) -> Path:
-    segments = _segments(data)
+def _damage_middle_segment(records: Path, how: str) -> Path:
+    segments = _segments(records)
     assert len(segments) >= 3, f"want a middle segment, have {len(segments)}"
     victim = segments[len(segments) // 2]
     blob = bytearray(victim.read_bytes())
@@ -121,28 +122,57 @@ def _damage_middle_segment(data: Path, how: str) -> Path:
     return victim
 
 
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    from tests.e2e import procs
+
+    return subprocess.run([procs.PYTHON, "-m", "agent.cli", *args], cwd=procs.REPO,
+                          env=procs.base_env(), capture_output=True, text=True, timeout=120,
+                          check=False)
+
+
+def _exported_trail_ids(data: Path, out: Path) -> list[str]:
+    done = _cli("export", "--data-dir", str(data), "--format", "jsonl", "--output-file", str(out))
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
+    return [str(r["trail_id"]) for r in lines if r.get("type") == "request"]
+
+
 @pytest.mark.parametrize("how", ["flip", "zero"])
 def test_damaged_bytes_in_a_middle_segment(tmp_path: Path, how: str,
                                            fault_table: list[FaultRow]) -> None:
+    """Without Kafka the record log is the archive: damage in one of its middle segments is
+    seen by `verify`, quarantined and counted at the next start, and every intact record
+    after it is kept."""
     socket, data = tmp_path / "ingest.sock", tmp_path / "data"
-    # No Kafka: the WAL is the archive. One event per batch: one WAL record per trail.
-    agent = AgentProc(tmp_path, data, socket, "--wal-segment-bytes", "4096")
+    records = data / "records"
+    # Record-log segments of cap / 16 (~100 KB: several for 400 records, none expired).
+    agent = AgentProc(tmp_path, data, socket, "--record-log-max-bytes", "1600000",
+                      "--checkpoint-every", "50")
     with Load(socket, batch_events=1) as load:
         with running(agent):
             load.offer(400)
             assert load.flush(60)
-        _damage_middle_segment(data, how)
-        with running(agent):
-            ids = agent.trail_ids()
+            until(lambda: agent.stats().trails_finished >= 400, "every trail recorded")
+        _damage_middle_segment(records, how)
+        public_key = str(next(data.glob("*.pub")))
+        seen = _cli("verify", str(records), "--public-key", public_key)
+        with running(agent):  # recovery: the damaged bytes are quarantined and counted
             stats = agent.stats()
-    damaged = int(stats.agent_dropped_by_reason["wal_damaged_records"])
-    row = ledger("flipped byte in a middle segment" if how == "flip"
-                 else "zeroed 64-byte block in a middle segment", load, ids,
-                 note=f"counted damaged: {damaged} records")
+        ids = _exported_trail_ids(data, tmp_path / "export.jsonl")
+        after = _cli("verify", str(records), "--public-key", public_key)
+    damaged = int(stats.agent_dropped_by_reason["record_log_damaged_records"])
+    row = ledger("flipped byte in a middle record-log segment" if how == "flip"
+                 else "zeroed 64-byte block in a middle record-log segment", load, ids,
+                 note=f"verify: exit {seen.returncode}; damaged counted: {damaged} records")
     fault_table.append(row)
+    # The alteration is seen and located before any restart...
+    assert seen.returncode == 1 and "seq" in seen.stdout + seen.stderr, seen.stdout + seen.stderr
+    # ...and afterwards the gap is named where the quarantined record was.
+    assert after.returncode == 1, after.stdout + after.stderr
     assert 1 <= damaged <= 2
-    assert row.lost == damaged, row
-    assert list((data / "quarantine").iterdir()), "damaged bytes not quarantined"
+    # Only what the damaged bytes held is gone (a damaged checkpoint loses no trail).
+    assert 0 <= row.lost <= damaged, row
+    assert list((records / "quarantine").iterdir()), "damaged bytes not quarantined"
 
 
 def test_poison_pill_batch(tmp_path: Path, fault_table: list[FaultRow]) -> None:
