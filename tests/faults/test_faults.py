@@ -16,12 +16,15 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from vllm_audit.v1 import events_pb2 as pb
 
+from agent.recordlog import RecordLog
 from tests.faults.harness import AgentProc, FaultRow, Load, kafka_keys, running, until
-from tests.support.agent_harness import Hook
+from tests.support.agent_harness import Hook, agent
+from tests.support.agent_harness import until as until_async
 from tests.support.kafka_broker import KafkaBroker
 
 pytestmark = pytest.mark.faults
@@ -312,3 +315,40 @@ def _ready(agent: AgentProc) -> bool:
     from tests.e2e import procs
 
     return procs.http_ok(agent.base + "/readyz")
+
+
+class _FlakyRecordLog(RecordLog):
+    """Fails its first appends (an agent-side exception while a batch is applied), then works."""
+
+    failures_left = 3
+
+    def append(self, *args: Any, **kwargs: Any) -> int:
+        if _FlakyRecordLog.failures_left > 0:
+            _FlakyRecordLog.failures_left -= 1
+            raise RuntimeError("injected record log failure")
+        return super().append(*args, **kwargs)
+
+
+async def test_agent_side_exception_mid_stream(tmp_path: Path,
+                                               fault_table: list[FaultRow]) -> None:
+    """The stream ends with a status (not silence), the hook's real sender reconnects and
+    resends, and after a restart every acknowledged trail is recorded."""
+    _FlakyRecordLog.failures_left = 3
+    socket = tmp_path / "ingest.sock"
+    load = Load(socket, batch_events=10)
+    with load:
+        async with agent(tmp_path, record_log=_FlakyRecordLog,
+                         expected_errors=("ingest.stream", "ingest.apply")) as (handle, _):
+            load.offer(200)
+            assert await asyncio.to_thread(load.flush, 60), "the hook wedged"
+            ends = dict(load.sender.stats.stream_ends)
+        async with agent(tmp_path) as (handle, _):  # replay records what failed to apply
+            await until_async(lambda: handle.state.trails.open_trails() == 0, "replayed")
+            await handle.state.records.stop(5.0)
+    ids = await asyncio.to_thread(_exported_trail_ids, tmp_path / "data",
+                                  tmp_path / "export.jsonl")
+    row = ledger("agent-side exception mid-stream (x3)", load, ids,
+                 note=f"stream ends seen by the hook: {ends}")
+    fault_table.append(row)
+    assert any("INTERNAL" in k for k in ends), ends
+    assert row.lost == 0, row
