@@ -23,11 +23,15 @@ import asyncio
 import gc
 import os
 import statistics
+import sys
 import tempfile
 import time
 import tracemalloc
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+
+# The real parts it starts (the broker) come from harness/, beside this script's folder.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import grpc
 import numpy as np
@@ -226,7 +230,7 @@ async def bench_publish(n: int = 100_000) -> tuple[float, float]:
     from agent.publisher import KafkaPublisher
     from agent.recordlog import RecordLog
     from agent.records import trail_record
-    from tests.support.kafka_broker import KafkaBroker
+    from harness.kafka_broker import KafkaBroker
 
     broker = KafkaBroker()
     await asyncio.to_thread(broker.__enter__)
