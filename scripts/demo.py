@@ -106,6 +106,15 @@ def main() -> int:
             print(cli(query_address, "query", "get", trail_id))
             step("vllm-audit query stats")
             print(cli(query_address, "query", "stats"))
+            data = work / "agent-data"
+            public_key = next(data.glob("*.pub"))
+            step("vllm-audit verify: the record log's hash chain and signed checkpoints")
+            verified = subprocess.run(
+                [sys.executable, "-m", "agent.cli", "verify", str(data / "records"),
+                 "--public-key", str(public_key), "--allow-unsigned-tail"],
+                cwd=REPO, capture_output=True, text=True, timeout=60, check=False)
+            print(verified.stdout.strip() or verified.stderr.strip(),
+                  f"(exit {verified.returncode})")
             step("a few metrics from the agent's /metrics")
             with urllib.request.urlopen(metrics + "/metrics", timeout=5) as response:
                 for line in response.read().decode().splitlines():
