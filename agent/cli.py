@@ -81,6 +81,7 @@ from .config import (
 from .datadir import DataDirLocked
 from .readiness import CONDITIONS as READY_CONDITIONS
 from .readiness import parse_required
+from .recordlog import TOPICS
 from .records import message_to_dict, trail_record
 
 PROG = "vllm-audit"
@@ -290,7 +291,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="record log directory (<data_dir>/records) or JSONL export file")
     v.add_argument("--kafka-bootstrap", help="read the chain from Kafka instead")
     v.add_argument("--topic", action="append",
-                   help="Kafka topic (repeatable); default <prefix>.requests and .checkpoints")
+                   help="Kafka topic (repeatable); default every topic of the chain: <prefix>."
+                        "requests, .checkpoints and .access")
     v.add_argument("--topic-prefix", default="vllm-audit")
     v.add_argument("--public-key", type=Path, required=True,
                    help="the agent's Ed25519 public key (PEM, raw 32 bytes or hex)")
@@ -561,8 +563,7 @@ def _run_verify(args: argparse.Namespace) -> int:
     if args.path is not None:
         report = verify_chain(path_payloads(args.path), key, args.allow_unsigned_tail)
     else:
-        topics = args.topic or [f"{args.topic_prefix}.requests",
-                                f"{args.topic_prefix}.checkpoints"]
+        topics = args.topic or [f"{args.topic_prefix}.{topic}" for topic in TOPICS.values()]
         payloads = asyncio.run(kafka_payloads(args.kafka_bootstrap, topics))
         pre = Report()
         ordered = order_by_seq(payloads, pre)

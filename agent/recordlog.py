@@ -44,7 +44,7 @@ from typing import Any
 import orjson
 
 from . import records
-from .chain import GENESIS_HASH, RECORD_TYPE_CHECKPOINT, RECORD_TYPE_REQUEST, Signer, seal
+from .chain import GENESIS_HASH, RECORD_TYPE_ACCESS, RECORD_TYPE_CHECKPOINT, RECORD_TYPE_REQUEST, Signer, seal
 from .wal import WalRefused, WriteAheadLog
 
 logger = logging.getLogger("vllm_audit.agent")
@@ -52,7 +52,8 @@ logger = logging.getLogger("vllm_audit.agent")
 CURSOR_NAME = "cursor"
 DEAD_LETTER_NAME = "dead-letter.jsonl"
 #: Topic suffix per record type (`<prefix>.<suffix>`).
-TOPICS = {RECORD_TYPE_REQUEST: "requests", RECORD_TYPE_CHECKPOINT: "checkpoints"}
+TOPICS = {RECORD_TYPE_REQUEST: "requests", RECORD_TYPE_CHECKPOINT: "checkpoints",
+          RECORD_TYPE_ACCESS: "access"}
 #: Share of the cap retention keeps the log under (the rest is headroom between sweeps).
 RETENTION_RATIO = 0.9
 #: Event ids of this many newest records are remembered at start, so that replaying the
@@ -212,7 +213,7 @@ class RecordLog:
         self._pending.append((_entry(record, value), on_recorded))
         self.counters[f"appended_{kind}"] += 1
         self._wake.set()
-        if kind == RECORD_TYPE_REQUEST:
+        if kind != RECORD_TYPE_CHECKPOINT:  # trails and access records are signed over
             self._since_checkpoint += 1
             if self._since_checkpoint >= self.checkpoint_every:
                 self.checkpoint()

@@ -37,6 +37,7 @@ from .config import AgentConfig, parse_address
 from .datadir import DataDirLock
 from .gpu import FakeGpuReader, GpuReader, GpuSampler, NvmlReader
 from .ingest import IngestServicer, replay_wal
+from .meta_audit import RecordLogAuditSink
 from .metrics import HttpEndpoint, make_registry
 from .publisher import InMemoryPublisher, KafkaPublisher, Publisher
 from .recordlog import RecordLog
@@ -152,7 +153,9 @@ async def _running_agent(config: AgentConfig, publisher: Publisher | None,
         os.unlink(config.ingest_socket)  # a stale socket from a previous run
     server.add_insecure_port(f"unix:{config.ingest_socket}")
     _restrict_socket(config.ingest_socket, config.ingest_socket_group)
-    auth = AuthInterceptor(tokens, state.counters, audit_sink)
+    # Every authorised query and control call is itself a record in the record log.
+    auth = AuthInterceptor(tokens, state.counters,
+                           audit_sink or RecordLogAuditSink(records, state.counters))
     query_server = grpc.aio.server(interceptors=[auth])
     from .query import ControlServicer, QueryServicer
 
