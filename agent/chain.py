@@ -33,7 +33,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
-import os
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +40,8 @@ import orjson
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from .datadir import write_private_file
 
 GENESIS_HASH = "0" * 64
 #: Record types in the log (the `type` field).
@@ -207,12 +208,6 @@ def load_or_create_signer(key_file: Path | None, data_dir: Path) -> Signer:
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                             serialization.NoEncryption())
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(pem)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_private_file(path, pem)
     (data_dir / PUBLIC_KEY_NAME).write_bytes(public_pem(key.public_key()))
     return Signer(key)

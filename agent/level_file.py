@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
+
+from .datadir import write_private_file
 
 logger = logging.getLogger("vllm_audit.agent")
 
@@ -44,19 +45,6 @@ def load_level(data_dir: Path) -> PersistedLevel | None:
 def save_level(data_dir: Path, persisted: PersistedLevel) -> None:
     """Atomically replaces the level file; raises OSError when it could not be made durable."""
     data_dir.mkdir(parents=True, exist_ok=True)
-    path = data_dir / LEVEL_FILE
-    tmp = data_dir / f".{LEVEL_FILE}.{os.getpid()}.tmp"
     body = json.dumps({"level": persisted.level, "version": persisted.version,
                        "configured_level": persisted.configured_level}).encode()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, body)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dir_fd = os.open(data_dir, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    write_private_file(data_dir / LEVEL_FILE, body)

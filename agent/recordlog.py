@@ -33,7 +33,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
@@ -45,6 +44,7 @@ import orjson
 
 from . import records
 from .chain import GENESIS_HASH, RECORD_TYPE_ACCESS, RECORD_TYPE_CHECKPOINT, RECORD_TYPE_REQUEST, Signer, seal
+from .datadir import write_private_file
 from .wal import WalRefused, WriteAheadLog
 
 logger = logging.getLogger("vllm_audit.agent")
@@ -413,14 +413,7 @@ class RecordLog:
 
     def persist_cursor(self) -> None:
         """Writes the cursor atomically (temp file, fsync, rename); run off the loop."""
-        path = self.directory / CURSOR_NAME
-        tmp = path.with_name(CURSOR_NAME + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(f"{self.cursor}\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        write_private_file(self.directory / CURSOR_NAME, f"{self.cursor}\n".encode())
 
     def oldest_unpublished_ms(self) -> int | None:
         """Recorded time of the oldest record after the cursor, when it is in memory."""
