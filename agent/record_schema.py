@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from vllm_audit.v1 import events_pb2 as pb
 from vllm_audit.v1 import query_pb2 as q
 
 from .chain import RECORD_TYPE_REQUEST
@@ -74,6 +75,8 @@ def trail_record_schema() -> dict[str, Any]:
         "gen_ai.usage.output_tokens": {"type": "integer", "minimum": 0},
         "gen_ai.response.finish_reasons": {"type": "array", "items": {"type": "string"}},
         "gen_ai.response.id": {"type": "string"},
+        "engine_at_finish": {"oneOf": [{"type": "null"},
+                                       _message_schema(pb.EngineStats.DESCRIPTOR)]},
     }
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",

@@ -26,9 +26,10 @@ from typing import Any
 import orjson
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
+from vllm_audit.v1 import events_pb2 as pb
 from vllm_audit.v1 import query_pb2 as q
 
-#: 2: trail_id/revision/finalised_by/incomplete, source identity, HTTP method/path, user
+#: 2: engine_at_finish, trail_id/revision/finalised_by/incomplete, source identity, HTTP method/path, user
 #: agent, bytes, capture policy, compile time, spec hash, max_tokens; event_id by revision.
 SCHEMA_VERSION = 2
 
@@ -72,7 +73,8 @@ FIELD_MAP: dict[str, dict[str, str | tuple[None, str]]] = {
         "grammar_compiled": (None, "mapped field by field (GrammarCompiled)"),
         "so_step": (None, "one per grammar step: trail events and the trail-events topic"),
         "so_summary": "structured_output",
-        "engine_stats": (None, "not per request: the engine-stats topic"),
+        "engine_stats": (None, "not per request: the engine-stats topic; the snapshot nearest "
+                                "a trail's finish is its record's engine_at_finish"),
         "custom": (None, "application events (record_custom_event): kept in the trail's events"),
         "http": (None, "mapped field by field (HttpRequest)"),
     },
@@ -130,7 +132,10 @@ def event_id(trail_id: str, revision: int) -> str:
     return f"{trail_id}/{revision}"
 
 
-def trail_record(summary: q.TrailSummary) -> dict[str, Any]:
+def trail_record(summary: q.TrailSummary, engine: pb.EngineStats | None = None
+                 ) -> dict[str, Any]:
+    """The record of a trail; `engine` is the engine snapshot nearest its finish (the load it
+    ran under: queue, KV cache, running requests), null when none was known."""
     record: dict[str, Any] = {
         "schema": SCHEMA_VERSION,
         "trail_id": summary.request_id,
@@ -142,6 +147,7 @@ def trail_record(summary: q.TrailSummary) -> dict[str, Any]:
         "gen_ai.usage.output_tokens": summary.completion_tokens,
         "gen_ai.response.finish_reasons": [summary.finish_reason] if summary.finish_reason else [],
         "gen_ai.response.id": summary.request_id,
+        "engine_at_finish": message_to_dict(engine) if engine is not None else None,
     }
     record.update(message_to_dict(summary))
     return record

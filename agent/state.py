@@ -110,7 +110,7 @@ class AgentState:
         """A final trail (or revision) becomes one record in the record log; once it is
         durable there, the ingest WAL segments that held the trail are released."""
         self.request_metrics.observe(trail.summary)
-        record = trail_record(trail.summary)
+        record = trail_record(trail.summary, self._engine_snapshot(trail))
         replayed = self.records.replay_event_ids
         if replayed is not None and event_id(record) in replayed:
             # Replaying the ingest WAL at start rebuilt a trail the log already holds.
@@ -118,6 +118,18 @@ class AgentState:
             self.trails.delivered(trail)
             return
         self.records.append(record, on_recorded=lambda: self.trails.delivered(trail))
+
+    def _engine_snapshot(self, trail: Trail) -> pb.EngineStats | None:
+        """The latest engine snapshot of the trail's own processes, else of its model."""
+        s = trail.summary
+        for source_id in s.source_ids:
+            source = self.sources.get(source_id)
+            if source is not None and source.last_stats is not None:
+                return source.last_stats
+        for source in self.sources.values():
+            if source.last_stats is not None and source.model == s.model:
+                return source.last_stats
+        return None
 
     def agent_drops(self) -> dict[str, int]:
         """Everything the agent itself lost, by reason (one view for stats and metrics)."""

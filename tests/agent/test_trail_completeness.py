@@ -135,3 +135,17 @@ async def test_an_evicted_active_trail_says_so_and_its_rest_is_a_revision(
                     "the revision")
         rest = [r for r in records(published) if r["trail_id"] == "e0"][1]
         assert rest["revision"] == 1 and rest["event_id"] == "e0/1"
+
+
+async def test_a_record_carries_the_engine_snapshot_nearest_its_finish(tmp_path: Path) -> None:
+    async with agent(tmp_path) as (handle, published), \
+            Hook(handle.state.config.ingest_socket) as hook:
+        stats = pb.Event(time_unix_nano=T0, engine_stats=pb.EngineStats(
+            num_running_reqs=7, num_waiting_reqs=2, kv_cache_usage=0.5))
+        await hook.send(1, stats, model="m")
+        await hook.send(2, http("loaded"), engine("loaded", pb.LIFECYCLE_PHASE_FINISHED,
+                                                    finish_reason="stop"), model="m")
+        await until(lambda: len(records(published)) == 1, "the record")
+        snapshot = records(published)[0]["engine_at_finish"]
+        assert (snapshot["num_running_reqs"], snapshot["num_waiting_reqs"],
+                snapshot["kv_cache_usage"]) == (7, 2, 0.5)
