@@ -20,12 +20,13 @@ from __future__ import annotations
 import hashlib
 import time
 import uuid
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any
 
 import orjson
 
 from . import raw_events as raw
+from .client_address import Network, client_address
 from .errors import ERRORS
 from .runtime import HookRuntime, get_runtime
 from .settings import Level, settings
@@ -69,7 +70,7 @@ class AuditMiddleware:
             await self.app(scope, receive, send)
             return
         try:
-            audit = _RequestAudit(scope, rt.settings.tenant_header)
+            audit = _RequestAudit(scope, rt.settings.tenant_header, rt.settings.trusted_proxies)
         except Exception as exc:
             ERRORS.record("middleware.begin", exc)
             await self.app(scope, receive, send)
@@ -104,7 +105,8 @@ def _with_response_audit(auditor: Any, scope: Scope, request_id: str, send: Send
 
 
 class _RequestAudit:
-    def __init__(self, scope: Scope, tenant_header: str) -> None:
+    def __init__(self, scope: Scope, tenant_header: str,
+                 trusted_proxies: Sequence[Network] = ()) -> None:
         self.start_ns = time.time_ns()
         self.t0 = time.perf_counter()
         original: list[tuple[bytes, bytes]] = list(scope.get("headers") or [])
@@ -124,7 +126,9 @@ class _RequestAudit:
         self.user_agent = lookup.get(b"user-agent", b"").decode("latin-1")
         self.tenant = lookup.get(tenant_header.encode(), b"").decode("latin-1")
         client = scope.get("client")
-        self.client_ip = str(client[0]) if client else ""
+        peer = str(client[0]) if client else ""
+        self.client_ip = client_address(
+            peer, lookup.get(b"x-forwarded-for", b"").decode("latin-1"), trusted_proxies)
         self.body = bytearray()
         self.response = bytearray()
         self.response_bytes = 0

@@ -9,6 +9,8 @@ import os
 from dataclasses import dataclass, field
 from enum import IntEnum
 
+from .client_address import Network, parse_networks
+
 #: "true" installs the hook (the project's own switch).
 ENV_ENABLED = "VLLM_AUDIT_ENABLED"
 #: Alternative switch with the same meaning, kept for the structured-output audit's users.
@@ -41,6 +43,8 @@ ENV_CAPTURE_CLIENT_IP = "VLLM_AUDIT_CAPTURE_CLIENT_IP"
 ENV_HMAC_KEY = "VLLM_AUDIT_HMAC_KEY"
 #: Header that names the tenant of a request.
 ENV_TENANT_HEADER = "VLLM_AUDIT_TENANT_HEADER"
+#: Comma-separated CIDRs of proxies whose X-Forwarded-For is believed (client_address.py).
+ENV_TRUSTED_PROXIES = "VLLM_AUDIT_TRUSTED_PROXIES"
 
 # -- The first seed design's variables, each with its seed meaning mapped onto this design. --
 #: true: record the allowed-token set of every step (implies level full-with-allowed-sets).
@@ -245,6 +249,7 @@ class HookSettings:
     capture_client_ip: str = "hmac"
     hmac_key: bytes | None = None
     tenant_header: str = "x-tenant-id"
+    trusted_proxies: tuple[Network, ...] = ()
     # -- the seed's variables (see the ENV_* constants above for how each maps) --
     include_grammar: bool = False
     grammar_max_bytes: int = 64 * 1024
@@ -294,6 +299,8 @@ class HookSettings:
             capture_client_ip=_policy(env, ENV_CAPTURE_CLIENT_IP, "hmac"),
             hmac_key=key.encode() if key else None,
             tenant_header=(env.get(ENV_TENANT_HEADER) or "x-tenant-id").lower(),
+            trusted_proxies=parse_networks(ENV_TRUSTED_PROXIES,
+                                           env.get(ENV_TRUSTED_PROXIES) or ""),
             include_grammar=_bool(env, ENV_INCLUDE_GRAMMAR, preset.include_grammar),
             grammar_max_bytes=_positive_int(env, ENV_GRAMMAR_MAX_BYTES, 64 * 1024),
             async_requested=_bool(env, ENV_ASYNC, True),

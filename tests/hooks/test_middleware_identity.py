@@ -8,6 +8,8 @@ import asyncio
 from collections.abc import MutableMapping
 from typing import Any
 
+import pytest
+
 from vllm_hooks.middleware import _RequestAudit
 
 Message = MutableMapping[str, Any]
@@ -55,3 +57,31 @@ def test_without_a_client_header_no_trail_id_leaks_into_the_response() -> None:
     audit, sent = asyncio.run(call([]))
     assert audit.fields()["client_request_id"] == ""
     assert b"x-request-id" not in dict(sent[0]["headers"])
+
+
+def test_x_forwarded_for_counts_only_through_trusted_proxies() -> None:
+    from vllm_hooks.client_address import client_address, parse_networks
+
+    trusted = parse_networks("VLLM_AUDIT_TRUSTED_PROXIES", "10.0.0.0/8, fd00::/8")
+    spoofed = "6.6.6.6, 203.0.113.7"
+    # An untrusted peer: its header is ignored, whatever it claims.
+    assert client_address("198.51.100.9", spoofed, trusted) == "198.51.100.9"
+    # Through our proxies: the nearest hop that is not ours is the client, not a spoofed
+    # address the client put at the left of the header itself.
+    assert client_address("10.0.0.1", spoofed + ", 10.2.3.4", trusted) == "203.0.113.7"
+    assert client_address("10.0.0.1", "", trusted) == "10.0.0.1"
+    # No trusted proxies configured: the peer stands.
+    assert client_address("10.0.0.1", spoofed, ()) == "10.0.0.1"
+    with pytest.raises(ValueError, match="VLLM_AUDIT_TRUSTED_PROXIES: 'nope'"):
+        parse_networks("VLLM_AUDIT_TRUSTED_PROXIES", "10.0.0.0/8,nope")
+
+
+def test_the_middleware_records_the_client_behind_a_trusted_proxy() -> None:
+    from vllm_hooks.client_address import parse_networks
+
+    scope = {"type": "http", "method": "POST", "path": "/v1/chat/completions",
+             "headers": [(b"x-forwarded-for", b"6.6.6.6, 203.0.113.7")],
+             "client": ("10.0.0.1", 5555)}
+    trusted = parse_networks("VLLM_AUDIT_TRUSTED_PROXIES", "10.0.0.0/8")
+    assert _RequestAudit(scope, "x-tenant-id", trusted).fields()["client_ip"] == "203.0.113.7"
+    assert _RequestAudit(scope, "x-tenant-id").fields()["client_ip"] == "10.0.0.1"
