@@ -59,7 +59,7 @@ CHAIN_VERSION = 1
 def _float(value: float) -> float | int:
     if value != value or value in (float("inf"), float("-inf")):
         raise ValueError(f"non-finite number {value!r} in a record")
-    if value.is_integer():
+    if value.is_integer() and -(2**53) <= value <= 2**53:  # exact as an int, and in int64
         return int(value)
     return 0 if -1e-6 < value < 1e-6 else value
 

@@ -50,9 +50,28 @@ _REASON_KEY = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
 #: Long free text (captured prompts and outputs, error messages); other strings are short.
 _TEXT_FIELDS = frozenset({"HttpRequest.prompt", "HttpRequest.output", "HttpRequest.error",
                           "GrammarCompiled.error"})
-_DURATIONS = {"HttpRequest": ("latency_ms", "ttft_ms"), "GrammarCompiled": ("compile_ms",),
-              "StructuredOutputSummary": ("allowed_tokens_mean",)}
 _RATIOS = {"EngineStats": ("kv_cache_usage",)}
+
+
+def _non_negative_floats() -> dict[str, tuple[str, ...]]:
+    """Every float field of every event body but the ratios: durations, sums of seconds,
+    means. Derived from the contract, so a float field added later is clamped too (a NaN in
+    a new field once reached a record and failed its canonical encoding)."""
+    out: dict[str, tuple[str, ...]] = {}
+    for body in pb.Event.DESCRIPTOR.oneofs_by_name["body"].fields:
+        message = body.message_type
+        if message is None:
+            continue
+        names = tuple(f.name for f in message.fields
+                      if f.type in (FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT)
+                      and f.name not in _RATIOS.get(message.name, ()))
+        if names:
+            out[message.name] = names
+    return out
+
+
+#: Non-negative and finite, at most MAX_DURATION_MS (the same cap for seconds: generous).
+_DURATIONS = _non_negative_floats()
 _COUNTS = {
     "RequestLifecycle": ("num_prompt_tokens", "num_output_tokens", "max_tokens"),
     "HttpRequest": ("prompt_tokens", "completion_tokens", "response_bytes"),

@@ -8,8 +8,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from enum import IntEnum
+from typing import TYPE_CHECKING
 
-from .client_address import Network, parse_networks
+if TYPE_CHECKING:
+    from .client_address import Network
+
 
 #: "true" installs the hook (the project's own switch).
 ENV_ENABLED = "VLLM_AUDIT_ENABLED"
@@ -228,6 +231,15 @@ def _positive_int(env: dict[str, str] | os._Environ[str], name: str, default: in
     return value
 
 
+def _trusted_proxies(env: dict[str, str] | os._Environ[str]) -> tuple[Network, ...]:
+    text = env.get(ENV_TRUSTED_PROXIES)
+    if not text:
+        return ()  # the usual case imports nothing more: disabled must cost nothing
+    from .client_address import parse_networks
+
+    return parse_networks(ENV_TRUSTED_PROXIES, text)
+
+
 def _policy(env: dict[str, str] | os._Environ[str], name: str, default: str) -> str:
     value = (env.get(name) or default).strip().lower()
     if value not in CAPTURE_POLICIES:
@@ -299,8 +311,7 @@ class HookSettings:
             capture_client_ip=_policy(env, ENV_CAPTURE_CLIENT_IP, "hmac"),
             hmac_key=key.encode() if key else None,
             tenant_header=(env.get(ENV_TENANT_HEADER) or "x-tenant-id").lower(),
-            trusted_proxies=parse_networks(ENV_TRUSTED_PROXIES,
-                                           env.get(ENV_TRUSTED_PROXIES) or ""),
+            trusted_proxies=_trusted_proxies(env),
             include_grammar=_bool(env, ENV_INCLUDE_GRAMMAR, preset.include_grammar),
             grammar_max_bytes=_positive_int(env, ENV_GRAMMAR_MAX_BYTES, 64 * 1024),
             async_requested=_bool(env, ENV_ASYNC, True),

@@ -83,3 +83,18 @@ def test_too_many_gap_reasons_are_refused() -> None:
     b = batch(gap=pb.GapMarker(dropped_by_reason={f"r{i}": 1 for i in range(65)}))
     verdict = validate(b, CAP)
     assert verdict.refusal == "invalid" and "65 reasons" in verdict.detail
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, 1e300, -2.0])
+def test_every_float_of_every_body_is_clamped_engine_sums_included(value: float) -> None:
+    """A NaN in an engine-stats sum once reached a record (its engine snapshot) and failed
+    the record log's canonical encoding: the float rules now come from the contract."""
+    stats = pb.EngineStats(ttft_seconds_sum=value, decode_time_seconds_sum=value)
+    b = batch(pb.Event(engine_stats=stats))
+    verdict = validate(b, CAP)
+    assert not verdict.refusal
+    kept = b.events[0].engine_stats
+    for field in ("ttft_seconds_sum", "decode_time_seconds_sum"):
+        assert math.isfinite(getattr(kept, field)) and 0 <= getattr(kept, field) <= MAX_DURATION_MS
+        assert verdict.clamped[f"EngineStats.{field}"] == 1
+        assert f"EngineStats.{field}" in CLAMPABLE_FIELDS
