@@ -277,6 +277,12 @@ class AgentCollector(Collector):
                        "age = retention", "reason",
                        {k: log.counters[f"expired_segments_{k}"]
                         for k in r.RECORD_LOG_EXPIRY_REASONS}, r.RECORD_LOG_EXPIRY_REASONS)
+        yield counter("vllm_audit_meta_audit_errors",
+                      "Query/control calls whose access record could not be written",
+                      st.counters["meta_audit_errors"])
+        yield counter("vllm_audit_record_log_replay_duplicates",
+                      "Trails rebuilt from the ingest WAL at start whose record was already in "
+                      "the log (not written twice)", st.counters["records_deduplicated_at_replay"])
         yield counter("vllm_audit_record_log_damaged_records",
                       "Record-log records found damaged at start (moved to quarantine/)",
                       st.agent_dropped["record_log_damaged_records"])
