@@ -19,52 +19,23 @@ class GrammarUnavailable(Exception):
     """vLLM, the backend or the model is missing, or does not fit the trail."""
 
 
-def _backend_class(backend: str) -> Any:
-    if backend == "xgrammar":
-        from vllm.v1.structured_output.backend_xgrammar import XgrammarBackend
-
-        return XgrammarBackend
-    if backend == "guidance":
-        from vllm.v1.structured_output.backend_guidance import GuidanceBackend
-
-        return GuidanceBackend
-    if backend == "outlines":
-        from vllm.v1.structured_output.backend_outlines import OutlinesBackend
-
-        return OutlinesBackend
-    if backend == "lm-format-enforcer":
-        from vllm.v1.structured_output.backend_lm_format_enforcer import LMFormatEnforcerBackend
-
-        return LMFormatEnforcerBackend
-    raise GrammarUnavailable(f"unknown structured-output backend {backend!r}")
-
-
 class GrammarReplayer:
     """One compiled grammar and a one-row bitmask, stepped as the engine stepped it."""
 
     def __init__(self, backend: str, spec_type: str, spec: str, model: str,
                  vocab_size: int) -> None:
         try:
-            from vllm.config import ModelConfig, StructuredOutputsConfig, VllmConfig
-            from vllm.tokenizers import cached_tokenizer_from_config
-            from vllm.v1.structured_output.backend_types import StructuredOutputOptions
+            from .adapter import ReplayUnavailable, compile_grammar_for_replay  # vLLM lives there
         except ImportError as exc:
             raise GrammarUnavailable(f"replay needs vLLM installed: {exc}") from None
-        model_config = ModelConfig(model=model, tokenizer=model)
-        if model_config.get_vocab_size() != vocab_size:
-            raise GrammarUnavailable(
-                f"the model has vocabulary {model_config.get_vocab_size()}, the trail "
-                f"{vocab_size}: not the model that generated it")
-        config = VllmConfig(model_config=model_config,
-                            structured_outputs_config=StructuredOutputsConfig(backend=backend))
-        tokenizer = cached_tokenizer_from_config(model_config=model_config)
         try:
-            impl = _backend_class(backend)(config, tokenizer=tokenizer, vocab_size=vocab_size)
+            self.grammar, self.bitmask = compile_grammar_for_replay(
+                backend, spec_type, spec, model, vocab_size)
+        except ReplayUnavailable as exc:
+            raise GrammarUnavailable(str(exc)) from None
         except ImportError as exc:
             raise GrammarUnavailable(f"backend {backend!r} is unavailable here: {exc}") from None
         self.vocab_size = vocab_size
-        self.grammar = impl.compile_grammar(StructuredOutputOptions[spec_type.upper()], spec)
-        self.bitmask = impl.allocate_token_bitmask(1)
 
     def row(self) -> tuple[int, Any]:
         """The next token's row, filled as vLLM fills it: (allowed count, the row's words)."""
