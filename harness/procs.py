@@ -92,7 +92,10 @@ def base_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env.pop("VLLM_AUDIT_ENABLED", None)
     env.pop("VLLM_STRUCTURED_OUTPUT_AUDIT", None)
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    # This checkout's code first (the repo for harness/, agent/ for vllm_audit_agent, proto/ for
+    # the contract), so a process started from a worktree runs that worktree's code.
+    roots = [str(REPO), str(REPO / "agent"), str(REPO / "proto")]
+    env["PYTHONPATH"] = os.pathsep.join([*roots, env.get("PYTHONPATH", "")])
     env.update(extra)
     return env
 
@@ -108,7 +111,7 @@ def start_agent(tmp: Path, socket_path: Path, kafka_bootstrap: str | None,
     query = f"127.0.0.1:{free_port()}"
     http_port = free_port()
     args = [
-        PYTHON, "-m", "agent.cli", "agent",
+        PYTHON, "-m", "vllm_audit_agent.cli", "agent",
         "--ingest-socket", str(socket_path),
         "--query-address", query,
         "--http-address", f"127.0.0.1:{http_port}",

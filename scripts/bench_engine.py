@@ -45,9 +45,9 @@ def worker(model: str, levels: list[str], query_address: str, out_path: str) -> 
     """Runs inside the benchmark's child process: one engine, a round per entry of levels."""
     from vllm import LLM, SamplingParams
     from vllm.sampling_params import StructuredOutputsParams
-    from vllm_audit.v1 import query_pb2, query_pb2_grpc
 
-    from agent.config import parse_level
+    from vllm_audit.v1 import query_pb2, query_pb2_grpc
+    from vllm_audit_agent.config import parse_level
 
     llm = LLM(model=model, dtype="float32", max_model_len=512, enforce_eager=True,
               gpu_memory_utilization=0.1, seed=0, max_num_seqs=REQUESTS)
@@ -57,7 +57,7 @@ def worker(model: str, levels: list[str], query_address: str, out_path: str) -> 
     llm.generate(prompts[:8], params, use_tqdm=False)  # warm-up: compile grammars, caches
     control = None
     if query_address:
-        from agent.client import channel
+        from vllm_audit_agent.client import channel
 
         # The local agent's admin token, found through its data dir (VLLM_AUDIT_DATA_DIR).
         token = (Path(os.environ["VLLM_AUDIT_DATA_DIR"]) / "admin.token").read_text().strip()

@@ -35,13 +35,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import grpc
 import numpy as np
+
 from vllm_audit.v1 import events_pb2 as pb
 from vllm_audit.v1 import ingest_pb2_grpc
-
-from agent.config import AgentConfig
-from agent.publisher import InMemoryPublisher
-from agent.server import running_agent
-from agent.trails import TrailStore
+from vllm_audit_agent.config import AgentConfig
+from vllm_audit_agent.publisher import InMemoryPublisher
+from vllm_audit_agent.server import running_agent
+from vllm_audit_agent.trails import TrailStore
 from vllm_hooks import raw_events as raw
 from vllm_hooks.buffer import EventBuffer
 from vllm_hooks.capture import CapturePolicy
@@ -224,13 +224,13 @@ async def bench_publish(n: int = 100_000) -> tuple[float, float]:
     publisher: (from the in-memory tail, from disk after the tail overflowed). The records
     are real trail records (~1 KB), chained and sealed, appended before the clock starts."""
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-    from vllm_audit.v1 import query_pb2 as q
 
-    from agent.chain import Signer
-    from agent.publisher import KafkaPublisher
-    from agent.recordlog import RecordLog
-    from agent.records import trail_record
     from harness.kafka_broker import KafkaBroker
+    from vllm_audit.v1 import query_pb2 as q
+    from vllm_audit_agent.chain import Signer
+    from vllm_audit_agent.publisher import KafkaPublisher
+    from vllm_audit_agent.recordlog import RecordLog
+    from vllm_audit_agent.records import trail_record
 
     broker = KafkaBroker()
     await asyncio.to_thread(broker.__enter__)
@@ -301,9 +301,8 @@ async def bench_list_trails(n: int = 100_000, pages: int = 300) -> dict[str, tup
     time of one full scan + sort (what every page cost before the index)."""
     from vllm_audit.v1 import query_pb2 as q
     from vllm_audit.v1 import query_pb2_grpc
-
-    from agent.client import aio_channel
-    from agent.trail_index import Filter
+    from vllm_audit_agent.client import aio_channel
+    from vllm_audit_agent.trail_index import Filter
 
     with tempfile.TemporaryDirectory() as tmp:
         config = AgentConfig(ingest_socket=Path(tmp) / "ingest.sock", data_dir=Path(tmp) / "wal",

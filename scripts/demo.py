@@ -38,7 +38,7 @@ def step(text: str) -> None:
 
 def cli(query_address: str, *args: str) -> str:
     out = subprocess.run(
-        [sys.executable, "-m", "agent.cli", *args[:1], "--address", query_address, *args[1:]],
+        [sys.executable, "-m", "vllm_audit_agent.cli", *args[:1], "--address", query_address, *args[1:]],
         cwd=REPO, capture_output=True, text=True, timeout=60, check=True,
     )
     return out.stdout
@@ -110,7 +110,7 @@ def main() -> int:
             public_key = next(data.glob("*.pub"))
             step("vllm-audit verify: the record log's hash chain and signed checkpoints")
             verified = subprocess.run(
-                [sys.executable, "-m", "agent.cli", "verify", str(data / "records"),
+                [sys.executable, "-m", "vllm_audit_agent.cli", "verify", str(data / "records"),
                  "--public-key", str(public_key), "--allow-unsigned-tail"],
                 cwd=REPO, capture_output=True, text=True, timeout=60, check=False)
             print(verified.stdout.strip() or verified.stderr.strip(),

@@ -15,14 +15,14 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from vllm_audit.v1 import events_pb2 as pb
 
-from agent import config as config_module
-from agent.chain import CHAIN_FIELDS
-from agent.cli import _parser, version
-from agent.records import encode
-from agent.server import INGEST_HEALTH, QUERY_HEALTH, AgentHandle
 from tests.support.agent_harness import Hook, agent, lifecycle
+from vllm_audit.v1 import events_pb2 as pb
+from vllm_audit_agent import config as config_module
+from vllm_audit_agent.chain import CHAIN_FIELDS
+from vllm_audit_agent.cli import _parser, version
+from vllm_audit_agent.records import encode
+from vllm_audit_agent.server import INGEST_HEALTH, QUERY_HEALTH, AgentHandle
 
 REPO = Path(__file__).resolve().parents[1]
 ADDRESS_ENV = "VLLM_AUDIT_QUERY_ADDRESS"
@@ -32,7 +32,7 @@ def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60
         ) -> subprocess.CompletedProcess[str]:
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("VLLM_AUDIT_")}
     full_env.update(env or {})
-    return subprocess.run([sys.executable, "-m", "agent.cli", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "vllm_audit_agent.cli", *args], capture_output=True,
                           text=True, timeout=timeout, check=False, cwd=REPO, env=full_env)
 
 

@@ -28,10 +28,10 @@ import jsonschema
 import pytest
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from vllm_audit.v1 import events_pb2 as pb
 
-from agent.cli import _parser
 from tests.support.agent_harness import Hook, lifecycle
+from vllm_audit.v1 import events_pb2 as pb
+from vllm_audit_agent.cli import _parser
 
 REPO = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = REPO / "docker-compose.yml"
@@ -220,7 +220,7 @@ def agent_command(agent: dict[str, Any], volumes: dict[str, Path]) -> tuple[list
         elif arg.startswith("--http-address="):
             arg = f"--http-address={http}"
         args.append(on_host(arg, agent, volumes))
-    return [sys.executable, "-m", "agent.cli", *args], query, http
+    return [sys.executable, "-m", "vllm_audit_agent.cli", *args], query, http
 
 
 def _others_can_read(path: Path) -> bool:

@@ -16,7 +16,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from agent.cli import _parser
+from vllm_audit_agent.cli import _parser
 
 REPO = Path(__file__).resolve().parents[1]
 CHART = REPO / "helm" / "vllm-audit"

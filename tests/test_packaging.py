@@ -23,7 +23,7 @@ else:  # requires-python is 3.10
 
 REPO = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
-FIRST_PARTY = {"agent", "vllm_hooks", "vllm_audit"}
+FIRST_PARTY = {"vllm_audit_agent", "vllm_hooks", "vllm_audit"}
 #: The generated contract both sides import (its own imports count for both).
 CONTRACT = REPO / "proto" / "vllm_audit"
 #: The host process of the hooks: the distribution vLLM comes as (CUDA image or CPU build).

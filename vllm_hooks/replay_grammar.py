@@ -1,4 +1,4 @@
-"""The vLLM side of `vllm-audit replay` (agent/replay.py): a recorded grammar re-compiled by
+"""The vLLM side of `vllm-audit replay` (agent/vllm_audit_agent/replay.py): a recorded grammar re-compiled by
 vLLM's own backend class and stepped token by token, each row filled as vLLM's
 `StructuredOutputManager` fills it and counted with the hook's own popcount.
 

@@ -25,6 +25,7 @@ from typing import Any
 import grpc
 import orjson
 from google.protobuf import json_format
+
 from vllm_audit.v1 import query_pb2 as q
 from vllm_audit.v1 import query_pb2_grpc
 

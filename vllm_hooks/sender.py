@@ -37,6 +37,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import grpc
+
 from vllm_audit.v1 import events_pb2 as pb
 from vllm_audit.v1 import ingest_pb2, ingest_pb2_grpc
 

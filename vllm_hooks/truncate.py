@@ -14,6 +14,7 @@ from typing import cast
 
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
+
 from vllm_audit.v1 import events_pb2 as pb
 
 #: Cuts per event before giving up; each cut removes at least the measured excess of the

@@ -10,15 +10,15 @@ from pathlib import Path
 import grpc
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from vllm_audit.v1 import events_pb2 as pb
-from vllm_audit.v1 import query_pb2
 
-from agent.config import AgentConfig
-from agent.gpu import FakeGpuReader, GpuUnavailable, NvmlReader
-from agent.server import AgentHandle
-from agent.wal import WriteAheadLog
 from tests.support.agent_harness import Hook, agent, lifecycle, published_keys, query, requests_of
 from tests.support.agent_harness import control as harness_control
+from vllm_audit.v1 import events_pb2 as pb
+from vllm_audit.v1 import query_pb2
+from vllm_audit_agent.config import AgentConfig
+from vllm_audit_agent.gpu import FakeGpuReader, GpuUnavailable, NvmlReader
+from vllm_audit_agent.server import AgentHandle
+from vllm_audit_agent.wal import WriteAheadLog
 
 
 def http(rid: str, status: int, t: int) -> pb.Event:
@@ -117,7 +117,7 @@ async def test_trails_survive_restart_and_torn_tail_is_truncated(tmp_path: Path)
 def test_wal_refuses_appends_past_its_cap(tmp_path: Path) -> None:
     wal = WriteAheadLog(tmp_path, max_bytes=100, fsync="never")
     wal.append(b"x" * 50)
-    from agent.wal import WalFull
+    from vllm_audit_agent.wal import WalFull
 
     with pytest.raises(WalFull, match="cap 100"):
         wal.append(b"y" * 50)
@@ -206,7 +206,7 @@ def test_config_rejects_bad_values(tmp_path: Path) -> None:
 
 
 def test_cli_reports_bad_address_clearly() -> None:
-    out = subprocess.run([sys.executable, "-m", "agent.cli", "query", "--address", "127.0.0.1:1",
+    out = subprocess.run([sys.executable, "-m", "vllm_audit_agent.cli", "query", "--address", "127.0.0.1:1",
                           "health"], capture_output=True, text=True, timeout=30, check=False)
     assert out.returncode == 1
     assert out.stderr.startswith("vllm-audit: UNAVAILABLE")
@@ -225,7 +225,7 @@ async def test_overlapping_gap_ranges_count_each_lost_batch_once(tmp_path: Path)
 
 
 def test_engine_ids_correlate_to_their_trail() -> None:
-    from agent.correlate import trail_id_for_engine_request as trail_of
+    from vllm_audit_agent.correlate import trail_id_for_engine_request as trail_of
 
     assert trail_of("chatcmpl-abc-1a2b3c4d") == ("abc", True)
     assert trail_of("cmpl-abc-1a2b3c4d") == ("abc", True)

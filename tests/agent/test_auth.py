@@ -20,14 +20,14 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+
+from tests.support.agent_harness import Hook, agent, agent_config, control, query
 from vllm_audit.v1 import events_pb2 as pb
 from vllm_audit.v1 import query_pb2 as q
 from vllm_audit.v1 import query_pb2_grpc
-
-from agent.auth import ADMIN_TOKEN_FILE, TokenTable
-from agent.client import ClientTls, aio_channel
-from agent.server import AgentHandle, running_agent
-from tests.support.agent_harness import Hook, agent, agent_config, control, query
+from vllm_audit_agent.auth import ADMIN_TOKEN_FILE, TokenTable
+from vllm_audit_agent.client import ClientTls, aio_channel
+from vllm_audit_agent.server import AgentHandle, running_agent
 
 ROLES = {"aud": ("auditor", None), "ta": ("tenant-auditor", "acme"),
          "tb": ("tenant-auditor", "globex"), "op": ("operator", None), "adm": ("admin", None)}
@@ -194,7 +194,7 @@ async def test_local_admin_token_is_private_kept_and_used_by_the_cli(tmp_path: P
         first = token_path.read_text()
         env = {**os.environ, "VLLM_AUDIT_DATA_DIR": str(data_dir)}
         env.pop("VLLM_AUDIT_TOKEN", None)
-        cli = [sys.executable, "-m", "agent.cli"]
+        cli = [sys.executable, "-m", "vllm_audit_agent.cli"]
         ok = await asyncio.to_thread(subprocess.run, [*cli, "query", "--address",
                                                       handle.query_address, "health"],
                                      env=env, capture_output=True, text=True, timeout=30)
@@ -224,7 +224,7 @@ async def test_plaintext_beyond_loopback_needs_tls_or_the_explicit_flag(tmp_path
 
 def test_the_agent_process_refuses_to_start_with_the_reason(tmp_path: Path) -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "agent.cli", "agent", "--query-address", "0.0.0.0:0",
+        [sys.executable, "-m", "vllm_audit_agent.cli", "agent", "--query-address", "0.0.0.0:0",
          "--http-address", "127.0.0.1:0", "--ingest-socket", str(tmp_path / "s.sock"),
          "--data-dir", str(tmp_path / "d"), "--gpu", "none"],
         capture_output=True, text=True, timeout=60)
@@ -332,8 +332,8 @@ async def test_the_standard_health_service_needs_no_credential(tmp_path: Path) -
 
     from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-    from agent.auth import AuthInterceptor
-    from agent.query import QueryServicer
+    from vllm_audit_agent.auth import AuthInterceptor
+    from vllm_audit_agent.query import QueryServicer
 
     counters: Counter[str] = Counter()
     server = grpc.aio.server(interceptors=[AuthInterceptor(TokenTable(), counters)])

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from vllm_audit.v1 import events_pb2 as pb
 
-from agent import gpu
-from agent.fake_nvml import FakeDevice, FakeNvml
-from agent.gpu import GpuSampler, GpuUnavailable, NvmlReader
 from tests.agent.test_metrics import get
 from tests.support.agent_harness import Hook, agent
+from vllm_audit.v1 import events_pb2 as pb
+from vllm_audit_agent import gpu
+from vllm_audit_agent.fake_nvml import FakeDevice, FakeNvml
+from vllm_audit_agent.gpu import GpuSampler, GpuUnavailable, NvmlReader
 
 HEALTHY = FakeDevice(uuid="GPU-aaaa", ecc={(True, True): 2, (False, False): 1},
                      throttle_reasons=0x4, processes={4242: 3 << 30, 999: 1 << 20})

@@ -14,19 +14,19 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import generate_latest
-from vllm_audit.v1 import events_pb2 as pb
 
-from agent.chain import load_or_create_signer
-from agent.gpu import GpuSampler
-from agent.ingest import replay_wal
-from agent.metrics import make_registry
-from agent.publisher import InMemoryPublisher
-from agent.recordlog import RecordLog, read_records
-from agent.records import encode
-from agent.state import AgentState
-from agent.validation import validate
-from agent.wal import WriteAheadLog
 from tests.support.agent_harness import agent_config
+from vllm_audit.v1 import events_pb2 as pb
+from vllm_audit_agent.chain import load_or_create_signer
+from vllm_audit_agent.gpu import GpuSampler
+from vllm_audit_agent.ingest import replay_wal
+from vllm_audit_agent.metrics import make_registry
+from vllm_audit_agent.publisher import InMemoryPublisher
+from vllm_audit_agent.recordlog import RecordLog, read_records
+from vllm_audit_agent.records import encode
+from vllm_audit_agent.state import AgentState
+from vllm_audit_agent.validation import validate
+from vllm_audit_agent.wal import WriteAheadLog
 
 _T = FieldDescriptor
 _EXTREMES: dict[int, list[Any]] = {

@@ -11,11 +11,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from vllm_audit.v1 import events_pb2 as pb
-from vllm_audit.v1 import ingest_pb2, query_pb2
 
 from tests.agent.test_agent import scrape
 from tests.support.agent_harness import Hook, agent, query
+from vllm_audit.v1 import events_pb2 as pb
+from vllm_audit.v1 import ingest_pb2, query_pb2
 
 
 @contextlib.contextmanager

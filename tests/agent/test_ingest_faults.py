@@ -12,14 +12,14 @@ from pathlib import Path
 import grpc
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from vllm_audit.v1 import events_pb2 as pb
-from vllm_audit.v1 import ingest_pb2, query_pb2
 
-from agent.config import AgentConfig
-from agent.validation import MAX_DURATION_MS, UINT64_MAX
-from agent.wal import WriteAheadLog
 from tests.agent.test_agent import scrape
 from tests.support.agent_harness import FailingRecordLog, Hook, agent, lifecycle, published_keys, query, until
+from vllm_audit.v1 import events_pb2 as pb
+from vllm_audit.v1 import ingest_pb2, query_pb2
+from vllm_audit_agent.config import AgentConfig
+from vllm_audit_agent.validation import MAX_DURATION_MS, UINT64_MAX
+from vllm_audit_agent.wal import WriteAheadLog
 
 T = 10**18  # a plausible time_unix_nano
 SOCKET = "ingest.sock"
@@ -296,7 +296,7 @@ def test_batch_and_message_caps_come_from_env_and_flags() -> None:
         AgentConfig(max_batch_bytes=100, max_message_bytes=10)
     with pytest.raises(ValueError, match="max_batch_bytes=0 must be > 0"):
         AgentConfig(max_batch_bytes=0)
-    out = subprocess.run([sys.executable, "-m", "agent.cli", "agent", "--help"],
+    out = subprocess.run([sys.executable, "-m", "vllm_audit_agent.cli", "agent", "--help"],
                          capture_output=True, text=True, timeout=60, check=True)
     assert "--max-batch-bytes" in out.stdout and "--max-message-bytes" in out.stdout
 

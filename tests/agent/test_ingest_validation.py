@@ -1,13 +1,13 @@
-"""Validation rules at ingest (agent/validation.py): what is refused, what is repaired."""
+"""Validation rules at ingest (agent/vllm_audit_agent/validation.py): what is refused, what is repaired."""
 
 from __future__ import annotations
 
 import math
 
 import pytest
-from vllm_audit.v1 import events_pb2 as pb
 
-from agent.validation import (
+from vllm_audit.v1 import events_pb2 as pb
+from vllm_audit_agent.validation import (
     CLAMPABLE_FIELDS,
     MAX_DURATION_MS,
     MAX_STRING_BYTES,

@@ -10,12 +10,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from tests.support.agent_harness import Hook, agent, control, lifecycle, query, until
 from vllm_audit.v1 import events_pb2 as pb
 from vllm_audit.v1 import query_pb2 as q
-
-from agent.level_file import LEVEL_FILE
-from agent.server import AgentHandle
-from tests.support.agent_harness import Hook, agent, control, lifecycle, query, until
+from vllm_audit_agent.level_file import LEVEL_FILE
+from vllm_audit_agent.server import AgentHandle
 from vllm_hooks.runtime import HookRuntime
 from vllm_hooks.settings import HookSettings, Level
 

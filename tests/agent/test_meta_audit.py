@@ -10,16 +10,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.support.agent_harness import Hook, agent, control, lifecycle, query, until
 from vllm_audit.v1 import events_pb2 as pb
 from vllm_audit.v1 import query_pb2 as q
-
-from tests.support.agent_harness import Hook, agent, control, lifecycle, query, until
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "agent.cli", *args], cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "vllm_audit_agent.cli", *args], cwd=REPO,
                           capture_output=True, text=True, timeout=60, check=False)
 
 

@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as om_families
 from prometheus_client.parser import text_string_to_metric_families
-from vllm_audit.v1 import events_pb2 as pb
 
-from agent import reasons
-from agent.gpu import READ_ERROR_FIELDS
-from agent.metrics import AGENT_ERROR_SITES
-from agent.server import AgentHandle
 from tests.support.agent_harness import Hook, agent, lifecycle, until
+from vllm_audit.v1 import events_pb2 as pb
+from vllm_audit_agent import reasons
+from vllm_audit_agent.gpu import READ_ERROR_FIELDS
+from vllm_audit_agent.metrics import AGENT_ERROR_SITES
+from vllm_audit_agent.server import AgentHandle
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 

@@ -17,14 +17,14 @@ from pathlib import Path
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer
-from vllm_audit.v1 import events_pb2 as pb
 
-from agent.chain import PUBLIC_KEY_NAME
-from agent.publisher import KafkaPublisher
-from agent.recordlog import DEAD_LETTER_NAME
-from agent.server import running_agent
 from tests.support.agent_harness import Hook, agent_config, lifecycle, until
 from tests.support.kafka_broker import KafkaBroker
+from vllm_audit.v1 import events_pb2 as pb
+from vllm_audit_agent.chain import PUBLIC_KEY_NAME
+from vllm_audit_agent.publisher import KafkaPublisher
+from vllm_audit_agent.recordlog import DEAD_LETTER_NAME
+from vllm_audit_agent.server import running_agent
 
 
 def finished(rid: str) -> pb.Event:
@@ -62,7 +62,7 @@ async def consume(bootstrap: str, topic: str, at_least: int) -> list[dict[str, o
 
 def verify_kafka(broker: KafkaBroker, tmp_path: Path) -> tuple[int, dict[str, object]]:
     done = subprocess.run(
-        [sys.executable, "-m", "agent.cli", "verify", "--kafka-bootstrap", broker.bootstrap,
+        [sys.executable, "-m", "vllm_audit_agent.cli", "verify", "--kafka-bootstrap", broker.bootstrap,
          "--public-key", str(tmp_path / "data" / PUBLIC_KEY_NAME)],
         capture_output=True, text=True, timeout=60)
     assert done.returncode in (0, 1) and done.stdout, done.stderr

@@ -8,12 +8,11 @@ import asyncio
 import random
 from pathlib import Path
 
+from tests.support.agent_harness import Hook, agent, lifecycle, query
 from vllm_audit.v1 import events_pb2 as pb
 from vllm_audit.v1 import query_pb2 as q
-
-from agent.trail_index import Filter, TrailIndex
-from agent.trails import TrailStore
-from tests.support.agent_harness import Hook, agent, lifecycle, query
+from vllm_audit_agent.trail_index import Filter, TrailIndex
+from vllm_audit_agent.trails import TrailStore
 
 MODELS, USERS, TENANTS = ("m1", "m2"), ("u1", "u2", "u3"), ("t1", "t2", "")
 
@@ -149,7 +148,7 @@ async def test_cli_tail_streams_and_get_reads_every_page(tmp_path: Path) -> None
             await hook.send(i + 2, pb.Event(time_unix_nano=10**15 + i, request_id="1-00000001",
                                             so_step=pb.StructuredOutputStep(allowed_bitmask=mask)))
         env = {**os.environ, "VLLM_AUDIT_DATA_DIR": str(handle.state.config.data_dir)}
-        cli = [sys.executable, "-m", "agent.cli"]
+        cli = [sys.executable, "-m", "vllm_audit_agent.cli"]
         tail = await asyncio.to_thread(
             subprocess.Popen, [*cli, "tail", "--address", handle.query_address, "--count", "2"],
             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -8,12 +8,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from vllm_audit.v1 import events_pb2 as pb
 
-from agent.config import AgentConfig
-from agent.readiness import parse_required
-from agent.server import AgentHandle
 from tests.support.agent_harness import Hook, agent, lifecycle
+from vllm_audit.v1 import events_pb2 as pb
+from vllm_audit_agent.config import AgentConfig
+from vllm_audit_agent.readiness import parse_required
+from vllm_audit_agent.server import AgentHandle
 
 
 async def readyz(handle: AgentHandle) -> tuple[int, str]:

@@ -12,17 +12,17 @@ import orjson
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.chain import (
+from tests.support.agent_harness import until
+from vllm_audit_agent.chain import (
     PRIVATE_KEY_NAME,
     PUBLIC_KEY_NAME,
     Signer,
     load_or_create_signer,
     load_public_key,
 )
-from agent.publisher import InMemoryPublisher
-from agent.recordlog import RecordLog, read_records
-from agent.verify import verify_chain
-from tests.support.agent_harness import until
+from vllm_audit_agent.publisher import InMemoryPublisher
+from vllm_audit_agent.recordlog import RecordLog, read_records
+from vllm_audit_agent.verify import verify_chain
 
 DAY_S = 86400.0
 

@@ -12,10 +12,9 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+from tests.support.agent_harness import Hook, agent, lifecycle, query, until
 from vllm_audit.v1 import events_pb2 as pb
 from vllm_audit.v1 import query_pb2 as q
-
-from tests.support.agent_harness import Hook, agent, lifecycle, query, until
 
 T0 = 10**18
 

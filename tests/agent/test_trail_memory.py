@@ -8,10 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tests.support.agent_harness import Hook, agent, lifecycle, published_keys, query
 from vllm_audit.v1 import events_pb2 as pb
 from vllm_audit.v1 import query_pb2
-
-from tests.support.agent_harness import Hook, agent, lifecycle, published_keys, query
 
 CAP = 64 << 10
 STEPS = 200  # grammar steps per request: ~4 KiB of serialised events per trail

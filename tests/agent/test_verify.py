@@ -1,7 +1,7 @@
 """`vllm-audit verify` locates every kind of tampering; an intact log passes.
 
 The chain comes from the real agent in-process (real gRPC ingest, real record log files);
-`verify` and `export` run as the real CLI (`python -m agent.cli`) on those files.
+`verify` and `export` run as the real CLI (`python -m vllm_audit_agent.cli`) on those files.
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ from typing import Any
 import orjson
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from vllm_audit.v1 import events_pb2 as pb
 
-from agent.chain import PUBLIC_KEY_NAME, Signer, canonical, record_hash, seal
-from agent.verify import file_payloads, verify_chain
 from tests.support.agent_harness import Hook, agent, lifecycle, published_keys
+from vllm_audit.v1 import events_pb2 as pb
+from vllm_audit_agent.chain import PUBLIC_KEY_NAME, Signer, canonical, record_hash, seal
+from vllm_audit_agent.verify import file_payloads, verify_chain
 
 REQUESTS = 12
 CHECKPOINT_EVERY = 5
@@ -32,7 +32,7 @@ def finished(rid: str) -> pb.Event:
 
 
 def cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "agent.cli", *map(str, args)],
+    return subprocess.run([sys.executable, "-m", "vllm_audit_agent.cli", *map(str, args)],
                           capture_output=True, text=True, timeout=60)
 
 
@@ -227,8 +227,8 @@ def test_verify_chain_checks_every_record_hash() -> None:
 
 
 async def test_an_exported_range_verifies_on_its_own(tmp_path: Path) -> None:
-    from agent.chain import PRIVATE_KEY_NAME, load_or_create_signer
-    from agent.recordlog import RecordLog
+    from vllm_audit_agent.chain import PRIVATE_KEY_NAME, load_or_create_signer
+    from vllm_audit_agent.recordlog import RecordLog
 
     now = [1_790_000_000.0]
     data = tmp_path / "data"

@@ -10,11 +10,11 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from vllm_audit.v1 import events_pb2 as pb
 
-from agent.datadir import DataDirLock, DataDirLocked, private_dir, write_private_file
-from agent.server import running_agent
 from tests.support.agent_harness import Hook, agent, agent_config, lifecycle
+from vllm_audit.v1 import events_pb2 as pb
+from vllm_audit_agent.datadir import DataDirLock, DataDirLocked, private_dir, write_private_file
+from vllm_audit_agent.server import running_agent
 
 
 def test_a_second_lock_in_this_process_is_refused_until_the_first_is_released(
@@ -38,7 +38,7 @@ def test_a_lock_held_by_another_process_names_it_and_dies_with_it(tmp_path: Path
         [sys.executable, "-c", textwrap.dedent(f"""
             import sys
             from pathlib import Path
-            from agent.datadir import DataDirLock
+            from vllm_audit_agent.datadir import DataDirLock
             with DataDirLock(Path({str(tmp_path / "data")!r})):
                 print("locked", flush=True)
                 sys.stdin.readline()
@@ -65,7 +65,8 @@ async def test_a_second_agent_on_the_same_directory_fails_to_start(tmp_path: Pat
                 pass
         # As a process (the CLI): exits with the message, rc 1.
         second = await asyncio.to_thread(
-            subprocess.run, [sys.executable, "-m", "agent.cli", "agent", "--data-dir", str(tmp_path / "data"),
+            subprocess.run,
+            [sys.executable, "-m", "vllm_audit_agent.cli", "agent", "--data-dir", str(tmp_path / "data"),
              "--ingest-socket", str(tmp_path / "second.sock"), "--query-address", "127.0.0.1:0",
              "--http-address", "127.0.0.1:0", "--gpu", "none"],
             capture_output=True, text=True, timeout=60)  # (the first agent keeps serving)

@@ -11,7 +11,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.wal import HEADER_SIZE, WriteAheadLog, encode, scan
+from vllm_audit_agent.wal import HEADER_SIZE, WriteAheadLog, encode, scan
 
 SETTINGS = settings(max_examples=100, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])

@@ -14,12 +14,7 @@ import asyncio
 from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer
-from vllm_audit.v1 import events_pb2 as pb
-from vllm_audit.v1 import ingest_pb2, query_pb2
 
-from agent.publisher import KafkaPublisher
-from agent.recordlog import read_records
-from agent.server import running_agent
 from tests.support.agent_harness import (
     Hook,
     agent,
@@ -31,6 +26,11 @@ from tests.support.agent_harness import (
     until,
 )
 from tests.support.kafka_broker import KafkaBroker
+from vllm_audit.v1 import events_pb2 as pb
+from vllm_audit.v1 import ingest_pb2, query_pb2
+from vllm_audit_agent.publisher import KafkaPublisher
+from vllm_audit_agent.recordlog import read_records
+from vllm_audit_agent.server import running_agent
 
 #: About two one-event batches per segment.
 SEGMENT_BYTES = 100

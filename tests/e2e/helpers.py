@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable
 
 import grpc
+
 from vllm_audit.v1 import query_pb2, query_pb2_grpc
 
 FINAL_STATES = (

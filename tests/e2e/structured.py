@@ -8,11 +8,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from vllm_audit.v1 import events_pb2, query_pb2
-
 from tests.e2e import procs
 from tests.e2e.conftest import Agent
 from tests.e2e.helpers import FINAL_STATES, wait_for_offline_trail, wait_for_trail
+from vllm_audit.v1 import events_pb2, query_pb2
 
 PERSON = {
     "type": "object",
@@ -103,8 +102,8 @@ def iter_non_forced(outputs: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
 
 
 def replay_in_tests(backend: str, trail: query_pb2.GetTrailResponse, model: Path) -> Any:
-    """agent.replay.replay in this process (vLLM imported once for the session)."""
-    from agent.replay import replay
+    """vllm_audit_agent.replay.replay in this process (vLLM imported once for the session)."""
+    from vllm_audit_agent.replay import replay
 
     if backend == "lm-format-enforcer":
         from tests.e2e.structured_driver import _lm_format_enforcer_shim
@@ -117,7 +116,7 @@ def forbidden_token(backend: str, trail: query_pb2.GetTrailResponse, model: Path
                     step: int) -> int:
     """A token the trail's grammar does not allow at `step` (1-based), found by stepping the
     backend itself over the steps before it."""
-    from agent.replay import _recorded
+    from vllm_audit_agent.replay import _recorded
     from vllm_hooks.replay_grammar import GrammarReplayer
 
     rec = _recorded(trail)

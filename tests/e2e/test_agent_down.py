@@ -13,10 +13,10 @@ from pathlib import Path
 
 import openai
 import pytest
-from vllm_audit.v1 import query_pb2, query_pb2_grpc
 
 from tests.e2e import procs
 from tests.e2e.conftest import API_KEY
+from vllm_audit.v1 import query_pb2, query_pb2_grpc
 
 pytestmark = pytest.mark.vllm
 
@@ -56,7 +56,7 @@ def test_vllm_serves_without_agent_and_drops_are_counted(
                                                level="full")
     try:
 
-        from agent.client import channel as query_channel
+        from vllm_audit_agent.client import channel as query_channel
 
         with query_channel(query_address, procs.admin_token(socket_path.parent)) as channel:
             query = query_pb2_grpc.QueryServiceStub(channel)

@@ -7,10 +7,10 @@ import uuid
 
 import openai
 import pytest
-from vllm_audit.v1 import events_pb2, query_pb2
 
 from tests.e2e.conftest import API_KEY, Agent
 from tests.e2e.helpers import FINAL_STATES, trail_ids_for_client_id, wait_for_trail
+from vllm_audit.v1 import events_pb2, query_pb2
 
 pytestmark = pytest.mark.vllm
 

@@ -14,10 +14,10 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent.records import SCHEMA_VERSION
 from tests.e2e.conftest import Agent
 from tests.e2e.helpers import wait_for_offline_trail, wait_for_trail
 from tests.support.kafka_broker import KafkaBroker
+from vllm_audit_agent.records import SCHEMA_VERSION
 
 RECORD_SCHEMA = Path(__file__).resolve().parents[2] / "schema" / "trail-record.schema.json"
 

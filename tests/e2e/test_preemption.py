@@ -8,12 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from vllm_audit.v1 import events_pb2 as pb
-from vllm_audit.v1 import query_pb2
 
 from tests.e2e import procs
 from tests.e2e.conftest import Agent, agent_process
 from tests.e2e.helpers import wait_for_offline_trail
+from vllm_audit.v1 import events_pb2 as pb
+from vllm_audit.v1 import query_pb2
 
 pytestmark = pytest.mark.vllm
 

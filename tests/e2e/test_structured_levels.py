@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from vllm_audit.v1 import events_pb2, query_pb2
 
 from tests.e2e.conftest import Agent, agent_process
 from tests.e2e.structured import PERSON, grammar_event, run_driver, steps_of, trail_of
+from vllm_audit.v1 import events_pb2, query_pb2
 
 pytestmark = pytest.mark.vllm
 

@@ -115,7 +115,7 @@ def test_replay_command_on_an_exported_trail(spec_run: Any, spec_agent: Agent,
     trail = trail_of(spec_agent, out)
     exported = e2e_tmp / "exported-trail.json"
     got = subprocess.run(
-        [procs.PYTHON, "-m", "agent.cli", "query", "get", trail.summary.request_id, "--events",
+        [procs.PYTHON, "-m", "vllm_audit_agent.cli", "query", "get", trail.summary.request_id, "--events",
          "--address", spec_agent.query_address, "--token-file", str(_token_file(e2e_tmp))],
         env=procs.base_env(), cwd=procs.REPO, capture_output=True, text=True, timeout=60,
         check=False)
@@ -146,7 +146,7 @@ def _token_file(e2e_tmp: Path) -> Path:
 def _replay_cli(trail: str, model: Path, agent: Agent,
                 e2e_tmp: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [procs.PYTHON, "-m", "agent.cli", "replay", trail, "--model", str(model),
+        [procs.PYTHON, "-m", "vllm_audit_agent.cli", "replay", trail, "--model", str(model),
          "--address", agent.query_address, "--token-file", str(_token_file(e2e_tmp))],
         env=procs.base_env(), cwd=procs.REPO, capture_output=True, text=True, timeout=180,
         check=False,

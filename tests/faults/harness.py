@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-from vllm_audit.v1 import query_pb2, query_pb2_grpc
 
 from tests.e2e import procs
+from vllm_audit.v1 import query_pb2, query_pb2_grpc
 from vllm_hooks import raw_events as raw
 from vllm_hooks.buffer import EventBuffer
 from vllm_hooks.capture import CapturePolicy
@@ -74,7 +74,7 @@ class AgentProc:
         self.query_address = f"127.0.0.1:{procs.free_port()}"
         http_port = procs.free_port()
         self.base = f"http://127.0.0.1:{http_port}"
-        args = [procs.PYTHON, "-m", "agent.cli", "agent", "--ingest-socket", str(self.socket),
+        args = [procs.PYTHON, "-m", "vllm_audit_agent.cli", "agent", "--ingest-socket", str(self.socket),
                 "--query-address", self.query_address,
                 "--http-address", f"127.0.0.1:{http_port}", "--data-dir", str(self.data_dir),
                 "--gpu", "none", "--shutdown-timeout", "10", *self.extra]
@@ -110,7 +110,7 @@ class AgentProc:
 
     def channel(self, options: list[tuple[str, object]] | None = None) -> grpc.Channel:
         """The query API as the local admin (the token the agent made in its data dir)."""
-        from agent.client import channel
+        from vllm_audit_agent.client import channel
 
         return channel(self.query_address, (self.data_dir / "admin.token").read_text().strip(),
                        options=options)
@@ -124,7 +124,7 @@ class AgentProc:
         """Request ids of the records in the agent's record log (read from a scratch copy)."""
         import orjson
 
-        from agent.recordlog import read_records
+        from vllm_audit_agent.recordlog import read_records
 
         records = (orjson.loads(p) for p in read_records(self.data_dir / "records"))
         return [str(r["request_id"]) for r in records if r.get("type") == "request"]

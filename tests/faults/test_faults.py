@@ -19,13 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from vllm_audit.v1 import events_pb2 as pb
 
-from agent.recordlog import RecordLog
 from tests.faults.harness import AgentProc, FaultRow, Load, kafka_keys, running, until
 from tests.support.agent_harness import Hook, agent
 from tests.support.agent_harness import until as until_async
 from tests.support.kafka_broker import KafkaBroker
+from vllm_audit.v1 import events_pb2 as pb
+from vllm_audit_agent.recordlog import RecordLog
 
 pytestmark = pytest.mark.faults
 
@@ -128,7 +128,7 @@ def _damage_middle_segment(records: Path, how: str) -> Path:
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     from tests.e2e import procs
 
-    return subprocess.run([procs.PYTHON, "-m", "agent.cli", *args], cwd=procs.REPO,
+    return subprocess.run([procs.PYTHON, "-m", "vllm_audit_agent.cli", *args], cwd=procs.REPO,
                           env=procs.base_env(), capture_output=True, text=True, timeout=120,
                           check=False)
 

@@ -10,11 +10,10 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from vllm_audit.v1 import query_pb2
-
-from agent.server import AgentHandle
 from tests.support.agent_harness import agent, query, until
 from tests.support.sender_harness import running_sender
+from vllm_audit.v1 import query_pb2
+from vllm_audit_agent.server import AgentHandle
 from vllm_hooks import raw_events as raw
 from vllm_hooks.buffer import EventBuffer
 from vllm_hooks.sender import Sender

@@ -18,11 +18,11 @@ from typing import Any
 
 import grpc
 import pytest
-from vllm_audit.v1 import events_pb2 as pb
-from vllm_audit.v1 import ingest_pb2, ingest_pb2_grpc, query_pb2
 
 from tests.support.agent_harness import Hook, agent, query, until
 from tests.support.sender_harness import running_sender
+from vllm_audit.v1 import events_pb2 as pb
+from vllm_audit.v1 import ingest_pb2, ingest_pb2_grpc, query_pb2
 from vllm_hooks import raw_events as raw
 from vllm_hooks.sender import Sender
 

@@ -9,10 +9,9 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from vllm_audit.v1 import query_pb2
-
 from tests.support.agent_harness import agent, query
 from tests.support.sender_harness import running_sender
+from vllm_audit.v1 import query_pb2
 from vllm_hooks import raw_events as raw
 from vllm_hooks.settings import DEFAULT_MAX_BATCH_BYTES
 

@@ -6,11 +6,11 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from vllm_audit.v1 import events_pb2 as pb
-from vllm_audit.v1 import ingest_pb2, query_pb2
 
 from tests.support.agent_harness import agent, query
 from tests.support.sender_harness import running_sender
+from vllm_audit.v1 import events_pb2 as pb
+from vllm_audit.v1 import ingest_pb2, query_pb2
 from vllm_hooks import raw_events as raw
 from vllm_hooks.batching import BatchFiller, framed_size
 from vllm_hooks.buffer import EventBuffer

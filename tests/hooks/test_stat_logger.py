@@ -7,8 +7,8 @@ from collections import Counter
 from types import SimpleNamespace
 
 import pytest
-from vllm_audit.v1 import events_pb2 as pb
 
+from vllm_audit.v1 import events_pb2 as pb
 from vllm_hooks import raw_events as raw
 from vllm_hooks.buffer import EventBuffer
 from vllm_hooks.errors import ERRORS

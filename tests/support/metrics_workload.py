@@ -4,11 +4,10 @@ NVML with an XID (the only GPU counter created on first occurrence)."""
 
 from __future__ import annotations
 
-from vllm_audit.v1 import events_pb2 as pb
-
-from agent.fake_nvml import FakeDevice, FakeNvml
-from agent.gpu import NvmlReader
 from tests.support.agent_harness import Hook, lifecycle
+from vllm_audit.v1 import events_pb2 as pb
+from vllm_audit_agent.fake_nvml import FakeDevice, FakeNvml
+from vllm_audit_agent.gpu import NvmlReader
 
 
 def gpu_reader(pid: int) -> NvmlReader:

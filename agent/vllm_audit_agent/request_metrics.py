@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from prometheus_client import Histogram
 from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
+
 from vllm_audit.v1 import query_pb2 as q
 
 #: Request latency and TTFT: 10 ms .. 10 min.

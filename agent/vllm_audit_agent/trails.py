@@ -102,7 +102,7 @@ class TrailStore:
         self.finished_by_state: Counter[str] = Counter()
         #: Undelivered trails per WAL segment: a segment is reclaimable at zero.
         self.segment_refs: Counter[int] = Counter()
-        # -- observer (query index, agent/trail_index.py) --
+        # -- observer (query index, agent/vllm_audit_agent/trail_index.py) --
         #: Called with (trail, removed=False) after a batch touched a trail or it was finalised,
         #: and (trail, removed=True) when it left the store.
         self.on_change: Callable[[Trail, bool], None] = _ignore_change

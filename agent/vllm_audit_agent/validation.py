@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
+
 from vllm_audit.v1 import events_pb2 as pb
 
 MAX_SOURCE_ID_BYTES = 256

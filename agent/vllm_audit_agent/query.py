@@ -1,9 +1,9 @@
 """QueryService (health, stats, trails) and ControlService (audit level) of the agent.
 
-Who may call what is decided by the auth interceptor (agent/auth.py) before a method runs;
+Who may call what is decided by the auth interceptor (agent/vllm_audit_agent/auth.py) before a method runs;
 here the caller only narrows what it reads: a tenant-auditor sees its own tenant's trails and
 nothing else, whatever filter it sends (another tenant's trail is NOT_FOUND, as a missing one).
-Pages come from the trail index (agent/trail_index.py) in arrival order; a page token is the
+Pages come from the trail index (agent/vllm_audit_agent/trail_index.py) in arrival order; a page token is the
 position after the last trail handed out, so pages stay stable while trails arrive and go.
 """
 
@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 import grpc
+
 from vllm_audit.v1 import events_pb2 as pb
 from vllm_audit.v1 import query_pb2 as q
 from vllm_audit.v1 import query_pb2_grpc

@@ -2,7 +2,7 @@
 and a tiny asyncio HTTP server for /metrics, /healthz and /readyz.
 
 A scrape never calls NVML, Kafka or the WAL: it reads counters and the latest snapshots.
-Every labelled counter carries every reason of its closed set (agent/reasons.py) from the
+Every labelled counter carries every reason of its closed set (agent/vllm_audit_agent/reasons.py) from the
 start, at 0, and each family counts one unit (events, batches, records, bytes or errors).
 """
 
@@ -349,7 +349,7 @@ class HttpEndpoint:
         self.state = state
         self.registry = registry
         self.server: asyncio.Server | None = None
-        #: Set: /metrics needs `Authorization: Bearer <token>` with this SHA-256 (agent/auth.py).
+        #: Set: /metrics needs `Authorization: Bearer <token>` with this SHA-256 (auth.py).
         self.metrics_token_sha256: str | None = None
 
     async def start(self, host: str, port: int) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
+
 from vllm_audit.v1 import ingest_pb2
 from vllm_audit.v1 import query_pb2 as q
 

@@ -26,6 +26,7 @@ from typing import Any
 import orjson
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
+
 from vllm_audit.v1 import events_pb2 as pb
 from vllm_audit.v1 import query_pb2 as q
 

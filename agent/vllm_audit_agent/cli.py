@@ -38,6 +38,7 @@ from typing import Any
 import grpc
 import orjson
 from google.protobuf.message import Message
+
 from vllm_audit.v1 import query_pb2 as q
 from vllm_audit.v1 import query_pb2_grpc
 
@@ -193,7 +194,7 @@ def _agent_parser(sub: Any) -> None:
                         f"default {','.join(d.ready_requires)})")
     a.add_argument("--gpu", choices=GPU_READERS,
                    help=f"GPU telemetry reader ({_env(ENV_GPU)}; default {d.gpu})")
-    # -- security (agent/auth.py) --
+    # -- security (agent/vllm_audit_agent/auth.py) --
     a.add_argument("--auth-tokens-file", type=Path, metavar="FILE",
                    help="YAML/JSON list of {sha256, subject, role, tenant} "
                         f"({_env(ENV_AUTH_TOKENS_FILE)}; default none: the agent makes "
@@ -230,7 +231,7 @@ def _agent_parser(sub: Any) -> None:
                    help="gRPC max receive message size of the ingest socket, at least "
                         f"--max-batch-bytes ({_env(ENV_MAX_MESSAGE_BYTES)}; "
                         f"default {d.max_message_bytes})")
-    # -- the record log (agent/recordlog.py) --
+    # -- the record log (agent/vllm_audit_agent/recordlog.py) --
     a.add_argument("--signing-key-file", type=Path, metavar="FILE",
                    help="Ed25519 key signing the record log's checkpoints, PEM or raw 32 bytes "
                         "(VLLM_AUDIT_SIGNING_KEY_FILE; default: generated 0600 in the data dir "

@@ -2,7 +2,7 @@
 the contract (TrailSummary's descriptor) plus the top-level fields records.py and the record
 log add, so the schema cannot drift from the record.
 
-`python -m agent.record_schema > schema/trail-record.schema.json` writes it; a test proves
+`python -m vllm_audit_agent.record_schema > schema/trail-record.schema.json` writes it; a test proves
 the committed file is what this produces and validates real records against it.
 """
 
@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
+
 from vllm_audit.v1 import events_pb2 as pb
 from vllm_audit.v1 import query_pb2 as q
 

@@ -37,6 +37,7 @@ from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
+
 from vllm_audit.v1 import events_pb2 as pb
 from vllm_audit.v1 import ingest_pb2, ingest_pb2_grpc
 

@@ -36,7 +36,7 @@ ENV_CHECKPOINT_EVERY = "VLLM_AUDIT_CHECKPOINT_EVERY"  # records between signed c
 ENV_CHECKPOINT_INTERVAL = "VLLM_AUDIT_CHECKPOINT_INTERVAL_SECONDS"
 ENV_RECORD_RETENTION_DAYS = "VLLM_AUDIT_RECORD_RETENTION_DAYS"
 ENV_RECORD_LOG_MAX_BYTES = "VLLM_AUDIT_RECORD_LOG_MAX_BYTES"
-# -- security of the query/control API (agent/auth.py) --
+# -- security of the query/control API (agent/vllm_audit_agent/auth.py) --
 ENV_AUTH_TOKENS_FILE = "VLLM_AUDIT_AUTH_TOKENS_FILE"  # YAML/JSON: sha256, subject, role, tenant
 ENV_TLS_CERT = "VLLM_AUDIT_TLS_CERT"                # PEM certificate of the query listener
 ENV_TLS_KEY = "VLLM_AUDIT_TLS_KEY"                  # its PEM private key
@@ -123,7 +123,7 @@ class AgentConfig:
     ingest_socket_group: str | None = None
     metrics_token_file: Path | None = None
     level_apply_deadline_seconds: float = 10.0
-    #: Conditions /readyz requires besides serving (agent/readiness.py).
+    #: Conditions /readyz requires besides serving (agent/vllm_audit_agent/readiness.py).
     ready_requires: tuple[str, ...] = DEFAULT_REQUIRED
     #: A batch over this many bytes is refused as too_big (permanent: the hook drops it).
     max_batch_bytes: int = 2 << 20

@@ -47,7 +47,7 @@ GENESIS_HASH = "0" * 64
 #: Record types in the log (the `type` field).
 RECORD_TYPE_REQUEST = "request"
 RECORD_TYPE_CHECKPOINT = "checkpoint"
-#: Meta-audit: one record per authorised query or control call (agent/meta_audit.py).
+#: Meta-audit: one record per authorised query or control call (agent/vllm_audit_agent/meta_audit.py).
 RECORD_TYPE_ACCESS = "access"
 #: What the record log adds to a record: its kind, when it entered the log, its place in the
 #: chain. A trail shown by the query API has every other field of its record.

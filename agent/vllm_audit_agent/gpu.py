@@ -1,7 +1,7 @@
 """GPU telemetry behind a reader interface, sampled on a thread so a scrape never calls NVML.
 
 `NvmlReader` reads NVML through a module with pynvml's names (nvidia-ml-py by default; tests
-and `--gpu fake` pass `agent.fake_nvml.FakeNvml`, so the same reader code runs everywhere).
+and `--gpu fake` pass `vllm_audit_agent.fake_nvml.FakeNvml`, so the same reader code runs everywhere).
 Each field is read on its own: NotSupported (MIG, consumer boards) leaves the field missing,
 any other error counts a read error for that field, and a device that fails does not stop the
 others. Without a GPU `open` raises `GpuUnavailable`; the sampler then reports itself

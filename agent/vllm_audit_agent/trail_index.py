@@ -20,6 +20,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from sortedcontainers import SortedList  # type: ignore[import-untyped]  # ships no stubs
+
 from vllm_audit.v1 import query_pb2 as q
 
 from .trails import Trail, TrailStore
