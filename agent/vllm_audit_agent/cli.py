@@ -254,6 +254,10 @@ def _agent_parser(sub: Any) -> None:
     a.add_argument("--record-log-max-bytes", type=int, metavar="BYTES",
                    help="cap on the record log (VLLM_AUDIT_RECORD_LOG_MAX_BYTES; "
                         f"default {d.record_log_max_bytes})")
+    a.add_argument("--engine-stats-interval", type=float, metavar="S",
+                   help="seconds between published engine-stats snapshots per engine "
+                        "(VLLM_AUDIT_ENGINE_STATS_INTERVAL_SECONDS; "
+                        f"default {d.engine_stats_interval_seconds:g})")
     a.add_argument("--stats-history-bytes", type=int, metavar="BYTES",
                    help="engine-stats time series kept on disk for `stats export`; 0 = none "
                         f"(VLLM_AUDIT_STATS_HISTORY_BYTES; default {d.stats_history_bytes})")
@@ -421,6 +425,7 @@ def _run_agent(args: argparse.Namespace) -> int:
         record_retention_days=args.record_retention_days,
         record_log_max_bytes=args.record_log_max_bytes,
         stats_history_bytes=args.stats_history_bytes,
+        engine_stats_interval_seconds=args.engine_stats_interval,
     )
     for field, address in (("--query-address", config.query_address),
                            ("--http-address", config.http_address)):

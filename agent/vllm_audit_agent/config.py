@@ -37,6 +37,7 @@ ENV_CHECKPOINT_EVERY = "VLLM_AUDIT_CHECKPOINT_EVERY"  # records between signed c
 ENV_CHECKPOINT_INTERVAL = "VLLM_AUDIT_CHECKPOINT_INTERVAL_SECONDS"
 ENV_RECORD_RETENTION_DAYS = "VLLM_AUDIT_RECORD_RETENTION_DAYS"
 ENV_STATS_HISTORY_BYTES = "VLLM_AUDIT_STATS_HISTORY_BYTES"
+ENV_ENGINE_STATS_INTERVAL = "VLLM_AUDIT_ENGINE_STATS_INTERVAL_SECONDS"
 ENV_RECORD_LOG_MAX_BYTES = "VLLM_AUDIT_RECORD_LOG_MAX_BYTES"
 # -- security of the query/control API (agent/vllm_audit_agent/auth.py) --
 ENV_AUTH_TOKENS_FILE = "VLLM_AUDIT_AUTH_TOKENS_FILE"  # YAML/JSON: sha256, subject, role, tenant
@@ -121,6 +122,8 @@ class AgentConfig:
     record_log_max_bytes: int = 4 << 30
     #: Engine-stats time series on disk (<data_dir>/engine-stats, stats_history.py); 0 = off.
     stats_history_bytes: int = 64 << 20
+    #: Seconds between published engine-stats snapshots, per engine (Kafka and the history).
+    engine_stats_interval_seconds: float = 1.0
     #: None: the agent makes `<data_dir>/admin.token` at first start (local quick start).
     auth_tokens_file: Path | None = None
     tls_cert: Path | None = None
@@ -151,7 +154,7 @@ class AgentConfig:
         for name in ("wal_max_bytes", "max_trails", "max_trail_events", "max_trail_bytes",
                      "shutdown_timeout_seconds", "max_batch_bytes", "checkpoint_every",
                      "checkpoint_interval_seconds", "record_retention_days",
-                     "record_log_max_bytes"):
+                     "record_log_max_bytes", "engine_stats_interval_seconds"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be > 0")
         if self.stats_history_bytes < 0:
@@ -211,6 +214,7 @@ class AgentConfig:
         number(ENV_RECORD_RETENTION_DAYS, "record_retention_days", float)
         number(ENV_RECORD_LOG_MAX_BYTES, "record_log_max_bytes", int)
         number(ENV_STATS_HISTORY_BYTES, "stats_history_bytes", int)
+        number(ENV_ENGINE_STATS_INTERVAL, "engine_stats_interval_seconds", float)
         if env.get(ENV_READY_REQUIRES) is not None:
             values["ready_requires"] = parse_required(env[ENV_READY_REQUIRES])
         number(ENV_MAX_BATCH_BYTES, "max_batch_bytes", int)

@@ -31,7 +31,6 @@ from .validation import CLAMPABLE_FIELDS, saturating_add
 from .wal import WriteAheadLog
 
 #: At most one engine-stats record per source per this many seconds goes to Kafka.
-ENGINE_STATS_PUBLISH_INTERVAL_S = 1.0
 _REFUSAL_PREFIX = "REFUSAL_REASON_"
 #: Lower-case RefusalReason names (the proto enum is the definition) -> enum values.
 REFUSAL_REASONS: dict[str, int] = {
@@ -268,7 +267,7 @@ class AgentState:
 
     def _publish_stats(self, batch: pb.Batch, source: SourceState, event: pb.Event) -> None:
         if not self.engines.due(batch.source_id, event.engine_stats.engine_index,
-                                ENGINE_STATS_PUBLISH_INTERVAL_S):
+                                self.config.engine_stats_interval_seconds):
             return
         record = message_to_dict(event.engine_stats)
         record.update({"schema": 1, "source_id": batch.source_id, "model": source.model,

@@ -43,17 +43,22 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=120)
 
 
+INTERVAL_S = 0.2  # --engine-stats-interval: one snapshot per engine per interval
+
+
 async def send_series(handle_socket: Path, rounds: int) -> None:
-    """Two data-parallel engines, one snapshot each per publish interval (1 s)."""
+    """Two data-parallel engines, one snapshot each per publish interval, plus one sent
+    within the interval (not published)."""
     async with Hook(handle_socket, source="host:1:1") as hook:
         for n in range(rounds):
-            await hook.send(n + 1, stats(0, n, n), stats(1, 10 + n, n), model="m", pid=7)
+            await hook.send(2 * n + 1, stats(0, n, n), stats(1, 10 + n, n), model="m", pid=7)
+            await hook.send(2 * n + 2, stats(0, 99, n + 0.5), model="m", pid=7)
             if n + 1 < rounds:
-                await asyncio.sleep(1.05)
+                await asyncio.sleep(INTERVAL_S * 1.5)
 
 
 async def test_the_agent_keeps_the_series_and_the_cli_exports_it_as_csv(tmp_path: Path) -> None:
-    async with agent(tmp_path) as (handle, _):
+    async with agent(tmp_path, engine_stats_interval_seconds=INTERVAL_S) as (handle, _):
         await send_series(handle.state.config.ingest_socket, rounds=3)
         history = handle.state.stats_history.counters
         assert history["snapshots_written"] == 6 and history["write_errors"] == 0
@@ -142,7 +147,8 @@ async def broker() -> AsyncIterator[KafkaBroker]:
 
 @pytest.mark.kafka
 async def test_the_cli_exports_the_kafka_stream_too(broker: KafkaBroker, tmp_path: Path) -> None:
-    config = agent_config(tmp_path, kafka_bootstrap=broker.bootstrap, stats_history_bytes=0)
+    config = agent_config(tmp_path, kafka_bootstrap=broker.bootstrap, stats_history_bytes=0,
+                          engine_stats_interval_seconds=INTERVAL_S)
     publisher = KafkaPublisher(broker.bootstrap, config.kafka_topic_prefix, max_backoff=0.5)
     async with running_agent(config, publisher=publisher) as handle:
         assert not handle.state.stats_history.enabled
