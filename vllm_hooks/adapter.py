@@ -23,6 +23,13 @@ Hook points (vLLM 0.32, CPU build; line numbers drift):
 - Stats: `StatLoggerBase` subclasses come from the `vllm.stat_logger_plugins` entry point in
   `vllm serve`; the offline `LLM` loads no plugins there, so `StatLoggerManager.__init__` is
   wrapped to add ours (de-duplicated).
+- API-key check (`vllm serve --api-key` or `VLLM_API_KEY`; the CLI wins):
+  `vllm.entrypoints.serve.middleware.register.init_entrypoints_middleware` adds
+  `AuthenticationMiddleware(tokens=...)` (serve/middleware/authenticate.py) only when a key is
+  configured. It checks requests whose path (root_path removed) starts with `GUARDED_PREFIX`
+  ("/v1", "/v2", "/inference", "/cohere"), except OPTIONS, and answers 401 itself. Our
+  middleware is added after it (`--middleware`), so it is outside it and sees that 401;
+  `vllm_key_check` reads the app's `user_middleware` to know whether the check runs at all.
 - Request ids: the API server uses `chatcmpl-<X-Request-Id>` / `cmpl-<X-Request-Id>`, and
   `InputProcessor.assign_request_id` appends `-<8 random chars>`; the agent correlates on that.
 """
@@ -32,6 +39,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import time
+from collections.abc import Callable
 from typing import Any
 
 from vllm.v1.core.sched.scheduler import Scheduler
@@ -362,3 +370,34 @@ def compile_grammar_for_replay(backend: str, spec_type: str, spec: str, model: s
     grammar = impl.compile_grammar(StructuredOutputOptions[spec_type.upper()], spec)
     return grammar, impl.allocate_token_bitmask(1)
 
+
+
+# -- API-key check (vllm serve --api-key / VLLM_API_KEY) ------------------------------------------
+def vllm_key_check(app: Any) -> Callable[[str, str, str], bool] | None:
+    """For the ASGI app vLLM serves (`scope["app"]`): a function (method, path, root_path) ->
+    whether vLLM checks an API key on that request; None when the app is not one this adapter
+    knows (the audit then records the decision as unspecified rather than guess)."""
+    from vllm.entrypoints.serve.middleware.authenticate import (
+        GUARDED_PREFIX,
+        AuthenticationMiddleware,
+    )
+
+    stack = getattr(app, "user_middleware", None)
+    if stack is None:
+        return None
+    configured = any(
+        isinstance(getattr(m, "cls", None), type) and issubclass(m.cls, AuthenticationMiddleware)
+        and bool((getattr(m, "kwargs", None) or {}).get("tokens"))
+        for m in stack)
+    if not configured:
+        return _never_checked
+
+    def checked(method: str, path: str, root_path: str) -> bool:
+        # AuthenticationMiddleware.__call__'s own rule.
+        return method != "OPTIONS" and path.removeprefix(root_path).startswith(GUARDED_PREFIX)
+
+    return checked
+
+
+def _never_checked(method: str, path: str, root_path: str) -> bool:
+    return False

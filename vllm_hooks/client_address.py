@@ -28,7 +28,7 @@ def parse_networks(name: str, text: str) -> tuple[Network, ...]:
     return tuple(networks)
 
 
-def _trusted(address: str, trusted: Sequence[Network]) -> bool:
+def is_trusted(address: str, trusted: Sequence[Network]) -> bool:
     try:
         ip = ipaddress.ip_address(address.strip().strip("[]"))
     except ValueError:
@@ -38,9 +38,9 @@ def _trusted(address: str, trusted: Sequence[Network]) -> bool:
 
 def client_address(peer: str, forwarded_for: str, trusted: Sequence[Network]) -> str:
     """The client's address: `peer`, or through trusted proxies the nearest untrusted hop."""
-    if not trusted or not _trusted(peer, trusted):
+    if not trusted or not is_trusted(peer, trusted):
         return peer
     for hop in reversed([h.strip() for h in forwarded_for.split(",") if h.strip()]):
-        if not _trusted(hop, trusted):
+        if not is_trusted(hop, trusted):
             return hop
     return peer  # every hop is a proxy of ours: the request started inside

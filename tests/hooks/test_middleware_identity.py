@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from vllm_hooks.identity import IdentityConfig
 from vllm_hooks.middleware import _RequestAudit
 
 Message = MutableMapping[str, Any]
@@ -26,7 +27,7 @@ async def echo_app(scope: MutableMapping[str, Any], receive: Any, send: Any) -> 
 async def call(headers: list[tuple[bytes, bytes]]) -> tuple[_RequestAudit, list[Message]]:
     scope = {"type": "http", "method": "POST", "path": "/v1/chat/completions",
              "headers": headers, "client": ("10.0.0.1", 5555)}
-    audit = _RequestAudit(scope, "x-tenant-id")
+    audit = _RequestAudit(scope)
     sent: list[Message] = []
 
     async def receive() -> Message:
@@ -82,6 +83,9 @@ def test_the_middleware_records_the_client_behind_a_trusted_proxy() -> None:
     scope = {"type": "http", "method": "POST", "path": "/v1/chat/completions",
              "headers": [(b"x-forwarded-for", b"6.6.6.6, 203.0.113.7")],
              "client": ("10.0.0.1", 5555)}
-    trusted = parse_networks("VLLM_AUDIT_TRUSTED_PROXIES", "10.0.0.0/8")
-    assert _RequestAudit(scope, "x-tenant-id", trusted).fields()["client_ip"] == "203.0.113.7"
-    assert _RequestAudit(scope, "x-tenant-id").fields()["client_ip"] == "10.0.0.1"
+    trusted = IdentityConfig(trusted_proxies=parse_networks("VLLM_AUDIT_TRUSTED_PROXIES",
+                                                            "10.0.0.0/8"))
+    assert _RequestAudit(scope, trusted).fields()["client_ip"] == "203.0.113.7"
+    untrusted = _RequestAudit(scope).fields()
+    assert untrusted["client_ip"] == "10.0.0.1"
+    assert untrusted["ignored_identity_headers"] == ["x-forwarded-for"]
