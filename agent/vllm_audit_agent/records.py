@@ -43,7 +43,9 @@ FIELD_MAP: dict[str, dict[str, str | tuple[None, str]]] = {
     "HttpRequest": {
         "method": "http_method", "path": "http_path", "client_ip": "client_ip",
         "user": "user", "model": "model", "status_code": "status_code",
-        "auth_status": "auth_status", "api_key_sha256": "api_key_sha256", "stream": "stream",
+        "auth_status": (None, "read only from a hook older than auth_decision, as its value; "
+                              "the record's auth_status is auth_decision's lower-case name"),
+        "api_key_sha256": "api_key_sha256", "stream": "stream",
         "prompt": "prompt", "output": "output", "capture_policy": "capture_policy",
         "prompt_tokens": "prompt_tokens", "completion_tokens": "completion_tokens",
         "latency_ms": "latency_ms", "ttft_ms": "ttft_ms", "error": "error",
