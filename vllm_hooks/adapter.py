@@ -30,6 +30,12 @@ Hook points (vLLM 0.32, CPU build; line numbers drift):
   ("/v1", "/v2", "/inference", "/cohere"), except OPTIONS, and answers 401 itself. Our
   middleware is added after it (`--middleware`), so it is outside it and sees that 401;
   `vllm_key_check` reads the app's `user_middleware` to know whether the check runs at all.
+- The socket peer: uvicorn (which `vllm serve` runs with its defaults: proxy_headers on,
+  FORWARDED_ALLOW_IPS or 127.0.0.1) replaces `scope["client"]` with an X-Forwarded-For address
+  when the peer is in its own list, before any middleware runs, so on the loopback anyone could
+  pick the "peer" the hook's trust decision rests on. `keep_socket_peer` wraps
+  `uvicorn.middleware.proxy_headers.ProxyHeadersMiddleware.__call__` to keep the TCP peer under
+  identity.SOCKET_PEER_KEY first; the hook then applies VLLM_AUDIT_TRUSTED_PROXIES itself.
 - Request ids: the API server uses `chatcmpl-<X-Request-Id>` / `cmpl-<X-Request-Id>`, and
   `InputProcessor.assign_request_id` appends `-<8 random chars>`; the agent correlates on that.
 """
@@ -38,6 +44,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -401,3 +408,31 @@ def vllm_key_check(app: Any) -> Callable[[str, str, str], bool] | None:
 
 def _never_checked(method: str, path: str, root_path: str) -> bool:
     return False
+
+
+# -- the TCP peer, before uvicorn's proxy-headers middleware rewrites scope["client"] ----------
+_peer_kept = False
+
+
+def keep_socket_peer() -> None:
+    """Idempotent; called in the API server process by the middleware, whose stack Starlette
+    builds on the first ASGI call, after uvicorn loaded its proxy-headers middleware (only
+    loaded when it is on: not loaded, nothing rewrites the peer). The instance uvicorn already
+    built is covered too: the method is looked up on the class at each call."""
+    global _peer_kept
+    module = sys.modules.get("uvicorn.middleware.proxy_headers")
+    if _peer_kept or module is None:
+        return
+    _peer_kept = True
+    from .identity import SOCKET_PEER_KEY
+
+    cls = module.ProxyHeadersMiddleware
+    original = cls.__call__
+
+    @functools.wraps(original)
+    async def __call__(self: Any, scope: Any, receive: Any, send: Any) -> None:
+        if scope.get("type") != "lifespan" and SOCKET_PEER_KEY not in scope:
+            scope[SOCKET_PEER_KEY] = scope.get("client")
+        await original(self, scope, receive, send)
+
+    cls.__call__ = __call__

@@ -34,6 +34,10 @@ if TYPE_CHECKING:
     from .identity_file import KeyIdentity
     from .settings import HookSettings
 
+#: ASGI scope key holding the TCP peer as the server saw it, kept before uvicorn's
+#: proxy-headers middleware rewrites scope["client"] (adapter.keep_socket_peer).
+SOCKET_PEER_KEY = "vllm_audit.socket_peer"
+
 API_KEY = pb.IDENTITY_SOURCE_API_KEY
 PROXY_HEADER = pb.IDENTITY_SOURCE_PROXY_HEADER
 CLAIMED = pb.IDENTITY_SOURCE_CLAIMED

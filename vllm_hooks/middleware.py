@@ -31,7 +31,13 @@ import orjson
 
 from . import raw_events as raw
 from .errors import ERRORS
-from .identity import AUTH_STATUS_TEXT, IdentityConfig, RequestIdentity, auth_decision
+from .identity import (
+    AUTH_STATUS_TEXT,
+    SOCKET_PEER_KEY,
+    IdentityConfig,
+    RequestIdentity,
+    auth_decision,
+)
 from .runtime import HookRuntime, get_runtime
 from .settings import Level, settings
 
@@ -65,6 +71,9 @@ class AuditMiddleware:
             if runtime is not None or settings().enabled:
                 self._rt = runtime or get_runtime("api_server")
                 self._identity = IdentityConfig.from_settings(self._rt.settings)
+                from .adapter import keep_socket_peer
+
+                keep_socket_peer()  # before the first request reaches uvicorn's middleware
                 if self._rt.settings.in_response:
                     from .response_audit import ResponseAuditor
 
@@ -153,7 +162,8 @@ class _RequestAudit:
         token = auth[7:] if auth[:7].lower() == b"bearer " else auth
         self.api_key_sha256 = hashlib.sha256(token).hexdigest() if token else ""
         self.user_agent = lookup.get(b"user-agent", b"").decode("latin-1")
-        client = scope.get("client")
+        # The TCP peer (uvicorn may have put an X-Forwarded-For address into "client").
+        client = scope.get(SOCKET_PEER_KEY) or scope.get("client")
         peer = str(client[0]) if client else ""
         self.identity = RequestIdentity(identity or IdentityConfig(), peer, lookup)
         #: Whether vLLM checks an API key on this request; None: unknown.

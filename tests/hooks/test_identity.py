@@ -20,6 +20,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from vllm.entrypoints.serve.middleware.authenticate import AuthenticationMiddleware
 
 from vllm_audit.v1 import events_pb2 as pb
@@ -82,7 +83,7 @@ def serve(settings: HookSettings, api_keys: list[str]) -> tuple[Starlette, HookR
     return app, runtime
 
 
-def call(app: Starlette, runtime: HookRuntime, peer: str, key: str | None = None,
+def call(app: Any, runtime: HookRuntime, peer: str, key: str | None = None,
          user: str | None = None, path: str = "/v1/chat/completions",
          **headers: str) -> pb.HttpRequest:
     body: dict[str, Any] = {"model": "m", "messages": [{"role": "user", "content": "x"}]}
@@ -163,6 +164,33 @@ def test_identity_headers_from_an_untrusted_peer_are_ignored_and_named(
     assert list(http.ignored_identity_headers) == ["x-tenant-id"]
 
 
+def test_the_trust_decision_rests_on_the_tcp_peer_even_behind_uvicorns_proxy_headers(
+        settings: HookSettings) -> None:
+    """`vllm serve` runs uvicorn with proxy headers on, trusting 127.0.0.1 by default: it puts
+    an X-Forwarded-For address into scope["client"] before any middleware runs. A loopback
+    caller naming an address inside VLLM_AUDIT_TRUSTED_PROXIES must not become a trusted proxy
+    by it (found on the real server: it did)."""
+    app, rt = serve(settings, [])
+    served = ProxyHeadersMiddleware(app, trusted_hosts="127.0.0.1")  # as uvicorn wraps it
+    http = call(served, rt, "127.0.0.1", user="eve", x_tenant_id="bank-a",
+                x_forwarded_user="alice", x_forwarded_for="10.1.2.3")
+    assert identity(http) == ("eve", "IDENTITY_SOURCE_CLAIMED", "", "IDENTITY_SOURCE_NONE")
+    assert http.client_ip == "127.0.0.1"
+    assert list(http.ignored_identity_headers) == [
+        "x-tenant-id", "x-forwarded-user", "x-forwarded-for"]
+    # A proxy the hook does trust, on the loopback: its headers and forwarded client count.
+    local = HookSettings.from_env({
+        "VLLM_AUDIT_ENABLED": "true", "VLLM_AUDIT_HMAC_KEY": "k",
+        "VLLM_AUDIT_CAPTURE_CLIENT_IP": "full", "VLLM_AUDIT_TRUSTED_PROXIES": "127.0.0.1"})
+    app, rt = serve(local, [])
+    served = ProxyHeadersMiddleware(app, trusted_hosts="127.0.0.1")
+    http = call(served, rt, "127.0.0.1", user="eve", x_tenant_id="bank-a",
+                x_forwarded_for="10.1.2.3")
+    assert identity(http) == ("eve", "IDENTITY_SOURCE_CLAIMED",
+                              "bank-a", "IDENTITY_SOURCE_PROXY_HEADER")
+    assert http.client_ip == "10.1.2.3"
+
+
 def test_auth_status_is_what_vllm_decided(settings: HookSettings) -> None:
     app, rt = serve(settings, [PLAIN_KEY])
     http = call(app, rt, STRANGER, "not-the-key", user="eve")
@@ -218,3 +246,15 @@ def test_mapping_files_in_json_and_missing_ones(tmp_path: Path) -> None:
         HookSettings.from_env({"VLLM_AUDIT_IDENTITY_FILE": str(tmp_path / "absent.yaml")})
     with pytest.raises(ValueError, match="VLLM_AUDIT_USER_HEADER='x user' is not an HTTP"):
         HookSettings.from_env({"VLLM_AUDIT_USER_HEADER": "x user"})
+
+
+def test_a_bad_mapping_file_stops_vllm_at_start_up(tmp_path: Path) -> None:
+    from tests.hooks.test_register import run_python
+
+    path = tmp_path / "ids.yaml"
+    path.write_text("- {sha256: not-a-hash, user: a}\n")
+    out = run_python("import vllm_hooks\nvllm_hooks.register()\nprint('served')\n",
+                     VLLM_AUDIT_ENABLED="true", VLLM_AUDIT_IDENTITY_FILE=str(path))
+    assert out.returncode != 0 and "served" not in out.stdout
+    assert "AuditStartupError" in out.stderr
+    assert f"VLLM_AUDIT_IDENTITY_FILE={path}: entry 0: sha256 must be 64 hex" in out.stderr
