@@ -9,6 +9,9 @@ from pathlib import Path
 
 import jsonschema
 
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.agent.test_agent import scrape
 from tests.support.agent_harness import Hook, agent, lifecycle, published_keys, query, requests_of
 from vllm_audit.v1 import events_pb2 as pb
 from vllm_audit.v1 import query_pb2
@@ -25,14 +28,15 @@ def finished(rid: str) -> pb.Event:
 
 async def test_identity_and_its_sources_reach_trail_and_record(tmp_path: Path) -> None:
     current = pb.HttpRequest(
-        status_code=200, model="m", user="alice", tenant="bank-a", claimed_user="mallory",
+        method="POST", status_code=200, model="m", user="alice", tenant="bank-a", claimed_user="mallory",
         user_source=pb.IDENTITY_SOURCE_API_KEY, tenant_source=pb.IDENTITY_SOURCE_PROXY_HEADER,
         auth_decision=pb.AUTH_STATUS_OK, auth_status="ok",
         ignored_identity_headers=["x-forwarded-for"])
     # A hook from before the enums: only the string.
-    older = pb.HttpRequest(status_code=401, model="m", user="bob", auth_status="rejected")
+    older = pb.HttpRequest(method="POST", status_code=401, model="m", user="bob",
+                           auth_status="rejected")
     # A broken (or newer) hook: numbers the contract does not define, a flood of header names.
-    broken = pb.HttpRequest(status_code=200, model="m", auth_decision=99,  # type: ignore[arg-type]
+    broken = pb.HttpRequest(method="POST", status_code=200, model="m", auth_decision=99,  # type: ignore[arg-type]
                             user_source=42, ignored_identity_headers=["h"] * 40)  # type: ignore[arg-type]
     async with agent(tmp_path) as (handle, published), \
             Hook(handle.state.config.ingest_socket) as hook:
@@ -71,3 +75,21 @@ async def test_identity_and_its_sources_reach_trail_and_record(tmp_path: Path) -
         assert (clamped["HttpRequest.auth_decision"], clamped["HttpRequest.user_source"],
                 clamped["HttpRequest.tenant_source"],
                 clamped["HttpRequest.ignored_identity_headers"]) == (1, 1, 0, 1)
+        # Counted once per served request, by source and decision; every series born at 0.
+        status, text = await scrape(handle)
+        assert status == 200
+        samples = {(x.name, tuple(sorted(x.labels.items()))): x.value
+                   for family in text_string_to_metric_families(text) for x in family.samples}
+
+        def sample(name: str, **labels: str) -> float:
+            return samples[(name, tuple(sorted(labels.items())))]
+
+        sources = "vllm_audit_request_identity_sources_total"
+        assert sample(sources, field="user", source="api_key") == 1
+        assert sample(sources, field="tenant", source="proxy_header") == 1
+        assert sample(sources, field="user", source="unspecified") == 2  # older + repaired
+        assert sample(sources, field="tenant", source="claimed") == 0
+        decisions = "vllm_audit_request_auth_decisions_total"
+        assert [sample(decisions, decision=d) for d in ("ok", "rejected", "none",
+                                                        "unspecified")] == [1, 1, 0, 1]
+        assert sample("vllm_audit_request_ignored_identity_headers_total") == 2
