@@ -71,15 +71,19 @@ class AuditMiddleware:
             if runtime is not None or settings().enabled:
                 self._rt = runtime or get_runtime("api_server")
                 self._identity = IdentityConfig.from_settings(self._rt.settings)
-                from .adapter import keep_socket_peer
-
-                keep_socket_peer()  # before the first request reaches uvicorn's middleware
                 if self._rt.settings.in_response:
                     from .response_audit import ResponseAuditor
 
                     self._auditor = ResponseAuditor(self._rt.settings)
         except Exception as exc:
             ERRORS.record("middleware.init", exc)
+        if self._rt is not None:
+            try:
+                from .adapter import keep_socket_peer
+
+                keep_socket_peer()  # before the first request reaches uvicorn's middleware
+            except Exception as exc:
+                ERRORS.record("middleware.socket_peer", exc)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         rt = self._rt
@@ -113,7 +117,6 @@ class AuditMiddleware:
                 rt.buffer.offer((raw.HTTP, audit.start_ns, audit.request_id, audit.fields()))
             except Exception as exc:
                 ERRORS.record("middleware.end", exc)
-
 
     def _vllm_checks_key(self, scope: Scope) -> bool | None:
         if not self._key_check_known:
