@@ -7,7 +7,8 @@ User and tenant are each taken from the most trusted source that gives one:
    is listed is proof enough of holding it, whether or not vLLM checks keys itself.
 2. `proxy_header` — `VLLM_AUDIT_USER_HEADER` / `VLLM_AUDIT_TENANT_HEADER`, believed only when
    the socket peer is a trusted proxy (`VLLM_AUDIT_TRUSTED_PROXIES`), which must set them and
-   drop what clients send. From any other peer these headers (and X-Forwarded-For) are
+   drop what clients send. From any other peer these headers (and X-Forwarded-For,
+   Forwarded) are
    ignored, and their names go into the record's `ignored_identity_headers`: a spoofing
    attempt is visible, never believed.
 3. `claimed` — the body's `user` field (user only): whatever the caller wrote.
@@ -27,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from vllm_audit.v1 import events_pb2 as pb
 
-from .client_address import client_address, is_trusted
+from .client_address import client_address, forwarded_for, is_trusted
 
 if TYPE_CHECKING:
     from .client_address import Network
@@ -66,7 +67,8 @@ class IdentityConfig:
     @property
     def forwarding_headers(self) -> tuple[bytes, ...]:
         """Headers only a trusted proxy may set: named when an untrusted peer sends them."""
-        return tuple(h for h in (self.tenant_header, self.user_header, b"x-forwarded-for") if h)
+        return tuple(h for h in (self.tenant_header, self.user_header, b"x-forwarded-for",
+                                 b"forwarded") if h)
 
 
 class RequestIdentity:
@@ -86,8 +88,10 @@ class RequestIdentity:
             if config.tenant_header:
                 self.proxy_tenant = headers.get(config.tenant_header,
                                                 b"").decode("latin-1").strip()
-            self.client_ip = client_address(
-                peer, headers.get(b"x-forwarded-for", b"").decode("latin-1"), trusted)
+            hops = headers.get(b"x-forwarded-for", b"").decode("latin-1")
+            if not hops and b"forwarded" in headers:
+                hops = forwarded_for(headers[b"forwarded"].decode("latin-1"))
+            self.client_ip = client_address(peer, hops, trusted)
         else:
             self.client_ip = peer
             self.ignored = [h.decode("latin-1") for h in config.forwarding_headers

@@ -8,7 +8,6 @@ import json
 from pathlib import Path
 
 import jsonschema
-
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.agent.test_agent import scrape
