@@ -378,7 +378,6 @@ def compile_grammar_for_replay(backend: str, spec_type: str, spec: str, model: s
     return grammar, impl.allocate_token_bitmask(1)
 
 
-
 # -- API-key check (vllm serve --api-key / VLLM_API_KEY) ------------------------------------------
 def vllm_key_check(app: Any) -> Callable[[str, str, str], bool] | None:
     """For the ASGI app vLLM serves (`scope["app"]`): a function (method, path, root_path) ->
