@@ -132,9 +132,10 @@ def start_agent(tmp: Path, socket_path: Path, kafka_bootstrap: str | None,
     return proc, query, base
 
 
-def start_vllm_server(model_dir: Path, tmp: Path, agent_socket: Path, api_key: str,
+def start_vllm_server(model_dir: Path, tmp: Path, agent_socket: Path, api_key: str | None,
                       **hook_env: str) -> tuple[Proc, str]:
-    """Starts `vllm serve` (CPU build) with the hook; returns (proc, base URL)."""
+    """Starts `vllm serve` (CPU build) with the hook; returns (proc, base URL). `api_key`
+    None: vLLM checks no key."""
     port = free_port()
     env = base_env(
         VLLM_AUDIT_ENABLED="true",
@@ -149,7 +150,7 @@ def start_vllm_server(model_dir: Path, tmp: Path, agent_socket: Path, api_key: s
         "--model", str(model_dir), "--served-model-name", "tiny",
         "--dtype", "float32", "--max-model-len", str(MAX_MODEL_LEN), "--enforce-eager",
         "--gpu-memory-utilization", "0.1", "--port", str(port), "--host", "127.0.0.1",
-        "--api-key", api_key,
+        *(["--api-key", api_key] if api_key is not None else []),
         "--middleware", "vllm_hooks.middleware.AuditMiddleware",
         # Its /inference/v1/abort_requests lets a test abort a request mid-generation.
         "--enable-scale-out",

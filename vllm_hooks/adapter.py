@@ -23,6 +23,19 @@ Hook points (vLLM 0.32, CPU build; line numbers drift):
 - Stats: `StatLoggerBase` subclasses come from the `vllm.stat_logger_plugins` entry point in
   `vllm serve`; the offline `LLM` loads no plugins there, so `StatLoggerManager.__init__` is
   wrapped to add ours (de-duplicated).
+- API-key check (`vllm serve --api-key` or `VLLM_API_KEY`; the CLI wins):
+  `vllm.entrypoints.serve.middleware.register.init_entrypoints_middleware` adds
+  `AuthenticationMiddleware(tokens=...)` (serve/middleware/authenticate.py) only when a key is
+  configured. It checks requests whose path (root_path removed) starts with `GUARDED_PREFIX`
+  ("/v1", "/v2", "/inference", "/cohere"), except OPTIONS, and answers 401 itself. Our
+  middleware is added after it (`--middleware`), so it is outside it and sees that 401;
+  `vllm_key_check` reads the app's `user_middleware` to know whether the check runs at all.
+- The socket peer: uvicorn (which `vllm serve` runs with its defaults: proxy_headers on,
+  FORWARDED_ALLOW_IPS or 127.0.0.1) replaces `scope["client"]` with an X-Forwarded-For address
+  when the peer is in its own list, before any middleware runs, so on the loopback anyone could
+  pick the "peer" the hook's trust decision rests on. `keep_socket_peer` wraps
+  `uvicorn.middleware.proxy_headers.ProxyHeadersMiddleware.__call__` to keep the TCP peer under
+  identity.SOCKET_PEER_KEY first; the hook then applies VLLM_AUDIT_TRUSTED_PROXIES itself.
 - Request ids: the API server uses `chatcmpl-<X-Request-Id>` / `cmpl-<X-Request-Id>`, and
   `InputProcessor.assign_request_id` appends `-<8 random chars>`; the agent correlates on that.
 """
@@ -31,7 +44,9 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from vllm.v1.core.sched.scheduler import Scheduler
@@ -362,3 +377,61 @@ def compile_grammar_for_replay(backend: str, spec_type: str, spec: str, model: s
     grammar = impl.compile_grammar(StructuredOutputOptions[spec_type.upper()], spec)
     return grammar, impl.allocate_token_bitmask(1)
 
+
+# -- API-key check (vllm serve --api-key / VLLM_API_KEY) ------------------------------------------
+def vllm_key_check(app: Any) -> Callable[[str, str, str], bool] | None:
+    """For the ASGI app vLLM serves (`scope["app"]`): a function (method, path, root_path) ->
+    whether vLLM checks an API key on that request; None when the app is not one this adapter
+    knows (the audit then records the decision as unspecified rather than guess)."""
+    from vllm.entrypoints.serve.middleware.authenticate import (
+        GUARDED_PREFIX,
+        AuthenticationMiddleware,
+    )
+
+    stack = getattr(app, "user_middleware", None)
+    if stack is None:
+        return None
+    configured = any(
+        isinstance(getattr(m, "cls", None), type) and issubclass(m.cls, AuthenticationMiddleware)
+        and bool((getattr(m, "kwargs", None) or {}).get("tokens"))
+        for m in stack)
+    if not configured:
+        return _never_checked
+
+    def checked(method: str, path: str, root_path: str) -> bool:
+        # AuthenticationMiddleware.__call__'s own rule.
+        return method != "OPTIONS" and path.removeprefix(root_path).startswith(GUARDED_PREFIX)
+
+    return checked
+
+
+def _never_checked(method: str, path: str, root_path: str) -> bool:
+    return False
+
+
+# -- the TCP peer, before uvicorn's proxy-headers middleware rewrites scope["client"] ----------
+_peer_kept = False
+
+
+def keep_socket_peer() -> None:
+    """Idempotent; called in the API server process by the middleware, whose stack Starlette
+    builds on the first ASGI call, after uvicorn loaded its proxy-headers middleware (only
+    loaded when it is on: not loaded, nothing rewrites the peer). The instance uvicorn already
+    built is covered too: the method is looked up on the class at each call."""
+    global _peer_kept
+    module = sys.modules.get("uvicorn.middleware.proxy_headers")
+    if _peer_kept or module is None:
+        return
+    _peer_kept = True
+    from .identity import SOCKET_PEER_KEY
+
+    cls = module.ProxyHeadersMiddleware
+    original = cls.__call__
+
+    @functools.wraps(original)
+    async def __call__(self: Any, scope: Any, receive: Any, send: Any) -> None:
+        if scope.get("type") != "lifespan" and SOCKET_PEER_KEY not in scope:
+            scope[SOCKET_PEER_KEY] = scope.get("client")
+        await original(self, scope, receive, send)
+
+    cls.__call__ = __call__

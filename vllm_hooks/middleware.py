@@ -13,6 +13,10 @@ letting any caller overwrite another's audit record. The client's header is kept
 `client_request_id` (searchable) and put back into the response's X-Request-Id header.
 Only the API key's SHA-256 is recorded, never the key. Bodies are captured up to a bound;
 the capture policy (hmac by default) is applied before anything leaves the process.
+
+User, tenant and client IP come from sources in order of trust, each recorded with its source
+(identity.py); `auth_status` is what vLLM's own API-key check decided, known from the app vLLM
+built (adapter.vllm_key_check, asked once, on the first audited request).
 """
 
 from __future__ import annotations
@@ -20,14 +24,20 @@ from __future__ import annotations
 import hashlib
 import time
 import uuid
-from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 import orjson
 
 from . import raw_events as raw
-from .client_address import Network, client_address
 from .errors import ERRORS
+from .identity import (
+    AUTH_STATUS_TEXT,
+    SOCKET_PEER_KEY,
+    IdentityConfig,
+    RequestIdentity,
+    auth_decision,
+)
 from .runtime import HookRuntime, get_runtime
 from .settings import Level, settings
 
@@ -36,6 +46,8 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+#: (method, path, root_path) -> whether vLLM checks an API key on that request.
+KeyCheck = Callable[[str, str, str], bool]
 
 _SUMMARY = int(Level.SUMMARY)
 #: Request and response bodies kept for the prompt/output fields (bytes); the rest is counted.
@@ -45,19 +57,33 @@ AUDITED_PREFIXES = ("/v1/", "/v2/", "/invocations", "/pooling", "/classify", "/s
 
 
 class AuditMiddleware:
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, runtime: HookRuntime | None = None,
+                 key_check: KeyCheck | None = None) -> None:
+        """vLLM passes `app` alone; `runtime` and `key_check` are for embedding (a runtime not
+        from the environment; a key check known in advance instead of read from the app)."""
         self.app = app
         self._rt: HookRuntime | None = None
         self._auditor: Any = None  # ResponseAuditor when VLLM_AUDIT_IN_RESPONSE=true
+        self._identity = IdentityConfig()
+        self._key_check = key_check
+        self._key_check_known = key_check is not None
         try:
-            if settings().enabled:
-                self._rt = get_runtime("api_server")
+            if runtime is not None or settings().enabled:
+                self._rt = runtime or get_runtime("api_server")
+                self._identity = IdentityConfig.from_settings(self._rt.settings)
                 if self._rt.settings.in_response:
                     from .response_audit import ResponseAuditor
 
                     self._auditor = ResponseAuditor(self._rt.settings)
         except Exception as exc:
             ERRORS.record("middleware.init", exc)
+        if self._rt is not None:
+            try:
+                from .adapter import keep_socket_peer
+
+                keep_socket_peer()  # before the first request reaches uvicorn's middleware
+            except Exception as exc:
+                ERRORS.record("middleware.socket_peer", exc)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         rt = self._rt
@@ -70,7 +96,8 @@ class AuditMiddleware:
             await self.app(scope, receive, send)
             return
         try:
-            audit = _RequestAudit(scope, rt.settings.tenant_header, rt.settings.trusted_proxies)
+            audit = _RequestAudit(scope, self._identity)
+            audit.key_checked = self._vllm_checks_key(scope)
         except Exception as exc:
             ERRORS.record("middleware.begin", exc)
             await self.app(scope, receive, send)
@@ -91,6 +118,21 @@ class AuditMiddleware:
             except Exception as exc:
                 ERRORS.record("middleware.end", exc)
 
+    def _vllm_checks_key(self, scope: Scope) -> bool | None:
+        if not self._key_check_known:
+            self._key_check_known = True  # asked once: the app's middleware is fixed by now
+            try:
+                from .adapter import vllm_key_check
+
+                self._key_check = vllm_key_check(scope.get("app"))
+            except Exception as exc:
+                ERRORS.record("middleware.key_check", exc)
+        check = self._key_check
+        if check is None:
+            return None
+        return check(str(scope.get("method", "")), str(scope.get("path", "")),
+                     str(scope.get("root_path", "")))
+
 
 def _with_response_audit(auditor: Any, scope: Scope, request_id: str, send: Send) -> Send:
     """VLLM_AUDIT_IN_RESPONSE: the response audit sits between vLLM and the request audit, so
@@ -105,8 +147,7 @@ def _with_response_audit(auditor: Any, scope: Scope, request_id: str, send: Send
 
 
 class _RequestAudit:
-    def __init__(self, scope: Scope, tenant_header: str,
-                 trusted_proxies: Sequence[Network] = ()) -> None:
+    def __init__(self, scope: Scope, identity: IdentityConfig | None = None) -> None:
         self.start_ns = time.time_ns()
         self.t0 = time.perf_counter()
         original: list[tuple[bytes, bytes]] = list(scope.get("headers") or [])
@@ -124,11 +165,12 @@ class _RequestAudit:
         token = auth[7:] if auth[:7].lower() == b"bearer " else auth
         self.api_key_sha256 = hashlib.sha256(token).hexdigest() if token else ""
         self.user_agent = lookup.get(b"user-agent", b"").decode("latin-1")
-        self.tenant = lookup.get(tenant_header.encode(), b"").decode("latin-1")
-        client = scope.get("client")
+        # The TCP peer (uvicorn may have put an X-Forwarded-For address into "client").
+        client = scope.get(SOCKET_PEER_KEY) or scope.get("client")
         peer = str(client[0]) if client else ""
-        self.client_ip = client_address(
-            peer, lookup.get(b"x-forwarded-for", b"").decode("latin-1"), trusted_proxies)
+        self.identity = RequestIdentity(identity or IdentityConfig(), peer, lookup)
+        #: Whether vLLM checks an API key on this request; None: unknown.
+        self.key_checked: bool | None = None
         self.body = bytearray()
         self.response = bytearray()
         self.response_bytes = 0
@@ -208,18 +250,19 @@ class _RequestAudit:
         if usage is not None and prompt_tokens < 0:
             prompt_tokens = int(usage.get("prompt_tokens") or 0)
             completion_tokens = int(usage.get("completion_tokens") or 0)
-        auth_status = "rejected" if self.status == 401 else ("ok" if self.api_key_sha256 else "none")
+        decision = auth_decision(self.status, self.key_checked)
         error = self.error or (_error_message(bytes(self.response)) if self.status >= 400 else "")
         if self.client_disconnected and not error:
             error = "client disconnected before the response was complete"
         return {
             "method": str(self.scope.get("method", "")),
             "path": str(self.scope.get("path", "")),
-            "client_ip": self.client_ip,
-            "user": str(request.get("user") or ""),
+            "client_ip": self.identity.client_ip,
+            **self.identity.resolve(self.api_key_sha256, _claimed_user(request)),
             "model": str(request.get("model") or ""),
             "status_code": self.status,
-            "auth_status": auth_status,
+            "auth_decision": decision,
+            "auth_status": AUTH_STATUS_TEXT[decision],
             "api_key_sha256": self.api_key_sha256,
             "stream": self.stream,
             "prompt": _prompt_text(request),
@@ -232,7 +275,6 @@ class _RequestAudit:
             "client_disconnected": self.client_disconnected,
             "user_agent": self.user_agent,
             "response_bytes": self.response_bytes,
-            "tenant": self.tenant,
             "vllm_request_id": vllm_request_id,
             "client_request_id": (self.client_request_id or b"").decode("latin-1"),
         }
@@ -244,6 +286,11 @@ def _json_object(data: bytes) -> dict[str, Any]:
     except orjson.JSONDecodeError:
         return {}
     return value if isinstance(value, dict) else {}
+
+
+def _claimed_user(request: dict[str, Any]) -> str:
+    user = request.get("user")
+    return user.strip() if isinstance(user, str) else ""
 
 
 def _metadata_usage(scope: Scope) -> tuple[int, int, str]:

@@ -6,12 +6,14 @@ Every variable is a documented constant here; nothing else in the hook reads the
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .client_address import Network
+    from .identity_file import KeyIdentity
 
 
 #: "true" installs the hook (the project's own switch).
@@ -44,10 +46,18 @@ ENV_CAPTURE_OUTPUT = "VLLM_AUDIT_CAPTURE_OUTPUT"
 ENV_CAPTURE_CLIENT_IP = "VLLM_AUDIT_CAPTURE_CLIENT_IP"
 #: Secret for the hmac policy. Without it a random per-process key is used (not joinable).
 ENV_HMAC_KEY = "VLLM_AUDIT_HMAC_KEY"
-#: Header that names the tenant of a request.
+#: Header a trusted proxy sets to name the tenant of a request (default x-tenant-id). Believed
+#: only from a peer in VLLM_AUDIT_TRUSTED_PROXIES (identity.py); from any other, ignored.
 ENV_TENANT_HEADER = "VLLM_AUDIT_TENANT_HEADER"
-#: Comma-separated CIDRs of proxies whose X-Forwarded-For is believed (client_address.py).
+#: Header a trusted proxy sets to name the authenticated user (no default: off), e.g.
+#: x-forwarded-user (oauth2-proxy). Same trust rule as the tenant header.
+ENV_USER_HEADER = "VLLM_AUDIT_USER_HEADER"
+#: Comma-separated CIDRs of proxies whose X-Forwarded-For and identity headers are believed
+#: (client_address.py, identity.py).
 ENV_TRUSTED_PROXIES = "VLLM_AUDIT_TRUSTED_PROXIES"
+#: YAML/JSON file mapping API keys' SHA-256 (never the keys) to a user and/or tenant
+#: (identity_file.py): the most trusted identity source.
+ENV_IDENTITY_FILE = "VLLM_AUDIT_IDENTITY_FILE"
 
 # -- The first seed design's variables, each with its seed meaning mapped onto this design. --
 #: true: record the allowed-token set of every step (implies level full-with-allowed-sets).
@@ -240,6 +250,27 @@ def _trusted_proxies(env: dict[str, str] | os._Environ[str]) -> tuple[Network, .
     return parse_networks(ENV_TRUSTED_PROXIES, text)
 
 
+def _identities(env: dict[str, str] | os._Environ[str]) -> dict[str, KeyIdentity]:
+    path = (env.get(ENV_IDENTITY_FILE) or "").strip()
+    if not path:
+        return {}  # nothing more is imported without a mapping
+    from .identity_file import load_identity_file
+
+    return load_identity_file(ENV_IDENTITY_FILE, path)
+
+
+#: RFC 9110 token characters: what a header name may be made of.
+_TOKEN = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz")
+
+
+def _header(env: dict[str, str] | os._Environ[str], name: str, default: str) -> str:
+    raw = env.get(name)
+    value = (default if raw is None or not raw.strip() else raw).strip().lower()
+    if not set(value) <= _TOKEN:
+        raise ValueError(f"{name}={raw!r} is not an HTTP header name")
+    return value
+
+
 def _policy(env: dict[str, str] | os._Environ[str], name: str, default: str) -> str:
     value = (env.get(name) or default).strip().lower()
     if value not in CAPTURE_POLICIES:
@@ -261,7 +292,11 @@ class HookSettings:
     capture_client_ip: str = "hmac"
     hmac_key: bytes | None = None
     tenant_header: str = "x-tenant-id"
+    user_header: str = ""
     trusted_proxies: tuple[Network, ...] = ()
+    #: API key SHA-256 -> identity (VLLM_AUDIT_IDENTITY_FILE); kept out of repr and hash.
+    identities: Mapping[str, KeyIdentity] = field(default_factory=dict, repr=False,
+                                                  compare=False)
     # -- the seed's variables (see the ENV_* constants above for how each maps) --
     include_grammar: bool = False
     grammar_max_bytes: int = 64 * 1024
@@ -310,8 +345,10 @@ class HookSettings:
             capture_output=_policy(env, ENV_CAPTURE_OUTPUT, "hmac"),
             capture_client_ip=_policy(env, ENV_CAPTURE_CLIENT_IP, "hmac"),
             hmac_key=key.encode() if key else None,
-            tenant_header=(env.get(ENV_TENANT_HEADER) or "x-tenant-id").lower(),
+            tenant_header=_header(env, ENV_TENANT_HEADER, "x-tenant-id"),
+            user_header=_header(env, ENV_USER_HEADER, ""),
             trusted_proxies=_trusted_proxies(env),
+            identities=_identities(env),
             include_grammar=_bool(env, ENV_INCLUDE_GRAMMAR, preset.include_grammar),
             grammar_max_bytes=_positive_int(env, ENV_GRAMMAR_MAX_BYTES, 64 * 1024),
             async_requested=_bool(env, ENV_ASYNC, True),

@@ -32,7 +32,9 @@ from vllm_audit.v1 import query_pb2 as q
 
 #: 2: engine_at_finish, trail_id/revision/finalised_by/incomplete, source identity, HTTP method/path, user
 #: agent, bytes, capture policy, compile time, spec hash, max_tokens; event_id by revision.
-SCHEMA_VERSION = 2
+#: 3: identity with its provenance (auth_decision, user_source, tenant_source, claimed_user,
+#: ignored_identity_headers); auth_status is now derived from what vLLM's key check decided.
+SCHEMA_VERSION = 3
 
 #: Where every field of the hook's per-request events goes: the TrailSummary field it fills,
 #: or None with the reason it is not in the summary (the event itself is still kept in the
@@ -41,13 +43,17 @@ FIELD_MAP: dict[str, dict[str, str | tuple[None, str]]] = {
     "HttpRequest": {
         "method": "http_method", "path": "http_path", "client_ip": "client_ip",
         "user": "user", "model": "model", "status_code": "status_code",
-        "auth_status": "auth_status", "api_key_sha256": "api_key_sha256", "stream": "stream",
+        "auth_status": (None, "read only from a hook older than auth_decision, as its value; "
+                              "the record's auth_status is auth_decision's lower-case name"),
+        "api_key_sha256": "api_key_sha256", "stream": "stream",
         "prompt": "prompt", "output": "output", "capture_policy": "capture_policy",
         "prompt_tokens": "prompt_tokens", "completion_tokens": "completion_tokens",
         "latency_ms": "latency_ms", "ttft_ms": "ttft_ms", "error": "error",
         "user_agent": "user_agent", "response_bytes": "response_bytes", "tenant": "tenant",
         "vllm_request_id": "vllm_request_id", "client_disconnected": "client_disconnected",
-        "client_request_id": "client_request_id",
+        "client_request_id": "client_request_id", "auth_decision": "auth_decision",
+        "user_source": "user_source", "tenant_source": "tenant_source",
+        "claimed_user": "claimed_user", "ignored_identity_headers": "ignored_identity_headers",
     },
     "RequestLifecycle": {
         "phase": (None, "drives state, preemptions and completeness; each transition is an event"),

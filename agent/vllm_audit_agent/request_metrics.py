@@ -1,4 +1,6 @@
-"""Per-request histograms (seconds, tokens), observed once per final trail.
+"""Per-request histograms (seconds, tokens), observed once per final trail, and counters of
+who the served requests were attributed to and how (identity sources, vLLM's key decisions,
+identity headers ignored from untrusted peers), counted once per trail (revision 0).
 
 `AgentState._on_final` calls `observe`; the histograms are prometheus_client objects in no
 registry, exported by `collect` through the agent's private registry.
@@ -9,10 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from prometheus_client import Histogram
+from prometheus_client import Counter, Histogram
 from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
+from vllm_audit.v1 import events_pb2 as pb
 from vllm_audit.v1 import query_pb2 as q
 
 #: Request latency and TTFT: 10 ms .. 10 min.
@@ -25,9 +28,35 @@ TPOT_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15,
 TOKEN_BUCKETS = tuple(float(4 ** i) for i in range(11))
 
 
+def _names(enum: object, prefix: str) -> dict[int, str]:
+    """An enum's label values: its names in lower case without their prefix."""
+    return {v.number: v.name.removeprefix(prefix).lower()
+            for v in enum.DESCRIPTOR.values}  # type: ignore[attr-defined]
+
+
+IDENTITY_SOURCES = _names(pb.IdentitySource, "IDENTITY_SOURCE_")
+AUTH_DECISIONS = _names(pb.AuthStatus, "AUTH_STATUS_")
+
+
 class RequestMetrics(Collector):
     def __init__(self) -> None:
         labels = ["model"]
+        self.identity = Counter("vllm_audit_request_identity_sources",
+                                "Served requests by where their user or tenant came from "
+                                "(api_key, proxy_header, claimed, none; unspecified: older hook)",
+                                ["field", "source"], registry=None)
+        self.auth = Counter("vllm_audit_request_auth_decisions",
+                            "Served requests by what vLLM's API-key check decided",
+                            ["decision"], registry=None)
+        self.ignored_headers = Counter(
+            "vllm_audit_request_ignored_identity_headers",
+            "Served requests that carried identity headers (tenant, user, X-Forwarded-For) from "
+            "a peer that is not a trusted proxy: ignored, named in the record", registry=None)
+        for source in IDENTITY_SOURCES.values():  # born at 0
+            self.identity.labels("user", source)
+            self.identity.labels("tenant", source)
+        for decision in AUTH_DECISIONS.values():
+            self.auth.labels(decision)
         self.latency = Histogram("vllm_audit_request_latency_seconds",
                                  "End-to-end latency of finished requests", labels,
                                  registry=None, buckets=LATENCY_BUCKETS_S)
@@ -45,6 +74,13 @@ class RequestMetrics(Collector):
                                            registry=None, buckets=TOKEN_BUCKETS)
 
     def observe(self, s: q.TrailSummary) -> None:
+        if s.revision == 0 and s.http_method:  # a served request, counted once
+            self.identity.labels("user", IDENTITY_SOURCES.get(s.user_source, "unspecified")).inc()
+            self.identity.labels("tenant",
+                                 IDENTITY_SOURCES.get(s.tenant_source, "unspecified")).inc()
+            self.auth.labels(AUTH_DECISIONS.get(s.auth_decision, "unspecified")).inc()
+            if s.ignored_identity_headers:
+                self.ignored_headers.inc()
         if s.state != q.TRAIL_STATE_FINISHED:
             return
         model = s.model or "unknown"
@@ -60,9 +96,9 @@ class RequestMetrics(Collector):
         self.completion_tokens.labels(model).observe(s.completion_tokens)
 
     def collect(self) -> Iterator[Metric]:
-        for histogram in (self.latency, self.ttft, self.tpot, self.prompt_tokens,
-                          self.completion_tokens):
-            for metric in histogram.collect():
+        for family in (self.latency, self.ttft, self.tpot, self.prompt_tokens,
+                       self.completion_tokens, self.identity, self.auth, self.ignored_headers):
+            for metric in family.collect():
                 # `_created` series double every histogram's label sets for a timestamp the
                 # process start time already gives; dropped here, not by a global switch.
                 metric.samples = [x for x in metric.samples if not x.name.endswith("_created")]

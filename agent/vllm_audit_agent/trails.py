@@ -35,6 +35,7 @@ import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import cast
 
 from vllm_audit.v1 import events_pb2 as pb
 from vllm_audit.v1 import query_pb2 as q
@@ -44,6 +45,13 @@ from .correlate import trail_id_for_engine_request
 INT32_MAX = (1 << 31) - 1
 FINAL = (q.TRAIL_STATE_FINISHED, q.TRAIL_STATE_ABORTED, q.TRAIL_STATE_FAILED,
          q.TRAIL_STATE_INCOMPLETE)
+#: TrailSummary.auth_status, the string schema-2 readers know: AuthStatus's name in lower case
+#: without its prefix ("" for unspecified). Its reverse reads the string a hook older than
+#: HttpRequest.auth_decision sends.
+_AUTH_TEXT = {v.number: "" if v.number == 0 else v.name.removeprefix("AUTH_STATUS_").lower()
+              for v in pb.AuthStatus.DESCRIPTOR.values}
+_AUTH_FROM_TEXT = {text: cast("pb.AuthStatus", number)
+                   for number, text in _AUTH_TEXT.items() if text}
 #: Python overhead of a trail beyond its serialised content (the Trail object, its summary
 #: message, dict/set members, the store's entry), measured as resident growth per trail.
 TRAIL_OVERHEAD_BYTES = 1024
@@ -264,6 +272,13 @@ class TrailStore:
         s.http_method, s.http_path, s.user_agent = h.method, h.path, h.user_agent
         s.response_bytes, s.vllm_request_id = h.response_bytes, h.vllm_request_id
         s.capture_policy, s.client_request_id = h.capture_policy, h.client_request_id
+        s.auth_decision = (h.auth_decision if h.auth_decision else
+                           _AUTH_FROM_TEXT.get(h.auth_status, pb.AUTH_STATUS_UNSPECIFIED))
+        s.auth_status = _AUTH_TEXT.get(s.auth_decision, "")
+        s.user_source, s.tenant_source = h.user_source, h.tenant_source
+        s.claimed_user = h.claimed_user
+        del s.ignored_identity_headers[:]
+        s.ignored_identity_headers.extend(h.ignored_identity_headers)
         if h.prompt_tokens or h.completion_tokens:
             # What the client was told (and billed) is the record of truth.
             trail.http_usage = True

@@ -18,6 +18,9 @@ Repaired and counted in `clamped` by "<Message>.<field>" (the event is marked `t
   - a ratio (kv_cache_usage) outside [0, 1] or NaN -> clamped into [0, 1] (NaN -> 0);
   - a count (tokens, bytes, steps) below 0 -> 0; `time_unix_nano` below 0 -> 0;
   - an HTTP status outside [0, 999] -> 0 (unknown);
+  - an enum value the contract does not define (a newer or broken hook) -> 0 (UNSPECIFIED):
+    records name enums, and a number without a name has none;
+  - a list of strings over MAX_LIST_ITEMS -> its first MAX_LIST_ITEMS, each string capped;
   - a string over its cap (MAX_TEXT_BYTES for prompt/output/error, MAX_STRING_BYTES for the
     rest) -> cut at a UTF-8 boundary.
 Dropped and counted in `dropped_events`: an event with no body (an unknown kind from a newer
@@ -44,6 +47,8 @@ MAX_DURATION_MS = 1e10
 MAX_STRING_BYTES = 4096
 MAX_TEXT_BYTES = 1 << 20
 MAX_GAP_REASONS = 64
+#: Items kept of a repeated string field (ignored_identity_headers: a handful at most).
+MAX_LIST_ITEMS = 16
 #: Counters exported as uint64 stop here instead of overflowing.
 UINT64_MAX = (1 << 64) - 1
 _REASON_KEY = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
@@ -98,10 +103,28 @@ _BODIES: dict[str, type[Message]] = {
 _STRINGS = {cls.DESCRIPTOR.name: _string_fields(cls) for cls in _BODIES.values()}
 
 
+def _enum_fields(cls: type[Message]) -> tuple[tuple[str, frozenset[int]], ...]:
+    return tuple((f.name, frozenset(v.number for v in f.enum_type.values))
+                 for f in cls.DESCRIPTOR.fields
+                 if f.type == FieldDescriptor.TYPE_ENUM and f.enum_type is not None
+                 and not f.is_repeated)
+
+
+def _string_lists(cls: type[Message]) -> tuple[str, ...]:
+    return tuple(f.name for f in cls.DESCRIPTOR.fields
+                 if f.type == FieldDescriptor.TYPE_STRING and f.is_repeated)
+
+
+#: Enum fields and their defined numbers, lists of strings: per body, from the contract.
+_ENUMS = {c.DESCRIPTOR.name: e for c in _BODIES.values() if (e := _enum_fields(c))}
+_STRING_LISTS = {c.DESCRIPTOR.name: x for c in _BODIES.values() if (x := _string_lists(c))}
+
+
 def _all_fields() -> tuple[str, ...]:
     names = {"Event.time_unix_nano", "Event.request_id", "Batch.model", "Batch.process_role",
              "HttpRequest.status_code", "CustomEvent.attributes"}
-    for table in (_DURATIONS, _RATIOS, _COUNTS, _STRINGS):
+    names.update(f"{msg}.{f}" for msg, fields in _ENUMS.items() for f, _ in fields)
+    for table in (_DURATIONS, _RATIOS, _COUNTS, _STRINGS, _STRING_LISTS):
         names.update(f"{msg}.{f}" for msg, fields in table.items() for f in fields)
     return tuple(sorted(names))
 
@@ -195,8 +218,14 @@ def _repair_event(event: pb.Event, clamped: Counter[str]) -> bool:
     if name == "HttpRequest" and not 0 <= event.http.status_code <= 999:
         event.http.status_code = 0
         clamped["HttpRequest.status_code"] += 1
+    for f, defined in _ENUMS.get(name, ()):
+        if getattr(body, f) not in defined:
+            setattr(body, f, 0)
+            clamped[f"{name}.{f}"] += 1
     for f in _STRINGS[name]:
         _cap_string(body, name, f, clamped)
+    for f in _STRING_LISTS.get(name, ()):
+        _cap_list(body, name, f, clamped)
     if name == "CustomEvent":
         attributes = event.custom.attributes
         for key in list(attributes):
@@ -219,6 +248,19 @@ def _cap_string(message: Message, name: str, f: str, clamped: Counter[str]) -> N
     if len(data) > cap:
         setattr(message, f, data[:cap].decode("utf-8", "ignore"))
         clamped[f"{name}.{f}"] += 1
+
+
+def _cap_list(message: Message, name: str, f: str, clamped: Counter[str]) -> None:
+    items = getattr(message, f)
+    if len(items) <= MAX_LIST_ITEMS and all(len(x) * 4 <= MAX_STRING_BYTES for x in items):
+        return
+    kept = [x.encode()[:MAX_STRING_BYTES].decode("utf-8", "ignore")
+            for x in items[:MAX_LIST_ITEMS]]
+    if kept == list(items):
+        return
+    del items[:]
+    items.extend(kept)
+    clamped[f"{name}.{f}"] += 1
 
 
 def saturating_add(counter: Counter[str], key: str, n: int) -> None:

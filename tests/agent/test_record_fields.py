@@ -52,7 +52,20 @@ def _distinct_value(field: FieldDescriptor, n: int) -> Any:
         return True
     if field.type in (FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT):
         return float(n) + 0.5
+    if field.type == FieldDescriptor.TYPE_ENUM:
+        return field.enum_type.values[-1].number  # defined and not the default
+    if field.is_repeated:
+        return [f"v{n}-{field.name}"]
     return n
+
+
+def _recorded(message: Message, field: str) -> Any:
+    """A field's value as the record writes it (enums by name, lists as lists)."""
+    value = getattr(message, field)
+    descriptor = message.DESCRIPTOR.fields_by_name[field]
+    if descriptor.type == FieldDescriptor.TYPE_ENUM:
+        return descriptor.enum_type.values_by_number[value].name
+    return list(value) if descriptor.is_repeated else value
 
 
 def _filled(message: type[Message], skip: tuple[str, ...] = ()) -> Message:
@@ -77,7 +90,7 @@ def test_every_mapped_http_field_reaches_the_record() -> None:
     record = trail_record(trail.summary)
     for field, target in FIELD_MAP["HttpRequest"].items():
         if isinstance(target, str):
-            assert record[target] == getattr(http, field), f"HttpRequest.{field} -> {target}"
+            assert record[target] == _recorded(http, field), f"HttpRequest.{field} -> {target}"
     assert record["source_ids"] == ["host:1:2"]
 
 

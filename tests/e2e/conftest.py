@@ -109,7 +109,9 @@ def offline_disabled(tiny_model: Path, e2e_tmp: Path) -> list[dict[str, object]]
 
 @pytest.fixture(scope="session")
 def vllm_server(tiny_model: Path, e2e_tmp: Path, agent: Agent) -> Iterator[str]:
-    proc, base = procs.start_vllm_server(tiny_model, e2e_tmp, agent.socket, API_KEY)
+    # The tests' client stands in for a trusted proxy: its X-Tenant-Id is believed.
+    proc, base = procs.start_vllm_server(tiny_model, e2e_tmp, agent.socket, API_KEY,
+                                         VLLM_AUDIT_TRUSTED_PROXIES="127.0.0.1/32")
     try:
         yield base
     finally:

@@ -48,12 +48,16 @@ def test_chat_completion_record(vllm_server: str, agent: Agent) -> None:
     trail = wait_for_trail(agent.query, request_id, _final)
     s = trail.summary
     assert s.client_ip == "127.0.0.1"
-    assert s.user == "alice"
-    assert s.tenant == "bank-a"
+    # The body's user is a claim; the tenant header came from a trusted proxy (the session
+    # server trusts the loopback), so it is believed.
+    assert (s.user, s.user_source, s.claimed_user) == (
+        "alice", events_pb2.IDENTITY_SOURCE_CLAIMED, "alice")
+    assert (s.tenant, s.tenant_source) == ("bank-a", events_pb2.IDENTITY_SOURCE_PROXY_HEADER)
+    assert not s.ignored_identity_headers
     assert not s.client_disconnected
     assert s.model == "tiny"
     assert s.status_code == 200
-    assert s.auth_status == "ok"
+    assert (s.auth_decision, s.auth_status) == (events_pb2.AUTH_STATUS_OK, "ok")
     assert not s.stream
     assert response.usage is not None
     assert s.prompt_tokens == response.usage.prompt_tokens
@@ -123,7 +127,8 @@ def test_rejected_api_key_recorded_as_401(vllm_server: str, agent: Agent) -> Non
         )
     trail = wait_for_trail(agent.query, request_id, _final)
     assert trail.summary.status_code == 401
-    assert trail.summary.auth_status == "rejected"
+    assert (trail.summary.auth_decision, trail.summary.auth_status) == (
+        events_pb2.AUTH_STATUS_REJECTED, "rejected")
     assert not trail.summary.engine_request_ids
 
 

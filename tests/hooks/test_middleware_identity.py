@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from vllm_hooks.identity import IdentityConfig
 from vllm_hooks.middleware import _RequestAudit
 
 Message = MutableMapping[str, Any]
@@ -26,7 +27,7 @@ async def echo_app(scope: MutableMapping[str, Any], receive: Any, send: Any) -> 
 async def call(headers: list[tuple[bytes, bytes]]) -> tuple[_RequestAudit, list[Message]]:
     scope = {"type": "http", "method": "POST", "path": "/v1/chat/completions",
              "headers": headers, "client": ("10.0.0.1", 5555)}
-    audit = _RequestAudit(scope, "x-tenant-id")
+    audit = _RequestAudit(scope)
     sent: list[Message] = []
 
     async def receive() -> Message:
@@ -82,6 +83,25 @@ def test_the_middleware_records_the_client_behind_a_trusted_proxy() -> None:
     scope = {"type": "http", "method": "POST", "path": "/v1/chat/completions",
              "headers": [(b"x-forwarded-for", b"6.6.6.6, 203.0.113.7")],
              "client": ("10.0.0.1", 5555)}
-    trusted = parse_networks("VLLM_AUDIT_TRUSTED_PROXIES", "10.0.0.0/8")
-    assert _RequestAudit(scope, "x-tenant-id", trusted).fields()["client_ip"] == "203.0.113.7"
-    assert _RequestAudit(scope, "x-tenant-id").fields()["client_ip"] == "10.0.0.1"
+    trusted = IdentityConfig(trusted_proxies=parse_networks("VLLM_AUDIT_TRUSTED_PROXIES",
+                                                            "10.0.0.0/8"))
+    assert _RequestAudit(scope, trusted).fields()["client_ip"] == "203.0.113.7"
+    untrusted = _RequestAudit(scope).fields()
+    assert untrusted["client_ip"] == "10.0.0.1"
+    assert untrusted["ignored_identity_headers"] == ["x-forwarded-for"]
+
+
+def test_rfc_7239_forwarded_counts_like_x_forwarded_for_through_trusted_proxies() -> None:
+    from vllm_hooks.client_address import forwarded_for, parse_networks
+
+    assert forwarded_for('for=192.0.2.60;proto=http;by=10.0.0.1, For="[2001:db8::17]:4711", '
+                         "for=198.51.100.4:8080") == "192.0.2.60, 2001:db8::17, 198.51.100.4"
+    forwarded = [(b"forwarded", b"for=6.6.6.6, for=203.0.113.7;proto=https")]
+    scope = {"type": "http", "method": "POST", "path": "/v1/completions",
+             "headers": forwarded, "client": ("10.0.0.1", 5555)}
+    trusted = IdentityConfig(trusted_proxies=parse_networks("VLLM_AUDIT_TRUSTED_PROXIES",
+                                                            "10.0.0.0/8"))
+    assert _RequestAudit(scope, trusted).fields()["client_ip"] == "203.0.113.7"
+    untrusted = _RequestAudit(scope).fields()
+    assert (untrusted["client_ip"], untrusted["ignored_identity_headers"]) == (
+        "10.0.0.1", ["forwarded"])

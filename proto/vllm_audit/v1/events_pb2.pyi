@@ -25,6 +25,21 @@ class LifecyclePhase(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     LIFECYCLE_PHASE_PREEMPTED: _ClassVar[LifecyclePhase]
     LIFECYCLE_PHASE_FINISHED: _ClassVar[LifecyclePhase]
     LIFECYCLE_PHASE_ABORTED: _ClassVar[LifecyclePhase]
+
+class AuthStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    AUTH_STATUS_UNSPECIFIED: _ClassVar[AuthStatus]
+    AUTH_STATUS_NONE: _ClassVar[AuthStatus]
+    AUTH_STATUS_OK: _ClassVar[AuthStatus]
+    AUTH_STATUS_REJECTED: _ClassVar[AuthStatus]
+
+class IdentitySource(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    IDENTITY_SOURCE_UNSPECIFIED: _ClassVar[IdentitySource]
+    IDENTITY_SOURCE_NONE: _ClassVar[IdentitySource]
+    IDENTITY_SOURCE_API_KEY: _ClassVar[IdentitySource]
+    IDENTITY_SOURCE_PROXY_HEADER: _ClassVar[IdentitySource]
+    IDENTITY_SOURCE_CLAIMED: _ClassVar[IdentitySource]
 AUDIT_LEVEL_UNSPECIFIED: AuditLevel
 AUDIT_LEVEL_OFF: AuditLevel
 AUDIT_LEVEL_SUMMARY: AuditLevel
@@ -38,6 +53,15 @@ LIFECYCLE_PHASE_RESUMED: LifecyclePhase
 LIFECYCLE_PHASE_PREEMPTED: LifecyclePhase
 LIFECYCLE_PHASE_FINISHED: LifecyclePhase
 LIFECYCLE_PHASE_ABORTED: LifecyclePhase
+AUTH_STATUS_UNSPECIFIED: AuthStatus
+AUTH_STATUS_NONE: AuthStatus
+AUTH_STATUS_OK: AuthStatus
+AUTH_STATUS_REJECTED: AuthStatus
+IDENTITY_SOURCE_UNSPECIFIED: IdentitySource
+IDENTITY_SOURCE_NONE: IdentitySource
+IDENTITY_SOURCE_API_KEY: IdentitySource
+IDENTITY_SOURCE_PROXY_HEADER: IdentitySource
+IDENTITY_SOURCE_CLAIMED: IdentitySource
 
 class RequestLifecycle(_message.Message):
     __slots__ = ("phase", "num_prompt_tokens", "num_output_tokens", "finish_reason", "status", "max_tokens", "structured_output")
@@ -190,7 +214,7 @@ class EngineStats(_message.Message):
     def __init__(self, engine_index: _Optional[int] = ..., num_running_reqs: _Optional[int] = ..., num_waiting_reqs: _Optional[int] = ..., kv_cache_usage: _Optional[float] = ..., prefix_cache_queries: _Optional[int] = ..., prefix_cache_hits: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., generation_tokens: _Optional[int] = ..., num_preempted_reqs: _Optional[int] = ..., spec_decode_num_drafts: _Optional[int] = ..., spec_decode_num_draft_tokens: _Optional[int] = ..., spec_decode_num_accepted_tokens: _Optional[int] = ..., ttft_seconds_sum: _Optional[float] = ..., ttft_count: _Optional[int] = ..., inter_token_latency_seconds_sum: _Optional[float] = ..., inter_token_latency_count: _Optional[int] = ..., tpot_seconds_sum: _Optional[float] = ..., tpot_count: _Optional[int] = ..., finished_requests: _Optional[int] = ..., queue_time_seconds_sum: _Optional[float] = ..., e2e_latency_seconds_sum: _Optional[float] = ..., prefill_time_seconds_sum: _Optional[float] = ..., decode_time_seconds_sum: _Optional[float] = ..., cached_prompt_tokens: _Optional[int] = ...) -> None: ...
 
 class HttpRequest(_message.Message):
-    __slots__ = ("method", "path", "client_ip", "user", "model", "status_code", "auth_status", "api_key_sha256", "stream", "prompt", "output", "capture_policy", "prompt_tokens", "completion_tokens", "latency_ms", "ttft_ms", "error", "user_agent", "response_bytes", "tenant", "vllm_request_id", "client_disconnected", "client_request_id")
+    __slots__ = ("method", "path", "client_ip", "user", "model", "status_code", "auth_status", "api_key_sha256", "stream", "prompt", "output", "capture_policy", "prompt_tokens", "completion_tokens", "latency_ms", "ttft_ms", "error", "user_agent", "response_bytes", "tenant", "vllm_request_id", "client_disconnected", "client_request_id", "auth_decision", "user_source", "tenant_source", "claimed_user", "ignored_identity_headers")
     METHOD_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
     CLIENT_IP_FIELD_NUMBER: _ClassVar[int]
@@ -214,6 +238,11 @@ class HttpRequest(_message.Message):
     VLLM_REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     CLIENT_DISCONNECTED_FIELD_NUMBER: _ClassVar[int]
     CLIENT_REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    AUTH_DECISION_FIELD_NUMBER: _ClassVar[int]
+    USER_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    TENANT_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    CLAIMED_USER_FIELD_NUMBER: _ClassVar[int]
+    IGNORED_IDENTITY_HEADERS_FIELD_NUMBER: _ClassVar[int]
     method: str
     path: str
     client_ip: str
@@ -237,7 +266,12 @@ class HttpRequest(_message.Message):
     vllm_request_id: str
     client_disconnected: bool
     client_request_id: str
-    def __init__(self, method: _Optional[str] = ..., path: _Optional[str] = ..., client_ip: _Optional[str] = ..., user: _Optional[str] = ..., model: _Optional[str] = ..., status_code: _Optional[int] = ..., auth_status: _Optional[str] = ..., api_key_sha256: _Optional[str] = ..., stream: _Optional[bool] = ..., prompt: _Optional[str] = ..., output: _Optional[str] = ..., capture_policy: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., latency_ms: _Optional[float] = ..., ttft_ms: _Optional[float] = ..., error: _Optional[str] = ..., user_agent: _Optional[str] = ..., response_bytes: _Optional[int] = ..., tenant: _Optional[str] = ..., vllm_request_id: _Optional[str] = ..., client_disconnected: _Optional[bool] = ..., client_request_id: _Optional[str] = ...) -> None: ...
+    auth_decision: AuthStatus
+    user_source: IdentitySource
+    tenant_source: IdentitySource
+    claimed_user: str
+    ignored_identity_headers: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, method: _Optional[str] = ..., path: _Optional[str] = ..., client_ip: _Optional[str] = ..., user: _Optional[str] = ..., model: _Optional[str] = ..., status_code: _Optional[int] = ..., auth_status: _Optional[str] = ..., api_key_sha256: _Optional[str] = ..., stream: _Optional[bool] = ..., prompt: _Optional[str] = ..., output: _Optional[str] = ..., capture_policy: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., latency_ms: _Optional[float] = ..., ttft_ms: _Optional[float] = ..., error: _Optional[str] = ..., user_agent: _Optional[str] = ..., response_bytes: _Optional[int] = ..., tenant: _Optional[str] = ..., vllm_request_id: _Optional[str] = ..., client_disconnected: _Optional[bool] = ..., client_request_id: _Optional[str] = ..., auth_decision: _Optional[_Union[AuthStatus, str]] = ..., user_source: _Optional[_Union[IdentitySource, str]] = ..., tenant_source: _Optional[_Union[IdentitySource, str]] = ..., claimed_user: _Optional[str] = ..., ignored_identity_headers: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Event(_message.Message):
     __slots__ = ("time_unix_nano", "request_id", "truncated", "lifecycle", "grammar_compiled", "so_step", "so_summary", "engine_stats", "http", "custom")
