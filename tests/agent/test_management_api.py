@@ -15,7 +15,6 @@ from typing import Any
 
 import grpc
 import httpx
-import pytest
 
 from tests.agent.test_auth import ROLES, code_of, tokens_file
 from tests.support.agent_harness import (
@@ -386,11 +385,14 @@ async def test_watchers_hear_of_revisions_evictions_and_deletions(tmp_path: Path
         reader.cancel()
 
 
-@pytest.mark.parametrize("route", ["/api/v1/trails", "/metrics"])
-async def test_http_port_serves_probes_and_api_side_by_side(tmp_path: Path, route: str) -> None:
-    async with agent(tmp_path) as (handle, _):
-        async with httpx.AsyncClient(base_url=f"http://{handle.http_address}") as c:
-            token = admin_token(handle)
-            reply = await c.get(route, headers={"Authorization": f"Bearer {token}"})
-            assert reply.status_code == 200
-            assert (await c.get("/readyz")).status_code == 200
+async def test_one_http_port_serves_probes_metrics_and_the_api(tmp_path: Path) -> None:
+    async with agent(tmp_path) as (handle, _), \
+            httpx.AsyncClient(base_url=f"http://{handle.http_address}") as c:
+        auth = {"Authorization": f"Bearer {admin_token(handle)}"}
+        assert (await c.get("/api/v1/trails", headers=auth)).json() == {
+            "trails": [], "next_page_token": ""}
+        assert (await c.get("/readyz")).status_code == 200
+        assert (await c.get("/healthz")).text == "ok\n"
+        metrics = await c.get("/metrics")
+        assert "vllm_audit_trails_deleted_total 0.0" in metrics.text
+        assert 'vllm_audit_query_refused_calls_total{reason="unauthenticated"} 0.0' in metrics.text
