@@ -43,6 +43,8 @@ logger = logging.getLogger("vllm_audit.agent")
 
 #: Largest request body the HTTP port accepts (the management API's JSON bodies are tiny).
 MAX_BODY_BYTES = 64 << 10
+#: The management API's routes (http_api.py); everything else is probes and scrapes.
+API_PREFIX = "/api/"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 ENGINE_LABELS = ["source", "model", "engine_index"]
 #: Engine gauges and counters: (EngineStats field, metric name, help, is counter).
@@ -390,37 +392,52 @@ class HttpEndpoint:
 
     @web.middleware
     async def _count_errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        api = request.path.startswith(API_PREFIX)
         try:
-            return await handler(request)
-        except web.HTTPException:
-            raise  # a deliberate answer (404, 405, ...)
+            response = await handler(request)
+        except web.HTTPException as exc:  # aiohttp's own answers: no route (404), method (405)
+            response = _http_error(exc, request) if api else web.Response(
+                status=exc.status, text=f"{exc.reason.lower()}\n")
         except (ConnectionError, asyncio.CancelledError):
             raise  # the client went away
         except Exception as exc:
             self.state.errors["http"] += 1
             logger.exception("HTTP %s %s failed: %r", request.method, request.path, exc)
-            return web.json_response(
+            response = web.json_response(
                 {"error": {"status": 500, "code": "INTERNAL",
                            "message": f"internal error serving {request.path}: {exc!r}"}},
                 status=500)
+        if not api:
+            # Probes and scrapes: one answer per connection, as the endpoint always did.
+            response.force_close()
+        return response
 
     async def _metrics(self, request: web.Request) -> web.StreamResponse:
         if not bearer_matches(request.headers.get("Authorization", ""),
                               self.metrics_token_sha256):
-            return _closing(web.Response(status=401, text="bearer token required\n"))
+            return web.Response(status=401, text="bearer token required\n")
         body, headers = encode_metrics(self.registry, request.headers.get("Accept", ""),
                                        request.headers.get("Accept-Encoding", ""))
-        return _closing(web.Response(body=body, headers=headers))
+        return web.Response(body=body, headers=headers)
 
     async def _healthz(self, request: web.Request) -> web.StreamResponse:
-        return _closing(web.Response(text="ok\n"))
+        return web.Response(text="ok\n")
 
     async def _readyz(self, request: web.Request) -> web.StreamResponse:
         ready, text = readiness(self.state)
-        return _closing(web.Response(status=200 if ready else 503,
-                                     text=("ready\n" if ready else "not ready\n") + text))
+        return web.Response(status=200 if ready else 503,
+                            text=("ready\n" if ready else "not ready\n") + text)
 
 
-def _closing(response: web.Response) -> web.Response:
-    response.force_close()
+def _http_error(exc: web.HTTPException, request: web.Request) -> web.Response:
+    code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 413: "REQUEST_TOO_LARGE"}.get(
+        exc.status, "HTTP_ERROR")
+    message = {404: f"no route {request.path}",
+               405: f"{request.method} is not allowed on {request.path}"}.get(
+        exc.status, f"{exc.reason}: {request.method} {request.path}")
+    response = web.json_response({"error": {"status": exc.status, "code": code,
+                                            "message": message}}, status=exc.status)
+    allow = exc.headers.get("Allow")
+    if allow:
+        response.headers["Allow"] = allow
     return response

@@ -269,8 +269,14 @@ async def test_bad_input_gets_a_400_naming_what_was_wrong(tmp_path: Path) -> Non
                 assert reply.status_code == status, (path, kw, reply.text)
                 assert message in reply.json()["error"]["message"], (path, kw, reply.text)
             # Every request gets an answer, also off the map.
-            assert (await c.get("/no-such-route")).status_code == 404
-            assert (await c.patch("/trails")).status_code == 405
+            nowhere = await c.get("/no-such-route")
+            assert nowhere.status_code == 404
+            assert nowhere.json()["error"]["message"] == "no route /api/v1/no-such-route"
+            patched = await c.patch("/trails")
+            assert patched.status_code == 405 and "GET" in patched.headers["Allow"]
+            assert patched.json()["error"]["message"] == "PATCH is not allowed on /api/v1/trails"
+            huge = await c.post("/clear", content=b" " * (1 << 20))
+            assert huge.status_code == 413 and huge.json()["error"]["code"] == "REQUEST_TOO_LARGE"
         assert (await query(handle).ListTrails(q.ListTrailsRequest())).trails  # nothing cleared
         assert not handle.state.errors
 
