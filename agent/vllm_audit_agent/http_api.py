@@ -37,7 +37,15 @@ from google.protobuf.message import Message
 
 from vllm_audit.v1 import query_pb2 as q
 
-from .auth import Gate, Principal, Refused, acting_as, request_details, result_count
+from .auth import (
+    Gate,
+    Principal,
+    Refused,
+    acting_as,
+    is_loopback,
+    request_details,
+    result_count,
+)
 from .config import parse_level
 from .export import parse_time
 from .operations import ApiError, AuditApi
@@ -311,6 +319,31 @@ class ManagementApi:
             return response, count
         finally:
             await chunks.aclose()
+
+
+def http_api_allowed(host: str, tls: bool, allow_insecure_remote: bool) -> str | None:
+    """None when the API may be served on an HTTP listener on `host`, else why not.
+
+    The HTTP port has no TLS: bearer tokens and audit records would cross the network in
+    the clear, which the gRPC listener refuses too (auth.check_listener). /metrics and the
+    probes carry no audit data and stay served."""
+    if is_loopback(host) or allow_insecure_remote:
+        return None
+    return (f"the management API is not served on the HTTP listener {host!r}: it is reachable "
+            "beyond this machine without TLS, so tokens and audit records would cross the "
+            "network in the clear. Use the gRPC query API" + (" (TLS is configured)" if tls
+                                                              else " with TLS") +
+            ", listen on 127.0.0.1, or pass --allow-insecure-remote (e.g. behind a service "
+            "mesh that encrypts)")
+
+
+def disabled_routes(reason: str) -> list[web.RouteDef]:
+    """Every /api/ request answered 404 with the reason (never a silent hang or a guess)."""
+
+    async def refuse(request: web.Request) -> web.StreamResponse:
+        return error_response(404, "NOT_FOUND", reason)
+
+    return [web.route("*", PREFIX + "/{tail:.*}", refuse)]
 
 
 def _bearer(request: web.Request) -> str | None:

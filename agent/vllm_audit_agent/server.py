@@ -37,7 +37,7 @@ from .chain import load_or_create_signer
 from .config import AgentConfig, parse_address
 from .datadir import DataDirLock
 from .gpu import FakeGpuReader, GpuReader, GpuSampler, NvmlReader
-from .http_api import ManagementApi
+from .http_api import ManagementApi, disabled_routes, http_api_allowed
 from .ingest import IngestServicer, replay_wal
 from .meta_audit import RecordLogAuditSink
 from .metrics import HttpEndpoint, make_registry
@@ -172,10 +172,15 @@ async def _running_agent(config: AgentConfig, publisher: Publisher | None,
     else:
         query_port = query_server.add_insecure_port(config.query_address)
     host = parse_address("query_address", config.query_address)[0]
-    http = HttpEndpoint(state, make_registry(state), ManagementApi(api, auth.gate).routes())
+    http_host, http_port = parse_address("http_address", config.http_address)
+    refused = http_api_allowed(http_host, config.tls_cert is not None,
+                               config.allow_insecure_remote)
+    if refused:
+        logger.warning("%s", refused)
+    http = HttpEndpoint(state, make_registry(state), disabled_routes(refused) if refused
+                        else ManagementApi(api, auth.gate).routes())
     if config.metrics_token_file is not None:
         http.metrics_token_sha256 = metrics_token_hash(config.metrics_token_file)
-    http_host, http_port = parse_address("http_address", config.http_address)
     await http.start(http_host, http_port)  # first: a failed bind leaves no gRPC server running
     await server.start()
     await query_server.start()

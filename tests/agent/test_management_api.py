@@ -402,3 +402,25 @@ async def test_one_http_port_serves_probes_metrics_and_the_api(tmp_path: Path) -
         metrics = await c.get("/metrics")
         assert "vllm_audit_trails_deleted_total 0.0" in metrics.text
         assert 'vllm_audit_query_refused_calls_total{reason="unauthenticated"} 0.0' in metrics.text
+
+
+async def test_no_plaintext_api_beyond_loopback_without_the_explicit_flag(tmp_path: Path) -> None:
+    """Tokens would cross the network in the clear: the API stays off (with the reason), the
+    probes and /metrics stay on; --allow-insecure-remote (a mesh that encrypts) turns it on."""
+    async with agent(tmp_path / "a", http_address="0.0.0.0:0") as (handle, _):
+        port = handle.http_address.rsplit(":", 1)[1]
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as c:
+            auth = {"Authorization": f"Bearer {admin_token(handle)}"}
+            off = await c.get("/api/v1/trails", headers=auth)
+            assert off.status_code == 404
+            assert "reachable beyond this machine without TLS" in off.json()["error"]["message"]
+            assert (await c.delete("/api/v1/trails/x", headers=auth)).status_code == 404
+            assert (await c.get("/metrics")).status_code == 200
+            assert (await c.get("/readyz")).status_code == 200
+    async with agent(tmp_path / "b", http_address="0.0.0.0:0", allow_insecure_remote=True) \
+            as (handle, _):
+        port = handle.http_address.rsplit(":", 1)[1]
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as c:
+            on = await c.get("/api/v1/trails",
+                             headers={"Authorization": f"Bearer {admin_token(handle)}"})
+            assert on.status_code == 200
