@@ -26,6 +26,7 @@ integers as numbers); events use protobuf's JSON mapping.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -50,6 +51,8 @@ from .config import parse_level
 from .export import parse_time
 from .operations import ApiError, AuditApi
 from .records import message_to_dict
+
+logger = logging.getLogger("vllm_audit.agent")
 
 PREFIX = "/api/v1"
 _Q = "/vllm_audit.v1.QueryService/"
@@ -314,7 +317,15 @@ class ManagementApi:
             while chunk is not None:
                 await response.write(b"".join(payload + b"\n" for payload in chunk))
                 count += len(chunk)
-                chunk = await anext(chunks, None)
+                try:
+                    chunk = await anext(chunks, None)
+                except ApiError as exc:
+                    # The status is sent: end the stream without its last chunk, so the client
+                    # sees a broken transfer, never a complete-looking short export.
+                    logger.warning("export cut short: %s", exc.message)
+                    if request.transport is not None:
+                        request.transport.close()
+                    return response, count
             await response.write_eof()
             return response, count
         finally:

@@ -376,9 +376,11 @@ class HttpEndpoint:
         app = web.Application(middlewares=[self._count_errors], client_max_size=MAX_BODY_BYTES)
         app.add_routes([web.get("/metrics", self._metrics), web.get("/healthz", self._healthz),
                         web.get("/readyz", self._readyz), *self.api_routes])
-        self.runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        # A short grace at stop: the agent's shutdown deadline is shared by every step.
+        self.runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                                    shutdown_timeout=1.0)
         await self.runner.setup()
-        site = web.TCPSite(self.runner, host, port, shutdown_timeout=1.0)
+        site = web.TCPSite(self.runner, host, port)
         try:
             await site.start()
         except OSError:

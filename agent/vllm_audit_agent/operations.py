@@ -49,6 +49,7 @@ CLEAR_CONFIRMATION = "delete-all-trails"
 #: Records per export chunk (one gRPC message / one write of the HTTP stream), and records
 #: scanned per step of the export's reader thread (bounds how long one step holds a thread).
 EXPORT_CHUNK_RECORDS = 500
+EXPORT_CHUNK_BYTES = 1 << 20  # well under gRPC's default 4 MiB message cap
 EXPORT_SCAN_RECORDS = 20_000
 #: A tenant-auditor asking for another tenant gets this (matches nothing: tenants are set).
 _NO_TENANT = "\x00no-such-tenant"
@@ -220,7 +221,12 @@ class AuditApi:
         scan = _scan(records.wal.replay(), f, upto)
         try:
             while True:
-                chunk = await asyncio.to_thread(next, scan, None)
+                try:
+                    chunk = await asyncio.to_thread(next, scan, None)
+                except OSError as exc:  # e.g. retention deleted a segment as it was opened
+                    raise ApiError(grpc.StatusCode.UNAVAILABLE,
+                                   f"the record log could not be read ({exc}); retry the "
+                                   "export") from None
                 if chunk is None:
                     return
                 if chunk:
@@ -276,7 +282,7 @@ def _scan(payloads: Iterator[tuple[int, bytes]], f: Filter, upto: int
     """Yields chunks of matching request payloads; an empty chunk after a long stretch
     without a match, so each step of the reader thread stays short."""
     chunk: list[bytes] = []
-    scanned = 0
+    scanned = size = 0
     try:
         for _, payload in payloads:
             record = orjson.loads(payload)
@@ -285,9 +291,11 @@ def _scan(payloads: Iterator[tuple[int, bytes]], f: Filter, upto: int
             scanned += 1
             if record.get("type") == RECORD_TYPE_REQUEST and record_matches(f, record):
                 chunk.append(payload)
-            if len(chunk) >= EXPORT_CHUNK_RECORDS or scanned >= EXPORT_SCAN_RECORDS:
+                size += len(payload)
+            if len(chunk) >= EXPORT_CHUNK_RECORDS or size >= EXPORT_CHUNK_BYTES or \
+                    scanned >= EXPORT_SCAN_RECORDS:
                 yield chunk
-                chunk, scanned = [], 0
+                chunk, scanned, size = [], 0, 0
         if chunk:
             yield chunk
     finally:

@@ -15,6 +15,7 @@ from typing import Any
 
 import grpc
 import httpx
+import pytest
 
 from tests.agent.test_auth import ROLES, code_of, tokens_file
 from tests.support.agent_harness import (
@@ -424,3 +425,44 @@ async def test_no_plaintext_api_beyond_loopback_without_the_explicit_flag(tmp_pa
             on = await c.get("/api/v1/trails",
                              headers={"Authorization": f"Bearer {admin_token(handle)}"})
             assert on.status_code == 200
+
+
+def test_the_index_agrees_with_the_store_after_deletes_and_clear() -> None:
+    import random
+
+    from tests.agent.test_query_scale import MODELS, USERS, all_pages, scan
+    from tests.agent.test_query_scale import http as random_http
+    from vllm_audit_agent.trail_index import Filter, TrailIndex
+    from vllm_audit_agent.trails import TrailOpen, TrailStore
+
+    rng = random.Random(11)
+    store = TrailStore(max_trails=10_000, max_events=100, linger_seconds=1e9,
+                       on_final=lambda t: None)
+    index = TrailIndex(store)
+    watch = index.watch(Filter())
+    for step in range(400):
+        batch = pb.Batch(source_id="s", seq=step + 1, events=[
+            random_http(f"r{step}", 10**15 + step, rng, rng.choice((200, 403)))])
+        store.apply(batch, 1)
+    filters = [Filter(), Filter(model=MODELS[0]), Filter(user=USERS[1]),
+               Filter(state=q.TRAIL_STATE_ACTIVE)]
+    open_ids = {t.summary.request_id for t in store.trails() if not t.published}
+    deleted = 0
+    for rid in rng.sample([f"r{i}" for i in range(400)], 100):
+        if rid in open_ids:
+            with pytest.raises(TrailOpen):
+                store.delete(rid)
+        else:
+            store.delete(rid)
+            deleted += 1
+        assert store.get(rid) is None or rid in open_ids
+    for f in filters:
+        assert all_pages(index, f, 7) == scan(store, f)
+    kinds = [watch.queue.get_nowait()[0] for _ in range(watch.queue.qsize())]
+    assert kinds.count(q.WATCH_EVENT_KIND_DELETED) == deleted
+    removed, kept = store.clear()
+    assert kept == len(open_ids) == len(store) == len(index) == index.active_count()
+    assert removed + deleted == 400 - len(open_ids)
+    for f in filters:
+        assert all_pages(index, f, 7) == scan(store, f)
+    assert store.counters["deleted"] == 400 - len(open_ids)
