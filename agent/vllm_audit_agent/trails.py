@@ -116,6 +116,9 @@ class TrailStore:
         #: Called with (trail, STORED) after a batch touched a trail or it was finalised,
         #: and (trail, EVICTED or DELETED) when it left the store.
         self.on_change: Callable[[Trail, int], None] = _ignore_change
+        #: Called once with every trail `clear` removed (after they left the store), so the
+        #: observer can drop them in one pass; None: `on_change` per trail.
+        self.on_removed_many: Callable[[list[Trail], int], None] | None = None
         self.counters["deleted"] += 0
 
     def __len__(self) -> int:
@@ -391,13 +394,16 @@ class TrailStore:
     def clear(self) -> tuple[int, int]:
         """Removes every final trail; returns (deleted, kept open)."""
         final = [k for k, t in self._trails.items() if t.published and not t.pending_revision]
-        for trail_id in final:
-            self._remove(trail_id, DELETED)
+        bulk = self.on_removed_many
+        removed = [self._remove(trail_id, DELETED, notify=bulk is None) for trail_id in final]
+        if bulk is not None:
+            bulk(removed, DELETED)
         return len(final), len(self._trails)
 
-    def _remove(self, trail_id: str, how: int = EVICTED) -> None:
+    def _remove(self, trail_id: str, how: int = EVICTED, notify: bool = True) -> Trail:
         trail = self._trails.pop(trail_id)
-        self.on_change(trail, how)  # observer
+        if notify:
+            self.on_change(trail, how)  # observer
         self.bytes -= trail.nbytes
         if how == DELETED:
             self.counters["deleted"] += 1
@@ -406,6 +412,7 @@ class TrailStore:
         self._next_revision[trail_id] = trail.summary.revision + 1
         if len(self._next_revision) > REMEMBERED_REVISIONS:
             self._next_revision.popitem(last=False)
+        return trail
 
 
 def _ignore_change(trail: Trail, removed: int) -> None:
