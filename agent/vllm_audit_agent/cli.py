@@ -273,6 +273,8 @@ def _parser() -> argparse.ArgumentParser:
                     help="only requests the client sent with this X-Request-Id")
     ls.add_argument("--state", choices=list(STATES), help="only trails in this state")
     ls.add_argument("--tenant", default="", help="only this tenant")
+    ls.add_argument("--backend", default="",
+                    help="only trails whose grammar this structured-output backend compiled")
     ls.add_argument("--limit", type=int, default=50, help="at most N trails (default: 50)")
     g = qs.add_parser("get", parents=[client], help="one trail")
     g.add_argument("request_id")
@@ -496,7 +498,7 @@ def _run_client(args: argparse.Namespace) -> int:
         elif args.what == "list":
             request = q.ListTrailsRequest(model=args.model, user=args.user, page_size=args.limit,
                                           client_request_id=args.client_request_id,
-                                          tenant=args.tenant,
+                                          tenant=args.tenant, grammar_backend=args.backend,
                                           state=STATES[args.state] if args.state else 0)  # type: ignore[arg-type]
             answer = query.ListTrails(request, timeout=timeout)
         else:
