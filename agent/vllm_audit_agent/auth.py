@@ -11,10 +11,14 @@
 - The standard gRPC health service stays unauthenticated so kubelet probes work.
 - Every authorised call is reported once to an injected `AuditSink` (meta-audit: who, what,
   which filters, how many trails came back); refusals are counted by reason.
+- The decision itself lives in `Gate`, which the HTTP management API (http_api.py) uses too:
+  one token table, one role table (keyed by the gRPC method an HTTP route stands for), one
+  set of refusal counters and one meta-audit for both transports.
 """
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import hashlib
 import ipaddress
@@ -23,7 +27,7 @@ import logging
 import os
 import secrets
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
@@ -54,7 +58,10 @@ METHOD_ROLES: Mapping[str, frozenset[str]] = {
     _QUERY + "ListTrails": _READERS,
     _QUERY + "GetTrail": _READERS,
     _QUERY + "WatchTrails": _READERS,
+    _QUERY + "ExportTrails": _READERS,
     _CONTROL + "SetAuditLevel": frozenset({OPERATOR, ADMIN}),
+    _CONTROL + "DeleteTrail": frozenset({ADMIN}),
+    _CONTROL + "ClearTrails": frozenset({ADMIN}),
 }
 #: Refusal reasons, each counted as `auth_<reason>` (born at 0).
 REFUSALS = ("unauthenticated", "permission_denied")
@@ -250,7 +257,7 @@ class AuditSink(Protocol):
     """Receives one call per authorised RPC, after it ran (the record log implements it)."""
 
     def __call__(self, principal: Principal, method: str, details: dict[str, Any],
-                 result_count: int) -> None: ...
+                 result_count: int, transport: str = "grpc") -> None: ...
 
 
 class CountingAuditSink:
@@ -260,7 +267,7 @@ class CountingAuditSink:
         self.calls: Counter[str] = Counter()
 
     def __call__(self, principal: Principal, method: str, details: dict[str, Any],
-                 result_count: int) -> None:
+                 result_count: int, transport: str = "grpc") -> None:
         self.calls[method] += 1
 
 
@@ -273,10 +280,15 @@ def result_count(response: Message) -> int:
         return 1 if response.HasField("summary") else 0
     if "trail" in fields:
         return 1 if response.HasField("trail") else 0
+    if "records" in fields:
+        return len(response.records)  # type: ignore[attr-defined]
+    if "deleted" in fields:
+        return int(response.deleted)  # type: ignore[attr-defined]
     return 0
 
 
-def _details(request: object) -> dict[str, Any]:
+def request_details(request: object) -> dict[str, Any]:
+    """What the meta-audit keeps of a request: its fields as protobuf's JSON mapping."""
     if isinstance(request, Message):
         return json_format.MessageToDict(request, preserving_proto_field_name=True)
     return {}
@@ -293,11 +305,19 @@ else:
 Continuation = Callable[[grpc.HandlerCallDetails], Awaitable["Handler"]]
 
 
-class AuthInterceptor(_ServerInterceptor):
-    """Authenticates and authorises every RPC of the server it is installed on.
+class Refused(Exception):
+    """A call the gate turned away: `reason` is one of REFUSALS (counted), `code` the gRPC
+    status (the HTTP API maps it: 401, 403)."""
 
-    The caller is made available to the handler through `current_principal()` (a context
-    variable set around the handler), and the sink hears of every authorised call."""
+    def __init__(self, reason: str, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.reason, self.code, self.message = reason, code, message
+
+
+class Gate:
+    """Who may call what, for every transport: authenticates a bearer token, checks the
+    caller's role against METHOD_ROLES, counts refusals and reports authorised calls to the
+    meta-audit sink."""
 
     def __init__(self, tokens: TokenTable, counters: Counter[str],
                  audit_sink: AuditSink | None = None) -> None:
@@ -307,34 +327,74 @@ class AuthInterceptor(_ServerInterceptor):
             counters[f"auth_{reason}"] += 0
         self.audit_sink: AuditSink = audit_sink or CountingAuditSink()
 
+    def authorise(self, method: str, token: str | None, how_to_send: str) -> Principal:
+        """The caller of `method` (a full gRPC method name); raises Refused (counted).
+        `how_to_send`: how this transport carries the credential, for the refusal message."""
+        if token is None:
+            raise self._refused("unauthenticated", grpc.StatusCode.UNAUTHENTICATED,
+                                f"{method} needs a credential: send {how_to_send}")
+        principal = self.tokens.lookup(token)
+        if principal is None:
+            raise self._refused("unauthenticated", grpc.StatusCode.UNAUTHENTICATED,
+                                f"{method}: the bearer token is not one this agent knows")
+        allowed = METHOD_ROLES.get(method, frozenset({ADMIN}))
+        if principal.role not in allowed:
+            logger.info("refused %s to %s (role %s, token %s)", method, principal.subject,
+                        principal.role, principal.token_id)
+            raise self._refused("permission_denied", grpc.StatusCode.PERMISSION_DENIED,
+                                f"{method} needs role {' or '.join(sorted(allowed))}; "
+                                f"{principal.subject!r} has role {principal.role}")
+        return principal
+
+    def _refused(self, reason: str, code: grpc.StatusCode, message: str) -> Refused:
+        self.counters[f"auth_{reason}"] += 1
+        return Refused(reason, code, message)
+
+    def audited(self, principal: Principal, method: str, details: dict[str, Any], count: int,
+                transport: str = "grpc") -> None:
+        self.audit_sink(principal, method, details, count, transport=transport)
+
+
+@contextlib.contextmanager
+def acting_as(principal: Principal) -> Iterator[None]:
+    """Makes `principal` the caller `current_principal()` returns, for the duration."""
+    reset = _principal.set(principal)
+    try:
+        yield
+    finally:
+        _principal.reset(reset)
+
+
+class AuthInterceptor(_ServerInterceptor):
+    """Authenticates and authorises every RPC of the server it is installed on, through a
+    `Gate` (shared with the HTTP management API).
+
+    The caller is made available to the handler through `current_principal()` (a context
+    variable set around the handler), and the sink hears of every authorised call."""
+
+    def __init__(self, tokens: TokenTable, counters: Counter[str],
+                 audit_sink: AuditSink | None = None) -> None:
+        self.gate = Gate(tokens, counters, audit_sink)
+
+    @property
+    def audit_sink(self) -> AuditSink:
+        return self.gate.audit_sink
+
     async def intercept_service(self, continuation: Continuation,
                                 handler_call_details: grpc.HandlerCallDetails) -> Handler:
         method: str = handler_call_details.method
         handler = await continuation(handler_call_details)
         if handler is None or method.startswith(UNAUTHENTICATED_PREFIXES):
             return handler  # an unknown method: gRPC answers UNIMPLEMENTED
-        metadata = handler_call_details.invocation_metadata or ()
-        token = _bearer(metadata)
-        if token is None:
-            return self._refuse(handler, "unauthenticated", grpc.StatusCode.UNAUTHENTICATED,
-                                f"{method} needs a credential: send 'authorization: Bearer "
-                                "<token>' metadata")
-        principal = self.tokens.lookup(token)
-        if principal is None:
-            return self._refuse(handler, "unauthenticated", grpc.StatusCode.UNAUTHENTICATED,
-                                f"{method}: the bearer token is not one this agent knows")
-        allowed = METHOD_ROLES.get(method, frozenset({ADMIN}))
-        if principal.role not in allowed:
-            logger.info("refused %s to %s (role %s, token %s)", method, principal.subject,
-                        principal.role, principal.token_id)
-            return self._refuse(handler, "permission_denied", grpc.StatusCode.PERMISSION_DENIED,
-                                f"{method} needs role {' or '.join(sorted(allowed))}; "
-                                f"{principal.subject!r} has role {principal.role}")
+        token = _bearer(handler_call_details.invocation_metadata or ())
+        try:
+            principal = self.gate.authorise(method, token,
+                                            "'authorization: Bearer <token>' metadata")
+        except Refused as refused:
+            return self._refuse(handler, refused.code, refused.message)
         return self._authorised(handler, principal, method)
 
-    def _refuse(self, handler: Handler, reason: str, code: grpc.StatusCode,
-                message: str) -> Handler:
-        self.counters[f"auth_{reason}"] += 1
+    def _refuse(self, handler: Handler, code: grpc.StatusCode, message: str) -> Handler:
 
         async def deny(request: object, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             await context.abort(code, message)
@@ -347,7 +407,7 @@ class AuthInterceptor(_ServerInterceptor):
         return _same_kind(handler, deny, deny_stream)
 
     def _authorised(self, handler: Handler, principal: Principal, method: str) -> Handler:
-        sink = self.audit_sink
+        gate = self.gate
         # The stubs type handler behaviours for sync servers; on an aio server they are
         # coroutine functions and async generators.
         call_unary: Any = handler.unary_unary
@@ -362,7 +422,7 @@ class AuthInterceptor(_ServerInterceptor):
                 return response
             finally:
                 _principal.reset(reset)
-                sink(principal, method, _details(request), count)
+                gate.audited(principal, method, request_details(request), count)
 
         async def stream(request: object, context: grpc.aio.ServicerContext[Any, Any]
                          ) -> AsyncIterator[Any]:
@@ -374,7 +434,7 @@ class AuthInterceptor(_ServerInterceptor):
                     yield response
             finally:
                 _principal.reset(reset)
-                sink(principal, method, _details(request), count)
+                gate.audited(principal, method, request_details(request), count)
 
         return _same_kind(handler, unary, stream)
 

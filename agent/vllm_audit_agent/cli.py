@@ -5,6 +5,8 @@
     vllm-audit query list [--model M] [--user U] [--state S] [--limit N]
     vllm-audit query get REQUEST_ID [--events]
     vllm-audit set-level off|summary|full|full-with-allowed-sets
+    vllm-audit delete REQUEST_ID        (admin: the query store only; records stay)
+    vllm-audit clear --confirm          (admin: every final trail of the query store)
     vllm-audit tail [--count N]
     vllm-audit verify PATH|--kafka-bootstrap B --public-key PEM [--allow-unsigned-tail]
     vllm-audit export [--data-dir DIR] [--since T] [--until T] [--format jsonl|csv]
@@ -82,6 +84,7 @@ from .config import (
     parse_level,
 )
 from .datadir import DataDirLocked
+from .operations import CLEAR_CONFIRMATION
 from .readiness import CONDITIONS as READY_CONDITIONS
 from .readiness import parse_required
 from .recordlog import TOPICS
@@ -282,6 +285,8 @@ def _parser() -> argparse.ArgumentParser:
                     help="only requests the client sent with this X-Request-Id")
     ls.add_argument("--state", choices=list(STATES), help="only trails in this state")
     ls.add_argument("--tenant", default="", help="only this tenant")
+    ls.add_argument("--backend", default="",
+                    help="only trails whose grammar this structured-output backend compiled")
     ls.add_argument("--limit", type=int, default=50, help="at most N trails (default: 50)")
     g = qs.add_parser("get", parents=[client], help="one trail")
     g.add_argument("request_id")
@@ -290,6 +295,16 @@ def _parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("set-level", parents=[client], help="switch the audit level of every hook")
     s.add_argument("level", choices=list(LEVELS))
+
+    s = sub.add_parser("delete", parents=[client],
+                       help="delete one final trail from the agent's query store (admin; the "
+                            "record log keeps its records)")
+    s.add_argument("request_id")
+    s = sub.add_parser("clear", parents=[client],
+                       help="delete every final trail from the agent's query store (admin; the "
+                            "record log keeps their records)")
+    s.add_argument("--confirm", action="store_true", required=True,
+                   help="required: says you mean it")
 
     s = sub.add_parser("tail", parents=[client],
                        help="the stored final trails, then each new one as it becomes final")
@@ -494,6 +509,12 @@ def _run_client(args: argparse.Namespace) -> int:
             answer = control.SetAuditLevel(
                 q.SetAuditLevelRequest(level=parse_level(args.level)),  # type: ignore[arg-type]
                 timeout=timeout)
+        elif args.command == "delete":
+            answer = query_pb2_grpc.ControlServiceStub(chan).DeleteTrail(
+                q.DeleteTrailRequest(request_id=args.request_id), timeout=timeout)
+        elif args.command == "clear":
+            answer = query_pb2_grpc.ControlServiceStub(chan).ClearTrails(
+                q.ClearTrailsRequest(confirm=CLEAR_CONFIRMATION), timeout=timeout)
         elif args.command == "tail":
             return _tail(query, args.count, output)
         elif args.what == "health":
@@ -503,7 +524,7 @@ def _run_client(args: argparse.Namespace) -> int:
         elif args.what == "list":
             request = q.ListTrailsRequest(model=args.model, user=args.user, page_size=args.limit,
                                           client_request_id=args.client_request_id,
-                                          tenant=args.tenant,
+                                          tenant=args.tenant, grammar_backend=args.backend,
                                           state=STATES[args.state] if args.state else 0)  # type: ignore[arg-type]
             answer = query.ListTrails(request, timeout=timeout)
         else:
@@ -535,13 +556,18 @@ def _get_trail(query: query_pb2_grpc.QueryServiceStub, request_id: str, events: 
     return trail
 
 
+#: Watch events that carry a new record (tail shows records, not removals from the store).
+RECORD_KINDS = (q.WATCH_EVENT_KIND_FINAL, q.WATCH_EVENT_KIND_REVISED)
+
+
 def _tail(query: query_pb2_grpc.QueryServiceStub, count: int, output: str) -> int:
     """One final trail per line (its Kafka record, or a table row): the stored ones first,
     then each as it becomes final, from one server stream (no re-listing)."""
     if output == "table":
         sys.stdout.write(_table([], TRAIL_COLUMNS) + "\n")
     stream = query.WatchTrails(q.WatchTrailsRequest(replay=True))
-    for shown, item in enumerate(stream, 1):
+    records = (item for item in stream if item.kind in RECORD_KINDS)  # not evictions/deletes
+    for shown, item in enumerate(records, 1):
         record = trail_record(item.trail)
         line = (_dumps(record, indent=False) if output == "json"
                 else "  ".join(_trail_rows([record])[0]))

@@ -38,7 +38,7 @@ class RecordLogAuditSink:
         counters["meta_audit_errors"] += 0
 
     def __call__(self, principal: Principal, method: str, details: dict[str, Any],
-                 result_count: int) -> None:
+                 result_count: int, transport: str = "grpc") -> None:
         name = method.rsplit("/", 1)[-1]
         if name in NOT_RECORDED:
             return
@@ -51,6 +51,8 @@ class RecordLogAuditSink:
                 "token_id": principal.token_id,
                 "method": name,
                 "service": method.rsplit("/", 2)[-2] if method.count("/") >= 2 else "",
+                # grpc, or http: the management API's route that stands for the same method
+                "transport": transport,
                 "request": details,
                 "result_count": result_count,
             }, kind=RECORD_TYPE_ACCESS)

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import logging
 import platform
 import socket
-from collections.abc import Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from importlib import metadata
 
+from aiohttp import web
 from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -37,6 +39,13 @@ from .state import AgentState
 from .validation import CLAMPABLE_FIELDS
 from .wal import WRITE_ERROR_REASONS
 
+logger = logging.getLogger("vllm_audit.agent")
+
+#: Largest request body the HTTP port accepts (the management API's JSON bodies are tiny).
+MAX_BODY_BYTES = 64 << 10
+#: The management API's routes (http_api.py); everything else is probes and scrapes.
+API_PREFIX = "/api/"
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 ENGINE_LABELS = ["source", "model", "engine_index"]
 #: Engine gauges and counters: (EngineStats field, metric name, help, is counter).
 ENGINE_VALUES = (
@@ -241,6 +250,9 @@ class AgentCollector(Collector):
                        r.TRAIL_EVICTION_REASONS)
         yield counter("vllm_audit_trails_evicted_bytes", "Bytes of the trails evicted from memory",
                       trails.counters["evicted_bytes"])
+        yield counter("vllm_audit_trails_deleted",
+                      "Final trails deleted from the query store through the management API "
+                      "(their records stay in the record log)", trails.counters["deleted"])
         yield GaugeMetricFamily("vllm_audit_trail_store_bytes",
                                 "Accounted bytes of the trails held in memory", value=trails.bytes)
         yield GaugeMetricFamily("vllm_audit_trail_store_max_bytes",
@@ -351,57 +363,91 @@ def encode_metrics(registry: CollectorRegistry, accept: str,
 
 
 class HttpEndpoint:
-    """/metrics, /healthz (alive), /readyz (ingest and query serving). HTTP/1.0-style, tiny."""
+    """The agent's HTTP port (aiohttp): /metrics, /healthz (alive), /readyz (ingest and query
+    serving), and the management API's routes under /api/v1 (http_api.py) when given.
 
-    def __init__(self, state: AgentState, registry: CollectorRegistry) -> None:
+    The probe and scrape routes close the connection after each answer, as they always did;
+    an error in any handler is counted (`internal_errors{site="http"}`) and answered 500."""
+
+    def __init__(self, state: AgentState, registry: CollectorRegistry,
+                 api_routes: Sequence[web.RouteDef] = ()) -> None:
         self.state = state
         self.registry = registry
-        self.server: asyncio.Server | None = None
+        self.api_routes = list(api_routes)
+        self.runner: web.AppRunner | None = None
+        #: The port bound (known after start; 0 asks the system for one).
+        self.port = 0
         #: Set: /metrics needs `Authorization: Bearer <token>` with this SHA-256 (auth.py).
         self.metrics_token_sha256: str | None = None
 
     async def start(self, host: str, port: int) -> None:
-        self.server = await asyncio.start_server(self._handle, host, port)
+        app = web.Application(middlewares=[self._count_errors], client_max_size=MAX_BODY_BYTES)
+        app.add_routes([web.get("/metrics", self._metrics), web.get("/healthz", self._healthz),
+                        web.get("/readyz", self._readyz), *self.api_routes])
+        # A short grace at stop: the agent's shutdown deadline is shared by every step.
+        self.runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                                    shutdown_timeout=1.0)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, host, port)
+        try:
+            await site.start()
+        except OSError:
+            await self.runner.cleanup()
+            raise
+        self.port = int(self.runner.addresses[0][1])
 
     async def stop(self) -> None:
-        if self.server is not None:
-            self.server.close()
-            await self.server.wait_closed()
+        if self.runner is not None:
+            await self.runner.cleanup()
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    @web.middleware
+    async def _count_errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        api = request.path.startswith(API_PREFIX)
         try:
-            line = await asyncio.wait_for(reader.readline(), 5)
-            request_headers: dict[str, str] = {}
-            while (header := await asyncio.wait_for(reader.readline(), 5)) not in (
-                    b"\r\n", b"\n", b""):
-                name, _, value = header.decode("latin-1").partition(":")
-                request_headers[name.strip().lower()] = value.strip()
-            parts = line.decode("latin-1").split()
-            path = parts[1].split("?")[0] if len(parts) >= 2 else ""
-            headers = {"Content-Type": "text/plain"}
-            if path == "/metrics" and not bearer_matches(request_headers.get("authorization", ""),
-                                                         self.metrics_token_sha256):
-                status, body = "401 Unauthorized", b"bearer token required\n"
-            elif path == "/metrics":
-                body, headers = encode_metrics(self.registry, request_headers.get("accept", ""),
-                                               request_headers.get("accept-encoding", ""))
-                status = "200 OK"
-            elif path == "/healthz":
-                status, body = "200 OK", b"ok\n"
-            elif path == "/readyz":
-                ready, text = readiness(self.state)
-                status = "200 OK" if ready else "503 Service Unavailable"
-                body = (("ready\n" if ready else "not ready\n") + text).encode()
-            else:
-                status, body = "404 Not Found", b"not found\n"
-            head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-            writer.write(
-                f"HTTP/1.1 {status}\r\n{head}Content-Length: {len(body)}\r\n"
-                "Connection: close\r\n\r\n".encode() + body)
-            await writer.drain()
-        except (TimeoutError, ConnectionError):
-            pass
-        except Exception:
+            response = await handler(request)
+        except web.HTTPException as exc:  # aiohttp's own answers: no route (404), method (405)
+            response = _http_error(exc, request) if api else web.Response(
+                status=exc.status, text=f"{exc.reason.lower()}\n")
+        except (ConnectionError, asyncio.CancelledError):
+            raise  # the client went away
+        except Exception as exc:
             self.state.errors["http"] += 1
-        finally:
-            writer.close()
+            logger.exception("HTTP %s %s failed: %r", request.method, request.path, exc)
+            response = web.json_response(
+                {"error": {"status": 500, "code": "INTERNAL",
+                           "message": f"internal error serving {request.path}: {exc!r}"}},
+                status=500)
+        if not api:
+            # Probes and scrapes: one answer per connection, as the endpoint always did.
+            response.force_close()
+        return response
+
+    async def _metrics(self, request: web.Request) -> web.StreamResponse:
+        if not bearer_matches(request.headers.get("Authorization", ""),
+                              self.metrics_token_sha256):
+            return web.Response(status=401, text="bearer token required\n")
+        body, headers = encode_metrics(self.registry, request.headers.get("Accept", ""),
+                                       request.headers.get("Accept-Encoding", ""))
+        return web.Response(body=body, headers=headers)
+
+    async def _healthz(self, request: web.Request) -> web.StreamResponse:
+        return web.Response(text="ok\n")
+
+    async def _readyz(self, request: web.Request) -> web.StreamResponse:
+        ready, text = readiness(self.state)
+        return web.Response(status=200 if ready else 503,
+                            text=("ready\n" if ready else "not ready\n") + text)
+
+
+def _http_error(exc: web.HTTPException, request: web.Request) -> web.Response:
+    code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 413: "REQUEST_TOO_LARGE"}.get(
+        exc.status, "HTTP_ERROR")
+    message = {404: f"no route {request.path}",
+               405: f"{request.method} is not allowed on {request.path}"}.get(
+        exc.status, f"{exc.reason}: {request.method} {request.path}")
+    response = web.json_response({"error": {"status": exc.status, "code": code,
+                                            "message": message}}, status=exc.status)
+    allow = exc.headers.get("Allow")
+    if allow:
+        response.headers["Allow"] = allow
+    return response

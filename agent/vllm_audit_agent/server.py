@@ -3,7 +3,7 @@ shutdown trigger is injected.
 
 Start: WAL (replayed into the trail store; the record log de-duplicates what it already
 holds) -> record log writer -> publisher (from its cursor) -> GPU sampler -> gRPC ingest (Unix
-socket) and query (TCP) -> HTTP -> ready.
+socket) and query (TCP) -> HTTP (metrics, probes, management API) -> ready.
 Stop: not ready -> stop accepting (gRPC grace) -> flush trails -> record log (what the flush
 produced, then a signed checkpoint) -> flush publisher (one deadline, reports what it left)
 -> release NVML.
@@ -37,10 +37,13 @@ from .chain import load_or_create_signer
 from .config import AgentConfig, parse_address
 from .datadir import DataDirLock
 from .gpu import FakeGpuReader, GpuReader, GpuSampler, NvmlReader
+from .http_api import ManagementApi, disabled_routes, http_api_allowed
 from .ingest import IngestServicer, replay_wal
 from .meta_audit import RecordLogAuditSink
 from .metrics import HttpEndpoint, make_registry
+from .operations import AuditApi
 from .publisher import InMemoryPublisher, KafkaPublisher, Publisher
+from .query import ControlServicer, QueryServicer
 from .recordlog import RecordLog
 from .state import AgentState
 from .trail_index import TrailIndex
@@ -158,10 +161,10 @@ async def _running_agent(config: AgentConfig, publisher: Publisher | None,
     auth = AuthInterceptor(tokens, state.counters,
                            audit_sink or RecordLogAuditSink(records, state.counters))
     query_server = grpc.aio.server(interceptors=[auth])
-    from .query import ControlServicer, QueryServicer
-
-    query_pb2_grpc.add_QueryServiceServicer_to_server(QueryServicer(state, index), query_server)
-    query_pb2_grpc.add_ControlServiceServicer_to_server(ControlServicer(state), query_server)
+    # One implementation of every query/control/management call, two transports.
+    api = AuditApi(state, index)
+    query_pb2_grpc.add_QueryServiceServicer_to_server(QueryServicer(api), query_server)
+    query_pb2_grpc.add_ControlServiceServicer_to_server(ControlServicer(api), query_server)
     query_health = await _health(query_server, QUERY_HEALTH)
     if config.tls_cert is not None and config.tls_key is not None:
         query_port = query_server.add_secure_port(config.query_address, server_credentials(
@@ -169,15 +172,19 @@ async def _running_agent(config: AgentConfig, publisher: Publisher | None,
     else:
         query_port = query_server.add_insecure_port(config.query_address)
     host = parse_address("query_address", config.query_address)[0]
-    http = HttpEndpoint(state, make_registry(state))
+    http_host, http_port = parse_address("http_address", config.http_address)
+    refused = http_api_allowed(http_host, config.tls_cert is not None,
+                               config.allow_insecure_remote)
+    if refused:
+        logger.warning("%s", refused)
+    http = HttpEndpoint(state, make_registry(state), disabled_routes(refused) if refused
+                        else ManagementApi(api, auth.gate).routes())
     if config.metrics_token_file is not None:
         http.metrics_token_sha256 = metrics_token_hash(config.metrics_token_file)
-    http_host, http_port = parse_address("http_address", config.http_address)
     await http.start(http_host, http_port)  # first: a failed bind leaves no gRPC server running
     await server.start()
     await query_server.start()
-    assert http.server is not None
-    bound_http = http.server.sockets[0].getsockname()[1]
+    bound_http = http.port
     sweeper = asyncio.create_task(_sweep(state))
     state.ready = True
     for servicer, names in ((ingest_health, INGEST_HEALTH), (query_health, QUERY_HEALTH)):

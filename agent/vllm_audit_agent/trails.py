@@ -60,6 +60,16 @@ EVENT_OVERHEAD_BYTES = 48
 #: Trail ids whose record was written and which left memory, remembered (bounded) with their
 #: next revision, so a half arriving later gets a new revision instead of reusing an id.
 REMEMBERED_REVISIONS = 100_000
+#: What the observer is told as `removed`: still stored, or how the trail left the store
+#: (the numbers are the watch API's WatchEventKind, the one definition of these outcomes).
+STORED = q.WATCH_EVENT_KIND_UNSPECIFIED
+EVICTED = q.WATCH_EVENT_KIND_EVICTED
+DELETED = q.WATCH_EVENT_KIND_DELETED
+
+
+class TrailOpen(ValueError):
+    """Deleting a trail whose latest events have no record yet: its WAL segments are still
+    held for it, and dropping it would lose what the record log has not got."""
 
 
 @dataclass(slots=True)
@@ -111,9 +121,13 @@ class TrailStore:
         #: Undelivered trails per WAL segment: a segment is reclaimable at zero.
         self.segment_refs: Counter[int] = Counter()
         # -- observer (query index, agent/vllm_audit_agent/trail_index.py) --
-        #: Called with (trail, removed=False) after a batch touched a trail or it was finalised,
-        #: and (trail, removed=True) when it left the store.
-        self.on_change: Callable[[Trail, bool], None] = _ignore_change
+        #: Called with (trail, STORED) after a batch touched a trail or it was finalised,
+        #: and (trail, EVICTED or DELETED) when it left the store.
+        self.on_change: Callable[[Trail, int], None] = _ignore_change
+        #: Called once with every trail `clear` removed (after they left the store), so the
+        #: observer can drop them in one pass; None: `on_change` per trail.
+        self.on_removed_many: Callable[[list[Trail], int], None] | None = None
+        self.counters["deleted"] += 0
 
     def __len__(self) -> int:
         return len(self._trails)
@@ -184,7 +198,7 @@ class TrailStore:
         for trail in touched:
             self._maybe_finalise(trail)
         for trail in touched:
-            self.on_change(trail, False)  # observer
+            self.on_change(trail, STORED)  # observer
         self._evict()
 
     def _resize(self, trail: Trail) -> None:
@@ -352,7 +366,7 @@ class TrailStore:
                     and trail.half_complete_at is not None
                     and now - trail.half_complete_at >= self.linger_seconds):
                 self._maybe_finalise(trail, forced_by=q.FINALISED_BY_LINGER)
-                self.on_change(trail, False)  # observer
+                self.on_change(trail, STORED)  # observer
 
     def open_trails(self) -> int:
         """Trails without a record of their latest events (at shutdown they stay in the WAL
@@ -381,15 +395,40 @@ class TrailStore:
             self._remove(trail_id)
             self.counters["evicted_active"] += 1
 
-    def _remove(self, trail_id: str) -> None:
+    # -- deletion (the management API; the record log is not touched) ---------------------
+    def delete(self, trail_id: str) -> Trail:
+        """Removes one final trail from the store. KeyError: no such trail; TrailOpen: its
+        latest events are not recorded yet (it stays)."""
+        trail = self._trails[trail_id]
+        if not trail.published or trail.pending_revision:
+            raise TrailOpen(f"trail {trail_id!r} is still open (the record of its latest events "
+                            "is not written yet); delete it once it is final")
+        self._remove(trail_id, DELETED)
+        return trail
+
+    def clear(self) -> tuple[int, int]:
+        """Removes every final trail; returns (deleted, kept open)."""
+        final = [k for k, t in self._trails.items() if t.published and not t.pending_revision]
+        bulk = self.on_removed_many
+        removed = [self._remove(trail_id, DELETED, notify=bulk is None) for trail_id in final]
+        if bulk is not None:
+            bulk(removed, DELETED)
+        return len(final), len(self._trails)
+
+    def _remove(self, trail_id: str, how: int = EVICTED, notify: bool = True) -> Trail:
         trail = self._trails.pop(trail_id)
-        self.on_change(trail, True)  # observer
+        if notify:
+            self.on_change(trail, how)  # observer
         self.bytes -= trail.nbytes
-        self.counters["evicted_bytes"] += trail.nbytes
+        if how == DELETED:
+            self.counters["deleted"] += 1
+        else:
+            self.counters["evicted_bytes"] += trail.nbytes
         self._next_revision[trail_id] = trail.summary.revision + 1
         if len(self._next_revision) > REMEMBERED_REVISIONS:
             self._next_revision.popitem(last=False)
+        return trail
 
 
-def _ignore_change(trail: Trail, removed: bool) -> None:
+def _ignore_change(trail: Trail, removed: int) -> None:
     pass

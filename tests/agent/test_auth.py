@@ -172,7 +172,7 @@ async def test_a_tenant_auditor_reads_only_its_tenant_by_any_filter(tmp_path: Pa
 async def test_every_authorised_call_reaches_the_audit_sink_once(tmp_path: Path) -> None:
     calls: list[tuple[str, str, dict[str, object], int]] = []
     config = agent_config(tmp_path, auth_tokens_file=tokens_file(tmp_path))
-    async with running_agent(config, audit_sink=lambda p, m, d, n: calls.append(
+    async with running_agent(config, audit_sink=lambda p, m, d, n, **_: calls.append(
             (p.subject, m, d, n))) as handle:
         await seed(handle)
         await query(handle, "aud-secret").ListTrails(q.ListTrailsRequest(user="alice"))
@@ -339,7 +339,7 @@ async def test_the_standard_health_service_needs_no_credential(tmp_path: Path) -
     server = grpc.aio.server(interceptors=[AuthInterceptor(TokenTable(), counters)])
     servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
-    query_pb2_grpc.add_QueryServiceServicer_to_server(QueryServicer(None, None), server)  # type: ignore[arg-type]
+    query_pb2_grpc.add_QueryServiceServicer_to_server(QueryServicer(None), server)  # type: ignore[arg-type]
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     try:

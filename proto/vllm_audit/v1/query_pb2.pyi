@@ -29,6 +29,14 @@ class TrailHalf(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TRAIL_HALF_UNSPECIFIED: _ClassVar[TrailHalf]
     TRAIL_HALF_HTTP: _ClassVar[TrailHalf]
     TRAIL_HALF_ENGINE: _ClassVar[TrailHalf]
+
+class WatchEventKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    WATCH_EVENT_KIND_UNSPECIFIED: _ClassVar[WatchEventKind]
+    WATCH_EVENT_KIND_FINAL: _ClassVar[WatchEventKind]
+    WATCH_EVENT_KIND_REVISED: _ClassVar[WatchEventKind]
+    WATCH_EVENT_KIND_EVICTED: _ClassVar[WatchEventKind]
+    WATCH_EVENT_KIND_DELETED: _ClassVar[WatchEventKind]
 TRAIL_STATE_UNSPECIFIED: TrailState
 TRAIL_STATE_ACTIVE: TrailState
 TRAIL_STATE_FINISHED: TrailState
@@ -42,6 +50,11 @@ FINALISED_BY_EVICTION: FinalisedBy
 TRAIL_HALF_UNSPECIFIED: TrailHalf
 TRAIL_HALF_HTTP: TrailHalf
 TRAIL_HALF_ENGINE: TrailHalf
+WATCH_EVENT_KIND_UNSPECIFIED: WatchEventKind
+WATCH_EVENT_KIND_FINAL: WatchEventKind
+WATCH_EVENT_KIND_REVISED: WatchEventKind
+WATCH_EVENT_KIND_EVICTED: WatchEventKind
+WATCH_EVENT_KIND_DELETED: WatchEventKind
 
 class HealthRequest(_message.Message):
     __slots__ = ()
@@ -236,7 +249,7 @@ class TrailSummary(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., engine_request_ids: _Optional[_Iterable[str]] = ..., state: _Optional[_Union[TrailState, str]] = ..., created_unix_ms: _Optional[int] = ..., finished_unix_ms: _Optional[int] = ..., model: _Optional[str] = ..., user: _Optional[str] = ..., client_ip: _Optional[str] = ..., status_code: _Optional[int] = ..., auth_status: _Optional[str] = ..., finish_reason: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., latency_ms: _Optional[float] = ..., ttft_ms: _Optional[float] = ..., grammar_backend: _Optional[str] = ..., grammar_spec_type: _Optional[str] = ..., grammar_error: _Optional[str] = ..., structured_output: _Optional[_Union[_events_pb2.StructuredOutputSummary, _Mapping]] = ..., audit_level: _Optional[_Union[_events_pb2.AuditLevel, str]] = ..., num_events: _Optional[int] = ..., prompt: _Optional[str] = ..., output: _Optional[str] = ..., api_key_sha256: _Optional[str] = ..., error: _Optional[str] = ..., stream: _Optional[bool] = ..., preemptions: _Optional[int] = ..., tenant: _Optional[str] = ..., client_disconnected: _Optional[bool] = ..., client_request_id: _Optional[str] = ..., revision: _Optional[int] = ..., finalised_by: _Optional[_Union[FinalisedBy, str]] = ..., incomplete: _Optional[_Iterable[_Union[TrailHalf, str]]] = ..., source_ids: _Optional[_Iterable[str]] = ..., http_method: _Optional[str] = ..., http_path: _Optional[str] = ..., user_agent: _Optional[str] = ..., response_bytes: _Optional[int] = ..., vllm_request_id: _Optional[str] = ..., grammar_compile_ms: _Optional[float] = ..., grammar_spec_sha256: _Optional[str] = ..., max_tokens: _Optional[int] = ..., capture_policy: _Optional[str] = ..., truncated_events: _Optional[int] = ..., auth_decision: _Optional[_Union[_events_pb2.AuthStatus, str]] = ..., user_source: _Optional[_Union[_events_pb2.IdentitySource, str]] = ..., tenant_source: _Optional[_Union[_events_pb2.IdentitySource, str]] = ..., claimed_user: _Optional[str] = ..., ignored_identity_headers: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ListTrailsRequest(_message.Message):
-    __slots__ = ("model", "user", "state", "finish_reason", "since_unix_ms", "until_unix_ms", "structured_only", "page_size", "page_token", "client_request_id", "tenant")
+    __slots__ = ("model", "user", "state", "finish_reason", "since_unix_ms", "until_unix_ms", "structured_only", "page_size", "page_token", "client_request_id", "tenant", "grammar_backend")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     USER_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -248,6 +261,7 @@ class ListTrailsRequest(_message.Message):
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     CLIENT_REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
+    GRAMMAR_BACKEND_FIELD_NUMBER: _ClassVar[int]
     model: str
     user: str
     state: TrailState
@@ -259,7 +273,8 @@ class ListTrailsRequest(_message.Message):
     page_token: str
     client_request_id: str
     tenant: str
-    def __init__(self, model: _Optional[str] = ..., user: _Optional[str] = ..., state: _Optional[_Union[TrailState, str]] = ..., finish_reason: _Optional[str] = ..., since_unix_ms: _Optional[int] = ..., until_unix_ms: _Optional[int] = ..., structured_only: _Optional[bool] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., client_request_id: _Optional[str] = ..., tenant: _Optional[str] = ...) -> None: ...
+    grammar_backend: str
+    def __init__(self, model: _Optional[str] = ..., user: _Optional[str] = ..., state: _Optional[_Union[TrailState, str]] = ..., finish_reason: _Optional[str] = ..., since_unix_ms: _Optional[int] = ..., until_unix_ms: _Optional[int] = ..., structured_only: _Optional[bool] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., client_request_id: _Optional[str] = ..., tenant: _Optional[str] = ..., grammar_backend: _Optional[str] = ...) -> None: ...
 
 class ListTrailsResponse(_message.Message):
     __slots__ = ("trails", "next_page_token")
@@ -310,10 +325,42 @@ class WatchTrailsRequest(_message.Message):
     def __init__(self, model: _Optional[str] = ..., user: _Optional[str] = ..., state: _Optional[_Union[TrailState, str]] = ..., tenant: _Optional[str] = ..., structured_only: _Optional[bool] = ..., replay: _Optional[bool] = ...) -> None: ...
 
 class WatchTrailsResponse(_message.Message):
-    __slots__ = ("trail",)
+    __slots__ = ("trail", "kind")
     TRAIL_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
     trail: TrailSummary
-    def __init__(self, trail: _Optional[_Union[TrailSummary, _Mapping]] = ...) -> None: ...
+    kind: WatchEventKind
+    def __init__(self, trail: _Optional[_Union[TrailSummary, _Mapping]] = ..., kind: _Optional[_Union[WatchEventKind, str]] = ...) -> None: ...
+
+class ExportTrailsRequest(_message.Message):
+    __slots__ = ("model", "user", "state", "finish_reason", "since_unix_ms", "until_unix_ms", "structured_only", "client_request_id", "tenant", "grammar_backend")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    USER_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
+    SINCE_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    UNTIL_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    STRUCTURED_ONLY_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    GRAMMAR_BACKEND_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    user: str
+    state: TrailState
+    finish_reason: str
+    since_unix_ms: int
+    until_unix_ms: int
+    structured_only: bool
+    client_request_id: str
+    tenant: str
+    grammar_backend: str
+    def __init__(self, model: _Optional[str] = ..., user: _Optional[str] = ..., state: _Optional[_Union[TrailState, str]] = ..., finish_reason: _Optional[str] = ..., since_unix_ms: _Optional[int] = ..., until_unix_ms: _Optional[int] = ..., structured_only: _Optional[bool] = ..., client_request_id: _Optional[str] = ..., tenant: _Optional[str] = ..., grammar_backend: _Optional[str] = ...) -> None: ...
+
+class ExportTrailsResponse(_message.Message):
+    __slots__ = ("records",)
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    records: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, records: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class SetAuditLevelRequest(_message.Message):
     __slots__ = ("level",)
@@ -330,3 +377,29 @@ class SetAuditLevelResponse(_message.Message):
     version: int
     sources_notified: int
     def __init__(self, level: _Optional[_Union[_events_pb2.AuditLevel, str]] = ..., version: _Optional[int] = ..., sources_notified: _Optional[int] = ...) -> None: ...
+
+class DeleteTrailRequest(_message.Message):
+    __slots__ = ("request_id",)
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    def __init__(self, request_id: _Optional[str] = ...) -> None: ...
+
+class DeleteTrailResponse(_message.Message):
+    __slots__ = ("summary",)
+    SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    summary: TrailSummary
+    def __init__(self, summary: _Optional[_Union[TrailSummary, _Mapping]] = ...) -> None: ...
+
+class ClearTrailsRequest(_message.Message):
+    __slots__ = ("confirm",)
+    CONFIRM_FIELD_NUMBER: _ClassVar[int]
+    confirm: str
+    def __init__(self, confirm: _Optional[str] = ...) -> None: ...
+
+class ClearTrailsResponse(_message.Message):
+    __slots__ = ("deleted", "kept_open")
+    DELETED_FIELD_NUMBER: _ClassVar[int]
+    KEPT_OPEN_FIELD_NUMBER: _ClassVar[int]
+    deleted: int
+    kept_open: int
+    def __init__(self, deleted: _Optional[int] = ..., kept_open: _Optional[int] = ...) -> None: ...

@@ -59,6 +59,11 @@ class QueryServiceStub:
                 request_serializer=vllm__audit_dot_v1_dot_query__pb2.WatchTrailsRequest.SerializeToString,
                 response_deserializer=vllm__audit_dot_v1_dot_query__pb2.WatchTrailsResponse.FromString,
                 _registered_method=True)
+        self.ExportTrails = channel.unary_stream(
+                '/vllm_audit.v1.QueryService/ExportTrails',
+                request_serializer=vllm__audit_dot_v1_dot_query__pb2.ExportTrailsRequest.SerializeToString,
+                response_deserializer=vllm__audit_dot_v1_dot_query__pb2.ExportTrailsResponse.FromString,
+                _registered_method=True)
 
 
 class QueryServiceServicer:
@@ -94,6 +99,12 @@ class QueryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExportTrails(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_QueryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -121,6 +132,11 @@ def add_QueryServiceServicer_to_server(servicer, server):
                     servicer.WatchTrails,
                     request_deserializer=vllm__audit_dot_v1_dot_query__pb2.WatchTrailsRequest.FromString,
                     response_serializer=vllm__audit_dot_v1_dot_query__pb2.WatchTrailsResponse.SerializeToString,
+            ),
+            'ExportTrails': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExportTrails,
+                    request_deserializer=vllm__audit_dot_v1_dot_query__pb2.ExportTrailsRequest.FromString,
+                    response_serializer=vllm__audit_dot_v1_dot_query__pb2.ExportTrailsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -268,6 +284,33 @@ class QueryService:
             metadata,
             _registered_method=True)
 
+    @staticmethod
+    def ExportTrails(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/vllm_audit.v1.QueryService/ExportTrails',
+            vllm__audit_dot_v1_dot_query__pb2.ExportTrailsRequest.SerializeToString,
+            vllm__audit_dot_v1_dot_query__pb2.ExportTrailsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
 
 class ControlServiceStub:
     """Missing associated documentation comment in .proto file."""
@@ -283,12 +326,34 @@ class ControlServiceStub:
                 request_serializer=vllm__audit_dot_v1_dot_query__pb2.SetAuditLevelRequest.SerializeToString,
                 response_deserializer=vllm__audit_dot_v1_dot_query__pb2.SetAuditLevelResponse.FromString,
                 _registered_method=True)
+        self.DeleteTrail = channel.unary_unary(
+                '/vllm_audit.v1.ControlService/DeleteTrail',
+                request_serializer=vllm__audit_dot_v1_dot_query__pb2.DeleteTrailRequest.SerializeToString,
+                response_deserializer=vllm__audit_dot_v1_dot_query__pb2.DeleteTrailResponse.FromString,
+                _registered_method=True)
+        self.ClearTrails = channel.unary_unary(
+                '/vllm_audit.v1.ControlService/ClearTrails',
+                request_serializer=vllm__audit_dot_v1_dot_query__pb2.ClearTrailsRequest.SerializeToString,
+                response_deserializer=vllm__audit_dot_v1_dot_query__pb2.ClearTrailsResponse.FromString,
+                _registered_method=True)
 
 
 class ControlServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
     def SetAuditLevel(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteTrail(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ClearTrails(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -301,6 +366,16 @@ def add_ControlServiceServicer_to_server(servicer, server):
                     servicer.SetAuditLevel,
                     request_deserializer=vllm__audit_dot_v1_dot_query__pb2.SetAuditLevelRequest.FromString,
                     response_serializer=vllm__audit_dot_v1_dot_query__pb2.SetAuditLevelResponse.SerializeToString,
+            ),
+            'DeleteTrail': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteTrail,
+                    request_deserializer=vllm__audit_dot_v1_dot_query__pb2.DeleteTrailRequest.FromString,
+                    response_serializer=vllm__audit_dot_v1_dot_query__pb2.DeleteTrailResponse.SerializeToString,
+            ),
+            'ClearTrails': grpc.unary_unary_rpc_method_handler(
+                    servicer.ClearTrails,
+                    request_deserializer=vllm__audit_dot_v1_dot_query__pb2.ClearTrailsRequest.FromString,
+                    response_serializer=vllm__audit_dot_v1_dot_query__pb2.ClearTrailsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -330,6 +405,60 @@ class ControlService:
             '/vllm_audit.v1.ControlService/SetAuditLevel',
             vllm__audit_dot_v1_dot_query__pb2.SetAuditLevelRequest.SerializeToString,
             vllm__audit_dot_v1_dot_query__pb2.SetAuditLevelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteTrail(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vllm_audit.v1.ControlService/DeleteTrail',
+            vllm__audit_dot_v1_dot_query__pb2.DeleteTrailRequest.SerializeToString,
+            vllm__audit_dot_v1_dot_query__pb2.DeleteTrailResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ClearTrails(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vllm_audit.v1.ControlService/ClearTrails',
+            vllm__audit_dot_v1_dot_query__pb2.ClearTrailsRequest.SerializeToString,
+            vllm__audit_dot_v1_dot_query__pb2.ClearTrailsResponse.FromString,
             options,
             channel_credentials,
             insecure,
