@@ -19,7 +19,10 @@ Repaired and counted in `clamped` by "<Message>.<field>" (the event is marked `t
   - a count (tokens, bytes, steps) below 0 -> 0; `time_unix_nano` below 0 -> 0;
   - an HTTP status outside [0, 999] -> 0 (unknown);
   - a string over its cap (MAX_TEXT_BYTES for prompt/output/error, MAX_STRING_BYTES for the
-    rest) -> cut at a UTF-8 boundary.
+    rest) -> cut at a UTF-8 boundary;
+  - a step's allowed_set that is not a valid encoding over its vocab_size (ids out of range
+    or not ascending, runs past the vocabulary, a raw row of the wrong length) -> removed and
+    the step marked allowed_set_truncated, so whatever decodes a stored set gets a valid one.
 Dropped and counted in `dropped_events`: an event with no body (an unknown kind from a newer
 hook, or none at all); the rest of its batch is kept.
 
@@ -36,6 +39,7 @@ from dataclasses import dataclass, field
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
+from vllm_audit import allowed_sets
 from vllm_audit.v1 import events_pb2 as pb
 
 MAX_SOURCE_ID_BYTES = 256
@@ -100,7 +104,7 @@ _STRINGS = {cls.DESCRIPTOR.name: _string_fields(cls) for cls in _BODIES.values()
 
 def _all_fields() -> tuple[str, ...]:
     names = {"Event.time_unix_nano", "Event.request_id", "Batch.model", "Batch.process_role",
-             "HttpRequest.status_code", "CustomEvent.attributes"}
+             "HttpRequest.status_code", "CustomEvent.attributes", "StructuredOutputStep.allowed_set"}
     for table in (_DURATIONS, _RATIOS, _COUNTS, _STRINGS):
         names.update(f"{msg}.{f}" for msg, fields in table.items() for f in fields)
     return tuple(sorted(names))
@@ -197,6 +201,12 @@ def _repair_event(event: pb.Event, clamped: Counter[str]) -> bool:
         clamped["HttpRequest.status_code"] += 1
     for f in _STRINGS[name]:
         _cap_string(body, name, f, clamped)
+    if name == "StructuredOutputStep" and event.so_step.HasField("allowed_set"):
+        step = event.so_step
+        if allowed_sets.check(step.allowed_set, step.vocab_size):
+            step.ClearField("allowed_set")
+            step.allowed_set_truncated = True
+            clamped["StructuredOutputStep.allowed_set"] += 1
     if name == "CustomEvent":
         attributes = event.custom.attributes
         for key in list(attributes):
