@@ -32,7 +32,9 @@ from vllm_audit.v1 import query_pb2 as q
 
 #: 2: engine_at_finish, trail_id/revision/finalised_by/incomplete, source identity, HTTP method/path, user
 #: agent, bytes, capture policy, compile time, spec hash, max_tokens; event_id by revision.
-SCHEMA_VERSION = 2
+#: 3: structured_output.allowed_sets_over_step_cap, allowed_sets_over_trail_cap and
+#: allowed_set_bytes (level full-with-allowed-sets: the sets' caps and what they kept).
+SCHEMA_VERSION = 3
 
 #: Where every field of the hook's per-request events goes: the TrailSummary field it fills,
 #: or None with the reason it is not in the summary (the event itself is still kept in the
