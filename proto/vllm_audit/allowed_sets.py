@@ -41,10 +41,9 @@ def wire_size(encoding: str, payload: int) -> int:
     """Serialised bytes of an AllowedTokenSet whose chosen member carries `payload` bytes: the
     packed varints of an id or run list, or the raw row. Equals `ByteSize()` of the message
     (a test holds the two together), so the hook can compare forms without building them."""
-    if encoding == BITMASK:
-        inner = payload
-    else:  # a message with one packed repeated field, omitted when empty
-        inner = 1 + varint_size(payload) + payload if payload else 0
+    inner = payload
+    if encoding != BITMASK and payload:  # a message with one packed repeated field
+        inner = 1 + varint_size(payload) + payload
     return 1 + varint_size(inner) + inner
 
 
