@@ -29,9 +29,9 @@ from vllm_audit import allowed_sets as sets
 
 U32 = npt.NDArray[np.uint32]
 Ids = npt.NDArray[np.int64]
-#: (encoding, payload, serialised size); the payload is a list of ints (deltas or run
-#: lengths) or, for the raw row, bytes.
-Encoded = tuple[str, Any, int]
+#: (encoding, the serialised AllowedTokenSet): its length is the size the forms were
+#: compared on, and the message is rebuilt from it with one C-level parse.
+Encoded = tuple[str, bytes]
 
 #: Distinct rows whose encoding is kept for reuse (keys are the rows: ~16 KiB each at a 128k
 #: vocabulary, so ~1 MiB at most).
@@ -63,12 +63,28 @@ def _set_bits(words: U32) -> Ids:
     return out
 
 
-def _varint_bytes(values: Ids) -> int:
-    """Bytes of `values` (non-negative, < 2^35) as protobuf varints."""
-    n = values.size
-    for bits in (7, 14, 21, 28):
-        n += int(np.count_nonzero(values >= 1 << bits))
-    return n
+def _varints(values: Ids) -> bytes:
+    """`values` (non-negative, < 2^32) as packed protobuf varints, written by numpy one byte
+    position at a time (no per-value Python work). Deltas and run lengths are mostly under
+    128, one byte each: that case is a single cast."""
+    if not values.size:
+        return b""
+    v = values.astype(np.uint32)
+    groups = (int(v.max()).bit_length() + 6) // 7
+    if groups == 1:
+        return v.astype(np.uint8).tobytes()
+    lengths = np.ones(v.size, dtype=np.int64)
+    for k in range(1, groups):
+        lengths += v >= 1 << (7 * k)
+    ends = np.cumsum(lengths)
+    starts = ends - lengths
+    out = np.empty(int(ends[-1]), dtype=np.uint8)
+    for k in range(groups):
+        present = lengths > k
+        byte = (v >> np.uint32(7 * k)) & np.uint32(0x7F)
+        byte |= (lengths > k + 1).astype(np.uint32) << np.uint32(7)  # more bytes follow
+        out[starts[present] + k] = byte[present]
+    return out.tobytes()
 
 
 def row_words(row: npt.NDArray[Any], vocab_size: int) -> U32:
@@ -85,53 +101,59 @@ def row_words(row: npt.NDArray[Any], vocab_size: int) -> U32:
     return words
 
 
-def _rank(choice: tuple[str, int]) -> tuple[int, int]:
-    return choice[1], sets.ENCODINGS.index(choice[0])
+def _deltas(ids: Ids) -> Ids:
+    """Each value minus the one before it (the first minus 0); np.diff(prepend=0) does the
+    same through a slower generic path."""
+    out = ids.copy()
+    out[1:] -= ids[:-1]
+    return out
+
+
+def _expand(encoding: str, words: U32, vocab_size: int) -> Ids:
+    """The values a form lists: id deltas, or run lengths."""
+    if encoding == sets.ALLOWED_IDS:
+        return _deltas(_set_bits(words))
+    if encoding == sets.DISALLOWED_IDS:
+        return _deltas(_set_bits(row_words(~words, vocab_size)))
+    bounds = _set_bits(_edges(words))  # bits past vocab_size are clear: no edge after it
+    if bounds.size % 2:  # the last allowed run reaches the end of the vocabulary
+        bounds = np.append(bounds, vocab_size)
+    return _deltas(bounds)
+
+
+def _edges(words: U32) -> U32:
+    """Bit i is set where token i differs from token i-1 (token -1 counts as disallowed): a
+    row of few ranges has few edges whatever its density."""
+    carry = np.zeros_like(words)
+    carry[1:] = words[:-1] >> np.uint32(31)
+    edges: U32 = words ^ ((words << np.uint32(1)) | carry)
+    return edges
 
 
 def encode(words: U32, vocab_size: int) -> Encoded:
-    """The smallest form of one row given as `row_words` returns it."""
-    best = (sets.BITMASK, sets.wire_size(sets.BITMASK, words.size * 4))
+    """The smallest form of one row given as `row_words` returns it (ties: the earlier form
+    of `vllm_audit.allowed_sets.ENCODINGS`). Each id or run costs at least one byte, so each
+    form has a lower bound known from popcounts alone; forms are expanded from the lowest
+    bound up, and not at all once the bound cannot beat the best so far."""
+    order = sets.ENCODINGS.index
     count = int(np.bitwise_count(words).sum())
-    payloads: dict[str, Ids] = {}
-
-    def consider(encoding: str, values: Ids) -> tuple[str, int]:
-        payloads[encoding] = values
-        return min(best, (encoding, sets.wire_size(encoding, _varint_bytes(values))), key=_rank)
-
-    # Each id or run costs at least one byte: a form whose lower bound loses is not expanded.
-    if sets.wire_size(sets.ALLOWED_IDS, count) <= best[1]:
-        best = consider(sets.ALLOWED_IDS, np.diff(_set_bits(words), prepend=0))
-    if sets.wire_size(sets.DISALLOWED_IDS, vocab_size - count) <= best[1]:
-        best = consider(sets.DISALLOWED_IDS,
-                        np.diff(_set_bits(row_words(~words, vocab_size)), prepend=0))
-    # A non-empty set has at least two runs (the leading disallowed one may be 0).
-    if sets.wire_size(sets.RUNS, 2 if count else 0) <= best[1]:
-        # Bit i of `edges` is set where token i differs from token i-1 (token -1 counts as
-        # disallowed): a row of few ranges has few edges whatever its density.
-        carry = np.zeros_like(words)
-        carry[1:] = words[:-1] >> np.uint32(31)
-        edges = words ^ ((words << np.uint32(1)) | carry)
-        if sets.wire_size(sets.RUNS, int(np.bitwise_count(edges).sum())) <= best[1]:
-            bounds = _set_bits(edges)  # bits past vocab_size are clear: no edge after it
-            if bounds.size % 2:  # the last allowed run reaches the end of the vocabulary
-                bounds = np.append(bounds, vocab_size)
-            best = consider(sets.RUNS, np.diff(bounds, prepend=0))
-    encoding, size = best
-    if encoding == sets.BITMASK:
-        return encoding, words.astype("<u4", copy=False).tobytes(), size
-    return encoding, payloads[encoding].tolist(), size
-
-
-def to_message(encoded: Encoded, out: Any) -> None:
-    """Fills `out` (an AllowedTokenSet) with an `encode` result."""
-    encoding, payload, _ = encoded
-    if encoding == sets.BITMASK:
-        out.bitmask = payload
-        return
-    member = getattr(out, encoding)
-    member.SetInParent()  # an empty list is a set too (nothing allowed / all allowed)
-    (member.lengths if encoding == sets.RUNS else member.deltas).extend(payload)
+    n_edges = int(np.bitwise_count(_edges(words)).sum())
+    bounds = sorted(
+        ((sets.wire_size(encoding, n), order(encoding), encoding) for encoding, n in (
+            (sets.ALLOWED_IDS, count), (sets.DISALLOWED_IDS, vocab_size - count),
+            (sets.RUNS, n_edges))))
+    best = (sets.wire_size(sets.BITMASK, words.size * 4), order(sets.BITMASK), b"")
+    best_encoding = sets.BITMASK
+    for bound, rank, encoding in bounds:
+        if (bound, rank) > best[:2]:
+            break
+        payload = _varints(_expand(encoding, words, vocab_size))
+        candidate = (sets.wire_size(encoding, len(payload)), rank, payload)
+        if candidate[:2] < best[:2]:
+            best, best_encoding = candidate, encoding
+    if best_encoding == sets.BITMASK:
+        return best_encoding, sets.frame(sets.BITMASK, words.astype("<u4", copy=False).tobytes())
+    return best_encoding, sets.frame(best_encoding, best[2])
 
 
 class AllowedSetRecorder:
@@ -167,7 +189,7 @@ class AllowedSetRecorder:
             if len(self._requests) > MAX_TRACKED_REQUESTS:
                 self._requests.popitem(last=False)
         encoded = self.encoded(row, vocab_size)
-        size = encoded[2]
+        size = len(encoded[1])
         if size > self.step_max_bytes:
             tally[1] += 1
             step.allowed_set_truncated = True
@@ -176,7 +198,7 @@ class AllowedSetRecorder:
             step.allowed_set_truncated = True
         else:
             tally[0] += size
-            to_message(encoded, step.allowed_set)
+            step.allowed_set.ParseFromString(encoded[1])
 
     def finish(self, summary: Any, request_id: str) -> None:
         """Writes the request's set bytes and drops into its StructuredOutputSummary."""

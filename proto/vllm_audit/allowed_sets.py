@@ -37,14 +37,41 @@ def varint_size(value: int) -> int:
     return n
 
 
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+_MEMBERS = pb.AllowedTokenSet.DESCRIPTOR.oneofs_by_name["encoding"].fields
+#: The wire key (field number, length-delimited) of each member, and of the one packed field
+#: inside the members that are messages (TokenIdDeltas, TokenRuns), from the descriptors.
+_KEYS = {f.name: _varint(f.number << 3 | 2) for f in _MEMBERS}
+_PACKED_KEYS = {f.name: _varint(f.message_type.fields[0].number << 3 | 2)
+                for f in _MEMBERS if f.message_type is not None}
+
+
+def frame(encoding: str, payload: bytes) -> bytes:
+    """The serialised AllowedTokenSet whose member `encoding` carries `payload`: packed varints
+    (an id or run list) or the raw row. The hook builds sets this way (numpy writes the
+    varints; parsing the result is one C call), and `len(frame(e, p)) == wire_size(e, len(p))`."""
+    inner = payload
+    if encoding != BITMASK and payload:
+        inner = _PACKED_KEYS[encoding] + _varint(len(payload)) + payload
+    return _KEYS[encoding] + _varint(len(inner)) + inner
+
+
 def wire_size(encoding: str, payload: int) -> int:
     """Serialised bytes of an AllowedTokenSet whose chosen member carries `payload` bytes: the
     packed varints of an id or run list, or the raw row. Equals `ByteSize()` of the message
     (a test holds the two together), so the hook can compare forms without building them."""
     inner = payload
     if encoding != BITMASK and payload:  # a message with one packed repeated field
-        inner = 1 + varint_size(payload) + payload
-    return 1 + varint_size(inner) + inner
+        inner = len(_PACKED_KEYS[encoding]) + varint_size(payload) + payload
+    return len(_KEYS[encoding]) + varint_size(inner) + inner
 
 
 @dataclass(frozen=True)

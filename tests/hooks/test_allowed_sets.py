@@ -14,12 +14,7 @@ from hypothesis import strategies as st
 from vllm_audit import allowed_sets as sets
 from vllm_audit.v1 import events_pb2 as pb
 from vllm_hooks import raw_events as raw
-from vllm_hooks.allowed_set_encoder import (
-    AllowedSetRecorder,
-    encode,
-    row_words,
-    to_message,
-)
+from vllm_hooks.allowed_set_encoder import AllowedSetRecorder, _varints, encode, row_words
 from vllm_hooks.capture import CapturePolicy
 from vllm_hooks.raw_events import EventConverter
 from vllm_hooks.settings import HookSettings
@@ -60,10 +55,10 @@ def every_form(allowed: list[int], vocab: int) -> dict[str, pb.AllowedTokenSet]:
 
 
 def encoded_message(row: np.ndarray[Any, Any], vocab: int) -> tuple[pb.AllowedTokenSet, int]:
-    result = encode(row_words(row, vocab), vocab)
-    message = pb.AllowedTokenSet()
-    to_message(result, message)
-    return message, result[2]
+    encoding, data = encode(row_words(row, vocab), vocab)
+    message = pb.AllowedTokenSet.FromString(data)
+    assert sets.encoding_of(message) == encoding
+    return message, len(data)
 
 
 def check_round_trip(allowed: set[int], vocab: int, padding: bool = False) -> pb.AllowedTokenSet:
@@ -143,11 +138,19 @@ def test_forms_chosen_at_a_128k_vocabulary() -> None:
 
 
 @pytest.mark.parametrize("payload", [0, 1, 127, 128, 16_383, 16_384, 40_000])
-def test_wire_size_is_the_serialised_size(payload: int) -> None:
+def test_wire_size_and_frame_are_the_serialised_message(payload: int) -> None:
     raw_row = pb.AllowedTokenSet(bitmask=b"\x01" * payload)
     assert raw_row.ByteSize() == sets.wire_size(sets.BITMASK, payload)
+    assert sets.frame(sets.BITMASK, b"\x01" * payload) == raw_row.SerializeToString()
     ids = pb.AllowedTokenSet(allowed_ids=pb.TokenIdDeltas(deltas=[1] * payload))
     assert ids.ByteSize() == sets.wire_size(sets.ALLOWED_IDS, payload)
+    if payload == 0:
+        ids.allowed_ids.SetInParent()  # the empty set is present, not unset
+    assert sets.frame(sets.ALLOWED_IDS, b"\x01" * payload) == ids.SerializeToString()
+    runs = pb.AllowedTokenSet(runs=pb.TokenRuns(lengths=[1] * payload))
+    assert len(sets.frame(sets.RUNS, b"\x01" * payload)) == sets.wire_size(sets.RUNS, payload)
+    assert sets.frame(sets.RUNS, b"\x01" * payload) == (
+        runs.SerializeToString() if payload else b"\x1a\x00")
 
 
 @pytest.mark.parametrize(("message", "vocab", "problem"), [
@@ -189,7 +192,7 @@ def test_caps_drop_a_set_mark_the_step_and_count_it_in_the_summary() -> None:
     rng = np.random.default_rng(3)
     dense = packed_row(set(np.flatnonzero(rng.random(vocab) < 0.5).tolist()), vocab).tobytes()
     small = packed_row({1, 2, 3}, vocab).tobytes()
-    small_size = encode(row_words(np.frombuffer(small, np.int32), vocab), vocab)[2]
+    small_size = len(encode(row_words(np.frombuffer(small, np.int32), vocab), vocab)[1])
     settings = HookSettings(enabled=True, allowed_set_max_bytes=300,
                             allowed_sets_trail_max_bytes=2 * small_size)
     convert = EventConverter(settings, CapturePolicy(b"k")).to_proto
@@ -232,3 +235,12 @@ def test_a_step_over_the_batch_room_loses_its_set_and_keeps_its_tokens() -> None
     assert truncate_to_fit(event, 1000)
     assert event.truncated and event.so_step.allowed_set_truncated
     assert list(event.so_step.accepted_tokens) == [1, 2, 3]
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.integers(0, 2**32 - 1), max_size=50))
+def test_numpy_varints_are_protobufs_packing(values: list[int]) -> None:
+    packed = pb.TokenRuns(lengths=values).SerializeToString()
+    assert sets.frame(sets.RUNS, _varints(np.array(values, dtype=np.int64))) == (
+        pb.AllowedTokenSet(runs=pb.TokenRuns(lengths=values)).SerializeToString())
+    assert packed.endswith(_varints(np.array(values, dtype=np.int64)))
