@@ -10,8 +10,10 @@ dense random row costs a popcount and an edge count, and a sparse one costs in p
 its ids — never a 128k-element bit expansion. Rows repeat (every request inside a JSON
 string has the same row; grammars revisit states), so results are cached by the row's bytes.
 
-Caps (`AllowedSetRecorder`): a set whose encoding alone is over the per-step cap, or that
-would take its request's sets past the per-trail cap, is dropped: the step is marked
+Per request (`AllowedSetRecorder`): a set the request already recorded in full at an earlier
+step is recorded as `same_as_step` (2-3 bytes; a grammar has few states, so most steps are
+repeats). A set whose encoding alone is over the per-step cap, or that would take its
+request's sets past the per-trail cap, is dropped: the step is marked
 `allowed_set_truncated` and the drop counted by reason in the request's summary, never
 silently. Decoding is `vllm_audit.allowed_sets.decode` (pure Python, shared with the agent,
 replay and the tests).
@@ -19,6 +21,7 @@ replay and the tests).
 
 from __future__ import annotations
 
+import hashlib
 from collections import OrderedDict
 from typing import Any
 
@@ -70,7 +73,7 @@ def _varints(values: Ids) -> bytes:
     if not values.size:
         return b""
     v = values.astype(np.uint32)
-    groups = (int(v.max()).bit_length() + 6) // 7
+    groups = max(1, (int(v.max()).bit_length() + 6) // 7)
     if groups == 1:
         return v.astype(np.uint8).tobytes()
     lengths = np.ones(v.size, dtype=np.int64)
@@ -156,15 +159,28 @@ def encode(words: U32, vocab_size: int) -> Encoded:
     return best_encoding, sets.frame(best_encoding, best[2])
 
 
+class _RequestSets:
+    """One request's set bytes, drops and the sets it has recorded in full."""
+
+    __slots__ = ("kept_bytes", "over_step_cap", "over_trail_cap", "seen")
+
+    def __init__(self) -> None:
+        self.kept_bytes = 0
+        self.over_step_cap = 0
+        self.over_trail_cap = 0
+        #: digest of a serialised set -> the step that holds it in full
+        self.seen: dict[bytes, int] = {}
+
+
 class AllowedSetRecorder:
-    """Sender-thread state: the row cache and each request's set bytes and drops."""
+    """Sender-thread state: the row cache and each request's set bytes, drops and the sets it
+    recorded in full (a repeat becomes `same_as_step`)."""
 
     def __init__(self, step_max_bytes: int, trail_max_bytes: int) -> None:
         self.step_max_bytes = step_max_bytes
         self.trail_max_bytes = trail_max_bytes
         self._cache: OrderedDict[tuple[int, bytes], Encoded] = OrderedDict()
-        #: request id -> [set bytes kept, dropped over the step cap, over the trail cap]
-        self._requests: OrderedDict[str, list[int]] = OrderedDict()
+        self._requests: OrderedDict[str, _RequestSets] = OrderedDict()
         self.cache_hits = 0
 
     def encoded(self, row: bytes, vocab_size: int) -> Encoded:
@@ -181,29 +197,41 @@ class AllowedSetRecorder:
         return result
 
     def record(self, step: Any, request_id: str, row: bytes, vocab_size: int) -> None:
-        """Sets `step.allowed_set` (a StructuredOutputStep) from the raw row, or marks the
-        step allowed_set_truncated and counts the drop."""
-        tally = self._requests.get(request_id)
-        if tally is None:
-            tally = self._requests[request_id] = [0, 0, 0]
+        """Sets `step.allowed_set` (a StructuredOutputStep whose `step` is set) from the raw
+        row — a reference when the request recorded the same set in full before — or marks
+        the step allowed_set_truncated and counts the drop."""
+        sets_of = self._requests.get(request_id)
+        if sets_of is None:
+            sets_of = self._requests[request_id] = _RequestSets()
             if len(self._requests) > MAX_TRACKED_REQUESTS:
                 self._requests.popitem(last=False)
-        encoded = self.encoded(row, vocab_size)
-        size = len(encoded[1])
+        data = self.encoded(row, vocab_size)[1]
+        # The serialised form is canonical (one per set and vocabulary): its digest names it.
+        digest = hashlib.blake2b(data, digest_size=16).digest()
+        earlier = sets_of.seen.get(digest)
+        size = len(data)
+        if earlier is not None and sets.reference_size(earlier) < size:
+            size = sets.reference_size(earlier)
+            data = b""
         if size > self.step_max_bytes:
-            tally[1] += 1
+            sets_of.over_step_cap += 1
             step.allowed_set_truncated = True
-        elif tally[0] + size > self.trail_max_bytes:
-            tally[2] += 1
+        elif sets_of.kept_bytes + size > self.trail_max_bytes:
+            sets_of.over_trail_cap += 1
             step.allowed_set_truncated = True
         else:
-            tally[0] += size
-            step.allowed_set.ParseFromString(encoded[1])
+            sets_of.kept_bytes += size
+            if data:
+                step.allowed_set.ParseFromString(data)
+                if earlier is None:
+                    sets_of.seen[digest] = step.step
+            else:
+                step.allowed_set.same_as_step = earlier
 
     def finish(self, summary: Any, request_id: str) -> None:
         """Writes the request's set bytes and drops into its StructuredOutputSummary."""
-        tally = self._requests.pop(request_id, None)
-        if tally is not None:
-            summary.allowed_set_bytes = tally[0]
-            summary.allowed_sets_over_step_cap = tally[1]
-            summary.allowed_sets_over_trail_cap = tally[2]
+        sets_of = self._requests.pop(request_id, None)
+        if sets_of is not None:
+            summary.allowed_set_bytes = sets_of.kept_bytes
+            summary.allowed_sets_over_step_cap = sets_of.over_step_cap
+            summary.allowed_sets_over_trail_cap = sets_of.over_trail_cap

@@ -180,6 +180,7 @@ def replay(trail: q.GetTrailResponse, model: str) -> ReplayReport:
 
 
 def _check_steps(rec: _Recorded, replayer: Any, report: ReplayReport) -> None:
+    earlier = allowed_sets.sets_by_step(rec.steps)
     for st in rec.steps:
         per_token = list(st.allowed_per_token) or [st.allowed_tokens]
         for k, token in enumerate(st.accepted_tokens):
@@ -187,7 +188,7 @@ def _check_steps(rec: _Recorded, replayer: Any, report: ReplayReport) -> None:
             allowed = replayer.allows(words, token)
             recorded = per_token[k] if k < len(per_token) else -1
             if k == 0:
-                differs = _set_differs(st, replayer.row_bytes(words), report)
+                differs = _set_differs(st, replayer.row_bytes(words), earlier, report)
                 if differs:
                     report.first_mismatch = Mismatch(st.step, 0, token, differs)
                     return
@@ -211,14 +212,16 @@ def _check_steps(rec: _Recorded, replayer: Any, report: ReplayReport) -> None:
         report.steps_checked += 1
 
 
-def _set_differs(st: pb.StructuredOutputStep, row: bytes, report: ReplayReport) -> str:
-    """'' when the step recorded no allowed set or one equal to the replayed `row`, else why."""
+def _set_differs(st: pb.StructuredOutputStep, row: bytes, earlier: allowed_sets.Earlier,
+                 report: ReplayReport) -> str:
+    """'' when the step recorded no allowed set or one equal to the replayed `row`, else why.
+    `earlier`: the trail's sets by step, for a set recorded as a reference to one of them."""
     if st.allowed_set_truncated:
         report.sets_truncated += 1
     if not st.HasField("allowed_set"):
         return ""
     try:
-        recorded = allowed_sets.decode(st.allowed_set, st.vocab_size)
+        recorded = allowed_sets.decode(st.allowed_set, st.vocab_size, earlier, st.step)
     except allowed_sets.AllowedSetError as exc:
         return f"the recorded allowed set is not valid: {exc}"
     diff = int.from_bytes(recorded.bitmask, "little") ^ int.from_bytes(row, "little")

@@ -21,7 +21,8 @@ Repaired and counted in `clamped` by "<Message>.<field>" (the event is marked `t
   - a string over its cap (MAX_TEXT_BYTES for prompt/output/error, MAX_STRING_BYTES for the
     rest) -> cut at a UTF-8 boundary;
   - a step's allowed_set that is not a valid encoding over its vocab_size (ids out of range
-    or not ascending, runs past the vocabulary, a raw row of the wrong length) -> removed and
+    or not ascending, runs past the vocabulary, a raw row of the wrong length, a reference
+    to a step that is not earlier) -> removed and
     the step marked allowed_set_truncated, so whatever decodes a stored set gets a valid one.
 Dropped and counted in `dropped_events`: an event with no body (an unknown kind from a newer
 hook, or none at all); the rest of its batch is kept.
@@ -203,7 +204,7 @@ def _repair_event(event: pb.Event, clamped: Counter[str]) -> bool:
         _cap_string(body, name, f, clamped)
     if name == "StructuredOutputStep" and event.so_step.HasField("allowed_set"):
         step = event.so_step
-        if allowed_sets.check(step.allowed_set, step.vocab_size):
+        if allowed_sets.check(step.allowed_set, step.vocab_size, step.step):
             step.ClearField("allowed_set")
             step.allowed_set_truncated = True
             clamped["StructuredOutputStep.allowed_set"] += 1

@@ -1,6 +1,7 @@
 """Decoding `AllowedTokenSet` (events.proto): the one decoder the agent, `vllm-audit replay`
-and the tests share, with the structural check the agent runs before it acknowledges a batch
-and the exact wire size the hook's encoder (vllm_hooks/allowed_set_encoder.py) compares.
+and the tests share (a `same_as_step` reference resolves against the trail's earlier steps),
+with the structural check the agent runs before it acknowledges a batch and the exact wire
+sizes the hook's encoder (vllm_hooks/allowed_set_encoder.py) compares.
 
 Pure Python on purpose: it ships with the contract, which both the hook's image (vLLM's, with
 numpy) and the agent's slim image (no numpy) install. Decoding goes through a byte array, so
@@ -9,15 +10,19 @@ a 128k-token set decodes in about a millisecond whatever its encoding.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from vllm_audit.v1 import events_pb2 as pb
 
-#: The `AllowedTokenSet.encoding` oneof's members, in the hook's tie-break order: on equal
-#: sizes the earlier (more readable) form wins.
-ENCODINGS = tuple(f.name for f in pb.AllowedTokenSet.DESCRIPTOR.oneofs_by_name["encoding"].fields)
-ALLOWED_IDS, DISALLOWED_IDS, RUNS, BITMASK = ENCODINGS
+#: The `AllowedTokenSet.encoding` oneof's members.
+MEMBERS = tuple(f.name for f in pb.AllowedTokenSet.DESCRIPTOR.oneofs_by_name["encoding"].fields)
+ALLOWED_IDS, DISALLOWED_IDS, RUNS, BITMASK, SAME_AS_STEP = MEMBERS
+#: The forms that hold a set by themselves, in the hook's tie-break order: on equal sizes the
+#: earlier (more readable) form wins. SAME_AS_STEP refers to a step holding one of these.
+ENCODINGS = (ALLOWED_IDS, DISALLOWED_IDS, RUNS, BITMASK)
+#: Earlier steps' sets of the same request, by step number (what SAME_AS_STEP refers to).
+Earlier = Mapping[int, pb.AllowedTokenSet]
 
 
 class AllowedSetError(ValueError):
@@ -46,12 +51,19 @@ def _varint(value: int) -> bytes:
     return bytes(out)
 
 
-_MEMBERS = pb.AllowedTokenSet.DESCRIPTOR.oneofs_by_name["encoding"].fields
+_FIELDS = pb.AllowedTokenSet.DESCRIPTOR.oneofs_by_name["encoding"].fields
 #: The wire key (field number, length-delimited) of each member, and of the one packed field
 #: inside the members that are messages (TokenIdDeltas, TokenRuns), from the descriptors.
-_KEYS = {f.name: _varint(f.number << 3 | 2) for f in _MEMBERS}
+_KEYS = {f.name: _varint(f.number << 3 | 2) for f in _FIELDS}
 _PACKED_KEYS = {f.name: _varint(f.message_type.fields[0].number << 3 | 2)
-                for f in _MEMBERS if f.message_type is not None}
+                for f in _FIELDS if f.message_type is not None}
+#: SAME_AS_STEP is a varint field (wire type 0).
+_REFERENCE_KEY = _varint(pb.AllowedTokenSet.DESCRIPTOR.fields_by_name[SAME_AS_STEP].number << 3)
+
+
+def reference_size(step: int) -> int:
+    """Serialised bytes of an AllowedTokenSet that says same_as_step=`step`."""
+    return len(_REFERENCE_KEY) + varint_size(step)
 
 
 def frame(encoding: str, payload: bytes) -> bytes:
@@ -110,14 +122,21 @@ class TokenSet:
         return out
 
 
-def check(token_set: pb.AllowedTokenSet, vocab_size: int) -> str:
-    """'' when `token_set` is a valid encoding over `vocab_size` tokens, else what is wrong.
-    Costs a sum over the message's values, never a decode (the agent runs it on ingest)."""
+def check(token_set: pb.AllowedTokenSet, vocab_size: int, step: int = 0) -> str:
+    """'' when `token_set` is a valid encoding over `vocab_size` tokens (held by grammar step
+    `step`, 0 if unknown), else what is wrong. Costs a sum over the message's values, never a
+    decode (the agent runs it on ingest). A reference is checked for its direction only: the
+    step it names may be in another batch."""
     which = token_set.WhichOneof("encoding")
     if which is None:
         return "no encoding is set"
     if vocab_size <= 0:
         return f"vocab_size {vocab_size} leaves no token space"
+    if which == SAME_AS_STEP:
+        earlier = token_set.same_as_step
+        if earlier < 1 or (step and earlier >= step):
+            return f"same_as_step {earlier} is not an earlier step than {step or 'its own'}"
+        return ""
     if which == BITMASK:
         data = token_set.bitmask
         if len(data) != bitmask_bytes(vocab_size):
@@ -181,13 +200,24 @@ def _bit(row: bytearray, token: int, value: bool) -> None:
         row[token >> 3] &= ~(1 << (token & 7)) & 0xFF
 
 
-def decode(token_set: pb.AllowedTokenSet, vocab_size: int) -> TokenSet:
-    """Any encoding back into the set. Raises AllowedSetError (saying what is wrong) for a
-    message that is not a valid encoding over `vocab_size` tokens."""
-    problem = check(token_set, vocab_size)
+def decode(token_set: pb.AllowedTokenSet, vocab_size: int, earlier: Earlier | None = None,
+           step: int = 0) -> TokenSet:
+    """Any encoding back into the set. A SAME_AS_STEP reference is resolved in `earlier` (the
+    same request's sets by step number: a trail's steps). Raises AllowedSetError (saying what
+    is wrong) for a message that is not a valid encoding over `vocab_size` tokens, or a
+    reference to a step `earlier` lacks or that is itself a reference."""
+    problem = check(token_set, vocab_size, step)
     if problem:
         raise AllowedSetError(problem)
     which = token_set.WhichOneof("encoding")
+    if which == SAME_AS_STEP:
+        number = token_set.same_as_step
+        target = (earlier or {}).get(number)
+        if target is None:
+            raise AllowedSetError(f"same_as_step {number}: the trail has no set at step {number}")
+        if target.WhichOneof("encoding") == SAME_AS_STEP:
+            raise AllowedSetError(f"same_as_step {number}: step {number} is itself a reference")
+        return decode(target, vocab_size)
     if which == BITMASK:
         return TokenSet(vocab_size, bytes(token_set.bitmask))
     size = bitmask_bytes(vocab_size)
@@ -202,6 +232,11 @@ def decode(token_set: pb.AllowedTokenSet, vocab_size: int) -> TokenSet:
         else:
             _fill(row, start, end, not negate)
     return TokenSet(vocab_size, bytes(row))
+
+
+def sets_by_step(steps: Iterable[pb.StructuredOutputStep]) -> dict[int, pb.AllowedTokenSet]:
+    """The `earlier` mapping of `decode` for one request's steps."""
+    return {s.step: s.allowed_set for s in steps if s.HasField("allowed_set")}
 
 
 def encoding_of(token_set: pb.AllowedTokenSet) -> str:

@@ -64,13 +64,14 @@ def test_each_request_has_a_structured_output_trail(
         # One step per generated token, in order, each token the one vLLM returned.
         assert [t for st in steps for t in st.accepted_tokens] == out["token_ids"]
         assert len(steps) == len(out["token_ids"])
+        earlier = allowed_sets.sets_by_step(steps)  # what same_as_step refers to
         for st in steps:
             assert st.accepted
             assert st.allowed_tokens > 0
             # Each step's set, in whichever encoding the hook chose, decoded by the shared
             # decoder and counted independently.
             assert st.vocab_size == VOCAB_SIZE and not st.allowed_set_truncated
-            decoded = allowed_sets.decode(st.allowed_set, st.vocab_size)
+            decoded = allowed_sets.decode(st.allowed_set, st.vocab_size, earlier, st.step)
             count, allowed = independent_popcount(decoded.bitmask, VOCAB_SIZE)
             assert st.allowed_tokens == count
             # Every generated token obeyed the grammar's mask.
@@ -115,7 +116,9 @@ def test_replay_checks_every_recorded_set_and_names_an_altered_one(
     altered.CopyFrom(trail)
     step = next(e.so_step for e in altered.events
                 if e.WhichOneof("body") == "so_step" and e.so_step.step == 2)
-    decoded = allowed_sets.decode(step.allowed_set, step.vocab_size)
+    steps = [e.so_step for e in altered.events if e.WhichOneof("body") == "so_step"]
+    decoded = allowed_sets.decode(step.allowed_set, step.vocab_size,
+                                  allowed_sets.sets_by_step(steps), step.step)
     extra = next(t for t in range(VOCAB_SIZE) if t not in decoded)
     ids = sorted({*decoded.ids(), extra})
     step.allowed_set.CopyFrom(pb_ids(ids))

@@ -191,28 +191,82 @@ def test_caps_drop_a_set_mark_the_step_and_count_it_in_the_summary() -> None:
     vocab = 4096  # a raw row is 512 bytes
     rng = np.random.default_rng(3)
     dense = packed_row(set(np.flatnonzero(rng.random(vocab) < 0.5).tolist()), vocab).tobytes()
-    small = packed_row({1, 2, 3}, vocab).tobytes()
-    small_size = len(encode(row_words(np.frombuffer(small, np.int32), vocab), vocab)[1])
+    a, b, c = (packed_row({k, k + 7, k + 900}, vocab).tobytes() for k in (1, 2, 3))
+    size = len(encode(row_words(np.frombuffer(a, np.int32), vocab), vocab)[1])
     settings = HookSettings(enabled=True, allowed_set_max_bytes=300,
-                            allowed_sets_trail_max_bytes=2 * small_size)
+                            allowed_sets_trail_max_bytes=2 * size)
     convert = EventConverter(settings, CapturePolicy(b"k")).to_proto
-    steps = [convert(step_tuple("r", 1, small, vocab)), convert(step_tuple("r", 2, dense, vocab)),
-             convert(step_tuple("r", 3, small, vocab)), convert(step_tuple("r", 4, small, vocab)),
-             convert(step_tuple("other", 1, small, vocab))]
+    steps = [convert(step_tuple("r", 1, a, vocab)), convert(step_tuple("r", 2, dense, vocab)),
+             convert(step_tuple("r", 3, b, vocab)), convert(step_tuple("r", 4, c, vocab)),
+             convert(step_tuple("other", 1, c, vocab))]
     kept = [s.so_step.HasField("allowed_set") for s in steps]
     truncated = [s.so_step.allowed_set_truncated for s in steps]
     # Step 2 is over the step cap; step 4 would take request r past its trail cap; another
     # request has a cap of its own.
     assert kept == [True, False, True, False, True]
     assert truncated == [not k for k in kept]
-    assert sets.decode(steps[0].so_step.allowed_set, vocab).ids() == [1, 2, 3]
+    assert sets.decode(steps[0].so_step.allowed_set, vocab).ids() == [1, 8, 901]
     summary = convert(summary_tuple("r")).so_summary
     assert (summary.allowed_sets_over_step_cap, summary.allowed_sets_over_trail_cap,
-            summary.allowed_set_bytes) == (1, 1, 2 * small_size)
+            summary.allowed_set_bytes) == (1, 1, 2 * size)
     # The request's tally left with its summary; a step without a row is not a drop.
     assert convert(summary_tuple("r")).so_summary.allowed_set_bytes == 0
     plain = convert(step_tuple("r", 5, None, vocab)).so_step
     assert not plain.HasField("allowed_set") and not plain.allowed_set_truncated
+
+
+def test_a_repeated_set_refers_to_the_step_that_holds_it() -> None:
+    vocab = 1000
+    inside_string = packed_row(set(range(vocab)) - {34, 92, 500}, vocab).tobytes()
+    key = packed_row({34}, vocab).tobytes()
+    convert = EventConverter(HookSettings(enabled=True), CapturePolicy(b"k")).to_proto
+    rows = [key, inside_string, inside_string, key, inside_string]
+    steps = [convert(step_tuple("r", n, row, vocab)).so_step for n, row in enumerate(rows, 1)]
+    assert [sets.encoding_of(s.allowed_set) for s in steps] == [
+        sets.ALLOWED_IDS, sets.DISALLOWED_IDS, sets.SAME_AS_STEP, sets.SAME_AS_STEP,
+        sets.SAME_AS_STEP]
+    assert [s.allowed_set.same_as_step for s in steps[2:]] == [2, 1, 2]
+    assert steps[3].allowed_set.ByteSize() == 2 < steps[0].allowed_set.ByteSize() == 5
+    earlier = sets.sets_by_step(steps)
+    for step, row in zip(steps, rows, strict=True):
+        assert sets.decode(step.allowed_set, vocab, earlier, step.step).bitmask == row
+    summary = convert(summary_tuple("r")).so_summary
+    assert summary.allowed_set_bytes == sum(s.allowed_set.ByteSize() for s in steps)
+    # Another request refers only to its own steps.
+    first = convert(step_tuple("q", 1, inside_string, vocab)).so_step
+    assert sets.encoding_of(first.allowed_set) == sets.DISALLOWED_IDS
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.integers(0, 4), min_size=1, max_size=30), st.integers(1, 700))
+def test_any_sequence_of_steps_decodes_back_through_its_references(
+        picks: list[int], vocab: int) -> None:
+    rng = np.random.default_rng(vocab)
+    pool = [packed_row(set(np.flatnonzero(rng.random(vocab) < p).tolist()), vocab).tobytes()
+            for p in (0.0, 0.01, 0.5, 0.99, 1.0)]
+    convert = EventConverter(HookSettings(enabled=True), CapturePolicy(b"k")).to_proto
+    steps = [convert(step_tuple("r", n, pool[k], vocab)).so_step
+             for n, k in enumerate(picks, 1)]
+    earlier = sets.sets_by_step(steps)
+    for step, k in zip(steps, picks, strict=True):
+        assert sets.check(step.allowed_set, vocab, step.step) == ""
+        assert sets.decode(step.allowed_set, vocab, earlier, step.step).bitmask == pool[k]
+        if sets.encoding_of(step.allowed_set) == sets.SAME_AS_STEP:
+            target = earlier[step.allowed_set.same_as_step]
+            assert sets.encoding_of(target) in sets.ENCODINGS
+
+
+def test_references_that_cannot_be_resolved_are_errors() -> None:
+    ref = pb.AllowedTokenSet(same_as_step=3)
+    with pytest.raises(sets.AllowedSetError, match="the trail has no set at step 3"):
+        sets.decode(ref, 10, {}, 5)
+    with pytest.raises(sets.AllowedSetError, match="step 3 is itself a reference"):
+        sets.decode(ref, 10, {3: pb.AllowedTokenSet(same_as_step=1)}, 5)
+    assert "not an earlier step" in sets.check(ref, 10, 3)
+    assert "not an earlier step" in sets.check(pb.AllowedTokenSet(same_as_step=0), 10)
+    assert sets.check(ref, 10, 4) == ""
+    resolved = sets.decode(ref, 10, {3: pb.AllowedTokenSet(runs=pb.TokenRuns(lengths=[2, 3]))})
+    assert resolved.ids() == [2, 3, 4]
 
 
 def test_the_step_cap_stays_under_a_quarter_of_the_batch_cap() -> None:

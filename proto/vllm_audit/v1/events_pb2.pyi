@@ -104,16 +104,18 @@ class StructuredOutputStep(_message.Message):
     def __init__(self, step: _Optional[int] = ..., accepted_tokens: _Optional[_Iterable[int]] = ..., allowed_tokens: _Optional[int] = ..., accepted: _Optional[bool] = ..., terminated: _Optional[bool] = ..., vocab_size: _Optional[int] = ..., allowed_per_token: _Optional[_Iterable[int]] = ..., drafted_tokens: _Optional[int] = ..., accepted_draft_tokens: _Optional[int] = ..., rolled_back_draft_tokens: _Optional[int] = ..., allowed_set: _Optional[_Union[AllowedTokenSet, _Mapping]] = ..., allowed_set_truncated: _Optional[bool] = ...) -> None: ...
 
 class AllowedTokenSet(_message.Message):
-    __slots__ = ("allowed_ids", "disallowed_ids", "runs", "bitmask")
+    __slots__ = ("allowed_ids", "disallowed_ids", "runs", "bitmask", "same_as_step")
     ALLOWED_IDS_FIELD_NUMBER: _ClassVar[int]
     DISALLOWED_IDS_FIELD_NUMBER: _ClassVar[int]
     RUNS_FIELD_NUMBER: _ClassVar[int]
     BITMASK_FIELD_NUMBER: _ClassVar[int]
+    SAME_AS_STEP_FIELD_NUMBER: _ClassVar[int]
     allowed_ids: TokenIdDeltas
     disallowed_ids: TokenIdDeltas
     runs: TokenRuns
     bitmask: bytes
-    def __init__(self, allowed_ids: _Optional[_Union[TokenIdDeltas, _Mapping]] = ..., disallowed_ids: _Optional[_Union[TokenIdDeltas, _Mapping]] = ..., runs: _Optional[_Union[TokenRuns, _Mapping]] = ..., bitmask: _Optional[bytes] = ...) -> None: ...
+    same_as_step: int
+    def __init__(self, allowed_ids: _Optional[_Union[TokenIdDeltas, _Mapping]] = ..., disallowed_ids: _Optional[_Union[TokenIdDeltas, _Mapping]] = ..., runs: _Optional[_Union[TokenRuns, _Mapping]] = ..., bitmask: _Optional[bytes] = ..., same_as_step: _Optional[int] = ...) -> None: ...
 
 class TokenIdDeltas(_message.Message):
     __slots__ = ("deltas",)
