@@ -61,10 +61,12 @@ ENV_GRAMMAR_MAX_BYTES = "VLLM_AUDIT_GRAMMAR_MAX_BYTES"
 #: Level full-with-allowed-sets: the largest encoded allowed-token set kept for one step, and
 #: for all steps of one request. A set over either cap is dropped for its step (the step says
 #: allowed_set_truncated; the request's summary counts it by cap). The step cap is also held
-#: to a quarter of VLLM_AUDIT_MAX_BATCH_BYTES so a set never forces a batch cut.
+#: to a quarter of VLLM_AUDIT_MAX_BATCH_BYTES so a set never forces a batch cut. The default
+#: step cap keeps a JSON schema's largest row at a 128k vocabulary (inside a string: ~9 KB as
+#: disallowed ids, measured) and refuses the raw 16 KiB row of a dense scatter.
 ENV_ALLOWED_SET_MAX_BYTES = "VLLM_AUDIT_ALLOWED_SET_MAX_BYTES"
 ENV_ALLOWED_SETS_TRAIL_MAX_BYTES = "VLLM_AUDIT_ALLOWED_SETS_TRAIL_MAX_BYTES"
-DEFAULT_ALLOWED_SET_MAX_BYTES = 4096
+DEFAULT_ALLOWED_SET_MAX_BYTES = 12 * 1024
 DEFAULT_ALLOWED_SETS_TRAIL_MAX_BYTES = 1 << 20
 #: The seed's synchronous mode (false) is not offered: the engine thread only appends to a
 #: bounded buffer and a background thread sends, so vLLM never waits on the audit. false is
