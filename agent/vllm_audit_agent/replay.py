@@ -110,8 +110,9 @@ def load_trail_file(path: Path) -> q.GetTrailResponse:
 
 
 def _event_from_dict(item: dict[str, Any]) -> pb.Event:
-    """One event from either JSON shape. The record shape lists every member of the `body`
-    oneof (unset ones at their defaults): the member that is not empty is the body."""
+    """One event from either JSON shape. The record shape lists the member of the `body`
+    oneof that is set (older ones listed every member, unset ones at their defaults: the
+    member that is not empty is the body)."""
     event = pb.Event()
     scalars = {f.name: item[f.name] for f in pb.Event.DESCRIPTOR.fields
                if f.containing_oneof is None and f.name in item}
