@@ -298,3 +298,24 @@ def test_numpy_varints_are_protobufs_packing(values: list[int]) -> None:
     assert sets.frame(sets.RUNS, _varints(np.array(values, dtype=np.int64))) == (
         pb.AllowedTokenSet(runs=pb.TokenRuns(lengths=values)).SerializeToString())
     assert packed.endswith(_varints(np.array(values, dtype=np.int64)))
+
+
+def test_the_caps_are_hook_settings_with_defaults_and_clear_errors() -> None:
+    from vllm_hooks.settings import (
+        ENV_ALLOWED_SET_MAX_BYTES,
+        ENV_ALLOWED_SETS_TRAIL_MAX_BYTES,
+    )
+
+    default = HookSettings.from_env({})
+    assert (default.allowed_set_max_bytes, default.allowed_sets_trail_max_bytes) == (
+        12 * 1024, 1 << 20)
+    # The default step cap refuses the raw row of a 128k vocabulary.
+    assert default.allowed_set_step_cap() < sets.wire_size(sets.BITMASK,
+                                                           sets.bitmask_bytes(128_256))
+    set_ = HookSettings.from_env({ENV_ALLOWED_SET_MAX_BYTES: "2048",
+                                  ENV_ALLOWED_SETS_TRAIL_MAX_BYTES: "65536"})
+    assert (set_.allowed_set_max_bytes, set_.allowed_sets_trail_max_bytes) == (2048, 65536)
+    with pytest.raises(ValueError, match=ENV_ALLOWED_SET_MAX_BYTES):
+        HookSettings.from_env({ENV_ALLOWED_SET_MAX_BYTES: "lots"})
+    with pytest.raises(ValueError, match=ENV_ALLOWED_SETS_TRAIL_MAX_BYTES):
+        HookSettings.from_env({ENV_ALLOWED_SETS_TRAIL_MAX_BYTES: "0"})
