@@ -330,7 +330,7 @@ class GapMarker(_message.Message):
     def __init__(self, dropped_by_reason: _Optional[_Mapping[str, int]] = ..., first_missing_seq: _Optional[int] = ..., last_missing_seq: _Optional[int] = ...) -> None: ...
 
 class Batch(_message.Message):
-    __slots__ = ("source_id", "seq", "events", "gap", "process_role", "pid", "model", "epoch", "applied_level", "config_epoch", "config_version")
+    __slots__ = ("source_id", "seq", "events", "gap", "process_role", "pid", "model", "epoch", "gpu_uuids", "applied_level", "config_epoch", "config_version")
     SOURCE_ID_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     EVENTS_FIELD_NUMBER: _ClassVar[int]
@@ -339,6 +339,7 @@ class Batch(_message.Message):
     PID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
+    GPU_UUIDS_FIELD_NUMBER: _ClassVar[int]
     APPLIED_LEVEL_FIELD_NUMBER: _ClassVar[int]
     CONFIG_EPOCH_FIELD_NUMBER: _ClassVar[int]
     CONFIG_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -350,7 +351,8 @@ class Batch(_message.Message):
     pid: int
     model: str
     epoch: int
+    gpu_uuids: _containers.RepeatedScalarFieldContainer[str]
     applied_level: AuditLevel
     config_epoch: int
     config_version: int
-    def __init__(self, source_id: _Optional[str] = ..., seq: _Optional[int] = ..., events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ..., gap: _Optional[_Union[GapMarker, _Mapping]] = ..., process_role: _Optional[str] = ..., pid: _Optional[int] = ..., model: _Optional[str] = ..., epoch: _Optional[int] = ..., applied_level: _Optional[_Union[AuditLevel, str]] = ..., config_epoch: _Optional[int] = ..., config_version: _Optional[int] = ...) -> None: ...
+    def __init__(self, source_id: _Optional[str] = ..., seq: _Optional[int] = ..., events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ..., gap: _Optional[_Union[GapMarker, _Mapping]] = ..., process_role: _Optional[str] = ..., pid: _Optional[int] = ..., model: _Optional[str] = ..., epoch: _Optional[int] = ..., gpu_uuids: _Optional[_Iterable[str]] = ..., applied_level: _Optional[_Union[AuditLevel, str]] = ..., config_epoch: _Optional[int] = ..., config_version: _Optional[int] = ...) -> None: ...
