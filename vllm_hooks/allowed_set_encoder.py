@@ -13,7 +13,8 @@ string has the same row; grammars revisit states), so results are cached by the 
 Per request (`AllowedSetRecorder`): a set the request already recorded in full at an earlier
 step is recorded as `same_as_step` (2-3 bytes; a grammar has few states, so most steps are
 repeats). A set whose encoding alone is over the per-step cap, or that would take its
-request's sets past the per-trail cap, is dropped: the step is marked
+request's sets past the per-trail cap, or whose row the engine thread did not copy (a backlog
+of rows waiting here), is dropped: the step is marked
 `allowed_set_truncated` and the drop counted by reason in the request's summary, never
 silently. Decoding is `vllm_audit.allowed_sets.decode` (pure Python, shared with the agent,
 replay and the tests).
@@ -162,12 +163,13 @@ def encode(words: U32, vocab_size: int) -> Encoded:
 class _RequestSets:
     """One request's set bytes, drops and the sets it has recorded in full."""
 
-    __slots__ = ("kept_bytes", "over_step_cap", "over_trail_cap", "seen")
+    __slots__ = ("kept_bytes", "over_backlog", "over_step_cap", "over_trail_cap", "seen")
 
     def __init__(self) -> None:
         self.kept_bytes = 0
         self.over_step_cap = 0
         self.over_trail_cap = 0
+        self.over_backlog = 0
         #: digest of a serialised set -> the step that holds it in full
         self.seen: dict[bytes, int] = {}
 
@@ -199,12 +201,17 @@ class AllowedSetRecorder:
     def record(self, step: Any, request_id: str, row: bytes, vocab_size: int) -> None:
         """Sets `step.allowed_set` (a StructuredOutputStep whose `step` is set) from the raw
         row — a reference when the request recorded the same set in full before — or marks
-        the step allowed_set_truncated and counts the drop."""
+        the step allowed_set_truncated and counts the drop. An empty `row` is one the engine
+        thread did not copy (raw_events.ROW_OVER_BACKLOG)."""
         sets_of = self._requests.get(request_id)
         if sets_of is None:
             sets_of = self._requests[request_id] = _RequestSets()
             if len(self._requests) > MAX_TRACKED_REQUESTS:
                 self._requests.popitem(last=False)
+        if not row:
+            sets_of.over_backlog += 1
+            step.allowed_set_truncated = True
+            return
         data = self.encoded(row, vocab_size)[1]
         # The serialised form is canonical (one per set and vocabulary): its digest names it.
         digest = hashlib.blake2b(data, digest_size=16).digest()
@@ -235,3 +242,4 @@ class AllowedSetRecorder:
             summary.allowed_set_bytes = sets_of.kept_bytes
             summary.allowed_sets_over_step_cap = sets_of.over_step_cap
             summary.allowed_sets_over_trail_cap = sets_of.over_trail_cap
+            summary.allowed_sets_over_backlog = sets_of.over_backlog

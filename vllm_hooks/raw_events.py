@@ -21,9 +21,11 @@ LIFECYCLE = 1
 GRAMMAR = 2
 # (KIND, time_ns, request_id, step, tokens, allowed, accepted, terminated, row, vocab,
 #  allowed_per_token, drafted, accepted_drafts, rolled_back_drafts); row: the bytes of the
-#  bitmask row (level full-with-allowed-sets, encoded here into allowed_set) or None
+#  bitmask row (level full-with-allowed-sets, encoded here into allowed_set), ROW_OVER_BACKLOG
+#  (the engine thread did not copy it: too many rows were waiting), or None (not captured)
 
 STEP = 3
+ROW_OVER_BACKLOG = b""
 # (KIND, time_ns, request_id, backend, steps, accepted, rejected, allowed_min, allowed_max,
 #  allowed_mean, terminated, rollbacks, first_rejected_token, first_rejected_step,
 #  drafted, accepted_drafts, draft_rollbacks, rolled_back_drafts, rejection_fate)

@@ -66,8 +66,14 @@ ENV_GRAMMAR_MAX_BYTES = "VLLM_AUDIT_GRAMMAR_MAX_BYTES"
 #: disallowed ids, measured) and refuses the raw 16 KiB row of a dense scatter.
 ENV_ALLOWED_SET_MAX_BYTES = "VLLM_AUDIT_ALLOWED_SET_MAX_BYTES"
 ENV_ALLOWED_SETS_TRAIL_MAX_BYTES = "VLLM_AUDIT_ALLOWED_SETS_TRAIL_MAX_BYTES"
+#: Rows copied on the engine thread wait in the buffer for the sender thread to encode them.
+#: While the buffer holds more than this many bytes of them (reckoned as if every buffered
+#: event held one), new steps are captured without their set (counted): a lagging sender
+#: sheds sets first, never steps, and the buffer's memory stays bounded.
+ENV_ALLOWED_SETS_BACKLOG_BYTES = "VLLM_AUDIT_ALLOWED_SETS_BACKLOG_BYTES"
 DEFAULT_ALLOWED_SET_MAX_BYTES = 12 * 1024
 DEFAULT_ALLOWED_SETS_TRAIL_MAX_BYTES = 1 << 20
+DEFAULT_ALLOWED_SETS_BACKLOG_BYTES = 64 << 20
 #: The seed's synchronous mode (false) is not offered: the engine thread only appends to a
 #: bounded buffer and a background thread sends, so vLLM never waits on the audit. false is
 #: accepted and answered with a startup warning saying so.
@@ -277,6 +283,7 @@ class HookSettings:
     grammar_max_bytes: int = 64 * 1024
     allowed_set_max_bytes: int = DEFAULT_ALLOWED_SET_MAX_BYTES
     allowed_sets_trail_max_bytes: int = DEFAULT_ALLOWED_SETS_TRAIL_MAX_BYTES
+    allowed_sets_backlog_bytes: int = DEFAULT_ALLOWED_SETS_BACKLOG_BYTES
     async_requested: bool = True
     persist: bool | None = None
     log_dir: str = ""
@@ -330,6 +337,8 @@ class HookSettings:
                                                 DEFAULT_ALLOWED_SET_MAX_BYTES),
             allowed_sets_trail_max_bytes=_positive_int(env, ENV_ALLOWED_SETS_TRAIL_MAX_BYTES,
                                                        DEFAULT_ALLOWED_SETS_TRAIL_MAX_BYTES),
+            allowed_sets_backlog_bytes=_positive_int(env, ENV_ALLOWED_SETS_BACKLOG_BYTES,
+                                                     DEFAULT_ALLOWED_SETS_BACKLOG_BYTES),
             async_requested=_bool(env, ENV_ASYNC, True),
             persist=_bool(env, ENV_PERSIST, True) if env.get(ENV_PERSIST) else None,
             log_dir=env.get(ENV_LOG_DIR) or "",

@@ -33,7 +33,7 @@ from vllm_audit.v1 import query_pb2 as q
 
 #: 2: engine_at_finish, trail_id/revision/finalised_by/incomplete, source identity, HTTP method/path, user
 #: agent, bytes, capture policy, compile time, spec hash, max_tokens; event_id by revision.
-#: 3: structured_output.allowed_sets_over_step_cap, allowed_sets_over_trail_cap and
+#: 3: structured_output.allowed_sets_over_step_cap, _over_trail_cap, _over_backlog and
 #: allowed_set_bytes (level full-with-allowed-sets: the sets' caps and what they kept).
 SCHEMA_VERSION = 3
 

@@ -248,6 +248,7 @@ class TrailStore:
             # Allowed-token sets the hook dropped over its caps (level full-with-allowed-sets).
             self.counters["allowed_sets_dropped_step_cap"] += so.allowed_sets_over_step_cap
             self.counters["allowed_sets_dropped_trail_cap"] += so.allowed_sets_over_trail_cap
+            self.counters["allowed_sets_dropped_backlog"] += so.allowed_sets_over_backlog
             if not s.grammar_backend:
                 s.grammar_backend = event.so_summary.backend
         elif kind == "http":

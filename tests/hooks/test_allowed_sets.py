@@ -303,12 +303,15 @@ def test_numpy_varints_are_protobufs_packing(values: list[int]) -> None:
 def test_the_caps_are_hook_settings_with_defaults_and_clear_errors() -> None:
     from vllm_hooks.settings import (
         ENV_ALLOWED_SET_MAX_BYTES,
+        ENV_ALLOWED_SETS_BACKLOG_BYTES,
         ENV_ALLOWED_SETS_TRAIL_MAX_BYTES,
     )
 
     default = HookSettings.from_env({})
-    assert (default.allowed_set_max_bytes, default.allowed_sets_trail_max_bytes) == (
-        12 * 1024, 1 << 20)
+    assert (default.allowed_set_max_bytes, default.allowed_sets_trail_max_bytes,
+            default.allowed_sets_backlog_bytes) == (12 * 1024, 1 << 20, 64 << 20)
+    assert HookSettings.from_env(
+        {ENV_ALLOWED_SETS_BACKLOG_BYTES: "1000"}).allowed_sets_backlog_bytes == 1000
     # The default step cap refuses the raw row of a 128k vocabulary.
     assert default.allowed_set_step_cap() < sets.wire_size(sets.BITMASK,
                                                            sets.bitmask_bytes(128_256))
@@ -319,3 +322,45 @@ def test_the_caps_are_hook_settings_with_defaults_and_clear_errors() -> None:
         HookSettings.from_env({ENV_ALLOWED_SET_MAX_BYTES: "lots"})
     with pytest.raises(ValueError, match=ENV_ALLOWED_SETS_TRAIL_MAX_BYTES):
         HookSettings.from_env({ENV_ALLOWED_SETS_TRAIL_MAX_BYTES: "0"})
+
+
+class _Grammar:
+    """Stands in for a backend grammar (the proxy only delegates to it)."""
+
+    def accept_tokens(self, request_id: str, tokens: list[int]) -> bool:
+        return True
+
+    def is_terminated(self) -> bool:
+        return False
+
+
+def test_a_backlog_of_rows_sheds_sets_not_steps_and_counts_them() -> None:
+    from vllm_hooks.grammar_tap import AuditedGrammar, BitmaskTap
+    from vllm_hooks.runtime import HookRuntime
+    from vllm_hooks.settings import Level
+
+    vocab = 1024  # 128 bytes a row: the backlog cap below holds 4 buffered events' worth
+    settings = HookSettings(enabled=True, hmac_key=b"k", level=Level.FULL_WITH_ALLOWED_SETS,
+                            allowed_sets_backlog_bytes=4 * 128)
+    rt = HookRuntime(settings, "test")
+    tap = BitmaskTap(rt, vocab)
+    grammar = AuditedGrammar(_Grammar(), "r", tap, "xgrammar")
+    bitmask = np.stack([packed_row({7, 9}, vocab)])
+    for _ in range(6):  # each step's own event waits in the buffer: the 6th finds 5 there
+        tap.assign(bitmask, [(grammar, 0, 1)])
+        grammar.accept_tokens("r", [7])
+    steps = rt.buffer.drain(100)
+    rows = [s[8] for s in steps]
+    assert rows[:5] == [bitmask[0].tobytes()] * 5 and rows[5] == raw.ROW_OVER_BACKLOG
+    grammar.finish("FINISHED_STOPPED")
+    convert = EventConverter(settings, CapturePolicy(b"k")).to_proto
+    events = [convert(s) for s in steps + rt.buffer.drain(100)]
+    last = events[5].so_step
+    assert last.allowed_tokens == 2 and last.allowed_set_truncated  # the step is whole
+    assert not last.HasField("allowed_set")
+    summary = events[-1].so_summary
+    assert (summary.allowed_sets_over_backlog, summary.steps) == (1, 6)
+    # Once the sender has drained the buffer, rows are copied again.
+    tap.assign(bitmask, [(grammar, 0, 1)])
+    grammar.accept_tokens("r", [9])
+    assert rt.buffer.drain(1)[0][8] == bitmask[0].tobytes()

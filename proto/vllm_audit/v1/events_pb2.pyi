@@ -130,7 +130,7 @@ class TokenRuns(_message.Message):
     def __init__(self, lengths: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class StructuredOutputSummary(_message.Message):
-    __slots__ = ("backend", "steps", "accepted_tokens", "rejected_tokens", "allowed_tokens_min", "allowed_tokens_max", "allowed_tokens_mean", "terminated", "rollbacks", "first_rejected_token", "first_rejected_step", "drafted_tokens", "accepted_draft_tokens", "draft_rollbacks", "rolled_back_draft_tokens", "rejection_fate", "allowed_sets_over_step_cap", "allowed_sets_over_trail_cap", "allowed_set_bytes")
+    __slots__ = ("backend", "steps", "accepted_tokens", "rejected_tokens", "allowed_tokens_min", "allowed_tokens_max", "allowed_tokens_mean", "terminated", "rollbacks", "first_rejected_token", "first_rejected_step", "drafted_tokens", "accepted_draft_tokens", "draft_rollbacks", "rolled_back_draft_tokens", "rejection_fate", "allowed_sets_over_step_cap", "allowed_sets_over_trail_cap", "allowed_set_bytes", "allowed_sets_over_backlog")
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     STEPS_FIELD_NUMBER: _ClassVar[int]
     ACCEPTED_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -150,6 +150,7 @@ class StructuredOutputSummary(_message.Message):
     ALLOWED_SETS_OVER_STEP_CAP_FIELD_NUMBER: _ClassVar[int]
     ALLOWED_SETS_OVER_TRAIL_CAP_FIELD_NUMBER: _ClassVar[int]
     ALLOWED_SET_BYTES_FIELD_NUMBER: _ClassVar[int]
+    ALLOWED_SETS_OVER_BACKLOG_FIELD_NUMBER: _ClassVar[int]
     backend: str
     steps: int
     accepted_tokens: int
@@ -169,7 +170,8 @@ class StructuredOutputSummary(_message.Message):
     allowed_sets_over_step_cap: int
     allowed_sets_over_trail_cap: int
     allowed_set_bytes: int
-    def __init__(self, backend: _Optional[str] = ..., steps: _Optional[int] = ..., accepted_tokens: _Optional[int] = ..., rejected_tokens: _Optional[int] = ..., allowed_tokens_min: _Optional[int] = ..., allowed_tokens_max: _Optional[int] = ..., allowed_tokens_mean: _Optional[float] = ..., terminated: _Optional[bool] = ..., rollbacks: _Optional[int] = ..., first_rejected_token: _Optional[int] = ..., first_rejected_step: _Optional[int] = ..., drafted_tokens: _Optional[int] = ..., accepted_draft_tokens: _Optional[int] = ..., draft_rollbacks: _Optional[int] = ..., rolled_back_draft_tokens: _Optional[int] = ..., rejection_fate: _Optional[str] = ..., allowed_sets_over_step_cap: _Optional[int] = ..., allowed_sets_over_trail_cap: _Optional[int] = ..., allowed_set_bytes: _Optional[int] = ...) -> None: ...
+    allowed_sets_over_backlog: int
+    def __init__(self, backend: _Optional[str] = ..., steps: _Optional[int] = ..., accepted_tokens: _Optional[int] = ..., rejected_tokens: _Optional[int] = ..., allowed_tokens_min: _Optional[int] = ..., allowed_tokens_max: _Optional[int] = ..., allowed_tokens_mean: _Optional[float] = ..., terminated: _Optional[bool] = ..., rollbacks: _Optional[int] = ..., first_rejected_token: _Optional[int] = ..., first_rejected_step: _Optional[int] = ..., drafted_tokens: _Optional[int] = ..., accepted_draft_tokens: _Optional[int] = ..., draft_rollbacks: _Optional[int] = ..., rolled_back_draft_tokens: _Optional[int] = ..., rejection_fate: _Optional[str] = ..., allowed_sets_over_step_cap: _Optional[int] = ..., allowed_sets_over_trail_cap: _Optional[int] = ..., allowed_set_bytes: _Optional[int] = ..., allowed_sets_over_backlog: _Optional[int] = ...) -> None: ...
 
 class EngineStats(_message.Message):
     __slots__ = ("engine_index", "num_running_reqs", "num_waiting_reqs", "kv_cache_usage", "prefix_cache_queries", "prefix_cache_hits", "prompt_tokens", "generation_tokens", "num_preempted_reqs", "spec_decode_num_drafts", "spec_decode_num_draft_tokens", "spec_decode_num_accepted_tokens", "ttft_seconds_sum", "ttft_count", "inter_token_latency_seconds_sum", "inter_token_latency_count", "tpot_seconds_sum", "tpot_count", "finished_requests", "queue_time_seconds_sum", "e2e_latency_seconds_sum", "prefill_time_seconds_sum", "decode_time_seconds_sum", "cached_prompt_tokens")
