@@ -70,12 +70,21 @@ class BitmaskTap:
         scheduled draft token (speculative decoding) and one bonus row; the k-th token the
         engine accepts this step is sampled from row first + k."""
         counts = allowed_counts(bitmask, self.vocab_size)
-        with_sets = self.runtime.level >= _WITH_SETS
+        rt = self.runtime
+        with_sets = rt.level >= _WITH_SETS
+        # Copied rows wait in the buffer for the sender thread: past the backlog cap (reckoned
+        # as if every buffered event held a row) steps go without their set, counted.
+        copy_rows = with_sets and (
+            len(rt.buffer) * bitmask.shape[1] * 4 <= rt.settings.allowed_sets_backlog_bytes)
         for grammar, first, n_rows in rows:
             if isinstance(grammar, AuditedGrammar):
                 grammar.pending_rows = counts[first:first + n_rows].tolist()
-                if with_sets:
+                if copy_rows:
+                    # A copy (vLLM reuses its array), ~1 µs at 128k tokens; the sender thread
+                    # encodes it (allowed_set_encoder.py), never this thread.
                     grammar.pending_bitmask = bitmask[first].astype("<i4", copy=False).tobytes()
+                elif with_sets:
+                    grammar.pending_bitmask = raw.ROW_OVER_BACKLOG
 
 
 class AuditedGrammar:

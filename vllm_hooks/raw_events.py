@@ -10,6 +10,7 @@ from typing import Any
 
 from vllm_audit.v1 import events_pb2 as pb
 
+from .allowed_set_encoder import AllowedSetRecorder
 from .capture import CapturePolicy
 from .settings import HookSettings
 
@@ -18,9 +19,13 @@ LIFECYCLE = 1
 # (KIND, time_ns, request_id, backend, spec_type, compile_ms, error, spec_sha256, spec,
 #  spec_size)
 GRAMMAR = 2
-# (KIND, time_ns, request_id, step, tokens, allowed, accepted, terminated, bitmask, vocab,
-#  allowed_per_token, drafted, accepted_drafts, rolled_back_drafts)
+# (KIND, time_ns, request_id, step, tokens, allowed, accepted, terminated, row, vocab,
+#  allowed_per_token, drafted, accepted_drafts, rolled_back_drafts); row: the bytes of the
+#  bitmask row (level full-with-allowed-sets, encoded here into allowed_set), ROW_OVER_BACKLOG
+#  (the engine thread did not copy it: too many rows were waiting), or None (not captured)
+
 STEP = 3
+ROW_OVER_BACKLOG = b""
 # (KIND, time_ns, request_id, backend, steps, accepted, rejected, allowed_min, allowed_max,
 #  allowed_mean, terminated, rollbacks, first_rejected_token, first_rejected_step,
 #  drafted, accepted_drafts, draft_rollbacks, rolled_back_drafts, rejection_fate)
@@ -37,6 +42,8 @@ class EventConverter:
     def __init__(self, settings: HookSettings, policy: CapturePolicy) -> None:
         self.settings = settings
         self.policy = policy
+        self.allowed_sets = AllowedSetRecorder(settings.allowed_set_step_cap(),
+                                               settings.allowed_sets_trail_max_bytes)
 
     def to_proto(self, raw: tuple[Any, ...]) -> pb.Event:
         kind = raw[0]
@@ -61,9 +68,9 @@ class EventConverter:
             st.allowed_tokens = raw[5]
             st.accepted = raw[6]
             st.terminated = raw[7]
-            if raw[8] is not None:
-                st.allowed_bitmask = raw[8]
             st.vocab_size = raw[9]
+            if raw[8] is not None:
+                self.allowed_sets.record(st, raw[2], raw[8], raw[9])
             st.allowed_per_token.extend(raw[10])
             st.drafted_tokens, st.accepted_draft_tokens, st.rolled_back_draft_tokens = raw[11:14]
         elif kind == SO_SUMMARY:
@@ -86,6 +93,7 @@ class EventConverter:
                 s.rolled_back_draft_tokens,
                 s.rejection_fate,
             ) = raw[3:19]
+            self.allowed_sets.finish(s, raw[2])
         elif kind == STATS:
             event.engine_stats.CopyFrom(pb.EngineStats(**raw[3]))
         elif kind == HTTP:

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from .allowed_set_encoder import row_words
 from .grammar_tap import allowed_counts
 
 
@@ -45,6 +46,12 @@ class GrammarReplayer:
             self.grammar.fill_bitmask(self.bitmask, 0)
         words = self.bitmask.numpy()
         return int(allowed_counts(words, self.vocab_size)[0]), words[0]
+
+    def row_bytes(self, words: Any) -> bytes:
+        """The row in the canonical form `vllm_audit.allowed_sets.decode` returns (packed
+        little-endian int32 words, bits past the vocabulary clear), to compare with a
+        recorded allowed set."""
+        return row_words(words, self.vocab_size).tobytes()
 
     def allows(self, words: Any, token: int) -> bool:
         if not 0 <= token < self.vocab_size:

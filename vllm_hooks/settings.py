@@ -68,6 +68,22 @@ ENV_RECORD_FULL_EVENTS = "VLLM_AUDIT_RECORD_FULL_EVENTS"
 #: so a trail is self-contained and `vllm-audit replay` can re-run it.
 ENV_INCLUDE_GRAMMAR = "VLLM_AUDIT_INCLUDE_GRAMMAR"
 ENV_GRAMMAR_MAX_BYTES = "VLLM_AUDIT_GRAMMAR_MAX_BYTES"
+#: Level full-with-allowed-sets: the largest encoded allowed-token set kept for one step, and
+#: for all steps of one request. A set over either cap is dropped for its step (the step says
+#: allowed_set_truncated; the request's summary counts it by cap). The step cap is also held
+#: to a quarter of VLLM_AUDIT_MAX_BATCH_BYTES so a set never forces a batch cut. The default
+#: step cap keeps a JSON schema's largest row at a 128k vocabulary (inside a string: ~9 KB as
+#: disallowed ids, measured) and refuses the raw 16 KiB row of a dense scatter.
+ENV_ALLOWED_SET_MAX_BYTES = "VLLM_AUDIT_ALLOWED_SET_MAX_BYTES"
+ENV_ALLOWED_SETS_TRAIL_MAX_BYTES = "VLLM_AUDIT_ALLOWED_SETS_TRAIL_MAX_BYTES"
+#: Rows copied on the engine thread wait in the buffer for the sender thread to encode them.
+#: While the buffer holds more than this many bytes of them (reckoned as if every buffered
+#: event held one), new steps are captured without their set (counted): a lagging sender
+#: sheds sets first, never steps, and the buffer's memory stays bounded.
+ENV_ALLOWED_SETS_BACKLOG_BYTES = "VLLM_AUDIT_ALLOWED_SETS_BACKLOG_BYTES"
+DEFAULT_ALLOWED_SET_MAX_BYTES = 12 * 1024
+DEFAULT_ALLOWED_SETS_TRAIL_MAX_BYTES = 1 << 20
+DEFAULT_ALLOWED_SETS_BACKLOG_BYTES = 64 << 20
 #: The seed's synchronous mode (false) is not offered: the engine thread only appends to a
 #: bounded buffer and a background thread sends, so vLLM never waits on the audit. false is
 #: accepted and answered with a startup warning saying so.
@@ -300,6 +316,9 @@ class HookSettings:
     # -- the seed's variables (see the ENV_* constants above for how each maps) --
     include_grammar: bool = False
     grammar_max_bytes: int = 64 * 1024
+    allowed_set_max_bytes: int = DEFAULT_ALLOWED_SET_MAX_BYTES
+    allowed_sets_trail_max_bytes: int = DEFAULT_ALLOWED_SETS_TRAIL_MAX_BYTES
+    allowed_sets_backlog_bytes: int = DEFAULT_ALLOWED_SETS_BACKLOG_BYTES
     async_requested: bool = True
     persist: bool | None = None
     log_dir: str = ""
@@ -351,6 +370,12 @@ class HookSettings:
             identities=_identities(env),
             include_grammar=_bool(env, ENV_INCLUDE_GRAMMAR, preset.include_grammar),
             grammar_max_bytes=_positive_int(env, ENV_GRAMMAR_MAX_BYTES, 64 * 1024),
+            allowed_set_max_bytes=_positive_int(env, ENV_ALLOWED_SET_MAX_BYTES,
+                                                DEFAULT_ALLOWED_SET_MAX_BYTES),
+            allowed_sets_trail_max_bytes=_positive_int(env, ENV_ALLOWED_SETS_TRAIL_MAX_BYTES,
+                                                       DEFAULT_ALLOWED_SETS_TRAIL_MAX_BYTES),
+            allowed_sets_backlog_bytes=_positive_int(env, ENV_ALLOWED_SETS_BACKLOG_BYTES,
+                                                     DEFAULT_ALLOWED_SETS_BACKLOG_BYTES),
             async_requested=_bool(env, ENV_ASYNC, True),
             persist=_bool(env, ENV_PERSIST, True) if env.get(ENV_PERSIST) else None,
             log_dir=env.get(ENV_LOG_DIR) or "",
@@ -392,6 +417,10 @@ class HookSettings:
                 "in the agent's environment (the hook keeps no trails)"
             )
         return notes
+
+    def allowed_set_step_cap(self) -> int:
+        """The per-step cap in force: the setting, held under a quarter of the batch cap."""
+        return min(self.allowed_set_max_bytes, self.max_batch_bytes // 4)
 
     def grpc_target(self) -> str:
         """A gRPC target for the agent address (a bare path means a Unix socket)."""

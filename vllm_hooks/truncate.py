@@ -2,9 +2,10 @@
 
 An event larger than the per-batch byte cap could never be sent; resending it forever would
 block every event behind it. Its largest variable-length fields (an HTTP prompt, output or
-error, a step's allowed-token bitmask or accepted tokens, any other string a client chose) are
-cut, largest first, until the event fits, and `Event.truncated` is set so the trail says so.
-The request id is never cut: it is the key that joins the trail.
+error, a step's accepted tokens, any other string a client chose) are cut, largest first,
+until the event fits, and `Event.truncated` is set so the trail says so. A step's allowed-token
+set goes first and whole (part of a set would be a wrong set): the step is marked
+`allowed_set_truncated`. The request id is never cut: it is the key that joins the trail.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ _MAX_CUTS = 16
 #: Extra bytes removed per cut so that a shrinking length prefix (varint) cannot leave the
 #: event a few bytes over its budget.
 _SLACK = 16
-_BITMASK_WORD = 4  # allowed_bitmask is packed little-endian int32 words: cut whole words
 _REPEATED_INTS = frozenset({FieldDescriptor.CPPTYPE_INT32, FieldDescriptor.CPPTYPE_INT64,
                             FieldDescriptor.CPPTYPE_UINT32, FieldDescriptor.CPPTYPE_UINT64})
 
@@ -63,8 +63,6 @@ def _cut(body: Message, field: FieldDescriptor, value: object, size: int, keep: 
         cut = cast(str, value).encode("utf-8")[:keep]
         setattr(body, name, cut.decode("utf-8", errors="ignore"))
     else:
-        if name == "allowed_bitmask":
-            keep -= keep % _BITMASK_WORD
         setattr(body, name, cast(bytes, value)[:keep])
 
 
@@ -76,6 +74,10 @@ def truncate_to_fit(event: pb.Event, max_bytes: int) -> bool:
     event.truncated = True
     which = event.WhichOneof("body")
     body: Message | None = getattr(event, which) if which else None
+    if which == "so_step" and event.so_step.HasField("allowed_set") and (
+            event.ByteSize() > max_bytes):
+        event.so_step.ClearField("allowed_set")
+        event.so_step.allowed_set_truncated = True
     for _ in range(_MAX_CUTS):
         size = event.ByteSize()
         if size <= max_bytes:

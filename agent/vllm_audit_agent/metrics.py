@@ -263,6 +263,11 @@ class AgentCollector(Collector):
         yield counter("vllm_audit_trail_events_truncated",
                       "Events not kept because their trail reached max_trail_events",
                       trails.counters["events_truncated"])
+        yield labelled("vllm_audit_allowed_sets_dropped",
+                       "Allowed-token sets the hooks dropped over a size cap (steps marked "
+                       "allowed_set_truncated)", "reason",
+                       {k: trails.counters[f"allowed_sets_dropped_{k}"]
+                        for k in r.ALLOWED_SET_DROP_REASONS}, r.ALLOWED_SET_DROP_REASONS)
         yield counter("vllm_audit_trail_late_events",
                       "Events that arrived after their trail was final (not in its record)",
                       trails.counters["late_events"])

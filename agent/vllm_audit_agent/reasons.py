@@ -57,6 +57,10 @@ PUBLISHER_RECORD_LOSS_REASONS = (*(f"dead_letter_{r}" for r in DEAD_LETTER_REASO
 PUBLISHER_FAILURE_REASONS = FAILURE_REASONS
 #: Why a record-log segment was deleted (size: the archive at its cap; age: retention).
 RECORD_LOG_EXPIRY_REASONS = EXPIRY_REASONS
+#: Why the hook dropped a step's allowed-token set: over its per-step or per-trail size cap,
+#: or rows waiting for its sender thread over the backlog cap
+#: (StructuredOutputSummary.allowed_sets_over_{step_cap,trail_cap,backlog}).
+ALLOWED_SET_DROP_REASONS = ("step_cap", "trail_cap", "backlog")
 #: Why a trail left memory.
 TRAIL_EVICTION_REASONS = ("final", "active")
 

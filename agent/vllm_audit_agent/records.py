@@ -10,7 +10,8 @@ Completeness: every field of the events the hook sends is either mapped into the
 deliberately excluded, with the reason, in FIELD_MAP below; tests/agent/test_record_fields.py
 fails when a field is added to the contract without a decision here.
 
-Field names are the proto's; every field is present (defaults included), enums are their
+Field names are the proto's; every field is present (defaults included; of a oneof, only the
+member that is set), enums are their
 names, and 64-bit integers stay JSON numbers (protobuf's own JSON mapping turns them into
 strings, which SIEM queries then have to cast). The conversion walks a per-type field plan
 built once from the descriptor: `json_format.MessageToDict` cost ~60 µs a trail, the largest
@@ -34,7 +35,9 @@ from vllm_audit.v1 import query_pb2 as q
 #: agent, bytes, capture policy, compile time, spec hash, max_tokens; event_id by revision.
 #: 3: identity with its provenance (auth_decision, user_source, tenant_source, claimed_user,
 #: ignored_identity_headers); auth_status is now derived from what vLLM's key check decided.
-SCHEMA_VERSION = 3
+#: 4: structured_output.allowed_sets_over_step_cap, _over_trail_cap, _over_backlog and
+#: allowed_set_bytes (level full-with-allowed-sets: the sets' caps and what they kept).
+SCHEMA_VERSION = 4
 
 #: Where every field of the hook's per-request events goes: the TrailSummary field it fills,
 #: or None with the reason it is not in the summary (the event itself is still kept in the
@@ -127,11 +130,25 @@ def _plan(descriptor: Descriptor) -> tuple[tuple[str, _Convert, bool], ...]:
     return tuple(plan)
 
 
+@cache
+def _oneofs(descriptor: Descriptor) -> tuple[tuple[str, frozenset[str]], ...]:
+    """(oneof name, its member names) for every oneof of a message type."""
+    return tuple((o.name, frozenset(f.name for f in o.fields)) for o in descriptor.oneofs)
+
+
 def message_to_dict(message: Message) -> dict[str, Any]:
+    """Every field, defaults included, except the members of a oneof that are not the one set:
+    an empty member can be the value (the empty allowed-token set is `allowed_ids: {}`), so a
+    member at its defaults must not be listed beside it."""
     out: dict[str, Any] = {}
     for name, convert, repeated in _plan(message.DESCRIPTOR):
         value = getattr(message, name)
         out[name] = [convert(v) for v in value] if repeated else convert(value)
+    for oneof, members in _oneofs(message.DESCRIPTOR):
+        chosen = message.WhichOneof(oneof)
+        for name in members:
+            if name != chosen:
+                del out[name]
     return out
 
 

@@ -8,6 +8,10 @@ and each row is filled with the backend grammar's own `fill_bitmask`, exactly as
 `StructuredOutputManager` fills it (a terminated grammar gets an all-allowed row). Counts use
 the hook's popcount. Tokens are replayed one at a time: under speculative decoding token k of a
 step was sampled from the row filled after the k tokens before it, which is the same state.
+A trail recorded at level full-with-allowed-sets also has each step's allowed set (the row of
+its first token): it is decoded (`vllm_audit.allowed_sets.decode`) and must equal the replayed
+row token for token; a step whose set the hook dropped over a cap (allowed_set_truncated) is
+checked on its count alone, and the report counts such steps.
 
 Needs vLLM, the backend's package and the model's tokenizer (`--model`): run it where vLLM
 runs (the vLLM image), not in the agent's sidecar image.
@@ -30,6 +34,7 @@ import grpc
 import orjson
 from google.protobuf import json_format
 
+from vllm_audit import allowed_sets
 from vllm_audit.v1 import events_pb2 as pb
 from vllm_audit.v1 import query_pb2 as q
 
@@ -58,6 +63,10 @@ class ReplayReport:
     tokens_checked: int = 0
     #: A recorded rejection the replay confirmed (the token was not allowed there).
     rejections_confirmed: int = 0
+    #: Steps whose recorded allowed set equalled the replayed row, and steps recorded with
+    #: their set dropped over a cap (checked on the count alone).
+    sets_checked: int = 0
+    sets_truncated: int = 0
     first_mismatch: Mismatch | None = None
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
@@ -101,8 +110,9 @@ def load_trail_file(path: Path) -> q.GetTrailResponse:
 
 
 def _event_from_dict(item: dict[str, Any]) -> pb.Event:
-    """One event from either JSON shape. The record shape lists every member of the `body`
-    oneof (unset ones at their defaults): the member that is not empty is the body."""
+    """One event from either JSON shape. The record shape lists the member of the `body`
+    oneof that is set (older ones listed every member, unset ones at their defaults: the
+    member that is not empty is the body)."""
     event = pb.Event()
     scalars = {f.name: item[f.name] for f in pb.Event.DESCRIPTOR.fields
                if f.containing_oneof is None and f.name in item}
@@ -171,12 +181,18 @@ def replay(trail: q.GetTrailResponse, model: str) -> ReplayReport:
 
 
 def _check_steps(rec: _Recorded, replayer: Any, report: ReplayReport) -> None:
+    earlier = allowed_sets.sets_by_step(rec.steps)
     for st in rec.steps:
         per_token = list(st.allowed_per_token) or [st.allowed_tokens]
         for k, token in enumerate(st.accepted_tokens):
             count, words = replayer.row()
             allowed = replayer.allows(words, token)
             recorded = per_token[k] if k < len(per_token) else -1
+            if k == 0:
+                differs = _set_differs(st, replayer.row_bytes(words), earlier, report)
+                if differs:
+                    report.first_mismatch = Mismatch(st.step, 0, token, differs)
+                    return
             if not st.accepted and k == 0 and not allowed:
                 report.rejections_confirmed += 1
                 report.steps_checked += 1
@@ -195,6 +211,28 @@ def _check_steps(rec: _Recorded, replayer: Any, report: ReplayReport) -> None:
             report.first_mismatch = Mismatch(st.step, k, token, reason)
             return
         report.steps_checked += 1
+
+
+def _set_differs(st: pb.StructuredOutputStep, row: bytes, earlier: allowed_sets.Earlier,
+                 report: ReplayReport) -> str:
+    """'' when the step recorded no allowed set or one equal to the replayed `row`, else why.
+    `earlier`: the trail's sets by step, for a set recorded as a reference to one of them."""
+    if st.allowed_set_truncated:
+        report.sets_truncated += 1
+    if not st.HasField("allowed_set"):
+        return ""
+    try:
+        recorded = allowed_sets.decode(st.allowed_set, st.vocab_size, earlier, st.step)
+    except allowed_sets.AllowedSetError as exc:
+        return f"the recorded allowed set is not valid: {exc}"
+    diff = int.from_bytes(recorded.bitmask, "little") ^ int.from_bytes(row, "little")
+    if diff:
+        first = (diff & -diff).bit_length() - 1
+        side = "allowed" if first in recorded else "not allowed"
+        return (f"the recorded allowed set differs from the grammar's row in {diff.bit_count()} "
+                f"tokens (first: token {first}, recorded as {side})")
+    report.sets_checked += 1
+    return ""
 
 
 def run(trail_arg: str, model: str,

@@ -265,7 +265,12 @@ class TrailStore:
             s.grammar_backend, s.grammar_spec_type, s.grammar_error = g.backend, g.spec_type, g.error
             s.grammar_compile_ms, s.grammar_spec_sha256 = g.compile_ms, g.spec_sha256
         elif kind == "so_summary":
-            s.structured_output.CopyFrom(event.so_summary)
+            so = event.so_summary
+            s.structured_output.CopyFrom(so)
+            # Allowed-token sets the hook dropped over its caps (level full-with-allowed-sets).
+            self.counters["allowed_sets_dropped_step_cap"] += so.allowed_sets_over_step_cap
+            self.counters["allowed_sets_dropped_trail_cap"] += so.allowed_sets_over_trail_cap
+            self.counters["allowed_sets_dropped_backlog"] += so.allowed_sets_over_backlog
             if not s.grammar_backend:
                 s.grammar_backend = event.so_summary.backend
         elif kind == "http":

@@ -22,7 +22,11 @@ Repaired and counted in `clamped` by "<Message>.<field>" (the event is marked `t
     records name enums, and a number without a name has none;
   - a list of strings over MAX_LIST_ITEMS -> its first MAX_LIST_ITEMS, each string capped;
   - a string over its cap (MAX_TEXT_BYTES for prompt/output/error, MAX_STRING_BYTES for the
-    rest) -> cut at a UTF-8 boundary.
+    rest) -> cut at a UTF-8 boundary;
+  - a step's allowed_set that is not a valid encoding over its vocab_size (ids out of range
+    or not ascending, runs past the vocabulary, a raw row of the wrong length, a reference
+    to a step that is not earlier) -> removed and
+    the step marked allowed_set_truncated, so whatever decodes a stored set gets a valid one.
 Dropped and counted in `dropped_events`: an event with no body (an unknown kind from a newer
 hook, or none at all); the rest of its batch is kept.
 
@@ -39,6 +43,7 @@ from dataclasses import dataclass, field
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
+from vllm_audit import allowed_sets
 from vllm_audit.v1 import events_pb2 as pb
 
 MAX_SOURCE_ID_BYTES = 256
@@ -122,7 +127,8 @@ _STRING_LISTS = {c.DESCRIPTOR.name: x for c in _BODIES.values() if (x := _string
 
 def _all_fields() -> tuple[str, ...]:
     names = {"Event.time_unix_nano", "Event.request_id", "Batch.model", "Batch.process_role",
-             "HttpRequest.status_code", "CustomEvent.attributes"}
+             "HttpRequest.status_code", "CustomEvent.attributes",
+             "StructuredOutputStep.allowed_set"}
     names.update(f"{msg}.{f}" for msg, fields in _ENUMS.items() for f, _ in fields)
     for table in (_DURATIONS, _RATIOS, _COUNTS, _STRINGS, _STRING_LISTS):
         names.update(f"{msg}.{f}" for msg, fields in table.items() for f in fields)
@@ -226,6 +232,12 @@ def _repair_event(event: pb.Event, clamped: Counter[str]) -> bool:
         _cap_string(body, name, f, clamped)
     for f in _STRING_LISTS.get(name, ()):
         _cap_list(body, name, f, clamped)
+    if name == "StructuredOutputStep" and event.so_step.HasField("allowed_set"):
+        step = event.so_step
+        if allowed_sets.check(step.allowed_set, step.vocab_size, step.step):
+            step.ClearField("allowed_set")
+            step.allowed_set_truncated = True
+            clamped["StructuredOutputStep.allowed_set"] += 1
     if name == "CustomEvent":
         attributes = event.custom.attributes
         for key in list(attributes):

@@ -17,6 +17,7 @@ from vllm_audit.v1 import events_pb2 as pb
 from vllm_audit.v1 import query_pb2
 from vllm_audit_agent.config import AgentConfig
 from vllm_audit_agent.gpu import FakeGpuReader, GpuUnavailable, NvmlReader
+from vllm_audit_agent.records import SCHEMA_VERSION
 from vllm_audit_agent.server import AgentHandle
 from vllm_audit_agent.wal import WriteAheadLog
 
@@ -67,7 +68,7 @@ async def test_http_and_engine_halves_join_in_either_order(tmp_path: Path) -> No
         ccc = await q.GetTrail(query_pb2.GetTrailRequest(request_id="ccc"))
         assert ccc.summary.state == query_pb2.TRAIL_STATE_FAILED
         record = requests_of(published)[0][1]
-        assert record["schema"] == 3 and record["gen_ai.request.model"] == "m"
+        assert record["schema"] == SCHEMA_VERSION and record["gen_ai.request.model"] == "m"
 
 
 async def test_duplicates_dropped_and_gaps_counted(tmp_path: Path) -> None:

@@ -98,3 +98,20 @@ def test_every_float_of_every_body_is_clamped_engine_sums_included(value: float)
         assert math.isfinite(getattr(kept, field)) and 0 <= getattr(kept, field) <= MAX_DURATION_MS
         assert verdict.clamped[f"EngineStats.{field}"] == 1
         assert f"EngineStats.{field}" in CLAMPABLE_FIELDS
+
+
+def test_an_allowed_set_that_is_not_a_valid_encoding_is_removed_and_counted() -> None:
+    valid = pb.AllowedTokenSet(allowed_ids=pb.TokenIdDeltas(deltas=[2, 5]))
+    beyond = pb.AllowedTokenSet(allowed_ids=pb.TokenIdDeltas(deltas=[2, 50]))
+    b = batch(pb.Event(request_id="r", so_step=pb.StructuredOutputStep(
+                  step=1, vocab_size=32, allowed_set=valid)),
+              pb.Event(request_id="r", so_step=pb.StructuredOutputStep(
+                  step=2, vocab_size=32, allowed_set=beyond)))
+    verdict = validate(b, CAP)
+    assert not verdict.refusal
+    assert dict(+verdict.clamped) == {"StructuredOutputStep.allowed_set": 1}
+    assert "StructuredOutputStep.allowed_set" in CLAMPABLE_FIELDS
+    kept, removed = b.events[0], b.events[1]
+    assert kept.so_step.allowed_set == valid and not kept.truncated
+    assert not removed.so_step.HasField("allowed_set")
+    assert removed.so_step.allowed_set_truncated and removed.truncated

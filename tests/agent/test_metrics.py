@@ -67,6 +67,7 @@ async def test_every_reason_is_exported_at_zero_before_any_loss(tmp_path: Path) 
             reasons.RECORD_LOG_EXPIRY_REASONS,
         ("vllm_audit_trails_total", "state"): reasons.FINAL_TRAIL_STATES,
         ("vllm_audit_trails_evicted_total", "reason"): reasons.TRAIL_EVICTION_REASONS,
+        ("vllm_audit_allowed_sets_dropped_total", "reason"): reasons.ALLOWED_SET_DROP_REASONS,
         ("vllm_audit_internal_errors_total", "site"): AGENT_ERROR_SITES,
         ("vllm_audit_gpu_read_errors_total", "field"): READ_ERROR_FIELDS,
     }

@@ -114,7 +114,9 @@ async def test_a_trail_larger_than_a_message_is_read_in_pages(tmp_path: Path) ->
             Hook(handle.state.config.ingest_socket) as hook:
         for i in range(steps):
             step = pb.Event(time_unix_nano=10**15 + i, request_id="0-abcdef01",
-                            so_step=pb.StructuredOutputStep(allowed_bitmask=mask))
+                            so_step=pb.StructuredOutputStep(
+                                vocab_size=len(mask) * 8,
+                                allowed_set=pb.AllowedTokenSet(bitmask=mask)))
             await hook.send(i + 1, step)
         stub = query(handle)
         request = q.GetTrailRequest(request_id="0-abcdef01", include_events=True)
@@ -145,8 +147,10 @@ async def test_cli_tail_streams_and_get_reads_every_page(tmp_path: Path) -> None
         await hook.send(1, lifecycle("0-00000000", pb.LIFECYCLE_PHASE_FINISHED, 10**15))
         mask = bytes(range(256)) * 64
         for i in range(300):  # ~4.9 MB of steps: more than one gRPC message
+            step = pb.StructuredOutputStep(vocab_size=len(mask) * 8,
+                                           allowed_set=pb.AllowedTokenSet(bitmask=mask))
             await hook.send(i + 2, pb.Event(time_unix_nano=10**15 + i, request_id="1-00000001",
-                                            so_step=pb.StructuredOutputStep(allowed_bitmask=mask)))
+                                            so_step=step))
         env = {**os.environ, "VLLM_AUDIT_DATA_DIR": str(handle.state.config.data_dir)}
         cli = [sys.executable, "-m", "vllm_audit_agent.cli"]
         tail = await asyncio.to_thread(

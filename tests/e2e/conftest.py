@@ -97,7 +97,7 @@ def offline_enabled(tiny_model: Path, e2e_tmp: Path, agent: Agent) -> list[dict[
     return procs.run_offline(
         tiny_model, e2e_tmp, OFFLINE_PROMPTS, OFFLINE_MAX_TOKENS, "enabled",
         VLLM_AUDIT_ENABLED="true", VLLM_AUDIT_AGENT_ADDRESS=str(agent.socket),
-        VLLM_AUDIT_LEVEL="full-with-allowed-sets",
+        VLLM_AUDIT_LEVEL="full-with-allowed-sets", VLLM_AUDIT_INCLUDE_GRAMMAR="true",
     )
 
 

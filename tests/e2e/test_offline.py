@@ -16,7 +16,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.conftest import Agent
 from tests.e2e.helpers import wait_for_offline_trail, wait_for_trail
+from tests.e2e.structured import replay_in_tests
 from tests.support.kafka_broker import KafkaBroker
+from vllm_audit import allowed_sets
+from vllm_audit.v1 import query_pb2
 from vllm_audit_agent.records import SCHEMA_VERSION
 
 RECORD_SCHEMA = Path(__file__).resolve().parents[2] / "schema" / "trail-record.schema.json"
@@ -31,6 +34,15 @@ def independent_popcount(bitmask: bytes, vocab_size: int) -> tuple[int, set[int]
     bits = np.unpackbits(np.frombuffer(bitmask, dtype=np.uint8), bitorder="little")[:vocab_size]
     allowed = set(np.flatnonzero(bits).tolist())
     return len(allowed), allowed
+
+
+def offline_trails(offline: list[dict[str, Any]], agent: Agent
+                   ) -> list[tuple[dict[str, Any], query_pb2.GetTrailResponse]]:
+    out = []
+    for result in offline:
+        summary = wait_for_offline_trail(agent.query, str(result["request_id"]))
+        out.append((result, wait_for_trail(agent.query, summary.request_id, lambda t: True)))
+    return out
 
 
 def test_each_request_has_a_structured_output_trail(
@@ -52,15 +64,78 @@ def test_each_request_has_a_structured_output_trail(
         # One step per generated token, in order, each token the one vLLM returned.
         assert [t for st in steps for t in st.accepted_tokens] == out["token_ids"]
         assert len(steps) == len(out["token_ids"])
+        earlier = allowed_sets.sets_by_step(steps)  # what same_as_step refers to
         for st in steps:
             assert st.accepted
             assert st.allowed_tokens > 0
-            count, allowed = independent_popcount(st.allowed_bitmask, VOCAB_SIZE)
+            # Each step's set, in whichever encoding the hook chose, decoded by the shared
+            # decoder and counted independently.
+            assert st.vocab_size == VOCAB_SIZE and not st.allowed_set_truncated
+            decoded = allowed_sets.decode(st.allowed_set, st.vocab_size, earlier, st.step)
+            count, allowed = independent_popcount(decoded.bitmask, VOCAB_SIZE)
             assert st.allowed_tokens == count
             # Every generated token obeyed the grammar's mask.
             assert set(st.accepted_tokens) <= allowed
-        assert s.structured_output.steps == len(steps)
-        assert s.structured_output.rejected_tokens == 0
+        so = s.structured_output
+        assert so.steps == len(steps)
+        assert so.rejected_tokens == 0
+        # No set was dropped; the summary accounts for the bytes of every set kept.
+        assert (so.allowed_sets_over_step_cap, so.allowed_sets_over_trail_cap) == (0, 0)
+        assert so.allowed_set_bytes == sum(st.allowed_set.ByteSize() for st in steps)
+
+
+def test_allowed_sets_are_stored_smaller_than_raw_rows(
+    offline_enabled: list[dict[str, Any]], agent: Agent
+) -> None:
+    raw_row = allowed_sets.wire_size(allowed_sets.BITMASK, allowed_sets.bitmask_bytes(VOCAB_SIZE))
+    sizes, forms = [], set()
+    for _, trail in offline_trails(offline_enabled, agent):
+        for e in trail.events:
+            if e.WhichOneof("body") == "so_step":
+                sizes.append(e.so_step.allowed_set.ByteSize())
+                forms.add(allowed_sets.encoding_of(e.so_step.allowed_set))
+    assert sizes and max(sizes) <= raw_row
+    mean = sum(sizes) / len(sizes)
+    # The figure the README quotes (run with -s to see it).
+    print(f"\nallowed sets, JSON schema, vocabulary {VOCAB_SIZE}: {len(sizes)} steps, "
+          f"{mean:.1f} bytes/step encoded vs {raw_row} raw, forms {sorted(forms)}")
+    assert mean < raw_row / 2
+
+
+def test_replay_checks_every_recorded_set_and_names_an_altered_one(
+    offline_enabled: list[dict[str, Any]], agent: Agent, tiny_model: Path
+) -> None:
+    result, trail = next((r, t) for r, t in offline_trails(offline_enabled, agent)
+                         if len(r["token_ids"]) >= 3)
+    report = replay_in_tests("xgrammar", trail, tiny_model)
+    assert report.proven, report
+    assert report.sets_checked == len(result["token_ids"]) and report.sets_truncated == 0
+
+    # One token added to the set recorded at step 2 (with its count, so only the set is off).
+    altered = type(trail)()
+    altered.CopyFrom(trail)
+    step = next(e.so_step for e in altered.events
+                if e.WhichOneof("body") == "so_step" and e.so_step.step == 2)
+    steps = [e.so_step for e in altered.events if e.WhichOneof("body") == "so_step"]
+    decoded = allowed_sets.decode(step.allowed_set, step.vocab_size,
+                                  allowed_sets.sets_by_step(steps), step.step)
+    extra = next(t for t in range(VOCAB_SIZE) if t not in decoded)
+    ids = sorted({*decoded.ids(), extra})
+    step.allowed_set.CopyFrom(pb_ids(ids))
+    step.allowed_tokens += 1
+    step.allowed_per_token[0] += 1
+    report = replay_in_tests("xgrammar", altered, tiny_model)
+    assert report.first_mismatch is not None
+    assert report.first_mismatch.step == 2
+    assert f"differs from the grammar's row in 1 tokens (first: token {extra}, recorded as " \
+           "allowed)" in report.first_mismatch.reason
+
+
+def pb_ids(ids: list[int]) -> Any:
+    from vllm_audit.v1 import events_pb2 as pb
+
+    deltas = [b - a for a, b in zip([0, *ids], ids, strict=False)]
+    return pb.AllowedTokenSet(allowed_ids=pb.TokenIdDeltas(deltas=deltas))
 
 
 def test_record_reaches_kafka(

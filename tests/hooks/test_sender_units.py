@@ -68,22 +68,27 @@ def test_epochs_are_non_zero_63_bit_and_differ() -> None:
 
 @pytest.mark.parametrize("size", [0, 1, 127, 128, 16383, 16384, 3_000_000])
 def test_framed_size_is_what_an_event_adds_to_a_batch(size: int) -> None:
-    event = pb.Event(so_step=pb.StructuredOutputStep(allowed_bitmask=b"x" * size))
+    event = pb.Event(so_step=pb.StructuredOutputStep(
+        allowed_set=pb.AllowedTokenSet(bitmask=b"x" * size)))
     batch = pb.Batch(source_id="s", seq=1)
     before = batch.ByteSize()
     batch.events.append(event)
     assert batch.ByteSize() - before == framed_size(event.ByteSize())
 
 
-def test_a_step_is_cut_to_fit_keeping_whole_bitmask_words_and_the_first_tokens() -> None:
+def test_a_step_is_cut_to_fit_dropping_its_whole_allowed_set_then_keeping_the_first_tokens(
+) -> None:
     tokens = list(range(100_000, 160_000))
     step = pb.StructuredOutputStep(step=7, accepted_tokens=tokens,
-                                   allowed_bitmask=b"\xff" * 40_000, vocab_size=320_000)
+                                   allowed_set=pb.AllowedTokenSet(bitmask=b"\xff" * 40_000),
+                                   vocab_size=320_000)
     event = pb.Event(request_id="r", so_step=step)
     assert truncate_to_fit(event, 20_000)
     assert event.truncated
     assert event.ByteSize() <= 20_000
-    assert len(event.so_step.allowed_bitmask) % 4 == 0
+    # Part of a set would be a wrong set: it goes whole, and the step says so.
+    assert not event.so_step.HasField("allowed_set")
+    assert event.so_step.allowed_set_truncated
     kept = list(event.so_step.accepted_tokens)
     assert kept == tokens[:len(kept)]
     assert (event.request_id, event.so_step.step, event.so_step.vocab_size) == ("r", 7, 320_000)

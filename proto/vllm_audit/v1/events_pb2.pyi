@@ -100,33 +100,61 @@ class GrammarCompiled(_message.Message):
     def __init__(self, backend: _Optional[str] = ..., spec_type: _Optional[str] = ..., compile_ms: _Optional[float] = ..., error: _Optional[str] = ..., spec_sha256: _Optional[str] = ..., spec: _Optional[str] = ..., spec_size: _Optional[int] = ...) -> None: ...
 
 class StructuredOutputStep(_message.Message):
-    __slots__ = ("step", "accepted_tokens", "allowed_tokens", "accepted", "terminated", "allowed_bitmask", "vocab_size", "allowed_per_token", "drafted_tokens", "accepted_draft_tokens", "rolled_back_draft_tokens")
+    __slots__ = ("step", "accepted_tokens", "allowed_tokens", "accepted", "terminated", "vocab_size", "allowed_per_token", "drafted_tokens", "accepted_draft_tokens", "rolled_back_draft_tokens", "allowed_set", "allowed_set_truncated")
     STEP_FIELD_NUMBER: _ClassVar[int]
     ACCEPTED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     ALLOWED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     TERMINATED_FIELD_NUMBER: _ClassVar[int]
-    ALLOWED_BITMASK_FIELD_NUMBER: _ClassVar[int]
     VOCAB_SIZE_FIELD_NUMBER: _ClassVar[int]
     ALLOWED_PER_TOKEN_FIELD_NUMBER: _ClassVar[int]
     DRAFTED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     ACCEPTED_DRAFT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     ROLLED_BACK_DRAFT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    ALLOWED_SET_FIELD_NUMBER: _ClassVar[int]
+    ALLOWED_SET_TRUNCATED_FIELD_NUMBER: _ClassVar[int]
     step: int
     accepted_tokens: _containers.RepeatedScalarFieldContainer[int]
     allowed_tokens: int
     accepted: bool
     terminated: bool
-    allowed_bitmask: bytes
     vocab_size: int
     allowed_per_token: _containers.RepeatedScalarFieldContainer[int]
     drafted_tokens: int
     accepted_draft_tokens: int
     rolled_back_draft_tokens: int
-    def __init__(self, step: _Optional[int] = ..., accepted_tokens: _Optional[_Iterable[int]] = ..., allowed_tokens: _Optional[int] = ..., accepted: _Optional[bool] = ..., terminated: _Optional[bool] = ..., allowed_bitmask: _Optional[bytes] = ..., vocab_size: _Optional[int] = ..., allowed_per_token: _Optional[_Iterable[int]] = ..., drafted_tokens: _Optional[int] = ..., accepted_draft_tokens: _Optional[int] = ..., rolled_back_draft_tokens: _Optional[int] = ...) -> None: ...
+    allowed_set: AllowedTokenSet
+    allowed_set_truncated: bool
+    def __init__(self, step: _Optional[int] = ..., accepted_tokens: _Optional[_Iterable[int]] = ..., allowed_tokens: _Optional[int] = ..., accepted: _Optional[bool] = ..., terminated: _Optional[bool] = ..., vocab_size: _Optional[int] = ..., allowed_per_token: _Optional[_Iterable[int]] = ..., drafted_tokens: _Optional[int] = ..., accepted_draft_tokens: _Optional[int] = ..., rolled_back_draft_tokens: _Optional[int] = ..., allowed_set: _Optional[_Union[AllowedTokenSet, _Mapping]] = ..., allowed_set_truncated: _Optional[bool] = ...) -> None: ...
+
+class AllowedTokenSet(_message.Message):
+    __slots__ = ("allowed_ids", "disallowed_ids", "runs", "bitmask", "same_as_step")
+    ALLOWED_IDS_FIELD_NUMBER: _ClassVar[int]
+    DISALLOWED_IDS_FIELD_NUMBER: _ClassVar[int]
+    RUNS_FIELD_NUMBER: _ClassVar[int]
+    BITMASK_FIELD_NUMBER: _ClassVar[int]
+    SAME_AS_STEP_FIELD_NUMBER: _ClassVar[int]
+    allowed_ids: TokenIdDeltas
+    disallowed_ids: TokenIdDeltas
+    runs: TokenRuns
+    bitmask: bytes
+    same_as_step: int
+    def __init__(self, allowed_ids: _Optional[_Union[TokenIdDeltas, _Mapping]] = ..., disallowed_ids: _Optional[_Union[TokenIdDeltas, _Mapping]] = ..., runs: _Optional[_Union[TokenRuns, _Mapping]] = ..., bitmask: _Optional[bytes] = ..., same_as_step: _Optional[int] = ...) -> None: ...
+
+class TokenIdDeltas(_message.Message):
+    __slots__ = ("deltas",)
+    DELTAS_FIELD_NUMBER: _ClassVar[int]
+    deltas: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, deltas: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class TokenRuns(_message.Message):
+    __slots__ = ("lengths",)
+    LENGTHS_FIELD_NUMBER: _ClassVar[int]
+    lengths: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, lengths: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class StructuredOutputSummary(_message.Message):
-    __slots__ = ("backend", "steps", "accepted_tokens", "rejected_tokens", "allowed_tokens_min", "allowed_tokens_max", "allowed_tokens_mean", "terminated", "rollbacks", "first_rejected_token", "first_rejected_step", "drafted_tokens", "accepted_draft_tokens", "draft_rollbacks", "rolled_back_draft_tokens", "rejection_fate")
+    __slots__ = ("backend", "steps", "accepted_tokens", "rejected_tokens", "allowed_tokens_min", "allowed_tokens_max", "allowed_tokens_mean", "terminated", "rollbacks", "first_rejected_token", "first_rejected_step", "drafted_tokens", "accepted_draft_tokens", "draft_rollbacks", "rolled_back_draft_tokens", "rejection_fate", "allowed_sets_over_step_cap", "allowed_sets_over_trail_cap", "allowed_set_bytes", "allowed_sets_over_backlog")
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     STEPS_FIELD_NUMBER: _ClassVar[int]
     ACCEPTED_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -143,6 +171,10 @@ class StructuredOutputSummary(_message.Message):
     DRAFT_ROLLBACKS_FIELD_NUMBER: _ClassVar[int]
     ROLLED_BACK_DRAFT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     REJECTION_FATE_FIELD_NUMBER: _ClassVar[int]
+    ALLOWED_SETS_OVER_STEP_CAP_FIELD_NUMBER: _ClassVar[int]
+    ALLOWED_SETS_OVER_TRAIL_CAP_FIELD_NUMBER: _ClassVar[int]
+    ALLOWED_SET_BYTES_FIELD_NUMBER: _ClassVar[int]
+    ALLOWED_SETS_OVER_BACKLOG_FIELD_NUMBER: _ClassVar[int]
     backend: str
     steps: int
     accepted_tokens: int
@@ -159,7 +191,11 @@ class StructuredOutputSummary(_message.Message):
     draft_rollbacks: int
     rolled_back_draft_tokens: int
     rejection_fate: str
-    def __init__(self, backend: _Optional[str] = ..., steps: _Optional[int] = ..., accepted_tokens: _Optional[int] = ..., rejected_tokens: _Optional[int] = ..., allowed_tokens_min: _Optional[int] = ..., allowed_tokens_max: _Optional[int] = ..., allowed_tokens_mean: _Optional[float] = ..., terminated: _Optional[bool] = ..., rollbacks: _Optional[int] = ..., first_rejected_token: _Optional[int] = ..., first_rejected_step: _Optional[int] = ..., drafted_tokens: _Optional[int] = ..., accepted_draft_tokens: _Optional[int] = ..., draft_rollbacks: _Optional[int] = ..., rolled_back_draft_tokens: _Optional[int] = ..., rejection_fate: _Optional[str] = ...) -> None: ...
+    allowed_sets_over_step_cap: int
+    allowed_sets_over_trail_cap: int
+    allowed_set_bytes: int
+    allowed_sets_over_backlog: int
+    def __init__(self, backend: _Optional[str] = ..., steps: _Optional[int] = ..., accepted_tokens: _Optional[int] = ..., rejected_tokens: _Optional[int] = ..., allowed_tokens_min: _Optional[int] = ..., allowed_tokens_max: _Optional[int] = ..., allowed_tokens_mean: _Optional[float] = ..., terminated: _Optional[bool] = ..., rollbacks: _Optional[int] = ..., first_rejected_token: _Optional[int] = ..., first_rejected_step: _Optional[int] = ..., drafted_tokens: _Optional[int] = ..., accepted_draft_tokens: _Optional[int] = ..., draft_rollbacks: _Optional[int] = ..., rolled_back_draft_tokens: _Optional[int] = ..., rejection_fate: _Optional[str] = ..., allowed_sets_over_step_cap: _Optional[int] = ..., allowed_sets_over_trail_cap: _Optional[int] = ..., allowed_set_bytes: _Optional[int] = ..., allowed_sets_over_backlog: _Optional[int] = ...) -> None: ...
 
 class EngineStats(_message.Message):
     __slots__ = ("engine_index", "num_running_reqs", "num_waiting_reqs", "kv_cache_usage", "prefix_cache_queries", "prefix_cache_hits", "prompt_tokens", "generation_tokens", "num_preempted_reqs", "spec_decode_num_drafts", "spec_decode_num_draft_tokens", "spec_decode_num_accepted_tokens", "ttft_seconds_sum", "ttft_count", "inter_token_latency_seconds_sum", "inter_token_latency_count", "tpot_seconds_sum", "tpot_count", "finished_requests", "queue_time_seconds_sum", "e2e_latency_seconds_sum", "prefill_time_seconds_sum", "decode_time_seconds_sum", "cached_prompt_tokens")
