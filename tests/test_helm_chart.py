@@ -357,3 +357,33 @@ def test_bad_values_are_rejected_by_the_schema() -> None:
         render({**SECRET, "agent": {"wal": {"fsync": "sometimes"}}})
     with pytest.raises(helm.HelmError, match=r"'/agent/wal/persistence/enabled': value must be"):
         render({**SECRET, "agent": {"wal": {"persistence": {"enabled": "yes"}}}})
+
+
+def test_identity_sources_reach_the_hook(tmp_path: Path) -> None:
+    values = {"audit": {**SECRET["audit"], "identity": {
+        "trustedProxies": ["10.0.0.0/8", "fd00::/8"], "userHeader": "x-auth-user",
+        "keysConfigMap": {"name": "api-keys", "key": "keys.yaml"}}}}
+    docs = render(values)
+    for doc in docs:
+        validate(doc)
+    _, vllm = containers(docs)
+    env = {k: v for k, v in env_of(vllm).items() if isinstance(v, str)}
+    mounts = {m["name"]: m["mountPath"] for m in vllm["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod_spec(docs)["volumes"]}
+    assert volumes["audit-identity"]["configMap"] == {"name": "api-keys"}
+    assert env["VLLM_AUDIT_IDENTITY_FILE"] == mounts["audit-identity"] + "/keys.yaml"
+    # The hook's own parser takes what the chart renders (the mapping file from a local copy).
+    from vllm_hooks.settings import HookSettings
+
+    keys = tmp_path / "keys.yaml"
+    keys.write_text("keys:\n  - sha256: " + "ab" * 32 + "\n    user: alice\n")
+    hook = HookSettings.from_env({**env, "VLLM_AUDIT_IDENTITY_FILE": str(keys)})
+    assert [str(n) for n in hook.trusted_proxies] == ["10.0.0.0/8", "fd00::/8"]
+    assert hook.user_header == "x-auth-user"
+    assert hook.identities["ab" * 32].user == "alice"
+    # Off by default: nothing rendered, nothing mounted.
+    _, vllm = containers(render(SECRET))
+    assert not {"VLLM_AUDIT_TRUSTED_PROXIES", "VLLM_AUDIT_USER_HEADER",
+                "VLLM_AUDIT_IDENTITY_FILE"} & set(env_of(vllm))
+    with pytest.raises(helm.HelmError, match="trustedProxies"):
+        render({"audit": {**SECRET["audit"], "identity": {"trustedProxies": ["proxy.local"]}}})
