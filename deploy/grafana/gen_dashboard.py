@@ -69,6 +69,8 @@ panel("Agent losses", [
      "batches {{reason}}"),
     (f"sum(increase(vllm_audit_trail_events_truncated_total{{{J}}}[{RI}]))", "events truncated"),
     (f"sum(increase(vllm_audit_trail_late_events_total{{{J}}}[{RI}]))", "late events"),
+    (f"sum by (reason) (increase(vllm_audit_allowed_sets_dropped_total{{{J}}}[{RI}]))",
+     "allowed sets dropped ({{reason}})"),
     (f"sum(increase(vllm_audit_internal_errors_total{{{J}}}[{RI}]))", "agent internal errors"),
     (f"sum(increase(vllm_audit_hook_internal_errors_total{{{J}}}[{RI}]))", "hook internal errors")])
 end_row()
