@@ -22,6 +22,7 @@ from vllm_audit.v1 import query_pb2_grpc
 from .auth import TENANT_AUDITOR, current_principal
 from .config import LEVELS
 from .state import AgentState
+from .trail import Trail
 from .trail_index import Filter, TrailIndex
 
 DEFAULT_PAGE_SIZE = 50
@@ -62,7 +63,7 @@ def scoped_tenant(requested: str) -> str:
     return principal.tenant
 
 
-def _visible(summary: q.TrailSummary) -> bool:
+def _visible(summary: Trail | q.TrailSummary) -> bool:
     principal = current_principal()
     return principal is None or principal.role != TENANT_AUDITOR or \
         summary.tenant == principal.tenant
@@ -130,7 +131,7 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
 
     async def GetTrail(self, request: q.GetTrailRequest, context: Context) -> q.GetTrailResponse:
         trail = self.state.trails.get(request.request_id)
-        if trail is None or not _visible(trail.summary):
+        if trail is None or not _visible(trail):
             await context.abort(grpc.StatusCode.NOT_FOUND,
                                 f"no trail for request id {request.request_id!r}")
         assert trail is not None

@@ -137,20 +137,29 @@ def trail_record(summary: q.TrailSummary, engine: pb.EngineStats | None = None
                  ) -> dict[str, Any]:
     """The record of a trail; `engine` is the engine snapshot nearest its finish (the load it
     ran under: queue, KV cache, running requests), null when none was known."""
+    return record_from_fields(message_to_dict(summary), engine)
+
+
+def record_from_fields(fields: dict[str, Any], engine: pb.EngineStats | None = None
+                       ) -> dict[str, Any]:
+    """The record of a trail from its summary's fields as `message_to_dict` gives them (the
+    agent passes `Trail.fields()`, skipping the protobuf message altogether)."""
+    trail_id, revision = fields["request_id"], fields["revision"]
+    finish_reason = fields["finish_reason"]
     record: dict[str, Any] = {
         "schema": SCHEMA_VERSION,
-        "trail_id": summary.request_id,
-        "event_id": event_id(summary.request_id, summary.revision),
-        "timestamp_ms": summary.finished_unix_ms or summary.created_unix_ms,
+        "trail_id": trail_id,
+        "event_id": event_id(trail_id, revision),
+        "timestamp_ms": fields["finished_unix_ms"] or fields["created_unix_ms"],
         # OpenTelemetry GenAI semantic-convention names where one exists.
-        "gen_ai.request.model": summary.model,
-        "gen_ai.usage.input_tokens": summary.prompt_tokens,
-        "gen_ai.usage.output_tokens": summary.completion_tokens,
-        "gen_ai.response.finish_reasons": [summary.finish_reason] if summary.finish_reason else [],
-        "gen_ai.response.id": summary.request_id,
+        "gen_ai.request.model": fields["model"],
+        "gen_ai.usage.input_tokens": fields["prompt_tokens"],
+        "gen_ai.usage.output_tokens": fields["completion_tokens"],
+        "gen_ai.response.finish_reasons": [finish_reason] if finish_reason else [],
+        "gen_ai.response.id": trail_id,
         "engine_at_finish": message_to_dict(engine) if engine is not None else None,
     }
-    record.update(message_to_dict(summary))
+    record.update(fields)
     return record
 
 

@@ -1,13 +1,15 @@
 """Per-request histograms (seconds, tokens), observed once per final trail.
 
-`AgentState._on_final` calls `observe`; the histograms are prometheus_client objects in no
+`AgentState._on_final` calls `observe` with the trail's summary fields (`Trail.fields()`,
+the record's body: no protobuf message is built for it); the histograms are prometheus_client objects in no
 registry, exported by `collect` through the agent's private registry.
 Only finished trails are observed: a 401 or an aborted request would pull latency down.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 from prometheus_client import Histogram
 from prometheus_client.core import Metric
@@ -15,6 +17,7 @@ from prometheus_client.registry import Collector
 
 from vllm_audit.v1 import query_pb2 as q
 
+_FINISHED = q.TrailState.Name(q.TRAIL_STATE_FINISHED)
 #: Request latency and TTFT: 10 ms .. 10 min.
 LATENCY_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0,
                      120.0, 300.0, 600.0)
@@ -44,20 +47,22 @@ class RequestMetrics(Collector):
                                            "Completion tokens per finished request", labels,
                                            registry=None, buckets=TOKEN_BUCKETS)
 
-    def observe(self, s: q.TrailSummary) -> None:
-        if s.state != q.TRAIL_STATE_FINISHED:
+    def observe(self, s: Mapping[str, Any]) -> None:
+        """`s`: a final trail's summary fields, as records.message_to_dict gives them."""
+        if s["state"] != _FINISHED:
             return
-        model = s.model or "unknown"
-        if s.latency_ms > 0:
-            self.latency.labels(model).observe(s.latency_ms / 1000.0)
-        if s.ttft_ms > 0:
-            self.ttft.labels(model).observe(s.ttft_ms / 1000.0)
+        model = s["model"] or "unknown"
+        latency_ms, ttft_ms, completion = s["latency_ms"], s["ttft_ms"], s["completion_tokens"]
+        if latency_ms > 0:
+            self.latency.labels(model).observe(latency_ms / 1000.0)
+        if ttft_ms > 0:
+            self.ttft.labels(model).observe(ttft_ms / 1000.0)
             # TPOT needs two tokens and a first token strictly before the end.
-            if s.completion_tokens > 1 and s.latency_ms > s.ttft_ms:
+            if completion > 1 and latency_ms > ttft_ms:
                 self.tpot.labels(model).observe(
-                    (s.latency_ms - s.ttft_ms) / 1000.0 / (s.completion_tokens - 1))
-        self.prompt_tokens.labels(model).observe(s.prompt_tokens)
-        self.completion_tokens.labels(model).observe(s.completion_tokens)
+                    (latency_ms - ttft_ms) / 1000.0 / (completion - 1))
+        self.prompt_tokens.labels(model).observe(s["prompt_tokens"])
+        self.completion_tokens.labels(model).observe(completion)
 
     def collect(self) -> Iterator[Metric]:
         for histogram in (self.latency, self.ttft, self.tpot, self.prompt_tokens,

@@ -22,7 +22,7 @@ from .gpu import GpuSampler
 from .level_file import PersistedLevel, load_level, save_level
 from .publisher import Publisher
 from .recordlog import RecordLog, event_id
-from .records import message_to_dict, trail_record
+from .records import message_to_dict, record_from_fields
 from .request_metrics import RequestMetrics
 from .sources import SeqWindow, SourceState
 from .trails import Trail, TrailStore
@@ -109,8 +109,9 @@ class AgentState:
     def _on_final(self, trail: Trail) -> None:
         """A final trail (or revision) becomes one record in the record log; once it is
         durable there, the ingest WAL segments that held the trail are released."""
-        self.request_metrics.observe(trail.summary)
-        record = trail_record(trail.summary, self._engine_snapshot(trail))
+        fields = trail.fields()
+        self.request_metrics.observe(fields)
+        record = record_from_fields(fields, self._engine_snapshot(trail))
         replayed = self.records.replay_event_ids
         if replayed is not None and event_id(record) in replayed:
             # Replaying the ingest WAL at start rebuilt a trail the log already holds.
@@ -121,13 +122,12 @@ class AgentState:
 
     def _engine_snapshot(self, trail: Trail) -> pb.EngineStats | None:
         """The latest engine snapshot of the trail's own processes, else of its model."""
-        s = trail.summary
-        for source_id in s.source_ids:
+        for source_id in trail.source_ids:
             source = self.sources.get(source_id)
             if source is not None and source.last_stats is not None:
                 return source.last_stats
         for source in self.sources.values():
-            if source.last_stats is not None and source.model == s.model:
+            if source.last_stats is not None and source.model == trail.model:
                 return source.last_stats
         return None
 

@@ -18,6 +18,7 @@ import asyncio
 import bisect
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
 from sortedcontainers import SortedList  # type: ignore[import-untyped]  # ships no stubs
 
@@ -58,7 +59,9 @@ class Filter:
             out.append(("structured", True))
         return out
 
-    def matches(self, s: q.TrailSummary) -> bool:
+    def matches(self, s: Filterable) -> bool:
+        """Whether a trail (or a summary: the attributes are named alike) matches; checked on
+        the Trail, so no summary is built for a candidate that does not."""
         return (
             (not self.model or s.model == self.model)
             and (not self.user or s.user == self.user)
@@ -72,16 +75,36 @@ class Filter:
         )
 
 
-def _keys(trail: Trail) -> Keys:
-    s = trail.summary
-    return (s.model, s.user, s.tenant, s.state, bool(s.grammar_backend), s.client_request_id)
+class Filterable(Protocol):
+    """What a Filter reads: a Trail or a TrailSummary."""
+
+    @property
+    def model(self) -> str: ...
+    @property
+    def user(self) -> str: ...
+    @property
+    def tenant(self) -> str: ...
+    @property
+    def state(self) -> int: ...
+    @property
+    def client_request_id(self) -> str: ...
+    @property
+    def finish_reason(self) -> str: ...
+    @property
+    def created_unix_ms(self) -> int: ...
+    @property
+    def grammar_backend(self) -> str: ...
 
 
-@dataclass
+def _keys(t: Trail) -> Keys:
+    return (t.model, t.user, t.tenant, t.state, bool(t.grammar_backend), t.client_request_id)
+
+
 class _Entry:
-    trail: Trail
-    keys: Keys
-    published: bool
+    __slots__ = ("trail", "keys", "published")
+
+    def __init__(self, trail: Trail, keys: Keys, published: bool) -> None:
+        self.trail, self.keys, self.published = trail, keys, published
 
 
 class Watch:
@@ -92,11 +115,14 @@ class Watch:
         self.queue: asyncio.Queue[q.TrailSummary] = asyncio.Queue(maxsize)
         self.overflowed = False
 
+    def wants(self, trail: Trail) -> bool:
+        return not self.overflowed and self.filter.matches(trail)
+
     def offer(self, summary: q.TrailSummary) -> None:
-        if self.overflowed or not self.filter.matches(summary):
-            return
+        """Queues a summary the filter wants (a snapshot built for the watches: never
+        changed afterwards, so watches share it)."""
         try:
-            self.queue.put_nowait(q.TrailSummary.FromString(summary.SerializeToString()))
+            self.queue.put_nowait(summary)
         except asyncio.QueueFull:
             self.overflowed = True
 
@@ -125,7 +151,7 @@ class TrailIndex:
 
     # -- maintenance (called by the store) --------------------------------------------------
     def on_change(self, trail: Trail, removed: bool) -> None:
-        trail_id = trail.summary.request_id
+        trail_id = trail.request_id
         seq = self._seq_of.get(trail_id)
         if removed:
             if seq is not None:
@@ -186,8 +212,11 @@ class TrailIndex:
             del values[value]
 
     def _notify(self, trail: Trail) -> None:
+        summary: q.TrailSummary | None = None
         for watch in self.watches:
-            watch.offer(trail.summary)
+            if watch.wants(trail):
+                summary = summary or trail.summary  # built once, for the watches that want it
+                watch.offer(summary)
 
     # -- queries -------------------------------------------------------------------------------
     def _candidates(self, f: Filter, after: int) -> Iterable[int]:
@@ -210,12 +239,12 @@ class TrailIndex:
         entries = self._entries
         last = 0
         for seq in self._candidates(f, after):
-            summary = entries[seq].trail.summary
-            if not f.matches(summary):
+            trail = entries[seq].trail
+            if not f.matches(trail):
                 continue
             if len(out) == size:
                 return out, last  # one more exists: the next page starts after `last`
-            out.append(summary)
+            out.append(trail.summary)
             last = seq
         return out, 0
 
@@ -223,7 +252,7 @@ class TrailIndex:
         """Matching final trails, oldest first (a watch's replay)."""
         for seq in self._candidates(f, 0):
             entry = self._entries.get(seq)
-            if entry is not None and entry.published and f.matches(entry.trail.summary):
+            if entry is not None and entry.published and f.matches(entry.trail):
                 yield entry.trail.summary
 
     def watch(self, f: Filter, maxsize: int = WATCH_QUEUE) -> Watch:
