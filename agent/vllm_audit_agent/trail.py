@@ -59,14 +59,17 @@ class Trail:
         "client_request_id", "status_code", "finalised_by", "incomplete",
         # -- the latest serialised event of each kind the summary reads fields from --
         "http_event", "grammar_event", "so_event",
+        # -- owned by the query index (trail_index.py): where it filed this trail --
+        "index_seq", "index_keys", "index_final",
     )
 
     def __init__(self, request_id: str, created_unix_ms: int, audit_level: int,
                  revision: int = 0, expects_http: bool = False) -> None:
         self.request_id = request_id
         #: Serialised `pb.Event`s, in arrival order (bytes: a parsed sub-message would keep
-        #: its whole batch's protobuf arena alive).
-        self.events: list[bytes] = []
+        #: its whole batch's protobuf arena alive). A tuple, grown once per batch: the
+        #: garbage collector stops tracking a tuple of bytes, it walks every list.
+        self.events: tuple[bytes, ...] = ()
         #: Accounted size of the stored events (serialised + per-event overhead).
         self.event_bytes = 0
         #: What this trail counts against the store's byte cap.
@@ -114,6 +117,11 @@ class Trail:
         self.http_event: bytes | None = None
         self.grammar_event: bytes | None = None
         self.so_event: bytes | None = None
+        #: The index's sequence number (0: not indexed), the keys it filed the trail under
+        #: and whether it counted the trail as final.
+        self.index_seq = 0
+        self.index_keys: tuple[object, ...] = ()
+        self.index_final = False
 
     # -- applying events (called by the store) ---------------------------------------------
     def apply_lifecycle(self, event: pb.Event) -> None:

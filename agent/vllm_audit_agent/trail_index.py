@@ -100,11 +100,6 @@ def _keys(t: Trail) -> Keys:
     return (t.model, t.user, t.tenant, t.state, bool(t.grammar_backend), t.client_request_id)
 
 
-class _Entry:
-    __slots__ = ("trail", "keys", "published")
-
-    def __init__(self, trail: Trail, keys: Keys, published: bool) -> None:
-        self.trail, self.keys, self.published = trail, keys, published
 
 
 class Watch:
@@ -130,8 +125,9 @@ class Watch:
 class TrailIndex:
     def __init__(self, store: TrailStore) -> None:
         self._next_seq = 0
-        self._seq_of: dict[str, int] = {}
-        self._entries: dict[int, _Entry] = {}
+        #: seq -> trail. What the index filed a trail under is kept on the trail itself
+        #: (`index_seq`, `index_keys`, `index_final`): no per-trail entry object.
+        self._entries: dict[int, Trail] = {}
         self._all: SortedList = SortedList()
         #: field -> value -> sorted seqs. Plain sorted lists: one per distinct user would make
         #: a SortedList's fixed overhead dominate; inserts land near the end (recent trails).
@@ -151,18 +147,17 @@ class TrailIndex:
 
     # -- maintenance (called by the store) --------------------------------------------------
     def on_change(self, trail: Trail, removed: bool) -> None:
-        trail_id = trail.request_id
-        seq = self._seq_of.get(trail_id)
+        seq = trail.index_seq
         if removed:
-            if seq is not None:
-                self._drop(trail_id, seq)
+            if seq:
+                self._drop(trail)
             return
         keys = _keys(trail)
-        if seq is None:
+        if not seq:
             self._next_seq += 1
-            seq = self._next_seq
-            self._seq_of[trail_id] = seq
-            self._entries[seq] = _Entry(trail, keys, trail.published)
+            trail.index_seq = seq = self._next_seq
+            trail.index_keys, trail.index_final = keys, trail.published
+            self._entries[seq] = trail
             self._all.add(seq)
             for field, value in zip(_FIELDS, keys, strict=True):
                 self._insert(field, value, seq)
@@ -171,33 +166,34 @@ class TrailIndex:
             elif self.watches:
                 self._notify(trail)
             return
-        entry = self._entries[seq]
-        if entry.trail is not trail:  # the id was evicted and came back as a new trail
-            self._drop(trail_id, seq)
-            self.on_change(trail, False)
-            return
-        if keys != entry.keys:
-            for field, old, new in zip(_FIELDS, entry.keys, keys, strict=True):
+        if keys != trail.index_keys:
+            for field, old, new in zip(_FIELDS, trail.index_keys, keys, strict=True):
                 if old != new:
                     self._remove(field, old, seq)
                     self._insert(field, new, seq)
-            entry.keys = keys
-        if trail.published and not entry.published:
-            entry.published = True
+            trail.index_keys = keys
+        if trail.published and not trail.index_final:
+            trail.index_final = True
             self._unpublished -= 1
             if self.watches:
                 self._notify(trail)
 
-    def _drop(self, trail_id: str, seq: int) -> None:
-        entry = self._entries.pop(seq)
-        del self._seq_of[trail_id]
+    def _drop(self, trail: Trail) -> None:
+        seq = trail.index_seq
+        del self._entries[seq]
         self._all.remove(seq)
-        for field, value in zip(_FIELDS, entry.keys, strict=True):
+        for field, value in zip(_FIELDS, trail.index_keys, strict=True):
             self._remove(field, value, seq)
-        if not entry.published:
+        if not trail.index_final:
             self._unpublished -= 1
+        trail.index_seq = 0
 
+    # An empty value (no user, no tenant, not structured) is never looked up (Filter.indexed
+    # skips it), so it is not filed: one list holding most trails would cost memory and a
+    # long memmove per removal.
     def _insert(self, field: str, value: object, seq: int) -> None:
+        if not value:
+            return
         seqs = self._by[field].setdefault(value, [])
         if not seqs or seqs[-1] < seq:
             seqs.append(seq)
@@ -205,6 +201,8 @@ class TrailIndex:
             bisect.insort(seqs, seq)
 
     def _remove(self, field: str, value: object, seq: int) -> None:
+        if not value:
+            return
         values = self._by[field]
         seqs = values[value]
         del seqs[bisect.bisect_left(seqs, seq)]
@@ -239,7 +237,7 @@ class TrailIndex:
         entries = self._entries
         last = 0
         for seq in self._candidates(f, after):
-            trail = entries[seq].trail
+            trail = entries[seq]
             if not f.matches(trail):
                 continue
             if len(out) == size:
@@ -251,9 +249,9 @@ class TrailIndex:
     def final(self, f: Filter) -> Iterator[q.TrailSummary]:
         """Matching final trails, oldest first (a watch's replay)."""
         for seq in self._candidates(f, 0):
-            entry = self._entries.get(seq)
-            if entry is not None and entry.published and f.matches(entry.trail):
-                yield entry.trail.summary
+            trail = self._entries.get(seq)
+            if trail is not None and trail.index_final and f.matches(trail):
+                yield trail.summary
 
     def watch(self, f: Filter, maxsize: int = WATCH_QUEUE) -> Watch:
         w = Watch(f, maxsize)

@@ -76,9 +76,12 @@ class TrailStore:
         self.audit_level: int = pb.AUDIT_LEVEL_UNSPECIFIED
         self._trails: OrderedDict[str, Trail] = OrderedDict()
         self._next_revision: OrderedDict[str, int] = OrderedDict()
-        #: Open trails one of whose halves is complete, in the order their linger started
-        #: (the sweep looks at the due ones only; an entry whose trail moved on is skipped).
-        self._lingering: deque[tuple[float, Trail]] = deque()
+        #: Open trails one of whose halves is complete, in the order their linger started,
+        #: and when it started (the sweep looks at the due ones only; an entry whose trail
+        #: moved on is skipped). Two deques, not one of pairs: a pair per trail would be one
+        #: more object for the garbage collector to walk.
+        self._linger_started: deque[float] = deque()
+        self._lingering: deque[Trail] = deque()
         #: Tuples many trails hold alike (source ids, segments), one object each.
         self._tuples: dict[tuple[object, ...], tuple[object, ...]] = {}
         self.counters: Counter[str] = Counter()
@@ -154,8 +157,8 @@ class TrailStore:
                 trail.source_ids = self._shared((*trail.source_ids, source_id))  # type: ignore[assignment]
             if not trail.model and model:
                 trail.model = intern(model)
-            stored = trail.events
-            room = max_events - len(stored)
+            room = max_events - len(trail.events)
+            stored: list[bytes] = []
             added = 0
             truncated = 0
             for event in events:
@@ -179,9 +182,11 @@ class TrailStore:
                     trail.apply_so_summary(event, raw)
                 elif kind == "grammar_compiled":
                     trail.apply_grammar(event, raw)
+            if stored:
+                trail.events = (*trail.events, *stored) if trail.events else tuple(stored)
             trail.num_events += len(events)
             trail.truncated_events += truncated
-            trail.event_bytes += added + EVENT_OVERHEAD_BYTES * min(len(events), len(stored))
+            trail.event_bytes += added + EVENT_OVERHEAD_BYTES * len(stored)
             touched.append(trail)
         for trail in touched:
             self._resize(trail)
@@ -192,7 +197,8 @@ class TrailStore:
             if (not trail.lingering and trail.half_complete_at is not None
                     and (not trail.published or trail.pending_revision)):
                 trail.lingering = True
-                self._lingering.append((trail.half_complete_at, trail))
+                self._linger_started.append(trail.half_complete_at)
+                self._lingering.append(trail)
         on_change = self.on_change
         for trail in touched:
             on_change(trail, False)  # observer
@@ -279,9 +285,9 @@ class TrailStore:
         arrive within linger_seconds. Looks at the due ones only (the linger queue is in
         start order), so a sweep over a full store costs what is due, not the store."""
         now = time.monotonic() if now is None else now
-        queue, linger = self._lingering, self.linger_seconds
-        while queue and now - queue[0][0] >= linger:
-            started, trail = queue.popleft()
+        started_at, queue, linger = self._linger_started, self._lingering, self.linger_seconds
+        while queue and now - started_at[0] >= linger:
+            started, trail = started_at.popleft(), queue.popleft()
             if (not trail.lingering or trail.half_complete_at != started
                     or self._trails.get(trail.request_id) is not trail):
                 continue  # its linger started again, or it left the store
