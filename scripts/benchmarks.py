@@ -25,6 +25,7 @@ import os
 import statistics
 import sys
 import tempfile
+import threading
 import time
 import tracemalloc
 from collections.abc import AsyncIterator, Callable
@@ -35,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import grpc
 import numpy as np
+import orjson
 
 from vllm_audit.v1 import events_pb2 as pb
 from vllm_audit.v1 import ingest_pb2_grpc
@@ -260,6 +262,99 @@ async def bench_publish(n: int = 100_000) -> tuple[float, float]:
     finally:
         await asyncio.to_thread(broker.__exit__, None, None, None)
     return rates[0], rates[1]
+
+
+def _latency_load(buffer: EventBuffer, rate: int, seconds: float, stop: threading.Event) -> int:
+    """Offers complete served trails (engine added + finished, then the HTTP half) at `rate`
+    requests/s, as the hook's call sites do. The HTTP half is each trail's last event; its
+    client_request_id (a field the client controls, passed through unchanged) carries the
+    wall-clock ns at which it was offered, read back from the consumed record."""
+    tick = 0.005
+    per_tick = max(1, round(rate * tick))
+    start = time.perf_counter()
+    sent = 0
+    while not stop.is_set() and time.perf_counter() - start < seconds:
+        for _ in range(per_tick):
+            rid = f"lat{sent:010d}"
+            engine_id = f"chatcmpl-{rid}-1a2b3c4d"
+            now = time.time_ns()
+            buffer.offer((raw.LIFECYCLE, now, engine_id, 1, 120, 0, "", "", 256, False))
+            buffer.offer((raw.LIFECYCLE, now, engine_id, FINISHED, 120, 48, "stop",
+                          "FINISHED_STOPPED", 256, False))
+            buffer.offer((raw.HTTP, time.time_ns(), rid, {
+                "method": "POST", "path": "/v1/chat/completions", "status_code": 200,
+                "model": "tiny", "user": "alice", "prompt_tokens": 120, "completion_tokens": 48,
+                "latency_ms": 812.5, "ttft_ms": 40.1, "client_request_id": f"t{time.time_ns()}"}))
+            sent += 1
+        sent_by = start + sent / rate
+        delay = sent_by - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+    return sent
+
+
+async def bench_latency(rate: int = 2000, seconds: float = 15.0, warmup: float = 3.0
+                        ) -> dict[str, float]:
+    """Event-to-Kafka latency under a steady load: the hook's real sender (in this process)
+    -> a real agent process (`vllm-audit agent`, level summary) -> the real broker (Tansu)
+    -> a consumer here. Per trail: from the offer of its last event (stamped in the record's
+    client_request_id) to the record consumed from `vllm-audit.requests`. The first `warmup`
+    seconds are not counted."""
+    from aiokafka import AIOKafkaConsumer
+
+    from harness.kafka_broker import KafkaBroker
+    from harness.procs import start_agent
+    from vllm_hooks.errors import InternalErrors
+    from vllm_hooks.sender import Sender
+
+    broker = KafkaBroker()
+    await asyncio.to_thread(broker.__enter__)
+    latencies: list[float] = []
+    stop = threading.Event()
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            socket_path = Path(tmp) / "ingest.sock"
+            proc, _, _ = await asyncio.to_thread(start_agent, Path(tmp), socket_path,
+                                                 broker.bootstrap, "summary")
+            consumer = AIOKafkaConsumer("vllm-audit.requests", bootstrap_servers=broker.bootstrap,
+                                        auto_offset_reset="earliest", enable_auto_commit=False)
+            settings = HookSettings(enabled=True, agent_address=str(socket_path))
+            buffer = EventBuffer(settings.buffer_events)
+            sender = Sender(settings, buffer, EventConverter(settings, CapturePolicy(b"k")),
+                            InternalErrors(), lambda *config: None, "api_server")
+            try:
+                await consumer.start()
+                sender.start()
+                counted_from = time.time_ns() + int(warmup * 1e9)
+                load = asyncio.create_task(asyncio.to_thread(
+                    _latency_load, buffer, rate, warmup + seconds, stop))
+                received = 0
+                deadline = time.monotonic() + warmup + seconds + 60
+                while time.monotonic() < deadline:
+                    batches = await consumer.getmany(timeout_ms=100)
+                    now = time.time_ns()
+                    for messages in batches.values():
+                        for message in messages:
+                            stamp = orjson.loads(message.value)["client_request_id"]
+                            sent_ns = int(stamp[1:])
+                            received += 1
+                            if sent_ns >= counted_from:
+                                latencies.append((now - sent_ns) / 1e6)
+                    if load.done() and received >= load.result():
+                        break
+                sent = await load
+            finally:
+                stop.set()
+                sender.close(5.0)
+                await consumer.stop()
+                await asyncio.to_thread(proc.stop)
+    finally:
+        await asyncio.to_thread(broker.__exit__, None, None, None)
+    latencies.sort()
+    return {"sent": sent, "received": received, "counted": len(latencies),
+            "p50": statistics.median(latencies) if latencies else float("nan"),
+            "p99": latencies[int(len(latencies) * 0.99) - 1] if latencies else float("nan"),
+            "rate": rate, "flush_ms": settings.flush_ms}
 
 
 def main() -> None:
