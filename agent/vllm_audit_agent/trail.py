@@ -46,7 +46,7 @@ _NO_STRUCTURED_OUTPUT = message_to_dict(pb.StructuredOutputSummary())
 class Trail:
     """The trail of one request (see the module docstring)."""
 
-    __slots__ = (
+    __slots__ = (  # noqa: RUF023 - grouped by concern, in the order __init__ documents them
         # -- identity, storage and completeness bookkeeping --
         "request_id", "events", "event_bytes", "nbytes", "expects_http", "has_http",
         "http_usage", "half_complete_at", "published", "pending_revision", "segments",

@@ -22,11 +22,13 @@ Each trail notes the WAL segments holding its events until its record is written
 
 Memory is bounded by count and by bytes: at most `max_trails` trails and about `max_bytes`
 bytes of them (oldest final trails evicted first, then oldest active ones, each counted by
-reason), and at most `max_events` events per trail (counted). Events are kept serialised:
-a parsed sub-message would keep its whole batch's protobuf arena alive, which is what made a
-level-full trail cost ~97 KiB of resident memory against a few KiB of content. A trail's
-size is its serialised events plus its summary plus a fixed per-object overhead; the total
-is kept as a running sum (`bytes`), so the cap is checked in O(1) per batch.
+reason), and at most `max_events` events per trail (counted). A trail is a slotted plain
+object with its events serialised and its TrailSummary built only when asked for (trail.py
+says why). A trail's size is its serialised events plus a fixed per-object overhead; the
+total is kept as a running sum (`bytes`), so the cap is checked in O(1) per batch.
+
+Linger: open trails with one half complete wait in a queue in the order their linger
+started, so a sweep costs the trails that are due, not a walk over the whole store.
 """
 
 from __future__ import annotations

@@ -154,9 +154,8 @@ def validate(batch: pb.Batch, max_batch_bytes: int) -> Verdict:
         if kind is None:
             dropped += 1
         elif not (event.time_unix_nano >= 0 and len(event.request_id) * 4 <= MAX_STRING_BYTES
-                  and fast[kind](getattr(event, kind))):
-            if _repair_event(event, clamped):
-                event.truncated = True
+                  and fast[kind](getattr(event, kind))) and _repair_event(event, clamped):
+            event.truncated = True
     if dropped:
         verdict.dropped_events = dropped
         kept = [event for event in batch.events if event.WhichOneof("body") is not None]
