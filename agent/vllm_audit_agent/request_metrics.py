@@ -46,23 +46,35 @@ class RequestMetrics(Collector):
         self.completion_tokens = Histogram("vllm_audit_request_completion_tokens",
                                            "Completion tokens per finished request", labels,
                                            registry=None, buckets=TOKEN_BUCKETS)
+        #: (histogram, model) -> its labelled child: `labels()` takes a lock and builds a key
+        #: on every call, several times the cost of the observation (one per record). A child
+        #: is made on first use, as `labels()` would: a series exists once observed.
+        self._children: dict[tuple[Histogram, str], Any] = {}
 
     def observe(self, s: Mapping[str, Any]) -> None:
         """`s`: a final trail's summary fields, as records.message_to_dict gives them."""
         if s["state"] != _FINISHED:
             return
         model = s["model"] or "unknown"
+        child = self._child
         latency_ms, ttft_ms, completion = s["latency_ms"], s["ttft_ms"], s["completion_tokens"]
         if latency_ms > 0:
-            self.latency.labels(model).observe(latency_ms / 1000.0)
+            child(self.latency, model).observe(latency_ms / 1000.0)
         if ttft_ms > 0:
-            self.ttft.labels(model).observe(ttft_ms / 1000.0)
+            child(self.ttft, model).observe(ttft_ms / 1000.0)
             # TPOT needs two tokens and a first token strictly before the end.
             if completion > 1 and latency_ms > ttft_ms:
-                self.tpot.labels(model).observe(
+                child(self.tpot, model).observe(
                     (latency_ms - ttft_ms) / 1000.0 / (completion - 1))
-        self.prompt_tokens.labels(model).observe(s["prompt_tokens"])
-        self.completion_tokens.labels(model).observe(completion)
+        child(self.prompt_tokens, model).observe(s["prompt_tokens"])
+        child(self.completion_tokens, model).observe(completion)
+
+    def _child(self, histogram: Histogram, model: str) -> Any:
+        key = (histogram, model)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = histogram.labels(model)
+        return child
 
     def collect(self) -> Iterator[Metric]:
         for histogram in (self.latency, self.ttft, self.tpot, self.prompt_tokens,
