@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import cache
+from operator import attrgetter
 from typing import Any
 
 import orjson
@@ -120,7 +121,23 @@ def _plan(descriptor: Descriptor) -> tuple[tuple[str, _Convert, bool], ...]:
     return tuple(plan)
 
 
+@cache
+def _scalar_getter(descriptor: Descriptor) -> tuple[tuple[str, ...], Callable[[Any], Any]] | None:
+    """For a message of scalars only (no enum, message or repeated field, two or more of
+    them), its field names and one getter of all their values: a single C call instead of a
+    Python loop (a structured-output summary per record, an engine snapshot)."""
+    plan = _plan(descriptor)
+    if len(plan) < 2 or any(convert is not _identity or repeated for _, convert, repeated in plan):
+        return None
+    names = tuple(name for name, _, _ in plan)
+    return names, attrgetter(*names)
+
+
 def message_to_dict(message: Message) -> dict[str, Any]:
+    scalars = _scalar_getter(message.DESCRIPTOR)
+    if scalars is not None:
+        names, values = scalars
+        return dict(zip(names, values(message), strict=True))
     out: dict[str, Any] = {}
     for name, convert, repeated in _plan(message.DESCRIPTOR):
         value = getattr(message, name)
