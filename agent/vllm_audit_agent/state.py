@@ -29,6 +29,8 @@ from .trails import Trail, TrailStore
 from .validation import CLAMPABLE_FIELDS, saturating_add
 from .wal import WriteAheadLog
 
+#: Batches read from one ingest stream but not yet answered, at most (ingest.py pipelines).
+PIPELINE_DEPTH = 8
 #: At most one engine-stats record per source per this many seconds goes to Kafka.
 ENGINE_STATS_PUBLISH_INTERVAL_S = 1.0
 _REFUSAL_PREFIX = "REFUSAL_REASON_"
@@ -49,7 +51,16 @@ class Session:
     """One connected hook stream; config pushes go through `push`."""
 
     def __init__(self) -> None:
-        self.outbox: asyncio.Queue[ingest_pb2.IngestReply] = asyncio.Queue()
+        #: Replies in order: config pushes, refusals, and the store units whose result is
+        #: the answer (ingest.py pipelines a stream: the writer awaits each in turn).
+        self.outbox: asyncio.Queue[
+            ingest_pb2.IngestReply | asyncio.Future[ingest_pb2.IngestReply]] = asyncio.Queue()
+        #: Batches of this stream read but not yet answered (bounded: ingest.PIPELINE_DEPTH).
+        self.unanswered = asyncio.Semaphore(PIPELINE_DEPTH)
+        #: A store unit of this stream failed: the stream ends with a status.
+        self.failure: BaseException | None = None
+        #: The handler is still reading the stream (the writer may interrupt it).
+        self.reading = True
         #: Set by ingest from the stream's batches (the level report is per source).
         self.source_id = ""
         self.connected_at = time.monotonic()
