@@ -8,9 +8,9 @@
 - convert:        sender-thread work: raw tuples -> protobuf batch -> bytes.
 - agent ingest:   events/s from a real gRPC stream (Unix socket) into the WAL (fsync per batch)
                   and the trail store, for the event mix of level summary and of level full.
-- trail memory:   bytes the agent holds per summary-level trail: resident growth (protobuf
-                  keeps messages in its own arenas, which tracemalloc does not see) and the
-                  Python heap share.
+- trail memory:   bytes the agent holds per summary-level trail, query index included:
+                  resident growth (protobuf keeps messages in its own arenas, which
+                  tracemalloc does not see) and the Python heap share.
 - Kafka publish:  records/s from the record log to the test broker through the cursor
                   publisher, from the in-memory tail and from disk (tail overflowed).
 - latency:        event-to-Kafka p50/p99 under a steady load of complete served trails: the
@@ -196,7 +196,12 @@ def rss_bytes() -> int:
 
 
 def fill_trail_store(n: int) -> TrailStore:
+    """`n` final summary trails in a store with its query index, as the agent holds them (the
+    store keeps the index alive through its change callback)."""
+    from vllm_audit_agent.trail_index import TrailIndex
+
     store = TrailStore(max_trails=n * 2, max_events=100, linger_seconds=30, on_final=lambda t: None)
+    TrailIndex(store)
     hmac = "hmac-sha256:" + "ab" * 32
     for i in range(n):
         rid = f"{i:032x}"
