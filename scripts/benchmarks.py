@@ -47,7 +47,7 @@ from vllm_audit.v1 import events_pb2 as pb
 from vllm_audit.v1 import ingest_pb2_grpc
 from vllm_audit_agent.config import AgentConfig
 from vllm_audit_agent.publisher import KAFKA_LINGER_MS, InMemoryPublisher
-from vllm_audit_agent.server import running_agent
+from vllm_audit_agent.server import freeze_startup_heap, running_agent
 from vllm_audit_agent.trails import TrailStore
 from vllm_hooks import raw_events as raw
 from vllm_hooks.buffer import EventBuffer
@@ -173,6 +173,7 @@ async def bench_ingest(steps: int, total_events: int = 200_000, served: bool = F
         async with running_agent(config, publisher=InMemoryPublisher(max_records=100)), \
                 grpc.aio.insecure_channel(f"unix:{config.ingest_socket}") as channel:
             stub = ingest_pb2_grpc.IngestServiceStub(channel)
+            freeze_startup_heap()  # as the agent process (`serve`) does once it is up
 
             async def requests() -> AsyncIterator[pb.Batch]:
                 for batch in batches:
@@ -186,6 +187,7 @@ async def bench_ingest(steps: int, total_events: int = 200_000, served: bool = F
                     if acks == len(batches):
                         break
             elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
+            gc.unfreeze()
     events = sum(len(b.events) for b in batches)
     return events / elapsed, events / cpu
 
