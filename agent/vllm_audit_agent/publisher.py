@@ -57,6 +57,8 @@ DEAD_LETTER_REASONS = ("too_large", "invalid")
 STATS_QUEUE_SIZE = 1000
 #: The producer's request cap (aiokafka's default); a record above it is dead-lettered.
 MAX_REQUEST_SIZE = 1 << 20
+#: How long the producer waits to fill a batch: latency traded for fewer, fuller requests.
+KAFKA_LINGER_MS = 5
 #: Upper bound of a record's framing inside a batch beyond its key and value.
 RECORD_OVERHEAD_BYTES = 64
 
@@ -426,7 +428,8 @@ class KafkaSink:
 
         producer = AIOKafkaProducer(
             bootstrap_servers=self.bootstrap, acks="all", enable_idempotence=False,
-            linger_ms=5, compression_type=self.compression, max_batch_size=256 * 1024,
+            linger_ms=KAFKA_LINGER_MS, compression_type=self.compression,
+            max_batch_size=256 * 1024,
             request_timeout_ms=self.request_timeout_ms, max_request_size=self.max_request_size,
         )
         self._partitions.clear()

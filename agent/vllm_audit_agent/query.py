@@ -68,7 +68,7 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
             replay = list(index.final(f)) if request.replay else []
             for summary in replay:
                 yield q.WatchTrailsResponse(trail=summary,
-                                            kind=record_kind(summary))  # type: ignore[arg-type]
+                                            kind=record_kind(summary.revision))  # type: ignore[arg-type]
             while True:
                 if watch.overflowed and watch.queue.empty():
                     await context.abort(

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import cache
+from operator import attrgetter
 from typing import Any
 
 import orjson
@@ -136,10 +137,27 @@ def _oneofs(descriptor: Descriptor) -> tuple[tuple[str, frozenset[str]], ...]:
     return tuple((o.name, frozenset(f.name for f in o.fields)) for o in descriptor.oneofs)
 
 
+@cache
+def _scalar_getter(descriptor: Descriptor) -> tuple[tuple[str, ...], Callable[[Any], Any]] | None:
+    """For a message of scalars only (no enum, message, repeated field or oneof, two or more
+    of them), its field names and one getter of all their values: a single C call instead of
+    a Python loop (a structured-output summary per record, an engine snapshot)."""
+    plan = _plan(descriptor)
+    if len(plan) < 2 or descriptor.oneofs or any(
+            convert is not _identity or repeated for _, convert, repeated in plan):
+        return None
+    names = tuple(name for name, _, _ in plan)
+    return names, attrgetter(*names)
+
+
 def message_to_dict(message: Message) -> dict[str, Any]:
     """Every field, defaults included, except the members of a oneof that are not the one set:
     an empty member can be the value (the empty allowed-token set is `allowed_ids: {}`), so a
     member at its defaults must not be listed beside it."""
+    scalars = _scalar_getter(message.DESCRIPTOR)
+    if scalars is not None:
+        names, values = scalars
+        return dict(zip(names, values(message), strict=True))
     out: dict[str, Any] = {}
     for name, convert, repeated in _plan(message.DESCRIPTOR):
         value = getattr(message, name)
@@ -161,20 +179,29 @@ def trail_record(summary: q.TrailSummary, engine: pb.EngineStats | None = None
                  ) -> dict[str, Any]:
     """The record of a trail; `engine` is the engine snapshot nearest its finish (the load it
     ran under: queue, KV cache, running requests), null when none was known."""
+    return record_from_fields(message_to_dict(summary), engine)
+
+
+def record_from_fields(fields: dict[str, Any], engine: pb.EngineStats | None = None
+                       ) -> dict[str, Any]:
+    """The record of a trail from its summary's fields as `message_to_dict` gives them (the
+    agent passes `Trail.fields()`, skipping the protobuf message altogether)."""
+    trail_id, revision = fields["request_id"], fields["revision"]
+    finish_reason = fields["finish_reason"]
     record: dict[str, Any] = {
         "schema": SCHEMA_VERSION,
-        "trail_id": summary.request_id,
-        "event_id": event_id(summary.request_id, summary.revision),
-        "timestamp_ms": summary.finished_unix_ms or summary.created_unix_ms,
+        "trail_id": trail_id,
+        "event_id": event_id(trail_id, revision),
+        "timestamp_ms": fields["finished_unix_ms"] or fields["created_unix_ms"],
         # OpenTelemetry GenAI semantic-convention names where one exists.
-        "gen_ai.request.model": summary.model,
-        "gen_ai.usage.input_tokens": summary.prompt_tokens,
-        "gen_ai.usage.output_tokens": summary.completion_tokens,
-        "gen_ai.response.finish_reasons": [summary.finish_reason] if summary.finish_reason else [],
-        "gen_ai.response.id": summary.request_id,
+        "gen_ai.request.model": fields["model"],
+        "gen_ai.usage.input_tokens": fields["prompt_tokens"],
+        "gen_ai.usage.output_tokens": fields["completion_tokens"],
+        "gen_ai.response.finish_reasons": [finish_reason] if finish_reason else [],
+        "gen_ai.response.id": trail_id,
         "engine_at_finish": message_to_dict(engine) if engine is not None else None,
     }
-    record.update(message_to_dict(summary))
+    record.update(fields)
     return record
 
 

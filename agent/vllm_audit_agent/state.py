@@ -22,7 +22,7 @@ from .gpu import GpuSampler
 from .level_file import PersistedLevel, load_level, save_level
 from .publisher import Publisher
 from .recordlog import RecordLog, event_id
-from .records import message_to_dict, trail_record
+from .records import message_to_dict, record_from_fields
 from .request_metrics import RequestMetrics
 from .sources import SeqWindow, SourceState
 from .stats_history import StatsHistory
@@ -30,6 +30,8 @@ from .trails import Trail, TrailStore
 from .validation import CLAMPABLE_FIELDS, saturating_add
 from .wal import WriteAheadLog
 
+#: Batches read from one ingest stream but not yet answered, at most (ingest.py pipelines).
+PIPELINE_DEPTH = 8
 #: At most one engine-stats record per source per this many seconds goes to Kafka.
 _REFUSAL_PREFIX = "REFUSAL_REASON_"
 #: Lower-case RefusalReason names (the proto enum is the definition) -> enum values.
@@ -49,7 +51,16 @@ class Session:
     """One connected hook stream; config pushes go through `push`."""
 
     def __init__(self) -> None:
-        self.outbox: asyncio.Queue[ingest_pb2.IngestReply] = asyncio.Queue()
+        #: Replies in order: config pushes, refusals, and the store units whose result is
+        #: the answer (ingest.py pipelines a stream: the writer awaits each in turn).
+        self.outbox: asyncio.Queue[
+            ingest_pb2.IngestReply | asyncio.Future[ingest_pb2.IngestReply]] = asyncio.Queue()
+        #: Batches of this stream read but not yet answered (bounded: ingest.PIPELINE_DEPTH).
+        self.unanswered = asyncio.Semaphore(PIPELINE_DEPTH)
+        #: A store unit of this stream failed: the stream ends with a status.
+        self.failure: BaseException | None = None
+        #: The handler is still reading the stream (the writer may interrupt it).
+        self.reading = True
         #: Set by ingest from the stream's batches (the level report is per source).
         self.source_id = ""
         self.connected_at = time.monotonic()
@@ -110,8 +121,9 @@ class AgentState:
     def _on_final(self, trail: Trail) -> None:
         """A final trail (or revision) becomes one record in the record log; once it is
         durable there, the ingest WAL segments that held the trail are released."""
-        self.request_metrics.observe(trail.summary)
-        record = trail_record(trail.summary, self._engine_snapshot(trail))
+        fields = trail.fields()
+        self.request_metrics.observe(fields)
+        record = record_from_fields(fields, self._engine_snapshot(trail))
         replayed = self.records.replay_event_ids
         if replayed is not None and event_id(record) in replayed:
             # Replaying the ingest WAL at start rebuilt a trail the log already holds.
@@ -122,13 +134,12 @@ class AgentState:
 
     def _engine_snapshot(self, trail: Trail) -> pb.EngineStats | None:
         """The latest engine snapshot of the trail's own processes, else of its model."""
-        s = trail.summary
-        for source_id in s.source_ids:
+        for source_id in trail.source_ids:
             source = self.sources.get(source_id)
             if source is not None and source.last_stats is not None:
                 return source.last_stats
         for source in self.sources.values():
-            if source.last_stats is not None and source.model == s.model:
+            if source.last_stats is not None and source.model == trail.model:
                 return source.last_stats
         return None
 

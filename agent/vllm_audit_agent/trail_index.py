@@ -21,6 +21,7 @@ import asyncio
 import bisect
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
 from sortedcontainers import SortedList  # type: ignore[import-untyped]  # ships no stubs
 
@@ -30,14 +31,15 @@ from .trails import STORED, Trail, TrailStore
 
 #: Final trails a watcher may have queued before its stream is ended as too slow.
 WATCH_QUEUE = 10_000
+#: Distinct key tuples shared between trails before the cache starts afresh.
+SHARED_KEYS = 4096
+
+#: A watch event: (WatchEventKind, the trail's summary at that moment).
+WatchEvent = tuple[int, q.TrailSummary]
 
 #: (model, user, tenant, state, structured, client_request_id): what a trail is indexed under.
 Keys = tuple[str, str, str, int, bool, str]
 _FIELDS = ("model", "user", "tenant", "state", "structured", "client_request_id")
-
-
-#: A watch event: (WatchEventKind, the trail's summary at that moment).
-WatchEvent = tuple[int, q.TrailSummary]
 
 
 @dataclass(frozen=True)
@@ -50,10 +52,10 @@ class Filter:
     state: int = 0
     structured_only: bool = False
     client_request_id: str = ""
+    grammar_backend: str = ""
     finish_reason: str = ""
     since_unix_ms: int = 0
     until_unix_ms: int = 0
-    grammar_backend: str = ""
 
     def indexed(self) -> list[tuple[str, object]]:
         out: list[tuple[str, object]] = []
@@ -66,7 +68,9 @@ class Filter:
             out.append(("structured", True))
         return out
 
-    def matches(self, s: q.TrailSummary) -> bool:
+    def matches(self, s: Filterable) -> bool:
+        """Whether a trail (or a summary: the attributes are named alike) matches; checked on
+        the Trail, so no summary is built for a candidate that does not."""
         return (
             (not self.model or s.model == self.model)
             and (not self.user or s.user == self.user)
@@ -81,38 +85,54 @@ class Filter:
         )
 
 
-def _keys(trail: Trail) -> Keys:
-    s = trail.summary
-    return (s.model, s.user, s.tenant, s.state, bool(s.grammar_backend), s.client_request_id)
+class Filterable(Protocol):
+    """What a Filter reads: a Trail or a TrailSummary."""
+
+    @property
+    def model(self) -> str: ...
+    @property
+    def user(self) -> str: ...
+    @property
+    def tenant(self) -> str: ...
+    @property
+    def state(self) -> int: ...
+    @property
+    def client_request_id(self) -> str: ...
+    @property
+    def finish_reason(self) -> str: ...
+    @property
+    def created_unix_ms(self) -> int: ...
+    @property
+    def grammar_backend(self) -> str: ...
 
 
-@dataclass
-class _Entry:
-    trail: Trail
-    keys: Keys
-    published: bool
-    #: The revision whose record watchers were last told of (-1: none yet).
-    told_revision: int = -1
+def _keys(t: Trail) -> Keys:
+    return (t.model, t.user, t.tenant, t.state, bool(t.grammar_backend), t.client_request_id)
 
 
-def record_kind(summary: q.TrailSummary) -> int:
+
+
+def record_kind(revision: int) -> int:
     """FINAL for a trail's first record, REVISED for a later one."""
-    return q.WATCH_EVENT_KIND_REVISED if summary.revision else q.WATCH_EVENT_KIND_FINAL
+    return q.WATCH_EVENT_KIND_REVISED if revision else q.WATCH_EVENT_KIND_FINAL
 
 
 class Watch:
-    """One `WatchTrails` stream's queue of events (kind, summary copy)."""
+    """One `WatchTrails` stream's queue of events (kind, summary snapshot)."""
 
     def __init__(self, filter: Filter, maxsize: int = WATCH_QUEUE) -> None:
         self.filter = filter
         self.queue: asyncio.Queue[WatchEvent] = asyncio.Queue(maxsize)
         self.overflowed = False
 
+    def wants(self, trail: Trail) -> bool:
+        return not self.overflowed and self.filter.matches(trail)
+
     def offer(self, kind: int, summary: q.TrailSummary) -> None:
-        if self.overflowed or not self.filter.matches(summary):
-            return
+        """Queues an event the filter wants (its summary a snapshot built for the watches:
+        never changed afterwards, so watches share it)."""
         try:
-            self.queue.put_nowait((kind, q.TrailSummary.FromString(summary.SerializeToString())))
+            self.queue.put_nowait((kind, summary))
         except asyncio.QueueFull:
             self.overflowed = True
 
@@ -120,13 +140,17 @@ class Watch:
 class TrailIndex:
     def __init__(self, store: TrailStore) -> None:
         self._next_seq = 0
-        self._seq_of: dict[str, int] = {}
-        self._entries: dict[int, _Entry] = {}
+        #: seq -> trail. What the index filed a trail under is kept on the trail itself
+        #: (`index_seq`, `index_keys`, `index_final`): no per-trail entry object.
+        self._entries: dict[int, Trail] = {}
         self._all: SortedList = SortedList()
         #: field -> value -> sorted seqs. Plain sorted lists: one per distinct user would make
         #: a SortedList's fixed overhead dominate; inserts land near the end (recent trails).
         self._by: dict[str, dict[object, list[int]]] = {f: {} for f in _FIELDS}
         self._unpublished = 0
+        #: One tuple object per distinct set of keys (most trails share theirs with many
+        #: others): ~100 bytes a trail less. Started afresh past SHARED_KEYS.
+        self._shared_keys: dict[Keys, Keys] = {}
         self.watches: set[Watch] = set()
         store.on_change = self.on_change
         store.on_removed_many = self.on_removed_many
@@ -143,70 +167,60 @@ class TrailIndex:
     # -- maintenance (called by the store) --------------------------------------------------
     def on_change(self, trail: Trail, removed: int) -> None:
         """`removed`: STORED, or the WatchEventKind (EVICTED, DELETED) of its leaving."""
-        trail_id = trail.summary.request_id
-        seq = self._seq_of.get(trail_id)
+        seq = trail.index_seq
         if removed != STORED:
-            if seq is not None:
-                entry = self._entries[seq]
-                self._tell_record(entry)  # e.g. an active trail finalised as it was evicted
-                self._drop(trail_id, seq)
+            if seq:
+                self._tell_record(trail)  # e.g. an active trail finalised as it was evicted
+                self._drop(trail)
                 if self.watches:
                     self._notify(removed, trail)
             return
         keys = _keys(trail)
-        if seq is None:
+        if not seq:
             self._next_seq += 1
-            seq = self._next_seq
-            self._seq_of[trail_id] = seq
-            entry = self._entries[seq] = _Entry(trail, keys, trail.published)
+            trail.index_seq = seq = self._next_seq
+            trail.index_keys, trail.index_final = self._share(keys), trail.published
+            self._entries[seq] = trail
             self._all.add(seq)
             for field, value in zip(_FIELDS, keys, strict=True):
                 self._insert(field, value, seq)
             if not trail.published:
                 self._unpublished += 1
-            self._tell_record(entry)
+            self._tell_record(trail)
             return
-        entry = self._entries[seq]
-        if entry.trail is not trail:  # the id was evicted and came back as a new trail
-            self._drop(trail_id, seq)
-            self.on_change(trail, STORED)
-            return
-        if keys != entry.keys:
-            for field, old, new in zip(_FIELDS, entry.keys, keys, strict=True):
+        if keys != trail.index_keys:
+            for field, old, new in zip(_FIELDS, trail.index_keys, keys, strict=True):
                 if old != new:
                     self._remove(field, old, seq)
                     self._insert(field, new, seq)
-            entry.keys = keys
-        if trail.published and not entry.published:
-            entry.published = True
+            trail.index_keys = self._share(keys)
+        if trail.published and not trail.index_final:
+            trail.index_final = True
             self._unpublished -= 1
-        self._tell_record(entry)
+        self._tell_record(trail)
 
-    def _tell_record(self, entry: _Entry) -> None:
+    def _tell_record(self, trail: Trail) -> None:
         """Tells watchers of a record the trail got since they last heard of it (once per
         revision; a trail with a revision owed is told when that revision is written)."""
-        trail = entry.trail
-        s = trail.summary
-        if not trail.published or trail.pending_revision or entry.told_revision == s.revision:
+        if not trail.published or trail.pending_revision or trail.index_told == trail.revision:
             return
-        entry.told_revision = s.revision
+        trail.index_told = trail.revision
         if self.watches:
-            self._notify(record_kind(s), trail)
+            self._notify(record_kind(trail.revision), trail)
 
     def on_removed_many(self, trails: list[Trail], how: int) -> None:
         """Many trails left the store at once (clear): one pass over the per-value lists
         instead of a deletion inside each (100k trails of one model: 3 s -> well under 1 s)."""
         gone: set[int] = set()
         for trail in trails:
-            trail_id = trail.summary.request_id
-            seq = self._seq_of.get(trail_id)
-            if seq is None or self._entries[seq].trail is not trail:
+            seq = trail.index_seq
+            if not seq or self._entries.get(seq) is not trail:
                 continue
-            entry = self._entries[seq]
-            self._tell_record(entry)
-            del self._entries[seq], self._seq_of[trail_id]
-            if not entry.published:
+            self._tell_record(trail)
+            del self._entries[seq]
+            if not trail.index_final:
                 self._unpublished -= 1
+            trail.index_seq = 0
             gone.add(seq)
             if self.watches:
                 self._notify(how, trail)
@@ -221,16 +235,28 @@ class TrailIndex:
                 else:
                     del values[value]
 
-    def _drop(self, trail_id: str, seq: int) -> None:
-        entry = self._entries.pop(seq)
-        del self._seq_of[trail_id]
-        self._all.remove(seq)
-        for field, value in zip(_FIELDS, entry.keys, strict=True):
-            self._remove(field, value, seq)
-        if not entry.published:
-            self._unpublished -= 1
+    def _share(self, keys: Keys) -> Keys:
+        shared = self._shared_keys
+        if len(shared) >= SHARED_KEYS:
+            shared.clear()
+        return shared.setdefault(keys, keys)
 
+    def _drop(self, trail: Trail) -> None:
+        seq = trail.index_seq
+        del self._entries[seq]
+        self._all.remove(seq)
+        for field, value in zip(_FIELDS, trail.index_keys, strict=True):
+            self._remove(field, value, seq)
+        if not trail.index_final:
+            self._unpublished -= 1
+        trail.index_seq = 0
+
+    # An empty value (no user, no tenant, not structured) is never looked up (Filter.indexed
+    # skips it), so it is not filed: one list holding most trails would cost memory and a
+    # long memmove per removal.
     def _insert(self, field: str, value: object, seq: int) -> None:
+        if not value:
+            return
         seqs = self._by[field].setdefault(value, [])
         if not seqs or seqs[-1] < seq:
             seqs.append(seq)
@@ -238,6 +264,8 @@ class TrailIndex:
             bisect.insort(seqs, seq)
 
     def _remove(self, field: str, value: object, seq: int) -> None:
+        if not value:
+            return
         values = self._by[field]
         seqs = values[value]
         del seqs[bisect.bisect_left(seqs, seq)]
@@ -245,8 +273,11 @@ class TrailIndex:
             del values[value]
 
     def _notify(self, kind: int, trail: Trail) -> None:
+        summary: q.TrailSummary | None = None
         for watch in self.watches:
-            watch.offer(kind, trail.summary)
+            if watch.wants(trail):
+                summary = summary or trail.summary  # built once, for the watches that want it
+                watch.offer(kind, summary)
 
     # -- queries -------------------------------------------------------------------------------
     def _candidates(self, f: Filter, after: int) -> Iterable[int]:
@@ -269,21 +300,21 @@ class TrailIndex:
         entries = self._entries
         last = 0
         for seq in self._candidates(f, after):
-            summary = entries[seq].trail.summary
-            if not f.matches(summary):
+            trail = entries[seq]
+            if not f.matches(trail):
                 continue
             if len(out) == size:
                 return out, last  # one more exists: the next page starts after `last`
-            out.append(summary)
+            out.append(trail.summary)
             last = seq
         return out, 0
 
     def final(self, f: Filter) -> Iterator[q.TrailSummary]:
         """Matching final trails, oldest first (a watch's replay)."""
         for seq in self._candidates(f, 0):
-            entry = self._entries.get(seq)
-            if entry is not None and entry.published and f.matches(entry.trail.summary):
-                yield entry.trail.summary
+            trail = self._entries.get(seq)
+            if trail is not None and trail.index_final and f.matches(trail):
+                yield trail.summary
 
     def watch(self, f: Filter, maxsize: int = WATCH_QUEUE) -> Watch:
         w = Watch(f, maxsize)

@@ -31,6 +31,11 @@ Dropped and counted in `dropped_events`: an event with no body (an unknown kind 
 hook, or none at all); the rest of its batch is kept.
 
 Gap-marker counts are accepted up to 2^64-1: the counters they feed saturate (saturating_add).
+
+Speed: almost every event needs no repair, so each kind of body has a fast check (`_FAST`,
+derived from the same tables) that reads its fields in a few C calls and proves that no rule
+would change it; only an event it cannot clear goes through the field-by-field repair. The
+per-field walk was the largest share of the agent's ingest time.
 """
 
 from __future__ import annotations
@@ -38,7 +43,10 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from operator import attrgetter
+from typing import Any
 
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
@@ -169,15 +177,64 @@ def validate(batch: pb.Batch, max_batch_bytes: int) -> Verdict:
     verdict = Verdict()
     _cap_string(batch, "Batch", "model", verdict.clamped)
     _cap_string(batch, "Batch", "process_role", verdict.clamped)
-    kept = [event for event in batch.events if event.WhichOneof("body") is not None]
-    if len(kept) < len(batch.events):
-        verdict.dropped_events = len(batch.events) - len(kept)
+    fast, clamped, dropped = _FAST, verdict.clamped, 0
+    for event in batch.events:
+        kind = event.WhichOneof("body")
+        if kind is None:
+            dropped += 1
+        elif not (event.time_unix_nano >= 0 and len(event.request_id) * 4 <= MAX_STRING_BYTES
+                  and fast[kind](getattr(event, kind))) and _repair_event(event, clamped):
+            event.truncated = True
+    if dropped:
+        verdict.dropped_events = dropped
+        kept = [event for event in batch.events if event.WhichOneof("body") is not None]
         del batch.events[:]
         batch.events.extend(kept)
-    for event in batch.events:
-        if _repair_event(event, verdict.clamped):
-            event.truncated = True
     return verdict
+
+
+def _tuple_getter(names: tuple[str, ...]) -> Callable[[Any], tuple[Any, ...]] | None:
+    if not names:
+        return None
+    if len(names) == 1:
+        name = names[0]
+        return lambda body: (getattr(body, name),)
+    return attrgetter(*names)  # type: ignore[return-value]  # a tuple for 2+ names
+
+
+def _fast_check(name: str) -> Callable[[Any], bool]:
+    """True when no rule of `_repair_event` would change a body of type `name` (False only
+    means: check it field by field)."""
+    counts = _tuple_getter(_COUNTS.get(name, ()))
+    durations = _tuple_getter(_DURATIONS.get(name, ()))
+    ratios = _tuple_getter(_RATIOS.get(name, ()))
+    strings = _tuple_getter(_STRINGS[name])
+    http = name == "HttpRequest"
+    if name == "CustomEvent":  # a map of attributes: always checked in full (rare)
+        return lambda body: False
+
+    def check(body: Any) -> bool:
+        if counts is not None and min(counts(body)) < 0:
+            return False
+        if durations is not None:
+            values = durations(body)
+            # A NaN makes the sum NaN and an inf makes it inf: both fail here. Non-negative
+            # values each at most their sum: none is over the cap.
+            if not (min(values) >= 0.0 and sum(values) <= MAX_DURATION_MS):
+                return False
+        if ratios is not None and not all(0.0 <= v <= 1.0 for v in ratios(body)):
+            return False
+        # Under a quarter of the smallest cap in characters: under it in UTF-8 bytes.
+        if strings is not None and sum(map(len, strings(body))) * 4 > MAX_STRING_BYTES:
+            return False
+        return not http or 0 <= body.status_code <= 999
+
+    return check
+
+
+#: Body kind (the oneof field name) -> its fast check.
+_FAST: dict[str, Callable[[Any], bool]] = {
+    kind: _fast_check(cls.DESCRIPTOR.name) for kind, cls in _BODIES.items()}
 
 
 def _check_gap(batch: pb.Batch) -> str:

@@ -239,8 +239,11 @@ class WriteAheadLog:
         return self._size
 
     def segments(self) -> list[int]:
-        with self._lock:
-            return list(self._segments)
+        """A snapshot of the segment indexes, without the lock: `sync()` holds it for a whole
+        fsync, and the agent's loop calls this every sweep (it stalled ingest for an fsync
+        each time). list() copies the dict's keys in one C call that keeps the GIL, so
+        another thread's append cannot change it half-way."""
+        return list(self._segments)
 
     # -- recovery ---------------------------------------------------------------------------
 

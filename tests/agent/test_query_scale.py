@@ -59,7 +59,7 @@ def test_index_pages_equal_a_full_scan_under_churn() -> None:
         if step % 50 == 0:
             for f in filters:
                 assert all_pages(index, f, 7) == sorted(
-                    scan(store, f), key=lambda r: index._seq_of[r])
+                    scan(store, f), key=lambda r: store.get(r).index_seq)  # type: ignore[union-attr]
     assert len(index) == len(store) == len(order) <= 300
     assert index.active_count() == store.active_count()
 

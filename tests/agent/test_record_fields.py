@@ -21,7 +21,7 @@ from vllm_audit.v1 import events_pb2 as pb
 from vllm_audit.v1 import query_pb2 as q
 from vllm_audit_agent.chain import GENESIS_HASH, RECORD_TYPE_REQUEST, seal
 from vllm_audit_agent.record_schema import trail_record_schema
-from vllm_audit_agent.records import FIELD_MAP, trail_record
+from vllm_audit_agent.records import FIELD_MAP, message_to_dict, record_from_fields, trail_record
 from vllm_audit_agent.trails import Trail, TrailStore
 
 REPO = Path(__file__).resolve().parents[2]
@@ -134,3 +134,44 @@ def test_records_validate_against_the_schema_and_it_rejects_drift() -> None:
     for broken in ({**record, "surprise": 1}, {k: v for k, v in record.items() if k != "user"},
                    {**record, "state": "TRAIL_STATE_GONE"}, {**record, "prompt_tokens": "3"}):
         assert list(validator.iter_errors(broken)), broken
+
+
+def test_the_agent_record_path_equals_the_summary_path() -> None:
+    """The agent builds a record from Trail.fields() without a protobuf message; it must be
+    exactly what the summary a query returns gives (one definition of the summary)."""
+    store, final = _store()
+    http = _filled(pb.HttpRequest, skip=("status_code",))
+    assert isinstance(http, pb.HttpRequest)
+    http.status_code = 200
+    engine = "chatcmpl-t2-1a2b3c4d"
+    so = _filled(pb.StructuredOutputSummary)
+    store.apply(pb.Batch(source_id="host:1:2", seq=1, model="m", events=[
+        pb.Event(time_unix_nano=10**18, request_id=engine, lifecycle=pb.RequestLifecycle(
+            phase=pb.LIFECYCLE_PHASE_ADDED, num_prompt_tokens=4, max_tokens=9)),
+        pb.Event(time_unix_nano=10**18, request_id=engine,
+                 grammar_compiled=_filled(pb.GrammarCompiled)),
+        pb.Event(time_unix_nano=10**18 + 1, request_id=engine, so_summary=so),
+        pb.Event(time_unix_nano=10**18 + 5 * 10**6, request_id=engine,
+                 lifecycle=pb.RequestLifecycle(phase=pb.LIFECYCLE_PHASE_PREEMPTED)),
+    ]), segment=1)
+    (open_trail,) = store.trails()
+    assert message_to_dict(open_trail.summary) == open_trail.fields()  # active, no HTTP half
+    store.apply(pb.Batch(source_id="host:3:4", seq=2, events=[
+        pb.Event(time_unix_nano=10**18 + 9 * 10**6, request_id=engine,
+                 lifecycle=pb.RequestLifecycle(phase=pb.LIFECYCLE_PHASE_FINISHED,
+                                               num_output_tokens=6, finish_reason="length",
+                                               status="FINISHED_LENGTH_CAPPED")),
+        pb.Event(time_unix_nano=10**18, request_id="t2", http=http, truncated=True)]),
+        segment=2)
+    (trail,) = final
+    fields = trail.fields()
+    assert fields == message_to_dict(trail.summary)
+    assert record_from_fields(fields) == trail_record(trail.summary)
+    assert fields["structured_output"] == message_to_dict(so)
+    assert fields["source_ids"] == ["host:1:2", "host:3:4"]
+    assert (fields["state"], fields["finalised_by"], fields["preemptions"]) == (
+        "TRAIL_STATE_FINISHED", "FINALISED_BY_COMPLETE", 1)
+    # A snapshot: a later revision does not change a summary already handed out.
+    before = trail.summary
+    store.sweep(now=float("inf"))
+    assert before == trail.summary
