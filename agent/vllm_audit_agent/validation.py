@@ -210,6 +210,8 @@ def _fast_check(name: str) -> Callable[[Any], bool]:
     ratios = _tuple_getter(_RATIOS.get(name, ()))
     strings = _tuple_getter(_STRINGS[name])
     http = name == "HttpRequest"
+    enums = _ENUMS.get(name, ())
+    lists = _tuple_getter(_STRING_LISTS.get(name, ()))
     if name == "CustomEvent":  # a map of attributes: always checked in full (rare)
         return lambda body: False
 
@@ -227,8 +229,16 @@ def _fast_check(name: str) -> Callable[[Any], bool]:
         # Under a quarter of the smallest cap in characters: under it in UTF-8 bytes.
         if strings is not None and sum(map(len, strings(body))) * 4 > MAX_STRING_BYTES:
             return False
+        # Enum numbers the contract does not define, and lists of strings (rare: only the
+        # HTTP half's ignored headers), take the field-by-field path.
+        if any(getattr(body, f) not in defined for f, defined in enums):
+            return False
+        if lists is not None and any(lists(body)):
+            return False
         return not http or 0 <= body.status_code <= 999
 
+    if name == "StructuredOutputStep":  # an allowed-token set is checked in full when present
+        return lambda body: not body.HasField("allowed_set") and check(body)
     return check
 
 
