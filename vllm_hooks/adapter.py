@@ -42,6 +42,7 @@ from . import raw_events as raw
 from .errors import ERRORS
 from .grammar_tap import AuditedGrammar, BitmaskTap
 from .runtime import HookRuntime, get_runtime
+from .self_timing import SelfTimer, clock_grammar
 from .settings import Level
 
 __all__ = ["StatLoggerBase", "install"]
@@ -85,9 +86,14 @@ def _patch_scheduler_init() -> None:
 def wrap_scheduler(sched: Any, rt: HookRuntime) -> None:
     sched._vllm_audit_wrapped = True
     offer = rt.buffer.offer
+    timer = rt.timer
     orig_add = sched.add_request
     orig_schedule = sched.schedule
     orig_free = sched._free_request
+    if timer is not None:
+        # VLLM_AUDIT_SELF_TIMING: vLLM's own methods clocked, subtracted from the hook's time.
+        orig_add, orig_schedule, orig_free = (
+            timer.vllm_region(f) for f in (orig_add, orig_schedule, orig_free))
 
     def add_request(request: Any) -> None:
         orig_add(request)
@@ -127,9 +133,14 @@ def wrap_scheduler(sched: Any, rt: HookRuntime) -> None:
                 ERRORS.record("scheduler.free_request", exc)
         return orig_free(request, *args, **kwargs)
 
-    sched.add_request = add_request
-    sched.schedule = schedule
-    sched._free_request = _free_request
+    if timer is None:
+        sched.add_request = add_request
+        sched.schedule = schedule
+        sched._free_request = _free_request
+    else:
+        sched.add_request = timer.hook_region(add_request)
+        sched._free_request = timer.hook_region(_free_request)
+        sched.schedule = _counting_steps(timer.hook_region(schedule), timer)
 
     model_config = sched.vllm_config.model_config
     # Offline trails have no HTTP event: the batch's model field names the model for them.
@@ -140,6 +151,18 @@ def wrap_scheduler(sched: Any, rt: HookRuntime) -> None:
     if manager is not None:
         vocab_size = int(manager.vllm_config.model_config.get_vocab_size())
         wrap_structured_output_manager(manager, BitmaskTap(rt, vocab_size))
+
+
+def _counting_steps(schedule: Any, timer: SelfTimer) -> Any:
+    """Self-timing: counts engine steps and the requests each scheduled (outside the timed
+    region: the counting is the benchmark's, not the hook's)."""
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        out = schedule(*args, **kwargs)
+        timer.step(len(out.num_scheduled_tokens))
+        return out
+
+    return counted
 
 
 def _offer_schedule(out: Any, offer: Any) -> None:
@@ -192,8 +215,11 @@ def wrap_structured_output_manager(manager: Any, tap: BitmaskTap) -> None:
     rt = tap.runtime
     offer = rt.buffer.offer
     include, cap = rt.settings.include_grammar, rt.settings.grammar_max_bytes
+    timer = rt.timer
     orig_create = manager._create_grammar
     orig_bitmask = manager.grammar_bitmask
+    if timer is not None:
+        orig_create, orig_bitmask = timer.vllm_region(orig_create), timer.vllm_region(orig_bitmask)
 
     def _create_grammar(request: Any) -> Any:
         if rt.level < _SUMMARY:
@@ -210,7 +236,8 @@ def wrap_structured_output_manager(manager: Any, tap: BitmaskTap) -> None:
         try:
             offer(_grammar_event(request, start, "", include, cap))
             backend = _backend_name(request)
-            return AuditedGrammar(grammar, request.request_id, tap, backend)
+            audited = AuditedGrammar(grammar, request.request_id, tap, backend)
+            return audited if timer is None else clock_grammar(audited, timer)
         except Exception as exc:
             ERRORS.record("grammar.create", exc)
             return grammar
@@ -242,8 +269,12 @@ def wrap_structured_output_manager(manager: Any, tap: BitmaskTap) -> None:
                 ERRORS.record("grammar.bitmask", exc)
         return bitmask
 
-    manager._create_grammar = _create_grammar
-    manager.grammar_bitmask = grammar_bitmask
+    if timer is None:
+        manager._create_grammar = _create_grammar
+        manager.grammar_bitmask = grammar_bitmask
+    else:
+        manager._create_grammar = timer.hook_region(_create_grammar)
+        manager.grammar_bitmask = timer.hook_region(grammar_bitmask)
 
 
 def _request_rows(

@@ -152,6 +152,36 @@ class AgentCollector(Collector):
         for s in levels:
             applied.add_metric([s.source_id, s.process_role], s.applied_level)
         yield applied
+        yield from self._hook_self_timing()
+
+    def _hook_self_timing(self) -> Iterator[Metric]:
+        """The hooks' own cost, from hooks started with VLLM_AUDIT_SELF_TIMING=true (no series
+        at all otherwise): seconds inside hook code on vLLM's threads (`thread="vllm"`) and
+        CPU seconds of the hook's background threads (`thread="sender"`), with the engine
+        steps (requests, for an API server) and request-steps they were spent on."""
+        timings = self.state.self_timings()
+        if not timings:
+            return  # no hook measures itself: nothing is exported, not even empty families
+        seconds = CounterMetricFamily(
+            "vllm_audit_hook_self_seconds",
+            "Time the hook spent in its own code: wall on vLLM's threads, CPU on its sender's",
+            labels=["source", "role", "thread"])
+        calls = CounterMetricFamily("vllm_audit_hook_self_calls",
+                                    "Hook entry points timed on vLLM's threads",
+                                    labels=["source", "role"])
+        steps = CounterMetricFamily("vllm_audit_hook_self_steps",
+                                    "Engine steps (API server: requests) the hook saw",
+                                    labels=["source", "role"])
+        request_steps = CounterMetricFamily("vllm_audit_hook_self_request_steps",
+                                            "Requests scheduled, summed over those steps",
+                                            labels=["source", "role"])
+        for source, role, t in timings:
+            seconds.add_metric([source, role, "vllm"], t.hook_ns / 1e9)
+            seconds.add_metric([source, role, "sender"], t.sender_cpu_ns / 1e9)
+            calls.add_metric([source, role], t.hook_calls)
+            steps.add_metric([source, role], t.steps)
+            request_steps.add_metric([source, role], t.request_steps)
+        yield from (seconds, calls, steps, request_steps)
 
     def _ingest(self) -> Iterator[Metric]:
         c = self.state.counters
