@@ -39,7 +39,8 @@ _GRAMMAR_METHODS = ("accept_tokens", "validate_tokens", "rollback", "fill_bitmas
 class SelfTimer:
     """Cumulative cost counters of one process's hook."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], int] = time.perf_counter_ns) -> None:
+        self.clock = clock
         self.hook_ns = 0
         self.hook_calls = 0
         self.steps = 0
@@ -59,15 +60,15 @@ class SelfTimer:
         return self._region(fn, own_is_hook=False)
 
     def _region(self, fn: F, own_is_hook: bool) -> F:
-        stack = self._stack
+        stack, now = self._stack, self.clock
 
         def region(*args: Any, **kwargs: Any) -> Any:
             stack.append(0)
-            start = clock()
+            start = now()
             try:
                 return fn(*args, **kwargs)
             finally:
-                total = clock() - start
+                total = now() - start
                 children = stack.pop()
                 if stack:
                     stack[-1] += total

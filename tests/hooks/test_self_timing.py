@@ -1,0 +1,153 @@
+"""Self-timing (VLLM_AUDIT_SELF_TIMING): the hook's cost measured where it is paid, reported to
+the real agent and exported there; with the mode off nothing is measured or exported.
+
+No assertion here depends on how fast anything runs: region accounting is checked with a
+clock the test advances, the rest only for presence and non-zero figures."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.hooks.test_middleware_identity import echo_app
+from tests.support.agent_harness import agent, until
+from tests.support.sender_harness import running_sender
+from vllm_hooks import raw_events as raw
+from vllm_hooks.capture import CapturePolicy
+from vllm_hooks.middleware import _RequestAudit
+from vllm_hooks.raw_events import EventConverter
+from vllm_hooks.self_timing import SelfTimer
+from vllm_hooks.settings import ENV_SELF_TIMING, HookSettings
+
+FINISHED = 5  # vllm_audit.v1.LIFECYCLE_PHASE_FINISHED
+
+
+def test_nested_regions_count_hook_and_vllm_time_once_each() -> None:
+    now = [0]
+    timer = SelfTimer(clock=lambda: now[0])
+
+    def advance(ns: int) -> None:
+        now[0] += ns
+
+    # hook(3) -> vLLM(100) -> hook(7) -> vLLM(50): as grammar_bitmask -> fill_bitmask.
+    inner_vllm = timer.vllm_region(lambda: advance(50))
+    inner_hook = timer.hook_region(lambda: (advance(7), inner_vllm()))
+    outer_vllm = timer.vllm_region(lambda: (advance(100), inner_hook()))
+    outer_hook = timer.hook_region(lambda: (advance(3), outer_vllm()))
+    outer_hook()
+    assert timer.hook_ns == 10
+    assert timer.hook_calls == 2
+
+
+def test_a_region_that_raises_is_still_counted_and_the_stack_unwinds() -> None:
+    now = [0]
+    timer = SelfTimer(clock=lambda: now[0])
+
+    def boom() -> None:
+        now[0] += 5
+        raise ValueError("vLLM raised")
+
+    hook = timer.hook_region(lambda: (now.__setitem__(0, now[0] + 2), timer.vllm_region(boom)()))
+    for _ in range(2):
+        with contextlib.suppress(ValueError):
+            hook()
+    assert (timer.hook_ns, timer.hook_calls) == (4, 2)
+    assert timer._stack == []
+
+
+def test_the_setting_is_off_by_default_and_a_wrong_value_names_the_variable() -> None:
+    assert HookSettings.from_env({}).self_timing is False
+    assert HookSettings.from_env({ENV_SELF_TIMING: "true"}).self_timing is True
+    try:
+        HookSettings.from_env({ENV_SELF_TIMING: "maybe"})
+    except ValueError as exc:
+        assert ENV_SELF_TIMING in str(exc)
+    else:
+        raise AssertionError("an invalid value was accepted")
+
+
+def test_the_middleware_parses_nothing_on_the_loop_and_the_sender_gets_the_same_fields() -> None:
+    timer = SelfTimer()
+    scope = {"type": "http", "method": "POST", "path": "/v1/chat/completions",
+             "headers": [(b"user-agent", b"t")], "client": ("10.0.0.1", 5555)}
+    audit = _RequestAudit(scope, "x-tenant-id")
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b'{"model": "m", "user": "u", "messages": '
+                b'[{"role": "user", "content": "hi"}]}', "more_body": False}
+
+    async def send(message: Any) -> None:
+        pass
+
+    asyncio.run(echo_app(audit.scope, audit.wrap_receive(receive, timer),
+                         audit.wrap_send(send, timer)))
+    assert timer.hook_calls == 3 and timer.hook_ns > 0  # one receive, two sends
+    event = audit.raw_event()
+    # The loop hands over the kept bytes unparsed: no model or prompt field was read there.
+    assert event[0] == raw.HTTP_UNPARSED
+    assert "model" not in event[3] and "prompt" not in event[3]
+    settings = HookSettings(enabled=True, capture_prompt="full")
+    converted = EventConverter(settings, CapturePolicy(b"k")).to_proto(event).http
+    assert (converted.model, converted.user, converted.prompt) == ("m", "u", "user: hi")
+    assert converted.status_code == 200 and converted.client_ip != ""
+
+
+def scrape(url: str) -> dict[str, list[tuple[dict[str, str], float]]]:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    return {f.name: [(s.labels, s.value) for s in f.samples]
+            for f in text_string_to_metric_families(text)}
+
+
+def finished(i: int) -> tuple[object, ...]:
+    return (raw.LIFECYCLE, 10**18 + i, f"req{i:04d}-abcdefgh", FINISHED, 3, 5, "stop",
+            "FINISHED_STOPPED", 16, False)
+
+
+async def test_figures_reach_the_agent_and_are_exported_per_source(tmp_path: Path) -> None:
+    timer = SelfTimer()
+    async with agent(tmp_path) as (handle, _):
+        url = f"http://{handle.http_address}/metrics"
+        with running_sender(handle.state.config.ingest_socket, timer=timer) as (sender, buffer):
+            offer = timer.hook_region(buffer.offer)
+            for i in range(20):
+                offer(finished(i))
+                timer.step(4)
+            await until(lambda: handle.state.counters["events"] == 20, "events stored")
+
+            def reported() -> bool:
+                timings = handle.state.self_timings()
+                return bool(timings) and timings[0][2].steps == 20 \
+                    and timings[0][2].sender_cpu_ns > 0
+
+            # Figures reach the agent on event batches and, when only they changed, alone.
+            await until(reported, "self-timing figures at the agent")
+            families = await asyncio.to_thread(scrape, url)
+        source = sender.source_id
+        seconds = {s[0]["thread"]: s[1] for s in families["vllm_audit_hook_self_seconds"]
+                   if s[0].get("source") == source}
+        assert seconds["vllm"] > 0 and seconds["sender"] > 0
+        steps = families["vllm_audit_hook_self_steps"]
+        assert steps == [({"source": source, "role": "test"}, 20.0)]
+        assert families["vllm_audit_hook_self_request_steps"] == [
+            ({"source": source, "role": "test"}, 80.0)]
+        assert families["vllm_audit_hook_self_calls"] == [
+            ({"source": source, "role": "test"}, 20.0)]
+
+
+async def test_with_the_mode_off_nothing_is_reported_or_exported(tmp_path: Path) -> None:
+    async with agent(tmp_path) as (handle, _):
+        url = f"http://{handle.http_address}/metrics"
+        with running_sender(handle.state.config.ingest_socket) as (_sender, buffer):
+            for i in range(5):
+                buffer.offer(finished(i))
+            await until(lambda: handle.state.counters["events"] == 5, "events stored")
+            assert len(handle.state.sessions) == 1
+            families = await asyncio.to_thread(scrape, url)
+        assert handle.state.self_timings() == []
+        assert not [name for name in families if name.startswith("vllm_audit_hook_self")]
