@@ -261,10 +261,14 @@ def wrap_structured_output_manager(manager: Any, tap: BitmaskTap) -> None:
             level >= _KEY_EVENTS or (level >= _SUMMARY and scheduled_spec_decode_tokens)
         ):
             try:
-                rows = _request_rows(requests, structured_output_request_ids,
-                                     scheduled_spec_decode_tokens, bitmask.shape[0])
-                if level >= _KEY_EVENTS:
-                    tap.assign(bitmask, rows)
+                if not scheduled_spec_decode_tokens:
+                    # No drafts (level key-events or more): request i has row i alone.
+                    tap.assign_one_row_each(bitmask, requests, structured_output_request_ids)
+                else:
+                    rows = _request_rows(requests, structured_output_request_ids,
+                                         scheduled_spec_decode_tokens, bitmask.shape[0])
+                    if level >= _KEY_EVENTS:
+                        tap.assign(bitmask, rows)
             except Exception as exc:
                 ERRORS.record("grammar.bitmask", exc)
         return bitmask
