@@ -133,8 +133,9 @@ def start_agent(tmp: Path, socket_path: Path, kafka_bootstrap: str | None,
 
 
 def start_vllm_server(model_dir: Path, tmp: Path, agent_socket: Path, api_key: str,
-                      **hook_env: str) -> tuple[Proc, str]:
-    """Starts `vllm serve` (CPU build) with the hook; returns (proc, base URL)."""
+                      hook: bool = True, **hook_env: str) -> tuple[Proc, str]:
+    """Starts `vllm serve` (CPU build) with the hook (`hook=False`: without it, neither the
+    plugin nor the middleware, the baseline of a benchmark); returns (proc, base URL)."""
     port = free_port()
     env = base_env(
         VLLM_AUDIT_ENABLED="true",
@@ -143,14 +144,14 @@ def start_vllm_server(model_dir: Path, tmp: Path, agent_socket: Path, api_key: s
         VLLM_AUDIT_CAPTURE_OUTPUT="full",
         VLLM_AUDIT_CAPTURE_CLIENT_IP="full",
         **hook_env,
-    )
+    ) if hook else base_env(**hook_env)
     args = [
         PYTHON, "-m", "vllm.entrypoints.openai.api_server",
         "--model", str(model_dir), "--served-model-name", "tiny",
         "--dtype", "float32", "--max-model-len", str(MAX_MODEL_LEN), "--enforce-eager",
         "--gpu-memory-utilization", "0.1", "--port", str(port), "--host", "127.0.0.1",
         "--api-key", api_key,
-        "--middleware", "vllm_hooks.middleware.AuditMiddleware",
+        *(["--middleware", "vllm_hooks.middleware.AuditMiddleware"] if hook else []),
         # Its /inference/v1/abort_requests lets a test abort a request mid-generation.
         "--enable-scale-out",
     ]

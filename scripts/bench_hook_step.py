@@ -32,11 +32,11 @@ import numpy.typing as npt
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vllm_hooks.adapter import wrap_structured_output_manager  # noqa: E402
-from vllm_hooks.grammar_tap import BitmaskTap  # noqa: E402
-from vllm_hooks.runtime import HookRuntime  # noqa: E402
-from vllm_hooks.self_timing import SelfTimer  # noqa: E402
-from vllm_hooks.settings import HookSettings, Level  # noqa: E402
+from vllm_hooks.adapter import wrap_structured_output_manager
+from vllm_hooks.grammar_tap import BitmaskTap
+from vllm_hooks.runtime import HookRuntime
+from vllm_hooks.self_timing import SelfTimer
+from vllm_hooks.settings import HookSettings, Level
 
 ROWS, VOCAB = 256, 128_256
 STEP_BUDGET_US = 20_000.0

@@ -40,9 +40,9 @@ from vllm.v1.request import RequestStatus
 
 from . import raw_events as raw
 from .errors import ERRORS
-from .grammar_tap import AuditedGrammar, BitmaskTap
+from .grammar_tap import AuditedGrammar, BitmaskTap, TimedAuditedGrammar
 from .runtime import HookRuntime, get_runtime
-from .self_timing import SelfTimer, clock_grammar
+from .self_timing import SelfTimer
 from .settings import Level
 
 __all__ = ["StatLoggerBase", "install"]
@@ -236,8 +236,9 @@ def wrap_structured_output_manager(manager: Any, tap: BitmaskTap) -> None:
         try:
             offer(_grammar_event(request, start, "", include, cap))
             backend = _backend_name(request)
-            audited = AuditedGrammar(grammar, request.request_id, tap, backend)
-            return audited if timer is None else clock_grammar(audited, timer)
+            if timer is None:
+                return AuditedGrammar(grammar, request.request_id, tap, backend)
+            return TimedAuditedGrammar(grammar, request.request_id, tap, backend, timer)
         except Exception as exc:
             ERRORS.record("grammar.create", exc)
             return grammar

@@ -21,6 +21,7 @@ import numpy.typing as npt
 from . import raw_events as raw
 from .errors import ERRORS
 from .runtime import HookRuntime
+from .self_timing import SelfTimer
 from .settings import Level
 
 _KEY_EVENTS = int(Level.KEY_EVENTS)
@@ -118,7 +119,8 @@ def _row_bytes(bitmask: npt.NDArray[np.int32], row: int) -> bytes:
     data = bitmask[row]
     if data.dtype != _LE_INT32:
         data = data.astype(_LE_INT32)
-    return data.tobytes()
+    row_bytes: bytes = data.tobytes()
+    return row_bytes
 
 
 _LE_INT32 = np.dtype("<i4")
@@ -304,3 +306,31 @@ class AuditedGrammar:
             self.rolled_back_drafts,
             status if self.rejected else "",
         )
+
+
+class TimedAuditedGrammar(AuditedGrammar):
+    """VLLM_AUDIT_SELF_TIMING: the proxy with its per-step bookkeeping clocked (chosen when
+    the grammar is created, so the untimed proxy never checks a flag)."""
+
+    def __init__(self, inner: Any, request_id: str, tap: BitmaskTap, backend: str,
+                 timer: SelfTimer) -> None:
+        super().__init__(inner, request_id, tap, backend)
+        self.timer = timer
+
+    def accept_tokens(self, request_id: str, tokens: list[int]) -> bool:
+        ok: bool = self._inner.accept_tokens(request_id, tokens)
+        if not self.tap.filling:
+            timer = self.timer
+            start = timer.clock()
+            try:
+                # The same work as AuditedGrammar.accept_tokens, between two clock reads.
+                if ok and not self.pending_rows and not self.pending_drafted \
+                        and not self.pending_rolled_back and self.tap.runtime.level < _KEY_EVENTS:
+                    self.steps += 1
+                    self.accepted += len(tokens)
+                else:
+                    self._record_step(tokens, ok)
+            except Exception as exc:
+                ERRORS.record("grammar.accept_tokens", exc)
+            timer.add(timer.clock() - start)
+        return ok
