@@ -150,3 +150,76 @@ async def test_with_the_mode_off_nothing_is_reported_or_exported(tmp_path: Path)
             families = await asyncio.to_thread(scrape, url)
         assert handle.state.self_timings() == []
         assert not [name for name in families if name.startswith("vllm_audit_hook_self")]
+
+
+class NullGrammar:
+    """Stands in for a backend grammar: the test is about the hook's wrappers, which treat
+    every backend alike (the e2e tests run the real ones)."""
+
+    def __init__(self) -> None:
+        self.accepted: list[int] = []
+
+    def accept_tokens(self, request_id: str, tokens: list[int]) -> bool:
+        self.accepted += tokens
+        return tokens != [13]  # the "grammar" refuses token 13
+
+    def fill_bitmask(self, bitmask: Any, batch_index: int) -> None:
+        bitmask[batch_index] = -1 if len(self.accepted) % 2 else 0x0F0F
+
+    def is_terminated(self) -> bool:
+        return len(self.accepted) >= 3
+
+
+def drive(level: str, timer: SelfTimer | None) -> list[tuple[Any, ...]]:
+    """Three steps of two structured requests through the adapter's real wrappers."""
+    import numpy as np
+
+    from vllm_hooks.adapter import wrap_structured_output_manager
+    from vllm_hooks.grammar_tap import BitmaskTap
+    from vllm_hooks.runtime import HookRuntime
+    from vllm_hooks.settings import Level
+
+    bitmask = np.zeros((2, 4), dtype=np.int32)
+
+    class Manager:
+        def _create_grammar(self, request: Any) -> Any:
+            return NullGrammar()
+
+        def grammar_bitmask(self, requests: dict[str, Any], ids: list[str],
+                            spec: dict[str, list[int]]) -> Any:
+            for i, rid in enumerate(ids):
+                requests[rid].structured_output_request._grammar.fill_bitmask(bitmask, i)
+            return bitmask
+
+    rt = HookRuntime(HookSettings(enabled=True, level=Level.parse(level)), "test")
+    rt.timer = timer
+    manager = Manager()
+    wrap_structured_output_manager(manager, BitmaskTap(rt, 100))
+    requests: dict[str, Any] = {}
+    for rid in ("a", "b"):
+        from types import SimpleNamespace
+
+        so = SimpleNamespace(structured_output_key=(SimpleNamespace(name="JSON"), "{}"))
+        request = SimpleNamespace(request_id=rid, structured_output_request=so,
+                                  sampling_params=SimpleNamespace(
+                                      structured_outputs=SimpleNamespace(_backend="null")))
+        so._grammar = manager._create_grammar(request)
+        requests[rid] = request
+    for tokens in ([5], [13], [7]):
+        manager.grammar_bitmask(requests, ["a", "b"], {})
+        for rid in ("a", "b"):
+            requests[rid].structured_output_request._grammar.accept_tokens(rid, tokens)
+    for rid in ("a", "b"):
+        requests[rid].structured_output_request._grammar.finish("FINISHED_STOPPED")
+    # Times (event times, compile time) differ between runs; everything else must not.
+    return [(e[0], *e[2:5], *e[6:]) if e[0] == raw.GRAMMAR else (e[0], *e[2:])
+            for e in rt.buffer.drain(1000)]
+
+
+def test_timed_wrappers_record_exactly_what_the_untimed_ones_do() -> None:
+    for level in ("summary", "key-events", "full", "full-with-allowed-sets"):
+        timer = SelfTimer()
+        timed = drive(level, timer)
+        assert timed == drive(level, None), level
+        assert timer.hook_calls > 0 and timer.hook_ns > 0
+    assert any(e[0] == raw.STEP for e in timed)  # the last level records steps
