@@ -361,6 +361,7 @@ def main() -> None:
     from scripts import bench_hook_step
 
     bench_hook_step.report(bench_hook_step.run(args.synthetic_rounds), args.synthetic_rounds)
+    bench_hook_step.report_entry_point()
     if args.synthetic_only:
         return
     results = run_engine(args)
