@@ -172,27 +172,23 @@ class AgentView:
                            f"{LEVEL_APPLY_TIMEOUT_S} s")
 
     def self_timing(self) -> dict[str, dict[str, float]]:
-        """Per role: cumulative hook seconds (vllm threads), sender CPU seconds, calls, steps
-        and request-steps, summed over that role's sources."""
+        """Per role: cumulative seconds per site (`<site>_s`), calls per site
+        (`<site>_calls`), steps and request-steps, summed over that role's sources."""
         from prometheus_client.parser import text_string_to_metric_families
 
         with urllib.request.urlopen(self.metrics_url, timeout=10) as response:
             text = response.read().decode()
         out: dict[str, dict[str, float]] = {}
-        names = {"vllm_audit_hook_self_calls": "calls", "vllm_audit_hook_self_steps": "steps",
-                 "vllm_audit_hook_self_request_steps": "request_steps"}
         for family in text_string_to_metric_families(text):
+            if not family.name.startswith("vllm_audit_hook_self_"):
+                continue
+            what = family.name.removeprefix("vllm_audit_hook_self_")
             for sample in family.samples:
-                role = sample.labels.get("role")
-                if role is None or not sample.name.endswith("_total"):
+                if not sample.name.endswith("_total"):
                     continue
-                figures = out.setdefault(role, {})
-                if family.name == "vllm_audit_hook_self_seconds":
-                    key = "hook_s" if sample.labels.get("thread") == "vllm" else "sender_s"
-                elif family.name in names:
-                    key = names[family.name]
-                else:
-                    continue
+                site = sample.labels.get("site")
+                key = {"seconds": f"{site}_s", "calls": f"{site}_calls"}.get(what, what)
+                figures = out.setdefault(sample.labels["role"], {})
                 figures[key] = figures.get(key, 0.0) + sample.value
         return out
 
@@ -304,12 +300,11 @@ def report_self_timing(results: Results, args: argparse.Namespace) -> None:
             steps = core.get("steps", 0.0)
             if not steps:
                 continue
-            per_step.append(core.get("hook_s", 0.0) / steps * 1e6)
-            per_req.append(core.get("hook_s", 0.0) / max(core.get("request_steps", 1.0), 1.0)
+            per_step.append(core.get("engine_s", 0.0) / steps * 1e6)
+            per_req.append(core.get("engine_s", 0.0) / max(core.get("request_steps", 1.0), 1.0)
                            * 1e6)
             step_ms.append(results.elapsed[level][i] / steps * 1e3)
-            fe = t.get("frontend", {})
-            front.append(fe.get("hook_s", 0.0) / steps * 1e6)
+            front.append(sum(v.get("stat_logger_s", 0.0) for v in t.values()) / steps * 1e6)
             sender.append(sum(v.get("sender_s", 0.0) for v in t.values()) / steps * 1e6)
         if not per_step:
             continue

@@ -82,7 +82,7 @@ class AuditMiddleware:
             send_out = _with_response_audit(self._auditor, scope, audit.request_id, send_out)
         receive_in = audit.wrap_receive(receive, timer)
         if timer is not None:
-            timer.add(clock() - start)
+            timer.middleware(clock() - start)
         try:
             await self.app(audit.scope, receive_in, send_out)
         except BaseException as exc:
@@ -97,8 +97,8 @@ class AuditMiddleware:
             except Exception as exc:
                 ERRORS.record("middleware.end", exc)
             if timer is not None:
-                timer.add(clock() - start)
-                timer.step(1)  # an API server's "step" is a request
+                timer.middleware(clock() - start)
+                timer.middleware_request()
 
 
 def _with_response_audit(auditor: Any, scope: Scope, request_id: str, send: Send) -> Send:
@@ -160,7 +160,7 @@ class _RequestAudit:
             message = await receive()
             start = clock()
             on_receive(message)
-            timer.add(clock() - start)  # type: ignore[union-attr]
+            timer.middleware(clock() - start)  # type: ignore[union-attr]
             return message
 
         return audited_receive if timer is None else timed_receive
@@ -187,7 +187,7 @@ class _RequestAudit:
         async def timed_send(message: Message) -> None:
             start = clock()
             message = on_send(message)
-            timer.add(clock() - start)  # type: ignore[union-attr]
+            timer.middleware(clock() - start)  # type: ignore[union-attr]
             await send(message)
 
         return audited_send if timer is None else timed_send

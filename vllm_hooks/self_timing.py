@@ -45,6 +45,10 @@ class SelfTimer:
         self.steps = 0
         self.request_steps = 0
         self.sender_cpu_ns = 0
+        self.stat_logger_ns = 0
+        self.stat_logger_calls = 0
+        self.middleware_ns = 0
+        self.middleware_requests = 0
         #: vLLM time spent inside timed regions (for subtracting from the hook's).
         self.vllm_ns = 0
         self._cpu_lock = threading.Lock()
@@ -83,9 +87,30 @@ class SelfTimer:
         return region  # type: ignore[return-value]
 
     def add(self, ns: int) -> None:
-        """A flat measurement (a synchronous piece of middleware on the event loop)."""
+        """A flat measurement on the engine path (not inside a region)."""
         self.hook_ns += ns
         self.hook_calls += 1
+
+    def stat_logger_call(self, fn: F) -> F:
+        """The stat logger's record(), timed whole (it wraps no vLLM call)."""
+        now = self.clock
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            start = now()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.stat_logger_ns += now() - start
+                self.stat_logger_calls += 1
+
+        return timed  # type: ignore[return-value]
+
+    def middleware(self, ns: int) -> None:
+        """A synchronous piece of the request middleware on the event loop."""
+        self.middleware_ns += ns
+
+    def middleware_request(self) -> None:
+        self.middleware_requests += 1
 
     def step(self, requests: int) -> None:
         if requests:
@@ -108,10 +133,13 @@ class SelfTimer:
         return meter
 
     # -- reporting -------------------------------------------------------------------------------
-    def snapshot(self) -> tuple[int, int, int, int, int]:
+    def snapshot(self) -> tuple[int, ...]:
+        """The figures in HookSelfTiming's field order."""
         return (self.hook_ns, self.hook_calls, self.steps, self.request_steps,
-                self.sender_cpu_ns)
+                self.sender_cpu_ns, self.stat_logger_ns, self.stat_logger_calls,
+                self.middleware_ns, self.middleware_requests)
 
     def fill(self, message: pb.HookSelfTiming) -> None:
         (message.hook_ns, message.hook_calls, message.steps, message.request_steps,
-         message.sender_cpu_ns) = self.snapshot()
+         message.sender_cpu_ns, message.stat_logger_ns, message.stat_logger_calls,
+         message.middleware_ns, message.middleware_requests) = self.snapshot()

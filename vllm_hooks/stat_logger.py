@@ -37,18 +37,9 @@ class AuditStatLogger(StatLoggerBase):  # type: ignore[misc]
                 self._rt.sender.model = str(name[0] if isinstance(name, (list, tuple)) else name)
                 timer = self._rt.timer
                 if timer is not None:
-                    # Self-timing: this instance's record() is a hook region; each call with an
-                    # iteration is one engine step seen from the frontend.
-                    timed = timer.hook_region(self.record)
-
-                    def record(scheduler_stats: Any = None, iteration_stats: Any = None,
-                               *args: Any, **kwargs: Any) -> None:
-                        timed(scheduler_stats, iteration_stats, *args, **kwargs)
-                        if iteration_stats is not None:
-                            running = getattr(scheduler_stats, "num_running_reqs", 0) or 0
-                            timer.step(max(int(running), 1))
-
-                    self.record = record  # type: ignore[method-assign]
+                    # Self-timing: this instance's record() is timed (an instance attribute
+                    # shadows the method; an untimed logger never sees it).
+                    self.record = timer.stat_logger_call(self.record)  # type: ignore[method-assign]
         except Exception as exc:
             ERRORS.record("stat_logger.init", exc)
         self._last_emit = 0.0

@@ -85,7 +85,7 @@ def test_the_middleware_parses_nothing_on_the_loop_and_the_sender_gets_the_same_
 
     asyncio.run(echo_app(audit.scope, audit.wrap_receive(receive, timer),
                          audit.wrap_send(send, timer)))
-    assert timer.hook_calls == 3 and timer.hook_ns > 0  # one receive, two sends
+    assert timer.middleware_ns > 0 and timer.hook_ns == 0  # one receive, two sends
     event = audit.raw_event()
     # The loop hands over the kept bytes unparsed: no model or prompt field was read there.
     assert event[0] == raw.HTTP_UNPARSED
@@ -128,15 +128,16 @@ async def test_figures_reach_the_agent_and_are_exported_per_source(tmp_path: Pat
             await until(reported, "self-timing figures at the agent")
             families = await asyncio.to_thread(scrape, url)
         source = sender.source_id
-        seconds = {s[0]["thread"]: s[1] for s in families["vllm_audit_hook_self_seconds"]
+        seconds = {s[0]["site"]: s[1] for s in families["vllm_audit_hook_self_seconds"]
                    if s[0].get("source") == source}
-        assert seconds["vllm"] > 0 and seconds["sender"] > 0
+        assert seconds["engine"] > 0 and seconds["sender"] > 0
+        assert seconds["stat_logger"] == seconds["middleware"] == 0  # born at 0
         steps = families["vllm_audit_hook_self_steps"]
         assert steps == [({"source": source, "role": "test"}, 20.0)]
         assert families["vllm_audit_hook_self_request_steps"] == [
             ({"source": source, "role": "test"}, 80.0)]
-        assert families["vllm_audit_hook_self_calls"] == [
-            ({"source": source, "role": "test"}, 20.0)]
+        calls = {s[0]["site"]: s[1] for s in families["vllm_audit_hook_self_calls"]}
+        assert calls == {"engine": 20.0, "stat_logger": 0.0, "middleware": 0.0}
 
 
 async def test_with_the_mode_off_nothing_is_reported_or_exported(tmp_path: Path) -> None:

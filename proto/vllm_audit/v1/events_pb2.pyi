@@ -296,18 +296,26 @@ class GapMarker(_message.Message):
     def __init__(self, dropped_by_reason: _Optional[_Mapping[str, int]] = ..., first_missing_seq: _Optional[int] = ..., last_missing_seq: _Optional[int] = ...) -> None: ...
 
 class HookSelfTiming(_message.Message):
-    __slots__ = ("hook_ns", "hook_calls", "steps", "request_steps", "sender_cpu_ns")
+    __slots__ = ("hook_ns", "hook_calls", "steps", "request_steps", "sender_cpu_ns", "stat_logger_ns", "stat_logger_calls", "middleware_ns", "middleware_requests")
     HOOK_NS_FIELD_NUMBER: _ClassVar[int]
     HOOK_CALLS_FIELD_NUMBER: _ClassVar[int]
     STEPS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_STEPS_FIELD_NUMBER: _ClassVar[int]
     SENDER_CPU_NS_FIELD_NUMBER: _ClassVar[int]
+    STAT_LOGGER_NS_FIELD_NUMBER: _ClassVar[int]
+    STAT_LOGGER_CALLS_FIELD_NUMBER: _ClassVar[int]
+    MIDDLEWARE_NS_FIELD_NUMBER: _ClassVar[int]
+    MIDDLEWARE_REQUESTS_FIELD_NUMBER: _ClassVar[int]
     hook_ns: int
     hook_calls: int
     steps: int
     request_steps: int
     sender_cpu_ns: int
-    def __init__(self, hook_ns: _Optional[int] = ..., hook_calls: _Optional[int] = ..., steps: _Optional[int] = ..., request_steps: _Optional[int] = ..., sender_cpu_ns: _Optional[int] = ...) -> None: ...
+    stat_logger_ns: int
+    stat_logger_calls: int
+    middleware_ns: int
+    middleware_requests: int
+    def __init__(self, hook_ns: _Optional[int] = ..., hook_calls: _Optional[int] = ..., steps: _Optional[int] = ..., request_steps: _Optional[int] = ..., sender_cpu_ns: _Optional[int] = ..., stat_logger_ns: _Optional[int] = ..., stat_logger_calls: _Optional[int] = ..., middleware_ns: _Optional[int] = ..., middleware_requests: _Optional[int] = ...) -> None: ...
 
 class Batch(_message.Message):
     __slots__ = ("source_id", "seq", "events", "gap", "process_role", "pid", "model", "epoch", "self_timing", "applied_level", "config_epoch", "config_version")
