@@ -153,6 +153,9 @@ def test_agent_is_a_native_sidecar_sharing_the_socket_with_vllm() -> None:
     assert agent["startupProbe"]["httpGet"]["path"] == "/readyz"
     assert agent["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert args.kafka_bootstrap is None
+    # NVML opens the node's GPUs, but only the pod's own are exported.
+    assert args.gpu == "nvml" and args.gpu_scope == "pod"
+    assert {"name": "NVIDIA_VISIBLE_DEVICES", "value": "all"} in agent["env"]
 
 
 def test_kafka_and_overrides_reach_the_agent() -> None:

@@ -45,6 +45,7 @@ from . import refusals
 from .batching import BatchFiller
 from .buffer import EventBuffer
 from .errors import InternalErrors
+from .gpu_identity import visible_gpu_uuids
 from .raw_events import EventConverter
 from .self_timing import SelfTimer
 from .settings import ENV_MAX_BATCH_BYTES, HookSettings
@@ -113,6 +114,8 @@ class Sender:
         self._on_config = on_config
         self.role = role
         self.model = model
+        #: Reported in every batch (a reconnect reaches a restarted agent with it too).
+        self.gpu_uuids = visible_gpu_uuids(os.environ)
         self.source_id = f"{socket.gethostname()}:{os.getpid()}:{time.time_ns()}"
         self.epoch = new_epoch()
         self.stats = SenderStats()
@@ -384,6 +387,7 @@ class Sender:
             applied_level=applied[0],  # type: ignore[arg-type]
             config_epoch=applied[1],
             config_version=applied[2],
+            gpu_uuids=self.gpu_uuids,
         )
         for reason, n in drops.items():
             batch.gap.dropped_by_reason[reason] = n

@@ -50,6 +50,7 @@ from .config import (
     ENV_AUTH_TOKENS_FILE,
     ENV_DATA_DIR,
     ENV_GPU,
+    ENV_GPU_SCOPE,
     ENV_HTTP_ADDRESS,
     ENV_INGEST_SOCKET,
     ENV_INGEST_SOCKET_GROUP,
@@ -73,6 +74,7 @@ from .config import (
     ENV_WAL_MAX_BYTES,
     ENV_WAL_SEGMENT_BYTES,
     GPU_READERS,
+    GPU_SCOPES,
     LEVELS,
     WAL_FSYNC_POLICIES,
     AgentConfig,
@@ -194,6 +196,9 @@ def _agent_parser(sub: Any) -> None:
                         f"default {','.join(d.ready_requires)})")
     a.add_argument("--gpu", choices=GPU_READERS,
                    help=f"GPU telemetry reader ({_env(ENV_GPU)}; default {d.gpu})")
+    a.add_argument("--gpu-scope", choices=GPU_SCOPES,
+                   help="node: every GPU NVML sees; pod: only the GPUs the connected vLLM "
+                        f"processes report ({_env(ENV_GPU_SCOPE)}; default {d.gpu_scope})")
     # -- security (agent/vllm_audit_agent/auth.py) --
     a.add_argument("--auth-tokens-file", type=Path, metavar="FILE",
                    help="YAML/JSON list of {sha256, subject, role, tenant} "
@@ -249,6 +254,13 @@ def _agent_parser(sub: Any) -> None:
     a.add_argument("--record-log-max-bytes", type=int, metavar="BYTES",
                    help="cap on the record log (VLLM_AUDIT_RECORD_LOG_MAX_BYTES; "
                         f"default {d.record_log_max_bytes})")
+    a.add_argument("--engine-stats-interval", type=float, metavar="S",
+                   help="seconds between published engine-stats snapshots per engine "
+                        "(VLLM_AUDIT_ENGINE_STATS_INTERVAL_SECONDS; "
+                        f"default {d.engine_stats_interval_seconds:g})")
+    a.add_argument("--stats-history-bytes", type=int, metavar="BYTES",
+                   help="engine-stats time series kept on disk for `stats export`; 0 = none "
+                        f"(VLLM_AUDIT_STATS_HISTORY_BYTES; default {d.stats_history_bytes})")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -305,6 +317,18 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--until", help="ISO 8601 or unix time (recorded time, exclusive)")
     e.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
     e.add_argument("--output-file", type=Path, help="file to write (default: stdout)")
+    st = sub.add_parser("stats", help="the engine-stats time series")
+    sts = st.add_subparsers(dest="what", required=True, metavar="WHAT")
+    se = sts.add_parser("export", help="engine-stats snapshots in a time range as CSV or JSONL, "
+                                       "from the agent's disk or the Kafka stream")
+    se.add_argument("--data-dir", type=Path,
+                    help="the agent's data dir, its engine-stats/ history (default: env or config)")
+    se.add_argument("--kafka-bootstrap", help="read <prefix>.engine-stats from Kafka instead")
+    se.add_argument("--topic-prefix", default="vllm-audit")
+    se.add_argument("--since", help="ISO 8601 or unix time (snapshot time, inclusive)")
+    se.add_argument("--until", help="ISO 8601 or unix time (snapshot time, exclusive)")
+    se.add_argument("--format", choices=("csv", "jsonl"), default="csv")
+    se.add_argument("--output-file", type=Path, help="file to write (default: stdout)")
     return p
 
 
@@ -387,7 +411,7 @@ def _run_agent(args: argparse.Namespace) -> int:
         audit_level=parse_level(args.audit_level) if args.audit_level else None,
         linger_seconds=args.linger_seconds, max_trails=args.max_trails,
         max_trail_events=args.max_trail_events, max_trail_bytes=args.max_trail_bytes,
-        gpu=args.gpu,
+        gpu=args.gpu, gpu_scope=args.gpu_scope,
         ready_requires=(parse_required(args.ready_requires)
                         if args.ready_requires is not None else None),
         shutdown_timeout_seconds=args.shutdown_timeout,
@@ -400,6 +424,8 @@ def _run_agent(args: argparse.Namespace) -> int:
         checkpoint_interval_seconds=args.checkpoint_interval,
         record_retention_days=args.record_retention_days,
         record_log_max_bytes=args.record_log_max_bytes,
+        stats_history_bytes=args.stats_history_bytes,
+        engine_stats_interval_seconds=args.engine_stats_interval,
     )
     for field, address in (("--query-address", config.query_address),
                            ("--http-address", config.http_address)):
@@ -601,6 +627,41 @@ def _run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_stats_export(args: argparse.Namespace) -> int:
+    from collections import Counter
+
+    from .export import parse_time
+    from .stats_history import in_range, read_history, write_csv, write_jsonl
+
+    since = parse_time(args.since) if args.since else None
+    until = parse_time(args.until) if args.until else None
+    if since is not None and until is not None and until <= since:
+        raise ValueError("--until must be after --since")
+    skipped: Counter[str] = Counter()
+    if args.kafka_bootstrap:
+        if args.data_dir:
+            raise ValueError("give --data-dir or --kafka-bootstrap, not both")
+        from .verify import kafka_payloads
+
+        topic = f"{args.topic_prefix}.engine-stats"
+        payloads = asyncio.run(kafka_payloads(args.kafka_bootstrap, [topic]))
+        snapshots = [orjson.loads(p) for p in payloads]
+        snapshots.sort(key=lambda s: (int(s.get("timestamp_ms", 0)), str(s.get("source_id"))))
+    else:
+        data_dir = args.data_dir or AgentConfig.from_env().data_dir
+        snapshots = list(read_history(data_dir, skipped))
+    write = write_csv if args.format == "csv" else write_jsonl
+    selected = in_range(snapshots, since, until)
+    if args.output_file is None:
+        n = write(selected, sys.stdout)
+    else:
+        with open(args.output_file, "w", newline="") as out:
+            n = write(selected, out)
+    note = f", {skipped['unreadable_lines']} unreadable lines skipped" if skipped else ""
+    print(f"{PROG} stats export: {n} snapshots{note}", file=sys.stderr)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -615,12 +676,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run_verify(args)
         if args.command == "export":
             return _run_export(args)
+        if args.command == "stats":
+            return _run_stats_export(args)
         return _run_client(args)
     except (ValueError, AgentStartError) as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, ValueError) else 1
     except grpc.RpcError as exc:
         print(f"{PROG}: {_rpc_error(exc, args.resolved_address)}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # a missing or unreadable file: one line, not a traceback
+        print(f"{PROG}: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

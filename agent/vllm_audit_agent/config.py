@@ -31,10 +31,13 @@ ENV_KAFKA_TOPIC_PREFIX = "VLLM_AUDIT_KAFKA_TOPIC_PREFIX"
 ENV_AUDIT_LEVEL = "VLLM_AUDIT_LEVEL"                # pushed to every hook
 ENV_LINGER_SECONDS = "VLLM_AUDIT_LINGER_SECONDS"
 ENV_GPU = "VLLM_AUDIT_GPU"                          # nvml | none | fake
+ENV_GPU_SCOPE = "VLLM_AUDIT_GPU_SCOPE"              # node | pod
 ENV_SIGNING_KEY_FILE = "VLLM_AUDIT_SIGNING_KEY_FILE"  # Ed25519 key (PEM or raw 32 bytes)
 ENV_CHECKPOINT_EVERY = "VLLM_AUDIT_CHECKPOINT_EVERY"  # records between signed checkpoints
 ENV_CHECKPOINT_INTERVAL = "VLLM_AUDIT_CHECKPOINT_INTERVAL_SECONDS"
 ENV_RECORD_RETENTION_DAYS = "VLLM_AUDIT_RECORD_RETENTION_DAYS"
+ENV_STATS_HISTORY_BYTES = "VLLM_AUDIT_STATS_HISTORY_BYTES"
+ENV_ENGINE_STATS_INTERVAL = "VLLM_AUDIT_ENGINE_STATS_INTERVAL_SECONDS"
 ENV_RECORD_LOG_MAX_BYTES = "VLLM_AUDIT_RECORD_LOG_MAX_BYTES"
 # -- security of the query/control API (agent/vllm_audit_agent/auth.py) --
 ENV_AUTH_TOKENS_FILE = "VLLM_AUDIT_AUTH_TOKENS_FILE"  # YAML/JSON: sha256, subject, role, tenant
@@ -53,6 +56,7 @@ ENV_MAX_MESSAGE_BYTES = "VLLM_AUDIT_MAX_MESSAGE_BYTES"  # gRPC receive limit of 
 
 WAL_FSYNC_POLICIES = ("always", "batch", "never")
 GPU_READERS = ("nvml", "none", "fake")
+GPU_SCOPES = ("node", "pod")
 #: Derived from the contract's AuditLevel (one definition), in wire order: off, summary, full,
 #: full-with-allowed-sets, key-events (which captures between summary and full; its wire
 #: number is newer, see events.proto).
@@ -106,6 +110,9 @@ class AgentConfig:
     linger_seconds: float = 30.0
     gpu: str = "nvml"
     gpu_interval_seconds: float = 5.0
+    #: node: every GPU NVML sees; pod: only those the connected vLLM processes were given (a
+    #: sidecar's NVML sees the whole node, NVIDIA_VISIBLE_DEVICES=all, as dcgm-exporter's does).
+    gpu_scope: str = "node"
     #: Record log (<data_dir>/records): the signing key (None: generated in the data dir at
     #: the first start), checkpoint cadence, retention by age and size.
     signing_key_file: Path | None = None
@@ -113,6 +120,10 @@ class AgentConfig:
     checkpoint_interval_seconds: float = 10.0
     record_retention_days: float = 180.0
     record_log_max_bytes: int = 4 << 30
+    #: Engine-stats time series on disk (<data_dir>/engine-stats, stats_history.py); 0 = off.
+    stats_history_bytes: int = 64 << 20
+    #: Seconds between published engine-stats snapshots, per engine (Kafka and the history).
+    engine_stats_interval_seconds: float = 1.0
     #: None: the agent makes `<data_dir>/admin.token` at first start (local quick start).
     auth_tokens_file: Path | None = None
     tls_cert: Path | None = None
@@ -136,14 +147,18 @@ class AgentConfig:
         parse_address("http_address", self.http_address)
         if self.wal_fsync not in WAL_FSYNC_POLICIES:
             raise ValueError(f"wal_fsync={self.wal_fsync!r}; expected {WAL_FSYNC_POLICIES}")
+        if self.gpu_scope not in GPU_SCOPES:
+            raise ValueError(f"gpu_scope={self.gpu_scope!r}; expected one of {GPU_SCOPES}")
         if self.gpu not in GPU_READERS:
             raise ValueError(f"gpu={self.gpu!r}; expected one of {GPU_READERS}")
         for name in ("wal_max_bytes", "max_trails", "max_trail_events", "max_trail_bytes",
                      "shutdown_timeout_seconds", "max_batch_bytes", "checkpoint_every",
                      "checkpoint_interval_seconds", "record_retention_days",
-                     "record_log_max_bytes"):
+                     "record_log_max_bytes", "engine_stats_interval_seconds"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be > 0")
+        if self.stats_history_bytes < 0:
+            raise ValueError(f"stats_history_bytes={self.stats_history_bytes!r} must be >= 0")
         if self.wal_segment_bytes < 0:
             raise ValueError(f"wal_segment_bytes={self.wal_segment_bytes!r} must be >= 0")
         if not self.max_batch_bytes <= self.max_message_bytes < 1 << 31:  # gRPC takes an int32
@@ -183,7 +198,8 @@ class AgentConfig:
             values["signing_key_file"] = Path(env[ENV_SIGNING_KEY_FILE])
         for var, field in ((ENV_QUERY_ADDRESS, "query_address"), (ENV_HTTP_ADDRESS, "http_address"),
                            (ENV_WAL_FSYNC, "wal_fsync"), (ENV_KAFKA_BOOTSTRAP, "kafka_bootstrap"),
-                           (ENV_KAFKA_TOPIC_PREFIX, "kafka_topic_prefix"), (ENV_GPU, "gpu")):
+                           (ENV_KAFKA_TOPIC_PREFIX, "kafka_topic_prefix"), (ENV_GPU, "gpu"),
+                           (ENV_GPU_SCOPE, "gpu_scope")):
             if env.get(var):
                 values[field] = env[var]
         number(ENV_WAL_MAX_BYTES, "wal_max_bytes", int)
@@ -197,6 +213,8 @@ class AgentConfig:
         number(ENV_CHECKPOINT_INTERVAL, "checkpoint_interval_seconds", float)
         number(ENV_RECORD_RETENTION_DAYS, "record_retention_days", float)
         number(ENV_RECORD_LOG_MAX_BYTES, "record_log_max_bytes", int)
+        number(ENV_STATS_HISTORY_BYTES, "stats_history_bytes", int)
+        number(ENV_ENGINE_STATS_INTERVAL, "engine_stats_interval_seconds", float)
         if env.get(ENV_READY_REQUIRES) is not None:
             values["ready_requires"] = parse_required(env[ENV_READY_REQUIRES])
         number(ENV_MAX_BATCH_BYTES, "max_batch_bytes", int)

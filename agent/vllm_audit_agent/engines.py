@@ -25,6 +25,8 @@ class SourceSeries:
     model: str = ""
     role: str = ""
     pid: int = 0
+    #: The GPUs the process reported it was given (Batch.gpu_uuids).
+    gpu_uuids: tuple[str, ...] = ()
     last_batch: float = 0.0
     disconnected_since: float | None = None
     engines: dict[int, pb.EngineStats] = field(default_factory=dict)
@@ -42,6 +44,8 @@ class EngineTable:
             series = self.sources[batch.source_id] = SourceSeries()
         series.model, series.role = model, batch.process_role
         series.pid = batch.pid or series.pid
+        if batch.gpu_uuids:
+            series.gpu_uuids = tuple(batch.gpu_uuids)
         series.last_batch = time.monotonic()
         for event in batch.events:
             if event.WhichOneof("body") == "engine_stats":

@@ -7,7 +7,7 @@ names DCGM dashboards query. `increase()` works on them all the same.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
@@ -17,9 +17,10 @@ from .gpu import FIELDS, READ_ERROR_FIELDS, XID, GpuSampler
 DCGM_LABELS = ["gpu", "UUID", "device", "modelName", "Hostname"]
 
 
-def gpu_metrics(gpu: GpuSampler, hostname: str,
-                pids: Mapping[int, tuple[str, str]]) -> Iterator[Metric]:
-    """`pids`: pid -> (source id, model) of the hook processes connected to this agent."""
+def gpu_metrics(gpu: GpuSampler, hostname: str, pids: Mapping[int, tuple[str, str]],
+                scope: Collection[str] | None = None) -> Iterator[Metric]:
+    """`pids`: pid -> (source id, model) of the hook processes connected to this agent;
+    `scope`: the UUIDs of the GPUs to export (None: every device NVML sees)."""
     yield GaugeMetricFamily("vllm_audit_gpu_available",
                             "1 when GPU telemetry is available (NVML opened)",
                             value=1 if gpu.available else 0)
@@ -29,7 +30,10 @@ def gpu_metrics(gpu: GpuSampler, hostname: str,
     for name in READ_ERROR_FIELDS:
         errors.add_metric([name], gpu.read_errors[name])
     yield errors
-    snapshot = gpu.snapshot
+    snapshot = [r for r in gpu.snapshot if scope is None or r.uuid in scope]
+    yield GaugeMetricFamily("vllm_audit_gpu_devices_exported",
+                            "GPUs exported (with --gpu-scope pod: those this pod's vLLM "
+                            "processes reported; 0 until they connect)", value=len(snapshot))
     families = {name: GaugeMetricFamily(name, doc, labels=DCGM_LABELS)
                 for name, doc in FIELDS.items()}
     xid = GaugeMetricFamily(XID, "Value of the last XID error encountered.", labels=DCGM_LABELS)

@@ -111,7 +111,9 @@ class AgentCollector(Collector):
         yield from self._storage()
         yield from self._security()
         pids = {series.pid: (sid, series.model) for sid, series in live if series.pid}
-        yield from gpu_metrics(self.state.gpu, self.hostname, pids)
+        scope = ({uuid for _, series in live for uuid in series.gpu_uuids}
+                 if self.state.config.gpu_scope == "pod" else None)
+        yield from gpu_metrics(self.state.gpu, self.hostname, pids, scope)
 
     def _engines(self, live: list[tuple[str, SourceSeries]]) -> Iterator[Metric]:
         values = [(field, (CounterMetricFamily if is_counter else GaugeMetricFamily)(
@@ -313,6 +315,12 @@ class AgentCollector(Collector):
                        "age = retention", "reason",
                        {k: log.counters[f"expired_segments_{k}"]
                         for k in r.RECORD_LOG_EXPIRY_REASONS}, r.RECORD_LOG_EXPIRY_REASONS)
+        history = st.stats_history.counters
+        yield labelled("vllm_audit_stats_history_snapshots", "Engine-stats snapshots for the "
+                       "on-disk time series (`stats export`): written, or lost to a write error",
+                       "outcome", {"written": history["snapshots_written"],
+                                   "write_error": history["write_errors"]},
+                       ("written", "write_error"))
         yield counter("vllm_audit_meta_audit_errors",
                       "Query/control calls whose access record could not be written",
                       st.counters["meta_audit_errors"])

@@ -92,6 +92,7 @@ FIELD_MAP: dict[str, dict[str, str | tuple[None, str]]] = {
         "applied_level": (None, "the hook's level report: stats source_levels and metrics"),
         "config_epoch": (None, "the hook's level report: which config it applied"),
         "config_version": (None, "the hook's level report: which config it applied"),
+        "gpu_uuids": (None, "the process's GPUs: scope of the GPU metrics (--gpu-scope pod)"),
     },
 }
 

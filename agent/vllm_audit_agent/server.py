@@ -243,6 +243,7 @@ async def _stop(state: AgentState, server: grpc.aio.Server, query_server: grpc.a
     except TimeoutError:
         logger.warning("HTTP endpoint did not close within the shutdown deadline")
     state.records.close()
+    state.stats_history.close()
     state.wal.close()
     logger.info("agent stopped in %.1fs (%d open trails are kept in the WAL and %d unpublished "
                 "records in the record log for the next start)", timeout - left(), open_trails,

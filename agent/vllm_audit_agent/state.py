@@ -25,12 +25,12 @@ from .recordlog import RecordLog, event_id
 from .records import message_to_dict, trail_record
 from .request_metrics import RequestMetrics
 from .sources import SeqWindow, SourceState
+from .stats_history import StatsHistory
 from .trails import Trail, TrailStore
 from .validation import CLAMPABLE_FIELDS, saturating_add
 from .wal import WriteAheadLog
 
 #: At most one engine-stats record per source per this many seconds goes to Kafka.
-ENGINE_STATS_PUBLISH_INTERVAL_S = 1.0
 _REFUSAL_PREFIX = "REFUSAL_REASON_"
 #: Lower-case RefusalReason names (the proto enum is the definition) -> enum values.
 REFUSAL_REASONS: dict[str, int] = {
@@ -105,6 +105,7 @@ class AgentState:
                      "replay_quarantine_failed"):
             self.agent_dropped[name] += 0
         self.engines, self.request_metrics = EngineTable(), RequestMetrics()
+        self.stats_history = StatsHistory(config.data_dir, config.stats_history_bytes)
 
     def _on_final(self, trail: Trail) -> None:
         """A final trail (or revision) becomes one record in the record log; once it is
@@ -277,12 +278,13 @@ class AgentState:
 
     def _publish_stats(self, batch: pb.Batch, source: SourceState, event: pb.Event) -> None:
         if not self.engines.due(batch.source_id, event.engine_stats.engine_index,
-                                ENGINE_STATS_PUBLISH_INTERVAL_S):
+                                self.config.engine_stats_interval_seconds):
             return
         record = message_to_dict(event.engine_stats)
         record.update({"schema": 1, "source_id": batch.source_id, "model": source.model,
                        "timestamp_ms": event.time_unix_nano // 1_000_000})
         self.publisher.offer_stats("engine-stats", batch.source_id, record)
+        self.stats_history.append(record)
 
     def latest_engine_stats(self) -> list[tuple[str, SourceState]]:
         return [(sid, s) for sid, s in self.sources.items() if s.last_stats is not None]

@@ -105,3 +105,40 @@ async def test_agent_exports_dcgm_names_and_the_memory_of_its_vllm_processes(
     # Only the pid a connected hook reported; pid 999 is someone else's process.
     (proc,) = families["vllm_audit_gpu_process_memory_used_bytes"].samples
     assert (proc.labels["pid"], proc.labels["source"], proc.value) == ("4242", "h:4242:1", 3 << 30)
+
+
+async def test_pod_scope_exports_only_the_gpus_the_pods_vllm_was_given(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sidecar's NVML sees the whole node; with --gpu-scope pod only the devices the
+    connected vLLM processes report (from the device plugin's NVIDIA_VISIBLE_DEVICES) are
+    exported — the neighbour pod's GPU is not."""
+    import asyncio
+
+    from tests.support.sender_harness import running_sender
+    from vllm_hooks import raw_events as raw
+
+    def uuids(body: bytes) -> set[str]:
+        families = {f.name: f for f in text_string_to_metric_families(body.decode())}
+        return {s.labels["UUID"] for s in families["DCGM_FI_DEV_GPU_UTIL"].samples}
+
+    nvml = FakeNvml([HEALTHY, FakeDevice(uuid="GPU-bbbb"), FakeDevice(uuid="GPU-cccc")])
+    async with agent(tmp_path, gpu_reader=NvmlReader(nvml), gpu_scope="pod") as (handle, _):
+        _, body = await get(handle)
+        assert uuids(body) == set()  # no vLLM process connected yet: nothing of the node
+        monkeypatch.setenv("NVIDIA_VISIBLE_DEVICES", "GPU-bbbb,GPU-cccc")
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-cccc")  # narrower: wins
+        with running_sender(handle.state.config.ingest_socket) as (sender, buffer):
+            assert sender.gpu_uuids == ("GPU-cccc",)
+            buffer.offer((raw.LIFECYCLE, 10**18, "req-gpu-scope", pb.LIFECYCLE_PHASE_FINISHED,
+                          3, 5, "stop", "FINISHED_STOPPED", 16, False))
+            for _ in range(500):
+                _, body = await get(handle)
+                if uuids(body):
+                    break
+                await asyncio.sleep(0.01)
+        assert uuids(body) == {"GPU-cccc"}
+        assert b"vllm_audit_gpu_devices_exported 1.0" in body
+
+    async with agent(tmp_path / "node", gpu_reader=NvmlReader(nvml)) as (handle, _):
+        _, body = await get(handle)  # node scope (the default): every device
+        assert uuids(body) == {"GPU-aaaa", "GPU-bbbb", "GPU-cccc"}

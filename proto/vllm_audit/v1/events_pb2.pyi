@@ -318,7 +318,7 @@ class HookSelfTiming(_message.Message):
     def __init__(self, hook_ns: _Optional[int] = ..., hook_calls: _Optional[int] = ..., steps: _Optional[int] = ..., request_steps: _Optional[int] = ..., sender_cpu_ns: _Optional[int] = ..., stat_logger_ns: _Optional[int] = ..., stat_logger_calls: _Optional[int] = ..., middleware_ns: _Optional[int] = ..., middleware_requests: _Optional[int] = ...) -> None: ...
 
 class Batch(_message.Message):
-    __slots__ = ("source_id", "seq", "events", "gap", "process_role", "pid", "model", "epoch", "self_timing", "applied_level", "config_epoch", "config_version")
+    __slots__ = ("source_id", "seq", "events", "gap", "process_role", "pid", "model", "epoch", "gpu_uuids", "self_timing", "applied_level", "config_epoch", "config_version")
     SOURCE_ID_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     EVENTS_FIELD_NUMBER: _ClassVar[int]
@@ -327,6 +327,7 @@ class Batch(_message.Message):
     PID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
+    GPU_UUIDS_FIELD_NUMBER: _ClassVar[int]
     SELF_TIMING_FIELD_NUMBER: _ClassVar[int]
     APPLIED_LEVEL_FIELD_NUMBER: _ClassVar[int]
     CONFIG_EPOCH_FIELD_NUMBER: _ClassVar[int]
@@ -339,8 +340,9 @@ class Batch(_message.Message):
     pid: int
     model: str
     epoch: int
+    gpu_uuids: _containers.RepeatedScalarFieldContainer[str]
     self_timing: HookSelfTiming
     applied_level: AuditLevel
     config_epoch: int
     config_version: int
-    def __init__(self, source_id: _Optional[str] = ..., seq: _Optional[int] = ..., events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ..., gap: _Optional[_Union[GapMarker, _Mapping]] = ..., process_role: _Optional[str] = ..., pid: _Optional[int] = ..., model: _Optional[str] = ..., epoch: _Optional[int] = ..., self_timing: _Optional[_Union[HookSelfTiming, _Mapping]] = ..., applied_level: _Optional[_Union[AuditLevel, str]] = ..., config_epoch: _Optional[int] = ..., config_version: _Optional[int] = ...) -> None: ...
+    def __init__(self, source_id: _Optional[str] = ..., seq: _Optional[int] = ..., events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ..., gap: _Optional[_Union[GapMarker, _Mapping]] = ..., process_role: _Optional[str] = ..., pid: _Optional[int] = ..., model: _Optional[str] = ..., epoch: _Optional[int] = ..., gpu_uuids: _Optional[_Iterable[str]] = ..., self_timing: _Optional[_Union[HookSelfTiming, _Mapping]] = ..., applied_level: _Optional[_Union[AuditLevel, str]] = ..., config_epoch: _Optional[int] = ..., config_version: _Optional[int] = ...) -> None: ...
