@@ -38,7 +38,7 @@ sys.path.insert(0, str(REPO))
 
 from harness import procs  # noqa: E402
 from harness.tiny_model import make_tiny_model  # noqa: E402
-from scripts.bench_engine import AgentView, delta, iqr, pct  # noqa: E402
+from scripts.bench_engine import SIDE_BY_SIDE_ENV, AgentView, delta, iqr, pct  # noqa: E402
 
 API_KEY = "bench-key-0123456789"
 
@@ -120,7 +120,7 @@ def main() -> None:
         agent, query, metrics = procs.start_agent(work, sock, None, level="summary")
         started.append(agent)
         view = AgentView(query, metrics, procs.admin_token(work))
-        common = {"VLLM_CPU_KVCACHE_SPACE": "1"}
+        common = SIDE_BY_SIDE_ENV
         without, base_without = procs.start_vllm_server(model, work, sock, API_KEY, hook=False,
                                                         **common)
         started.append(without)

@@ -57,6 +57,11 @@ SEED_FACTORS = {"summary": 1.08, "full": 1.92, "full-with-allowed-sets": 2.83}
 TARGETS = {"summary": 0.01, "full": 0.03, "full-with-allowed-sets": 0.10}
 #: A hook reports changed self-timing at most every 0.25 s (sender.TIMING_REPORT_S).
 REPORT_SETTLE_S = 0.4
+#: Two vLLM CPU engines side by side: vLLM's automatic OpenMP binding pins both to the same
+#: cores, and spinning OpenMP threads of the idle engine steal them from the busy one (seen
+#: as ~1 s stalls of whichever started first). Unpinned, sleeping when idle, both run alike.
+SIDE_BY_SIDE_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": "nobind",
+                    "OMP_WAIT_POLICY": "PASSIVE"}
 LEVEL_APPLY_TIMEOUT_S = 5.0
 
 
@@ -218,7 +223,7 @@ def running(args: argparse.Namespace, work: Path) -> Iterator[tuple[Worker, Work
     agent, query, metrics = procs.start_agent(work, sock, None, level="off")
     workers: list[Worker] = []
     try:
-        common = {"VLLM_CPU_KVCACHE_SPACE": "1"}
+        common = SIDE_BY_SIDE_ENV
         disabled = Worker("disabled", model, procs.base_env(**common), work, args.requests,
                           args.max_tokens)
         workers.append(disabled)
