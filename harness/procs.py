@@ -133,9 +133,10 @@ def start_agent(tmp: Path, socket_path: Path, kafka_bootstrap: str | None,
 
 
 def start_vllm_server(model_dir: Path, tmp: Path, agent_socket: Path, api_key: str | None,
-                      **hook_env: str) -> tuple[Proc, str]:
-    """Starts `vllm serve` (CPU build) with the hook; returns (proc, base URL). `api_key`
-    None: vLLM checks no key."""
+                      hook: bool = True, **hook_env: str) -> tuple[Proc, str]:
+    """Starts `vllm serve` (CPU build) with the hook (`hook=False`: without it, neither the
+    plugin nor the middleware, the baseline of a benchmark); returns (proc, base URL).
+    `api_key` None: vLLM checks no key."""
     port = free_port()
     env = base_env(
         VLLM_AUDIT_ENABLED="true",
@@ -144,14 +145,14 @@ def start_vllm_server(model_dir: Path, tmp: Path, agent_socket: Path, api_key: s
         VLLM_AUDIT_CAPTURE_OUTPUT="full",
         VLLM_AUDIT_CAPTURE_CLIENT_IP="full",
         **hook_env,
-    )
+    ) if hook else base_env(**hook_env)
     args = [
         PYTHON, "-m", "vllm.entrypoints.openai.api_server",
         "--model", str(model_dir), "--served-model-name", "tiny",
         "--dtype", "float32", "--max-model-len", str(MAX_MODEL_LEN), "--enforce-eager",
         "--gpu-memory-utilization", "0.1", "--port", str(port), "--host", "127.0.0.1",
         *(["--api-key", api_key] if api_key is not None else []),
-        "--middleware", "vllm_hooks.middleware.AuditMiddleware",
+        *(["--middleware", "vllm_hooks.middleware.AuditMiddleware"] if hook else []),
         # Its /inference/v1/abort_requests lets a test abort a request mid-generation.
         "--enable-scale-out",
     ]

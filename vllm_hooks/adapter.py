@@ -55,8 +55,9 @@ from vllm.v1.request import RequestStatus
 
 from . import raw_events as raw
 from .errors import ERRORS
-from .grammar_tap import AuditedGrammar, BitmaskTap
+from .grammar_tap import AuditedGrammar, BitmaskTap, TimedAuditedGrammar
 from .runtime import HookRuntime, get_runtime
+from .self_timing import SelfTimer
 from .settings import Level
 
 __all__ = ["StatLoggerBase", "install"]
@@ -100,9 +101,14 @@ def _patch_scheduler_init() -> None:
 def wrap_scheduler(sched: Any, rt: HookRuntime) -> None:
     sched._vllm_audit_wrapped = True
     offer = rt.buffer.offer
+    timer = rt.timer
     orig_add = sched.add_request
     orig_schedule = sched.schedule
     orig_free = sched._free_request
+    if timer is not None:
+        # VLLM_AUDIT_SELF_TIMING: vLLM's own methods clocked, subtracted from the hook's time.
+        orig_add, orig_schedule, orig_free = (
+            timer.vllm_region(f) for f in (orig_add, orig_schedule, orig_free))
 
     def add_request(request: Any) -> None:
         orig_add(request)
@@ -142,9 +148,14 @@ def wrap_scheduler(sched: Any, rt: HookRuntime) -> None:
                 ERRORS.record("scheduler.free_request", exc)
         return orig_free(request, *args, **kwargs)
 
-    sched.add_request = add_request
-    sched.schedule = schedule
-    sched._free_request = _free_request
+    if timer is None:
+        sched.add_request = add_request
+        sched.schedule = schedule
+        sched._free_request = _free_request
+    else:
+        sched.add_request = timer.hook_region(add_request)
+        sched._free_request = timer.hook_region(_free_request)
+        sched.schedule = _counting_steps(timer.hook_region(schedule), timer)
 
     model_config = sched.vllm_config.model_config
     # Offline trails have no HTTP event: the batch's model field names the model for them.
@@ -155,6 +166,18 @@ def wrap_scheduler(sched: Any, rt: HookRuntime) -> None:
     if manager is not None:
         vocab_size = int(manager.vllm_config.model_config.get_vocab_size())
         wrap_structured_output_manager(manager, BitmaskTap(rt, vocab_size))
+
+
+def _counting_steps(schedule: Any, timer: SelfTimer) -> Any:
+    """Self-timing: counts engine steps and the requests each scheduled (outside the timed
+    region: the counting is the benchmark's, not the hook's)."""
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        out = schedule(*args, **kwargs)
+        timer.step(len(out.num_scheduled_tokens))
+        return out
+
+    return counted
 
 
 def _offer_schedule(out: Any, offer: Any) -> None:
@@ -207,8 +230,11 @@ def wrap_structured_output_manager(manager: Any, tap: BitmaskTap) -> None:
     rt = tap.runtime
     offer = rt.buffer.offer
     include, cap = rt.settings.include_grammar, rt.settings.grammar_max_bytes
+    timer = rt.timer
     orig_create = manager._create_grammar
     orig_bitmask = manager.grammar_bitmask
+    if timer is not None:
+        orig_create, orig_bitmask = timer.vllm_region(orig_create), timer.vllm_region(orig_bitmask)
 
     def _create_grammar(request: Any) -> Any:
         if rt.level < _SUMMARY:
@@ -225,7 +251,9 @@ def wrap_structured_output_manager(manager: Any, tap: BitmaskTap) -> None:
         try:
             offer(_grammar_event(request, start, "", include, cap))
             backend = _backend_name(request)
-            return AuditedGrammar(grammar, request.request_id, tap, backend)
+            if timer is None:
+                return AuditedGrammar(grammar, request.request_id, tap, backend)
+            return TimedAuditedGrammar(grammar, request.request_id, tap, backend, timer)
         except Exception as exc:
             ERRORS.record("grammar.create", exc)
             return grammar
@@ -249,16 +277,24 @@ def wrap_structured_output_manager(manager: Any, tap: BitmaskTap) -> None:
             level >= _KEY_EVENTS or (level >= _SUMMARY and scheduled_spec_decode_tokens)
         ):
             try:
-                rows = _request_rows(requests, structured_output_request_ids,
-                                     scheduled_spec_decode_tokens, bitmask.shape[0])
-                if level >= _KEY_EVENTS:
-                    tap.assign(bitmask, rows)
+                if not scheduled_spec_decode_tokens:
+                    # No drafts (level key-events or more): request i has row i alone.
+                    tap.assign_one_row_each(bitmask, requests, structured_output_request_ids)
+                else:
+                    rows = _request_rows(requests, structured_output_request_ids,
+                                         scheduled_spec_decode_tokens, bitmask.shape[0])
+                    if level >= _KEY_EVENTS:
+                        tap.assign(bitmask, rows)
             except Exception as exc:
                 ERRORS.record("grammar.bitmask", exc)
         return bitmask
 
-    manager._create_grammar = _create_grammar
-    manager.grammar_bitmask = grammar_bitmask
+    if timer is None:
+        manager._create_grammar = _create_grammar
+        manager.grammar_bitmask = grammar_bitmask
+    else:
+        manager._create_grammar = timer.hook_region(_create_grammar)
+        manager.grammar_bitmask = timer.hook_region(grammar_bitmask)
 
 
 def _request_rows(

@@ -27,10 +27,9 @@ import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-import orjson
-
 from . import raw_events as raw
 from .errors import ERRORS
+from .http_parse import complete_http_fields
 from .identity import (
     AUTH_STATUS_TEXT,
     SOCKET_PEER_KEY,
@@ -39,6 +38,7 @@ from .identity import (
     auth_decision,
 )
 from .runtime import HookRuntime, get_runtime
+from .self_timing import SelfTimer, clock
 from .settings import Level, settings
 
 Scope = MutableMapping[str, Any]
@@ -95,6 +95,8 @@ class AuditMiddleware:
         ):
             await self.app(scope, receive, send)
             return
+        timer = rt.timer  # VLLM_AUDIT_SELF_TIMING: one compare per request when off
+        start = clock() if timer is not None else 0
         try:
             audit = _RequestAudit(scope, self._identity)
             audit.key_checked = self._vllm_checks_key(scope)
@@ -102,21 +104,28 @@ class AuditMiddleware:
             ERRORS.record("middleware.begin", exc)
             await self.app(scope, receive, send)
             return
-        send_out = audit.wrap_send(send)
+        send_out = audit.wrap_send(send, timer)
         if self._auditor is not None:
             send_out = _with_response_audit(self._auditor, scope, audit.request_id, send_out)
+        receive_in = audit.wrap_receive(receive, timer)
+        if timer is not None:
+            timer.middleware(clock() - start)
         try:
-            await self.app(audit.scope, audit.wrap_receive(receive), send_out)
+            await self.app(audit.scope, receive_in, send_out)
         except BaseException as exc:
             audit.error = repr(exc)
             if audit.status == 0:
                 audit.status = 500
             raise
         finally:
+            start = clock() if timer is not None else 0
             try:
-                rt.buffer.offer((raw.HTTP, audit.start_ns, audit.request_id, audit.fields()))
+                rt.buffer.offer(audit.raw_event())
             except Exception as exc:
                 ERRORS.record("middleware.end", exc)
+            if timer is not None:
+                timer.middleware(clock() - start)
+                timer.middleware_request()
 
     def _vllm_checks_key(self, scope: Scope) -> bool | None:
         if not self._key_check_known:
@@ -181,50 +190,75 @@ class _RequestAudit:
         self.response_complete = False
         self.client_disconnected = False
 
-    def wrap_receive(self, receive: Receive) -> Receive:
+    def wrap_receive(self, receive: Receive, timer: SelfTimer | None = None) -> Receive:
+        on_receive = self._on_receive
+
         async def audited_receive() -> Message:
             message = await receive()
-            try:
-                kind = message.get("type")
-                if kind == "http.request":
-                    chunk = message.get("body", b"")
-                    room = MAX_CAPTURE_BYTES - len(self.body)
-                    if room > 0:
-                        self.body += chunk[:room]
-                elif kind == "http.disconnect" and not self.response_complete:
-                    self.client_disconnected = True
-            except Exception as exc:
-                ERRORS.record("middleware.receive", exc)
+            on_receive(message)
             return message
 
-        return audited_receive
+        async def timed_receive() -> Message:
+            message = await receive()
+            start = clock()
+            on_receive(message)
+            timer.middleware(clock() - start)  # type: ignore[union-attr]
+            return message
 
-    def wrap_send(self, send: Send) -> Send:
+        return audited_receive if timer is None else timed_receive
+
+    def _on_receive(self, message: Message) -> None:
+        try:
+            kind = message.get("type")
+            if kind == "http.request":
+                chunk = message.get("body", b"")
+                room = MAX_CAPTURE_BYTES - len(self.body)
+                if room > 0:
+                    self.body += chunk[:room]
+            elif kind == "http.disconnect" and not self.response_complete:
+                self.client_disconnected = True
+        except Exception as exc:
+            ERRORS.record("middleware.receive", exc)
+
+    def wrap_send(self, send: Send, timer: SelfTimer | None = None) -> Send:
+        on_send = self._on_send
+
         async def audited_send(message: Message) -> None:
-            try:
-                kind = message.get("type")
-                if kind == "http.response.start":
-                    self.status = int(message.get("status", 0))
-                    headers = list(message.get("headers") or ())
-                    for key, value in headers:
-                        if key.lower() == b"content-type" and b"text/event-stream" in value:
-                            self.stream = True
-                    message = self._restore_client_request_id(message, headers)
-                elif kind == "http.response.body":
-                    if not message.get("more_body", False):
-                        self.response_complete = True
-                    chunk = message.get("body", b"")
-                    if chunk and self.ttft_ms == 0.0:
-                        self.ttft_ms = (time.perf_counter() - self.t0) * 1000.0
-                    self.response_bytes += len(chunk)
-                    room = MAX_CAPTURE_BYTES - len(self.response)
-                    if room > 0:
-                        self.response += chunk[:room]
-            except Exception as exc:
-                ERRORS.record("middleware.send", exc)
+            await send(on_send(message))
+
+        async def timed_send(message: Message) -> None:
+            start = clock()
+            message = on_send(message)
+            timer.middleware(clock() - start)  # type: ignore[union-attr]
             await send(message)
 
-        return audited_send
+        return audited_send if timer is None else timed_send
+
+    def _on_send(self, message: Message) -> Message:
+        """Records what vLLM sends; returns the message to pass on (its X-Request-Id header
+        restored to the client's)."""
+        try:
+            kind = message.get("type")
+            if kind == "http.response.start":
+                self.status = int(message.get("status", 0))
+                headers = list(message.get("headers") or ())
+                for key, value in headers:
+                    if key.lower() == b"content-type" and b"text/event-stream" in value:
+                        self.stream = True
+                message = self._restore_client_request_id(message, headers)
+            elif kind == "http.response.body":
+                if not message.get("more_body", False):
+                    self.response_complete = True
+                chunk = message.get("body", b"")
+                if chunk and self.ttft_ms == 0.0:
+                    self.ttft_ms = (time.perf_counter() - self.t0) * 1000.0
+                self.response_bytes += len(chunk)
+                room = MAX_CAPTURE_BYTES - len(self.response)
+                if room > 0:
+                    self.response += chunk[:room]
+        except Exception as exc:
+            ERRORS.record("middleware.send", exc)
+        return message
 
     def _restore_client_request_id(self, message: Message,
                                    headers: list[tuple[bytes, bytes]]) -> Message:
@@ -241,37 +275,29 @@ class _RequestAudit:
         message["headers"] = kept
         return message
 
-    def fields(self) -> dict[str, Any]:
-        """Runs after the response; parsing happens here, off vLLM's request path."""
+    def loop_fields(self) -> dict[str, Any]:
+        """What the event loop records when the response is done: no body is parsed here (see
+        `raw_event`); `prompt_tokens`/`completion_tokens` are -1 without vLLM's usage. The
+        identity is resolved from the key and the trusted headers; the body's claimed user
+        is read with the body, on the sender thread (http_parse)."""
         latency_ms = (time.perf_counter() - self.t0) * 1000.0
-        request = _json_object(bytes(self.body))
         prompt_tokens, completion_tokens, vllm_request_id = _metadata_usage(self.scope)
-        output, usage = _response_output(bytes(self.response), self.stream)
-        if usage is not None and prompt_tokens < 0:
-            prompt_tokens = int(usage.get("prompt_tokens") or 0)
-            completion_tokens = int(usage.get("completion_tokens") or 0)
         decision = auth_decision(self.status, self.key_checked)
-        error = self.error or (_error_message(bytes(self.response)) if self.status >= 400 else "")
-        if self.client_disconnected and not error:
-            error = "client disconnected before the response was complete"
         return {
             "method": str(self.scope.get("method", "")),
             "path": str(self.scope.get("path", "")),
             "client_ip": self.identity.client_ip,
-            **self.identity.resolve(self.api_key_sha256, _claimed_user(request)),
-            "model": str(request.get("model") or ""),
+            **self.identity.resolve(self.api_key_sha256, ""),
             "status_code": self.status,
             "auth_decision": decision,
             "auth_status": AUTH_STATUS_TEXT[decision],
             "api_key_sha256": self.api_key_sha256,
             "stream": self.stream,
-            "prompt": _prompt_text(request),
-            "output": output,
-            "prompt_tokens": max(prompt_tokens, 0),
-            "completion_tokens": max(completion_tokens, 0),
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
             "latency_ms": latency_ms,
             "ttft_ms": self.ttft_ms,
-            "error": error,
+            "error": self.error,
             "client_disconnected": self.client_disconnected,
             "user_agent": self.user_agent,
             "response_bytes": self.response_bytes,
@@ -279,18 +305,16 @@ class _RequestAudit:
             "client_request_id": (self.client_request_id or b"").decode("latin-1"),
         }
 
+    def raw_event(self) -> tuple[Any, ...]:
+        """The event offered at the end: the kept bytes are handed over as they are (no
+        copy) and parsed on the sender thread (`http_parse.complete_http_fields`)."""
+        return (raw.HTTP_UNPARSED, self.start_ns, self.request_id, self.loop_fields(),
+                self.body, self.response)
 
-def _json_object(data: bytes) -> dict[str, Any]:
-    try:
-        value = orjson.loads(data) if data else {}
-    except orjson.JSONDecodeError:
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
-def _claimed_user(request: dict[str, Any]) -> str:
-    user = request.get("user")
-    return user.strip() if isinstance(user, str) else ""
+    def fields(self) -> dict[str, Any]:
+        """Every HttpRequest field, parsed here (tests and tools; the middleware offers
+        `raw_event` instead, so the parsing happens off the loop)."""
+        return complete_http_fields(self.loop_fields(), self.body, self.response)
 
 
 def _metadata_usage(scope: Scope) -> tuple[int, int, str]:
@@ -304,58 +328,3 @@ def _metadata_usage(scope: Scope) -> tuple[int, int, str]:
     if usage is None:
         return -1, -1, request_id
     return int(usage.prompt_tokens or 0), int(usage.completion_tokens or 0), request_id
-
-
-def _prompt_text(request: dict[str, Any]) -> str:
-    if "messages" in request:
-        parts = []
-        for message in request.get("messages") or ():
-            if isinstance(message, dict):
-                content = message.get("content")
-                if isinstance(content, list):
-                    content = " ".join(
-                        str(p.get("text", "")) for p in content if isinstance(p, dict)
-                    )
-                parts.append(f"{message.get('role', '')}: {content or ''}")
-        return "\n".join(parts)
-    prompt = request.get("prompt", request.get("input", ""))
-    return prompt if isinstance(prompt, str) else orjson.dumps(prompt).decode()
-
-
-def _response_output(body: bytes, stream: bool) -> tuple[str, dict[str, Any] | None]:
-    """The generated text and usage, from a JSON body or from SSE chunks."""
-    if not stream:
-        obj = _json_object(body)
-        return _choices_text(obj.get("choices"), delta=False), obj.get("usage")
-    texts: list[str] = []
-    usage = None
-    for line in body.split(b"\n"):
-        if not line.startswith(b"data: ") or line.startswith(b"data: [DONE]"):
-            continue
-        obj = _json_object(line[6:])
-        texts.append(_choices_text(obj.get("choices"), delta=True))
-        usage = obj.get("usage") or usage
-    return "".join(texts), usage
-
-
-def _choices_text(choices: Any, delta: bool) -> str:
-    if not isinstance(choices, list):
-        return ""
-    out = []
-    for choice in choices:
-        if not isinstance(choice, dict):
-            continue
-        if "text" in choice:
-            out.append(str(choice.get("text") or ""))
-        else:
-            message = choice.get("delta" if delta else "message") or {}
-            out.append(str(message.get("content") or ""))
-    return "".join(out)
-
-
-def _error_message(body: bytes) -> str:
-    obj = _json_object(body)
-    error = obj.get("error")
-    if isinstance(error, dict):
-        return str(error.get("message") or "")[:1000]
-    return str(error or obj.get("detail") or "")[:1000]

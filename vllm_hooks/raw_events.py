@@ -12,6 +12,7 @@ from vllm_audit.v1 import events_pb2 as pb
 
 from .allowed_set_encoder import AllowedSetRecorder
 from .capture import CapturePolicy
+from .http_parse import complete_http_fields
 from .settings import HookSettings
 
 # (KIND, time_ns, request_id, phase, n_prompt, n_output, finish_reason, status, max_tokens, so)
@@ -36,6 +37,10 @@ STATS = 5
 HTTP = 6
 # (KIND, time_ns, request_id, name, dict of str attributes) — vllm_hooks.api
 CUSTOM = 7
+# (KIND, time_ns, x_request_id, dict of HttpRequest fields read on the event loop, request
+#  body bytes, response body bytes): the middleware's event, whose bodies (up to 2 MiB of
+#  JSON/SSE) are parsed here on the sender thread, never on vLLM's event loop.
+HTTP_UNPARSED = 8
 
 
 class EventConverter:
@@ -96,8 +101,9 @@ class EventConverter:
             self.allowed_sets.finish(s, raw[2])
         elif kind == STATS:
             event.engine_stats.CopyFrom(pb.EngineStats(**raw[3]))
-        elif kind == HTTP:
-            fields = dict(raw[3])
+        elif kind in (HTTP, HTTP_UNPARSED):
+            fields = (dict(raw[3]) if kind == HTTP
+                      else complete_http_fields(raw[3], raw[4], raw[5]))
             settings, policy = self.settings, self.policy
             fields["prompt"] = policy.apply(settings.capture_prompt, fields.get("prompt", ""))
             fields["output"] = policy.apply(settings.capture_output, fields.get("output", ""))

@@ -123,6 +123,8 @@ class ResponseAuditor:
 PATHS = ("/v1/chat/completions", "/v1/completions")
 #: Non-streaming bodies held for rewriting up to this size; a larger one passes unchanged.
 MAX_HELD_BYTES = 8 << 20
+#: Bodies larger than this are parsed off the event loop, in a worker thread.
+OFFLOAD_BYTES = 64 << 10
 
 Message = MutableMapping[str, Any]
 
@@ -187,11 +189,14 @@ class ResponseInjector:
             return body
 
     async def _patch_json(self, body: bytes) -> bytes:
-        obj = orjson.loads(body)
+        # A large body is parsed and re-encoded in a worker thread: vLLM's event loop serves
+        # every other request meanwhile (a small one costs less than the thread hop).
+        offload = len(body) > OFFLOAD_BYTES
+        obj = await asyncio.to_thread(orjson.loads, body) if offload else orjson.loads(body)
         if not isinstance(obj, dict) or not isinstance(obj.get("usage"), dict):
             return body
         obj["usage"][FIELD] = await self.auditor.audit(self.trail_ids)
-        return orjson.dumps(obj)
+        return await asyncio.to_thread(orjson.dumps, obj) if offload else orjson.dumps(obj)
 
     async def _patch_stream(self, body: bytes) -> bytes:
         events = body.split(b"\n\n")

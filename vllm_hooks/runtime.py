@@ -17,6 +17,7 @@ from .buffer import EventBuffer
 from .capture import CapturePolicy
 from .errors import ERRORS
 from .raw_events import EventConverter
+from .self_timing import SelfTimer
 from .sender import Sender
 from .settings import HookSettings, Level, settings
 
@@ -35,6 +36,8 @@ class HookRuntime:
         self.level = int(settings.level)
         self.config_version = 0
         self.config_epoch = 0
+        #: VLLM_AUDIT_SELF_TIMING: None when off, and then no timed wrapper is ever installed.
+        self.timer: SelfTimer | None = SelfTimer() if settings.self_timing else None
         self.buffer = EventBuffer(settings.buffer_events)
         self.buffer.batch_hint = settings.batch_events
         self.policy = CapturePolicy(settings.hmac_key)
@@ -49,6 +52,7 @@ class HookRuntime:
             ERRORS,
             self.apply_config,
             role,
+            timer=self.timer,
         )
         self.sender.applied_config = (settings.level.wire, 0, 0)  # the wire number
         self._closed = False

@@ -47,6 +47,7 @@ from .buffer import EventBuffer
 from .errors import InternalErrors
 from .gpu_identity import visible_gpu_uuids
 from .raw_events import EventConverter
+from .self_timing import SelfTimer
 from .settings import ENV_MAX_BATCH_BYTES, HookSettings
 from .window import Outcome, UnackedWindow
 
@@ -58,6 +59,8 @@ _MAX_BACKOFF_S = 5.0
 RETRY_REFUSED_S = 1.0
 #: Deadline for the channel to connect before the session gives up and backs off.
 _CONNECT_TIMEOUT_S = 1.0
+#: Seconds between batches made only to report changed self-timing figures.
+TIMING_REPORT_S = 0.25
 #: Batches made per flush before the session loop checks its deadlines again.
 _MAX_BATCHES_PER_FLUSH = 16
 
@@ -103,6 +106,7 @@ class Sender:
         on_config: Callable[[int, int, int], None],
         role: str,
         model: str = "",
+        timer: SelfTimer | None = None,
     ) -> None:
         self._settings = settings
         self._buffer = buffer
@@ -115,6 +119,13 @@ class Sender:
         self.source_id = f"{socket.gethostname()}:{os.getpid()}:{time.time_ns()}"
         self.epoch = new_epoch()
         self.stats = SenderStats()
+        #: VLLM_AUDIT_SELF_TIMING: cumulative figures on every batch, and a batch of their own
+        #: at most every TIMING_REPORT_S when nothing else is sent.
+        self._timer = timer
+        self._timing_reported: tuple[int, ...] = ()
+        self._timing_reported_at = 0.0
+        #: Adds this thread's CPU time to the timer (made on the sender thread).
+        self._meter: Callable[[], None] | None = None
         self._filler = BatchFiller(buffer, converter, errors, settings.batch_events,
                                    settings.max_batch_bytes)
         self._seq = 0
@@ -178,6 +189,8 @@ class Sender:
     # -- the thread ------------------------------------------------------------------------
     def _run(self) -> None:
         backoff = 0.05
+        if self._timer is not None:
+            self._meter = self._timer.cpu_meter()
         while not self._stop.is_set():
             try:
                 if self._session():
@@ -233,6 +246,8 @@ class Sender:
                     next_retry = time.monotonic() + RETRY_REFUSED_S
                     self._resend(outq, self._window.take_for_resend(refused_only=True, limit=1))
                 self._flush_into(outq)
+                if self._meter is not None:
+                    self._meter()
                 if self._window.oldest_unanswered_age() > ack_timeout:
                     # The agent took the stream but stopped answering: start over.
                     self.stats.ack_timeouts += 1
@@ -249,10 +264,13 @@ class Sender:
                 responses.cancel()
             channel.close()
 
-    @staticmethod
-    def _requests(outq: queue.SimpleQueue[object]) -> Iterator[pb.Batch]:
+    def _requests(self, outq: queue.SimpleQueue[object]) -> Iterator[pb.Batch]:
+        # Runs on gRPC's request-iterator thread, which also serialises what it yields.
+        meter = self._timer.cpu_meter() if self._timer is not None else None
         while True:
             item = outq.get()
+            if meter is not None:
+                meter()
             if item is _END:
                 return
             assert isinstance(item, pb.Batch)
@@ -292,8 +310,11 @@ class Sender:
     def _read(self, responses: Iterator[ingest_pb2.IngestReply],
               cancelling: threading.Event) -> None:
         status = "OK"
+        meter = self._timer.cpu_meter() if self._timer is not None else None
         try:
             for reply in responses:
+                if meter is not None:
+                    meter()
                 which = reply.WhichOneof("body")
                 if which == "ack":
                     self._on_ack(reply.ack)
@@ -326,6 +347,12 @@ class Sender:
         # More is waiting: come back at once, after the session loop checked its deadlines.
         self._buffer.wakeup.set()
 
+    def _timing_due(self) -> bool:
+        """Self-timing changed and was last reported TIMING_REPORT_S ago: worth a batch."""
+        timer = self._timer
+        return (timer is not None and timer.snapshot() != self._timing_reported
+                and time.monotonic() - self._timing_reported_at >= TIMING_REPORT_S)
+
     def _new_internal_errors(self) -> dict[str, int]:
         """Swallowed hook errors since the last batch, so the agent shows them too."""
         now = self._errors.snapshot()
@@ -348,6 +375,8 @@ class Sender:
         drops = self._buffer.take_drops()
         drops.update(self._new_internal_errors())
         applied = self.applied_config
+        timing = self._timing_due()
+        reported: tuple[int, ...] = ()
         batch = pb.Batch(
             source_id=self.source_id,
             epoch=self.epoch,
@@ -364,11 +393,18 @@ class Sender:
             batch.gap.dropped_by_reason[reason] = n
         if missing is not None:
             batch.gap.first_missing_seq, batch.gap.last_missing_seq = missing
+        if self._timer is not None:
+            # Before the events, so the byte budget counts it.
+            self._timer.fill(batch.self_timing)
+            reported = self._timer.snapshot()
         size = self._filler.fill(batch)
         self.stats.events_truncated = self._filler.events_truncated
         if (not batch.events and not batch.gap.dropped_by_reason and missing is None
-                and applied == self._reported_config):
+                and applied == self._reported_config and not timing):
             return None
+        if self._timer is not None:
+            self._timing_reported = reported
+            self._timing_reported_at = time.monotonic()
         # A new applied config makes a batch on its own: an idle hook reports it too.
         self._reported_config = applied
         self._seq += 1

@@ -103,6 +103,10 @@ ENV_QUERY_ADDRESS = "VLLM_AUDIT_QUERY_ADDRESS"
 ENV_QUERY_TOKEN = "VLLM_AUDIT_QUERY_TOKEN"
 #: Longest a response waits for its audit (the engine's events reach the agent in ~flush ms).
 ENV_RESPONSE_TIMEOUT_MS = "VLLM_AUDIT_RESPONSE_TIMEOUT_MS"
+#: true: the hook clocks its own calls on vLLM's threads and its sender threads' CPU time and
+#: reports them on every batch (Batch.self_timing; the agent exports vllm_audit_hook_self_*).
+#: Chosen once, when the hook wraps vLLM: off, the untimed wrappers run and nothing is clocked.
+ENV_SELF_TIMING = "VLLM_AUDIT_SELF_TIMING"
 #: Trails kept in memory: the agent's trail store cap. Validated here, applied by the agent.
 ENV_MAX_TRAILS = "VLLM_AUDIT_MAX_TRAILS"
 
@@ -331,6 +335,7 @@ class HookSettings:
     max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     ack_timeout_ms: int = DEFAULT_ACK_TIMEOUT_MS
+    self_timing: bool = False
 
     def __post_init__(self) -> None:
         # Checked here, not only in from_env, so settings built in code obey the same rules.
@@ -389,6 +394,7 @@ class HookSettings:
             max_batch_bytes=_positive_int(env, ENV_MAX_BATCH_BYTES, DEFAULT_MAX_BATCH_BYTES),
             max_message_bytes=_positive_int(env, ENV_MAX_MESSAGE_BYTES, DEFAULT_MAX_MESSAGE_BYTES),
             ack_timeout_ms=_positive_int(env, ENV_ACK_TIMEOUT_MS, DEFAULT_ACK_TIMEOUT_MS),
+            self_timing=_bool(env, ENV_SELF_TIMING, False),
         )
 
     def startup_notes(self) -> list[str]:

@@ -35,6 +35,11 @@ class AuditStatLogger(StatLoggerBase):  # type: ignore[misc]
                 self._rt = get_runtime("frontend")
                 name = vllm_config.model_config.served_model_name or vllm_config.model_config.model
                 self._rt.sender.model = str(name[0] if isinstance(name, (list, tuple)) else name)
+                timer = self._rt.timer
+                if timer is not None:
+                    # Self-timing: this instance's record() is timed (an instance attribute
+                    # shadows the method; an untimed logger never sees it).
+                    self.record = timer.stat_logger_call(self.record)  # type: ignore[method-assign]
         except Exception as exc:
             ERRORS.record("stat_logger.init", exc)
         self._last_emit = 0.0

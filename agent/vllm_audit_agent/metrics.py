@@ -163,6 +163,42 @@ class AgentCollector(Collector):
         for s in levels:
             applied.add_metric([s.source_id, s.process_role], s.applied_level)
         yield applied
+        yield from self._hook_self_timing()
+
+    def _hook_self_timing(self) -> Iterator[Metric]:
+        """The hooks' own cost, from hooks started with VLLM_AUDIT_SELF_TIMING=true (nothing
+        at all otherwise), by site: `engine` (scheduler and structured-output wrappers on the
+        engine thread), `stat_logger` (its record() per iteration), `middleware` (on the API
+        server's event loop) — wall time in the hook's own code — and `sender` (CPU time of
+        the hook's background threads)."""
+        timings = self.state.self_timings()
+        if not timings:
+            return  # no hook measures itself: nothing is exported, not even empty families
+        labels = ["source", "role", "site"]
+        seconds = CounterMetricFamily(
+            "vllm_audit_hook_self_seconds",
+            "Time in the hook's own code: wall on vLLM's threads, CPU on its sender's",
+            labels=labels)
+        calls = CounterMetricFamily(
+            "vllm_audit_hook_self_calls",
+            "Timed hook calls: engine entry points, stat-logger records, HTTP requests",
+            labels=labels)
+        steps = CounterMetricFamily("vllm_audit_hook_self_steps",
+                                    "Engine steps the hook saw (schedule() calls with work)",
+                                    labels=["source", "role"])
+        request_steps = CounterMetricFamily("vllm_audit_hook_self_request_steps",
+                                            "Requests scheduled, summed over those steps",
+                                            labels=["source", "role"])
+        for source, role, t in timings:
+            for site, ns, n in (("engine", t.hook_ns, t.hook_calls),
+                                ("stat_logger", t.stat_logger_ns, t.stat_logger_calls),
+                                ("middleware", t.middleware_ns, t.middleware_requests)):
+                seconds.add_metric([source, role, site], ns / 1e9)
+                calls.add_metric([source, role, site], n)
+            seconds.add_metric([source, role, "sender"], t.sender_cpu_ns / 1e9)
+            steps.add_metric([source, role], t.steps)
+            request_steps.add_metric([source, role], t.request_steps)
+        yield from (seconds, calls, steps, request_steps)
 
     def _ingest(self) -> Iterator[Metric]:
         c = self.state.counters

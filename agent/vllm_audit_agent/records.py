@@ -98,6 +98,7 @@ FIELD_MAP: dict[str, dict[str, str | tuple[None, str]]] = {
         "process_role": (None, "identifies the process kind, not the request"),
         "pid": (None, "part of source_id"),
         "model": "model",
+        "self_timing": (None, "the hook's own cost (self-timing mode): metrics only"),
         "applied_level": (None, "the hook's level report: stats source_levels and metrics"),
         "config_epoch": (None, "the hook's level report: which config it applied"),
         "config_version": (None, "the hook's level report: which config it applied"),

@@ -96,6 +96,8 @@ class SourceState:
     #: epoch -> its seq window, least recently used first.
     windows: OrderedDict[int, SeqWindow] = field(default_factory=OrderedDict)
     epochs_evicted: int = 0
+    #: The hook's own cost, latest cumulative report (VLLM_AUDIT_SELF_TIMING hooks only).
+    self_timing: pb.HookSelfTiming | None = None
 
     def window(self, epoch: int) -> SeqWindow:
         window = self.windows.get(epoch)

@@ -225,6 +225,15 @@ class AgentState:
                 connected=True, mismatch=late and level != self.level))
         return out
 
+    def self_timings(self) -> list[tuple[str, str, pb.HookSelfTiming]]:
+        """(source, role, figures) of connected hooks that report their own cost."""
+        out = []
+        for source_id in sorted({s.source_id for s in self.sessions}):
+            source = self.sources.get(source_id)
+            if source is not None and source.self_timing is not None:
+                out.append((source_id, source.role, source.self_timing))
+        return out
+
     def level_mismatch_sources(self) -> int:
         """Connected hooks not running the agent's level past the deadline (alert on > 0)."""
         return sum(1 for s in self.source_levels() if s.mismatch)
@@ -259,6 +268,8 @@ class AgentState:
         if batch.applied_level:
             self.applied_levels[batch.source_id] = (
                 batch.applied_level, batch.config_epoch, batch.config_version)
+        if batch.HasField("self_timing"):
+            source.self_timing = batch.self_timing
         self.counters["batches"] += 1
         self.counters["events"] += len(batch.events)
         self.engines.observe_batch(batch, source.model)

@@ -12,12 +12,14 @@ from vllm_hooks.buffer import EventBuffer
 from vllm_hooks.capture import CapturePolicy
 from vllm_hooks.errors import InternalErrors
 from vllm_hooks.raw_events import EventConverter
+from vllm_hooks.self_timing import SelfTimer
 from vllm_hooks.sender import Sender
 from vllm_hooks.settings import HookSettings
 
 
 @contextmanager
 def running_sender(socket: Path, buffer_events: int = 1000, role: str = "test",
+                   timer: SelfTimer | None = None,
                    **settings: object) -> Iterator[tuple[Sender, EventBuffer]]:
     """`settings` are HookSettings fields (flush_ms defaults to 5 for quick tests)."""
     values: dict[str, object] = {"flush_ms": 5, **settings}
@@ -25,7 +27,7 @@ def running_sender(socket: Path, buffer_events: int = 1000, role: str = "test",
     buffer = EventBuffer(buffer_events)
     errors = InternalErrors()
     sender = Sender(hook, buffer, EventConverter(hook, CapturePolicy(b"k")), errors,
-                    lambda *config: None, role)
+                    lambda *config: None, role, timer=timer)
     sender.start()
     try:
         yield sender, buffer

@@ -365,8 +365,30 @@ class GapMarker(_message.Message):
     last_missing_seq: int
     def __init__(self, dropped_by_reason: _Optional[_Mapping[str, int]] = ..., first_missing_seq: _Optional[int] = ..., last_missing_seq: _Optional[int] = ...) -> None: ...
 
+class HookSelfTiming(_message.Message):
+    __slots__ = ("hook_ns", "hook_calls", "steps", "request_steps", "sender_cpu_ns", "stat_logger_ns", "stat_logger_calls", "middleware_ns", "middleware_requests")
+    HOOK_NS_FIELD_NUMBER: _ClassVar[int]
+    HOOK_CALLS_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_STEPS_FIELD_NUMBER: _ClassVar[int]
+    SENDER_CPU_NS_FIELD_NUMBER: _ClassVar[int]
+    STAT_LOGGER_NS_FIELD_NUMBER: _ClassVar[int]
+    STAT_LOGGER_CALLS_FIELD_NUMBER: _ClassVar[int]
+    MIDDLEWARE_NS_FIELD_NUMBER: _ClassVar[int]
+    MIDDLEWARE_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    hook_ns: int
+    hook_calls: int
+    steps: int
+    request_steps: int
+    sender_cpu_ns: int
+    stat_logger_ns: int
+    stat_logger_calls: int
+    middleware_ns: int
+    middleware_requests: int
+    def __init__(self, hook_ns: _Optional[int] = ..., hook_calls: _Optional[int] = ..., steps: _Optional[int] = ..., request_steps: _Optional[int] = ..., sender_cpu_ns: _Optional[int] = ..., stat_logger_ns: _Optional[int] = ..., stat_logger_calls: _Optional[int] = ..., middleware_ns: _Optional[int] = ..., middleware_requests: _Optional[int] = ...) -> None: ...
+
 class Batch(_message.Message):
-    __slots__ = ("source_id", "seq", "events", "gap", "process_role", "pid", "model", "epoch", "gpu_uuids", "applied_level", "config_epoch", "config_version")
+    __slots__ = ("source_id", "seq", "events", "gap", "process_role", "pid", "model", "epoch", "gpu_uuids", "self_timing", "applied_level", "config_epoch", "config_version")
     SOURCE_ID_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     EVENTS_FIELD_NUMBER: _ClassVar[int]
@@ -376,6 +398,7 @@ class Batch(_message.Message):
     MODEL_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     GPU_UUIDS_FIELD_NUMBER: _ClassVar[int]
+    SELF_TIMING_FIELD_NUMBER: _ClassVar[int]
     APPLIED_LEVEL_FIELD_NUMBER: _ClassVar[int]
     CONFIG_EPOCH_FIELD_NUMBER: _ClassVar[int]
     CONFIG_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -388,7 +411,8 @@ class Batch(_message.Message):
     model: str
     epoch: int
     gpu_uuids: _containers.RepeatedScalarFieldContainer[str]
+    self_timing: HookSelfTiming
     applied_level: AuditLevel
     config_epoch: int
     config_version: int
-    def __init__(self, source_id: _Optional[str] = ..., seq: _Optional[int] = ..., events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ..., gap: _Optional[_Union[GapMarker, _Mapping]] = ..., process_role: _Optional[str] = ..., pid: _Optional[int] = ..., model: _Optional[str] = ..., epoch: _Optional[int] = ..., gpu_uuids: _Optional[_Iterable[str]] = ..., applied_level: _Optional[_Union[AuditLevel, str]] = ..., config_epoch: _Optional[int] = ..., config_version: _Optional[int] = ...) -> None: ...
+    def __init__(self, source_id: _Optional[str] = ..., seq: _Optional[int] = ..., events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ..., gap: _Optional[_Union[GapMarker, _Mapping]] = ..., process_role: _Optional[str] = ..., pid: _Optional[int] = ..., model: _Optional[str] = ..., epoch: _Optional[int] = ..., gpu_uuids: _Optional[_Iterable[str]] = ..., self_timing: _Optional[_Union[HookSelfTiming, _Mapping]] = ..., applied_level: _Optional[_Union[AuditLevel, str]] = ..., config_epoch: _Optional[int] = ..., config_version: _Optional[int] = ...) -> None: ...
