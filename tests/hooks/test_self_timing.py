@@ -17,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.hooks.test_middleware_identity import echo_app
 from tests.support.agent_harness import agent, until
 from tests.support.sender_harness import running_sender
+from vllm_audit.v1 import events_pb2 as pb
 from vllm_hooks import raw_events as raw
 from vllm_hooks.capture import CapturePolicy
 from vllm_hooks.middleware import _RequestAudit
@@ -74,7 +75,7 @@ def test_the_middleware_parses_nothing_on_the_loop_and_the_sender_gets_the_same_
     timer = SelfTimer()
     scope = {"type": "http", "method": "POST", "path": "/v1/chat/completions",
              "headers": [(b"user-agent", b"t")], "client": ("10.0.0.1", 5555)}
-    audit = _RequestAudit(scope, "x-tenant-id")
+    audit = _RequestAudit(scope)
 
     async def receive() -> dict[str, Any]:
         return {"type": "http.request", "body": b'{"model": "m", "user": "u", "messages": '
@@ -94,6 +95,8 @@ def test_the_middleware_parses_nothing_on_the_loop_and_the_sender_gets_the_same_
     converted = EventConverter(settings, CapturePolicy(b"k")).to_proto(event).http
     assert (converted.model, converted.user, converted.prompt) == ("m", "u", "user: hi")
     assert converted.status_code == 200 and converted.client_ip != ""
+    # The body's user is read with the body, off the loop, and recorded as claimed.
+    assert (converted.claimed_user, converted.user_source) == ("u", pb.IDENTITY_SOURCE_CLAIMED)
 
 
 def scrape(url: str) -> dict[str, list[tuple[dict[str, str], float]]]:
