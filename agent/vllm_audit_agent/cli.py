@@ -261,6 +261,10 @@ def _agent_parser(sub: Any) -> None:
                    help="seconds between published engine-stats snapshots per engine "
                         "(VLLM_AUDIT_ENGINE_STATS_INTERVAL_SECONDS; "
                         f"default {d.engine_stats_interval_seconds:g})")
+    a.add_argument("--record-grammar-max-bytes", type=int, metavar="BYTES",
+                   help="a record carries its trail's grammar and steps (levels full and up, "
+                        "so `replay` works from Kafka or an export) up to this size; 0 = never "
+                        f"(VLLM_AUDIT_RECORD_GRAMMAR_MAX_BYTES; default {d.record_grammar_max_bytes})")
     a.add_argument("--stats-history-bytes", type=int, metavar="BYTES",
                    help="engine-stats time series kept on disk for `stats export`; 0 = none "
                         f"(VLLM_AUDIT_STATS_HISTORY_BYTES; default {d.stats_history_bytes})")
@@ -312,7 +316,12 @@ def _parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("replay", parents=[client],
                        help="prove a trail's tokens against its recorded grammar (needs vLLM)")
-    s.add_argument("trail", help="a trail file (`query get ID --events`) or a request id")
+    s.add_argument("trail", help="a trail file (`query get ID --events`), a record or export "
+                                 "file, or a trail id (read from the agent, or from Kafka)")
+    s.add_argument("--trail-id", help="which trail of an export file (default: its only one)")
+    s.add_argument("--kafka-bootstrap",
+                   help="read the trail id's newest record from <prefix>.requests in Kafka")
+    s.add_argument("--topic-prefix", default="vllm-audit")
     s.add_argument("--model", required=True, help="the model directory (its tokenizer)")
     v = sub.add_parser("verify", help="check a record chain: log directory, export file or Kafka")
     v.add_argument("path", nargs="?", type=Path,
@@ -441,6 +450,7 @@ def _run_agent(args: argparse.Namespace) -> int:
         record_log_max_bytes=args.record_log_max_bytes,
         stats_history_bytes=args.stats_history_bytes,
         engine_stats_interval_seconds=args.engine_stats_interval,
+        record_grammar_max_bytes=args.record_grammar_max_bytes,
     )
     for field, address in (("--query-address", config.query_address),
                            ("--http-address", config.http_address)):
@@ -591,7 +601,16 @@ def _run_replay(args: argparse.Namespace) -> int:
         with _client_channel(args, address) as chan:
             return _get_trail(query_pb2_grpc.QueryServiceStub(chan), request_id, True, timeout)
 
-    code, result = run(args.trail, args.model, fetch)
+    fetch_records = None
+    if args.kafka_bootstrap:
+        from .verify import kafka_payloads
+
+        def fetch_records(trail_id: str) -> list[dict[str, Any]]:
+            topic = f"{args.topic_prefix}.requests"
+            payloads = asyncio.run(kafka_payloads(args.kafka_bootstrap, [topic]))
+            return [r for r in map(orjson.loads, payloads) if r.get("trail_id") == trail_id]
+
+    code, result = run(args.trail, args.model, fetch, args.trail_id, fetch_records)
     _emit(result, args.output or "json")
     return code
 

@@ -38,6 +38,7 @@ ENV_CHECKPOINT_INTERVAL = "VLLM_AUDIT_CHECKPOINT_INTERVAL_SECONDS"
 ENV_RECORD_RETENTION_DAYS = "VLLM_AUDIT_RECORD_RETENTION_DAYS"
 ENV_STATS_HISTORY_BYTES = "VLLM_AUDIT_STATS_HISTORY_BYTES"
 ENV_ENGINE_STATS_INTERVAL = "VLLM_AUDIT_ENGINE_STATS_INTERVAL_SECONDS"
+ENV_RECORD_GRAMMAR_MAX_BYTES = "VLLM_AUDIT_RECORD_GRAMMAR_MAX_BYTES"
 ENV_RECORD_LOG_MAX_BYTES = "VLLM_AUDIT_RECORD_LOG_MAX_BYTES"
 # -- security of the query/control API (agent/vllm_audit_agent/auth.py) --
 ENV_AUTH_TOKENS_FILE = "VLLM_AUDIT_AUTH_TOKENS_FILE"  # YAML/JSON: sha256, subject, role, tenant
@@ -124,6 +125,8 @@ class AgentConfig:
     stats_history_bytes: int = 64 << 20
     #: Seconds between published engine-stats snapshots, per engine (Kafka and the history).
     engine_stats_interval_seconds: float = 1.0
+    #: Cap on the grammar events a record carries (records.grammar_proof); 0: none.
+    record_grammar_max_bytes: int = 256 << 10
     #: None: the agent makes `<data_dir>/admin.token` at first start (local quick start).
     auth_tokens_file: Path | None = None
     tls_cert: Path | None = None
@@ -157,6 +160,9 @@ class AgentConfig:
                      "record_log_max_bytes", "engine_stats_interval_seconds"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be > 0")
+        if self.record_grammar_max_bytes < 0:
+            raise ValueError(f"record_grammar_max_bytes={self.record_grammar_max_bytes!r} "
+                             "must be >= 0")
         if self.stats_history_bytes < 0:
             raise ValueError(f"stats_history_bytes={self.stats_history_bytes!r} must be >= 0")
         if self.wal_segment_bytes < 0:
@@ -215,6 +221,7 @@ class AgentConfig:
         number(ENV_RECORD_LOG_MAX_BYTES, "record_log_max_bytes", int)
         number(ENV_STATS_HISTORY_BYTES, "stats_history_bytes", int)
         number(ENV_ENGINE_STATS_INTERVAL, "engine_stats_interval_seconds", float)
+        number(ENV_RECORD_GRAMMAR_MAX_BYTES, "record_grammar_max_bytes", int)
         if env.get(ENV_READY_REQUIRES) is not None:
             values["ready_requires"] = parse_required(env[ENV_READY_REQUIRES])
         number(ENV_MAX_BATCH_BYTES, "max_batch_bytes", int)

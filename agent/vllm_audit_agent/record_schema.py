@@ -78,6 +78,10 @@ def trail_record_schema() -> dict[str, Any]:
         "gen_ai.response.id": {"type": "string"},
         "engine_at_finish": {"oneOf": [{"type": "null"},
                                        _message_schema(pb.EngineStats.DESCRIPTOR)]},
+        # The trail's GrammarCompiled and StructuredOutputStep events in protobuf's JSON
+        # mapping (records.grammar_proof): what `vllm-audit replay` needs from a record.
+        "grammar_events": {"type": "array", "items": {"type": "object"}},
+        "grammar_events_omitted": {"type": "integer", "minimum": 0},
     }
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",

@@ -20,12 +20,13 @@ share of the agent's ingest time at level summary.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from functools import cache
 from operator import attrgetter
 from typing import Any
 
 import orjson
+from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
@@ -38,7 +39,9 @@ from vllm_audit.v1 import query_pb2 as q
 #: ignored_identity_headers); auth_status is now derived from what vLLM's key check decided.
 #: 4: structured_output.allowed_sets_over_step_cap, _over_trail_cap, _over_backlog and
 #: allowed_set_bytes (level full-with-allowed-sets: the sets' caps and what they kept).
-SCHEMA_VERSION = 4
+#: 5: grammar_events (the grammar and every step, protobuf JSON) and grammar_events_omitted,
+#: so a record alone can be replayed.
+SCHEMA_VERSION = 5
 
 #: Where every field of the hook's per-request events goes: the TrailSummary field it fills,
 #: or None with the reason it is not in the summary (the event itself is still kept in the
@@ -183,10 +186,42 @@ def trail_record(summary: q.TrailSummary, engine: pb.EngineStats | None = None
     return record_from_fields(message_to_dict(summary), engine)
 
 
-def record_from_fields(fields: dict[str, Any], engine: pb.EngineStats | None = None
-                       ) -> dict[str, Any]:
+#: Event kinds a record carries whole: the grammar and its steps, so `vllm-audit replay` can
+#: prove a trail from its Kafka record or an export alone (level full and above).
+GRAMMAR_PROOF_KINDS = frozenset({"grammar_compiled", "so_step"})
+#: Levels whose trails hold every step (key-events keeps some: no proof).
+GRAMMAR_PROOF_LEVELS = frozenset({pb.AUDIT_LEVEL_FULL, pb.AUDIT_LEVEL_FULL_WITH_ALLOWED_SETS})
+#: Default cap on a record's grammar events (protobuf JSON bytes): under Kafka's default 1 MB
+#: message limit with room for the prompt and output. Over it the record carries none and
+#: says how many it left out (the trail keeps them: `query get --events`).
+DEFAULT_GRAMMAR_PROOF_BYTES = 256 << 10
+
+
+def grammar_proof(events: Iterable[bytes], max_bytes: int = DEFAULT_GRAMMAR_PROOF_BYTES
+                  ) -> tuple[list[dict[str, Any]], int]:
+    """(the trail's grammar events as protobuf JSON, how many were left out over the cap;
+    `max_bytes` 0: none, and none counted)."""
+    proof: list[dict[str, Any]] = []
+    if max_bytes <= 0:
+        return proof, 0
+    size = 0
+    for raw in events:
+        event = pb.Event.FromString(raw)
+        if event.WhichOneof("body") not in GRAMMAR_PROOF_KINDS:
+            continue
+        item = json_format.MessageToDict(event, preserving_proto_field_name=True)
+        proof.append(item)
+        size += len(raw) * 2 + 64  # JSON is about twice the wire size; checked exactly below
+    if proof and size > max_bytes // 2 and len(orjson.dumps(proof)) > max_bytes:
+        return [], len(proof)
+    return proof, 0
+
+
+def record_from_fields(fields: dict[str, Any], engine: pb.EngineStats | None = None,
+                       proof: tuple[list[dict[str, Any]], int] = ([], 0)) -> dict[str, Any]:
     """The record of a trail from its summary's fields as `message_to_dict` gives them (the
-    agent passes `Trail.fields()`, skipping the protobuf message altogether)."""
+    agent passes `Trail.fields()`, skipping the protobuf message altogether); `proof` is
+    `grammar_proof` of its events."""
     trail_id, revision = fields["request_id"], fields["revision"]
     finish_reason = fields["finish_reason"]
     record: dict[str, Any] = {
@@ -201,6 +236,8 @@ def record_from_fields(fields: dict[str, Any], engine: pb.EngineStats | None = N
         "gen_ai.response.finish_reasons": [finish_reason] if finish_reason else [],
         "gen_ai.response.id": trail_id,
         "engine_at_finish": message_to_dict(engine) if engine is not None else None,
+        "grammar_events": proof[0],
+        "grammar_events_omitted": proof[1],
     }
     record.update(fields)
     return record

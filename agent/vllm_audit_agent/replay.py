@@ -16,10 +16,15 @@ checked on its count alone, and the report counts such steps.
 Needs vLLM, the backend's package and the model's tokenizer (`--model`): run it where vLLM
 runs (the vLLM image), not in the agent's sidecar image.
 
-TRAIL is a file holding a trail as `vllm-audit query get ID --events` prints it (the record
-shape: {"summary": record, "events": [...]}; protobuf's JSON of GetTrailResponse also works),
-or a request id read from the agent at `--address` (with the CLI's credentials). A
-`requests` Kafka record alone carries no steps and no grammar text: it cannot be replayed.
+TRAIL is one of:
+- a file holding a trail as `vllm-audit query get ID --events` prints it (the record shape:
+  {"summary": record, "events": [...]}; protobuf's JSON of GetTrailResponse also works);
+- a file holding a `requests` record (one JSON object, e.g. a Kafka message's value) or an
+  export (`vllm-audit export`, JSON lines; `--trail-id` picks the trail, newest revision):
+  at levels full and up a record carries its grammar and every step (`grammar_events`,
+  records.grammar_proof), so it is a proof on its own;
+- a trail id, read from Kafka's `<prefix>.requests` (`--kafka-bootstrap`, newest revision)
+  or from the agent at `--address` (with the CLI's credentials).
 """
 
 from __future__ import annotations
@@ -106,6 +111,67 @@ def load_trail_file(path: Path) -> q.GetTrailResponse:
             trail.events.append(_event_from_dict(item))
     except (json_format.ParseError, TypeError, AttributeError) as exc:
         raise ReplayError(f"{path}: not a trail ({exc})") from None
+    return trail
+
+
+def load_any_file(path: Path, trail_id: str | None = None) -> q.GetTrailResponse:
+    """A trail file, a record file or an export (JSON lines of records)."""
+    try:
+        text = path.read_bytes()
+    except OSError as exc:
+        raise ReplayError(f"{path}: cannot read it ({exc})") from None
+    try:
+        data = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        data = None  # JSON lines: an export
+    if isinstance(data, dict) and "events" in data:
+        return load_trail_file(path)
+    if isinstance(data, dict):
+        return trail_from_records([data], trail_id, str(path))
+    records: list[dict[str, Any]] = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            item = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            raise ReplayError(f"{path}: line {n} is not JSON: not a trail, record or export"
+                              ) from None
+        if isinstance(item, dict):
+            records.append(item)
+    return trail_from_records(records, trail_id, str(path))
+
+
+def trail_from_records(records: list[dict[str, Any]], trail_id: str | None,
+                       where: str) -> q.GetTrailResponse:
+    """The newest revision of one trail among `records` (request records; checkpoints and
+    access records are skipped), as a trail with its grammar events."""
+    requests = [r for r in records if r.get("type", "request") == "request" and "trail_id" in r]
+    ids = {str(r["trail_id"]) for r in requests}
+    if trail_id is None:
+        if len(ids) != 1:
+            raise ReplayError(f"{where}: {len(ids)} trails: name one with --trail-id")
+        trail_id = ids.pop()
+    mine = [r for r in requests if r["trail_id"] == trail_id]
+    if not mine:
+        raise ReplayError(f"{where}: no record of trail {trail_id!r}")
+    record = max(mine, key=lambda r: int(r.get("revision") or 0))
+    events = record.get("grammar_events")
+    if not events:
+        omitted = int(record.get("grammar_events_omitted") or 0)
+        why = (f"its {omitted} grammar events were over the agent's "
+               "--record-grammar-max-bytes" if omitted else
+               "it was recorded below level full or without a grammar")
+        raise ReplayError(f"the record of {trail_id!r} carries no grammar events ({why}): "
+                          "replay the trail read from the agent instead")
+    trail = q.GetTrailResponse()
+    trail.summary.request_id = trail_id
+    try:
+        for item in events:
+            trail.events.append(json_format.ParseDict(item, pb.Event(),
+                                                      ignore_unknown_fields=True))
+    except (json_format.ParseError, TypeError, AttributeError) as exc:
+        raise ReplayError(f"{where}: the record's grammar events do not parse ({exc})") from None
     return trail
 
 
@@ -235,14 +301,19 @@ def _set_differs(st: pb.StructuredOutputStep, row: bytes, earlier: allowed_sets.
     return ""
 
 
-def run(trail_arg: str, model: str,
-        fetch: Callable[[str], q.GetTrailResponse]) -> tuple[int, dict[str, Any]]:
+def run(trail_arg: str, model: str, fetch: Callable[[str], q.GetTrailResponse],
+        trail_id: str | None = None,
+        fetch_records: Callable[[str], list[dict[str, Any]]] | None = None,
+        ) -> tuple[int, dict[str, Any]]:
     """The subcommand: (exit code, JSON-able result). `fetch` reads a trail by id from the
-    agent (the CLI passes one over its authenticated channel, every page of events read)."""
+    agent (the CLI passes one over its authenticated channel, every page of events read);
+    `fetch_records`, when given, reads the records of a trail id from Kafka instead."""
     try:
         path = Path(trail_arg)
         if path.is_file():
-            trail = load_trail_file(path)
+            trail = load_any_file(path, trail_id)
+        elif fetch_records is not None:
+            trail = trail_from_records(fetch_records(trail_arg), trail_arg, "Kafka")
         else:
             try:
                 trail = fetch(trail_arg)

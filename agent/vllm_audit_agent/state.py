@@ -22,7 +22,7 @@ from .gpu import GpuSampler
 from .level_file import PersistedLevel, load_level, save_level
 from .publisher import Publisher
 from .recordlog import RecordLog, event_id
-from .records import message_to_dict, record_from_fields
+from .records import GRAMMAR_PROOF_LEVELS, grammar_proof, message_to_dict, record_from_fields
 from .request_metrics import RequestMetrics
 from .sources import SeqWindow, SourceState
 from .stats_history import StatsHistory
@@ -123,7 +123,10 @@ class AgentState:
         durable there, the ingest WAL segments that held the trail are released."""
         fields = trail.fields()
         self.request_metrics.observe(fields)
-        record = record_from_fields(fields, self._engine_snapshot(trail))
+        proof = (grammar_proof(trail.events, self.config.record_grammar_max_bytes)
+                 if trail.grammar_backend and trail.audit_level in GRAMMAR_PROOF_LEVELS
+                 else ([], 0))
+        record = record_from_fields(fields, self._engine_snapshot(trail), proof)
         replayed = self.records.replay_event_ids
         if replayed is not None and event_id(record) in replayed:
             # Replaying the ingest WAL at start rebuilt a trail the log already holds.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.conftest import Agent
 from tests.e2e.helpers import wait_for_offline_trail, wait_for_trail
-from tests.e2e.structured import replay_in_tests
+from tests.e2e.structured import forbidden_token, replay_in_tests
 from tests.support.kafka_broker import KafkaBroker
 from vllm_audit import allowed_sets
 from vllm_audit.v1 import query_pb2
@@ -177,6 +178,48 @@ def test_record_reaches_kafka(
         assert value["gen_ai.request.model"] == "tiny-offline"
         assert value["gen_ai.usage.output_tokens"] == len(out["token_ids"])
         assert value["gen_ai.usage.input_tokens"] == out["prompt_tokens"]
+
+
+def test_replay_proves_a_trail_from_its_kafka_record_alone(
+    offline_enabled: list[dict[str, Any]], agent: Agent, kafka: KafkaBroker, tiny_model: Path
+) -> None:
+    """At level full and up a record carries its grammar and every step: the Kafka message
+    alone is a proof (no agent needed), and an altered record is caught at its step."""
+    from vllm_audit_agent.replay import trail_from_records
+    from vllm_audit_agent.verify import kafka_payloads
+
+    result, trail = next((r, t) for r, t in offline_trails(offline_enabled, agent)
+                         if len(r["token_ids"]) >= 3)
+    trail_id = trail.summary.request_id
+    mine: list[dict[str, Any]] = []
+    deadline = time.monotonic() + 60
+    while not mine and time.monotonic() < deadline:
+        payloads = asyncio.run(kafka_payloads(kafka.bootstrap, ["vllm-audit.requests"]))
+        mine = [r for r in map(json.loads, payloads) if r.get("trail_id") == trail_id]
+        if not mine:
+            time.sleep(0.5)
+    record = max(mine, key=lambda r: r["revision"])
+    assert record["grammar_events_omitted"] == 0
+    kinds = [next(k for k in ("grammar_compiled", "so_step") if k in e)
+             for e in record["grammar_events"]]
+    assert kinds.count("grammar_compiled") == 1
+    assert kinds.count("so_step") == len(result["token_ids"])
+
+    report = replay_in_tests("xgrammar", trail_from_records(mine, trail_id, "kafka"), tiny_model)
+    assert report.proven, report
+    assert report.tokens_checked == len(result["token_ids"])
+    assert report.sets_checked == len(result["token_ids"])
+
+    # The record altered at step 2 (another token in place of the one generated).
+    altered = json.loads(json.dumps(record))
+    step = next(e["so_step"] for e in altered["grammar_events"]
+                if "so_step" in e and int(e["so_step"]["step"]) == 2)
+    token = int(step["accepted_tokens"][0])
+    step["accepted_tokens"][0] = forbidden_token("xgrammar", trail, tiny_model, 2)
+    assert step["accepted_tokens"][0] != token
+    report = replay_in_tests("xgrammar", trail_from_records([altered], None, "kafka"),
+                             tiny_model)
+    assert report.first_mismatch is not None and report.first_mismatch.step == 2
 
 
 def test_metrics_show_engine_and_trail_counters(
