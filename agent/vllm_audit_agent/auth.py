@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import secrets
+import ssl
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -241,6 +242,18 @@ def check_listener(host: str, tls: bool, allow_insecure_remote: bool) -> None:
         "tokens and audit records would cross the network in the clear. Configure --tls-cert "
         "and --tls-key, listen on 127.0.0.1, or pass --allow-insecure-remote (e.g. behind a "
         "service mesh that encrypts)")
+
+
+def http_ssl_context(cert: Path, key: Path, client_ca: Path | None) -> ssl.SSLContext:
+    """The HTTP port's TLS, from the same files as the gRPC listener's: TLS 1.2 or later,
+    client certificates from `client_ca` required when it is given."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cert, key)
+    if client_ca is not None:
+        context.load_verify_locations(client_ca)
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
 
 
 def server_credentials(cert: Path, key: Path, client_ca: Path | None) -> grpc.ServerCredentials:

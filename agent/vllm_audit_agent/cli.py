@@ -214,6 +214,9 @@ def _agent_parser(sub: Any) -> None:
     a.add_argument("--tls-client-ca", type=Path, metavar="PEM",
                    help="mutual TLS: the CA client certificates must come from "
                         f"({_env(ENV_TLS_CLIENT_CA)}; default none)")
+    a.add_argument("--http-tls", action="store_true", default=None,
+                   help="serve the HTTP port (probes, /metrics, management API) over TLS with "
+                        "--tls-cert/--tls-key (and --tls-client-ca); default plaintext")
     a.add_argument("--allow-insecure-remote", action="store_true", default=None,
                    help="allow a plaintext query listener beyond loopback "
                         f"({_env(ENV_ALLOW_INSECURE_REMOTE)}; default false)")
@@ -441,6 +444,7 @@ def _run_agent(args: argparse.Namespace) -> int:
         shutdown_timeout_seconds=args.shutdown_timeout,
         auth_tokens_file=args.auth_tokens_file, tls_cert=args.tls_cert, tls_key=args.tls_key,
         tls_client_ca=args.tls_client_ca, allow_insecure_remote=args.allow_insecure_remote,
+        http_tls=args.http_tls,
         ingest_socket_group=args.ingest_socket_group, metrics_token_file=args.metrics_token_file,
         level_apply_deadline_seconds=args.level_apply_deadline,
         max_batch_bytes=args.max_batch_bytes, max_message_bytes=args.max_message_bytes,

@@ -46,6 +46,7 @@ ENV_TLS_CERT = "VLLM_AUDIT_TLS_CERT"                # PEM certificate of the que
 ENV_TLS_KEY = "VLLM_AUDIT_TLS_KEY"                  # its PEM private key
 ENV_TLS_CLIENT_CA = "VLLM_AUDIT_TLS_CLIENT_CA"      # set: mutual TLS, clients need a cert from it
 ENV_ALLOW_INSECURE_REMOTE = "VLLM_AUDIT_ALLOW_INSECURE_REMOTE"  # true: plaintext beyond loopback
+ENV_HTTP_TLS = "VLLM_AUDIT_HTTP_TLS"                  # true: the HTTP port over TLS
 ENV_INGEST_SOCKET_GROUP = "VLLM_AUDIT_INGEST_SOCKET_GROUP"  # group of the 0660 ingest socket
 ENV_METRICS_TOKEN_FILE = "VLLM_AUDIT_METRICS_TOKEN_FILE"    # set: /metrics needs this bearer
 # Seconds a connected hook has to apply a new level before it counts as a mismatch.
@@ -132,6 +133,9 @@ class AgentConfig:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_client_ca: Path | None = None
+    #: The HTTP port (probes, /metrics, the management API) over TLS too, with tls_cert/key
+    #: (and tls_client_ca: client certificates required); then the API may listen anywhere.
+    http_tls: bool = False
     #: Plaintext on a non-loopback query address is refused unless this is set.
     allow_insecure_remote: bool = False
     ingest_socket_group: str | None = None
@@ -177,6 +181,8 @@ class AgentConfig:
             raise ValueError(f"audit_level={self.audit_level!r} is not a known level")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key go together: give both or neither")
+        if self.http_tls and (self.tls_cert is None or self.tls_key is None):
+            raise ValueError("http_tls (the HTTP port over TLS) needs tls_cert and tls_key")
         if self.tls_client_ca is not None and self.tls_cert is None:
             raise ValueError("tls_client_ca (mutual TLS) needs tls_cert and tls_key")
         if self.level_apply_deadline_seconds <= 0:
@@ -238,6 +244,8 @@ class AgentConfig:
         if env.get(ENV_ALLOW_INSECURE_REMOTE):
             values["allow_insecure_remote"] = parse_bool(ENV_ALLOW_INSECURE_REMOTE,
                                                          env[ENV_ALLOW_INSECURE_REMOTE])
+        if env.get(ENV_HTTP_TLS):
+            values["http_tls"] = parse_bool(ENV_HTTP_TLS, env[ENV_HTTP_TLS])
         number(ENV_LEVEL_APPLY_DEADLINE, "level_apply_deadline_seconds", float)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]

@@ -335,17 +335,15 @@ class ManagementApi:
 def http_api_allowed(host: str, tls: bool, allow_insecure_remote: bool) -> str | None:
     """None when the API may be served on an HTTP listener on `host`, else why not.
 
-    The HTTP port has no TLS: bearer tokens and audit records would cross the network in
-    the clear, which the gRPC listener refuses too (auth.check_listener). /metrics and the
-    probes carry no audit data and stay served."""
-    if is_loopback(host) or allow_insecure_remote:
+    Without TLS on the HTTP port (`tls`: --http-tls) bearer tokens and audit records would
+    cross the network in the clear, which the gRPC listener refuses too
+    (auth.check_listener). /metrics and the probes carry no audit data and stay served."""
+    if tls or is_loopback(host) or allow_insecure_remote:
         return None
     return (f"the management API is not served on the HTTP listener {host!r}: it is reachable "
             "beyond this machine without TLS, so tokens and audit records would cross the "
-            "network in the clear. Use the gRPC query API" + (" (TLS is configured)" if tls
-                                                              else " with TLS") +
-            ", listen on 127.0.0.1, or pass --allow-insecure-remote (e.g. behind a service "
-            "mesh that encrypts)")
+            "network in the clear. Serve the port over TLS (--http-tls), listen on 127.0.0.1, "
+            "or pass --allow-insecure-remote (e.g. behind a service mesh that encrypts)")
 
 
 def disabled_routes(reason: str) -> list[web.RouteDef]:

@@ -13,6 +13,7 @@ import gzip
 import logging
 import platform
 import socket
+import ssl
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from importlib import metadata
 
@@ -421,7 +422,8 @@ class HttpEndpoint:
         #: Set: /metrics needs `Authorization: Bearer <token>` with this SHA-256 (auth.py).
         self.metrics_token_sha256: str | None = None
 
-    async def start(self, host: str, port: int) -> None:
+    async def start(self, host: str, port: int, ssl_context: ssl.SSLContext | None = None
+                    ) -> None:
         app = web.Application(middlewares=[self._count_errors], client_max_size=MAX_BODY_BYTES)
         app.add_routes([web.get("/metrics", self._metrics), web.get("/healthz", self._healthz),
                         web.get("/readyz", self._readyz), *self.api_routes])
@@ -429,7 +431,7 @@ class HttpEndpoint:
         self.runner = web.AppRunner(app, access_log=None, handle_signals=False,
                                     shutdown_timeout=1.0)
         await self.runner.setup()
-        site = web.TCPSite(self.runner, host, port)
+        site = web.TCPSite(self.runner, host, port, ssl_context=ssl_context)
         try:
             await site.start()
         except OSError:

@@ -30,6 +30,7 @@ from .auth import (
     AuditSink,
     AuthInterceptor,
     check_listener,
+    http_ssl_context,
     load_token_table,
     metrics_token_hash,
     server_credentials,
@@ -174,15 +175,18 @@ async def _running_agent(config: AgentConfig, publisher: Publisher | None,
         query_port = query_server.add_insecure_port(config.query_address)
     host = parse_address("query_address", config.query_address)[0]
     http_host, http_port = parse_address("http_address", config.http_address)
-    refused = http_api_allowed(http_host, config.tls_cert is not None,
-                               config.allow_insecure_remote)
+    refused = http_api_allowed(http_host, config.http_tls, config.allow_insecure_remote)
     if refused:
         logger.warning("%s", refused)
     http = HttpEndpoint(state, make_registry(state), disabled_routes(refused) if refused
                         else ManagementApi(api, auth.gate).routes())
     if config.metrics_token_file is not None:
         http.metrics_token_sha256 = metrics_token_hash(config.metrics_token_file)
-    await http.start(http_host, http_port)  # first: a failed bind leaves no gRPC server running
+    ssl_context = None
+    if config.http_tls and config.tls_cert is not None and config.tls_key is not None:
+        ssl_context = http_ssl_context(config.tls_cert, config.tls_key, config.tls_client_ca)
+    # First: a failed bind leaves no gRPC server running.
+    await http.start(http_host, http_port, ssl_context)
     await server.start()
     await query_server.start()
     bound_http = http.port
