@@ -54,6 +54,7 @@ from .config import (
     ENV_GPU,
     ENV_GPU_SCOPE,
     ENV_HTTP_ADDRESS,
+    ENV_HTTP_TLS,
     ENV_INGEST_SOCKET,
     ENV_INGEST_SOCKET_GROUP,
     ENV_KAFKA_BOOTSTRAP,
@@ -216,7 +217,8 @@ def _agent_parser(sub: Any) -> None:
                         f"({_env(ENV_TLS_CLIENT_CA)}; default none)")
     a.add_argument("--http-tls", action="store_true", default=None,
                    help="serve the HTTP port (probes, /metrics, management API) over TLS with "
-                        "--tls-cert/--tls-key (and --tls-client-ca); default plaintext")
+                        "--tls-cert/--tls-key (and --tls-client-ca) "
+                        f"({_env(ENV_HTTP_TLS)}; default plaintext)")
     a.add_argument("--allow-insecure-remote", action="store_true", default=None,
                    help="allow a plaintext query listener beyond loopback "
                         f"({_env(ENV_ALLOW_INSECURE_REMOTE)}; default false)")
