@@ -11,9 +11,10 @@
   probe per `RETRY_REFUSED_S`, all of them once a probe is accepted. One refused for a
   permanent reason (invalid, too big) is dropped at once, its events counted as
   `refused_<reason>` (`refusals.py`) and the batch named by the next gap marker.
-- Nothing waits forever: connecting has a deadline, and when the oldest sent-but-unanswered
-  batch is older than `ack_timeout_ms` the stream is cancelled (`ack_timeouts`), as when it
-  ends with any status; the sender reconnects with jittered backoff and resends.
+- Nothing waits forever: connecting has a deadline, and when a batch has been sent and the
+  agent has answered nothing for `ack_timeout_ms` the stream is cancelled (`ack_timeouts`),
+  as when it ends with any status; the sender reconnects with jittered backoff and resends.
+  (An agent that answers, only slower than the hook sends, is not cut off: see window.py.)
 - Batches are cut by count and by bytes (`batching.py`), so none exceeds the per-batch byte
   cap; an event too big for any batch is truncated and marked (`Event.truncated`).
 - Kept batches live in an `UnackedWindow` (`window.py`), bounded by bytes; only refused ones

@@ -15,7 +15,12 @@ thread (answers), under one lock.
   takes the range finds its counts already in the buffer, and flush never sees a batch gone but
   not yet named.
 - Sent-but-unanswered batches are also kept in send order with their send time, so the oldest
-  one, which the ack deadline watches, is found in O(1).
+  one, which the ack deadline watches, is found in O(1). The deadline measures silence, not
+  queueing: it counts from the oldest batch's send or the last answer, whichever is later. An
+  agent that answers, only slower than the hook sends (a window of 64 MiB can hold more than
+  the deadline's worth of its work), is making progress: cancelling its stream resent the
+  whole window at every deadline and the agent, handed everything again from the oldest
+  batch, fell further behind (seen at 10k requests/s in the fault suite).
 """
 
 from __future__ import annotations
@@ -59,6 +64,8 @@ class UnackedWindow:
         #: Sent and not answered yet, in send order: seq -> monotonic send time.
         self._inflight: OrderedDict[int, float] = OrderedDict()
         self._missing: tuple[int, int] | None = None
+        #: Monotonic time of the agent's last answer (any answer shows the stream is alive).
+        self._last_answer = 0.0
 
     # -- the sender thread -------------------------------------------------------------------
     def add(self, batch: pb.Batch, size: int) -> int:
@@ -98,9 +105,12 @@ class UnackedWindow:
         return missing
 
     def oldest_unanswered_age(self) -> float:
+        """Seconds the oldest unanswered batch has waited with no answer to any batch since:
+        0 when nothing is unanswered."""
         with self._lock:
             sent = next(iter(self._inflight.values()), None)
-        return 0.0 if sent is None else time.monotonic() - sent
+            last_answer = self._last_answer
+        return 0.0 if sent is None else time.monotonic() - max(sent, last_answer)
 
     def unanswered_bytes(self) -> int:
         with self._lock:
@@ -111,6 +121,7 @@ class UnackedWindow:
         """Applies the agent's answer to batch `seq`. Returns the outcome and the batch's
         number of events."""
         with self._lock:
+            self._last_answer = time.monotonic()
             entry = self._kept.get(seq)
             if entry is None:
                 return Outcome.UNKNOWN, 0

@@ -382,12 +382,13 @@ class RecordLog:
     def _read_disk(self, after_seq: int, upto: int) -> list[Entry]:
         out: list[Entry] = []
         budget = max(self.tail_max_bytes, DISK_CHUNK_BYTES)
-        skip = {s for s, info in self.segments.items() if info.last_seq <= after_seq}
-        replay: Iterator[tuple[int, bytes]] = self.wal.replay()
+        # Segments wholly before the cursor are not read: during a long outage the log
+        # holds hundreds of MB the publisher is past, and every chunk would scan them again.
+        first = min((s for s, info in self.segments.items() if info.last_seq > after_seq),
+                    default=0)
+        replay: Iterator[tuple[int, bytes]] = self.wal.replay(first)
         try:
-            for segment, payload in replay:
-                if segment in skip:
-                    continue
+            for _, payload in replay:
                 record = orjson.loads(payload)
                 seq = int(record["seq"])
                 if seq <= after_seq:

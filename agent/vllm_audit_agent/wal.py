@@ -328,10 +328,13 @@ class WriteAheadLog:
             n += 1
         write_private_file(path, data)
 
-    def replay(self) -> Iterator[tuple[int, bytes]]:
-        """(segment index, payload) of every record, oldest first."""
+    def replay(self, first_segment: int = 0) -> Iterator[tuple[int, bytes]]:
+        """(segment index, payload) of every record, oldest first; segments before
+        `first_segment` are not read at all."""
         prev_seq: int | None = None
         for index in self.segments():
+            if index < first_segment:
+                continue
             with self._lock:
                 size = self._segments.get(index)
             if size is None:

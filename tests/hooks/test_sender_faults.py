@@ -112,6 +112,42 @@ async def test_a_silent_agent_hits_the_ack_deadline_and_the_sender_reconnects(
         await assert_everything_delivered(tmp_path, sender)
 
 
+class Slow(ingest_pb2_grpc.IngestServiceServicer):
+    """Answers every batch (stored), one at a time, `delay` seconds each: an agent working
+    through a backlog slower than the hook sends."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+        self.streams = 0
+        self.stored: set[int] = set()
+
+    async def Stream(self, request_iterator: AsyncIterator[pb.Batch],
+                     context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        self.streams += 1
+        async for batch in request_iterator:
+            await asyncio.sleep(self.delay)
+            self.stored.add(batch.seq)
+            await context.write(ingest_pb2.IngestReply(ack=ingest_pb2.Ack(
+                source_id=batch.source_id, seq=batch.seq, epoch=batch.epoch)))
+
+
+async def test_an_agent_that_answers_slower_than_the_hook_sends_is_not_cut_off(
+        tmp_path: Path) -> None:
+    """The ack deadline is for an agent that stopped answering. One that answers every
+    batch, only slower than they come (here the last of 10 waits ~1 s for its answer, past a
+    300 ms deadline), keeps its stream: cutting it would resend the whole window every
+    deadline and the agent would start over from the oldest batch each time."""
+    socket = tmp_path / "ingest.sock"
+    slow = Slow(delay=0.1)
+    with running_sender(socket, batch_events=4, ack_timeout_ms=300) as (sender, buffer):
+        async with ingest_server(socket, slow):
+            for i in range(EVENTS):
+                buffer.offer(finished(i))
+            assert await asyncio.to_thread(sender.flush, 30.0)
+            assert slow.stored == set(range(1, EVENTS // 4 + 1))
+            assert (sender.stats.ack_timeouts, slow.streams) == (0, 1)
+
+
 @pytest.mark.parametrize("code", [grpc.StatusCode.INTERNAL, grpc.StatusCode.OK])
 async def test_a_stream_ended_by_the_agent_makes_the_sender_reconnect_and_resend(
         tmp_path: Path, code: grpc.StatusCode) -> None:
