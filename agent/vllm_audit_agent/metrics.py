@@ -308,6 +308,14 @@ class AgentCollector(Collector):
         yield counter("vllm_audit_trail_late_events",
                       "Events that arrived after their trail was final (not in its record)",
                       trails.counters["late_events"])
+        yield counter("vllm_audit_trails_incomplete_rejoined",
+                      "Forced trails out of memory (or from before a restart) whose late half "
+                      "joined them again: a revision with both halves",
+                      trails.counters["incomplete_rejoined"])
+        yield counter("vllm_audit_trails_incomplete_forgotten",
+                      "Forced trails forgotten past the remembered bound: a late half of one "
+                      "makes a revision without the half recorded before",
+                      trails.counters["incomplete_forgotten"])
 
     def _storage(self) -> Iterator[Metric]:
         st = self.state

@@ -34,7 +34,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +59,13 @@ RETENTION_RATIO = 0.9
 #: Event ids of this many newest records are remembered at start, so that replaying the
 #: ingest WAL does not record again a trail already in the log. Freed once replay is over.
 REPLAY_DEDUP_RECORDS = 1_000_000
+#: Trails whose newest record is remembered at start (its revision, and its bytes when it was
+#: forced), so that a half arriving after a restart continues the trail: the next revision,
+#: with the half recorded before. At most this many, and at most REMEMBERED_FORCED_BYTES of
+#: forced records (a record at level full carries its grammar steps). Freed once handed to
+#: the trail store.
+REMEMBERED_TRAILS = 100_000
+REMEMBERED_FORCED_BYTES = 64 << 20
 #: What one pass over the log on disk loads for the publisher at most.
 DISK_CHUNK_BYTES = 64 << 20
 #: Reasons retention deletes a segment.
@@ -137,6 +144,9 @@ class RecordLog:
         self._io = asyncio.Lock()
         self._writer: asyncio.Task[None] | None = None
         self.replay_event_ids: set[str] | None = None
+        #: trail id -> (newest revision recorded, that record's bytes if it was forced).
+        self.recorded_trails: OrderedDict[str, tuple[int, bytes | None]] = OrderedDict()
+        self._forced_bytes = 0
         self._replay()
 
     # -- start ---------------------------------------------------------------------------
@@ -174,6 +184,7 @@ class RecordLog:
                 info.last_seq, info.last_time_ms = seq, max(info.last_time_ms, entry.time_ms)
             if record.get("type") == RECORD_TYPE_REQUEST and "event_id" in record:
                 ids.append(str(record["event_id"]))
+                self._remember_trail(record, payload)
             if seq > self.cursor:
                 self.unpublished_bytes += len(payload)
                 tail.append(entry)
@@ -193,6 +204,43 @@ class RecordLog:
         self.durable_seq = self.head_seq
         self.counters["replayed_records"] = replayed
         self.replay_event_ids = set(ids)
+
+    def _remember_trail(self, record: dict[str, Any], payload: bytes) -> None:
+        trail = str(record.get("trail_id") or "")
+        if not trail:
+            return
+        revision = int(record.get("revision") or 0)
+        known = self.recorded_trails.get(trail)
+        if known is not None and known[0] > revision:
+            return
+        forced = record.get("finalised_by", "FINALISED_BY_COMPLETE") != "FINALISED_BY_COMPLETE"
+        kept = payload if forced else None
+        if known is not None and known[1] is not None:
+            self._forced_bytes -= len(known[1])
+        self.recorded_trails[trail] = (revision, kept)
+        self.recorded_trails.move_to_end(trail)
+        if kept is not None:
+            self._forced_bytes += len(kept)
+        while self.recorded_trails and (len(self.recorded_trails) > REMEMBERED_TRAILS
+                                        or self._forced_bytes > REMEMBERED_FORCED_BYTES):
+            _, (_, old) = self.recorded_trails.popitem(last=False)
+            if old is not None:
+                self._forced_bytes -= len(old)
+
+    def recorded_before(self, trail_id: str) -> tuple[int, bool] | None:
+        """Until `take_recorded_trails`: the newest revision recorded for a trail before this
+        start and whether that record was forced (None: not among the newest trails)."""
+        known = self.recorded_trails.get(trail_id)
+        return None if known is None else (known[0], known[1] is not None)
+
+    def take_recorded_trails(self) -> list[tuple[str, int, dict[str, Any] | None]]:
+        """What `_replay` remembered of the newest trails, oldest first: (trail id, newest
+        revision, that record when it was forced). Handed over once."""
+        out = [(trail, revision, orjson.loads(forced) if forced is not None else None)
+               for trail, (revision, forced) in self.recorded_trails.items()]
+        self.recorded_trails = OrderedDict()
+        self._forced_bytes = 0
+        return out
 
     def end_replay(self) -> None:
         """The ingest WAL has been replayed: the start-up de-duplication set can go."""

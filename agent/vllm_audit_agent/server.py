@@ -60,6 +60,8 @@ QUERY_HEALTH = ("", query_pb2.DESCRIPTOR.services_by_name["QueryService"].full_n
                 query_pb2.DESCRIPTOR.services_by_name["ControlService"].full_name)
 
 SWEEP_INTERVAL_S = 0.5
+#: Trails the linger sweep finalises before it lets the loop serve ingest again.
+SWEEP_BATCH = 1000
 
 
 @dataclass
@@ -142,6 +144,8 @@ async def _running_agent(config: AgentConfig, publisher: Publisher | None,
                        records.wal.damaged_records, records.wal.damaged_bytes,
                        records.wal.quarantine_dir)
     replayed = replay_wal(state)
+    # After the WAL replay: trails it rebuilt are recorded (or de-duplicated) as they are.
+    state.trails.remember_recorded(records.take_recorded_trails())
     records.end_replay()
     if replayed:
         logger.info("replayed %d batches from the WAL", replayed)
@@ -275,7 +279,10 @@ async def _sweep(state: AgentState) -> None:
     while True:
         await asyncio.sleep(SWEEP_INTERVAL_S)
         try:
-            state.trails.sweep()
+            more = state.trails.sweep(limit=SWEEP_BATCH)
+            while more:
+                await asyncio.sleep(0)  # ingest and queries run between the slices
+                more = state.trails.sweep(limit=SWEEP_BATCH)
             state.reclaim_wal()
         except Exception as exc:
             state.errors["sweep"] += 1

@@ -21,8 +21,14 @@ from .engines import EngineTable
 from .gpu import GpuSampler
 from .level_file import PersistedLevel, load_level, save_level
 from .publisher import Publisher
-from .recordlog import RecordLog, event_id
-from .records import GRAMMAR_PROOF_LEVELS, grammar_proof, message_to_dict, record_from_fields
+from .recordlog import RecordLog
+from .records import (
+    GRAMMAR_PROOF_LEVELS,
+    event_id,
+    grammar_proof,
+    message_to_dict,
+    record_from_fields,
+)
 from .request_metrics import RequestMetrics
 from .sources import SeqWindow, SourceState
 from .stats_history import StatsHistory
@@ -121,19 +127,36 @@ class AgentState:
     def _on_final(self, trail: Trail) -> None:
         """A final trail (or revision) becomes one record in the record log; once it is
         durable there, the ingest WAL segments that held the trail are released."""
+        replayed = self.records.replay_event_ids
+        if replayed is not None and self._recorded_before(trail, replayed):
+            # Replaying the ingest WAL at start rebuilt a trail the log already holds.
+            self.request_metrics.observe(trail.fields())
+            self.counters["records_deduplicated_at_replay"] += 1
+            self.trails.delivered(trail)
+            return
         fields = trail.fields()
         self.request_metrics.observe(fields)
         proof = (grammar_proof(trail.events, self.config.record_grammar_max_bytes)
                  if trail.grammar_backend and trail.audit_level in GRAMMAR_PROOF_LEVELS
                  else ([], 0))
         record = record_from_fields(fields, self._engine_snapshot(trail), proof)
-        replayed = self.records.replay_event_ids
-        if replayed is not None and event_id(record) in replayed:
-            # Replaying the ingest WAL at start rebuilt a trail the log already holds.
-            self.counters["records_deduplicated_at_replay"] += 1
-            self.trails.delivered(trail)
-            return
-        self.records.append(record, on_recorded=lambda: self.trails.delivered(trail))
+        segments = self.trails.take_segments(trail)
+        self.records.append(record, on_recorded=lambda: self.trails.release(segments))
+
+    def _recorded_before(self, trail: Trail, replayed: set[str]) -> bool:
+        """At start, whether the log already holds this record of a trail the WAL replay
+        rebuilt. One whose newest record was forced and which the replay rebuilt whole is
+        new: it becomes that record's next revision (the same event_id on a different
+        record would let a consumer keep the forced one)."""
+        known = self.records.recorded_before(trail.request_id)
+        if known is None:
+            return event_id(trail.request_id, trail.revision) in replayed
+        revision, forced = known
+        if forced and trail.finalised_by == q.FINALISED_BY_COMPLETE and trail.revision <= revision:
+            trail.revision = revision + 1
+            self.records.recorded_trails[trail.request_id] = (revision + 1, None)
+            return False
+        return trail.revision <= revision
 
     def _engine_snapshot(self, trail: Trail) -> pb.EngineStats | None:
         """The latest engine snapshot of the trail's own processes, else of its model."""

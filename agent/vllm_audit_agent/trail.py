@@ -23,10 +23,12 @@ from __future__ import annotations
 from sys import intern
 from typing import Any
 
+from google.protobuf import json_format
+
 from vllm_audit.v1 import events_pb2 as pb
 from vllm_audit.v1 import query_pb2 as q
 
-from .records import message_to_dict
+from .records import FIELD_MAP, message_to_dict
 
 INT32_MAX = (1 << 31) - 1
 UINT32_MAX = (1 << 32) - 1
@@ -274,3 +276,77 @@ class Trail:
         """A fresh TrailSummary of the trail as it is now (a snapshot: later events do not
         change it)."""
         return q.TrailSummary(**self.fields())
+
+
+#: HttpRequest field -> the record field it went to (records.FIELD_MAP), for `from_record`.
+_HTTP_FROM_RECORD = {field: target for field, target in FIELD_MAP["HttpRequest"].items()
+                     if isinstance(target, str)}
+_GRAMMAR_FROM_RECORD = {"backend": "grammar_backend", "spec_type": "grammar_spec_type",
+                        "compile_ms": "grammar_compile_ms", "error": "grammar_error",
+                        "spec_sha256": "grammar_spec_sha256"}
+
+
+def from_record(record: dict[str, Any]) -> Trail:
+    """The trail a forced record was written from, as far as the record tells it: `fields()`
+    of the result gives the record's fields again, its events are the record's grammar
+    events, and which halves it had comes from `incomplete`, so a late half completes it.
+    (An engine half that was complete counts its total under its first request: a record
+    does not hold per-sample output tokens; a missing one counts every request unfinished.)
+    Used at start for the record log's newest forced trails (trails.remember_recorded)."""
+    missing = {q.TrailHalf.Value(name) for name in record.get("incomplete", ())}
+    engine_ids = tuple(record.get("engine_request_ids", ()))
+    trail = Trail(str(record["request_id"]), int(record.get("created_unix_ms", 0)),
+                  pb.AuditLevel.Value(record.get("audit_level", "AUDIT_LEVEL_UNSPECIFIED")),
+                  int(record.get("revision", 0)))
+    http_present = bool(record.get("http_method") or record.get("status_code"))
+    trail.has_http = q.TRAIL_HALF_HTTP not in missing and http_present
+    trail.expects_http = q.TRAIL_HALF_HTTP in missing or trail.has_http
+    trail.published = True
+    trail.state = q.TrailState.Value(record["state"])
+    trail.finished_unix_ms = int(record.get("finished_unix_ms", 0))
+    trail.model = intern(str(record.get("model", "")))
+    trail.source_ids = tuple(intern(str(s)) for s in record.get("source_ids", ()))
+    trail.engine_request_ids = engine_ids
+    if q.TRAIL_HALF_ENGINE in missing:
+        trail.engine_output_tokens = (UNFINISHED,) * len(engine_ids)
+    elif engine_ids:
+        trail.engine_output_tokens = (int(record.get("completion_tokens", 0)),
+                                      *(0,) * (len(engine_ids) - 1))
+    trail.prompt_tokens = int(record.get("prompt_tokens", 0))
+    trail.completion_tokens = int(record.get("completion_tokens", 0))
+    trail.http_usage = trail.has_http and bool(trail.prompt_tokens or trail.completion_tokens)
+    trail.max_tokens = int(record.get("max_tokens", 0))
+    trail.finish_reason = intern(str(record.get("finish_reason", "")))
+    trail.preemptions = int(record.get("preemptions", 0))
+    trail.latency_ms = float(record.get("latency_ms", 0.0))
+    trail.num_events = int(record.get("num_events", 0))
+    trail.truncated_events = int(record.get("truncated_events", 0))
+    trail.grammar_backend = intern(str(record.get("grammar_backend", "")))
+    trail.user = intern(str(record.get("user", "")))
+    trail.tenant = intern(str(record.get("tenant", "")))
+    trail.client_request_id = str(record.get("client_request_id", ""))
+    trail.status_code = int(record.get("status_code", 0))
+    trail.finalised_by = q.FinalisedBy.Value(record["finalised_by"])
+    trail.incomplete = tuple(q.TrailHalf.Value(name) for name in record.get("incomplete", ()))
+    if trail.has_http:
+        http = json_format.ParseDict(
+            {field: record[target] for field, target in _HTTP_FROM_RECORD.items()
+             if target in record}, pb.HttpRequest(), ignore_unknown_fields=True)
+        trail.http_event = pb.Event(request_id=trail.request_id, http=http).SerializeToString()
+    grammar = {field: record[target] for field, target in _GRAMMAR_FROM_RECORD.items()
+               if record.get(target)}
+    if set(grammar) - {"backend"}:
+        trail.grammar_event = pb.Event(
+            request_id=trail.request_id,
+            grammar_compiled=json_format.ParseDict(grammar, pb.GrammarCompiled())
+        ).SerializeToString()
+    so = record.get("structured_output")
+    if so and so != _NO_STRUCTURED_OUTPUT:
+        trail.so_event = pb.Event(
+            request_id=trail.request_id,
+            so_summary=json_format.ParseDict(so, pb.StructuredOutputSummary(),
+                                             ignore_unknown_fields=True)
+        ).SerializeToString()
+    trail.events = tuple(json_format.ParseDict(event, pb.Event(), ignore_unknown_fields=True)
+                         .SerializeToString() for event in record.get("grammar_events") or ())
+    return trail

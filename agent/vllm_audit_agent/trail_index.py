@@ -40,6 +40,8 @@ WatchEvent = tuple[int, q.TrailSummary]
 #: (model, user, tenant, state, structured, client_request_id): what a trail is indexed under.
 Keys = tuple[str, str, str, int, bool, str]
 _FIELDS = ("model", "user", "tenant", "state", "structured", "client_request_id")
+#: Per-value seq lists longer than this drop the seqs of trails that left lazily (`_remove`).
+LAZY_LIST = 256
 
 
 @dataclass(frozen=True)
@@ -138,7 +140,8 @@ class Watch:
 
 
 class TrailIndex:
-    def __init__(self, store: TrailStore) -> None:
+    def __init__(self, store: TrailStore, lazy_list: int = LAZY_LIST) -> None:
+        self._lazy_list = lazy_list
         self._next_seq = 0
         #: seq -> trail. What the index filed a trail under is kept on the trail itself
         #: (`index_seq`, `index_keys`, `index_final`): no per-trail entry object.
@@ -148,6 +151,8 @@ class TrailIndex:
         #: a SortedList's fixed overhead dominate; inserts land near the end (recent trails).
         self._by: dict[str, dict[object, list[int]]] = {f: {} for f in _FIELDS}
         self._unpublished = 0
+        #: (field, value) -> seqs of trails that left the store still in that value's list.
+        self._dead: dict[tuple[str, object], int] = {}
         #: One tuple object per distinct set of keys (most trails share theirs with many
         #: others): ~100 bytes a trail less. Started afresh past SHARED_KEYS.
         self._shared_keys: dict[Keys, Keys] = {}
@@ -227,9 +232,11 @@ class TrailIndex:
         if not gone:
             return
         self._all = SortedList(s for s in self._all if s not in gone)
+        entries = self._entries
+        self._dead.clear()  # every list is compacted here
         for values in self._by.values():
             for value in list(values):
-                kept = [s for s in values[value] if s not in gone]
+                kept = [s for s in values[value] if s in entries]
                 if kept:
                     values[value] = kept
                 else:
@@ -246,7 +253,7 @@ class TrailIndex:
         del self._entries[seq]
         self._all.remove(seq)
         for field, value in zip(_FIELDS, trail.index_keys, strict=True):
-            self._remove(field, value, seq)
+            self._remove(field, value, seq, left=True)
         if not trail.index_final:
             self._unpublished -= 1
         trail.index_seq = 0
@@ -263,14 +270,31 @@ class TrailIndex:
         else:
             bisect.insort(seqs, seq)
 
-    def _remove(self, field: str, value: object, seq: int) -> None:
+    def _remove(self, field: str, value: object, seq: int, left: bool = False) -> None:
+        """Takes `seq` out of a value's list. A trail that left the store (`left`) is mostly
+        among the oldest, so its seq sits near the front of its lists: deleting it there
+        moved the whole list (100k seqs for a model or a state) once per eviction and field,
+        a tenth of the agent's time with the store at its cap. From a long list it is left
+        in place and counted instead (queries skip seqs no longer indexed); the list is
+        compacted once half of it is such seqs."""
         if not value:
             return
         values = self._by[field]
         seqs = values[value]
-        del seqs[bisect.bisect_left(seqs, seq)]
+        if left and len(seqs) > self._lazy_list:
+            key = (field, value)
+            dead = self._dead.get(key, 0) + 1
+            if 2 * dead < len(seqs):
+                self._dead[key] = dead
+                return
+            self._dead.pop(key, None)
+            entries = self._entries
+            seqs[:] = [s for s in seqs if s in entries]
+        else:
+            del seqs[bisect.bisect_left(seqs, seq)]
         if not seqs:
             del values[value]
+            self._dead.pop((field, value), None)
 
     def _notify(self, kind: int, trail: Trail) -> None:
         summary: q.TrailSummary | None = None
@@ -300,7 +324,9 @@ class TrailIndex:
         entries = self._entries
         last = 0
         for seq in self._candidates(f, after):
-            trail = entries[seq]
+            trail = entries.get(seq)
+            if trail is None:  # a seq of a trail that left, still in a long list (`_remove`)
+                continue
             if not f.matches(trail):
                 continue
             if len(out) == size:

@@ -13,9 +13,16 @@ state INCOMPLETE when the engine half is the missing one). A trail pushed out of
 recorded with `finalised_by=EVICTION`. Events that arrive after a record was written are
 applied and produce a *revision*: the same trail id with the next `revision`, written once
 the trail is complete again or its linger passed, so a consumer keeps the newest revision and
-never mistakes a forced record for the real one. At shutdown nothing is forced: open trails
-stay in the WAL and are finished after the restart (a made-up record would share its id
-with the real one that follows).
+never mistakes a forced record for the real one. A forced trail pushed out of memory before
+its missing half came is remembered without its events (bounded by count and bytes): the late
+half joins it again, so the revision carries both halves. (Without it the revision held the
+late half alone and, waiting for the half that had come long before, was forced again: the
+newest revision, the one consumers keep, lacked what the first record had. Seen under 10k
+requests/s with the HTTP halves lagging the linger; the store's cap evicts final trails,
+forced ones among them, first.) The record log's newest forced trails are remembered the same
+way at start (`remember_recorded`), so a half arriving after a restart continues its trail.
+At shutdown nothing is forced: open trails stay in the WAL and are finished after the restart
+(a made-up record would share its id with the real one that follows).
 
 Each trail notes the WAL segments holding its events until its record is written (see
 `delivered`), so the WAL keeps exactly what a restart would need.
@@ -28,7 +35,12 @@ says why). A trail's size is its serialised events plus a fixed per-object overh
 total is kept as a running sum (`bytes`), so the cap is checked in O(1) per batch.
 
 Linger: open trails with one half complete wait in a queue in the order their linger
-started, so a sweep costs the trails that are due, not a walk over the whole store.
+started, so a sweep costs the trails that are due, not a walk over the whole store; the
+agent's sweeper takes them in slices (`sweep(limit=...)`) and lets its loop serve ingest in
+between (tens of thousands due at once held the loop for seconds, past the hooks' ack
+deadline). Eviction takes the oldest final trail from an index of final trails in O(1)
+(searching the store for it walked past every active trail per eviction: quadratic once the
+store sat at its cap with tens of thousands of trails waiting for a lagging half).
 """
 
 from __future__ import annotations
@@ -42,7 +54,8 @@ from vllm_audit.v1 import events_pb2 as pb
 from vllm_audit.v1 import query_pb2 as q
 
 from .correlate import trail_id_for_engine_request
-from .trail import Trail
+from .records import GRAMMAR_PROOF_LEVELS
+from .trail import Trail, from_record
 
 __all__ = ["Trail", "TrailStore", "state_name"]
 
@@ -57,6 +70,14 @@ EVENT_OVERHEAD_BYTES = 48
 #: Trail ids whose record was written and which left memory, remembered (bounded) with their
 #: next revision, so a half arriving later gets a new revision instead of reusing an id.
 REMEMBERED_REVISIONS = 100_000
+#: Forced (incomplete) trails that left memory, kept without their events so that their late
+#: half completes them: at most this many, and at most REMEMBERED_INCOMPLETE_SHARE of the
+#: store's byte cap.
+REMEMBERED_INCOMPLETE = 200_000
+REMEMBERED_INCOMPLETE_SHARE = 0.5
+#: What one remembered trail costs beyond the serialised events it still holds (the slotted
+#: Trail object, its tuples, the map entry).
+REMEMBERED_OVERHEAD_BYTES = 512
 #: What the observer is told as `removed`: still stored, or how the trail left the store
 #: (the numbers are the watch API's WatchEventKind, the one definition of these outcomes).
 STORED = q.WATCH_EVENT_KIND_UNSPECIFIED
@@ -89,6 +110,13 @@ class TrailStore:
         self.audit_level: int = pb.AUDIT_LEVEL_UNSPECIFIED
         self._trails: OrderedDict[str, Trail] = OrderedDict()
         self._next_revision: OrderedDict[str, int] = OrderedDict()
+        #: Ids of the final trails (recorded, nothing pending), oldest first: what eviction
+        #: takes first, found in O(1).
+        self._final: OrderedDict[str, None] = OrderedDict()
+        #: Forced trails out of memory, compacted, waiting for their missing half (see the
+        #: module docstring), and what they cost.
+        self._incomplete: OrderedDict[str, Trail] = OrderedDict()
+        self.incomplete_bytes = 0
         #: Open trails one of whose halves is complete, in the order their linger started,
         #: and when it started (the sweep looks at the due ones only; an entry whose trail
         #: moved on is skipped). Two deques, not one of pairs: a pair per trail would be one
@@ -108,7 +136,8 @@ class TrailStore:
         #: Called once with every trail `clear` removed (after they left the store), so the
         #: observer can drop them in one pass; None: `on_change` per trail.
         self.on_removed_many: Callable[[list[Trail], int], None] | None = None
-        self.counters["deleted"] += 0
+        for name in ("deleted", "incomplete_rejoined", "incomplete_forgotten"):
+            self.counters[name] += 0
 
     def __len__(self) -> int:
         return len(self._trails)
@@ -165,6 +194,7 @@ class TrailStore:
                 # Recorded already: what arrives now goes into a revision, never dropped.
                 counters["late_events"] += len(events)
                 trail.pending_revision = True
+                self._final.pop(trail_id, None)
                 trail.half_complete_at = now
                 trail.lingering = False  # its linger starts again
             if segment not in trail.segments:
@@ -241,6 +271,14 @@ class TrailStore:
     def _trail(self, trail_id: str, expects_http: bool, time_unix_nano: int) -> Trail:
         created = time_unix_nano // 1_000_000
         trail = self._trails.get(trail_id)
+        if trail is None and trail_id in self._incomplete:
+            # The rest of a forced trail that left memory: the revision carries both halves.
+            trail = self._incomplete.pop(trail_id)
+            self.incomplete_bytes -= trail.nbytes
+            trail.nbytes = 0  # `_resize` accounts it in the store again
+            self._next_revision.pop(trail_id, None)
+            self._trails[trail_id] = trail
+            self.counters["incomplete_rejoined"] += 1
         if trail is None:
             revision = self._next_revision.pop(trail_id, 0)
             if revision:
@@ -288,6 +326,8 @@ class TrailStore:
         trail.finalised_by = forced_by if missing else q.FINALISED_BY_COMPLETE
         trail.published = True
         trail.pending_revision = False
+        self._final[trail.request_id] = None
+        self._final.move_to_end(trail.request_id)
         if not revision:
             self.finished_by_state[state_name(trail.state)] += 1
         if trail.finalised_by != q.FINALISED_BY_COMPLETE:
@@ -297,20 +337,36 @@ class TrailStore:
     def delivered(self, trail: Trail) -> None:
         """The trail's record was written: the WAL segments that held it for a replay need
         not any more."""
+        self.release(self.take_segments(trail))
+
+    @staticmethod
+    def take_segments(trail: Trail) -> tuple[int, ...]:
+        """The segments holding what the record being written has, taken from the trail
+        when the record is made: events arriving before it is durable note their segments
+        afresh, so releasing these (`release`) never lets go of what only a later revision
+        will record. (The trail object may go on: a revision, a rejoined forced trail.)"""
+        segments, trail.segments = trail.segments, ()
+        return segments
+
+    def release(self, segments: tuple[int, ...]) -> None:
         refs = self.segment_refs
-        for segment in trail.segments:
+        for segment in segments:
             refs[segment] -= 1
             if refs[segment] <= 0:
                 del refs[segment]
-        trail.segments = ()
 
-    def sweep(self, now: float | None = None) -> None:
+    def sweep(self, now: float | None = None, limit: int | None = None) -> bool:
         """Writes trails one of whose halves is complete and whose other half did not
         arrive within linger_seconds. Looks at the due ones only (the linger queue is in
-        start order), so a sweep over a full store costs what is due, not the store."""
+        start order), so a sweep over a full store costs what is due, not the store. At most
+        `limit` trails are written; returns whether more are due (the caller yields its
+        loop, then sweeps again)."""
         now = time.monotonic() if now is None else now
         started_at, queue, linger = self._linger_started, self._lingering, self.linger_seconds
+        written = 0
         while queue and now - started_at[0] >= linger:
+            if limit is not None and written >= limit:
+                return True
             started, trail = started_at.popleft(), queue.popleft()
             if (not trail.lingering or trail.half_complete_at != started
                     or self._trails.get(trail.request_id) is not trail):
@@ -320,6 +376,8 @@ class TrailStore:
                 continue
             self._maybe_finalise(trail, forced_by=q.FINALISED_BY_LINGER)
             self.on_change(trail, STORED)  # observer
+            written += 1
+        return False
 
     def open_trails(self) -> int:
         """Trails without a record of their latest events (at shutdown they stay in the WAL
@@ -336,8 +394,7 @@ class TrailStore:
         The newest trail is never evicted for bytes (a single trail larger than the cap is
         bounded by `max_events` instead), so the trail just written stays queryable."""
         while self._over_cap() and len(self._trails) > 1:
-            victim = next((k for k, t in self._trails.items()
-                           if t.published and not t.pending_revision), None)
+            victim = next(iter(self._final), None)
             if victim is not None:
                 self._remove(victim)
                 self.counters["evicted_final"] += 1
@@ -361,7 +418,7 @@ class TrailStore:
 
     def clear(self) -> tuple[int, int]:
         """Removes every final trail; returns (deleted, kept open)."""
-        final = [k for k, t in self._trails.items() if t.published and not t.pending_revision]
+        final = list(self._final)
         bulk = self.on_removed_many
         removed = [self._remove(trail_id, DELETED, notify=bulk is None) for trail_id in final]
         if bulk is not None:
@@ -370,6 +427,7 @@ class TrailStore:
 
     def _remove(self, trail_id: str, how: int = EVICTED, notify: bool = True) -> Trail:
         trail = self._trails.pop(trail_id)
+        self._final.pop(trail_id, None)
         if notify:
             self.on_change(trail, how)  # observer
         self.bytes -= trail.nbytes
@@ -380,7 +438,69 @@ class TrailStore:
         self._next_revision[trail_id] = trail.revision + 1
         if len(self._next_revision) > REMEMBERED_REVISIONS:
             self._next_revision.popitem(last=False)
+        if how == EVICTED and trail.incomplete and not trail.pending_revision:
+            self._remember_incomplete(trail)
         return trail
+
+    # -- forced trails out of memory (see the module docstring) ----------------------------
+    def _remember_incomplete(self, trail: Trail) -> None:
+        """Keeps a forced trail that left memory, compacted: its events go unless its record
+        carries them (the grammar proof: its revision must carry them again)."""
+        if not (trail.grammar_backend and trail.audit_level in GRAMMAR_PROOF_LEVELS):
+            trail.events, trail.event_bytes = (), 0
+        self._remember(trail)
+
+    def _remember(self, trail: Trail) -> None:
+        """The oldest remembered go first past the bounds, counted (a late half of one then
+        makes a revision without the half recorded before)."""
+        trail_id = trail.request_id
+        trail.nbytes = REMEMBERED_OVERHEAD_BYTES + trail.event_bytes + sum(
+            len(raw) for raw in (trail.http_event, trail.grammar_event, trail.so_event)
+            if raw is not None)
+        previous = self._incomplete.pop(trail_id, None)
+        if previous is not None:
+            self.incomplete_bytes -= previous.nbytes
+        self._incomplete[trail_id] = trail
+        self.incomplete_bytes += trail.nbytes
+        cap = self.max_bytes * REMEMBERED_INCOMPLETE_SHARE
+        while self._incomplete and (len(self._incomplete) > REMEMBERED_INCOMPLETE
+                                    or self.incomplete_bytes > cap):
+            _, old = self._incomplete.popitem(last=False)
+            self.incomplete_bytes -= old.nbytes
+            self.counters["incomplete_forgotten"] += 1
+
+    def remember_recorded(self, trails: list[tuple[str, int, dict[str, object] | None]]
+                          ) -> None:
+        """Trails recorded before this start (read back from the record log, oldest first:
+        id, newest revision, that record when it was forced): a half of one arriving now
+        continues it with the next revision (a new revision 0 would put a second, different
+        record under an event_id already published), and a forced one is remembered as if
+        it had just left memory, so the half completes it. A trail the WAL replay rebuilt
+        without completing it was forced before: it takes that record's revision and state,
+        so its missing half makes the next revision."""
+        for trail_id, revision, forced in trails:
+            rebuilt = self._trails.get(trail_id)
+            if rebuilt is not None:
+                if forced is not None and not rebuilt.published:
+                    self._as_recorded(rebuilt, from_record(forced))
+                continue
+            self._next_revision[trail_id] = revision + 1
+            self._next_revision.move_to_end(trail_id)
+            if len(self._next_revision) > REMEMBERED_REVISIONS:
+                self._next_revision.popitem(last=False)
+            if forced is not None:
+                trail = from_record(forced)
+                trail.event_bytes = sum(len(raw) + EVENT_OVERHEAD_BYTES for raw in trail.events)
+                self._remember(trail)
+
+    def _as_recorded(self, trail: Trail, recorded: Trail) -> None:
+        trail.revision, trail.state = recorded.revision, recorded.state
+        trail.finalised_by, trail.incomplete = recorded.finalised_by, recorded.incomplete
+        trail.published, trail.pending_revision = True, False
+        self._final[trail.request_id] = None
+        self.delivered(trail)  # its record is in the log: the WAL need not keep it
+        self.counters["rebuilt_as_recorded"] += 1
+        self.on_change(trail, STORED)  # observer
 
 
 def _ignore_change(trail: Trail, removed: int) -> None:

@@ -8,10 +8,12 @@ import asyncio
 import random
 from pathlib import Path
 
+import pytest
+
 from tests.support.agent_harness import Hook, agent, lifecycle, query
 from vllm_audit.v1 import events_pb2 as pb
 from vllm_audit.v1 import query_pb2 as q
-from vllm_audit_agent.trail_index import Filter, TrailIndex
+from vllm_audit_agent.trail_index import LAZY_LIST, Filter, TrailIndex
 from vllm_audit_agent.trails import TrailStore
 
 MODELS, USERS, TENANTS = ("m1", "m2"), ("u1", "u2", "u3"), ("t1", "t2", "")
@@ -38,10 +40,12 @@ def all_pages(index: TrailIndex, f: Filter, size: int) -> list[str]:
             return ids
 
 
-def test_index_pages_equal_a_full_scan_under_churn() -> None:
+@pytest.mark.parametrize("lazy_list", [LAZY_LIST, 4])
+def test_index_pages_equal_a_full_scan_under_churn(lazy_list: int) -> None:
+    """`lazy_list` 4: evicted trails stay in every long per-value list until it compacts."""
     rng = random.Random(7)
     store = TrailStore(max_trails=300, max_events=100, linger_seconds=1e9, on_final=lambda t: None)
-    index = TrailIndex(store)
+    index = TrailIndex(store, lazy_list=lazy_list)
     filters = [Filter(), Filter(model="m1"), Filter(user="u2", tenant="t1"),
                Filter(state=q.TRAIL_STATE_FAILED), Filter(state=q.TRAIL_STATE_ACTIVE),
                Filter(tenant="t2", model="m2", user="u3"), Filter(user="nobody")]

@@ -22,6 +22,7 @@ from vllm_audit.v1 import query_pb2 as q
 from vllm_audit_agent.chain import GENESIS_HASH, RECORD_TYPE_REQUEST, seal
 from vllm_audit_agent.record_schema import trail_record_schema
 from vllm_audit_agent.records import FIELD_MAP, message_to_dict, record_from_fields, trail_record
+from vllm_audit_agent.trail import from_record
 from vllm_audit_agent.trails import Trail, TrailStore
 
 REPO = Path(__file__).resolve().parents[2]
@@ -175,3 +176,36 @@ def test_the_agent_record_path_equals_the_summary_path() -> None:
     before = trail.summary
     store.sweep(now=float("inf"))
     assert before == trail.summary
+
+
+@pytest.mark.parametrize("half", ["engine", "http"])
+def test_a_forced_record_gives_back_the_trail_it_was_written_from(half: str) -> None:
+    """After a restart a forced record is all the agent has of the half that came: the trail
+    rebuilt from it (`from_record`) must give the same fields, and still miss only the other
+    half, so that half completes it."""
+    store, final = _store()
+    engine = "chatcmpl-t3-1a2b3c4d"
+    events = [pb.Event(time_unix_nano=10**18, request_id=engine, lifecycle=pb.RequestLifecycle(
+        phase=pb.LIFECYCLE_PHASE_ADDED, num_prompt_tokens=4, max_tokens=9))]
+    if half == "engine":
+        events += [
+            pb.Event(time_unix_nano=10**18, request_id=engine,
+                     grammar_compiled=_filled(pb.GrammarCompiled)),
+            pb.Event(time_unix_nano=10**18 + 1, request_id=engine,
+                     so_summary=_filled(pb.StructuredOutputSummary)),
+            pb.Event(time_unix_nano=10**18 + 9 * 10**6, request_id=engine,
+                     lifecycle=pb.RequestLifecycle(phase=pb.LIFECYCLE_PHASE_FINISHED,
+                                                   num_output_tokens=6, finish_reason="length"))]
+    else:
+        http = _filled(pb.HttpRequest, skip=("status_code",))
+        assert isinstance(http, pb.HttpRequest)
+        http.status_code = 200
+        events.append(pb.Event(time_unix_nano=10**18, request_id="t3", http=http))
+    store.apply(pb.Batch(source_id="host:1:2", seq=1, model="m", events=events), segment=1)
+    store.sweep(now=float("inf"))  # past the linger: forced
+    (trail,) = final
+    record = record_from_fields(trail.fields())
+    assert record["finalised_by"] == "FINALISED_BY_LINGER"
+    rebuilt = from_record(json.loads(json.dumps(record)))  # as read back from the log
+    assert rebuilt.fields() == trail.fields()
+    assert store._missing_halves(rebuilt) == trail.incomplete

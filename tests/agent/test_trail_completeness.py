@@ -12,6 +12,7 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+from tests.agent.test_metrics import samples
 from tests.support.agent_harness import Hook, agent, lifecycle, query, until
 from vllm_audit.v1 import events_pb2 as pb
 from vllm_audit.v1 import query_pb2 as q
@@ -82,6 +83,64 @@ async def test_a_late_half_becomes_a_revision_with_its_own_event_id(tmp_path: Pa
             1, "FINALISED_BY_COMPLETE", "alice")
         assert forced["event_id"] == "late/0" and revised["event_id"] == "late/1"
         assert handle.state.trails.counters["late_events"] == 1
+
+
+async def test_the_late_half_of_a_forced_trail_that_left_memory_gives_a_whole_revision(
+        tmp_path: Path) -> None:
+    """A forced trail is the first the store's cap evicts; its late half must still meet
+    the half that came first, so the newest revision (what a consumer keeps) is whole."""
+    async with agent(tmp_path, linger_seconds=0.2, max_trails=2) as (handle, published), \
+            Hook(handle.state.config.ingest_socket) as hook:
+        await hook.send(1, engine("late", pb.LIFECYCLE_PHASE_ADDED, num_prompt_tokens=3,
+                                  max_tokens=64),
+                        engine("late", pb.LIFECYCLE_PHASE_FINISHED, finish_reason="length",
+                               num_prompt_tokens=3, num_output_tokens=5))
+        await until(lambda: len(records(published)) == 1, "the forced record")
+        for seq, other in enumerate(("o1", "o2"), 2):  # push "late" out of memory
+            await hook.send(seq, engine(other, pb.LIFECYCLE_PHASE_FINISHED), http(other))
+        await until(lambda: handle.state.trails.get("late") is None, "late evicted")
+        await hook.send(4, http("late", user="bob"))
+        await until(lambda: len([r for r in records(published) if r["trail_id"] == "late"]) == 2,
+                    "the revision")
+        revised = [r for r in records(published) if r["trail_id"] == "late"][1]
+        assert (revised["revision"], revised["finalised_by"], revised["incomplete"]) == (
+            1, "FINALISED_BY_COMPLETE", [])
+        assert (revised["user"], revised["finish_reason"], revised["max_tokens"],
+                revised["state"]) == ("bob", "length", 64, "TRAIL_STATE_FINISHED")
+        assert revised["engine_request_ids"] == ["chatcmpl-late-1a2b3c4d"]
+        assert handle.state.trails.counters["incomplete_rejoined"] == 1
+        metrics = await samples(handle)  # the agent's real /metrics
+        assert metrics[("vllm_audit_trails_incomplete_rejoined_total", ())] == 1
+        assert metrics[("vllm_audit_trails_incomplete_forgotten_total", ())] == 0
+
+
+async def test_the_late_half_of_a_trail_forced_before_a_restart_gives_its_next_revision(
+        tmp_path: Path) -> None:
+    """After a restart the agent reads its record log: a half of a trail forced before
+    continues it (revision 1, both halves), instead of a second, different record under the
+    event_id `late/0` that consumers already have."""
+    async with agent(tmp_path, linger_seconds=0.2) as (handle, published), \
+            Hook(handle.state.config.ingest_socket) as hook:
+        await hook.send(1, engine("late", pb.LIFECYCLE_PHASE_ADDED, num_prompt_tokens=3,
+                                  max_tokens=64),
+                        engine("late", pb.LIFECYCLE_PHASE_FINISHED, finish_reason="length",
+                               num_prompt_tokens=3, num_output_tokens=5))
+        await until(lambda: len(records(published)) == 1, "the forced record")
+        assert records(published)[0]["event_id"] == "late/0"
+    async with agent(tmp_path, linger_seconds=0.2) as (handle, published), \
+            Hook(handle.state.config.ingest_socket, source="src-2") as hook:
+        await hook.send(1, http("late", user="bob"))
+        await until(lambda: any(r["trail_id"] == "late" and r["revision"] == 1
+                                for r in records(published)), "the revision")
+        await asyncio.sleep(0.5)  # past the linger: nothing else is recorded for it
+        revised = [r for r in records(published) if r["trail_id"] == "late"]
+        assert [r["event_id"] for r in revised] == ["late/1"]
+        (revised_record,) = revised
+        assert (revised_record["finalised_by"], revised_record["incomplete"]) == (
+            "FINALISED_BY_COMPLETE", [])
+        assert (revised_record["user"], revised_record["finish_reason"],
+                revised_record["max_tokens"], revised_record["engine_request_ids"]) == (
+            "bob", "length", 64, ["chatcmpl-late-1a2b3c4d"])
 
 
 async def test_a_missing_engine_half_is_incomplete_not_finished(tmp_path: Path) -> None:
