@@ -9,6 +9,7 @@ sweeper.
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from tests.agent.test_metrics import samples
 from tests.support.agent_harness import Hook, agent, lifecycle, query, until
 from vllm_audit.v1 import events_pb2 as pb
 from vllm_audit.v1 import query_pb2 as q
+from vllm_audit_agent.trails import TrailStore
 
 T0 = 10**18
 
@@ -207,3 +209,70 @@ async def test_a_record_carries_the_engine_snapshot_nearest_its_finish(tmp_path:
         snapshot = records(published)[0]["engine_at_finish"]
         assert (snapshot["num_running_reqs"], snapshot["num_waiting_reqs"],
                 snapshot["kv_cache_usage"]) == (7, 2, 0.5)
+
+
+# -- the store itself (no agent: what the agent's sweeper and record log rely on) ------------
+def _store(**kw: Any) -> tuple[TrailStore, list[dict[str, Any]]]:
+    """A store and the fields of each record it wrote (a snapshot: a revision goes on in the
+    same Trail object)."""
+    final: list[dict[str, Any]] = []
+    return TrailStore(kw.pop("max_trails", 100), 100, 1.0,
+                      lambda t: final.append(t.fields()), **kw), final
+
+
+def _half(store: TrailStore, segment: int, *events: pb.Event) -> None:
+    store.apply(pb.Batch(source_id="s", seq=segment, events=events), segment=segment)
+
+
+def test_the_linger_sweep_writes_at_most_its_limit_and_says_more_are_due() -> None:
+    store, final = _store()
+    for i in range(5):
+        _half(store, 1, engine(f"t{i}", pb.LIFECYCLE_PHASE_FINISHED))
+    later = time.monotonic() + 10
+    slices = []
+    while True:
+        more = store.sweep(now=later, limit=2)
+        slices.append(len(final))
+        if not more:
+            break
+    assert slices == [2, 4, 5]
+    assert [r["request_id"] for r in final] == [f"t{i}" for i in range(5)]
+    assert {r["finalised_by"] for r in final} == {"FINALISED_BY_LINGER"}
+
+
+def test_a_record_releases_its_own_segments_not_those_of_the_revision_after_it() -> None:
+    """The record of a forced trail is durable only later; a late half stored meanwhile (in
+    segment 2) is in no record yet, so its WAL segment must stay held."""
+    store, final = _store()
+    _half(store, 1, engine("a", pb.LIFECYCLE_PHASE_FINISHED))
+    store.sweep(now=time.monotonic() + 10)
+    trail = store.get("a")
+    assert trail is not None and len(final) == 1
+    written = store.take_segments(trail)  # as the agent does when it makes the record
+    _half(store, 2, http("a"))  # complete now: its revision is written too
+    assert [r["revision"] for r in final] == [0, 1]
+    revision = store.take_segments(trail)
+    store.release(written)  # the forced record became durable
+    assert dict(store.segment_refs) == {2: 1}
+    store.release(revision)
+    assert not store.segment_refs
+
+
+def test_remembered_forced_trails_are_bounded_and_the_forgotten_counted() -> None:
+    """Forced trails that left memory are kept within half the store's byte cap; past it the
+    oldest go (counted), and a late half of a forgotten one makes a revision of its own."""
+    store, final = _store(max_trails=1, max_bytes=10_000)
+    for i in range(40):
+        _half(store, 1, engine(f"f{i}", pb.LIFECYCLE_PHASE_FINISHED))
+        store.sweep(now=time.monotonic() + 10)  # forced, then evicted by the next one
+    assert 0 < store.incomplete_bytes <= 5_000
+    assert store.counters["incomplete_forgotten"] > 0
+    _half(store, 2, http("f38"))  # remembered: a whole revision
+    _half(store, 3, http("f0"))  # forgotten: the HTTP half alone, forced again later
+    store.sweep(now=time.monotonic() + 10)
+    by_id = {(r["request_id"], r["revision"]): r for r in final}
+    assert (by_id[("f38", 1)]["incomplete"], by_id[("f38", 1)]["engine_request_ids"]) == (
+        [], ["chatcmpl-f38-1a2b3c4d"])
+    assert (by_id[("f0", 1)]["incomplete"], by_id[("f0", 1)]["engine_request_ids"]) == (
+        ["TRAIL_HALF_ENGINE"], [])
+    assert store.counters["incomplete_rejoined"] == 1
