@@ -477,13 +477,19 @@ class TrailStore:
         record under an event_id already published), and a forced one is remembered as if
         it had just left memory, so the half completes it. A trail the WAL replay rebuilt
         without completing it was forced before: it takes that record's revision and state,
-        so its missing half makes the next revision."""
+        so its missing half makes the next revision. One whose newest record was whole is a
+        fragment of it (a WAL segment held for another trail kept one half, the other half's
+        segment went): the log has it all, so the fragment goes (counted) instead of being
+        forced later into a second, different record under the same event_id."""
         for trail_id, revision, forced in trails:
             rebuilt = self._trails.get(trail_id)
             if rebuilt is not None:
-                if forced is not None and not rebuilt.published:
+                if rebuilt.published:
+                    continue
+                if forced is not None:
                     self._as_recorded(rebuilt, from_record(forced))
-                continue
+                    continue
+                self._drop_fragment(rebuilt)
             self._next_revision[trail_id] = revision + 1
             self._next_revision.move_to_end(trail_id)
             if len(self._next_revision) > REMEMBERED_REVISIONS:
@@ -492,6 +498,13 @@ class TrailStore:
                 trail = from_record(forced)
                 trail.event_bytes = sum(len(raw) + EVENT_OVERHEAD_BYTES for raw in trail.events)
                 self._remember(trail)
+
+    def _drop_fragment(self, trail: Trail) -> None:
+        self.delivered(trail)  # its record is in the log: the WAL need not keep it
+        del self._trails[trail.request_id]
+        self.bytes -= trail.nbytes
+        self.on_change(trail, EVICTED)  # observer
+        self.counters["rebuilt_fragments_dropped"] += 1
 
     def _as_recorded(self, trail: Trail, recorded: Trail) -> None:
         trail.revision, trail.state = recorded.revision, recorded.state

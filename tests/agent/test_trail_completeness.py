@@ -17,6 +17,7 @@ from tests.agent.test_metrics import samples
 from tests.support.agent_harness import Hook, agent, lifecycle, query, until
 from vllm_audit.v1 import events_pb2 as pb
 from vllm_audit.v1 import query_pb2 as q
+from vllm_audit_agent.records import record_from_fields
 from vllm_audit_agent.trails import TrailStore
 
 T0 = 10**18
@@ -276,3 +277,29 @@ def test_remembered_forced_trails_are_bounded_and_the_forgotten_counted() -> Non
     assert (by_id[("f0", 1)]["incomplete"], by_id[("f0", 1)]["engine_request_ids"]) == (
         ["TRAIL_HALF_ENGINE"], [])
     assert store.counters["incomplete_rejoined"] == 1
+
+
+def test_at_start_a_rebuilt_half_of_a_trail_recorded_whole_goes_and_a_forced_one_continues(
+        ) -> None:
+    """What the WAL replay rebuilt, told what the record log holds (`remember_recorded`): the
+    engine half of "whole" (recorded complete at revision 0; its HTTP half's segment is gone)
+    must not become a second record "whole/0"; the engine half of "forced" (recorded without
+    its HTTP half) is that record, so the HTTP half makes revision 1 with both."""
+    store, final = _store()
+    _half(store, 1, engine("whole", pb.LIFECYCLE_PHASE_FINISHED),
+          engine("forced", pb.LIFECYCLE_PHASE_FINISHED, finish_reason="stop"))
+    forced_record = record_from_fields({**store.get("forced").fields(),  # type: ignore[union-attr]
+                                        "state": "TRAIL_STATE_FINISHED",
+                                        "finalised_by": "FINALISED_BY_LINGER",
+                                        "incomplete": ["TRAIL_HALF_HTTP"]})
+    store.remember_recorded([("whole", 0, None), ("forced", 0, forced_record)])
+    assert store.get("whole") is None
+    assert dict(store.segment_refs) == {}  # both are in the log: segment 1 may go
+    store.sweep(now=time.monotonic() + 10)
+    assert final == []  # nothing forced again
+    _half(store, 2, http("forced"))
+    (revised,) = final
+    assert (revised["request_id"], revised["revision"], revised["finalised_by"],
+            revised["finish_reason"], revised["user"]) == (
+        "forced", 1, "FINALISED_BY_COMPLETE", "stop", "alice")
+    assert store.counters["rebuilt_fragments_dropped"] == 1
