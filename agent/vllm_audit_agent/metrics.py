@@ -316,6 +316,13 @@ class AgentCollector(Collector):
                       "Forced trails forgotten past the remembered bound: a late half of one "
                       "makes a revision without the half recorded before",
                       trails.counters["incomplete_forgotten"])
+        yield labelled("vllm_audit_trails_rebuilt_recorded",
+                       "Trails the WAL replay rebuilt open whose newest record the record log "
+                       "held: continued as that forced record, or dropped as a fragment of a "
+                       "record written whole", "outcome",
+                       {k: trails.counters[f"rebuilt_recorded_{k}"]
+                        for k in r.TRAIL_REBUILT_RECORDED_OUTCOMES},
+                       r.TRAIL_REBUILT_RECORDED_OUTCOMES)
 
     def _storage(self) -> Iterator[Metric]:
         st = self.state

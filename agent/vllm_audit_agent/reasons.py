@@ -63,6 +63,10 @@ RECORD_LOG_EXPIRY_REASONS = EXPIRY_REASONS
 ALLOWED_SET_DROP_REASONS = ("step_cap", "trail_cap", "backlog")
 #: Why a trail left memory.
 TRAIL_EVICTION_REASONS = ("final", "active")
+#: What became, at start, of a trail the WAL replay rebuilt open whose newest record the
+#: record log already held (trails.remember_recorded): continued as that record (forced), or
+#: dropped as a fragment of a record written whole.
+TRAIL_REBUILT_RECORDED_OUTCOMES = ("continued", "fragment_dropped")
 
 
 def closed(values: Mapping[str, int], reasons: Iterable[str]) -> dict[str, int]:

@@ -136,7 +136,8 @@ class TrailStore:
         #: Called once with every trail `clear` removed (after they left the store), so the
         #: observer can drop them in one pass; None: `on_change` per trail.
         self.on_removed_many: Callable[[list[Trail], int], None] | None = None
-        for name in ("deleted", "incomplete_rejoined", "incomplete_forgotten"):
+        for name in ("deleted", "incomplete_rejoined", "incomplete_forgotten",
+                     "rebuilt_recorded_continued", "rebuilt_recorded_fragment_dropped"):
             self.counters[name] += 0
 
     def __len__(self) -> int:
@@ -504,7 +505,7 @@ class TrailStore:
         del self._trails[trail.request_id]
         self.bytes -= trail.nbytes
         self.on_change(trail, EVICTED)  # observer
-        self.counters["rebuilt_fragments_dropped"] += 1
+        self.counters["rebuilt_recorded_fragment_dropped"] += 1
 
     def _as_recorded(self, trail: Trail, recorded: Trail) -> None:
         trail.revision, trail.state = recorded.revision, recorded.state
@@ -512,7 +513,7 @@ class TrailStore:
         trail.published, trail.pending_revision = True, False
         self._final[trail.request_id] = None
         self.delivered(trail)  # its record is in the log: the WAL need not keep it
-        self.counters["rebuilt_as_recorded"] += 1
+        self.counters["rebuilt_recorded_continued"] += 1
         self.on_change(trail, STORED)  # observer
 
 

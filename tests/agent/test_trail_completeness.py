@@ -302,4 +302,5 @@ def test_at_start_a_rebuilt_half_of_a_trail_recorded_whole_goes_and_a_forced_one
     assert (revised["request_id"], revised["revision"], revised["finalised_by"],
             revised["finish_reason"], revised["user"]) == (
         "forced", 1, "FINALISED_BY_COMPLETE", "stop", "alice")
-    assert store.counters["rebuilt_fragments_dropped"] == 1
+    assert (store.counters["rebuilt_recorded_fragment_dropped"],
+            store.counters["rebuilt_recorded_continued"]) == (1, 1)

@@ -201,6 +201,10 @@ def test_broker_stopped_20s_and_agent_sigkilled_under_10k_requests_per_second(
                 stats = agent.stats()
                 undelivered = _metric(agent, "vllm_audit_undelivered_records ")
                 evicted_active = _metric(agent, 'vllm_audit_trails_evicted_total{reason="active"}')
+                rejoined = _metric(agent, "vllm_audit_trails_incomplete_rejoined_total")
+                rebuilt = {k: _metric(agent, "vllm_audit_trails_rebuilt_recorded_total{"
+                                      f'outcome="{k}"}}')
+                           for k in ("continued", "fragment_dropped")}
         finally:
             agent.stop()
     recorded = len(set(agent.recorded_ids()) & want)  # the agent's own record log
@@ -235,7 +239,8 @@ def test_broker_stopped_20s_and_agent_sigkilled_under_10k_requests_per_second(
               f"a whole revision); missing {len(missing)}, wrong {len(wrong)}; agent: "
               f"{recorded:,} in its record log, undelivered at the end {undelivered:.0f}, "
               f"trails finished {stats.trails_finished:,}, active trails evicted (restarted "
-              f"agent) {evicted_active:.0f}")
+              f"agent) {evicted_active:.0f}, forced trails rejoined by their late half (restarted "
+              f"agent) {rejoined:.0f}, rebuilt at start over a record {rebuilt}")
         for what, seconds in timings.items():
             print(f"   {what}: {seconds:.1f} s")
         print("   CPU seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in cpu.items()))
