@@ -387,3 +387,27 @@ def test_identity_sources_reach_the_hook(tmp_path: Path) -> None:
                 "VLLM_AUDIT_IDENTITY_FILE"} & set(env_of(vllm))
     with pytest.raises(helm.HelmError, match="trustedProxies"):
         render({"audit": {**SECRET["audit"], "identity": {"trustedProxies": ["proxy.local"]}}})
+
+
+def test_http_tls_switches_the_probes_and_the_scrape_to_https() -> None:
+    auth = {"tokensSecret": "audit-tokens", "tlsSecret": "audit-tls", "httpTls": True}
+    values = {**SECRET, "agent": {"auth": auth},
+              "metrics": {"serviceMonitor": {"enabled": True}}}
+    docs = render(values)
+    for doc in docs:
+        validate(doc)
+    agent, _ = containers(docs)
+    args = agent_args(agent)
+    assert args.http_tls and str(args.tls_cert) == "/etc/vllm-audit/tls/tls.crt"
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert agent[probe]["httpGet"]["scheme"] == "HTTPS"
+    (monitor,) = of_kind(docs, "ServiceMonitor")
+    audit = next(e for e in monitor["spec"]["endpoints"] if e["port"] == "audit-metrics")
+    assert audit["scheme"] == "https"
+    assert audit["tlsConfig"]["ca"]["secret"] == {"name": "audit-tls", "key": "ca.crt"}
+    # Off by default: plaintext probes and scrape.
+    agent, _ = containers(render(SECRET))
+    assert not agent_args(agent).http_tls
+    assert agent["readinessProbe"]["httpGet"]["scheme"] == "HTTP"
+    with pytest.raises(helm.HelmError, match=r"httpTls needs agent\.auth\.tlsSecret"):
+        render({**SECRET, "agent": {"auth": {"httpTls": True}}})
