@@ -175,18 +175,21 @@ class AuditedGrammar:
     def accept_tokens(self, request_id: str, tokens: list[int]) -> bool:
         ok: bool = self._inner.accept_tokens(request_id, tokens)
         if not self.tap.filling:
-            try:
-                if ok and not self.pending_rows and not self.pending_drafted \
-                        and not self.pending_rolled_back and self.tap.runtime.level < _KEY_EVENTS:
-                    # Level summary without drafts: a step and its tokens are all there is
-                    # to count (paid per request per step: kept to two additions).
-                    self.steps += 1
-                    self.accepted += len(tokens)
-                else:
-                    self._record_step(tokens, ok)
-            except Exception as exc:
-                ERRORS.record("grammar.accept_tokens", exc)
+            self._count_step(tokens, ok)
         return ok
+
+    def _count_step(self, tokens: list[int], ok: bool) -> None:
+        try:
+            if ok and not self.pending_rows and not self.pending_drafted \
+                    and not self.pending_rolled_back and self.tap.runtime.level < _KEY_EVENTS:
+                # Level summary without drafts: a step and its tokens are all there is to
+                # count (paid per request per step: kept to two additions).
+                self.steps += 1
+                self.accepted += len(tokens)
+            else:
+                self._record_step(tokens, ok)
+        except Exception as exc:
+            ERRORS.record("grammar.accept_tokens", exc)
 
     def validate_tokens(self, tokens: list[int]) -> list[int]:
         result: list[int] = self._inner.validate_tokens(tokens)
@@ -335,15 +338,6 @@ class TimedAuditedGrammar(AuditedGrammar):
         if not self.tap.filling:
             timer = self.timer
             start = timer.clock()
-            try:
-                # The same work as AuditedGrammar.accept_tokens, between two clock reads.
-                if ok and not self.pending_rows and not self.pending_drafted \
-                        and not self.pending_rolled_back and self.tap.runtime.level < _KEY_EVENTS:
-                    self.steps += 1
-                    self.accepted += len(tokens)
-                else:
-                    self._record_step(tokens, ok)
-            except Exception as exc:
-                ERRORS.record("grammar.accept_tokens", exc)
+            self._count_step(tokens, ok)  # the same work as the untimed proxy, clocked
             timer.add(timer.clock() - start)
         return ok

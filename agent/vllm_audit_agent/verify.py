@@ -178,10 +178,15 @@ async def kafka_payloads(bootstrap: str, topics: list[str], timeout: float = 60.
                          ) -> list[bytes]:
     """Every record in `topics` (all partitions, from the start to the end offsets)."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka.errors import KafkaError
 
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
                                 auto_offset_reset="earliest")
-    await consumer.start()
+    try:
+        await consumer.start()
+    except KafkaError as exc:  # the CLI prints an OSError as one line, not a traceback
+        await consumer.stop()
+        raise ConnectionError(f"Kafka at {bootstrap} cannot be reached: {exc}") from None
     out: list[bytes] = []
     try:
         partitions = []

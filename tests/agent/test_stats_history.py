@@ -162,3 +162,10 @@ async def test_the_cli_exports_the_kafka_stream_too(broker: KafkaBroker, tmp_pat
     assert sorted((r["engine_index"], r["num_running_reqs"]) for r in rows) == [
         (0, 0), (0, 1), (1, 10), (1, 11)]
     assert not (tmp_path / "data" / HISTORY_DIR).exists()
+
+
+def test_an_unreachable_broker_is_one_line_not_a_traceback() -> None:
+    out = cli("stats", "export", "--kafka-bootstrap", "127.0.0.1:1")
+    assert out.returncode == 1
+    assert "Kafka at 127.0.0.1:1 cannot be reached" in out.stderr
+    assert "Traceback" not in out.stderr
