@@ -204,15 +204,11 @@ def grammar_proof(events: Iterable[bytes], max_bytes: int = DEFAULT_GRAMMAR_PROO
     proof: list[dict[str, Any]] = []
     if max_bytes <= 0:
         return proof, 0
-    size = 0
     for raw in events:
         event = pb.Event.FromString(raw)
-        if event.WhichOneof("body") not in GRAMMAR_PROOF_KINDS:
-            continue
-        item = json_format.MessageToDict(event, preserving_proto_field_name=True)
-        proof.append(item)
-        size += len(raw) * 2 + 64  # JSON is about twice the wire size; checked exactly below
-    if proof and size > max_bytes // 2 and len(orjson.dumps(proof)) > max_bytes:
+        if event.WhichOneof("body") in GRAMMAR_PROOF_KINDS:
+            proof.append(json_format.MessageToDict(event, preserving_proto_field_name=True))
+    if proof and len(orjson.dumps(proof)) > max_bytes:
         return [], len(proof)
     return proof, 0
 
