@@ -247,6 +247,7 @@ async def bench_ingest(steps: int, total_events: int = 200_000, served: bool = F
         async with running_agent(config, publisher=InMemoryPublisher(max_records=100)), \
                 grpc.aio.insecure_channel(f"unix:{config.ingest_socket}") as channel:
             stub = ingest_pb2_grpc.IngestServiceStub(channel)
+            thresholds = gc.get_threshold()
             freeze_startup_heap()  # as the agent process (`serve`) does once it is up
 
             async def requests() -> AsyncIterator[pb.Batch]:
@@ -262,6 +263,7 @@ async def bench_ingest(steps: int, total_events: int = 200_000, served: bool = F
                         break
             elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
             gc.unfreeze()
+            gc.set_threshold(*thresholds)
     events = sum(len(b.events) for b in batches)
     return events / elapsed, events / cpu
 

@@ -38,7 +38,8 @@ class EngineTable:
         self.grace_seconds = grace_seconds
         self.sources: dict[str, SourceSeries] = {}
 
-    def observe_batch(self, batch: pb.Batch, model: str) -> None:
+    def observe_batch(self, batch: pb.Batch, model: str, stats: Iterable[pb.Event]) -> None:
+        """Notes the batch's source; `stats`: its engine_stats events."""
         series = self.sources.get(batch.source_id)
         if series is None:
             series = self.sources[batch.source_id] = SourceSeries()
@@ -47,9 +48,8 @@ class EngineTable:
         if batch.gpu_uuids:
             series.gpu_uuids = tuple(batch.gpu_uuids)
         series.last_batch = time.monotonic()
-        for event in batch.events:
-            if event.WhichOneof("body") == "engine_stats":
-                series.engines[event.engine_stats.engine_index] = event.engine_stats
+        for event in stats:
+            series.engines[event.engine_stats.engine_index] = event.engine_stats
 
     def due(self, source_id: str, engine_index: int, interval: float) -> bool:
         """Whether this engine's snapshot should be published now (at most one per interval

@@ -215,7 +215,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             state.agent_dropped["events_without_body"] += verdict.dropped_events
             # An exception here ends the stream with INTERNAL; the batch is stored and marked,
             # so its resend is acked as a duplicate and a replay applies it again.
-            state.apply_batch(batch, segment)
+            state.apply_batch(batch, segment, verdict.events)
         return _ack(batch)
 
     def _append(self, payload: bytes) -> int:
@@ -245,7 +245,7 @@ def replay_wal(state: AgentState) -> int:
             state.mark_stored(batch)
             state.clamped_fields.update(verdict.clamped)
             state.agent_dropped["events_without_body"] += verdict.dropped_events
-            state.apply_batch(batch, segment)
+            state.apply_batch(batch, segment, verdict.events)
             n += 1
         except Exception as exc:
             logger.error("WAL record %d of segment %d cannot be replayed (%r); quarantined",

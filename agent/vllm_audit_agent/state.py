@@ -33,7 +33,7 @@ from .request_metrics import RequestMetrics
 from .sources import SeqWindow, SourceState
 from .stats_history import StatsHistory
 from .trails import Trail, TrailStore
-from .validation import CLAMPABLE_FIELDS, saturating_add
+from .validation import CLAMPABLE_FIELDS, Classified, classify, saturating_add
 from .wal import WriteAheadLog
 
 #: Batches read from one ingest stream but not yet answered, at most (ingest.py pipelines).
@@ -285,10 +285,14 @@ class AgentState:
         window.mark(batch.seq)
         self.counters["dedup_holes_skipped"] += window.holes_skipped - skipped
 
-    def apply_batch(self, batch: pb.Batch, segment: int) -> None:
+    def apply_batch(self, batch: pb.Batch, segment: int, events: Classified | None = None
+                    ) -> None:
         """Applies a batch stored in WAL `segment` to the trail store, stats and counters.
+        `events`: the batch's events as validation read them (read again when not given).
 
         Gap-marker counts are hook-supplied uint64s: their sums saturate at 2^64-1."""
+        if events is None:
+            events = classify(batch)
         source = self.source(batch.source_id)
         source.role, source.model = batch.process_role, batch.model or source.model
         if batch.applied_level:
@@ -298,7 +302,9 @@ class AgentState:
             source.self_timing = batch.self_timing
         self.counters["batches"] += 1
         self.counters["events"] += len(batch.events)
-        self.engines.observe_batch(batch, source.model)
+        stats = [e for e, kind in zip(events.events, events.kinds, strict=True)
+                 if kind == "engine_stats"] if "engine_stats" in events.kinds else []
+        self.engines.observe_batch(batch, source.model, stats)
         for reason, n in batch.gap.dropped_by_reason.items():
             saturating_add(self.hook_dropped, reason, n)
         if batch.gap.first_missing_seq:
@@ -307,11 +313,10 @@ class AgentState:
             saturating_add(self.hook_dropped, "missing_batches", window.count_missing(
                 batch.gap.first_missing_seq, batch.gap.last_missing_seq))
             self.counters["dedup_holes_skipped"] += window.holes_skipped - skipped
-        for event in batch.events:
-            if event.WhichOneof("body") == "engine_stats":
-                source.last_stats = event.engine_stats
-                self._publish_stats(batch, source, event)
-        self.trails.apply(batch, segment)
+        for event in stats:
+            source.last_stats = event.engine_stats
+            self._publish_stats(batch, source, event)
+        self.trails.apply(batch, segment, events)
 
     def _publish_stats(self, batch: pb.Batch, source: SourceState, event: pb.Event) -> None:
         if not self.engines.due(batch.source_id, event.engine_stats.engine_index,

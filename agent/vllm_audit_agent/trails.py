@@ -56,6 +56,7 @@ from vllm_audit.v1 import query_pb2 as q
 from .correlate import trail_id_for_engine_request
 from .records import GRAMMAR_PROOF_LEVELS
 from .trail import Trail, from_record
+from .validation import Classified, classify
 
 __all__ = ["Trail", "TrailStore", "state_name"]
 
@@ -162,22 +163,26 @@ class TrailStore:
         return tuples.setdefault(value, value)
 
     # -- ingest ----------------------------------------------------------------------------
-    def apply(self, batch: pb.Batch, segment: int) -> None:
-        """Applies a batch stored in WAL `segment` (which then holds its open trails).
+    def apply(self, batch: pb.Batch, segment: int, classified: Classified | None = None
+              ) -> None:
+        """Applies a batch stored in WAL `segment` (which then holds its open trails);
+        `classified`: its events as validation read them (read again when not given).
 
         Events are grouped by request id first: a batch holds many events of few requests
         (one per grammar step at level full), so correlation, lookup and the completeness
         check run once per request and batch, not once per event. Completeness is checked
         after the whole batch, so the order of requests inside it does not matter."""
-        groups: dict[str, list[pb.Event]] = {}
-        for event in batch.events:
-            request_id = event.request_id
+        if classified is None:
+            classified = classify(batch)
+        groups: dict[str, list[tuple[pb.Event, str]]] = {}
+        for item in zip(classified.events, classified.kinds, strict=True):
+            request_id = item[0].request_id
             if request_id:  # engine stats carry none
                 group = groups.get(request_id)
                 if group is None:
-                    groups[request_id] = [event]
+                    groups[request_id] = [item]
                 else:
-                    group.append(event)
+                    group.append(item)
         if not groups:
             return
         touched: list[Trail] = []
@@ -186,11 +191,11 @@ class TrailStore:
         max_events = self.max_events
         counters = self.counters
         for request_id, events in groups.items():
-            if events[0].HasField("http"):
+            if events[0][1] == "http":
                 trail_id, expects_http = request_id, True
             else:
                 trail_id, expects_http = trail_id_for_engine_request(request_id)
-            trail = self._trail(trail_id, expects_http, events[0].time_unix_nano)
+            trail = self._trail(trail_id, expects_http, events[0][0].time_unix_nano)
             if trail.published:
                 # Recorded already: what arrives now goes into a revision, never dropped.
                 counters["late_events"] += len(events)
@@ -209,8 +214,7 @@ class TrailStore:
             stored: list[bytes] = []
             added = 0
             truncated = 0
-            for event in events:
-                kind = event.WhichOneof("body")
+            for event, kind in events:
                 raw = event.SerializeToString()
                 if room > 0:
                     stored.append(raw)

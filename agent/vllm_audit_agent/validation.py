@@ -45,7 +45,6 @@ import re
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from operator import attrgetter
 from typing import Any
 
 from google.protobuf.descriptor import FieldDescriptor
@@ -155,6 +154,24 @@ class Verdict:
     detail: str = ""
     clamped: Counter[str] = field(default_factory=Counter)
     dropped_events: int = 0
+    #: An accepted batch's events, as read here: what applies it reuses them instead of
+    #: walking the batch again (each walk makes a Python object per event and asks its kind).
+    events: Classified | None = None
+
+
+@dataclass(slots=True)
+class Classified:
+    """A batch's events with a body, and the name of each one's body (its oneof field)."""
+
+    events: list[pb.Event]
+    kinds: list[str]
+
+
+def classify(batch: pb.Batch) -> Classified:
+    """The events of a batch that passed `validate` (so every one has a body)."""
+    events = list(batch.events)
+    kinds: list[Any] = [event.WhichOneof("body") for event in events]
+    return Classified(events, kinds)
 
 
 def validate(batch: pb.Batch, max_batch_bytes: int) -> Verdict:
@@ -178,8 +195,11 @@ def validate(batch: pb.Batch, max_batch_bytes: int) -> Verdict:
     _cap_string(batch, "Batch", "model", verdict.clamped)
     _cap_string(batch, "Batch", "process_role", verdict.clamped)
     fast, clamped, dropped = _FAST, verdict.clamped, 0
-    for event in batch.events:
+    events = list(batch.events)
+    kinds: list[Any] = []
+    for event in events:
         kind = event.WhichOneof("body")
+        kinds.append(kind)
         if kind is None:
             dropped += 1
         elif not (event.time_unix_nano >= 0 and len(event.request_id) * 4 <= MAX_STRING_BYTES
@@ -187,58 +207,76 @@ def validate(batch: pb.Batch, max_batch_bytes: int) -> Verdict:
             event.truncated = True
     if dropped:
         verdict.dropped_events = dropped
-        kept = [event for event in batch.events if event.WhichOneof("body") is not None]
+        kept = [(e, k) for e, k in zip(events, kinds, strict=True) if k is not None]
         del batch.events[:]
-        batch.events.extend(kept)
+        batch.events.extend(e for e, _ in kept)
+        # The kept events are copies now (extend copies): read them again.
+        verdict.events = classify(batch)
+    else:
+        verdict.events = Classified(events, kinds)
     return verdict
 
 
-def _tuple_getter(names: tuple[str, ...]) -> Callable[[Any], tuple[Any, ...]] | None:
-    if not names:
-        return None
-    if len(names) == 1:
-        name = names[0]
-        return lambda body: (getattr(body, name),)
-    return attrgetter(*names)  # type: ignore[return-value]  # a tuple for 2+ names
+def _fast_check_source(name: str) -> str:
+    """The source of the fast check for body type `name`: straight-line code that reads
+    each field the rules look at once. Generated from the rule tables (one definition), as
+    `dataclasses` generates its methods: a generic loop over the tables cost 3x as much,
+    and this check runs for every ingested event."""
+    lines = [f"def check_{name}(body):"]
+    if name == "CustomEvent":  # a map of attributes: always checked in full (rare)
+        return "\n".join([*lines, "    return False"]) + "\n"
+    counts = _COUNTS.get(name, ())
+    if counts:
+        lines.append("    if " + " or ".join(f"body.{f} < 0" for f in counts) + ":")
+        lines.append("        return False")
+    durations = _DURATIONS.get(name, ())
+    if durations:
+        # A NaN fails `>=`; non-negative values each at most their sum, and an inf makes
+        # the sum inf: the sum under the cap proves every value is.
+        names = [f"d{i}" for i in range(len(durations))]
+        lines.append(f"    {', '.join(names)}, = " + "".join(f"body.{f}, " for f in durations))
+        lines.append("    if not (" + " and ".join(f"{d} >= 0.0" for d in names)
+                     + f" and {' + '.join(names)} <= {MAX_DURATION_MS!r}):")
+        lines.append("        return False")
+    for f in _RATIOS.get(name, ()):
+        lines.append(f"    if not 0.0 <= body.{f} <= 1.0:")
+        lines.append("        return False")
+    strings = _STRINGS[name]
+    short = [f for f in strings if f"{name}.{f}" not in _TEXT_FIELDS]
+    texts = [f for f in strings if f"{name}.{f}" in _TEXT_FIELDS]
+    # Under a quarter of a cap in characters: under it in UTF-8 bytes (at most 4 per one).
+    if short:
+        lines.append("    if (" + " + ".join(f"len(body.{f})" for f in short)
+                     + f") * 4 > {MAX_STRING_BYTES}:")
+        lines.append("        return False")
+    for f in texts:
+        lines.append(f"    if len(body.{f}) * 4 > {MAX_TEXT_BYTES}:")
+        lines.append("        return False")
+    # Enum numbers the contract does not define, and lists of strings (rare: only the HTTP
+    # half's ignored headers), take the field-by-field path.
+    for f, _ in _ENUMS.get(name, ()):
+        lines.append(f"    if body.{f} not in ENUM_{f}:")
+        lines.append("        return False")
+    for f in _STRING_LISTS.get(name, ()):
+        lines.append(f"    if body.{f}:")
+        lines.append("        return False")
+    if name == "HttpRequest":
+        lines.append("    if not 0 <= body.status_code <= 999:")
+        lines.append("        return False")
+    if name == "StructuredOutputStep":  # an allowed-token set is checked in full when present
+        lines.append("    if body.HasField('allowed_set'):")
+        lines.append("        return False")
+    lines.append("    return True")
+    return "\n".join(lines) + "\n"
 
 
 def _fast_check(name: str) -> Callable[[Any], bool]:
     """True when no rule of `_repair_event` would change a body of type `name` (False only
     means: check it field by field)."""
-    counts = _tuple_getter(_COUNTS.get(name, ()))
-    durations = _tuple_getter(_DURATIONS.get(name, ()))
-    ratios = _tuple_getter(_RATIOS.get(name, ()))
-    strings = _tuple_getter(_STRINGS[name])
-    http = name == "HttpRequest"
-    enums = _ENUMS.get(name, ())
-    lists = _tuple_getter(_STRING_LISTS.get(name, ()))
-    if name == "CustomEvent":  # a map of attributes: always checked in full (rare)
-        return lambda body: False
-
-    def check(body: Any) -> bool:
-        if counts is not None and min(counts(body)) < 0:
-            return False
-        if durations is not None:
-            values = durations(body)
-            # A NaN makes the sum NaN and an inf makes it inf: both fail here. Non-negative
-            # values each at most their sum: none is over the cap.
-            if not (min(values) >= 0.0 and sum(values) <= MAX_DURATION_MS):
-                return False
-        if ratios is not None and not all(0.0 <= v <= 1.0 for v in ratios(body)):
-            return False
-        # Under a quarter of the smallest cap in characters: under it in UTF-8 bytes.
-        if strings is not None and sum(map(len, strings(body))) * 4 > MAX_STRING_BYTES:
-            return False
-        # Enum numbers the contract does not define, and lists of strings (rare: only the
-        # HTTP half's ignored headers), take the field-by-field path.
-        if any(getattr(body, f) not in defined for f, defined in enums):
-            return False
-        if lists is not None and any(lists(body)):
-            return False
-        return not http or 0 <= body.status_code <= 999
-
-    if name == "StructuredOutputStep":  # an allowed-token set is checked in full when present
-        return lambda body: not body.HasField("allowed_set") and check(body)
+    namespace: dict[str, Any] = {f"ENUM_{f}": defined for f, defined in _ENUMS.get(name, ())}
+    # The source is generated from the contract's descriptors, never from input.
+    exec(compile(_fast_check_source(name), f"<fast check {name}>", "exec"), namespace)
+    check: Callable[[Any], bool] = namespace[f"check_{name}"]
     return check
 
 
