@@ -43,6 +43,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from .kafka_partition import partitions_for_keys
 from .recordlog import DEAD_LETTER_NAME, TOPICS, Entry, RecordLog
 
 logger = logging.getLogger("vllm_audit.agent")
@@ -151,6 +152,7 @@ class Publisher:
         self._connected = False
         if self.log is None:
             return 0
+        await self.log.stop_reading()
         with contextlib.suppress(OSError):
             await asyncio.to_thread(self.log.persist_cursor)
         left = self.log.backlog_records
@@ -419,9 +421,6 @@ class KafkaSink:
         self.max_request_size = MAX_REQUEST_SIZE
         self._producer: Any = None
         self._partitions: dict[str, list[int]] = {}
-        from aiokafka.partitioner import DefaultPartitioner
-
-        self._partitioner = DefaultPartitioner()
 
     async def connect(self) -> None:
         from aiokafka import AIOKafkaProducer
@@ -455,12 +454,19 @@ class KafkaSink:
         """Builds the record batches itself (one per topic-partition, as full as the batch
         size allows) and submits each with `send_batch`: per record this is an append to a
         builder instead of a `send()` coroutine, about twice the records/s. Keys map to
-        partitions with aiokafka's default partitioner, as `send()` would."""
+        partitions as Kafka's default partitioner maps them, hashed for the whole window at
+        once (kafka_partition.py)."""
         from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 
         producer = self._producer
         out: list[Awaitable[Any] | BaseException | None] = [None] * len(entries)
-        open_batches: dict[tuple[str, int], tuple[Any, list[int]]] = {}
+        by_topic: dict[str, list[int]] = {}
+        for i, entry in enumerate(entries):
+            if len(entry.key) + len(entry.value) + RECORD_OVERHEAD_BYTES > self.max_request_size:
+                out[i] = MessageSizeTooLargeError(
+                    f"record of {len(entry.value)} bytes > max_request_size")
+                continue
+            by_topic.setdefault(entry.topic, []).append(i)
 
         async def submit(topic: str, partition: int, batch: Any, members: list[int]) -> None:
             try:
@@ -471,30 +477,30 @@ class KafkaSink:
             for j in members:
                 out[j] = fut
 
-        for i, entry in enumerate(entries):
-            topic = f"{self.topic_prefix}.{entry.topic}"
-            if len(entry.key) + len(entry.value) + RECORD_OVERHEAD_BYTES > self.max_request_size:
-                out[i] = MessageSizeTooLargeError(
-                    f"record of {len(entry.value)} bytes > max_request_size")
-                continue
+        for suffix, indices in by_topic.items():
+            topic = f"{self.topic_prefix}.{suffix}"
             partitions = self._partitions.get(topic)
             if partitions is None:
                 try:
                     partitions = sorted(await producer.partitions_for(topic))
                 except KafkaError as exc:
-                    out[i] = exc
+                    for i in indices:
+                        out[i] = exc
                     continue
                 self._partitions[topic] = partitions
-            partition = self._partitioner(entry.key, partitions, partitions)
-            batch, members = open_batches.get((topic, partition)) or (producer.create_batch(), [])
-            if batch.append(key=entry.key, value=entry.value, timestamp=None) is None:
+            placed = partitions_for_keys([entries[i].key for i in indices], partitions)
+            open_batches: dict[int, tuple[Any, list[int]]] = {}
+            for i, partition in zip(indices, placed, strict=True):
+                entry = entries[i]
+                batch, members = open_batches.get(partition) or (producer.create_batch(), [])
+                if batch.append(key=entry.key, value=entry.value, timestamp=None) is None:
+                    await submit(topic, partition, batch, members)
+                    batch, members = producer.create_batch(), []
+                    batch.append(key=entry.key, value=entry.value, timestamp=None)
+                members.append(i)
+                open_batches[partition] = (batch, members)
+            for partition, (batch, members) in open_batches.items():
                 await submit(topic, partition, batch, members)
-                batch, members = producer.create_batch(), []
-                batch.append(key=entry.key, value=entry.value, timestamp=None)
-            members.append(i)
-            open_batches[(topic, partition)] = (batch, members)
-        for (topic, partition), (batch, members) in open_batches.items():
-            await submit(topic, partition, batch, members)
         return [o if o is not None else RuntimeError("unsent") for o in out]
 
     def classify(self, exc: BaseException) -> str | None:

@@ -45,7 +45,7 @@ import orjson
 from . import records
 from .chain import GENESIS_HASH, RECORD_TYPE_ACCESS, RECORD_TYPE_CHECKPOINT, RECORD_TYPE_REQUEST, Signer, seal
 from .datadir import write_private_file
-from .wal import WalRefused, WriteAheadLog
+from .wal import Position, WalRefused, WriteAheadLog
 
 logger = logging.getLogger("vllm_audit.agent")
 
@@ -66,8 +66,10 @@ REPLAY_DEDUP_RECORDS = 1_000_000
 #: the trail store.
 REMEMBERED_TRAILS = 100_000
 REMEMBERED_FORCED_BYTES = 64 << 20
-#: What one pass over the log on disk loads for the publisher at most.
-DISK_CHUNK_BYTES = 64 << 20
+#: What one read of the log on disk loads for the publisher (about). Reads go on from where
+#: the last one stopped and the next chunk is read ahead while this one is sent, so a chunk
+#: only needs to be larger than a send window.
+DISK_CHUNK_BYTES = 8 << 20
 #: Reasons retention deletes a segment.
 EXPIRY_REASONS = ("size", "age")
 OnRecorded = Callable[[], None]
@@ -134,6 +136,10 @@ class RecordLog:
         self._tail_bytes = 0
         #: Records read back from disk for the publisher (when the tail does not reach back).
         self._disk_chunk: list[Entry] = []
+        #: (seq of the last record a disk read took, where the log goes on after it).
+        self._disk_next: tuple[int, Position] | None = None
+        #: The next chunk, being read ahead: (the seq it follows, its read).
+        self._read_ahead: tuple[int, asyncio.Task[list[Entry]]] | None = None
         self._pending: list[tuple[Entry, OnRecorded | None]] = []
         self._writing = 0
         self._since_checkpoint = 0
@@ -386,6 +392,13 @@ class RecordLog:
     def close(self) -> None:
         self.wal.close()
 
+    async def stop_reading(self) -> None:
+        """Waits for a read-ahead still on its worker thread (the publisher stopped)."""
+        ahead, self._read_ahead = self._read_ahead, None
+        if ahead is not None:
+            with contextlib.suppress(Exception):
+                await ahead[1]
+
     # -- reading (publisher) --------------------------------------------------------------
     async def wait_durable(self, after_seq: int, timeout: float | None = None) -> bool:
         """Waits until a record after `after_seq` is durable; returns whether one is."""
@@ -412,43 +425,70 @@ class RecordLog:
         upto = tail[0].seq - 1 if tail else self.durable_seq
         chunk = self._disk_chunk
         if not chunk or not chunk[0].seq <= after_seq + 1 <= chunk[-1].seq:
-            # One pass over the log loads up to DISK_CHUNK_BYTES of what follows the cursor:
-            # each pass reads the log from its start (the WAL has no seek), so it is done
-            # once per chunk, not once per window.
-            self.counters["disk_reads"] += 1
-            async with self._io:
-                chunk = await asyncio.to_thread(self._read_disk, after_seq, upto)
-            self._disk_chunk = chunk
+            chunk = self._disk_chunk = await self._load_chunk(after_seq, upto)
         start = after_seq + 1 - chunk[0].seq if chunk else 0
         if not 0 <= start < len(chunk) or chunk[start].seq != after_seq + 1:  # gaps
             start = next((i for i, e in enumerate(chunk) if e.seq > after_seq), len(chunk))
         if start >= 4096:
             del chunk[:start]  # keep the scan short; the publisher only reads forward
             start = 0
-        return chunk[start:start + max_records]
+        out = chunk[start:start + max_records]
+        if out and self._read_ahead is None and start + max_records >= len(chunk) // 2:
+            # Half of this chunk handed out: the next one is read (on a worker thread) while
+            # the rest is sent, so the publisher never waits on the disk between chunks.
+            last = chunk[-1].seq
+            if last < upto:
+                self._read_ahead = (last, asyncio.create_task(self._read_chunk(last, upto)))
+        return out
+
+    async def _load_chunk(self, after_seq: int, upto: int) -> list[Entry]:
+        ahead = self._read_ahead
+        if ahead is not None:
+            self._read_ahead = None
+            chunk = await ahead[1]
+            if ahead[0] == after_seq:
+                return chunk
+        return await self._read_chunk(after_seq, upto)
+
+    async def _read_chunk(self, after_seq: int, upto: int) -> list[Entry]:
+        self.counters["disk_reads"] += 1
+        async with self._io:
+            return await asyncio.to_thread(self._read_disk, after_seq, upto)
 
     def _read_disk(self, after_seq: int, upto: int) -> list[Entry]:
+        """About DISK_CHUNK_BYTES of records with after_seq < seq <= upto, from disk. A read
+        that follows the previous one goes on from where that stopped; any other starts at
+        the first segment holding a record after the cursor (during a long outage the log
+        holds hundreds of MB the publisher is past)."""
         out: list[Entry] = []
-        budget = max(self.tail_max_bytes, DISK_CHUNK_BYTES)
-        # Segments wholly before the cursor are not read: during a long outage the log
-        # holds hundreds of MB the publisher is past, and every chunk would scan them again.
-        first = min((s for s, info in self.segments.items() if info.last_seq > after_seq),
-                    default=0)
-        replay: Iterator[tuple[int, bytes]] = self.wal.replay(first)
-        try:
-            for _, payload in replay:
+        budget = DISK_CHUNK_BYTES
+        last = self._disk_next
+        if last is not None and last[0] == after_seq:
+            position = last[1]
+        else:
+            first = min((s for s, info in list(self.segments.items()) if info.last_seq > after_seq),
+                        default=0)
+            position = Position(first, 0, None)
+        consumed = after_seq
+        while budget > 0:
+            part, resume = self.wal.read_from(position, budget)
+            if not part:
+                break
+            for segment, end, wal_seq, payload in part:
                 record = orjson.loads(payload)
                 seq = int(record["seq"])
+                if seq > upto:  # not durable when this read began: the next read takes it
+                    budget = 0
+                    break
+                position = Position(segment, end, wal_seq)
                 if seq <= after_seq:
                     continue
-                if seq > upto or budget <= 0:
-                    break
                 out.append(_entry(record, payload))
+                consumed = seq
                 budget -= len(payload)
-        finally:
-            close = getattr(replay, "close", None)
-            if close is not None:
-                close()
+            else:
+                position = resume  # past damage the part ended with, too
+        self._disk_next = (consumed, position)
         return out
 
     def acknowledged(self, seq: int, nbytes: int) -> None:

@@ -151,16 +151,15 @@ def _marker_first(data: bytes, record: Record) -> int:
     return int(min(max(first, 1), record.seq))
 
 
-def scan(data: bytes, prev_seq: int | None = None) -> tuple[list[Record], list[Damage]]:
-    """Splits one segment's bytes into intact records and damaged ranges. Never raises."""
+def walk(data: bytes, prev_seq: int | None = None, pos: int = 0) -> Iterator[Record | Damage]:
+    """The intact records and damaged ranges of one segment's bytes from offset `pos`, in
+    order, found lazily (a reader that stops early does not check the rest). Never raises."""
     view = memoryview(data)
-    records: list[Record] = []
-    damage: list[Damage] = []
-    pos, size = 0, len(data)
+    size = len(data)
     while pos < size:
         record = _record_at(view, pos, prev_seq)
         if record is not None:
-            records.append(record)
+            yield record
             prev_seq, pos = record.seq, record.end
             continue
         # Resynchronise: the next offset where an intact record starts (find() runs in C;
@@ -176,11 +175,61 @@ def scan(data: bytes, prev_seq: int | None = None) -> tuple[list[Record], list[D
             hits = [data.find(m, probe + 1) if at == probe else at
                     for m, at in zip(_MAGIC_BYTES, hits, strict=True)]
         if record is None:
-            damage.append(Damage(pos, size, prev_seq, None))
-            break
-        damage.append(Damage(pos, probe, prev_seq, record.seq))
+            yield Damage(pos, size, prev_seq, None)
+            return
+        yield Damage(pos, probe, prev_seq, record.seq)
         pos = probe
+
+
+def scan(data: bytes, prev_seq: int | None = None) -> tuple[list[Record], list[Damage]]:
+    """Splits one segment's bytes into intact records and damaged ranges. Never raises."""
+    records: list[Record] = []
+    damage: list[Damage] = []
+    for item in walk(data, prev_seq):
+        if isinstance(item, Record):
+            records.append(item)
+        else:
+            damage.append(item)
     return records, damage
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """Where a sequential read of the log goes on: a segment, a byte offset in it, and the
+    seq of the record before (a record there must have a greater one; None: any)."""
+
+    segment: int
+    offset: int
+    prev_seq: int | None
+
+
+#: One record as `read_from` gives it: (segment, end offset, seq, payload).
+ReadRecord = tuple[int, int, int, bytes]
+
+
+def _read_range(path: Path, offset: int, length: int) -> bytes:
+    with open(path, "rb") as f:
+        f.seek(offset)
+        return f.read(length)
+
+
+def _records_in(data: bytes, prev_seq: int | None, partial: bool
+                ) -> tuple[list[Record], list[Damage], int]:
+    """The records and damage of a window of a segment, and how far they reach (0: read a
+    larger window). When the window stops short of the segment's end (`partial`), damage
+    running to its end may be a record cut by the window: it is left for the next read,
+    which starts after the records before it (if there are none, after a larger read)."""
+    found: list[Record] = []
+    damaged: list[Damage] = []
+    for item in walk(data, prev_seq):
+        if isinstance(item, Record):
+            found.append(item)
+            prev_seq = item.seq
+        elif partial and item.next_seq is None:
+            return found, damaged, found[-1].end if found else 0
+        else:
+            damaged.append(item)
+    return found, damaged, len(data)
 
 
 def is_torn(data: bytes, damage: Damage) -> bool:
@@ -350,6 +399,53 @@ class WriteAheadLog:
                     yield index, data[record.start + HEADER_SIZE:record.end]
             if records:
                 prev_seq = records[-1].seq
+
+    def read_from(self, position: Position, max_bytes: int
+                  ) -> tuple[list[ReadRecord], Position]:
+        """Intact records from `position` on, oldest first, about `max_bytes` of them (at
+        least one when there is one), and where the next read goes on: the seek `replay()`
+        lacks. A reader that goes on from there (or from the end of the last record it
+        took) never rescans what it read before. Damage passed over is counted as by
+        `replay()`, once."""
+        out: list[ReadRecord] = []
+        segment, offset, prev_seq = position.segment, position.offset, position.prev_seq
+        resume = position
+        taken = 0
+        for index in self.segments():
+            if index < segment:
+                continue
+            if index > segment:
+                offset = 0
+            with self._lock:
+                size = self._segments.get(index)
+            if size is None or offset >= size:
+                continue  # deleted meanwhile, or read to its end
+            window = size - offset
+            if window > max_bytes - taken:
+                window = max(max_bytes - taken, 1 << 20)
+            while True:
+                want = min(window, size - offset)
+                data = _read_range(self._path(index), offset, want)
+                # Short of the segment's end: more to read later. (A file cut shorter than
+                # its recorded size since open is read to its end: that is damage.)
+                partial = len(data) == want and offset + want < size
+                found, damaged, walked = _records_in(data, prev_seq, partial)
+                if walked or not partial:
+                    break
+                window *= 2  # damage or a large record across the window's end: look further
+            for item in damaged:
+                self.damaged_records += 1
+                self.damaged_bytes += item.end - item.start
+            for record in found:
+                if not record.lost:
+                    out.append((index, offset + record.end, record.seq,
+                                data[record.start + HEADER_SIZE:record.end]))
+                    taken += record.end - record.start
+                prev_seq = record.seq
+            resume = Position(index, offset + walked, prev_seq)
+            if taken >= max_bytes or partial:
+                break
+        return out, resume
 
     # -- appends ----------------------------------------------------------------------------
 

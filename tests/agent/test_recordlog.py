@@ -9,10 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from tests.support.agent_harness import until
+from vllm_audit_agent import recordlog
 from vllm_audit_agent.chain import (
     PRIVATE_KEY_NAME,
     PUBLIC_KEY_NAME,
@@ -120,6 +122,37 @@ async def test_the_publisher_reads_from_disk_when_its_tail_overflowed(tmp_path: 
     assert keys == [f"req-{i}" for i in range(300)]  # each once, in order
     assert log.counters["disk_reads"] >= 1
     assert (tmp_path / "cursor").read_text().strip() == str(log.head_seq)
+    log.close()
+
+
+async def test_disk_reads_go_on_from_where_they_stopped_across_segments(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Small chunks over small segments: the publisher reads many chunks (each read ahead
+    while the one before is sent) and gets every record once, in order. A read from any
+    other point (a publisher started again from its cursor) gets what follows that point."""
+    monkeypatch.setattr(recordlog, "DISK_CHUNK_BYTES", 3000)
+    log = open_log(tmp_path, Signer(Ed25519PrivateKey.generate()), tail_max_bytes=2048,
+                   segment_bytes=5000)
+    for i in range(400):
+        log.append(request(i))
+    await log.write_pending()
+    assert len(log.wal.segments()) > 10
+    publisher = InMemoryPublisher(max_records=1000)
+    await publisher.start(log)
+    await until(lambda: log.backlog_records == 0, "backlog published")
+    await publisher.stop(5)
+    keys = [key for topic, key, _ in publisher.records if topic == "requests"]
+    assert keys == [f"req-{i}" for i in range(400)]
+    assert log.counters["disk_reads"] >= 20
+    on_disk = log.durable_seq  # the tail went with the acknowledgements: all on disk
+    for start in (0, 250, 7, 8, 399 - 60, 120, 121):
+        got: list[int] = []
+        after = start
+        while entries := await log.read(after, 50):  # a chunk may end before 50
+            got += [e.seq for e in entries]
+            after = entries[-1].seq
+        assert got == list(range(start + 1, on_disk + 1)), start
+    await log.stop_reading()
     log.close()
 
 
