@@ -225,9 +225,17 @@ class Publisher:
                 if not await self._dead_letter(entry, reason, error):
                     return
             else:
-                self.counters["published"] += 1
                 self._connected = True
                 backoff = 0.1
+                # The records of one broker batch share its future: those after this one
+                # are acknowledged with it (one await per batch, not per record).
+                same = 1
+                while same < len(inflight) and inflight[same][1] is sent:
+                    same += 1
+                for _ in range(same - 1):
+                    acked_bytes += len(inflight.popleft()[0].value)
+                entry = inflight[0][0]
+                self.counters["published"] += same
             inflight.popleft()
             acked_bytes += len(entry.value)
             log.cursor = entry.seq  # contiguous prefix acknowledged

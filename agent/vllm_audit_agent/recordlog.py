@@ -474,13 +474,15 @@ class RecordLog:
             part, resume = self.wal.read_from(position, budget)
             if not part:
                 break
-            for segment, end, wal_seq, payload in part:
+            last: tuple[int, int, int, bytes] | None = None  # the last record taken
+            for item in part:
+                payload = item[3]
                 record = orjson.loads(payload)
                 seq = int(record["seq"])
                 if seq > upto:  # not durable when this read began: the next read takes it
                     budget = 0
                     break
-                position = Position(segment, end, wal_seq)
+                last = item
                 if seq <= after_seq:
                     continue
                 out.append(_entry(record, payload))
@@ -488,6 +490,9 @@ class RecordLog:
                 budget -= len(payload)
             else:
                 position = resume  # past damage the part ended with, too
+                continue
+            if last is not None:
+                position = Position(last[0], last[1], last[2])
         self._disk_next = (consumed, position)
         return out
 
