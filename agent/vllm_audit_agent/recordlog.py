@@ -45,7 +45,7 @@ import orjson
 from . import records
 from .chain import GENESIS_HASH, RECORD_TYPE_ACCESS, RECORD_TYPE_CHECKPOINT, RECORD_TYPE_REQUEST, Signer, seal
 from .datadir import write_private_file
-from .wal import Position, WalRefused, WriteAheadLog
+from .wal import Position, ReadRecord, WalRefused, WriteAheadLog
 
 logger = logging.getLogger("vllm_audit.agent")
 
@@ -474,7 +474,7 @@ class RecordLog:
             part, resume = self.wal.read_from(position, budget)
             if not part:
                 break
-            last: tuple[int, int, int, bytes] | None = None  # the last record taken
+            passed: ReadRecord | None = None  # the last record read past
             for item in part:
                 payload = item[3]
                 record = orjson.loads(payload)
@@ -482,7 +482,7 @@ class RecordLog:
                 if seq > upto:  # not durable when this read began: the next read takes it
                     budget = 0
                     break
-                last = item
+                passed = item
                 if seq <= after_seq:
                     continue
                 out.append(_entry(record, payload))
@@ -491,8 +491,8 @@ class RecordLog:
             else:
                 position = resume  # past damage the part ended with, too
                 continue
-            if last is not None:
-                position = Position(last[0], last[1], last[2])
+            if passed is not None:
+                position = Position(passed[0], passed[1], passed[2])
         self._disk_next = (consumed, position)
         return out
 
