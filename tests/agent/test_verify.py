@@ -17,6 +17,8 @@ from typing import Any
 import orjson
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.support.agent_harness import Hook, agent, lifecycle, published_keys
 from vllm_audit.v1 import events_pb2 as pb
@@ -263,3 +265,25 @@ async def test_an_exported_range_verifies_on_its_own(tmp_path: Path) -> None:
     rows = list(csv.DictReader(csv_out.open()))
     assert [r["request_id"] for r in rows] == [f"r{i}" for i in range(5, 10)]
     assert rows[0]["nested"] == '{"a":[1,2]}' and rows[0]["latency_ms"] == "1.5"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(
+    st.text(max_size=12),
+    st.recursive(st.none() | st.booleans() | st.integers(-(2**60), 2**60)
+                 | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20),
+                 lambda inner: st.lists(inner, max_size=4)
+                 | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+                 max_leaves=12),
+    max_size=12))
+def test_a_sealed_record_is_its_canonical_bytes_and_hash(record: dict[str, Any]) -> None:
+    """Whatever the record holds (a nested "hash" member, keys that sort around it), seal
+    gives the canonical bytes of the record with its chain fields, and the hash a verifier
+    computes from them."""
+    record = {k: v for k, v in record.items() if k not in ("hash", "seq", "prev_hash")} | {
+        "nested": {"hash": "not the chain's", "x": [{"hash": "1"}]}}
+    value = seal(record, 7, "ab" * 32)
+    parsed = orjson.loads(value)
+    assert value == canonical(parsed)
+    assert parsed["hash"] == record["hash"] == record_hash(parsed)
+    assert (parsed["seq"], parsed["prev_hash"]) == (7, "ab" * 32)
