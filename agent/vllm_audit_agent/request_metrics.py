@@ -3,19 +3,22 @@ who the served requests were attributed to and how (identity sources, vLLM's key
 identity headers ignored from untrusted peers), counted once per trail (revision 0).
 
 `AgentState._on_final` calls `observe` with the trail's summary fields (`Trail.fields()`,
-the record's body: no protobuf message is built for it); the histograms are prometheus_client objects in no
-registry, exported by `collect` through the agent's private registry.
+the record's body: no protobuf message is built for it); they are counted here in plain
+structures (see `_Family`) and exported by `collect` as prometheus_client metric families
+through the agent's private registry.
 Only finished trails are observed: a 401 or an aborted request would pull latency down.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Iterator, Mapping
+from itertools import accumulate
 from typing import Any
 
-from prometheus_client import Counter, Histogram
-from prometheus_client.core import Metric
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from vllm_audit.v1 import events_pb2 as pb
 from vllm_audit.v1 import query_pb2 as q
@@ -42,83 +45,112 @@ IDENTITY_SOURCES = _names(pb.IdentitySource, "IDENTITY_SOURCE_")
 AUTH_DECISIONS = _names(pb.AuthStatus, "AUTH_STATUS_")
 
 
+class _Histogram:
+    """One histogram series: per-bucket counts (the last is +Inf) and the sum."""
+
+    __slots__ = ("counts", "total")
+
+    def __init__(self, buckets: int) -> None:
+        self.counts = [0] * (buckets + 1)
+        self.total = 0.0
+
+
+class _Family:
+    """A histogram family labelled by model. Observed from the agent's loop only (one
+    thread), so a bucket is a plain list cell: prometheus_client's Histogram takes a lock
+    and checks its state on every observation, and with `labels()` that was a tenth of the
+    agent's per-request time. Exported through prometheus_client's HistogramMetricFamily."""
+
+    def __init__(self, name: str, documentation: str, buckets: tuple[float, ...]) -> None:
+        self.name, self.documentation, self.buckets = name, documentation, buckets
+        self.series: dict[str, _Histogram] = {}
+        self._bounds = [floatToGoString(b) for b in buckets]  # type: ignore[no-untyped-call]
+
+    def observe(self, model: str, value: float) -> None:
+        series = self.series.get(model)
+        if series is None:
+            series = self.series[model] = _Histogram(len(self.buckets))
+        # The first bucket whose upper bound is >= value (Prometheus' `le`).
+        series.counts[bisect_left(self.buckets, value)] += 1
+        series.total += value
+
+    def collect(self) -> HistogramMetricFamily:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=["model"])
+        for model, series in self.series.items():
+            cumulative = list(accumulate(series.counts))
+            family.add_metric([model], [*zip(self._bounds, cumulative[:-1], strict=True),
+                                        ("+Inf", cumulative[-1])], series.total)
+        return family
+
+
 class RequestMetrics(Collector):
     def __init__(self) -> None:
-        labels = ["model"]
-        self.identity = Counter("vllm_audit_request_identity_sources",
-                                "Served requests by where their user or tenant came from "
-                                "(api_key, proxy_header, claimed, none; unspecified: older hook)",
-                                ["field", "source"], registry=None)
-        self.auth = Counter("vllm_audit_request_auth_decisions",
-                            "Served requests by what vLLM's API-key check decided",
-                            ["decision"], registry=None)
-        self.ignored_headers = Counter(
-            "vllm_audit_request_ignored_identity_headers",
-            "Served requests that carried identity headers (tenant, user, X-Forwarded-For) from "
-            "a peer that is not a trusted proxy: ignored, named in the record", registry=None)
-        for source in IDENTITY_SOURCES.values():  # born at 0
-            self.identity.labels("user", source)
-            self.identity.labels("tenant", source)
-        for decision in AUTH_DECISIONS.values():
-            self.auth.labels(decision)
-        self.latency = Histogram("vllm_audit_request_latency_seconds",
-                                 "End-to-end latency of finished requests", labels,
-                                 registry=None, buckets=LATENCY_BUCKETS_S)
-        self.ttft = Histogram("vllm_audit_request_time_to_first_token_seconds",
-                              "Time to the first response byte of finished served requests",
-                              labels, registry=None, buckets=LATENCY_BUCKETS_S)
-        self.tpot = Histogram("vllm_audit_request_time_per_output_token_seconds",
-                              "(latency - TTFT) / (completion tokens - 1) of finished requests",
-                              labels, registry=None, buckets=TPOT_BUCKETS_S)
-        self.prompt_tokens = Histogram("vllm_audit_request_prompt_tokens",
-                                       "Prompt tokens per finished request", labels,
-                                       registry=None, buckets=TOKEN_BUCKETS)
-        self.completion_tokens = Histogram("vllm_audit_request_completion_tokens",
-                                           "Completion tokens per finished request", labels,
-                                           registry=None, buckets=TOKEN_BUCKETS)
-        #: (histogram, model) -> its labelled child: `labels()` takes a lock and builds a key
-        #: on every call, several times the cost of the observation (one per record). A child
-        #: is made on first use, as `labels()` would: a series exists once observed.
-        self._children: dict[tuple[Histogram, str], Any] = {}
+        #: (field, source) -> served requests; decision -> served requests. Born at 0.
+        self.identity: dict[tuple[str, str], int] = {
+            (f, source): 0 for f in ("user", "tenant") for source in IDENTITY_SOURCES.values()}
+        self.auth: dict[str, int] = dict.fromkeys(AUTH_DECISIONS.values(), 0)
+        self.ignored_headers = 0
+        self.latency = _Family("vllm_audit_request_latency_seconds",
+                               "End-to-end latency of finished requests", LATENCY_BUCKETS_S)
+        self.ttft = _Family("vllm_audit_request_time_to_first_token_seconds",
+                            "Time to the first response byte of finished served requests",
+                            LATENCY_BUCKETS_S)
+        self.tpot = _Family("vllm_audit_request_time_per_output_token_seconds",
+                            "(latency - TTFT) / (completion tokens - 1) of finished requests",
+                            TPOT_BUCKETS_S)
+        self.prompt_tokens = _Family("vllm_audit_request_prompt_tokens",
+                                     "Prompt tokens per finished request", TOKEN_BUCKETS)
+        self.completion_tokens = _Family("vllm_audit_request_completion_tokens",
+                                         "Completion tokens per finished request",
+                                         TOKEN_BUCKETS)
 
     def observe(self, s: Mapping[str, Any]) -> None:
         """`s`: a final trail's summary fields, as records.message_to_dict gives them (enums
         by name)."""
         if s["revision"] == 0 and s["http_method"]:  # a served request, counted once
-            self.identity.labels("user", IDENTITY_SOURCES.get(s["user_source"], "unspecified")).inc()
-            self.identity.labels("tenant",
-                                 IDENTITY_SOURCES.get(s["tenant_source"], "unspecified")).inc()
-            self.auth.labels(AUTH_DECISIONS.get(s["auth_decision"], "unspecified")).inc()
+            identity = self.identity
+            key = ("user", IDENTITY_SOURCES.get(s["user_source"], "unspecified"))
+            identity[key] = identity.get(key, 0) + 1
+            key = ("tenant", IDENTITY_SOURCES.get(s["tenant_source"], "unspecified"))
+            identity[key] = identity.get(key, 0) + 1
+            decision = AUTH_DECISIONS.get(s["auth_decision"], "unspecified")
+            self.auth[decision] = self.auth.get(decision, 0) + 1
             if s["ignored_identity_headers"]:
-                self.ignored_headers.inc()
+                self.ignored_headers += 1
         if s["state"] != _FINISHED:
             return
         model = s["model"] or "unknown"
-        child = self._child
         latency_ms, ttft_ms, completion = s["latency_ms"], s["ttft_ms"], s["completion_tokens"]
         if latency_ms > 0:
-            child(self.latency, model).observe(latency_ms / 1000.0)
+            self.latency.observe(model, latency_ms / 1000.0)
         if ttft_ms > 0:
-            child(self.ttft, model).observe(ttft_ms / 1000.0)
+            self.ttft.observe(model, ttft_ms / 1000.0)
             # TPOT needs two tokens and a first token strictly before the end.
             if completion > 1 and latency_ms > ttft_ms:
-                child(self.tpot, model).observe(
-                    (latency_ms - ttft_ms) / 1000.0 / (completion - 1))
-        child(self.prompt_tokens, model).observe(s["prompt_tokens"])
-        child(self.completion_tokens, model).observe(completion)
-
-    def _child(self, histogram: Histogram, model: str) -> Any:
-        key = (histogram, model)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = histogram.labels(model)
-        return child
+                self.tpot.observe(model, (latency_ms - ttft_ms) / 1000.0 / (completion - 1))
+        self.prompt_tokens.observe(model, s["prompt_tokens"])
+        self.completion_tokens.observe(model, completion)
 
     def collect(self) -> Iterator[Metric]:
         for family in (self.latency, self.ttft, self.tpot, self.prompt_tokens,
-                       self.completion_tokens, self.identity, self.auth, self.ignored_headers):
-            for metric in family.collect():
-                # `_created` series double every histogram's label sets for a timestamp the
-                # process start time already gives; dropped here, not by a global switch.
-                metric.samples = [x for x in metric.samples if not x.name.endswith("_created")]
-                yield metric
+                       self.completion_tokens):
+            yield family.collect()
+        identity = CounterMetricFamily(
+            "vllm_audit_request_identity_sources",
+            "Served requests by where their user or tenant came from "
+            "(api_key, proxy_header, claimed, none; unspecified: older hook)",
+            labels=["field", "source"])
+        for (f, source), n in self.identity.items():
+            identity.add_metric([f, source], n)
+        yield identity
+        auth = CounterMetricFamily("vllm_audit_request_auth_decisions",
+                                   "Served requests by what vLLM's API-key check decided",
+                                   labels=["decision"])
+        for decision, n in self.auth.items():
+            auth.add_metric([decision], n)
+        yield auth
+        yield CounterMetricFamily(
+            "vllm_audit_request_ignored_identity_headers",
+            "Served requests that carried identity headers (tenant, user, X-Forwarded-For) "
+            "from a peer that is not a trusted proxy: ignored, named in the record",
+            value=self.ignored_headers)
