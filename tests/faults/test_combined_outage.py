@@ -190,6 +190,14 @@ def test_broker_stopped_20s_and_agent_sigkilled_under_10k_requests_per_second(
                 timings["load"] = time.monotonic() - t0
                 assert load.flush(FLUSH_TIMEOUT_S), "the hooks could not deliver what they kept"
                 timings["hooks acknowledged everything (from load start)"] = time.monotonic() - t0
+                # When the agent's log is wholly acknowledged by the broker (polled: the
+                # consumer's own read time is not the agent's).
+                deadline = time.monotonic() + CONSUME_TIMEOUT_S
+                while (_metric(agent, "vllm_audit_undelivered_records ") != 0
+                       and time.monotonic() < deadline):
+                    time.sleep(0.2)
+                timings["agent: Kafka acknowledged its whole log (from load start)"] = \
+                    time.monotonic() - t0
                 acked = load.acked_indices()
                 want = {load.trail(i) for i in acked}
                 topic = consume(broker.bootstrap, want, CONSUME_TIMEOUT_S)
@@ -212,7 +220,9 @@ def test_broker_stopped_20s_and_agent_sigkilled_under_10k_requests_per_second(
     wrong = {i: bad for i in acked if load.trail(i) in topic.best
              and (bad := wrong_fields(load, i, topic.best[load.trail(i)]))}
     figures = load.figures
-    kafka_s = timings["Kafka has every acknowledged request (from load start)"]
+    restart_s = timings["agent restart (SIGKILL to /readyz)"]
+    hooks_s = timings["hooks acknowledged everything (from load start)"]
+    published_s = timings["agent: Kafka acknowledged its whole log (from load start)"]
     row = FaultRow(
         "Kafka stopped 20 s + agent SIGKILL, 10k req/s offered", figures.offered, len(acked),
         recorded, len(want & topic.best.keys()), len(missing), topic.duplicated,
@@ -222,8 +232,9 @@ def test_broker_stopped_20s_and_agent_sigkilled_under_10k_requests_per_second(
         print(f"\n-- combined fault: offered {figures.offered:,} requests in {figures.seconds:.1f}"
               f" s = {figures.rate:,.0f} req/s (target {RATE:,}; worst lag behind schedule "
               f"{figures.max_lag_s:.2f} s); reached: hooks acknowledged "
-              f"{len(acked) / timings['hooks acknowledged everything (from load start)']:,.0f}"
-              f" req/s, in Kafka {len(acked) / kafka_s:,.0f} req/s (outage and restart included)")
+              f"{len(acked) / hooks_s:,.0f} req/s ({len(acked) / (hooks_s - restart_s):,.0f}"
+              f" req/s while the agent was up), Kafka acknowledged "
+              f"{len(acked) / published_s:,.0f} req/s (outage and restart included)")
         print(f"   why: the agent is one asyncio loop, CPU-bound: {cpu['agent']:.0f} CPU-s for "
               f"{len(acked):,} requests = {cpu['agent'] / max(1, len(acked)) * 1e6:,.0f} µs each "
               f"(ingest, trails, record chain, Kafka; restart replay included) on 2 shared cores "
