@@ -63,7 +63,7 @@ from vllm_hooks.grammar_tap import allowed_counts
 from vllm_hooks.raw_events import EventConverter
 from vllm_hooks.settings import HookSettings
 
-FINISHED = 5  # LIFECYCLE_PHASE_FINISHED
+FINISHED = raw.FINISHED
 #: The latency consumer's longest fetch wait: the broker may hold a fetch this long before it
 #: answers (a consumer-side setting, not the agent's; short so it measures the agent).
 CONSUMER_FETCH_WAIT_MS = 10
@@ -204,8 +204,8 @@ def request_events(request: int, steps: int, served: bool = False) -> list[tuple
     its HTTP half, so the trail is complete and its record is written."""
     rid, now = f"chatcmpl-{request:032x}-1a2b3c4d", time.time_ns()
     events: list[tuple[object, ...]] = [
-        (raw.LIFECYCLE, now, rid, 1, 120, 0, "", "", 256, True),
-        (raw.LIFECYCLE, now, rid, 2, 0, 0, "", "", 0, False),
+        (raw.LIFECYCLE, now, rid, raw.ADDED, 120, 0, "", "", 256, True),
+        (raw.LIFECYCLE, now, rid, raw.SCHEDULED, 0, 0, "", "", 0, False),
         (raw.GRAMMAR, now, rid, "xgrammar", "json", 1.5, "", "ab" * 32, "", 0),
     ]
     events += [(raw.STEP, now, rid, i + 1, [17], 150, True, False, None, 128_256, [150], 0, 0, 0)
@@ -381,7 +381,7 @@ def _latency_load(buffer: EventBuffer, rate: int, seconds: float, stop: threadin
             rid = f"lat{sent:010d}"
             engine_id = f"chatcmpl-{rid}-1a2b3c4d"
             now = time.time_ns()
-            buffer.offer((raw.LIFECYCLE, now, engine_id, 1, 120, 0, "", "", 256, False))
+            buffer.offer((raw.LIFECYCLE, now, engine_id, raw.ADDED, 120, 0, "", "", 256, False))
             buffer.offer((raw.LIFECYCLE, now, engine_id, FINISHED, 120, 48, "stop",
                           "FINISHED_STOPPED", 256, False))
             buffer.offer((raw.HTTP, time.time_ns(), rid, {

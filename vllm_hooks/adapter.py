@@ -65,8 +65,8 @@ __all__ = ["StatLoggerBase", "install"]
 _SUMMARY = int(Level.SUMMARY)
 _KEY_EVENTS = int(Level.KEY_EVENTS)
 
-# vllm_audit.v1.LifecyclePhase values.
-ADDED, SCHEDULED, RESUMED, PREEMPTED, FINISHED, ABORTED = 1, 2, 3, 4, 5, 6
+ADDED, SCHEDULED, RESUMED, PREEMPTED = raw.ADDED, raw.SCHEDULED, raw.RESUMED, raw.PREEMPTED
+FINISHED, ABORTED = raw.FINISHED, raw.ABORTED
 
 _installed = False
 

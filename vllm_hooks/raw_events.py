@@ -17,6 +17,13 @@ from .settings import HookSettings
 
 # (KIND, time_ns, request_id, phase, n_prompt, n_output, finish_reason, status, max_tokens, so)
 LIFECYCLE = 1
+# The phase of a LIFECYCLE tuple: the contract's LifecyclePhase numbers (one definition).
+ADDED = pb.LIFECYCLE_PHASE_ADDED
+SCHEDULED = pb.LIFECYCLE_PHASE_SCHEDULED
+RESUMED = pb.LIFECYCLE_PHASE_RESUMED
+PREEMPTED = pb.LIFECYCLE_PHASE_PREEMPTED
+FINISHED = pb.LIFECYCLE_PHASE_FINISHED
+ABORTED = pb.LIFECYCLE_PHASE_ABORTED
 # (KIND, time_ns, request_id, backend, spec_type, compile_ms, error, spec_sha256, spec,
 #  spec_size)
 GRAMMAR = 2

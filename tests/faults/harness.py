@@ -31,7 +31,7 @@ from vllm_hooks.raw_events import EventConverter
 from vllm_hooks.sender import Sender
 from vllm_hooks.settings import HookSettings
 
-FINISHED = 5  # vllm_audit.v1.LIFECYCLE_PHASE_FINISHED (kept a literal: raw tuples are ints)
+FINISHED = raw.FINISHED
 
 
 @dataclass

@@ -36,7 +36,7 @@ from vllm_hooks.raw_events import EventConverter
 from vllm_hooks.sender import Sender
 from vllm_hooks.settings import HookSettings
 
-ADDED, SCHEDULED, FINISHED = 1, 2, 5  # vllm_audit.v1.LifecyclePhase (raw tuples carry ints)
+ADDED, SCHEDULED, FINISHED = raw.ADDED, raw.SCHEDULED, raw.FINISHED
 HMAC_KEY = b"fault-suite-hmac-key"
 #: One request in REFUSED_EVERY is answered 401 by vLLM's API-key check: no engine half.
 REFUSED_EVERY = 97

@@ -25,7 +25,7 @@ from vllm_hooks.raw_events import EventConverter
 from vllm_hooks.self_timing import SelfTimer
 from vllm_hooks.settings import ENV_SELF_TIMING, HookSettings
 
-FINISHED = 5  # vllm_audit.v1.LIFECYCLE_PHASE_FINISHED
+FINISHED = raw.FINISHED
 
 
 def test_nested_regions_count_hook_and_vllm_time_once_each() -> None:

@@ -18,7 +18,7 @@ from vllm_hooks import raw_events as raw
 from vllm_hooks.buffer import EventBuffer
 from vllm_hooks.sender import Sender
 
-FINISHED = 5  # vllm_audit.v1.LIFECYCLE_PHASE_FINISHED
+FINISHED = raw.FINISHED
 EVENTS = 30
 #: Small enough that the agent refuses appends after a few one-event batches.
 SMALL_WAL = 1500

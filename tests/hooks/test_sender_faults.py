@@ -26,7 +26,7 @@ from vllm_audit.v1 import ingest_pb2, ingest_pb2_grpc, query_pb2
 from vllm_hooks import raw_events as raw
 from vllm_hooks.sender import Sender
 
-FINISHED = 5  # vllm_audit.v1.LIFECYCLE_PHASE_FINISHED
+FINISHED = raw.FINISHED
 EVENTS = 40
 
 

@@ -117,7 +117,7 @@ def test_the_filler_cuts_by_bytes_keeps_order_and_counts_what_it_cannot_send() -
     for i in range(6):
         buffer.offer((raw.HTTP, 1, f"r{i}", {"prompt": "p" * 3000}))
     buffer.offer((raw.HTTP, 1, "huge", {"prompt": "p" * 50_000}))
-    buffer.offer((raw.LIFECYCLE, 1, "x" * 20_000, 5, 0, 0, "", "", 0, False))  # uncuttable
+    buffer.offer((raw.LIFECYCLE, 1, "x" * 20_000, raw.FINISHED, 0, 0, "", "", 0, False))  # uncuttable
     buffer.offer((99, 1, "bad"))  # unknown kind: a conversion error
     buffer.offer((raw.HTTP, 1, "last", {"prompt": "p"}))
     batches = []
@@ -145,7 +145,7 @@ async def test_a_custom_event_reaches_its_trail_through_the_real_agent(tmp_path:
     async with agent(tmp_path) as (handle, _):
         with running_sender(tmp_path / "ingest.sock") as (sender, buffer):
             buffer.offer((raw.CUSTOM, 10**18, rid, "policy_check", {"verdict": "allow"}))
-            buffer.offer((raw.LIFECYCLE, 10**18 + 1, rid, 5, 3, 5, "stop", "FINISHED_STOPPED",
+            buffer.offer((raw.LIFECYCLE, 10**18 + 1, rid, raw.FINISHED, 3, 5, "stop", "FINISHED_STOPPED",
                           16, False))
             assert await asyncio.to_thread(sender.flush, 15.0)
         trail = await query(handle).GetTrail(query_pb2.GetTrailRequest(request_id=rid,
