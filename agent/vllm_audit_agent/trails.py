@@ -247,7 +247,10 @@ class TrailStore:
             trail.truncated_events += truncated
             trail.event_bytes += added + EVENT_OVERHEAD_BYTES * len(stored)
             touched.append(trail)
+        shared = self._shared
         for trail in touched:
+            # Token counts repeat across trails ((48,) for most of one workload): one tuple.
+            trail.engine_output_tokens = shared(trail.engine_output_tokens)  # type: ignore[assignment]
             self._resize(trail)
             if trail.half_complete_at is None and (trail.has_http or trail.engine_done()):
                 trail.half_complete_at = now
@@ -331,6 +334,8 @@ class TrailStore:
         trail.finalised_by = forced_by if missing else q.FINALISED_BY_COMPLETE
         trail.published = True
         trail.pending_revision = False
+        # Its linger is over (a late half starts another): a final trail keeps no float.
+        trail.half_complete_at = None
         self._final[trail.request_id] = None
         self._final.move_to_end(trail.request_id)
         if not revision:
