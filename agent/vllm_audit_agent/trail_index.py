@@ -23,8 +23,6 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
-from sortedcontainers import SortedList  # type: ignore[import-untyped]  # ships no stubs
-
 from vllm_audit.v1 import query_pb2 as q
 
 from .trails import STORED, Trail, TrailStore
@@ -146,9 +144,14 @@ class TrailIndex:
         #: seq -> trail. What the index filed a trail under is kept on the trail itself
         #: (`index_seq`, `index_keys`, `index_final`): no per-trail entry object.
         self._entries: dict[int, Trail] = {}
-        self._all: SortedList = SortedList()
-        #: field -> value -> sorted seqs. Plain sorted lists: one per distinct user would make
-        #: a SortedList's fixed overhead dominate; inserts land near the end (recent trails).
+        #: Every indexed seq, ascending: seqs are handed out in order, so a plain list grown
+        #: at its end (sortedcontainers' SortedList's add and remove were ~3 us a trail).
+        #: Seqs of trails that left stay until half the list is such (`_all_dead`), then it
+        #: is compacted.
+        self._all: list[int] = []
+        self._all_dead = 0
+        #: field -> value -> sorted seqs, plain lists as `_all` (inserts land at or near the
+        #: end: recent trails).
         self._by: dict[str, dict[object, list[int]]] = {f: {} for f in _FIELDS}
         self._unpublished = 0
         #: (field, value) -> seqs of trails that left the store still in that value's list.
@@ -186,7 +189,7 @@ class TrailIndex:
             trail.index_seq = seq = self._next_seq
             trail.index_keys, trail.index_final = self._share(keys), trail.published
             self._entries[seq] = trail
-            self._all.add(seq)
+            self._all.append(seq)
             for field, value in zip(_FIELDS, keys, strict=True):
                 self._insert(field, value, seq)
             if not trail.published:
@@ -231,7 +234,8 @@ class TrailIndex:
                 self._notify(how, trail)
         if not gone:
             return
-        self._all = SortedList(s for s in self._all if s not in gone)
+        self._all = [s for s in self._all if s in self._entries]
+        self._all_dead = 0
         entries = self._entries
         self._dead.clear()  # every list is compacted here
         for values in self._by.values():
@@ -251,7 +255,11 @@ class TrailIndex:
     def _drop(self, trail: Trail) -> None:
         seq = trail.index_seq
         del self._entries[seq]
-        self._all.remove(seq)
+        self._all_dead += 1
+        if 2 * self._all_dead >= len(self._all):
+            entries = self._entries
+            self._all = [s for s in self._all if s in entries]  # a new list: see _tail
+            self._all_dead = 0
         for field, value in zip(_FIELDS, trail.index_keys, strict=True):
             self._remove(field, value, seq, left=True)
         if not trail.index_final:
@@ -312,8 +320,7 @@ class TrailIndex:
                 return ()
             lists.append(seqs)
         if not lists:
-            every: Iterable[int] = self._all.irange(minimum=after, inclusive=(False, True))
-            return every
+            return _tail(self._all, after)
         smallest = min(lists, key=len)
         return _tail(smallest, after)
 
