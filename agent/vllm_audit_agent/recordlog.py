@@ -360,14 +360,11 @@ class RecordLog:
 
     def _write(self, group: list[tuple[Entry, OnRecorded | None]]
                ) -> tuple[int, list[int], WalRefused | None]:
-        segments: list[int] = []
-        try:
-            for entry, _ in group:
-                segments.append(self.wal.append(entry.value))
-        except WalRefused as exc:
+        segments, refusal = self.wal.append_many([entry.value for entry, _ in group])
+        if refusal is not None:
             with contextlib.suppress(WalRefused, OSError):
                 self.wal.sync()
-            return len(segments), segments, exc
+            return len(segments), segments, refusal
         self.wal.sync()
         return len(segments), segments, None
 

@@ -243,6 +243,44 @@ def test_a_full_disk_refuses_the_append_and_leaves_the_log_as_it_was(
         again.close()
 
 
+def test_a_run_of_records_the_full_disk_refuses_is_rolled_back_whole(tmp_path: Path) -> None:
+    """The record log writes its records in runs (`append_many`, one writev): a run the
+    disk cannot hold leaves nothing of itself, the runs before it stay, and the log goes on
+    once there is room."""
+    with tmpfs(tmp_path / "disk", "size=256k,mode=0700") as disk:
+        ballast = disk / "ballast"
+        ballast.write_bytes(bytes(64 << 10))
+        wal = WriteAheadLog(disk / "wal", 1 << 30, "batch", segment_bytes=1 << 20)
+        acked: list[bytes] = []
+        body = os.urandom(1000)
+        try:
+            for run in range(200):
+                before = log_bytes(disk / "wal")
+                items = [(run * 10 + k).to_bytes(4, "little") + body for k in range(10)]
+                segments, refusal = wal.append_many(items)
+                if refusal is None:
+                    wal.sync()
+                    acked += items
+                    continue
+                assert isinstance(refusal, WalWriteError) and refusal.reason == "disk_full"
+                assert segments == []  # the run was one write: none of it went in
+                assert log_bytes(disk / "wal") == before
+                break
+            else:
+                pytest.fail("a 256 KiB tmpfs took 2 MiB of records")
+            ballast.unlink()
+            segments, refusal = wal.append_many(items)
+            assert refusal is None and segments == [1] * 10
+            wal.sync()
+            acked += items
+        finally:
+            wal.close()
+        again = WriteAheadLog(disk / "wal", 1 << 30, "batch")
+        assert payloads(again) == acked
+        assert (again.damaged_records, again.torn_tail_bytes) == (0, 0)
+        again.close()
+
+
 def test_a_failed_rotation_leaves_the_log_usable(tmp_path: Path) -> None:
     # Out of inodes: the next segment cannot be created, while the current one has room.
     with tmpfs(tmp_path / "disk", "size=1m,nr_inodes=5,mode=0700") as disk:

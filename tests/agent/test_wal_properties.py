@@ -11,7 +11,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from vllm_audit_agent.wal import HEADER_SIZE, Position, WriteAheadLog, encode, scan
+from vllm_audit_agent.wal import HEADER_SIZE, Position, WalFull, WriteAheadLog, encode, scan
 
 SETTINGS = settings(max_examples=100, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])
@@ -181,3 +181,36 @@ def test_reads_from_a_position_give_what_replay_gives(
             assert wal.damaged_records - damaged_by_replay == damaged_by_replay
         finally:
             wal.close()
+
+
+@SETTINGS
+@given(st.lists(st.lists(st.binary(max_size=200), max_size=12), max_size=6), segment_sizes,
+       st.integers(min_value=HEADER_SIZE, max_value=6000), st.sampled_from(["never", "always"]))
+def test_append_many_writes_what_appending_one_by_one_writes(
+    groups: list[list[bytes]], segment_bytes: int, max_bytes: int, fsync: str,
+) -> None:
+    """Runs of records written with one writev: the same segments, bytes and refusals (at
+    the size cap) as one append per record."""
+    with tempfile.TemporaryDirectory() as a, tempfile.TemporaryDirectory() as b:
+        one, many = (WriteAheadLog(Path(d), max_bytes, fsync, segment_bytes) for d in (a, b))
+        try:
+            for group in groups:
+                expected: list[int] = []
+                refused: type[Exception] | None = None
+                for payload in group:
+                    try:
+                        expected.append(one.append(payload))
+                    except WalFull as exc:
+                        refused = type(exc)
+                        break
+                got, refusal = many.append_many(group)
+                assert got == expected
+                assert (type(refusal) if refusal else None) == refused
+                if refused:
+                    assert one.refused_appends == many.refused_appends
+        finally:
+            one.close()
+            many.close()
+        for x, y in zip(segment_files(Path(a)), segment_files(Path(b)), strict=True):
+            assert x.name == y.name and x.read_bytes() == y.read_bytes()
+        assert replayed(Path(b), segment_bytes) == replayed(Path(a), segment_bytes)
