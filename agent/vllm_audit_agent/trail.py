@@ -34,6 +34,9 @@ INT32_MAX = (1 << 31) - 1
 UINT32_MAX = (1 << 32) - 1
 #: An engine request that has not finished yet, in `engine_output_tokens`.
 UNFINISHED = -1
+_ADDED, _SCHEDULED, _PREEMPTED = (pb.LIFECYCLE_PHASE_ADDED, pb.LIFECYCLE_PHASE_SCHEDULED,
+                                  pb.LIFECYCLE_PHASE_PREEMPTED)
+_FINISHED, _ABORTED = pb.LIFECYCLE_PHASE_FINISHED, pb.LIFECYCLE_PHASE_ABORTED
 
 _STATE_NAMES = {v.number: v.name for v in q.TrailState.DESCRIPTOR.values}
 _LEVEL_NAMES = {v.number: v.name for v in pb.AuditLevel.DESCRIPTOR.values}
@@ -147,13 +150,15 @@ class Trail:
             self.engine_request_ids = (*ids, engine_id)
             self.engine_output_tokens = (*self.engine_output_tokens, UNFINISHED)
         phase = lc.phase
-        if phase == pb.LIFECYCLE_PHASE_ADDED:
+        if phase == _SCHEDULED:  # the most frequent with ADDED; nothing to note
+            return
+        if phase == _ADDED:
             if not self.http_usage:
                 self.prompt_tokens = lc.num_prompt_tokens
             self.max_tokens = lc.max_tokens
-        elif phase == pb.LIFECYCLE_PHASE_PREEMPTED:
+        elif phase == _PREEMPTED:
             self.preemptions += 1
-        elif phase == pb.LIFECYCLE_PHASE_FINISHED or phase == pb.LIFECYCLE_PHASE_ABORTED:
+        elif phase in (_FINISHED, _ABORTED):
             tokens = self.engine_output_tokens
             # Validation clamps counts at 0, so a finished one is never UNFINISHED.
             self.engine_output_tokens = tokens = (*tokens[:i], lc.num_output_tokens,
@@ -168,12 +173,13 @@ class Trail:
                 # processed is the cost; the samples of n > 1 share one prompt.
                 self.prompt_tokens = lc.num_prompt_tokens
                 # Saturates: each sample's count fits int32, their sum may not.
-                self.completion_tokens = min(sum(t for t in tokens if t > 0), INT32_MAX)
+                self.completion_tokens = (tokens[0] if len(tokens) == 1 else
+                                          min(sum(t for t in tokens if t > 0), INT32_MAX))
             if not self.has_http:
                 self.latency_ms = (t_ns / 1e6) - self.created_unix_ms
             if lc.status == "FINISHED_ERROR":
                 self.state = q.TRAIL_STATE_FAILED
-            elif phase == pb.LIFECYCLE_PHASE_ABORTED and self.state != q.TRAIL_STATE_FAILED:
+            elif phase == _ABORTED and self.state != q.TRAIL_STATE_FAILED:
                 self.state = q.TRAIL_STATE_ABORTED
 
     def apply_grammar(self, event: pb.Event, raw: bytes) -> None:

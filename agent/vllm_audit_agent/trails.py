@@ -175,8 +175,8 @@ class TrailStore:
         if classified is None:
             classified = classify(batch)
         groups: dict[str, list[tuple[pb.Event, str]]] = {}
-        for item in zip(classified.events, classified.kinds, strict=True):
-            request_id = item[0].request_id
+        for item, request_id in zip(zip(classified.events, classified.kinds, strict=True),
+                                    classified.request_ids, strict=True):
             if request_id:  # engine stats carry none
                 group = groups.get(request_id)
                 if group is None:
@@ -247,10 +247,7 @@ class TrailStore:
             trail.truncated_events += truncated
             trail.event_bytes += added + EVENT_OVERHEAD_BYTES * len(stored)
             touched.append(trail)
-        shared = self._shared
         for trail in touched:
-            # Token counts repeat across trails ((48,) for most of one workload): one tuple.
-            trail.engine_output_tokens = shared(trail.engine_output_tokens)  # type: ignore[assignment]
             self._resize(trail)
             if trail.half_complete_at is None and (trail.has_http or trail.engine_done()):
                 trail.half_complete_at = now
@@ -334,8 +331,10 @@ class TrailStore:
         trail.finalised_by = forced_by if missing else q.FINALISED_BY_COMPLETE
         trail.published = True
         trail.pending_revision = False
-        # Its linger is over (a late half starts another): a final trail keeps no float.
+        # Its linger is over (a late half starts another): a final trail keeps no float, and
+        # shares its token counts' tuple ((48,) for much of one workload) with others.
         trail.half_complete_at = None
+        trail.engine_output_tokens = self._shared(trail.engine_output_tokens)  # type: ignore[assignment]
         self._final[trail.request_id] = None
         self._final.move_to_end(trail.request_id)
         if not revision:

@@ -161,17 +161,19 @@ class Verdict:
 
 @dataclass(slots=True)
 class Classified:
-    """A batch's events with a body, and the name of each one's body (its oneof field)."""
+    """A batch's events with a body, the name of each one's body (its oneof field) and
+    each one's request id."""
 
     events: list[pb.Event]
     kinds: list[str]
+    request_ids: list[str]
 
 
 def classify(batch: pb.Batch) -> Classified:
     """The events of a batch that passed `validate` (so every one has a body)."""
     events = list(batch.events)
     kinds: list[Any] = [event.WhichOneof("body") for event in events]
-    return Classified(events, kinds)
+    return Classified(events, kinds, [event.request_id for event in events])
 
 
 def validate(batch: pb.Batch, max_batch_bytes: int) -> Verdict:
@@ -197,14 +199,18 @@ def validate(batch: pb.Batch, max_batch_bytes: int) -> Verdict:
     fast, clamped, dropped = _FAST, verdict.clamped, 0
     events = list(batch.events)
     kinds: list[Any] = []
+    request_ids: list[str] = []
     for event in events:
         kind = event.WhichOneof("body")
         kinds.append(kind)
+        request_id = event.request_id
+        request_ids.append(request_id)
         if kind is None:
             dropped += 1
-        elif not (event.time_unix_nano >= 0 and len(event.request_id) * 4 <= MAX_STRING_BYTES
+        elif not (event.time_unix_nano >= 0 and len(request_id) * 4 <= MAX_STRING_BYTES
                   and fast[kind](getattr(event, kind))) and _repair_event(event, clamped):
             event.truncated = True
+            request_ids[-1] = event.request_id  # capped
     if dropped:
         verdict.dropped_events = dropped
         kept = [(e, k) for e, k in zip(events, kinds, strict=True) if k is not None]
@@ -213,7 +219,7 @@ def validate(batch: pb.Batch, max_batch_bytes: int) -> Verdict:
         # The kept events are copies now (extend copies): read them again.
         verdict.events = classify(batch)
     else:
-        verdict.events = Classified(events, kinds)
+        verdict.events = Classified(events, kinds, request_ids)
     return verdict
 
 
