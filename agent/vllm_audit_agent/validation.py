@@ -207,8 +207,7 @@ def validate(batch: pb.Batch, max_batch_bytes: int) -> Verdict:
         request_ids.append(request_id)
         if kind is None:
             dropped += 1
-        elif not (event.time_unix_nano >= 0 and len(request_id) * 4 <= MAX_STRING_BYTES
-                  and fast[kind](getattr(event, kind))) and _repair_event(event, clamped):
+        elif not fast[kind](event, request_id) and _repair_event(event, clamped):
             event.truncated = True
             request_ids[-1] = event.request_id  # capped
     if dropped:
@@ -223,12 +222,16 @@ def validate(batch: pb.Batch, max_batch_bytes: int) -> Verdict:
     return verdict
 
 
-def _fast_check_source(name: str) -> str:
-    """The source of the fast check for body type `name`: straight-line code that reads
-    each field the rules look at once. Generated from the rule tables (one definition), as
-    `dataclasses` generates its methods: a generic loop over the tables cost 3x as much,
-    and this check runs for every ingested event."""
-    lines = [f"def check_{name}(body):"]
+def _fast_check_source(name: str, kind: str) -> str:
+    """The source of the fast check for an event whose body (oneof member `kind`) is of
+    type `name`: straight-line code that reads each field the rules look at once, the
+    event's own (time, request id: passed in, as read by the caller) first. Generated from
+    the rule tables (one definition), as `dataclasses` generates its methods: a generic
+    loop over the tables cost 3x as much, and this check runs for every ingested event."""
+    lines = [f"def check_{name}(event, request_id):",
+             f"    if event.time_unix_nano < 0 or len(request_id) * 4 > {MAX_STRING_BYTES}:",
+             "        return False",
+             f"    body = event.{kind}"]
     if name == "CustomEvent":  # a map of attributes: always checked in full (rare)
         return "\n".join([*lines, "    return False"]) + "\n"
     counts = _COUNTS.get(name, ())
@@ -276,19 +279,22 @@ def _fast_check_source(name: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _fast_check(name: str) -> Callable[[Any], bool]:
-    """True when no rule of `_repair_event` would change a body of type `name` (False only
-    means: check it field by field)."""
+#: A fast check: (event, its request id) -> True when no rule of `_repair_event` would change
+#: the event (False only means: check it field by field).
+FastCheck = Callable[[pb.Event, str], bool]
+
+
+def _fast_check(name: str, kind: str) -> FastCheck:
     namespace: dict[str, Any] = {f"ENUM_{f}": defined for f, defined in _ENUMS.get(name, ())}
     # The source is generated from the contract's descriptors, never from input.
-    exec(compile(_fast_check_source(name), f"<fast check {name}>", "exec"), namespace)
-    check: Callable[[Any], bool] = namespace[f"check_{name}"]
+    exec(compile(_fast_check_source(name, kind), f"<fast check {name}>", "exec"), namespace)
+    check: FastCheck = namespace[f"check_{name}"]
     return check
 
 
 #: Body kind (the oneof field name) -> its fast check.
-_FAST: dict[str, Callable[[Any], bool]] = {
-    kind: _fast_check(cls.DESCRIPTOR.name) for kind, cls in _BODIES.items()}
+_FAST: dict[str, FastCheck] = {
+    kind: _fast_check(cls.DESCRIPTOR.name, kind) for kind, cls in _BODIES.items()}
 
 
 def _check_gap(batch: pb.Batch) -> str:

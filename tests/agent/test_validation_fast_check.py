@@ -63,7 +63,7 @@ def event_with(kind: str, field: str, value: Any) -> pb.Event:
 def test_fast_check_never_clears_a_body_the_repair_changes(kind: str, field: str, value: Any
                                                            ) -> None:
     event = event_with(kind, field, value)
-    cleared = validation._FAST[kind](getattr(event, kind))
+    cleared = validation._FAST[kind](event, event.request_id)
     repaired = pb.Event()
     repaired.CopyFrom(event)
     changed = validation._repair_event(repaired, Counter())
@@ -78,7 +78,7 @@ def test_fast_check_never_clears_a_body_the_repair_changes(kind: str, field: str
 def test_fast_check_clears_a_plain_body(kind: str) -> None:
     event = pb.Event(request_id="r", time_unix_nano=1)
     getattr(event, kind).SetInParent()
-    assert validation._FAST[kind](getattr(event, kind)) == (kind != "custom")
+    assert validation._FAST[kind](event, event.request_id) == (kind != "custom")
 
 
 def test_a_bad_value_in_a_batch_is_repaired_and_counted() -> None:
@@ -110,3 +110,19 @@ def test_events_without_body_are_dropped_from_what_is_applied() -> None:
     assert verdict.events.kinds == ["lifecycle"]
     assert [e.lifecycle.max_tokens for e in verdict.events.events] == [3]
     assert len(batch.events) == 1
+
+
+@pytest.mark.parametrize("kind", [f.name for f in BODY_FIELDS])
+@pytest.mark.parametrize("bad", ["time", "request_id"])
+def test_fast_check_never_clears_an_event_whose_own_fields_need_a_repair(kind: str,
+                                                                         bad: str) -> None:
+    event = pb.Event(request_id="r", time_unix_nano=1)
+    getattr(event, kind).SetInParent()
+    if bad == "time":
+        event.time_unix_nano = -5
+    else:
+        event.request_id = "\u20ac" * validation.MAX_STRING_BYTES
+    assert not validation._FAST[kind](event, event.request_id)
+    repaired = pb.Event()
+    repaired.CopyFrom(event)
+    assert validation._repair_event(repaired, Counter())
