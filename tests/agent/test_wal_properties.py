@@ -74,6 +74,19 @@ mutations = st.lists(st.one_of(
 ), min_size=1, max_size=4)
 
 
+def apply_damage(data: bytearray, kind: str, offset: int, value: int) -> None:
+    """One mutation of a segment's bytes: flip a byte, zero a block, or cut the rest."""
+    if not data:
+        return
+    at = offset % len(data)
+    if kind == "flip":
+        data[at] ^= value
+    elif kind == "zero":
+        data[at:at + value] = bytes(len(data[at:at + value]))
+    else:
+        del data[at:]
+
+
 @SETTINGS
 @given(st.lists(st.binary(max_size=120), min_size=1, max_size=40), segment_sizes, mutations)
 def test_recovery_survives_any_damage_and_keeps_every_untouched_record(
@@ -95,16 +108,7 @@ def test_recovery_survives_any_damage_and_keeps_every_untouched_record(
 
         after = {path: bytearray(data) for path, data in before.items()}
         for kind, file_pick, offset, value in damage:
-            data = after[files[file_pick % len(files)]]
-            if not data:
-                continue
-            at = offset % len(data)
-            if kind == "flip":
-                data[at] ^= value
-            elif kind == "zero":
-                data[at:at + value] = bytes(len(data[at:at + value]))
-            else:
-                del data[at:]
+            apply_damage(after[files[file_pick % len(files)]], kind, offset, value)
         for path, data in after.items():
             path.write_bytes(bytes(data))
         untouched = [i for i, (path, start, end) in enumerate(where)
@@ -158,15 +162,7 @@ def test_reads_from_a_position_give_what_replay_gives(
                 files = segment_files(directory)
                 path = files[file_pick % len(files)]
                 data = bytearray(path.read_bytes())
-                if not data:
-                    continue
-                at = offset % len(data)
-                if kind == "flip":
-                    data[at] ^= value
-                elif kind == "zero":
-                    data[at:at + value] = bytes(len(data[at:at + value]))
-                else:
-                    del data[at:]
+                apply_damage(data, kind, offset, value)
                 path.write_bytes(bytes(data))
             expected = [p for _, p in wal.replay()]
             damaged_by_replay = wal.damaged_records
