@@ -2,10 +2,19 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install tools lint test test-fast faults demo proto bench
+.PHONY: install lock lock-upgrade tools lint test test-fast faults demo proto bench
 
+# .venv synced to requirements/test.txt (fails first when a lock is stale against pyproject.toml).
 install:
 	bash scripts/install.sh
+
+# Recompile requirements/*.txt from pyproject.toml and requirements/*.in, keeping every pin it can;
+# lock-upgrade takes the newest allowed versions. Both rewrite the README's tested-versions table.
+lock:
+	python3 scripts/lock.py compile
+
+lock-upgrade:
+	python3 scripts/lock.py compile --upgrade
 
 proto: install
 	PATH=$(VENV)/bin:$$PATH bash scripts/gen_proto.sh

