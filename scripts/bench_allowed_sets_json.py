@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vllm_audit import allowed_sets
 from vllm_audit.v1 import events_pb2 as pb
-from vllm_hooks.allowed_set_encoder import AllowedSetRecorder
+from vllm_hooks.events.allowed_set_encoder import AllowedSetRecorder
 
 VOCAB = 128_256
 SCHEMA = {"type": "object",

@@ -75,7 +75,7 @@ def parse_cost(repeats: int = 5) -> tuple[float, float, float]:
     """(loop ms, parse ms, old loop ms) for one request at the capture bound: what the event
     loop pays now (copying the kept bytes and reading headers), what the sender thread pays
     (parsing), and what the loop paid when it parsed too."""
-    from vllm_hooks.http_parse import complete_http_fields
+    from vllm_hooks.events.http_parse import complete_http_fields
     from vllm_hooks.middleware import MAX_CAPTURE_BYTES, _RequestAudit
 
     words = ("alpha beta gamma delta " * (MAX_CAPTURE_BYTES // 24))[: MAX_CAPTURE_BYTES - 200]

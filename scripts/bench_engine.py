@@ -153,7 +153,7 @@ class Worker:
 class AgentView:
     def __init__(self, query_address: str, metrics_base: str, token: str) -> None:
         from vllm_audit.v1 import query_pb2_grpc
-        from vllm_audit_agent.client import channel
+        from vllm_audit_agent.cli.client import channel
 
         ch = channel(query_address, token)
         self.control = query_pb2_grpc.ControlServiceStub(ch)

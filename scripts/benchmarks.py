@@ -52,16 +52,16 @@ from vllm_audit import allowed_sets
 from vllm_audit.v1 import events_pb2 as pb
 from vllm_audit.v1 import ingest_pb2_grpc
 from vllm_audit_agent.config import AgentConfig
-from vllm_audit_agent.publisher import KAFKA_LINGER_MS, InMemoryPublisher
+from vllm_audit_agent.delivery.publisher import KAFKA_LINGER_MS, InMemoryPublisher
 from vllm_audit_agent.server import freeze_startup_heap, running_agent
-from vllm_audit_agent.trails import TrailStore
-from vllm_hooks import raw_events as raw
-from vllm_hooks.allowed_set_encoder import AllowedSetRecorder, encode, row_words
-from vllm_hooks.buffer import EventBuffer
-from vllm_hooks.capture import CapturePolicy
-from vllm_hooks.grammar_tap import allowed_counts
-from vllm_hooks.raw_events import EventConverter
-from vllm_hooks.settings import HookSettings
+from vllm_audit_agent.trails.store import TrailStore
+from vllm_hooks.config.settings import HookSettings
+from vllm_hooks.events import raw_events as raw
+from vllm_hooks.events.allowed_set_encoder import AllowedSetRecorder, encode, row_words
+from vllm_hooks.events.capture import CapturePolicy
+from vllm_hooks.events.raw_events import EventConverter
+from vllm_hooks.transport.buffer import EventBuffer
+from vllm_hooks.vllm.grammar_tap import allowed_counts
 
 FINISHED = raw.FINISHED
 #: The latency consumer's longest fetch wait: the broker may hold a fetch this long before it
@@ -283,7 +283,7 @@ def rss_bytes() -> int:
 def fill_trail_store(n: int) -> TrailStore:
     """`n` final summary trails in a store with its query index, as the agent holds them (the
     store keeps the index alive through its change callback)."""
-    from vllm_audit_agent.trail_index import TrailIndex
+    from vllm_audit_agent.trails.index import TrailIndex
 
     store = TrailStore(max_trails=n * 2, max_events=100, linger_seconds=30, on_final=lambda t: None)
     TrailIndex(store)
@@ -339,10 +339,10 @@ async def bench_publish(n: int = 100_000) -> tuple[float, float]:
 
     from harness.kafka_broker import KafkaBroker
     from vllm_audit.v1 import query_pb2 as q
-    from vllm_audit_agent.chain import Signer
-    from vllm_audit_agent.publisher import KafkaPublisher
-    from vllm_audit_agent.recordlog import RecordLog
-    from vllm_audit_agent.records import trail_record
+    from vllm_audit_agent.delivery.publisher import KafkaPublisher
+    from vllm_audit_agent.model.record import trail_record
+    from vllm_audit_agent.records.chain import Signer
+    from vllm_audit_agent.records.log import RecordLog
 
     broker = KafkaBroker()
     await asyncio.to_thread(broker.__enter__)
@@ -415,7 +415,7 @@ async def bench_latency(rate: int = 2000, seconds: float = 15.0, warmup: float =
     from harness.kafka_broker import KafkaBroker
     from harness.procs import start_agent
     from vllm_hooks.errors import InternalErrors
-    from vllm_hooks.sender import Sender
+    from vllm_hooks.transport.sender import Sender
 
     broker = KafkaBroker()
     await asyncio.to_thread(broker.__enter__)
@@ -541,8 +541,8 @@ async def bench_list_trails(n: int = 100_000, pages: int = 300) -> dict[str, tup
     time of one full scan + sort (what every page cost before the index)."""
     from vllm_audit.v1 import query_pb2 as q
     from vllm_audit.v1 import query_pb2_grpc
-    from vllm_audit_agent.client import aio_channel
-    from vllm_audit_agent.trail_index import Filter
+    from vllm_audit_agent.cli.client import aio_channel
+    from vllm_audit_agent.trails.index import Filter
 
     with tempfile.TemporaryDirectory() as tmp:
         config = AgentConfig(ingest_socket=Path(tmp) / "ingest.sock", data_dir=Path(tmp) / "wal",

@@ -19,9 +19,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tests.support.agent_harness import Hook, agent, lifecycle
 from vllm_audit.v1 import events_pb2 as pb
 from vllm_audit_agent import config as config_module
-from vllm_audit_agent.chain import CHAIN_FIELDS
-from vllm_audit_agent.cli import _parser, version
-from vllm_audit_agent.records import encode
+from vllm_audit_agent.cli.main import _parser, version
+from vllm_audit_agent.model.record import encode
+from vllm_audit_agent.records.chain import CHAIN_FIELDS
 from vllm_audit_agent.server import INGEST_HEALTH, QUERY_HEALTH, AgentHandle
 
 REPO = Path(__file__).resolve().parents[1]

@@ -31,7 +31,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.support.agent_harness import Hook, lifecycle
 from vllm_audit.v1 import events_pb2 as pb
-from vllm_audit_agent.cli import _parser
+from vllm_audit_agent.cli.main import _parser
 
 REPO = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = REPO / "docker-compose.yml"

@@ -16,7 +16,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from vllm_audit_agent.cli import _parser
+from vllm_audit_agent.cli.main import _parser
 
 REPO = Path(__file__).resolve().parents[1]
 CHART = REPO / "helm" / "vllm-audit"
@@ -373,7 +373,7 @@ def test_identity_sources_reach_the_hook(tmp_path: Path) -> None:
     assert volumes["audit-identity"]["configMap"] == {"name": "api-keys"}
     assert env["VLLM_AUDIT_IDENTITY_FILE"] == mounts["audit-identity"] + "/keys.yaml"
     # The hook's own parser takes what the chart renders (the mapping file from a local copy).
-    from vllm_hooks.settings import HookSettings
+    from vllm_hooks.config.settings import HookSettings
 
     keys = tmp_path / "keys.yaml"
     keys.write_text("keys:\n  - sha256: " + "ab" * 32 + "\n    user: alice\n")

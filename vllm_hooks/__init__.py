@@ -2,7 +2,7 @@
 
 Entry points (pyproject.toml):
 - `vllm.general_plugins`: `vllm_hooks:register` — idempotent, never raises.
-- `vllm.stat_logger_plugins`: `vllm_hooks.stat_logger:AuditStatLogger`.
+- `vllm.stat_logger_plugins`: `vllm_hooks.vllm.stat_logger:AuditStatLogger`.
 - ASGI middleware for `vllm serve`: `--middleware vllm_hooks.middleware.AuditMiddleware`.
 
 Disabled unless `VLLM_AUDIT_ENABLED=true` (or `VLLM_STRUCTURED_OUTPUT_AUDIT=true`): then
@@ -24,7 +24,7 @@ import logging
 import threading
 from typing import Any
 
-from .errors import ERRORS
+from vllm_hooks.errors import ERRORS
 
 __all__ = ["record_custom_event", "register"]
 
@@ -47,7 +47,7 @@ def register() -> None:
                 return
             _registered = True
             # Only the settings are read while disabled: no gRPC, no vLLM internals.
-            from .settings import ENV_FAIL_OPEN, enabled_in_env, settings, start_policy
+            from vllm_hooks.config.settings import ENV_FAIL_OPEN, enabled_in_env, settings, start_policy
 
             if not enabled_in_env():
                 return
@@ -65,7 +65,7 @@ def register() -> None:
             if required:
                 _require_agent(configured.agent_address, wait)
             # Imported only when enabled: the adapter imports vLLM internals.
-            from .adapter import install
+            from vllm_hooks.vllm.adapter import install
 
             install()
     except AuditStartupError:
@@ -77,7 +77,7 @@ def register() -> None:
 
 
 def fail_open_in_env() -> bool:
-    from .settings import start_policy
+    from vllm_hooks.config.settings import start_policy
 
     try:
         return start_policy()[0]
@@ -91,7 +91,7 @@ def _require_agent(address: str, wait: float) -> None:
     import socket
     import time
 
-    from .settings import ENV_REQUIRED
+    from vllm_hooks.config.settings import ENV_REQUIRED
 
     target = address[len("unix:"):] if address.startswith("unix:") else address
     deadline = time.monotonic() + wait
@@ -116,7 +116,7 @@ def _require_agent(address: str, wait: float) -> None:
 def __getattr__(name: str) -> Any:
     # Lazy: the API module imports the runtime (and gRPC), which a disabled hook never loads.
     if name == "record_custom_event":
-        from .api import record_custom_event
+        from vllm_hooks.api import record_custom_event
 
         return record_custom_event
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -12,9 +12,9 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 
-from . import raw_events as raw
-from .runtime import current_runtime
-from .settings import Level
+from vllm_hooks.config.settings import Level
+from vllm_hooks.events import raw_events as raw
+from vllm_hooks.runtime import current_runtime
 
 __all__ = ["MAX_ATTRIBUTE_BYTES", "MAX_NAME_CHARS", "record_custom_event"]
 

@@ -27,19 +27,19 @@ import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from . import raw_events as raw
-from .errors import ERRORS
-from .http_parse import complete_http_fields
-from .identity import (
+from vllm_hooks.config.settings import Level, settings
+from vllm_hooks.errors import ERRORS
+from vllm_hooks.events import raw_events as raw
+from vllm_hooks.events.http_parse import complete_http_fields
+from vllm_hooks.events.self_timing import SelfTimer, clock
+from vllm_hooks.http.identity import (
     AUTH_STATUS_TEXT,
     SOCKET_PEER_KEY,
     IdentityConfig,
     RequestIdentity,
     auth_decision,
 )
-from .runtime import HookRuntime, get_runtime
-from .self_timing import SelfTimer, clock
-from .settings import Level, settings
+from vllm_hooks.runtime import HookRuntime, get_runtime
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -72,14 +72,14 @@ class AuditMiddleware:
                 self._rt = runtime or get_runtime("api_server")
                 self._identity = IdentityConfig.from_settings(self._rt.settings)
                 if self._rt.settings.in_response:
-                    from .response_audit import ResponseAuditor
+                    from vllm_hooks.http.response_audit import ResponseAuditor
 
                     self._auditor = ResponseAuditor(self._rt.settings)
         except Exception as exc:
             ERRORS.record("middleware.init", exc)
         if self._rt is not None:
             try:
-                from .adapter import keep_socket_peer
+                from vllm_hooks.vllm.adapter import keep_socket_peer
 
                 keep_socket_peer()  # before the first request reaches uvicorn's middleware
             except Exception as exc:
@@ -131,7 +131,7 @@ class AuditMiddleware:
         if not self._key_check_known:
             self._key_check_known = True  # asked once: the app's middleware is fixed by now
             try:
-                from .adapter import vllm_key_check
+                from vllm_hooks.vllm.adapter import vllm_key_check
 
                 self._key_check = vllm_key_check(scope.get("app"))
             except Exception as exc:
@@ -146,7 +146,7 @@ class AuditMiddleware:
 def _with_response_audit(auditor: Any, scope: Scope, request_id: str, send: Send) -> Send:
     """VLLM_AUDIT_IN_RESPONSE: the response audit sits between vLLM and the request audit, so
     the request audit records the bytes the client actually received."""
-    from .response_audit import PATHS, ResponseInjector
+    from vllm_hooks.http.response_audit import PATHS, ResponseInjector
 
     if scope.get("method") != "POST" or scope.get("path") not in PATHS:
         return send

@@ -13,13 +13,13 @@ import logging
 import os
 import threading
 
-from .buffer import EventBuffer
-from .capture import CapturePolicy
-from .errors import ERRORS
-from .raw_events import EventConverter
-from .self_timing import SelfTimer
-from .sender import Sender
-from .settings import HookSettings, Level, settings
+from vllm_hooks.config.settings import HookSettings, Level, settings
+from vllm_hooks.errors import ERRORS
+from vllm_hooks.events.capture import CapturePolicy
+from vllm_hooks.events.raw_events import EventConverter
+from vllm_hooks.events.self_timing import SelfTimer
+from vllm_hooks.transport.buffer import EventBuffer
+from vllm_hooks.transport.sender import Sender
 
 logger = logging.getLogger("vllm_hooks")
 

@@ -12,8 +12,6 @@ from pathlib import Path
 
 from vllm_audit.v1 import events_pb2
 
-from .readiness import DEFAULT_REQUIRED, parse_required
-
 ENV_INGEST_SOCKET = "VLLM_AUDIT_INGEST_SOCKET"      # Unix socket for hooks
 ENV_QUERY_ADDRESS = "VLLM_AUDIT_QUERY_ADDRESS"      # host:port of the query/control API
 ENV_HTTP_ADDRESS = "VLLM_AUDIT_HTTP_ADDRESS"        # host:port of /metrics /healthz /readyz
@@ -55,6 +53,21 @@ ENV_MAX_BATCH_BYTES = "VLLM_AUDIT_MAX_BATCH_BYTES"  # larger batches are refused
 ENV_MAX_MESSAGE_BYTES = "VLLM_AUDIT_MAX_MESSAGE_BYTES"  # gRPC receive limit of the ingest socket
 # Deadline for the flush on SIGTERM; below the orchestrator's grace period (Kubernetes'
 # terminationGracePeriodSeconds, 30 s by default) so the agent reports what it lost itself.
+
+#: The conditions /readyz can require (api/readiness.py evaluates them; its docstring says
+#: what each means); wal_writable by default.
+CONDITIONS = ("wal_writable", "wal_not_full", "kafka_connected")
+DEFAULT_REQUIRED = ("wal_writable",)
+
+
+def parse_required(text: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    unknown = [n for n in names if n not in CONDITIONS]
+    if unknown:
+        raise ValueError(f"ready_requires: unknown condition(s) {', '.join(unknown)}; "
+                         f"expected any of {', '.join(CONDITIONS)}")
+    return names
+
 
 WAL_FSYNC_POLICIES = ("always", "batch", "never")
 GPU_READERS = ("nvml", "none", "fake")

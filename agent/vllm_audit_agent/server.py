@@ -25,8 +25,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer  # public as health.aio, which mypy cannot see
 
 from vllm_audit.v1 import ingest_pb2, ingest_pb2_grpc, query_pb2, query_pb2_grpc
-
-from .auth import (
+from vllm_audit_agent.api.auth import (
     AuditSink,
     AuthInterceptor,
     check_listener,
@@ -35,21 +34,21 @@ from .auth import (
     metrics_token_hash,
     server_credentials,
 )
-from .chain import load_or_create_signer
-from .config import AgentConfig, parse_address
-from .datadir import DataDirLock
-from .gpu import FakeGpuReader, GpuReader, GpuSampler, NvmlReader
-from .http_api import ManagementApi, disabled_routes, http_api_allowed
-from .ingest import IngestServicer, replay_wal
-from .meta_audit import RecordLogAuditSink
-from .metrics import HttpEndpoint, make_registry
-from .operations import AuditApi
-from .publisher import InMemoryPublisher, KafkaPublisher, Publisher
-from .query import ControlServicer, QueryServicer
-from .recordlog import RecordLog
-from .state import AgentState
-from .trail_index import TrailIndex
-from .wal import WriteAheadLog
+from vllm_audit_agent.api.http_api import ManagementApi, disabled_routes, http_api_allowed
+from vllm_audit_agent.api.meta_audit import RecordLogAuditSink
+from vllm_audit_agent.api.metrics import HttpEndpoint, make_registry
+from vllm_audit_agent.api.operations import AuditApi
+from vllm_audit_agent.api.query import ControlServicer, QueryServicer
+from vllm_audit_agent.config import AgentConfig, parse_address
+from vllm_audit_agent.delivery.publisher import InMemoryPublisher, KafkaPublisher, Publisher
+from vllm_audit_agent.ingest.service import IngestServicer, replay_wal
+from vllm_audit_agent.records.chain import load_or_create_signer
+from vllm_audit_agent.records.log import RecordLog
+from vllm_audit_agent.state import AgentState
+from vllm_audit_agent.storage.datadir import DataDirLock
+from vllm_audit_agent.storage.wal import WriteAheadLog
+from vllm_audit_agent.telemetry.gpu import FakeGpuReader, GpuReader, GpuSampler, NvmlReader
+from vllm_audit_agent.trails.index import TrailIndex
 
 logger = logging.getLogger("vllm_audit.agent")
 

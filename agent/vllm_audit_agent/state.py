@@ -15,26 +15,25 @@ from collections import Counter
 from vllm_audit.v1 import events_pb2 as pb
 from vllm_audit.v1 import ingest_pb2
 from vllm_audit.v1 import query_pb2 as q
-
-from .config import AgentConfig
-from .engines import EngineTable
-from .gpu import GpuSampler
-from .level_file import PersistedLevel, load_level, save_level
-from .publisher import Publisher
-from .recordlog import RecordLog
-from .records import (
+from vllm_audit_agent.config import AgentConfig
+from vllm_audit_agent.control.level_file import PersistedLevel, load_level, save_level
+from vllm_audit_agent.delivery.publisher import Publisher
+from vllm_audit_agent.ingest.sources import SeqWindow, SourceState
+from vllm_audit_agent.model.record import (
     GRAMMAR_PROOF_LEVELS,
     event_id,
     grammar_proof,
     message_to_dict,
     record_from_fields,
 )
-from .request_metrics import RequestMetrics
-from .sources import SeqWindow, SourceState
-from .stats_history import StatsHistory
-from .trails import Trail, TrailStore
-from .validation import CLAMPABLE_FIELDS, Classified, classify, saturating_add
-from .wal import WriteAheadLog
+from vllm_audit_agent.model.validation import CLAMPABLE_FIELDS, Classified, classify, saturating_add
+from vllm_audit_agent.records.log import RecordLog
+from vllm_audit_agent.storage.wal import WriteAheadLog
+from vllm_audit_agent.telemetry.engines import EngineTable
+from vllm_audit_agent.telemetry.gpu import GpuSampler
+from vllm_audit_agent.telemetry.request_metrics import RequestMetrics
+from vllm_audit_agent.telemetry.stats_history import StatsHistory
+from vllm_audit_agent.trails.store import Trail, TrailStore
 
 #: Batches read from one ingest stream but not yet answered, at most (ingest.py pipelines).
 PIPELINE_DEPTH = 8

@@ -16,10 +16,10 @@ from tests.support.agent_harness import control as harness_control
 from vllm_audit.v1 import events_pb2 as pb
 from vllm_audit.v1 import query_pb2
 from vllm_audit_agent.config import AgentConfig
-from vllm_audit_agent.gpu import FakeGpuReader, GpuUnavailable, NvmlReader
-from vllm_audit_agent.records import SCHEMA_VERSION
+from vllm_audit_agent.model.record import SCHEMA_VERSION
 from vllm_audit_agent.server import AgentHandle
-from vllm_audit_agent.wal import WriteAheadLog
+from vllm_audit_agent.storage.wal import WriteAheadLog
+from vllm_audit_agent.telemetry.gpu import FakeGpuReader, GpuUnavailable, NvmlReader
 
 
 def http(rid: str, status: int, t: int) -> pb.Event:
@@ -118,7 +118,7 @@ async def test_trails_survive_restart_and_torn_tail_is_truncated(tmp_path: Path)
 def test_wal_refuses_appends_past_its_cap(tmp_path: Path) -> None:
     wal = WriteAheadLog(tmp_path, max_bytes=100, fsync="never")
     wal.append(b"x" * 50)
-    from vllm_audit_agent.wal import WalFull
+    from vllm_audit_agent.storage.wal import WalFull
 
     with pytest.raises(WalFull, match="cap 100"):
         wal.append(b"y" * 50)
@@ -226,7 +226,7 @@ async def test_overlapping_gap_ranges_count_each_lost_batch_once(tmp_path: Path)
 
 
 def test_engine_ids_correlate_to_their_trail() -> None:
-    from vllm_audit_agent.correlate import trail_id_for_engine_request as trail_of
+    from vllm_audit_agent.trails.correlate import trail_id_for_engine_request as trail_of
 
     assert trail_of("chatcmpl-abc-1a2b3c4d") == ("abc", True)
     assert trail_of("cmpl-abc-1a2b3c4d") == ("abc", True)

@@ -8,9 +8,9 @@ import pytest
 
 from vllm_audit import allowed_sets
 from vllm_audit.v1 import events_pb2 as pb
-from vllm_audit_agent.cli import _dumps
-from vllm_audit_agent.records import message_to_dict
-from vllm_audit_agent.replay import _event_from_dict
+from vllm_audit_agent.cli.main import _dumps
+from vllm_audit_agent.model.record import message_to_dict
+from vllm_audit_agent.records.replay import _event_from_dict
 
 SETS = [
     pb.AllowedTokenSet(allowed_ids=pb.TokenIdDeltas()),  # the empty set

@@ -25,8 +25,8 @@ from tests.support.agent_harness import Hook, agent, agent_config, control, quer
 from vllm_audit.v1 import events_pb2 as pb
 from vllm_audit.v1 import query_pb2 as q
 from vllm_audit.v1 import query_pb2_grpc
-from vllm_audit_agent.auth import ADMIN_TOKEN_FILE, TokenTable
-from vllm_audit_agent.client import ClientTls, aio_channel
+from vllm_audit_agent.api.auth import ADMIN_TOKEN_FILE, TokenTable
+from vllm_audit_agent.cli.client import ClientTls, aio_channel
 from vllm_audit_agent.server import AgentHandle, running_agent
 
 ROLES = {"aud": ("auditor", None), "ta": ("tenant-auditor", "acme"),
@@ -332,8 +332,8 @@ async def test_the_standard_health_service_needs_no_credential(tmp_path: Path) -
 
     from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-    from vllm_audit_agent.auth import AuthInterceptor
-    from vllm_audit_agent.query import QueryServicer
+    from vllm_audit_agent.api.auth import AuthInterceptor
+    from vllm_audit_agent.api.query import QueryServicer
 
     counters: Counter[str] = Counter()
     server = grpc.aio.server(interceptors=[AuthInterceptor(TokenTable(), counters)])

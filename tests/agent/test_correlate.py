@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from vllm_audit_agent.correlate import trail_id_for_engine_request
+from vllm_audit_agent.trails.correlate import trail_id_for_engine_request
 
 TRAIL = "0f8e4d2c6b7a49e1a3c5d7f9b1e2a4c6"
 

@@ -13,9 +13,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.agent.test_metrics import get
 from tests.support.agent_harness import Hook, agent
 from vllm_audit.v1 import events_pb2 as pb
-from vllm_audit_agent import gpu
-from vllm_audit_agent.fake_nvml import FakeDevice, FakeNvml
-from vllm_audit_agent.gpu import GpuSampler, GpuUnavailable, NvmlReader
+from vllm_audit_agent.telemetry import gpu
+from vllm_audit_agent.telemetry.fake_nvml import FakeDevice, FakeNvml
+from vllm_audit_agent.telemetry.gpu import GpuSampler, GpuUnavailable, NvmlReader
 
 HEALTHY = FakeDevice(uuid="GPU-aaaa", ecc={(True, True): 2, (False, False): 1},
                      throttle_reasons=0x4, processes={4242: 3 << 30, 999: 1 << 20})
@@ -115,7 +115,7 @@ async def test_pod_scope_exports_only_the_gpus_the_pods_vllm_was_given(
     import asyncio
 
     from tests.support.sender_harness import running_sender
-    from vllm_hooks import raw_events as raw
+    from vllm_hooks.events import raw_events as raw
 
     def uuids(body: bytes) -> set[str]:
         families = {f.name: f for f in text_string_to_metric_families(body.decode())}

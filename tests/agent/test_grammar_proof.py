@@ -12,8 +12,8 @@ import pytest
 
 from tests.support.agent_harness import Hook, agent, lifecycle, until
 from vllm_audit.v1 import events_pb2 as pb
-from vllm_audit_agent.records import grammar_proof
-from vllm_audit_agent.replay import ReplayError, load_any_file, trail_from_records
+from vllm_audit_agent.model.record import grammar_proof
+from vllm_audit_agent.records.replay import ReplayError, load_any_file, trail_from_records
 
 T0 = 1_700_000_000 * 10**9
 

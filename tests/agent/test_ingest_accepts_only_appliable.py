@@ -17,16 +17,16 @@ from prometheus_client import generate_latest
 
 from tests.support.agent_harness import agent_config
 from vllm_audit.v1 import events_pb2 as pb
-from vllm_audit_agent.chain import load_or_create_signer
-from vllm_audit_agent.gpu import GpuSampler
-from vllm_audit_agent.ingest import replay_wal
-from vllm_audit_agent.metrics import make_registry
-from vllm_audit_agent.publisher import InMemoryPublisher
-from vllm_audit_agent.recordlog import RecordLog, read_records
-from vllm_audit_agent.records import encode
+from vllm_audit_agent.api.metrics import make_registry
+from vllm_audit_agent.delivery.publisher import InMemoryPublisher
+from vllm_audit_agent.ingest.service import replay_wal
+from vllm_audit_agent.model.record import encode
+from vllm_audit_agent.model.validation import validate
+from vllm_audit_agent.records.chain import load_or_create_signer
+from vllm_audit_agent.records.log import RecordLog, read_records
 from vllm_audit_agent.state import AgentState
-from vllm_audit_agent.validation import validate
-from vllm_audit_agent.wal import WriteAheadLog
+from vllm_audit_agent.storage.wal import WriteAheadLog
+from vllm_audit_agent.telemetry.gpu import GpuSampler
 
 _T = FieldDescriptor
 _EXTREMES: dict[int, list[Any]] = {

@@ -18,8 +18,8 @@ from tests.support.agent_harness import FailingRecordLog, Hook, agent, lifecycle
 from vllm_audit.v1 import events_pb2 as pb
 from vllm_audit.v1 import ingest_pb2, query_pb2
 from vllm_audit_agent.config import AgentConfig
-from vllm_audit_agent.validation import MAX_DURATION_MS, UINT64_MAX
-from vllm_audit_agent.wal import WriteAheadLog
+from vllm_audit_agent.model.validation import MAX_DURATION_MS, UINT64_MAX
+from vllm_audit_agent.storage.wal import WriteAheadLog
 
 T = 10**18  # a plausible time_unix_nano
 SOCKET = "ingest.sock"

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from vllm_audit.v1 import events_pb2 as pb
-from vllm_audit_agent.validation import (
+from vllm_audit_agent.model.validation import (
     CLAMPABLE_FIELDS,
     MAX_DURATION_MS,
     MAX_STRING_BYTES,

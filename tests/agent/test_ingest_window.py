@@ -6,7 +6,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vllm_audit_agent.sources import MAX_EPOCHS_PER_SOURCE, SeqWindow, SourceState
+from vllm_audit_agent.ingest.sources import MAX_EPOCHS_PER_SOURCE, SeqWindow, SourceState
 
 UINT64_MAX = (1 << 64) - 1
 

@@ -6,7 +6,7 @@ from aiokafka.partitioner import DefaultPartitioner, murmur2
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vllm_audit_agent.kafka_partition import murmur2_many, partitions_for_keys
+from vllm_audit_agent.delivery.kafka_partition import murmur2_many, partitions_for_keys
 
 
 @settings(max_examples=300, deadline=None)

@@ -432,8 +432,8 @@ def test_the_index_agrees_with_the_store_after_deletes_and_clear() -> None:
 
     from tests.agent.test_query_scale import MODELS, USERS, all_pages, scan
     from tests.agent.test_query_scale import http as random_http
-    from vllm_audit_agent.trail_index import Filter, TrailIndex
-    from vllm_audit_agent.trails import TrailOpen, TrailStore
+    from vllm_audit_agent.trails.index import Filter, TrailIndex
+    from vllm_audit_agent.trails.store import TrailOpen, TrailStore
 
     rng = random.Random(11)
     store = TrailStore(max_trails=10_000, max_events=100, linger_seconds=1e9,

@@ -21,9 +21,9 @@ from aiokafka import AIOKafkaConsumer
 from tests.support.agent_harness import Hook, agent_config, lifecycle, until
 from tests.support.kafka_broker import KafkaBroker
 from vllm_audit.v1 import events_pb2 as pb
-from vllm_audit_agent.chain import PUBLIC_KEY_NAME
-from vllm_audit_agent.publisher import KafkaPublisher
-from vllm_audit_agent.recordlog import DEAD_LETTER_NAME
+from vllm_audit_agent.delivery.publisher import KafkaPublisher
+from vllm_audit_agent.records.chain import PUBLIC_KEY_NAME
+from vllm_audit_agent.records.log import DEAD_LETTER_NAME
 from vllm_audit_agent.server import running_agent
 
 

@@ -13,8 +13,8 @@ import pytest
 from tests.support.agent_harness import Hook, agent, lifecycle, query
 from vllm_audit.v1 import events_pb2 as pb
 from vllm_audit.v1 import query_pb2 as q
-from vllm_audit_agent.trail_index import LAZY_LIST, Filter, TrailIndex
-from vllm_audit_agent.trails import TrailStore
+from vllm_audit_agent.trails.index import LAZY_LIST, Filter, TrailIndex
+from vllm_audit_agent.trails.store import TrailStore
 
 MODELS, USERS, TENANTS = ("m1", "m2"), ("u1", "u2", "u3"), ("t1", "t2", "")
 

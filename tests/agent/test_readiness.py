@@ -11,8 +11,7 @@ import pytest
 
 from tests.support.agent_harness import Hook, agent, lifecycle
 from vllm_audit.v1 import events_pb2 as pb
-from vllm_audit_agent.config import AgentConfig
-from vllm_audit_agent.readiness import parse_required
+from vllm_audit_agent.config import AgentConfig, parse_required
 from vllm_audit_agent.server import AgentHandle
 
 

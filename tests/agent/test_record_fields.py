@@ -19,11 +19,11 @@ from google.protobuf.message import Message
 
 from vllm_audit.v1 import events_pb2 as pb
 from vllm_audit.v1 import query_pb2 as q
-from vllm_audit_agent.chain import GENESIS_HASH, RECORD_TYPE_REQUEST, seal
-from vllm_audit_agent.record_schema import trail_record_schema
-from vllm_audit_agent.records import FIELD_MAP, message_to_dict, record_from_fields, trail_record
-from vllm_audit_agent.trail import from_record
-from vllm_audit_agent.trails import Trail, TrailStore
+from vllm_audit_agent.model.record import FIELD_MAP, message_to_dict, record_from_fields, trail_record
+from vllm_audit_agent.model.trail import from_record
+from vllm_audit_agent.records.chain import GENESIS_HASH, RECORD_TYPE_REQUEST, seal
+from vllm_audit_agent.records.schema import trail_record_schema
+from vllm_audit_agent.trails.store import Trail, TrailStore
 
 REPO = Path(__file__).resolve().parents[2]
 SCHEMA_FILE = REPO / "schema" / "trail-record.schema.json"
@@ -119,7 +119,7 @@ def test_every_mapped_engine_field_reaches_the_record() -> None:
 def test_the_committed_schema_is_the_one_the_contract_gives() -> None:
     committed = json.loads(SCHEMA_FILE.read_text())
     assert committed == trail_record_schema(), \
-        "schema/trail-record.schema.json is stale: python -m vllm_audit_agent.record_schema > it"
+        "schema/trail-record.schema.json is stale: python -m vllm_audit_agent.records.schema > it"
 
 
 def test_records_validate_against_the_schema_and_it_rejects_drift() -> None:

@@ -14,17 +14,17 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from tests.support.agent_harness import until
-from vllm_audit_agent import recordlog
-from vllm_audit_agent.chain import (
+from vllm_audit_agent.delivery.publisher import InMemoryPublisher
+from vllm_audit_agent.records import log as recordlog
+from vllm_audit_agent.records.chain import (
     PRIVATE_KEY_NAME,
     PUBLIC_KEY_NAME,
     Signer,
     load_or_create_signer,
     load_public_key,
 )
-from vllm_audit_agent.publisher import InMemoryPublisher
-from vllm_audit_agent.recordlog import RecordLog, read_records
-from vllm_audit_agent.verify import verify_chain
+from vllm_audit_agent.records.log import RecordLog, read_records
+from vllm_audit_agent.records.verify import verify_chain
 
 DAY_S = 86400.0
 

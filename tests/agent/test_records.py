@@ -7,7 +7,7 @@ from google.protobuf import json_format
 
 from vllm_audit.v1 import events_pb2 as pb
 from vllm_audit.v1 import query_pb2 as q
-from vllm_audit_agent.records import encode, trail_record
+from vllm_audit_agent.model.record import encode, trail_record
 
 
 def test_record_has_every_field_with_json_native_types() -> None:

@@ -18,9 +18,9 @@ import pytest
 from tests.support.agent_harness import Hook, agent, agent_config, until
 from tests.support.kafka_broker import KafkaBroker
 from vllm_audit.v1 import events_pb2 as pb
-from vllm_audit_agent.publisher import KafkaPublisher
+from vllm_audit_agent.delivery.publisher import KafkaPublisher
 from vllm_audit_agent.server import running_agent
-from vllm_audit_agent.stats_history import (
+from vllm_audit_agent.telemetry.stats_history import (
     CURRENT,
     HISTORY_DIR,
     PREVIOUS,

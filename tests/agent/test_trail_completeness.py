@@ -17,8 +17,8 @@ from tests.agent.test_metrics import samples
 from tests.support.agent_harness import Hook, agent, lifecycle, query, until
 from vllm_audit.v1 import events_pb2 as pb
 from vllm_audit.v1 import query_pb2 as q
-from vllm_audit_agent.records import record_from_fields
-from vllm_audit_agent.trails import TrailStore
+from vllm_audit_agent.model.record import record_from_fields
+from vllm_audit_agent.trails.store import TrailStore
 
 T0 = 10**18
 

@@ -13,7 +13,7 @@ import pytest
 from google.protobuf.descriptor import FieldDescriptor
 
 from vllm_audit.v1 import events_pb2 as pb
-from vllm_audit_agent import validation
+from vllm_audit_agent.model import validation
 
 BODY_FIELDS = [f for f in pb.Event.DESCRIPTOR.oneofs_by_name["body"].fields
                if f.message_type is not None]

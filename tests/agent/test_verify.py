@@ -22,8 +22,8 @@ from hypothesis import strategies as st
 
 from tests.support.agent_harness import Hook, agent, lifecycle, published_keys
 from vllm_audit.v1 import events_pb2 as pb
-from vllm_audit_agent.chain import PUBLIC_KEY_NAME, Signer, canonical, record_hash, seal
-from vllm_audit_agent.verify import file_payloads, verify_chain
+from vllm_audit_agent.records.chain import PUBLIC_KEY_NAME, Signer, canonical, record_hash, seal
+from vllm_audit_agent.records.verify import file_payloads, verify_chain
 
 REQUESTS = 12
 CHECKPOINT_EVERY = 5
@@ -229,8 +229,8 @@ def test_verify_chain_checks_every_record_hash() -> None:
 
 
 async def test_an_exported_range_verifies_on_its_own(tmp_path: Path) -> None:
-    from vllm_audit_agent.chain import PRIVATE_KEY_NAME, load_or_create_signer
-    from vllm_audit_agent.recordlog import RecordLog
+    from vllm_audit_agent.records.chain import PRIVATE_KEY_NAME, load_or_create_signer
+    from vllm_audit_agent.records.log import RecordLog
 
     now = [1_790_000_000.0]
     data = tmp_path / "data"

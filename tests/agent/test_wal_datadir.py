@@ -13,8 +13,8 @@ import pytest
 
 from tests.support.agent_harness import Hook, agent, agent_config, lifecycle
 from vllm_audit.v1 import events_pb2 as pb
-from vllm_audit_agent.datadir import DataDirLock, DataDirLocked, private_dir, write_private_file
 from vllm_audit_agent.server import running_agent
+from vllm_audit_agent.storage.datadir import DataDirLock, DataDirLocked, private_dir, write_private_file
 
 
 def test_a_second_lock_in_this_process_is_refused_until_the_first_is_released(
@@ -38,7 +38,7 @@ def test_a_lock_held_by_another_process_names_it_and_dies_with_it(tmp_path: Path
         [sys.executable, "-c", textwrap.dedent(f"""
             import sys
             from pathlib import Path
-            from vllm_audit_agent.datadir import DataDirLock
+            from vllm_audit_agent.storage.datadir import DataDirLock
             with DataDirLock(Path({str(tmp_path / "data")!r})):
                 print("locked", flush=True)
                 sys.stdin.readline()

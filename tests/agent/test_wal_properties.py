@@ -11,7 +11,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from vllm_audit_agent.wal import HEADER_SIZE, Position, WalFull, WriteAheadLog, encode, scan
+from vllm_audit_agent.storage.wal import HEADER_SIZE, Position, WalFull, WriteAheadLog, encode, scan
 
 SETTINGS = settings(max_examples=100, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])

@@ -18,7 +18,7 @@ from tests.e2e.helpers import scrape
 from tests.support.kafka_broker import KafkaBroker
 from tests.support.tiny_model import make_tiny_model
 from vllm_audit.v1 import query_pb2, query_pb2_grpc
-from vllm_audit_agent.client import channel as query_channel
+from vllm_audit_agent.cli.client import channel as query_channel
 
 API_KEY = "test-key-0123456789"
 OFFLINE_PROMPTS = 4

@@ -102,8 +102,8 @@ def iter_non_forced(outputs: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
 
 
 def replay_in_tests(backend: str, trail: query_pb2.GetTrailResponse, model: Path) -> Any:
-    """vllm_audit_agent.replay.replay in this process (vLLM imported once for the session)."""
-    from vllm_audit_agent.replay import replay
+    """vllm_audit_agent.records.replay.replay in this process (vLLM imported once for the session)."""
+    from vllm_audit_agent.records.replay import replay
 
     if backend == "lm-format-enforcer":
         from tests.e2e.structured_driver import _lm_format_enforcer_shim
@@ -116,8 +116,8 @@ def forbidden_token(backend: str, trail: query_pb2.GetTrailResponse, model: Path
                     step: int) -> int:
     """A token the trail's grammar does not allow at `step` (1-based), found by stepping the
     backend itself over the steps before it."""
-    from vllm_audit_agent.replay import _recorded
-    from vllm_hooks.replay_grammar import GrammarReplayer
+    from vllm_audit_agent.records.replay import _recorded
+    from vllm_hooks.vllm.replay_grammar import GrammarReplayer
 
     rec = _recorded(trail)
     replayer = GrammarReplayer(rec.backend, rec.spec_type, rec.spec, str(model), rec.vocab_size)

@@ -56,7 +56,7 @@ def test_vllm_serves_without_agent_and_drops_are_counted(
                                                level="full")
     try:
 
-        from vllm_audit_agent.client import channel as query_channel
+        from vllm_audit_agent.cli.client import channel as query_channel
 
         with query_channel(query_address, procs.admin_token(socket_path.parent)) as channel:
             query = query_pb2_grpc.QueryServiceStub(channel)

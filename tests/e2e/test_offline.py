@@ -21,7 +21,7 @@ from tests.e2e.structured import forbidden_token, replay_in_tests
 from tests.support.kafka_broker import KafkaBroker
 from vllm_audit import allowed_sets
 from vllm_audit.v1 import query_pb2
-from vllm_audit_agent.records import SCHEMA_VERSION
+from vllm_audit_agent.model.record import SCHEMA_VERSION
 
 RECORD_SCHEMA = Path(__file__).resolve().parents[2] / "schema" / "trail-record.schema.json"
 
@@ -185,8 +185,8 @@ def test_replay_proves_a_trail_from_its_kafka_record_alone(
 ) -> None:
     """At level full and up a record carries its grammar and every step: the Kafka message
     alone is a proof (no agent needed), and an altered record is caught at its step."""
-    from vllm_audit_agent.replay import trail_from_records
-    from vllm_audit_agent.verify import kafka_payloads
+    from vllm_audit_agent.records.replay import trail_from_records
+    from vllm_audit_agent.records.verify import kafka_payloads
 
     result, trail = next((r, t) for r, t in offline_trails(offline_enabled, agent)
                          if len(r["token_ids"]) >= 3)

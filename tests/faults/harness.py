@@ -23,13 +23,13 @@ import grpc
 
 from tests.e2e import procs
 from vllm_audit.v1 import query_pb2, query_pb2_grpc
-from vllm_hooks import raw_events as raw
-from vllm_hooks.buffer import EventBuffer
-from vllm_hooks.capture import CapturePolicy
+from vllm_hooks.config.settings import HookSettings
 from vllm_hooks.errors import InternalErrors
-from vllm_hooks.raw_events import EventConverter
-from vllm_hooks.sender import Sender
-from vllm_hooks.settings import HookSettings
+from vllm_hooks.events import raw_events as raw
+from vllm_hooks.events.capture import CapturePolicy
+from vllm_hooks.events.raw_events import EventConverter
+from vllm_hooks.transport.buffer import EventBuffer
+from vllm_hooks.transport.sender import Sender
 
 FINISHED = raw.FINISHED
 
@@ -110,7 +110,7 @@ class AgentProc:
 
     def channel(self, options: list[tuple[str, object]] | None = None) -> grpc.Channel:
         """The query API as the local admin (the token the agent made in its data dir)."""
-        from vllm_audit_agent.client import channel
+        from vllm_audit_agent.cli.client import channel
 
         return channel(self.query_address, (self.data_dir / "admin.token").read_text().strip(),
                        options=options)
@@ -124,7 +124,7 @@ class AgentProc:
         """Request ids of the records in the agent's record log (read from a scratch copy)."""
         import orjson
 
-        from vllm_audit_agent.recordlog import read_records
+        from vllm_audit_agent.records.log import read_records
 
         records = (orjson.loads(p) for p in read_records(self.data_dir / "records"))
         return [str(r["request_id"]) for r in records if r.get("type") == "request"]

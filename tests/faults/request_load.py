@@ -28,13 +28,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vllm_hooks import raw_events as raw
-from vllm_hooks.buffer import EventBuffer
-from vllm_hooks.capture import CapturePolicy
+from vllm_hooks.config.settings import HookSettings
 from vllm_hooks.errors import InternalErrors
-from vllm_hooks.raw_events import EventConverter
-from vllm_hooks.sender import Sender
-from vllm_hooks.settings import HookSettings
+from vllm_hooks.events import raw_events as raw
+from vllm_hooks.events.capture import CapturePolicy
+from vllm_hooks.events.raw_events import EventConverter
+from vllm_hooks.transport.buffer import EventBuffer
+from vllm_hooks.transport.sender import Sender
 
 ADDED, SCHEDULED, FINISHED = raw.ADDED, raw.SCHEDULED, raw.FINISHED
 HMAC_KEY = b"fault-suite-hmac-key"

@@ -25,7 +25,7 @@ from tests.support.agent_harness import Hook, agent
 from tests.support.agent_harness import until as until_async
 from tests.support.kafka_broker import KafkaBroker
 from vllm_audit.v1 import events_pb2 as pb
-from vllm_audit_agent.recordlog import RecordLog
+from vllm_audit_agent.records.log import RecordLog
 
 pytestmark = pytest.mark.faults
 

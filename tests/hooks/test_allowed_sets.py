@@ -13,12 +13,12 @@ from hypothesis import strategies as st
 
 from vllm_audit import allowed_sets as sets
 from vllm_audit.v1 import events_pb2 as pb
-from vllm_hooks import raw_events as raw
-from vllm_hooks.allowed_set_encoder import AllowedSetRecorder, _varints, encode, row_words
-from vllm_hooks.capture import CapturePolicy
-from vllm_hooks.raw_events import EventConverter
-from vllm_hooks.settings import HookSettings
-from vllm_hooks.truncate import truncate_to_fit
+from vllm_hooks.config.settings import HookSettings
+from vllm_hooks.events import raw_events as raw
+from vllm_hooks.events.allowed_set_encoder import AllowedSetRecorder, _varints, encode, row_words
+from vllm_hooks.events.capture import CapturePolicy
+from vllm_hooks.events.raw_events import EventConverter
+from vllm_hooks.transport.truncate import truncate_to_fit
 
 
 def packed_row(allowed: set[int], vocab: int, padding: bool = False) -> np.ndarray[Any, Any]:
@@ -301,7 +301,7 @@ def test_numpy_varints_are_protobufs_packing(values: list[int]) -> None:
 
 
 def test_the_caps_are_hook_settings_with_defaults_and_clear_errors() -> None:
-    from vllm_hooks.settings import (
+    from vllm_hooks.config.settings import (
         ENV_ALLOWED_SET_MAX_BYTES,
         ENV_ALLOWED_SETS_BACKLOG_BYTES,
         ENV_ALLOWED_SETS_TRAIL_MAX_BYTES,
@@ -335,9 +335,9 @@ class _Grammar:
 
 
 def test_a_backlog_of_rows_sheds_sets_not_steps_and_counts_them() -> None:
-    from vllm_hooks.grammar_tap import AuditedGrammar, BitmaskTap
+    from vllm_hooks.config.settings import Level
     from vllm_hooks.runtime import HookRuntime
-    from vllm_hooks.settings import Level
+    from vllm_hooks.vllm.grammar_tap import AuditedGrammar, BitmaskTap
 
     vocab = 1024  # 128 bytes a row: the backlog cap below holds 4 buffered events' worth
     settings = HookSettings(enabled=True, hmac_key=b"k", level=Level.FULL_WITH_ALLOWED_SETS,

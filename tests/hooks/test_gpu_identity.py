@@ -1,6 +1,6 @@
 """The GPUs a vLLM process was given, from the device plugin's environment."""
 
-from vllm_hooks.gpu_identity import visible_gpu_uuids
+from vllm_hooks.config.gpu_identity import visible_gpu_uuids
 
 
 def test_uuids_from_the_device_plugin() -> None:

@@ -24,11 +24,11 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from vllm.entrypoints.serve.middleware.authenticate import AuthenticationMiddleware
 
 from vllm_audit.v1 import events_pb2 as pb
+from vllm_hooks.config.settings import HookSettings
 from vllm_hooks.errors import ERRORS
+from vllm_hooks.events.raw_events import EventConverter
 from vllm_hooks.middleware import AuditMiddleware
-from vllm_hooks.raw_events import EventConverter
 from vllm_hooks.runtime import HookRuntime
-from vllm_hooks.settings import HookSettings
 
 ALICE_KEY = "sk-alice-0123456789"       # mapped to a user and a tenant
 SERVICE_KEY = "sk-service-0123456789"   # mapped to a user only

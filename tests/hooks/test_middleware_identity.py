@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from vllm_hooks.identity import IdentityConfig
+from vllm_hooks.http.identity import IdentityConfig
 from vllm_hooks.middleware import _RequestAudit
 
 Message = MutableMapping[str, Any]
@@ -61,7 +61,7 @@ def test_without_a_client_header_no_trail_id_leaks_into_the_response() -> None:
 
 
 def test_x_forwarded_for_counts_only_through_trusted_proxies() -> None:
-    from vllm_hooks.client_address import client_address, parse_networks
+    from vllm_hooks.config.client_address import client_address, parse_networks
 
     trusted = parse_networks("VLLM_AUDIT_TRUSTED_PROXIES", "10.0.0.0/8, fd00::/8")
     spoofed = "6.6.6.6, 203.0.113.7"
@@ -78,7 +78,7 @@ def test_x_forwarded_for_counts_only_through_trusted_proxies() -> None:
 
 
 def test_the_middleware_records_the_client_behind_a_trusted_proxy() -> None:
-    from vllm_hooks.client_address import parse_networks
+    from vllm_hooks.config.client_address import parse_networks
 
     scope = {"type": "http", "method": "POST", "path": "/v1/chat/completions",
              "headers": [(b"x-forwarded-for", b"6.6.6.6, 203.0.113.7")],
@@ -92,7 +92,7 @@ def test_the_middleware_records_the_client_behind_a_trusted_proxy() -> None:
 
 
 def test_rfc_7239_forwarded_counts_like_x_forwarded_for_through_trusted_proxies() -> None:
-    from vllm_hooks.client_address import forwarded_for, parse_networks
+    from vllm_hooks.config.client_address import forwarded_for, parse_networks
 
     assert forwarded_for('for=192.0.2.60;proto=http;by=10.0.0.1, For="[2001:db8::17]:4711", '
                          "for=198.51.100.4:8080") == "192.0.2.60, 2001:db8::17, 198.51.100.4"

@@ -18,12 +18,12 @@ from tests.hooks.test_middleware_identity import echo_app
 from tests.support.agent_harness import agent, until
 from tests.support.sender_harness import running_sender
 from vllm_audit.v1 import events_pb2 as pb
-from vllm_hooks import raw_events as raw
-from vllm_hooks.capture import CapturePolicy
+from vllm_hooks.config.settings import ENV_SELF_TIMING, HookSettings
+from vllm_hooks.events import raw_events as raw
+from vllm_hooks.events.capture import CapturePolicy
+from vllm_hooks.events.raw_events import EventConverter
+from vllm_hooks.events.self_timing import SelfTimer
 from vllm_hooks.middleware import _RequestAudit
-from vllm_hooks.raw_events import EventConverter
-from vllm_hooks.self_timing import SelfTimer
-from vllm_hooks.settings import ENV_SELF_TIMING, HookSettings
 
 FINISHED = raw.FINISHED
 
@@ -178,10 +178,10 @@ def drive(level: str, timer: SelfTimer | None) -> list[tuple[Any, ...]]:
     """Three steps of two structured requests through the adapter's real wrappers."""
     import numpy as np
 
-    from vllm_hooks.adapter import wrap_structured_output_manager
-    from vllm_hooks.grammar_tap import BitmaskTap
+    from vllm_hooks.config.settings import Level
     from vllm_hooks.runtime import HookRuntime
-    from vllm_hooks.settings import Level
+    from vllm_hooks.vllm.adapter import wrap_structured_output_manager
+    from vllm_hooks.vllm.grammar_tap import BitmaskTap
 
     bitmask = np.zeros((2, 4), dtype=np.int32)
 

@@ -14,9 +14,9 @@ from tests.support.agent_harness import agent, query, until
 from tests.support.sender_harness import running_sender
 from vllm_audit.v1 import query_pb2
 from vllm_audit_agent.server import AgentHandle
-from vllm_hooks import raw_events as raw
-from vllm_hooks.buffer import EventBuffer
-from vllm_hooks.sender import Sender
+from vllm_hooks.events import raw_events as raw
+from vllm_hooks.transport.buffer import EventBuffer
+from vllm_hooks.transport.sender import Sender
 
 FINISHED = raw.FINISHED
 EVENTS = 30

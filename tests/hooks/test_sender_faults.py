@@ -23,8 +23,8 @@ from tests.support.agent_harness import Hook, agent, query, until
 from tests.support.sender_harness import running_sender
 from vllm_audit.v1 import events_pb2 as pb
 from vllm_audit.v1 import ingest_pb2, ingest_pb2_grpc, query_pb2
-from vllm_hooks import raw_events as raw
-from vllm_hooks.sender import Sender
+from vllm_hooks.events import raw_events as raw
+from vllm_hooks.transport.sender import Sender
 
 FINISHED = raw.FINISHED
 EVENTS = 40

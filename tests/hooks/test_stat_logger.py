@@ -9,13 +9,13 @@ from types import SimpleNamespace
 import pytest
 
 from vllm_audit.v1 import events_pb2 as pb
-from vllm_hooks import raw_events as raw
-from vllm_hooks.buffer import EventBuffer
+from vllm_hooks.config.settings import Level
 from vllm_hooks.errors import ERRORS
-from vllm_hooks.settings import Level
+from vllm_hooks.events import raw_events as raw
+from vllm_hooks.transport.buffer import EventBuffer
 
 stats = pytest.importorskip("vllm.v1.metrics.stats")
-from vllm_hooks.stat_logger import AuditStatLogger  # noqa: E402 - needs vLLM
+from vllm_hooks.vllm.stat_logger import AuditStatLogger  # noqa: E402 - needs vLLM
 
 
 def logger_with_buffer(engine_index: int = 0) -> tuple[AuditStatLogger, EventBuffer]:

@@ -8,10 +8,10 @@ import threading
 import numpy as np
 import pytest
 
-from vllm_hooks.buffer import EventBuffer
-from vllm_hooks.capture import CapturePolicy, luhn_valid, redact
-from vllm_hooks.grammar_tap import allowed_counts
-from vllm_hooks.settings import HookSettings, Level
+from vllm_hooks.config.settings import HookSettings, Level
+from vllm_hooks.events.capture import CapturePolicy, luhn_valid, redact
+from vllm_hooks.transport.buffer import EventBuffer
+from vllm_hooks.vllm.grammar_tap import allowed_counts
 
 
 def test_buffer_drops_newest_and_counts_by_reason() -> None:
@@ -204,7 +204,7 @@ def _run_injector(auditor: _Auditor, messages: list[dict[str, object]],
     import asyncio
 
     from vllm_hooks.errors import InternalErrors
-    from vllm_hooks.response_audit import ResponseInjector
+    from vllm_hooks.http.response_audit import ResponseInjector
 
     sent: list[dict[str, object]] = []
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from tests.support.agent_harness import Hook, lifecycle
 from vllm_audit.v1 import events_pb2 as pb
-from vllm_audit_agent.fake_nvml import FakeDevice, FakeNvml
-from vllm_audit_agent.gpu import NvmlReader
+from vllm_audit_agent.telemetry.fake_nvml import FakeDevice, FakeNvml
+from vllm_audit_agent.telemetry.gpu import NvmlReader
 
 
 def gpu_reader(pid: int) -> NvmlReader:

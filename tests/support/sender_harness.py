@@ -8,13 +8,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from vllm_hooks.buffer import EventBuffer
-from vllm_hooks.capture import CapturePolicy
+from vllm_hooks.config.settings import HookSettings
 from vllm_hooks.errors import InternalErrors
-from vllm_hooks.raw_events import EventConverter
-from vllm_hooks.self_timing import SelfTimer
-from vllm_hooks.sender import Sender
-from vllm_hooks.settings import HookSettings
+from vllm_hooks.events.capture import CapturePolicy
+from vllm_hooks.events.raw_events import EventConverter
+from vllm_hooks.events.self_timing import SelfTimer
+from vllm_hooks.transport.buffer import EventBuffer
+from vllm_hooks.transport.sender import Sender
 
 
 @contextmanager

@@ -1,0 +1,98 @@
+"""QueryService (health, stats, trails, export, watch) and ControlService (audit level,
+delete, clear) of the agent: the gRPC face of operations.py.
+
+Who may call what is decided by the auth interceptor (auth.py) before a method runs; what a
+call does is `AuditApi`'s (operations.py), shared with the HTTP management API, so the two
+transports cannot drift. Here an `ApiError` becomes the call's status.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from vllm_audit.v1 import query_pb2 as q
+from vllm_audit.v1 import query_pb2_grpc
+from vllm_audit_agent.api.operations import ApiError, AuditApi, filter_of
+from vllm_audit_agent.trails.index import record_kind
+
+Context = grpc.aio.ServicerContext[Any, Any]
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+
+
+async def _run(context: Context, call: Callable[[Req], Resp], request: Req) -> Resp:
+    try:
+        return call(request)
+    except ApiError as exc:
+        await context.abort(exc.code, exc.message)
+        raise  # pragma: no cover - abort raised
+
+
+class QueryServicer(query_pb2_grpc.QueryServiceServicer):
+    def __init__(self, api: AuditApi) -> None:
+        self.api = api
+
+    async def Health(self, request: q.HealthRequest, context: Context) -> q.HealthResponse:
+        return self.api.health()
+
+    async def GetStats(self, request: q.StatsRequest, context: Context) -> q.StatsResponse:
+        return self.api.stats()
+
+    async def ListTrails(self, request: q.ListTrailsRequest, context: Context
+                         ) -> q.ListTrailsResponse:
+        return await _run(context, self.api.list_trails, request)
+
+    async def GetTrail(self, request: q.GetTrailRequest, context: Context) -> q.GetTrailResponse:
+        return await _run(context, self.api.get_trail, request)
+
+    async def ExportTrails(self, request: q.ExportTrailsRequest, context: Context
+                           ) -> AsyncIterator[q.ExportTrailsResponse]:
+        try:
+            async for chunk in self.api.export(request):
+                yield q.ExportTrailsResponse(records=chunk)
+        except ApiError as exc:
+            await context.abort(exc.code, exc.message)
+
+    async def WatchTrails(self, request: q.WatchTrailsRequest, context: Context
+                          ) -> AsyncIterator[q.WatchTrailsResponse]:
+        index = self.api.index
+        f = filter_of(request)
+        # Registered before the replay is taken, with no await in between: every record
+        # written later is in the queue, none twice.
+        watch = index.watch(f)
+        try:
+            replay = list(index.final(f)) if request.replay else []
+            for summary in replay:
+                yield q.WatchTrailsResponse(trail=summary,
+                                            kind=record_kind(summary.revision))  # type: ignore[arg-type]
+            while True:
+                if watch.overflowed and watch.queue.empty():
+                    await context.abort(
+                        grpc.StatusCode.RESOURCE_EXHAUSTED,
+                        f"the watch fell more than {watch.queue.maxsize} events behind; "
+                        "list what was missed with ListTrails and watch again")
+                # An overflow happens only with a full queue: it is noticed once drained.
+                kind, summary = await watch.queue.get()
+                yield q.WatchTrailsResponse(trail=summary, kind=kind)  # type: ignore[arg-type]
+        finally:
+            index.unwatch(watch)
+
+
+class ControlServicer(query_pb2_grpc.ControlServiceServicer):
+    def __init__(self, api: AuditApi) -> None:
+        self.api = api
+
+    async def SetAuditLevel(self, request: q.SetAuditLevelRequest, context: Context
+                            ) -> q.SetAuditLevelResponse:
+        return await _run(context, self.api.set_level, request)
+
+    async def DeleteTrail(self, request: q.DeleteTrailRequest, context: Context
+                          ) -> q.DeleteTrailResponse:
+        return await _run(context, self.api.delete_trail, request)
+
+    async def ClearTrails(self, request: q.ClearTrailsRequest, context: Context
+                          ) -> q.ClearTrailsResponse:
+        return await _run(context, self.api.clear_trails, request)

@@ -1,0 +1,109 @@
+"""`vllm-audit export`: a time range of the record log as JSONL or CSV.
+
+The range is on `recorded_unix_ms` (when the record entered the log: the log's own order, so
+a range is one contiguous run of the chain): from the first record recorded at or after
+`since` to the last recorded before `until`. JSONL lines are the stored canonical records,
+byte for byte, and the export runs on to the first checkpoint after the range, so
+`vllm-audit verify` can check the file on its own (the first line anchors the chain). CSV has
+one row per request record: the chain fields first, then every other top-level field seen in
+the range (sorted); nested values are JSON. CSV is for reading, not for verification.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, TextIO
+
+import orjson
+
+from vllm_audit_agent.records.chain import RECORD_TYPE_CHECKPOINT, RECORD_TYPE_REQUEST
+from vllm_audit_agent.records.log import read_records
+
+FORMATS = ("jsonl", "csv")
+CSV_LEAD = ("seq", "type", "event_id", "recorded_unix_ms", "prev_hash", "hash")
+
+
+def parse_time(text: str) -> int:
+    """Unix ms from an ISO 8601 time (naive = UTC) or a number (seconds, or ms if > 1e11)."""
+    text = text.strip()
+    try:
+        number = float(text)
+    except ValueError:
+        pass
+    else:
+        return int(number if number > 1e11 else number * 1000)
+    try:
+        when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"{text!r} is not an ISO 8601 time or a unix timestamp") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return int(when.timestamp() * 1000)
+
+
+def select(payloads: Iterator[bytes], since_ms: int | None, until_ms: int | None
+           ) -> Iterator[tuple[bytes, dict[str, Any]]]:
+    """The records in range, then those up to and including the next checkpoint."""
+    started = False
+    for payload in payloads:
+        record = orjson.loads(payload)
+        t = int(record.get("recorded_unix_ms", 0))
+        if not started:
+            if since_ms is not None and t < since_ms:
+                continue
+            started = True
+        if until_ms is not None and t >= until_ms:
+            # Past the range: run on to the checkpoint that covers what was exported.
+            yield payload, record
+            if record.get("type") == RECORD_TYPE_CHECKPOINT:
+                return
+            continue
+        yield payload, record
+
+
+def export(records_dir: Path, out: TextIO, since_ms: int | None = None,
+           until_ms: int | None = None, fmt: str = "jsonl") -> int:
+    """Writes the range to `out`; returns how many request records it holds."""
+    if fmt not in FORMATS:
+        raise ValueError(f"format {fmt!r} is not one of {', '.join(FORMATS)}")
+    if since_ms is not None and until_ms is not None and until_ms <= since_ms:
+        raise ValueError("--until must be after --since")
+    count = 0
+    if fmt == "jsonl":
+        tail: list[bytes] = []  # records past `until`, written only if a checkpoint ends them
+        for payload, record in select(read_records(records_dir), since_ms, until_ms):
+            in_range = until_ms is None or int(record.get("recorded_unix_ms", 0)) < until_ms
+            if in_range:
+                out.write(payload.decode() + "\n")
+                count += record.get("type") == RECORD_TYPE_REQUEST
+            else:
+                tail.append(payload)
+                if record.get("type") == RECORD_TYPE_CHECKPOINT:
+                    out.write("".join(p.decode() + "\n" for p in tail))
+        return count
+    columns: set[str] = set()
+    for _, record in select(read_records(records_dir), since_ms, until_ms):
+        if record.get("type") == RECORD_TYPE_REQUEST:
+            columns.update(record)
+    header = list(CSV_LEAD) + sorted(columns - set(CSV_LEAD))
+    writer = csv.writer(out)
+    writer.writerow(header)
+    for _, record in select(read_records(records_dir), since_ms, until_ms):
+        if record.get("type") != RECORD_TYPE_REQUEST:
+            continue
+        if until_ms is not None and int(record.get("recorded_unix_ms", 0)) >= until_ms:
+            continue
+        writer.writerow([_cell(record.get(c)) for c in header])
+        count += 1
+    return count
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, dict | list):
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+    return str(value)

@@ -1,0 +1,211 @@
+"""`vllm-audit verify`: checks a record chain and names its first break.
+
+Sources: a record log directory (read from a scratch copy: never modified), an export file
+(JSONL, one canonical record per line) or Kafka topics (every partition read from the start
+to the end offsets seen at the start, then ordered by `seq`; an exact re-delivery of a record
+is collapsed and counted, two different records with one `seq` are a break).
+
+Checks, record by record in order (chain.py defines the form):
+  seq_gap / seq_order   `seq` is not the previous one + 1 (a record missing, moved or added)
+  hash_mismatch         the record's bytes do not hash to its `hash` (a changed byte)
+  prev_hash_mismatch    `prev_hash` is not the previous record's `hash`
+  bad_checkpoint_signature   a checkpoint's Ed25519 signature does not verify
+  checkpoint_head_mismatch   a checkpoint names a head other than the record before it
+  unreadable            not JSON, or without the chain fields
+  conflicting_duplicate (Kafka) two different records carry one `seq`
+The first record present anchors the chain (earlier ones may have expired by retention, or
+an export starts mid-log); it must still hash correctly.
+
+Unsigned tail: records after the last valid checkpoint are not covered by any signature (a
+truncated log looks exactly like a shorter one up to there). They are reported as
+`unverified_after_checkpoint` with the first such seq and count as a failure (exit 1), unless
+`allow_unsigned_tail` (a live log always has a few seconds of them). A cleanly stopped agent
+ends its log with a checkpoint; an export extends to the checkpoint after its range.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from vllm_audit_agent.records.chain import RECORD_TYPE_CHECKPOINT, record_hash, verify_signature
+from vllm_audit_agent.records.log import read_records
+
+BREAK_REASONS = ("seq_gap", "seq_order", "hash_mismatch", "prev_hash_mismatch",
+                 "bad_checkpoint_signature", "checkpoint_head_mismatch", "unreadable",
+                 "conflicting_duplicate", "unverified_after_checkpoint")
+
+
+@dataclass
+class Break:
+    seq: int
+    reason: str
+    detail: str
+
+
+@dataclass
+class Report:
+    records: int = 0
+    first_seq: int | None = None
+    last_seq: int | None = None
+    checkpoints: int = 0
+    last_checkpoint_seq: int | None = None
+    duplicates_collapsed: int = 0
+    unsigned_tail: int = 0
+    broken: Break | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def intact(self) -> bool:
+        return self.broken is None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["intact"] = self.intact
+        return out
+
+
+def verify_chain(payloads: Iterable[bytes], public_key: Ed25519PublicKey,
+                 allow_unsigned_tail: bool = False) -> Report:
+    report = Report()
+    prev: dict[str, Any] | None = None
+    since_checkpoint: int | None = None  # first seq not yet covered by a checkpoint
+    for payload in payloads:
+        expected = prev["seq"] + 1 if prev is not None else None
+        try:
+            record = orjson.loads(payload)
+            seq, stored_hash = int(record["seq"]), str(record["hash"])
+            prev_hash = str(record["prev_hash"])
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            report.broken = Break(expected or 0, "unreadable", f"record after seq "
+                                  f"{expected and expected - 1}: {exc}")
+            return report
+        report.records += 1
+        if report.first_seq is None:
+            report.first_seq = seq
+        if expected is not None and seq != expected:
+            reason = "seq_gap" if seq > expected else "seq_order"
+            report.broken = Break(expected, reason, f"expected seq {expected}, found {seq}")
+            return report
+        if record_hash(record) != stored_hash:
+            report.broken = Break(seq, "hash_mismatch", "the record's bytes do not hash to "
+                                  "its hash (altered)")
+            return report
+        if prev is not None and prev_hash != prev["hash"]:
+            report.broken = Break(seq, "prev_hash_mismatch",
+                                  f"prev_hash is not the hash of seq {prev['seq']}")
+            return report
+        if since_checkpoint is None:
+            since_checkpoint = seq
+        if record.get("type") == RECORD_TYPE_CHECKPOINT:
+            if not verify_signature(public_key, record):
+                report.broken = Break(seq, "bad_checkpoint_signature",
+                                      "the checkpoint's signature does not verify with the "
+                                      "public key")
+                return report
+            if prev is not None and (record.get("head_seq") != prev["seq"]
+                                     or record.get("head_hash") != prev["hash"]):
+                report.broken = Break(seq, "checkpoint_head_mismatch",
+                                      f"checkpoint names head {record.get('head_seq')}, the "
+                                      f"record before it is {prev['seq']}")
+                return report
+            report.checkpoints += 1
+            report.last_checkpoint_seq = seq
+            since_checkpoint = None
+        prev = {"seq": seq, "hash": stored_hash}
+        report.last_seq = seq
+    if since_checkpoint is not None and report.last_seq is not None:
+        report.unsigned_tail = report.last_seq - since_checkpoint + 1
+        message = (f"{report.unsigned_tail} records from seq {since_checkpoint} are after the "
+                   "last valid checkpoint: not covered by a signature")
+        if allow_unsigned_tail:
+            report.notes.append(message)
+        else:
+            report.broken = Break(since_checkpoint, "unverified_after_checkpoint", message)
+    if report.records == 0:
+        report.notes.append("no records")
+    return report
+
+
+# -- sources ---------------------------------------------------------------------------------
+def file_payloads(path: Path) -> Iterator[bytes]:
+    with open(path, "rb") as f:
+        for line in f:
+            line = line.rstrip(b"\r\n")
+            if line:
+                yield line
+
+
+def path_payloads(path: Path) -> Iterator[bytes]:
+    if path.is_dir():
+        return read_records(path)
+    if path.is_file():
+        return file_payloads(path)
+    raise ValueError(f"{path}: no such file or directory")
+
+
+def order_by_seq(payloads: Iterable[bytes], report: Report) -> list[bytes]:
+    """Kafka gives no order across partitions: sort by seq; collapse exact re-deliveries."""
+    by_seq: dict[int, bytes] = {}
+    conflicts: list[int] = []
+    unreadable: list[bytes] = []
+    for payload in payloads:
+        try:
+            seq = int(orjson.loads(payload)["seq"])
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            unreadable.append(payload)
+            continue
+        seen = by_seq.get(seq)
+        if seen is None:
+            by_seq[seq] = payload
+        elif seen == payload:
+            report.duplicates_collapsed += 1
+        else:
+            conflicts.append(seq)
+    if conflicts:
+        report.broken = Break(min(conflicts), "conflicting_duplicate",
+                              f"{len(conflicts)} seqs carried by two different records")
+    return [by_seq[s] for s in sorted(by_seq)] + unreadable
+
+
+async def kafka_payloads(bootstrap: str, topics: list[str], timeout: float = 60.0
+                         ) -> list[bytes]:
+    """Every record in `topics` (all partitions, from the start to the end offsets)."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka.errors import KafkaError
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                                auto_offset_reset="earliest")
+    try:
+        await consumer.start()
+    except KafkaError as exc:  # the CLI prints an OSError as one line, not a traceback
+        await consumer.stop()
+        raise ConnectionError(f"Kafka at {bootstrap} cannot be reached: {exc}") from None
+    out: list[bytes] = []
+    try:
+        partitions = []
+        known = await consumer.topics()  # fetches the cluster's metadata
+        for topic in topics:
+            if topic not in known:
+                raise ValueError(f"topic {topic!r} does not exist on {bootstrap}")
+            for p in consumer.partitions_for_topic(topic) or set():
+                partitions.append(TopicPartition(topic, p))
+        if not partitions:
+            return out
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        ends = await consumer.end_offsets(partitions)
+        async with asyncio.timeout(timeout):
+            while [tp for tp, end in ends.items() if await consumer.position(tp) < end]:
+                batches = await consumer.getmany(*partitions, timeout_ms=500)
+                for records in batches.values():
+                    out.extend(r.value for r in records if r.value is not None)
+    finally:
+        await consumer.stop()
+    return out

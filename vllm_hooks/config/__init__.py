@@ -1,0 +1,6 @@
+"""The hook's settings, read once from the environment (`settings`), and the parsers they use
+(`client_address`: trusted proxies; `identity_file`: API-key identities), and the GPUs the
+container was given (`gpu_identity`, from its environment).
+
+Imports: nothing of the hooks (the bottom floor).
+"""

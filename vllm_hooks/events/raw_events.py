@@ -1,0 +1,132 @@
+"""Raw event tuples offered on vLLM's threads, and their conversion to protobuf.
+
+The hot path builds a plain tuple (cheap, no allocation beyond the tuple); the sender thread
+converts whole batches to `vllm_audit.v1.Event` messages. The first element is the kind.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vllm_audit.v1 import events_pb2 as pb
+from vllm_hooks.config.settings import HookSettings
+from vllm_hooks.events.allowed_set_encoder import AllowedSetRecorder
+from vllm_hooks.events.capture import CapturePolicy
+from vllm_hooks.events.http_parse import complete_http_fields
+
+# (KIND, time_ns, request_id, phase, n_prompt, n_output, finish_reason, status, max_tokens, so)
+LIFECYCLE = 1
+# The phase of a LIFECYCLE tuple: the contract's LifecyclePhase numbers (one definition).
+ADDED = pb.LIFECYCLE_PHASE_ADDED
+SCHEDULED = pb.LIFECYCLE_PHASE_SCHEDULED
+RESUMED = pb.LIFECYCLE_PHASE_RESUMED
+PREEMPTED = pb.LIFECYCLE_PHASE_PREEMPTED
+FINISHED = pb.LIFECYCLE_PHASE_FINISHED
+ABORTED = pb.LIFECYCLE_PHASE_ABORTED
+# (KIND, time_ns, request_id, backend, spec_type, compile_ms, error, spec_sha256, spec,
+#  spec_size)
+GRAMMAR = 2
+# (KIND, time_ns, request_id, step, tokens, allowed, accepted, terminated, row, vocab,
+#  allowed_per_token, drafted, accepted_drafts, rolled_back_drafts); row: the bytes of the
+#  bitmask row (level full-with-allowed-sets, encoded here into allowed_set), ROW_OVER_BACKLOG
+#  (the engine thread did not copy it: too many rows were waiting), or None (not captured)
+
+STEP = 3
+ROW_OVER_BACKLOG = b""
+# (KIND, time_ns, request_id, backend, steps, accepted, rejected, allowed_min, allowed_max,
+#  allowed_mean, terminated, rollbacks, first_rejected_token, first_rejected_step,
+#  drafted, accepted_drafts, draft_rollbacks, rolled_back_drafts, rejection_fate)
+SO_SUMMARY = 4
+# (KIND, time_ns, "", dict of EngineStats fields)
+STATS = 5
+# (KIND, time_ns, x_request_id, dict of HttpRequest fields before the capture policy)
+HTTP = 6
+# (KIND, time_ns, request_id, name, dict of str attributes) — vllm_hooks.api
+CUSTOM = 7
+# (KIND, time_ns, x_request_id, dict of HttpRequest fields read on the event loop, request
+#  body bytes, response body bytes): the middleware's event, whose bodies (up to 2 MiB of
+#  JSON/SSE) are parsed here on the sender thread, never on vLLM's event loop.
+HTTP_UNPARSED = 8
+
+
+class EventConverter:
+    def __init__(self, settings: HookSettings, policy: CapturePolicy) -> None:
+        self.settings = settings
+        self.policy = policy
+        self.allowed_sets = AllowedSetRecorder(settings.allowed_set_step_cap(),
+                                               settings.allowed_sets_trail_max_bytes)
+
+    def to_proto(self, raw: tuple[Any, ...]) -> pb.Event:
+        kind = raw[0]
+        event = pb.Event(time_unix_nano=raw[1], request_id=raw[2])
+        if kind == LIFECYCLE:
+            lc = event.lifecycle
+            lc.phase = raw[3]
+            lc.num_prompt_tokens = raw[4]
+            lc.num_output_tokens = raw[5]
+            lc.finish_reason = raw[6]
+            lc.status = raw[7]
+            lc.max_tokens = raw[8]
+            lc.structured_output = raw[9]
+        elif kind == GRAMMAR:
+            gc = event.grammar_compiled
+            gc.backend, gc.spec_type, gc.compile_ms, gc.error, gc.spec_sha256 = raw[3:8]
+            gc.spec, gc.spec_size = raw[8:10]
+        elif kind == STEP:
+            st = event.so_step
+            st.step = raw[3]
+            st.accepted_tokens.extend(raw[4])
+            st.allowed_tokens = raw[5]
+            st.accepted = raw[6]
+            st.terminated = raw[7]
+            st.vocab_size = raw[9]
+            if raw[8] is not None:
+                self.allowed_sets.record(st, raw[2], raw[8], raw[9])
+            st.allowed_per_token.extend(raw[10])
+            st.drafted_tokens, st.accepted_draft_tokens, st.rolled_back_draft_tokens = raw[11:14]
+        elif kind == SO_SUMMARY:
+            s = event.so_summary
+            (
+                s.backend,
+                s.steps,
+                s.accepted_tokens,
+                s.rejected_tokens,
+                s.allowed_tokens_min,
+                s.allowed_tokens_max,
+                s.allowed_tokens_mean,
+                s.terminated,
+                s.rollbacks,
+                s.first_rejected_token,
+                s.first_rejected_step,
+                s.drafted_tokens,
+                s.accepted_draft_tokens,
+                s.draft_rollbacks,
+                s.rolled_back_draft_tokens,
+                s.rejection_fate,
+            ) = raw[3:19]
+            self.allowed_sets.finish(s, raw[2])
+        elif kind == STATS:
+            event.engine_stats.CopyFrom(pb.EngineStats(**raw[3]))
+        elif kind in (HTTP, HTTP_UNPARSED):
+            fields = (dict(raw[3]) if kind == HTTP
+                      else complete_http_fields(raw[3], raw[4], raw[5]))
+            settings, policy = self.settings, self.policy
+            fields["prompt"] = policy.apply(settings.capture_prompt, fields.get("prompt", ""))
+            fields["output"] = policy.apply(settings.capture_output, fields.get("output", ""))
+            fields["client_ip"] = policy.apply(
+                settings.capture_client_ip, fields.get("client_ip", "")
+            )
+            fields["capture_policy"] = (
+                f"prompt={settings.capture_prompt},output={settings.capture_output},"
+                f"client_ip={settings.capture_client_ip}"
+            )
+            event.http.CopyFrom(pb.HttpRequest(**fields))
+        elif kind == CUSTOM:
+            # Field added by the wire contract's CustomEvent; the API refuses before offering
+            # when the generated code lacks it, so this is never reached without it.
+            custom = event.custom
+            custom.name = raw[3]
+            custom.attributes.update(raw[4])
+        else:
+            raise ValueError(f"unknown raw event kind {kind!r}")
+        return event
