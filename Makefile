@@ -22,6 +22,7 @@ proto: install
 lint: install
 	$(VENV)/bin/ruff check agent vllm_hooks harness tests scripts
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 # promtool, docker-compose and Grafana's schema, for the operations tests (skipped without).
 tools:

@@ -4,7 +4,7 @@ Nothing is downloaded: the tokenizer is trained on text made here, the weights a
 (seeded, so every run makes the same model). The CPU attention kernels reject head_dim 16,
 hence hidden 128 with 2 heads (head_dim 64) and 1 KV head.
 
-    python -m tests.support.tiny_model OUT_DIR
+    python -m harness.tiny_model OUT_DIR
 """
 
 from __future__ import annotations

@@ -32,11 +32,13 @@ import numpy.typing as npt
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vllm_hooks.config.settings import HookSettings, Level
+from vllm_hooks.config.levels import Level
+from vllm_hooks.config.settings import HookSettings
 from vllm_hooks.events.self_timing import SelfTimer
 from vllm_hooks.runtime import HookRuntime
-from vllm_hooks.vllm.adapter import wrap_scheduler, wrap_structured_output_manager
 from vllm_hooks.vllm.grammar_tap import BitmaskTap
+from vllm_hooks.vllm.scheduler_patch import wrap_scheduler
+from vllm_hooks.vllm.structured_output_patch import wrap_structured_output_manager
 
 ROWS, VOCAB = 256, 128_256
 STEP_BUDGET_US = 20_000.0

@@ -52,7 +52,8 @@ from vllm_audit import allowed_sets
 from vllm_audit.v1 import events_pb2 as pb
 from vllm_audit.v1 import ingest_pb2_grpc
 from vllm_audit_agent.config import AgentConfig
-from vllm_audit_agent.delivery.publisher import KAFKA_LINGER_MS, InMemoryPublisher
+from vllm_audit_agent.delivery.kafka_sink import KAFKA_LINGER_MS
+from vllm_audit_agent.delivery.no_kafka import InMemoryPublisher
 from vllm_audit_agent.server import freeze_startup_heap, running_agent
 from vllm_audit_agent.trails.store import TrailStore
 from vllm_hooks.config.settings import HookSettings
@@ -339,7 +340,7 @@ async def bench_publish(n: int = 100_000) -> tuple[float, float]:
 
     from harness.kafka_broker import KafkaBroker
     from vllm_audit.v1 import query_pb2 as q
-    from vllm_audit_agent.delivery.publisher import KafkaPublisher
+    from vllm_audit_agent.delivery.kafka_sink import KafkaPublisher
     from vllm_audit_agent.model.record import trail_record
     from vllm_audit_agent.records.chain import Signer
     from vllm_audit_agent.records.log import RecordLog

@@ -18,8 +18,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.support.agent_harness import Hook, agent, lifecycle
 from vllm_audit.v1 import events_pb2 as pb
-from vllm_audit_agent import config as config_module
-from vllm_audit_agent.cli.main import _parser, version
+from vllm_audit_agent.cli.parser import build_parser, version
+from vllm_audit_agent.config import OPTIONS
 from vllm_audit_agent.model.record import encode
 from vllm_audit_agent.records.chain import CHAIN_FIELDS
 from vllm_audit_agent.server import INGEST_HEALTH, QUERY_HEALTH, AgentHandle
@@ -123,16 +123,16 @@ async def test_json_output_has_the_kafka_record_shape_and_table_reads_as_one(tmp
 
 
 def test_every_agent_option_has_help_with_its_default_and_env_var() -> None:
-    commands = next(a for a in _parser()._actions if a.dest == "command")
+    commands = next(a for a in build_parser()._actions if a.dest == "command")
     agent_parser = commands.choices["agent"]  # type: ignore[index]
     options = [a for a in agent_parser._actions if a.option_strings and a.dest != "help"]
-    assert len(options) >= 14
+    assert len(options) == len(OPTIONS)  # every declared option is a flag
     for action in options:
         assert action.help and "default" in action.help, action.option_strings
         assert action.default is None, action.option_strings  # an unset flag leaves the env var
     text = cli("agent", "--help").stdout
-    # Every documented environment variable of the agent is reachable from its help.
-    env_vars = {v for k, v in vars(config_module).items() if k.startswith("ENV_")}
+    # Every declared environment variable of the agent is reachable from its help.
+    env_vars = {option.env for option in OPTIONS}
     flat = " ".join(text.split())
     assert sorted(v for v in env_vars if v not in flat) == []
 

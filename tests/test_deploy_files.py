@@ -31,7 +31,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.support.agent_harness import Hook, lifecycle
 from vllm_audit.v1 import events_pb2 as pb
-from vllm_audit_agent.cli.main import _parser
+from vllm_audit_agent.cli.parser import build_parser
 
 REPO = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = REPO / "docker-compose.yml"
@@ -96,7 +96,7 @@ def test_compose_wires_agent_and_vllm_through_a_shared_socket() -> None:
             "grafana"} <= set(services)
     agent = services["vllm-audit-agent"]
     # Every flag the compose file gives the agent is one the CLI accepts.
-    args = _parser().parse_args(agent["command"][1:])
+    args = build_parser().parse_args(agent["command"][1:])
     socket_dir = str(args.ingest_socket.parent)
     assert mounts(agent)["audit-socket"] == socket_dir
     assert mounts(agent)["audit-wal"] == str(args.data_dir)

@@ -16,7 +16,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from vllm_audit_agent.cli.main import _parser
+from vllm_audit_agent.cli.parser import build_parser
+from vllm_audit_agent.config import OPTIONS
 
 REPO = Path(__file__).resolve().parents[1]
 CHART = REPO / "helm" / "vllm-audit"
@@ -71,7 +72,11 @@ def containers(docs: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, An
 
 
 def agent_args(agent: dict[str, Any]) -> Any:
-    return _parser().parse_args([*agent["command"][1:], *agent["args"]])
+    # Spelled in full as declared (config.py): argparse would also take a prefix of a flag, which
+    # a new option sharing it would turn into an error.
+    flags = {arg.split("=")[0] for arg in agent["args"]}
+    assert flags <= {option.flag for option in OPTIONS}
+    return build_parser().parse_args([*agent["command"][1:], *agent["args"]])
 
 
 def env_of(container: dict[str, Any]) -> dict[str, Any]:

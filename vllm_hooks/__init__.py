@@ -46,11 +46,15 @@ def register() -> None:
             if _registered:
                 return
             _registered = True
-            # Only the settings are read while disabled: no gRPC, no vLLM internals.
-            from vllm_hooks.config.settings import ENV_FAIL_OPEN, enabled_in_env, settings, start_policy
+            # Only the on switch is read while disabled: no other settings, no gRPC, no vLLM.
+            from vllm_hooks.config.start_policy import enabled_in_env
 
             if not enabled_in_env():
                 return
+            from vllm_hooks.config.env_vars import ENV_FAIL_OPEN
+            from vllm_hooks.config.settings import settings
+            from vllm_hooks.config.start_policy import start_policy
+
             try:
                 _, required, wait = start_policy()
                 configured = settings()
@@ -77,7 +81,7 @@ def register() -> None:
 
 
 def fail_open_in_env() -> bool:
-    from vllm_hooks.config.settings import start_policy
+    from vllm_hooks.config.start_policy import start_policy
 
     try:
         return start_policy()[0]
@@ -91,7 +95,7 @@ def _require_agent(address: str, wait: float) -> None:
     import socket
     import time
 
-    from vllm_hooks.config.settings import ENV_REQUIRED
+    from vllm_hooks.config.env_vars import ENV_REQUIRED
 
     target = address[len("unix:"):] if address.startswith("unix:") else address
     deadline = time.monotonic() + wait

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 
-from vllm_hooks.config.settings import Level
+from vllm_hooks.config.levels import Level
 from vllm_hooks.events import raw_events as raw
 from vllm_hooks.runtime import current_runtime
 

@@ -16,7 +16,7 @@ the capture policy (hmac by default) is applied before anything leaves the proce
 
 User, tenant and client IP come from sources in order of trust, each recorded with its source
 (identity.py); `auth_status` is what vLLM's own API-key check decided, known from the app vLLM
-built (adapter.vllm_key_check, asked once, on the first audited request).
+built (vllm.api_key_check, asked once, on the first audited request).
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from vllm_hooks.config.settings import Level, settings
+from vllm_hooks.config.levels import Level
+from vllm_hooks.config.settings import settings
 from vllm_hooks.errors import ERRORS
 from vllm_hooks.events import raw_events as raw
 from vllm_hooks.events.http_parse import complete_http_fields
@@ -79,7 +80,7 @@ class AuditMiddleware:
             ERRORS.record("middleware.init", exc)
         if self._rt is not None:
             try:
-                from vllm_hooks.vllm.adapter import keep_socket_peer
+                from vllm_hooks.vllm.socket_peer_patch import keep_socket_peer
 
                 keep_socket_peer()  # before the first request reaches uvicorn's middleware
             except Exception as exc:
@@ -131,7 +132,7 @@ class AuditMiddleware:
         if not self._key_check_known:
             self._key_check_known = True  # asked once: the app's middleware is fixed by now
             try:
-                from vllm_hooks.vllm.adapter import vllm_key_check
+                from vllm_hooks.vllm.api_key_check import vllm_key_check
 
                 self._key_check = vllm_key_check(scope.get("app"))
             except Exception as exc:
@@ -202,6 +203,7 @@ class _RequestAudit:
             message = await receive()
             start = clock()
             on_receive(message)
+            # the ignore[union-attr] below: set when self-timing is on (only then here)
             timer.middleware(clock() - start)  # type: ignore[union-attr]
             return message
 
@@ -229,6 +231,7 @@ class _RequestAudit:
         async def timed_send(message: Message) -> None:
             start = clock()
             message = on_send(message)
+            # the ignore[union-attr] below: set when self-timing is on (only then here)
             timer.middleware(clock() - start)  # type: ignore[union-attr]
             await send(message)
 

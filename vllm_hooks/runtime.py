@@ -13,7 +13,8 @@ import logging
 import os
 import threading
 
-from vllm_hooks.config.settings import HookSettings, Level, settings
+from vllm_hooks.config.levels import Level
+from vllm_hooks.config.settings import HookSettings, settings
 from vllm_hooks.errors import ERRORS
 from vllm_hooks.events.capture import CapturePolicy
 from vllm_hooks.events.raw_events import EventConverter

@@ -25,22 +25,20 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer  # public as health.aio, which mypy cannot see
 
 from vllm_audit.v1 import ingest_pb2, ingest_pb2_grpc, query_pb2, query_pb2_grpc
-from vllm_audit_agent.api.auth import (
-    AuditSink,
-    AuthInterceptor,
-    check_listener,
-    http_ssl_context,
-    load_token_table,
-    metrics_token_hash,
-    server_credentials,
-)
+from vllm_audit_agent.api.auth_interceptor import AuthInterceptor
+from vllm_audit_agent.api.collectors import make_registry
+from vllm_audit_agent.api.gate import AuditSink
 from vllm_audit_agent.api.http_api import ManagementApi, disabled_routes, http_api_allowed
+from vllm_audit_agent.api.http_endpoint import HttpEndpoint
 from vllm_audit_agent.api.meta_audit import RecordLogAuditSink
-from vllm_audit_agent.api.metrics import HttpEndpoint, make_registry
 from vllm_audit_agent.api.operations import AuditApi
 from vllm_audit_agent.api.query import ControlServicer, QueryServicer
+from vllm_audit_agent.api.tls import check_listener, http_ssl_context, server_credentials
+from vllm_audit_agent.api.tokens import load_token_table, metrics_token_hash
 from vllm_audit_agent.config import AgentConfig, parse_address
-from vllm_audit_agent.delivery.publisher import InMemoryPublisher, KafkaPublisher, Publisher
+from vllm_audit_agent.delivery.kafka_sink import KafkaPublisher
+from vllm_audit_agent.delivery.no_kafka import NoKafkaPublisher
+from vllm_audit_agent.delivery.publisher import Publisher
 from vllm_audit_agent.ingest.service import IngestServicer, replay_wal
 from vllm_audit_agent.records.chain import load_or_create_signer
 from vllm_audit_agent.records.log import RecordLog
@@ -94,7 +92,7 @@ def _record_log(config: AgentConfig, kind: Callable[..., RecordLog] = RecordLog)
 def _publisher(config: AgentConfig) -> Publisher:
     if config.kafka_bootstrap:
         return KafkaPublisher(config.kafka_bootstrap, config.kafka_topic_prefix)
-    return InMemoryPublisher()
+    return NoKafkaPublisher()
 
 
 @contextlib.asynccontextmanager
@@ -142,7 +140,7 @@ async def _running_agent(config: AgentConfig, publisher: Publisher | None,
         logger.warning("record log had %d damaged records (%d bytes), kept in %s",
                        records.wal.damaged_records, records.wal.damaged_bytes,
                        records.wal.quarantine_dir)
-    replayed = replay_wal(state)
+    replayed = replay_wal(state.ingest, config.data_dir / "quarantine")
     # After the WAL replay: trails it rebuilt are recorded (or de-duplicated) as they are.
     state.trails.remember_recorded(records.take_recorded_trails())
     records.end_replay()
@@ -155,7 +153,8 @@ async def _running_agent(config: AgentConfig, publisher: Publisher | None,
 
     server = grpc.aio.server(
         options=[("grpc.max_receive_message_length", config.max_message_bytes)])
-    ingest_pb2_grpc.add_IngestServiceServicer_to_server(IngestServicer(state), server)
+    ingest_pb2_grpc.add_IngestServiceServicer_to_server(IngestServicer(
+        state.ingest, state.levels, state.sessions, state.errors, config.max_batch_bytes), server)
     ingest_health = await _health(server, INGEST_HEALTH)
     config.ingest_socket.parent.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(FileNotFoundError):
@@ -242,7 +241,7 @@ async def _stop(state: AgentState, server: grpc.aio.Server, query_server: grpc.a
     # Hooks get a moment to receive the acks of batches in flight; then streams are cut.
     grace = min(1.0, timeout / 10)
     # New batches are refused (shutting_down: the hooks keep them); stores under way finish.
-    await state.stop_ingest(grace)
+    await state.ingest.stop(grace)
     await asyncio.gather(server.stop(grace=grace), query_server.stop(grace=grace))
     sweeper.cancel()
     # Open trails are not forced out: the WAL keeps them and the next start finishes them

@@ -8,7 +8,7 @@ import pytest
 
 from vllm_audit import allowed_sets
 from vllm_audit.v1 import events_pb2 as pb
-from vllm_audit_agent.cli.main import _dumps
+from vllm_audit_agent.cli.output import dumps
 from vllm_audit_agent.model.record import message_to_dict
 from vllm_audit_agent.records.replay import _event_from_dict
 
@@ -27,7 +27,7 @@ def test_a_step_with_its_set_round_trips_through_the_printed_json(
         token_set: pb.AllowedTokenSet) -> None:
     event = pb.Event(time_unix_nano=10**15, request_id="r-1", so_step=pb.StructuredOutputStep(
         step=2, accepted_tokens=[4], vocab_size=60, allowed_set=token_set))
-    printed = orjson.loads(_dumps(message_to_dict(event)))
+    printed = orjson.loads(dumps(message_to_dict(event)))
     # Only the member that is set is listed: an empty one is a value, not a default.
     assert list(printed["so_step"]["allowed_set"]) == [allowed_sets.encoding_of(token_set)]
     assert "lifecycle" not in printed and "so_step" in printed

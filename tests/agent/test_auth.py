@@ -25,7 +25,7 @@ from tests.support.agent_harness import Hook, agent, agent_config, control, quer
 from vllm_audit.v1 import events_pb2 as pb
 from vllm_audit.v1 import query_pb2 as q
 from vllm_audit.v1 import query_pb2_grpc
-from vllm_audit_agent.api.auth import ADMIN_TOKEN_FILE, TokenTable
+from vllm_audit_agent.api.tokens import ADMIN_TOKEN_FILE, TokenTable
 from vllm_audit_agent.cli.client import ClientTls, aio_channel
 from vllm_audit_agent.server import AgentHandle, running_agent
 
@@ -332,7 +332,7 @@ async def test_the_standard_health_service_needs_no_credential(tmp_path: Path) -
 
     from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-    from vllm_audit_agent.api.auth import AuthInterceptor
+    from vllm_audit_agent.api.auth_interceptor import AuthInterceptor
     from vllm_audit_agent.api.query import QueryServicer
 
     counters: Counter[str] = Counter()

@@ -17,8 +17,8 @@ from prometheus_client import generate_latest
 
 from tests.support.agent_harness import agent_config
 from vllm_audit.v1 import events_pb2 as pb
-from vllm_audit_agent.api.metrics import make_registry
-from vllm_audit_agent.delivery.publisher import InMemoryPublisher
+from vllm_audit_agent.api.collectors import make_registry
+from vllm_audit_agent.delivery.no_kafka import InMemoryPublisher
 from vllm_audit_agent.ingest.service import replay_wal
 from vllm_audit_agent.model.record import encode
 from vllm_audit_agent.model.validation import validate
@@ -87,8 +87,8 @@ def test_accepted_batches_apply_finalise_export_and_replay(tmp_path_factory: Any
             verdict = validate(batch, 1 << 24)
             assert not verdict.refusal, verdict.detail
             segment = state.wal.append(batch.SerializeToString())
-            state.mark_stored(batch)
-            state.apply_batch(batch, segment)
+            state.ingest.mark_stored(batch)
+            state.ingest.apply_batch(batch, segment)
         state.trails.sweep(now=time.monotonic() + 1e9)  # every half-complete trail lingered out
         await state.records.write_pending()  # every final trail became a record on disk
         for payload in read_records(tmp / "data" / "records"):
@@ -97,7 +97,7 @@ def test_accepted_batches_apply_finalise_export_and_replay(tmp_path_factory: Any
         state.wal.close()
         state.records.close()
         again = fresh()
-        assert replay_wal(again) == len(batches)
+        assert replay_wal(again.ingest, again.config.data_dir / "quarantine") == len(batches)
         assert again.agent_dropped["replay_quarantined_batches"] == 0
         again.wal.close()
         again.records.close()

@@ -267,7 +267,7 @@ async def test_an_exception_mid_stream_ends_it_with_a_status(tmp_path: Path) -> 
 async def test_batches_during_shutdown_are_refused_as_retriable(tmp_path: Path) -> None:
     async with agent(tmp_path) as (handle, _), Hook(tmp_path / SOCKET) as hook:
         assert acked(await hook.send(1, finished("0-00000001")))
-        await handle.state.stop_ingest()
+        await handle.state.ingest.stop()
         reply = await hook.send(2, finished("0-00000002"))
         assert reply.ack.refused
         assert reply.ack.refusal == ingest_pb2.REFUSAL_REASON_SHUTTING_DOWN
@@ -313,12 +313,12 @@ async def test_a_stream_cancelled_mid_append_leaves_its_batch_stored_once(tmp_pa
         try:
             await hook.outbox.put(pb.Batch(source_id=hook.source, seq=1,
                                            events=[finished("0-0000000c")]))
-            await until(state.wal_lock.locked, "the append to start")
+            await until(state.ingest.wal_lock.locked, "the append to start")
             await hook.__aexit__()  # the client goes away: the server cancels the stream
             await until(lambda: not state.sessions, "the stream handler to end")
         finally:
             wal_lock.release()
-        await until(lambda: not state.wal_lock.locked(), "the append to finish")
+        await until(lambda: not state.ingest.wal_lock.locked(), "the append to finish")
         async with Hook(tmp_path / SOCKET) as again:
             assert (await again.send(1, finished("0-0000000c"))).ack.duplicate
         assert state.counters["batches"] == 1

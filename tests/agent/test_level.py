@@ -15,7 +15,8 @@ from vllm_audit.v1 import events_pb2 as pb
 from vllm_audit.v1 import query_pb2 as q
 from vllm_audit_agent.control.level_file import LEVEL_FILE
 from vllm_audit_agent.server import AgentHandle
-from vllm_hooks.config.settings import HookSettings, Level
+from vllm_hooks.config.levels import Level
+from vllm_hooks.config.settings import HookSettings
 from vllm_hooks.runtime import HookRuntime
 
 

@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.agent_harness import Hook, agent, lifecycle, until
 from vllm_audit.v1 import events_pb2 as pb
-from vllm_audit_agent.api.metrics import AGENT_ERROR_SITES
+from vllm_audit_agent.api.collectors import AGENT_ERROR_SITES
 from vllm_audit_agent.server import AgentHandle
 from vllm_audit_agent.telemetry import reasons
 from vllm_audit_agent.telemetry.gpu import READ_ERROR_FIELDS

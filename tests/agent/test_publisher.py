@@ -18,10 +18,10 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer
 
+from harness.kafka_broker import KafkaBroker
 from tests.support.agent_harness import Hook, agent_config, lifecycle, until
-from tests.support.kafka_broker import KafkaBroker
 from vllm_audit.v1 import events_pb2 as pb
-from vllm_audit_agent.delivery.publisher import KafkaPublisher
+from vllm_audit_agent.delivery.kafka_sink import KafkaPublisher
 from vllm_audit_agent.records.chain import PUBLIC_KEY_NAME
 from vllm_audit_agent.records.log import DEAD_LETTER_NAME
 from vllm_audit_agent.server import running_agent

@@ -23,6 +23,7 @@ from vllm_audit_agent.model.record import FIELD_MAP, message_to_dict, record_fro
 from vllm_audit_agent.model.trail import from_record
 from vllm_audit_agent.records.chain import GENESIS_HASH, RECORD_TYPE_REQUEST, seal
 from vllm_audit_agent.records.schema import trail_record_schema
+from vllm_audit_agent.trails.completeness import missing_halves
 from vllm_audit_agent.trails.store import Trail, TrailStore
 
 REPO = Path(__file__).resolve().parents[2]
@@ -208,4 +209,4 @@ def test_a_forced_record_gives_back_the_trail_it_was_written_from(half: str) -> 
     assert record["finalised_by"] == "FINALISED_BY_LINGER"
     rebuilt = from_record(json.loads(json.dumps(record)))  # as read back from the log
     assert rebuilt.fields() == trail.fields()
-    assert store._missing_halves(rebuilt) == trail.incomplete
+    assert missing_halves(rebuilt) == trail.incomplete

@@ -14,8 +14,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from tests.support.agent_harness import until
-from vllm_audit_agent.delivery.publisher import InMemoryPublisher
-from vllm_audit_agent.records import log as recordlog
+from vllm_audit_agent.delivery.no_kafka import InMemoryPublisher
+from vllm_audit_agent.records import disk_feed
 from vllm_audit_agent.records.chain import (
     PRIVATE_KEY_NAME,
     PUBLIC_KEY_NAME,
@@ -130,7 +130,7 @@ async def test_disk_reads_go_on_from_where_they_stopped_across_segments(
     """Small chunks over small segments: the publisher reads many chunks (each read ahead
     while the one before is sent) and gets every record once, in order. A read from any
     other point (a publisher started again from its cursor) gets what follows that point."""
-    monkeypatch.setattr(recordlog, "DISK_CHUNK_BYTES", 3000)
+    monkeypatch.setattr(disk_feed, "DISK_CHUNK_BYTES", 3000)
     log = open_log(tmp_path, Signer(Ed25519PrivateKey.generate()), tail_max_bytes=2048,
                    segment_bytes=5000)
     for i in range(400):

@@ -14,10 +14,10 @@ import signal
 import time
 from pathlib import Path
 
+from harness.kafka_broker import KafkaBroker
 from tests.support.agent_harness import Hook, agent_config, lifecycle, until
-from tests.support.kafka_broker import KafkaBroker
 from vllm_audit.v1 import events_pb2 as pb
-from vllm_audit_agent.delivery.publisher import KafkaPublisher
+from vllm_audit_agent.delivery.kafka_sink import KafkaPublisher
 from vllm_audit_agent.server import running_agent
 
 DEADLINE_S = 4.0

@@ -15,10 +15,10 @@ from pathlib import Path
 import orjson
 import pytest
 
+from harness.kafka_broker import KafkaBroker
 from tests.support.agent_harness import Hook, agent, agent_config, until
-from tests.support.kafka_broker import KafkaBroker
 from vllm_audit.v1 import events_pb2 as pb
-from vllm_audit_agent.delivery.publisher import KafkaPublisher
+from vllm_audit_agent.delivery.kafka_sink import KafkaPublisher
 from vllm_audit_agent.server import running_agent
 from vllm_audit_agent.telemetry.stats_history import (
     CURRENT,

@@ -16,7 +16,8 @@ import pytest
 from tests.support.agent_harness import Hook, agent, lifecycle, query
 from vllm_audit.v1 import events_pb2 as pb
 from vllm_audit.v1 import query_pb2
-from vllm_audit_agent.storage.wal import HEADER_SIZE, Record, WalWriteError, WriteAheadLog, scan
+from vllm_audit_agent.storage.segment_format import HEADER_SIZE, Record, scan
+from vllm_audit_agent.storage.wal import WalWriteError, WriteAheadLog
 
 PAYLOAD = 100
 RECORD = HEADER_SIZE + PAYLOAD

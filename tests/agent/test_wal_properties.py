@@ -11,7 +11,9 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from vllm_audit_agent.storage.wal import HEADER_SIZE, Position, WalFull, WriteAheadLog, encode, scan
+from vllm_audit_agent.storage.segment_format import HEADER_SIZE, encode, scan
+from vllm_audit_agent.storage.wal import WalFull, WriteAheadLog
+from vllm_audit_agent.storage.wal_reader import Position
 
 SETTINGS = settings(max_examples=100, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])

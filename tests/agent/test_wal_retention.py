@@ -15,6 +15,7 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer
 
+from harness.kafka_broker import KafkaBroker
 from tests.support.agent_harness import (
     Hook,
     agent,
@@ -25,10 +26,9 @@ from tests.support.agent_harness import (
     requests_of,
     until,
 )
-from tests.support.kafka_broker import KafkaBroker
 from vllm_audit.v1 import events_pb2 as pb
 from vllm_audit.v1 import ingest_pb2, query_pb2
-from vllm_audit_agent.delivery.publisher import KafkaPublisher
+from vllm_audit_agent.delivery.kafka_sink import KafkaPublisher
 from vllm_audit_agent.records.log import read_records
 from vllm_audit_agent.server import running_agent
 

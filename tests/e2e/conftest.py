@@ -13,10 +13,11 @@ from pathlib import Path
 import grpc
 import pytest
 
-from tests.e2e import procs
+from harness import procs
+from harness.kafka_broker import KafkaBroker
+from harness.tiny_model import make_tiny_model
 from tests.e2e.helpers import scrape
-from tests.support.kafka_broker import KafkaBroker
-from tests.support.tiny_model import make_tiny_model
+from tests.e2e.offline import run_offline
 from vllm_audit.v1 import query_pb2, query_pb2_grpc
 from vllm_audit_agent.cli.client import channel as query_channel
 
@@ -94,7 +95,7 @@ def agent(e2e_tmp: Path, kafka: KafkaBroker) -> Iterator[Agent]:
 
 @pytest.fixture(scope="session")
 def offline_enabled(tiny_model: Path, e2e_tmp: Path, agent: Agent) -> list[dict[str, object]]:
-    return procs.run_offline(
+    return run_offline(
         tiny_model, e2e_tmp, OFFLINE_PROMPTS, OFFLINE_MAX_TOKENS, "enabled",
         VLLM_AUDIT_ENABLED="true", VLLM_AUDIT_AGENT_ADDRESS=str(agent.socket),
         VLLM_AUDIT_LEVEL="full-with-allowed-sets", VLLM_AUDIT_INCLUDE_GRAMMAR="true",
@@ -103,7 +104,7 @@ def offline_enabled(tiny_model: Path, e2e_tmp: Path, agent: Agent) -> list[dict[
 
 @pytest.fixture(scope="session")
 def offline_disabled(tiny_model: Path, e2e_tmp: Path) -> list[dict[str, object]]:
-    return procs.run_offline(tiny_model, e2e_tmp, OFFLINE_PROMPTS, OFFLINE_MAX_TOKENS,
+    return run_offline(tiny_model, e2e_tmp, OFFLINE_PROMPTS, OFFLINE_MAX_TOKENS,
                              "disabled")
 
 

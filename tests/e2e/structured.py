@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from tests.e2e import procs
+from harness import procs
 from tests.e2e.conftest import Agent
 from tests.e2e.helpers import FINAL_STATES, wait_for_offline_trail, wait_for_trail
 from vllm_audit.v1 import events_pb2, query_pb2

@@ -14,7 +14,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from tests.e2e import procs
+from harness import procs
 from tests.e2e.conftest import API_KEY
 from vllm_audit.v1 import query_pb2, query_pb2_grpc
 

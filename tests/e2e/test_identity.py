@@ -17,7 +17,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from tests.e2e import procs
+from harness import procs
 from tests.e2e.conftest import Agent, agent_process
 from tests.e2e.helpers import FINAL_STATES, wait_for_trail
 from vllm_audit.v1 import events_pb2 as pb

@@ -15,10 +15,10 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 from prometheus_client.parser import text_string_to_metric_families
 
+from harness.kafka_broker import KafkaBroker
 from tests.e2e.conftest import Agent
 from tests.e2e.helpers import wait_for_offline_trail, wait_for_trail
 from tests.e2e.structured import forbidden_token, replay_in_tests
-from tests.support.kafka_broker import KafkaBroker
 from vllm_audit import allowed_sets
 from vllm_audit.v1 import query_pb2
 from vllm_audit_agent.model.record import SCHEMA_VERSION
@@ -27,7 +27,7 @@ RECORD_SCHEMA = Path(__file__).resolve().parents[2] / "schema" / "trail-record.s
 
 pytestmark = pytest.mark.vllm
 
-VOCAB_SIZE = 1024  # tests/support/tiny_model.py
+VOCAB_SIZE = 1024  # harness/tiny_model.py
 
 
 def independent_popcount(bitmask: bytes, vocab_size: int) -> tuple[int, set[int]]:

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from tests.e2e import procs
 from tests.e2e.conftest import Agent, agent_process
 from tests.e2e.helpers import wait_for_offline_trail
+from tests.e2e.offline import run_offline
 from vllm_audit.v1 import events_pb2 as pb
 from vllm_audit.v1 import query_pb2
 
@@ -29,7 +29,7 @@ def own_agent(e2e_tmp: Path) -> Iterator[Agent]:
 
 @pytest.fixture(scope="module")
 def preempted_run(tiny_model: Path, e2e_tmp: Path, own_agent: Agent) -> list[dict[str, Any]]:
-    return procs.run_offline(tiny_model, e2e_tmp, REQUESTS, MAX_TOKENS, "preempted",
+    return run_offline(tiny_model, e2e_tmp, REQUESTS, MAX_TOKENS, "preempted",
                              kv_blocks=KV_BLOCKS, VLLM_AUDIT_ENABLED="true",
                              VLLM_AUDIT_AGENT_ADDRESS=str(own_agent.socket),
                              VLLM_AUDIT_LEVEL="summary")

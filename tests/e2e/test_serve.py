@@ -11,9 +11,9 @@ from typing import Any
 import openai
 import pytest
 
+from harness.procs import MAX_MODEL_LEN
 from tests.e2e.conftest import API_KEY, Agent
 from tests.e2e.helpers import FINAL_STATES, engine_sample, scrape, wait_for_trail
-from tests.e2e.procs import MAX_MODEL_LEN
 from vllm_audit.v1 import events_pb2, query_pb2
 
 pytestmark = pytest.mark.vllm

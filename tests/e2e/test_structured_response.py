@@ -14,7 +14,7 @@ from typing import Any
 import openai
 import pytest
 
-from tests.e2e import procs
+from harness import procs
 from tests.e2e.conftest import API_KEY, Agent, agent_process
 from tests.e2e.helpers import trail_ids_for_client_id, wait_for_trail
 from tests.e2e.structured import PERSON

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e import procs
+from harness import procs
 from tests.e2e.conftest import Agent, agent_process
 from tests.e2e.structured import (
     PERSON,

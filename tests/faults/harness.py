@@ -21,7 +21,7 @@ from pathlib import Path
 
 import grpc
 
-from tests.e2e import procs
+from harness import procs
 from vllm_audit.v1 import query_pb2, query_pb2_grpc
 from vllm_hooks.config.settings import HookSettings
 from vllm_hooks.errors import InternalErrors

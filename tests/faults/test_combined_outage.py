@@ -34,9 +34,9 @@ from typing import Any
 import orjson
 import pytest
 
+from harness.kafka_broker import KafkaBroker
 from tests.faults.harness import AgentProc, FaultRow
 from tests.faults.request_load import RequestLoad, expected
-from tests.support.kafka_broker import KafkaBroker
 
 pytestmark = pytest.mark.faults
 

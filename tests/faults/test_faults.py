@@ -20,10 +20,10 @@ from typing import Any
 
 import pytest
 
+from harness.kafka_broker import KafkaBroker
 from tests.faults.harness import AgentProc, FaultRow, Load, kafka_keys, running, until
 from tests.support.agent_harness import Hook, agent
 from tests.support.agent_harness import until as until_async
-from tests.support.kafka_broker import KafkaBroker
 from vllm_audit.v1 import events_pb2 as pb
 from vllm_audit_agent.records.log import RecordLog
 
@@ -126,7 +126,7 @@ def _damage_middle_segment(records: Path, how: str) -> Path:
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    from tests.e2e import procs
+    from harness import procs
 
     return subprocess.run([procs.PYTHON, "-m", "vllm_audit_agent.cli", *args], cwd=procs.REPO,
                           env=procs.base_env(), capture_output=True, text=True, timeout=120,
@@ -312,7 +312,7 @@ def _refused(agent: AgentProc) -> int:
 
 
 def _ready(agent: AgentProc) -> bool:
-    from tests.e2e import procs
+    from harness import procs
 
     return procs.http_ok(agent.base + "/readyz")
 

@@ -301,7 +301,7 @@ def test_numpy_varints_are_protobufs_packing(values: list[int]) -> None:
 
 
 def test_the_caps_are_hook_settings_with_defaults_and_clear_errors() -> None:
-    from vllm_hooks.config.settings import (
+    from vllm_hooks.config.env_vars import (
         ENV_ALLOWED_SET_MAX_BYTES,
         ENV_ALLOWED_SETS_BACKLOG_BYTES,
         ENV_ALLOWED_SETS_TRAIL_MAX_BYTES,
@@ -335,7 +335,7 @@ class _Grammar:
 
 
 def test_a_backlog_of_rows_sheds_sets_not_steps_and_counts_them() -> None:
-    from vllm_hooks.config.settings import Level
+    from vllm_hooks.config.levels import Level
     from vllm_hooks.runtime import HookRuntime
     from vllm_hooks.vllm.grammar_tap import AuditedGrammar, BitmaskTap
 

@@ -28,10 +28,11 @@ def test_disabled_by_default_patches_and_imports_nothing() -> None:
         "print(loaded)\n"
     )
     assert out.returncode == 0, out.stderr
-    # Only the settings reader (and its room, a docstring) and the error counter: no adapter, no
-    # vLLM internals, no gRPC.
+    # Only the on switch's reader (start_policy, with the variables' table and its room, a
+    # docstring) and the error counter: no other settings, no adapter, no vLLM internals, no gRPC.
     assert out.stdout.strip() == str(
-        ["vllm_hooks.config", "vllm_hooks.config.settings", "vllm_hooks.errors"])
+        ["vllm_hooks.config", "vllm_hooks.config.env_vars", "vllm_hooks.config.start_policy",
+         "vllm_hooks.errors"])
 
 
 def test_with_fail_open_bad_settings_never_raise_into_vllm_and_are_counted() -> None:

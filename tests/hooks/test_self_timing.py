@@ -18,7 +18,8 @@ from tests.hooks.test_middleware_identity import echo_app
 from tests.support.agent_harness import agent, until
 from tests.support.sender_harness import running_sender
 from vllm_audit.v1 import events_pb2 as pb
-from vllm_hooks.config.settings import ENV_SELF_TIMING, HookSettings
+from vllm_hooks.config.env_vars import ENV_SELF_TIMING
+from vllm_hooks.config.settings import HookSettings
 from vllm_hooks.events import raw_events as raw
 from vllm_hooks.events.capture import CapturePolicy
 from vllm_hooks.events.raw_events import EventConverter
@@ -178,10 +179,10 @@ def drive(level: str, timer: SelfTimer | None) -> list[tuple[Any, ...]]:
     """Three steps of two structured requests through the adapter's real wrappers."""
     import numpy as np
 
-    from vllm_hooks.config.settings import Level
+    from vllm_hooks.config.levels import Level
     from vllm_hooks.runtime import HookRuntime
-    from vllm_hooks.vllm.adapter import wrap_structured_output_manager
     from vllm_hooks.vllm.grammar_tap import BitmaskTap
+    from vllm_hooks.vllm.structured_output_patch import wrap_structured_output_manager
 
     bitmask = np.zeros((2, 4), dtype=np.int32)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from tests.support.agent_harness import agent, query
 from tests.support.sender_harness import running_sender
 from vllm_audit.v1 import query_pb2
-from vllm_hooks.config.settings import DEFAULT_MAX_BATCH_BYTES
+from vllm_hooks.config.env_vars import DEFAULT_MAX_BATCH_BYTES
 from vllm_hooks.events import raw_events as raw
 
 PHASES = (1, 2, 2, 2, 2, 2, 2, 2, 2, 5)  # added, scheduled x8, finished: 10 engine events

@@ -11,12 +11,12 @@ from tests.support.agent_harness import agent, query
 from tests.support.sender_harness import running_sender
 from vllm_audit.v1 import events_pb2 as pb
 from vllm_audit.v1 import ingest_pb2, query_pb2
-from vllm_hooks.config.settings import (
+from vllm_hooks.config.env_vars import (
     ENV_ACK_TIMEOUT_MS,
     ENV_MAX_BATCH_BYTES,
     ENV_MAX_MESSAGE_BYTES,
-    HookSettings,
 )
+from vllm_hooks.config.settings import HookSettings
 from vllm_hooks.errors import InternalErrors
 from vllm_hooks.events import raw_events as raw
 from vllm_hooks.events.capture import CapturePolicy
@@ -24,7 +24,8 @@ from vllm_hooks.events.raw_events import EventConverter
 from vllm_hooks.transport.batching import BatchFiller, framed_size
 from vllm_hooks.transport.buffer import EventBuffer
 from vllm_hooks.transport.refusals import PERMANENT_DROP_REASONS, drop_reason, is_permanent
-from vllm_hooks.transport.sender import SenderStats, new_epoch
+from vllm_hooks.transport.sender import new_epoch
+from vllm_hooks.transport.sender_stats import SenderStats
 from vllm_hooks.transport.truncate import truncate_to_fit
 
 

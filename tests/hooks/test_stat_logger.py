@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 
 from vllm_audit.v1 import events_pb2 as pb
-from vllm_hooks.config.settings import Level
+from vllm_hooks.config.levels import Level
 from vllm_hooks.errors import ERRORS
 from vllm_hooks.events import raw_events as raw
 from vllm_hooks.transport.buffer import EventBuffer

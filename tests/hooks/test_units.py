@@ -8,7 +8,8 @@ import threading
 import numpy as np
 import pytest
 
-from vllm_hooks.config.settings import HookSettings, Level
+from vllm_hooks.config.levels import Level
+from vllm_hooks.config.settings import HookSettings
 from vllm_hooks.events.capture import CapturePolicy, luhn_valid, redact
 from vllm_hooks.transport.buffer import EventBuffer
 from vllm_hooks.vllm.grammar_tap import allowed_counts

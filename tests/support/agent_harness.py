@@ -14,10 +14,10 @@ import grpc
 
 from vllm_audit.v1 import events_pb2 as pb
 from vllm_audit.v1 import ingest_pb2, ingest_pb2_grpc, query_pb2_grpc
-from vllm_audit_agent.api.auth import ADMIN_TOKEN_FILE
+from vllm_audit_agent.api.tokens import ADMIN_TOKEN_FILE
 from vllm_audit_agent.cli.client import aio_channel
 from vllm_audit_agent.config import AgentConfig
-from vllm_audit_agent.delivery.publisher import InMemoryPublisher
+from vllm_audit_agent.delivery.no_kafka import InMemoryPublisher
 from vllm_audit_agent.records.log import RecordLog
 from vllm_audit_agent.server import AgentHandle, running_agent
 from vllm_audit_agent.telemetry.gpu import GpuReader

@@ -17,7 +17,7 @@ The body's `user` is kept as `claimed_user` whatever the source of `user`: keep 
 client claims as a field, attribute on what was established.
 
 `auth_status` says what vLLM's own API-key check (`--api-key` / `VLLM_API_KEY`) decided; the
-adapter reads whether vLLM runs that check for a request (adapter.vllm_key_check).
+vllm room reads whether vLLM runs that check for a request (vllm.api_key_check).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from vllm_hooks.config.settings import HookSettings
 
 #: ASGI scope key holding the TCP peer as the server saw it, kept before uvicorn's
-#: proxy-headers middleware rewrites scope["client"] (adapter.keep_socket_peer).
+#: proxy-headers middleware rewrites scope["client"] (vllm.socket_peer_patch).
 SOCKET_PEER_KEY = "vllm_audit.socket_peer"
 
 API_KEY = pb.IDENTITY_SOURCE_API_KEY

@@ -51,7 +51,8 @@ class ResponseAuditor:
             current = self._channel
             if current is None or current[0] != os.getpid():
                 channel = grpc.insecure_channel(self.address)
-                # grpcio-tools emits no type hints for *_pb2_grpc stubs.
+                # generated gRPC stubs are untyped.
+                # the ignore[no-untyped-call] below: generated gRPC stubs are untyped
                 stub = query_pb2_grpc.QueryServiceStub(channel)  # type: ignore[no-untyped-call]
                 current = (os.getpid(), channel, stub)
                 self._channel = current

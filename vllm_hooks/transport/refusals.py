@@ -23,7 +23,7 @@ def is_permanent(reason: int) -> bool:
 def drop_reason(reason: int) -> str:
     """The drop-counter name for events of a batch refused for `reason`."""
     try:
-        name = ingest_pb2.RefusalReason.Name(reason)  # type: ignore[arg-type]
+        name = ingest_pb2.RefusalReason.Name(reason)
     except ValueError:
         return f"refused_{reason}"
     return "refused_" + name.removeprefix(_PREFIX).lower()

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from vllm_hooks.config.settings import Level
+from vllm_hooks.config.levels import Level
 from vllm_hooks.errors import ERRORS
 from vllm_hooks.events import raw_events as raw
 from vllm_hooks.events.self_timing import SelfTimer
@@ -163,7 +163,7 @@ class AuditedGrammar:
         self.accepted_drafts = 0
         self.draft_rollbacks = 0
         self.rolled_back_drafts = 0
-        #: Set while vLLM fills this step's rows (see BitmaskTap.assign and the adapter).
+        #: Set while vLLM fills this step's rows (see BitmaskTap.assign and structured_output_patch).
         self.pending_rows: list[int] = []
         self.pending_bitmask: bytes | None = None
         self.pending_drafted = 0

@@ -26,7 +26,7 @@ class GrammarReplayer:
     def __init__(self, backend: str, spec_type: str, spec: str, model: str,
                  vocab_size: int) -> None:
         try:
-            from vllm_hooks.vllm.adapter import (  # vLLM lives there
+            from vllm_hooks.vllm.replay_backends import (  # imports vLLM
                 ReplayUnavailable,
                 compile_grammar_for_replay,
             )

@@ -9,11 +9,13 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from vllm_hooks.config.settings import Level, settings
+from vllm.v1.metrics.loggers import StatLoggerBase
+
+from vllm_hooks.config.levels import Level
+from vllm_hooks.config.settings import settings
 from vllm_hooks.errors import ERRORS
 from vllm_hooks.events import raw_events as raw
 from vllm_hooks.runtime import HookRuntime, get_runtime
-from vllm_hooks.vllm.adapter import StatLoggerBase
 
 _SUMMARY = int(Level.SUMMARY)
 #: Seconds between snapshots; counters accumulate in between, so nothing is lost by throttling.
@@ -26,7 +28,7 @@ _COUNT_FIELDS = ("ttft_count", "inter_token_latency_count", "tpot_count", "finis
                  "cached_prompt_tokens")
 
 
-class AuditStatLogger(StatLoggerBase):  # type: ignore[misc]
+class AuditStatLogger(StatLoggerBase):
     def __init__(self, vllm_config: Any = None, engine_index: int = 0, *args: Any, **kwargs: Any):
         self.engine_index = engine_index
         self._rt: HookRuntime | None = None
@@ -39,6 +41,7 @@ class AuditStatLogger(StatLoggerBase):  # type: ignore[misc]
                 if timer is not None:
                     # Self-timing: this instance's record() is timed (an instance attribute
                     # shadows the method; an untimed logger never sees it).
+                    # the ignore[method-assign] below: timed record() on this instance only
                     self.record = timer.stat_logger_call(self.record)  # type: ignore[method-assign]
         except Exception as exc:
             ERRORS.record("stat_logger.init", exc)

@@ -1,7 +1,7 @@
 """The management API as JSON on the agent's HTTP port: the same calls as the gRPC query and
 control services, through the same code.
 
-Each route stands for one gRPC method: it is authorised by the same `Gate` (auth.py) under
+Each route stands for one gRPC method: it is authorised by the same `Gate` (gate.py) under
 that method's name (one token table, one role table, the same refusal counters), runs the same
 `AuditApi` call (operations.py) as the servicer, and is meta-audited into the record log like
 the gRPC call (`transport: http`, the request as the proto request it was parsed into).
@@ -37,16 +37,10 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from vllm_audit.v1 import query_pb2 as q
-from vllm_audit_agent.api.auth import (
-    Gate,
-    Principal,
-    Refused,
-    acting_as,
-    is_loopback,
-    request_details,
-    result_count,
-)
+from vllm_audit_agent.api.gate import Gate, Refused, acting_as, request_details, result_count
 from vllm_audit_agent.api.operations import ApiError, AuditApi
+from vllm_audit_agent.api.tls import is_loopback
+from vllm_audit_agent.api.tokens import Principal
 from vllm_audit_agent.config import parse_level
 from vllm_audit_agent.model.record import message_to_dict
 from vllm_audit_agent.records.export import parse_time
@@ -200,20 +194,25 @@ class ManagementApi:
                                                    self._unary(lambda _: self.api.stats()))),
             web.get(PREFIX + "/trails", self._route(
                 _Q + "ListTrails", self._query(q.ListTrailsRequest, {**FILTERS, **PAGING}),
+                # the ignore[arg-type] below: each handler takes its own request type
                 self._unary(self.api.list_trails))),  # type: ignore[arg-type]
             web.get(PREFIX + "/trails/{id}", self._route(
                 _Q + "GetTrail", self._trail_query, self._unary(
+                    # the ignore[arg-type] below: each handler takes its own request type
                     self.api.get_trail, trail_json))),  # type: ignore[arg-type]
             web.get(PREFIX + "/export", self._route(
                 _Q + "ExportTrails", self._query(q.ExportTrailsRequest, FILTERS), self._export)),
             web.delete(PREFIX + "/trails/{id}", self._route(
                 _C + "DeleteTrail", self._delete_request,
+                # the ignore[arg-type] below: each handler takes its own request type
                 self._unary(self.api.delete_trail))),  # type: ignore[arg-type]
             web.post(PREFIX + "/clear", self._route(
                 _C + "ClearTrails", self._clear_request,
+                # the ignore[arg-type] below: each handler takes its own request type
                 self._unary(self.api.clear_trails))),  # type: ignore[arg-type]
             web.put(PREFIX + "/level", self._route(
                 _C + "SetAuditLevel", self._level_request,
+                # the ignore[arg-type] below: each handler takes its own request type
                 self._unary(self.api.set_level))),  # type: ignore[arg-type]
         ]
 
@@ -289,6 +288,7 @@ class ManagementApi:
         if not isinstance(level, str):
             raise _bad('the body needs "level": a level name (e.g. "summary")')
         try:
+            # the ignore[arg-type] below: each handler takes its own request type
             return q.SetAuditLevelRequest(level=parse_level(level))  # type: ignore[arg-type]
         except ValueError as exc:
             raise _bad(str(exc)) from None

@@ -17,7 +17,7 @@ import logging
 from collections import Counter
 from typing import Any
 
-from vllm_audit_agent.api.auth import Principal
+from vllm_audit_agent.api.tokens import Principal
 from vllm_audit_agent.records.chain import RECORD_TYPE_ACCESS
 from vllm_audit_agent.records.log import RecordLog
 

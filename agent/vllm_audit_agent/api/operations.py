@@ -3,11 +3,11 @@
 The gRPC servicers (query.py) and the HTTP management API (http_api.py) translate their
 requests into the proto request messages, call `AuditApi`, and translate its answer or its
 `ApiError` (a gRPC status code and a message; http_api.py maps the code to an HTTP status).
-Who may call what was decided before (auth.py `Gate`); here the caller only narrows what it
+Who may call what was decided before (gate.py `Gate`); here the caller only narrows what it
 reads: a tenant-auditor sees its own tenant's trails and nothing else, whatever filter it
 sends (another tenant's trail is NOT_FOUND, as a missing one).
 
-Pages come from the trail index (trail_index.py) in arrival order; a page token is the position
+Pages come from the trail index (trails/index.py) in arrival order; a page token is the position
 after the last trail handed out, so pages stay stable while trails arrive and go. Every method
 but `export` is synchronous: a page is built without awaiting, so the index cannot change
 under it.
@@ -31,7 +31,8 @@ import orjson
 
 from vllm_audit.v1 import events_pb2 as pb
 from vllm_audit.v1 import query_pb2 as q
-from vllm_audit_agent.api.auth import TENANT_AUDITOR, current_principal
+from vllm_audit_agent.api.gate import current_principal
+from vllm_audit_agent.api.tokens import TENANT_AUDITOR
 from vllm_audit_agent.config import LEVELS
 from vllm_audit_agent.records.chain import RECORD_TYPE_REQUEST
 from vllm_audit_agent.state import AgentState
@@ -107,10 +108,12 @@ def filter_of(request: q.ListTrailsRequest | q.ExportTrailsRequest | q.WatchTrai
               "tenant": scoped_tenant(request.tenant), "state": request.state,
               "structured_only": request.structured_only}
     if isinstance(request, q.WatchTrailsRequest):
+        # the ignore[arg-type] below: an int for a contract enum (stubs want its ValueType)
         return Filter(**common)  # type: ignore[arg-type]
     if request.since_unix_ms < 0 or request.until_unix_ms < 0:
         raise ApiError(grpc.StatusCode.INVALID_ARGUMENT,
                        "since_unix_ms and until_unix_ms must be >= 0 (unix milliseconds)")
+    # the ignore[arg-type] below: an int for a contract enum (stubs want its ValueType)
     return Filter(**common, client_request_id=request.client_request_id,  # type: ignore[arg-type]
                   finish_reason=request.finish_reason, since_unix_ms=request.since_unix_ms,
                   until_unix_ms=request.until_unix_ms, grammar_backend=request.grammar_backend)
@@ -166,6 +169,7 @@ class AuditApi:
             wal_bytes=state.wal.size,
             records_published=state.publisher.counters["published"],
             agent_dropped_by_reason=state.agent_drops(),
+            # the ignore[arg-type] below: an int for a contract enum (stubs want its ValueType)
             audit_level=state.level,  # type: ignore[arg-type]
         )
         levels = state.source_levels()

@@ -1,7 +1,7 @@
 """QueryService (health, stats, trails, export, watch) and ControlService (audit level,
 delete, clear) of the agent: the gRPC face of operations.py.
 
-Who may call what is decided by the auth interceptor (auth.py) before a method runs; what a
+Who may call what is decided by the auth interceptor (api/auth_interceptor.py) before a method runs; what a
 call does is `AuditApi`'s (operations.py), shared with the HTTP management API, so the two
 transports cannot drift. Here an `ApiError` becomes the call's status.
 """
@@ -67,6 +67,7 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
             replay = list(index.final(f)) if request.replay else []
             for summary in replay:
                 yield q.WatchTrailsResponse(trail=summary,
+                                            # ignore[arg-type]: an int for a contract enum
                                             kind=record_kind(summary.revision))  # type: ignore[arg-type]
             while True:
                 if watch.overflowed and watch.queue.empty():
@@ -76,6 +77,7 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
                         "list what was missed with ListTrails and watch again")
                 # An overflow happens only with a full queue: it is noticed once drained.
                 kind, summary = await watch.queue.get()
+                # the ignore[arg-type] below: an int for a contract enum (stubs want its ValueType)
                 yield q.WatchTrailsResponse(trail=summary, kind=kind)  # type: ignore[arg-type]
         finally:
             index.unwatch(watch)

@@ -14,7 +14,7 @@ Per batch, in order:
 4. The ack (Ack.epoch echoes the batch's epoch).
 
 A stream is pipelined: the next batch is read and validated while the one before is in its
-store unit (waiting on the WAL's sync in a worker thread), up to state.PIPELINE_DEPTH batches
+store unit (waiting on the WAL's sync in a worker thread), up to session.PIPELINE_DEPTH batches
 unanswered per stream; the replies still go out in the order the batches came, and store
 units still run one at a time in that order (the lock is FIFO). Waiting for each batch's
 sync before reading the next left the loop idle for the sync's whole duration (~2.5 ms per
@@ -37,6 +37,7 @@ import asyncio
 import logging
 import os
 import sys
+from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -46,8 +47,10 @@ from google.protobuf.message import DecodeError
 
 from vllm_audit.v1 import events_pb2 as pb
 from vllm_audit.v1 import ingest_pb2, ingest_pb2_grpc
+from vllm_audit_agent.control.level import LevelControl
+from vllm_audit_agent.ingest.ledger import DISK_REFUSALS, REFUSAL_REASONS, IngestLedger
+from vllm_audit_agent.ingest.session import Session
 from vllm_audit_agent.model.validation import Verdict, validate
-from vllm_audit_agent.state import DISK_REFUSALS, REFUSAL_REASONS, AgentState, Session
 from vllm_audit_agent.storage.wal import WalRefused
 
 logger = logging.getLogger("vllm_audit.agent")
@@ -64,19 +67,26 @@ def _ack(batch: pb.Batch, **kw: Any) -> ingest_pb2.IngestReply:
 
 
 class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
-    def __init__(self, state: AgentState) -> None:
-        self.state = state
+    """`sessions`: the live set of connected streams (level control pushes to it);
+    `errors`: the agent's count of swallowed internal errors."""
+
+    def __init__(self, ledger: IngestLedger, levels: LevelControl, sessions: set[Session],
+                 errors: Counter[str], max_batch_bytes: int) -> None:
+        self.ledger = ledger
+        self.levels = levels
+        self.sessions = sessions
+        self.errors = errors
+        self.max_batch_bytes = max_batch_bytes
 
     async def Stream(
         self, request_iterator: AsyncIterator[pb.Batch], context: grpc.aio.ServicerContext[Any, Any]
     ) -> None:
-        state = self.state
         session = Session()
-        state.sessions.add(session)
+        self.sessions.add(session)
         handler = asyncio.current_task()
         assert handler is not None
         writer = asyncio.create_task(self._write(session, context, handler))
-        session.outbox.put_nowait(state.hook_config())
+        session.push(self.levels.hook_config())
         failure, code = "", grpc.StatusCode.INTERNAL
         try:
             try:
@@ -97,18 +107,18 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             handler.uncancel()  # the writer found a failed store unit: handled below
         except DecodeError as exc:
             # Bytes that are not a Batch carry no seq to refuse: the stream ends instead.
-            state.agent_dropped["malformed_batches"] += 1
+            self.ledger.agent_dropped["malformed_batches"] += 1
             failure, code = f"a message on this stream is not a Batch: {exc}", \
                 grpc.StatusCode.INVALID_ARGUMENT
         except Exception as exc:
-            state.errors["ingest.stream"] += 1
+            self.errors["ingest.stream"] += 1
             logger.exception("ingest stream failed: %r", exc)
             failure = f"agent error while handling the stream: {type(exc).__name__}: {exc}"
         finally:
-            state.sessions.discard(session)
+            self.sessions.discard(session)
             unit_error = session.failure
             if unit_error is not None and not failure:
-                state.errors["ingest.stream"] += 1
+                self.errors["ingest.stream"] += 1
                 logger.error("ingest stream failed: %r", unit_error, exc_info=unit_error)
                 failure = ("agent error while handling the stream: "
                            f"{type(unit_error).__name__}: {unit_error}")
@@ -163,17 +173,17 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
     def begin(self, batch: pb.Batch) -> ingest_pb2.IngestReply | asyncio.Task[ingest_pb2.IngestReply]:
         """Validates `batch` and starts its store unit: a refusal, or the unit whose result is
         the answer (an ack or a duplicate ack, or a refusal from the WAL)."""
-        state = self.state
-        if state.stopping:
+        ledger = self.ledger
+        if ledger.stopping:
             return self._refuse(batch, "shutting_down", "the agent is shutting down")
-        verdict = validate(batch, state.config.max_batch_bytes)
+        verdict = validate(batch, self.max_batch_bytes)
         if verdict.refusal:
             logger.warning("refused batch %r/%d/%d (%s): %s", batch.source_id[:64],
                            batch.epoch, batch.seq, verdict.refusal, verdict.detail)
             return self._refuse(batch, verdict.refusal, verdict.detail)
         # The unit runs to its end even if this stream is cancelled meanwhile.
         task = asyncio.create_task(self._store(batch, verdict))
-        state.pending_stores.add(task)
+        ledger.pending_stores.add(task)
         task.add_done_callback(self._store_done)
         return task
 
@@ -185,20 +195,20 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         return started
 
     def _store_done(self, task: asyncio.Task[ingest_pb2.IngestReply]) -> None:
-        self.state.pending_stores.discard(task)
+        self.ledger.pending_stores.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            self.state.errors["ingest.apply"] += 1
+            self.errors["ingest.apply"] += 1
 
     def _refuse(self, batch: pb.Batch, reason: str, detail: str) -> ingest_pb2.IngestReply:
-        self.state.counters[f"refused_batches_{reason}"] += 1
-        return _ack(batch, refused=True, refusal=REFUSAL_REASONS[reason],  # type: ignore[arg-type]
+        self.ledger.counters[f"refused_batches_{reason}"] += 1
+        return _ack(batch, refused=True, refusal=REFUSAL_REASONS[reason],
                     reason=f"{reason}: {detail}")
 
     async def _store(self, batch: pb.Batch, verdict: Verdict) -> ingest_pb2.IngestReply:
-        state = self.state
-        async with state.wal_lock:
-            if state.window(batch).seen(batch.seq):
-                state.counters["duplicate_batches"] += 1
+        ledger = self.ledger
+        async with ledger.wal_lock:
+            if ledger.window(batch).seen(batch.seq):
+                ledger.counters["duplicate_batches"] += 1
                 return _ack(batch, duplicate=True)
             payload = batch.SerializeToString()
             try:
@@ -206,62 +216,61 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             except WalRefused as exc:
                 reason = exc.reason if exc.reason in REFUSAL_REASONS else "disk_error"
                 if reason in DISK_REFUSALS:
-                    state.ingest_healthy = False
+                    ledger.healthy = False
                 return self._refuse(batch, reason, str(exc) or reason)
-            state.ingest_healthy = True
-            state.mark_stored(batch)
-            state.clamped_fields.update(verdict.clamped)
-            state.agent_dropped["events_without_body"] += verdict.dropped_events
+            ledger.healthy = True
+            ledger.mark_stored(batch)
+            ledger.clamped_fields.update(verdict.clamped)
+            ledger.agent_dropped["events_without_body"] += verdict.dropped_events
             # An exception here ends the stream with INTERNAL; the batch is stored and marked,
             # so its resend is acked as a duplicate and a replay applies it again.
-            state.apply_batch(batch, segment, verdict.events)
+            ledger.apply_batch(batch, segment, verdict.events)
         return _ack(batch)
 
     def _append(self, payload: bytes) -> int:
-        wal = self.state.wal
+        wal = self.ledger.wal
         segment = wal.append(payload)
         if wal.fsync == "batch":
             wal.sync()
         return segment
 
 
-def replay_wal(state: AgentState) -> int:
+def replay_wal(ledger: IngestLedger, quarantine_dir: Path) -> int:
     """Rebuilds trails and de-duplication state from the WAL at start. Returns batches applied.
 
     Never raises on a record: one that does not parse, fails validation or fails to apply is
     counted (agent_dropped replay_quarantined_batches) and kept in <data_dir>/quarantine/;
     a second copy of a (source_id, epoch, seq) is skipped (counters wal_replay_duplicates)."""
     n = 0
-    for index, (segment, payload) in enumerate(state.wal.replay()):
+    for index, (segment, payload) in enumerate(ledger.wal.replay()):
         try:
             batch = pb.Batch.FromString(payload)
             verdict = validate(batch, max_batch_bytes=sys.maxsize)  # stored under an older cap
             if verdict.refusal:
                 raise ValueError(f"{verdict.refusal}: {verdict.detail}")
-            if state.window(batch).seen(batch.seq):
-                state.counters["wal_replay_duplicates"] += 1
+            if ledger.window(batch).seen(batch.seq):
+                ledger.counters["wal_replay_duplicates"] += 1
                 continue
-            state.mark_stored(batch)
-            state.clamped_fields.update(verdict.clamped)
-            state.agent_dropped["events_without_body"] += verdict.dropped_events
-            state.apply_batch(batch, segment, verdict.events)
+            ledger.mark_stored(batch)
+            ledger.clamped_fields.update(verdict.clamped)
+            ledger.agent_dropped["events_without_body"] += verdict.dropped_events
+            ledger.apply_batch(batch, segment, verdict.events)
             n += 1
         except Exception as exc:
             logger.error("WAL record %d of segment %d cannot be replayed (%r); quarantined",
                          index, segment, exc)
-            _quarantine(state, f"replay-{segment:08d}-{index:08d}.batch", payload)
-    state.counters["wal_replayed_batches"] = n
+            _quarantine(ledger, quarantine_dir, f"replay-{segment:08d}-{index:08d}.batch", payload)
+    ledger.counters["wal_replayed_batches"] = n
     return n
 
 
-def _quarantine(state: AgentState, name: str, payload: bytes) -> None:
-    state.agent_dropped["replay_quarantined_batches"] += 1
-    directory: Path = state.config.data_dir / "quarantine"
+def _quarantine(ledger: IngestLedger, directory: Path, name: str, payload: bytes) -> None:
+    ledger.agent_dropped["replay_quarantined_batches"] += 1
     try:
         directory.mkdir(mode=0o700, exist_ok=True)
         fd = os.open(directory / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as f:
             f.write(payload)
     except OSError as exc:
-        state.agent_dropped["replay_quarantine_failed"] += 1
+        ledger.agent_dropped["replay_quarantine_failed"] += 1
         logger.error("could not keep quarantined record %s: %r", name, exc)

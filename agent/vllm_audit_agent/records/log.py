@@ -18,14 +18,13 @@ ingest WAL fills and refuses hooks' batches: back-pressure, nothing dropped. Cou
 Checkpoints (chain.py) are written every `checkpoint_every` records or `checkpoint_interval`
 seconds when records came in, and at a clean stop (so a stopped log ends with one).
 
-Retention (`reclaim`): the oldest sealed segments go while the log is above 90% of its cap or
-their newest record is older than `retention_days`, each counted by reason (size, age) — but
-never a segment holding a record the publisher has not had acknowledged: with Kafka down the
-log keeps everything owed and refuses at its cap instead.
+Retention (`reclaim`, retention.py) deletes the oldest sealed segments by size or age, never
+one holding a record the sink has not acknowledged.
 
 Cursor: `<records dir>/cursor` holds the last `seq` the sink acknowledged (written atomically:
 temp file, fsync, rename). At start the log is replayed to rebuild the chain head, the
-segment index and the unpublished tail.
+segment index and the unpublished tail, and what the agent needs to know of the records
+written before (recorded_before.py).
 """
 
 from __future__ import annotations
@@ -36,83 +35,30 @@ import logging
 import time
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from vllm_audit_agent.model import record as records
 from vllm_audit_agent.records.chain import (
     GENESIS_HASH,
-    RECORD_TYPE_ACCESS,
     RECORD_TYPE_CHECKPOINT,
     RECORD_TYPE_REQUEST,
     Signer,
     seal,
 )
+from vllm_audit_agent.records.disk_feed import DiskFeed
+from vllm_audit_agent.records.entry import Entry, entry_of, event_id
+from vllm_audit_agent.records.recorded_before import RecordedBefore
+from vllm_audit_agent.records.retention import EXPIRY_REASONS, SegmentInfo, expire_segments
 from vllm_audit_agent.storage.datadir import write_private_file
-from vllm_audit_agent.storage.wal import Position, ReadRecord, WalRefused, WriteAheadLog
+from vllm_audit_agent.storage.wal import WalRefused, WriteAheadLog
 
 logger = logging.getLogger("vllm_audit.agent")
 
 CURSOR_NAME = "cursor"
 DEAD_LETTER_NAME = "dead-letter.jsonl"
-#: Topic suffix per record type (`<prefix>.<suffix>`).
-TOPICS = {RECORD_TYPE_REQUEST: "requests", RECORD_TYPE_CHECKPOINT: "checkpoints",
-          RECORD_TYPE_ACCESS: "access"}
-#: Share of the cap retention keeps the log under (the rest is headroom between sweeps).
-RETENTION_RATIO = 0.9
-#: Event ids of this many newest records are remembered at start, so that replaying the
-#: ingest WAL does not record again a trail already in the log. Freed once replay is over.
-REPLAY_DEDUP_RECORDS = 1_000_000
-#: Trails whose newest record is remembered at start (its revision, and its bytes when it was
-#: forced), so that a half arriving after a restart continues the trail: the next revision,
-#: with the half recorded before. At most this many, and at most REMEMBERED_FORCED_BYTES of
-#: forced records (a record at level full carries its grammar steps). Freed once handed to
-#: the trail store.
-REMEMBERED_TRAILS = 100_000
-REMEMBERED_FORCED_BYTES = 64 << 20
-#: What one read of the log on disk loads for the publisher (about). Reads go on from where
-#: the last one stopped and the next chunk is read ahead while this one is sent, so a chunk
-#: only needs to be larger than a send window.
-DISK_CHUNK_BYTES = 8 << 20
-#: Reasons retention deletes a segment.
-EXPIRY_REASONS = ("size", "age")
 OnRecorded = Callable[[], None]
-
-
-def event_id(record: dict[str, Any]) -> str:
-    """Trail id + revision: unique per record, stable across re-delivery, so a consumer that
-    keeps the newest revision per trail id never takes a forced finalisation for the real
-    record. Falls back to `request_id` and revision 0 for records without a trail id."""
-    trail = record.get("trail_id") or record.get("request_id") or ""
-    return records.event_id(str(trail), int(record.get("revision") or 0))
-
-
-@dataclass(slots=True)
-class Entry:
-    """One durable record as the publisher needs it."""
-    seq: int
-    topic: str
-    key: bytes
-    value: bytes
-    time_ms: int
-
-
-@dataclass(slots=True)
-class SegmentInfo:
-    first_seq: int
-    last_seq: int
-    last_time_ms: int
-
-
-def _entry(record: dict[str, Any], value: bytes) -> Entry:
-    kind = record.get("type", RECORD_TYPE_REQUEST)
-    key = (record.get("trail_id") or record.get("request_id") or kind) if kind == \
-        RECORD_TYPE_REQUEST else kind
-    return Entry(int(record["seq"]), TOPICS.get(kind, "requests"), str(key).encode(), value,
-                 int(record.get("recorded_unix_ms", 0)))
 
 
 class RecordLog:
@@ -141,12 +87,6 @@ class RecordLog:
         self.unpublished_bytes = 0
         self._tail: deque[Entry] = deque()
         self._tail_bytes = 0
-        #: Records read back from disk for the publisher (when the tail does not reach back).
-        self._disk_chunk: list[Entry] = []
-        #: (seq of the last record a disk read took, where the log goes on after it).
-        self._disk_next: tuple[int, Position] | None = None
-        #: The next chunk, being read ahead: (the seq it follows, its read).
-        self._read_ahead: tuple[int, asyncio.Task[list[Entry]]] | None = None
         self._pending: list[tuple[Entry, OnRecorded | None]] = []
         self._writing = 0
         self._since_checkpoint = 0
@@ -156,10 +96,10 @@ class RecordLog:
         self._stopping = asyncio.Event()
         self._io = asyncio.Lock()
         self._writer: asyncio.Task[None] | None = None
+        #: Records the tail no longer holds, for the publisher (shares `segments` and `_io`).
+        self._disk = DiskFeed(self.wal, self.segments, self._io, self.counters)
         self.replay_event_ids: set[str] | None = None
-        #: trail id -> (newest revision recorded, that record's bytes if it was forced).
-        self.recorded_trails: OrderedDict[str, tuple[int, bytes | None]] = OrderedDict()
-        self._forced_bytes = 0
+        self._earlier = RecordedBefore()
         self._replay()
 
     # -- start ---------------------------------------------------------------------------
@@ -174,7 +114,6 @@ class RecordLog:
             return 0
 
     def _replay(self) -> None:
-        ids: deque[str] = deque(maxlen=REPLAY_DEDUP_RECORDS)
         tail: deque[Entry] = deque()
         replayed = 0
         for segment, payload in self.wal.replay():
@@ -189,15 +128,14 @@ class RecordLog:
                 self.counters["replay_seq_gaps"] += 1
                 logger.warning("record log: seq %d follows %d", seq, self.head_seq)
             self.head_seq, self.head_hash = seq, str(record.get("hash", ""))
-            entry = _entry(record, payload)
+            entry = entry_of(record, payload)
             info = self.segments.get(segment)
             if info is None:
                 self.segments[segment] = SegmentInfo(seq, seq, entry.time_ms)
             else:
                 info.last_seq, info.last_time_ms = seq, max(info.last_time_ms, entry.time_ms)
             if record.get("type") == RECORD_TYPE_REQUEST and "event_id" in record:
-                ids.append(str(record["event_id"]))
-                self._remember_trail(record, payload)
+                self._earlier.note(record, payload)
             if seq > self.cursor:
                 self.unpublished_bytes += len(payload)
                 tail.append(entry)
@@ -216,44 +154,22 @@ class RecordLog:
             self.cursor = self.head_seq
         self.durable_seq = self.head_seq
         self.counters["replayed_records"] = replayed
-        self.replay_event_ids = set(ids)
+        self.replay_event_ids = self._earlier.take_event_ids()
 
-    def _remember_trail(self, record: dict[str, Any], payload: bytes) -> None:
-        trail = str(record.get("trail_id") or "")
-        if not trail:
-            return
-        revision = int(record.get("revision") or 0)
-        known = self.recorded_trails.get(trail)
-        if known is not None and known[0] > revision:
-            return
-        forced = record.get("finalised_by", "FINALISED_BY_COMPLETE") != "FINALISED_BY_COMPLETE"
-        kept = payload if forced else None
-        if known is not None and known[1] is not None:
-            self._forced_bytes -= len(known[1])
-        self.recorded_trails[trail] = (revision, kept)
-        self.recorded_trails.move_to_end(trail)
-        if kept is not None:
-            self._forced_bytes += len(kept)
-        while self.recorded_trails and (len(self.recorded_trails) > REMEMBERED_TRAILS
-                                        or self._forced_bytes > REMEMBERED_FORCED_BYTES):
-            _, (_, old) = self.recorded_trails.popitem(last=False)
-            if old is not None:
-                self._forced_bytes -= len(old)
+    @property
+    def recorded_trails(self) -> OrderedDict[str, tuple[int, bytes | None]]:
+        """Until `take_recorded_trails`: trail id -> (newest revision, its bytes if forced)."""
+        return self._earlier.trails
 
     def recorded_before(self, trail_id: str) -> tuple[int, bool] | None:
         """Until `take_recorded_trails`: the newest revision recorded for a trail before this
         start and whether that record was forced (None: not among the newest trails)."""
-        known = self.recorded_trails.get(trail_id)
-        return None if known is None else (known[0], known[1] is not None)
+        return self._earlier.newest(trail_id)
 
     def take_recorded_trails(self) -> list[tuple[str, int, dict[str, Any] | None]]:
         """What `_replay` remembered of the newest trails, oldest first: (trail id, newest
         revision, that record when it was forced). Handed over once."""
-        out = [(trail, revision, orjson.loads(forced) if forced is not None else None)
-               for trail, (revision, forced) in self.recorded_trails.items()]
-        self.recorded_trails = OrderedDict()
-        self._forced_bytes = 0
-        return out
+        return self._earlier.take_trails()
 
     def end_replay(self) -> None:
         """The ingest WAL has been replayed: the start-up de-duplication set can go."""
@@ -271,7 +187,7 @@ class RecordLog:
         seq = self.head_seq + 1
         value = seal(record, seq, self.head_hash)
         self.head_seq, self.head_hash = seq, record["hash"]
-        self._pending.append((_entry(record, value), on_recorded))
+        self._pending.append((entry_of(record, value), on_recorded))
         self.counters[f"appended_{kind}"] += 1
         self._wake.set()
         if kind != RECORD_TYPE_CHECKPOINT:  # trails and access records are signed over
@@ -398,10 +314,7 @@ class RecordLog:
 
     async def stop_reading(self) -> None:
         """Waits for a read-ahead still on its worker thread (the publisher stopped)."""
-        ahead, self._read_ahead = self._read_ahead, None
-        if ahead is not None:
-            with contextlib.suppress(Exception):
-                await ahead[1]
+        await self._disk.stop()
 
     # -- reading (publisher) --------------------------------------------------------------
     async def wait_durable(self, after_seq: int, timeout: float | None = None) -> bool:
@@ -416,8 +329,8 @@ class RecordLog:
     async def read(self, after_seq: int, max_records: int) -> list[Entry]:
         """Durable records with seq > `after_seq`, oldest first (at most `max_records`).
 
-        From the in-memory tail when it reaches back that far, else from disk (the tail
-        overflowed during a long outage, or the records predate this run)."""
+        From the in-memory tail when it reaches back that far, else from disk (disk_feed.py:
+        the tail overflowed during a long outage, or the records predate this run)."""
         tail = self._tail
         if after_seq >= self.durable_seq:
             return []
@@ -427,78 +340,7 @@ class RecordLog:
                 start = next((i for i, e in enumerate(tail) if e.seq > after_seq), len(tail))
             return [tail[i] for i in range(start, min(len(tail), start + max_records))]
         upto = tail[0].seq - 1 if tail else self.durable_seq
-        chunk = self._disk_chunk
-        if not chunk or not chunk[0].seq <= after_seq + 1 <= chunk[-1].seq:
-            chunk = self._disk_chunk = await self._load_chunk(after_seq, upto)
-        start = after_seq + 1 - chunk[0].seq if chunk else 0
-        if not 0 <= start < len(chunk) or chunk[start].seq != after_seq + 1:  # gaps
-            start = next((i for i, e in enumerate(chunk) if e.seq > after_seq), len(chunk))
-        if start >= 4096:
-            del chunk[:start]  # keep the scan short; the publisher only reads forward
-            start = 0
-        out = chunk[start:start + max_records]
-        if out and self._read_ahead is None and start + max_records >= len(chunk) // 2:
-            # Half of this chunk handed out: the next one is read (on a worker thread) while
-            # the rest is sent, so the publisher never waits on the disk between chunks.
-            last = chunk[-1].seq
-            if last < upto:
-                self._read_ahead = (last, asyncio.create_task(self._read_chunk(last, upto)))
-        return out
-
-    async def _load_chunk(self, after_seq: int, upto: int) -> list[Entry]:
-        ahead = self._read_ahead
-        if ahead is not None:
-            self._read_ahead = None
-            chunk = await ahead[1]
-            if ahead[0] == after_seq:
-                return chunk
-        return await self._read_chunk(after_seq, upto)
-
-    async def _read_chunk(self, after_seq: int, upto: int) -> list[Entry]:
-        self.counters["disk_reads"] += 1
-        async with self._io:
-            return await asyncio.to_thread(self._read_disk, after_seq, upto)
-
-    def _read_disk(self, after_seq: int, upto: int) -> list[Entry]:
-        """About DISK_CHUNK_BYTES of records with after_seq < seq <= upto, from disk. A read
-        that follows the previous one goes on from where that stopped; any other starts at
-        the first segment holding a record after the cursor (during a long outage the log
-        holds hundreds of MB the publisher is past)."""
-        out: list[Entry] = []
-        budget = DISK_CHUNK_BYTES
-        last = self._disk_next
-        if last is not None and last[0] == after_seq:
-            position = last[1]
-        else:
-            first = min((s for s, info in list(self.segments.items()) if info.last_seq > after_seq),
-                        default=0)
-            position = Position(first, 0, None)
-        consumed = after_seq
-        while budget > 0:
-            part, resume = self.wal.read_from(position, budget)
-            if not part:
-                break
-            passed: ReadRecord | None = None  # the last record read past
-            for item in part:
-                payload = item[3]
-                record = orjson.loads(payload)
-                seq = int(record["seq"])
-                if seq > upto:  # not durable when this read began: the next read takes it
-                    budget = 0
-                    break
-                passed = item
-                if seq <= after_seq:
-                    continue
-                out.append(_entry(record, payload))
-                consumed = seq
-                budget -= len(payload)
-            else:
-                position = resume  # past damage the part ended with, too
-                continue
-            if passed is not None:
-                position = Position(passed[0], passed[1], passed[2])
-        self._disk_next = (consumed, position)
-        return out
+        return await self._disk.read(after_seq, upto, max_records)
 
     def acknowledged(self, seq: int, nbytes: int) -> None:
         """The sink acknowledged every record up to `seq` (`nbytes` since the last call)."""
@@ -506,8 +348,7 @@ class RecordLog:
         self.unpublished_bytes = max(0, self.unpublished_bytes - nbytes)
         while self._tail and self._tail[0].seq <= seq:
             self._tail_bytes -= len(self._tail.popleft().value)
-        if self._disk_chunk and self._disk_chunk[-1].seq <= seq:
-            self._disk_chunk = []
+        self._disk.acknowledged(seq)
 
     def persist_cursor(self) -> None:
         """Writes the cursor atomically (temp file, fsync, rename); run off the loop."""
@@ -531,24 +372,9 @@ class RecordLog:
         """Deletes the oldest sealed segments past the size or age limit; returns how many.
 
         `need`: bytes waiting to be written (after a refusal), to make room for."""
-        deleted = 0
         horizon_ms = (self.clock() - self.retention_days * 86400) * 1000
-        for segment in sorted(self.segments):
-            info = self.segments[segment]
-            if info.last_seq > self.cursor:
-                break  # owed to the sink: kept (and the log refuses at its cap)
-            if self.wal.size + need > self.wal.max_bytes * RETENTION_RATIO:
-                reason = "size"
-            elif info.last_time_ms < horizon_ms:
-                reason = "age"
-            else:
-                break
-            if not self.wal.delete(segment):
-                break
-            del self.segments[segment]
-            self.counters[f"expired_segments_{reason}"] += 1
-            deleted += 1
-        return deleted
+        return expire_segments(self.wal, self.segments, self.cursor, horizon_ms, need,
+                               self.counters)
 
 
 def read_records(directory: Path) -> Iterator[bytes]:

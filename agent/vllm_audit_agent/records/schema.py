@@ -61,7 +61,7 @@ def trail_record_schema() -> dict[str, Any]:
     schema = _message_schema(q.TrailSummary.DESCRIPTOR)
     extra: dict[str, Any] = {
         "schema": {"const": SCHEMA_VERSION},
-        # Added by the record log (recordlog.py, chain.py): its place in the hash chain.
+        # Added by the record log (records/log.py, chain.py): its place in the hash chain.
         "type": {"const": RECORD_TYPE_REQUEST},
         "recorded_unix_ms": {"type": "integer", "minimum": 0},
         "seq": {"type": "integer", "minimum": 1},

@@ -14,8 +14,8 @@ from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
 
 from vllm_audit.v1 import ingest_pb2
 from vllm_audit.v1 import query_pb2 as q
-from vllm_audit_agent.delivery.publisher import DEAD_LETTER_REASONS, FAILURE_REASONS
-from vllm_audit_agent.records.log import EXPIRY_REASONS
+from vllm_audit_agent.delivery.sink import DEAD_LETTER_REASONS, FAILURE_REASONS
+from vllm_audit_agent.records.retention import EXPIRY_REASONS
 
 OTHER = "other"
 
@@ -29,9 +29,9 @@ def enum_reasons(enum: EnumTypeWrapper, prefix: str) -> tuple[str, ...]:
 REFUSAL_REASONS = enum_reasons(ingest_pb2.RefusalReason, "REFUSAL_REASON_")
 #: Final trail states (ACTIVE is not final).
 FINAL_TRAIL_STATES = tuple(s for s in enum_reasons(q.TrailState, "TRAIL_STATE_") if s != "active")
-#: Events a hook could not deliver, by the reason its gap marker names (vllm_hooks/buffer.py,
-#: vllm_hooks/sender.py). `missing_batches` (whole batches) and `internal_error.*` (error
-#: counts) are other units and go to their own families.
+#: Events a hook could not deliver, by the reason its gap marker names
+#: (vllm_hooks/transport/buffer.py, vllm_hooks/transport/sender.py). `missing_batches` (whole
+#: batches) and `internal_error.*` (error counts) are other units and go to their own families.
 HOOK_EVENT_DROP_REASONS = ("buffer_full", "unacked_overflow", "convert_error", OTHER)
 #: Gap-marker keys of the hook's swallowed internal errors start with this.
 HOOK_INTERNAL_ERROR_PREFIX = "internal_error."

@@ -38,6 +38,7 @@ def _names(enum: object, prefix: str) -> dict[str, str]:
     """An enum's label values by its value names (records carry enums by name): the names in
     lower case without their prefix."""
     return {v.name: v.name.removeprefix(prefix).lower()
+            # the ignore[attr-defined] below: DESCRIPTOR is not in the enum stubs
             for v in enum.DESCRIPTOR.values}  # type: ignore[attr-defined]
 
 
@@ -64,6 +65,7 @@ class _Family:
     def __init__(self, name: str, documentation: str, buckets: tuple[float, ...]) -> None:
         self.name, self.documentation, self.buckets = name, documentation, buckets
         self.series: dict[str, _Histogram] = {}
+        # the ignore[no-untyped-call] below: prometheus_client's formatter is untyped
         self._bounds = [floatToGoString(b) for b in buckets]  # type: ignore[no-untyped-call]
 
     def observe(self, model: str, value: float) -> None:

@@ -5,24 +5,12 @@ Identity. A served request's trail id is the id the hook's middleware gave vLLM 
 request, never the client's X-Request-Id, which is kept as `client_request_id`); engine
 events join it by vLLM's id prefix (correlate.py). Offline requests use vLLM's own id.
 
-Completeness. A trail is *complete* when an offline request finished, or when a served
-request has its HTTP half and every engine half finished (an HTTP error needs no engine
-half). Once one half is complete the other has `linger_seconds` to arrive; past that the
-trail is recorded anyway, saying which half is missing (`incomplete`, `finalised_by=LINGER`,
-state INCOMPLETE when the engine half is the missing one). A trail pushed out of memory is
-recorded with `finalised_by=EVICTION`. Events that arrive after a record was written are
-applied and produce a *revision*: the same trail id with the next `revision`, written once
-the trail is complete again or its linger passed, so a consumer keeps the newest revision and
-never mistakes a forced record for the real one. A forced trail pushed out of memory before
-its missing half came is remembered without its events (bounded by count and bytes): the late
-half joins it again, so the revision carries both halves. (Without it the revision held the
-late half alone and, waiting for the half that had come long before, was forced again: the
-newest revision, the one consumers keep, lacked what the first record had. Seen under 10k
-requests/s with the HTTP halves lagging the linger; the store's cap evicts final trails,
-forced ones among them, first.) The record log's newest forced trails are remembered the same
-way at start (`remember_recorded`), so a half arriving after a restart continues its trail.
-At shutdown nothing is forced: open trails stay in the WAL and are finished after the restart
-(a made-up record would share its id with the real one that follows).
+A trail is recorded once complete, or forced once its linger passed or when it is pushed out
+of memory (completeness.py says when and what its record says); events arriving after its
+record make a revision. A trail that left memory is remembered without its events
+(remembered.py), so its next half continues it. At shutdown nothing is forced: open trails
+stay in the WAL and are finished after the restart (a made-up record would share its id with
+the real one that follows).
 
 Each trail notes the WAL segments holding its events until its record is written (see
 `delivered`), so the WAL keeps exactly what a restart would need.
@@ -34,50 +22,37 @@ object with its events serialised and its TrailSummary built only when asked for
 says why). A trail's size is its serialised events plus a fixed per-object overhead; the
 total is kept as a running sum (`bytes`), so the cap is checked in O(1) per batch.
 
-Linger: open trails with one half complete wait in a queue in the order their linger
-started, so a sweep costs the trails that are due, not a walk over the whole store; the
-agent's sweeper takes them in slices (`sweep(limit=...)`) and lets its loop serve ingest in
-between (tens of thousands due at once held the loop for seconds, past the hooks' ack
-deadline). Eviction takes the oldest final trail from an index of final trails in O(1)
-(searching the store for it walked past every active trail per eviction: quadratic once the
-store sat at its cap with tens of thousands of trails waiting for a lagging half).
+Linger: open trails with one half complete wait in a queue in start order (linger.py), so a
+sweep costs the trails that are due; the agent's sweeper takes them in slices
+(`sweep(limit=...)`). Eviction takes the oldest final trail from an index of final trails in
+O(1) (searching the store for it walked past every active trail per eviction: quadratic once
+the store sat at its cap with tens of thousands of trails waiting for a lagging half).
 """
 
 from __future__ import annotations
 
 import time
-from collections import Counter, OrderedDict, deque
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from sys import intern
 
 from vllm_audit.v1 import events_pb2 as pb
 from vllm_audit.v1 import query_pb2 as q
-from vllm_audit_agent.model.record import GRAMMAR_PROOF_LEVELS
 from vllm_audit_agent.model.trail import Trail, from_record
 from vllm_audit_agent.model.validation import Classified, classify
+from vllm_audit_agent.trails.completeness import (
+    FINALISED_BY_COUNTER,
+    missing_halves,
+    settle,
+    state_name,
+)
 from vllm_audit_agent.trails.correlate import trail_id_for_engine_request
+from vllm_audit_agent.trails.linger import LingerQueue
+from vllm_audit_agent.trails.remembered import RememberedTrails
+from vllm_audit_agent.trails.trail_events import EVENT_OVERHEAD_BYTES, add_events, by_request, trail_size
 
-__all__ = ["Trail", "TrailStore", "state_name"]
+__all__ = ["Trail", "TrailStore"]
 
-FINAL = (q.TRAIL_STATE_FINISHED, q.TRAIL_STATE_ABORTED, q.TRAIL_STATE_FAILED,
-         q.TRAIL_STATE_INCOMPLETE)
-#: Python overhead of a trail beyond its serialised events (the Trail object, its engine
-#: request ids, the store's and the index's entries), measured as resident growth per trail
-#: (scripts/benchmarks.py: ~1.8 KiB for a summary trail whose 4 events take ~0.9 KiB).
-TRAIL_OVERHEAD_BYTES = 1024
-#: Overhead of one stored event beyond its serialised bytes (bytes object + list slot).
-EVENT_OVERHEAD_BYTES = 48
-#: Trail ids whose record was written and which left memory, remembered (bounded) with their
-#: next revision, so a half arriving later gets a new revision instead of reusing an id.
-REMEMBERED_REVISIONS = 100_000
-#: Forced (incomplete) trails that left memory, kept without their events so that their late
-#: half completes them: at most this many, and at most REMEMBERED_INCOMPLETE_SHARE of the
-#: store's byte cap.
-REMEMBERED_INCOMPLETE = 200_000
-REMEMBERED_INCOMPLETE_SHARE = 0.5
-#: What one remembered trail costs beyond the serialised events it still holds (the slotted
-#: Trail object, its tuples, the map entry).
-REMEMBERED_OVERHEAD_BYTES = 512
 #: What the observer is told as `removed`: still stored, or how the trail left the store
 #: (the numbers are the watch API's WatchEventKind, the one definition of these outcomes).
 STORED = q.WATCH_EVENT_KIND_UNSPECIFIED
@@ -88,12 +63,10 @@ DELETED = q.WATCH_EVENT_KIND_DELETED
 class TrailOpen(ValueError):
     """Deleting a trail whose latest events have no record yet: its WAL segments are still
     held for it, and dropping it would lose what the record log has not got."""
+
+
 #: Distinct shared tuples (source ids, WAL segments) kept before the cache starts afresh.
 SHARED_TUPLES = 4096
-
-
-def state_name(state: int) -> str:
-    return q.TrailState.Name(state)[len("TRAIL_STATE_"):].lower()  # type: ignore[arg-type]
 
 
 class TrailStore:
@@ -109,27 +82,20 @@ class TrailStore:
         #: The level the agent runs at; stamped on each new trail.
         self.audit_level: int = pb.AUDIT_LEVEL_UNSPECIFIED
         self._trails: OrderedDict[str, Trail] = OrderedDict()
-        self._next_revision: OrderedDict[str, int] = OrderedDict()
         #: Ids of the final trails (recorded, nothing pending), oldest first: what eviction
         #: takes first, found in O(1).
         self._final: OrderedDict[str, None] = OrderedDict()
-        #: Forced trails out of memory, compacted, waiting for their missing half (see the
-        #: module docstring), and what they cost.
-        self._incomplete: OrderedDict[str, Trail] = OrderedDict()
-        self.incomplete_bytes = 0
-        #: Open trails one of whose halves is complete, in the order their linger started,
-        #: and when it started (the sweep looks at the due ones only; an entry whose trail
-        #: moved on is skipped). Two deques, not one of pairs: a pair per trail would be one
-        #: more object for the garbage collector to walk.
-        self._linger_started: deque[float] = deque()
-        self._lingering: deque[Trail] = deque()
+        #: Open trails one of whose halves is complete, in the order their linger started.
+        self._lingering = LingerQueue()
         #: Tuples many trails hold alike (source ids, segments), one object each.
         self._tuples: dict[tuple[object, ...], tuple[object, ...]] = {}
         self.counters: Counter[str] = Counter()
+        #: Trails that left the store: their next revisions, forced ones awaiting a half.
+        self._remembered = RememberedTrails(self.counters)
         self.finished_by_state: Counter[str] = Counter()
         #: Undelivered trails per WAL segment: a segment is reclaimable at zero.
         self.segment_refs: Counter[int] = Counter()
-        # -- observer (query index, agent/vllm_audit_agent/trail_index.py) --
+        # -- observer (the query index, index.py) --
         #: Called with (trail, STORED) after a batch touched a trail or it was finalised,
         #: and (trail, EVICTED or DELETED) when it left the store.
         self.on_change: Callable[[Trail, int], None] = _ignore_change
@@ -139,6 +105,11 @@ class TrailStore:
         for name in ("deleted", "incomplete_rejoined", "incomplete_forgotten",
                      "rebuilt_recorded_continued", "rebuilt_recorded_fragment_dropped"):
             self.counters[name] += 0
+
+    @property
+    def incomplete_bytes(self) -> int:
+        """What the forced trails remembered out of memory cost (remembered.py)."""
+        return self._remembered.incomplete_bytes
 
     def __len__(self) -> int:
         return len(self._trails)
@@ -173,15 +144,7 @@ class TrailStore:
         after the whole batch, so the order of requests inside it does not matter."""
         if classified is None:
             classified = classify(batch)
-        groups: dict[str, list[tuple[pb.Event, str]]] = {}
-        for item, request_id in zip(zip(classified.events, classified.kinds, strict=True),
-                                    classified.request_ids, strict=True):
-            if request_id:  # engine stats carry none
-                group = groups.get(request_id)
-                if group is None:
-                    groups[request_id] = [item]
-                else:
-                    group.append(item)
+        groups = by_request(classified)
         if not groups:
             return
         touched: list[Trail] = []
@@ -203,48 +166,15 @@ class TrailStore:
                 trail.half_complete_at = now
                 trail.lingering = False  # its linger starts again
             if segment not in trail.segments:
+                # the ignore[assignment] below: _shared interns it (element type lost)
                 trail.segments = self._shared((*trail.segments, segment))  # type: ignore[assignment]
                 self.segment_refs[segment] += 1
             if source_id and source_id not in trail.source_ids:
+                # the ignore[assignment] below: _shared interns it (element type lost)
                 trail.source_ids = self._shared((*trail.source_ids, source_id))  # type: ignore[assignment]
             if not trail.model and model:
                 trail.model = intern(model)
-            room = max_events - len(trail.events)
-            stored: list[bytes] = []
-            added = 0
-            truncated = 0
-            for event, kind in events:
-                raw = event.SerializeToString()
-                if room > 0:
-                    stored.append(raw)
-                    added += len(raw)
-                    room -= 1
-                else:
-                    counters["events_truncated"] += 1
-                if event.truncated:
-                    truncated += 1
-                if kind == "so_step":  # the bulk at level full; only stored
-                    continue
-                if kind == "lifecycle":
-                    trail.apply_lifecycle(event)
-                elif kind == "http":
-                    trail.apply_http(event, raw)
-                elif kind == "so_summary":
-                    trail.apply_so_summary(event, raw)
-                    # Allowed-token sets the hook dropped over its caps (level
-                    # full-with-allowed-sets).
-                    so = event.so_summary
-                    counters = self.counters
-                    counters["allowed_sets_dropped_step_cap"] += so.allowed_sets_over_step_cap
-                    counters["allowed_sets_dropped_trail_cap"] += so.allowed_sets_over_trail_cap
-                    counters["allowed_sets_dropped_backlog"] += so.allowed_sets_over_backlog
-                elif kind == "grammar_compiled":
-                    trail.apply_grammar(event, raw)
-            if stored:
-                trail.events = (*trail.events, *stored) if trail.events else tuple(stored)
-            trail.num_events += len(events)
-            trail.truncated_events += truncated
-            trail.event_bytes += added + EVENT_OVERHEAD_BYTES * len(stored)
+            add_events(trail, events, max_events, counters)
             touched.append(trail)
         for trail in touched:
             self._resize(trail)
@@ -254,37 +184,28 @@ class TrailStore:
             self._maybe_finalise(trail)
             if (not trail.lingering and trail.half_complete_at is not None
                     and (not trail.published or trail.pending_revision)):
-                trail.lingering = True
-                self._linger_started.append(trail.half_complete_at)
-                self._lingering.append(trail)
+                self._lingering.start(trail, trail.half_complete_at)
         on_change = self.on_change
         for trail in touched:
             on_change(trail, STORED)  # observer
         self._evict()
 
     def _resize(self, trail: Trail) -> None:
-        size = TRAIL_OVERHEAD_BYTES + trail.event_bytes
-        # The latest event of a kind the summary reads is held even when `max_events` cut
-        # it from `events`.
-        for raw in (trail.http_event, trail.grammar_event, trail.so_event):
-            if raw is not None and len(trail.events) >= self.max_events:
-                size += len(raw) + EVENT_OVERHEAD_BYTES
+        size = trail_size(trail, self.max_events)
         self.bytes += size - trail.nbytes
         trail.nbytes = size
 
     def _trail(self, trail_id: str, expects_http: bool, time_unix_nano: int) -> Trail:
         created = time_unix_nano // 1_000_000
         trail = self._trails.get(trail_id)
-        if trail is None and trail_id in self._incomplete:
-            # The rest of a forced trail that left memory: the revision carries both halves.
-            trail = self._incomplete.pop(trail_id)
-            self.incomplete_bytes -= trail.nbytes
-            trail.nbytes = 0  # `_resize` accounts it in the store again
-            self._next_revision.pop(trail_id, None)
-            self._trails[trail_id] = trail
-            self.counters["incomplete_rejoined"] += 1
         if trail is None:
-            revision = self._next_revision.pop(trail_id, 0)
+            # The rest of a forced trail that left memory: the revision carries both halves.
+            trail = self._remembered.rejoin(trail_id)
+            if trail is not None:
+                self._trails[trail_id] = trail
+                self.counters["incomplete_rejoined"] += 1
+        if trail is None:
+            revision = self._remembered.first_revision(trail_id)
             if revision:
                 # Its earlier record left memory: this is a later revision of that trail.
                 self.counters["revisions"] += 1
@@ -299,47 +220,27 @@ class TrailStore:
         return trail
 
     # -- finalisation ----------------------------------------------------------------------
-    @staticmethod
-    def _missing_halves(trail: Trail) -> tuple[int, ...]:
-        """The halves not (yet) complete; empty when the trail is complete."""
-        http_missing = trail.expects_http and not trail.has_http
-        refused = trail.has_http and trail.status_code >= 400  # no engine half comes
-        engine_missing = not refused and not trail.engine_done()
-        if http_missing:
-            return _BOTH if engine_missing else _HTTP
-        return _ENGINE if engine_missing else ()
-
     def _maybe_finalise(self, trail: Trail, forced_by: int = q.FINALISED_BY_UNSPECIFIED) -> None:
         """Writes the trail's record (or its next revision) when it is complete, or when
         `forced_by` says why it must be written without a half."""
         if trail.published and not trail.pending_revision:
             return
-        missing = self._missing_halves(trail)
+        missing = missing_halves(trail)
         if missing and forced_by == q.FINALISED_BY_UNSPECIFIED:
             return
-        revision = trail.published
+        revision = settle(trail, missing, forced_by)
         if revision:
-            trail.revision += 1
             self.counters["revisions"] += 1
-        if trail.state == q.TRAIL_STATE_INCOMPLETE:
-            trail.state = q.TRAIL_STATE_ACTIVE  # a revision: decide again with what is known now
-        if trail.state == q.TRAIL_STATE_ACTIVE:
-            trail.state = (q.TRAIL_STATE_INCOMPLETE if q.TRAIL_HALF_ENGINE in missing
-                           else q.TRAIL_STATE_FINISHED)
-        trail.incomplete = missing
-        trail.finalised_by = forced_by if missing else q.FINALISED_BY_COMPLETE
-        trail.published = True
-        trail.pending_revision = False
-        # Its linger is over (a late half starts another): a final trail keeps no float, and
-        # shares its token counts' tuple ((48,) for much of one workload) with others.
-        trail.half_complete_at = None
+        # A final trail shares its token counts' tuple ((48,) for much of one workload) with
+        # others.
+        # the ignore[assignment] below: _shared interns it (element type lost)
         trail.engine_output_tokens = self._shared(trail.engine_output_tokens)  # type: ignore[assignment]
         self._final[trail.request_id] = None
         self._final.move_to_end(trail.request_id)
         if not revision:
             self.finished_by_state[state_name(trail.state)] += 1
         if trail.finalised_by != q.FINALISED_BY_COMPLETE:
-            self.counters[_FINALISED_BY_COUNTER[trail.finalised_by]] += 1
+            self.counters[FINALISED_BY_COUNTER[trail.finalised_by]] += 1
         self.on_final(trail)
 
     def delivered(self, trail: Trail) -> None:
@@ -370,14 +271,13 @@ class TrailStore:
         `limit` trails are written; returns whether more are due (the caller yields its
         loop, then sweeps again)."""
         now = time.monotonic() if now is None else now
-        started_at, queue, linger = self._linger_started, self._lingering, self.linger_seconds
+        queue, linger = self._lingering, self.linger_seconds
         written = 0
-        while queue and now - started_at[0] >= linger:
+        while queue.is_due(now, linger):
             if limit is not None and written >= limit:
                 return True
-            started, trail = started_at.popleft(), queue.popleft()
-            if (not trail.lingering or trail.half_complete_at != started
-                    or self._trails.get(trail.request_id) is not trail):
+            trail = queue.pop()
+            if trail is None or self._trails.get(trail.request_id) is not trail:
                 continue  # its linger started again, or it left the store
             trail.lingering = False
             if trail.published and not trail.pending_revision:
@@ -443,40 +343,10 @@ class TrailStore:
             self.counters["deleted"] += 1
         else:
             self.counters["evicted_bytes"] += trail.nbytes
-        self._next_revision[trail_id] = trail.revision + 1
-        if len(self._next_revision) > REMEMBERED_REVISIONS:
-            self._next_revision.popitem(last=False)
-        if how == EVICTED and trail.incomplete and not trail.pending_revision:
-            self._remember_incomplete(trail)
+        self._remembered.left(trail_id, trail, how == EVICTED, self.max_bytes)
         return trail
 
-    # -- forced trails out of memory (see the module docstring) ----------------------------
-    def _remember_incomplete(self, trail: Trail) -> None:
-        """Keeps a forced trail that left memory, compacted: its events go unless its record
-        carries them (the grammar proof: its revision must carry them again)."""
-        if not (trail.grammar_backend and trail.audit_level in GRAMMAR_PROOF_LEVELS):
-            trail.events, trail.event_bytes = (), 0
-        self._remember(trail)
-
-    def _remember(self, trail: Trail) -> None:
-        """The oldest remembered go first past the bounds, counted (a late half of one then
-        makes a revision without the half recorded before)."""
-        trail_id = trail.request_id
-        trail.nbytes = REMEMBERED_OVERHEAD_BYTES + trail.event_bytes + sum(
-            len(raw) for raw in (trail.http_event, trail.grammar_event, trail.so_event)
-            if raw is not None)
-        previous = self._incomplete.pop(trail_id, None)
-        if previous is not None:
-            self.incomplete_bytes -= previous.nbytes
-        self._incomplete[trail_id] = trail
-        self.incomplete_bytes += trail.nbytes
-        cap = self.max_bytes * REMEMBERED_INCOMPLETE_SHARE
-        while self._incomplete and (len(self._incomplete) > REMEMBERED_INCOMPLETE
-                                    or self.incomplete_bytes > cap):
-            _, old = self._incomplete.popitem(last=False)
-            self.incomplete_bytes -= old.nbytes
-            self.counters["incomplete_forgotten"] += 1
-
+    # -- trails recorded before this start ------------------------------------------------
     def remember_recorded(self, trails: list[tuple[str, int, dict[str, object] | None]]
                           ) -> None:
         """Trails recorded before this start (read back from the record log, oldest first:
@@ -498,14 +368,11 @@ class TrailStore:
                     self._as_recorded(rebuilt, from_record(forced))
                     continue
                 self._drop_fragment(rebuilt)
-            self._next_revision[trail_id] = revision + 1
-            self._next_revision.move_to_end(trail_id)
-            if len(self._next_revision) > REMEMBERED_REVISIONS:
-                self._next_revision.popitem(last=False)
+            self._remembered.recorded_before_start(trail_id, revision)
             if forced is not None:
                 trail = from_record(forced)
                 trail.event_bytes = sum(len(raw) + EVENT_OVERHEAD_BYTES for raw in trail.events)
-                self._remember(trail)
+                self._remembered.keep(trail, self.max_bytes)
 
     def _drop_fragment(self, trail: Trail) -> None:
         self.delivered(trail)  # its record is in the log: the WAL need not keep it
@@ -526,10 +393,3 @@ class TrailStore:
 
 def _ignore_change(trail: Trail, removed: int) -> None:
     pass
-
-
-_HTTP: tuple[int, ...] = (q.TRAIL_HALF_HTTP,)
-_ENGINE: tuple[int, ...] = (q.TRAIL_HALF_ENGINE,)
-_BOTH: tuple[int, ...] = (q.TRAIL_HALF_HTTP, q.TRAIL_HALF_ENGINE)
-_FINALISED_BY_COUNTER = {v.number: f"finalised_by_{v.name[len('FINALISED_BY_'):].lower()}"
-                         for v in q.FinalisedBy.DESCRIPTOR.values}

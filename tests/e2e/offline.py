@@ -1,30 +1,17 @@
-"""The real processes the end-to-end tests drive: the shared helpers live in harness/procs.py
-(the demo and benchmarks use them too); the offline driver is the tests' own."""
+"""Runs the tests' offline driver (tests/e2e/offline_driver.py: vLLM's `LLM` with the hook) in a
+process of its own and returns what it generated."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
-from harness.procs import (  # noqa: F401 - re-exported for the tests
-    MAX_MODEL_LEN,
-    PYTHON,
-    REPO,
-    Proc,
-    admin_token,
-    base_env,
-    free_port,
-    http_ok,
-    start_agent,
-    start_vllm_server,
-    wait_until,
-)
+from harness.procs import PYTHON, REPO, base_env
 
 
 def run_offline(model_dir: Path, tmp: Path, n: int, max_tokens: int, name: str,
                 kv_blocks: int = 0, **hook_env: str) -> list[dict[str, object]]:
-    import json
-
     log = tmp / f"offline-{name}.log"
     result_path = tmp / f"offline-{name}.json"
     env = base_env(**hook_env)

@@ -1,0 +1,136 @@
+"""The commands that work on what the agent wrote rather than on the agent: verify a record
+chain, export the record log or the engine-stats history (from the data dir or Kafka), and
+replay a trail against its grammar (the trail from a file, Kafka, or the agent)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from typing import Any
+
+import orjson
+
+from vllm_audit.v1 import query_pb2 as q
+from vllm_audit.v1 import query_pb2_grpc
+from vllm_audit_agent.cli.output import dumps, emit
+from vllm_audit_agent.cli.parser import PROG
+from vllm_audit_agent.cli.query_commands import client_channel, get_trail, resolve_address, timeout_of
+from vllm_audit_agent.config import AgentConfig
+from vllm_audit_agent.records.entry import TOPICS
+
+# Each command imports the modules only it needs (replay, verify, export, stats history) when
+# it runs, so the others start without them.
+
+
+def run_replay(args: argparse.Namespace) -> int:
+    """Exit 0: proven; 1: a step does not match (named); 2: the trail cannot be replayed."""
+    from vllm_audit_agent.records.replay import run
+
+    address = resolve_address(args)
+    timeout = timeout_of(args)
+
+    def fetch(request_id: str) -> q.GetTrailResponse:
+        with client_channel(args, address) as chan:
+            return get_trail(query_pb2_grpc.QueryServiceStub(chan), request_id, True, timeout)
+
+    fetch_records = None
+    if args.kafka_bootstrap:
+        from vllm_audit_agent.records.verify import kafka_payloads
+
+        def fetch_records(trail_id: str) -> list[dict[str, Any]]:
+            topic = f"{args.topic_prefix}.requests"
+            payloads = asyncio.run(kafka_payloads(args.kafka_bootstrap, [topic]))
+            return [r for r in map(orjson.loads, payloads) if r.get("trail_id") == trail_id]
+
+    code, result = run(args.trail, args.model, fetch, args.trail_id, fetch_records)
+    emit(result, args.output or "json")
+    return code
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    from vllm_audit_agent.records.chain import load_public_key
+    from vllm_audit_agent.records.verify import (
+        Report,
+        kafka_payloads,
+        order_by_seq,
+        path_payloads,
+        verify_chain,
+    )
+
+    if (args.path is None) == (args.kafka_bootstrap is None):
+        raise ValueError("verify needs exactly one of PATH or --kafka-bootstrap")
+    key = load_public_key(args.public_key)
+    if args.path is not None:
+        report = verify_chain(path_payloads(args.path), key, args.allow_unsigned_tail)
+    else:
+        topics = args.topic or [f"{args.topic_prefix}.{topic}" for topic in TOPICS.values()]
+        payloads = asyncio.run(kafka_payloads(args.kafka_bootstrap, topics))
+        pre = Report()
+        ordered = order_by_seq(payloads, pre)
+        report = verify_chain(ordered, key, args.allow_unsigned_tail)
+        report.duplicates_collapsed = pre.duplicates_collapsed
+        if pre.broken is not None and (report.broken is None
+                                       or pre.broken.seq <= report.broken.seq):
+            report.broken = pre.broken
+    sys.stdout.write(dumps(report.to_dict()) + "\n")
+    if report.broken is not None:
+        b = report.broken
+        print(f"{PROG} verify: BROKEN at seq {b.seq}: {b.reason} ({b.detail})", file=sys.stderr)
+        return 1
+    print(f"{PROG} verify: intact: {report.records} records, seq {report.first_seq}.."
+          f"{report.last_seq}, {report.checkpoints} checkpoints", file=sys.stderr)
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from vllm_audit_agent.records.export import export, parse_time
+
+    data_dir = args.data_dir or AgentConfig.from_env().data_dir
+    since = parse_time(args.since) if args.since else None
+    until = parse_time(args.until) if args.until else None
+    records_dir = data_dir / "records"
+    if not records_dir.is_dir():
+        raise ValueError(f"{records_dir}: no record log there")
+    if args.output_file is None:
+        n = export(records_dir, sys.stdout, since, until, args.format)
+    else:
+        with open(args.output_file, "w", newline="") as out:
+            n = export(records_dir, out, since, until, args.format)
+    print(f"{PROG} export: {n} request records", file=sys.stderr)
+    return 0
+
+
+def run_stats_export(args: argparse.Namespace) -> int:
+    from collections import Counter
+
+    from vllm_audit_agent.records.export import parse_time
+    from vllm_audit_agent.telemetry.stats_history import in_range, read_history, write_csv, write_jsonl
+
+    since = parse_time(args.since) if args.since else None
+    until = parse_time(args.until) if args.until else None
+    if since is not None and until is not None and until <= since:
+        raise ValueError("--until must be after --since")
+    skipped: Counter[str] = Counter()
+    if args.kafka_bootstrap:
+        if args.data_dir:
+            raise ValueError("give --data-dir or --kafka-bootstrap, not both")
+        from vllm_audit_agent.records.verify import kafka_payloads
+
+        topic = f"{args.topic_prefix}.engine-stats"
+        payloads = asyncio.run(kafka_payloads(args.kafka_bootstrap, [topic]))
+        snapshots = [orjson.loads(p) for p in payloads]
+        snapshots.sort(key=lambda s: (int(s.get("timestamp_ms", 0)), str(s.get("source_id"))))
+    else:
+        data_dir = args.data_dir or AgentConfig.from_env().data_dir
+        snapshots = list(read_history(data_dir, skipped))
+    write = write_csv if args.format == "csv" else write_jsonl
+    selected = in_range(snapshots, since, until)
+    if args.output_file is None:
+        n = write(selected, sys.stdout)
+    else:
+        with open(args.output_file, "w", newline="") as out:
+            n = write(selected, out)
+    note = f", {skipped['unreadable_lines']} unreadable lines skipped" if skipped else ""
+    print(f"{PROG} stats export: {n} snapshots{note}", file=sys.stderr)
+    return 0

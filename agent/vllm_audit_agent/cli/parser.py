@@ -1,0 +1,184 @@
+"""What `vllm-audit` accepts: its commands, their options and `--version`.
+
+The `agent` command's options are not written here: they are derived from their one
+declaration on AgentConfig (config.py, options.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+from pathlib import Path
+from typing import Any
+
+from vllm_audit.v1 import query_pb2 as q
+from vllm_audit_agent.cli.credentials import ENV_TOKEN, ENV_TOKEN_FILE
+from vllm_audit_agent.config import LEVELS, OPTIONS, AgentConfig, env_var
+from vllm_audit_agent.options import add_arguments
+
+PROG = "vllm-audit"
+DISTRIBUTION = "vllm-audit"
+#: A client looks for the agent where an agent listens by default.
+DEFAULT_QUERY_ADDRESS = AgentConfig().query_address
+OUTPUTS = ("json", "table")
+#: Derived from the contract's TrailState (one definition): active, finished, aborted, ...
+STATES = {name[len("TRAIL_STATE_"):].lower(): number
+          for name, number in q.TrailState.items() if number != q.TRAIL_STATE_UNSPECIFIED}
+
+#: The top-level help.
+DESCRIPTION = """`vllm-audit`: run the agent, query it, switch the audit level.
+
+    vllm-audit agent [--ingest-socket PATH] [--query-address H:P] [--http-address H:P] ...
+    vllm-audit query health|stats
+    vllm-audit query list [--model M] [--user U] [--state S] [--limit N]
+    vllm-audit query get REQUEST_ID [--events]
+    vllm-audit set-level off|summary|full|full-with-allowed-sets
+    vllm-audit delete REQUEST_ID        (admin: the query store only; records stay)
+    vllm-audit clear --confirm          (admin: every final trail of the query store)
+    vllm-audit tail [--count N]
+    vllm-audit verify PATH|--kafka-bootstrap B --public-key PEM [--allow-unsigned-tail]
+    vllm-audit export [--data-dir DIR] [--since T] [--until T] [--format jsonl|csv]
+
+verify exits 0 when the chain is intact and covered by checkpoints, 1 at the first break
+(named on stderr, the report on stdout as JSON), 2 on a usage error.
+
+The client options (--address, --output, --timeout, credentials, TLS) go before or after the
+subcommand. Client commands need a credential: --token, $VLLM_AUDIT_TOKEN, --token-file
+($VLLM_AUDIT_TOKEN_FILE), else the local agent's admin token in its data dir (--data-dir,
+$VLLM_AUDIT_DATA_DIR, default /var/lib/vllm-audit).
+JSON output has the shape of the Kafka record: proto field names, every field present, enum
+names, 64-bit integers as numbers.
+"""
+
+
+def version() -> str:
+    try:
+        return importlib.metadata.version(DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:  # a source checkout that was never installed
+        return "unknown"
+
+
+def _client_options(top_level: bool) -> argparse.ArgumentParser:
+    """Options every client command takes, before or after its subcommand. Only the top level
+    holds defaults (None: resolved later); below it SUPPRESS keeps an option given earlier."""
+    default: Any = None if top_level else argparse.SUPPRESS
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("client options")
+    g.add_argument("--address", default=default,
+                   help=f"agent query address host:port (default: ${env_var('query_address')}, "
+                        f"else {DEFAULT_QUERY_ADDRESS})")
+    g.add_argument("--output", "-o", choices=OUTPUTS, default=default,
+                   help="json (the Kafka record's shape) or table (default: json)")
+    g.add_argument("--timeout", type=float, default=default,
+                   help="seconds to wait for each answer (default: 10)")
+    g.add_argument("--token", default=default,
+                   help=f"bearer token (default: ${ENV_TOKEN}, then --token-file)")
+    g.add_argument("--token-file", type=Path, default=default,
+                   help=f"file holding the bearer token (default: ${ENV_TOKEN_FILE}, else the "
+                        "local agent's admin.token in --data-dir)")
+    g.add_argument("--data-dir", type=Path, default=default, dest="client_data_dir",
+                   help=f"a local agent's data dir, to read its admin.token (default: "
+                        f"${env_var('data_dir')}, else {AgentConfig().data_dir})")
+    g.add_argument("--tls-ca", type=Path, default=default,
+                   help="use TLS and verify the agent against this CA (PEM)")
+    g.add_argument("--tls-cert", type=Path, default=default, dest="client_tls_cert",
+                   help="client certificate for mutual TLS (PEM)")
+    g.add_argument("--tls-key", type=Path, default=default, dest="client_tls_key",
+                   help="client key for mutual TLS (PEM)")
+    g.add_argument("--tls-server-name", default=default,
+                   help="name the agent's certificate carries, if not the address' host")
+    return p
+
+
+def _agent_parser(sub: Any) -> None:
+    a = sub.add_parser(
+        "agent", help="run the sidecar agent",
+        description="Run the sidecar agent. A flag wins over its environment variable, which wins "
+                    "over the default.")
+    add_arguments(a, OPTIONS)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    client = _client_options(top_level=False)
+    p = argparse.ArgumentParser(prog=PROG, description=DESCRIPTION, parents=[_client_options(True)],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"%(prog)s {version()}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _agent_parser(sub)
+
+    s = sub.add_parser("query", parents=[client], help="read the agent's trails, stats, health")
+    qs = s.add_subparsers(dest="what", required=True, metavar="WHAT")
+    qs.add_parser("health", parents=[client], help="the agent's health")
+    qs.add_parser("stats", parents=[client], help="ingest, drops by reason, WAL, publishing")
+    ls = qs.add_parser("list", parents=[client], help="trails, filtered and paginated")
+    ls.add_argument("--model", default="", help="only this model")
+    ls.add_argument("--user", default="", help="only this user")
+    ls.add_argument("--client-request-id", default="",
+                    help="only requests the client sent with this X-Request-Id")
+    ls.add_argument("--state", choices=list(STATES), help="only trails in this state")
+    ls.add_argument("--tenant", default="", help="only this tenant")
+    ls.add_argument("--backend", default="",
+                    help="only trails whose grammar this structured-output backend compiled")
+    ls.add_argument("--limit", type=int, default=50, help="at most N trails (default: 50)")
+    g = qs.add_parser("get", parents=[client], help="one trail")
+    g.add_argument("request_id")
+    g.add_argument("--events", action="store_true",
+                   help="include the trail's events (read page by page)")
+
+    s = sub.add_parser("set-level", parents=[client], help="switch the audit level of every hook")
+    s.add_argument("level", choices=list(LEVELS))
+
+    s = sub.add_parser("delete", parents=[client],
+                       help="delete one final trail from the agent's query store (admin; the "
+                            "record log keeps its records)")
+    s.add_argument("request_id")
+    s = sub.add_parser("clear", parents=[client],
+                       help="delete every final trail from the agent's query store (admin; the "
+                            "record log keeps their records)")
+    s.add_argument("--confirm", action="store_true", required=True,
+                   help="required: says you mean it")
+
+    s = sub.add_parser("tail", parents=[client],
+                       help="the stored final trails, then each new one as it becomes final")
+    s.add_argument("--count", type=int, default=0, help="stop after N trails (default 0: never)")
+
+    s = sub.add_parser("replay", parents=[client],
+                       help="prove a trail's tokens against its recorded grammar (needs vLLM)")
+    s.add_argument("trail", help="a trail file (`query get ID --events`), a record or export "
+                                 "file, or a trail id (read from the agent, or from Kafka)")
+    s.add_argument("--trail-id", help="which trail of an export file (default: its only one)")
+    s.add_argument("--kafka-bootstrap",
+                   help="read the trail id's newest record from <prefix>.requests in Kafka")
+    s.add_argument("--topic-prefix", default="vllm-audit")
+    s.add_argument("--model", required=True, help="the model directory (its tokenizer)")
+    v = sub.add_parser("verify", help="check a record chain: log directory, export file or Kafka")
+    v.add_argument("path", nargs="?", type=Path,
+                   help="record log directory (<data_dir>/records) or JSONL export file")
+    v.add_argument("--kafka-bootstrap", help="read the chain from Kafka instead")
+    v.add_argument("--topic", action="append",
+                   help="Kafka topic (repeatable); default every topic of the chain: <prefix>."
+                        "requests, .checkpoints and .access")
+    v.add_argument("--topic-prefix", default="vllm-audit")
+    v.add_argument("--public-key", type=Path, required=True,
+                   help="the agent's Ed25519 public key (PEM, raw 32 bytes or hex)")
+    v.add_argument("--allow-unsigned-tail", action="store_true",
+                   help="records after the last checkpoint are reported, not a failure")
+    e = sub.add_parser("export", help="a time range of the record log as JSONL or CSV")
+    e.add_argument("--data-dir", type=Path, help="the agent's data dir (default: env or config)")
+    e.add_argument("--since", help="ISO 8601 or unix time (recorded time, inclusive)")
+    e.add_argument("--until", help="ISO 8601 or unix time (recorded time, exclusive)")
+    e.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
+    e.add_argument("--output-file", type=Path, help="file to write (default: stdout)")
+    st = sub.add_parser("stats", help="the engine-stats time series")
+    sts = st.add_subparsers(dest="what", required=True, metavar="WHAT")
+    se = sts.add_parser("export", help="engine-stats snapshots in a time range as CSV or JSONL, "
+                                       "from the agent's disk or the Kafka stream")
+    se.add_argument("--data-dir", type=Path,
+                    help="the agent's data dir, its engine-stats/ history (default: env or config)")
+    se.add_argument("--kafka-bootstrap", help="read <prefix>.engine-stats from Kafka instead")
+    se.add_argument("--topic-prefix", default="vllm-audit")
+    se.add_argument("--since", help="ISO 8601 or unix time (snapshot time, inclusive)")
+    se.add_argument("--until", help="ISO 8601 or unix time (snapshot time, exclusive)")
+    se.add_argument("--format", choices=("csv", "jsonl"), default="csv")
+    se.add_argument("--output-file", type=Path, help="file to write (default: stdout)")
+    return p
