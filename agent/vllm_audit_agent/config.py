@@ -183,6 +183,12 @@ class AgentConfig:
     record_log_max_bytes: int = declare(
         "--record-log-max-bytes", "VLLM_AUDIT_RECORD_LOG_MAX_BYTES", 4 << 30,
         "cap on the record log", metavar="BYTES", check=positive)
+    access_records_max_bytes: int = declare(
+        "--access-records-max-bytes", "VLLM_AUDIT_ACCESS_RECORDS_MAX_BYTES", 0,
+        "the part of the record log's cap access records (queries, refusals) may hold; they "
+        "never make retention expire request records, and queries are refused (429 / "
+        "RESOURCE_EXHAUSTED) while it is spent", metavar="BYTES", check=not_negative,
+        default_note="a tenth of the record log's cap")
     #: Cap on the grammar events a record carries (model/record.py, grammar_proof).
     record_grammar_max_bytes: int = declare(
         "--record-grammar-max-bytes", "VLLM_AUDIT_RECORD_GRAMMAR_MAX_BYTES", 256 << 10,
@@ -252,6 +258,10 @@ class AgentConfig:
             raise ValueError("http_tls (the HTTP port over TLS) needs tls_cert and tls_key")
         if self.tls_client_ca is not None and self.tls_cert is None:
             raise ValueError("tls_client_ca (mutual TLS) needs tls_cert and tls_key")
+        if self.access_records_max_bytes >= self.record_log_max_bytes:
+            raise ValueError(f"access_records_max_bytes={self.access_records_max_bytes!r} must "
+                             f"be below record_log_max_bytes={self.record_log_max_bytes!r}: "
+                             "request records keep the rest of the record log")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> AgentConfig:

@@ -17,8 +17,10 @@ import gc
 import grp
 import logging
 import os
+import stat
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -85,6 +87,7 @@ def _record_log(config: AgentConfig, kind: Callable[..., RecordLog] = RecordLog)
                      retention_days=config.record_retention_days,
                      checkpoint_every=config.checkpoint_every,
                      checkpoint_interval=config.checkpoint_interval_seconds,
+                     access_budget_bytes=config.access_records_max_bytes or None,
                      # Retention deletes whole segments: ~1/16 of the cap each.
                      segment_bytes=max(1024, min(64 << 20, config.record_log_max_bytes // 16)))
 
@@ -156,14 +159,22 @@ async def _running_agent(config: AgentConfig, publisher: Publisher | None,
     ingest_pb2_grpc.add_IngestServiceServicer_to_server(IngestServicer(
         state.ingest, state.levels, state.sessions, state.errors, config.max_batch_bytes), server)
     ingest_health = await _health(server, INGEST_HEALTH)
-    config.ingest_socket.parent.mkdir(parents=True, exist_ok=True)
+    _socket_directory(config.ingest_socket.parent)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(config.ingest_socket)  # a stale socket from a previous run
-    server.add_insecure_port(f"unix:{config.ingest_socket}")
+    # The socket file is made by bind() with the process's umask: under a permissive one it
+    # would be connectable by anyone until the chmod below. Bound under 0177 it is the owner's
+    # alone from its first moment; the chmod then opens it to the group only.
+    umask = os.umask(0o177)
+    try:
+        server.add_insecure_port(f"unix:{config.ingest_socket}")
+    finally:
+        os.umask(umask)
     _restrict_socket(config.ingest_socket, config.ingest_socket_group)
     # Every authorised query and control call is itself a record in the record log.
     auth = AuthInterceptor(tokens, state.counters,
                            audit_sink or RecordLogAuditSink(records, state.counters))
+    refusal_windows = getattr(auth.audit_sink, "flush", None)
     query_server = grpc.aio.server(interceptors=[auth])
     # One implementation of every query/control/management call, two transports.
     api = AuditApi(state, index)
@@ -192,7 +203,7 @@ async def _running_agent(config: AgentConfig, publisher: Publisher | None,
     await server.start()
     await query_server.start()
     bound_http = http.port
-    sweeper = asyncio.create_task(_sweep(state))
+    sweeper = asyncio.create_task(_sweep(state, refusal_windows))
     state.ready = True
     for servicer, names in ((ingest_health, INGEST_HEALTH), (query_health, QUERY_HEALTH)):
         for name in names:
@@ -204,7 +215,24 @@ async def _running_agent(config: AgentConfig, publisher: Publisher | None,
                           auth.audit_sink)
     finally:
         await _stop(state, server, query_server, sweeper, http, (ingest_health, query_health),
-                    config.shutdown_timeout_seconds if shutdown_timeout is None else shutdown_timeout)
+                    config.shutdown_timeout_seconds if shutdown_timeout is None else shutdown_timeout,
+                    refusal_windows)
+
+
+def _socket_directory(directory: Path) -> None:
+    """The ingest socket's directory: made 0750 (whatever the umask), and refused when anyone
+    may write to it (they could replace the socket with their own)."""
+    if not directory.exists():
+        umask = os.umask(0o027)
+        try:
+            directory.mkdir(mode=0o750, parents=True, exist_ok=True)
+        finally:
+            os.umask(umask)
+    mode = directory.stat().st_mode
+    if mode & stat.S_IWOTH and not mode & stat.S_ISVTX:
+        raise ValueError(f"the ingest socket's directory {directory} is writable by every user "
+                         f"(mode {stat.S_IMODE(mode):o}): anyone could replace the socket; use a "
+                         "directory only the agent (and vLLM's group) may write")
 
 
 def _restrict_socket(path: os.PathLike[str], group: str | None) -> None:
@@ -223,7 +251,8 @@ def _restrict_socket(path: os.PathLike[str], group: str | None) -> None:
 
 async def _stop(state: AgentState, server: grpc.aio.Server, query_server: grpc.aio.Server,
                 sweeper: asyncio.Task[None], http: HttpEndpoint,
-                health: tuple[HealthServicer, ...], timeout: float) -> None:
+                health: tuple[HealthServicer, ...], timeout: float,
+                refusal_windows: Callable[..., None] | None = None) -> None:
     """Stops everything within one deadline, in order; each step gets what is left of it.
 
     Kubernetes sends SIGKILL `terminationGracePeriodSeconds` after SIGTERM, so a stop that
@@ -247,6 +276,8 @@ async def _stop(state: AgentState, server: grpc.aio.Server, query_server: grpc.a
     # Open trails are not forced out: the WAL keeps them and the next start finishes them
     # (a record made up now would share its id with the real one that follows).
     open_trails = state.trails.open_trails()
+    if refusal_windows is not None:  # refusal floods still counting: their records first
+        refusal_windows(everything=True)
     # The record log writes what is queued and a final signed checkpoint first.
     await state.records.stop(left(reserve=min(4.0, timeout / 3)))
     # Keep a little of the deadline for the steps after the publisher.
@@ -273,7 +304,7 @@ async def _health(server: grpc.aio.Server, names: tuple[str, ...]) -> HealthServ
     return servicer
 
 
-async def _sweep(state: AgentState) -> None:
+async def _sweep(state: AgentState, refusal_windows: Callable[..., None] | None) -> None:
     while True:
         await asyncio.sleep(SWEEP_INTERVAL_S)
         try:
@@ -282,6 +313,8 @@ async def _sweep(state: AgentState) -> None:
                 await asyncio.sleep(0)  # ingest and queries run between the slices
                 more = state.trails.sweep(limit=SWEEP_BATCH)
             state.reclaim_wal()
+            if refusal_windows is not None:
+                refusal_windows()  # refusal floods: one record per ended window
         except Exception as exc:
             state.errors["sweep"] += 1
             logger.exception("trail sweep failed: %r", exc)

@@ -8,6 +8,8 @@ the request and how many trails it returned; a refused one answers the gate's st
 
 from __future__ import annotations
 
+import contextlib
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeAlias
@@ -18,11 +20,12 @@ from vllm_audit_agent.api.gate import (
     UNAUTHENTICATED_PREFIXES,
     AuditSink,
     Gate,
+    Peer,
     Refused,
     acting_as,
-    request_details,
     result_count,
 )
+from vllm_audit_agent.api.limits import recorded_details
 from vllm_audit_agent.api.tokens import Principal, TokenTable
 
 # grpc's classes are generic only in its stubs.
@@ -61,17 +64,20 @@ class AuthInterceptor(_ServerInterceptor):
             principal = self.gate.authorise(method, token,
                                             "'authorization: Bearer <token>' metadata")
         except Refused as refused:
-            return self._refuse(handler, refused.code, refused.message)
+            return self._refuse(handler, refused, method)
         return self._authorised(handler, principal, method)
 
-    def _refuse(self, handler: Handler, code: grpc.StatusCode, message: str) -> Handler:
+    def _refuse(self, handler: Handler, refused: Refused, method: str) -> Handler:
+        gate = self.gate
 
         async def deny(request: object, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            await context.abort(code, message)
+            gate.refusal_on_record(refused, method, peer_of(context))
+            await context.abort(refused.code, refused.message)
 
         async def deny_stream(request: object, context: grpc.aio.ServicerContext[Any, Any]
                               ) -> AsyncIterator[Any]:
-            await context.abort(code, message)
+            gate.refusal_on_record(refused, method, peer_of(context))
+            await context.abort(refused.code, refused.message)
             yield  # pragma: no cover - abort raised
 
         return _same_kind(handler, deny, deny_stream)
@@ -83,29 +89,76 @@ class AuthInterceptor(_ServerInterceptor):
         call_unary: Any = handler.unary_unary
         call_stream: Any = handler.unary_stream
 
+        async def admitted(request: object, context: grpc.aio.ServicerContext[Any, Any]
+                           ) -> Peer:
+            peer = peer_of(context)
+            try:
+                gate.admit(principal, method, request)
+            except Refused as refused:
+                gate.refusal_on_record(refused, method, peer)
+                await context.abort(refused.code, refused.message)
+            return peer
+
         async def unary(request: object, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            count = 0
+            peer = await admitted(request, context)
+            count, status = 0, "UNKNOWN"
             try:
                 with acting_as(principal):
                     response = await call_unary(request, context)
-                    count = result_count(response)
+                    count, status = result_count(response), "OK"
                     return response
+            except grpc.aio.AbortError:  # the servicer answered with a status
+                status = status_of(context)
+                raise
             finally:
-                # Every authorised call is audited, one that raised too (with count 0).
-                gate.audited(principal, method, request_details(request), count)
+                # Every admitted call is audited, one that failed too (with its status).
+                gate.audited(principal, method, recorded_details(request), count, peer, status)
 
         async def stream(request: object, context: grpc.aio.ServicerContext[Any, Any]
                          ) -> AsyncIterator[Any]:
-            count = 0
+            peer = await admitted(request, context)
+            details = recorded_details(request)
+            count, status = 0, "CANCELLED"
+            # A stream is on record from its start (a crash mid-stream still leaves that), and
+            # again every STREAM_RECORD_SECONDS while it is open.
+            gate.audited(principal, method, details, 0, peer, STREAMING)
+            noted = time.monotonic()
             try:
                 with acting_as(principal):
                     async for response in call_stream(request, context):
                         count += result_count(response)
                         yield response
+                        if time.monotonic() - noted >= STREAM_RECORD_SECONDS:
+                            gate.audited(principal, method, details, count, peer, STREAMING)
+                            noted = time.monotonic()
+                status = "OK"
+            except grpc.aio.AbortError:
+                status = status_of(context)
+                raise
             finally:
-                gate.audited(principal, method, request_details(request), count)
+                gate.audited(principal, method, details, count, peer, status)
 
         return _same_kind(handler, unary, stream)
+
+
+#: The status of a stream's records while it is open (its first record, and the periodic ones).
+STREAMING = "STREAMING"
+#: Seconds between the records of an open stream.
+STREAM_RECORD_SECONDS = 60.0
+
+
+def peer_of(context: grpc.aio.ServicerContext[Any, Any]) -> Peer:
+    """The caller's address and, over mutual TLS, its certificate's common name."""
+    identity = ""
+    with contextlib.suppress(Exception):  # no auth context on an insecure port
+        names = context.auth_context().get("x509_common_name") or []
+        identity = ",".join(n.decode(errors="replace") for n in names)
+    return Peer("grpc", context.peer() or "", identity)
+
+
+def status_of(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    code = getattr(context, "code", lambda: None)()
+    return code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
 
 
 def _bearer(metadata: Any) -> str | None:

@@ -342,6 +342,19 @@ class AgentCollector(Collector):
         yield counter("vllm_audit_meta_audit_errors",
                       "Query/control calls whose access record could not be written",
                       st.counters["meta_audit_errors"])
+        yield labelled("vllm_audit_refusal_records", "Records of refused query/control calls "
+                       "(a flood is one per peer, token and reason a window), or refusals only "
+                       "counted past the access budget's overdraft", "outcome",
+                       {"written": st.counters["meta_audit_refusal_records"],
+                        "dropped": st.counters["meta_audit_refusal_records_dropped"]},
+                       ("written", "dropped"))
+        yield GaugeMetricFamily("vllm_audit_access_records_bytes",
+                                "Bytes of access records in the record log (their budget: "
+                                "vllm_audit_access_records_budget_bytes)",
+                                value=st.records.access_bytes)
+        yield GaugeMetricFamily("vllm_audit_access_records_budget_bytes",
+                                "The part of the record log's cap access records may hold",
+                                value=st.records.access_budget_bytes)
         yield counter("vllm_audit_record_log_replay_duplicates",
                       "Trails rebuilt from the ingest WAL at start whose record was already in "
                       "the log (not written twice)", st.counters["records_deduplicated_at_replay"])

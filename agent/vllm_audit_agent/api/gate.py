@@ -6,7 +6,11 @@
   Tenant scoping of what a `tenant-auditor` reads is applied by the servicer, which gets the
   caller from `current_principal()`.
 - Every authorised call is reported once to an injected `AuditSink` (meta-audit: who, what,
-  which filters, how many trails came back); refusals are counted by reason.
+  which filters, how many trails came back, from where, with what outcome); every refusal is
+  counted by reason and reported to the sink too (it aggregates floods: refusal_records.py).
+- **Admission** of an authorised call (`admit`): its parameters within their documented limits
+  (limits.py: larger is INVALID_ARGUMENT), and the access records' budget not spent (else
+  RESOURCE_EXHAUSTED): a reader can never push evidence out of the record log.
 
 The gRPC interceptor (auth_interceptor.py) and the HTTP management API (http_api.py) both ask
 it: one token table, one role table (keyed by the gRPC method an HTTP route stands for), one
@@ -20,12 +24,14 @@ import contextvars
 import logging
 from collections import Counter
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import grpc
-from google.protobuf import json_format
 from google.protobuf.message import Message
 
+from vllm_audit_agent.api.errors import ApiError
+from vllm_audit_agent.api.limits import check as check_limits
 from vllm_audit_agent.api.tokens import (
     ADMIN,
     AUDITOR,
@@ -56,8 +62,10 @@ METHOD_ROLES: Mapping[str, frozenset[str]] = {
     _CONTROL + "DeleteTrail": frozenset({ADMIN}),
     _CONTROL + "ClearTrails": frozenset({ADMIN}),
 }
-#: Refusal reasons, each counted as `auth_<reason>` (born at 0).
-REFUSALS = ("unauthenticated", "permission_denied")
+#: Refusal reasons, each counted as `auth_<reason>` (born at 0): no or an unknown credential
+#: (401), a role without the method (403), a parameter over its limit (400), the access
+#: records' budget spent (429).
+REFUSALS = ("unauthenticated", "permission_denied", "invalid_argument", "access_budget")
 
 _principal: contextvars.ContextVar[Principal | None] = contextvars.ContextVar(
     "vllm_audit_principal", default=None)
@@ -80,11 +88,32 @@ def acting_as(principal: Principal) -> Iterator[None]:
 
 
 # -- meta-audit ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Peer:
+    """Where a call came from: the transport, the peer's address as the transport names it
+    (gRPC's `ipv4:127.0.0.1:5000`, `unix:…`; HTTP's remote address) and, over mutual TLS, the
+    client certificate's subject."""
+    transport: str = "grpc"
+    address: str = ""
+    client_identity: str = ""
+
+
+#: A call whose origin no transport named (tests, in-process callers).
+NO_PEER = Peer()
+
+
 class AuditSink(Protocol):
-    """Receives one call per authorised RPC, after it ran (the record log implements it)."""
+    """Receives one call per authorised RPC, after it ran, and one per refusal (the record
+    log implements it: meta_audit.py)."""
 
     def __call__(self, principal: Principal, method: str, details: dict[str, Any],
-                 result_count: int, transport: str = "grpc") -> None: ...
+                 result_count: int, peer: Peer = NO_PEER, status: str = "OK") -> None: ...
+
+    def refused(self, refusal: Refused, method: str, peer: Peer) -> None: ...
+
+    def exhausted(self) -> bool:
+        """Whether the access records' budget is spent (queries are then refused)."""
+        ...
 
 
 class CountingAuditSink:
@@ -92,10 +121,17 @@ class CountingAuditSink:
 
     def __init__(self) -> None:
         self.calls: Counter[str] = Counter()
+        self.refusals: Counter[str] = Counter()
 
     def __call__(self, principal: Principal, method: str, details: dict[str, Any],
-                 result_count: int, transport: str = "grpc") -> None:
+                 result_count: int, peer: Peer = NO_PEER, status: str = "OK") -> None:
         self.calls[method] += 1
+
+    def refused(self, refusal: Refused, method: str, peer: Peer) -> None:
+        self.refusals[refusal.reason] += 1
+
+    def exhausted(self) -> bool:
+        return False
 
 
 def result_count(response: Message) -> int:
@@ -117,21 +153,20 @@ def result_count(response: Message) -> int:
     return 0
 
 
-def request_details(request: object) -> dict[str, Any]:
-    """What the meta-audit keeps of a request: its fields as protobuf's JSON mapping."""
-    if isinstance(request, Message):
-        return json_format.MessageToDict(request, preserving_proto_field_name=True)
-    return {}
+#: Calls that read no audit data and are polled (liveness): recording them would drown the
+#: log in noise, and they are never refused for the access records' budget.
+NOT_RECORDED = frozenset({"Health"})
 
 
 # -- the gate -------------------------------------------------------------------------------------
 class Refused(Exception):
     """A call the gate turned away: `reason` is one of REFUSALS (counted), `code` the gRPC
-    status (the HTTP API maps it: 401, 403)."""
+    status (the HTTP API maps it: 401, 403, 400, 429); `token_id` when the token was known."""
 
-    def __init__(self, reason: str, code: grpc.StatusCode, message: str) -> None:
+    def __init__(self, reason: str, code: grpc.StatusCode, message: str,
+                 token_id: str = "") -> None:
         super().__init__(message)
-        self.reason, self.code, self.message = reason, code, message
+        self.reason, self.code, self.message, self.token_id = reason, code, message, token_id
 
 
 class Gate:
@@ -163,13 +198,43 @@ class Gate:
                         principal.role, principal.token_id)
             raise self._refused("permission_denied", grpc.StatusCode.PERMISSION_DENIED,
                                 f"{method} needs role {' or '.join(sorted(allowed))}; "
-                                f"{principal.subject!r} has role {principal.role}")
+                                f"{principal.subject!r} has role {principal.role}",
+                                principal.token_id)
         return principal
 
-    def _refused(self, reason: str, code: grpc.StatusCode, message: str) -> Refused:
+    def admit(self, principal: Principal, method: str, request: object) -> None:
+        """Raises Refused (counted) for a request over a documented limit, or for any
+        recorded call while the access records' budget is spent."""
+        if isinstance(request, Message):
+            try:
+                check_limits(request)
+            except ApiError as exc:
+                raise self._refused("invalid_argument", exc.code, exc.message,
+                                    principal.token_id) from None
+        exhausted = getattr(self.audit_sink, "exhausted", None)  # a plain callable has none
+        if method.rsplit("/", 1)[-1] not in NOT_RECORDED and exhausted is not None and exhausted():
+            raise self._refused(
+                "access_budget", grpc.StatusCode.RESOURCE_EXHAUSTED,
+                "the agent's budget for access records is spent: queries are refused until "
+                "retention frees it, so that they never push evidence out of the record log",
+                principal.token_id)
+
+    def _refused(self, reason: str, code: grpc.StatusCode, message: str,
+                 token_id: str = "") -> Refused:
         self.counters[f"auth_{reason}"] += 1
-        return Refused(reason, code, message)
+        return Refused(reason, code, message, token_id)
+
+    def refusal_on_record(self, refusal: Refused, method: str, peer: Peer) -> None:
+        """Reports a refusal (already counted) to the sink, with where the call came from."""
+        refused = getattr(self.audit_sink, "refused", None)  # a plain callable has none
+        if refused is None:
+            return
+        try:
+            refused(refusal, method, peer)
+        except Exception as exc:  # never fail the answer to the caller; count it
+            self.counters["meta_audit_errors"] += 1
+            logger.exception("refusal record failed for %s: %r", method, exc)
 
     def audited(self, principal: Principal, method: str, details: dict[str, Any], count: int,
-                transport: str = "grpc") -> None:
-        self.audit_sink(principal, method, details, count, transport=transport)
+                peer: Peer = NO_PEER, status: str = "OK") -> None:
+        self.audit_sink(principal, method, details, count, peer=peer, status=status)

@@ -37,8 +37,10 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from vllm_audit.v1 import query_pb2 as q
-from vllm_audit_agent.api.gate import Gate, Refused, acting_as, request_details, result_count
-from vllm_audit_agent.api.operations import ApiError, AuditApi
+from vllm_audit_agent.api.errors import ApiError
+from vllm_audit_agent.api.gate import Gate, Peer, Refused, acting_as, result_count
+from vllm_audit_agent.api.limits import recorded_details
+from vllm_audit_agent.api.operations import AuditApi
 from vllm_audit_agent.api.tls import is_loopback
 from vllm_audit_agent.api.tokens import Principal
 from vllm_audit_agent.config import parse_level
@@ -67,6 +69,9 @@ _STATES = {v.name[len("TRAIL_STATE_"):].lower(): v.number
 _TRUE, _FALSE = frozenset({"true", "1", "yes"}), frozenset({"false", "0", "no"})
 
 
+INT32_MAX = 2**31 - 1
+
+
 def _bad(message: str) -> ApiError:
     return ApiError(grpc.StatusCode.INVALID_ARGUMENT, message)
 
@@ -83,6 +88,8 @@ def _int(name: str, text: str) -> int:
         raise _bad(f"{name}={text!r} is not an integer") from None
     if value < 0:
         raise _bad(f"{name} must be >= 0, got {value}")
+    if value > INT32_MAX:  # every integer parameter is an int32 or uint32 field
+        raise _bad(f"{name} must be <= {INT32_MAX}, got {value}")
     return value
 
 
@@ -222,29 +229,46 @@ class ManagementApi:
         async def handle(request: web.Request) -> web.StreamResponse:
             try:
                 principal = self.gate.authorise(method, _bearer(request), HOW_TO_SEND)
+            except ApiError as exc:  # the credential header itself is malformed
+                return self._refused(Refused("invalid_argument", exc.code, exc.message),
+                                     method, request, counted=False)
             except Refused as refused:
-                return error_response(HTTP_STATUS[refused.code], refused.code.name,
-                                      refused.message)
+                return self._refused(refused, method, request)
             try:
                 message = await build(request)
-            except ApiError as exc:
-                return error_response(HTTP_STATUS.get(exc.code, 500), exc.code.name, exc.message)
+            except ApiError as exc:  # an authenticated caller's malformed call: on record
+                return self._refused(Refused("invalid_argument", exc.code, exc.message,
+                                             principal.token_id), method, request, counted=False)
+            try:
+                self.gate.admit(principal, method, message)
+            except Refused as refused:
+                return self._refused(refused, method, request)
             return await self._run(principal, method, message, request, run)
 
         return handle
 
+    def _refused(self, refused: Refused, method: str, request: web.Request,
+                 counted: bool = True) -> web.Response:
+        if not counted:
+            self.gate.counters[f"auth_{refused.reason}"] += 1
+        self.gate.refusal_on_record(refused, method, peer_of(request))
+        return error_response(HTTP_STATUS.get(refused.code, 400), refused.code.name,
+                              refused.message)
+
     async def _run(self, principal: Principal, method: str, message: Message,
                    request: web.Request, run: Run) -> web.StreamResponse:
-        count = 0
+        count, status = 0, "UNKNOWN"
         try:
             with acting_as(principal):
                 response, count = await run(request, message)
+            status = "OK"
             return response
         except ApiError as exc:
+            status = exc.code.name
             return error_response(HTTP_STATUS.get(exc.code, 500), exc.code.name, exc.message)
         finally:
-            self.gate.audited(principal, method, request_details(message), count,
-                              transport="http")
+            self.gate.audited(principal, method, recorded_details(message), count,
+                              peer_of(request), status)
 
     # -- request builders ----------------------------------------------------------------------
     @staticmethod
@@ -354,7 +378,23 @@ def disabled_routes(reason: str) -> list[web.RouteDef]:
     return [web.route("*", PREFIX + "/{tail:.*}", refuse)]
 
 
+def peer_of(request: web.Request) -> Peer:
+    """The caller's address and, over mutual TLS, its certificate's subject common name."""
+    identity = ""
+    transport = request.transport
+    cert = transport.get_extra_info("peercert") if transport is not None else None
+    if isinstance(cert, dict):
+        identity = ",".join(value for rdn in cert.get("subject", ()) for key, value in rdn
+                            if key == "commonName")
+    return Peer("http", request.remote or "", identity)
+
+
 def _bearer(request: web.Request) -> str | None:
+    """The bearer token; a request with more than one Authorization header is refused (400):
+    which one would count is exactly what an attacker would like to choose."""
+    if len(request.headers.getall("Authorization", [])) > 1:
+        raise ApiError(grpc.StatusCode.INVALID_ARGUMENT,
+                       "more than one Authorization header; send exactly one")
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         return None

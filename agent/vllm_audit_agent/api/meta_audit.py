@@ -1,10 +1,17 @@
-"""Meta-audit: every authorised query and control call becomes a record in the record log.
+"""Meta-audit: every authorised query and control call, and every refused one, becomes a record
+in the record log.
 
 "Who looked at patient X's prompts?" has an answer that is itself tamper-evident: the record
 (type `access`, topic `<prefix>.access`) says who (subject, role, tenant scope and token id —
-a prefix of the token's hash, never the token), what (the RPC and its filters), how many
-trails came back, and when; it is hash-chained and signed over like every trail record, so
-`vllm-audit verify` covers it.
+a prefix of the token's hash, never the token), from where (transport, peer address, TLS client
+identity), what (the RPC and its parameters, each string up to a cap: limits.py), with what
+outcome (the gRPC status) and how many trails came back, and when; it is hash-chained and signed
+over like every trail record, so `vllm-audit verify` covers it. Refusals (401, 403, 400, 429)
+are records too, a flood aggregated into one record per window (refusal_records.py).
+
+Access records have a budget of their own in the record log (`--access-records-max-bytes`):
+they never make retention expire request records (records/retention.py), and while their budget
+is spent, queries are refused (RESOURCE_EXHAUSTED) instead: the evidence stays.
 
 The interceptor calls the sink after each call, on the event loop; appending is in memory
 (the record log's writer makes it durable), so a query never waits on the disk. The sink
@@ -17,47 +24,84 @@ import logging
 from collections import Counter
 from typing import Any
 
+from vllm_audit_agent.api.gate import NO_PEER, NOT_RECORDED, Peer, Refused
+from vllm_audit_agent.api.limits import capped
+from vllm_audit_agent.api.refusal_records import RefusalAggregator
 from vllm_audit_agent.api.tokens import Principal
 from vllm_audit_agent.records.chain import RECORD_TYPE_ACCESS
 from vllm_audit_agent.records.log import RecordLog
 
 logger = logging.getLogger("vllm_audit.agent")
 
-#: Version of the access record's fields.
-ACCESS_SCHEMA_VERSION = 1
-#: Calls that read no audit data and are polled (liveness): recording them would drown the
-#: log in noise. Every other authorised call is recorded.
-NOT_RECORDED = frozenset({"Health"})
+#: Version of the access record's fields (2: peer, client identity, status; refusals).
+ACCESS_SCHEMA_VERSION = 2
+#: Refusal records may still be written past the access budget, up to this share of it (the
+#: refusals of a spent budget are on record too), then they are counted only.
+OVERDRAFT = 1.1
 
 
 class RecordLogAuditSink:
+    """Access records go to `records`, within its access budget (RecordLog.access_bytes)."""
+
     def __init__(self, records: RecordLog, counters: Counter[str]) -> None:
         self.records = records
         self.counters = counters
-        counters["meta_audit_records"] += 0
-        counters["meta_audit_errors"] += 0
+        self.refusals = RefusalAggregator(self._append)
+        for name in ("meta_audit_records", "meta_audit_errors", "meta_audit_refusal_records",
+                     "meta_audit_refusal_records_dropped"):
+            counters[name] += 0
 
     def __call__(self, principal: Principal, method: str, details: dict[str, Any],
-                 result_count: int, transport: str = "grpc") -> None:
+                 result_count: int, peer: Peer = NO_PEER, status: str = "OK") -> None:
         name = method.rsplit("/", 1)[-1]
         if name in NOT_RECORDED:
             return
-        try:
-            self.records.append({
-                "schema": ACCESS_SCHEMA_VERSION,
-                "subject": principal.subject,
-                "role": principal.role,
-                "tenant": principal.tenant,
-                "token_id": principal.token_id,
-                "method": name,
-                "service": method.rsplit("/", 2)[-2] if method.count("/") >= 2 else "",
-                # grpc, or http: the management API's route that stands for the same method
-                "transport": transport,
-                "request": details,
-                "result_count": result_count,
-            }, kind=RECORD_TYPE_ACCESS)
+        if self._append({
+            # ok, error, or open: a stream's records while it streams (status STREAMING)
+            "outcome": {"OK": "ok", "STREAMING": "open"}.get(status, "error"),
+            "status": status,
+            "subject": principal.subject,
+            "role": principal.role,
+            "tenant": principal.tenant,
+            "token_id": principal.token_id,
+            "method": name,
+            "service": method.rsplit("/", 2)[-2] if method.count("/") >= 2 else "",
+            # grpc, or http: the management API's route that stands for the same method
+            "transport": peer.transport,
+            "peer": peer.address,
+            "client_identity": peer.client_identity,
+            "request": capped(details),
+            "result_count": result_count,
+        }):
             self.counters["meta_audit_records"] += 1
+
+    def refused(self, refusal: Refused, method: str, peer: Peer) -> None:
+        self.refusals.note(reason=refusal.reason, method=method.rsplit("/", 1)[-1],
+                           status=refusal.code.name, message=refusal.message,
+                           transport=peer.transport, peer=peer.address,
+                           token_id=refusal.token_id)
+
+    def flush(self, everything: bool = False) -> None:
+        """Closes the refusal windows that ended (the agent's sweep calls it; stop: all)."""
+        self.refusals.flush(everything=everything)
+
+    def exhausted(self) -> bool:
+        return self.records.access_bytes >= self.records.access_budget_bytes
+
+    def _append(self, fields: dict[str, Any]) -> bool:
+        if fields.get("outcome") == "refused" and \
+                self.records.access_bytes >= self.records.access_budget_bytes * OVERDRAFT:
+            # Past the budget's overdraft even refusal records stop (counted): a crowd of
+            # peers must not fill the log with the records of its own refusals.
+            self.counters["meta_audit_refusal_records_dropped"] += 1
+            return False
+        try:
+            self.records.append({"schema": ACCESS_SCHEMA_VERSION, **fields},
+                                kind=RECORD_TYPE_ACCESS)
+            if fields.get("outcome") == "refused":
+                self.counters["meta_audit_refusal_records"] += 1
+            return True
         except Exception as exc:  # never fail the call that was audited; count it
             self.counters["meta_audit_errors"] += 1
-            logger.exception("meta-audit record failed for %s by %s: %r", method,
-                             principal.subject, exc)
+            logger.exception("meta-audit record failed for %s: %r", fields.get("method"), exc)
+            return False

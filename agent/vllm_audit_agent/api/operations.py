@@ -8,7 +8,8 @@ reads: a tenant-auditor sees its own tenant's trails and nothing else, whatever 
 sends (another tenant's trail is NOT_FOUND, as a missing one).
 
 Pages come from the trail index (trails/index.py) in arrival order; a page token is the position
-after the last trail handed out, so pages stay stable while trails arrive and go. Every method
+after the last trail handed out, sealed to the caller and its filters (page_tokens.py), so
+pages stay stable while trails arrive and go and a token tells its holder nothing. Every method
 but `export` is synchronous: a page is built without awaiting, so the index cannot change
 under it.
 
@@ -20,7 +21,6 @@ deleted trail's records, and `verify` still passes.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import time
 from collections.abc import AsyncGenerator, Generator, Iterator
@@ -31,7 +31,11 @@ import orjson
 
 from vllm_audit.v1 import events_pb2 as pb
 from vllm_audit.v1 import query_pb2 as q
+from vllm_audit_agent.api.errors import ApiError
 from vllm_audit_agent.api.gate import current_principal
+from vllm_audit_agent.api.limits import DEFAULT_PAGE_SIZE
+from vllm_audit_agent.api.limits import check as check_limits
+from vllm_audit_agent.api.page_tokens import PageTokens
 from vllm_audit_agent.api.tokens import TENANT_AUDITOR
 from vllm_audit_agent.config import LEVELS
 from vllm_audit_agent.records.chain import RECORD_TYPE_REQUEST
@@ -39,8 +43,6 @@ from vllm_audit_agent.state import AgentState
 from vllm_audit_agent.trails.index import Filter, TrailIndex
 from vllm_audit_agent.trails.store import TrailOpen
 
-DEFAULT_PAGE_SIZE = 50
-MAX_PAGE_SIZE = 1000
 #: Serialised event bytes per GetTrail response when no event_limit is given: under gRPC's
 #: default 4 MiB message cap with room for the summary.
 EVENT_PAGE_BYTES = 3 << 20
@@ -56,33 +58,6 @@ _NO_TENANT = "\x00no-such-tenant"
 #: The record fields the export's filter reads (records.py: the summary's field names, enums
 #: as their names).
 _STATE_NAMES = {v.number: v.name for v in q.TrailState.DESCRIPTOR.values}
-
-
-class ApiError(Exception):
-    """A call refused with a reason: the gRPC status code and a message naming what was
-    wrong."""
-
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code, self.message = code, message
-
-
-def encode_token(seq: int) -> str:
-    return base64.urlsafe_b64encode(f"s:{seq}".encode()).decode()
-
-
-def decode_token(token: str) -> int:
-    try:
-        text = base64.urlsafe_b64decode(token.encode()).decode()
-        if not text.startswith("s:"):
-            raise ValueError
-        seq = int(text[2:])
-        if seq < 0:
-            raise ValueError
-        return seq
-    except (ValueError, UnicodeDecodeError):
-        raise ApiError(grpc.StatusCode.INVALID_ARGUMENT,
-                       f"page_token {token!r} is not a token this API returned") from None
 
 
 def scoped_tenant(requested: str) -> str:
@@ -138,9 +113,11 @@ def record_matches(f: Filter, record: dict[str, Any]) -> bool:
 
 
 class AuditApi:
-    def __init__(self, state: AgentState, index: TrailIndex) -> None:
+    def __init__(self, state: AgentState, index: TrailIndex,
+                 page_tokens: PageTokens | None = None) -> None:
         self.state = state
         self.index = index
+        self.page_tokens = page_tokens or PageTokens()
 
     # -- reads -----------------------------------------------------------------------------
     def health(self) -> q.HealthResponse:
@@ -181,14 +158,15 @@ class AuditApi:
         return response
 
     def list_trails(self, request: q.ListTrailsRequest) -> q.ListTrailsResponse:
-        if request.page_size < 0:
-            raise ApiError(grpc.StatusCode.INVALID_ARGUMENT,
-                           f"page_size must be >= 0, got {request.page_size}")
-        size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-        after = decode_token(request.page_token) if request.page_token else 0
-        page, next_seq = self.index.page(filter_of(request), after, size)
-        return q.ListTrailsResponse(trails=page,
-                                    next_page_token=encode_token(next_seq) if next_seq else "")
+        check_limits(request)  # page_size in range (the interceptors checked it too)
+        principal = current_principal()
+        caller = principal.token_id if principal is not None else ""
+        after = self.page_tokens.open(request.page_token, caller, request) \
+            if request.page_token else 0
+        page, next_seq = self.index.page(filter_of(request), after,
+                                         request.page_size or DEFAULT_PAGE_SIZE)
+        token = self.page_tokens.seal(next_seq, caller, request) if next_seq else ""
+        return q.ListTrailsResponse(trails=page, next_page_token=token)
 
     def get_trail(self, request: q.GetTrailRequest) -> q.GetTrailResponse:
         trail = self.state.trails.get(request.request_id)

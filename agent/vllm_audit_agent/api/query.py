@@ -15,7 +15,8 @@ import grpc
 
 from vllm_audit.v1 import query_pb2 as q
 from vllm_audit.v1 import query_pb2_grpc
-from vllm_audit_agent.api.operations import ApiError, AuditApi, filter_of
+from vllm_audit_agent.api.errors import ApiError
+from vllm_audit_agent.api.operations import AuditApi, filter_of
 from vllm_audit_agent.trails.index import record_kind
 
 Context = grpc.aio.ServicerContext[Any, Any]

@@ -42,13 +42,14 @@ import orjson
 
 from vllm_audit_agent.records.chain import (
     GENESIS_HASH,
+    RECORD_TYPE_ACCESS,
     RECORD_TYPE_CHECKPOINT,
     RECORD_TYPE_REQUEST,
     Signer,
     seal,
 )
 from vllm_audit_agent.records.disk_feed import DiskFeed
-from vllm_audit_agent.records.entry import Entry, entry_of, event_id
+from vllm_audit_agent.records.entry import TOPICS, Entry, entry_of, event_id
 from vllm_audit_agent.records.recorded_before import RecordedBefore
 from vllm_audit_agent.records.retention import EXPIRY_REASONS, SegmentInfo, expire_segments
 from vllm_audit_agent.storage.datadir import write_private_file
@@ -59,12 +60,14 @@ logger = logging.getLogger("vllm_audit.agent")
 CURSOR_NAME = "cursor"
 DEAD_LETTER_NAME = "dead-letter.jsonl"
 OnRecorded = Callable[[], None]
+ACCESS_TOPIC = TOPICS[RECORD_TYPE_ACCESS]
 
 
 class RecordLog:
     def __init__(self, directory: Path, max_bytes: int, fsync: str, signer: Signer, *,
                  retention_days: float = 180.0, checkpoint_every: int = 1000,
                  checkpoint_interval: float = 10.0, tail_max_bytes: int = 64 << 20,
+                 access_budget_bytes: int | None = None,
                  segment_bytes: int | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.directory = directory
@@ -73,6 +76,9 @@ class RecordLog:
         self.checkpoint_every = checkpoint_every
         self.checkpoint_interval = checkpoint_interval
         self.tail_max_bytes = tail_max_bytes
+        #: Bytes of the cap access records may hold (retention.py); a tenth of it by default.
+        self.access_budget_bytes = max_bytes // 10 if access_budget_bytes is None \
+            else access_budget_bytes
         self.clock = clock
         self.counters: Counter[str] = Counter({f"expired_segments_{r}": 0 for r in EXPIRY_REASONS})
         self.wal = WriteAheadLog(directory, max_bytes, fsync, segment_bytes)
@@ -131,9 +137,11 @@ class RecordLog:
             entry = entry_of(record, payload)
             info = self.segments.get(segment)
             if info is None:
-                self.segments[segment] = SegmentInfo(seq, seq, entry.time_ms)
+                info = self.segments[segment] = SegmentInfo(seq, seq, entry.time_ms)
             else:
                 info.last_seq, info.last_time_ms = seq, max(info.last_time_ms, entry.time_ms)
+            if entry.topic == ACCESS_TOPIC:
+                info.access_bytes += len(payload)
             if record.get("type") == RECORD_TYPE_REQUEST and "event_id" in record:
                 self._earlier.note(record, payload)
             if seq > self.cursor:
@@ -209,6 +217,12 @@ class RecordLog:
         return self.append(record, kind=RECORD_TYPE_CHECKPOINT)
 
     @property
+    def access_bytes(self) -> int:
+        """Bytes of access records in the log, written or queued (against their budget)."""
+        return sum(i.access_bytes for i in self.segments.values()) + sum(
+            len(e.value) for e, _ in self._pending if e.topic == ACCESS_TOPIC)
+
+    @property
     def pending(self) -> int:
         """Records appended but not yet durable (queued or being written)."""
         return len(self._pending) + self._writing
@@ -265,9 +279,11 @@ class RecordLog:
         for (entry, on_recorded), segment in zip(group[:written], segments, strict=True):
             info = self.segments.get(segment)
             if info is None:
-                self.segments[segment] = SegmentInfo(entry.seq, entry.seq, entry.time_ms)
+                info = self.segments[segment] = SegmentInfo(entry.seq, entry.seq, entry.time_ms)
             else:
                 info.last_seq, info.last_time_ms = entry.seq, entry.time_ms
+            if entry.topic == ACCESS_TOPIC:
+                info.access_bytes += len(entry.value)
             self.durable_seq = entry.seq
             self.unpublished_bytes += len(entry.value)
             self._tail.append(entry)
@@ -374,7 +390,7 @@ class RecordLog:
         `need`: bytes waiting to be written (after a refusal), to make room for."""
         horizon_ms = (self.clock() - self.retention_days * 86400) * 1000
         return expire_segments(self.wal, self.segments, self.cursor, horizon_ms, need,
-                               self.counters)
+                               self.counters, access_budget=self.access_budget_bytes)
 
 
 def read_records(directory: Path) -> Iterator[bytes]:
