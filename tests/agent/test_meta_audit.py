@@ -48,6 +48,10 @@ async def test_queries_and_level_changes_are_recorded_and_verified(tmp_path: Pat
     token = (data / "admin.token").read_text().strip()
     assert token not in out.read_text()  # the credential itself is never recorded
     assert level["request"]["level"] == "AUDIT_LEVEL_OFF"
+    # The level it replaced, and the version it became: the change is on record whole.
+    assert level["result"] == {"previous_level": "AUDIT_LEVEL_SUMMARY", "version": 2}
+    assert (level["status"], level["outcome"], level["transport"]) == ("OK", "ok", "grpc")
+    assert level["peer"].startswith("ipv4:127.0.0.1:")
     # The access records are inside the signed chain.
     public_key = str(next(data.glob("*.pub")))
     verified = await asyncio.to_thread(cli, "verify", str(data / "records"),

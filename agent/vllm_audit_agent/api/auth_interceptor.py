@@ -101,9 +101,9 @@ class AuthInterceptor(_ServerInterceptor):
 
         async def unary(request: object, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             peer = await admitted(request, context)
-            count, status = 0, "UNKNOWN"
+            count, status, notes = 0, "UNKNOWN", None
             try:
-                with acting_as(principal):
+                with acting_as(principal) as notes:
                     response = await call_unary(request, context)
                     count, status = result_count(response), "OK"
                     return response
@@ -112,7 +112,8 @@ class AuthInterceptor(_ServerInterceptor):
                 raise
             finally:
                 # Every admitted call is audited, one that failed too (with its status).
-                gate.audited(principal, method, recorded_details(request), count, peer, status)
+                gate.audited(principal, method, recorded_details(request), count, peer, status,
+                             notes)
 
         async def stream(request: object, context: grpc.aio.ServicerContext[Any, Any]
                          ) -> AsyncIterator[Any]:

@@ -77,14 +77,29 @@ def current_principal() -> Principal | None:
     return _principal.get()
 
 
+_notes: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
+    "vllm_audit_access_notes", default=None)
+
+
 @contextlib.contextmanager
-def acting_as(principal: Principal) -> Iterator[None]:
-    """Makes `principal` the caller `current_principal()` returns, for the duration."""
-    reset = _principal.set(principal)
+def acting_as(principal: Principal) -> Iterator[dict[str, Any]]:
+    """Makes `principal` the caller `current_principal()` returns, for the duration; yields
+    the notes the call leaves for its access record (`note_for_access_record`)."""
+    notes: dict[str, Any] = {}
+    reset, reset_notes = _principal.set(principal), _notes.set(notes)
     try:
-        yield
+        yield notes
     finally:
         _principal.reset(reset)
+        _notes.reset(reset_notes)
+
+
+def note_for_access_record(**fields: Any) -> None:
+    """What a call's access record should say beyond its request (e.g. the level a set-level
+    replaced); nothing outside a call."""
+    notes = _notes.get()
+    if notes is not None:
+        notes.update(fields)
 
 
 # -- meta-audit ----------------------------------------------------------------------------------
@@ -107,7 +122,8 @@ class AuditSink(Protocol):
     log implements it: meta_audit.py)."""
 
     def __call__(self, principal: Principal, method: str, details: dict[str, Any],
-                 result_count: int, peer: Peer = NO_PEER, status: str = "OK") -> None: ...
+                 result_count: int, peer: Peer = NO_PEER, status: str = "OK",
+                 notes: dict[str, Any] | None = None) -> None: ...
 
     def refused(self, refusal: Refused, method: str, peer: Peer) -> None: ...
 
@@ -124,7 +140,8 @@ class CountingAuditSink:
         self.refusals: Counter[str] = Counter()
 
     def __call__(self, principal: Principal, method: str, details: dict[str, Any],
-                 result_count: int, peer: Peer = NO_PEER, status: str = "OK") -> None:
+                 result_count: int, peer: Peer = NO_PEER, status: str = "OK",
+                 notes: dict[str, Any] | None = None) -> None:
         self.calls[method] += 1
 
     def refused(self, refusal: Refused, method: str, peer: Peer) -> None:
@@ -236,5 +253,10 @@ class Gate:
             logger.exception("refusal record failed for %s: %r", method, exc)
 
     def audited(self, principal: Principal, method: str, details: dict[str, Any], count: int,
-                peer: Peer = NO_PEER, status: str = "OK") -> None:
-        self.audit_sink(principal, method, details, count, peer=peer, status=status)
+                peer: Peer = NO_PEER, status: str = "OK",
+                notes: dict[str, Any] | None = None) -> None:
+        if notes:
+            self.audit_sink(principal, method, details, count, peer=peer, status=status,
+                            notes=notes)
+        else:  # a sink from before notes (tests inject plain callables) needs none
+            self.audit_sink(principal, method, details, count, peer=peer, status=status)

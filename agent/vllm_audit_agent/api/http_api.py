@@ -257,9 +257,9 @@ class ManagementApi:
 
     async def _run(self, principal: Principal, method: str, message: Message,
                    request: web.Request, run: Run) -> web.StreamResponse:
-        count, status = 0, "UNKNOWN"
+        count, status, notes = 0, "UNKNOWN", None
         try:
-            with acting_as(principal):
+            with acting_as(principal) as notes:
                 response, count = await run(request, message)
             status = "OK"
             return response
@@ -268,7 +268,7 @@ class ManagementApi:
             return error_response(HTTP_STATUS.get(exc.code, 500), exc.code.name, exc.message)
         finally:
             self.gate.audited(principal, method, recorded_details(message), count,
-                              peer_of(request), status)
+                              peer_of(request), status, notes)
 
     # -- request builders ----------------------------------------------------------------------
     @staticmethod

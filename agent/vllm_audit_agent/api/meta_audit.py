@@ -52,7 +52,8 @@ class RecordLogAuditSink:
             counters[name] += 0
 
     def __call__(self, principal: Principal, method: str, details: dict[str, Any],
-                 result_count: int, peer: Peer = NO_PEER, status: str = "OK") -> None:
+                 result_count: int, peer: Peer = NO_PEER, status: str = "OK",
+                 notes: dict[str, Any] | None = None) -> None:
         name = method.rsplit("/", 1)[-1]
         if name in NOT_RECORDED:
             return
@@ -72,6 +73,7 @@ class RecordLogAuditSink:
             "client_identity": peer.client_identity,
             "request": capped(details),
             "result_count": result_count,
+            **({"result": notes} if notes else {}),
         }):
             self.counters["meta_audit_records"] += 1
 

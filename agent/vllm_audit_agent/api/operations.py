@@ -32,7 +32,7 @@ import orjson
 from vllm_audit.v1 import events_pb2 as pb
 from vllm_audit.v1 import query_pb2 as q
 from vllm_audit_agent.api.errors import ApiError
-from vllm_audit_agent.api.gate import current_principal
+from vllm_audit_agent.api.gate import current_principal, note_for_access_record
 from vllm_audit_agent.api.limits import DEFAULT_PAGE_SIZE
 from vllm_audit_agent.api.limits import check as check_limits
 from vllm_audit_agent.api.page_tokens import PageTokens
@@ -224,12 +224,15 @@ class AuditApi:
             raise ApiError(grpc.StatusCode.INVALID_ARGUMENT,
                            f"level must be one of {', '.join(n.upper() for n in LEVELS)}; "
                            f"got {request.level}")
+        previous = self.state.level
         try:
             notified = self.state.set_level(request.level)
         except OSError as exc:
             # Not persisted means not changed: a restart would silently bring the old level back.
             raise ApiError(grpc.StatusCode.UNAVAILABLE,
                            f"could not persist the audit level: {exc}; level unchanged") from None
+        note_for_access_record(previous_level=pb.AuditLevel.Name(previous),
+                               version=self.state.level_version)
         return q.SetAuditLevelResponse(level=request.level, version=self.state.level_version,
                                        sources_notified=notified)
 
