@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
 import json
 import os
 import stat
@@ -20,6 +19,7 @@ import httpx
 import pytest
 
 from tests.support.agent_harness import Hook, agent, agent_config, query, until
+from tests.support.agent_harness import tokens_file as harness_tokens_file
 from vllm_audit.v1 import events_pb2 as pb
 from vllm_audit.v1 import query_pb2 as q
 from vllm_audit_agent.server import AgentHandle, running_agent
@@ -30,16 +30,8 @@ TOKENS = {"ta": ("tenant-auditor", "acme"), "tb": ("tenant-auditor", "globex"),
 
 
 def tokens_file(tmp: Path) -> Path:
-    """A YAML tokens file; each entry's token is its name + '-secret'."""
-    lines = ["tokens:"]
-    for name, (role, tenant) in TOKENS.items():
-        sha = hashlib.sha256(f"{name}-secret".encode()).hexdigest()
-        lines += [f"  - sha256: {sha}", f"    subject: {name}", f"    role: {role}"]
-        if tenant:
-            lines.append(f"    tenant: {tenant}")
-    path = tmp / "tokens.yaml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    """Each entry's token is its name + '-secret'."""
+    return harness_tokens_file(tmp, TOKENS)
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-import hashlib
 import ipaddress
 import os
 import stat
@@ -22,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from tests.support.agent_harness import Hook, agent, agent_config, control, query
+from tests.support.agent_harness import tokens_file as harness_tokens_file
 from vllm_audit.v1 import events_pb2 as pb
 from vllm_audit.v1 import query_pb2 as q
 from vllm_audit.v1 import query_pb2_grpc
@@ -34,16 +34,8 @@ ROLES = {"aud": ("auditor", None), "ta": ("tenant-auditor", "acme"),
 
 
 def tokens_file(tmp: Path) -> Path:
-    """A YAML tokens file; the token of each entry is its name + '-secret'."""
-    lines = ["tokens:"]
-    for name, (role, tenant) in ROLES.items():
-        sha = hashlib.sha256(f"{name}-secret".encode()).hexdigest()
-        lines += [f"  - sha256: {sha}", f"    subject: {name}", f"    role: {role}"]
-        if tenant:
-            lines.append(f"    tenant: {tenant}")
-    path = tmp / "tokens.yaml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    """Each entry's token is its name + '-secret'."""
+    return harness_tokens_file(tmp, ROLES)
 
 
 def http(rid: str, tenant: str, user: str, t: int) -> pb.Event:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import time
 from collections.abc import AsyncIterator, Callable, Collection
 from pathlib import Path
@@ -62,6 +63,19 @@ class FailingRecordLog(RecordLog):
 
     def append(self, *args: Any, **kwargs: Any) -> int:
         raise RuntimeError("injected record log failure")
+
+
+def tokens_file(tmp: Path, roles: dict[str, tuple[str, str | None]]) -> Path:
+    """A YAML tokens file of `roles` (name -> (role, tenant)); each token is name + '-secret'."""
+    lines = ["tokens:"]
+    for name, (role, tenant) in roles.items():
+        sha = hashlib.sha256(f"{name}-secret".encode()).hexdigest()
+        lines += [f"  - sha256: {sha}", f"    subject: {name}", f"    role: {role}"]
+        if tenant:
+            lines.append(f"    tenant: {tenant}")
+    path = tmp / "tokens.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
 
 
 def admin_token(handle: AgentHandle) -> str:
