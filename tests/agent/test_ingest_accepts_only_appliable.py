@@ -23,7 +23,8 @@ from vllm_audit_agent.ingest.service import replay_wal
 from vllm_audit_agent.model.record import encode
 from vllm_audit_agent.model.validation import validate
 from vllm_audit_agent.records.chain import load_or_create_signer
-from vllm_audit_agent.records.log import RecordLog, read_records
+from vllm_audit_agent.records.log import RecordLog
+from vllm_audit_agent.records.read_only import read_records
 from vllm_audit_agent.state import AgentState
 from vllm_audit_agent.storage.wal import WriteAheadLog
 from vllm_audit_agent.telemetry.gpu import GpuSampler

@@ -23,7 +23,8 @@ from vllm_audit_agent.records.chain import (
     load_or_create_signer,
     load_public_key,
 )
-from vllm_audit_agent.records.log import RecordLog, read_records
+from vllm_audit_agent.records.log import RecordLog
+from vllm_audit_agent.records.read_only import read_records
 from vllm_audit_agent.records.verify import verify_chain
 
 DAY_S = 86400.0

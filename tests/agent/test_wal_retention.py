@@ -29,7 +29,7 @@ from tests.support.agent_harness import (
 from vllm_audit.v1 import events_pb2 as pb
 from vllm_audit.v1 import ingest_pb2, query_pb2
 from vllm_audit_agent.delivery.kafka_sink import KafkaPublisher
-from vllm_audit_agent.records.log import read_records
+from vllm_audit_agent.records.read_only import read_records
 from vllm_audit_agent.server import running_agent
 
 #: About two one-event batches per segment.

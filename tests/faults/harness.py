@@ -124,7 +124,7 @@ class AgentProc:
         """Request ids of the records in the agent's record log (read from a scratch copy)."""
         import orjson
 
-        from vllm_audit_agent.records.log import read_records
+        from vllm_audit_agent.records.read_only import read_records
 
         records = (orjson.loads(p) for p in read_records(self.data_dir / "records"))
         return [str(r["request_id"]) for r in records if r.get("type") == "request"]

@@ -20,7 +20,7 @@ from typing import Any, TextIO
 import orjson
 
 from vllm_audit_agent.records.chain import RECORD_TYPE_CHECKPOINT, RECORD_TYPE_REQUEST
-from vllm_audit_agent.records.log import read_records
+from vllm_audit_agent.records.read_only import read_records
 
 FORMATS = ("jsonl", "csv")
 CSV_LEAD = ("seq", "type", "event_id", "recorded_unix_ms", "prev_hash", "hash")

@@ -34,7 +34,7 @@ import contextlib
 import logging
 import time
 from collections import Counter, OrderedDict, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -391,25 +391,3 @@ class RecordLog:
         horizon_ms = (self.clock() - self.retention_days * 86400) * 1000
         return expire_segments(self.wal, self.segments, self.cursor, horizon_ms, need,
                                self.counters, access_budget=self.access_budget_bytes)
-
-
-def read_records(directory: Path) -> Iterator[bytes]:
-    """Every record payload in a record log directory, oldest first, without changing it.
-
-    The WAL's recovery may truncate or rewrite a damaged file, so the segments are copied
-    to a scratch directory and opened there: readers (export, verify) never modify the log."""
-    import shutil
-    import tempfile
-
-    if not directory.is_dir():
-        raise ValueError(f"{directory}: not a directory")
-    with tempfile.TemporaryDirectory(prefix="vllm-audit-read-") as scratch:
-        copy = Path(scratch) / "records"
-        shutil.copytree(directory, copy, ignore=shutil.ignore_patterns(
-            CURSOR_NAME, CURSOR_NAME + ".tmp", DEAD_LETTER_NAME))
-        wal = WriteAheadLog(copy, 1 << 62, "never")
-        try:
-            for _, payload in wal.replay():
-                yield payload
-        finally:
-            wal.close()

@@ -35,7 +35,7 @@ import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from vllm_audit_agent.records.chain import RECORD_TYPE_CHECKPOINT, record_hash, verify_signature
-from vllm_audit_agent.records.log import read_records
+from vllm_audit_agent.records.read_only import read_records
 
 BREAK_REASONS = ("seq_gap", "seq_order", "hash_mismatch", "prev_hash_mismatch",
                  "bad_checkpoint_signature", "checkpoint_head_mismatch", "unreadable",
