@@ -183,6 +183,12 @@ class AgentConfig:
     record_log_max_bytes: int = declare(
         "--record-log-max-bytes", "VLLM_AUDIT_RECORD_LOG_MAX_BYTES", 4 << 30,
         "cap on the record log", metavar="BYTES", check=positive)
+    query_rate_per_token: float = declare(
+        "--query-rate-per-token", "VLLM_AUDIT_QUERY_RATE_PER_TOKEN", 50.0,
+        "query and control calls per second each non-admin token may make (bursts of twice "
+        "that); more are refused (429 / RESOURCE_EXHAUSTED) and on record; 0 = no limit",
+        metavar="N",
+        check=not_negative)
     access_records_max_bytes: int = declare(
         "--access-records-max-bytes", "VLLM_AUDIT_ACCESS_RECORDS_MAX_BYTES", 0,
         "the part of the record log's cap access records (queries, refusals) may hold; they "

@@ -35,6 +35,7 @@ from vllm_audit_agent.api.http_endpoint import HttpEndpoint
 from vllm_audit_agent.api.meta_audit import RecordLogAuditSink
 from vllm_audit_agent.api.operations import AuditApi
 from vllm_audit_agent.api.query import ControlServicer, QueryServicer
+from vllm_audit_agent.api.rate_limit import TokenBuckets
 from vllm_audit_agent.api.tls import check_listener, http_ssl_context, server_credentials
 from vllm_audit_agent.api.tokens import load_token_table, metrics_token_hash
 from vllm_audit_agent.config import AgentConfig, parse_address
@@ -173,7 +174,9 @@ async def _running_agent(config: AgentConfig, publisher: Publisher | None,
     _restrict_socket(config.ingest_socket, config.ingest_socket_group)
     # Every authorised query and control call is itself a record in the record log.
     auth = AuthInterceptor(tokens, state.counters,
-                           audit_sink or RecordLogAuditSink(records, state.counters))
+                           audit_sink or RecordLogAuditSink(records, state.counters),
+                           TokenBuckets(config.query_rate_per_token,
+                                        2 * config.query_rate_per_token))
     refusal_windows = getattr(auth.audit_sink, "flush", None)
     query_server = grpc.aio.server(interceptors=[auth])
     # One implementation of every query/control/management call, two transports.

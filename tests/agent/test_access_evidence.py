@@ -88,7 +88,7 @@ async def test_an_oversized_filter_flood_erases_nothing_and_is_on_record(tmp_pat
     refusals = [r for r in access_records(records) if r.get("outcome") == "refused"]
     assert [(r["reason"], r["count"], r["aggregated"]) for r in refusals] == [
         ("invalid_argument", 1, False), ("invalid_argument", 7, True)]
-    assert refusals[0]["peer"].startswith("ipv4:127.0.0.1:") and refusals[0]["token_id"]
+    assert refusals[0]["peer"] == "ipv4:127.0.0.1" and refusals[0]["token_id"]
     assert verified(tmp_path).returncode == 0
 
 
@@ -146,7 +146,7 @@ async def test_every_refusal_is_a_record_with_its_peer_and_a_flood_is_one(tmp_pa
     refusals = [r for r in access_records(exported(tmp_path)) if r.get("outcome") == "refused"]
     grpc_flood = [r for r in refusals if r["transport"] == "grpc"]
     assert sum(r["count"] for r in grpc_flood) == 200 and len(grpc_flood) == 2
-    assert all(r["peer"].startswith("ipv4:127.0.0.1:") and r["reason"] == "unauthenticated"
+    assert all(r["peer"] == "ipv4:127.0.0.1" and r["reason"] == "unauthenticated"
                for r in grpc_flood)
     by_reason = {r["reason"]: r for r in refusals if r["transport"] == "http"}
     assert by_reason["unauthenticated"]["peer"] == "127.0.0.1"
@@ -226,3 +226,24 @@ async def test_a_world_writable_socket_directory_is_refused_at_start(tmp_path: P
         async with running_agent(agent_config(tmp_path, ingest_socket=shared / "i.sock")):
             pass
     assert not (shared / "i.sock").exists()
+
+
+async def test_a_token_over_its_query_rate_is_refused_and_on_record(tmp_path: Path) -> None:
+    async with agent(tmp_path, auth_tokens_file=tokens_file(tmp_path),
+                     query_rate_per_token=5.0) as (handle, _):
+        stub = query(handle, "aud-secret")
+        answered, refused = 0, None
+        for _ in range(100):  # bounded: bursts of 10 at 5/s
+            try:
+                await stub.GetStats(q.StatsRequest())
+                answered += 1
+            except grpc.aio.AioRpcError as exc:
+                refused = exc
+                break
+        assert refused is not None and refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert 10 <= answered < 20 and "over its query rate" in str(refused.details())
+        # Another token has its own bucket.
+        await query(handle, "tb-secret").ListTrails(q.ListTrailsRequest())
+        assert handle.state.counters["auth_rate_limited"] == 1
+    limited = [r for r in access_records(exported(tmp_path)) if r.get("reason") == "rate_limited"]
+    assert len(limited) == 1 and limited[0]["token_id"]

@@ -32,17 +32,19 @@ async def test_queries_and_level_changes_are_recorded_and_verified(tmp_path: Pat
         page = await query(handle).ListTrails(q.ListTrailsRequest(model="", page_size=2))
         assert len(page.trails) == 2
         await query(handle).GetTrail(q.GetTrailRequest(request_id="0-00000001"))
-        await query(handle).Health(q.HealthRequest())  # liveness polling: not recorded
+        # Liveness polling: a token's first probe from a host is on record, not every probe.
+        await query(handle).Health(q.HealthRequest())
+        await query(handle).Health(q.HealthRequest())
         await control(handle).SetAuditLevel(q.SetAuditLevelRequest(level=pb.AUDIT_LEVEL_OFF))
-        assert handle.state.counters["meta_audit_records"] == 3
+        assert handle.state.counters["meta_audit_records"] == 4
     out = tmp_path / "export.jsonl"
     done = await asyncio.to_thread(cli, "export", "--data-dir", str(data), "--format", "jsonl",
                                    "--output-file", str(out))
     assert done.returncode == 0, done.stderr
     access = [r for r in map(json.loads, out.read_text().splitlines()) if r["type"] == "access"]
     assert [(r["method"], r["result_count"]) for r in access] == [
-        ("ListTrails", 2), ("GetTrail", 1), ("SetAuditLevel", 0)]
-    listing, _, level = access
+        ("ListTrails", 2), ("GetTrail", 1), ("Health", 0), ("SetAuditLevel", 0)]
+    listing, _, _, level = access
     assert (listing["subject"], listing["role"]) == ("local-admin", "admin")
     assert listing["request"]["page_size"] == 2 and listing["token_id"]
     token = (data / "admin.token").read_text().strip()

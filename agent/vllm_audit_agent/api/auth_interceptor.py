@@ -26,6 +26,7 @@ from vllm_audit_agent.api.gate import (
     result_count,
 )
 from vllm_audit_agent.api.limits import recorded_details
+from vllm_audit_agent.api.rate_limit import TokenBuckets
 from vllm_audit_agent.api.tokens import Principal, TokenTable
 
 # grpc's classes are generic only in its stubs.
@@ -46,8 +47,9 @@ class AuthInterceptor(_ServerInterceptor):
     variable set around the handler), and the sink hears of every authorised call."""
 
     def __init__(self, tokens: TokenTable, counters: Counter[str],
-                 audit_sink: AuditSink | None = None) -> None:
-        self.gate = Gate(tokens, counters, audit_sink)
+                 audit_sink: AuditSink | None = None,
+                 rate_limit: TokenBuckets | None = None) -> None:
+        self.gate = Gate(tokens, counters, audit_sink, rate_limit)
 
     @property
     def audit_sink(self) -> AuditSink:

@@ -32,6 +32,7 @@ from google.protobuf.message import Message
 
 from vllm_audit_agent.api.errors import ApiError
 from vllm_audit_agent.api.limits import check as check_limits
+from vllm_audit_agent.api.rate_limit import TokenBuckets
 from vllm_audit_agent.api.tokens import (
     ADMIN,
     AUDITOR,
@@ -64,8 +65,9 @@ METHOD_ROLES: Mapping[str, frozenset[str]] = {
 }
 #: Refusal reasons, each counted as `auth_<reason>` (born at 0): no or an unknown credential
 #: (401), a role without the method (403), a parameter over its limit (400), the access
-#: records' budget spent (429).
-REFUSALS = ("unauthenticated", "permission_denied", "invalid_argument", "access_budget")
+#: records' budget spent (429), a token over its query rate (429).
+REFUSALS = ("unauthenticated", "permission_denied", "invalid_argument", "access_budget",
+            "rate_limited")
 
 _principal: contextvars.ContextVar[Principal | None] = contextvars.ContextVar(
     "vllm_audit_principal", default=None)
@@ -192,9 +194,11 @@ class Gate:
     meta-audit sink."""
 
     def __init__(self, tokens: TokenTable, counters: Counter[str],
-                 audit_sink: AuditSink | None = None) -> None:
+                 audit_sink: AuditSink | None = None,
+                 rate_limit: TokenBuckets | None = None) -> None:
         self.tokens = tokens
         self.counters = counters
+        self.rate_limit = rate_limit or TokenBuckets(0, 0)
         for reason in REFUSALS:
             counters[f"auth_{reason}"] += 0
         self.audit_sink: AuditSink = audit_sink or CountingAuditSink()
@@ -228,6 +232,14 @@ class Gate:
             except ApiError as exc:
                 raise self._refused("invalid_argument", exc.code, exc.message,
                                     principal.token_id) from None
+        # The admin operates the agent (and the local CLI and benchmarks use its token); every
+        # reader and operator token is limited.
+        if principal.role != ADMIN and not self.rate_limit.take(principal.token_id):
+            raise self._refused(
+                "rate_limited", grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"token {principal.token_id} is over its query rate "
+                f"({self.rate_limit.rate:g}/s, bursts of {self.rate_limit.burst:g}); retry later",
+                principal.token_id)
         exhausted = getattr(self.audit_sink, "exhausted", None)  # a plain callable has none
         if method.rsplit("/", 1)[-1] not in NOT_RECORDED and exhausted is not None and exhausted():
             raise self._refused(

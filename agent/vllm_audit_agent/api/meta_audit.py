@@ -21,12 +21,13 @@ never raises into the call: a failure is counted (`meta_audit_errors`).
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 from typing import Any
 
 from vllm_audit_agent.api.gate import NO_PEER, NOT_RECORDED, Peer, Refused
 from vllm_audit_agent.api.limits import capped
-from vllm_audit_agent.api.refusal_records import RefusalAggregator
+from vllm_audit_agent.api.refusal_records import RefusalAggregator, peer_host
 from vllm_audit_agent.api.tokens import Principal
 from vllm_audit_agent.records.chain import RECORD_TYPE_ACCESS
 from vllm_audit_agent.records.log import RecordLog
@@ -35,6 +36,8 @@ logger = logging.getLogger("vllm_audit.agent")
 
 #: Version of the access record's fields (2: peer, client identity, status; refusals).
 ACCESS_SCHEMA_VERSION = 2
+#: Seconds between two records of liveness calls by one token from one peer host.
+HEALTH_RECORD_SECONDS = 300.0
 #: Refusal records may still be written past the access budget, up to this share of it (the
 #: refusals of a spent budget are on record too), then they are counted only.
 OVERDRAFT = 1.1
@@ -47,6 +50,7 @@ class RecordLogAuditSink:
         self.records = records
         self.counters = counters
         self.refusals = RefusalAggregator(self._append)
+        self._health_seen: dict[tuple[str, str], float] = {}
         for name in ("meta_audit_records", "meta_audit_errors", "meta_audit_refusal_records",
                      "meta_audit_refusal_records_dropped"):
             counters[name] += 0
@@ -55,7 +59,7 @@ class RecordLogAuditSink:
                  result_count: int, peer: Peer = NO_PEER, status: str = "OK",
                  notes: dict[str, Any] | None = None) -> None:
         name = method.rsplit("/", 1)[-1]
-        if name in NOT_RECORDED:
+        if name in NOT_RECORDED and not self._first_health(principal, peer):
             return
         if self._append({
             # ok, error, or open: a stream's records while it streams (status STREAMING)
@@ -76,6 +80,19 @@ class RecordLogAuditSink:
             **({"result": notes} if notes else {}),
         }):
             self.counters["meta_audit_records"] += 1
+
+    def _first_health(self, principal: Principal, peer: Peer) -> bool:
+        """Liveness calls are polled: each token and peer host is recorded once an interval,
+        so who probes with which token is on record without a record per probe."""
+        now, key = time.monotonic(), (principal.token_id, peer_host(peer.address))
+        if len(self._health_seen) > 4096:
+            self._health_seen = {k: t for k, t in self._health_seen.items()
+                                 if now - t < HEALTH_RECORD_SECONDS}
+        seen = self._health_seen.get(key)
+        if seen is not None and now - seen < HEALTH_RECORD_SECONDS:
+            return False
+        self._health_seen[key] = now
+        return True
 
     def refused(self, refusal: Refused, method: str, peer: Peer) -> None:
         self.refusals.note(reason=refusal.reason, method=method.rsplit("/", 1)[-1],

@@ -35,6 +35,15 @@ class _Window:
     methods: set[str] = field(default_factory=set)
 
 
+def peer_host(address: str) -> str:
+    """`ipv4:10.0.0.1:5000` -> `ipv4:10.0.0.1`, `ipv6:[::1]:5000` -> `ipv6:[::1]`; others as
+    they are (a Unix socket's peer, HTTP's remote address)."""
+    kind, _, rest = address.partition(":")
+    if kind in ("ipv4", "ipv6") and ":" in rest:
+        return f"{kind}:{rest.rsplit(':', 1)[0]}"
+    return address
+
+
 class RefusalAggregator:
     """`write(fields)`: appends one access record (the sink's; it never raises)."""
 
@@ -51,7 +60,8 @@ class RefusalAggregator:
              peer: str, token_id: str) -> None:
         now = self.clock()
         self.flush(now)
-        key: Key = (peer, token_id, reason, transport)
+        # By host, not connection: a flood over many connections (new source ports) is one.
+        key: Key = (peer_host(peer), token_id, reason, transport)
         if key not in self._open and len(self._open) >= self.max_keys:
             key = ("*", "*", reason, transport)
         window = self._open.get(key)
