@@ -142,12 +142,22 @@ async def test_every_refusal_is_a_record_with_its_peer_and_a_flood_is_one(tmp_pa
             unknown = await c.get(f"{http}/trails", params={"colour": "red"},
                                   headers={"Authorization": "Bearer aud-secret"})
             assert unknown.status_code == 400
-        assert handle.state.counters["auth_unauthenticated"] == 201
+        # Past 20 failed credentials a host backs off (the 21st blocks it): refused before its
+        # token is looked at.
+        assert handle.state.counters["auth_unauthenticated"] == 21 + 1  # gRPC's host, HTTP's
+        assert handle.state.counters["auth_backoff"] == 179
+        with pytest.raises(grpc.aio.AioRpcError) as waiting:
+            await query(handle, "aud-secret").GetStats(q.StatsRequest())  # same host: waits
+        assert waiting.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "too many failed credentials from ipv4:127.0.0.1: retry in" in str(
+            waiting.value.details())
     refusals = [r for r in access_records(exported(tmp_path)) if r.get("outcome") == "refused"]
     grpc_flood = [r for r in refusals if r["transport"] == "grpc"]
-    assert sum(r["count"] for r in grpc_flood) == 200 and len(grpc_flood) == 2
-    assert all(r["peer"] == "ipv4:127.0.0.1" and r["reason"] == "unauthenticated"
-               for r in grpc_flood)
+    by_count: dict[str, int] = {}
+    for r in grpc_flood:
+        by_count[r["reason"]] = by_count.get(r["reason"], 0) + r["count"]
+    assert by_count == {"unauthenticated": 21, "backoff": 180} and len(grpc_flood) == 4
+    assert all(r["peer"] == "ipv4:127.0.0.1" for r in grpc_flood)
     by_reason = {r["reason"]: r for r in refusals if r["transport"] == "http"}
     assert by_reason["unauthenticated"]["peer"] == "127.0.0.1"
     assert by_reason["permission_denied"]["token_id"] and \

@@ -134,7 +134,7 @@ async def test_level_and_auth_metrics_are_exported_from_birth(tmp_path: Path) ->
         url = f"http://{handle.http_address}/metrics"
         families = await asyncio.to_thread(scrape, url)
         assert sorted((s[0]["reason"], s[1]) for s in families["vllm_audit_query_refused_calls"]
-                      if s[0]) == [("access_budget", 0.0), ("invalid_argument", 0.0),
+                      if s[0]) == [("access_budget", 0.0), ("backoff", 0.0), ("invalid_argument", 0.0),
                                    ("permission_denied", 0.0), ("rate_limited", 0.0),
                                    ("unauthenticated", 0.0)]
         assert families["vllm_audit_level_mismatch_sources"] == [({}, 0.0)]

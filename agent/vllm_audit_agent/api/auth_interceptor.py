@@ -62,29 +62,11 @@ class AuthInterceptor(_ServerInterceptor):
         if handler is None or method.startswith(UNAUTHENTICATED_PREFIXES):
             return handler  # an unknown method: gRPC answers UNIMPLEMENTED
         token = _bearer(handler_call_details.invocation_metadata or ())
-        try:
-            principal = self.gate.authorise(method, token,
-                                            "'authorization: Bearer <token>' metadata")
-        except Refused as refused:
-            return self._refuse(handler, refused, method)
-        return self._authorised(handler, principal, method)
+        # Decided inside the handler, where the caller's address is known (back-off per host,
+        # and every refusal on record with its peer).
+        return self._guarded(handler, method, token)
 
-    def _refuse(self, handler: Handler, refused: Refused, method: str) -> Handler:
-        gate = self.gate
-
-        async def deny(request: object, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            gate.refusal_on_record(refused, method, peer_of(context))
-            await context.abort(refused.code, refused.message)
-
-        async def deny_stream(request: object, context: grpc.aio.ServicerContext[Any, Any]
-                              ) -> AsyncIterator[Any]:
-            gate.refusal_on_record(refused, method, peer_of(context))
-            await context.abort(refused.code, refused.message)
-            yield  # pragma: no cover - abort raised
-
-        return _same_kind(handler, deny, deny_stream)
-
-    def _authorised(self, handler: Handler, principal: Principal, method: str) -> Handler:
+    def _guarded(self, handler: Handler, method: str, token: str | None) -> Handler:
         gate = self.gate
         # The stubs type handler behaviours for sync servers; on an aio server they are
         # coroutine functions and async generators.
@@ -92,17 +74,18 @@ class AuthInterceptor(_ServerInterceptor):
         call_stream: Any = handler.unary_stream
 
         async def admitted(request: object, context: grpc.aio.ServicerContext[Any, Any]
-                           ) -> Peer:
+                           ) -> tuple[Principal, Peer]:
             peer = peer_of(context)
             try:
+                principal = gate.authorise(method, token, HOW_TO_SEND, peer)
                 gate.admit(principal, method, request)
             except Refused as refused:
                 gate.refusal_on_record(refused, method, peer)
                 await context.abort(refused.code, refused.message)
-            return peer
+            return principal, peer
 
         async def unary(request: object, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            peer = await admitted(request, context)
+            principal, peer = await admitted(request, context)
             count, status, notes = 0, "UNKNOWN", None
             try:
                 with acting_as(principal) as notes:
@@ -119,7 +102,7 @@ class AuthInterceptor(_ServerInterceptor):
 
         async def stream(request: object, context: grpc.aio.ServicerContext[Any, Any]
                          ) -> AsyncIterator[Any]:
-            peer = await admitted(request, context)
+            principal, peer = await admitted(request, context)
             details = recorded_details(request)
             count, status = 0, "CANCELLED"
             # A stream is on record from its start (a crash mid-stream still leaves that), and
@@ -144,6 +127,7 @@ class AuthInterceptor(_ServerInterceptor):
         return _same_kind(handler, unary, stream)
 
 
+HOW_TO_SEND = "'authorization: Bearer <token>' metadata"
 #: The status of a stream's records while it is open (its first record, and the periodic ones).
 STREAMING = "STREAMING"
 #: Seconds between the records of an open stream.

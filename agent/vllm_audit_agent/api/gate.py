@@ -30,9 +30,11 @@ from typing import Any, Protocol
 import grpc
 from google.protobuf.message import Message
 
+from vllm_audit_agent.api.backoff import CredentialBackoff
 from vllm_audit_agent.api.errors import ApiError
 from vllm_audit_agent.api.limits import check as check_limits
 from vllm_audit_agent.api.rate_limit import TokenBuckets
+from vllm_audit_agent.api.refusal_records import peer_host
 from vllm_audit_agent.api.tokens import (
     ADMIN,
     AUDITOR,
@@ -65,9 +67,10 @@ METHOD_ROLES: Mapping[str, frozenset[str]] = {
 }
 #: Refusal reasons, each counted as `auth_<reason>` (born at 0): no or an unknown credential
 #: (401), a role without the method (403), a parameter over its limit (400), the access
-#: records' budget spent (429), a token over its query rate (429).
+#: records' budget spent (429), a token over its query rate (429), a host backing off after
+#: failed credentials (429, backoff.py).
 REFUSALS = ("unauthenticated", "permission_denied", "invalid_argument", "access_budget",
-            "rate_limited")
+            "rate_limited", "backoff")
 
 _principal: contextvars.ContextVar[Principal | None] = contextvars.ContextVar(
     "vllm_audit_principal", default=None)
@@ -199,18 +202,29 @@ class Gate:
         self.tokens = tokens
         self.counters = counters
         self.rate_limit = rate_limit or TokenBuckets(0, 0)
+        self.backoff = CredentialBackoff()
         for reason in REFUSALS:
             counters[f"auth_{reason}"] += 0
         self.audit_sink: AuditSink = audit_sink or CountingAuditSink()
 
-    def authorise(self, method: str, token: str | None, how_to_send: str) -> Principal:
+    def authorise(self, method: str, token: str | None, how_to_send: str,
+                  peer: Peer = NO_PEER) -> Principal:
         """The caller of `method` (a full gRPC method name); raises Refused (counted).
-        `how_to_send`: how this transport carries the credential, for the refusal message."""
+        `how_to_send`: how this transport carries the credential, for the refusal message.
+        A peer host that kept failing is refused before its credential is looked at."""
+        host = peer_host(peer.address)
+        wait = self.backoff.blocked_for(host) if host else 0.0
+        if wait:
+            raise self._refused("backoff", grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                f"too many failed credentials from {host}: retry in "
+                                f"{wait:.0f} s")
         if token is None:
+            self.backoff.failed(host)
             raise self._refused("unauthenticated", grpc.StatusCode.UNAUTHENTICATED,
                                 f"{method} needs a credential: send {how_to_send}")
         principal = self.tokens.lookup(token)
         if principal is None:
+            self.backoff.failed(host)
             raise self._refused("unauthenticated", grpc.StatusCode.UNAUTHENTICATED,
                                 f"{method}: the bearer token is not one this agent knows")
         allowed = METHOD_ROLES.get(method, frozenset({ADMIN}))

@@ -228,7 +228,8 @@ class ManagementApi:
                ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         async def handle(request: web.Request) -> web.StreamResponse:
             try:
-                principal = self.gate.authorise(method, _bearer(request), HOW_TO_SEND)
+                principal = self.gate.authorise(method, _bearer(request), HOW_TO_SEND,
+                                                peer_of(request))
             except ApiError as exc:  # the credential header itself is malformed
                 return self._refused(Refused("invalid_argument", exc.code, exc.message),
                                      method, request, counted=False)
