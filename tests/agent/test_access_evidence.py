@@ -63,6 +63,18 @@ async def seed(handle: AgentHandle, n: int, tenant: str = "acme") -> None:
     await until(lambda: handle.state.records.durable_seq >= n, "records durable")
 
 
+async def stats_until_exhausted(stub: Any, limit: int) -> tuple[int, grpc.aio.AioRpcError]:
+    """GetStats until a call is refused RESOURCE_EXHAUSTED (at most `limit` calls): how many
+    were answered, and the refusal."""
+    for answered in range(limit):
+        try:
+            await stub.GetStats(q.StatsRequest())
+        except grpc.aio.AioRpcError as exc:
+            assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, exc
+            return answered, exc
+    raise AssertionError(f"{limit} calls answered, none refused")
+
+
 def access_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [r for r in records if r.get("type") == "access"]
 
@@ -99,15 +111,8 @@ async def test_a_spent_access_budget_refuses_queries_and_keeps_the_evidence(tmp_
                      wal_segment_bytes=4096) as (handle, _):
         await seed(handle, 30)
         stub = query(handle, "aud-secret")
-        answered, refused = 0, None
-        for _ in range(400):  # bounded: the budget holds ~30 access records
-            try:
-                await stub.GetStats(q.StatsRequest())
-                answered += 1
-            except grpc.aio.AioRpcError as exc:
-                refused = exc
-                break
-        assert refused is not None and refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        # bounded: the budget holds ~30 access records
+        answered, refused = await stats_until_exhausted(stub, 400)
         assert 10 < answered < 400
         assert "never push evidence out" in str(refused.details())
         # Over HTTP the same budget answers 429; liveness stays open.
@@ -242,15 +247,7 @@ async def test_a_token_over_its_query_rate_is_refused_and_on_record(tmp_path: Pa
     async with agent(tmp_path, auth_tokens_file=tokens_file(tmp_path),
                      query_rate_per_token=5.0) as (handle, _):
         stub = query(handle, "aud-secret")
-        answered, refused = 0, None
-        for _ in range(100):  # bounded: bursts of 10 at 5/s
-            try:
-                await stub.GetStats(q.StatsRequest())
-                answered += 1
-            except grpc.aio.AioRpcError as exc:
-                refused = exc
-                break
-        assert refused is not None and refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        answered, refused = await stats_until_exhausted(stub, 100)  # bursts of 10 at 5/s
         assert 10 <= answered < 20 and "over its query rate" in str(refused.details())
         # Another token has its own bucket.
         await query(handle, "tb-secret").ListTrails(q.ListTrailsRequest())
