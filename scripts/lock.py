@@ -35,6 +35,7 @@ import tomllib
 ROOT = Path(__file__).resolve().parents[1]
 REQUIREMENTS = ROOT / "requirements"
 EXCLUDES = REQUIREMENTS / "excludes.txt"
+OVERRIDES = REQUIREMENTS / "overrides.txt"
 # test: make test/demo/bench; agent: the sidecar image; vllm: the compose vLLM image.
 LOCKS = ("test", "agent", "vllm")
 # The platform every lock is compiled for: the CI machine's and the images' (x86_64 glibc).
@@ -43,6 +44,7 @@ PLATFORM = "x86_64-manylinux_2_28"
 COMPILE_FLAGS = (
     "--generate-hashes", "--python-version", PYTHON_VERSION, "--python-platform", PLATFORM,
     "--no-emit-find-links", "--no-emit-package", "vllm-audit", "--excludes", "requirements/excludes.txt",
+    "--overrides", "requirements/overrides.txt",
 )
 DIGEST_PREFIX = "# inputs-sha256: "
 VERSIONS_BEGIN = "<!-- tested-versions:begin (make lock writes this table from requirements/test.txt) -->"
@@ -69,6 +71,7 @@ def inputs_digest(name: str, pyproject: Path = ROOT / "pyproject.toml") -> str:
     material = {
         "in": (REQUIREMENTS / f"{name}.in").read_text(),
         "excludes": EXCLUDES.read_text(),
+        "overrides": OVERRIDES.read_text(),
         "dependencies": project.get("dependencies", []),
         "optional-dependencies": project.get("optional-dependencies", {}),
         "build-system": data.get("build-system", {}).get("requires", []),
