@@ -153,7 +153,9 @@ async def test_list_filters_pagination_and_errors(tmp_path: Path) -> None:
         page3 = await q.ListTrails(query_pb2.ListTrailsRequest(page_size=2,
                                                                page_token=page2.next_page_token))
         ids = [t.request_id for p in (page1, page2, page3) for t in p.trails]
-        assert ids == [f"{i}-abcdef{i:02d}" for i in range(5)] and not page3.next_page_token
+        # Newest first, every trail once across the pages.
+        assert ids == [f"{i}-abcdef{i:02d}" for i in reversed(range(5))]
+        assert not page3.next_page_token
         even = await q.ListTrails(query_pb2.ListTrailsRequest(model="even"))
         assert len(even.trails) == 3
         with pytest.raises(grpc.aio.AioRpcError) as bad:

@@ -130,8 +130,8 @@ async def test_a_tenant_auditor_reads_only_its_tenant_by_any_filter(tmp_path: Pa
             page = await acme.ListTrails(q.ListTrailsRequest(**filters))  # type: ignore[arg-type]
             return [t.request_id for t in page.trails]
 
-        assert await ids() == ["r0", "r2"]
-        assert await ids(tenant="acme") == ["r0", "r2"]
+        assert await ids() == ["r2", "r0"]  # newest first
+        assert await ids(tenant="acme") == ["r2", "r0"]
         assert await ids(tenant="globex") == []
         assert await ids(user="alice") == ["r0"]  # globex's alice stays hidden
         assert await ids(user="bob") == []
@@ -158,7 +158,7 @@ async def test_a_tenant_auditor_reads_only_its_tenant_by_any_filter(tmp_path: Pa
         other.cancel()
         # An auditor sees all of them.
         page = await query(handle, "aud-secret").ListTrails(q.ListTrailsRequest())
-        assert [t.request_id for t in page.trails] == ["r0", "r1", "r2", "r3", "r4", "r5"]
+        assert [t.request_id for t in page.trails] == ["r5", "r4", "r3", "r2", "r1", "r0"]
 
 
 async def test_every_authorised_call_reaches_the_audit_sink_once(tmp_path: Path) -> None:

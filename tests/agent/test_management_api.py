@@ -145,8 +145,8 @@ async def test_a_tenant_auditor_reads_only_its_tenant_over_http(tmp_path: Path) 
                 assert reply.status_code == 200, reply.text
                 return ids(reply.json())
 
-            assert await listed() == ["r0", "r2"]
-            assert await listed(tenant="acme") == ["r0", "r2"]
+            assert await listed() == ["r2", "r0"]  # newest first
+            assert await listed(tenant="acme") == ["r2", "r0"]
             assert await listed(tenant="globex") == []
             assert await listed(user="alice") == ["r0"]  # globex's alice stays hidden
             assert await listed(x_request_id="x-0") == ["r0"]
@@ -160,7 +160,7 @@ async def test_a_tenant_auditor_reads_only_its_tenant_over_http(tmp_path: Path) 
             assert (await acme.get("/export", params={"tenant": "globex"})).text == ""
         async with client(handle, "aud-secret") as auditor:
             everything = (await auditor.get("/trails")).json()
-            assert ids(everything) == ["r0", "r1", "r2", "r3", "0-00000009"]
+            assert ids(everything) == ["0-00000009", "r3", "r2", "r1", "r0"]
 
 
 async def test_filters_and_pagination_agree_with_grpc(tmp_path: Path) -> None:
@@ -188,7 +188,9 @@ async def test_filters_and_pagination_agree_with_grpc(tmp_path: Path) -> None:
                 reply = await c.get("/trails", params=params)
                 assert reply.status_code == 200, (params, reply.text)
                 page = await query(handle).ListTrails(q.ListTrailsRequest(**grpc_filter))
-                assert ids(reply.json()) == [t.request_id for t in page.trails] == want, params
+                # The cases name trails oldest first; a listing is newest first.
+                assert ids(reply.json()) == [t.request_id for t in page.trails] == want[::-1], \
+                    params
             # Cursor pagination: pages of 2, following next_page_token to the end.
             seen: list[str] = []
             params = {"page_size": "2"}
@@ -198,7 +200,7 @@ async def test_filters_and_pagination_agree_with_grpc(tmp_path: Path) -> None:
                 if not body["next_page_token"]:
                     break
                 params = {"page_size": "2", "page_token": body["next_page_token"]}
-            assert seen == ["r0", "r1", "r2", "r3", "0-00000009"]
+            assert seen == ["0-00000009", "r3", "r2", "r1", "r0"]
             # The record form: enums by name, 64-bit integers as numbers.
             r0 = (await c.get("/trails/r0")).json()
             assert r0["summary"]["state"] == "TRAIL_STATE_FAILED"
@@ -466,14 +468,14 @@ def test_the_index_agrees_with_the_store_after_deletes_and_clear() -> None:
             deleted += 1
         assert store.get(rid) is None or rid in open_ids
     for f in filters:
-        assert all_pages(index, f, 7) == scan(store, f)
+        assert all_pages(index, f, 7) == scan(store, f)[::-1]  # pages: newest first
     kinds = [watch.queue.get_nowait()[0] for _ in range(watch.queue.qsize())]
     assert kinds.count(q.WATCH_EVENT_KIND_DELETED) == deleted
     removed, kept = store.clear()
     assert kept == len(open_ids) == len(store) == len(index) == index.active_count()
     assert removed + deleted == 400 - len(open_ids)
     for f in filters:
-        assert all_pages(index, f, 7) == scan(store, f)
+        assert all_pages(index, f, 7) == scan(store, f)[::-1]  # pages: newest first
     assert store.counters["deleted"] == 400 - len(open_ids)
 
 

@@ -26,7 +26,7 @@ def http(rid: str, t: int, rng: random.Random, status: int) -> pb.Event:
 
 
 def scan(store: TrailStore, f: Filter) -> list[str]:
-    """The reference: every stored trail, in the index's order (arrival), filtered."""
+    """The reference: every stored trail, filtered (in the store's order)."""
     return [t.summary.request_id for t in store.trails() if f.matches(t.summary)]
 
 
@@ -62,8 +62,10 @@ def test_index_pages_equal_a_full_scan_under_churn(lazy_list: int) -> None:
         order = [t.summary.request_id for t in store.trails()]
         if step % 50 == 0:
             for f in filters:
+                # Pages list the newest first.
                 assert all_pages(index, f, 7) == sorted(
-                    scan(store, f), key=lambda r: store.get(r).index_seq)  # type: ignore[union-attr]
+                    scan(store, f), key=lambda r: store.get(r).index_seq,  # type: ignore[union-attr]
+                    reverse=True)
     assert len(index) == len(store) == len(order) <= 300
     assert index.active_count() == store.active_count()
 
@@ -76,10 +78,12 @@ async def test_cursor_survives_arrivals_and_evictions(tmp_path: Path) -> None:
                                              10**15 + i))
         stub = query(handle)
         first = await stub.ListTrails(q.ListTrailsRequest(page_size=4))
-        assert [t.request_id for t in first.trails] == [f"{i}-0000000{i}" for i in range(4)]
-        # Five new trails evict the five oldest, including ones already listed.
+        # Newest first: what happened lately is the first page.
+        assert [t.request_id for t in first.trails] == [f"{i}-{i:08d}" for i in (9, 8, 7, 6)]
+        # Five new trails evict the five oldest, including ones not listed yet; the new ones
+        # are newer than the first page, so the next pages do not show them.
         for i in range(10, 15):
-            await hook.send(i + 1, lifecycle(f"{i}-000000{i}", pb.LIFECYCLE_PHASE_FINISHED,
+            await hook.send(i + 1, lifecycle(f"{i}-{i:08d}", pb.LIFECYCLE_PHASE_FINISHED,
                                              10**15 + i))
         rest: list[str] = []
         token = first.next_page_token
@@ -87,8 +91,10 @@ async def test_cursor_survives_arrivals_and_evictions(tmp_path: Path) -> None:
             page = await stub.ListTrails(q.ListTrailsRequest(page_size=4, page_token=token))
             rest += [t.request_id for t in page.trails]
             token = page.next_page_token
-        # Nothing repeated, nothing still stored skipped: 4 was evicted, 5..14 remain.
-        assert rest == [f"{i}-{i:08d}" for i in range(5, 15)]
+        # Nothing repeated, nothing still stored and older than the first page skipped.
+        assert rest == ["5-00000005"]
+        fresh = await stub.ListTrails(q.ListTrailsRequest(page_size=4))
+        assert [t.request_id for t in fresh.trails] == [f"{i}-{i:08d}" for i in (14, 13, 12, 11)]
 
 
 async def test_watch_streams_trails_as_they_become_final(tmp_path: Path) -> None:

@@ -7,8 +7,8 @@ Who may call what was decided before (gate.py `Gate`); here the caller only narr
 reads: a tenant-auditor sees its own tenant's trails and nothing else, whatever filter it
 sends (another tenant's trail is NOT_FOUND, as a missing one).
 
-Pages come from the trail index (trails/index.py) in arrival order; a page token is the position
-after the last trail handed out, sealed to the caller and its filters (page_tokens.py), so
+Pages come from the trail index (trails/index.py) newest first; a page token is the position
+of the last trail handed out, sealed to the caller and its filters (page_tokens.py), so
 pages stay stable while trails arrive and go and a token tells its holder nothing. Every method
 but `export` is synchronous: a page is built without awaiting, so the index cannot change
 under it.

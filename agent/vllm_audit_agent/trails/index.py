@@ -5,8 +5,9 @@ creation order for the store). The index keeps the sequence numbers sorted overa
 value of each filtered field (model, user, tenant, state, structured or not), and is kept
 current by the store's change callback (`TrailStore.on_change`), called after a batch touched a
 trail, after a trail was finalised and when one left the store. A page walks the smallest
-candidate list from the cursor (the last sequence number handed out) and checks the remaining
-filters on each candidate; the cursor stays valid while trails arrive and are evicted.
+candidate list newest first from the cursor (the last sequence number handed out) and checks
+the remaining filters on each candidate; the cursor stays valid while trails arrive and are
+evicted.
 
 Watchers (`WatchTrails`) are told through a bounded queue of each record a trail gets (its
 first: FINAL, a later revision: REVISED) and of its leaving the store (EVICTED by the caps,
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -311,39 +312,42 @@ class TrailIndex:
                 watch.offer(kind, summary)
 
     # -- queries -------------------------------------------------------------------------------
-    def _candidates(self, f: Filter, after: int) -> Iterable[int]:
+    def _smallest(self, f: Filter) -> list[int] | None:
+        """The shortest seq list the filter's indexed fields select (every seq when it has
+        none); None when one of them matches nothing."""
         lists: list[list[int]] = []
         for field, value in f.indexed():
             seqs = self._by[field].get(value)
             if seqs is None:
-                return ()
+                return None
             lists.append(seqs)
-        if not lists:
-            return _tail(self._all, after)
-        smallest = min(lists, key=len)
-        return _tail(smallest, after)
+        return min(lists, key=len) if lists else self._all
 
-    def page(self, f: Filter, after: int, size: int) -> tuple[list[q.TrailSummary], int]:
-        """Up to `size` matching summaries after cursor `after` (oldest first), and the cursor
-        for the next page (0 when there is none)."""
+    def page(self, f: Filter, before: int, size: int) -> tuple[list[q.TrailSummary], int]:
+        """Up to `size` matching summaries, newest first, older than cursor `before` (0: from
+        the newest), and the cursor for the next page (0 when there is none). A listing
+        answers "what happened lately" first; the cursor is a seq, so a page stays exact
+        while newer trails arrive (they are before the first page) and older ones leave."""
         out: list[q.TrailSummary] = []
         entries = self._entries
         last = 0
-        for seq in self._candidates(f, after):
+        seqs = self._smallest(f)
+        for seq in _older(seqs, before) if seqs is not None else ():
             trail = entries.get(seq)
             if trail is None:  # a seq of a trail that left, still in a long list (`_remove`)
                 continue
             if not f.matches(trail):
                 continue
             if len(out) == size:
-                return out, last  # one more exists: the next page starts after `last`
+                return out, last  # one more exists: the next page starts before `last`
             out.append(trail.summary)
             last = seq
         return out, 0
 
     def final(self, f: Filter) -> Iterator[q.TrailSummary]:
-        """Matching final trails, oldest first (a watch's replay)."""
-        for seq in self._candidates(f, 0):
+        """Matching final trails, oldest first (a watch's replay, then what comes next)."""
+        seqs = self._smallest(f)
+        for seq in _tail(seqs, 0) if seqs is not None else ():
             trail = self._entries.get(seq)
             if trail is not None and trail.index_final and f.matches(trail):
                 yield trail.summary
@@ -363,3 +367,9 @@ def _tail(seqs: list[int], after: int) -> Iterator[int]:
     for i in range(bisect.bisect_right(seqs, after), len(seqs)):
         yield seqs[i]
 
+
+def _older(seqs: list[int], before: int) -> Iterator[int]:
+    # By index, newest first, like _tail: the list is never changed during one page.
+    start = bisect.bisect_left(seqs, before) if before else len(seqs)
+    for i in range(start - 1, -1, -1):
+        yield seqs[i]
