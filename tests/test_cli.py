@@ -214,3 +214,29 @@ async def test_standard_grpc_health_is_serving_then_not_serving_at_shutdown(tmp_
     await ingest.close()
     assert statuses == [health_pb2.HealthCheckResponse.SERVING,
                         health_pb2.HealthCheckResponse.NOT_SERVING]
+
+
+def test_the_top_level_help_names_every_level_set_level_takes() -> None:
+    """The help's set-level line comes from the contract's levels (key-events was missing)."""
+    from vllm_audit_agent.config import LEVELS
+
+    out = cli("--help")
+    assert out.returncode == 0
+    (line,) = [ln.strip() for ln in out.stdout.splitlines() if "vllm-audit set-level" in ln]
+    assert set(line.split()[-1].split("|")) == set(LEVELS) and "key-events" in LEVELS
+
+
+async def test_a_refusal_for_want_of_a_token_names_the_token_files_tried(tmp_path: Path) -> None:
+    async with agent(tmp_path) as (handle, _):
+        elsewhere = tmp_path / "elsewhere"
+        out = await acli("query", "health", "--address", handle.query_address,
+                         "--data-dir", str(elsewhere))
+        assert out.returncode == 1
+        (line,) = out.stderr.splitlines()
+        assert line.startswith("vllm-audit: UNAUTHENTICATED: ")
+        assert "$VLLM_AUDIT_TOKEN unset" in line and "$VLLM_AUDIT_TOKEN_FILE unset" in line
+        assert f"{elsewhere / 'admin.token'}: No such file or directory" in line
+        # With the local agent's token (its data dir) any role may ask for health.
+        ok = await acli("query", "health", "--address", handle.query_address,
+                        env=local_admin(handle))
+        assert ok.returncode == 0 and json.loads(ok.stdout)["status"] == "SERVING"

@@ -47,7 +47,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, ValueError) else 1
     except grpc.RpcError as exc:
-        print(f"{PROG}: {rpc_error(exc, args.resolved_address)}", file=sys.stderr)
+        print(f"{PROG}: {rpc_error(exc, args.resolved_address, getattr(args, 'credential', None))}",
+              file=sys.stderr)
         return 1
     except OSError as exc:  # a missing or unreadable file: one line, not a traceback
         print(f"{PROG}: {exc}", file=sys.stderr)

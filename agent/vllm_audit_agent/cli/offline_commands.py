@@ -9,13 +9,20 @@ import asyncio
 import sys
 from typing import Any
 
+import grpc
 import orjson
 
 from vllm_audit.v1 import query_pb2 as q
 from vllm_audit.v1 import query_pb2_grpc
 from vllm_audit_agent.cli.output import dumps, emit
 from vllm_audit_agent.cli.parser import PROG
-from vllm_audit_agent.cli.query_commands import client_channel, get_trail, resolve_address, timeout_of
+from vllm_audit_agent.cli.query_commands import (
+    client_channel,
+    get_trail,
+    resolve_address,
+    rpc_error,
+    timeout_of,
+)
 from vllm_audit_agent.config import AgentConfig
 from vllm_audit_agent.records.entry import TOPICS
 
@@ -25,14 +32,18 @@ from vllm_audit_agent.records.entry import TOPICS
 
 def run_replay(args: argparse.Namespace) -> int:
     """Exit 0: proven; 1: a step does not match (named); 2: the trail cannot be replayed."""
-    from vllm_audit_agent.records.replay import run
+    from vllm_audit_agent.records.replay import ReplayError, run
 
     address = resolve_address(args)
     timeout = timeout_of(args)
 
     def fetch(request_id: str) -> q.GetTrailResponse:
         with client_channel(args, address) as chan:
-            return get_trail(query_pb2_grpc.QueryServiceStub(chan), request_id, True, timeout)
+            try:
+                return get_trail(query_pb2_grpc.QueryServiceStub(chan), request_id, True,
+                                 timeout)
+            except grpc.RpcError as exc:  # worded as every client command words it
+                raise ReplayError("agent: " + rpc_error(exc, address, args.credential)) from None
 
     fetch_records = None
     if args.kafka_bootstrap:

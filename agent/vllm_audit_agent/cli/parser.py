@@ -25,14 +25,15 @@ OUTPUTS = ("json", "table")
 STATES = {name[len("TRAIL_STATE_"):].lower(): number
           for name, number in q.TrailState.items() if number != q.TRAIL_STATE_UNSPECIFIED}
 
-#: The top-level help.
-DESCRIPTION = """`vllm-audit`: run the agent, query it, switch the audit level.
+#: The top-level help. The level names come from LEVELS (the contract's AuditLevel), never a
+#: list of their own: a level added to the contract is in the help the moment it exists.
+DESCRIPTION = f"""`vllm-audit`: run the agent, query it, switch the audit level.
 
     vllm-audit agent [--ingest-socket PATH] [--query-address H:P] [--http-address H:P] ...
     vllm-audit query health|stats
     vllm-audit query list [--model M] [--user U] [--state S] [--limit N]
     vllm-audit query get REQUEST_ID [--events]
-    vllm-audit set-level off|summary|full|full-with-allowed-sets
+    vllm-audit set-level {'|'.join(LEVELS)}
     vllm-audit delete REQUEST_ID        (admin: the query store only; records stay)
     vllm-audit clear --confirm          (admin: every final trail of the query store)
     vllm-audit tail [--count N]
@@ -108,7 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("query", parents=[client], help="read the agent's trails, stats, health")
     qs = s.add_subparsers(dest="what", required=True, metavar="WHAT")
-    qs.add_parser("health", parents=[client], help="the agent's health")
+    qs.add_parser("health", parents=[client],
+                  help="the agent's health (a token of any role; probes without one ask "
+                       "/healthz or grpc.health.v1, which say only SERVING)")
     qs.add_parser("stats", parents=[client], help="ingest, drops by reason, WAL, publishing")
     ls = qs.add_parser("list", parents=[client], help="trails, filtered and paginated")
     ls.add_argument("--model", default="", help="only this model")

@@ -15,7 +15,7 @@ from vllm_audit.v1 import query_pb2 as q
 from vllm_audit.v1 import query_pb2_grpc
 from vllm_audit_agent.api.operations import CLEAR_CONFIRMATION
 from vllm_audit_agent.cli.client import ClientTls, channel
-from vllm_audit_agent.cli.credentials import resolve_client_token
+from vllm_audit_agent.cli.credentials import Credential, resolve_credential
 from vllm_audit_agent.cli.output import TRAIL_COLUMNS, as_dict, dumps, emit, table, trail_rows
 from vllm_audit_agent.cli.parser import DEFAULT_QUERY_ADDRESS, STATES
 from vllm_audit_agent.config import AgentConfig, env_var, parse_level
@@ -81,12 +81,13 @@ def run_client(args: argparse.Namespace) -> int:
 def client_channel(args: argparse.Namespace, address: str) -> grpc.Channel:
     data_dir = args.client_data_dir or Path(os.environ.get(env_var("data_dir"))
                                             or AgentConfig().data_dir)
-    token = resolve_client_token(args.token, args.token_file, data_dir, os.environ)
+    credential = resolve_credential(args.token, args.token_file, data_dir, os.environ)
+    args.credential = credential  # a refusal for want of one names where it was looked for
     tls = None
     if args.tls_ca or args.client_tls_cert:
         tls = ClientTls(args.tls_ca, args.client_tls_cert, args.client_tls_key,
                         args.tls_server_name)
-    return channel(address, token, tls)
+    return channel(address, credential.token, tls)
 
 
 def get_trail(query: query_pb2_grpc.QueryServiceStub, request_id: str, events: bool,
@@ -121,9 +122,12 @@ def tail(query: query_pb2_grpc.QueryServiceStub, count: int, output: str) -> int
     return 0
 
 
-def rpc_error(exc: grpc.RpcError, address: str) -> str:
+def rpc_error(exc: grpc.RpcError, address: str, credential: Credential | None = None) -> str:
     code = exc.code()
     details = exc.details()
+    if code == grpc.StatusCode.UNAUTHENTICATED and credential is not None \
+            and credential.token is None:
+        return f"UNAUTHENTICATED: {details}; {credential.missing()}"
     if code == grpc.StatusCode.UNAVAILABLE:
         return f"UNAVAILABLE: no agent answers at {address} ({details})"
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
