@@ -13,9 +13,12 @@ from typing import TYPE_CHECKING
 
 from vllm_hooks.config.env_vars import (
     CAPTURE_POLICIES,
+    DEFAULT_QUERY_ADDRESS,
     ENV_IDENTITY_FILE,
     ENV_LEVEL,
     ENV_PRESET,
+    ENV_QUERY_ADDRESS,
+    ENV_QUERY_TOKEN,
     ENV_RECORD_ALLOWED_TOKENS,
     ENV_RECORD_FULL_EVENTS,
     ENV_TRUSTED_PROXIES,
@@ -59,7 +62,11 @@ def read_level(env: dict[str, str] | os._Environ[str], default: Level = Level.SU
     explicit = env.get(ENV_LEVEL)
     if not explicit:
         return implied
-    level = Level.parse(explicit)
+    try:
+        level = Level.parse(explicit)
+    except ValueError as exc:
+        # Level.parse is also the agent's pushed-level reader: the variable is named here.
+        raise ValueError(f"{ENV_LEVEL}={explicit!r}: {exc}") from None
     if because and level < implied:
         raise ValueError(
             f"{because}=true needs level {implied.name.lower().replace('_', '-')} but "
@@ -87,6 +94,34 @@ def read_positive_int(env: dict[str, str] | os._Environ[str], name: str, default
     if value <= 0:
         raise ValueError(f"{name}={raw!r} must be > 0")
     return value
+
+
+def read_address(env: dict[str, str] | os._Environ[str], name: str, default: str,
+                 socket_path: bool = True) -> str:
+    """A gRPC address: HOST:PORT, or (`socket_path`) an absolute Unix socket path or unix:PATH;
+    also any target gRPC names by scheme (dns:, ipv4:, ipv6:). Anything else could only fail
+    to connect, retried forever while vLLM serves unaudited, so it is refused here."""
+    raw = env.get(name)
+    value = default if raw is None or not raw.strip() else raw.strip()
+    if value.startswith(("dns:", "ipv4:", "ipv6:")) or (
+            socket_path and (value.startswith("unix:") or value.startswith("/"))):
+        return value
+    host, sep, port = value.rpartition(":")
+    if sep and host.strip("[]") and port.isdigit() and 0 < int(port) < 65536:
+        return value
+    expected = "an absolute socket path, unix:PATH or HOST:PORT" if socket_path else "HOST:PORT"
+    raise ValueError(f"{name}={raw!r} is not an address; expected {expected}")
+
+
+def read_query_address(env: dict[str, str] | os._Environ[str]) -> str:
+    """Where the response audit reads from when it does not read back over the ingest socket:
+    the agent's query API, which answers only with a token, so an address alone is refused."""
+    address = read_address(env, ENV_QUERY_ADDRESS, DEFAULT_QUERY_ADDRESS, socket_path=False)
+    if env.get(ENV_QUERY_ADDRESS) and not (env.get(ENV_QUERY_TOKEN) or "").strip():
+        raise ValueError(f"{ENV_QUERY_ADDRESS}={env.get(ENV_QUERY_ADDRESS)!r} needs "
+                         f"{ENV_QUERY_TOKEN} (the query API answers only with a token); or "
+                         f"unset it: the response audit reads back over the ingest socket")
+    return address
 
 
 def read_trusted_proxies(env: dict[str, str] | os._Environ[str]) -> tuple[Network, ...]:

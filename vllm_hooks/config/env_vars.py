@@ -87,10 +87,16 @@ ENV_LOG_DIR = "VLLM_AUDIT_LOG_DIR"
 ENV_IN_RESPONSE = "VLLM_AUDIT_IN_RESPONSE"
 #: What the response carries: summary (the trail's audit summary) | full (also its events).
 ENV_RESPONSE_LEVEL = "VLLM_AUDIT_RESPONSE_LEVEL"
-#: Where the API server reads a request's audit for the response: the agent's query API.
+#: Where the API server reads a request's audit for the response. Unset (the default), it
+#: reads back over the ingest socket it already streams to (IngestService.ReadAudit: only
+#: the structured-output audit of requests this vLLM sent), needing nothing else. Set, with
+#: VLLM_AUDIT_QUERY_TOKEN, it asks the agent's query API at this HOST:PORT instead (an
+#: agent reached over TCP, or one that keeps its ingest socket from readers).
 ENV_QUERY_ADDRESS = "VLLM_AUDIT_QUERY_ADDRESS"
-#: Bearer token for that query API (role auditor or admin); kept out of logs.
+#: Bearer token for that query API (role auditor or admin); kept out of logs. Set alone, the
+#: address is DEFAULT_QUERY_ADDRESS (the agent's default query port).
 ENV_QUERY_TOKEN = "VLLM_AUDIT_QUERY_TOKEN"
+DEFAULT_QUERY_ADDRESS = "127.0.0.1:50051"
 #: Longest a response waits for its audit (the engine's events reach the agent in ~flush ms).
 ENV_RESPONSE_TIMEOUT_MS = "VLLM_AUDIT_RESPONSE_TIMEOUT_MS"
 #: true: the hook clocks its own calls on vLLM's threads and its sender threads' CPU time and

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from vllm_hooks.config.env_parsing import (
+    read_address,
     read_bool,
     read_choice,
     read_header,
@@ -21,6 +22,7 @@ from vllm_hooks.config.env_parsing import (
     read_policy,
     read_positive_int,
     read_preset,
+    read_query_address,
     read_trusted_proxies,
 )
 from vllm_hooks.config.env_vars import (
@@ -52,7 +54,6 @@ from vllm_hooks.config.env_vars import (
     ENV_MAX_MESSAGE_BYTES,
     ENV_MAX_TRAILS,
     ENV_PERSIST,
-    ENV_QUERY_ADDRESS,
     ENV_QUERY_TOKEN,
     ENV_RESPONSE_LEVEL,
     ENV_RESPONSE_TIMEOUT_MS,
@@ -133,7 +134,7 @@ class HookSettings:
         preset = read_preset(env)
         return cls(
             enabled=enabled_in_env(env),
-            agent_address=env.get(ENV_AGENT_ADDRESS) or DEFAULT_AGENT_ADDRESS,
+            agent_address=read_address(env, ENV_AGENT_ADDRESS, DEFAULT_AGENT_ADDRESS),
             level=read_level(env, preset.level),
             buffer_events=read_positive_int(env, ENV_BUFFER_EVENTS, 65536),
             unacked_bytes=read_positive_int(env, ENV_UNACKED_BYTES, 64 * 1024 * 1024),
@@ -162,7 +163,7 @@ class HookSettings:
             response_level=read_choice(env, ENV_RESPONSE_LEVEL, RESPONSE_LEVELS,
                                        preset.response_level),
             max_trails=read_positive_int(env, ENV_MAX_TRAILS, 1) if env.get(ENV_MAX_TRAILS) else None,
-            query_address=env.get(ENV_QUERY_ADDRESS) or "127.0.0.1:50051",
+            query_address=read_query_address(env),
             query_token=(env.get(ENV_QUERY_TOKEN) or "").strip(),
             response_timeout_ms=read_positive_int(env, ENV_RESPONSE_TIMEOUT_MS, 500),
             max_batch_bytes=read_positive_int(env, ENV_MAX_BATCH_BYTES, DEFAULT_MAX_BATCH_BYTES),
