@@ -93,3 +93,35 @@ def test_an_export_file_names_its_trails(tmp_path: Path) -> None:
     broken.write_text('{"trail_id": "a"}\nnot json\n')
     with pytest.raises(ReplayError, match="line 2 is not JSON"):
         load_any_file(broken)
+
+
+async def test_the_cli_shows_the_proof_as_the_record_and_its_trail_file_replays(
+        tmp_path: Path) -> None:
+    """`query list` (a summary: no events) leaves the proof fields out instead of showing an
+    empty proof; `query get ID --events` fills them as the record does; and the file it
+    writes loads for replay: its steps' unset allowed sets (printed `{}`) stay unset."""
+    from tests.test_cli import acli, local_admin
+    from vllm_audit_agent.records.replay import _recorded
+
+    async with agent(tmp_path, audit_level=pb.AUDIT_LEVEL_FULL) as (handle, published), \
+            Hook(handle.state.config.ingest_socket) as hook:
+        await hook.send(1, *grammar_trail("req-proof-0001", 4))
+        await until(lambda: any(t == "requests" for t, _, _ in published.records), "a record")
+        (record,) = [r for topic, _, r in published.records if topic == "requests"]
+        address, creds = handle.query_address, local_admin(handle)
+        listed = await acli("query", "list", "--address", address, env=creds)
+        (summary,) = orjson.loads(listed.stdout)["trails"]
+        assert "grammar_events" not in summary and "grammar_events_omitted" not in summary
+        got = await acli("query", "get", "req-proof-0001", "--events", "--address", address,
+                         env=creds)
+        assert got.returncode == 0, got.stderr
+    trail_file = tmp_path / "trail.json"
+    trail_file.write_text(got.stdout)
+    shown = orjson.loads(got.stdout)
+    assert shown["summary"]["grammar_events"] == record["grammar_events"]
+    assert len(record["grammar_events"]) == 5 and shown["summary"]["grammar_events_omitted"] == 0
+    assert all(e["so_step"]["allowed_set"] == {} for e in shown["events"] if "so_step" in e)
+    recorded = _recorded(load_any_file(trail_file))
+    assert [s.step for s in recorded.steps] == [1, 2, 3, 4]
+    assert not any(s.HasField("allowed_set") for s in recorded.steps)
+    assert recorded.spec == '{"type": "object"}'

@@ -1,6 +1,10 @@
 """How `vllm-audit` prints what it gets: JSON in the Kafka record's shape, or a table.
 
-A trail is shown as its Kafka record wherever it appears (a list, one trail, `tail`).
+A trail is shown as its Kafka record wherever it appears (a list, one trail, `tail`). The
+record's grammar proof (`grammar_events`, `grammar_events_omitted`) is made from the trail's
+events: `query get ID --events` fills it from the events it read, as the agent does for the
+record it writes; a summary alone (`query list`, `tail`, `query get` without `--events`) cannot,
+and leaves the two fields out rather than show an empty proof for a trail that has one.
 """
 
 from __future__ import annotations
@@ -13,8 +17,14 @@ from typing import Any
 import orjson
 from google.protobuf.message import Message
 
+from vllm_audit.v1 import events_pb2 as pb
 from vllm_audit.v1 import query_pb2 as q
-from vllm_audit_agent.model.record import message_to_dict, trail_record
+from vllm_audit_agent.model.record import (
+    GRAMMAR_PROOF_LEVELS,
+    grammar_proof,
+    message_to_dict,
+    trail_record,
+)
 
 #: The columns `--output table` shows for a list of trails (the JSON has every field).
 TRAIL_COLUMNS = ("request_id", "state", "model", "user", "status_code", "finish_reason",
@@ -75,12 +85,37 @@ def emit(value: dict[str, Any], output: str) -> None:
     sys.stdout.write(text + "\n")
 
 
-def as_dict(message: Message) -> dict[str, Any]:
+#: The record's fields only a trail's events fill (model/record.py grammar_proof).
+PROOF_FIELDS = ("grammar_events", "grammar_events_omitted")
+
+
+def summary_record(summary: q.TrailSummary) -> dict[str, Any]:
+    """A trail's record from its summary alone: without the fields its events would fill."""
+    record = trail_record(summary)
+    for name in PROOF_FIELDS:
+        del record[name]
+    return record
+
+
+def trail_with_events(summary: q.TrailSummary, events: Sequence[pb.Event]) -> dict[str, Any]:
+    """The record of a trail read with its events: the grammar proof as the agent makes it for
+    a structured trail at levels full and up, and without a cap (every event is printed
+    beside it anyway)."""
+    record = trail_record(summary)
+    if summary.grammar_backend and summary.audit_level in GRAMMAR_PROOF_LEVELS:
+        record["grammar_events"], record["grammar_events_omitted"] = grammar_proof(
+            (e.SerializeToString() for e in events), max_bytes=sys.maxsize)
+    return record
+
+
+def as_dict(message: Message, with_events: bool = False) -> dict[str, Any]:
     # A trail is shown as its Kafka record, wherever it appears.
     if isinstance(message, q.ListTrailsResponse):
-        return {"trails": [trail_record(t) for t in message.trails],
+        return {"trails": [summary_record(t) for t in message.trails],
                 "next_page_token": message.next_page_token}
     if isinstance(message, q.GetTrailResponse):
-        return {"summary": trail_record(message.summary),
+        if not with_events:
+            return {"summary": summary_record(message.summary)}
+        return {"summary": trail_with_events(message.summary, message.events),
                 "events": [message_to_dict(e) for e in message.events]}
     return message_to_dict(message)

@@ -48,7 +48,8 @@ subcommand. Client commands need a credential: --token, $VLLM_AUDIT_TOKEN, --tok
 ($VLLM_AUDIT_TOKEN_FILE), else the local agent's admin token in its data dir (--data-dir,
 $VLLM_AUDIT_DATA_DIR, default /var/lib/vllm-audit).
 JSON output has the shape of the Kafka record: proto field names, every field present, enum
-names, 64-bit integers as numbers.
+names, 64-bit integers as numbers; a trail's grammar proof (grammar_events) is filled from its
+events, so only `query get ID --events` shows it (list and tail leave those fields out).
 """
 
 

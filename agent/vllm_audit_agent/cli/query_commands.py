@@ -16,10 +16,17 @@ from vllm_audit.v1 import query_pb2_grpc
 from vllm_audit_agent.api.operations import CLEAR_CONFIRMATION
 from vllm_audit_agent.cli.client import ClientTls, channel
 from vllm_audit_agent.cli.credentials import Credential, resolve_credential
-from vllm_audit_agent.cli.output import TRAIL_COLUMNS, as_dict, dumps, emit, table, trail_rows
+from vllm_audit_agent.cli.output import (
+    TRAIL_COLUMNS,
+    as_dict,
+    dumps,
+    emit,
+    summary_record,
+    table,
+    trail_rows,
+)
 from vllm_audit_agent.cli.parser import DEFAULT_QUERY_ADDRESS, STATES
 from vllm_audit_agent.config import AgentConfig, env_var, parse_level
-from vllm_audit_agent.model.record import trail_record
 
 #: The answer's deadline when --timeout is not given.
 DEFAULT_TIMEOUT = 10.0
@@ -74,7 +81,7 @@ def run_client(args: argparse.Namespace) -> int:
             answer = query.ListTrails(request, timeout=timeout)
         else:
             answer = get_trail(query, args.request_id, args.events, timeout)
-        emit(as_dict(answer), output)
+        emit(as_dict(answer, with_events=getattr(args, "events", False)), output)
     return 0
 
 
@@ -111,7 +118,7 @@ def tail(query: query_pb2_grpc.QueryServiceStub, count: int, output: str) -> int
     stream = query.WatchTrails(q.WatchTrailsRequest(replay=True))
     records = (item for item in stream if item.kind in RECORD_KINDS)  # not evictions/deletes
     for shown, item in enumerate(records, 1):
-        record = trail_record(item.trail)
+        record = summary_record(item.trail)
         line = (dumps(record, indent=False) if output == "json"
                 else "  ".join(trail_rows([record])[0]))
         sys.stdout.write(line + "\n")

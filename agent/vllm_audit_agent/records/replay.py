@@ -124,7 +124,7 @@ def load_any_file(path: Path, trail_id: str | None = None) -> q.GetTrailResponse
         data = orjson.loads(text)
     except orjson.JSONDecodeError:
         data = None  # JSON lines: an export
-    if isinstance(data, dict) and "events" in data:
+    if isinstance(data, dict) and ("events" in data or "summary" in data):
         return load_trail_file(path)
     if isinstance(data, dict):
         return trail_from_records([data], trail_id, str(path))
@@ -188,11 +188,20 @@ def _event_from_dict(item: dict[str, Any]) -> pb.Event:
         if not isinstance(value, dict):
             continue
         body = getattr(event, f.name).__class__()
-        json_format.ParseDict(value, body, ignore_unknown_fields=True)
+        json_format.ParseDict(_without_empty(value), body, ignore_unknown_fields=True)
         if body.ByteSize():
             getattr(event, f.name).CopyFrom(body)
             break
     return event
+
+
+def _without_empty(body: dict[str, Any]) -> dict[str, Any]:
+    """The record shape prints every field, an unset message field as `{}` (a step's
+    `allowed_set` below level full-with-allowed-sets): parsed, `{}` would be a set *present*
+    with no encoding. Such a field of the body is left out. Only at the body's level: inside a
+    set, `{"allowed_ids": {}}` (protobuf's JSON of an empty id list) is a set that allows
+    nothing, and stays."""
+    return {key: item for key, item in body.items() if item != {}}
 
 
 def _recorded(trail: q.GetTrailResponse) -> _Recorded:
