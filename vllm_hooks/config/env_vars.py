@@ -54,8 +54,9 @@ ENV_IDENTITY_FILE = "VLLM_AUDIT_IDENTITY_FILE"
 ENV_RECORD_ALLOWED_TOKENS = "VLLM_AUDIT_RECORD_ALLOWED_TOKENS"
 #: true: record every grammar step, not only the summary (implies level full).
 ENV_RECORD_FULL_EVENTS = "VLLM_AUDIT_RECORD_FULL_EVENTS"
-#: true: keep the grammar's spec text in GrammarCompiled (cut at VLLM_AUDIT_GRAMMAR_MAX_BYTES),
-#: so a trail is self-contained and `vllm-audit replay` can re-run it.
+#: The grammar's spec text in GrammarCompiled (cut at VLLM_AUDIT_GRAMMAR_MAX_BYTES), so a trail
+#: is self-contained and `vllm-audit replay` can re-run it: unset, at levels full and up;
+#: true, at every level; false, never.
 ENV_INCLUDE_GRAMMAR = "VLLM_AUDIT_INCLUDE_GRAMMAR"
 ENV_GRAMMAR_MAX_BYTES = "VLLM_AUDIT_GRAMMAR_MAX_BYTES"
 #: Level full-with-allowed-sets: the largest encoded allowed-token set kept for one step, and

@@ -93,7 +93,9 @@ class HookSettings:
     identities: Mapping[str, KeyIdentity] = field(default_factory=dict, repr=False,
                                                   compare=False)
     # -- the seed's variables (see the ENV_* constants in env_vars for how each maps) --
-    include_grammar: bool = False
+    #: None (unset): the grammar text is kept at levels full and up, whose steps make a proof
+    #: `vllm-audit replay` re-runs; True: at every level; False: never.
+    include_grammar: bool | None = None
     grammar_max_bytes: int = 64 * 1024
     allowed_set_max_bytes: int = DEFAULT_ALLOWED_SET_MAX_BYTES
     allowed_sets_trail_max_bytes: int = DEFAULT_ALLOWED_SETS_TRAIL_MAX_BYTES
@@ -111,6 +113,13 @@ class HookSettings:
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     ack_timeout_ms: int = DEFAULT_ACK_TIMEOUT_MS
     self_timing: bool = False
+
+    def keeps_grammar(self, level: int) -> bool:
+        """Whether a GrammarCompiled event at `level` (the one the agent pushed) carries the
+        grammar's text (cut at grammar_max_bytes)."""
+        if self.include_grammar is not None:
+            return self.include_grammar
+        return level >= Level.FULL
 
     def __post_init__(self) -> None:
         # Checked here, not only in from_env, so settings built in code obey the same rules.
@@ -148,7 +157,9 @@ class HookSettings:
             user_header=read_header(env, ENV_USER_HEADER, ""),
             trusted_proxies=read_trusted_proxies(env),
             identities=read_identities(env),
-            include_grammar=read_bool(env, ENV_INCLUDE_GRAMMAR, preset.include_grammar),
+            # A preset without the grammar (minimal) leaves it to the level, as unset does.
+            include_grammar=(read_bool(env, ENV_INCLUDE_GRAMMAR, False)
+                             if env.get(ENV_INCLUDE_GRAMMAR) else preset.include_grammar or None),
             grammar_max_bytes=read_positive_int(env, ENV_GRAMMAR_MAX_BYTES, 64 * 1024),
             allowed_set_max_bytes=read_positive_int(env, ENV_ALLOWED_SET_MAX_BYTES,
                                                     DEFAULT_ALLOWED_SET_MAX_BYTES),

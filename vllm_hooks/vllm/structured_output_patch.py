@@ -34,7 +34,7 @@ _SPEC_TYPES = {
 def wrap_structured_output_manager(manager: Any, tap: BitmaskTap) -> None:
     rt = tap.runtime
     offer = rt.buffer.offer
-    include, cap = rt.settings.include_grammar, rt.settings.grammar_max_bytes
+    settings, cap = rt.settings, rt.settings.grammar_max_bytes
     timer = rt.timer
     orig_create = manager._create_grammar
     orig_bitmask = manager.grammar_bitmask
@@ -45,6 +45,7 @@ def wrap_structured_output_manager(manager: Any, tap: BitmaskTap) -> None:
         if rt.level < _SUMMARY:
             return orig_create(request)
         start = time.perf_counter()
+        include = settings.keeps_grammar(rt.level)  # the text at full and up: a proof
         try:
             grammar = orig_create(request)
         except Exception as exc:

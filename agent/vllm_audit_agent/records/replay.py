@@ -3,7 +3,8 @@ the recorded accepted tokens and proves, step by step, that each token was allow
 allowed count matches the one recorded — or names the first step where not.
 
 The grammar is compiled by vLLM's own backend class (xgrammar, guidance, outlines,
-lm-format-enforcer) from the spec text the trail kept (hook setting VLLM_AUDIT_INCLUDE_GRAMMAR),
+lm-format-enforcer) from the spec text the trail kept (the hook keeps it at levels full and up;
+VLLM_AUDIT_INCLUDE_GRAMMAR=true at every level, false never),
 and each row is filled with the backend grammar's own `fill_bitmask`, exactly as vLLM's
 `StructuredOutputManager` fills it (a terminated grammar gets an all-allowed row). Counts use
 the hook's popcount. Tokens are replayed one at a time: under speculative decoding token k of a
@@ -214,8 +215,8 @@ def _recorded(trail: q.GetTrailResponse) -> _Recorded:
     if g.error:
         raise ReplayError(f"the grammar failed to compile when recorded: {g.error}")
     if not g.spec and g.spec_size:
-        raise ReplayError("the trail keeps no grammar text: record with "
-                          "VLLM_AUDIT_INCLUDE_GRAMMAR=true")
+        raise ReplayError("the trail keeps no grammar text: the hook keeps it at levels full "
+                          "and up unless VLLM_AUDIT_INCLUDE_GRAMMAR=false")
     if len(g.spec.encode()) != g.spec_size:
         raise ReplayError(f"the grammar text was cut at {len(g.spec.encode())} of "
                           f"{g.spec_size} bytes: raise VLLM_AUDIT_GRAMMAR_MAX_BYTES")
