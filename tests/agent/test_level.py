@@ -146,3 +146,27 @@ async def test_level_and_auth_metrics_are_exported_from_birth(tmp_path: Path) ->
         assert families["vllm_audit_level_mismatch_sources"] == [({}, 1.0)]
         assert families["vllm_audit_source_applied_level"] == [
             ({"source": "src-1", "role": ""}, float(pb.AUDIT_LEVEL_SUMMARY))]
+
+
+async def test_an_idle_hook_that_reconnected_is_not_a_mismatch_until_it_ignores_a_change(
+        tmp_path: Path) -> None:
+    """An idle hook whose stream ended reconnects and, told the config it already runs, sends
+    nothing: its new stream has no source id. Counted as a mismatch, two idle hooks on the
+    agent's level made the gauge read 2 after each reconnect. Silence counts only after a
+    change the hook did not report."""
+    async with agent(tmp_path, level_apply_deadline_seconds=0.2) as (handle, _):
+        socket = handle.state.config.ingest_socket
+        async with Hook(socket) as hook:
+            pushed = await hook.next("config")
+            await hook.send(1, applied_level=pb.AUDIT_LEVEL_SUMMARY,
+                            config_epoch=pushed.config.epoch, config_version=pushed.config.version)
+        async with Hook(socket) as hook:  # the same source, reconnected: it sends nothing
+            await hook.next("config")
+            await until(lambda: len(handle.state.sessions) == 1, "the new stream")
+            await asyncio.sleep(0.5)  # past the deadline
+            assert handle.state.level_mismatch_sources() == 0
+            stats = await query(handle).GetStats(q.StatsRequest())
+            assert stats.level_mismatch_sources == 0
+            # Told a new level, a silent stream is one that did not follow.
+            await set_level(handle, pb.AUDIT_LEVEL_FULL)
+            await until(lambda: handle.state.level_mismatch_sources() == 1, "a mismatch")

@@ -95,12 +95,21 @@ class LevelControl:
     def source_levels(self, role_of: Callable[[str], str],
                       now: float | None = None) -> list[q.SourceLevel]:
         """The level each connected hook reports it runs; `mismatch` when it is not the
-        agent's level `apply_deadline_seconds` after the change (or the connection)."""
+        agent's level `apply_deadline_seconds` after the change (or the connection).
+
+        A stream that has sent nothing yet has no source id: an idle hook that reconnected
+        to the same agent (its stream ended: a transport blip, an ack timeout) was told the
+        config it already runs, so it has nothing new to report and stays silent. It counts as a
+        mismatch only when the level changed after it connected: a change makes every hook
+        report, so its silence then says it did not follow. (Counting every silent stream
+        made the gauge read 2 for two idle hooks on the agent's level after a reconnect.)"""
         now = time.monotonic() if now is None else now
         out = []
         for subscriber in self.connected:
             level, epoch, version = self.applied.get(subscriber.source_id, (0, 0, 0))
             late = now - max(self.changed_at, subscriber.connected_at) > self.apply_deadline_seconds
+            if not subscriber.source_id and self.changed_at <= subscriber.connected_at:
+                late = False  # silent since it was told the config it runs (see above)
             out.append(q.SourceLevel(
                 source_id=subscriber.source_id, process_role=role_of(subscriber.source_id),
                 # the ignore[arg-type] below: an int for a contract enum (stubs want its ValueType)
