@@ -198,9 +198,9 @@ class AuditedGrammar:
     def rollback(self, num_tokens: int) -> None:
         self._inner.rollback(num_tokens)
         if self.tap.filling:
-            # vLLM advanced the grammar over the drafts to fill their rows and now undoes it.
-            self.draft_rollbacks += 1
-            self.rolled_back_drafts += num_tokens
+            # vLLM advanced the grammar over the drafts to fill their rows and now undoes it,
+            # every draft, accepted or not: it advances again over those the engine accepts.
+            # Only the rest are rolled back for good, known once the step's tokens arrive.
             self.pending_rolled_back += num_tokens
         else:
             self.rollbacks += 1
@@ -258,10 +258,16 @@ class AuditedGrammar:
                 if allowed > self.allowed_max:
                     self.allowed_max = allowed
         accepted_drafts = 0
-        if drafted:
+        if drafted or rolled_back:
             accepted_drafts = min(drafted, max(n_tokens - 1, 0))
             self.drafted += drafted
             self.accepted_drafts += accepted_drafts
+            # The fill's rollback undid the accepted drafts too, and accept_tokens has just
+            # advanced over them again: what stays undone is the drafts the engine rejected.
+            rolled_back = max(rolled_back - accepted_drafts, 0)
+            if rolled_back:
+                self.draft_rollbacks += 1
+                self.rolled_back_drafts += rolled_back
         tap = self.tap
         rt = tap.runtime
         level = rt.level
