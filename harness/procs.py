@@ -1,5 +1,5 @@
 """Starting and stopping the real processes the demo, the benchmarks and the end-to-end tests
-drive (the agent, `vllm serve`).
+drive (the agent, its witness, `vllm serve`).
 
 Every process is started here, waited on by polling a real endpoint (bounded), and stopped by
 its own pid (its process group, since vLLM spawns an engine core and workers).
@@ -76,6 +76,14 @@ class Proc:
         except OSError:
             return ""
 
+    def kill(self) -> None:
+        """SIGKILL (a crash): no shutdown code runs."""
+        if self.alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.pid, signal.SIGKILL)
+            self.popen.wait(10)
+        self._log.close()
+
     def stop(self, timeout: float = 20.0) -> None:
         if self.alive():
             with contextlib.suppress(ProcessLookupError):
@@ -130,6 +138,24 @@ def start_agent(tmp: Path, socket_path: Path, kafka_bootstrap: str | None,
         proc.stop()
         raise RuntimeError("agent did not start:\n" + proc.log_tail()) from None
     return proc, query, base
+
+
+def start_witness(tmp: Path, key: Path, log_public_keys: list[Path], state_dir: Path,
+                  name: str = "witness.test/w1", port: int | None = None) -> tuple[Proc, str]:
+    """Starts `vllm-audit witness` (its key made at the first start); returns (proc, base URL).
+    The same `state_dir` and `port` start it again on what it remembered."""
+    port = port or free_port()
+    args = [PYTHON, "-m", "vllm_audit_agent.cli", "witness", "--key", str(key), "--create-key",
+            "--state-dir", str(state_dir), "--listen", f"127.0.0.1:{port}", "--name", name,
+            *(arg for path in log_public_keys for arg in ("--log-public-key", str(path)))]
+    proc = Proc(args, base_env(), tmp / f"witness-{port}.log")
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: proc.alive() and http_ok(base + "/healthz"), 30, "witness /healthz")
+    except TimeoutError:
+        proc.stop()
+        raise RuntimeError("witness did not start:\n" + proc.log_tail()) from None
+    return proc, base
 
 
 def start_vllm_server(model_dir: Path, tmp: Path, agent_socket: Path, api_key: str | None,

@@ -3,6 +3,7 @@ expected failure into one line on stderr and an exit code.
 
     parser.py            what the command line accepts (the agent's options from config.py)
     run_agent.py         `agent`
+    run_witness.py       `witness` (its options too)
     query_commands.py    query, set-level, delete, clear, tail (ask the running agent)
     offline_commands.py  replay, verify, export, stats export (read what the agent wrote)
     output.py            JSON and table printing
@@ -22,6 +23,7 @@ from vllm_audit_agent.cli.offline_commands import run_export, run_replay, run_st
 from vllm_audit_agent.cli.parser import PROG, build_parser, version
 from vllm_audit_agent.cli.query_commands import rpc_error, run_client
 from vllm_audit_agent.cli.run_agent import AgentStartError, run_agent
+from vllm_audit_agent.cli.run_witness import run_witness
 
 __all__ = ["main", "version"]
 
@@ -34,6 +36,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise ValueError("--address/--output/--timeout are client options; the agent "
                                  "listens on --query-address")
             return run_agent(args)
+        if args.command == "witness":
+            return run_witness(args)
         if args.command == "replay":
             return run_replay(args)
         if args.command == "verify":

@@ -13,6 +13,7 @@ from typing import Any
 
 from vllm_audit.v1 import query_pb2 as q
 from vllm_audit_agent.cli.credentials import ENV_TOKEN, ENV_TOKEN_FILE
+from vllm_audit_agent.cli.run_witness import add_witness_parser
 from vllm_audit_agent.config import LEVELS, OPTIONS, AgentConfig, env_var
 from vllm_audit_agent.options import add_arguments
 
@@ -39,6 +40,7 @@ DESCRIPTION = f"""`vllm-audit`: run the agent, query it, switch the audit level.
     vllm-audit tail [--count N]
     vllm-audit verify PATH|--kafka-bootstrap B --public-key PEM [--allow-unsigned-tail]
     vllm-audit export [--data-dir DIR] [--since T] [--until T] [--format jsonl|csv]
+    vllm-audit witness --key FILE --state-dir DIR --listen H:P --log-public-key PEM [--name N]
 
 verify exits 0 when the chain is intact and covered by checkpoints, 1 at the first break
 (named on stderr, the report on stdout as JSON), 2 on a usage error.
@@ -107,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _agent_parser(sub)
+    add_witness_parser(sub)
 
     s = sub.add_parser("query", parents=[client], help="read the agent's trails, stats, health")
     qs = s.add_subparsers(dest="what", required=True, metavar="WHAT")
