@@ -52,6 +52,8 @@ def sample(option: Option) -> str:
         return next(c for c in option.choices if c != option.default_text)
     if option.field == "ready_requires":
         return "kafka_connected"
+    if option.field == "witnesses":
+        return "http://10.0.0.1:1"
     if option.kind is int:
         return "7"
     if option.kind is float:
@@ -59,6 +61,16 @@ def sample(option: Option) -> str:
     if option.kind is Path:
         return "/elsewhere/file"
     return "10.0.0.1:1"  # an address fits every string option
+
+
+def test_a_repeatable_flag_adds_to_its_comma_separated_list() -> None:
+    args = build_parser().parse_args(["agent", "--witness", "http://a:1",
+                                      "--witness", "http://b:2/w/,https://c"])
+    from_flag = from_args(OPTIONS, args)
+    assert from_flag == read_env(OPTIONS, {"VLLM_AUDIT_WITNESSES": "http://a:1,http://b:2/w,https://c"})
+    assert from_flag["witnesses"] == ("http://a:1", "http://b:2/w", "https://c")
+    with pytest.raises(ValueError, match="ftp://x"):
+        from_args(OPTIONS, build_parser().parse_args(["agent", "--witness", "ftp://x"]))
 
 
 @pytest.mark.parametrize("option", OPTIONS, ids=lambda o: o.flag)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +66,27 @@ def parse_address(field: str, text: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
         raise ValueError(f"{field}={text!r} is not host:port")
     return host, int(port)
+
+
+def parse_witnesses(text: str) -> tuple[str, ...]:
+    """Comma-separated witness base URLs (http or https, no query): POST <url>/add-checkpoint."""
+    urls = tuple(u.strip().rstrip("/") for u in text.split(",") if u.strip())
+    for url in urls:
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.query \
+                or parts.fragment:
+            raise ValueError(f"witness {url!r} is not an http(s)://host[:port][/prefix] URL")
+    if len(set(urls)) != len(urls):
+        raise ValueError(f"a witness is given twice: {', '.join(urls)}")
+    return urls
+
+
+def _witnesses(field: str, value: Any) -> None:
+    parse_witnesses(",".join(value))
+
+
+def _none_if_empty(value: Any) -> str:
+    return ",".join(value) or "none"
 
 
 def _address(field: str, value: Any) -> None:
@@ -176,6 +198,17 @@ class AgentConfig:
     checkpoint_interval_seconds: float = declare(
         "--checkpoint-interval", "VLLM_AUDIT_CHECKPOINT_INTERVAL_SECONDS", 10.0,
         "seconds between signed checkpoints while records arrive", metavar="S", check=positive)
+    # -- witnesses (delivery/cosigning.py): checkpoints cosigned off the pod --
+    witnesses: tuple[str, ...] = declare(
+        "--witness", "VLLM_AUDIT_WITNESSES", (),
+        "witness base URL (`vllm-audit witness`, C2SP tlog-witness) each durable checkpoint is "
+        "offered to; its cosignatures become records of the log (repeatable or comma-separated)",
+        metavar="URL", parse=parse_witnesses, check=_witnesses, show=_none_if_empty,
+        repeatable=True)
+    witness_timeout_seconds: float = declare(
+        "--witness-timeout", "VLLM_AUDIT_WITNESS_TIMEOUT_SECONDS", 10.0,
+        "seconds an offer to a witness may take before it counts as unreachable (retried with "
+        "backoff; records never wait for a witness)", metavar="S", check=positive)
     record_retention_days: float = declare(
         "--record-retention-days", "VLLM_AUDIT_RECORD_RETENTION_DAYS", 180.0,
         "the record log keeps records this long, and within its size cap", metavar="DAYS",

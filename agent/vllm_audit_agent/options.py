@@ -53,6 +53,8 @@ class Option:
     default_note: str = ""
     #: An empty variable is a value (an empty list), not "unset".
     empty_env_is_value: bool = False
+    #: The flag may be given more than once; its values are joined with commas for `parse`.
+    repeatable: bool = False
     field: str = ""
     kind: type = str
 
@@ -95,12 +97,14 @@ class Option:
 def declare(flag: str, env: str, default: T, help: str, *, metavar: str | None = None,
             choices: tuple[str, ...] | None = None, parse: Callable[[str], Any] | None = None,
             check: Check | None = None, show: Callable[[Any], str] | None = None,
-            default_note: str = "", empty_env_is_value: bool = False) -> T:
+            default_note: str = "", empty_env_is_value: bool = False,
+            repeatable: bool = False) -> T:
     """The default of a dataclass field that is an option (typed as the default, as
     dataclasses.field is, so the field keeps its own type)."""
     option = Option(flag=flag, env=env, default=default, help=help, metavar=metavar,
                     choices=choices, parse=parse, check=check, show=show,
-                    default_note=default_note, empty_env_is_value=empty_env_is_value)
+                    default_note=default_note, empty_env_is_value=empty_env_is_value,
+                    repeatable=repeatable)
     return dataclasses.field(default=default, metadata={_METADATA_KEY: option})
 
 
@@ -178,7 +182,8 @@ def add_arguments(parser: argparse.ArgumentParser, options: Iterable[Option]) ->
         if option.parse is None and option.kind in (int, float, Path):
             kind = option.kind
         parser.add_argument(option.flag, type=kind, choices=option.choices,
-                            metavar=option.metavar, help=text)
+                            metavar=option.metavar, help=text,
+                            action="append" if option.repeatable else "store")
 
 
 def from_args(options: Iterable[Option], args: argparse.Namespace) -> dict[str, Any]:
@@ -186,6 +191,8 @@ def from_args(options: Iterable[Option], args: argparse.Namespace) -> dict[str, 
     values: dict[str, Any] = {}
     for option in options:
         value = getattr(args, option.dest)
+        if isinstance(value, list):  # a repeatable flag: its values as one list for `parse`
+            value = ",".join(value)
         if value is not None:
             values[option.field] = option.parse(value) if option.parse is not None else value
     return values

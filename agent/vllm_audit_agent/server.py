@@ -2,8 +2,9 @@
 shutdown trigger is injected.
 
 Start: WAL (replayed into the trail store; the record log de-duplicates what it already
-holds) -> record log writer -> publisher (from its cursor) -> GPU sampler -> gRPC ingest (Unix
-socket) and query (TCP) -> HTTP (metrics, probes, management API) -> ready.
+holds) -> record log writer -> publisher (from its cursor) -> witnesses' cosigner -> GPU
+sampler -> gRPC ingest (Unix socket) and query (TCP) -> HTTP (metrics, probes, management
+API) -> ready.
 Stop: not ready -> stop accepting (gRPC grace) -> flush trails -> record log (what the flush
 produced, then a signed checkpoint) -> flush publisher (one deadline, reports what it left)
 -> release NVML.
@@ -38,7 +39,9 @@ from vllm_audit_agent.api.query import ControlServicer, QueryServicer
 from vllm_audit_agent.api.rate_limit import TokenBuckets
 from vllm_audit_agent.api.tls import check_listener, http_ssl_context, server_credentials
 from vllm_audit_agent.api.tokens import load_token_table, metrics_token_hash
+from vllm_audit_agent.api.witness_metrics import WitnessCollector
 from vllm_audit_agent.config import AgentConfig, parse_address
+from vllm_audit_agent.delivery.cosigning import Cosigner
 from vllm_audit_agent.delivery.kafka_sink import KafkaPublisher
 from vllm_audit_agent.delivery.no_kafka import NoKafkaPublisher
 from vllm_audit_agent.delivery.publisher import Publisher
@@ -153,6 +156,11 @@ async def _running_agent(config: AgentConfig, publisher: Publisher | None,
     state.reclaim_wal()
     records.start()
     await publisher.start(records)
+    # Each durable checkpoint is offered to the witnesses; nothing waits for them.
+    cosigner = Cosigner(records, config.witnesses, config.witness_timeout_seconds) \
+        if config.witnesses else None
+    if cosigner is not None:
+        cosigner.start()
     gpu.start()
 
     server = grpc.aio.server(
@@ -194,7 +202,10 @@ async def _running_agent(config: AgentConfig, publisher: Publisher | None,
     refused = http_api_allowed(http_host, config.http_tls, config.allow_insecure_remote)
     if refused:
         logger.warning("%s", refused)
-    http = HttpEndpoint(state, make_registry(state), disabled_routes(refused) if refused
+    registry = make_registry(state)
+    if cosigner is not None:
+        registry.register(WitnessCollector(cosigner))
+    http = HttpEndpoint(state, registry, disabled_routes(refused) if refused
                         else ManagementApi(api, auth.gate).routes())
     if config.metrics_token_file is not None:
         http.metrics_token_sha256 = metrics_token_hash(config.metrics_token_file)
@@ -217,6 +228,8 @@ async def _running_agent(config: AgentConfig, publisher: Publisher | None,
         yield AgentHandle(state, f"{host}:{query_port}", f"{http_host}:{bound_http}", index,
                           auth.audit_sink)
     finally:
+        if cosigner is not None:  # first: a cosignature is a record, the log stops below
+            await cosigner.stop(1.0)
         await _stop(state, server, query_server, sweeper, http, (ingest_health, query_health),
                     config.shutdown_timeout_seconds if shutdown_timeout is None else shutdown_timeout,
                     refusal_windows)
