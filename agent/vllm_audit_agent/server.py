@@ -46,6 +46,7 @@ from vllm_audit_agent.delivery.kafka_sink import KafkaPublisher
 from vllm_audit_agent.delivery.no_kafka import NoKafkaPublisher
 from vllm_audit_agent.delivery.publisher import Publisher
 from vllm_audit_agent.ingest.service import IngestServicer, replay_wal
+from vllm_audit_agent.log_limit import install as install_log_limit
 from vllm_audit_agent.records.chain import load_or_create_signer
 from vllm_audit_agent.records.log import RecordLog
 from vllm_audit_agent.state import AgentState
@@ -132,6 +133,8 @@ async def _running_agent(config: AgentConfig, publisher: Publisher | None,
     publisher = publisher or _publisher(config)
     gpu = GpuSampler(gpu_reader or _gpu_reader(config.gpu), config.gpu_interval_seconds)
     state = AgentState(config, wal, publisher, gpu, records)
+    # A broker or a disk that fails makes the same lines repeat many times a second.
+    remove_log_limit = install_log_limit(state.log_limit)
     tokens = load_token_table(config.auth_tokens_file, config.data_dir)
     index = TrailIndex(state.trails)  # before the replay, so replayed trails are indexed
     if wal.torn_tail_bytes:
@@ -230,9 +233,12 @@ async def _running_agent(config: AgentConfig, publisher: Publisher | None,
     finally:
         if cosigner is not None:  # first: a cosignature is a record, the log stops below
             await cosigner.stop(1.0)
-        await _stop(state, server, query_server, sweeper, http, (ingest_health, query_health),
-                    config.shutdown_timeout_seconds if shutdown_timeout is None else shutdown_timeout,
-                    refusal_windows)
+        try:
+            await _stop(state, server, query_server, sweeper, http, (ingest_health, query_health),
+                        config.shutdown_timeout_seconds if shutdown_timeout is None
+                        else shutdown_timeout, refusal_windows)
+        finally:
+            remove_log_limit()
 
 
 def _socket_directory(directory: Path) -> None:

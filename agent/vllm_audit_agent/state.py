@@ -21,6 +21,7 @@ from vllm_audit_agent.ingest.ledger import IngestLedger
 from vllm_audit_agent.ingest.recorder import Recorder
 from vllm_audit_agent.ingest.session import Session
 from vllm_audit_agent.ingest.sources import SourceState
+from vllm_audit_agent.log_limit import LIMITED_LOGGERS, LogRateLimit
 from vllm_audit_agent.records.log import RecordLog
 from vllm_audit_agent.storage.wal import WriteAheadLog
 from vllm_audit_agent.telemetry.engines import EngineTable
@@ -41,6 +42,9 @@ class AgentState:
         #: Internal errors swallowed by the agent; tests assert this stays empty.
         self.errors: Counter[str] = Counter()
         self.started = time.monotonic()
+        #: Repeated log lines past a small burst are counted, not written (server.py installs
+        #: it on the agent's and aiokafka's loggers; metrics export what it suppressed).
+        self.log_limit = LogRateLimit(LIMITED_LOGGERS)
         self.ready = False
         #: Connected hook streams (ingest adds and removes them; level control pushes to them).
         self.sessions: set[Session] = set()

@@ -61,6 +61,8 @@ panel("Refused batches by reason", [(
 panel("Agent losses", [
     (f"sum by (reason) (increase(vllm_audit_publisher_lost_records_total{{{J}}}[{RI}]))",
      "publisher {{reason}}"),
+    (f"sum by (reason) (increase(vllm_audit_engine_stats_lost_snapshots_total{{{J}}}[{RI}]))",
+     "engine-stats snapshots {{reason}} (telemetry)"),
     (f"sum by (reason) (increase(vllm_audit_record_log_expired_segments_total{{{J}}}[{RI}]))",
      "record-log segments expired ({{reason}})"),
     (f"sum(increase(vllm_audit_record_log_damaged_records_total{{{J}}}[{RI}]))",

@@ -16,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.support.agent_harness import Hook, agent, lifecycle, until
 from vllm_audit.v1 import events_pb2 as pb
 from vllm_audit_agent.api.collectors import AGENT_ERROR_SITES
+from vllm_audit_agent.log_limit import LIMITED_LOGGERS
 from vllm_audit_agent.server import AgentHandle
 from vllm_audit_agent.telemetry import reasons
 from vllm_audit_agent.telemetry.gpu import READ_ERROR_FIELDS
@@ -62,6 +63,9 @@ async def test_every_reason_is_exported_at_zero_before_any_loss(tmp_path: Path) 
         ("vllm_audit_agent_dropped_batches_total", "reason"): reasons.AGENT_BATCH_DROP_REASONS,
         ("vllm_audit_publisher_lost_records_total", "reason"):
             reasons.PUBLISHER_RECORD_LOSS_REASONS,
+        ("vllm_audit_engine_stats_lost_snapshots_total", "reason"):
+            reasons.ENGINE_STATS_LOSS_REASONS,
+        ("vllm_audit_log_lines_suppressed_total", "logger"): LIMITED_LOGGERS,
         ("vllm_audit_publisher_failed_sends_total", "reason"): reasons.PUBLISHER_FAILURE_REASONS,
         ("vllm_audit_record_log_expired_segments_total", "reason"):
             reasons.RECORD_LOG_EXPIRY_REASONS,
@@ -190,10 +194,13 @@ async def test_each_data_parallel_engine_gets_its_engine_stats_record(tmp_path: 
     assert records[0]["ttft_seconds_sum"] == 1.5 and records[0]["queue_time_seconds_sum"] == 0.5
 
 
-def test_publisher_counters_map_onto_the_closed_loss_set() -> None:
+def test_publisher_counters_map_onto_the_closed_loss_sets_by_kind() -> None:
+    """Audit records and telemetry are separate families: a lost engine-stats snapshot is not
+    an audit-record loss (the critical alert reads only the first)."""
     counters = {"stats_dropped_queue_full": 2, "stats_failed": 1, "published": 9, "retries": 4}
     dead_lettered = {"too_large": 3, "invalid": 0}
-    assert reasons.closed(reasons.publisher_losses(dead_lettered, counters),
+    assert reasons.closed(reasons.publisher_losses(dead_lettered),
                           reasons.PUBLISHER_RECORD_LOSS_REASONS) == {
-        "dead_letter_too_large": 3, "dead_letter_invalid": 0, "stats_queue_full": 2,
-        "stats_failed": 1}
+        "dead_letter_too_large": 3, "dead_letter_invalid": 0}
+    assert reasons.closed(reasons.engine_stats_losses(counters),
+                          reasons.ENGINE_STATS_LOSS_REASONS) == {"queue_full": 2, "send_failed": 1}

@@ -7,10 +7,13 @@ consumer; `vllm-audit verify` reads the chain back from Kafka.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import subprocess
 import sys
+import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -153,3 +156,35 @@ async def test_a_record_too_large_for_the_broker_is_dead_lettered(
     assert (tmp_path / "data" / "records" / DEAD_LETTER_NAME).stat().st_mode & 0o777 == 0o600
     records = await consume(broker.bootstrap, "vllm-audit.requests", 1)
     assert [r["request_id"] for r in records] == ["2-after000"]
+
+
+async def test_a_killed_broker_is_noticed_within_seconds_and_logged_within_bounds(
+        broker: KafkaBroker, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The connection probe sees a dead broker while the publisher is idle (before, the gauge
+    stayed 1 until a send timed out or aiokafka refreshed its metadata: ~43 s), and the lines
+    that repeat while it is down are rate-limited with a count (~35 lines/s before)."""
+    caplog.set_level(logging.INFO)
+    config = agent_config(tmp_path, kafka_bootstrap=broker.bootstrap)
+    publisher = KafkaPublisher(broker.bootstrap, config.kafka_topic_prefix, max_backoff=0.2)
+    async with running_agent(config, publisher=publisher, shutdown_timeout=3) as handle, \
+            Hook(config.ingest_socket) as hook:
+        await hook.send(1, finished("1-aliveaa0"))
+        await until(lambda: publisher.backlog_records == 0 and publisher.connected, "published")
+        os.kill(broker.pid, signal.SIGKILL)
+        killed = time.monotonic()
+        await until(lambda: not publisher.connected, "the broker's loss noticed", timeout=10)
+        assert time.monotonic() - killed < 5
+        assert publisher.counters["unreachable"] == 1
+        caplog.clear()
+        for seq in range(2, 22):  # records that cannot be delivered: retried, and logged
+            await hook.send(seq, finished(f"{seq}-d0wn0000"))
+        await asyncio.sleep(8)
+        assert publisher.backlog_records > 0
+        suppressed = dict(handle.state.log_limit.suppressed)
+        lines = [r for r in caplog.records if r.name.startswith(("vllm_audit", "aiokafka"))]
+    # Unlimited, aiokafka alone wrote ~20 lines/s here.
+    assert suppressed["aiokafka"] > 50
+    # Each repeated line: 5 at once, then one per 5 s, per (logger, template).
+    per_template = Counter((r.name, str(r.msg).split(" [")[0]) for r in lines)
+    assert max(per_template.values()) <= 7, per_template.most_common(3)
+    assert any("similar lines suppressed" in r.getMessage() for r in lines)

@@ -243,15 +243,24 @@ class AgentCollector(Collector):
                                 value=1 if st.wal.healthy else 0)
         pc = st.publisher.counters
         yield labelled("vllm_audit_publisher_lost_records",
-                       "Records that left without reaching Kafka (dead-lettered audit records "
-                       "are kept in records/dead-letter.jsonl)", "reason",
-                       r.publisher_losses(st.publisher.dead_lettered, pc),
+                       "Audit records that left without reaching Kafka (dead-lettered: kept in "
+                       "records/dead-letter.jsonl)", "reason",
+                       r.publisher_losses(st.publisher.dead_lettered),
                        r.PUBLISHER_RECORD_LOSS_REASONS)
+        yield labelled("vllm_audit_engine_stats_lost_snapshots",
+                       "Engine-stats snapshots (telemetry, not audit records) lost on their "
+                       "best-effort path to Kafka", "reason", r.engine_stats_losses(pc),
+                       r.ENGINE_STATS_LOSS_REASONS)
+        yield labelled("vllm_audit_log_lines_suppressed", "Log lines not written by the "
+                       "rate limit on repeated lines (each line that passes after says how "
+                       "many)", "logger", st.log_limit.suppressed, st.log_limit.prefixes)
         yield labelled("vllm_audit_publisher_failed_sends", "Record sends the broker failed "
                        "(retried, or dead-lettered when permanent)", "reason",
                        st.publisher.failures, r.PUBLISHER_FAILURE_REASONS)
         yield counter("vllm_audit_publisher_connect_errors", "Failed Kafka connection attempts",
                       pc["connect_errors"])
+        yield counter("vllm_audit_kafka_unreachable", "Times the connection probe found no Kafka "
+                      "broker reachable (vllm_audit_kafka_connected went 0)", pc["unreachable"])
         yield counter("vllm_audit_publisher_retries", "Kafka sends retried", pc["retries"])
         yield counter("vllm_audit_publisher_stop_timeouts",
                       "Kafka producer closes cut by the shutdown deadline", pc["stop_timeouts"])

@@ -49,6 +49,9 @@ class MemorySink:
     def classify(self, exc: BaseException) -> str | None:
         return None
 
+    async def probe(self) -> bool:
+        return True
+
     async def close(self, timeout: float) -> None:
         pass
 

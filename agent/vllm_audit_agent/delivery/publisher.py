@@ -49,36 +49,46 @@ logger = logging.getLogger("vllm_audit.agent")
 
 #: Sends in flight at most.
 SEND_WINDOW = 8192
+#: Seconds between probes of the sink's connection (`connected` turns False within about one).
+PROBE_INTERVAL_S = 1.0
 CURSOR_PERSIST_INTERVAL_S = 0.2
 
 
 class Publisher:
     """Sends the record log through `sink` from the log's cursor (see the module docstring)."""
 
-    def __init__(self, sink: Sink, window: int = SEND_WINDOW, max_backoff: float = 5.0) -> None:
+    def __init__(self, sink: Sink, window: int = SEND_WINDOW, max_backoff: float = 5.0,
+                 probe_interval: float = PROBE_INTERVAL_S) -> None:
         self.sink = sink
         self.durable = sink.durable
         self.window = window
         self.max_backoff = max_backoff
         self.counters: Counter[str] = Counter({k: 0 for k in (
-            "published", "retries", "connect_errors")})
+            "published", "retries", "connect_errors", "unreachable")})
         self.failures: Counter[str] = Counter({r: 0 for r in FAILURE_REASONS})
         self.dead_lettered: Counter[str] = Counter({r: 0 for r in DEAD_LETTER_REASONS})
         self.log: RecordLog | None = None
+        self.probe_interval = probe_interval
         self._connected = False
+        #: Set by the connection probe while no broker can be reached (see `_watch`).
+        self._unreachable = False
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stats_task: asyncio.Task[None] | None = None
-        # The raw flag, not `connected`: a subclass may report Kafka's state there (no_kafka).
+        self._watch_task: asyncio.Task[None] | None = None
+        # The raw flags, not `connected`: a subclass may report Kafka's state there (no_kafka).
         self.stats = EngineStatsQueue(sink, self.counters, self._stopping,
-                                      lambda: self._connected, self._sleep)
+                                      lambda: self._connected and not self._unreachable,
+                                      self._sleep)
         self._oldest_inflight_ms: int | None = None
         self._persisted = -1
 
     # -- attributes for metrics -------------------------------------------------------------
     @property
     def connected(self) -> bool:
-        return self._connected
+        """Connected, as far as the last send and the last connection probe know: a failed
+        send or an unreachable broker makes it False at once."""
+        return self._connected and not self._unreachable
 
     @property
     def backlog_records(self) -> int:
@@ -100,6 +110,7 @@ class Publisher:
         self.log = log
         self._task = asyncio.create_task(self._run(log), name="record-publisher")
         self._stats_task = asyncio.create_task(self.stats.run(), name="stats-publisher")
+        self._watch_task = asyncio.create_task(self._watch(), name="publisher-probe")
 
     async def stop(self, timeout: float) -> int:
         """Publishes what it can within `timeout` (the sink's close included); returns the
@@ -108,6 +119,10 @@ class Publisher:
         deadline = loop.time() + timeout
         self._stopping.set()
         self.stats.wake()
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._watch_task
         for task in (self._task, self._stats_task):
             if task is None:
                 continue
@@ -137,6 +152,30 @@ class Publisher:
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), seconds * (0.5 + random.random()))
+
+    async def _watch(self) -> None:
+        """Probes the sink's connection every `probe_interval` once connected. Sends alone
+        noticed a dead broker late: only when one timed out (request_timeout_ms) or at
+        aiokafka's metadata refresh, and never while idle. The probe only clears what it
+        set, so a send that failed on a live connection (a hung broker) still counts."""
+        while not self._stopping.is_set():
+            await self._sleep(self.probe_interval)
+            if self._stopping.is_set() or (not self._connected and not self._unreachable):
+                continue
+            try:
+                reachable = await self.sink.probe()
+            except Exception as exc:
+                if self.sink.classify(exc) is None and not isinstance(exc, OSError):
+                    raise
+                reachable = False
+            if reachable == self._unreachable:
+                self._unreachable = not reachable
+                if reachable:
+                    logger.info("the Kafka broker is reachable again")
+                else:
+                    self.counters["unreachable"] += 1
+                    logger.warning("the Kafka broker is unreachable (no connection could be "
+                                   "made); records wait in the record log")
 
     async def _connect(self) -> bool:
         backoff = 0.1

@@ -47,11 +47,14 @@ AGENT_BATCH_DROP_REASONS = ("malformed_batches", "wal_damaged_records",
 AGENT_BYTE_DROP_KEYS = ("wal_torn_tail_bytes", "wal_damaged_bytes")
 #: AgentState.agent_dropped keys counted in events, each exported as its own family.
 AGENT_EVENT_DROP_KEYS = ("events_without_body",)
-#: Records that left the agent without reaching Kafka, by reason: audit records parked in the
-#: dead-letter file (too large or invalid for the broker; kept, counted, never released) and
-#: engine-stats snapshots dropped on their bounded path (not audit records).
-PUBLISHER_RECORD_LOSS_REASONS = (*(f"dead_letter_{r}" for r in DEAD_LETTER_REASONS),
-                                 "stats_queue_full", "stats_failed")
+#: Audit records that left the agent without reaching Kafka, by reason: parked in the
+#: dead-letter file (too large or invalid for the broker; kept, counted, never released).
+#: Telemetry is counted apart (ENGINE_STATS_LOSS_REASONS): an alert on audit-record loss pages
+#: someone, and must not fire for a lost engine-stats snapshot.
+PUBLISHER_RECORD_LOSS_REASONS = tuple(f"dead_letter_{r}" for r in DEAD_LETTER_REASONS)
+#: Engine-stats snapshots (telemetry, not audit records) lost on their bounded best-effort
+#: path: the queue was full, or the broker failed the send.
+ENGINE_STATS_LOSS_REASONS = ("queue_full", "send_failed")
 #: Why a send to the broker failed (each is retried, or dead-lettered when permanent).
 PUBLISHER_FAILURE_REASONS = FAILURE_REASONS
 #: Why a record-log segment was deleted (size: the archive at its cap; age: retention).
@@ -81,10 +84,12 @@ def closed(values: Mapping[str, int], reasons: Iterable[str]) -> dict[str, int]:
     return out
 
 
-def publisher_losses(dead_lettered: Mapping[str, int], counters: Mapping[str, int]
-                     ) -> dict[str, int]:
-    """The publisher's record losses over PUBLISHER_RECORD_LOSS_REASONS."""
-    out = {f"dead_letter_{r}": n for r, n in dead_lettered.items()}
-    out["stats_queue_full"] = counters.get("stats_dropped_queue_full", 0)
-    out["stats_failed"] = counters.get("stats_failed", 0)
-    return out
+def publisher_losses(dead_lettered: Mapping[str, int]) -> dict[str, int]:
+    """The publisher's audit-record losses over PUBLISHER_RECORD_LOSS_REASONS."""
+    return {f"dead_letter_{r}": n for r, n in dead_lettered.items()}
+
+
+def engine_stats_losses(counters: Mapping[str, int]) -> dict[str, int]:
+    """The engine-stats snapshots lost, over ENGINE_STATS_LOSS_REASONS (publisher counters)."""
+    return {"queue_full": counters.get("stats_dropped_queue_full", 0),
+            "send_failed": counters.get("stats_failed", 0)}
