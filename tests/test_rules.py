@@ -3,18 +3,23 @@ chart shipping the same file, and every metric a rule reads exported by a real a
 
 from __future__ import annotations
 
+import asyncio
 import re
 import shutil
 import subprocess
+import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from prometheus_client.parser import text_string_to_metric_families
 
+from harness.procs import free_port, start_witness
 from tests.agent.test_metrics import get
 from tests.support.agent_harness import Hook, agent
 from tests.support.metrics_workload import gpu_reader, ingest
+from vllm_audit_agent.records.chain import public_pem
 
 REPO = Path(__file__).resolve().parents[1]
 RULES = REPO / "deploy" / "prometheus" / "alerts.yml"
@@ -51,12 +56,28 @@ def rule_metric_names() -> set[str]:
     return {name for g in groups for rule in g["rules"] for name in METRIC.findall(rule["expr"])}
 
 
+def witness_metric_names(tmp_path: Path) -> set[str]:
+    """What a real `vllm-audit witness` exports (its rules read vllm_audit_witness_server_*)."""
+    log_pub = tmp_path / "log.pub"
+    log_pub.write_bytes(public_pem(Ed25519PrivateKey.generate().public_key()))
+    proc, base = start_witness(tmp_path, tmp_path / "w.key", [log_pub], tmp_path / "w-state")
+    try:
+        with urllib.request.urlopen(base + "/metrics", timeout=10) as response:
+            body = response.read().decode()
+    finally:
+        proc.stop()
+    return {s.name for f in text_string_to_metric_families(body) for s in f.samples}
+
+
 async def test_every_metric_a_rule_reads_is_exported(tmp_path: Path) -> None:
-    async with agent(tmp_path, gpu_reader=gpu_reader(pid=4242)) as (handle, _), \
-            Hook(handle.state.config.ingest_socket) as hook:
+    # A witness nobody listens for: the agent exports its witness series from the start.
+    witness = f"http://127.0.0.1:{free_port()}"
+    async with agent(tmp_path, gpu_reader=gpu_reader(pid=4242), witnesses=(witness,)) \
+            as (handle, _), Hook(handle.state.config.ingest_socket) as hook:
         await ingest(hook, 1, 3, pid=4242)
         _, body = await get(handle)
     exported = {s.name for f in text_string_to_metric_families(body.decode()) for s in f.samples}
+    exported |= await asyncio.to_thread(witness_metric_names, tmp_path)
     used = rule_metric_names()
     assert len(used) > 20
     assert used - exported == set()
