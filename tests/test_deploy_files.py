@@ -123,6 +123,30 @@ def test_compose_wires_agent_and_vllm_through_a_shared_socket() -> None:
     assert set(doc["volumes"]) >= {"audit-socket", "audit-wal", "kafka-data"}
 
 
+def test_the_witness_is_a_service_of_its_own_the_agent_offers_to() -> None:
+    services = compose()["services"]
+    agent, witness = services["vllm-audit-agent"], services["vllm-audit-witness"]
+    agent_args = build_parser().parse_args(agent["command"][1:])
+    args = build_parser().parse_args(witness["command"][1:])  # flags the CLI accepts
+    assert args.command == "witness"
+    (url,) = agent_args.witness
+    assert url == f"http://vllm-audit-witness:{args.listen.rsplit(':', 1)[1]}"
+    # It trusts the agent's public key, read-only from the agent's volume; its own key and
+    # state are on its own volume, made its user's by witness-init.
+    (log_key,) = args.log_public_key
+    assert log_key.parent == agent_args.data_dir and log_key.name == "signing.pub"
+    assert witness["volumes"][1] == f"audit-wal:{agent_args.data_dir}:ro"
+    own = mounts(witness)["witness-data"]
+    assert args.key.parent == args.state_dir.parent == Path(own)
+    assert mounts(services["witness-init"]) == {"witness-data": own}
+    assert witness["user"] == f"{AGENT_UID}:{AGENT_UID}"
+    assert witness["depends_on"]["vllm-audit-agent"] == {"condition": "service_healthy"}
+    prometheus = yaml.safe_load((REPO / "deploy/compose/prometheus.yml").read_text())
+    targets = {t for job in prometheus["scrape_configs"] for c in job["static_configs"]
+               for t in c["targets"]}
+    assert f"vllm-audit-witness:{args.listen.rsplit(':', 1)[1]}" in targets
+
+
 def test_kafka_keeps_its_log_on_its_volume() -> None:
     kafka = compose()["services"]["kafka"]
     env = kafka["environment"]

@@ -5,7 +5,9 @@ see SOURCE there) with unknown fields rejected as `kubectl apply --validate=stri
 
 from __future__ import annotations
 
+import base64
 import json
+import tempfile
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -15,9 +17,11 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from vllm_audit_agent.cli.parser import build_parser
 from vllm_audit_agent.config import OPTIONS
+from vllm_audit_agent.records.chain import load_private_key, public_pem
 
 REPO = Path(__file__).resolve().parents[1]
 CHART = REPO / "helm" / "vllm-audit"
@@ -416,3 +420,70 @@ def test_http_tls_switches_the_probes_and_the_scrape_to_https() -> None:
     assert agent["readinessProbe"]["httpGet"]["scheme"] == "HTTP"
     with pytest.raises(helm.HelmError, match=r"httpTls needs agent\.auth\.tlsSecret"):
         render({**SECRET, "agent": {"auth": {"httpTls": True}}})
+
+
+LOG_PEM = public_pem(Ed25519PrivateKey.generate().public_key()).decode()
+WITNESS = {**SECRET, "witness": {"enabled": True, "logPublicKeys": [LOG_PEM]},
+           "agent": {"witnesses": ["https://witness.example.org/vllm"]},
+           "networkPolicy": {"witnessClients": SRE}}
+
+
+def test_the_witness_runs_off_the_agents_pod_and_the_agents_offer_to_it() -> None:
+    report = helm.lint(CHART, WITNESS, strict=True)
+    assert report["errors"] == [] and [m for m in report["messages"] if m["severity"] >= 2] == []
+    docs = render(WITNESS)
+    for doc in docs:
+        validate(doc)
+    (agent_workload,) = [d for d in docs if d["kind"] in ("Deployment", "StatefulSet")
+                         and d["metadata"]["name"] == "llm-vllm-audit"]
+    (witness,) = [d for d in docs if d["metadata"]["name"] == "llm-vllm-audit-witness"
+                  and d["kind"] == "Deployment"]
+    # Neither the agent's workload nor its Service selects the witness's pod.
+    witness_labels = witness["spec"]["template"]["metadata"]["labels"]
+    (service,) = [d for d in of_kind(docs, "Service") if d["metadata"]["name"] == "llm-vllm-audit"]
+    for selector in (agent_workload["spec"]["selector"]["matchLabels"], service["spec"]["selector"]):
+        assert not selector.items() <= witness_labels.items()
+    (agent,) = agent_workload["spec"]["template"]["spec"]["initContainers"]
+    assert agent_args(agent).witness == ["http://llm-vllm-audit-witness.ml.svc:9410",
+                                           "https://witness.example.org/vllm"]
+    # The witness's flags are the CLI's; its key, the log keys and its state are mounted.
+    (container,) = witness["spec"]["template"]["spec"]["containers"]
+    args = build_parser().parse_args([*container["command"][1:], *container["args"]])
+    assert args.command == "witness" and args.listen == "0.0.0.0:9410"
+    assert args.name == "llm-vllm-audit-witness.ml"
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert str(args.key.parent) == mounts["key"] and str(args.state_dir) == mounts["state"]
+    (log_key,) = args.log_public_key
+    (config,) = [d for d in of_kind(docs, "ConfigMap") if d["metadata"]["name"].endswith("log-keys")]
+    assert config["data"][log_key.name] == LOG_PEM
+    assert witness["spec"]["replicas"] == 1 and witness["spec"]["strategy"]["type"] == "Recreate"
+    # Its key: made by the chart, kept across upgrades, a key `vllm-audit witness` loads.
+    (secret,) = of_kind(docs, "Secret")
+    assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    key_file = Path(tempfile.mkdtemp()) / "witness.key"
+    key_file.write_bytes(base64.b64decode(secret["data"][args.key.name]))
+    load_private_key(key_file)
+    (claim,) = of_kind(docs, "PersistentVolumeClaim")
+    assert claim["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    # Only the release's agents and the listed peers reach it.
+    (policy,) = [d for d in of_kind(docs, "NetworkPolicy") if d["metadata"]["name"].endswith("witness")]
+    peers = policy["spec"]["ingress"][0]["from"]
+    assert peers[0] == {"podSelector": {"matchLabels": agent_workload["spec"]["selector"]["matchLabels"]}}
+    assert peers[1:] == SRE
+
+
+def test_a_witness_needs_the_log_keys_and_an_own_key_secret_is_used_as_given() -> None:
+    with pytest.raises(helm.HelmError, match=r"witness.logPublicKeys"):
+        render({**SECRET, "witness": {"enabled": True}})
+    with pytest.raises(helm.HelmError, match=r"'/witness/logPublicKeys/0'"):
+        render({**SECRET, "witness": {"enabled": True, "logPublicKeys": ["not a key"]}})
+    docs = render({**WITNESS, "witness": {**WITNESS["witness"],
+                                          "keySecret": {"name": "mine", "key": "k"}}})
+    assert of_kind(docs, "Secret") == []
+    (witness,) = [d for d in of_kind(docs, "Deployment") if d["metadata"]["name"].endswith("witness")]
+    volumes = {v["name"]: v for v in witness["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["key"]["secret"]["secretName"] == "mine"
+    # Off by default: no witness objects, no --witness flag.
+    docs = render(SECRET)
+    assert not [d for d in docs if "witness" in d["metadata"]["name"]]
+    assert agent_args(containers(docs)[0]).witness is None

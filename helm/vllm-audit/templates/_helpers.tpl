@@ -55,3 +55,26 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- fail "agent.wal.existingClaim serves one replica only (two agents must never share a WAL); use agent.wal.persistence for a claim per pod" }}
 {{- end }}
 {{- end -}}
+
+{{/* The witness (templates/witness.yaml): a name and selector of its own, so neither the
+agent's workload nor its Service ever selects the witness's pod. */}}
+{{- define "vllm-audit.witnessName" -}}
+{{- printf "%s-witness" (include "vllm-audit.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "vllm-audit.witnessSelectorLabels" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}-witness
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{/* Every witness the agents offer their checkpoints to: this chart's, then agent.witnesses. */}}
+{{- define "vllm-audit.witnessUrls" -}}
+{{- $urls := list -}}
+{{- if .Values.witness.enabled -}}
+{{- $urls = append $urls (printf "http://%s.%s.svc:%v" (include "vllm-audit.witnessName" .) .Release.Namespace .Values.witness.port) -}}
+{{- end -}}
+{{- range .Values.agent.witnesses -}}
+{{- $urls = append $urls . -}}
+{{- end -}}
+{{- join "," $urls -}}
+{{- end -}}
