@@ -188,9 +188,12 @@ async def test_each_data_parallel_engine_gets_its_engine_stats_record(tmp_path: 
         await hook.send(1, stats(0, 2, ttft_seconds_sum=1.5, ttft_count=3, finished_requests=2,
                                  queue_time_seconds_sum=0.5), stats(1, 1), model="m", pid=7)
         await hook.send(2, stats(0, 3), stats(1, 0), model="m", pid=7)  # within the interval
+        records = [record for topic, _, record in published.records if topic == "engine-stats"]
+        assert [(r["engine_index"], r["source_id"], r["model"]) for r in records] == [
+            (0, "host:1:1", "m"), (1, "host:1:1", "m")]
+    # Those sent within the interval go out when it ends, here at the agent's stop.
     records = [record for topic, _, record in published.records if topic == "engine-stats"]
-    assert [(r["engine_index"], r["source_id"], r["model"]) for r in records] == [
-        (0, "host:1:1", "m"), (1, "host:1:1", "m")]
+    assert [(r["engine_index"], r["num_running_reqs"]) for r in records[2:]] == [(0, 3), (1, 0)]
     assert records[0]["ttft_seconds_sum"] == 1.5 and records[0]["queue_time_seconds_sum"] == 0.5
 
 

@@ -47,32 +47,34 @@ INTERVAL_S = 0.2  # --engine-stats-interval: one snapshot per engine per interva
 
 
 async def send_series(handle_socket: Path, rounds: int) -> None:
-    """Two data-parallel engines, one snapshot each per publish interval, plus one sent
-    within the interval (not published)."""
+    """Two data-parallel engines, one snapshot each per publish interval, plus one of engine 0
+    sent within the interval (published when the interval ends, the next one after it)."""
     async with Hook(handle_socket, source="host:1:1") as hook:
         for n in range(rounds):
             await hook.send(2 * n + 1, stats(0, n, n), stats(1, 10 + n, n), model="m", pid=7)
             await hook.send(2 * n + 2, stats(0, 99, n + 0.5), model="m", pid=7)
             if n + 1 < rounds:
-                await asyncio.sleep(INTERVAL_S * 1.5)
+                await asyncio.sleep(INTERVAL_S * 2.5)
 
 
 async def test_the_agent_keeps_the_series_and_the_cli_exports_it_as_csv(tmp_path: Path) -> None:
     async with agent(tmp_path, engine_stats_interval_seconds=INTERVAL_S) as (handle, _):
         await send_series(handle.state.config.ingest_socket, rounds=3)
         history = handle.state.stats_history.counters
-        assert history["snapshots_written"] == 6 and history["write_errors"] == 0
+        await until(lambda: history["snapshots_written"] == 9, "the last snapshot written")
+        assert history["write_errors"] == 0
         data_dir = handle.state.config.data_dir
 
     out = await asyncio.to_thread(cli, "stats", "export", "--data-dir", str(data_dir))
     assert out.returncode == 0, out.stderr
-    assert "6 snapshots" in out.stderr
+    assert "9 snapshots" in out.stderr
     rows = list(csv.DictReader(io.StringIO(out.stdout)))
     assert list(rows[0])[:4] == ["timestamp_ms", "source_id", "model", "engine_index"]
     series = sorted((int(r["engine_index"]), int(r["timestamp_ms"]), int(r["num_running_reqs"]))
                     for r in rows)
     t0 = T0_NS // 10**6
-    assert series == [(0, t0, 0), (0, t0 + 1000, 1), (0, t0 + 2000, 2),
+    assert series == [(0, t0, 0), (0, t0 + 500, 99), (0, t0 + 1000, 1), (0, t0 + 1500, 99),
+                      (0, t0 + 2000, 2), (0, t0 + 2500, 99),
                       (1, t0, 10), (1, t0 + 1000, 11), (1, t0 + 2000, 12)]
     assert {r["source_id"] for r in rows} == {"host:1:1"} and {r["model"] for r in rows} == {"m"}
 
@@ -82,7 +84,25 @@ async def test_the_agent_keeps_the_series_and_the_cli_exports_it_as_csv(tmp_path
         "--since", str(t0 + 1000), "--until", "2023-11-14T22:13:22Z")
     assert out.returncode == 0, out.stderr
     lines = [orjson.loads(line) for line in out.stdout.splitlines()]
-    assert sorted((r["engine_index"], r["num_running_reqs"]) for r in lines) == [(0, 1), (1, 11)]
+    assert sorted((r["engine_index"], r["num_running_reqs"]) for r in lines) == [
+        (0, 1), (0, 99), (1, 11)]
+
+
+async def test_the_last_snapshot_of_every_burst_is_written(tmp_path: Path) -> None:
+    """A burst of snapshots within one interval: the first goes out at once, the last when
+    the interval ends (or at shutdown). Only the first was written before, so an export
+    ended short of what vLLM said (236 finished requests of 260)."""
+    async with agent(tmp_path, engine_stats_interval_seconds=0.3) as (handle, _), \
+            Hook(handle.state.config.ingest_socket, source="host:1:1") as hook:
+        history = handle.state.stats_history.counters
+        for n in range(1, 6):
+            await hook.send(n, stats(0, n, n / 100), model="m", pid=7)
+        await until(lambda: history["snapshots_written"] == 2, "the burst's last snapshot")
+        await asyncio.sleep(0.5)
+        for n in range(6, 9):  # a second burst, the agent stopping within its interval
+            await hook.send(n, stats(0, n, 1 + n / 100), model="m", pid=7)
+        data_dir = handle.state.config.data_dir
+    assert [r["num_running_reqs"] for r in read_history(data_dir)] == [1, 5, 6, 8]
 
 
 async def test_history_metrics_are_exported_from_zero(tmp_path: Path) -> None:
@@ -153,14 +173,14 @@ async def test_the_cli_exports_the_kafka_stream_too(broker: KafkaBroker, tmp_pat
     async with running_agent(config, publisher=publisher) as handle:
         assert not handle.state.stats_history.enabled
         await send_series(config.ingest_socket, rounds=2)
-        await until(lambda: publisher.counters["stats_published"] == 4, "stats published")
+        await until(lambda: publisher.counters["stats_published"] == 6, "stats published")
 
     out = await asyncio.to_thread(cli, "stats", "export", "--kafka-bootstrap",
                                   broker.bootstrap, "--format", "jsonl")
     assert out.returncode == 0, out.stderr
     rows = [orjson.loads(line) for line in out.stdout.splitlines()]
     assert sorted((r["engine_index"], r["num_running_reqs"]) for r in rows) == [
-        (0, 0), (0, 1), (1, 10), (1, 11)]
+        (0, 0), (0, 1), (0, 99), (0, 99), (1, 10), (1, 11)]
     assert not (tmp_path / "data" / HISTORY_DIR).exists()
 
 

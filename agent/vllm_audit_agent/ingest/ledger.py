@@ -21,6 +21,7 @@ from vllm_audit_agent.model.trail import Trail
 from vllm_audit_agent.model.validation import CLAMPABLE_FIELDS, Classified, classify, saturating_add
 from vllm_audit_agent.storage.wal import WriteAheadLog
 from vllm_audit_agent.telemetry.engines import EngineTable
+from vllm_audit_agent.telemetry.snapshot_throttle import TrailingThrottle
 from vllm_audit_agent.telemetry.stats_history import StatsHistory
 from vllm_audit_agent.trails.store import TrailStore
 
@@ -48,6 +49,10 @@ class IngestLedger:
         self.publisher = publisher
         self.stats_history = stats_history
         self.engine_stats_interval_seconds = engine_stats_interval_seconds
+        #: One snapshot per engine per interval, the last of a burst included (published when
+        #: the interval ends): keyed by (source_id, engine_index).
+        self.stats_throttle: TrailingThrottle[tuple[str, int], tuple[str, str, pb.Event]] = \
+            TrailingThrottle(engine_stats_interval_seconds, self._emit_stats)
         self.counters: Counter[str] = Counter()
         self.hook_dropped: Counter[str] = Counter()
         self.agent_dropped: Counter[str] = Counter()
@@ -89,6 +94,7 @@ class IngestLedger:
         self.stopping = True
         if self.pending_stores:
             await asyncio.wait(list(self.pending_stores), timeout=timeout)
+        self.stats_throttle.flush()  # the last snapshot of a burst, before the publisher stops
 
     def source(self, source_id: str) -> SourceState:
         state = self.sources.get(source_id)
@@ -149,13 +155,15 @@ class IngestLedger:
         self.trails.apply(batch, segment, events)
 
     def _publish_stats(self, batch: pb.Batch, source: SourceState, event: pb.Event) -> None:
-        if not self.engines.due(batch.source_id, event.engine_stats.engine_index,
-                                self.engine_stats_interval_seconds):
-            return
+        self.stats_throttle.offer((batch.source_id, event.engine_stats.engine_index),
+                                  (batch.source_id, source.model, event))
+
+    def _emit_stats(self, snapshot: tuple[str, str, pb.Event]) -> None:
+        source_id, model, event = snapshot
         record = message_to_dict(event.engine_stats)
-        record.update({"schema": 1, "source_id": batch.source_id, "model": source.model,
+        record.update({"schema": 1, "source_id": source_id, "model": model,
                        "timestamp_ms": event.time_unix_nano // 1_000_000})
-        self.publisher.offer_stats("engine-stats", batch.source_id, record)
+        self.publisher.offer_stats("engine-stats", source_id, record)
         self.stats_history.append(record)
 
     def engine_snapshot(self, trail: Trail) -> pb.EngineStats | None:

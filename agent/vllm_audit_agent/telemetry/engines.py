@@ -30,7 +30,6 @@ class SourceSeries:
     last_batch: float = 0.0
     disconnected_since: float | None = None
     engines: dict[int, pb.EngineStats] = field(default_factory=dict)
-    last_published: dict[int, float] = field(default_factory=dict)
 
 
 class EngineTable:
@@ -50,18 +49,6 @@ class EngineTable:
         series.last_batch = time.monotonic()
         for event in stats:
             series.engines[event.engine_stats.engine_index] = event.engine_stats
-
-    def due(self, source_id: str, engine_index: int, interval: float) -> bool:
-        """Whether this engine's snapshot should be published now (at most one per interval
-        per engine, so data-parallel engines do not starve each other)."""
-        series = self.sources.get(source_id)
-        if series is None:
-            return False
-        now = time.monotonic()
-        if now - series.last_published.get(engine_index, float("-inf")) < interval:
-            return False
-        series.last_published[engine_index] = now
-        return True
 
     def live(self, connected: Iterable[str], now: float | None = None
              ) -> list[tuple[str, SourceSeries]]:
