@@ -4,6 +4,7 @@ of the hook, how many tokens the mask vLLM applied left allowed for each sampled
     python tests/e2e/structured_driver.py CONFIG_JSON
 
 CONFIG_JSON: {"model", "backend", "out", "speculative": bool, "id_offset": int,
+              "shim": bool (default true: lm-format-enforcer's import shim, below),
               "cases": [{"kind", "spec", "max_tokens", "prompt", "force_reject_step"?}]}
 
 The engine core runs in this process (the test sets VLLM_ENABLE_V1_MULTIPROCESSING=0) so the
@@ -89,7 +90,7 @@ def main() -> None:
     from vllm import LLM, SamplingParams
     from vllm.sampling_params import StructuredOutputsParams
 
-    if config["backend"] == "lm-format-enforcer":
+    if config["backend"] == "lm-format-enforcer" and config.get("shim", True):
         _lm_format_enforcer_shim()
     cases: list[dict[str, Any]] = config["cases"]
     record: dict[str, Any] = {"steps": {}, "drafts": {}, "forced": {}}

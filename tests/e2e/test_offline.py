@@ -85,6 +85,22 @@ def test_each_request_has_a_structured_output_trail(
         assert so.allowed_set_bytes == sum(st.allowed_set.ByteSize() for st in steps)
 
 
+def test_the_callers_request_id_finds_its_trail(
+    offline_enabled: list[dict[str, Any]], agent: Agent
+) -> None:
+    """The trail is keyed by vLLM's engine id (`0-ab9a1c82`); the id the user holds is
+    `RequestOutput.request_id` (`0`): it is the trail's client_request_id, which the query
+    API filters on (`vllm-audit query list --client-request-id 0`)."""
+    for out in offline_enabled:
+        user_id = str(out["request_id"])
+        summary = wait_for_offline_trail(agent.query, user_id)
+        assert summary.request_id != user_id and summary.client_request_id == user_id
+        found = agent.query.ListTrails(query_pb2.ListTrailsRequest(client_request_id=user_id))
+        assert summary.request_id in [t.request_id for t in found.trails]
+        # Other offline runs on this agent reuse the counter: every trail found is one of `0`.
+        assert all(t.request_id.startswith(user_id + "-") for t in found.trails)
+
+
 def test_allowed_sets_are_stored_smaller_than_raw_rows(
     offline_enabled: list[dict[str, Any]], agent: Agent
 ) -> None:

@@ -5,12 +5,14 @@ own count of the logits vLLM's mask left finite; a forced rejection and a compil
 from __future__ import annotations
 
 import json
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from harness import procs
 from tests.e2e.conftest import Agent, agent_process
 from tests.e2e.structured import (
     PERSON,
@@ -176,3 +178,31 @@ def test_replay_names_the_altered_step(backend_run: Any, so_agent: Agent,
     assert (report.first_mismatch.step, report.first_mismatch.token) == (2, forbidden)
     assert report.first_mismatch.reason == "token not allowed by the grammar here"
     assert len(steps) >= 4
+
+
+def test_a_backend_vllm_cannot_load_is_refused_at_engine_start(
+    tiny_model: Path, e2e_tmp: Path, so_agent: Agent
+) -> None:
+    """Without the tests' shim, lm-format-enforcer's vLLM integration does not import under
+    vLLM 0.32 (`vllm.transformers_utils.tokenizer` is gone) and vLLM would crash the engine on
+    the first structured request. With the hook on, the engine is refused while it is built,
+    with the reason: no request runs."""
+    out = e2e_tmp / "structured-lmfe-unshimmed.json"
+    config = e2e_tmp / "structured-lmfe-unshimmed-config.json"
+    config.write_text(json.dumps({
+        "model": str(tiny_model), "backend": "lm-format-enforcer", "out": str(out),
+        "shim": False, "id_offset": 95_000,
+        "cases": [{"kind": "json", "spec": PERSON, "prompt": "name alice", "max_tokens": 8}],
+    }))
+    env = procs.base_env(VLLM_ENABLE_V1_MULTIPROCESSING="0", VLLM_AUDIT_ENABLED="true",
+                         VLLM_AUDIT_AGENT_ADDRESS=str(so_agent.socket))
+    done = subprocess.run(
+        [procs.PYTHON, str(procs.REPO / "tests/e2e/structured_driver.py"), str(config)],
+        env=env, capture_output=True, text=True, cwd=procs.REPO, timeout=300, check=False)
+    assert done.returncode != 0 and not out.exists()
+    assert "AuditStartupError" in done.stderr, done.stderr[-3000:]
+    assert ("the structured-output backend 'lm-format-enforcer' cannot be loaded"
+            in done.stderr), done.stderr[-3000:]
+    assert "vllm.transformers_utils.tokenizer" in done.stderr
+    # Refused before a request was added: the engine never reached the grammar.
+    assert "grammar_init" not in done.stderr

@@ -15,6 +15,7 @@ from vllm_hooks.events.capture import CapturePolicy
 from vllm_hooks.events.http_parse import complete_http_fields
 
 # (KIND, time_ns, request_id, phase, n_prompt, n_output, finish_reason, status, max_tokens, so)
+# and, on ADDED only, the caller's request id (vLLM's external_req_id)
 LIFECYCLE = 1
 # The phase of a LIFECYCLE tuple: the contract's LifecyclePhase numbers (one definition).
 ADDED = pb.LIFECYCLE_PHASE_ADDED
@@ -68,6 +69,8 @@ class EventConverter:
             lc.status = raw[7]
             lc.max_tokens = raw[8]
             lc.structured_output = raw[9]
+            if len(raw) > 10:
+                lc.external_request_id = raw[10]
         elif kind == GRAMMAR:
             gc = event.grammar_compiled
             gc.backend, gc.spec_type, gc.compile_ms, gc.error, gc.spec_sha256 = raw[3:8]

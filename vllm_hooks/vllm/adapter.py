@@ -25,8 +25,9 @@ Hook points (vLLM 0.32, CPU build; line numbers drift):
   included), then the bonus row. The k-th token the engine accepts in a step was sampled from
   the request's row k (the rejection sampler keeps drafts up to the first mismatch, then
   samples one token from the next row), so each accepted token gets the count of its own row.
-  While filling, vLLM advances the grammar over the drafts and `rollback()`s them: that is
-  draft bookkeeping (counted as such), never a rejection. A token the grammar refuses in
+  While filling, vLLM advances the grammar over the drafts and `rollback()`s them all, then
+  advances again over those the engine accepted: draft bookkeeping, never a rejection; what
+  stays rolled back (the drafts the engine rejected) is counted as such. A token the grammar refuses in
   `Scheduler.update_from_output` finishes the request with FINISHED_ERROR.
 - Stats (`stat_logger`, `offline_stat_logger_patch`): `StatLoggerBase` subclasses come from
   the `vllm.stat_logger_plugins` entry point in `vllm serve`; the offline `LLM` loads no
@@ -46,6 +47,9 @@ Hook points (vLLM 0.32, CPU build; line numbers drift):
   identity.SOCKET_PEER_KEY first; the hook then applies VLLM_AUDIT_TRUSTED_PROXIES itself.
 - Request ids: the API server uses `chatcmpl-<X-Request-Id>` / `cmpl-<X-Request-Id>`, and
   `InputProcessor.assign_request_id` appends `-<8 random chars>`; the agent correlates on that.
+  The caller's id stays on `EngineCoreRequest.external_req_id`, which the engine core's
+  `Request` drops: `request_id_patch` wraps `Request.from_engine_core_request` to keep it
+  for the ADDED event (offline, it is the `RequestOutput.request_id` the user holds).
 - Replay (`replay_backends`, for `replay_grammar`): vLLM's backend classes compile a recorded
   grammar outside any engine, as `StructuredOutputManager` does; nothing is patched.
 """
@@ -53,6 +57,7 @@ Hook points (vLLM 0.32, CPU build; line numbers drift):
 from __future__ import annotations
 
 from vllm_hooks.vllm.offline_stat_logger_patch import patch_stat_logger_manager
+from vllm_hooks.vllm.request_id_patch import patch_request_ids
 from vllm_hooks.vllm.scheduler_patch import patch_scheduler_init
 
 __all__ = ["install"]
@@ -67,4 +72,5 @@ def install() -> None:
         return
     _installed = True
     patch_scheduler_init()
+    patch_request_ids()
     patch_stat_logger_manager()

@@ -1,7 +1,8 @@
 """Patch target: vLLM's `Scheduler` — one lifecycle event per request transition.
 
 `Scheduler.__init__` is patched (at install) so every scheduler built afterwards in the process
-has its *instance* methods wrapped: `add_request` (ADDED), `schedule` (SCHEDULED / RESUMED /
+has its *instance* methods wrapped: `add_request` (ADDED, with the caller's request id that
+`request_id_patch` noted), `schedule` (SCHEDULED / RESUMED /
 PREEMPTED) and `_free_request` (every finish). Its structured-output manager is handed to
 `structured_output_patch` from here, since the scheduler is where the hook first sees it.
 """
@@ -15,12 +16,15 @@ from typing import Any
 from vllm.v1.core.sched.scheduler import Scheduler
 from vllm.v1.request import RequestStatus
 
+from vllm_hooks import fail_open_in_env
 from vllm_hooks.config.levels import Level
 from vllm_hooks.errors import ERRORS
 from vllm_hooks.events import raw_events as raw
 from vllm_hooks.events.self_timing import SelfTimer
 from vllm_hooks.runtime import HookRuntime, get_runtime
+from vllm_hooks.vllm.backend_check import check_backend
 from vllm_hooks.vllm.grammar_tap import AuditedGrammar, BitmaskTap
+from vllm_hooks.vllm.request_id_patch import external_id
 from vllm_hooks.vllm.structured_output_patch import wrap_structured_output_manager
 
 _SUMMARY = int(Level.SUMMARY)
@@ -37,6 +41,9 @@ def patch_scheduler_init() -> None:
         original(self, *args, **kwargs)
         if getattr(self, "_vllm_audit_wrapped", False):
             return  # a subclass calling super().__init__ already wrapped it
+        # At engine start, where refusing is still an answer: a backend vLLM cannot load
+        # would stop the engine on its first structured request (AuditStartupError).
+        check_backend(getattr(self, "vllm_config", None), fail_open_in_env())
         try:
             wrap_scheduler(self, get_runtime("engine_core"))
         except Exception as exc:
@@ -74,6 +81,7 @@ def wrap_scheduler(sched: Any, rt: HookRuntime) -> None:
                         "",
                         request.max_tokens or 0,
                         request.use_structured_output,
+                        external_id(request),
                     )
                 )
             except Exception as exc:

@@ -70,6 +70,8 @@ FIELD_MAP: dict[str, dict[str, str | tuple[None, str]]] = {
         "status": (None, "drives state (FINISHED_ERROR -> FAILED); kept in the event"),
         "max_tokens": "max_tokens",
         "structured_output": (None, "implied by grammar_backend / structured_output"),
+        "external_request_id": (None, "the caller's id: an offline trail's client_request_id "
+                                      "(a served trail's comes from its HTTP half)"),
     },
     "GrammarCompiled": {
         "backend": "grammar_backend", "spec_type": "grammar_spec_type",
@@ -106,6 +108,8 @@ FIELD_MAP: dict[str, dict[str, str | tuple[None, str]]] = {
         "config_epoch": (None, "the hook's level report: which config it applied"),
         "config_version": (None, "the hook's level report: which config it applied"),
         "gpu_uuids": (None, "the process's GPUs: scope of the GPU metrics (--gpu-scope pod)"),
+        "instance_tag": (None, "transport: who may read a trail back over the ingest socket "
+                               "(ReadAudit)"),
     },
 }
 

@@ -155,6 +155,10 @@ class Trail:
             if not self.http_usage:
                 self.prompt_tokens = lc.num_prompt_tokens
             self.max_tokens = lc.max_tokens
+            if not self.expects_http and lc.external_request_id:
+                # Offline: the caller's id (RequestOutput.request_id) is what it can search
+                # by; a served trail's is the client's X-Request-Id, from its HTTP half.
+                self.client_request_id = lc.external_request_id
         elif phase == _PREEMPTED:
             self.preemptions += 1
         elif phase in (_FINISHED, _ABORTED):

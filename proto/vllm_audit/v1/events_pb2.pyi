@@ -64,7 +64,7 @@ IDENTITY_SOURCE_PROXY_HEADER: IdentitySource
 IDENTITY_SOURCE_CLAIMED: IdentitySource
 
 class RequestLifecycle(_message.Message):
-    __slots__ = ("phase", "num_prompt_tokens", "num_output_tokens", "finish_reason", "status", "max_tokens", "structured_output")
+    __slots__ = ("phase", "num_prompt_tokens", "num_output_tokens", "finish_reason", "status", "max_tokens", "structured_output", "external_request_id")
     PHASE_FIELD_NUMBER: _ClassVar[int]
     NUM_PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     NUM_OUTPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -72,6 +72,7 @@ class RequestLifecycle(_message.Message):
     STATUS_FIELD_NUMBER: _ClassVar[int]
     MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
     STRUCTURED_OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    EXTERNAL_REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     phase: LifecyclePhase
     num_prompt_tokens: int
     num_output_tokens: int
@@ -79,7 +80,8 @@ class RequestLifecycle(_message.Message):
     status: str
     max_tokens: int
     structured_output: bool
-    def __init__(self, phase: _Optional[_Union[LifecyclePhase, str]] = ..., num_prompt_tokens: _Optional[int] = ..., num_output_tokens: _Optional[int] = ..., finish_reason: _Optional[str] = ..., status: _Optional[str] = ..., max_tokens: _Optional[int] = ..., structured_output: _Optional[bool] = ...) -> None: ...
+    external_request_id: str
+    def __init__(self, phase: _Optional[_Union[LifecyclePhase, str]] = ..., num_prompt_tokens: _Optional[int] = ..., num_output_tokens: _Optional[int] = ..., finish_reason: _Optional[str] = ..., status: _Optional[str] = ..., max_tokens: _Optional[int] = ..., structured_output: _Optional[bool] = ..., external_request_id: _Optional[str] = ...) -> None: ...
 
 class GrammarCompiled(_message.Message):
     __slots__ = ("backend", "spec_type", "compile_ms", "error", "spec_sha256", "spec", "spec_size")
@@ -388,7 +390,7 @@ class HookSelfTiming(_message.Message):
     def __init__(self, hook_ns: _Optional[int] = ..., hook_calls: _Optional[int] = ..., steps: _Optional[int] = ..., request_steps: _Optional[int] = ..., sender_cpu_ns: _Optional[int] = ..., stat_logger_ns: _Optional[int] = ..., stat_logger_calls: _Optional[int] = ..., middleware_ns: _Optional[int] = ..., middleware_requests: _Optional[int] = ...) -> None: ...
 
 class Batch(_message.Message):
-    __slots__ = ("source_id", "seq", "events", "gap", "process_role", "pid", "model", "epoch", "gpu_uuids", "self_timing", "applied_level", "config_epoch", "config_version")
+    __slots__ = ("source_id", "seq", "events", "gap", "process_role", "pid", "model", "epoch", "gpu_uuids", "self_timing", "applied_level", "config_epoch", "config_version", "instance_tag")
     SOURCE_ID_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     EVENTS_FIELD_NUMBER: _ClassVar[int]
@@ -402,6 +404,7 @@ class Batch(_message.Message):
     APPLIED_LEVEL_FIELD_NUMBER: _ClassVar[int]
     CONFIG_EPOCH_FIELD_NUMBER: _ClassVar[int]
     CONFIG_VERSION_FIELD_NUMBER: _ClassVar[int]
+    INSTANCE_TAG_FIELD_NUMBER: _ClassVar[int]
     source_id: str
     seq: int
     events: _containers.RepeatedCompositeFieldContainer[Event]
@@ -415,4 +418,5 @@ class Batch(_message.Message):
     applied_level: AuditLevel
     config_epoch: int
     config_version: int
-    def __init__(self, source_id: _Optional[str] = ..., seq: _Optional[int] = ..., events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ..., gap: _Optional[_Union[GapMarker, _Mapping]] = ..., process_role: _Optional[str] = ..., pid: _Optional[int] = ..., model: _Optional[str] = ..., epoch: _Optional[int] = ..., gpu_uuids: _Optional[_Iterable[str]] = ..., self_timing: _Optional[_Union[HookSelfTiming, _Mapping]] = ..., applied_level: _Optional[_Union[AuditLevel, str]] = ..., config_epoch: _Optional[int] = ..., config_version: _Optional[int] = ...) -> None: ...
+    instance_tag: bytes
+    def __init__(self, source_id: _Optional[str] = ..., seq: _Optional[int] = ..., events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ..., gap: _Optional[_Union[GapMarker, _Mapping]] = ..., process_role: _Optional[str] = ..., pid: _Optional[int] = ..., model: _Optional[str] = ..., epoch: _Optional[int] = ..., gpu_uuids: _Optional[_Iterable[str]] = ..., self_timing: _Optional[_Union[HookSelfTiming, _Mapping]] = ..., applied_level: _Optional[_Union[AuditLevel, str]] = ..., config_epoch: _Optional[int] = ..., config_version: _Optional[int] = ..., instance_tag: _Optional[bytes] = ...) -> None: ...

@@ -25,21 +25,25 @@ _sym_db = _symbol_database.Default()
 from vllm_audit.v1 import events_pb2 as vllm__audit_dot_v1_dot_events__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1avllm_audit/v1/ingest.proto\x12\rvllm_audit.v1\x1a\x1avllm_audit/v1/events.proto\"V\n\nHookConfig\x12(\n\x05level\x18\x01 \x01(\x0e\x32\x19.vllm_audit.v1.AuditLevel\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\r\n\x05\x65poch\x18\x03 \x01(\x04\"\x97\x01\n\x03\x41\x63k\x12\x11\n\tsource_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x11\n\tduplicate\x18\x03 \x01(\x08\x12\x0f\n\x07refused\x18\x04 \x01(\x08\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12-\n\x07refusal\x18\x06 \x01(\x0e\x32\x1c.vllm_audit.v1.RefusalReason\x12\r\n\x05\x65poch\x18\x07 \x01(\x04\"e\n\x0bIngestReply\x12!\n\x03\x61\x63k\x18\x01 \x01(\x0b\x32\x12.vllm_audit.v1.AckH\x00\x12+\n\x06\x63onfig\x18\x02 \x01(\x0b\x32\x19.vllm_audit.v1.HookConfigH\x00\x42\x06\n\x04\x62ody*\xe3\x01\n\rRefusalReason\x12\x1e\n\x1aREFUSAL_REASON_UNSPECIFIED\x10\x00\x12\x1b\n\x17REFUSAL_REASON_WAL_FULL\x10\x01\x12\x1c\n\x18REFUSAL_REASON_DISK_FULL\x10\x02\x12\x1d\n\x19REFUSAL_REASON_DISK_ERROR\x10\x03\x12 \n\x1cREFUSAL_REASON_SHUTTING_DOWN\x10\x04\x12\x1a\n\x16REFUSAL_REASON_INVALID\x10\x05\x12\x1a\n\x16REFUSAL_REASON_TOO_BIG\x10\x06\x32O\n\rIngestService\x12>\n\x06Stream\x12\x14.vllm_audit.v1.Batch\x1a\x1a.vllm_audit.v1.IngestReply(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1avllm_audit/v1/ingest.proto\x12\rvllm_audit.v1\x1a\x1avllm_audit/v1/events.proto\"V\n\nHookConfig\x12(\n\x05level\x18\x01 \x01(\x0e\x32\x19.vllm_audit.v1.AuditLevel\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\r\n\x05\x65poch\x18\x03 \x01(\x04\"\x97\x01\n\x03\x41\x63k\x12\x11\n\tsource_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x11\n\tduplicate\x18\x03 \x01(\x08\x12\x0f\n\x07refused\x18\x04 \x01(\x08\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12-\n\x07refusal\x18\x06 \x01(\x0e\x32\x1c.vllm_audit.v1.RefusalReason\x12\r\n\x05\x65poch\x18\x07 \x01(\x04\"e\n\x0bIngestReply\x12!\n\x03\x61\x63k\x18\x01 \x01(\x0b\x32\x12.vllm_audit.v1.AckH\x00\x12+\n\x06\x63onfig\x18\x02 \x01(\x0b\x32\x19.vllm_audit.v1.HookConfigH\x00\x42\x06\n\x04\x62ody\"S\n\x10ReadAuditRequest\x12\x14\n\x0cinstance_key\x18\x01 \x01(\x0c\x12\x11\n\ttrail_ids\x18\x02 \x03(\t\x12\x16\n\x0einclude_events\x18\x03 \x01(\x08\"\x87\x02\n\x0eReadAuditReply\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x15\n\rfinish_reason\x18\x02 \x01(\t\x12\x17\n\x0fgrammar_backend\x18\x03 \x01(\t\x12\x19\n\x11grammar_spec_type\x18\x04 \x01(\t\x12\x15\n\rgrammar_error\x18\x05 \x01(\t\x12\x41\n\x11structured_output\x18\x06 \x01(\x0b\x32&.vllm_audit.v1.StructuredOutputSummary\x12$\n\x06\x65vents\x18\x07 \x03(\x0b\x32\x14.vllm_audit.v1.Event\x12\x16\n\x0e\x65vents_omitted\x18\x08 \x01(\x05*\xe3\x01\n\rRefusalReason\x12\x1e\n\x1aREFUSAL_REASON_UNSPECIFIED\x10\x00\x12\x1b\n\x17REFUSAL_REASON_WAL_FULL\x10\x01\x12\x1c\n\x18REFUSAL_REASON_DISK_FULL\x10\x02\x12\x1d\n\x19REFUSAL_REASON_DISK_ERROR\x10\x03\x12 \n\x1cREFUSAL_REASON_SHUTTING_DOWN\x10\x04\x12\x1a\n\x16REFUSAL_REASON_INVALID\x10\x05\x12\x1a\n\x16REFUSAL_REASON_TOO_BIG\x10\x06\x32\x9c\x01\n\rIngestService\x12>\n\x06Stream\x12\x14.vllm_audit.v1.Batch\x1a\x1a.vllm_audit.v1.IngestReply(\x01\x30\x01\x12K\n\tReadAudit\x12\x1f.vllm_audit.v1.ReadAuditRequest\x1a\x1d.vllm_audit.v1.ReadAuditReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'vllm_audit.v1.ingest_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_REFUSALREASON']._serialized_start=419
-  _globals['_REFUSALREASON']._serialized_end=646
+  _globals['_REFUSALREASON']._serialized_start=770
+  _globals['_REFUSALREASON']._serialized_end=997
   _globals['_HOOKCONFIG']._serialized_start=73
   _globals['_HOOKCONFIG']._serialized_end=159
   _globals['_ACK']._serialized_start=162
   _globals['_ACK']._serialized_end=313
   _globals['_INGESTREPLY']._serialized_start=315
   _globals['_INGESTREPLY']._serialized_end=416
-  _globals['_INGESTSERVICE']._serialized_start=648
-  _globals['_INGESTSERVICE']._serialized_end=727
+  _globals['_READAUDITREQUEST']._serialized_start=418
+  _globals['_READAUDITREQUEST']._serialized_end=501
+  _globals['_READAUDITREPLY']._serialized_start=504
+  _globals['_READAUDITREPLY']._serialized_end=767
+  _globals['_INGESTSERVICE']._serialized_start=1000
+  _globals['_INGESTSERVICE']._serialized_end=1156
 # @@protoc_insertion_point(module_scope)

@@ -1,8 +1,9 @@
 from vllm_audit.v1 import events_pb2 as _events_pb2
+from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Mapping as _Mapping
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
@@ -59,3 +60,33 @@ class IngestReply(_message.Message):
     ack: Ack
     config: HookConfig
     def __init__(self, ack: _Optional[_Union[Ack, _Mapping]] = ..., config: _Optional[_Union[HookConfig, _Mapping]] = ...) -> None: ...
+
+class ReadAuditRequest(_message.Message):
+    __slots__ = ("instance_key", "trail_ids", "include_events")
+    INSTANCE_KEY_FIELD_NUMBER: _ClassVar[int]
+    TRAIL_IDS_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_EVENTS_FIELD_NUMBER: _ClassVar[int]
+    instance_key: bytes
+    trail_ids: _containers.RepeatedScalarFieldContainer[str]
+    include_events: bool
+    def __init__(self, instance_key: _Optional[bytes] = ..., trail_ids: _Optional[_Iterable[str]] = ..., include_events: _Optional[bool] = ...) -> None: ...
+
+class ReadAuditReply(_message.Message):
+    __slots__ = ("request_id", "finish_reason", "grammar_backend", "grammar_spec_type", "grammar_error", "structured_output", "events", "events_omitted")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
+    GRAMMAR_BACKEND_FIELD_NUMBER: _ClassVar[int]
+    GRAMMAR_SPEC_TYPE_FIELD_NUMBER: _ClassVar[int]
+    GRAMMAR_ERROR_FIELD_NUMBER: _ClassVar[int]
+    STRUCTURED_OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_OMITTED_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    finish_reason: str
+    grammar_backend: str
+    grammar_spec_type: str
+    grammar_error: str
+    structured_output: _events_pb2.StructuredOutputSummary
+    events: _containers.RepeatedCompositeFieldContainer[_events_pb2.Event]
+    events_omitted: int
+    def __init__(self, request_id: _Optional[str] = ..., finish_reason: _Optional[str] = ..., grammar_backend: _Optional[str] = ..., grammar_spec_type: _Optional[str] = ..., grammar_error: _Optional[str] = ..., structured_output: _Optional[_Union[_events_pb2.StructuredOutputSummary, _Mapping]] = ..., events: _Optional[_Iterable[_Union[_events_pb2.Event, _Mapping]]] = ..., events_omitted: _Optional[int] = ...) -> None: ...

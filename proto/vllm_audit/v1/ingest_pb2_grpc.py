@@ -40,6 +40,11 @@ class IngestServiceStub:
                 request_serializer=vllm__audit_dot_v1_dot_events__pb2.Batch.SerializeToString,
                 response_deserializer=vllm__audit_dot_v1_dot_ingest__pb2.IngestReply.FromString,
                 _registered_method=True)
+        self.ReadAudit = channel.unary_unary(
+                '/vllm_audit.v1.IngestService/ReadAudit',
+                request_serializer=vllm__audit_dot_v1_dot_ingest__pb2.ReadAuditRequest.SerializeToString,
+                response_deserializer=vllm__audit_dot_v1_dot_ingest__pb2.ReadAuditReply.FromString,
+                _registered_method=True)
 
 
 class IngestServiceServicer:
@@ -51,6 +56,14 @@ class IngestServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReadAudit(self, request, context):
+        """NOT_FOUND when no trail of trail_ids is held that the key may read (which of the two is
+        not said); INVALID_ARGUMENT for a request over its bounds.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_IngestServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -58,6 +71,11 @@ def add_IngestServiceServicer_to_server(servicer, server):
                     servicer.Stream,
                     request_deserializer=vllm__audit_dot_v1_dot_events__pb2.Batch.FromString,
                     response_serializer=vllm__audit_dot_v1_dot_ingest__pb2.IngestReply.SerializeToString,
+            ),
+            'ReadAudit': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReadAudit,
+                    request_deserializer=vllm__audit_dot_v1_dot_ingest__pb2.ReadAuditRequest.FromString,
+                    response_serializer=vllm__audit_dot_v1_dot_ingest__pb2.ReadAuditReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -87,6 +105,33 @@ class IngestService:
             '/vllm_audit.v1.IngestService/Stream',
             vllm__audit_dot_v1_dot_events__pb2.Batch.SerializeToString,
             vllm__audit_dot_v1_dot_ingest__pb2.IngestReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReadAudit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vllm_audit.v1.IngestService/ReadAudit',
+            vllm__audit_dot_v1_dot_ingest__pb2.ReadAuditRequest.SerializeToString,
+            vllm__audit_dot_v1_dot_ingest__pb2.ReadAuditReply.FromString,
             options,
             channel_credentials,
             insecure,
