@@ -51,6 +51,10 @@ def register() -> None:
 
             if not enabled_in_env():
                 return
+            from vllm_hooks.config.instance_key import instance_key
+
+            # Now, while vLLM parses its arguments: the engine it starts later inherits it.
+            instance_key()
             from vllm_hooks.config.env_vars import ENV_FAIL_OPEN
             from vllm_hooks.config.settings import settings
             from vllm_hooks.config.start_policy import start_policy

@@ -1,6 +1,8 @@
 """VLLM_AUDIT_IN_RESPONSE through `vllm serve` and the real `openai` client: chat and completion
 responses carry usage.structured_output_audit, non-streaming and in a stream's final usage
-chunk, and it is the audit the agent holds for the request."""
+chunk, and it is the audit the agent holds for the request. Set up as the README says: the
+variable alone (the hook reads back over its ingest socket; the query-API path with
+VLLM_AUDIT_QUERY_ADDRESS + _TOKEN is tests/hooks/test_response_readers.py)."""
 
 from __future__ import annotations
 
@@ -32,12 +34,10 @@ def response_agent(e2e_tmp: Path) -> Iterator[Agent]:
 
 @pytest.fixture(scope="module")
 def response_server(tiny_model: Path, e2e_tmp: Path, response_agent: Agent) -> Iterator[str]:
+    # Out of the box: no query address or token; the hook reads back over its ingest socket.
     proc, base = procs.start_vllm_server(
         tiny_model, e2e_tmp, response_agent.socket, API_KEY,
         VLLM_AUDIT_IN_RESPONSE="true", VLLM_AUDIT_RESPONSE_LEVEL="full",
-        VLLM_AUDIT_QUERY_ADDRESS=response_agent.query_address,
-        # The agent's local admin token: any token with read access to every tenant works.
-        VLLM_AUDIT_QUERY_TOKEN=procs.admin_token(e2e_tmp / "response-agent"),
         VLLM_AUDIT_RESPONSE_TIMEOUT_MS="5000",
     )
     try:
@@ -79,9 +79,13 @@ def _check(audit: dict[str, Any], client_id: str, completion_tokens: int,
     trail = wait_for_trail(agent.query, audit["request_id"],
                            lambda t: t.summary.finish_reason != "")
     so = trail.summary.structured_output
+    # Counts are JSON numbers, like vLLM's own usage fields (64-bit ones too).
+    assert all(type(summary[k]) is int for k in ("steps", "allowed_tokens_min",
+                                                 "allowed_tokens_max"))
+    assert all(type(a) is int for s in steps for a in s["allowed_per_token"])
     assert (so.steps, so.accepted_tokens, so.allowed_tokens_min, so.allowed_tokens_max) == (
-        summary["steps"], summary["accepted_tokens"], int(summary["allowed_tokens_min"]),
-        int(summary["allowed_tokens_max"]))
+        summary["steps"], summary["accepted_tokens"], summary["allowed_tokens_min"],
+        summary["allowed_tokens_max"])
 
 
 def test_chat_response_carries_the_audit(response_server: str, response_agent: Agent) -> None:

@@ -61,6 +61,7 @@ ANY_VALUE = {
     "VLLM_AUDIT_HMAC_KEY": "any bytes are a key",
     "VLLM_AUDIT_QUERY_TOKEN": "any text is a token (the agent judges it)",
     "VLLM_AUDIT_LOG_DIR": "only named in a start-up note (the agent's --data-dir)",
+    "VLLM_AUDIT_INSTANCE_KEY": "made by the hook itself; any text is a key",
 }
 
 

@@ -95,9 +95,13 @@ ENV_RESPONSE_LEVEL = "VLLM_AUDIT_RESPONSE_LEVEL"
 #: agent reached over TCP, or one that keeps its ingest socket from readers).
 ENV_QUERY_ADDRESS = "VLLM_AUDIT_QUERY_ADDRESS"
 #: Bearer token for that query API (role auditor or admin); kept out of logs. Set alone, the
-#: address is DEFAULT_QUERY_ADDRESS (the agent's default query port).
+#: address is 127.0.0.1:50051 (the agent's default --query-address).
 ENV_QUERY_TOKEN = "VLLM_AUDIT_QUERY_TOKEN"
 DEFAULT_QUERY_ADDRESS = "127.0.0.1:50051"
+#: Not a setting: the random key the first hook process of a vLLM launch makes and the
+#: processes it starts inherit (instance_key.py), so the API server may read back the audit
+#: its EngineCore wrote. Any value works; set it only to share one key on purpose.
+ENV_INSTANCE_KEY = "VLLM_AUDIT_INSTANCE_KEY"
 #: Longest a response waits for its audit (the engine's events reach the agent in ~flush ms).
 ENV_RESPONSE_TIMEOUT_MS = "VLLM_AUDIT_RESPONSE_TIMEOUT_MS"
 #: true: the hook clocks its own calls on vLLM's threads and its sender threads' CPU time and

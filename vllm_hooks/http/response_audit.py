@@ -2,33 +2,30 @@
 
 The structured-output audit is made in the EngineCore process and reaches the agent through
 that process's sender; the API server, which writes the response, never holds it. So the
-middleware asks the agent's query API for the request's trail (keyed by the X-Request-Id the
-middleware saw or injected) once the response's final part is ready, and waits until the
-engine's finish is in the trail — the hook offers a request's structured-output summary just
-before its finish, so then the summary is there too. The wait is bounded
-(VLLM_AUDIT_RESPONSE_TIMEOUT_MS); past it the response goes out with
-`{"error": "audit not available within N ms"}` in the field, never held longer.
+middleware reads the request's trail back from the agent (keyed by the X-Request-Id the
+middleware injected) once the response's final part is ready, and waits until the engine's
+finish is in the trail — the hook offers a request's structured-output summary just before
+its finish, so then the summary is there too. It reads over the ingest socket the hook
+already streams to, or from the query API when VLLM_AUDIT_QUERY_TOKEN is set (audit_readers.py).
+The wait is bounded (VLLM_AUDIT_RESPONSE_TIMEOUT_MS); past it the response goes out with
+`{"error": "audit not available within N ms (why)"}` in the field, never held longer.
 
 The gRPC call is synchronous and runs in a worker thread (`asyncio.to_thread`): vLLM's event
-loop never blocks on it. The channel is opened lazily in the process that uses it.
+loop never blocks on it. Counts are JSON numbers (proto_json.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
-import threading
 import time
 from collections.abc import MutableMapping
 from typing import Any
 
-import grpc
 import orjson
-from google.protobuf import json_format
 
-from vllm_audit.v1 import query_pb2 as q
-from vllm_audit.v1 import query_pb2_grpc
 from vllm_hooks.config.settings import HookSettings
+from vllm_hooks.http.audit_readers import Found, ReadError, reader_for
+from vllm_hooks.http.proto_json import message_dict
 
 #: Field added to the response's `usage` object.
 FIELD = "structured_output_audit"
@@ -37,26 +34,9 @@ _POLL_S = 0.005
 
 class ResponseAuditor:
     def __init__(self, settings: HookSettings) -> None:
-        self.address = settings.query_address
-        # The query API wants a bearer token with read access to every tenant (role auditor).
-        self.metadata = (("authorization", f"Bearer {settings.query_token}"),) \
-            if settings.query_token else ()
+        self.reader = reader_for(settings)
         self.full = settings.response_level == "full"
         self.timeout_s = settings.response_timeout_ms / 1000.0
-        self._lock = threading.Lock()
-        self._channel: tuple[int, grpc.Channel, Any] | None = None
-
-    def _stub(self) -> Any:
-        with self._lock:
-            current = self._channel
-            if current is None or current[0] != os.getpid():
-                channel = grpc.insecure_channel(self.address)
-                # generated gRPC stubs are untyped.
-                # the ignore[no-untyped-call] below: generated gRPC stubs are untyped
-                stub = query_pb2_grpc.QueryServiceStub(channel)  # type: ignore[no-untyped-call]
-                current = (os.getpid(), channel, stub)
-                self._channel = current
-            return current[2]
 
     async def audit(self, trail_ids: tuple[str, ...]) -> dict[str, Any]:
         """The first of `trail_ids` the agent holds with the engine's finish in it."""
@@ -65,57 +45,36 @@ class ResponseAuditor:
     def _audit_blocking(self, trail_ids: tuple[str, ...]) -> dict[str, Any]:
         start = time.perf_counter()
         deadline = start + self.timeout_s
-        stub = self._stub()
         last_error = "no trail yet"
         while True:
-            for trail_id in trail_ids:
-                remaining = deadline - time.perf_counter()
-                if remaining <= 0:
-                    return {"error": f"audit not available within "
-                                     f"{self.timeout_s * 1000:.0f} ms ({last_error})"}
-                try:
-                    trail = self._get(stub, trail_id, remaining)
-                except grpc.RpcError as exc:
-                    if exc.code() != grpc.StatusCode.NOT_FOUND:
-                        last_error = f"agent: {exc.code().name}"
-                    continue
-                if trail.summary.finish_reason or trail.summary.grammar_error:
-                    return self._render(trail, time.perf_counter() - start)
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                return {"error": f"audit not available within "
+                                 f"{self.timeout_s * 1000:.0f} ms ({last_error})"}
+            try:
+                found = self.reader.read(trail_ids, remaining)
+            except ReadError as exc:
+                last_error = str(exc)
+                found = None
+            if found is not None:
+                if found.done:
+                    return self._render(found, time.perf_counter() - start)
                 last_error = "engine finish not in the trail yet"
             time.sleep(min(_POLL_S, max(deadline - time.perf_counter(), 0)))
 
-    def _get(self, stub: Any, trail_id: str, timeout: float) -> q.GetTrailResponse:
-        """The trail, every page of its events (a long trail exceeds one message)."""
-        request = q.GetTrailRequest(request_id=trail_id, include_events=self.full)
-        trail: q.GetTrailResponse = stub.GetTrail(request, timeout=timeout,
-                                                  metadata=self.metadata)
-        while trail.next_event_offset:
-            request.event_offset = trail.next_event_offset
-            page = stub.GetTrail(request, timeout=timeout, metadata=self.metadata)
-            trail.events.extend(page.events)
-            trail.next_event_offset = page.next_event_offset
-        return trail
-
-    def _render(self, trail: q.GetTrailResponse, waited_s: float) -> dict[str, Any]:
-        s = trail.summary
+    def _render(self, found: Found, waited_s: float) -> dict[str, Any]:
         out: dict[str, Any] = {
-            "request_id": s.request_id,
+            "request_id": found.request_id,
             "audit_summary": {
-                "grammar_backend": s.grammar_backend,
-                "grammar_spec_type": s.grammar_spec_type,
-                "grammar_error": s.grammar_error,
-                **json_format.MessageToDict(
-                    s.structured_output, preserving_proto_field_name=True,
-                    always_print_fields_with_no_presence=True),
+                "grammar_backend": found.grammar_backend,
+                "grammar_spec_type": found.grammar_spec_type,
+                "grammar_error": found.grammar_error,
+                **message_dict(found.structured_output, with_defaults=True),
             },
             "audit_wait_ms": round(waited_s * 1000.0, 3),
         }
         if self.full:
-            out["events"] = [
-                json_format.MessageToDict(e, preserving_proto_field_name=True)
-                for e in trail.events
-                if e.WhichOneof("body") in ("grammar_compiled", "so_step", "so_summary")
-            ]
+            out["events"] = [message_dict(e) for e in found.events]
         return out
 
 

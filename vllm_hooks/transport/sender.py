@@ -27,6 +27,7 @@ from collections.abc import Callable
 
 from vllm_audit.v1 import events_pb2 as pb
 from vllm_hooks.config.gpu_identity import visible_gpu_uuids
+from vllm_hooks.config.instance_key import instance_key, instance_tag
 from vllm_hooks.config.settings import HookSettings
 from vllm_hooks.errors import InternalErrors
 from vllm_hooks.events.raw_events import EventConverter
@@ -72,6 +73,8 @@ class Sender:
         #: Reported in every batch (a reconnect reaches a restarted agent with it too).
         self.gpu_uuids = visible_gpu_uuids(os.environ)
         self.source_id = f"{socket.gethostname()}:{os.getpid()}:{time.time_ns()}"
+        #: Which vLLM launch this process belongs to (instance_key.py): who may read back.
+        self.instance_tag = instance_tag(instance_key())
         self.stats = SenderStats()
         #: VLLM_AUDIT_SELF_TIMING: cumulative figures on every batch, and a batch of their own
         #: at most every TIMING_REPORT_S when nothing else is sent.
@@ -201,6 +204,7 @@ class Sender:
             config_epoch=applied[1],
             config_version=applied[2],
             gpu_uuids=self.gpu_uuids,
+            instance_tag=self.instance_tag,
         )
         for reason, n in drops.items():
             batch.gap.dropped_by_reason[reason] = n

@@ -70,7 +70,8 @@ class IngestLedger:
         for reason in REFUSAL_REASONS:
             self.counters[f"refused_batches_{reason}"] += 0
         for name in ("duplicate_batches", "wal_replay_duplicates", "dedup_holes_skipped",
-                     "dedup_epochs_evicted"):
+                     "dedup_epochs_evicted", "read_audit_answered", "read_audit_not_found",
+                     "read_audit_invalid"):
             self.counters[name] += 0
         for name in ("events_without_body", "malformed_batches", "replay_quarantined_batches",
                      "replay_quarantine_failed"):
@@ -131,6 +132,8 @@ class IngestLedger:
             events = classify(batch)
         source = self.source(batch.source_id)
         source.role, source.model = batch.process_role, batch.model or source.model
+        if batch.instance_tag:
+            source.instance_tag = batch.instance_tag
         if batch.applied_level:
             self.levels.note_applied(batch.source_id, batch.applied_level, batch.config_epoch,
                                      batch.config_version)

@@ -1,4 +1,5 @@
-"""IngestService: hooks stream batches in; the agent answers every one.
+"""IngestService: hooks stream batches in; the agent answers every one. (`ReadAudit`, the
+in-response audit read back by a hook, is read_back.py.)
 
 Per batch, in order:
 1. Shutting down -> refused `shutting_down` (retriable: the hook keeps the batch).
@@ -49,6 +50,7 @@ from vllm_audit.v1 import events_pb2 as pb
 from vllm_audit.v1 import ingest_pb2, ingest_pb2_grpc
 from vllm_audit_agent.control.level import LevelControl
 from vllm_audit_agent.ingest.ledger import DISK_REFUSALS, REFUSAL_REASONS, IngestLedger
+from vllm_audit_agent.ingest.read_back import check_request, read_audit
 from vllm_audit_agent.ingest.session import Session
 from vllm_audit_agent.model.validation import Verdict, validate
 from vllm_audit_agent.storage.wal import WalRefused
@@ -169,6 +171,22 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                 await context.write(reply)
             finally:
                 session.outbox.task_done()
+
+    async def ReadAudit(self, request: ingest_pb2.ReadAuditRequest,
+                        context: grpc.aio.ServicerContext[Any, Any]) -> ingest_pb2.ReadAuditReply:
+        """A hook reads back the structured-output audit of a request its vLLM served
+        (read_back.py says who may read what)."""
+        problem = check_request(request)
+        if problem:
+            self.ledger.counters["read_audit_invalid"] += 1
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+        reply = read_audit(request, self.ledger.trails, self.ledger.sources)
+        if reply is None:
+            self.ledger.counters["read_audit_not_found"] += 1
+            await context.abort(grpc.StatusCode.NOT_FOUND,
+                                "no trail of these ids that this vLLM wrote")
+        self.ledger.counters["read_audit_answered"] += 1
+        return reply
 
     def begin(self, batch: pb.Batch) -> ingest_pb2.IngestReply | asyncio.Task[ingest_pb2.IngestReply]:
         """Validates `batch` and starts its store unit: a refusal, or the unit whose result is

@@ -98,6 +98,8 @@ class SourceState:
     epochs_evicted: int = 0
     #: The hook's own cost, latest cumulative report (VLLM_AUDIT_SELF_TIMING hooks only).
     self_timing: pb.HookSelfTiming | None = None
+    #: Batch.instance_tag: the vLLM launch this source belongs to (who may read back).
+    instance_tag: bytes = b""
 
     def window(self, epoch: int) -> SeqWindow:
         window = self.windows.get(epoch)
