@@ -216,6 +216,12 @@ class AgentConfig:
     record_log_max_bytes: int = declare(
         "--record-log-max-bytes", "VLLM_AUDIT_RECORD_LOG_MAX_BYTES", 4 << 30,
         "cap on the record log", metavar="BYTES", check=positive)
+    record_expire_by_size: bool = declare(
+        "--record-expire-by-size", "VLLM_AUDIT_RECORD_EXPIRE_BY_SIZE", False,
+        "let retention expire request records before their age to keep the record log under "
+        "its cap — only records already published and sealed; without it a full log refuses "
+        "new records (back-pressure, counted and alerted) and the evidence stays",
+        default_note="age only")
     query_rate_per_token: float = declare(
         "--query-rate-per-token", "VLLM_AUDIT_QUERY_RATE_PER_TOKEN", 50.0,
         "query and control calls per second each non-admin token may make (bursts of twice "

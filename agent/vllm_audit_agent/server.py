@@ -48,6 +48,7 @@ from vllm_audit_agent.delivery.publisher import Publisher
 from vllm_audit_agent.ingest.service import IngestServicer, replay_wal
 from vllm_audit_agent.log_limit import install as install_log_limit
 from vllm_audit_agent.records.chain import load_or_create_signer
+from vllm_audit_agent.records.identity import identity_from_env
 from vllm_audit_agent.records.log import RecordLog
 from vllm_audit_agent.state import AgentState
 from vllm_audit_agent.storage.datadir import DataDirLock
@@ -93,6 +94,8 @@ def _record_log(config: AgentConfig, kind: Callable[..., RecordLog] = RecordLog)
                      checkpoint_every=config.checkpoint_every,
                      checkpoint_interval=config.checkpoint_interval_seconds,
                      access_budget_bytes=config.access_records_max_bytes or None,
+                     expire_by_size=config.record_expire_by_size,
+                     identity=identity_from_env(),
                      # Retention deletes whole segments: ~1/16 of the cap each.
                      segment_bytes=max(1024, min(64 << 20, config.record_log_max_bytes // 16)))
 

@@ -46,7 +46,7 @@ async def test_http_and_engine_halves_join_in_either_order(tmp_path: Path) -> No
         await hook.send(1, lifecycle("chatcmpl-aaa-1a2b3c4d", pb.LIFECYCLE_PHASE_ADDED, 10**15))
         await hook.send(2, lifecycle("chatcmpl-aaa-1a2b3c4d", pb.LIFECYCLE_PHASE_FINISHED, 10**15,
                                      finish_reason="stop", num_output_tokens=5))
-        assert not published.records
+        assert not requests_of(published)
         await hook.send(3, http("aaa", 200, 10**15))
         # HTTP first, then engine.
         await hook.send(4, http("bbb", 200, 10**15))
@@ -173,7 +173,7 @@ async def test_linger_finalises_a_half_trail(tmp_path: Path) -> None:
             Hook(handle.state.config.ingest_socket) as hook:
         await hook.send(1, lifecycle("chatcmpl-lonely-1a2b3c4d", pb.LIFECYCLE_PHASE_FINISHED,
                                      10**15, finish_reason="stop"))
-        assert not published.records  # waits for its HTTP half...
+        assert not requests_of(published)  # waits for its HTTP half...
         assert await published_keys(published, 1) == ["lonely"]  # ...but not forever
         assert handle.state.trails.counters["finalised_by_linger"] == 1
 

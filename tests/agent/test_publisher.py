@@ -69,7 +69,9 @@ def verify_kafka(broker: KafkaBroker, tmp_path: Path) -> tuple[int, dict[str, ob
          "--public-key", str(tmp_path / "data" / PUBLIC_KEY_NAME)],
         capture_output=True, text=True, timeout=60)
     assert done.returncode in (0, 1) and done.stdout, done.stderr
-    return done.returncode, orjson.loads(done.stdout)
+    out = orjson.loads(done.stdout)
+    assert len(out["logs"]) == 1, out  # one agent, one log on the topics
+    return done.returncode, out["logs"][0]
 
 
 async def test_the_cursor_survives_a_restart(broker: KafkaBroker, tmp_path: Path) -> None:
@@ -80,16 +82,17 @@ async def test_the_cursor_survives_a_restart(broker: KafkaBroker, tmp_path: Path
             Hook(config.ingest_socket) as hook:
         for seq in range(1, 6):
             await hook.send(seq, finished(f"{seq}-f1rst000"))
-        await until(lambda: handle.state.records.durable_seq == 5
+        await until(lambda: handle.state.records.durable_seq == 6
                     and publisher.backlog_records == 0, "first run published")
-    assert (tmp_path / "data" / "records" / "cursor").read_text().strip() == "6"  # + checkpoint
+    # the genesis, 5 requests and the checkpoint at the stop
+    assert (tmp_path / "data" / "records" / "cursor").read_text().strip() == "7"
 
     publisher = KafkaPublisher(broker.bootstrap, config.kafka_topic_prefix, max_backoff=0.5)
     async with running_agent(config, publisher=publisher) as handle, \
             Hook(config.ingest_socket, source="src-2") as hook:
         for seq in range(1, 4):
             await hook.send(seq, finished(f"{seq}-sec0nd00"))
-        await until(lambda: handle.state.records.durable_seq == 9
+        await until(lambda: handle.state.records.durable_seq == 10
                     and publisher.backlog_records == 0, "second run published")
         # Only what came after the cursor was sent: the 3 new records, nothing again.
         assert publisher.counters["published"] == 3
@@ -100,8 +103,8 @@ async def test_the_cursor_survives_a_restart(broker: KafkaBroker, tmp_path: Path
     ids = [r["event_id"] for r in records]
     assert len(ids) == 8 and len(set(ids)) == 8
     code, report = verify_kafka(broker, tmp_path)
-    # 8 requests and 2 checkpoints (one per clean stop), one chain across both runs.
-    assert code == 0 and (report["records"], report["checkpoints"]) == (10, 2), report
+    # The genesis, 8 requests and 2 checkpoints (one per clean stop), one log across both runs.
+    assert code == 0 and (report["records"], report["checkpoints"]) == (11, 2), report
 
 
 async def test_a_frozen_broker_loses_nothing(broker: KafkaBroker, tmp_path: Path) -> None:
@@ -148,10 +151,10 @@ async def test_a_record_too_large_for_the_broker_is_dead_lettered(
                     and publisher.backlog_records == 0, "settled")
         assert publisher.dead_lettered["too_large"] == 1
         assert publisher.failures["too_large"] == 1
-        assert publisher.counters["published"] == 1
+        assert publisher.counters["published"] == 2  # the genesis and the small record
     parked = [orjson.loads(line) for line in
               (tmp_path / "data" / "records" / DEAD_LETTER_NAME).read_bytes().splitlines()]
-    assert [(p["seq"], p["reason"]) for p in parked] == [(1, "too_large")]
+    assert [(p["seq"], p["reason"]) for p in parked] == [(2, "too_large")]
     assert orjson.loads(parked[0]["record"])["request_id"] == "huge"
     assert (tmp_path / "data" / "records" / DEAD_LETTER_NAME).stat().st_mode & 0o777 == 0o600
     records = await consume(broker.bootstrap, "vllm-audit.requests", 1)

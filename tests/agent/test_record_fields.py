@@ -129,7 +129,7 @@ def test_records_validate_against_the_schema_and_it_rejects_drift() -> None:
         pb.Event(time_unix_nano=10**18, request_id="0-1a2b3c4d", lifecycle=pb.RequestLifecycle(
             phase=pb.LIFECYCLE_PHASE_FINISHED, finish_reason="stop"))]), segment=1)
     record = {**trail_record(final[0].summary), "type": RECORD_TYPE_REQUEST,
-              "recorded_unix_ms": 1_795_000_000_000}
+              "recorded_unix_ms": 1_795_000_000_000, "log_id": "0f" * 16}
     record = json.loads(seal(record, seq=1, prev_hash=GENESIS_HASH))  # as the record log writes
     validator = jsonschema.Draft202012Validator(json.loads(SCHEMA_FILE.read_text()))
     validator.validate(record)

@@ -64,8 +64,9 @@ async def test_the_chain_continues_across_restarts(tmp_path: Path) -> None:
     await again.write_pending()
     again.close()
     report = verify_chain(read_records(tmp_path), signer.public_key)
-    # 11 requests; checkpoints after 4, 8 and the last one.
-    assert report.intact and (report.records, report.checkpoints) == (14, 3)
+    # The genesis, 11 requests; checkpoints after 4, 8 and the last one.
+    assert report.intact and (report.records, report.checkpoints) == (15, 3)
+    assert report.log_id == again.log_id == log.log_id and report.tree_size == 15
 
 
 def test_a_key_is_generated_once_0600_with_its_public_key(tmp_path: Path) -> None:
@@ -99,13 +100,15 @@ async def test_retention_by_age_expires_published_segments_only(tmp_path: Path) 
     log.append(request(99))  # a new segment, recent
     await log.write_pending()
     assert log.reclaim() == 0  # nothing published yet: all still owed to the sink
-    log.acknowledged(3, 0)
-    expired = log.reclaim()
-    assert expired >= 1 and log.counters["expired_segments_age"] == expired
+    log.acknowledged(4, 0)
+    assert log.reclaim() == 0  # a seal first: the segments go once it is durable
+    await log.write_pending()
+    expired = log.counters["expired_segments_age"]
+    assert expired >= 1 and log.counters["seals_written"] == 1
     assert log.counters["expired_segments_size"] == 0
-    left = [orjson.loads(p)["request_id"] for p in read_records(tmp_path)]
-    # What the sink had not acknowledged (seq > 3) is still there, and the recent record.
-    assert left[-4:] == ["req-3", "req-4", "req-5", "req-99"]
+    left = [orjson.loads(p).get("request_id") for p in read_records(tmp_path)]
+    # What the sink had not acknowledged (seq > 4) is still there, and the recent record.
+    assert [r for r in left if r][-4:] == ["req-3", "req-4", "req-5", "req-99"]
     log.close()
 
 
@@ -119,7 +122,8 @@ async def test_the_publisher_reads_from_disk_when_its_tail_overflowed(tmp_path: 
     await publisher.start(log)
     await until(lambda: log.backlog_records == 0, "backlog published")
     await publisher.stop(5)
-    keys = [key for topic, key, _ in publisher.records if topic == "requests"]
+    keys = [v["request_id"] for topic, _, v in publisher.records
+            if topic == "requests"]
     assert keys == [f"req-{i}" for i in range(300)]  # each once, in order
     assert log.counters["disk_reads"] >= 1
     assert (tmp_path / "cursor").read_text().strip() == str(log.head_seq)
@@ -142,7 +146,8 @@ async def test_disk_reads_go_on_from_where_they_stopped_across_segments(
     await publisher.start(log)
     await until(lambda: log.backlog_records == 0, "backlog published")
     await publisher.stop(5)
-    keys = [key for topic, key, _ in publisher.records if topic == "requests"]
+    keys = [v["request_id"] for topic, _, v in publisher.records
+            if topic == "requests"]
     assert keys == [f"req-{i}" for i in range(400)]
     assert log.counters["disk_reads"] >= 20
     on_disk = log.durable_seq  # the tail went with the acknowledgements: all on disk
@@ -172,7 +177,8 @@ async def test_a_full_log_keeps_records_queued_until_there_is_room(tmp_path: Pat
     assert recorded == list(range(12))
     await log.stop(5)
     await publisher.stop(5)
-    keys = [key for topic, key, _ in publisher.records if topic == "requests"]
+    keys = [v["request_id"] for topic, _, v in publisher.records
+            if topic == "requests"]
     assert keys == [f"req-{i}" for i in range(12)]
     log.close()
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import orjson
 from aiokafka import AIOKafkaConsumer
 
 from harness.kafka_broker import KafkaBroker
@@ -80,7 +81,8 @@ async def test_kafka_outage_fills_the_record_log_then_the_wal_and_drains_after(
 ) -> None:
     broker = KafkaBroker()  # its port is chosen, the broker not started yet: Kafka is down
     config = agent_config(tmp_path, wal_segment_bytes=SEGMENT_BYTES, wal_max_bytes=2000,
-                          record_log_max_bytes=16_000, kafka_bootstrap=broker.bootstrap)
+                          record_log_max_bytes=16_000, kafka_bootstrap=broker.bootstrap,
+                          record_expire_by_size=True)
     publisher = KafkaPublisher(broker.bootstrap, config.kafka_topic_prefix, max_backoff=0.5)
     async with running_agent(config, publisher=publisher) as handle, \
             Hook(config.ingest_socket) as hook:
@@ -120,7 +122,7 @@ async def test_kafka_outage_fills_the_record_log_then_the_wal_and_drains_after(
                 async with asyncio.timeout(30):
                     while not set(stored) <= keys:
                         for records in (await consumer.getmany(timeout_ms=500)).values():
-                            keys.update(r.key.decode() for r in records if r.key)
+                            keys.update(orjson.loads(r.value)["trail_id"] for r in records)
             finally:
                 await consumer.stop()
             assert keys == set(stored)
@@ -137,7 +139,8 @@ async def test_without_kafka_the_record_log_keeps_the_newest_records_up_to_its_c
     tmp_path: Path,
 ) -> None:
     cap = 20_000
-    async with agent(tmp_path, wal_segment_bytes=SEGMENT_BYTES, record_log_max_bytes=cap) as (
+    async with agent(tmp_path, wal_segment_bytes=SEGMENT_BYTES, record_log_max_bytes=cap,
+                     record_expire_by_size=True) as (
             handle, published), Hook(handle.state.config.ingest_socket) as hook:
         state = handle.state
         for seq in range(1, 61):

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+import orjson
 
 from harness import procs
 from vllm_audit.v1 import query_pb2, query_pb2_grpc
@@ -216,7 +217,8 @@ def kafka_keys(bootstrap: str, topic: str = "vllm-audit.requests",
             while time.monotonic() < deadline:
                 got = await consumer.getmany(timeout_ms=1000)
                 for records in got.values():
-                    keys += [r.key.decode() for r in records if r.key]
+                    # the trail ids (the Kafka key is the log's id)
+                    keys += [str(orjson.loads(r.value).get("trail_id")) for r in records if r.value]
                 if expect and len(set(keys)) >= expect and not got:
                     break
         finally:

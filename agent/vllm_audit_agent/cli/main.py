@@ -5,7 +5,8 @@ expected failure into one line on stderr and an exit code.
     run_agent.py         `agent`
     run_witness.py       `witness` (its options too)
     query_commands.py    query, set-level, delete, clear, tail (ask the running agent)
-    offline_commands.py  replay, verify, export, stats export (read what the agent wrote)
+    offline_commands.py  replay, export, stats export (read what the agent wrote)
+    evidence_commands.py verify, prove (check the evidence, prove one record)
     output.py            JSON and table printing
 
 Exit codes: 0 done, 1 the command failed (no agent, a broken chain, cannot start), 2 a usage
@@ -19,7 +20,8 @@ from collections.abc import Sequence
 
 import grpc
 
-from vllm_audit_agent.cli.offline_commands import run_export, run_replay, run_stats_export, run_verify
+from vllm_audit_agent.cli.evidence_commands import run_prove, run_verify
+from vllm_audit_agent.cli.offline_commands import run_export, run_replay, run_stats_export
 from vllm_audit_agent.cli.parser import PROG, build_parser, version
 from vllm_audit_agent.cli.query_commands import rpc_error, run_client
 from vllm_audit_agent.cli.run_agent import AgentStartError, run_agent
@@ -42,6 +44,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_replay(args)
         if args.command == "verify":
             return run_verify(args)
+        if args.command == "prove":
+            return run_prove(args)
         if args.command == "export":
             return run_export(args)
         if args.command == "stats":

@@ -1,6 +1,7 @@
-"""The commands that work on what the agent wrote rather than on the agent: verify a record
-chain, export the record log or the engine-stats history (from the data dir or Kafka), and
-replay a trail against its grammar (the trail from a file, Kafka, or the agent)."""
+"""The commands that work on what the agent wrote rather than on the agent: export the record
+log or the engine-stats history (from the data dir or Kafka), and replay a trail against its
+grammar (the trail from a file, Kafka, or the agent). `verify` and `prove` are in
+evidence_commands.py."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import orjson
 
 from vllm_audit.v1 import query_pb2 as q
 from vllm_audit.v1 import query_pb2_grpc
-from vllm_audit_agent.cli.output import dumps, emit
+from vllm_audit_agent.cli.output import emit
 from vllm_audit_agent.cli.parser import PROG
 from vllm_audit_agent.cli.query_commands import (
     client_channel,
@@ -24,7 +25,6 @@ from vllm_audit_agent.cli.query_commands import (
     timeout_of,
 )
 from vllm_audit_agent.config import AgentConfig
-from vllm_audit_agent.records.entry import TOPICS
 
 # Each command imports the modules only it needs (replay, verify, export, stats history) when
 # it runs, so the others start without them.
@@ -57,41 +57,6 @@ def run_replay(args: argparse.Namespace) -> int:
     code, result = run(args.trail, args.model, fetch, args.trail_id, fetch_records)
     emit(result, args.output or "json")
     return code
-
-
-def run_verify(args: argparse.Namespace) -> int:
-    from vllm_audit_agent.records.chain import load_public_key
-    from vllm_audit_agent.records.verify import (
-        Report,
-        kafka_payloads,
-        order_by_seq,
-        path_payloads,
-        verify_chain,
-    )
-
-    if (args.path is None) == (args.kafka_bootstrap is None):
-        raise ValueError("verify needs exactly one of PATH or --kafka-bootstrap")
-    key = load_public_key(args.public_key)
-    if args.path is not None:
-        report = verify_chain(path_payloads(args.path), key, args.allow_unsigned_tail)
-    else:
-        topics = args.topic or [f"{args.topic_prefix}.{topic}" for topic in TOPICS.values()]
-        payloads = asyncio.run(kafka_payloads(args.kafka_bootstrap, topics))
-        pre = Report()
-        ordered = order_by_seq(payloads, pre)
-        report = verify_chain(ordered, key, args.allow_unsigned_tail)
-        report.duplicates_collapsed = pre.duplicates_collapsed
-        if pre.broken is not None and (report.broken is None
-                                       or pre.broken.seq <= report.broken.seq):
-            report.broken = pre.broken
-    sys.stdout.write(dumps(report.to_dict()) + "\n")
-    if report.broken is not None:
-        b = report.broken
-        print(f"{PROG} verify: BROKEN at seq {b.seq}: {b.reason} ({b.detail})", file=sys.stderr)
-        return 1
-    print(f"{PROG} verify: intact: {report.records} records, seq {report.first_seq}.."
-          f"{report.last_seq}, {report.checkpoints} checkpoints", file=sys.stderr)
-    return 0
 
 
 def run_export(args: argparse.Namespace) -> int:

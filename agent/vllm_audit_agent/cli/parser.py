@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from vllm_audit.v1 import query_pb2 as q
+from vllm_audit_agent.cli import evidence_parser
 from vllm_audit_agent.cli.credentials import ENV_TOKEN, ENV_TOKEN_FILE
 from vllm_audit_agent.cli.run_witness import add_witness_parser
 from vllm_audit_agent.config import LEVELS, OPTIONS, AgentConfig, env_var
@@ -39,11 +40,16 @@ DESCRIPTION = f"""`vllm-audit`: run the agent, query it, switch the audit level.
     vllm-audit clear --confirm          (admin: every final trail of the query store)
     vllm-audit tail [--count N]
     vllm-audit verify PATH|--kafka-bootstrap B --public-key PEM [--allow-unsigned-tail]
+                      [--anchor FILE] [--anchor-kafka B] [--witness-url URL]
+                      [--witness-key PEM --require-cosignatures N]
+    vllm-audit prove PATH --seq N|--trail-id ID --public-key PEM [--witness-url URL]
     vllm-audit export [--data-dir DIR] [--since T] [--until T] [--format jsonl|csv]
     vllm-audit witness --key FILE --state-dir DIR --listen H:P --log-public-key PEM [--name N]
 
-verify exits 0 when the chain is intact and covered by checkpoints, 1 at the first break
-(named on stderr, the report on stdout as JSON), 2 on a usage error.
+verify exits 0 when the chain, the Merkle tree and the log's identity are intact, covered by
+checkpoints and consistent with every anchor; 1 at the first break (named on stderr, the
+report on stdout as JSON); 2 when the question cannot be answered (a usage error, Kafka or a
+witness unreachable within --timeout).
 
 The client options (--address, --output, --timeout, credentials, TLS) go before or after the
 subcommand. Client commands need a credential: --token, $VLLM_AUDIT_TOKEN, --token-file
@@ -158,18 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="read the trail id's newest record from <prefix>.requests in Kafka")
     s.add_argument("--topic-prefix", default="vllm-audit")
     s.add_argument("--model", required=True, help="the model directory (its tokenizer)")
-    v = sub.add_parser("verify", help="check a record chain: log directory, export file or Kafka")
-    v.add_argument("path", nargs="?", type=Path,
-                   help="record log directory (<data_dir>/records) or JSONL export file")
-    v.add_argument("--kafka-bootstrap", help="read the chain from Kafka instead")
-    v.add_argument("--topic", action="append",
-                   help="Kafka topic (repeatable); default every topic of the chain: <prefix>."
-                        "requests, .checkpoints and .access")
-    v.add_argument("--topic-prefix", default="vllm-audit")
-    v.add_argument("--public-key", type=Path, required=True,
-                   help="the agent's Ed25519 public key (PEM, raw 32 bytes or hex)")
-    v.add_argument("--allow-unsigned-tail", action="store_true",
-                   help="records after the last checkpoint are reported, not a failure")
+    evidence_parser.add_arguments(sub)
     e = sub.add_parser("export", help="a time range of the record log as JSONL or CSV")
     e.add_argument("--data-dir", type=Path, help="the agent's data dir (default: env or config)")
     e.add_argument("--since", help="ISO 8601 or unix time (recorded time, inclusive)")

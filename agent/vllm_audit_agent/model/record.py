@@ -41,7 +41,9 @@ from vllm_audit.v1 import query_pb2 as q
 #: allowed_set_bytes (level full-with-allowed-sets: the sets' caps and what they kept).
 #: 5: grammar_events (the grammar and every step, protobuf JSON) and grammar_events_omitted,
 #: so a record alone can be replayed.
-SCHEMA_VERSION = 5
+#: 6: log_id (the record log the record belongs to: one Merkle tree per log, several logs
+#: on one topic).
+SCHEMA_VERSION = 6
 
 #: Where every field of the hook's per-request events goes: the TrailSummary field it fills,
 #: or None with the reason it is not in the summary (the event itself is still kept in the

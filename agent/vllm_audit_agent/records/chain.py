@@ -50,6 +50,13 @@ RECORD_TYPE_REQUEST = "request"
 RECORD_TYPE_CHECKPOINT = "checkpoint"
 #: Meta-audit: one record per authorised query or control call (agent/vllm_audit_agent/meta_audit.py).
 RECORD_TYPE_ACCESS = "access"
+#: Evidence (identity.py, retention.py, the witness client): a log's first record, what
+#: retention removed, a witness's cosignature of a checkpoint.
+RECORD_TYPE_GENESIS = "genesis"
+RECORD_TYPE_SEAL = "seal"
+RECORD_TYPE_COSIGNATURE = "cosignature"
+#: Record types whose Ed25519 `signature` covers them (signed_bytes) besides the chain.
+SIGNED_TYPES = frozenset({"checkpoint", "genesis", "seal"})
 #: What the record log adds to a record: its kind, when it entered the log, its place in the
 #: chain. A trail shown by the query API has every other field of its record.
 CHAIN_FIELDS = ("type", "recorded_unix_ms", "seq", "prev_hash", "hash")

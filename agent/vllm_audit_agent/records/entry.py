@@ -10,12 +10,17 @@ from vllm_audit_agent.model import record as records
 from vllm_audit_agent.records.chain import (
     RECORD_TYPE_ACCESS,
     RECORD_TYPE_CHECKPOINT,
+    RECORD_TYPE_COSIGNATURE,
+    RECORD_TYPE_GENESIS,
     RECORD_TYPE_REQUEST,
+    RECORD_TYPE_SEAL,
 )
 
-#: Topic suffix per record type (`<prefix>.<suffix>`).
+#: Topic suffix per record type (`<prefix>.<suffix>`): the evidence about the log itself
+#: (genesis, checkpoints, seals, cosignatures) shares the checkpoints topic.
 TOPICS = {RECORD_TYPE_REQUEST: "requests", RECORD_TYPE_CHECKPOINT: "checkpoints",
-          RECORD_TYPE_ACCESS: "access"}
+          RECORD_TYPE_ACCESS: "access", RECORD_TYPE_GENESIS: "checkpoints",
+          RECORD_TYPE_SEAL: "checkpoints", RECORD_TYPE_COSIGNATURE: "checkpoints"}
 
 
 def event_id(record: dict[str, Any]) -> str:
@@ -34,13 +39,17 @@ class Entry:
     key: bytes
     value: bytes
     time_ms: int
+    #: The record's chain hash.
+    hash: str = ""
 
 
 def entry_of(record: dict[str, Any], value: bytes) -> Entry:
-    """The entry of a sealed record whose bytes are `value`: a request is keyed by its trail
-    (so a trail's revisions share a partition), any other record by its type."""
+    """The entry of a sealed record whose bytes are `value`, keyed by its log's id: one log's
+    records share a partition per topic, so a consumer reads each log in order (and several
+    agents on one topic never interleave one log). Records of a log written before identities
+    are keyed by their trail (requests) or their type."""
     kind = record.get("type", RECORD_TYPE_REQUEST)
-    key = (record.get("trail_id") or record.get("request_id") or kind) if kind == \
-        RECORD_TYPE_REQUEST else kind
+    key = record.get("log_id") or ((record.get("trail_id") or record.get("request_id") or kind)
+                                   if kind == RECORD_TYPE_REQUEST else kind)
     return Entry(int(record["seq"]), TOPICS.get(kind, "requests"), str(key).encode(), value,
-                 int(record.get("recorded_unix_ms", 0)))
+                 int(record.get("recorded_unix_ms", 0)), str(record.get("hash", "")))

@@ -15,11 +15,20 @@ A refused append (log at its cap while unpublished records fill it, disk full or
 the records queued and retries with backoff; meanwhile their ingest segments stay pinned, the
 ingest WAL fills and refuses hooks' batches: back-pressure, nothing dropped. Counted.
 
-Checkpoints (chain.py) are written every `checkpoint_every` records or `checkpoint_interval`
-seconds when records came in, and at a clean stop (so a stopped log ends with one).
+Identity and tree (identity.py, merkle.py): a log without one gets a `log_id` and a genesis
+record at its first start; every record after it carries the `log_id` and is one leaf of the
+log's RFC 9162 Merkle tree. The log keeps the tree's compact range, a snapshot of it after each
+segment (what a retention seal names), and, for witnesses, the leaves since the newest size
+they all cosigned (`consistency_proof`).
 
-Retention (`reclaim`, retention.py) deletes the oldest sealed segments by size or age, never
-one holding a record the sink has not acknowledged.
+Checkpoints (chain.py, note.py) are written every `checkpoint_every` records or
+`checkpoint_interval` seconds when records came in, and at a clean stop (so a stopped log ends
+with one). Each names the tree size and root, carries the compact range (so a restart or a
+verifier that starts there can go on) and the same head as a C2SP signed note.
+
+Retention (`reclaim`, retention.py) deletes the oldest segments by age (and by size only when
+configured), never one holding a record the sink has not acknowledged, and only once a signed
+*seal* record naming what goes and the tree at its end is durable.
 
 Cursor: `<records dir>/cursor` holds the last `seq` the sink acknowledged (written atomically:
 temp file, fsync, rename). At start the log is replayed to rebuild the chain head, the
@@ -34,7 +43,7 @@ import contextlib
 import logging
 import time
 from collections import Counter, OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -44,14 +53,28 @@ from vllm_audit_agent.records.chain import (
     GENESIS_HASH,
     RECORD_TYPE_ACCESS,
     RECORD_TYPE_CHECKPOINT,
+    RECORD_TYPE_COSIGNATURE,
+    RECORD_TYPE_GENESIS,
     RECORD_TYPE_REQUEST,
+    RECORD_TYPE_SEAL,
     Signer,
     seal,
 )
 from vllm_audit_agent.records.disk_feed import DiskFeed
 from vllm_audit_agent.records.entry import TOPICS, Entry, entry_of, event_id
+from vllm_audit_agent.records.identity import genesis_record, new_log_id
+from vllm_audit_agent.records.merkle import CompactRange, consistency_proof, leaf_hash, subtree_after
+from vllm_audit_agent.records.note import Checkpoint, origin_of, sign_checkpoint
 from vllm_audit_agent.records.recorded_before import RecordedBefore
-from vllm_audit_agent.records.retention import EXPIRY_REASONS, SegmentInfo, expire_segments
+from vllm_audit_agent.records.retention import (
+    EXPIRY_REASONS,
+    SegmentInfo,
+    TreeState,
+    delete_segments,
+    plan_expiry,
+    seal_record,
+)
+from vllm_audit_agent.records.tree_replay import TreeReplay
 from vllm_audit_agent.storage.datadir import write_private_file
 from vllm_audit_agent.storage.wal import WalRefused, WriteAheadLog
 
@@ -60,7 +83,11 @@ logger = logging.getLogger("vllm_audit.agent")
 CURSOR_NAME = "cursor"
 DEAD_LETTER_NAME = "dead-letter.jsonl"
 OnRecorded = Callable[[], None]
+CheckpointListener = Callable[[dict[str, Any]], None]
 ACCESS_TOPIC = TOPICS[RECORD_TYPE_ACCESS]
+#: Leaves kept for witnesses' consistency proofs at most (32 bytes each): past it the oldest go
+#: and a witness that is that far behind needs an operator (counted: proof_leaves_dropped).
+PROOF_LEAVES_MAX = 1 << 20
 
 
 class RecordLog:
@@ -69,6 +96,8 @@ class RecordLog:
                  checkpoint_interval: float = 10.0, tail_max_bytes: int = 64 << 20,
                  access_budget_bytes: int | None = None,
                  segment_bytes: int | None = None,
+                 expire_by_size: bool = True,
+                 identity: Mapping[str, str] | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.directory = directory
         self.signer = signer
@@ -79,8 +108,12 @@ class RecordLog:
         #: Bytes of the cap access records may hold (retention.py); a tenth of it by default.
         self.access_budget_bytes = max_bytes // 10 if access_budget_bytes is None \
             else access_budget_bytes
+        #: Whether the size rule may expire records (published and sealed) before their age.
+        self.expire_by_size = expire_by_size
         self.clock = clock
         self.counters: Counter[str] = Counter({f"expired_segments_{r}": 0 for r in EXPIRY_REASONS})
+        for name in ("seals_written", "expired_before_seal_durable", "proof_leaves_dropped"):
+            self.counters[name] = 0
         self.wal = WriteAheadLog(directory, max_bytes, fsync, segment_bytes)
         self.head_seq = 0
         self.head_hash = GENESIS_HASH
@@ -93,7 +126,7 @@ class RecordLog:
         self.unpublished_bytes = 0
         self._tail: deque[Entry] = deque()
         self._tail_bytes = 0
-        self._pending: list[tuple[Entry, OnRecorded | None]] = []
+        self._pending: list[tuple[Entry, OnRecorded | None, TreeState | None]] = []
         self._writing = 0
         self._since_checkpoint = 0
         self._last_checkpoint = time.monotonic()
@@ -106,7 +139,20 @@ class RecordLog:
         self._disk = DiskFeed(self.wal, self.segments, self._io, self.counters)
         self.replay_event_ids: set[str] | None = None
         self._earlier = RecordedBefore()
+        #: The log's identity and Merkle tree (None: records before any genesis).
+        self.log_id = ""
+        self.tree: CompactRange | None = None
+        self._checkpoint_listeners: list[CheckpointListener] = []
+        #: Leaves since `_proof_base` (32 bytes each), kept while witnesses are configured.
+        self._proof_base = CompactRange()
+        self._proof_leaves = bytearray()
+        self._keep_proof_leaves = False
+        #: A seal appended whose segments are deleted once it is durable.
+        self._sealing: list[int] | None = None
         self._replay()
+        if not self.log_id or self.tree is None:
+            self._start_log(identity or {})
+        self._proof_base = self.tree.copy() if self.tree is not None else CompactRange()
 
     # -- start ---------------------------------------------------------------------------
     def _load_cursor(self) -> int:
@@ -122,6 +168,7 @@ class RecordLog:
     def _replay(self) -> None:
         tail: deque[Entry] = deque()
         replayed = 0
+        trees = TreeReplay(self.segments, self.counters)
         for segment, payload in self.wal.replay():
             replayed += 1
             try:
@@ -142,6 +189,7 @@ class RecordLog:
                 info.last_seq, info.last_time_ms = seq, max(info.last_time_ms, entry.time_ms)
             if entry.topic == ACCESS_TOPIC:
                 info.access_bytes += len(payload)
+            trees.add(segment, record, payload)
             if record.get("type") == RECORD_TYPE_REQUEST and "event_id" in record:
                 self._earlier.note(record, payload)
             if seq > self.cursor:
@@ -152,9 +200,10 @@ class RecordLog:
                     self._tail_bytes -= len(tail.popleft().value)
             if record.get("type") == RECORD_TYPE_CHECKPOINT:
                 self._since_checkpoint = 0
-            else:
+            elif record.get("type") in (RECORD_TYPE_REQUEST, RECORD_TYPE_ACCESS):
                 self._since_checkpoint += 1
         self._tail = tail
+        self.log_id, self.tree = trees.finish()
         if self.cursor > self.head_seq:
             logger.warning("record log cursor %d is past the log's head %d", self.cursor,
                            self.head_seq)
@@ -183,44 +232,124 @@ class RecordLog:
         """The ingest WAL has been replayed: the start-up de-duplication set can go."""
         self.replay_event_ids = None
 
+    def _start_log(self, identity: Mapping[str, str]) -> None:
+        """A new log identity and tree, opened by a signed genesis record. A chain that already
+        had records (written before identities, or by a log whose tree could not be rebuilt)
+        goes on: the genesis names the head it follows."""
+        if self.log_id and self.tree is None:
+            logger.warning("record log %s: its Merkle tree cannot be rebuilt from what is left; "
+                           "a new log identity follows its head", self.log_id)
+            self.counters["tree_unrecoverable"] += 1
+        self.log_id = new_log_id()
+        self.tree = CompactRange()
+        follows = (self.head_seq, self.head_hash) if self.head_seq else None
+        self.append(genesis_record(self.log_id, self.signer, identity, int(self.clock() * 1000),
+                                   follows), kind=RECORD_TYPE_GENESIS)
+
     # -- appending (agent loop) -----------------------------------------------------------
     def append(self, record: dict[str, Any], on_recorded: OnRecorded | None = None,
                kind: str = RECORD_TYPE_REQUEST) -> int:
         """Chains and queues one record; returns its seq. `on_recorded` runs once it is
-        durable. The record gets `type`, `recorded_unix_ms` and (requests) `event_id`."""
+        durable. The record gets `type`, `recorded_unix_ms`, `log_id` and (requests)
+        `event_id`, and becomes a leaf of the log's tree."""
         record["type"] = kind
         record["recorded_unix_ms"] = int(self.clock() * 1000)
+        record["log_id"] = self.log_id
         if kind == RECORD_TYPE_REQUEST:
             record["event_id"] = event_id(record)
         seq = self.head_seq + 1
         value = seal(record, seq, self.head_hash)
         self.head_seq, self.head_hash = seq, record["hash"]
-        self._pending.append((entry_of(record, value), on_recorded))
+        tree = self.tree
+        snapshot: TreeState | None = None
+        if tree is not None:
+            leaf = leaf_hash(value)
+            tree.append(leaf)
+            snapshot = TreeState(tree.size, tuple(tree.nodes))
+            if self._keep_proof_leaves:
+                self._keep_leaf(leaf)
+        self._pending.append((entry_of(record, value), on_recorded, snapshot))
         self.counters[f"appended_{kind}"] += 1
         self._wake.set()
-        if kind != RECORD_TYPE_CHECKPOINT:  # trails and access records are signed over
+        if kind in (RECORD_TYPE_REQUEST, RECORD_TYPE_ACCESS):  # what checkpoints are about
             self._since_checkpoint += 1
             if self._since_checkpoint >= self.checkpoint_every:
                 self.checkpoint()
         return seq
 
     def checkpoint(self) -> int:
-        """Appends a signed checkpoint over the current head."""
+        """Appends a signed checkpoint over the current head: the chain's head, the tree's
+        size and root, its compact range, and the same as a C2SP signed note."""
+        tree = self.tree if self.tree is not None else CompactRange()
+        root = tree.root()
+        note = sign_checkpoint(Checkpoint(origin_of(self.log_id), tree.size, root),
+                               self.signer.private_key)
         record: dict[str, Any] = {
             "type": RECORD_TYPE_CHECKPOINT, "chain": 1, "head_seq": self.head_seq,
             "head_hash": self.head_hash,
             "count": self.head_seq, "time_unix_ms": int(self.clock() * 1000),
+            "log_id": self.log_id, "tree_size": tree.size, "root_hash": root.hex(),
+            "compact_range": tree.to_hex(), "note": note.text(),
         }
         self.signer.sign(record)
         self._since_checkpoint = 0
         self._last_checkpoint = time.monotonic()
-        return self.append(record, kind=RECORD_TYPE_CHECKPOINT)
+        listeners = list(self._checkpoint_listeners)
+
+        def durable() -> None:
+            for listener in listeners:
+                listener(record)
+        return self.append(record, durable if listeners else None, kind=RECORD_TYPE_CHECKPOINT)
+
+    # -- witnesses ----------------------------------------------------------------------------
+    def add_checkpoint_listener(self, listener: CheckpointListener) -> None:
+        """`listener(checkpoint record)` runs once each later checkpoint is durable; from now
+        on the log keeps the leaves witnesses' consistency proofs need."""
+        self._checkpoint_listeners.append(listener)
+        self._keep_proof_leaves = True
+
+    def _keep_leaf(self, leaf: bytes) -> None:
+        self._proof_leaves += leaf
+        if len(self._proof_leaves) > PROOF_LEAVES_MAX * 32:
+            self._proof_base.append(bytes(self._proof_leaves[:32]))
+            del self._proof_leaves[:32]
+            self.counters["proof_leaves_dropped"] += 1
+
+    def consistency_proof(self, old_size: int, new_size: int) -> list[bytes]:
+        """RFC 9162 consistency proof between two sizes of this log's tree; ValueError when the
+        leaves it needs are no longer kept (older than the newest size every witness has)."""
+        base, leaves = self._proof_base, self._proof_leaves
+        have = base.size + len(leaves) // 32
+        if not base.size <= old_size <= new_size <= have:
+            raise ValueError(f"no proof from {old_size} to {new_size}: the log keeps what proofs "
+                             f"need from {base.size} to {have}")
+        at_old = base.copy()
+        for i in range(old_size - base.size):
+            at_old.append(bytes(leaves[32 * i:32 * i + 32]))
+        after = [bytes(leaves[i:i + 32]) for i in range(32 * (old_size - base.size),
+                                                        32 * (new_size - base.size), 32)]
+        return consistency_proof(old_size, new_size, subtree_after(at_old, after))
+
+    def witnessed(self, size: int) -> None:
+        """Every witness has cosigned the tree up to `size`: proofs need not start earlier."""
+        move = min(size - self._proof_base.size, len(self._proof_leaves) // 32)
+        for i in range(max(0, move)):
+            self._proof_base.append(bytes(self._proof_leaves[32 * i:32 * i + 32]))
+        if move > 0:
+            del self._proof_leaves[:32 * move]
+
+    def append_cosignature(self, checkpoint_seq: int, tree_size: int, witness: str,
+                           note_text: str) -> int:
+        """A witness's cosignature of one of this log's checkpoints, as a record."""
+        return self.append({"checkpoint_seq": checkpoint_seq, "tree_size": tree_size,
+                            "witness": witness, "note": note_text},
+                           kind=RECORD_TYPE_COSIGNATURE)
 
     @property
     def access_bytes(self) -> int:
         """Bytes of access records in the log, written or queued (against their budget)."""
         return sum(i.access_bytes for i in self.segments.values()) + sum(
-            len(e.value) for e, _ in self._pending if e.topic == ACCESS_TOPIC)
+            len(e.value) for e, _, _ in self._pending if e.topic == ACCESS_TOPIC)
 
     @property
     def pending(self) -> int:
@@ -252,7 +381,7 @@ class RecordLog:
             if self._stopping.is_set():
                 return
             # Refused: retention may free published segments now (the publisher moves on).
-            if self.reclaim(need=sum(len(e.value) for e, _ in self._pending)):
+            if self.reclaim(need=sum(len(e.value) for e, _, _ in self._pending), refused=True):
                 continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), backoff)
@@ -276,12 +405,13 @@ class RecordLog:
             if self.counters[f"refused_{refusal.reason}"] == 1 or written == 0:
                 logger.warning("record log refused an append (%s): %s; retrying",
                                refusal.reason, refusal)
-        for (entry, on_recorded), segment in zip(group[:written], segments, strict=True):
+        for (entry, on_recorded, tree), segment in zip(group[:written], segments, strict=True):
             info = self.segments.get(segment)
             if info is None:
                 info = self.segments[segment] = SegmentInfo(entry.seq, entry.seq, entry.time_ms)
             else:
                 info.last_seq, info.last_time_ms = entry.seq, entry.time_ms
+            info.tree_after, info.last_hash = tree, entry.hash
             if entry.topic == ACCESS_TOPIC:
                 info.access_bytes += len(entry.value)
             self.durable_seq = entry.seq
@@ -297,9 +427,9 @@ class RecordLog:
             self._durable.set()
         return refusal is None
 
-    def _write(self, group: list[tuple[Entry, OnRecorded | None]]
+    def _write(self, group: list[tuple[Entry, OnRecorded | None, TreeState | None]]
                ) -> tuple[int, list[int], WalRefused | None]:
-        segments, refusal = self.wal.append_many([entry.value for entry, _ in group])
+        segments, refusal = self.wal.append_many([entry.value for entry, _, _ in group])
         if refusal is not None:
             with contextlib.suppress(WalRefused, OSError):
                 self.wal.sync()
@@ -384,10 +514,34 @@ class RecordLog:
         return max(0, self.durable_seq - self.cursor)
 
     # -- retention ------------------------------------------------------------------------
-    def reclaim(self, need: int = 0) -> int:
-        """Deletes the oldest sealed segments past the size or age limit; returns how many.
+    def reclaim(self, need: int = 0, refused: bool = False) -> int:
+        """Expires the oldest segments past the age (or, when configured, the size) limit:
+        appends a seal naming them and deletes them once it is durable. Returns how many
+        segments were deleted now.
 
-        `need`: bytes waiting to be written (after a refusal), to make room for."""
+        `need`: bytes waiting to be written (after a refusal), to make room for. `refused`:
+        the log refused an append; a seal queued behind the refusal cannot become durable
+        before room is made, so its segments go first (counted: expired_before_seal_durable)."""
+        if self._sealing is not None:
+            if not refused:
+                return 0
+            planned, self._sealing = self._sealing, None
+            self.counters["expired_before_seal_durable"] += 1
+            return delete_segments(self.wal, self.segments, planned, self.counters)
         horizon_ms = (self.clock() - self.retention_days * 86400) * 1000
-        return expire_segments(self.wal, self.segments, self.cursor, horizon_ms, need,
-                               self.counters, access_budget=self.access_budget_bytes)
+        plan = plan_expiry(self.wal, self.segments, self.cursor, horizon_ms, need, self.counters,
+                           access_budget=self.access_budget_bytes, by_size=self.expire_by_size)
+        if not plan:
+            return 0
+        record = seal_record([self.segments[s] for s in plan], self.log_id,
+                             int(self.clock() * 1000))
+        self.signer.sign(record)
+        self._sealing = plan
+
+        def sealed() -> None:
+            if self._sealing is plan:
+                self._sealing = None
+                delete_segments(self.wal, self.segments, plan, self.counters)
+        self.append(record, sealed, kind=RECORD_TYPE_SEAL)
+        self.counters["seals_written"] += 1
+        return 0

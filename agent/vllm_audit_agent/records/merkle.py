@@ -103,8 +103,10 @@ def subtree_of_leaves(leaves: Sequence[bytes]) -> Subtree:
 
 
 def subtree_after(base: CompactRange, leaves_after: Sequence[bytes]) -> Subtree:
-    """Nodes a consistency proof from `base.size` needs, from `base` and the leaves after it:
-    every node SUBPROOF asks for lies in [0, base.size) as one of `base`'s nodes, or after it."""
+    """Any node over leaves [lo, hi) with hi <= base.size + len(leaves_after), from `base` (the
+    compact range of the leaves before) and the leaves after it. A node inside [0, base.size)
+    is one of `base`'s nodes or a subtree of one; those are not known, so asking for one is an
+    error — proofs never do: MTH's splits follow the compact range's decomposition."""
     spans = dict(zip(base.spans(), base.nodes, strict=True))
     later = subtree_of_leaves(leaves_after)
     m = base.size
@@ -113,9 +115,12 @@ def subtree_after(base: CompactRange, leaves_after: Sequence[bytes]) -> Subtree:
         if lo >= m:
             return later(lo - m, hi - m)
         node = spans.get((lo, hi))
-        if node is None:
+        if node is not None:
+            return node
+        if hi <= m or hi - lo == 1:
             raise ValueError(f"node [{lo}, {hi}) is not known from a compact range of {m}")
-        return node
+        k = split_point(hi - lo)
+        return node_hash(subtree(lo, lo + k), subtree(lo + k, hi))
     return subtree
 
 

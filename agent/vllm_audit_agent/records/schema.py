@@ -67,6 +67,8 @@ def trail_record_schema() -> dict[str, Any]:
         "seq": {"type": "integer", "minimum": 1},
         "prev_hash": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
         "hash": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+        # The record log's identity (records/identity.py): which log, and so which tree.
+        "log_id": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
         "trail_id": {"type": "string", "minLength": 1},
         "event_id": {"type": "string", "pattern": "^.+/[0-9]+$"},
         "timestamp_ms": {"type": "integer"},

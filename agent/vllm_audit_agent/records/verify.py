@@ -13,11 +13,16 @@ Checks, record by record in order (chain.py defines the form):
   checkpoint_head_mismatch   a checkpoint names a head other than the record before it
   unreadable            not JSON, or without the chain fields
   conflicting_duplicate (Kafka) two different records carry one `seq`
-The first record present anchors the chain (earlier ones may have expired by retention, or
-an export starts mid-log); it must still hash correctly.
+The first record present anchors the chain; it must still hash correctly. Beyond the chain
+(tree_check.py): the log's identity from its genesis, its Merkle tree against every
+checkpoint's root and signed note, and — for a log directory — that a start after the genesis
+is covered by a retention seal (an export or a Kafka topic may start anywhere: their first
+records before a checkpoint are checked by the chain alone, and a note says so). Anchors
+(checkpoints held elsewhere) name truncation and rewriting; witness keys and a required number
+of cosignatures name a log whose newest records no witness saw.
 
-Unsigned tail: records after the last valid checkpoint are not covered by any signature (a
-truncated log looks exactly like a shorter one up to there). They are reported as
+Unsigned tail: request and access records after the last valid checkpoint are not covered by
+any signature (a truncated log looks exactly like a shorter one up to there). They are reported as
 `unverified_after_checkpoint` with the first such seq and count as a failure (exit 1), unless
 `allow_unsigned_tail` (a live log always has a few seconds of them). A cleanly stopped agent
 ends its log with a checkpoint; an export extends to the checkpoint after its range.
@@ -34,12 +39,23 @@ from typing import Any
 import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from vllm_audit_agent.records.chain import RECORD_TYPE_CHECKPOINT, record_hash, verify_signature
+from vllm_audit_agent.records.chain import (
+    RECORD_TYPE_CHECKPOINT,
+    RECORD_TYPE_COSIGNATURE,
+    RECORD_TYPE_GENESIS,
+    RECORD_TYPE_SEAL,
+    record_hash,
+    verify_signature,
+)
 from vllm_audit_agent.records.read_only import read_records
+from vllm_audit_agent.records.tree_check import TREE_BREAK_REASONS, TreeCheck, TreeFinding
 
 BREAK_REASONS = ("seq_gap", "seq_order", "hash_mismatch", "prev_hash_mismatch",
                  "bad_checkpoint_signature", "checkpoint_head_mismatch", "unreadable",
-                 "conflicting_duplicate", "unverified_after_checkpoint")
+                 "conflicting_duplicate", "unverified_after_checkpoint", *TREE_BREAK_REASONS)
+#: Records whose own signature or witness signatures cover them: never an unsigned tail.
+_SELF_SIGNED = (RECORD_TYPE_CHECKPOINT, RECORD_TYPE_GENESIS, RECORD_TYPE_SEAL,
+                RECORD_TYPE_COSIGNATURE)
 
 
 @dataclass
@@ -58,6 +74,14 @@ class Report:
     last_checkpoint_seq: int | None = None
     duplicates_collapsed: int = 0
     unsigned_tail: int = 0
+    #: The first request or access record after the last checkpoint (None: none).
+    unsigned_from: int | None = None
+    log_id: str = ""
+    tree_size: int = 0
+    root_hash: str = ""
+    sealed_start: bool = False
+    anchors_checked: int = 0
+    witnessed_size: int = 0
     broken: Break | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -72,8 +96,37 @@ class Report:
 
 
 def verify_chain(payloads: Iterable[bytes], public_key: Ed25519PublicKey,
-                 allow_unsigned_tail: bool = False) -> Report:
+                 allow_unsigned_tail: bool = False, tree: TreeCheck | None = None,
+                 sealed_start: bool = False) -> Report:
+    """`tree`: the identity/tree/anchor checks (a plain TreeCheck by default).
+    `sealed_start`: a log directory, which must start at its genesis or a seal."""
     report = Report()
+    tree = tree if tree is not None else TreeCheck(public_key)
+    found = _verify_records(payloads, public_key, tree, report)
+    if report.broken is not None:
+        return report
+    if found is not None:
+        report.broken = Break(found.seq, found.reason, found.detail)
+        return report
+    if not sealed_start:
+        tree.accept_partial_start()
+    finding = tree.finish(report.last_seq)
+    summary = tree.summary
+    report.log_id, report.tree_size, report.root_hash = summary.log_id, summary.tree_size, \
+        summary.root_hash
+    report.sealed_start, report.anchors_checked = summary.sealed_start, summary.anchors_checked
+    report.witnessed_size = summary.witnessed_size
+    report.notes.extend(summary.notes)
+    if finding is not None:
+        report.broken = Break(finding.seq, finding.reason, finding.detail)
+        return report
+    _unsigned_tail(report, allow_unsigned_tail)
+    return report
+
+
+def _verify_records(payloads: Iterable[bytes], public_key: Ed25519PublicKey, tree: TreeCheck,
+                    report: Report) -> TreeFinding | None:
+    """The chain checks record by record, and the tree's; the tree's first finding."""
     prev: dict[str, Any] | None = None
     since_checkpoint: int | None = None  # first seq not yet covered by a checkpoint
     for payload in payloads:
@@ -85,41 +138,50 @@ def verify_chain(payloads: Iterable[bytes], public_key: Ed25519PublicKey,
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             report.broken = Break(expected or 0, "unreadable", f"record after seq "
                                   f"{expected and expected - 1}: {exc}")
-            return report
+            return None
         report.records += 1
         if report.first_seq is None:
             report.first_seq = seq
         if expected is not None and seq != expected:
             reason = "seq_gap" if seq > expected else "seq_order"
             report.broken = Break(expected, reason, f"expected seq {expected}, found {seq}")
-            return report
+            return None
         if record_hash(record) != stored_hash:
             report.broken = Break(seq, "hash_mismatch", "the record's bytes do not hash to "
                                   "its hash (altered)")
-            return report
+            return None
         if prev is not None and prev_hash != prev["hash"]:
             report.broken = Break(seq, "prev_hash_mismatch",
                                   f"prev_hash is not the hash of seq {prev['seq']}")
-            return report
-        if since_checkpoint is None:
+            return None
+        if since_checkpoint is None and record.get("type") not in _SELF_SIGNED:
             since_checkpoint = seq
         if record.get("type") == RECORD_TYPE_CHECKPOINT:
             if not verify_signature(public_key, record):
                 report.broken = Break(seq, "bad_checkpoint_signature",
                                       "the checkpoint's signature does not verify with the "
                                       "public key")
-                return report
+                return None
             if prev is not None and (record.get("head_seq") != prev["seq"]
                                      or record.get("head_hash") != prev["hash"]):
                 report.broken = Break(seq, "checkpoint_head_mismatch",
                                       f"checkpoint names head {record.get('head_seq')}, the "
                                       f"record before it is {prev['seq']}")
-                return report
+                return None
             report.checkpoints += 1
             report.last_checkpoint_seq = seq
             since_checkpoint = None
         prev = {"seq": seq, "hash": stored_hash}
         report.last_seq = seq
+        finding = tree.add(record, payload)
+        if finding is not None:
+            return finding
+    report.unsigned_from = since_checkpoint
+    return None
+
+
+def _unsigned_tail(report: Report, allow_unsigned_tail: bool) -> None:
+    since_checkpoint = report.unsigned_from
     if since_checkpoint is not None and report.last_seq is not None:
         report.unsigned_tail = report.last_seq - since_checkpoint + 1
         message = (f"{report.unsigned_tail} records from seq {since_checkpoint} are after the "
@@ -130,7 +192,6 @@ def verify_chain(payloads: Iterable[bytes], public_key: Ed25519PublicKey,
             report.broken = Break(since_checkpoint, "unverified_after_checkpoint", message)
     if report.records == 0:
         report.notes.append("no records")
-    return report
 
 
 # -- sources ---------------------------------------------------------------------------------
@@ -148,6 +209,19 @@ def path_payloads(path: Path) -> Iterator[bytes]:
     if path.is_file():
         return file_payloads(path)
     raise ValueError(f"{path}: no such file or directory")
+
+
+def split_by_log(payloads: Iterable[bytes]) -> dict[str, list[bytes]]:
+    """Records by the log they belong to (`log_id`; "" for records written before log
+    identities and unreadable ones): several agents may publish to one topic."""
+    logs: dict[str, list[bytes]] = {}
+    for payload in payloads:
+        try:
+            log_id = str(orjson.loads(payload).get("log_id") or "")
+        except (orjson.JSONDecodeError, AttributeError):
+            log_id = ""
+        logs.setdefault(log_id, []).append(payload)
+    return logs
 
 
 def order_by_seq(payloads: Iterable[bytes], report: Report) -> list[bytes]:
@@ -201,11 +275,18 @@ async def kafka_payloads(bootstrap: str, topics: list[str], timeout: float = 60.
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
         ends = await consumer.end_offsets(partitions)
-        async with asyncio.timeout(timeout):
-            while [tp for tp, end in ends.items() if await consumer.position(tp) < end]:
-                batches = await consumer.getmany(*partitions, timeout_ms=500)
-                for records in batches.values():
-                    out.extend(r.value for r in records if r.value is not None)
+        try:
+            async with asyncio.timeout(timeout):
+                while [tp for tp, end in ends.items() if await consumer.position(tp) < end]:
+                    batches = await consumer.getmany(*partitions, timeout_ms=500)
+                    for records in batches.values():
+                        out.extend(r.value for r in records if r.value is not None)
+        except TimeoutError:
+            behind = {f"{tp.topic}[{tp.partition}]": f"{await consumer.position(tp)}/{end}"
+                      for tp, end in ends.items()}
+            raise TimeoutError(f"Kafka at {bootstrap}: {len(out)} records read in {timeout:g} s, "
+                               f"the end offsets seen at the start not reached (position/end: "
+                               f"{behind})") from None
     finally:
         await consumer.stop()
     return out

@@ -282,6 +282,10 @@ class WriteAheadLog(WalReader):
         with contextlib.suppress(OSError):  # if it stays, it is empty: harmless at open
             self._path(self.current + 1).unlink()
 
+    def segment_size(self, index: int) -> int:
+        """Bytes in one segment (0: not in the log)."""
+        return self._segments.get(index, 0)
+
     def delete(self, index: int) -> bool:
         """Deletes a sealed segment. The open one is never deleted; returns whether it was."""
         with self._lock:

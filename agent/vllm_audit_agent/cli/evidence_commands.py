@@ -1,0 +1,151 @@
+"""`verify` and `prove`: check what the agent wrote against its key and against anchors held
+elsewhere, and write a proof bundle for one record. They read files and Kafka, never the agent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from vllm_audit_agent.cli.output import dumps
+from vllm_audit_agent.cli.parser import PROG
+from vllm_audit_agent.records.entry import TOPICS
+
+# Imported when the command runs (see offline_commands.py): the others start without them.
+
+
+def _payloads_of_path(path: Path) -> list[bytes]:
+    from vllm_audit_agent.records.verify import path_payloads
+    return list(path_payloads(path))
+
+
+def _kafka(args: argparse.Namespace, topics: list[str]) -> list[bytes]:
+    from vllm_audit_agent.records.verify import kafka_payloads
+    return asyncio.run(kafka_payloads(args.kafka_bootstrap or args.anchor_kafka, topics,
+                                      timeout=args.timeout))
+
+
+def _log_ids(payloads: list[bytes]) -> list[str]:
+    seen: dict[str, None] = {}
+    for payload in payloads:
+        with_id = orjson.loads(payload).get("log_id")
+        if with_id:
+            seen.setdefault(with_id)
+    return list(seen)
+
+
+def _anchors(args: argparse.Namespace, key: Any, log_ids: list[str]) -> list[Any]:
+    from vllm_audit_agent.records import anchors
+
+    found = anchors.from_files(args.anchor or [], key)
+    for url in args.witness_url or []:
+        found += anchors.from_witness(url, log_ids, key, timeout=args.timeout)
+    if args.anchor_kafka:
+        topic = f"{args.topic_prefix}.{TOPICS['checkpoint']}"
+        found += anchors.from_checkpoint_records(_kafka(args, [topic]), key,
+                                                 f"Kafka topic {topic}")
+    return found
+
+
+def _tree_check(args: argparse.Namespace, key: Any, anchors: list[Any]) -> Any:
+    from vllm_audit_agent.records.chain import load_public_key
+    from vllm_audit_agent.records.tree_check import TreeCheck
+
+    witness_keys = [load_public_key(p) for p in args.witness_key or []]
+    if args.require_cosignatures > len(witness_keys):
+        raise ValueError(f"--require-cosignatures {args.require_cosignatures} needs as many "
+                         f"--witness-key (given {len(witness_keys)})")
+    return TreeCheck(key, anchors, witness_keys, args.require_cosignatures)
+
+
+def _print_break(report: Any, log: str = "") -> None:
+    b = report.broken
+    where = f" (log {log})" if log else ""
+    print(f"{PROG} verify: BROKEN{where} at seq {b.seq}: {b.reason} ({b.detail})",
+          file=sys.stderr)
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    """Exit 0: intact (every log); 1: a break, named; 2: the question cannot be answered."""
+    from vllm_audit_agent.records.chain import load_public_key
+    from vllm_audit_agent.records.verify import Report, order_by_seq, split_by_log, verify_chain
+
+    if (args.path is None) == (args.kafka_bootstrap is None):
+        raise ValueError("verify needs exactly one of PATH or --kafka-bootstrap")
+    key = load_public_key(args.public_key)
+    if args.path is not None:
+        payloads = _payloads_of_path(args.path)
+        anchors = _anchors(args, key, _log_ids(payloads))
+        report = verify_chain(payloads, key, args.allow_unsigned_tail,
+                              _tree_check(args, key, anchors), sealed_start=args.path.is_dir())
+        sys.stdout.write(dumps(report.to_dict()) + "\n")
+        if report.broken is not None:
+            _print_break(report)
+            return 1
+        print(f"{PROG} verify: intact: {report.records} records, seq {report.first_seq}.."
+              f"{report.last_seq}, {report.checkpoints} checkpoints, tree size "
+              f"{report.tree_size} of log {report.log_id or '(none)'}"
+              f"{f', {report.anchors_checked} anchors matched' if report.anchors_checked else ''}",
+              file=sys.stderr)
+        return 0
+    topics = args.topic or [f"{args.topic_prefix}.{t}" for t in dict.fromkeys(TOPICS.values())]
+    payloads = _kafka(args, topics)
+    by_log = split_by_log(payloads)
+    anchors = _anchors(args, key, [log for log in by_log if log])
+    reports: list[tuple[str, Report]] = []
+    for log_id, records in by_log.items():
+        pre = Report()
+        ordered = order_by_seq(records, pre)
+        report = verify_chain(ordered, key, args.allow_unsigned_tail,
+                              _tree_check(args, key, anchors))
+        report.duplicates_collapsed = pre.duplicates_collapsed
+        if pre.broken is not None and (report.broken is None
+                                       or pre.broken.seq <= report.broken.seq):
+            report.broken = pre.broken
+        reports.append((log_id, report))
+    missing = [a for a in anchors if a.origin.split("/", 1)[-1] not in by_log]
+    out = {"intact": all(r.intact for _, r in reports) and not missing,
+           "logs": [r.to_dict() for _, r in reports],
+           "anchored_logs_missing": [a.origin for a in missing]}
+    sys.stdout.write(dumps(out) + "\n")
+    for log_id, report in reports:
+        if report.broken is not None:
+            _print_break(report, log_id or "(before identities)")
+        else:
+            print(f"{PROG} verify: log {log_id or '(before identities)'} intact: "
+                  f"{report.records} records, seq {report.first_seq}..{report.last_seq}, "
+                  f"tree size {report.tree_size}", file=sys.stderr)
+    for anchor in missing:
+        print(f"{PROG} verify: BROKEN: {anchor.source} holds a checkpoint of {anchor.origin}, "
+              "which the topics do not have at all (truncated)", file=sys.stderr)
+    return 0 if out["intact"] else 1
+
+
+def run_prove(args: argparse.Namespace) -> int:
+    from vllm_audit_agent.records import prove
+    from vllm_audit_agent.records.chain import load_public_key, raw_public_key
+
+    payloads = _payloads_of_path(args.path)
+    key = load_public_key(args.public_key)
+    note_text = None
+    if args.witness_url:
+        anchors = _anchors(args, key, _log_ids(payloads))
+        notes = [a.note.text() for a in anchors if a.note is not None]
+        note_text = max(notes, key=lambda text: (int(text.split("\n")[1]), len(text)),
+                        default=None)
+    bundle = prove.build(payloads, seq=args.seq, trail_id=args.trail_id,
+                         checkpoint_note=note_text, public_key_hex=raw_public_key(key).hex())
+    text = dumps(bundle) + "\n"
+    if args.output_file is None:
+        sys.stdout.write(text)
+    else:
+        args.output_file.write_text(text)
+    print(f"{PROG} prove: record at leaf {bundle['leaf_index']} of log {bundle['log_id']}, "
+          f"tree size {bundle['tree_size']}, {len(bundle['inclusion_path'])} hashes "
+          f"({len(text)} bytes)", file=sys.stderr)
+    return 0
