@@ -20,8 +20,10 @@ from typing import Any
 
 import pytest
 
-from tests.support.agent_harness import Hook, agent
+from tests.support.agent_harness import Hook, agent, lifecycle
 from tests.support.metrics_workload import gpu_reader, ingest
+from tests.support.prometheus import needs_prometheus, running_prometheus
+from vllm_audit.v1 import events_pb2 as pb
 
 REPO = Path(__file__).resolve().parents[1]
 DASHBOARD = REPO / "deploy" / "grafana" / "vllm-audit.json"
@@ -158,3 +160,54 @@ def test_dashboard_type_checks_against_grafana_schema(tmp_path: Path) -> None:
     out = subprocess.run([node, str(modules / "typescript" / "bin" / "tsc"), "-p", "."],
                          cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def token_panel_queries() -> dict[str, str]:
+    """The "tokens per request" panel's queries by legend kind (prompt, completion)."""
+    out = {}
+    for title, expr in queries():
+        if "tokens" in title.lower() and "_tokens_bucket" in expr:
+            out["prompt" if "prompt_tokens" in expr else "completion"] = substitute(expr)
+    assert set(out) == {"prompt", "completion"}, out
+    return out
+
+
+async def send_requests(hook: Hook, first_seq: int, prompts: list[int], completion: int) -> int:
+    seq = first_seq
+    for i, prompt in enumerate(prompts):
+        rid = f"tok{first_seq}x{i}"
+        http = pb.Event(time_unix_nano=10**15, request_id=rid, http=pb.HttpRequest(
+            status_code=200, model="m", prompt_tokens=prompt, completion_tokens=completion,
+            latency_ms=900.0, ttft_ms=100.0))
+        engine = lifecycle(f"chatcmpl-{rid}-1a2b3c4d", pb.LIFECYCLE_PHASE_FINISHED, 10**15,
+                           finish_reason="stop", num_output_tokens=completion)
+        await hook.send(seq, http, engine, model="m", pid=4242)
+        seq += 1
+    return seq
+
+
+@needs_prometheus
+async def test_the_dashboard_token_percentiles_are_within_10_percent(tmp_path: Path) -> None:
+    """Issue 25: ~320 prompt / 64 completion tokens per request showed as 640 / 40 with
+    power-of-4 buckets. The dashboard's own queries, by a real Prometheus."""
+    prompts = [300 + (i * 7) % 41 for i in range(60)]  # 300..340, median ~320
+    truth = {"prompt": sorted(prompts)[len(prompts) // 2], "completion": 64}
+    async with agent(tmp_path / "agent") as (handle, _), \
+            Hook(handle.state.config.ingest_socket) as hook:
+        with running_prometheus(tmp_path, "vllm-audit", [handle.http_address]) as prom:
+            # A model's histogram series appears with its first request: one first, scraped,
+            # so that the rate over the panel's window sees the whole measured wave.
+            seq = await send_requests(hook, 1, [5000], 1)
+            await asyncio.to_thread(prom.scraped, "vllm-audit", 3)
+            await send_requests(hook, seq, prompts, truth["completion"])
+            panel = token_panel_queries()
+
+            def estimates() -> dict[str, float] | None:
+                found = {kind: prom.value(expr) for kind, expr in panel.items()}
+                if any(v is None or v != v for v in found.values()):  # none yet, or NaN
+                    return None
+                return {kind: float(v) for kind, v in found.items() if v is not None}
+
+            got = await asyncio.to_thread(prom.wait, "token percentiles", estimates, 60.0)
+    for kind, estimate in got.items():
+        assert abs(estimate - truth[kind]) <= 0.1 * truth[kind], (kind, estimate, truth[kind])
