@@ -39,16 +39,34 @@ def _log_ids(payloads: list[bytes]) -> list[str]:
     return list(seen)
 
 
-def _anchors(args: argparse.Namespace, key: Any, log_ids: list[str]) -> list[Any]:
+def _key_for(payloads: list[bytes], keys: list[Any]) -> Any:
+    """The key a log names (its genesis's public key, its checkpoints' key id), else the
+    first given: a wrong key is then reported as a bad signature."""
+    from vllm_audit_agent.records.chain import key_id, raw_public_key
+
+    by_raw = {raw_public_key(k).hex(): k for k in keys}
+    by_id = {key_id(k): k for k in keys}
+    for payload in payloads:
+        record = orjson.loads(payload)
+        named = by_raw.get(record.get("public_key", "")) or by_id.get(record.get("key_id", ""))
+        if named is not None:
+            return named
+    return keys[0]
+
+
+def _anchors(args: argparse.Namespace, key: Any, log_ids: list[str], quiet: bool = False
+             ) -> list[Any]:
+    """Anchors whose log signature verifies with `key` (`quiet`: others are skipped, not an
+    error — several keys were given, each anchor is some log's)."""
     from vllm_audit_agent.records import anchors
 
-    found = anchors.from_files(args.anchor or [], key)
+    found = anchors.from_files(getattr(args, "anchor", None) or [], key, quiet)
     for url in args.witness_url or []:
-        found += anchors.from_witness(url, log_ids, key, timeout=args.timeout)
-    if args.anchor_kafka:
+        found += anchors.from_witness(url, log_ids, key, args.timeout, quiet)
+    if getattr(args, "anchor_kafka", None):
         topic = f"{args.topic_prefix}.{TOPICS['checkpoint']}"
         found += anchors.from_checkpoint_records(_kafka(args, [topic]), key,
-                                                 f"Kafka topic {topic}")
+                                                 f"Kafka topic {topic}", quiet)
     return found
 
 
@@ -77,9 +95,10 @@ def run_verify(args: argparse.Namespace) -> int:
 
     if (args.path is None) == (args.kafka_bootstrap is None):
         raise ValueError("verify needs exactly one of PATH or --kafka-bootstrap")
-    key = load_public_key(args.public_key)
+    keys = [load_public_key(path) for path in args.public_key]
     if args.path is not None:
         payloads = _payloads_of_path(args.path)
+        key = _key_for(payloads, keys)
         anchors = _anchors(args, key, _log_ids(payloads))
         report = verify_chain(payloads, key, args.allow_unsigned_tail,
                               _tree_check(args, key, anchors), sealed_start=args.path.is_dir())
@@ -96,9 +115,11 @@ def run_verify(args: argparse.Namespace) -> int:
     topics = args.topic or [f"{args.topic_prefix}.{t}" for t in dict.fromkeys(TOPICS.values())]
     payloads = _kafka(args, topics)
     by_log = split_by_log(payloads)
-    anchors = _anchors(args, key, [log for log in by_log if log])
+    anchors = [a for k in keys for a in _anchors(args, k, [log for log in by_log if log],
+                                                 quiet=len(keys) > 1)]
     reports: list[tuple[str, Report]] = []
     for log_id, records in by_log.items():
+        key = _key_for(records, keys)
         pre = Report()
         ordered = order_by_seq(records, pre)
         report = verify_chain(ordered, key, args.allow_unsigned_tail,
@@ -131,7 +152,7 @@ def run_prove(args: argparse.Namespace) -> int:
     from vllm_audit_agent.records.chain import load_public_key, raw_public_key
 
     payloads = _payloads_of_path(args.path)
-    key = load_public_key(args.public_key)
+    key = _key_for(payloads, [load_public_key(path) for path in args.public_key])
     note_text = None
     if args.witness_url:
         anchors = _anchors(args, key, _log_ids(payloads))

@@ -42,8 +42,10 @@ def add_arguments(sub: Any) -> None:
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--topic-prefix", default="vllm-audit")
-    parser.add_argument("--public-key", type=Path, required=True,
-                        help="the agent's Ed25519 public key (PEM, raw 32 bytes or hex)")
+    parser.add_argument("--public-key", type=Path, required=True, action="append",
+                        help="the agent's Ed25519 public key (PEM, raw 32 bytes or hex); "
+                             "repeatable: each log is checked with the key its genesis and "
+                             "checkpoints name (a fleet's keys, one per pod)")
     parser.add_argument("--witness-url", action="append", metavar="URL",
                         help="a witness: its newest cosigned checkpoint of each log is an anchor "
                              "(repeatable)")

@@ -21,19 +21,31 @@ from vllm_audit_agent.records.note import origin_of
 from vllm_audit_agent.records.tree_check import Anchor, anchor_from_note
 
 
-def from_files(paths: Iterable[Path], public_key: Ed25519PublicKey) -> list[Anchor]:
+def _anchor(text: str, source: str, public_key: Ed25519PublicKey, skip_foreign: bool
+            ) -> list[Anchor]:
+    """[the anchor], or [] when `skip_foreign` and it is signed by another key."""
+    try:
+        return [anchor_from_note(text, source, public_key)]
+    except ValueError:
+        if skip_foreign:
+            return []
+        raise
+
+
+def from_files(paths: Iterable[Path], public_key: Ed25519PublicKey, skip_foreign: bool = False
+               ) -> list[Anchor]:
     out = []
     for path in paths:
         try:
             text = path.read_text()
         except OSError as exc:
             raise ValueError(f"anchor {path}: {exc.strerror}") from None
-        out.append(anchor_from_note(text, f"anchor file {path}", public_key))
+        out += _anchor(text, f"anchor file {path}", public_key, skip_foreign)
     return out
 
 
 def from_witness(url: str, log_ids: Iterable[str], public_key: Ed25519PublicKey,
-                 timeout: float = 10.0) -> list[Anchor]:
+                 timeout: float = 10.0, skip_foreign: bool = False) -> list[Anchor]:
     """The newest checkpoint the witness at `url` cosigned for each log (none: not known)."""
     out = []
     for log_id in log_ids:
@@ -48,12 +60,12 @@ def from_witness(url: str, log_ids: Iterable[str], public_key: Ed25519PublicKey,
             raise ConnectionError(f"witness {url}: HTTP {exc.code} for {origin}") from None
         except (urllib.error.URLError, TimeoutError, OSError) as exc:
             raise ConnectionError(f"witness {url} cannot be reached: {exc}") from None
-        out.append(anchor_from_note(text, f"witness {url}", public_key))
+        out += _anchor(text, f"witness {url}", public_key, skip_foreign)
     return out
 
 
 def from_checkpoint_records(payloads: Iterable[bytes], public_key: Ed25519PublicKey,
-                            source: str) -> list[Anchor]:
+                            source: str, skip_foreign: bool = False) -> list[Anchor]:
     """The newest checkpoint per log among records (the Kafka checkpoint topic), preferring a
     cosigned copy of it."""
     newest: dict[str, tuple[int, str]] = {}
@@ -70,4 +82,5 @@ def from_checkpoint_records(payloads: Iterable[bytes], public_key: Ed25519Public
         held = newest.get(log_id)
         if held is None or size > held[0] or (size == held[0] and len(text) > len(held[1])):
             newest[log_id] = (size, text)
-    return [anchor_from_note(text, source, public_key) for _, text in newest.values()]
+    return [a for _, text in newest.values()
+            for a in _anchor(text, source, public_key, skip_foreign)]
