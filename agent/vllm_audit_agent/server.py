@@ -30,6 +30,7 @@ from grpc_health.v1._async import HealthServicer  # public as health.aio, which 
 from vllm_audit.v1 import ingest_pb2, ingest_pb2_grpc, query_pb2, query_pb2_grpc
 from vllm_audit_agent.api.auth_interceptor import AuthInterceptor
 from vllm_audit_agent.api.collectors import make_registry
+from vllm_audit_agent.api.evidence_metrics import EvidenceCollector
 from vllm_audit_agent.api.gate import AuditSink
 from vllm_audit_agent.api.http_api import ManagementApi, disabled_routes, http_api_allowed
 from vllm_audit_agent.api.http_endpoint import HttpEndpoint
@@ -41,6 +42,7 @@ from vllm_audit_agent.api.tls import check_listener, http_ssl_context, server_cr
 from vllm_audit_agent.api.tokens import load_token_table, metrics_token_hash
 from vllm_audit_agent.api.witness_metrics import WitnessCollector
 from vllm_audit_agent.config import AgentConfig, parse_address
+from vllm_audit_agent.delivery.anchor_check import check_against_witnesses
 from vllm_audit_agent.delivery.cosigning import Cosigner
 from vllm_audit_agent.delivery.kafka_sink import KafkaPublisher
 from vllm_audit_agent.delivery.no_kafka import NoKafkaPublisher
@@ -85,6 +87,10 @@ def _gpu_reader(kind: str) -> GpuReader | None:
         return FakeGpuReader()
     return None
 
+
+#: The start-time check waits at most this long for each witness (the agent is not ready
+#: meanwhile); a witness that does not answer is counted and skipped.
+START_CHECK_TIMEOUT_S = 5.0
 
 def _record_log(config: AgentConfig, kind: Callable[..., RecordLog] = RecordLog) -> RecordLog:
     """`kind`: RecordLog, or a subclass (tests inject failures with one)."""
@@ -153,6 +159,10 @@ async def _running_agent(config: AgentConfig, publisher: Publisher | None,
         logger.warning("record log had %d damaged records (%d bytes), kept in %s",
                        records.wal.damaged_records, records.wal.damaged_bytes,
                        records.wal.quarantine_dir)
+    if config.witnesses:  # before anything new is written: is this the log they saw?
+        await check_against_witnesses(records, config.witnesses,
+                                      min(config.witness_timeout_seconds, START_CHECK_TIMEOUT_S),
+                                      records.counters)
     replayed = replay_wal(state.ingest, config.data_dir / "quarantine")
     # After the WAL replay: trails it rebuilt are recorded (or de-duplicated) as they are.
     state.trails.remember_recorded(records.take_recorded_trails())
@@ -211,6 +221,7 @@ async def _running_agent(config: AgentConfig, publisher: Publisher | None,
     registry = make_registry(state)
     if cosigner is not None:
         registry.register(WitnessCollector(cosigner))
+    registry.register(EvidenceCollector(records))
     http = HttpEndpoint(state, registry, disabled_routes(refused) if refused
                         else ManagementApi(api, auth.gate).routes())
     if config.metrics_token_file is not None:

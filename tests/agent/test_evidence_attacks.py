@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from harness.kafka_broker import KafkaBroker
 from harness.procs import Proc, start_witness
+from tests.agent.test_metrics import get
 from tests.support.agent_harness import (
     Hook,
     agent,
@@ -316,3 +317,40 @@ async def test_a_log_cut_by_retention_verifies_by_its_seal_and_only_by_it(tmp_pa
     sorted(records.glob("*.wal"))[0].unlink()
     code, report = verify(records, tmp_path)
     assert code == 1 and report["broken"]["reason"] == "unsealed_start", report
+
+
+@pytest.mark.parametrize("attack", ["rewritten", "truncated"])
+async def test_the_agent_finds_a_break_at_start_and_goes_on_as_a_new_log(
+        written: tuple[Path, str], tmp_path: Path, attack: str) -> None:
+    tmp, base = written
+    shutil.copytree(tmp / "data", tmp_path / "data")
+    records_dir = tmp_path / "data" / "records"
+    payloads = payloads_of(records_dir)
+    if attack == "rewritten":
+        first_request = next(i for i, p in enumerate(payloads)
+                             if orjson.loads(p)["type"] == "request")
+        rewrite_log(records_dir, resign(payloads, load_private_key(tmp / "log.key"),
+                                        first_request))
+    else:  # a data directory restored from an older copy
+        checkpoints = [i for i, p in enumerate(payloads) if orjson.loads(p)["type"] == "checkpoint"]
+        rewrite_log(records_dir, payloads[:checkpoints[1] + 1])
+    old_log = orjson.loads(payloads[0])["log_id"]
+    found = len(payloads_of(records_dir))
+    async with agent(tmp_path, signing_key_file=tmp / "log.key", witnesses=(base,),
+                     record_log_max_bytes=160_000) as (handle, _):
+        records = handle.state.records
+        assert records.counters[f"break_{attack}"] == 1
+        assert records.counters[f"anchor_check_{attack}"] == 1
+        assert records.log_id != old_log
+        _, body = await get(handle)
+        assert f'vllm_audit_log_breaks_total{{reason="{attack}"}} 1.0' in body.decode()
+        await until(lambda: records.durable_seq > found, "the new genesis", 10)
+    after = payloads_of(records_dir)
+    genesis = [orjson.loads(p) for p in after if orjson.loads(p)["type"] == "genesis"]
+    assert [g["log_id"] for g in genesis] == [old_log, records.log_id]
+    assert genesis[1]["break"]["reason"] == attack and genesis[1]["break"]["log_id"] == old_log
+    assert genesis[1]["follows"]["seq"] == orjson.loads(after[found - 1])["seq"]
+    # The log as found is kept: verify names the same break against the witness (the new
+    # log after it is a log of its own, with its own genesis).
+    code, report = verify(records_dir, tmp, "--witness-url", base)
+    assert code == 1 and report["broken"]["reason"] in (attack, "log_id_mismatch"), report

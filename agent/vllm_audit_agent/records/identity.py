@@ -43,13 +43,16 @@ def identity_from_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
 
 
 def genesis_record(log_id: str, signer: Signer, identity: Mapping[str, str], time_ms: int,
-                   follows: tuple[int, str] | None) -> dict[str, Any]:
-    """The genesis record (signed like a checkpoint; the log then chains and seals it)."""
+                   follows: tuple[int, str] | None,
+                   found_break: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The genesis record (signed like a checkpoint; the log then chains and seals it).
+    `found_break`: why the log before it was left (records/log.py start_new_log)."""
     record: dict[str, Any] = {
         "type": RECORD_TYPE_GENESIS, "log_id": log_id, "time_unix_ms": time_ms,
         "public_key": raw_public_key(signer.public_key).hex(),
         "identity": dict(identity),
         "follows": {"seq": follows[0], "hash": follows[1]} if follows else None,
+        "break": dict(found_break) if found_break else None,
     }
     signer.sign(record)
     return record

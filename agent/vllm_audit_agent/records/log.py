@@ -149,9 +149,13 @@ class RecordLog:
         self._keep_proof_leaves = False
         #: A seal appended whose segments are deleted once it is durable.
         self._sealing: list[int] | None = None
+        #: Root (hex) of each of this log's checkpoints by tree size: what an anchor held
+        #: elsewhere is compared with at start (anchor_check.py).
+        self.checkpoint_roots: dict[int, str] = {}
+        self._identity = dict(identity or {})
         self._replay()
         if not self.log_id or self.tree is None:
-            self._start_log(identity or {})
+            self._start_log(self._identity)
         self._proof_base = self.tree.copy() if self.tree is not None else CompactRange()
 
     # -- start ---------------------------------------------------------------------------
@@ -204,6 +208,7 @@ class RecordLog:
                 self._since_checkpoint += 1
         self._tail = tail
         self.log_id, self.tree = trees.finish()
+        self.checkpoint_roots = trees.checkpoint_roots
         if self.cursor > self.head_seq:
             logger.warning("record log cursor %d is past the log's head %d", self.cursor,
                            self.head_seq)
@@ -232,7 +237,18 @@ class RecordLog:
         """The ingest WAL has been replayed: the start-up de-duplication set can go."""
         self.replay_event_ids = None
 
-    def _start_log(self, identity: Mapping[str, str]) -> None:
+    def start_new_log(self, reason: str, detail: Mapping[str, Any]) -> None:
+        """A break found in this log (an anchor held elsewhere disagrees with it): the agent
+        goes on under a new identity whose genesis names the break and the head it follows;
+        the log as found stays, for the investigation."""
+        logger.error("record log %s: %s (%s); going on as a new log", self.log_id, reason,
+                     dict(detail))
+        self.counters[f"break_{reason}"] += 1
+        self.checkpoint_roots = {}
+        self._start_log(self._identity, {"reason": reason, "log_id": self.log_id, **detail})
+
+    def _start_log(self, identity: Mapping[str, str],
+                   found_break: Mapping[str, Any] | None = None) -> None:
         """A new log identity and tree, opened by a signed genesis record. A chain that already
         had records (written before identities, or by a log whose tree could not be rebuilt)
         goes on: the genesis names the head it follows."""
@@ -244,7 +260,7 @@ class RecordLog:
         self.tree = CompactRange()
         follows = (self.head_seq, self.head_hash) if self.head_seq else None
         self.append(genesis_record(self.log_id, self.signer, identity, int(self.clock() * 1000),
-                                   follows), kind=RECORD_TYPE_GENESIS)
+                                   follows, found_break), kind=RECORD_TYPE_GENESIS)
 
     # -- appending (agent loop) -----------------------------------------------------------
     def append(self, record: dict[str, Any], on_recorded: OnRecorded | None = None,
@@ -291,6 +307,7 @@ class RecordLog:
             "log_id": self.log_id, "tree_size": tree.size, "root_hash": root.hex(),
             "compact_range": tree.to_hex(), "note": note.text(),
         }
+        self.checkpoint_roots[tree.size] = root.hex()
         self.signer.sign(record)
         self._since_checkpoint = 0
         self._last_checkpoint = time.monotonic()

@@ -94,6 +94,7 @@ class TreeCheck:
         self._witnessed: dict[int, set[bytes]] = {}  # tree size -> witness keys that cosigned
         self._last_covered_needed = 0  # tree size that covers the last request/access record
         self._anchors_checked: set[int] = set()
+        self._logs_left: set[str] = set()  # origins of the logs this chain went through
         self.finding: TreeFinding | None = None
 
     # -- per record ------------------------------------------------------------------------
@@ -103,6 +104,10 @@ class TreeCheck:
             if not verify_signature(self.public_key, record):
                 return self._break(seq, "bad_signature", "the genesis record's signature does "
                                    "not verify with the public key")
+            if self.summary.log_id:  # the chain goes on as a new log: the one left must hold
+                left = self._truncation(seq)  # what anchors hold of it
+                if left is not None:
+                    return left
             self.summary.log_id, self.tree = str(log_id), CompactRange()
             self._early.clear()
             self._first = None
@@ -230,6 +235,18 @@ class TreeCheck:
                                        f"{anchor.size} is not the one {anchor.source} holds")
         return None
 
+    def _truncation(self, seq: int) -> TreeFinding | None:
+        """An anchor of the current log beyond its end (at its end, or where a new log starts)."""
+        origin = origin_of(self.summary.log_id)
+        self._logs_left.add(origin)
+        size = self.tree.size if self.tree is not None else 0
+        for anchor in self.anchors:
+            if anchor.origin == origin and anchor.size > size:
+                return self._break(seq, "truncated", f"log {self.summary.log_id} ends at tree "
+                                   f"size {size}; {anchor.source} holds a checkpoint of it at "
+                                   f"{anchor.size}")
+        return None
+
     def accept_partial_start(self) -> None:
         """An export or a Kafka topic: a start after the genesis is expected, not a deletion."""
         if self._first is not None and not self.summary.sealed_start:
@@ -251,14 +268,13 @@ class TreeCheck:
         self.summary.tree_size = size
         self.summary.root_hash = tree.root().hex() if tree is not None else ""
         origin = origin_of(self.summary.log_id)
+        left = self._truncation(last_seq or 0)
+        if left is not None:
+            return left
         for anchor in self.anchors:
-            if anchor.origin != origin:
+            if anchor.origin != origin and anchor.origin not in self._logs_left:
                 self.summary.notes.append(f"anchor from {anchor.source} is for another log "
                                           f"({anchor.origin})")
-            elif anchor.size > size:
-                return self._break(last_seq or 0, "truncated", f"the log ends at tree size "
-                                   f"{size}; {anchor.source} holds a checkpoint at "
-                                   f"{anchor.size}")
         for i, anchor in enumerate(self.anchors):
             if anchor.origin == origin and anchor.size <= size and i not in self._anchors_checked:
                 self.summary.notes.append(f"anchor at tree size {anchor.size} from "

@@ -40,6 +40,8 @@ class TreeReplay:
         #: may say what came before them).
         self._early: list[tuple[int, bytes]] = []
         self._first_seq: int | None = None
+        #: Root (hex) of each checkpoint of the current log, by tree size.
+        self.checkpoint_roots: dict[int, str] = {}
 
     def add(self, segment: int, record: dict[str, Any], payload: bytes) -> None:
         info = self.segments[segment]
@@ -49,6 +51,7 @@ class TreeReplay:
             self.log_id, self.tree = str(log_id), CompactRange()
             self._early.clear()
             self._first_seq = None
+            self.checkpoint_roots = {}
         elif not log_id:
             return  # written before the log had an identity: not in any tree
         elif log_id != self.log_id:
@@ -61,6 +64,8 @@ class TreeReplay:
             self._first_seq = int(record["seq"])
         if kind == RECORD_TYPE_SEAL:
             self._apply_seal(record)
+        if kind == RECORD_TYPE_CHECKPOINT and isinstance(record.get("tree_size"), int):
+            self.checkpoint_roots[record["tree_size"]] = str(record.get("root_hash", ""))
         if self.tree is None and kind == RECORD_TYPE_CHECKPOINT and record.get("compact_range"):
             self.tree = self._range_of(record)
         if self.tree is None:
