@@ -99,37 +99,21 @@ class TreeCheck:
 
     # -- per record ------------------------------------------------------------------------
     def add(self, record: dict[str, Any], payload: bytes) -> TreeFinding | None:
-        seq, kind, log_id = int(record["seq"]), record.get("type"), record.get("log_id")
-        if kind == RECORD_TYPE_GENESIS:
-            if not verify_signature(self.public_key, record):
-                return self._break(seq, "bad_signature", "the genesis record's signature does "
-                                   "not verify with the public key")
-            if self.summary.log_id:  # the chain goes on as a new log: the one left must hold
-                left = self._truncation(seq)  # what anchors hold of it
-                if left is not None:
-                    return left
-            self.summary.log_id, self.tree = str(log_id), CompactRange()
-            self._early.clear()
-            self._first = None
-        elif not log_id and not self.summary.log_id:
+        seq, kind = int(record["seq"]), record.get("type")
+        if not record.get("log_id") and not self.summary.log_id and kind != RECORD_TYPE_GENESIS:
             return None  # a chain written before log identities
-        elif log_id != self.summary.log_id:
-            if self.summary.log_id:
-                return self._break(seq, "log_id_mismatch", f"record of log {log_id!r} inside "
-                                   f"log {self.summary.log_id}")
-            self.summary.log_id = str(log_id)
-            self._first = record
+        found = self._identity(seq, record)
+        if found:
+            return found
         leaf = leaf_hash(payload)
         if kind == RECORD_TYPE_SEAL:
             found = self._seal(seq, record)
-            if found:
-                return found
         elif kind == RECORD_TYPE_CHECKPOINT:
             found = self._checkpoint(seq, record)
-            if found:
-                return found
         elif kind == RECORD_TYPE_COSIGNATURE:
             self._cosignature(record)
+        if found:
+            return found
         if self.tree is None:
             if len(self._early) >= EARLY_LEAVES_MAX:
                 return self._break(seq, "unsealed_start", "no seal or checkpoint within "
@@ -140,6 +124,29 @@ class TreeCheck:
         if kind in (RECORD_TYPE_REQUEST, RECORD_TYPE_ACCESS):
             self._last_covered_needed = self.tree.size
         return self._anchor_at(seq)
+
+    def _identity(self, seq: int, record: dict[str, Any]) -> TreeFinding | None:
+        """Follows the log a record belongs to: a genesis starts one, anything else must be of
+        the current one (the first record names it when the log starts mid-way)."""
+        log_id = record.get("log_id")
+        if record.get("type") == RECORD_TYPE_GENESIS:
+            if not verify_signature(self.public_key, record):
+                return self._break(seq, "bad_signature", "the genesis record's signature does "
+                                   "not verify with the public key")
+            if self.summary.log_id:  # the chain goes on as a new log: the one left must hold
+                left = self._truncation(seq)  # what anchors hold of it
+                if left is not None:
+                    return left
+            self.summary.log_id, self.tree = str(log_id), CompactRange()
+            self._early.clear()
+            self._first = None
+        elif log_id != self.summary.log_id:
+            if self.summary.log_id:
+                return self._break(seq, "log_id_mismatch", f"record of log {log_id!r} inside "
+                                   f"log {self.summary.log_id}")
+            self.summary.log_id = str(log_id)
+            self._first = record
+        return None
 
     def _break(self, seq: int, reason: str, detail: str) -> TreeFinding:
         self.finding = TreeFinding(seq, reason, detail)
