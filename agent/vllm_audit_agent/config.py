@@ -190,8 +190,11 @@ class AgentConfig:
     # -- the record log (<data_dir>/records) --
     signing_key_file: Path | None = declare(
         "--signing-key-file", "VLLM_AUDIT_SIGNING_KEY_FILE", None,
-        "Ed25519 key signing the record log's checkpoints, PEM or raw 32 bytes", metavar="FILE",
-        default_note="generated 0600 in the data dir at the first start, public key beside it")
+        "Ed25519 key signing the record log's checkpoints, PEM or raw 32 bytes; keep it outside "
+        "the data dir, read-only (`vllm-audit keygen` makes one; the chart mounts a Secret)",
+        metavar="FILE",
+        default_note="generated 0600 in the data dir at the first start, public key beside it: "
+                     "one machine only, warned at start (vllm_audit_signing_key_in_data_dir 1)")
     checkpoint_every: int = declare(
         "--checkpoint-every", "VLLM_AUDIT_CHECKPOINT_EVERY", 1000,
         "records between signed checkpoints", metavar="N", check=positive)

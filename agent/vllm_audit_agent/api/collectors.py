@@ -24,6 +24,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from vllm_audit_agent.api.gate import REFUSALS as AUTH_REFUSALS
+from vllm_audit_agent.api.key_custody import KeyCustodyCollector
 from vllm_audit_agent.model.validation import CLAMPABLE_FIELDS
 from vllm_audit_agent.records.entry import TOPICS
 from vllm_audit_agent.state import AgentState
@@ -409,6 +410,7 @@ def make_registry(state: AgentState) -> CollectorRegistry:
     registry.register(AgentCollector(state))
     registry.register(state.request_metrics)
     registry.register(BuildInfo())
+    registry.register(KeyCustodyCollector(state.config.signing_key_file, state.config.data_dir))
     # The standard process_* names: the registry is this process's alone.
     ProcessCollector(registry=registry)
     return registry

@@ -4,6 +4,7 @@ expected failure into one line on stderr and an exit code.
     parser.py            what the command line accepts (the agent's options from config.py)
     run_agent.py         `agent`
     run_witness.py       `witness` (its options too)
+    keygen.py            `keygen` (the record log's signing key, made once)
     query_commands.py    query, set-level, delete, clear, tail (ask the running agent)
     offline_commands.py  replay, export, stats export (read what the agent wrote)
     evidence_commands.py verify, prove (check the evidence, prove one record)
@@ -21,6 +22,7 @@ from collections.abc import Sequence
 import grpc
 
 from vllm_audit_agent.cli.evidence_commands import run_prove, run_verify
+from vllm_audit_agent.cli.keygen import run_keygen
 from vllm_audit_agent.cli.offline_commands import run_export, run_replay, run_stats_export
 from vllm_audit_agent.cli.parser import PROG, build_parser, version
 from vllm_audit_agent.cli.query_commands import rpc_error, run_client
@@ -40,6 +42,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_agent(args)
         if args.command == "witness":
             return run_witness(args)
+        if args.command == "keygen":
+            return run_keygen(args)
         if args.command == "replay":
             return run_replay(args)
         if args.command == "verify":

@@ -14,6 +14,7 @@ from typing import Any
 from vllm_audit.v1 import query_pb2 as q
 from vllm_audit_agent.cli import evidence_parser
 from vllm_audit_agent.cli.credentials import ENV_TOKEN, ENV_TOKEN_FILE
+from vllm_audit_agent.cli.keygen import add_keygen_parser
 from vllm_audit_agent.cli.run_witness import add_witness_parser
 from vllm_audit_agent.config import LEVELS, OPTIONS, AgentConfig, env_var
 from vllm_audit_agent.options import add_arguments
@@ -45,6 +46,7 @@ DESCRIPTION = f"""`vllm-audit`: run the agent, query it, switch the audit level.
     vllm-audit prove PATH --seq N|--trail-id ID --public-key PEM [--witness-url URL]
     vllm-audit export [--data-dir DIR] [--since T] [--until T] [--format jsonl|csv]
     vllm-audit witness --key FILE --state-dir DIR --listen H:P --log-public-key PEM [--name N]
+    vllm-audit keygen --key FILE [--public-key FILE]   (the signing key, apart from the data dir)
 
 verify exits 0 when the chain, the Merkle tree and the log's identity are intact, covered by
 checkpoints and consistent with every anchor; 1 at the first break (named on stderr, the
@@ -116,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _agent_parser(sub)
     add_witness_parser(sub)
+    add_keygen_parser(sub)
 
     s = sub.add_parser("query", parents=[client], help="read the agent's trails, stats, health")
     qs = s.add_subparsers(dest="what", required=True, metavar="WHAT")

@@ -33,6 +33,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from vllm_audit_agent.storage.datadir import write_private_file
+
+logger = logging.getLogger("vllm_audit.agent")
 
 GENESIS_HASH = "0" * 64
 #: Record types in the log (the `type` field).
@@ -220,20 +223,43 @@ def public_pem(key: Ed25519PublicKey) -> bytes:
                             serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
-def load_or_create_signer(key_file: Path | None, data_dir: Path) -> Signer:
-    """The configured key, or the one generated in `data_dir` at the first start.
-
-    A generated key is written 0600 (created with that mode, never widened), its public key
-    beside it (0644) for `vllm-audit verify --public-key`."""
-    if key_file is not None:
-        return Signer(load_private_key(key_file))
-    path = data_dir / PRIVATE_KEY_NAME
-    if path.exists():
-        return Signer(load_private_key(path))
-    data_dir.mkdir(parents=True, exist_ok=True)
+def write_new_key(path: Path, public_path: Path) -> Ed25519PrivateKey:
+    """A new Ed25519 key: PEM (PKCS#8) written 0600 (created with that mode, never widened),
+    its public key PEM at `public_path` (0644, for `verify --public-key` and witnesses)."""
     key = Ed25519PrivateKey.generate()
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption())
-    write_private_file(path, pem)
-    (data_dir / PUBLIC_KEY_NAME).write_bytes(public_pem(key.public_key()))
-    return Signer(key)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_private_file(path, key.private_bytes(serialization.Encoding.PEM,
+                                               serialization.PrivateFormat.PKCS8,
+                                               serialization.NoEncryption()))
+    public_path.parent.mkdir(parents=True, exist_ok=True)
+    public_path.write_bytes(public_pem(key.public_key()))
+    return key
+
+
+def key_in_data_dir(key_file: Path | None, data_dir: Path) -> bool:
+    """Whether the log's signing key lies inside its data directory (the default, generated
+    there, or a --signing-key-file under it, through symbolic links too)."""
+    if key_file is None:
+        return True
+    return key_file.resolve().is_relative_to(data_dir.resolve())
+
+
+#: The start-up warning for a key inside the data directory (one line; the metric
+#: vllm_audit_signing_key_in_data_dir says the same to an alert).
+KEY_IN_DATA_DIR_WARNING = (
+    "the record log's signing key %s is inside the data directory %s: whoever has a copy of "
+    "that directory (a backup, a volume snapshot, root in the pod) can rewrite the log and "
+    "re-sign it so that verify finds it intact; keep the key apart (--signing-key-file on a "
+    "read-only mount, `vllm-audit keygen` makes one) and have a witness cosign the checkpoints")
+
+
+def load_or_create_signer(key_file: Path | None, data_dir: Path) -> Signer:
+    """The configured key, or the one generated in `data_dir` at the first start (with its
+    public key beside it). A key inside `data_dir` is warned about (KEY_IN_DATA_DIR_WARNING):
+    the default suits one machine only."""
+    path = data_dir / PRIVATE_KEY_NAME if key_file is None else key_file
+    if key_in_data_dir(key_file, data_dir):
+        logger.warning(KEY_IN_DATA_DIR_WARNING, path, data_dir)
+    if key_file is not None or path.exists():
+        return Signer(load_private_key(path))
+    return Signer(write_new_key(path, data_dir / PUBLIC_KEY_NAME))
