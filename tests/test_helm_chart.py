@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from vllm_audit_agent.cli.parser import build_parser
 from vllm_audit_agent.config import OPTIONS
-from vllm_audit_agent.records.chain import load_private_key, public_pem
+from vllm_audit_agent.records.chain import load_private_key, load_public_key, public_pem
 
 REPO = Path(__file__).resolve().parents[1]
 CHART = REPO / "helm" / "vllm-audit"
@@ -129,7 +129,8 @@ def test_chart_lints_clean_and_validates_against_kubernetes_schemas() -> None:
             validate(doc)
     kinds = {d["kind"] for d in render(EVERYTHING)}
     assert kinds == {"StatefulSet", "Service", "ServiceAccount", "NetworkPolicy",
-                     "PodDisruptionBudget", "ServiceMonitor", "PrometheusRule"}
+                     "PodDisruptionBudget", "ServiceMonitor", "PrometheusRule",
+                     "Secret", "ConfigMap"}  # the log's signing key, its public key
 
 
 def test_crd_validation_rejects_unknown_fields() -> None:
@@ -453,12 +454,14 @@ def test_the_witness_runs_off_the_agents_pod_and_the_agents_offer_to_it() -> Non
     assert args.name == "llm-vllm-audit-witness.ml"
     mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
     assert str(args.key.parent) == mounts["key"] and str(args.state_dir) == mounts["state"]
-    (log_key,) = args.log_public_key
+    # The chart's own signing key first (see the test below), then the ones given.
+    release_key, log_key = args.log_public_key
+    assert release_key.name == "signing.crt"
     (config,) = [d for d in of_kind(docs, "ConfigMap") if d["metadata"]["name"].endswith("log-keys")]
     assert config["data"][log_key.name] == LOG_PEM
     assert witness["spec"]["replicas"] == 1 and witness["spec"]["strategy"]["type"] == "Recreate"
     # Its key: made by the chart, kept across upgrades, a key `vllm-audit witness` loads.
-    (secret,) = of_kind(docs, "Secret")
+    (secret,) = [d for d in of_kind(docs, "Secret") if d["metadata"]["name"].endswith("witness-key")]
     assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
     key_file = Path(tempfile.mkdtemp()) / "witness.key"
     key_file.write_bytes(base64.b64decode(secret["data"][args.key.name]))
@@ -473,13 +476,15 @@ def test_the_witness_runs_off_the_agents_pod_and_the_agents_offer_to_it() -> Non
 
 
 def test_a_witness_needs_the_log_keys_and_an_own_key_secret_is_used_as_given() -> None:
+    # Given a signing key Secret of its own, the chart cannot read its public key.
     with pytest.raises(helm.HelmError, match=r"witness.logPublicKeys"):
-        render({**SECRET, "witness": {"enabled": True}})
+        render({**SECRET, "witness": {"enabled": True},
+                "agent": {"signingKeySecret": {"name": "audit-signing", "key": "signing.key"}}})
     with pytest.raises(helm.HelmError, match=r"'/witness/logPublicKeys/0'"):
         render({**SECRET, "witness": {"enabled": True, "logPublicKeys": ["not a key"]}})
     docs = render({**WITNESS, "witness": {**WITNESS["witness"],
                                           "keySecret": {"name": "mine", "key": "k"}}})
-    assert of_kind(docs, "Secret") == []
+    assert [d for d in of_kind(docs, "Secret") if "witness" in d["metadata"]["name"]] == []
     (witness,) = [d for d in of_kind(docs, "Deployment") if d["metadata"]["name"].endswith("witness")]
     volumes = {v["name"]: v for v in witness["spec"]["template"]["spec"]["volumes"]}
     assert volumes["key"]["secret"]["secretName"] == "mine"
@@ -487,3 +492,73 @@ def test_a_witness_needs_the_log_keys_and_an_own_key_secret_is_used_as_given() -
     docs = render(SECRET)
     assert not [d for d in docs if "witness" in d["metadata"]["name"]]
     assert agent_args(containers(docs)[0]).witness is None
+
+
+def decoded(secret: dict[str, Any], key: str, tmp: Path) -> Path:
+    path = tmp / key
+    path.write_bytes(base64.b64decode(secret["data"][key]))
+    return path
+
+
+def test_the_signing_key_is_a_read_only_secret_outside_the_data_dir(tmp_path: Path) -> None:
+    """Issue 18 item 6: a copy of the data directory must not carry the key that signs it."""
+    for values in VALUE_SETS:  # every variant passes the key; none uses the data-dir default
+        agent = containers(render(values))[0]
+        args = agent_args(agent)
+        assert args.signing_key_file is not None
+        assert not args.signing_key_file.is_relative_to(args.data_dir)
+    docs = render(SECRET)
+    agent = containers(docs)[0]
+    args = agent_args(agent)
+    (mount,) = [m for m in agent["volumeMounts"]
+                if args.signing_key_file.is_relative_to(m["mountPath"])]
+    assert mount["readOnly"] is True and str(args.signing_key_file.parent) == mount["mountPath"]
+    volumes = {v["name"]: v for v in pod_spec(docs)["volumes"]}
+    assert volumes[mount["name"]]["secret"] == {"secretName": "llm-vllm-audit-signing-key",
+                                                "defaultMode": 0o400}
+    # Made by the chart once (kept across upgrades and uninstall), a key the agent loads.
+    (secret,) = [d for d in of_kind(docs, "Secret")
+                 if d["metadata"]["name"] == "llm-vllm-audit-signing-key"]
+    assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    key = load_private_key(decoded(secret, args.signing_key_file.name, tmp_path))
+    # Its public key is published (a certificate of it: what Helm can derive) for verifiers.
+    (public,) = [d for d in of_kind(docs, "ConfigMap")
+                 if d["metadata"]["name"] == "llm-vllm-audit-signing-public-key"]
+    (tmp_path / "signing.crt").write_text(public["data"]["signing.crt"])
+    assert load_public_key(tmp_path / "signing.crt") == key.public_key()
+    # A Secret of the operator's is mounted as given, and the chart makes none.
+    docs = render({**SECRET, "agent": {"signingKeySecret": {"name": "mine", "key": "log.pem"}}})
+    args = agent_args(containers(docs)[0])
+    assert args.signing_key_file.name == "log.pem"
+    volumes = {v["name"]: v for v in pod_spec(docs)["volumes"]}
+    assert volumes[mount["name"]]["secret"]["secretName"] == "mine"
+    assert not [d for d in docs if "signing" in d["metadata"]["name"]]
+    # The key's name is a file name: no path out of the mount.
+    with pytest.raises(helm.HelmError, match=r"signingKeySecret"):
+        render({**SECRET, "agent": {"signingKeySecret": {"name": "mine", "key": "../signing.key"}}})
+
+
+def test_the_witness_trusts_the_chart_made_key_without_holding_it(tmp_path: Path) -> None:
+    docs = render({**SECRET, "witness": {"enabled": True}})  # no logPublicKeys needed
+    for doc in docs:
+        validate(doc)
+    (witness,) = [d for d in of_kind(docs, "Deployment") if d["metadata"]["name"].endswith("witness")]
+    spec = witness["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    args = build_parser().parse_args([*container["command"][1:], *container["args"]])
+    (log_key,) = args.log_public_key
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    source = volumes[mounts[str(log_key.parent)]]
+    assert source == {"name": source["name"],
+                      "configMap": {"name": "llm-vllm-audit-signing-public-key"}}
+    # Only its own key is a Secret it mounts: never the log's signing key.
+    assert [v["secret"]["secretName"] for v in spec["volumes"] if "secret" in v] == \
+        ["llm-vllm-audit-witness-key"]
+    (secret,) = [d for d in of_kind(docs, "Secret")
+                 if d["metadata"]["name"] == "llm-vllm-audit-signing-key"]
+    (public,) = [d for d in of_kind(docs, "ConfigMap")
+                 if d["metadata"]["name"] == "llm-vllm-audit-signing-public-key"]
+    (tmp_path / log_key.name).write_text(public["data"][log_key.name])
+    signing = load_private_key(decoded(secret, "signing.key", tmp_path))
+    assert load_public_key(tmp_path / log_key.name) == signing.public_key()

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -202,8 +203,16 @@ def load_private_key(path: Path) -> Ed25519PrivateKey:
 
 
 def load_public_key(path: Path) -> Ed25519PublicKey:
-    """A PEM Ed25519 public key, its raw 32 bytes, or those as 64 hex digits."""
+    """A PEM Ed25519 public key, its raw 32 bytes, those as 64 hex digits, or a PEM X.509
+    certificate of it (the Helm chart publishes the log key's public key in one: Helm can
+    make a certificate from a private key, not a bare public key)."""
     data = path.read_bytes()
+    if data.lstrip().startswith(b"-----BEGIN CERTIFICATE-----"):
+        try:
+            data = x509.load_pem_x509_certificate(data).public_key().public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        except ValueError as exc:
+            raise ValueError(f"{path}: not a PEM certificate of an Ed25519 key ({exc})") from None
     if len(data.strip()) == 64:
         with contextlib.suppress(ValueError):
             data = bytes.fromhex(data.strip().decode())

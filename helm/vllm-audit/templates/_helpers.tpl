@@ -78,3 +78,13 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 {{- join "," $urls -}}
 {{- end -}}
+
+{{/* The Secret holding the agents' record-log signing key (made by the chart unless named). */}}
+{{- define "vllm-audit.signingKeySecret" -}}
+{{- .Values.agent.signingKeySecret.name | default (printf "%s-signing-key" (include "vllm-audit.fullname" .)) -}}
+{{- end -}}
+
+{{/* The ConfigMap publishing its public key (only when the chart made the key). */}}
+{{- define "vllm-audit.signingPublicKey" -}}
+{{- printf "%s-signing-public-key" (include "vllm-audit.fullname" .) -}}
+{{- end -}}
