@@ -16,7 +16,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -114,8 +114,10 @@ def admin_token(tmp: Path) -> str:
 
 
 def start_agent(tmp: Path, socket_path: Path, kafka_bootstrap: str | None,
-                level: str = "full-with-allowed-sets") -> tuple[Proc, str, str]:
-    """Starts `vllm-audit agent`; returns (proc, query address, metrics base URL)."""
+                level: str = "full-with-allowed-sets", extra_args: Sequence[str] = ()
+                ) -> tuple[Proc, str, str]:
+    """Starts `vllm-audit agent` (`extra_args`: more of its flags); returns (proc, query
+    address, metrics base URL)."""
     query = f"127.0.0.1:{free_port()}"
     http_port = free_port()
     args = [
@@ -130,6 +132,7 @@ def start_agent(tmp: Path, socket_path: Path, kafka_bootstrap: str | None,
     ]
     if kafka_bootstrap:
         args += ["--kafka-bootstrap", kafka_bootstrap]
+    args += extra_args
     proc = Proc(args, base_env(), tmp / "agent.log")
     base = f"http://127.0.0.1:{http_port}"
     try:

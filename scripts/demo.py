@@ -1,6 +1,7 @@
-"""The main job: a real vLLM (CPU build) with the hook, the agent, a Kafka-protocol broker,
-real structured-output requests, then the resulting trails through the CLI and a few metrics.
-Stops everything it started (by pid).
+"""The main job: a real vLLM (CPU build) with the hook, the agent, a witness, a Kafka-protocol
+broker, real structured-output requests, then the resulting trails through the CLI, a few
+metrics, `verify` against the witness's cosigned checkpoint and a `prove` of one request's
+record checked by scripts/check_proof.py. Stops everything it started (by pid).
 
     make demo        (or: .venv/bin/python scripts/demo.py)
 """
@@ -44,6 +45,54 @@ def cli(query_address: str, *args: str) -> str:
     return out.stdout
 
 
+WITNESS_NAME = "witness.demo/w1"
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "vllm_audit_agent.cli", *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=120, check=False)
+
+
+def make_log_key(directory: Path) -> tuple[Path, Path]:
+    """The record log's Ed25519 key, made once, outside the agent's data directory."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    key = Ed25519PrivateKey.generate()
+    private, public = directory / "log.key", directory / "log.pub"
+    private.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                          serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption()))
+    private.chmod(0o600)
+    public.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                     serialization.PublicFormat.SubjectPublicKeyInfo))
+    return private, public
+
+
+def raw_hex(public_pem: Path) -> str:
+    from cryptography.hazmat.primitives import serialization
+
+    key = serialization.load_pem_public_key(public_pem.read_bytes())
+    return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw).hex()
+
+
+def wait_cosigned(witness_url: str, records: Path, trail_id: str, log_pub: Path,
+                  timeout: float = 60.0) -> int:
+    """Waits until the witness cosigned a checkpoint covering the trail's record; its size."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done = run_cli("prove", str(records), "--trail-id", trail_id, "--public-key",
+                       str(log_pub), "--witness-url", witness_url)
+        if done.returncode == 0:
+            bundle = json.loads(done.stdout)
+            if f"\u2014 {WITNESS_NAME} " in bundle["checkpoint"]:
+                return int(bundle["tree_size"])
+        time.sleep(1.0)
+    raise TimeoutError(f"the witness at {witness_url} cosigned nothing covering {trail_id} "
+                       f"within {timeout:.0f} s")
+
+
 def main() -> int:
     import openai
 
@@ -57,10 +106,21 @@ def main() -> int:
     with KafkaBroker() as kafka:
         print(f"Kafka-protocol broker (Tansu) on {kafka.bootstrap}")
         try:
+            # The log's signing key lives outside the agent's data directory (as the chart and
+            # compose mount it from a Secret): whoever holds the directory cannot re-sign.
+            keys = work / "keys"
+            log_key, log_pub = make_log_key(keys)
+            step("starting a witness (its own key and state: it cosigns the log's checkpoints)")
+            witness, witness_url = procs.start_witness(work, keys / "witness.key", [log_pub],
+                                                       work / "witness-state", WITNESS_NAME)
+            stack.append(witness)
+            print(f"witness {WITNESS_NAME} at {witness_url}")
             step("starting the agent")
             sock = work / "ingest.sock"
-            agent, query_address, metrics = procs.start_agent(work, sock, kafka.bootstrap,
-                                                              level="full")
+            agent, query_address, metrics = procs.start_agent(
+                work, sock, kafka.bootstrap, level="full",
+                extra_args=["--signing-key-file", str(log_key), "--witness", witness_url,
+                            "--checkpoint-interval", "2"])
             stack.append(agent)
             print(f"agent: ingest unix:{sock}, query {query_address}, metrics {metrics}/metrics")
             step("starting vLLM (CPU build) with the vllm-audit hook (~30 s)")
@@ -107,14 +167,30 @@ def main() -> int:
             step("vllm-audit query stats")
             print(cli(query_address, "query", "stats"))
             data = work / "agent-data"
-            public_key = next(data.glob("*.pub"))
-            step("vllm-audit verify: the record log's hash chain and signed checkpoints")
-            verified = subprocess.run(
-                [sys.executable, "-m", "vllm_audit_agent.cli", "verify", str(data / "records"),
-                 "--public-key", str(public_key), "--allow-unsigned-tail"],
-                cwd=REPO, capture_output=True, text=True, timeout=60, check=False)
-            print(verified.stdout.strip() or verified.stderr.strip(),
-                  f"(exit {verified.returncode})")
+            witness_pub = work / "witness-state" / "witness.pub"
+            step("waiting for the witness to cosign a checkpoint covering the requests")
+            covered = wait_cosigned(witness_url, data / "records", trail_id, log_pub)
+            print(f"  the witness cosigned tree size {covered}")
+            step("vllm-audit verify: chain, Merkle tree and log identity, against the witness")
+            verified = run_cli("verify", str(data / "records"), "--public-key", str(log_pub),
+                               "--witness-url", witness_url, "--witness-key", str(witness_pub),
+                               "--require-cosignatures", "1", "--allow-unsigned-tail")
+            report = json.loads(verified.stdout)
+            print(f"  {verified.stderr.strip()} (exit {verified.returncode}); log "
+                  f"{report['log_id']}, tree size {report['tree_size']}, witnessed up to "
+                  f"{report['witnessed_size']}")
+            step(f"vllm-audit prove --trail-id {trail_id}: an offline proof of its record")
+            bundle = work / "proof.json"
+            proved = run_cli("prove", str(data / "records"), "--trail-id", trail_id,
+                             "--public-key", str(log_pub), "--witness-url", witness_url,
+                             "--output-file", str(bundle))
+            print(f"  {proved.stderr.strip()}")
+            checked = subprocess.run(
+                [sys.executable, "-I", str(REPO / "scripts" / "check_proof.py"), str(bundle),
+                 raw_hex(log_pub), f"{WITNESS_NAME}={raw_hex(witness_pub)}"],
+                capture_output=True, text=True, timeout=60, check=False)
+            print(f"  scripts/check_proof.py (nothing of vllm-audit imported): "
+                  f"{checked.stdout.strip()} (exit {checked.returncode})")
             step("a few metrics from the agent's /metrics")
             with urllib.request.urlopen(metrics + "/metrics", timeout=5) as response:
                 for line in response.read().decode().splitlines():

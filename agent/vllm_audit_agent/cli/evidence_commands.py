@@ -78,7 +78,9 @@ def _tree_check(args: argparse.Namespace, key: Any, anchors: list[Any]) -> Any:
     if args.require_cosignatures > len(witness_keys):
         raise ValueError(f"--require-cosignatures {args.require_cosignatures} needs as many "
                          f"--witness-key (given {len(witness_keys)})")
-    return TreeCheck(key, anchors, witness_keys, args.require_cosignatures)
+    check = TreeCheck(key, anchors, witness_keys, args.require_cosignatures)
+    check.allow_unwitnessed_tail = args.allow_unsigned_tail
+    return check
 
 
 def _print_break(report: Any, log: str = "") -> None:

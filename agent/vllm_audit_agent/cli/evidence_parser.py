@@ -20,7 +20,9 @@ def add_arguments(sub: Any) -> None:
                         "requests, .checkpoints and .access")
     _common(v)
     v.add_argument("--allow-unsigned-tail", action="store_true",
-                   help="records after the last checkpoint are reported, not a failure")
+                   help="records after the last checkpoint (and, with "
+                        "--require-cosignatures, after the last witnessed one) are reported, "
+                        "not a failure: a live log always has a few")
     v.add_argument("--anchor", action="append", type=Path, metavar="FILE",
                    help="a checkpoint (signed note) held elsewhere: the log must contain it "
                         "(repeatable)")

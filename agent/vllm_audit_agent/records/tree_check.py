@@ -86,6 +86,8 @@ class TreeCheck:
         self.anchors = list(anchors)
         self.witness_keys = list(witness_keys)
         self.required = required_cosignatures
+        #: A live log: its newest records are not witnessed yet (--allow-unsigned-tail).
+        self.allow_unwitnessed_tail = False
         self.summary = TreeSummary()
         self.tree: CompactRange | None = None
         self._early: list[bytes] = []
@@ -293,9 +295,11 @@ class TreeCheck:
                            if len(keys) >= self.required), default=0)
             self.summary.witnessed_size = covered
             if covered < self._last_covered_needed:
-                return self._break(last_seq or 0, "unwitnessed", f"{self.required} witness "
-                                   f"cosignature(s) cover the tree up to {covered}; the log's "
-                                   f"records reach {self._last_covered_needed}")
+                message = (f"{self.required} witness cosignature(s) cover the tree up to "
+                           f"{covered}; the log's records reach {self._last_covered_needed}")
+                if not self.allow_unwitnessed_tail:
+                    return self._break(last_seq or 0, "unwitnessed", message)
+                self.summary.notes.append(message + " (a live log's newest records: allowed)")
         return None
 
 
