@@ -14,6 +14,7 @@ import os
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -28,10 +29,12 @@ import jsonschema
 import pytest
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.agent_harness import Hook, lifecycle
 from vllm_audit.v1 import events_pb2 as pb
 from vllm_audit_agent.cli.parser import build_parser
+from vllm_audit_agent.records.chain import load_private_key, load_public_key
 
 REPO = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = REPO / "docker-compose.yml"
@@ -131,11 +134,13 @@ def test_the_witness_is_a_service_of_its_own_the_agent_offers_to() -> None:
     assert args.command == "witness"
     (url,) = agent_args.witness
     assert url == f"http://vllm-audit-witness:{args.listen.rsplit(':', 1)[1]}"
-    # It trusts the agent's public key, read-only from the agent's volume; its own key and
+    # It trusts the log's public key, read-only from the volume signing-key-init writes it
+    # to; it mounts neither the agent's data nor the private key's volume. Its own key and
     # state are on its own volume, made its user's by witness-init.
     (log_key,) = args.log_public_key
-    assert log_key.parent == agent_args.data_dir and log_key.name == "signing.pub"
-    assert witness["volumes"][1] == f"audit-wal:{agent_args.data_dir}:ro"
+    public_volume = {v: k for k, v in mounts(services["signing-key-init"]).items()}
+    assert f"{public_volume[str(log_key.parent)]}:{log_key.parent}:ro" in witness["volumes"]
+    assert set(mounts(witness)) == {"witness-data", public_volume[str(log_key.parent)]}
     own = mounts(witness)["witness-data"]
     assert args.key.parent == args.state_dir.parent == Path(own)
     assert mounts(services["witness-init"]) == {"witness-data": own}
@@ -306,15 +311,29 @@ async def send_one_batch(socket_path: Path) -> None:
         assert reply.ack.seq == 1
 
 
+def agent_volumes(root: Path, services: dict[str, Any]) -> dict[str, Path]:
+    """Fresh volumes for the agent's mounts and its key's (public one included)."""
+    agent, init = services["vllm-audit-agent"], services["signing-key-init"]
+    return fresh_volumes(root, {"volumes": [*agent["volumes"], *init["volumes"]]})
+
+
+def run_init(service: dict[str, Any], vols: dict[str, Path]) -> None:
+    """A one-shot init service's own command on the host paths behind its volumes (we are
+    root, as it is), with this checkout's `vllm-audit` first on PATH as in the image."""
+    assert service["user"] == "0:0"
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    subprocess.run([on_host(a, service, vols) for a in service["command"]], check=True,
+                   timeout=60, env=env)
+
+
 def test_agent_starts_as_its_user_on_volumes_prepared_by_audit_init(volumes: Path) -> None:
     services = compose()["services"]
     init, agent = services["audit-init"], services["vllm-audit-agent"]
-    vols = fresh_volumes(volumes, init)
-    # audit-init's own command, on the host paths behind its volumes (we are root, as it is).
-    assert init["user"] == "0:0"
-    subprocess.run([on_host(a, init, vols) for a in init["command"]], check=True, timeout=30)
-    for path in vols.values():
-        assert (path.stat().st_uid, path.stat().st_gid) == (AGENT_UID, AGENT_UID)
+    vols = agent_volumes(volumes, services)
+    run_init(services["signing-key-init"], vols)
+    run_init(init, vols)
+    for name in mounts(init):
+        assert (vols[name].stat().st_uid, vols[name].stat().st_gid) == (AGENT_UID, AGENT_UID)
 
     command, query, http = agent_command(agent, vols)
     proc = run_as_agent_user(command)
@@ -332,13 +351,16 @@ def test_agent_starts_as_its_user_on_volumes_prepared_by_audit_init(volumes: Pat
     segments = sorted(vols["audit-wal"].glob("*.wal"))
     assert segments and segments[0].stat().st_size > 0, "the batch never reached the WAL"
     assert {p.stat().st_uid for p in vols["audit-wal"].iterdir()} == {AGENT_UID}
+    # It signed with the key mounted apart, and made none in its data directory.
+    assert not (vols["audit-wal"] / "signing.key").exists()
 
 
 def test_without_audit_init_the_agent_refuses_in_one_line(volumes: Path) -> None:
     """The failure audit-init exists for: root-owned volumes, agent as 65532."""
     services = compose()["services"]
     agent = services["vllm-audit-agent"]
-    vols = fresh_volumes(volumes, services["audit-init"])
+    vols = agent_volumes(volumes, services)
+    run_init(services["signing-key-init"], vols)  # the key is there; the data dir is root's
     command, _, _ = agent_command(agent, vols)
     proc = run_as_agent_user(command)
     code, err = stop_after_exit(proc)
@@ -366,3 +388,51 @@ def test_agent_image_owns_the_directories_compose_mounts() -> None:
     assert f"USER {AGENT_UID}:{AGENT_UID}" in dockerfile
     agent = compose()["services"]["vllm-audit-agent"]
     assert owned == {mounts(agent)["audit-wal"], mounts(agent)["audit-socket"]}
+
+
+def test_the_signing_key_is_made_once_apart_and_read_only_for_the_agent(volumes: Path) -> None:
+    """Issue 18 item 6: the agent's data directory never holds the key that signs it."""
+    services = compose()["services"]
+    init, agent = services["signing-key-init"], services["vllm-audit-agent"]
+    args = build_parser().parse_args(agent["command"][1:])
+    # On a volume of its own, read-only in the agent, made before the agent starts; neither
+    # the witness nor audit-init mounts it.
+    assert args.signing_key_file is not None
+    assert not args.signing_key_file.is_relative_to(args.data_dir)
+    (key_volume,) = [name for name, path in mounts(agent).items()
+                     if Path(path) == args.signing_key_file.parent]
+    assert f"{key_volume}:{args.signing_key_file.parent}:ro" in agent["volumes"]
+    assert mounts(init)[key_volume] == str(args.signing_key_file.parent)
+    assert key_volume not in mounts(services["vllm-audit-witness"])
+    assert key_volume not in mounts(services["audit-init"])
+    assert agent["depends_on"]["signing-key-init"] == {"condition": "service_completed_successfully"}
+
+    vols = agent_volumes(volumes, services)
+    run_init(init, vols)
+    run_init(services["audit-init"], vols)
+    key = Path(on_host(str(args.signing_key_file), agent, vols))
+    assert (key.stat().st_uid, stat.S_IMODE(key.stat().st_mode)) == (AGENT_UID, 0o400)
+    pem = key.read_bytes()
+    run_init(init, vols)  # every `up` runs it again: the key is made once
+    assert key.read_bytes() == pem
+    # The witness's trusted key is that key's public half, from the public volume.
+    witness = build_parser().parse_args(services["vllm-audit-witness"]["command"][1:])
+    (public,) = witness.log_public_key
+    public = Path(on_host(str(public), init, vols))
+    assert stat.S_IMODE(public.stat().st_mode) == 0o444
+    assert load_public_key(public) == load_private_key(key).public_key()
+
+    command, _, http = agent_command(agent, vols)
+    proc = run_as_agent_user(command)
+    try:
+        wait_ready(proc, f"http://{http}/readyz")
+        with urllib.request.urlopen(f"http://{http}/metrics", timeout=10) as response:
+            body = response.read().decode()
+    finally:
+        code, err = stop(proc)
+    assert code == 0, err
+    (family,) = [f for f in text_string_to_metric_families(body)
+                 if f.name == "vllm_audit_signing_key_in_data_dir"]
+    assert [s.value for s in family.samples] == [0]
+    assert "inside the data directory" not in err
+    assert not (vols["audit-wal"] / "signing.key").exists()
