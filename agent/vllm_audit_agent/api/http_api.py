@@ -6,6 +6,10 @@ that method's name (one token table, one role table, the same refusal counters),
 `AuditApi` call (operations.py) as the servicer, and is meta-audited into the record log like
 the gRPC call (`transport: http`, the request as the proto request it was parsed into).
 
+The routes and their parameters are defined once, in http_routes.py and http_params.py; this
+module serves them and openapi.py documents them (GET /api/v1/openapi.json, OpenAPI 3.1, the
+one route without a credential: it holds no audit data). In short:
+
     GET    /api/v1/health                       Health        (any role; not recorded)
     GET    /api/v1/stats                        GetStats
     GET    /api/v1/trails?filters&page_size&page_token   ListTrails
@@ -14,6 +18,7 @@ the gRPC call (`transport: http`, the request as the proto request it was parsed
     DELETE /api/v1/trails/{id}                  DeleteTrail   (admin)
     POST   /api/v1/clear   {"confirm": "delete-all-trails"}   ClearTrails (admin)
     PUT    /api/v1/level   {"level": "summary"}               SetAuditLevel
+    GET    /api/v1/openapi.json                 the OpenAPI document
 
 Filters: model, user, tenant, state (a TrailState name: finished, aborted, ...), finish_reason,
 since / until (ISO 8601 or unix seconds/ms, on the trail's creation time), backend (the
@@ -27,7 +32,7 @@ integers as numbers); events use protobuf's JSON mapping.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -39,19 +44,17 @@ from google.protobuf.message import Message
 from vllm_audit.v1 import query_pb2 as q
 from vllm_audit_agent.api.errors import ApiError
 from vllm_audit_agent.api.gate import Gate, Peer, Refused, acting_as, result_count
+from vllm_audit_agent.api.http_params import from_body, from_query
+from vllm_audit_agent.api.http_routes import PREFIX, ROUTES, Route
 from vllm_audit_agent.api.limits import recorded_details
+from vllm_audit_agent.api.openapi import document_bytes
 from vllm_audit_agent.api.operations import AuditApi
 from vllm_audit_agent.api.tls import is_loopback
 from vllm_audit_agent.api.tokens import Principal
-from vllm_audit_agent.config import parse_level
 from vllm_audit_agent.model.record import message_to_dict
-from vllm_audit_agent.records.export import parse_time
 
 logger = logging.getLogger("vllm_audit.agent")
 
-PREFIX = "/api/v1"
-_Q = "/vllm_audit.v1.QueryService/"
-_C = "/vllm_audit.v1.ControlService/"
 HOW_TO_SEND = "an 'Authorization: Bearer <token>' header"
 #: gRPC status -> HTTP status of the answer.
 HTTP_STATUS = {
@@ -64,104 +67,6 @@ HTTP_STATUS = {
     grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
     grpc.StatusCode.UNAVAILABLE: 503,
 }
-_STATES = {v.name[len("TRAIL_STATE_"):].lower(): v.number
-           for v in q.TrailState.DESCRIPTOR.values if v.number}
-_TRUE, _FALSE = frozenset({"true", "1", "yes"}), frozenset({"false", "0", "no"})
-
-
-INT32_MAX = 2**31 - 1
-
-
-def _bad(message: str) -> ApiError:
-    return ApiError(grpc.StatusCode.INVALID_ARGUMENT, message)
-
-
-# -- parameter parsers: (name, text) -> value; each raises ApiError naming the parameter --------
-def _text(name: str, text: str) -> str:
-    return text
-
-
-def _int(name: str, text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise _bad(f"{name}={text!r} is not an integer") from None
-    if value < 0:
-        raise _bad(f"{name} must be >= 0, got {value}")
-    if value > INT32_MAX:  # every integer parameter is an int32 or uint32 field
-        raise _bad(f"{name} must be <= {INT32_MAX}, got {value}")
-    return value
-
-
-def _bool(name: str, text: str) -> bool:
-    if text.lower() in _TRUE:
-        return True
-    if text.lower() in _FALSE:
-        return False
-    raise _bad(f"{name}={text!r} is not a boolean (true or false)")
-
-
-def _time(name: str, text: str) -> int:
-    try:
-        return parse_time(text)
-    except ValueError as exc:
-        raise _bad(f"{name}: {exc}") from None
-
-
-def _state(name: str, text: str) -> int:
-    key = text.strip().lower().removeprefix("trail_state_")
-    if key not in _STATES:
-        raise _bad(f"{name}={text!r} is not one of {', '.join(_STATES)}")
-    return _STATES[key]
-
-
-Parser = Callable[[str, str], Any]
-#: Query parameter -> (proto field, parser).
-FILTERS: Mapping[str, tuple[str, Parser]] = {
-    "model": ("model", _text), "user": ("user", _text), "tenant": ("tenant", _text),
-    "state": ("state", _state), "finish_reason": ("finish_reason", _text),
-    "since": ("since_unix_ms", _time), "until": ("until_unix_ms", _time),
-    "backend": ("grammar_backend", _text), "structured_only": ("structured_only", _bool),
-    "client_request_id": ("client_request_id", _text),
-    "x_request_id": ("client_request_id", _text),
-}
-PAGING: Mapping[str, tuple[str, Parser]] = {
-    "page_size": ("page_size", _int), "page_token": ("page_token", _text)}
-EVENTS: Mapping[str, tuple[str, Parser]] = {
-    "events": ("include_events", _bool), "event_offset": ("event_offset", _int),
-    "event_limit": ("event_limit", _int)}
-
-
-def from_query(request: web.Request, message: Message,
-               known: Mapping[str, tuple[str, Parser]]) -> Message:
-    """Fills `message` from the query string; refuses what it does not know."""
-    seen: set[str] = set()
-    for name, text in request.query.items():
-        if name not in known:
-            allowed = ", ".join(known) or "none"
-            raise _bad(f"unknown query parameter {name!r} for {request.method} {request.path} "
-                       f"(known: {allowed})")
-        field, parse = known[name]
-        if field in seen:
-            raise _bad(f"query parameter {name!r} given more than once")
-        seen.add(field)
-        setattr(message, field, parse(name, text))
-    return message
-
-
-async def json_body(request: web.Request, known: frozenset[str]) -> dict[str, Any]:
-    """The request's JSON object; refuses malformed JSON, a non-object and unknown keys."""
-    raw = await request.read()
-    try:
-        body = orjson.loads(raw) if raw.strip() else {}
-    except orjson.JSONDecodeError as exc:
-        raise _bad(f"the request body is not valid JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise _bad(f"the request body must be a JSON object, got {type(body).__name__}")
-    unknown = sorted(set(body) - known)
-    if unknown:
-        raise _bad(f"unknown field(s) {unknown} in the request body (known: {sorted(known)})")
-    return body
 
 
 def error_response(status: int, code: str, message: str) -> web.Response:
@@ -192,36 +97,25 @@ class ManagementApi:
     def __init__(self, api: AuditApi, gate: Gate) -> None:
         self.api = api
         self.gate = gate
+        #: The gRPC method's short name -> what runs it (the route's builder made its request).
+        self._runs: dict[str, Run] = {
+            "Health": self._unary(lambda _: self.api.health()),
+            "GetStats": self._unary(lambda _: self.api.stats()),
+            "ListTrails": self._unary(self.api.list_trails),
+            "GetTrail": self._unary(self.api.get_trail, trail_json),
+            "ExportTrails": self._export,
+            "DeleteTrail": self._unary(self.api.delete_trail),
+            "ClearTrails": self._unary(self.api.clear_trails),
+            "SetAuditLevel": self._unary(self.api.set_level),
+        }
 
     def routes(self) -> list[web.RouteDef]:
-        return [
-            web.get(PREFIX + "/health", self._route(_Q + "Health", self._empty(q.HealthRequest),
-                                                    self._unary(lambda _: self.api.health()))),
-            web.get(PREFIX + "/stats", self._route(_Q + "GetStats", self._empty(q.StatsRequest),
-                                                   self._unary(lambda _: self.api.stats()))),
-            web.get(PREFIX + "/trails", self._route(
-                _Q + "ListTrails", self._query(q.ListTrailsRequest, {**FILTERS, **PAGING}),
-                # the ignore[arg-type] below: each handler takes its own request type
-                self._unary(self.api.list_trails))),  # type: ignore[arg-type]
-            web.get(PREFIX + "/trails/{id}", self._route(
-                _Q + "GetTrail", self._trail_query, self._unary(
-                    # the ignore[arg-type] below: each handler takes its own request type
-                    self.api.get_trail, trail_json))),  # type: ignore[arg-type]
-            web.get(PREFIX + "/export", self._route(
-                _Q + "ExportTrails", self._query(q.ExportTrailsRequest, FILTERS), self._export)),
-            web.delete(PREFIX + "/trails/{id}", self._route(
-                _C + "DeleteTrail", self._delete_request,
-                # the ignore[arg-type] below: each handler takes its own request type
-                self._unary(self.api.delete_trail))),  # type: ignore[arg-type]
-            web.post(PREFIX + "/clear", self._route(
-                _C + "ClearTrails", self._clear_request,
-                # the ignore[arg-type] below: each handler takes its own request type
-                self._unary(self.api.clear_trails))),  # type: ignore[arg-type]
-            web.put(PREFIX + "/level", self._route(
-                _C + "SetAuditLevel", self._level_request,
-                # the ignore[arg-type] below: each handler takes its own request type
-                self._unary(self.api.set_level))),  # type: ignore[arg-type]
-        ]
+        """Every route of the table (http_routes.py), and nothing else: not even HEAD beside
+        a GET, so what is served is exactly what the OpenAPI document lists."""
+        return [web.route(r.method, PREFIX + r.path,
+                          self._route(r.rpc, _builder(r), self._runs[r.name]) if r.rpc
+                          else _openapi, **({"allow_head": False} if r.method == "GET" else {}))
+                for r in ROUTES]
 
     # -- the one path every route takes --------------------------------------------------------
     def _route(self, method: str, build: Build, run: Run
@@ -271,56 +165,9 @@ class ManagementApi:
             self.gate.audited(principal, method, recorded_details(message), count,
                               peer_of(request), status, notes)
 
-    # -- request builders ----------------------------------------------------------------------
-    @staticmethod
-    def _empty(kind: type[Message]) -> Build:
-        async def build(request: web.Request) -> Message:
-            return from_query(request, kind(), {})
-
-        return build
-
-    @staticmethod
-    def _query(kind: type[Message], known: Mapping[str, tuple[str, Parser]]) -> Build:
-        async def build(request: web.Request) -> Message:
-            return from_query(request, kind(), known)
-
-        return build
-
-    @staticmethod
-    async def _trail_query(request: web.Request) -> Message:
-        message = q.GetTrailRequest(request_id=request.match_info["id"])
-        return from_query(request, message, EVENTS)
-
-    @staticmethod
-    async def _delete_request(request: web.Request) -> Message:
-        return from_query(request, q.DeleteTrailRequest(request_id=request.match_info["id"]),
-                          {})
-
-    @staticmethod
-    async def _clear_request(request: web.Request) -> Message:
-        from_query(request, q.ClearTrailsRequest(), {})
-        body = await json_body(request, frozenset({"confirm"}))
-        confirm = body.get("confirm", "")
-        if not isinstance(confirm, str):
-            raise _bad(f"confirm must be a string, got {type(confirm).__name__}")
-        return q.ClearTrailsRequest(confirm=confirm)
-
-    @staticmethod
-    async def _level_request(request: web.Request) -> Message:
-        from_query(request, q.SetAuditLevelRequest(), {})
-        body = await json_body(request, frozenset({"level"}))
-        level = body.get("level")
-        if not isinstance(level, str):
-            raise _bad('the body needs "level": a level name (e.g. "summary")')
-        try:
-            # the ignore[arg-type] below: each handler takes its own request type
-            return q.SetAuditLevelRequest(level=parse_level(level))  # type: ignore[arg-type]
-        except ValueError as exc:
-            raise _bad(str(exc)) from None
-
     # -- runners -------------------------------------------------------------------------------
     @staticmethod
-    def _unary(call: Callable[[Message], Message],
+    def _unary(call: Callable[[Any], Message],
                render: Callable[[Any], dict[str, Any]] = message_to_dict) -> Run:
         async def run(request: web.Request, message: Message) -> tuple[web.StreamResponse, int]:
             response = call(message)
@@ -354,6 +201,31 @@ class ManagementApi:
             return response, count
         finally:
             await chunks.aclose()
+
+
+def _builder(route: Route) -> Build:
+    """Parses a request into the gRPC method's request message: path, query, then body."""
+    kind: type[Message] = getattr(q, route.grpc_method().input_type.name)
+
+    async def build(request: web.Request) -> Message:
+        message = kind()
+        for name, param in route.path_params.items():
+            setattr(message, param.field, param.parse(name, request.match_info[name]))
+        from_query(request, message, route.query)
+        if route.body is not None:
+            await from_body(request, message, route.body)
+        return message
+
+    return build
+
+
+async def _openapi(request: web.Request) -> web.StreamResponse:
+    """The OpenAPI document (openapi.py): no credential, no record (it holds no audit data)."""
+    try:
+        from_query(request, q.HealthRequest(), {})  # takes no parameter
+    except ApiError as exc:
+        return error_response(400, exc.code.name, exc.message)
+    return web.Response(body=document_bytes(), content_type="application/json")
 
 
 def http_api_allowed(host: str, tls: bool, allow_insecure_remote: bool) -> str | None:
