@@ -9,6 +9,7 @@ the request and how many trails it returned; a refused one answers the gate's st
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -37,6 +38,7 @@ else:
     Handler = grpc.RpcMethodHandler
     _ServerInterceptor = grpc.aio.ServerInterceptor
 Continuation = Callable[[grpc.HandlerCallDetails], Awaitable["Handler"]]
+logger = logging.getLogger("vllm_audit.agent")
 
 
 class AuthInterceptor(_ServerInterceptor):
@@ -105,11 +107,21 @@ class AuthInterceptor(_ServerInterceptor):
             principal, peer = await admitted(request, context)
             details = recorded_details(request)
             count, status = 0, "CANCELLED"
-            # A stream is on record from its start (a crash mid-stream still leaves that), and
-            # again every STREAM_RECORD_SECONDS while it is open.
+            # A stream is on record from its start, and again every STREAM_RECORD_SECONDS
+            # while it is open. It sends nothing before that first record is durable: queued
+            # only, an agent killed mid-stream would leave no trace of a reader that had
+            # already been sent trails.
             gate.audited(principal, method, details, 0, peer, STREAMING)
+            opened = await gate.recorded(OPEN_RECORD_SECONDS)
             noted = time.monotonic()
             try:
+                if not opened:
+                    logger.warning("%s refused: its access record was not durable within "
+                                   "%.0f s", method, OPEN_RECORD_SECONDS)
+                    await context.abort(
+                        grpc.StatusCode.UNAVAILABLE,
+                        "the access record of this stream could not be written (record log "
+                        f"not durable within {OPEN_RECORD_SECONDS:.0f} s); retry later")
                 with acting_as(principal):
                     async for response in call_stream(request, context):
                         count += result_count(response)
@@ -132,6 +144,8 @@ HOW_TO_SEND = "'authorization: Bearer <token>' metadata"
 STREAMING = "STREAMING"
 #: Seconds between the records of an open stream.
 STREAM_RECORD_SECONDS = 60.0
+#: Seconds a stream waits for its first record to be durable before it is refused UNAVAILABLE.
+OPEN_RECORD_SECONDS = 10.0
 
 
 def peer_of(context: grpc.aio.ServicerContext[Any, Any]) -> Peer:

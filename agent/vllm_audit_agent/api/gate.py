@@ -136,6 +136,11 @@ class AuditSink(Protocol):
         """Whether the access records' budget is spent (queries are then refused)."""
         ...
 
+    async def durable(self, timeout: float) -> bool:
+        """Whether the record of the last call reported is durable, waiting up to `timeout`
+        seconds (a stream sends nothing before its "open" record is)."""
+        ...
+
 
 class CountingAuditSink:
     """The default sink until the record log takes these: counts calls per method."""
@@ -154,6 +159,9 @@ class CountingAuditSink:
 
     def exhausted(self) -> bool:
         return False
+
+    async def durable(self, timeout: float) -> bool:
+        return True  # it writes nothing: nothing to wait for
 
 
 def result_count(response: Message) -> int:
@@ -277,6 +285,12 @@ class Gate:
         except Exception as exc:  # never fail the answer to the caller; count it
             self.counters["meta_audit_errors"] += 1
             logger.exception("refusal record failed for %s: %r", method, exc)
+
+    async def recorded(self, timeout: float) -> bool:
+        """Whether the record of the call just reported (`audited`) is durable, waiting up to
+        `timeout` seconds. Call it right after `audited`, with no await in between."""
+        durable = getattr(self.audit_sink, "durable", None)  # a plain callable has none
+        return True if durable is None else bool(await durable(timeout))
 
     def audited(self, principal: Principal, method: str, details: dict[str, Any], count: int,
                 peer: Peer = NO_PEER, status: str = "OK",

@@ -15,11 +15,15 @@ is spent, queries are refused (RESOURCE_EXHAUSTED) instead: the evidence stays.
 
 The interceptor calls the sink after each call, on the event loop; appending is in memory
 (the record log's writer makes it durable), so a query never waits on the disk. The sink
-never raises into the call: a failure is counted (`meta_audit_errors`).
+never raises into the call: a failure is counted (`meta_audit_errors`). One exception: a
+stream (WatchTrails, ExportTrails over gRPC) sends nothing before its "open" record is durable
+(`durable`), so an agent killed mid-stream still leaves the record of every stream that sent a
+trail; a watch used to start streaming while that record was only queued.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import Counter
@@ -51,6 +55,8 @@ class RecordLogAuditSink:
         self.counters = counters
         self.refusals = RefusalAggregator(self._append)
         self._health_seen: dict[tuple[str, str], float] = {}
+        #: The seq of the record the last call appended; None when that append failed.
+        self._last_seq: int | None = None
         for name in ("meta_audit_records", "meta_audit_errors", "meta_audit_refusal_records",
                      "meta_audit_refusal_records_dropped"):
             counters[name] += 0
@@ -104,6 +110,21 @@ class RecordLogAuditSink:
         """Closes the refusal windows that ended (the agent's sweep calls it; stop: all)."""
         self.refusals.flush(everything=everything)
 
+    async def durable(self, timeout: float) -> bool:
+        """Whether the record the last call appended is durable, waiting up to `timeout`
+        seconds; False when it failed or is still queued then (e.g. the disk is full). Call
+        it right after that call, with no await in between (it reads the last seq first)."""
+        target = self._last_seq
+        if target is None:
+            return False
+        deadline = asyncio.get_running_loop().time() + timeout
+        while self.records.durable_seq < target:
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                return False
+            await self.records.wait_durable(target - 1, left)
+        return True
+
     def exhausted(self) -> bool:
         return self.records.access_bytes >= self.records.access_budget_bytes
 
@@ -114,9 +135,10 @@ class RecordLogAuditSink:
             # peers must not fill the log with the records of its own refusals.
             self.counters["meta_audit_refusal_records_dropped"] += 1
             return False
+        self._last_seq = None
         try:
-            self.records.append({"schema": ACCESS_SCHEMA_VERSION, **fields},
-                                kind=RECORD_TYPE_ACCESS)
+            self._last_seq = self.records.append({"schema": ACCESS_SCHEMA_VERSION, **fields},
+                                                 kind=RECORD_TYPE_ACCESS)
             if fields.get("outcome") == "refused":
                 self.counters["meta_audit_refusal_records"] += 1
             return True
