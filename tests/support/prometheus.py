@@ -110,6 +110,7 @@ def running_prometheus(tmp: Path, job: str, targets: Sequence[str],
                        rule_files: Sequence[Path] = (), interval: str = "1s",
                        start_timeout: float = 60.0) -> Iterator[Prometheus]:
     port = _free_port()
+    tmp.mkdir(parents=True, exist_ok=True)
     config = tmp / "prometheus.yml"
     config.write_text(json.dumps({  # JSON is YAML
         "global": {"scrape_interval": interval, "evaluation_interval": interval},
