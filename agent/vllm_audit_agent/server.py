@@ -27,6 +27,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer  # public as health.aio, which mypy cannot see
 
+from vllm_audit.v1 import events_pb2 as pb
 from vllm_audit.v1 import ingest_pb2, ingest_pb2_grpc, query_pb2, query_pb2_grpc
 from vllm_audit_agent.api.auth_interceptor import AuthInterceptor
 from vllm_audit_agent.api.collectors import make_registry
@@ -163,6 +164,12 @@ async def _running_agent(config: AgentConfig, publisher: Publisher | None,
         await check_against_witnesses(records, config.witnesses,
                                       min(config.witness_timeout_seconds, START_CHECK_TIMEOUT_S),
                                       records.counters)
+    # The level in effect, on record when it is not the one the log last named: a change made
+    # while the agent was down (the level file or the configuration) is a record too.
+    levels = state.levels
+    records.record_level(pb.AuditLevel.Name(levels.level),
+                         f"at start, from the {levels.source}" if records.last_level is None
+                         else f"changed outside the API: at start, from the {levels.source}")
     replayed = replay_wal(state.ingest, config.data_dir / "quarantine")
     # After the WAL replay: trails it rebuilt are recorded (or de-duplicated) as they are.
     state.trails.remember_recorded(records.take_recorded_trails())

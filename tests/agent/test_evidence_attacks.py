@@ -259,7 +259,7 @@ async def test_two_agents_on_one_broker_verify_log_by_log(tmp_path: Path) -> Non
                     Hook(config.ingest_socket) as hook:
                 for seq in range(1, 11):
                     await hook.send(seq, finished(f"{seq}-{name}0000"))
-                await until(lambda h=handle, p=publisher: h.state.records.durable_seq >= 11
+                await until(lambda h=handle, p=publisher: h.state.records.durable_seq >= 12
                             and p.backlog_records == 0, "published")
             keys.append(config.data_dir / PUBLIC_KEY_NAME)
         done = await asyncio.to_thread(
@@ -268,8 +268,8 @@ async def test_two_agents_on_one_broker_verify_log_by_log(tmp_path: Path) -> Non
         out = orjson.loads(done.stdout)
         assert done.returncode == 0 and out["intact"], done.stderr
         assert len(out["logs"]) == 2 and {log["first_seq"] for log in out["logs"]} == {1}
-        # genesis, 10 requests, the checkpoint at the stop: each log its own tree
-        assert [log["tree_size"] for log in out["logs"]] == [12, 12]
+        # genesis, level, 10 requests, the checkpoint at the stop: each log its own tree
+        assert [log["tree_size"] for log in out["logs"]] == [13, 13]
         done = await asyncio.to_thread(  # one pod's key alone: the other log does not verify
             cli, "verify", "--kafka-bootstrap", broker.bootstrap, "--public-key", keys[0])
         out = orjson.loads(done.stdout)

@@ -82,17 +82,17 @@ async def test_the_cursor_survives_a_restart(broker: KafkaBroker, tmp_path: Path
             Hook(config.ingest_socket) as hook:
         for seq in range(1, 6):
             await hook.send(seq, finished(f"{seq}-f1rst000"))
-        await until(lambda: handle.state.records.durable_seq == 6
+        await until(lambda: handle.state.records.durable_seq == 7
                     and publisher.backlog_records == 0, "first run published")
-    # the genesis, 5 requests and the checkpoint at the stop
-    assert (tmp_path / "data" / "records" / "cursor").read_text().strip() == "7"
+    # the genesis, the level in effect, 5 requests and the checkpoint at the stop
+    assert (tmp_path / "data" / "records" / "cursor").read_text().strip() == "8"
 
     publisher = KafkaPublisher(broker.bootstrap, config.kafka_topic_prefix, max_backoff=0.5)
     async with running_agent(config, publisher=publisher) as handle, \
             Hook(config.ingest_socket, source="src-2") as hook:
         for seq in range(1, 4):
             await hook.send(seq, finished(f"{seq}-sec0nd00"))
-        await until(lambda: handle.state.records.durable_seq == 10
+        await until(lambda: handle.state.records.durable_seq == 11
                     and publisher.backlog_records == 0, "second run published")
         # Only what came after the cursor was sent: the 3 new records, nothing again.
         assert publisher.counters["published"] == 3
@@ -103,8 +103,9 @@ async def test_the_cursor_survives_a_restart(broker: KafkaBroker, tmp_path: Path
     ids = [r["event_id"] for r in records]
     assert len(ids) == 8 and len(set(ids)) == 8
     code, report = verify_kafka(broker, tmp_path)
-    # The genesis, 8 requests and 2 checkpoints (one per clean stop), one log across both runs.
-    assert code == 0 and (report["records"], report["checkpoints"]) == (11, 2), report
+    # The genesis, the level (once: unchanged at the restart), 8 requests and 2 checkpoints
+    # (one per clean stop), one log across both runs.
+    assert code == 0 and (report["records"], report["checkpoints"]) == (12, 2), report
 
 
 async def test_a_frozen_broker_loses_nothing(broker: KafkaBroker, tmp_path: Path) -> None:
@@ -151,10 +152,10 @@ async def test_a_record_too_large_for_the_broker_is_dead_lettered(
                     and publisher.backlog_records == 0, "settled")
         assert publisher.dead_lettered["too_large"] == 1
         assert publisher.failures["too_large"] == 1
-        assert publisher.counters["published"] == 2  # the genesis and the small record
+        assert publisher.counters["published"] == 3  # the genesis, the level, the small one
     parked = [orjson.loads(line) for line in
               (tmp_path / "data" / "records" / DEAD_LETTER_NAME).read_bytes().splitlines()]
-    assert [(p["seq"], p["reason"]) for p in parked] == [(2, "too_large")]
+    assert [(p["seq"], p["reason"]) for p in parked] == [(3, "too_large")]
     assert orjson.loads(parked[0]["record"])["request_id"] == "huge"
     assert (tmp_path / "data" / "records" / DEAD_LETTER_NAME).stat().st_mode & 0o777 == 0o600
     records = await consume(broker.bootstrap, "vllm-audit.requests", 1)
@@ -191,3 +192,38 @@ async def test_a_killed_broker_is_noticed_within_seconds_and_logged_within_bound
     per_template = Counter((r.name, str(r.msg).split(" [")[0]) for r in lines)
     assert max(per_template.values()) <= 7, per_template.most_common(3)
     assert any("similar lines suppressed" in r.getMessage() for r in lines)
+
+
+async def test_a_broker_that_lost_what_it_acknowledged_gets_it_again_from_the_record_log(
+        broker: KafkaBroker, tmp_path: Path) -> None:
+    """The memory-only broker restarted empty gives offsets it had already given: the agent
+    sees an acknowledgement below the partition's highest and sends again, from its record log,
+    everything after the last batch the broker still has (before, the 30 records sent before
+    the restart were never readable again, and the agent counted nothing)."""
+    config = agent_config(tmp_path, kafka_bootstrap=broker.bootstrap)
+    publisher = KafkaPublisher(broker.bootstrap, config.kafka_topic_prefix, max_backoff=0.2)
+    sent: list[str] = []
+    async with running_agent(config, publisher=publisher, shutdown_timeout=5) as handle, \
+            Hook(config.ingest_socket) as hook:
+        seq = 0
+        for _ in range(3):  # several batches per partition
+            for _ in range(10):
+                seq += 1
+                sent.append(f"{seq}-bef0re00")
+                await hook.send(seq, finished(sent[-1]))
+            await until(lambda: publisher.backlog_records == 0, "published")
+        await asyncio.to_thread(broker.restart, signal.SIGKILL)
+        for _ in range(3):
+            for _ in range(10):
+                seq += 1
+                sent.append(f"{seq}-aft3r000")
+                await hook.send(seq, finished(sent[-1]))
+            await asyncio.sleep(0.3)
+        await until(lambda: publisher.counters["broker_lost_acknowledged"] >= 1,
+                    "the loss noticed", timeout=60)
+        await until(lambda: publisher.backlog_records == 0, "everything published again",
+                    timeout=60)
+        assert publisher.counters["republished"] >= 30
+        assert handle.state.records.durable_seq >= 60
+    records = await consume(broker.bootstrap, "vllm-audit.requests", len(sent))
+    assert {r["request_id"] for r in records} >= set(sent)

@@ -193,3 +193,27 @@ async def test_checkpoints_come_every_interval_when_records_arrive(tmp_path: Pat
     await log.stop(5)  # nothing since the last checkpoint: none added at stop
     assert log.counters["appended_checkpoint"] == 1
     log.close()
+
+
+async def test_consistency_proofs_hold_for_records_before_witnesses_were_added(tmp_path: Path
+                                                                               ) -> None:
+    """Records appended before a witness listener registers (the genesis, the level at start)
+    are in the proof base, not missing from it: every proof from then on verifies."""
+    from vllm_audit_agent.records import merkle
+
+    log = open_log(tmp_path, Signer(Ed25519PrivateKey.generate()), checkpoint_every=1000)
+    log.append(request(0))
+    sizes: list[tuple[int, str]] = []
+    log.add_checkpoint_listener(lambda r: sizes.append((r["tree_size"], r["root_hash"])))
+    for i in range(1, 20):
+        log.append(request(i))
+        if i % 6 == 0:
+            log.checkpoint()
+    log.checkpoint()
+    await log.write_pending()
+    assert len(sizes) == 4
+    for (old, old_root), (new, new_root) in zip(sizes, sizes[1:], strict=False):
+        proof = log.consistency_proof(old, new)
+        assert merkle.verify_consistency(old, new, bytes.fromhex(old_root),
+                                         bytes.fromhex(new_root), proof), (old, new)
+    log.close()

@@ -233,6 +233,7 @@ class AuditApi:
                            f"could not persist the audit level: {exc}; level unchanged") from None
         note_for_access_record(previous_level=pb.AuditLevel.Name(previous),
                                version=self.state.level_version)
+        self.state.records.record_level(pb.AuditLevel.Name(request.level), "control API")
         return q.SetAuditLevelResponse(level=request.level, version=self.state.level_version,
                                        sources_notified=notified)
 

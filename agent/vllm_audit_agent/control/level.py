@@ -53,6 +53,8 @@ class LevelControl:
         self.changed_at = time.monotonic()
         #: What each source reports it runs: (applied level, config epoch, config version).
         self.applied: dict[str, tuple[int, int, int]] = {}
+        #: Where the level in effect at start came from (the record log notes a change).
+        self.source = "configuration"
         self._load()
         on_change(self.level)
 
@@ -63,6 +65,7 @@ class LevelControl:
         self.version = persisted.version
         if persisted.configured_level == self.configured_level:
             self.level = persisted.level
+            self.source = "level file"
             logger.info("audit level %s (set through the control API before this start)",
                         pb.AuditLevel.Name(self.level))
         else:

@@ -59,6 +59,8 @@ RECORD_TYPE_ACCESS = "access"
 RECORD_TYPE_GENESIS = "genesis"
 RECORD_TYPE_SEAL = "seal"
 RECORD_TYPE_COSIGNATURE = "cosignature"
+#: The audit level in effect changed: through the control API, or found changed at a start.
+RECORD_TYPE_LEVEL = "level"
 #: Record types whose Ed25519 `signature` covers them (signed_bytes) besides the chain.
 SIGNED_TYPES = frozenset({"checkpoint", "genesis", "seal"})
 #: What the record log adds to a record: its kind, when it entered the log, its place in the

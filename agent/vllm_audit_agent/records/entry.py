@@ -12,15 +12,17 @@ from vllm_audit_agent.records.chain import (
     RECORD_TYPE_CHECKPOINT,
     RECORD_TYPE_COSIGNATURE,
     RECORD_TYPE_GENESIS,
+    RECORD_TYPE_LEVEL,
     RECORD_TYPE_REQUEST,
     RECORD_TYPE_SEAL,
 )
 
 #: Topic suffix per record type (`<prefix>.<suffix>`): the evidence about the log itself
-#: (genesis, checkpoints, seals, cosignatures) shares the checkpoints topic.
+#: (genesis, checkpoints, seals, cosignatures, level changes) shares the checkpoints topic.
 TOPICS = {RECORD_TYPE_REQUEST: "requests", RECORD_TYPE_CHECKPOINT: "checkpoints",
           RECORD_TYPE_ACCESS: "access", RECORD_TYPE_GENESIS: "checkpoints",
-          RECORD_TYPE_SEAL: "checkpoints", RECORD_TYPE_COSIGNATURE: "checkpoints"}
+          RECORD_TYPE_SEAL: "checkpoints", RECORD_TYPE_COSIGNATURE: "checkpoints",
+          RECORD_TYPE_LEVEL: "checkpoints"}
 
 
 def event_id(record: dict[str, Any]) -> str:

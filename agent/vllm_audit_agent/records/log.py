@@ -55,6 +55,7 @@ from vllm_audit_agent.records.chain import (
     RECORD_TYPE_CHECKPOINT,
     RECORD_TYPE_COSIGNATURE,
     RECORD_TYPE_GENESIS,
+    RECORD_TYPE_LEVEL,
     RECORD_TYPE_REQUEST,
     RECORD_TYPE_SEAL,
     Signer,
@@ -152,6 +153,8 @@ class RecordLog:
         #: Root (hex) of each of this log's checkpoints by tree size: what an anchor held
         #: elsewhere is compared with at start (anchor_check.py).
         self.checkpoint_roots: dict[int, str] = {}
+        #: The audit level the newest level record names (None: none yet).
+        self.last_level: str | None = None
         self._identity = dict(identity or {})
         self._replay()
         if not self.log_id or self.tree is None:
@@ -194,6 +197,8 @@ class RecordLog:
             if entry.topic == ACCESS_TOPIC:
                 info.access_bytes += len(payload)
             trees.add(segment, record, payload)
+            if record.get("type") == RECORD_TYPE_LEVEL:
+                self.last_level = str(record.get("level"))
             if record.get("type") == RECORD_TYPE_REQUEST and "event_id" in record:
                 self._earlier.note(record, payload)
             if seq > self.cursor:
@@ -323,6 +328,9 @@ class RecordLog:
         """`listener(checkpoint record)` runs once each later checkpoint is durable; from now
         on the log keeps the leaves witnesses' consistency proofs need."""
         self._checkpoint_listeners.append(listener)
+        if not self._keep_proof_leaves:  # proofs start from the tree as it is now
+            self._proof_base = self.tree.copy() if self.tree is not None else CompactRange()
+            self._proof_leaves.clear()
         self._keep_proof_leaves = True
 
     def _keep_leaf(self, leaf: bytes) -> None:
@@ -354,6 +362,16 @@ class RecordLog:
             self._proof_base.append(bytes(self._proof_leaves[32 * i:32 * i + 32]))
         if move > 0:
             del self._proof_leaves[:32 * move]
+
+    def record_level(self, level: str, how: str) -> int | None:
+        """A level record when the level in effect is not the one the log last recorded:
+        `how` says through what (the control API, or found at a start: then it was changed
+        outside the API — the level file or the configuration)."""
+        if level == self.last_level:
+            return None
+        previous, self.last_level = self.last_level, level
+        return self.append({"level": level, "previous_level": previous, "how": how},
+                           kind=RECORD_TYPE_LEVEL)
 
     def append_cosignature(self, checkpoint_seq: int, tree_size: int, witness: str,
                            note_text: str) -> int:
