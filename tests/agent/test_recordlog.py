@@ -4,6 +4,7 @@ reading back from disk when its in-memory tail overflowed, refusals kept not dro
 from __future__ import annotations
 
 import asyncio
+import itertools
 import stat
 from pathlib import Path
 from typing import Any
@@ -212,7 +213,7 @@ async def test_consistency_proofs_hold_for_records_before_witnesses_were_added(t
     log.checkpoint()
     await log.write_pending()
     assert len(sizes) == 4
-    for (old, old_root), (new, new_root) in zip(sizes, sizes[1:], strict=False):
+    for (old, old_root), (new, new_root) in itertools.pairwise(sizes):
         proof = log.consistency_proof(old, new)
         assert merkle.verify_consistency(old, new, bytes.fromhex(old_root),
                                          bytes.fromhex(new_root), proof), (old, new)
