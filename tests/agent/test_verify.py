@@ -98,19 +98,22 @@ def test_intact_log_directory_and_export_pass(log_dir: Path, public_key: Path,
     code, report = verify(log_dir, public_key)
     # 12 requests, a checkpoint after every 5, one at the stop: 12 + 3 records.
     assert code == 0 and report["intact"], report
-    # The genesis first: 1 + 12 + 3 records, every one a leaf of the tree.
-    assert (report["first_seq"], report["last_seq"], report["checkpoints"]) == (1, 16, 3)
-    assert report["tree_size"] == 16 and len(report["log_id"]) == 32
+    # The genesis and the level in effect first: 2 + 12 + 3 records, every one a leaf.
+    assert (report["first_seq"], report["last_seq"], report["checkpoints"]) == (1, 17, 3)
+    assert report["tree_size"] == 17 and len(report["log_id"]) == 32
     lines = lines_of(log_dir, tmp_path)
-    assert len(lines) == 16 and orjson.loads(lines[0])["type"] == "genesis"
+    assert len(lines) == 17 and [orjson.loads(line)["type"] for line in lines[:2]] == [
+        "genesis", "level"]
     assert all(canonical(orjson.loads(line)) == line for line in lines)  # stored canonical
     code, report = verify(write(tmp_path, lines), public_key)
-    assert code == 0 and report["records"] == 16
+    assert code == 0 and report["records"] == 17
 
 
 def _change_a_byte(lines: list[bytes]) -> tuple[list[bytes], int]:
-    i = 7
-    lines[i] = lines[i].replace(b"ver1fy00", b"ver1fy01")
+    i = index_of_type(lines, "request")[5]
+    changed = lines[i].replace(b"ver1fy00", b"ver1fy01")
+    assert changed != lines[i]
+    lines[i] = changed
     return lines, seq_of(lines[i])
 
 
@@ -200,11 +203,11 @@ def test_a_changed_byte_in_a_log_file_is_detected(log_dir: Path, public_key: Pat
     before = segment.read_bytes()
     code, report = verify(log_dir, public_key)
     assert code == 1
-    # The WAL's checksum drops the damaged record (a gap at seq 6, after the genesis), or
-    # cuts the segment there (the chain ends at seq 5, not covered by a checkpoint).
+    # The WAL's checksum drops the damaged record (a gap at seq 7, after the genesis and the
+    # level), or cuts the segment there (the chain ends at seq 6, not covered by a checkpoint).
     broken = report["broken"]
-    assert (broken["reason"], broken["seq"]) == ("seq_gap", 6) or (
-        broken["reason"] == "unverified_after_checkpoint" and report["last_seq"] == 5), report
+    assert (broken["reason"], broken["seq"]) == ("seq_gap", 7) or (
+        broken["reason"] == "unverified_after_checkpoint" and report["last_seq"] == 6), report
     assert segment.read_bytes() == before  # verify never modifies the log
 
 

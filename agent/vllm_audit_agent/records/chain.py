@@ -146,6 +146,25 @@ def seal(record: dict[str, Any], seq: int, prev_hash: str) -> bytes:
     return data[:at + 8] + digest.encode() + data[end - 1:]
 
 
+def stored_hash_matches(payload: bytes, stored_hash: str) -> bool:
+    """Whether a record's stored bytes hash to its `hash`: the bytes with their `"hash"`
+    member cut out are what was hashed when they are canonical (as the log stores them; see
+    `seal`), so no re-serialisation is needed. Bytes that are not canonical do not match
+    (verify then reports them altered)."""
+    member = b'"hash":"' + stored_hash.encode() + b'"'
+    at = payload.find(member)
+    if at < 0:
+        return False
+    end = at + len(member)
+    if payload[end:end + 1] == b",":
+        body = payload[:at] + payload[end + 1:]
+    elif payload[at - 1:at] == b",":
+        body = payload[:at - 1] + payload[end:]
+    else:
+        body = payload[:at] + payload[end:]
+    return hashlib.sha256(body).hexdigest() == stored_hash
+
+
 #: Fields a checkpoint's signature does not cover: its own hash and signature, and its place.
 SIGNATURE_EXCLUDES = frozenset({"hash", "signature", "seq", "prev_hash", "recorded_unix_ms"})
 
