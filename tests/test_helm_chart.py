@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from vllm_audit_agent.cli.parser import build_parser
 from vllm_audit_agent.config import OPTIONS
 from vllm_audit_agent.records.chain import load_private_key, load_public_key, public_pem
+from vllm_audit_agent.records.identity import IDENTITY_ENV
 
 REPO = Path(__file__).resolve().parents[1]
 CHART = REPO / "helm" / "vllm-audit"
@@ -174,7 +175,13 @@ def test_kafka_and_overrides_reach_the_agent() -> None:
     args = agent_args(agent)
     assert (args.kafka_bootstrap, args.kafka_topic_prefix) == ("kafka:9092", "vllm-audit")
     assert args.audit_level == "full" and args.gpu == "none"
-    assert "env" not in agent  # no NVML visibility asked for without a GPU reader
+    # No NVML visibility asked for without a GPU reader; the pod's identity always (the
+    # record log's genesis names who keeps it, records/identity.py IDENTITY_ENV).
+    env = {e["name"]: e for e in agent["env"]}
+    assert not {"NVIDIA_VISIBLE_DEVICES", "NVIDIA_DRIVER_CAPABILITIES"} & set(env)
+    assert {v: env[v]["valueFrom"]["fieldRef"]["fieldPath"] for v in IDENTITY_ENV.values()} == {
+        "POD_NAME": "metadata.name", "POD_NAMESPACE": "metadata.namespace",
+        "NODE_NAME": "spec.nodeName"}
 
 
 def test_query_api_credentials_and_tls_come_from_secrets() -> None:

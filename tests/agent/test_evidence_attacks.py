@@ -270,6 +270,14 @@ async def test_two_agents_on_one_broker_verify_log_by_log(tmp_path: Path) -> Non
         assert len(out["logs"]) == 2 and {log["first_seq"] for log in out["logs"]} == {1}
         # genesis, level, 10 requests, the checkpoint at the stop: each log its own tree
         assert [log["tree_size"] for log in out["logs"]] == [13, 13]
+        # The checkpoint topic as an anchor for one pod's directory: its newest checkpoint there
+        # is the one the directory ends with.
+        done = await asyncio.to_thread(
+            cli, "verify", tmp_path / "poda" / "data" / "records", "--public-key", keys[0],
+            "--anchor-kafka", broker.bootstrap)
+        assert done.stdout, done.stderr
+        report = orjson.loads(done.stdout)
+        assert done.returncode == 0 and report["anchors_checked"] == 1, done.stderr
         done = await asyncio.to_thread(  # one pod's key alone: the other log does not verify
             cli, "verify", "--kafka-bootstrap", broker.bootstrap, "--public-key", keys[0])
         out = orjson.loads(done.stdout)

@@ -66,7 +66,7 @@ def _anchors(args: argparse.Namespace, key: Any, log_ids: list[str], quiet: bool
     if getattr(args, "anchor_kafka", None):
         topic = f"{args.topic_prefix}.{TOPICS['checkpoint']}"
         found += anchors.from_checkpoint_records(_kafka(args, [topic]), key,
-                                                 f"Kafka topic {topic}", quiet)
+                                                 f"Kafka topic {topic}", quiet, log_ids)
     return found
 
 

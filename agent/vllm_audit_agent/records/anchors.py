@@ -65,9 +65,11 @@ def from_witness(url: str, log_ids: Iterable[str], public_key: Ed25519PublicKey,
 
 
 def from_checkpoint_records(payloads: Iterable[bytes], public_key: Ed25519PublicKey,
-                            source: str, skip_foreign: bool = False) -> list[Anchor]:
+                            source: str, skip_foreign: bool = False,
+                            log_ids: Iterable[str] | None = None) -> list[Anchor]:
     """The newest checkpoint per log among records (the Kafka checkpoint topic), preferring a
-    cosigned copy of it."""
+    cosigned copy of it; only of `log_ids` when given (a topic holds a whole fleet's)."""
+    wanted = set(log_ids) if log_ids is not None else None
     newest: dict[str, tuple[int, str]] = {}
     for payload in payloads:
         try:
@@ -78,6 +80,8 @@ def from_checkpoint_records(payloads: Iterable[bytes], public_key: Ed25519Public
             continue
         log_id, size, text = record.get("log_id"), record.get("tree_size"), record.get("note")
         if not (log_id and isinstance(size, int) and isinstance(text, str)):
+            continue
+        if wanted is not None and log_id not in wanted:
             continue
         held = newest.get(log_id)
         if held is None or size > held[0] or (size == held[0] and len(text) > len(held[1])):
