@@ -262,6 +262,12 @@ class AgentCollector(Collector):
                       pc["connect_errors"])
         yield counter("vllm_audit_kafka_unreachable", "Times the connection probe found no Kafka "
                       "broker reachable (vllm_audit_kafka_connected went 0)", pc["unreachable"])
+        yield counter("vllm_audit_kafka_lost_acknowledged", "Times Kafka gave an offset again "
+                      "(it lost records it had acknowledged: a restart on lost storage, a topic "
+                      "recreated); the records are sent again from the record log",
+                      pc["broker_lost_acknowledged"])
+        yield counter("vllm_audit_records_republished", "Records sent again from the record log "
+                      "after Kafka lost what it had acknowledged", pc["republished"])
         yield counter("vllm_audit_publisher_retries", "Kafka sends retried", pc["retries"])
         yield counter("vllm_audit_publisher_stop_timeouts",
                       "Kafka producer closes cut by the shutdown deadline", pc["stop_timeouts"])

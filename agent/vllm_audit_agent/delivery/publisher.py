@@ -40,6 +40,7 @@ from typing import Any
 
 import orjson
 
+from vllm_audit_agent.delivery.ack_check import AckedOffsets
 from vllm_audit_agent.delivery.engine_stats import EngineStatsQueue
 from vllm_audit_agent.delivery.sink import DEAD_LETTER_REASONS, FAILURE_REASONS, Sink
 from vllm_audit_agent.records.entry import Entry
@@ -64,7 +65,8 @@ class Publisher:
         self.window = window
         self.max_backoff = max_backoff
         self.counters: Counter[str] = Counter({k: 0 for k in (
-            "published", "retries", "connect_errors", "unreachable")})
+            "published", "retries", "connect_errors", "unreachable", "broker_lost_acknowledged",
+            "republished")})
         self.failures: Counter[str] = Counter({r: 0 for r in FAILURE_REASONS})
         self.dead_lettered: Counter[str] = Counter({r: 0 for r in DEAD_LETTER_REASONS})
         self.log: RecordLog | None = None
@@ -81,6 +83,10 @@ class Publisher:
                                       lambda: self._connected and not self._unreachable,
                                       self._sleep)
         self._oldest_inflight_ms: int | None = None
+        #: Offsets the broker gave to acknowledged batches (a broker that gives one again lost
+        #: what it had acknowledged there), and the seq to send again after when it did.
+        self.acked = AckedOffsets()
+        self._rewind: int | None = None
         self._persisted = -1
 
     # -- attributes for metrics -------------------------------------------------------------
@@ -205,6 +211,8 @@ class Publisher:
         backoff = 0.1
         last_persist = time.monotonic()
         while True:
+            if self._rewind is not None:
+                last_sent = await self._send_again(log, inflight, last_sent)
             if len(inflight) <= self.window // 2:
                 entries = await log.read(last_sent, self.window - len(inflight))
                 if entries:
@@ -250,6 +258,8 @@ class Publisher:
                     acked_bytes += len(inflight.popleft()[0].value)
                 entry = inflight[0][0]
                 self.counters["published"] += same
+                if isinstance(sent, asyncio.Future):
+                    self._check_ack(sent.result(), entry.seq)
             inflight.popleft()
             acked_bytes += len(entry.value)
             log.cursor = entry.seq  # contiguous prefix acknowledged
@@ -259,6 +269,30 @@ class Publisher:
                 acked_bytes = 0
                 await self._persist(log)
                 last_persist = time.monotonic()
+
+    def _check_ack(self, metadata: Any, seq: int) -> None:
+        rewind = self.acked.note(metadata, seq)
+        if rewind is not None:
+            self.counters["broker_lost_acknowledged"] += 1
+            self._rewind = rewind if self._rewind is None else min(self._rewind, rewind)
+            logger.error("the Kafka broker lost records it had acknowledged (partition %s:%s "
+                         "gave offset %s again): sending again from the record log after seq %d",
+                         getattr(metadata, "topic", "?"), getattr(metadata, "partition", "?"),
+                         getattr(metadata, "offset", "?"), rewind)
+
+    async def _send_again(self, log: RecordLog,
+                          inflight: deque[tuple[Entry, Awaitable[Any] | BaseException]],
+                          last_sent: int) -> int:
+        """Moves the cursor back to `_rewind`: every record after it is sent again from the
+        record log (the source of truth; at-least-once, de-duplicated on `event_id`). Sends in
+        flight are forgotten (their records are among those sent again)."""
+        rewind, self._rewind = self._rewind, None
+        assert rewind is not None
+        self.counters["republished"] += max(0, last_sent - rewind)
+        inflight.clear()
+        log.cursor = min(log.cursor, rewind)
+        await self._persist(log)
+        return min(last_sent, rewind)
 
     async def _persist(self, log: RecordLog) -> None:
         cursor = log.cursor
