@@ -1,6 +1,7 @@
 """The README's parts that are printed from the code, so they cannot drift from it:
 
     record-schema    the record's `schema` version (SCHEMA_VERSION, model/record.py)
+    record-fields    every field of the request record and its type (records/schema.py)
     hook-variables   the hook's environment variables with their meaning (vllm_hooks/config/
                      env_vars.py: each ENV_* constant and the `#:` comment above it)
     metrics          every metric family a fresh agent exports, with its type and help (scraped
@@ -60,6 +61,32 @@ def hook_variables(source: Path = ENV_VARS) -> str:
     return "\n".join(rows)
 
 
+def record_fields() -> str:
+    """One row per top-level field of the request record, from its JSON Schema (which the
+    contract and the record log give: records/schema.py); nested messages name their fields."""
+    from vllm_audit_agent.records.schema import trail_record_schema
+
+    def kind(schema: dict[str, object]) -> str:
+        if "const" in schema:
+            return f"= {schema['const']}"
+        if "enum" in schema:
+            return "enum"
+        if "oneOf" in schema:
+            return " or ".join(kind(s) for s in schema["oneOf"])  # type: ignore[attr-defined]
+        if schema.get("type") == "array":
+            return f"array of {kind(schema['items'])}"  # type: ignore[arg-type]
+        if schema.get("type") == "object" and "properties" in schema:
+            names = ", ".join(schema["properties"])  # type: ignore[arg-type]
+            return f"object ({names})"
+        return str(schema.get("type", "any"))
+
+    schema = trail_record_schema()
+    rows = ["| field | type |", "|---|---|"]
+    for name, field in schema["properties"].items():
+        rows.append(f"| `{name}` | {kind(field)} |")
+    return "\n".join(rows)
+
+
 def metric_families() -> str:
     """`| family | type | help |` of every family a fresh agent's /metrics has."""
     from prometheus_client.exposition import generate_latest
@@ -86,8 +113,8 @@ def metric_families() -> str:
     return "\n".join(rows)
 
 
-GENERATORS = {"record-schema": schema_version, "hook-variables": hook_variables,
-              "metrics": metric_families}
+GENERATORS = {"record-schema": schema_version, "record-fields": record_fields,
+              "hook-variables": hook_variables, "metrics": metric_families}
 
 
 def region(name: str) -> re.Pattern[str]:
