@@ -1,0 +1,258 @@
+"""The fleet store: every pod's records in ClickHouse (chDB in-process, or a server), and the
+trail queries an audit asks of them (schema.py has the tables and why they are so).
+
+Reads never show a duplicate or an old revision: trails are the newest revision per trail id
+(`argMax(…, revision)`), records are one per (log_id, seq) (`LIMIT 1 BY`). Inserting a batch
+twice (the consumer is at-least-once) changes no answer.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from vllm_audit_agent.fleet.backend import Backend, open_backend
+from vllm_audit_agent.fleet.rows import parse, record_row, to_arrow
+from vllm_audit_agent.fleet.schema import (
+    DEFAULT_RETENTION,
+    LOG_COLUMNS,
+    Retention,
+    create_statements,
+)
+
+#: A listing page's position: (timestamp_ms, event_id) of the last trail shown.
+Cursor = tuple[int, str]
+GROUP_KEYS = {"tenant": "tenant", "user": "user", "model": "model", "day": "toString(day)"}
+EXPORT_PAGE = 10_000
+
+
+@dataclass(frozen=True)
+class TrailQuery:
+    """Which trails: every set field must match (tenant None: every tenant)."""
+    tenant: str | None = None
+    user: str | None = None
+    model: str | None = None
+    state: str | None = None
+    client_request_id: str | None = None
+    since_ms: int | None = None
+    until_ms: int | None = None
+
+
+def _where(query: TrailQuery) -> tuple[str, dict[str, Any]]:
+    """The WHERE conditions on a request row (state is the newest revision's: see _having)."""
+    conditions, params = ["type = 'request'"], {}
+    for name in ("tenant", "user", "model", "client_request_id"):
+        value = getattr(query, name)
+        if value is not None:
+            conditions.append(f"{name} = {{{name}:String}}")
+            params[name] = value
+    if query.since_ms is not None:
+        conditions.append("ts >= fromUnixTimestamp64Milli({since_ms:Int64})")
+        params["since_ms"] = query.since_ms
+    if query.until_ms is not None:
+        conditions.append("ts < fromUnixTimestamp64Milli({until_ms:Int64})")
+        params["until_ms"] = query.until_ms
+    return " AND ".join(conditions), params
+
+
+def _having(query: TrailQuery, params: dict[str, Any]) -> list[str]:
+    if query.state is None:
+        return []
+    params["state"] = query.state
+    return ["st = {state:String}"]
+
+
+class FleetStore:
+    def __init__(self, backend: Backend, database: str = "vllm_audit",
+                 retention: Retention = DEFAULT_RETENTION) -> None:
+        self.backend = backend
+        self.db = database
+        self._saved_ms = 0
+        for statement in create_statements(database, retention):
+            backend.command(statement)
+
+    @classmethod
+    def open(cls, target: str, database: str = "vllm_audit",
+             retention: Retention = DEFAULT_RETENTION) -> FleetStore:
+        """`target`: a chDB data directory or a `clickhouse://…` server URL."""
+        return cls(open_backend(target), database, retention)
+
+    # -- writing ---------------------------------------------------------------------------
+    def insert(self, payloads: Sequence[bytes]) -> int:
+        """Stores canonical records of any type; returns how many rows were written (unreadable
+        payloads are skipped). Idempotent: a record stored again is the same (log_id, seq)."""
+        rows, seen = [], set()
+        for payload in payloads:
+            record = parse(payload)
+            if record is None:
+                continue
+            key = (record.get("log_id"), record["seq"])
+            if key in seen:
+                continue
+            seen.add(key)
+            rows.append(record_row(record, payload))
+        if rows:
+            self.backend.insert(f"{self.db}.records", to_arrow(rows))
+        return len(rows)
+
+    # -- trails ----------------------------------------------------------------------------
+    def _newest(self, query: TrailQuery, extra_having: Sequence[str] = ()) -> tuple[str, dict[str, Any]]:
+        """The newest revision of each matching trail: its key, time and event id."""
+        where, params = _where(query)
+        having = _having(query, params) + list(extra_having)
+        sql = f"""SELECT trail_id, max(revision) AS rev, argMax(log_id, revision) AS lid,
+       argMax(seq, revision) AS s, toUnixTimestamp64Milli(argMax(ts, revision)) AS t,
+       argMax(state, revision) AS st, concat(trail_id, '/', toString(rev)) AS eid
+FROM {self.db}.records WHERE {where} GROUP BY trail_id"""
+        if having:
+            sql += " HAVING " + " AND ".join(having)
+        return sql, params
+
+    def list_trails(self, query: TrailQuery, limit: int, before: Cursor | None
+                    ) -> list[dict[str, Any]]:
+        """Request records, the newest revision per trail, newest first (timestamp_ms, then
+        event_id, descending), after `before` (the last trail of the previous page)."""
+        extra = []
+        if before is not None:
+            extra.append("(t, eid) < ({before_t:Int64}, {before_e:String})")
+        sql, params = self._newest(query, extra)
+        if before is not None:
+            params["before_t"], params["before_e"] = before
+        params["limit"] = max(0, int(limit))
+        keys = self.backend.rows(sql + " ORDER BY t DESC, eid DESC LIMIT {limit:UInt32}", params)
+        found = self._records_at([(k["lid"], k["s"]) for k in keys])
+        return [orjson.loads(found[(k["lid"], k["s"])]) for k in keys
+                if (k["lid"], k["s"]) in found]
+
+    def _records_at(self, keys: Sequence[tuple[str, int]]) -> dict[tuple[str, int], bytes]:
+        if not keys:
+            return {}
+        rows = self.backend.rows(
+            f"SELECT log_id, seq, record FROM {self.db}.records "
+            "WHERE log_id IN {lids:Array(String)} AND seq IN {seqs:Array(UInt64)} "
+            "LIMIT 1 BY log_id, seq",
+            {"lids": sorted({k[0] for k in keys}), "seqs": sorted({k[1] for k in keys})})
+        wanted = set(keys)
+        return {(r["log_id"], r["seq"]): _bytes(r["record"]) for r in rows
+                if (r["log_id"], r["seq"]) in wanted}
+
+    def get_trail(self, trail_id: str, tenant: str | None = None) -> dict[str, Any] | None:
+        """The newest revision of one trail (None: none, or not of `tenant`)."""
+        conditions, params = ["type = 'request'", "trail_id = {trail_id:String}"], {
+            "trail_id": trail_id}
+        if tenant is not None:
+            conditions.append("tenant = {tenant:String}")
+            params["tenant"] = tenant
+        rows = self.backend.rows(
+            f"SELECT record FROM {self.db}.records WHERE {' AND '.join(conditions)} "
+            "ORDER BY revision DESC LIMIT 1", params)
+        return orjson.loads(_bytes(rows[0]["record"])) if rows else None
+
+    def export(self, query: TrailQuery) -> Iterator[bytes]:
+        """Every matching request record (each revision: each is a record of its log), canonical
+        bytes, oldest first; read in pages so a quarter never sits in memory."""
+        where, params = _where(query)
+        if query.state is not None:
+            where += " AND state = {state:String}"
+            params["state"] = query.state
+        after: tuple[int, str, int] = (-(2**62), "", 0)
+        while True:
+            page = self.backend.rows(
+                f"SELECT toUnixTimestamp64Milli(ts) AS t, log_id, seq, record "
+                f"FROM {self.db}.records WHERE {where} AND (toUnixTimestamp64Milli(ts), log_id, "
+                "seq) > ({at:Int64}, {al:String}, {aseq:UInt64}) ORDER BY t, log_id, seq "
+                "LIMIT 1 BY log_id, seq LIMIT {page:UInt32}",
+                {**params, "at": after[0], "al": after[1], "aseq": after[2],
+                 "page": EXPORT_PAGE})
+            for row in page:
+                yield _bytes(row["record"])
+            if len(page) < EXPORT_PAGE:
+                return
+            last = page[-1]
+            after = (int(last["t"]), str(last["log_id"]), int(last["seq"]))
+
+    def aggregates(self, query: TrailQuery, group_by: Sequence[str]) -> list[dict[str, Any]]:
+        """Requests, input/output tokens and errors per group (any of tenant, user, model, day),
+        over the newest revision of each matching trail."""
+        unknown = [key for key in group_by if key not in GROUP_KEYS]
+        if unknown:
+            raise ValueError(f"cannot group by {unknown}: one of {sorted(GROUP_KEYS)}")
+        where, params = _where(query)
+        having = _having(query, params)
+        inner = f"""SELECT trail_id, argMax(tenant, revision) AS tenant,
+       argMax(user, revision) AS user, argMax(model, revision) AS model,
+       toDate(argMax(ts, revision)) AS day, argMax(state, revision) AS st,
+       argMax(input_tokens, revision) AS i, argMax(output_tokens, revision) AS o,
+       argMax(is_error, revision) AS e
+FROM {self.db}.records WHERE {where} GROUP BY trail_id"""
+        if having:
+            inner += " HAVING " + " AND ".join(having)
+        keys = [f"{GROUP_KEYS[k]} AS {k}" for k in group_by]
+        select = ", ".join([*keys, "count() AS requests", "sum(i) AS input_tokens",
+                            "sum(o) AS output_tokens", "sum(e) AS errors"])
+        sql = f"SELECT {select} FROM ({inner})"
+        if group_by:
+            order = ", ".join(group_by)
+            sql += f" GROUP BY {order} ORDER BY {order}"
+        rows = self.backend.rows(sql, params)
+        return [{k: (int(v) if k in ("requests", "input_tokens", "output_tokens", "errors")
+                     else v) for k, v in row.items()} for row in rows]
+
+    # -- records and logs (the verifier's) -------------------------------------------------
+    def records_of(self, log_id: str, after_seq: int, limit: int = 100_000) -> list[bytes]:
+        """A log's records after `after_seq`, in seq order, one per seq."""
+        rows = self.backend.rows(
+            f"SELECT seq, record FROM {self.db}.records WHERE log_id = {{log_id:String}} "
+            "AND seq > {after:UInt64} ORDER BY seq LIMIT 1 BY seq LIMIT {limit:UInt32}",
+            {"log_id": log_id, "after": after_seq, "limit": limit})
+        return [_bytes(r["record"]) for r in rows]
+
+    def record_at(self, log_id: str, seq: int) -> bytes | None:
+        found = self._records_at([(log_id, seq)])
+        return found.get((log_id, seq))
+
+    def records_at(self, log_id: str, seqs: Sequence[int]) -> dict[int, bytes]:
+        found = self._records_at([(log_id, s) for s in seqs])
+        return {seq: payload for (_, seq), payload in found.items()}
+
+    def save_logs(self, states: Sequence[Mapping[str, Any]]) -> None:
+        """Each log's verification state (`log_id`, `head_seq`, `status` and the rest, kept as
+        JSON); the newest saved per log is what `logs()` returns."""
+        if not states:
+            return
+        import pyarrow as pa
+
+        # The version orders saves: two in one millisecond still replace in order.
+        now = self._saved_ms = max(time.time_ns() // 1_000_000, self._saved_ms + 1)
+        data = pa.table({
+            "log_id": pa.array([str(s["log_id"]) for s in states], pa.string()),
+            "updated_ms": pa.array([now] * len(states), pa.int64()),
+            "head_seq": pa.array([int(s.get("head_seq") or 0) for s in states], pa.uint64()),
+            "status": pa.array([str(s.get("status") or "") for s in states], pa.string()),
+            "state": pa.array([orjson.dumps(dict(s)).decode() for s in states], pa.string()),
+        }).select(list(LOG_COLUMNS))
+        self.backend.insert(f"{self.db}.logs", data)
+
+    def logs(self) -> list[dict[str, Any]]:
+        """Every log's newest saved state (the verified head of each log, its status)."""
+        rows = self.backend.rows(f"SELECT state FROM {self.db}.logs FINAL ORDER BY log_id")
+        return [orjson.loads(r["state"]) for r in rows]
+
+    def count(self, log_id: str | None = None) -> int:
+        """Records stored, one per (log_id, seq)."""
+        where = "" if log_id is None else " WHERE log_id = {log_id:String}"
+        rows = self.backend.rows(
+            f"SELECT count() AS n FROM (SELECT DISTINCT log_id, seq FROM {self.db}.records{where})",
+            {} if log_id is None else {"log_id": log_id})
+        return int(rows[0]["n"])
+
+    def close(self) -> None:
+        self.backend.close()
+
+
+def _bytes(value: str | bytes) -> bytes:
+    return value if isinstance(value, bytes) else value.encode()

@@ -1,0 +1,1 @@
+"""The fleet service: its store on real chDB, its consumer on a real broker."""

@@ -1,0 +1,91 @@
+"""The fleet store on a real chDB: what an audit asks of it, with duplicates and old revisions
+never shown (the consumer is at-least-once and trails are re-recorded per revision)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from vllm_audit_agent.fleet.store import FleetStore, TrailQuery
+
+LOG = "a" * 32
+DAY = 86_400_000
+NOW = 1_790_000_000_000
+
+
+def request(seq: int, trail: str, revision: int, ts: int, **fields: Any) -> bytes:
+    record = {"type": "request", "log_id": LOG, "seq": seq, "trail_id": trail,
+              "revision": revision, "timestamp_ms": ts, "tenant": "acme", "user": "alice",
+              "model": "m1", "state": "TRAIL_STATE_FINISHED", "status_code": 200,
+              "gen_ai.usage.input_tokens": 10, "gen_ai.usage.output_tokens": 4, **fields}
+    return orjson.dumps(record, option=orjson.OPT_SORT_KEYS)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[FleetStore]:
+    opened = FleetStore.open(str(tmp_path / "chdb"))
+    try:
+        yield opened
+    finally:
+        opened.close()
+
+
+def trails(records: list[dict[str, Any]]) -> list[tuple[str, int]]:
+    return [(r["trail_id"], r["revision"]) for r in records]
+
+
+def test_a_batch_stored_twice_shows_once_newest_revision_first(store: FleetStore) -> None:
+    batch = [request(1, "t1", 0, NOW - 3000, state="TRAIL_STATE_ACTIVE"),
+             request(2, "t2", 0, NOW - 2000), request(3, "t1", 1, NOW - 3000),
+             request(4, "t3", 0, NOW - 1000, user="bob", tenant="other", status_code=500),
+             orjson.dumps({"type": "checkpoint", "log_id": LOG, "seq": 5,
+                           "recorded_unix_ms": NOW})]
+    assert store.insert(batch) == 5
+    assert store.insert(batch[::-1]) == 5  # re-delivered, in another order
+    assert store.count() == 5
+    assert trails(store.list_trails(TrailQuery(), 10, None)) == [("t3", 0), ("t2", 0),
+                                                                  ("t1", 1)]
+    # the state is the newest revision's: t1 is no longer active
+    assert store.list_trails(TrailQuery(state="TRAIL_STATE_ACTIVE"), 10, None) == []
+    assert trails(store.list_trails(TrailQuery(tenant="acme", user="alice"), 10, None)) == [
+        ("t2", 0), ("t1", 1)]
+    found = store.get_trail("t1")
+    assert found is not None and found["revision"] == 1
+    assert store.get_trail("t3", tenant="acme") is None  # another tenant's trail
+    assert [orjson.loads(p)["seq"] for p in store.export(TrailQuery())] == [1, 3, 2, 4]
+    assert store.export(TrailQuery(tenant="acme")).__next__() == batch[0]  # canonical bytes
+    assert store.aggregates(TrailQuery(), ["tenant"]) == [
+        {"tenant": "acme", "requests": 2, "input_tokens": 20, "output_tokens": 8, "errors": 0},
+        {"tenant": "other", "requests": 1, "input_tokens": 10, "output_tokens": 4, "errors": 1}]
+
+
+def test_pages_follow_the_cursor_and_time_range(store: FleetStore) -> None:
+    store.insert([request(i, f"t{i:02d}", 0, NOW - i * DAY) for i in range(1, 41)])
+    seen: list[str] = []
+    before = None
+    while True:
+        page = store.list_trails(TrailQuery(since_ms=NOW - 30 * DAY), 7, before)
+        if not page:
+            break
+        seen += [r["trail_id"] for r in page]
+        before = (page[-1]["timestamp_ms"], page[-1]["event_id"] if "event_id" in page[-1]
+                  else f"{page[-1]['trail_id']}/{page[-1]['revision']}")
+    assert seen == [f"t{i:02d}" for i in range(1, 31)]
+    by_day = store.aggregates(TrailQuery(until_ms=NOW - 37 * DAY + 1), ["day", "model"])
+    assert [row["requests"] for row in by_day] == [1, 1, 1, 1]
+    with pytest.raises(ValueError, match="cannot group by"):
+        store.aggregates(TrailQuery(), ["pod"])
+
+
+def test_each_logs_state_is_the_newest_saved(store: FleetStore) -> None:
+    store.save_logs([{"log_id": LOG, "head_seq": 3, "status": "verified"}])
+    store.save_logs([{"log_id": LOG, "head_seq": 9, "status": "broken", "reason": "gap"}])
+    assert store.logs() == [{"log_id": LOG, "head_seq": 9, "status": "broken",
+                             "reason": "gap"}]
+    store.insert([request(i, f"t{i}", 0, NOW) for i in range(1, 6)])
+    assert [orjson.loads(p)["seq"] for p in store.records_of(LOG, 2)] == [3, 4, 5]
+    assert store.record_at(LOG, 4) == request(4, "t4", 0, NOW)
