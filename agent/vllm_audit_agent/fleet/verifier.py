@@ -1,0 +1,249 @@
+"""Verification as the fleet consumes: each log's records checked in seq order, from its
+genesis, with the same checks as `vllm-audit verify` (records/verify.py's `verify_chain` over
+each contiguous run, joined to the run before by its head record; records/tree_check.py's
+TreeCheck carried from run to run for the log's identity, Merkle tree and signed checkpoints).
+
+Kafka delivers one log over three topics (requests, checkpoints, access), each in order, so a
+log's records arrive interleaved: those after a missing seq wait (`pending`) until it comes.
+A seq still missing `gap_seconds` after a later one arrived is a gap; a record that differs
+from the one verified at its seq is a conflicting duplicate (a rewritten copy). Both, and every
+break verify names, mark the log broken by its id (sticky: its records are stored, not
+verified further). A log whose genesis key is not among the trusted keys is `untrusted`; one
+whose first record seen is not its genesis (the topic's retention cut it) is `no_genesis`.
+
+Each log's state (head, tree, status) is saved in the store with the batch, so a restarted
+consumer resumes where the store is (records after the head are read back from the store).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import orjson
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from vllm_audit_agent.records.chain import RECORD_TYPE_GENESIS, raw_public_key
+from vllm_audit_agent.records.merkle import CompactRange
+from vllm_audit_agent.records.tree_check import TreeCheck, TreeFinding
+from vllm_audit_agent.records.verify import verify_chain
+
+#: A log's status; `verified`: every record up to its head checks.
+STATUSES = ("waiting", "verified", "broken", "untrusted", "no_genesis")
+PENDING_MAX = 200_000  # records waiting for a missing seq, per log, before it is a gap
+
+
+class RecordSource(Protocol):
+    """What the verifier reads back from the store."""
+
+    def records_of(self, log_id: str, after_seq: int, limit: int = ...) -> list[bytes]: ...
+
+    def records_at(self, log_id: str, seqs: Sequence[int]) -> dict[int, bytes]: ...
+
+
+class _Resumed(TreeCheck):
+    """The log's TreeCheck, fed again its head record (which joins a run to the one before):
+    records up to `through` were added already."""
+    through = 0
+
+    def add(self, record: dict[str, Any], payload: bytes) -> TreeFinding | None:
+        if int(record["seq"]) <= self.through:
+            return None
+        return super().add(record, payload)
+
+
+@dataclass
+class Fed:
+    """What a batch did: the logs whose state changed, the records the store should keep."""
+    changed: set[str] = field(default_factory=set)
+    store: list[bytes] = field(default_factory=list)
+
+
+@dataclass
+class LogState:
+    log_id: str
+    status: str = "waiting"
+    head_seq: int = 0
+    head: bytes = b""  # the head record (not saved: read back from the store)
+    key: str = ""  # the genesis's public key, hex
+    identity: dict[str, Any] = field(default_factory=dict)
+    verified: int = 0
+    checkpoints: int = 0
+    reason: str = ""
+    break_seq: int = 0
+    detail: str = ""
+    last_record_ms: int = 0
+    tree: _Resumed | None = None
+    pending: dict[int, bytes] = field(default_factory=dict)
+    waiting_since: float | None = None
+
+    def saved(self) -> dict[str, Any]:
+        tree = self.tree.tree if self.tree is not None else None
+        return {"log_id": self.log_id, "status": self.status, "head_seq": self.head_seq,
+                "key": self.key, "identity": self.identity, "verified": self.verified,
+                "checkpoints": self.checkpoints, "reason": self.reason,
+                "break_seq": self.break_seq, "detail": self.detail,
+                "last_record_ms": self.last_record_ms,
+                "tree_size": tree.size if tree is not None else None,
+                "tree_nodes": tree.to_hex() if tree is not None else []}
+
+
+class FleetVerifier:
+    def __init__(self, source: RecordSource, trusted_keys: Iterable[Ed25519PublicKey],
+                 gap_seconds: float = 60.0, clock: Callable[[], float] = time.monotonic
+                 ) -> None:
+        self.source = source
+        self.trusted = {raw_public_key(k).hex(): k for k in trusted_keys}
+        self.gap_seconds = gap_seconds
+        self.clock = clock
+        self.logs: dict[str, LogState] = {}
+
+    # -- restart ---------------------------------------------------------------------------
+    def load(self, saved: Iterable[dict[str, Any]]) -> None:
+        """The states the store kept; each verifying log reads its head and what came after it
+        back from the store."""
+        for s in saved:
+            log = LogState(str(s["log_id"]), str(s["status"]), int(s["head_seq"]),
+                           key=str(s.get("key", "")), identity=dict(s.get("identity") or {}),
+                           verified=int(s.get("verified", 0)),
+                           checkpoints=int(s.get("checkpoints", 0)), reason=str(s.get("reason", "")),
+                           break_seq=int(s.get("break_seq", 0)), detail=str(s.get("detail", "")),
+                           last_record_ms=int(s.get("last_record_ms", 0)))
+            self.logs[log.log_id] = log
+            if log.status != "verified":
+                continue
+            log.head = self.source.records_at(log.log_id, [log.head_seq]).get(log.head_seq, b"")
+            log.tree = _Resumed(self.trusted[log.key])
+            log.tree.summary.log_id = log.log_id
+            if s.get("tree_size") is not None:
+                log.tree.tree = CompactRange.from_hex(int(s["tree_size"]), s["tree_nodes"])
+            for payload in self.source.records_of(log.log_id, log.head_seq):
+                log.pending[int(orjson.loads(payload)["seq"])] = payload
+
+    # -- consuming -------------------------------------------------------------------------
+    def feed(self, payloads: Sequence[bytes]) -> Fed:
+        """Verifies what `payloads` complete. Records of a log's verified range are never
+        stored again (a re-delivery is the same; a rewritten copy must not replace the
+        original), nor the second of two different records with one seq."""
+        fed = Fed()
+        replayed: dict[str, dict[int, bytes]] = {}
+        now_ms = time.time_ns() // 1_000_000
+        for payload in payloads:
+            try:
+                record = orjson.loads(payload)
+                log_id, seq = str(record.get("log_id") or ""), int(record["seq"])
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
+                continue  # unreadable: the store skips it too
+            log = self.logs.get(log_id) if log_id else None
+            if log is None:
+                if not log_id:  # written before log identities: stored, not verifiable here
+                    fed.store.append(payload)
+                    continue
+                log = self.logs.setdefault(log_id, LogState(log_id))
+            log.last_record_ms = now_ms
+            fed.changed.add(log_id)
+            if log.head_seq and seq <= log.head_seq:
+                replayed.setdefault(log_id, {})[seq] = payload
+            elif log.status not in ("waiting", "verified"):
+                fed.store.append(payload)  # kept as published, not verified
+            elif log.pending.setdefault(seq, payload) != payload:
+                self._break(log, seq, "conflicting_duplicate", "two different records with "
+                            f"seq {seq} arrived")
+            else:
+                fed.store.append(payload)
+        for log_id, seqs in replayed.items():
+            self._check_replayed(self.logs[log_id], seqs)
+        for log_id in fed.changed:
+            self._advance(self.logs[log_id])
+        return fed
+
+    def _check_replayed(self, log: LogState, seqs: dict[int, bytes]) -> None:
+        """Records at or below the head: a re-delivery must be the record verified there."""
+        stored = self.source.records_at(log.log_id, sorted(seqs))
+        for seq in sorted(seqs):
+            if seq in stored and stored[seq] != seqs[seq]:
+                self._break(log, seq, "conflicting_duplicate", f"a record with seq {seq} "
+                            "differs from the one verified (a rewritten copy of the log)")
+                return
+
+    def _advance(self, log: LogState) -> None:
+        if log.status == "waiting" and not self._start(log):
+            return
+        run: list[bytes] = []
+        while log.status == "verified" and log.head_seq + 1 + len(run) in log.pending:
+            run.append(log.pending.pop(log.head_seq + 1 + len(run)))
+        if run:
+            self._verify(log, run)
+        log.waiting_since = (log.waiting_since or self.clock()) if log.pending else None
+
+    def _start(self, log: LogState) -> bool:
+        """A log starts at its genesis, whose key must be trusted."""
+        if not log.pending:
+            return False
+        first = min(log.pending)
+        record = orjson.loads(log.pending[first])
+        if record.get("type") != RECORD_TYPE_GENESIS:
+            if log.waiting_since is None:
+                log.waiting_since = self.clock()
+            return False  # the genesis may be on its way (another topic); gaps() decides
+        log.key = str(record.get("public_key", ""))
+        log.identity = dict(record.get("identity") or {})
+        key = self.trusted.get(log.key)
+        if key is None:
+            log.status, log.reason = "untrusted", "untrusted_key"
+            log.detail = f"the genesis names key {log.key[:16]}…, not a trusted log key"
+            log.pending.clear()
+            return False
+        log.status, log.tree = "verified", _Resumed(key)
+        log.head_seq, log.head = first - 1, b""
+        return True
+
+    def _verify(self, log: LogState, run: list[bytes]) -> None:
+        assert log.tree is not None
+        key = self.trusted[log.key]
+        log.tree.through = log.head_seq if log.head else 0
+        report = verify_chain([log.head, *run] if log.head else run, key,
+                              allow_unsigned_tail=True, tree=log.tree)
+        log.tree.summary.notes.clear()
+        if report.broken is not None:
+            self._break(log, report.broken.seq, report.broken.reason, report.broken.detail)
+            return
+        # The head fed again to join the run was counted with the run before.
+        again = 1 if log.head and b'"type":"checkpoint"' in log.head else 0
+        log.head_seq, log.head = log.head_seq + len(run), run[-1]
+        log.verified += len(run)
+        log.checkpoints += report.checkpoints - again
+
+    def _break(self, log: LogState, seq: int, reason: str, detail: str) -> None:
+        log.status, log.break_seq, log.reason, log.detail = "broken", seq, reason, detail
+        log.pending.clear()
+        log.tree = None
+
+    # -- time ------------------------------------------------------------------------------
+    def gaps(self) -> set[str]:
+        """Logs whose next seq has been missing for gap_seconds (or that hold too many records
+        waiting for it): a gap, or a log seen without its genesis. Their ids."""
+        now, found = self.clock(), set()
+        for log in self.logs.values():
+            if log.waiting_since is None or log.status not in ("waiting", "verified"):
+                continue
+            if now - log.waiting_since < self.gap_seconds and len(log.pending) < PENDING_MAX:
+                continue
+            found.add(log.log_id)
+            if log.status == "waiting":
+                log.status, log.reason = "no_genesis", "no_genesis"
+                log.detail = (f"the log's first record here is seq {min(log.pending)}, not its "
+                              "genesis: its key is unknown, its records are not verified")
+                log.pending.clear()
+            else:
+                missing = log.head_seq + 1
+                self._break(log, missing, "seq_gap", f"seq {missing} missing for "
+                            f"{self.gap_seconds:g} s; the log goes on at {min(log.pending)}")
+            log.waiting_since = None
+        return found
+
+    def states(self, log_ids: Iterable[str]) -> list[dict[str, Any]]:
+        return [self.logs[i].saved() for i in log_ids]
+
