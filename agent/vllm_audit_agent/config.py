@@ -280,6 +280,10 @@ class AgentConfig:
     metrics_token_file: Path | None = declare(
         "--metrics-token-file", "VLLM_AUDIT_METRICS_TOKEN_FILE", None,
         "/metrics needs the bearer token in this file", metavar="FILE", default_note="open")
+    price_table_file: Path | None = declare(
+        "--price-table", "VLLM_AUDIT_PRICE_TABLE", None,
+        "YAML/JSON prices per model per 1k input/output tokens, for GetAggregates' cost",
+        metavar="FILE", default_note="no prices (cost 0; requests counted unpriced)")
     # -- lifecycle --
     ready_requires: tuple[str, ...] = declare(
         "--ready-requires", "VLLM_AUDIT_READY_REQUIRES", DEFAULT_REQUIRED,

@@ -41,6 +41,7 @@ from vllm_audit_agent.api.query import ControlServicer, QueryServicer
 from vllm_audit_agent.api.rate_limit import TokenBuckets
 from vllm_audit_agent.api.tls import check_listener, http_ssl_context, server_credentials
 from vllm_audit_agent.api.tokens import load_token_table, metrics_token_hash
+from vllm_audit_agent.api.usage import load_price_table
 from vllm_audit_agent.api.witness_metrics import WitnessCollector
 from vllm_audit_agent.config import AgentConfig, parse_address
 from vllm_audit_agent.delivery.anchor_check import check_against_witnesses
@@ -211,7 +212,7 @@ async def _running_agent(config: AgentConfig, publisher: Publisher | None,
     refusal_windows = getattr(auth.audit_sink, "flush", None)
     query_server = grpc.aio.server(interceptors=[auth])
     # One implementation of every query/control/management call, two transports.
-    api = AuditApi(state, index)
+    api = AuditApi(state, index, prices=load_price_table(config.price_table_file))
     query_pb2_grpc.add_QueryServiceServicer_to_server(QueryServicer(api), query_server)
     query_pb2_grpc.add_ControlServiceServicer_to_server(ControlServicer(api), query_server)
     query_health = await _health(query_server, QUERY_HEALTH)

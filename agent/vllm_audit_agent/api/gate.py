@@ -61,6 +61,8 @@ METHOD_ROLES: Mapping[str, frozenset[str]] = {
     _QUERY + "GetTrail": _READERS,
     _QUERY + "WatchTrails": _READERS,
     _QUERY + "ExportTrails": _READERS,
+    # Per-user usage is audit data: readers, a tenant-auditor scoped to its tenant.
+    _QUERY + "GetAggregates": _READERS,
     _CONTROL + "SetAuditLevel": frozenset({OPERATOR, ADMIN}),
     _CONTROL + "DeleteTrail": frozenset({ADMIN}),
     _CONTROL + "ClearTrails": frozenset({ADMIN}),
@@ -174,6 +176,9 @@ def result_count(response: Message) -> int:
         return 1 if response.HasField("summary") else 0
     if "trail" in fields:
         return 1 if response.HasField("trail") else 0
+    if "rows" in fields:  # aggregates: the groups returned
+        # the ignore[attr-defined] below: the method's name says which response it is
+        return len(response.rows)  # type: ignore[attr-defined]
     if "records" in fields:
         # the ignore[attr-defined] below: the method's name says which response it is
         return len(response.records)  # type: ignore[attr-defined]

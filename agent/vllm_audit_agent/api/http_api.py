@@ -15,6 +15,7 @@ one route without a credential: it holds no audit data). In short:
     GET    /api/v1/trails?filters&page_size&page_token   ListTrails
     GET    /api/v1/trails/{id}?events&event_offset&event_limit   GetTrail
     GET    /api/v1/export?filters               ExportTrails  (application/x-ndjson)
+    GET    /api/v1/aggregates?tenant&user&model&since&until&group_by   GetAggregates
     DELETE /api/v1/trails/{id}                  DeleteTrail   (admin)
     POST   /api/v1/clear   {"confirm": "delete-all-trails"}   ClearTrails (admin)
     PUT    /api/v1/level   {"level": "summary"}               SetAuditLevel
@@ -49,6 +50,7 @@ from vllm_audit_agent.api.http_routes import PREFIX, ROUTES, Route
 from vllm_audit_agent.api.limits import recorded_details
 from vllm_audit_agent.api.openapi import document_bytes
 from vllm_audit_agent.api.operations import AuditApi
+from vllm_audit_agent.api.reads import QueryApi
 from vllm_audit_agent.api.tls import is_loopback
 from vllm_audit_agent.api.tokens import Principal
 from vllm_audit_agent.model.record import message_to_dict
@@ -65,6 +67,7 @@ HTTP_STATUS = {
     grpc.StatusCode.NOT_FOUND: 404,
     grpc.StatusCode.FAILED_PRECONDITION: 409,
     grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
     grpc.StatusCode.UNAVAILABLE: 503,
 }
 
@@ -94,20 +97,24 @@ Run = Callable[[web.Request, Message], Awaitable[tuple[web.StreamResponse, int]]
 
 
 class ManagementApi:
-    def __init__(self, api: AuditApi, gate: Gate) -> None:
+    """`api`: the agent's AuditApi (reads and control), or a fleet service's reads alone
+    (fleet/api_source.py), whose control routes answer 501: control is each agent's."""
+
+    def __init__(self, api: QueryApi, gate: Gate) -> None:
         self.api = api
         self.gate = gate
         #: The gRPC method's short name -> what runs it (the route's builder made its request).
         self._runs: dict[str, Run] = {
-            "Health": self._unary(lambda _: self.api.health()),
-            "GetStats": self._unary(lambda _: self.api.stats()),
-            "ListTrails": self._unary(self.api.list_trails),
-            "GetTrail": self._unary(self.api.get_trail, trail_json),
+            "Health": self._unary(lambda _: api.health()),
+            "GetStats": self._unary(lambda _: api.stats()),
+            "ListTrails": self._unary(api.list_trails),
+            "GetTrail": self._unary(api.get_trail, trail_json),
             "ExportTrails": self._export,
-            "DeleteTrail": self._unary(self.api.delete_trail),
-            "ClearTrails": self._unary(self.api.clear_trails),
-            "SetAuditLevel": self._unary(self.api.set_level),
+            "GetAggregates": self._unary(api.aggregates),
         }
+        for name in CONTROL_METHODS:
+            self._runs[name] = self._unary(getattr(api, CONTROL_METHODS[name])) \
+                if isinstance(api, AuditApi) else _no_control
 
     def routes(self) -> list[web.RouteDef]:
         """Every route of the table (http_routes.py), and nothing else: not even HEAD beside
@@ -201,6 +208,17 @@ class ManagementApi:
             return response, count
         finally:
             await chunks.aclose()
+
+
+#: The ControlService's methods and the AuditApi method each runs.
+CONTROL_METHODS = {"DeleteTrail": "delete_trail", "ClearTrails": "clear_trails",
+                   "SetAuditLevel": "set_level"}
+
+
+async def _no_control(request: web.Request, message: Message) -> tuple[web.StreamResponse, int]:
+    raise ApiError(grpc.StatusCode.UNIMPLEMENTED,
+                   "this service reads a fleet's records and controls no agent: send control "
+                   "calls to the agent itself")
 
 
 def _builder(route: Route) -> Build:

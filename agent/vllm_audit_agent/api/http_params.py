@@ -22,6 +22,7 @@ from vllm_audit.v1 import query_pb2 as q
 from vllm_audit_agent.api.errors import ApiError
 from vllm_audit_agent.api.limits import DEFAULT_MAX_BYTES, DEFAULT_PAGE_SIZE, MAX_BYTES, MAX_PAGE_SIZE
 from vllm_audit_agent.api.operations import CLEAR_CONFIRMATION
+from vllm_audit_agent.api.trail_source import USAGE_KEYS
 from vllm_audit_agent.config import LEVELS, parse_level
 from vllm_audit_agent.records.export import parse_time
 
@@ -158,6 +159,23 @@ EVENTS: Mapping[str, Param] = {
     "event_limit": integer("event_limit", "events per page (0: as many as fit the agent's "
                            "per-response byte budget)", 10),
 }
+
+def _group_by(name: str, text: Any) -> list[str]:
+    keys = [k.strip() for k in text.split(",") if k.strip()]
+    unknown = [k for k in keys if k not in USAGE_KEYS]
+    if unknown or len(set(keys)) != len(keys):
+        raise bad(f"{name}={text!r}: a comma-separated list of {', '.join(USAGE_KEYS)}, each "
+                  "at most once")
+    return keys
+
+
+#: The parameters of GET /aggregates.
+AGGREGATES: Mapping[str, Param] = {
+    **{name: FILTERS[name] for name in ("tenant", "user", "model", "since", "until")},
+    "group_by": Param("group_by", _group_by, {"type": "string"},
+                      f"what to group by: a comma-separated list of {', '.join(USAGE_KEYS)} "
+                      "(none: one row)", "tenant,day"),
+}
 #: The `{id}` of /trails/{id}.
 TRAIL_ID = text("request_id", "the trail's request id", "cmpl-1")
 #: JSON body fields.
@@ -185,7 +203,11 @@ def from_query(request: web.Request, message: Message, known: Mapping[str, Param
         if param.field in seen:
             raise bad(f"query parameter {name!r} given more than once")
         seen.add(param.field)
-        setattr(message, param.field, param.parse(name, value))
+        parsed = param.parse(name, value)
+        if isinstance(parsed, list):  # a repeated field (group_by) takes the parsed list
+            getattr(message, param.field).extend(parsed)
+        else:
+            setattr(message, param.field, parsed)
     return message
 
 

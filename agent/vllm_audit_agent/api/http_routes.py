@@ -14,7 +14,16 @@ from dataclasses import dataclass, field
 from google.protobuf.descriptor import MethodDescriptor
 
 from vllm_audit.v1 import query_pb2 as q
-from vllm_audit_agent.api.http_params import CONFIRM, EVENTS, FILTERS, LEVEL, PAGING, TRAIL_ID, Param
+from vllm_audit_agent.api.http_params import (
+    AGGREGATES,
+    CONFIRM,
+    EVENTS,
+    FILTERS,
+    LEVEL,
+    PAGING,
+    TRAIL_ID,
+    Param,
+)
 
 PREFIX = "/api/v1"
 _Q = "/vllm_audit.v1.QueryService/"
@@ -60,6 +69,8 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/export", _Q + "ExportTrails",
           "The record log's trail records, one JSON record per line", query=FILTERS,
           media_type=NDJSON),
+    Route("GET", "/aggregates", _Q + "GetAggregates",
+          "Requests, tokens, errors and cost by tenant, user, model and day", query=AGGREGATES),
     Route("DELETE", "/trails/{id}", _C + "DeleteTrail",
           "Removes a final trail from the query store (its records stay)", path_params=_ID),
     Route("POST", "/clear", _C + "ClearTrails",

@@ -26,7 +26,7 @@ from vllm_audit_agent.api.errors import ApiError
 DEFAULT_MAX_BYTES = 256
 #: Fields with a limit of their own.
 MAX_BYTES = {
-    "page_token": 128,       # page_tokens.py makes ~48 characters
+    "page_token": 256,       # the agent's are ~48 characters, a fleet's ~64 + its event id
     "confirm": 64,
     "finish_reason": 64,
     "grammar_backend": 64,

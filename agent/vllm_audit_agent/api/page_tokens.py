@@ -42,23 +42,34 @@ def filters_digest(request: Message) -> bytes:
 
 
 class PageTokens:
+    """`key`: a 128-bit AES key; made at random when None (tokens then die with the process).
+    A fleet service with several replicas behind one address shares one key
+    (fleet/api_config.py: --page-token-key-file), so a replica opens another's tokens."""
+
     def __init__(self, key: bytes | None = None) -> None:
         self._aead = AESGCM(key or AESGCM.generate_key(bit_length=128))
 
     def seal(self, position: int, caller: str, request: Message) -> str:
+        return self.seal_cursor(position.to_bytes(8, "big"), caller, request)
+
+    def open(self, token: str, caller: str, request: Message) -> int:
+        """The position `token` was sealed with (see `open_cursor`)."""
+        return int.from_bytes(self.open_cursor(token, caller, request), "big")
+
+    def seal_cursor(self, cursor: bytes, caller: str, request: Message) -> str:
+        """A source's cursor (trail_source.py), sealed to the caller and the filters."""
         nonce = os.urandom(_NONCE)
-        sealed = self._aead.encrypt(nonce, position.to_bytes(8, "big"),
+        sealed = self._aead.encrypt(nonce, cursor,
                                     caller.encode() + b"\x00" + filters_digest(request))
         return base64.urlsafe_b64encode(nonce + sealed).decode().rstrip("=")
 
-    def open(self, token: str, caller: str, request: Message) -> int:
-        """The position `token` was sealed with; ApiError(INVALID_ARGUMENT) for any token this
-        agent did not make for this caller and these filters."""
+    def open_cursor(self, token: str, caller: str, request: Message) -> bytes:
+        """The cursor `token` was sealed with; ApiError(INVALID_ARGUMENT) for any token this
+        service did not make for this caller and these filters."""
         try:
             raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-            plain = self._aead.decrypt(raw[:_NONCE], raw[_NONCE:],
-                                       caller.encode() + b"\x00" + filters_digest(request))
-            return int.from_bytes(plain, "big")
+            return self._aead.decrypt(raw[:_NONCE], raw[_NONCE:],
+                                      caller.encode() + b"\x00" + filters_digest(request))
         except (ValueError, InvalidTag):
             raise ApiError(grpc.StatusCode.INVALID_ARGUMENT,
                            "page_token is not one this agent made for this caller and these "

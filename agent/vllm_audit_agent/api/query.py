@@ -1,5 +1,6 @@
-"""QueryService (health, stats, trails, export, watch) and ControlService (audit level,
-delete, clear) of the agent: the gRPC face of operations.py.
+"""QueryService (health, stats, trails, export, watch, aggregates) and ControlService (audit
+level, delete, clear) of the agent: the gRPC face of operations.py. The fleet service serves
+the same QueryService over its store (fleet/api_source.py).
 
 Who may call what is decided by the auth interceptor (api/auth_interceptor.py) before a method runs; what a
 call does is `AuditApi`'s (operations.py), shared with the HTTP management API, so the two
@@ -16,8 +17,8 @@ import grpc
 from vllm_audit.v1 import query_pb2 as q
 from vllm_audit.v1 import query_pb2_grpc
 from vllm_audit_agent.api.errors import ApiError
-from vllm_audit_agent.api.operations import AuditApi, filter_of
-from vllm_audit_agent.trails.index import record_kind
+from vllm_audit_agent.api.operations import AuditApi
+from vllm_audit_agent.api.reads import QueryApi
 
 Context = grpc.aio.ServicerContext[Any, Any]
 Req = TypeVar("Req")
@@ -33,7 +34,9 @@ async def _run(context: Context, call: Callable[[Req], Resp], request: Req) -> R
 
 
 class QueryServicer(query_pb2_grpc.QueryServiceServicer):
-    def __init__(self, api: AuditApi) -> None:
+    """`api`: the agent's AuditApi, or a fleet's (the same reads over its store)."""
+
+    def __init__(self, api: QueryApi) -> None:
         self.api = api
 
     async def Health(self, request: q.HealthRequest, context: Context) -> q.HealthResponse:
@@ -59,29 +62,15 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
 
     async def WatchTrails(self, request: q.WatchTrailsRequest, context: Context
                           ) -> AsyncIterator[q.WatchTrailsResponse]:
-        index = self.api.index
-        f = filter_of(request)
-        # Registered before the replay is taken, with no await in between: every record
-        # written later is in the queue, none twice.
-        watch = index.watch(f)
         try:
-            replay = list(index.final(f)) if request.replay else []
-            for summary in replay:
-                yield q.WatchTrailsResponse(trail=summary,
-                                            # ignore[arg-type]: an int for a contract enum
-                                            kind=record_kind(summary.revision))  # type: ignore[arg-type]
-            while True:
-                if watch.overflowed and watch.queue.empty():
-                    await context.abort(
-                        grpc.StatusCode.RESOURCE_EXHAUSTED,
-                        f"the watch fell more than {watch.queue.maxsize} events behind; "
-                        "list what was missed with ListTrails and watch again")
-                # An overflow happens only with a full queue: it is noticed once drained.
-                kind, summary = await watch.queue.get()
-                # the ignore[arg-type] below: an int for a contract enum (stubs want its ValueType)
-                yield q.WatchTrailsResponse(trail=summary, kind=kind)  # type: ignore[arg-type]
-        finally:
-            index.unwatch(watch)
+            async for response in self.api.watch(request):
+                yield response
+        except ApiError as exc:
+            await context.abort(exc.code, exc.message)
+
+    async def GetAggregates(self, request: q.AggregatesRequest, context: Context
+                            ) -> q.AggregatesResponse:
+        return await _run(context, self.api.aggregates, request)
 
 
 class ControlServicer(query_pb2_grpc.ControlServiceServicer):

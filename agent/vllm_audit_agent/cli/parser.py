@@ -36,6 +36,7 @@ DESCRIPTION = f"""`vllm-audit`: run the agent, query it, switch the audit level.
     vllm-audit query health|stats
     vllm-audit query list [--model M] [--user U] [--state S] [--limit N]
     vllm-audit query get REQUEST_ID [--events]
+    vllm-audit query aggregates [--group-by tenant,user,model,day] [--since T] [--until T]
     vllm-audit set-level {'|'.join(LEVELS)}
     vllm-audit delete REQUEST_ID        (admin: the query store only; records stay)
     vllm-audit clear --confirm          (admin: every final trail of the query store)
@@ -77,8 +78,8 @@ def _client_options(top_level: bool) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("client options")
     g.add_argument("--address", default=default,
-                   help=f"agent query address host:port (default: ${env_var('query_address')}, "
-                        f"else {DEFAULT_QUERY_ADDRESS})")
+                   help=f"query address host:port of an agent or a fleet service (default: "
+                        f"${env_var('query_address')}, else {DEFAULT_QUERY_ADDRESS})")
     g.add_argument("--output", "-o", choices=OUTPUTS, default=default,
                    help="json (the Kafka record's shape) or table (default: json)")
     g.add_argument("--timeout", type=float, default=default,
@@ -136,6 +137,14 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--backend", default="",
                     help="only trails whose grammar this structured-output backend compiled")
     ls.add_argument("--limit", type=int, default=50, help="at most N trails (default: 50)")
+    ag = qs.add_parser("aggregates", parents=[client],
+                       help="requests, tokens, errors and cost by tenant, user, model, day")
+    ag.add_argument("--group-by", default="", metavar="KEYS",
+                    help="comma-separated: tenant, user, model, day (default: one row)")
+    for name in ("tenant", "user", "model"):
+        ag.add_argument(f"--{name}", default="", help=f"only this {name}")
+    ag.add_argument("--since", default="", help="trails created at or after (ISO 8601 or unix s)")
+    ag.add_argument("--until", default="", help="trails created before (ISO 8601 or unix s)")
     g = qs.add_parser("get", parents=[client], help="one trail")
     g.add_argument("request_id")
     g.add_argument("--events", action="store_true",

@@ -27,6 +27,7 @@ from vllm_audit_agent.cli.output import (
 )
 from vllm_audit_agent.cli.parser import DEFAULT_QUERY_ADDRESS, STATES
 from vllm_audit_agent.config import AgentConfig, env_var, parse_level
+from vllm_audit_agent.records.export import parse_time
 
 #: The answer's deadline when --timeout is not given.
 DEFAULT_TIMEOUT = 10.0
@@ -79,10 +80,20 @@ def run_client(args: argparse.Namespace) -> int:
                                           # ignore[arg-type]: an int for a contract enum
                                           state=STATES[args.state] if args.state else 0)  # type: ignore[arg-type]
             answer = query.ListTrails(request, timeout=timeout)
+        elif args.what == "aggregates":
+            answer = query.GetAggregates(aggregates_request(args), timeout=timeout)
         else:
             answer = get_trail(query, args.request_id, args.events, timeout)
         emit(as_dict(answer, with_events=getattr(args, "events", False)), output)
     return 0
+
+
+def aggregates_request(args: argparse.Namespace) -> q.AggregatesRequest:
+    return q.AggregatesRequest(
+        tenant=args.tenant, user=args.user, model=args.model,
+        group_by=[k.strip() for k in args.group_by.split(",") if k.strip()],
+        since_unix_ms=parse_time(args.since) if args.since else 0,
+        until_unix_ms=parse_time(args.until) if args.until else 0)
 
 
 def client_channel(args: argparse.Namespace, address: str) -> grpc.Channel:

@@ -362,6 +362,54 @@ class ExportTrailsResponse(_message.Message):
     records: _containers.RepeatedScalarFieldContainer[bytes]
     def __init__(self, records: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
+class AggregatesRequest(_message.Message):
+    __slots__ = ("tenant", "user", "model", "since_unix_ms", "until_unix_ms", "group_by")
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    USER_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    SINCE_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    UNTIL_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    GROUP_BY_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    user: str
+    model: str
+    since_unix_ms: int
+    until_unix_ms: int
+    group_by: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, tenant: _Optional[str] = ..., user: _Optional[str] = ..., model: _Optional[str] = ..., since_unix_ms: _Optional[int] = ..., until_unix_ms: _Optional[int] = ..., group_by: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class AggregateRow(_message.Message):
+    __slots__ = ("tenant", "user", "model", "day", "requests", "input_tokens", "output_tokens", "errors", "cost", "unpriced_requests")
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    USER_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    DAY_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    INPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_FIELD_NUMBER: _ClassVar[int]
+    COST_FIELD_NUMBER: _ClassVar[int]
+    UNPRICED_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    user: str
+    model: str
+    day: str
+    requests: int
+    input_tokens: int
+    output_tokens: int
+    errors: int
+    cost: float
+    unpriced_requests: int
+    def __init__(self, tenant: _Optional[str] = ..., user: _Optional[str] = ..., model: _Optional[str] = ..., day: _Optional[str] = ..., requests: _Optional[int] = ..., input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., errors: _Optional[int] = ..., cost: _Optional[float] = ..., unpriced_requests: _Optional[int] = ...) -> None: ...
+
+class AggregatesResponse(_message.Message):
+    __slots__ = ("rows", "currency")
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    CURRENCY_FIELD_NUMBER: _ClassVar[int]
+    rows: _containers.RepeatedCompositeFieldContainer[AggregateRow]
+    currency: str
+    def __init__(self, rows: _Optional[_Iterable[_Union[AggregateRow, _Mapping]]] = ..., currency: _Optional[str] = ...) -> None: ...
+
 class SetAuditLevelRequest(_message.Message):
     __slots__ = ("level",)
     LEVEL_FIELD_NUMBER: _ClassVar[int]
