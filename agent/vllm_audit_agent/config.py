@@ -323,6 +323,74 @@ class AgentConfig:
         return cls(**values)
 
 
+def _key_paths(text: str) -> tuple[Path, ...]:
+    return tuple(Path(p.strip()) for p in text.split(",") if p.strip())
+
+
+@dataclass(frozen=True)
+class FleetConfig:
+    """`vllm-audit fleet`: the consumer group that stores and verifies every pod's records."""
+    store: str = declare(
+        "--store", "VLLM_AUDIT_FLEET_STORE", "/var/lib/vllm-audit-fleet",
+        "a chDB data directory (one fleet replica per directory) or a ClickHouse server URL "
+        "clickhouse://user:password@host:8123 (several replicas)", metavar="DIR|URL")
+    database: str = declare(
+        "--database", "VLLM_AUDIT_FLEET_DATABASE", "vllm_audit",
+        "the ClickHouse database of the fleet's tables", metavar="NAME")
+    kafka_bootstrap: str = declare(
+        "--kafka-bootstrap", "VLLM_AUDIT_FLEET_KAFKA_BOOTSTRAP", "",
+        "Kafka bootstrap servers the agents publish to", metavar="HOST:PORT",
+        default_note="required")
+    kafka_topic_prefix: str = declare(
+        "--kafka-topic-prefix", "VLLM_AUDIT_FLEET_KAFKA_TOPIC_PREFIX", "vllm-audit",
+        "the agents' topic prefix: <prefix>.requests, .checkpoints and .access are read",
+        metavar="PREFIX")
+    group_id: str = declare(
+        "--group-id", "VLLM_AUDIT_FLEET_GROUP_ID", "vllm-audit-fleet",
+        "the consumer group; replicas in one group share the partitions", metavar="ID")
+    log_public_keys: tuple[Path, ...] = declare(
+        "--log-public-key", "VLLM_AUDIT_FLEET_LOG_PUBLIC_KEYS", (),
+        "a trusted log key (PEM, raw or hex), or a directory of them (*.pub, *.pem); a log "
+        "whose genesis names another key is flagged untrusted (repeatable)", metavar="PATH",
+        parse=_key_paths, repeatable=True, show=lambda v: ",".join(map(str, v)),
+        default_note="none: every log untrusted")
+    http_address: str = declare(
+        "--http-address", "VLLM_AUDIT_FLEET_HTTP_ADDRESS", "127.0.0.1:9420",
+        "HTTP port of /metrics and /healthz", metavar="HOST:PORT", check=_address)
+    gap_seconds: float = declare(
+        "--gap-seconds", "VLLM_AUDIT_FLEET_GAP_SECONDS", 120.0,
+        "a log's next seq missing this long after a later one arrived is a gap (the log is "
+        "flagged broken)", metavar="S", check=positive)
+    max_batch_records: int = declare(
+        "--max-batch-records", "VLLM_AUDIT_FLEET_MAX_BATCH_RECORDS", 5000,
+        "records per consumed batch (stored, then committed)", metavar="N", check=positive)
+    content_days: int = declare(
+        "--content-days", "VLLM_AUDIT_FLEET_CONTENT_DAYS", 30,
+        "days a request record holding prompt or output text keeps its bytes (its summary "
+        "columns stay); 0 = for ever", metavar="DAYS", check=not_negative)
+    metadata_days: int = declare(
+        "--metadata-days", "VLLM_AUDIT_FLEET_METADATA_DAYS", 180,
+        "days request and access records are kept; 0 = for ever", metavar="DAYS",
+        check=not_negative)
+    evidence_days: int = declare(
+        "--evidence-days", "VLLM_AUDIT_FLEET_EVIDENCE_DAYS", 400,
+        "days genesis, checkpoint, seal, cosignature and level records are kept; 0 = for ever",
+        metavar="DAYS", check=not_negative)
+
+    def __post_init__(self) -> None:
+        for option in FLEET_OPTIONS:
+            option.validate(getattr(self, option.field))
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> FleetConfig:
+        values = read_env(FLEET_OPTIONS, os.environ if env is None else env)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+
+#: Every fleet option, in the order of `vllm-audit fleet -h` and the README's table.
+FLEET_OPTIONS: tuple[Option, ...] = options_of(FleetConfig)
+
 #: Every agent option, in the order of `vllm-audit agent -h` and the README's table.
 OPTIONS: tuple[Option, ...] = options_of(AgentConfig)
 _BY_FIELD = {option.field: option for option in OPTIONS}
@@ -333,5 +401,6 @@ def env_var(field: str) -> str:
     return _BY_FIELD[field].env
 
 
-if __name__ == "__main__":  # the README's table: python -m vllm_audit_agent.config
-    sys.stdout.write(markdown_table(OPTIONS) + "\n")
+if __name__ == "__main__":  # the README's tables: python -m vllm_audit_agent.config [fleet]
+    sys.stdout.write(markdown_table(FLEET_OPTIONS if sys.argv[1:] == ["fleet"] else OPTIONS)
+                     + "\n")

@@ -4,6 +4,7 @@ expected failure into one line on stderr and an exit code.
     parser.py            what the command line accepts (the agent's options from config.py)
     run_agent.py         `agent`
     run_witness.py       `witness` (its options too)
+    run_fleet.py         `fleet` (options from FleetConfig)
     keygen.py            `keygen` (the record log's signing key, made once)
     query_commands.py    query, set-level, delete, clear, tail (ask the running agent)
     offline_commands.py  replay, export, stats export (read what the agent wrote)
@@ -27,6 +28,7 @@ from vllm_audit_agent.cli.offline_commands import run_export, run_replay, run_st
 from vllm_audit_agent.cli.parser import PROG, build_parser, version
 from vllm_audit_agent.cli.query_commands import rpc_error, run_client
 from vllm_audit_agent.cli.run_agent import AgentStartError, run_agent
+from vllm_audit_agent.cli.run_fleet import run_fleet
 from vllm_audit_agent.cli.run_witness import run_witness
 
 __all__ = ["main", "version"]
@@ -42,6 +44,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_agent(args)
         if args.command == "witness":
             return run_witness(args)
+        if args.command == "fleet":
+            return run_fleet(args)
         if args.command == "keygen":
             return run_keygen(args)
         if args.command == "replay":

@@ -15,6 +15,7 @@ from vllm_audit.v1 import query_pb2 as q
 from vllm_audit_agent.cli import evidence_parser
 from vllm_audit_agent.cli.credentials import ENV_TOKEN, ENV_TOKEN_FILE
 from vllm_audit_agent.cli.keygen import add_keygen_parser
+from vllm_audit_agent.cli.run_fleet import add_fleet_parser
 from vllm_audit_agent.cli.run_witness import add_witness_parser
 from vllm_audit_agent.config import LEVELS, OPTIONS, AgentConfig, env_var
 from vllm_audit_agent.options import add_arguments
@@ -119,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _agent_parser(sub)
     add_witness_parser(sub)
+    add_fleet_parser(sub)
     add_keygen_parser(sub)
 
     s = sub.add_parser("query", parents=[client], help="read the agent's trails, stats, health")

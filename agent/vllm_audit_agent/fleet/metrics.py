@@ -1,0 +1,58 @@
+"""The fleet service's Prometheus metrics, read from snapshots (a scrape never touches the
+store). One series per log carries `log_id` (and the pod its genesis names): bounded by the
+fleet's pods, as a log per pod (and per restart after a break) is what the alerts name."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from vllm_audit_agent.fleet.consumer import ConsumerStats
+from vllm_audit_agent.fleet.verifier import STATUSES, FleetVerifier
+
+
+class FleetCollector(Collector):
+    def __init__(self, verifier: FleetVerifier, stats: ConsumerStats) -> None:
+        self.verifier, self.stats = verifier, stats
+
+    def collect(self) -> Iterator[Metric]:
+        s = self.stats
+        yield CounterMetricFamily("vllm_audit_fleet_records", "records consumed from Kafka",
+                                  value=s.records)
+        yield CounterMetricFamily("vllm_audit_fleet_records_stored",
+                                  "records written to the store (re-deliveries of a verified "
+                                  "range are not written again)", value=s.stored)
+        yield CounterMetricFamily("vllm_audit_fleet_batches", "batches stored and committed",
+                                  value=s.batches)
+        yield CounterMetricFamily("vllm_audit_fleet_store_errors",
+                                  "batches the store refused (retried, not committed)",
+                                  value=s.store_errors)
+        logs = list(self.verifier.logs.copy().values())  # a snapshot: the consumer thread may add
+        counts = GaugeMetricFamily("vllm_audit_fleet_logs", "logs by verification status",
+                                   labels=["status"])
+        for status in STATUSES:
+            counts.add_metric([status], sum(1 for log in logs if log.status == status))
+        yield counts
+        head = GaugeMetricFamily("vllm_audit_fleet_log_verified_seq",
+                                 "the seq up to which each log verifies", labels=["log_id", "pod"])
+        broken = GaugeMetricFamily("vllm_audit_fleet_log_broken",
+                                   "1 while a log is broken, untrusted or without its genesis, "
+                                   "with the reason", labels=["log_id", "pod", "reason"])
+        pending = GaugeMetricFamily("vllm_audit_fleet_log_pending_records",
+                                    "records waiting for a missing seq", labels=["log_id", "pod"])
+        seen = GaugeMetricFamily("vllm_audit_fleet_log_last_record_timestamp_seconds",
+                                 "when the fleet last received a record of the log",
+                                 labels=["log_id", "pod"])
+        for log in logs:
+            pod = str(log.identity.get("pod") or log.identity.get("host") or "")
+            head.add_metric([log.log_id, pod], log.head_seq)
+            pending.add_metric([log.log_id, pod], len(log.pending))
+            seen.add_metric([log.log_id, pod], log.last_record_ms / 1000)
+            if log.status in ("broken", "untrusted", "no_genesis"):
+                broken.add_metric([log.log_id, pod, log.reason], 1)
+        yield from (head, broken, pending, seen)
+        yield GaugeMetricFamily("vllm_audit_fleet_last_batch_timestamp_seconds",
+                                "when the last batch was committed",
+                                value=s.last_batch_ms / 1000 if s.last_batch_ms else 0.0)

@@ -1,0 +1,79 @@
+"""`vllm-audit fleet` assembled: the store, the verifier with the trusted log keys, the consumer
+group, and an HTTP port for /metrics and /healthz. Built once here from a FleetConfig; runs
+until `stop` is set (the CLI sets it on SIGTERM/SIGINT). A stop commits nothing it has not
+stored: what was in flight is re-delivered to the next consumer of the partition.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+
+from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from vllm_audit_agent.config import FleetConfig, parse_address
+from vllm_audit_agent.fleet.consumer import FleetConsumer
+from vllm_audit_agent.fleet.metrics import FleetCollector
+from vllm_audit_agent.fleet.schema import Retention
+from vllm_audit_agent.fleet.store import FleetStore
+from vllm_audit_agent.fleet.verifier import FleetVerifier
+from vllm_audit_agent.records.chain import load_public_key
+
+logger = logging.getLogger("vllm_audit.fleet")
+KEY_SUFFIXES = (".pub", ".pem", ".key.pub", ".hex")
+
+
+def load_keys(paths: Iterable[Path]) -> list[Ed25519PublicKey]:
+    """Trusted log keys: each path a key file, or a directory of them."""
+    keys = []
+    for path in paths:
+        files = sorted(p for p in path.iterdir() if p.suffix in KEY_SUFFIXES) \
+            if path.is_dir() else [path]
+        keys += [load_public_key(p) for p in files]
+    return keys
+
+
+def _http_app(registry: CollectorRegistry) -> web.Application:
+    async def metrics(_: web.Request) -> web.Response:
+        body = await asyncio.to_thread(generate_latest, registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/healthz", healthz)
+    return app
+
+
+async def serve(config: FleetConfig, stop: asyncio.Event) -> None:
+    if not config.kafka_bootstrap:
+        raise ValueError("fleet: --kafka-bootstrap is required")
+    keys = load_keys(config.log_public_keys)
+    retention = Retention(config.content_days, config.metadata_days, config.evidence_days)
+    store = await asyncio.to_thread(FleetStore.open, config.store, config.database, retention)
+    try:
+        verifier = FleetVerifier(store, keys, config.gap_seconds)
+        await asyncio.to_thread(lambda: verifier.load(store.logs()))
+        consumer = FleetConsumer(config.kafka_bootstrap, config.kafka_topic_prefix,
+                                 config.group_id, store, verifier, config.max_batch_records)
+        registry = CollectorRegistry()
+        registry.register(FleetCollector(verifier, consumer.stats))
+        runner = web.AppRunner(_http_app(registry))
+        await runner.setup()
+        host, port = parse_address("http_address", config.http_address)
+        await web.TCPSite(runner, host, port).start()
+        logger.info("fleet: %d trusted log keys, %d logs known, consuming %s.* from %s as %s",
+                    len(keys), len(verifier.logs), config.kafka_topic_prefix,
+                    config.kafka_bootstrap, config.group_id)
+        try:
+            await consumer.run(stop)
+        finally:
+            await runner.cleanup()
+    finally:
+        await asyncio.to_thread(store.close)
