@@ -64,7 +64,7 @@ async def serve(config: FleetConfig, stop: asyncio.Event) -> None:
                                  config.group_id, store, verifier, config.max_batch_records)
         registry = CollectorRegistry()
         registry.register(FleetCollector(verifier, consumer.stats))
-        runner = web.AppRunner(_http_app(registry))
+        runner = web.AppRunner(_http_app(registry), access_log=None)
         await runner.setup()
         host, port = parse_address("http_address", config.http_address)
         await web.TCPSite(runner, host, port).start()

@@ -112,13 +112,16 @@ class FleetVerifier:
                            break_seq=int(s.get("break_seq", 0)), detail=str(s.get("detail", "")),
                            last_record_ms=int(s.get("last_record_ms", 0)))
             self.logs[log.log_id] = log
-            if log.status != "verified":
+            if log.status not in ("verified", "waiting"):
                 continue
-            log.head = self.source.records_at(log.log_id, [log.head_seq]).get(log.head_seq, b"")
-            log.tree = _Resumed(self.trusted[log.key])
-            log.tree.summary.log_id = log.log_id
-            if s.get("tree_size") is not None:
-                log.tree.tree = CompactRange.from_hex(int(s["tree_size"]), s["tree_nodes"])
+            if log.status == "verified":
+                log.head = self.source.records_at(log.log_id, [log.head_seq]).get(
+                    log.head_seq, b"")
+                log.tree = _Resumed(self.trusted[log.key])
+                log.tree.summary.log_id = log.log_id
+                if s.get("tree_size") is not None:
+                    log.tree.tree = CompactRange.from_hex(int(s["tree_size"]), s["tree_nodes"])
+            # stored and committed, not verified yet (waiting for a seq, or for the genesis)
             for payload in self.source.records_of(log.log_id, log.head_seq):
                 log.pending[int(orjson.loads(payload)["seq"])] = payload
 
