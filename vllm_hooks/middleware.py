@@ -55,6 +55,20 @@ _SUMMARY = int(Level.SUMMARY)
 MAX_CAPTURE_BYTES = 1 << 20
 #: Paths audited: the inference endpoints. Health checks and /metrics are not requests to audit.
 AUDITED_PREFIXES = ("/v1/", "/v2/", "/invocations", "/pooling", "/classify", "/score", "/rerank")
+#: vLLM's administrative endpoints (0.32: serve/lora, rl/online, serve/dev, serve/profile,
+#: serve/elastic_ep): each call changes what serves later requests, or how, and is an admin
+#: record of its own (AdminAction), at every audit level (the level sets how much of each
+#: inference request is kept; it must not hide who reloaded the weights). Read-only ones
+#: (/is_sleeping, /weight_info, /is_paused) are not audited.
+ADMIN_PATHS = frozenset({
+    "/v1/load_lora_adapter", "/v1/unload_lora_adapter",
+    "/init_weight_transfer_engine", "/shutdown_weight_transfer_engine", "/start_weight_update",
+    "/start_draft_weight_update", "/update_weights", "/finish_weight_update",
+    "/update_weight_version", "/weight_checker",
+    "/sleep", "/wake_up", "/release_kv_cache_memory", "/pause", "/resume", "/abort_requests",
+    "/reset_prefix_cache", "/reset_mm_cache", "/reset_encoder_cache", "/collective_rpc",
+    "/start_profile", "/stop_profile", "/scale_elastic_ep",
+})
 
 
 class AuditMiddleware:
@@ -88,6 +102,9 @@ class AuditMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         rt = self._rt
+        if rt is not None and scope["type"] == "http" and scope.get("path") in ADMIN_PATHS:
+            await self._admin(rt, scope, receive, send)
+            return
         if (
             rt is None
             or rt.level < _SUMMARY
@@ -127,6 +144,28 @@ class AuditMiddleware:
             if timer is not None:
                 timer.middleware(clock() - start)
                 timer.middleware_request()
+
+    async def _admin(self, rt: HookRuntime, scope: Scope, receive: Receive, send: Send) -> None:
+        """An administrative call: vLLM answers it as ever; its record is offered after."""
+        try:
+            audit = _RequestAudit(scope, self._identity)
+            audit.key_checked = self._vllm_checks_key(scope)
+        except Exception as exc:
+            ERRORS.record("middleware.admin_begin", exc)
+            await self.app(scope, receive, send)
+            return
+        try:
+            await self.app(audit.scope, audit.wrap_receive(receive), audit.wrap_send(send))
+        except BaseException as exc:
+            audit.error = repr(exc)
+            if audit.status == 0:
+                audit.status = 500
+            raise
+        finally:
+            try:
+                rt.buffer.offer(audit.admin_event())
+            except Exception as exc:
+                ERRORS.record("middleware.admin_end", exc)
 
     def _vllm_checks_key(self, scope: Scope) -> bool | None:
         if not self._key_check_known:
@@ -313,6 +352,29 @@ class _RequestAudit:
         copy) and parsed on the sender thread (`http_parse.complete_http_fields`)."""
         return (raw.HTTP_UNPARSED, self.start_ns, self.request_id, self.loop_fields(),
                 self.body, self.response)
+
+    def admin_event(self) -> tuple[Any, ...]:
+        """The AdminAction event: identity and result read here, the bodies on the sender
+        thread (admin_parse)."""
+        decision = auth_decision(self.status, self.key_checked)
+        identity = self.identity.resolve(self.api_key_sha256, "")
+        path = str(self.scope.get("path", ""))
+        fields = {
+            "method": str(self.scope.get("method", "")), "path": path,
+            "action": path.rstrip("/").rsplit("/", 1)[-1],
+            "client_ip": self.identity.client_ip,
+            "user": identity.get("user", ""), "tenant": identity.get("tenant", ""),
+            "user_source": identity.get("user_source", 0),
+            "tenant_source": identity.get("tenant_source", 0),
+            "ignored_identity_headers": identity.get("ignored_identity_headers", []),
+            "api_key_sha256": self.api_key_sha256, "auth_decision": decision,
+            "status_code": self.status,
+            "latency_ms": (time.perf_counter() - self.t0) * 1000.0,
+            "error": self.error, "user_agent": self.user_agent,
+            "client_request_id": (self.client_request_id or b"").decode("latin-1"),
+        }
+        return (raw.ADMIN_UNPARSED, self.start_ns, "", fields, self.body, self.response,
+                bytes(self.scope.get("query_string") or b""))
 
     def fields(self) -> dict[str, Any]:
         """Every HttpRequest field, parsed here (tests and tools; the middleware offers

@@ -62,6 +62,7 @@ class AgentState:
         self.recorder = Recorder(records, wal, self.trails, self.request_metrics,
                                  self.ingest.engine_snapshot, self.ingest.counters,
                                  config.record_grammar_max_bytes)
+        self.ingest.on_admin = self.recorder.record_admin
 
     def _record_at_level(self, level: int) -> None:
         self.trails.audit_level = level

@@ -103,7 +103,13 @@ def test_every_mapped_engine_field_reaches_the_record() -> None:
     lifecycle = pb.RequestLifecycle(phase=pb.LIFECYCLE_PHASE_FINISHED, num_prompt_tokens=11,
                                     num_output_tokens=13, finish_reason="stop",
                                     status="FINISHED_STOPPED", max_tokens=17)
+    # The ADDED event carries what model served and how (provenance, adapter, sampling).
+    added = pb.RequestLifecycle(phase=pb.LIFECYCLE_PHASE_ADDED, num_prompt_tokens=11,
+                                max_tokens=17, provenance=_filled(pb.ModelProvenance),
+                                lora_adapter=_filled(pb.LoraAdapter),
+                                sampling=_filled(pb.SamplingParameters))
     store.apply(pb.Batch(source_id="s", seq=1, events=[
+        pb.Event(time_unix_nano=10**18, request_id=rid, lifecycle=added),
         pb.Event(time_unix_nano=10**18, request_id=rid, grammar_compiled=grammar),
         pb.Event(time_unix_nano=10**18, request_id=rid, lifecycle=lifecycle, truncated=True),
     ]), segment=1)
@@ -111,10 +117,17 @@ def test_every_mapped_engine_field_reaches_the_record() -> None:
     record = trail_record(trail.summary)
     for message, value in (("GrammarCompiled", grammar), ("RequestLifecycle", lifecycle)):
         for field, target in FIELD_MAP[message].items():
-            if isinstance(target, str):
+            if not isinstance(target, str):
+                continue
+            if value.DESCRIPTOR.fields_by_name[field].message_type is not None:
+                want = message_to_dict(getattr(added, field))
+                assert want != message_to_dict(type(getattr(added, field))())
+            else:
                 want = getattr(value, field)
-                assert record[target] == want, f"{message}.{field} -> {target}"
+            assert record[target] == want, f"{message}.{field} -> {target}"
     assert record["truncated_events"] == 1
+    # A record read back at start (a forced one) gives the same fields again.
+    assert from_record(record).fields() == trail.fields()
 
 
 def test_the_committed_schema_is_the_one_the_contract_gives() -> None:

@@ -49,6 +49,7 @@ BAD_VALUES: dict[str, tuple[str, ...]] = {
     "VLLM_AUDIT_SELF_TIMING": ("maybe",),
     "VLLM_AUDIT_MAX_TRAILS": ("0", "all"),
     "VLLM_AUDIT_REQUIRED_WAIT_SECONDS": ("ten",),
+    "VLLM_AUDIT_DIGEST_CACHE": ("digests.json", "./cache/digests.json"),
 }
 #: Variables with no bad value, and why.
 ANY_VALUE = {

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from vllm_hooks.config.env_vars import (
     CAPTURE_POLICIES,
     DEFAULT_QUERY_ADDRESS,
+    ENV_DIGEST_CACHE,
     ENV_IDENTITY_FILE,
     ENV_LEVEL,
     ENV_PRESET,
@@ -159,3 +160,16 @@ def read_policy(env: dict[str, str] | os._Environ[str], name: str, default: str)
     if value not in CAPTURE_POLICIES:
         raise ValueError(f"{name}={value!r}; expected one of {', '.join(CAPTURE_POLICIES)}")
     return value
+
+
+def read_digest_cache(env: dict[str, str] | os._Environ[str]) -> str:
+    """The digest cache file: unset, ~/.cache/vllm-audit/digests.json; "none", no cache. A
+    relative path is refused (vLLM's working directory is nobody's choice)."""
+    raw = (env.get(ENV_DIGEST_CACHE) or "").strip()
+    if raw.lower() == "none":
+        return ""
+    if not raw:
+        return os.path.join(os.path.expanduser("~"), ".cache", "vllm-audit", "digests.json")
+    if not os.path.isabs(raw):
+        raise ValueError(f"{ENV_DIGEST_CACHE}={raw!r} must be an absolute path, or none")
+    return raw

@@ -108,6 +108,10 @@ ENV_RESPONSE_TIMEOUT_MS = "VLLM_AUDIT_RESPONSE_TIMEOUT_MS"
 #: reports them on every batch (Batch.self_timing; the agent exports vllm_audit_hook_self_*).
 #: Chosen once, when the hook wraps vLLM: off, the untimed wrappers run and nothing is clocked.
 ENV_SELF_TIMING = "VLLM_AUDIT_SELF_TIMING"
+#: File caching the SHA-256 of each model, tokenizer and LoRA adapter file by path, size and
+#: mtime, so a restart does not read the weights again (default
+#: ~/.cache/vllm-audit/digests.json; "none": no cache, every start reads every file).
+ENV_DIGEST_CACHE = "VLLM_AUDIT_DIGEST_CACHE"
 #: Trails kept in memory: the agent's trail store cap. Validated here, applied by the agent.
 ENV_MAX_TRAILS = "VLLM_AUDIT_MAX_TRAILS"
 

@@ -16,6 +16,7 @@ from vllm_hooks.config.env_parsing import (
     read_address,
     read_bool,
     read_choice,
+    read_digest_cache,
     read_header,
     read_identities,
     read_level,
@@ -113,6 +114,8 @@ class HookSettings:
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     ack_timeout_ms: int = DEFAULT_ACK_TIMEOUT_MS
     self_timing: bool = False
+    #: The digest cache file (VLLM_AUDIT_DIGEST_CACHE); "" when none.
+    digest_cache: str = ""
 
     def keeps_grammar(self, level: int) -> bool:
         """Whether a GrammarCompiled event at `level` (the one the agent pushed) carries the
@@ -181,6 +184,7 @@ class HookSettings:
             max_message_bytes=read_positive_int(env, ENV_MAX_MESSAGE_BYTES, DEFAULT_MAX_MESSAGE_BYTES),
             ack_timeout_ms=read_positive_int(env, ENV_ACK_TIMEOUT_MS, DEFAULT_ACK_TIMEOUT_MS),
             self_timing=read_bool(env, ENV_SELF_TIMING, False),
+            digest_cache=read_digest_cache(env),
         )
 
     def startup_notes(self) -> list[str]:

@@ -10,12 +10,15 @@ from typing import Any
 
 from vllm_audit.v1 import events_pb2 as pb
 from vllm_hooks.config.settings import HookSettings
+from vllm_hooks.events.admin_parse import complete_admin_fields
 from vllm_hooks.events.allowed_set_encoder import AllowedSetRecorder
 from vllm_hooks.events.capture import CapturePolicy
 from vllm_hooks.events.http_parse import complete_http_fields
+from vllm_hooks.events.provenance import fill_added
 
 # (KIND, time_ns, request_id, phase, n_prompt, n_output, finish_reason, status, max_tokens, so)
-# and, on ADDED only, the caller's request id (vLLM's external_req_id)
+# and, on ADDED only, the caller's request id (vLLM's external_req_id) and then the provenance
+# snapshot, vLLM's LoRARequest (or None) and its SamplingParams, read here (provenance.py)
 LIFECYCLE = 1
 # The phase of a LIFECYCLE tuple: the contract's LifecyclePhase numbers (one definition).
 ADDED = pb.LIFECYCLE_PHASE_ADDED
@@ -48,6 +51,10 @@ CUSTOM = 7
 #  body bytes, response body bytes): the middleware's event, whose bodies (up to 2 MiB of
 #  JSON/SSE) are parsed here on the sender thread, never on vLLM's event loop.
 HTTP_UNPARSED = 8
+# (KIND, time_ns, "", dict of AdminAction fields read on the event loop, request body bytes,
+#  response body bytes, query string bytes): a call to one of vLLM's administrative
+#  endpoints, its arguments read (and secrets removed) here (admin_parse.py).
+ADMIN_UNPARSED = 9
 
 
 class EventConverter:
@@ -71,6 +78,9 @@ class EventConverter:
             lc.structured_output = raw[9]
             if len(raw) > 10:
                 lc.external_request_id = raw[10]
+            if len(raw) > 13:
+                fill_added(lc, raw[11], raw[12], raw[13], self.policy,
+                           self.settings.capture_prompt)
         elif kind == GRAMMAR:
             gc = event.grammar_compiled
             gc.backend, gc.spec_type, gc.compile_ms, gc.error, gc.spec_sha256 = raw[3:8]
@@ -124,6 +134,11 @@ class EventConverter:
                 f"client_ip={settings.capture_client_ip}"
             )
             event.http.CopyFrom(pb.HttpRequest(**fields))
+        elif kind == ADMIN_UNPARSED:
+            fields = complete_admin_fields(raw[3], raw[4], raw[5], raw[6])
+            fields["client_ip"] = self.policy.apply(self.settings.capture_client_ip,
+                                                    fields.get("client_ip", ""))
+            event.admin.CopyFrom(pb.AdminAction(**fields))
         elif kind == CUSTOM:
             # Field added by the wire contract's CustomEvent; the API refuses before offering
             # when the generated code lacks it, so this is never reached without it.

@@ -50,6 +50,11 @@ Hook points (vLLM 0.32, CPU build; line numbers drift):
   The caller's id stays on `EngineCoreRequest.external_req_id`, which the engine core's
   `Request` drops: `request_id_patch` wraps `Request.from_engine_core_request` to keep it
   for the ADDED event (offline, it is the `RequestOutput.request_id` the user holds).
+- Provenance (`provenance_patch`): the scheduler's construction starts the tracker (the
+  model's files hashed on its own thread); `EngineCore.add_lora`/`remove_lora`,
+  `collective_rpc` with a weight-changing method and `set_weight_version` (utility calls, not
+  per step) change it. `add_request` hands the snapshot, `request.lora_request` and
+  `request.sampling_params` (defaults applied by then) to the sender thread, which reads them.
 - Replay (`replay_backends`, for `replay_grammar`): vLLM's backend classes compile a recorded
   grammar outside any engine, as `StructuredOutputManager` does; nothing is patched.
 """
@@ -57,6 +62,7 @@ Hook points (vLLM 0.32, CPU build; line numbers drift):
 from __future__ import annotations
 
 from vllm_hooks.vllm.offline_stat_logger_patch import patch_stat_logger_manager
+from vllm_hooks.vllm.provenance_patch import patch_engine_core
 from vllm_hooks.vllm.request_id_patch import patch_request_ids
 from vllm_hooks.vllm.scheduler_patch import patch_scheduler_init
 
@@ -74,3 +80,4 @@ def install() -> None:
     patch_scheduler_init()
     patch_request_ids()
     patch_stat_logger_manager()
+    patch_engine_core()

@@ -24,6 +24,7 @@ from vllm_hooks.events.self_timing import SelfTimer
 from vllm_hooks.runtime import HookRuntime, get_runtime
 from vllm_hooks.vllm.backend_check import check_backend
 from vllm_hooks.vllm.grammar_tap import AuditedGrammar, BitmaskTap
+from vllm_hooks.vllm.provenance_patch import start_provenance
 from vllm_hooks.vllm.request_id_patch import external_id
 from vllm_hooks.vllm.structured_output_patch import wrap_structured_output_manager
 
@@ -60,6 +61,12 @@ def wrap_scheduler(sched: Any, rt: HookRuntime) -> None:
     orig_add = sched.add_request
     orig_schedule = sched.schedule
     orig_free = sched._free_request
+    # Provenance: a thread hashes the model's files; the engine thread reads its snapshot.
+    provenance: Any = None
+    try:
+        provenance = start_provenance(sched.vllm_config, rt)
+    except Exception as exc:
+        ERRORS.record("provenance.start", exc)  # requests are still audited, without it
     if timer is not None:
         # VLLM_AUDIT_SELF_TIMING: vLLM's own methods clocked, subtracted from the hook's time.
         orig_add, orig_schedule, orig_free = (
@@ -69,6 +76,9 @@ def wrap_scheduler(sched: Any, rt: HookRuntime) -> None:
         orig_add(request)
         if rt.level >= _SUMMARY:
             try:
+                lora = request.lora_request
+                if lora is not None and provenance is not None:
+                    provenance.adapter_seen(lora)  # a dict lookup once known
                 offer(
                     (
                         raw.LIFECYCLE,
@@ -82,6 +92,10 @@ def wrap_scheduler(sched: Any, rt: HookRuntime) -> None:
                         request.max_tokens or 0,
                         request.use_structured_output,
                         external_id(request),
+                        # read on the sender thread (events/provenance.py)
+                        provenance.current if provenance is not None else None,
+                        lora,
+                        request.sampling_params,
                     )
                 )
             except Exception as exc:

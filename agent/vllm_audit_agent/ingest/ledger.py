@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from vllm_audit.v1 import events_pb2 as pb
 from vllm_audit.v1 import ingest_pb2
@@ -53,6 +53,8 @@ class IngestLedger:
         #: the interval ends): keyed by (source_id, engine_index).
         self.stats_throttle: TrailingThrottle[tuple[str, int], tuple[str, str, pb.Event]] = \
             TrailingThrottle(engine_stats_interval_seconds, self._emit_stats)
+        #: (admin event, its batch, its WAL segment) -> its record (Recorder.record_admin).
+        self.on_admin: Callable[[pb.Event, pb.Batch, int], None] | None = None
         self.counters: Counter[str] = Counter()
         self.hook_dropped: Counter[str] = Counter()
         self.agent_dropped: Counter[str] = Counter()
@@ -155,6 +157,10 @@ class IngestLedger:
         for event in stats:
             source.last_stats = event.engine_stats
             self._publish_stats(batch, source, event)
+        if "admin" in events.kinds and self.on_admin is not None:
+            for event, kind in zip(events.events, events.kinds, strict=True):
+                if kind == "admin":
+                    self.on_admin(event, batch, segment)
         self.trails.apply(batch, segment, events)
 
     def _publish_stats(self, batch: pb.Batch, source: SourceState, event: pb.Event) -> None:

@@ -10,11 +10,13 @@ from vllm_audit.v1 import events_pb2 as pb
 from vllm_audit.v1 import query_pb2 as q
 from vllm_audit_agent.model.record import (
     GRAMMAR_PROOF_LEVELS,
+    admin_record,
     event_id,
     grammar_proof,
     record_from_fields,
 )
 from vllm_audit_agent.model.trail import Trail
+from vllm_audit_agent.records.chain import RECORD_TYPE_ADMIN
 from vllm_audit_agent.records.log import RecordLog
 from vllm_audit_agent.storage.wal import WriteAheadLog
 from vllm_audit_agent.telemetry.request_metrics import RequestMetrics
@@ -54,6 +56,20 @@ class Recorder:
         record = record_from_fields(fields, self.engine_snapshot(trail), proof)
         segments = trails.take_segments(trail)
         self.records.append(record, on_recorded=lambda: trails.release(segments))
+
+    def record_admin(self, event: pb.Event, batch: pb.Batch, segment: int) -> None:
+        """A call to a vLLM administrative endpoint becomes an admin record at once; the WAL
+        segment that holds it stays until the record is durable."""
+        record = admin_record(event, batch)
+        replayed = self.records.replay_event_ids
+        if replayed is not None and record["event_id"] in replayed:
+            self.counters["records_deduplicated_at_replay"] += 1
+            return
+        trails = self.trails
+        trails.segment_refs[segment] += 1
+        self.counters["admin_records"] += 1
+        self.records.append(record, on_recorded=lambda: trails.release((segment,)),
+                            kind=RECORD_TYPE_ADMIN)
 
     def _recorded_before(self, trail: Trail, replayed: set[str]) -> bool:
         """At start, whether the log already holds this record of a trail the WAL replay

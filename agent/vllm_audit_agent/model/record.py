@@ -43,7 +43,10 @@ from vllm_audit.v1 import query_pb2 as q
 #: so a record alone can be replayed.
 #: 6: log_id (the record log the record belongs to: one Merkle tree per log, several logs
 #: on one topic).
-SCHEMA_VERSION = 6
+#: 7: model_provenance (weights' and tokenizer's digests, revision, dtype, quantization, vLLM
+#: and hook versions, changes since start), lora_adapter (name, path, digest) and sampling
+#: (the parameters the engine applied); admin records (type "admin") beside them.
+SCHEMA_VERSION = 7
 
 #: Where every field of the hook's per-request events goes: the TrailSummary field it fills,
 #: or None with the reason it is not in the summary (the event itself is still kept in the
@@ -74,6 +77,9 @@ FIELD_MAP: dict[str, dict[str, str | tuple[None, str]]] = {
         "structured_output": (None, "implied by grammar_backend / structured_output"),
         "external_request_id": (None, "the caller's id: an offline trail's client_request_id "
                                       "(a served trail's comes from its HTTP half)"),
+        "provenance": "model_provenance",
+        "lora_adapter": "lora_adapter",
+        "sampling": "sampling",
     },
     "GrammarCompiled": {
         "backend": "grammar_backend", "spec_type": "grammar_spec_type",
@@ -95,6 +101,7 @@ FIELD_MAP: dict[str, dict[str, str | tuple[None, str]]] = {
                                 "a trail's finish is its record's engine_at_finish"),
         "custom": (None, "application events (record_custom_event): kept in the trail's events"),
         "http": (None, "mapped field by field (HttpRequest)"),
+        "admin": (None, "not a request: each is a record of its own, type admin (admin_record)"),
     },
     "Batch": {
         "source_id": "source_ids",
@@ -243,6 +250,22 @@ def record_from_fields(fields: dict[str, Any], engine: pb.EngineStats | None = N
     }
     record.update(fields)
     return record
+
+
+def admin_record(event: pb.Event, batch: pb.Batch) -> dict[str, Any]:
+    """The record of one call to a vLLM administrative endpoint (the record log adds its type,
+    "admin"): every AdminAction field, when, from which hook process. Its event_id is fixed
+    by the event (the hook process, the batch, the event's place), so a replayed batch gives
+    the same id."""
+    action = message_to_dict(event.admin)
+    return {
+        "schema": SCHEMA_VERSION,
+        "event_id": f"admin/{batch.source_id}/{batch.epoch}/{batch.seq}/{event.time_unix_nano}",
+        "timestamp_ms": event.time_unix_nano // 1_000_000,
+        "source_id": batch.source_id,
+        "model": batch.model,
+        **action,
+    }
 
 
 def encode(record: dict[str, Any]) -> bytes:

@@ -53,6 +53,13 @@ _AUTH_FROM_TEXT = {text: number for number, text in _AUTH_TEXT.items() if text}
 _NO_HTTP = pb.HttpRequest()
 _NO_GRAMMAR = pb.GrammarCompiled()
 _NO_STRUCTURED_OUTPUT = message_to_dict(pb.StructuredOutputSummary())
+_NO_PROVENANCE = message_to_dict(pb.ModelProvenance())
+_NO_ADAPTER = message_to_dict(pb.LoraAdapter())
+_NO_SAMPLING = message_to_dict(pb.SamplingParameters())
+#: The ADDED event's parts a record carries (RequestLifecycle field -> record field).
+_ADDED_PARTS = (("provenance", "model_provenance", _NO_PROVENANCE),
+                ("lora_adapter", "lora_adapter", _NO_ADAPTER),
+                ("sampling", "sampling", _NO_SAMPLING))
 
 
 class Trail:
@@ -70,7 +77,7 @@ class Trail:
         "num_events", "truncated_events", "grammar_backend", "user", "tenant",
         "client_request_id", "status_code", "finalised_by", "incomplete",
         # -- the latest serialised event of each kind the summary reads fields from --
-        "http_event", "grammar_event", "so_event",
+        "http_event", "grammar_event", "so_event", "added_event",
         # -- owned by the query index (trail_index.py): where it filed this trail --
         "index_seq", "index_keys", "index_final", "index_told",
     )
@@ -129,6 +136,9 @@ class Trail:
         self.http_event: bytes | None = None
         self.grammar_event: bytes | None = None
         self.so_event: bytes | None = None
+        #: The first ADDED lifecycle event with the model's provenance, the LoRA adapter and
+        #: the sampling parameters (the samples of n > 1 share them).
+        self.added_event: bytes | None = None
         #: The index's sequence number (0: not indexed), the keys it filed the trail under
         #: and whether it counted the trail as final.
         self.index_seq = 0
@@ -138,7 +148,7 @@ class Trail:
         self.index_told = -1
 
     # -- applying events (called by the store) ---------------------------------------------
-    def apply_lifecycle(self, event: pb.Event) -> None:
+    def apply_lifecycle(self, event: pb.Event, raw: bytes = b"") -> None:
         lc = event.lifecycle
         engine_id = event.request_id
         ids = self.engine_request_ids
@@ -155,6 +165,9 @@ class Trail:
             if not self.http_usage:
                 self.prompt_tokens = lc.num_prompt_tokens
             self.max_tokens = lc.max_tokens
+            if raw and self.added_event is None and (
+                    lc.HasField("provenance") or lc.HasField("sampling")):
+                self.added_event = raw
             if not self.expects_http and lc.external_request_id:
                 # Offline: the caller's id (RequestOutput.request_id) is what it can search
                 # by; a served trail's is the client's X-Request-Id, from its HTTP half.
@@ -228,7 +241,7 @@ class Trail:
         so = (message_to_dict(pb.Event.FromString(self.so_event).so_summary) if self.so_event
               else dict(_NO_STRUCTURED_OUTPUT))
         auth = h.auth_decision or _AUTH_FROM_TEXT.get(h.auth_status, pb.AUTH_STATUS_UNSPECIFIED)
-        return {
+        fields = {
             "request_id": self.request_id,
             "engine_request_ids": list(self.engine_request_ids),
             "state": _STATE_NAMES[self.state],
@@ -279,6 +292,16 @@ class Trail:
             "claimed_user": h.claimed_user,
             "ignored_identity_headers": list(h.ignored_identity_headers),
         }
+        fields.update(self._added_fields())
+        return fields
+
+    def _added_fields(self) -> dict[str, Any]:
+        """model_provenance, lora_adapter and sampling, from the ADDED event (defaults when
+        none carried them)."""
+        if self.added_event is None:
+            return {target: dict(empty) for _, target, empty in _ADDED_PARTS}
+        lc = pb.Event.FromString(self.added_event).lifecycle
+        return {target: message_to_dict(getattr(lc, part)) for part, target, _ in _ADDED_PARTS}
 
     @property
     def summary(self) -> q.TrailSummary:
@@ -356,6 +379,13 @@ def from_record(record: dict[str, Any]) -> Trail:
             so_summary=json_format.ParseDict(so, pb.StructuredOutputSummary(),
                                              ignore_unknown_fields=True)
         ).SerializeToString()
+    added = {part: record[target] for part, target, empty in _ADDED_PARTS
+             if record.get(target) and record[target] != empty}
+    if added:
+        lifecycle = json_format.ParseDict(added, pb.RequestLifecycle(), ignore_unknown_fields=True)
+        lifecycle.phase = pb.LIFECYCLE_PHASE_ADDED
+        trail.added_event = pb.Event(request_id=trail.request_id,
+                                     lifecycle=lifecycle).SerializeToString()
     trail.events = tuple(json_format.ParseDict(event, pb.Event(), ignore_unknown_fields=True)
                          .SerializeToString() for event in record.get("grammar_events") or ())
     return trail

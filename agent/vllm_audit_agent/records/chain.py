@@ -61,6 +61,8 @@ RECORD_TYPE_SEAL = "seal"
 RECORD_TYPE_COSIGNATURE = "cosignature"
 #: The audit level in effect changed: through the control API, or found changed at a start.
 RECORD_TYPE_LEVEL = "level"
+#: A call to one of vLLM's administrative endpoints (model/record.py admin_record).
+RECORD_TYPE_ADMIN = "admin"
 #: Record types whose Ed25519 `signature` covers them (signed_bytes) besides the chain.
 SIGNED_TYPES = frozenset({"checkpoint", "genesis", "seal"})
 #: What the record log adds to a record: its kind, when it entered the log, its place in the

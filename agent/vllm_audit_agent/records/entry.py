@@ -9,6 +9,7 @@ from typing import Any
 from vllm_audit_agent.model import record as records
 from vllm_audit_agent.records.chain import (
     RECORD_TYPE_ACCESS,
+    RECORD_TYPE_ADMIN,
     RECORD_TYPE_CHECKPOINT,
     RECORD_TYPE_COSIGNATURE,
     RECORD_TYPE_GENESIS,
@@ -19,8 +20,12 @@ from vllm_audit_agent.records.chain import (
 
 #: Topic suffix per record type (`<prefix>.<suffix>`): the evidence about the log itself
 #: (genesis, checkpoints, seals, cosignatures, level changes) shares the checkpoints topic.
-TOPICS = {RECORD_TYPE_REQUEST: "requests", RECORD_TYPE_CHECKPOINT: "checkpoints",
-          RECORD_TYPE_ACCESS: "access", RECORD_TYPE_GENESIS: "checkpoints",
+#: Admin records (vLLM's administrative calls: an adapter loaded, weights updated) go on the
+#: requests topic: keyed by the log like the requests, they share their partition, so a
+#: consumer reads "adapter loaded" before the first request it served, in order (consumers
+#: tell them apart by `type`).
+TOPICS = {RECORD_TYPE_REQUEST: "requests", RECORD_TYPE_ADMIN: "requests",
+          RECORD_TYPE_CHECKPOINT: "checkpoints", RECORD_TYPE_ACCESS: "access", RECORD_TYPE_GENESIS: "checkpoints",
           RECORD_TYPE_SEAL: "checkpoints", RECORD_TYPE_COSIGNATURE: "checkpoints",
           RECORD_TYPE_LEVEL: "checkpoints"}
 

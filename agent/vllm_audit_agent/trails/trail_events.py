@@ -58,7 +58,7 @@ def add_events(trail: Trail, events: list[tuple[pb.Event, str]], max_events: int
         if kind == "so_step":  # the bulk at level full; only stored
             continue
         if kind == "lifecycle":
-            trail.apply_lifecycle(event)
+            trail.apply_lifecycle(event, raw)
         elif kind == "http":
             trail.apply_http(event, raw)
         elif kind == "so_summary":
@@ -83,7 +83,7 @@ def trail_size(trail: Trail, max_events: int) -> int:
     size = TRAIL_OVERHEAD_BYTES + trail.event_bytes
     # The latest event of a kind the summary reads is held even when `max_events` cut
     # it from `events`.
-    for raw in (trail.http_event, trail.grammar_event, trail.so_event):
+    for raw in (trail.http_event, trail.grammar_event, trail.so_event, trail.added_event):
         if raw is not None and len(trail.events) >= max_events:
             size += len(raw) + EVENT_OVERHEAD_BYTES
     return size

@@ -64,7 +64,7 @@ IDENTITY_SOURCE_PROXY_HEADER: IdentitySource
 IDENTITY_SOURCE_CLAIMED: IdentitySource
 
 class RequestLifecycle(_message.Message):
-    __slots__ = ("phase", "num_prompt_tokens", "num_output_tokens", "finish_reason", "status", "max_tokens", "structured_output", "external_request_id")
+    __slots__ = ("phase", "num_prompt_tokens", "num_output_tokens", "finish_reason", "status", "max_tokens", "structured_output", "external_request_id", "provenance", "lora_adapter", "sampling")
     PHASE_FIELD_NUMBER: _ClassVar[int]
     NUM_PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     NUM_OUTPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -73,6 +73,9 @@ class RequestLifecycle(_message.Message):
     MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
     STRUCTURED_OUTPUT_FIELD_NUMBER: _ClassVar[int]
     EXTERNAL_REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    PROVENANCE_FIELD_NUMBER: _ClassVar[int]
+    LORA_ADAPTER_FIELD_NUMBER: _ClassVar[int]
+    SAMPLING_FIELD_NUMBER: _ClassVar[int]
     phase: LifecyclePhase
     num_prompt_tokens: int
     num_output_tokens: int
@@ -81,7 +84,154 @@ class RequestLifecycle(_message.Message):
     max_tokens: int
     structured_output: bool
     external_request_id: str
-    def __init__(self, phase: _Optional[_Union[LifecyclePhase, str]] = ..., num_prompt_tokens: _Optional[int] = ..., num_output_tokens: _Optional[int] = ..., finish_reason: _Optional[str] = ..., status: _Optional[str] = ..., max_tokens: _Optional[int] = ..., structured_output: _Optional[bool] = ..., external_request_id: _Optional[str] = ...) -> None: ...
+    provenance: ModelProvenance
+    lora_adapter: LoraAdapter
+    sampling: SamplingParameters
+    def __init__(self, phase: _Optional[_Union[LifecyclePhase, str]] = ..., num_prompt_tokens: _Optional[int] = ..., num_output_tokens: _Optional[int] = ..., finish_reason: _Optional[str] = ..., status: _Optional[str] = ..., max_tokens: _Optional[int] = ..., structured_output: _Optional[bool] = ..., external_request_id: _Optional[str] = ..., provenance: _Optional[_Union[ModelProvenance, _Mapping]] = ..., lora_adapter: _Optional[_Union[LoraAdapter, _Mapping]] = ..., sampling: _Optional[_Union[SamplingParameters, _Mapping]] = ...) -> None: ...
+
+class ModelProvenance(_message.Message):
+    __slots__ = ("model", "model_path", "weights_sha256", "weights_files", "weights_bytes", "weights_digest_status", "revision", "dtype", "quantization", "tokenizer_sha256", "vllm_version", "hook_version", "generation", "weight_updates", "weight_version", "weights_digest_ms")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    MODEL_PATH_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_SHA256_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_FILES_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_BYTES_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_DIGEST_STATUS_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    QUANTIZATION_FIELD_NUMBER: _ClassVar[int]
+    TOKENIZER_SHA256_FIELD_NUMBER: _ClassVar[int]
+    VLLM_VERSION_FIELD_NUMBER: _ClassVar[int]
+    HOOK_VERSION_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_UPDATES_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_DIGEST_MS_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    model_path: str
+    weights_sha256: str
+    weights_files: int
+    weights_bytes: int
+    weights_digest_status: str
+    revision: str
+    dtype: str
+    quantization: str
+    tokenizer_sha256: str
+    vllm_version: str
+    hook_version: str
+    generation: int
+    weight_updates: int
+    weight_version: str
+    weights_digest_ms: float
+    def __init__(self, model: _Optional[str] = ..., model_path: _Optional[str] = ..., weights_sha256: _Optional[str] = ..., weights_files: _Optional[int] = ..., weights_bytes: _Optional[int] = ..., weights_digest_status: _Optional[str] = ..., revision: _Optional[str] = ..., dtype: _Optional[str] = ..., quantization: _Optional[str] = ..., tokenizer_sha256: _Optional[str] = ..., vllm_version: _Optional[str] = ..., hook_version: _Optional[str] = ..., generation: _Optional[int] = ..., weight_updates: _Optional[int] = ..., weight_version: _Optional[str] = ..., weights_digest_ms: _Optional[float] = ...) -> None: ...
+
+class LoraAdapter(_message.Message):
+    __slots__ = ("name", "id", "path", "sha256", "bytes", "digest_status")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_STATUS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    id: int
+    path: str
+    sha256: str
+    bytes: int
+    digest_status: str
+    def __init__(self, name: _Optional[str] = ..., id: _Optional[int] = ..., path: _Optional[str] = ..., sha256: _Optional[str] = ..., bytes: _Optional[int] = ..., digest_status: _Optional[str] = ...) -> None: ...
+
+class SamplingParameters(_message.Message):
+    __slots__ = ("temperature", "top_p", "top_k", "min_p", "seeded", "seed", "max_tokens", "min_tokens", "stop", "stop_token_ids", "presence_penalty", "frequency_penalty", "repetition_penalty", "logit_bias", "n", "structured_output", "logprobs", "allowed_token_ids", "bad_words", "ignore_eos")
+    TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
+    TOP_P_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    MIN_P_FIELD_NUMBER: _ClassVar[int]
+    SEEDED_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    MIN_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    STOP_FIELD_NUMBER: _ClassVar[int]
+    STOP_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    PRESENCE_PENALTY_FIELD_NUMBER: _ClassVar[int]
+    FREQUENCY_PENALTY_FIELD_NUMBER: _ClassVar[int]
+    REPETITION_PENALTY_FIELD_NUMBER: _ClassVar[int]
+    LOGIT_BIAS_FIELD_NUMBER: _ClassVar[int]
+    N_FIELD_NUMBER: _ClassVar[int]
+    STRUCTURED_OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    LOGPROBS_FIELD_NUMBER: _ClassVar[int]
+    ALLOWED_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    BAD_WORDS_FIELD_NUMBER: _ClassVar[int]
+    IGNORE_EOS_FIELD_NUMBER: _ClassVar[int]
+    temperature: float
+    top_p: float
+    top_k: int
+    min_p: float
+    seeded: bool
+    seed: int
+    max_tokens: int
+    min_tokens: int
+    stop: _containers.RepeatedScalarFieldContainer[str]
+    stop_token_ids: int
+    presence_penalty: float
+    frequency_penalty: float
+    repetition_penalty: float
+    logit_bias: bool
+    n: int
+    structured_output: bool
+    logprobs: int
+    allowed_token_ids: bool
+    bad_words: bool
+    ignore_eos: bool
+    def __init__(self, temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., top_k: _Optional[int] = ..., min_p: _Optional[float] = ..., seeded: _Optional[bool] = ..., seed: _Optional[int] = ..., max_tokens: _Optional[int] = ..., min_tokens: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., stop_token_ids: _Optional[int] = ..., presence_penalty: _Optional[float] = ..., frequency_penalty: _Optional[float] = ..., repetition_penalty: _Optional[float] = ..., logit_bias: _Optional[bool] = ..., n: _Optional[int] = ..., structured_output: _Optional[bool] = ..., logprobs: _Optional[int] = ..., allowed_token_ids: _Optional[bool] = ..., bad_words: _Optional[bool] = ..., ignore_eos: _Optional[bool] = ...) -> None: ...
+
+class AdminAction(_message.Message):
+    __slots__ = ("method", "path", "action", "client_ip", "user", "tenant", "user_source", "tenant_source", "api_key_sha256", "auth_decision", "status_code", "latency_ms", "error", "user_agent", "arguments", "arguments_sha256", "arguments_bytes", "arguments_truncated", "result", "client_request_id", "ignored_identity_headers", "query")
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_IP_FIELD_NUMBER: _ClassVar[int]
+    USER_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    USER_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    TENANT_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    API_KEY_SHA256_FIELD_NUMBER: _ClassVar[int]
+    AUTH_DECISION_FIELD_NUMBER: _ClassVar[int]
+    STATUS_CODE_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    USER_AGENT_FIELD_NUMBER: _ClassVar[int]
+    ARGUMENTS_FIELD_NUMBER: _ClassVar[int]
+    ARGUMENTS_SHA256_FIELD_NUMBER: _ClassVar[int]
+    ARGUMENTS_BYTES_FIELD_NUMBER: _ClassVar[int]
+    ARGUMENTS_TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    IGNORED_IDENTITY_HEADERS_FIELD_NUMBER: _ClassVar[int]
+    QUERY_FIELD_NUMBER: _ClassVar[int]
+    method: str
+    path: str
+    action: str
+    client_ip: str
+    user: str
+    tenant: str
+    user_source: IdentitySource
+    tenant_source: IdentitySource
+    api_key_sha256: str
+    auth_decision: AuthStatus
+    status_code: int
+    latency_ms: float
+    error: str
+    user_agent: str
+    arguments: str
+    arguments_sha256: str
+    arguments_bytes: int
+    arguments_truncated: bool
+    result: str
+    client_request_id: str
+    ignored_identity_headers: _containers.RepeatedScalarFieldContainer[str]
+    query: str
+    def __init__(self, method: _Optional[str] = ..., path: _Optional[str] = ..., action: _Optional[str] = ..., client_ip: _Optional[str] = ..., user: _Optional[str] = ..., tenant: _Optional[str] = ..., user_source: _Optional[_Union[IdentitySource, str]] = ..., tenant_source: _Optional[_Union[IdentitySource, str]] = ..., api_key_sha256: _Optional[str] = ..., auth_decision: _Optional[_Union[AuthStatus, str]] = ..., status_code: _Optional[int] = ..., latency_ms: _Optional[float] = ..., error: _Optional[str] = ..., user_agent: _Optional[str] = ..., arguments: _Optional[str] = ..., arguments_sha256: _Optional[str] = ..., arguments_bytes: _Optional[int] = ..., arguments_truncated: _Optional[bool] = ..., result: _Optional[str] = ..., client_request_id: _Optional[str] = ..., ignored_identity_headers: _Optional[_Iterable[str]] = ..., query: _Optional[str] = ...) -> None: ...
 
 class GrammarCompiled(_message.Message):
     __slots__ = ("backend", "spec_type", "compile_ms", "error", "spec_sha256", "spec", "spec_size")
@@ -312,7 +462,7 @@ class HttpRequest(_message.Message):
     def __init__(self, method: _Optional[str] = ..., path: _Optional[str] = ..., client_ip: _Optional[str] = ..., user: _Optional[str] = ..., model: _Optional[str] = ..., status_code: _Optional[int] = ..., auth_status: _Optional[str] = ..., api_key_sha256: _Optional[str] = ..., stream: _Optional[bool] = ..., prompt: _Optional[str] = ..., output: _Optional[str] = ..., capture_policy: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., latency_ms: _Optional[float] = ..., ttft_ms: _Optional[float] = ..., error: _Optional[str] = ..., user_agent: _Optional[str] = ..., response_bytes: _Optional[int] = ..., tenant: _Optional[str] = ..., vllm_request_id: _Optional[str] = ..., client_disconnected: _Optional[bool] = ..., client_request_id: _Optional[str] = ..., auth_decision: _Optional[_Union[AuthStatus, str]] = ..., user_source: _Optional[_Union[IdentitySource, str]] = ..., tenant_source: _Optional[_Union[IdentitySource, str]] = ..., claimed_user: _Optional[str] = ..., ignored_identity_headers: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Event(_message.Message):
-    __slots__ = ("time_unix_nano", "request_id", "truncated", "lifecycle", "grammar_compiled", "so_step", "so_summary", "engine_stats", "http", "custom")
+    __slots__ = ("time_unix_nano", "request_id", "truncated", "lifecycle", "grammar_compiled", "so_step", "so_summary", "engine_stats", "http", "custom", "admin")
     TIME_UNIX_NANO_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     TRUNCATED_FIELD_NUMBER: _ClassVar[int]
@@ -323,6 +473,7 @@ class Event(_message.Message):
     ENGINE_STATS_FIELD_NUMBER: _ClassVar[int]
     HTTP_FIELD_NUMBER: _ClassVar[int]
     CUSTOM_FIELD_NUMBER: _ClassVar[int]
+    ADMIN_FIELD_NUMBER: _ClassVar[int]
     time_unix_nano: int
     request_id: str
     truncated: bool
@@ -333,7 +484,8 @@ class Event(_message.Message):
     engine_stats: EngineStats
     http: HttpRequest
     custom: CustomEvent
-    def __init__(self, time_unix_nano: _Optional[int] = ..., request_id: _Optional[str] = ..., truncated: _Optional[bool] = ..., lifecycle: _Optional[_Union[RequestLifecycle, _Mapping]] = ..., grammar_compiled: _Optional[_Union[GrammarCompiled, _Mapping]] = ..., so_step: _Optional[_Union[StructuredOutputStep, _Mapping]] = ..., so_summary: _Optional[_Union[StructuredOutputSummary, _Mapping]] = ..., engine_stats: _Optional[_Union[EngineStats, _Mapping]] = ..., http: _Optional[_Union[HttpRequest, _Mapping]] = ..., custom: _Optional[_Union[CustomEvent, _Mapping]] = ...) -> None: ...
+    admin: AdminAction
+    def __init__(self, time_unix_nano: _Optional[int] = ..., request_id: _Optional[str] = ..., truncated: _Optional[bool] = ..., lifecycle: _Optional[_Union[RequestLifecycle, _Mapping]] = ..., grammar_compiled: _Optional[_Union[GrammarCompiled, _Mapping]] = ..., so_step: _Optional[_Union[StructuredOutputStep, _Mapping]] = ..., so_summary: _Optional[_Union[StructuredOutputSummary, _Mapping]] = ..., engine_stats: _Optional[_Union[EngineStats, _Mapping]] = ..., http: _Optional[_Union[HttpRequest, _Mapping]] = ..., custom: _Optional[_Union[CustomEvent, _Mapping]] = ..., admin: _Optional[_Union[AdminAction, _Mapping]] = ...) -> None: ...
 
 class CustomEvent(_message.Message):
     __slots__ = ("name", "attributes")
