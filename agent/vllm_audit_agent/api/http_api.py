@@ -50,7 +50,7 @@ from vllm_audit_agent.api.http_routes import PREFIX, ROUTES, Route
 from vllm_audit_agent.api.limits import recorded_details
 from vllm_audit_agent.api.openapi import document_bytes
 from vllm_audit_agent.api.operations import AuditApi
-from vllm_audit_agent.api.reads import QueryApi
+from vllm_audit_agent.api.reads import QueryApi, answer
 from vllm_audit_agent.api.tls import is_loopback
 from vllm_audit_agent.api.tokens import Principal
 from vllm_audit_agent.model.record import message_to_dict
@@ -174,10 +174,10 @@ class ManagementApi:
 
     # -- runners -------------------------------------------------------------------------------
     @staticmethod
-    def _unary(call: Callable[[Any], Message],
+    def _unary(call: Callable[[Any], Message | Awaitable[Message]],
                render: Callable[[Any], dict[str, Any]] = message_to_dict) -> Run:
         async def run(request: web.Request, message: Message) -> tuple[web.StreamResponse, int]:
-            response = call(message)
+            response = await answer(call(message))
             return _json(render(response)), result_count(response)
 
         return run

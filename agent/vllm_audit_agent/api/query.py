@@ -9,7 +9,7 @@ transports cannot drift. Here an `ApiError` becomes the call's status.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
@@ -18,16 +18,17 @@ from vllm_audit.v1 import query_pb2 as q
 from vllm_audit.v1 import query_pb2_grpc
 from vllm_audit_agent.api.errors import ApiError
 from vllm_audit_agent.api.operations import AuditApi
-from vllm_audit_agent.api.reads import QueryApi
+from vllm_audit_agent.api.reads import QueryApi, answer
 
 Context = grpc.aio.ServicerContext[Any, Any]
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 
 
-async def _run(context: Context, call: Callable[[Req], Resp], request: Req) -> Resp:
+async def _run(context: Context, call: Callable[[Req], Resp | Awaitable[Resp]], request: Req
+               ) -> Resp:
     try:
-        return call(request)
+        return await answer(call(request))
     except ApiError as exc:
         await context.abort(exc.code, exc.message)
         raise  # pragma: no cover - abort raised
@@ -43,7 +44,7 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         return self.api.health()
 
     async def GetStats(self, request: q.StatsRequest, context: Context) -> q.StatsResponse:
-        return self.api.stats()
+        return await answer(self.api.stats())
 
     async def ListTrails(self, request: q.ListTrailsRequest, context: Context
                          ) -> q.ListTrailsResponse:

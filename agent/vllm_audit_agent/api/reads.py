@@ -10,8 +10,9 @@ Every method but `export` and `watch` is synchronous: a page is built without aw
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator
-from typing import Protocol
+import inspect
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
+from typing import Protocol, TypeVar
 
 import grpc
 
@@ -26,6 +27,7 @@ from vllm_audit_agent.api.trail_source import TrailSource
 from vllm_audit_agent.api.usage import PriceTable, aggregates, check_group_by
 from vllm_audit_agent.trails.index import record_kind
 
+Resp = TypeVar("Resp")
 #: Serialised event bytes per GetTrail response when no event_limit is given: under gRPC's
 #: default 4 MiB message cap with room for the summary.
 EVENT_PAGE_BYTES = 3 << 20
@@ -113,12 +115,23 @@ class TrailReads:
 
 class QueryApi(Protocol):
     """What the QueryService and the HTTP API's read routes call: `TrailReads` plus the
-    service's own health and stats (the agent's AuditApi, the fleet's FleetApi)."""
+    service's own health and stats (the agent's AuditApi; the fleet's FleetApi, whose calls
+    are awaitables: its store is queried in a worker thread)."""
 
     def health(self) -> q.HealthResponse: ...
-    def stats(self) -> q.StatsResponse: ...
-    def list_trails(self, request: q.ListTrailsRequest) -> q.ListTrailsResponse: ...
-    def get_trail(self, request: q.GetTrailRequest) -> q.GetTrailResponse: ...
+    def stats(self) -> q.StatsResponse | Awaitable[q.StatsResponse]: ...
+    def list_trails(self, request: q.ListTrailsRequest
+                    ) -> q.ListTrailsResponse | Awaitable[q.ListTrailsResponse]: ...
+    def get_trail(self, request: q.GetTrailRequest
+                  ) -> q.GetTrailResponse | Awaitable[q.GetTrailResponse]: ...
     def export(self, request: q.ExportTrailsRequest) -> AsyncGenerator[list[bytes], None]: ...
     def watch(self, request: q.WatchTrailsRequest) -> AsyncIterator[q.WatchTrailsResponse]: ...
-    def aggregates(self, request: q.AggregatesRequest) -> q.AggregatesResponse: ...
+    def aggregates(self, request: q.AggregatesRequest
+                   ) -> q.AggregatesResponse | Awaitable[q.AggregatesResponse]: ...
+
+
+async def answer(result: Resp | Awaitable[Resp]) -> Resp:
+    """A call's answer, awaited when the call returned an awaitable (the fleet's)."""
+    if inspect.isawaitable(result):
+        return await result
+    return result
