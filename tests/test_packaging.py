@@ -118,18 +118,25 @@ def test_hooks_extra_plus_vllm_covers_every_import_of_the_hooks() -> None:
 
 
 FLEET = "agent/vllm_audit_agent/fleet/"
+ARCHIVE = "agent/vllm_audit_agent/archive/"
 
 
 def test_agent_extra_covers_every_import_of_the_agent() -> None:
-    """The fleet room runs only in `vllm-audit fleet`, installed with the `fleet` extra too."""
+    """The fleet room runs only in `vllm-audit fleet`, installed with the `fleet` extra too;
+    the archive room only with `--archive-url` (or `verify s3://…`), with the `archive` extra."""
     imports = third_party_imports(REPO / "agent", CONTRACT)
     assert "vllm" not in imports  # the agent runs in its own slim image
-    agent = {module: {f for f in files if not f.startswith(FLEET)}
+    agent = {module: {f for f in files if not f.startswith((FLEET, ARCHIVE))}
              for module, files in imports.items()}
     assert missing({m: f for m, f in agent.items() if f}, extra("agent")) == {}
     fleet = {module: {f for f in files if f.startswith(FLEET)} for module, files in imports.items()}
     assert {"chdb", "pyarrow"} <= {m for m, f in fleet.items() if f}
     assert missing({m: f for m, f in fleet.items() if f}, extra("agent") | extra("fleet")) == {}
+    archive = {module: {f for f in files if f.startswith(ARCHIVE)}
+               for module, files in imports.items()}
+    assert "boto3" in {m for m, f in archive.items() if f}
+    assert missing({m: f for m, f in archive.items() if f},
+                   extra("agent") | extra("archive")) == {}
 
 
 def test_a_forgotten_dependency_is_reported() -> None:

@@ -106,6 +106,15 @@ def _conditions(field: str, value: Any) -> None:
     parse_required(",".join(value))
 
 
+def _archive_url(field: str, value: Any) -> None:
+    """s3://BUCKET[/PREFIX] (archive/layout.py reads it; checked here, where options are)."""
+    if value is None:
+        return
+    parts = urllib.parse.urlsplit(value)
+    if parts.scheme != "s3" or not parts.netloc or parts.query or parts.fragment:
+        raise ValueError(f"{field}={value!r} is not an s3://BUCKET[/PREFIX] URL")
+
+
 @dataclass(frozen=True)
 class AgentConfig:
     # -- where it listens and keeps its files --
@@ -225,6 +234,22 @@ class AgentConfig:
         "its cap — only records already published and sealed; without it a full log refuses "
         "new records (back-pressure, counted and alerted) and the evidence stays",
         default_note="age only")
+    # -- the WORM archive (archive/): sealed segments to S3 under Object Lock --
+    archive_url: str | None = declare(
+        "--archive-url", "VLLM_AUDIT_ARCHIVE_URL", None,
+        "s3://BUCKET/PREFIX (a bucket created with Object Lock): each sealed record-log segment "
+        "and the checkpoint covering it is uploaded there locked in compliance mode; retention "
+        "never deletes a segment the archive does not hold; credentials from AWS_* variables",
+        metavar="URL", check=_archive_url, default_note="no archive")
+    archive_endpoint: str | None = declare(
+        "--archive-endpoint", "VLLM_AUDIT_ARCHIVE_ENDPOINT", None,
+        "the S3 endpoint of an S3-compatible server (SeaweedFS, MinIO, Ceph)", metavar="URL",
+        default_note="AWS S3 (or AWS_ENDPOINT_URL)")
+    archive_retention_days: float = declare(
+        "--archive-retention-days", "VLLM_AUDIT_ARCHIVE_RETENTION_DAYS", 180.0,
+        "each archived object is locked (compliance mode: nobody can delete or shorten it) "
+        "for this long after its upload; set it from your retention policy", metavar="DAYS",
+        check=positive)
     query_rate_per_token: float = declare(
         "--query-rate-per-token", "VLLM_AUDIT_QUERY_RATE_PER_TOKEN", 50.0,
         "query and control calls per second each non-admin token may make (bursts of twice "

@@ -26,6 +26,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer  # public as health.aio, which mypy cannot see
+from prometheus_client import CollectorRegistry
 
 from vllm_audit.v1 import events_pb2 as pb
 from vllm_audit.v1 import ingest_pb2, ingest_pb2_grpc, query_pb2, query_pb2_grpc
@@ -43,6 +44,10 @@ from vllm_audit_agent.api.tls import check_listener, http_ssl_context, server_cr
 from vllm_audit_agent.api.tokens import load_token_table, metrics_token_hash
 from vllm_audit_agent.api.usage import load_price_table
 from vllm_audit_agent.api.witness_metrics import WitnessCollector
+from vllm_audit_agent.archive.layout import parse_archive_url
+from vllm_audit_agent.archive.metrics import ArchiveCollector
+from vllm_audit_agent.archive.store import S3Store, s3_client
+from vllm_audit_agent.archive.uploader import Archiver
 from vllm_audit_agent.config import AgentConfig, parse_address
 from vllm_audit_agent.delivery.anchor_check import check_against_witnesses
 from vllm_audit_agent.delivery.cosigning import Cosigner
@@ -108,6 +113,28 @@ def _record_log(config: AgentConfig, kind: Callable[..., RecordLog] = RecordLog)
                      segment_bytes=max(1024, min(64 << 20, config.record_log_max_bytes // 16)))
 
 
+def _archiver(config: AgentConfig, records: RecordLog) -> Archiver | None:
+    """The WORM archive's uploader, started; from here on retention holds what it has not
+    archived (it lists the archive first)."""
+    if config.archive_url is None:
+        return None
+    store = S3Store(parse_archive_url(config.archive_url), s3_client(config.archive_endpoint),
+                    config.archive_retention_days)
+    archiver = Archiver(records, store, config.data_dir / "archive-dead-letter")
+    archiver.start()
+    return archiver
+
+
+def _register(registry: CollectorRegistry, records: RecordLog, cosigner: Cosigner | None,
+              archiver: Archiver | None) -> None:
+    """The collectors of the optional parts, beside make_registry's."""
+    if cosigner is not None:
+        registry.register(WitnessCollector(cosigner))
+    registry.register(EvidenceCollector(records))
+    if archiver is not None:
+        registry.register(ArchiveCollector(archiver))
+
+
 def _publisher(config: AgentConfig) -> Publisher:
     if config.kafka_bootstrap:
         return KafkaPublisher(config.kafka_bootstrap, config.kafka_topic_prefix)
@@ -141,6 +168,7 @@ async def _running_agent(config: AgentConfig, publisher: Publisher | None,
     wal = WriteAheadLog(config.data_dir, config.wal_max_bytes, config.wal_fsync,
                         config.wal_segment_bytes or None)
     records = _record_log(config, record_log)
+    archiver = _archiver(config, records)  # before anything can reclaim the log
     publisher = publisher or _publisher(config)
     gpu = GpuSampler(gpu_reader or _gpu_reader(config.gpu), config.gpu_interval_seconds)
     state = AgentState(config, wal, publisher, gpu, records)
@@ -227,9 +255,7 @@ async def _running_agent(config: AgentConfig, publisher: Publisher | None,
     if refused:
         logger.warning("%s", refused)
     registry = make_registry(state)
-    if cosigner is not None:
-        registry.register(WitnessCollector(cosigner))
-    registry.register(EvidenceCollector(records))
+    _register(registry, records, cosigner, archiver)
     http = HttpEndpoint(state, registry, disabled_routes(refused) if refused
                         else ManagementApi(api, auth.gate).routes())
     if config.metrics_token_file is not None:
@@ -255,6 +281,8 @@ async def _running_agent(config: AgentConfig, publisher: Publisher | None,
     finally:
         if cosigner is not None:  # first: a cosignature is a record, the log stops below
             await cosigner.stop(1.0)
+        if archiver is not None:  # what it has not uploaded waits on the disk for the next start
+            await archiver.stop(1.0)
         try:
             await _stop(state, server, query_server, sweeper, http, (ingest_health, query_health),
                         config.shutdown_timeout_seconds if shutdown_timeout is None

@@ -19,9 +19,20 @@ from vllm_audit_agent.records.entry import TOPICS
 # Imported when the command runs (see offline_commands.py): the others start without them.
 
 
-def _payloads_of_path(path: Path) -> list[bytes]:
+def _payloads_of_path(path: Path | str, endpoint: str | None = None) -> list[bytes]:
+    if isinstance(path, str):  # s3://BUCKET/PREFIX: the WORM archive
+        from vllm_audit_agent.archive.reader import archive_payloads, open_archive
+        return list(archive_payloads(open_archive(path, archive_endpoint(endpoint))))
     from vllm_audit_agent.records.verify import path_payloads
     return list(path_payloads(path))
+
+
+def archive_endpoint(given: str | None) -> str | None:
+    """The flag, else the agent's variable; None lets boto3 choose (AWS, or AWS_ENDPOINT_URL)."""
+    import os
+
+    from vllm_audit_agent.config import env_var
+    return given or os.environ.get(env_var("archive_endpoint")) or None
 
 
 def _kafka(args: argparse.Namespace, topics: list[str]) -> list[bytes]:
@@ -99,11 +110,13 @@ def run_verify(args: argparse.Namespace) -> int:
         raise ValueError("verify needs exactly one of PATH or --kafka-bootstrap")
     keys = [load_public_key(path) for path in args.public_key]
     if args.path is not None:
-        payloads = _payloads_of_path(args.path)
+        payloads = _payloads_of_path(args.path, args.archive_endpoint)
         key = _key_for(payloads, keys)
         anchors = _anchors(args, key, _log_ids(payloads))
+        # A log directory and an archive (its segments) must start at the genesis or a seal.
+        whole_log = isinstance(args.path, str) or args.path.is_dir()
         report = verify_chain(payloads, key, args.allow_unsigned_tail,
-                              _tree_check(args, key, anchors), sealed_start=args.path.is_dir())
+                              _tree_check(args, key, anchors), sealed_start=whole_log)
         sys.stdout.write(dumps(report.to_dict()) + "\n")
         if report.broken is not None:
             _print_break(report)

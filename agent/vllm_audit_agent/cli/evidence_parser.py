@@ -7,12 +7,22 @@ from pathlib import Path
 from typing import Any
 
 
+def path_or_archive(text: str) -> Path | str:
+    """A file or directory, or an archive's s3://BUCKET/PREFIX kept as written (a Path would
+    fold its `//`)."""
+    return text.strip() if text.strip().startswith("s3://") else Path(text)
+
+
 def add_arguments(sub: Any) -> None:
     """The `verify` and `prove` subcommands."""
     v = sub.add_parser("verify", help="check a record log: its chain, Merkle tree and identity, "
                                       "against anchors and witnesses")
-    v.add_argument("path", nargs="?", type=Path,
-                   help="record log directory (<data_dir>/records) or JSONL export file")
+    v.add_argument("path", nargs="?", type=path_or_archive,
+                   help="record log directory (<data_dir>/records), JSONL export file, or the "
+                        "WORM archive s3://BUCKET/PREFIX (read straight from the object storage)")
+    v.add_argument("--archive-endpoint", metavar="URL",
+                   help="the S3 endpoint of an S3-compatible server holding the archive "
+                        "(default: $VLLM_AUDIT_ARCHIVE_ENDPOINT, else AWS S3 or $AWS_ENDPOINT_URL)")
     v.add_argument("--kafka-bootstrap", help="read the logs from Kafka instead (each log on the "
                                              "topics is verified on its own)")
     v.add_argument("--topic", action="append",

@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -62,17 +64,29 @@ def run_replay(args: argparse.Namespace) -> int:
 def run_export(args: argparse.Namespace) -> int:
     from vllm_audit_agent.records.export import export, parse_time
 
-    data_dir = args.data_dir or AgentConfig.from_env().data_dir
     since = parse_time(args.since) if args.since else None
     until = parse_time(args.until) if args.until else None
-    records_dir = data_dir / "records"
-    if not records_dir.is_dir():
-        raise ValueError(f"{records_dir}: no record log there")
+    source: Path | Callable[[], Iterator[bytes]]  # the data dir's log, or the archive
+    if args.archive:
+        if args.data_dir:
+            raise ValueError("give --data-dir or --archive, not both")
+        from vllm_audit_agent.archive.reader import archive_payloads, open_archive
+        from vllm_audit_agent.cli.evidence_commands import archive_endpoint
+
+        store = open_archive(args.archive, archive_endpoint(args.archive_endpoint))
+
+        def source() -> Iterator[bytes]:  # read once per pass (CSV makes two)
+            return archive_payloads(store)
+    else:
+        data_dir = args.data_dir or AgentConfig.from_env().data_dir
+        source = data_dir / "records"
+        if not source.is_dir():
+            raise ValueError(f"{source}: no record log there")
     if args.output_file is None:
-        n = export(records_dir, sys.stdout, since, until, args.format)
+        n = export(source, sys.stdout, since, until, args.format)
     else:
         with open(args.output_file, "w", newline="") as out:
-            n = export(records_dir, out, since, until, args.format)
+            n = export(source, out, since, until, args.format)
     print(f"{PROG} export: {n} request records", file=sys.stderr)
     return 0
 

@@ -181,6 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
     evidence_parser.add_arguments(sub)
     e = sub.add_parser("export", help="a time range of the record log as JSONL or CSV")
     e.add_argument("--data-dir", type=Path, help="the agent's data dir (default: env or config)")
+    e.add_argument("--archive", metavar="s3://BUCKET/PREFIX",
+                   help="read the WORM archive instead of the data dir")
+    e.add_argument("--archive-endpoint", metavar="URL",
+                   help="its S3 endpoint (default: $VLLM_AUDIT_ARCHIVE_ENDPOINT, else AWS S3)")
     e.add_argument("--since", help="ISO 8601 or unix time (recorded time, inclusive)")
     e.add_argument("--until", help="ISO 8601 or unix time (recorded time, exclusive)")
     e.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -64,9 +64,18 @@ def select(payloads: Iterator[bytes], since_ms: int | None, until_ms: int | None
         yield payload, record
 
 
-def export(records_dir: Path, out: TextIO, since_ms: int | None = None,
-           until_ms: int | None = None, fmt: str = "jsonl") -> int:
-    """Writes the range to `out`; returns how many request records it holds."""
+def export(records: Path | Callable[[], Iterator[bytes]], out: TextIO,
+           since_ms: int | None = None, until_ms: int | None = None, fmt: str = "jsonl") -> int:
+    """Writes the range to `out`; returns how many request records it holds. `records`: a
+    record log directory, or what reads the records oldest first (the WORM archive's reader),
+    called once per pass."""
+    if isinstance(records, Path):
+        directory = records
+
+        def read() -> Iterator[bytes]:
+            return read_records(directory)
+    else:
+        read = records
     if fmt not in FORMATS:
         raise ValueError(f"format {fmt!r} is not one of {', '.join(FORMATS)}")
     if since_ms is not None and until_ms is not None and until_ms <= since_ms:
@@ -74,7 +83,7 @@ def export(records_dir: Path, out: TextIO, since_ms: int | None = None,
     count = 0
     if fmt == "jsonl":
         tail: list[bytes] = []  # records past `until`, written only if a checkpoint ends them
-        for payload, record in select(read_records(records_dir), since_ms, until_ms):
+        for payload, record in select(read(), since_ms, until_ms):
             in_range = until_ms is None or int(record.get("recorded_unix_ms", 0)) < until_ms
             if in_range:
                 out.write(payload.decode() + "\n")
@@ -85,13 +94,13 @@ def export(records_dir: Path, out: TextIO, since_ms: int | None = None,
                     out.write("".join(p.decode() + "\n" for p in tail))
         return count
     columns: set[str] = set()
-    for _, record in select(read_records(records_dir), since_ms, until_ms):
+    for _, record in select(read(), since_ms, until_ms):
         if record.get("type") == RECORD_TYPE_REQUEST:
             columns.update(record)
     header = list(CSV_LEAD) + sorted(columns - set(CSV_LEAD))
     writer = csv.writer(out)
     writer.writerow(header)
-    for _, record in select(read_records(records_dir), since_ms, until_ms):
+    for _, record in select(read(), since_ms, until_ms):
         if record.get("type") != RECORD_TYPE_REQUEST:
             continue
         if until_ms is not None and int(record.get("recorded_unix_ms", 0)) >= until_ms:

@@ -27,7 +27,8 @@ with one). Each names the tree size and root, carries the compact range (so a re
 verifier that starts there can go on) and the same head as a C2SP signed note.
 
 Retention (`reclaim`, retention.py) deletes the oldest segments by age (and by size only when
-configured), never one holding a record the sink has not acknowledged, and only once a signed
+configured), never one holding a record the sink has not acknowledged (nor, with an archive,
+one the archive does not hold yet: `expiry_hold`), and only once a signed
 *seal* record naming what goes and the tree at its end is durable.
 
 Cursor: `<records dir>/cursor` holds the last `seq` the sink acknowledged (written atomically:
@@ -69,6 +70,7 @@ from vllm_audit_agent.records.note import Checkpoint, origin_of, sign_checkpoint
 from vllm_audit_agent.records.recorded_before import RecordedBefore
 from vllm_audit_agent.records.retention import (
     EXPIRY_REASONS,
+    ExpiryHold,
     SegmentInfo,
     TreeState,
     delete_segments,
@@ -156,6 +158,9 @@ class RecordLog:
         #: The audit level the newest level record names (None: none yet).
         self.last_level: str | None = None
         self._identity = dict(identity or {})
+        #: Set by the WORM archive (archive/uploader.py): True keeps a segment retention would
+        #: otherwise delete, until the archive holds it (retention.py's plan_expiry).
+        self.expiry_hold: ExpiryHold | None = None
         self._replay()
         if not self.log_id or self.tree is None:
             self._start_log(self._identity)
@@ -565,7 +570,8 @@ class RecordLog:
             return delete_segments(self.wal, self.segments, planned, self.counters)
         horizon_ms = (self.clock() - self.retention_days * 86400) * 1000
         plan = plan_expiry(self.wal, self.segments, self.cursor, horizon_ms, need, self.counters,
-                           access_budget=self.access_budget_bytes, by_size=self.expire_by_size)
+                           access_budget=self.access_budget_bytes, by_size=self.expire_by_size,
+                           hold=self.expiry_hold)
         if not plan:
             return 0
         record = seal_record([self.segments[s] for s in plan], self.log_id,

@@ -11,6 +11,9 @@ compact range); the segments are deleted once the seal is durable. A verifier th
 starting mid-way accepts the start only with a seal whose range ends just before it, and goes
 on from the seal's tree — deleting the oldest records any other way is named as such.
 
+With a WORM archive configured (archive/), a segment goes only once the archive holds it:
+the log exposes `expiry_hold`, which the archive's uploader sets.
+
 Access records (meta-audit: queries and refusals) have a budget of their own within the cap
 and do not count towards the size rule: what readers cause can never make retention expire
 request records. While their budget is spent, queries are refused (api/meta_audit.py); it
@@ -20,7 +23,7 @@ frees as old segments expire by age, or as request records make the size rule ro
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -57,15 +60,22 @@ class SegmentInfo:
     reason: str = ""
 
 
+#: A hold on retention: True keeps the segment (the WORM archive has not got it yet).
+ExpiryHold = Callable[[SegmentInfo], bool]
+
+
 def plan_expiry(wal: WriteAheadLog, segments: dict[int, SegmentInfo], cursor: int,
                 horizon_ms: float, need: int, counters: Counter[str], access_budget: int = 0,
-                by_size: bool = True) -> list[int]:
+                by_size: bool = True, hold: ExpiryHold | None = None) -> list[int]:
     """The oldest segments past the size limit (when `by_size`) or with nothing newer than
-    `horizon_ms`, but none holding a record after `cursor`, oldest first.
+    `horizon_ms`, but none holding a record after `cursor` nor one `hold` keeps, oldest first.
 
     `need`: bytes waiting to be written (after a refusal), to make room for.
     `access_budget`: bytes of the cap reserved for access records, which the size rule does
-    not count (so queries never push request records out)."""
+    not count (so queries never push request records out).
+    `hold`: with an archive configured, a segment not yet archived stays (and so every newer
+    one: the log is deleted from its oldest end only); a full log then refuses, as it does
+    for records the sink has not acknowledged."""
     plan: list[int] = []
     access = sum(info.access_bytes for info in segments.values())
     size = wal.size
@@ -73,6 +83,8 @@ def plan_expiry(wal: WriteAheadLog, segments: dict[int, SegmentInfo], cursor: in
         info = segments[segment]
         if info.last_seq > cursor or segment == wal.current:
             break  # owed to the sink (the log refuses at its cap), or still being written
+        if hold is not None and hold(info):
+            break  # owed to the archive
         if by_size and size - access + need > (wal.max_bytes - access_budget) * RETENTION_RATIO:
             info.reason = "size"
         elif info.last_time_ms < horizon_ms:
