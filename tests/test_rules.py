@@ -70,9 +70,10 @@ def witness_metric_names(tmp_path: Path) -> set[str]:
 
 
 async def test_every_metric_a_rule_reads_is_exported(tmp_path: Path) -> None:
-    # A witness nobody listens for: the agent exports its witness series from the start.
+    # A witness and an archive nobody listens for: the agent exports their series from the start.
     witness = f"http://127.0.0.1:{free_port()}"
-    async with agent(tmp_path, gpu_reader=gpu_reader(pid=4242), witnesses=(witness,)) \
+    archive = {"archive_url": "s3://audit/pod", "archive_endpoint": f"http://127.0.0.1:{free_port()}"}
+    async with agent(tmp_path, gpu_reader=gpu_reader(pid=4242), witnesses=(witness,), **archive) \
             as (handle, _), Hook(handle.state.config.ingest_socket) as hook:
         await ingest(hook, 1, 3, pid=4242)
         _, body = await get(handle)
