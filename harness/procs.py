@@ -162,10 +162,11 @@ def start_witness(tmp: Path, key: Path, log_public_keys: list[Path], state_dir: 
 
 
 def start_vllm_server(model_dir: Path, tmp: Path, agent_socket: Path, api_key: str | None,
-                      hook: bool = True, **hook_env: str) -> tuple[Proc, str]:
+                      hook: bool = True, extra_args: tuple[str, ...] = (),
+                      **hook_env: str) -> tuple[Proc, str]:
     """Starts `vllm serve` (CPU build) with the hook (`hook=False`: without it, neither the
     plugin nor the middleware, the baseline of a benchmark); returns (proc, base URL).
-    `api_key` None: vLLM checks no key."""
+    `api_key` None: vLLM checks no key. `extra_args`: more of vLLM's arguments."""
     port = free_port()
     env = base_env(
         VLLM_AUDIT_ENABLED="true",
@@ -184,6 +185,7 @@ def start_vllm_server(model_dir: Path, tmp: Path, agent_socket: Path, api_key: s
         *(["--middleware", "vllm_hooks.middleware.AuditMiddleware"] if hook else []),
         # Its /inference/v1/abort_requests lets a test abort a request mid-generation.
         "--enable-scale-out",
+        *extra_args,
     ]
     proc = Proc(args, env, tmp / f"vllm-{port}.log")
     base = f"http://127.0.0.1:{port}"
