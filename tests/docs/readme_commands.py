@@ -71,7 +71,25 @@ def _chart_values(*keys: str) -> Callable[[], None]:
 
 
 #: README command -> (why it is not run here, what checks it instead).
+def _parses(*argv: str) -> Callable[[], None]:
+    """The CLI accepts the command's arguments as written (tests/agent/test_archive.py runs
+    them against a real S3 server)."""
+    def check() -> None:
+        from vllm_audit_agent.cli.parser import build_parser
+        args = build_parser().parse_args(list(argv))
+        assert args.command in ("verify", "export"), args
+    return check
+
+
 EXCUSED: dict[str, tuple[str, Callable[[], None]]] = {
+    "AWS_ENDPOINT_URL=http://s3:8333 vllm-audit verify s3://audit/pod-0 --public-key log.pub":
+        ("needs an S3 server holding an archive; tests/agent/test_archive.py verifies one on "
+         "SeaweedFS", _parses("verify", "s3://audit/pod-0", "--public-key", "log.pub")),
+    "vllm-audit export --archive s3://audit/pod-0 --archive-endpoint http://s3:8333 "
+    "--since 2026-11-01":
+        ("needs an S3 server holding an archive; tests/agent/test_archive.py exports one from "
+         "SeaweedFS", _parses("export", "--archive", "s3://audit/pod-0", "--archive-endpoint",
+                              "http://s3:8333", "--since", "2026-11-01")),
     "make demo": ("runs scripts/install.sh, which re-syncs the shared .venv under the other "
                   "tests; the demo's parts (agent, broker, vLLM with the hook, the CLI) are "
                   "what the vllm test below runs", lambda: _make_targets("demo")),
