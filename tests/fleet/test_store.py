@@ -89,3 +89,19 @@ def test_each_logs_state_is_the_newest_saved(store: FleetStore) -> None:
     store.insert([request(i, f"t{i}", 0, NOW) for i in range(1, 6)])
     assert [orjson.loads(p)["seq"] for p in store.records_of(LOG, 2)] == [3, 4, 5]
     assert store.record_at(LOG, 4) == request(4, "t4", 0, NOW)
+
+
+def test_retention_counts_from_when_the_agent_wrote_the_record(store: FleetStore) -> None:
+    """An engine clock that stamped its request in 1970 (the hook's time_unix_nano) must not
+    make the store delete the acknowledged record at its first TTL merge: retention goes by
+    the agent's recorded_unix_ms. A record old by that time is deleted as its class says."""
+    import time
+
+    now = time.time_ns() // 1_000_000
+    store.insert([request(1, "old-clock", 0, 10**9, recorded_unix_ms=now),
+                  request(2, "written-long-ago", 0, now, recorded_unix_ms=now - 400 * DAY),
+                  orjson.dumps({"type": "checkpoint", "log_id": LOG, "seq": 3,
+                                "recorded_unix_ms": now - 200 * DAY})])
+    store.backend.command(f"OPTIMIZE TABLE {store.db}.records FINAL")  # applies the TTLs
+    assert [orjson.loads(p)["trail_id"] for p in store.export(TrailQuery())] == ["old-clock"]
+    assert store.count() == 2  # the checkpoint is evidence: kept 400 days

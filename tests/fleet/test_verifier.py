@@ -111,3 +111,18 @@ def test_a_rewritten_copy_a_gap_and_an_untrusted_key_are_named(tmp_path: Path,
                                      ("broken", "seq_gap", 7), ("untrusted", "untrusted_key", 0)]
     # the store kept the original, not the copy
     assert store.record_at(orjson.loads(good[0])["log_id"], 5) == good[4]
+
+
+def test_a_restart_verifies_what_the_store_holds_past_the_saved_head(tmp_path: Path,
+                                                                    store: FleetStore) -> None:
+    """Records stored and committed after the head that was saved (a store written ahead of
+    its log states) are verified when the state is loaded: no re-delivery comes to do it."""
+    key = Ed25519PrivateKey.generate()
+    payloads = written_log(tmp_path / "log", key, 12)
+    first = FleetVerifier(store, [key.public_key()])
+    consume(store, first, payloads[:4], 4)
+    store.insert(payloads[4:])
+    second = FleetVerifier(store, [key.public_key()])
+    second.load(store.logs())
+    (log,) = second.logs.values()
+    assert (log.status, log.head_seq, log.pending) == ("verified", len(payloads), {})

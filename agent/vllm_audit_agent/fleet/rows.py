@@ -11,7 +11,8 @@ import pyarrow as pa
 
 from vllm_audit_agent.fleet.schema import RECORD_COLUMNS
 
-_ARROW_TYPES = {"seq": pa.uint64(), "ts": pa.timestamp("ms"), "revision": pa.uint32(),
+_ARROW_TYPES = {"seq": pa.uint64(), "ts": pa.timestamp("ms"),
+                "recorded": pa.timestamp("ms"), "revision": pa.uint32(),
                 "status_code": pa.uint16(), "is_error": pa.uint8(), "input_tokens": pa.uint32(),
                 "output_tokens": pa.uint32(), "has_content": pa.uint8()}
 SCHEMA = pa.schema([(name, _ARROW_TYPES.get(name, pa.string())) for name in RECORD_COLUMNS])
@@ -24,15 +25,18 @@ def _int(value: Any, high: int) -> int:
         return 0
 
 
-def record_row(record: dict[str, Any], payload: bytes) -> tuple[Any, ...]:
-    """The column values of one record, in RECORD_COLUMNS order."""
+def record_row(record: dict[str, Any], payload: bytes, now_ms: int) -> tuple[Any, ...]:
+    """The column values of one record, in RECORD_COLUMNS order. `recorded` (what partitions
+    and retention go by) is when the agent wrote it; `now_ms` for a record without that time."""
     kind = str(record.get("type") or "request")
     ts = record.get("timestamp_ms") or record.get("time_unix_ms") or record.get(
         "recorded_unix_ms") or 0
+    recorded = _int(record.get("recorded_unix_ms"), 2**53) or now_ms
     status = _int(record.get("status_code"), 65535)
     error = bool(record.get("error")) or status >= 400
     return (
         str(record.get("log_id") or ""), _int(record.get("seq"), 2**63), kind, _int(ts, 2**53),
+        recorded,
         str(record.get("trail_id") or ""), _int(record.get("revision"), 2**32 - 1),
         str(record.get("tenant") or ""), str(record.get("user") or ""),
         str(record.get("model") or record.get("gen_ai.request.model") or ""),

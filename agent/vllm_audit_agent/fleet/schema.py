@@ -12,8 +12,11 @@ cosignatures, level changes), one row per (log_id, seq):
     reads keep the newest revision per trail (`argMax(…, revision)`, which folds identical rows)
     and record reads take `LIMIT 1 BY log_id, seq` (cheaper than FINAL on a 10M-row table:
     `scripts/benchmarks.py fleet` measures both);
-  - monthly partitions on the record's time (`toYYYYMM(ts)`), so a time range reads only its
-    months and TTLs drop whole parts;
+  - monthly partitions on when the agent wrote the record (`recorded`, its `recorded_unix_ms`,
+    which every chained record carries), so TTLs drop whole parts. Retention counts from
+    there, not from `ts` (the request's time as the engine's clock gave it): an event stamped
+    with a wrong clock (1970, or years ahead) would otherwise be deleted at the first TTL merge
+    right after it was stored and acknowledged — or kept for ever;
   - a projection ordered by (user, ts) with the columns a trail listing reads: "one user's
     newest 50 over 30 days" reads that user's rows only (DESIGN.md: 43 ms p99 → 7.4 ms at 1M
     rows); bloom-filter skip indexes for the point look-ups (trail_id, client_request_id,
@@ -57,7 +60,7 @@ DEFAULT_RETENTION = Retention()
 
 def _ttl(retention: Retention) -> tuple[str, str]:
     """(the record column's TTL, the table's TTL clause)."""
-    day = "toDateTime(ts) + INTERVAL {} DAY"
+    day = "toDateTime(recorded) + INTERVAL {} DAY"
     column = ""
     if retention.content_days:
         keep = retention.metadata_days or 36500
@@ -81,6 +84,7 @@ def create_statements(database: str, retention: Retention = DEFAULT_RETENTION) -
     seq UInt64,
     type LowCardinality(String),
     ts DateTime64(3) CODEC(Delta, ZSTD(1)),
+    recorded DateTime64(3) CODEC(Delta, ZSTD(1)),
     trail_id String CODEC(ZSTD(1)),
     revision UInt32,
     event_id String ALIAS concat(trail_id, '/', toString(revision)),
@@ -107,7 +111,7 @@ def create_statements(database: str, retention: Retention = DEFAULT_RETENTION) -
         ORDER BY user, ts
     )
 ) ENGINE = ReplacingMergeTree
-PARTITION BY toYYYYMM(ts)
+PARTITION BY toYYYYMM(recorded)
 ORDER BY (log_id, seq)
 {table_ttl}
 SETTINGS deduplicate_merge_projection_mode = 'rebuild'""",
@@ -123,7 +127,7 @@ ORDER BY log_id""",
 
 
 #: The records table's columns in insert order (everything but the ALIAS).
-RECORD_COLUMNS = ("log_id", "seq", "type", "ts", "trail_id", "revision", "tenant", "user",
+RECORD_COLUMNS = ("log_id", "seq", "type", "ts", "recorded", "trail_id", "revision", "tenant", "user",
                   "model", "state", "client_request_id", "request_id", "status_code",
                   "is_error", "input_tokens", "output_tokens", "has_content", "record")
 LOG_COLUMNS = ("log_id", "updated_ms", "head_seq", "status", "state")

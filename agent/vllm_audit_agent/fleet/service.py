@@ -60,6 +60,8 @@ async def serve(config: FleetConfig, stop: asyncio.Event) -> None:
     try:
         verifier = FleetVerifier(store, keys, config.gap_seconds)
         await asyncio.to_thread(lambda: verifier.load(store.logs()))
+        # load() verified what the store held past the saved heads: saved before consuming
+        await asyncio.to_thread(lambda: store.save_logs(verifier.states(verifier.logs)))
         consumer = FleetConsumer(config.kafka_bootstrap, config.kafka_topic_prefix,
                                  config.group_id, store, verifier, config.max_batch_records)
         registry = CollectorRegistry()

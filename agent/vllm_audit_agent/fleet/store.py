@@ -85,7 +85,7 @@ class FleetStore:
     def insert(self, payloads: Sequence[bytes]) -> int:
         """Stores canonical records of any type; returns how many rows were written (unreadable
         payloads are skipped). Idempotent: a record stored again is the same (log_id, seq)."""
-        rows, seen = [], set()
+        rows, seen, now_ms = [], set(), time.time_ns() // 1_000_000
         for payload in payloads:
             record = parse(payload)
             if record is None:
@@ -94,7 +94,7 @@ class FleetStore:
             if key in seen:
                 continue
             seen.add(key)
-            rows.append(record_row(record, payload))
+            rows.append(record_row(record, payload, now_ms))
         if rows:
             self.backend.insert(f"{self.db}.records", to_arrow(rows))
         return len(rows)

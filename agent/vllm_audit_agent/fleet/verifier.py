@@ -124,6 +124,9 @@ class FleetVerifier:
             # stored and committed, not verified yet (waiting for a seq, or for the genesis)
             for payload in self.source.records_of(log.log_id, log.head_seq):
                 log.pending[int(orjson.loads(payload)["seq"])] = payload
+            # What they complete is verified now: their offsets are committed, so nothing
+            # re-delivered would call _advance for this log (a quiet pod: never).
+            self._advance(log)
 
     # -- consuming -------------------------------------------------------------------------
     def feed(self, payloads: Sequence[bytes]) -> Fed:
