@@ -81,6 +81,19 @@ def test_pages_follow_the_cursor_and_time_range(store: FleetStore) -> None:
         store.aggregates(TrailQuery(), ["pod"])
 
 
+def test_aggregates_filtered_by_tenant_user_and_model(store: FleetStore) -> None:
+    """A filter on a column the sums also group by (ClickHouse once read the WHERE's `tenant`
+    as the per-trail alias: ILLEGAL_AGGREGATION)."""
+    store.insert([request(1, "t1", 0, NOW), request(2, "t2", 0, NOW, tenant="other"),
+                  request(3, "t3", 0, NOW, user="bob", model="m2"),
+                  request(4, "t1", 1, NOW, status_code=500)])
+    rows = store.aggregates(TrailQuery(tenant="acme", user="alice", model="m1"),
+                            ["tenant", "user", "model"])
+    assert rows == [{"tenant": "acme", "user": "alice", "model": "m1", "requests": 1,
+                     "input_tokens": 10, "output_tokens": 4, "errors": 1}]
+    assert [r["requests"] for r in store.aggregates(TrailQuery(tenant="acme"), [])] == [2]
+
+
 def test_each_logs_state_is_the_newest_saved(store: FleetStore) -> None:
     store.save_logs([{"log_id": LOG, "head_seq": 3, "status": "verified"}])
     store.save_logs([{"log_id": LOG, "head_seq": 9, "status": "broken", "reason": "gap"}])

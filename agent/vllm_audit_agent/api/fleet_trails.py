@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import time
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterable, Sequence
@@ -206,17 +205,8 @@ class FleetTrailSource:
         return reversed(newest)
 
     def usage(self, f: Filter, keys: Sequence[str]) -> list[dict[str, Any]]:
-        """The store's sums. Its aggregate query names its per-trail columns as the columns
-        they come from (tenant, user, model), which ClickHouse then reads in the WHERE that
-        filters on them (ILLEGAL_AGGREGATION): those filters are applied here instead, as
-        extra grouping keys the API's roll-up (usage.py) sums away."""
-        query = query_of(f, window_slack=False)
-        wanted = {k: v for k, v in (("tenant", query.tenant), ("user", query.user),
-                                    ("model", query.model)) if v is not None}
-        grouped = [*keys, *(k for k in wanted if k not in keys)]
-        rows = self.store.aggregates(
-            dataclasses.replace(query, tenant=None, user=None, model=None), grouped)
-        return [r for r in rows if all(r.get(k) == v for k, v in wanted.items())]
+        """The store's sums over the trails `f` selects, grouped by `keys`."""
+        return self.store.aggregates(query_of(f, window_slack=False), keys)
 
 
 def _chunks(store: FleetStore, f: Filter) -> Generator[list[bytes], None, None]:

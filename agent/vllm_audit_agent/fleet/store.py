@@ -26,7 +26,11 @@ from vllm_audit_agent.fleet.schema import (
 
 #: A listing page's position: (timestamp_ms, event_id) of the last trail shown.
 Cursor = tuple[int, str]
-GROUP_KEYS = {"tenant": "tenant", "user": "user", "model": "model", "day": "toString(day)"}
+#: Group keys -> the per-trail column of the aggregate's inner query. Those columns are named
+#: apart from the record columns: an alias `tenant` there would be what the WHERE on the column
+#: `tenant` reads (ClickHouse prefers aliases), an aggregate inside a WHERE (ILLEGAL_AGGREGATION).
+GROUP_KEYS = {"tenant": "g_tenant", "user": "g_user", "model": "g_model",
+              "day": "toString(g_day)"}
 EXPORT_PAGE = 10_000
 
 
@@ -183,9 +187,9 @@ FROM {self.db}.records WHERE {where} GROUP BY trail_id"""
             raise ValueError(f"cannot group by {unknown}: one of {sorted(GROUP_KEYS)}")
         where, params = _where(query)
         having = _having(query, params)
-        inner = f"""SELECT trail_id, argMax(tenant, revision) AS tenant,
-       argMax(user, revision) AS user, argMax(model, revision) AS model,
-       toDate(argMax(ts, revision)) AS day, argMax(state, revision) AS st,
+        inner = f"""SELECT trail_id, argMax(tenant, revision) AS g_tenant,
+       argMax(user, revision) AS g_user, argMax(model, revision) AS g_model,
+       toDate(argMax(ts, revision)) AS g_day, argMax(state, revision) AS st,
        argMax(input_tokens, revision) AS i, argMax(output_tokens, revision) AS o,
        argMax(is_error, revision) AS e
 FROM {self.db}.records WHERE {where} GROUP BY trail_id"""
