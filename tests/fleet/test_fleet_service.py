@@ -1,12 +1,16 @@
 """`vllm-audit fleet` as a real process on a real broker, fed by two real agents (two pods):
 every record of both logs stored once, each log verified, a `kill -9` mid-stream losing
-nothing and showing no duplicate, and a rewritten copy published later flagged by log id."""
+nothing and showing no duplicate, one user's requests listed across both pods through the
+fleet's own query API (a tenant-auditor seeing only its tenant), and a rewritten copy
+published later flagged by log id."""
 
 from __future__ import annotations
 
 import asyncio
 import sys
+import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
@@ -14,8 +18,11 @@ import pytest
 
 from harness.kafka_broker import KafkaBroker
 from harness.procs import Proc, base_env, free_port, wait_until
-from tests.agent.test_evidence_attacks import finished
+from tests.agent.test_auth import http, tokens_file
 from tests.support.agent_harness import Hook, agent_config, until
+from vllm_audit.v1 import query_pb2 as q
+from vllm_audit.v1 import query_pb2_grpc
+from vllm_audit_agent.cli.client import aio_channel
 from vllm_audit_agent.delivery.kafka_sink import KafkaPublisher
 from vllm_audit_agent.fleet.store import FleetStore, TrailQuery
 from vllm_audit_agent.records.chain import PUBLIC_KEY_NAME, seal
@@ -24,6 +31,12 @@ from vllm_audit_agent.server import running_agent
 
 PREFIX = "vllm-audit"
 REQUESTS = 15
+#: (tenant, user) of a pod's odd and even requests.
+WHO = {1: ("acme", "alice"), 0: ("globex", "bob")}
+
+
+def request_id(pod: str, seq: int) -> str:
+    return f"{seq}-{pod}0000"
 
 pytestmark = pytest.mark.faults
 
@@ -35,7 +48,8 @@ async def two_pods(tmp: Path, bootstrap: str, keys: Path) -> None:
         async with running_agent(config, publisher=publisher) as handle, \
                 Hook(config.ingest_socket) as hook:
             for seq in range(1, REQUESTS + 1):
-                await hook.send(seq, finished(f"{seq}-{name}0000"))
+                await hook.send(seq, http(request_id(name, seq), *WHO[seq % 2],
+                                          time.time_ns()))
             await until(lambda h=handle, p=publisher: h.state.records.durable_seq
                         >= REQUESTS + 2 and p.backlog_records == 0, "published")
         (keys / f"{name}.pub").write_bytes((config.data_dir / PUBLIC_KEY_NAME).read_bytes())
@@ -52,11 +66,40 @@ def metrics(port: int) -> dict[str, float]:
     return out
 
 
-def fleet(tmp: Path, bootstrap: str, keys: Path, port: int, n: int) -> Proc:
+@dataclass(frozen=True)
+class Ports:
+    metrics: int
+    query: int
+    api_http: int
+
+
+def fleet(tmp: Path, bootstrap: str, keys: Path, ports: Ports, n: int) -> Proc:
     return Proc([sys.executable, "-m", "vllm_audit_agent.cli", "fleet", "--store",
                  str(tmp / "store"), "--kafka-bootstrap", bootstrap, "--log-public-key",
-                 str(keys), "--http-address", f"127.0.0.1:{port}", "--max-batch-records", "2",
-                 "--gap-seconds", "60"], base_env(), tmp / f"fleet-{n}.log")
+                 str(keys), "--http-address", f"127.0.0.1:{ports.metrics}",
+                 "--max-batch-records", "2", "--gap-seconds", "60",
+                 "--query-address", f"127.0.0.1:{ports.query}",
+                 "--api-http-address", f"127.0.0.1:{ports.api_http}",
+                 "--api-data-dir", str(tmp / "api"), "--auth-tokens-file", str(tokens_file(tmp))],
+                base_env(), tmp / f"fleet-{n}.log")
+
+
+async def listed(ports: Ports, token: str, **where: str) -> list[q.TrailSummary]:
+    """ListTrails through the fleet's gRPC API, every page."""
+    channel = aio_channel(f"127.0.0.1:{ports.query}", f"{token}-secret")
+    try:
+        stub = query_pb2_grpc.QueryServiceStub(channel)
+        trails: list[q.TrailSummary] = []
+        page_token = ""
+        while True:
+            page = await stub.ListTrails(q.ListTrailsRequest(page_size=10, page_token=page_token,
+                                                             **where), timeout=30)
+            trails += page.trails
+            page_token = page.next_page_token
+            if not page_token:
+                return trails
+    finally:
+        await channel.close()
 
 
 def heads(port: int) -> dict[str, float]:
@@ -80,13 +123,14 @@ async def test_two_pods_stored_verified_killed_and_a_rewrite_flagged(tmp_path: P
             logs.setdefault(record["log_id"], []).append(record)
         assert len(logs) == 2
         last = {log_id: max(int(str(r["seq"])) for r in rs) for log_id, rs in logs.items()}
-        port = free_port()
-        procs.append(fleet(tmp_path, broker.bootstrap, keys, port, 1))
+        ports = Ports(free_port(), free_port(), free_port())
+        port = ports.metrics
+        procs.append(fleet(tmp_path, broker.bootstrap, keys, ports, 1))
         # kill -9 mid-stream: some records stored and committed, not all
         await asyncio.to_thread(wait_until, lambda: sum(heads(port).values()) >= 8, 60,
                                 "the fleet service part-way")
         procs[0].kill()
-        procs.append(fleet(tmp_path, broker.bootstrap, keys, port, 2))
+        procs.append(fleet(tmp_path, broker.bootstrap, keys, ports, 2))
 
         def all_verified() -> bool:
             found = heads(port)
@@ -95,6 +139,17 @@ async def test_two_pods_stored_verified_killed_and_a_rewrite_flagged(tmp_path: P
         seen = metrics(port)
         assert seen['vllm_audit_fleet_logs{status="verified"}'] == 2
         assert not [k for k in seen if k.startswith("vllm_audit_fleet_log_broken")]
+
+        # one user's requests across both pods, through the fleet's query API, each once
+        alice = await listed(ports, "aud", user="alice")
+        assert sorted(t.request_id for t in alice) == sorted(
+            request_id(pod, seq) for pod in ("poda", "podb")
+            for seq in range(1, REQUESTS + 1, 2))
+        # a tenant-auditor sees only its tenant, fleet-wide
+        globex = await listed(ports, "tb")
+        assert {t.tenant for t in globex} == {"globex"}
+        assert len(globex) == 2 * (REQUESTS // 2)
+        assert await listed(ports, "tb", user="alice") == []
 
         # a rewritten copy of one log's record, published as the agent would (keyed by log)
         log_id = next(iter(logs))

@@ -2,13 +2,19 @@
 group, and an HTTP port for /metrics and /healthz. Built once here from a FleetConfig; runs
 until `stop` is set (the CLI sets it on SIGTERM/SIGINT). A stop commits nothing it has not
 stored: what was in flight is re-delivered to the next consumer of the partition.
+
+`beside(store)` is run around the consumer with the same store (opened as `store_class`): the
+CLI passes the query API there (api/ sits above fleet/ in the layers, so this package cannot
+name it), with `store_class=WatchedStore` so its watches see what the consumer stores.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 from aiohttp import web
@@ -51,12 +57,17 @@ def _http_app(registry: CollectorRegistry) -> web.Application:
     return app
 
 
-async def serve(config: FleetConfig, stop: asyncio.Event) -> None:
+#: What runs beside the consumer over its store (the query API), entered before it consumes.
+Beside = Callable[[FleetStore], AbstractAsyncContextManager[object]]
+
+
+async def serve(config: FleetConfig, stop: asyncio.Event, store_class: type[FleetStore] = FleetStore,
+                beside: Beside | None = None) -> None:
     if not config.kafka_bootstrap:
         raise ValueError("fleet: --kafka-bootstrap is required")
     keys = load_keys(config.log_public_keys)
     retention = Retention(config.content_days, config.metadata_days, config.evidence_days)
-    store = await asyncio.to_thread(FleetStore.open, config.store, config.database, retention)
+    store = await asyncio.to_thread(store_class.open, config.store, config.database, retention)
     try:
         verifier = FleetVerifier(store, keys, config.gap_seconds)
         await asyncio.to_thread(lambda: verifier.load(store.logs()))
@@ -74,7 +85,8 @@ async def serve(config: FleetConfig, stop: asyncio.Event) -> None:
                     len(keys), len(verifier.logs), config.kafka_topic_prefix,
                     config.kafka_bootstrap, config.group_id)
         try:
-            await consumer.run(stop)
+            async with beside(store) if beside is not None else contextlib.nullcontext():
+                await consumer.run(stop)
         finally:
             await runner.cleanup()
     finally:
