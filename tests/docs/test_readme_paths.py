@@ -9,7 +9,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 ROOTS = ("agent/", "vllm_hooks/", "proto/", "scripts/", "tests/", "deploy/", "helm/", "schema/",
          "harness/", "requirements/", ".ci/")
-_PATH = re.compile(r"(?<![\w/.-])((?:%s)[\w./-]*[\w/])" % "|".join(re.escape(r) for r in ROOTS))
+_ROOT = "|".join(re.escape(r) for r in ROOTS)
+_PATH = re.compile(r"(?<![\w/.-])((?:" + _ROOT + r")[\w./-]*[\w/])")
 
 
 def named_paths(text: str) -> set[str]:

@@ -176,9 +176,10 @@ def test_record_reaches_kafka(
                     batch = await consumer.getmany(timeout_ms=500)
                     for records in batch.values():
                         for record in records:
-                            key = record.key.decode() if record.key else ""
-                            if key in wanted:
-                                found[key] = json.loads(record.value)
+                            # The key is the record log's id; the trail is in the record.
+                            value = json.loads(record.value)
+                            if value.get("trail_id") in wanted:
+                                found[value["trail_id"]] = value
         finally:
             await consumer.stop()
         return found

@@ -25,9 +25,9 @@ from vllm_audit_agent.records.chain import (
 #: consumer reads "adapter loaded" before the first request it served, in order (consumers
 #: tell them apart by `type`).
 TOPICS = {RECORD_TYPE_REQUEST: "requests", RECORD_TYPE_ADMIN: "requests",
-          RECORD_TYPE_CHECKPOINT: "checkpoints", RECORD_TYPE_ACCESS: "access", RECORD_TYPE_GENESIS: "checkpoints",
-          RECORD_TYPE_SEAL: "checkpoints", RECORD_TYPE_COSIGNATURE: "checkpoints",
-          RECORD_TYPE_LEVEL: "checkpoints"}
+          RECORD_TYPE_CHECKPOINT: "checkpoints", RECORD_TYPE_ACCESS: "access",
+          RECORD_TYPE_GENESIS: "checkpoints", RECORD_TYPE_SEAL: "checkpoints",
+          RECORD_TYPE_COSIGNATURE: "checkpoints", RECORD_TYPE_LEVEL: "checkpoints"}
 
 
 def event_id(record: dict[str, Any]) -> str:

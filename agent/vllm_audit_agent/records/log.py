@@ -53,6 +53,7 @@ import orjson
 from vllm_audit_agent.records.chain import (
     GENESIS_HASH,
     RECORD_TYPE_ACCESS,
+    RECORD_TYPE_ADMIN,
     RECORD_TYPE_CHECKPOINT,
     RECORD_TYPE_COSIGNATURE,
     RECORD_TYPE_GENESIS,
@@ -204,7 +205,7 @@ class RecordLog:
             trees.add(segment, record, payload)
             if record.get("type") == RECORD_TYPE_LEVEL:
                 self.last_level = str(record.get("level"))
-            if record.get("type") == RECORD_TYPE_REQUEST and "event_id" in record:
+            if record.get("type") in (RECORD_TYPE_REQUEST, RECORD_TYPE_ADMIN) and "event_id" in record:
                 self._earlier.note(record, payload)
             if seq > self.cursor:
                 self.unpublished_bytes += len(payload)
@@ -214,7 +215,7 @@ class RecordLog:
                     self._tail_bytes -= len(tail.popleft().value)
             if record.get("type") == RECORD_TYPE_CHECKPOINT:
                 self._since_checkpoint = 0
-            elif record.get("type") in (RECORD_TYPE_REQUEST, RECORD_TYPE_ACCESS):
+            elif record.get("type") in (RECORD_TYPE_REQUEST, RECORD_TYPE_ACCESS, RECORD_TYPE_ADMIN):
                 self._since_checkpoint += 1
         self._tail = tail
         self.log_id, self.tree = trees.finish()
@@ -297,7 +298,7 @@ class RecordLog:
         self._pending.append((entry_of(record, value), on_recorded, snapshot))
         self.counters[f"appended_{kind}"] += 1
         self._wake.set()
-        if kind in (RECORD_TYPE_REQUEST, RECORD_TYPE_ACCESS):  # what checkpoints are about
+        if kind in (RECORD_TYPE_REQUEST, RECORD_TYPE_ACCESS, RECORD_TYPE_ADMIN):  # what checkpoints are about
             self._since_checkpoint += 1
             if self._since_checkpoint >= self.checkpoint_every:
                 self.checkpoint()

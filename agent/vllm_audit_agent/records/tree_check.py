@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from vllm_audit_agent.records.chain import (
     RECORD_TYPE_ACCESS,
+    RECORD_TYPE_ADMIN,
     RECORD_TYPE_CHECKPOINT,
     RECORD_TYPE_COSIGNATURE,
     RECORD_TYPE_GENESIS,
@@ -123,7 +124,7 @@ class TreeCheck:
             self._early.append(leaf)
             return None
         self.tree.append(leaf)
-        if kind in (RECORD_TYPE_REQUEST, RECORD_TYPE_ACCESS):
+        if kind in (RECORD_TYPE_REQUEST, RECORD_TYPE_ACCESS, RECORD_TYPE_ADMIN):
             self._last_covered_needed = self.tree.size
         return self._anchor_at(seq)
 
