@@ -28,6 +28,9 @@ About two minutes on two cores; everything it starts it stops.
 `python scripts/benchmarks.py evidence` prints only the evidence figures (bench_evidence.py:
 checkpoint cost, the Merkle tree's cost per record, proof bundle size and time at 10M records,
 verify records/s).
+
+`python scripts/benchmarks.py fleet` prints only the fleet store's figures (bench_fleet.py:
+records/s into chDB, one user's newest 50 over 1M records, bytes per stored record).
 """
 
 from __future__ import annotations
@@ -613,6 +616,10 @@ def print_list_trails_figures() -> None:
 if __name__ == "__main__":
     if sys.argv[1:] == ["allowed-sets"]:
         print_rows(bench_allowed_sets())
+    elif sys.argv[1:] == ["fleet"]:
+        import bench_fleet  # beside this script (scripts/ is sys.path[0])
+
+        bench_fleet.main(print_rows)
     elif sys.argv[1:] == ["evidence"]:
         import bench_evidence  # beside this script (scripts/ is sys.path[0])
 
