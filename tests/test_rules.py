@@ -1,5 +1,6 @@
 """Prometheus rules: promtool's own unit tests (incl. an alert firing on the first loss), the
-chart shipping the same file, and every metric a rule reads exported by a real agent."""
+chart shipping the same file, and every metric a rule reads exported by a real agent, witness
+or fleet service."""
 
 from __future__ import annotations
 
@@ -15,8 +16,10 @@ import yaml
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from prometheus_client.parser import text_string_to_metric_families
 
-from harness.procs import free_port, start_witness
+from harness.kafka_broker import KafkaBroker
+from harness.procs import free_port, start_witness, wait_until
 from tests.agent.test_metrics import get
+from tests.fleet.test_fleet_service import Ports, fleet, two_pods
 from tests.support.agent_harness import Hook, agent
 from tests.support.metrics_workload import gpu_reader, ingest
 from vllm_audit_agent.records.chain import public_pem
@@ -79,6 +82,43 @@ async def test_every_metric_a_rule_reads_is_exported(tmp_path: Path) -> None:
         _, body = await get(handle)
     exported = {s.name for f in text_string_to_metric_families(body.decode()) for s in f.samples}
     exported |= await asyncio.to_thread(witness_metric_names, tmp_path)
-    used = rule_metric_names()
+    used = {name for name in rule_metric_names() if not name.startswith(FLEET)}
     assert len(used) > 20
+    assert used - exported == set()
+
+
+FLEET = "vllm_audit_fleet_"
+
+
+def scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        return str(response.read().decode())
+
+
+async def test_every_fleet_metric_a_rule_reads_is_exported(tmp_path: Path) -> None:
+    """A real `vllm-audit fleet` over two real agents' logs. It trusts another key than
+    theirs, so both logs are flagged (untrusted): the per-log series the alerts read, broken
+    included, are then exported by a real process, not only written in the rules."""
+    broker = KafkaBroker()
+    await asyncio.to_thread(broker.__enter__)
+    proc = None
+    try:
+        await two_pods(tmp_path, broker.bootstrap, tmp_path)  # their keys, not given to the fleet
+        other = tmp_path / "other.pub"
+        other.write_bytes(public_pem(Ed25519PrivateKey.generate().public_key()))
+        ports = Ports(free_port(), free_port(), free_port())
+        proc = fleet(tmp_path, broker.bootstrap, other, ports, 1)
+
+        def both_flagged() -> bool:
+            body = scrape(ports.metrics)
+            return body.count("vllm_audit_fleet_log_broken{") == 2 and "untrusted" in body
+        await asyncio.to_thread(wait_until, both_flagged, 60, "both logs flagged untrusted")
+        body = await asyncio.to_thread(scrape, ports.metrics)
+    finally:
+        if proc is not None:
+            proc.stop()
+        await asyncio.to_thread(broker.__exit__, None, None, None)
+    exported = {s.name for f in text_string_to_metric_families(body) for s in f.samples}
+    used = {name for name in rule_metric_names() if name.startswith(FLEET)}
+    assert len(used) == 3
     assert used - exported == set()
