@@ -36,8 +36,9 @@ ROOT = Path(__file__).resolve().parents[1]
 REQUIREMENTS = ROOT / "requirements"
 EXCLUDES = REQUIREMENTS / "excludes.txt"
 OVERRIDES = REQUIREMENTS / "overrides.txt"
-# test: make test/demo/bench; agent: the sidecar image; vllm: the compose vLLM image.
-LOCKS = ("test", "agent", "vllm")
+# test: make test/demo/bench; agent: the sidecar image; vllm: the compose vLLM image;
+# fleet: the fleet service image (the agent image and chDB).
+LOCKS = ("test", "agent", "vllm", "fleet")
 # The platform every lock is compiled for: the CI machine's and the images' (x86_64 glibc).
 PYTHON_VERSION = "3.11"
 PLATFORM = "x86_64-manylinux_2_28"

@@ -80,7 +80,7 @@ def test_docker_compose_config_accepts_every_profile() -> None:
     if binary is None:
         pytest.skip("docker-compose is not installed (Debian: apt-get install docker-compose)")
     env = {**os.environ, "VLLM_AUDIT_HMAC_KEY": "test-key"}
-    for profiles in ("", "gpu", "cpu"):
+    for profiles in ("", "gpu", "cpu", "cpu,fleet"):
         out = subprocess.run([binary, "-f", str(COMPOSE_FILE), "config", "-q"], cwd=REPO,
                              env={**env, "COMPOSE_PROFILES": profiles}, capture_output=True,
                              text=True, timeout=60, check=False)
@@ -150,6 +150,48 @@ def test_the_witness_is_a_service_of_its_own_the_agent_offers_to() -> None:
     targets = {t for job in prometheus["scrape_configs"] for c in job["static_configs"]
                for t in c["targets"]}
     assert f"vllm-audit-witness:{args.listen.rsplit(':', 1)[1]}" in targets
+
+
+def test_the_fleet_service_runs_on_its_profile_with_chdb_on_a_volume() -> None:
+    """`vllm-audit fleet` (COMPOSE_PROFILES=…,fleet): flags its CLI accepts and its config
+    checks, the chDB store and the API's directory on the fleet-data volume fleet-init makes
+    its user's, the pods' log key read-only, the agents' broker, its own image with chDB,
+    scraped by Prometheus."""
+    from vllm_audit_agent.cli.run_fleet import api_config
+    from vllm_audit_agent.config import FLEET_OPTIONS, FleetConfig
+    from vllm_audit_agent.options import from_args
+
+    doc = compose()
+    services = doc["services"]
+    fleet, init = services["vllm-audit-fleet"], services["fleet-init"]
+    assert fleet["profiles"] == init["profiles"] == ["fleet"]
+    args = build_parser().parse_args(fleet["command"][1:])
+    assert args.command == "fleet"
+    config = FleetConfig.from_env(**from_args(FLEET_OPTIONS, args))
+    api = api_config(args)
+    data = mounts(fleet)["fleet-data"]
+    assert "fleet-data" in doc["volumes"] and mounts(init) == {"fleet-data": data}
+    assert Path(config.store).parent == api.api_data_dir.parent == Path(data)
+    assert f"chown {AGENT_UID}:{AGENT_UID} {data}" in init["command"][-1]
+    assert fleet["user"] == f"{AGENT_UID}:{AGENT_UID}"
+    # It trusts the agent's log key, from the volume signing-key-init writes it to, read-only.
+    (key,) = config.log_public_keys
+    public_volume = {v: k for k, v in mounts(services["signing-key-init"]).items()}
+    assert f"{public_volume[str(Path(key).parent)]}:{Path(key).parent}:ro" in fleet["volumes"]
+    assert set(mounts(fleet)) == {"fleet-data", public_volume[str(Path(key).parent)]}
+    agent_flags = flags(services["vllm-audit-agent"]["command"])
+    assert config.kafka_bootstrap == agent_flags["kafka-bootstrap"]
+    assert fleet["depends_on"]["kafka"] == {"condition": "service_healthy"}
+    # Its image carries chDB (the sidecar's does not): built from its own lock.
+    assert fleet["build"]["dockerfile"] == "deploy/fleet.Dockerfile"
+    assert "requirements/fleet.txt" in (REPO / fleet["build"]["dockerfile"]).read_text()
+    port = config.http_address.rsplit(":", 1)[1]
+    assert f"127.0.0.1:{port}:{port}" in fleet["ports"]
+    assert f"127.0.0.1:{port}/healthz" in fleet["healthcheck"]["test"][-1]
+    prometheus = yaml.safe_load((REPO / "deploy/compose/prometheus.yml").read_text())
+    targets = {t for job in prometheus["scrape_configs"] for c in job["static_configs"]
+               for t in c["targets"]}
+    assert f"vllm-audit-fleet:{port}" in targets
 
 
 def test_kafka_keeps_its_log_on_its_volume() -> None:

@@ -61,7 +61,8 @@ def test_excluded_cuda_builds_are_not_locked() -> None:
 
 
 def test_images_install_from_the_lock() -> None:
-    for dockerfile, lock in (("agent.Dockerfile", "agent.txt"), ("vllm-cpu.Dockerfile", "vllm.txt")):
+    for dockerfile, lock in (("agent.Dockerfile", "agent.txt"), ("vllm-cpu.Dockerfile", "vllm.txt"),
+                             ("fleet.Dockerfile", "fleet.txt")):
         text = (REPO / "deploy" / dockerfile).read_text()
         assert f"--require-hashes -r requirements/{lock}" in text, dockerfile
         assert "--no-deps" in text, dockerfile
