@@ -43,13 +43,15 @@ def test_every_hook_variable_and_every_metric_family_is_listed() -> None:
 
 
 def test_a_drifted_part_fails_the_check_naming_it(tmp_path: Path) -> None:
-    readme = (REPO / "README.md").read_text()
-    drifted = tmp_path / "README.md"
-    drifted.write_text(readme.replace("`schema: ", "`schema: 3").replace(
+    current = tmp_path / "README.md"
+    current.write_text((REPO / "README.md").read_text())
+    assert tables("--readme", str(current)).returncode == 0  # as the code is now
+    readme = current.read_text()
+    current.write_text(readme.replace("`schema: ", "`schema: 3").replace(
         "| `VLLM_AUDIT_FLUSH_MS` |", "| `VLLM_AUDIT_FLUSH_MILLIS` |"))
-    out = tables("--check", "--readme", str(drifted))
+    out = tables("--check", "--readme", str(current))
     assert out.returncode == 1
     assert "record-schema part differs" in out.stderr and "hook-variables part differs" in out.stderr
     assert "metrics part" not in out.stderr
-    assert tables("--readme", str(drifted)).returncode == 0  # rewrites it
-    assert drifted.read_text() == readme
+    assert tables("--readme", str(current)).returncode == 0  # rewrites them
+    assert current.read_text() == readme
