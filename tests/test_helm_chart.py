@@ -569,3 +569,91 @@ def test_the_witness_trusts_the_chart_made_key_without_holding_it(tmp_path: Path
     (tmp_path / log_key.name).write_text(public["data"][log_key.name])
     signing = load_private_key(decoded(secret, "signing.key", tmp_path))
     assert load_public_key(tmp_path / log_key.name) == signing.public_key()
+
+
+FLEET_PEM = public_pem(Ed25519PrivateKey.generate().public_key()).decode()
+FLEET = {**SECRET, "agent": KAFKA, "networkPolicy": {"fleetClients": SRE},
+         "fleet": {"enabled": True, "logPublicKeys": [FLEET_PEM]}}
+
+
+def fleet_objects(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {d["kind"]: d for d in docs if d["metadata"]["name"].startswith("llm-vllm-audit-fleet")
+            and d["kind"] != "ConfigMap"}
+
+
+def fleet_args(deployment: dict[str, Any]) -> tuple[Any, dict[str, str]]:
+    from vllm_audit_agent.api.fleet_config import FLEET_API_OPTIONS
+    from vllm_audit_agent.config import FLEET_OPTIONS
+
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    declared = {o.flag for o in (*FLEET_OPTIONS, *FLEET_API_OPTIONS)}
+    assert {arg.split("=")[0] for arg in container["args"]} <= declared  # spelled in full
+    args = build_parser().parse_args([*container["command"][1:], *container["args"]])
+    return args, {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+
+
+def test_the_fleet_service_with_chdb_runs_one_replica_on_its_claim() -> None:
+    report = helm.lint(CHART, FLEET, strict=True)
+    assert report["errors"] == [] and [m for m in report["messages"] if m["severity"] >= 2] == []
+    docs = render(FLEET)
+    for doc in docs:
+        validate(doc)
+    objects = fleet_objects(docs)
+    assert set(objects) == {"Deployment", "Service", "NetworkPolicy", "PersistentVolumeClaim"}
+    deployment = objects["Deployment"]
+    assert deployment["spec"]["replicas"] == 1 and deployment["spec"]["strategy"]["type"] == "Recreate"
+    args, mounts = fleet_args(deployment)
+    assert args.command == "fleet" and args.kafka_bootstrap == "kafka:9092"
+    # chDB's store and the API's directory on the claim (kept when the release goes).
+    assert args.store.startswith(mounts["data"] + "/")
+    assert str(args.api_data_dir).startswith(mounts["data"] + "/")
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    claim = objects["PersistentVolumeClaim"]
+    assert volumes["data"]["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
+    assert claim["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    # It trusts the chart's own log key and the ones given.
+    release_key, given = args.log_public_key
+    assert release_key.startswith(mounts["release-log-key"] + "/")
+    (config,) = [d for d in of_kind(docs, "ConfigMap")
+                 if d["metadata"]["name"] == "llm-vllm-audit-fleet-log-keys"]
+    assert config["data"][Path(given).name] == FLEET_PEM
+    # Neither the agents' workload nor their Service selects it; its own Service does.
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    (agents,) = [d for d in of_kind(docs, "Service") if d["metadata"]["name"] == "llm-vllm-audit"]
+    assert not agents["spec"]["selector"].items() <= labels.items()
+    service = objects["Service"]
+    assert service["spec"]["selector"].items() <= labels.items()
+    assert {p["port"] for p in service["spec"]["ports"]} == {
+        int(args.query_address.rsplit(":", 1)[1]), int(args.api_http_address.rsplit(":", 1)[1]),
+        int(args.http_address.rsplit(":", 1)[1])}
+    # Only networkPolicy.fleetClients reach it.
+    policy = objects["NetworkPolicy"]
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+    (rule,) = policy["spec"]["ingress"]
+    assert rule["from"] == SRE
+    # Nobody listed: nobody.
+    closed = fleet_objects(render({**FLEET, "networkPolicy": {}}))["NetworkPolicy"]
+    assert closed["spec"]["ingress"] == []
+
+
+def test_the_fleet_service_scales_on_a_clickhouse_server_from_a_secret() -> None:
+    values = {**FLEET, "fleet": {**FLEET["fleet"], "replicas": 3,
+                                 "clickhouseUrlSecret": {"name": "ch", "key": "url"}}}
+    docs = render(values)
+    for doc in docs:
+        validate(doc)
+    objects = fleet_objects(docs)
+    assert "PersistentVolumeClaim" not in objects
+    deployment = objects["Deployment"]
+    assert deployment["spec"]["replicas"] == 3 and "strategy" not in deployment["spec"]
+    args, _ = fleet_args(deployment)
+    assert args.store is None  # from the environment: the URL holds a password
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert env_of(container)["VLLM_AUDIT_FLEET_STORE"] == {"secretKeyRef": {"name": "ch", "key": "url"}}
+    # Several replicas on chDB, or a fleet without Kafka, are refused with the reason.
+    with pytest.raises(helm.HelmError, match=r"chDB allows one process per data directory"):
+        render({**FLEET, "fleet": {**FLEET["fleet"], "replicas": 2}})
+    with pytest.raises(helm.HelmError, match=r"fleet.enabled needs agent.kafka.bootstrap"):
+        render({**SECRET, "fleet": {"enabled": True}})
+    # Off by default.
+    assert fleet_objects(render({**SECRET, "agent": KAFKA})) == {}

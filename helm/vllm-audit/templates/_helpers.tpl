@@ -88,3 +88,13 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- define "vllm-audit.signingPublicKey" -}}
 {{- printf "%s-signing-public-key" (include "vllm-audit.fullname" .) -}}
 {{- end -}}
+
+{{/* The fleet service (templates/fleet.yaml): a name and selector of its own, as the witness. */}}
+{{- define "vllm-audit.fleetName" -}}
+{{- printf "%s-fleet" (include "vllm-audit.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "vllm-audit.fleetSelectorLabels" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}-fleet
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
