@@ -4,8 +4,9 @@ Memory-only by default; aiokafka produce/consume, consumer groups and topic auto
 work. Memory-only, a restart starts empty and accepts produce requests while losing what came
 before, so a restart proves nothing. `durable_dir` runs it on Tansu's `s3://` storage engine
 over a local SeaweedFS (s3_server.py) kept in that directory: then `restart` (SIGTERM or
-SIGKILL, same port) keeps every record it acknowledged. Started on a free loopback port and
-stopped by its own pid.
+SIGKILL, same port) keeps every record it acknowledged; `restart(wipe=True)` empties that
+storage while the broker is down (a wiped volume: the broker "restarted empty"). Started on a
+free loopback port and stopped by its own pid.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -55,9 +57,13 @@ class KafkaBroker:
             raise
         return self
 
-    def restart(self, sig: int = signal.SIGKILL, down_seconds: float = 0.0) -> None:
+    def restart(self, sig: int = signal.SIGKILL, down_seconds: float = 0.0,
+                wipe: bool = False) -> None:
         """Stops the broker with `sig` (SIGTERM: its own shutdown; SIGKILL: none), waits
-        `down_seconds`, and starts it again on the same port and storage."""
+        `down_seconds`, and starts it again on the same port and storage — emptied first with
+        `wipe` (durable only: the S3 server is stopped, its directory removed, and it is
+        started again on the same ports with a new, empty bucket)."""
+        assert not wipe or self.s3 is not None, "wipe needs a durable broker"
         assert self._proc is not None, "the broker is not started"
         with contextlib.suppress(ProcessLookupError):
             os.kill(self._proc.pid, sig)
@@ -66,6 +72,10 @@ class KafkaBroker:
         except subprocess.TimeoutExpired:
             self._proc.kill()
             self._proc.wait(5)
+        if wipe and self.s3 is not None:
+            self.s3.__exit__(None, None, None)
+            shutil.rmtree(self.s3.data_dir)
+            self.s3.__enter__()
         time.sleep(down_seconds)
         self.restarts += 1
         self._start()
