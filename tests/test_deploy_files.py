@@ -80,7 +80,7 @@ def test_docker_compose_config_accepts_every_profile() -> None:
     if binary is None:
         pytest.skip("docker-compose is not installed (Debian: apt-get install docker-compose)")
     env = {**os.environ, "VLLM_AUDIT_HMAC_KEY": "test-key"}
-    for profiles in ("", "gpu", "cpu", "cpu,fleet"):
+    for profiles in ("", "gpu", "cpu", "cpu,fleet", "cpu,archive"):
         out = subprocess.run([binary, "-f", str(COMPOSE_FILE), "config", "-q"], cwd=REPO,
                              env={**env, "COMPOSE_PROFILES": profiles}, capture_output=True,
                              text=True, timeout=60, check=False)
@@ -478,3 +478,72 @@ def test_the_signing_key_is_made_once_apart_and_read_only_for_the_agent(volumes:
     assert [s.value for s in family.samples] == [0]
     assert "inside the data directory" not in err
     assert not (vols["audit-wal"] / "signing.key").exists()
+
+
+def _interpolate(value: str, env: dict[str, str]) -> str:
+    """Compose's `${NAME:-default}` for the values the archive services use."""
+    import re
+
+    return re.sub(r"\$\{(\w+):-([^}]*)\}", lambda m: env.get(m[1]) or m[2], value)
+
+
+def test_the_archive_profile_serves_s3_only_and_gives_the_agent_its_options() -> None:
+    """The WORM archive (COMPOSE_PROFILES=…,archive): SeaweedFS with only its S3 port published
+    (its filer's would bypass Object Lock), a one-shot that makes the bucket, and the agent's
+    archive options and AWS credentials taken from the caller's environment (empty: none)."""
+    from vllm_audit_agent.config import AgentConfig, env_var
+
+    doc = compose()
+    services = doc["services"]
+    s3, init, agent = services["s3"], services["archive-bucket-init"], services["vllm-audit-agent"]
+    assert s3["profiles"] == init["profiles"] == ["archive"]
+    assert s3["ports"] == ["127.0.0.1:8333:8333"]
+    assert not any("8888" in str(port) for port in s3["ports"])
+    assert "weed mini" in s3["command"][-1] and "-s3.port=8333" in s3["command"][-1]
+    assert mounts(s3) == {"archive-data": "/data"} and "archive-data" in doc["volumes"]
+    env = agent["environment"]
+    for field in ("archive_url", "archive_endpoint"):
+        assert env[env_var(field)] == f"${{{env_var(field)}:-}}"
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        assert env[name] == s3["environment"][name] == init["environment"][name] == f"${{{name}:-}}"
+    # A profile left off must not hold the agent back (docker-compose refuses a dependency on
+    # a service its profiles do not start).
+    assert not set(agent["depends_on"]) & {"s3", "archive-bucket-init"}
+    # Unset, the agent runs without an archive; set as the header says, with it.
+    unset = {k: _interpolate(str(v), {}) for k, v in env.items()}
+    assert AgentConfig.from_env(unset).archive_url is None
+    caller = {"VLLM_AUDIT_ARCHIVE_URL": "s3://vllm-audit-archive/pod-0",
+              "VLLM_AUDIT_ARCHIVE_ENDPOINT": "http://s3:8333"}
+    config = AgentConfig.from_env({k: _interpolate(str(v), caller) for k, v in env.items()})
+    assert (config.archive_url, config.archive_endpoint) == (caller["VLLM_AUDIT_ARCHIVE_URL"],
+                                                             "http://s3:8333")
+    bucket = _interpolate(init["environment"]["VLLM_AUDIT_ARCHIVE_BUCKET"], {})
+    assert caller["VLLM_AUDIT_ARCHIVE_URL"].startswith(f"s3://{bucket}/")
+
+
+def test_archive_bucket_init_makes_an_object_lock_bucket_on_a_real_seaweedfs(tmp_path: Path) -> None:
+    """archive-bucket-init's own command against a real SeaweedFS (`weed mini`, as the s3
+    service runs it): the bucket it makes has Object Lock, and a second run keeps it."""
+    import boto3
+
+    from harness.s3_server import S3Server, weed_binary
+
+    if weed_binary() is None:
+        pytest.skip("SeaweedFS's weed missing: requirements/test.txt installs it")
+    init = compose()["services"]["archive-bucket-init"]
+    assert init["command"][:2] == ["python", "-c"]
+    code = init["command"][2]
+    assert 'endpoint_url="http://s3:8333"' in code
+    with S3Server(tmp_path / "s3", bucket="other") as server:
+        env = {**os.environ, **server.env(), "VLLM_AUDIT_ARCHIVE_BUCKET": "audit-worm"}
+        local = code.replace('"http://s3:8333"', repr(server.endpoint))
+        for _ in range(2):
+            out = subprocess.run([sys.executable, "-c", local], env=env, capture_output=True,
+                                 text=True, timeout=120, check=False)
+            assert out.returncode == 0, out.stderr
+            assert "bucket audit-worm has Object Lock" in out.stdout
+        client = boto3.client("s3", endpoint_url=server.endpoint, region_name="us-east-1",
+                              aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+                              aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
+        lock = client.get_object_lock_configuration(Bucket="audit-worm")
+        assert lock["ObjectLockConfiguration"]["ObjectLockEnabled"] == "Enabled"
