@@ -33,7 +33,9 @@ SECRET = {"audit": {"hmacKeySecret": {"name": "audit-hmac"}}}
 KAFKA = {"kafka": {"bootstrap": "kafka:9092"}}
 SRE = [{"namespaceSelector": {"matchLabels": {"team": "sre"}}}]
 EVERYTHING = {**SECRET,
-              "agent": {**KAFKA, "wal": {"persistence": {"enabled": True, "storageClassName": "fast"}}},
+              "agent": {**KAFKA, "wal": {"persistence": {"enabled": True, "storageClassName": "fast"}},
+                        "archive": {"url": "s3://audit/eu", "endpoint": "http://s3:8333",
+                                    "credentialsSecret": "audit-s3"}},
               "networkPolicy": {"queryClients": SRE, "metricsClients": SRE,
                                 "vllmClients": [{"podSelector": {"matchLabels": {"app": "gateway"}}}]},
               "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "kps"}},
@@ -182,6 +184,29 @@ def test_kafka_and_overrides_reach_the_agent() -> None:
     assert {v: env[v]["valueFrom"]["fieldRef"]["fieldPath"] for v in IDENTITY_ENV.values()} == {
         "POD_NAME": "metadata.name", "POD_NAMESPACE": "metadata.namespace",
         "NODE_NAME": "spec.nodeName"}
+
+
+def test_the_worm_archive_gets_its_flags_a_prefix_per_pod_and_credentials_from_a_secret() -> None:
+    archive = {"url": "s3://audit/eu/", "endpoint": "http://s3:8333", "retentionDays": 400,
+               "credentialsSecret": "audit-s3"}
+    agent, _ = containers(render({**SECRET, "agent": {**KAFKA, "archive": archive}}))
+    args = agent_args(agent)
+    # Kubernetes expands $(POD_NAME) from the container's env: each pod its own prefix.
+    assert args.archive_url == "s3://audit/eu/$(POD_NAME)"
+    env = env_of(agent)
+    assert env["POD_NAME"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert (args.archive_endpoint, float(args.archive_retention_days)) == ("http://s3:8333", 400.0)
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        assert env[name] == {"secretKeyRef": {"name": "audit-s3", "key": name}}
+    # Without a Secret: boto3's chain (the pod's role); without a url: no archive at all.
+    agent, _ = containers(render({**SECRET, "agent": {"archive": {**archive, "credentialsSecret": ""}}}))
+    assert agent_args(agent).archive_url == "s3://audit/eu/$(POD_NAME)"
+    assert not {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} & set(env_of(agent))
+    agent, _ = containers(render({**SECRET, "agent": {"archive": {**archive, "url": ""}}}))
+    assert not [a for a in agent["args"] if a.startswith("--archive")]
+    assert "AWS_ACCESS_KEY_ID" not in env_of(agent)
+    with pytest.raises(helm.HelmError, match="archive"):
+        render({**SECRET, "agent": {"archive": {**archive, "url": "https://audit/eu"}}})
 
 
 def test_query_api_credentials_and_tls_come_from_secrets() -> None:
