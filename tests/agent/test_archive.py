@@ -6,6 +6,7 @@ and retention holding what the archive does not have yet."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import os
 import subprocess
@@ -172,17 +173,23 @@ async def test_retention_never_deletes_a_segment_before_the_archive_has_it(
     log.close()
 
 
-def started_again(server: S3Server) -> S3Server:
-    """The same server (ports, data) started again; a port its last run left a connection on
-    may take a moment to be free."""
+@contextlib.contextmanager
+def started_again(server: S3Server) -> Iterator[S3Server]:
+    """The same server (ports, data) started again, and stopped after; a port its last run
+    left a connection on may take a moment to be free. (Entered once: a `with` on the server
+    itself would start a second process over the first.)"""
     for attempt in range(10):
         try:
-            return server.__enter__()
+            server.__enter__()
+            break
         except RuntimeError:
             if attempt == 9:
                 raise
             time.sleep(1.0)
-    raise AssertionError("unreachable")
+    try:
+        yield server
+    finally:
+        server.__exit__(None, None, None)
 
 
 async def test_uploads_survive_an_s3_outage(tmp_path: Path) -> None:
