@@ -55,6 +55,7 @@ from vllm_audit_agent.delivery.kafka_sink import KafkaPublisher
 from vllm_audit_agent.delivery.no_kafka import NoKafkaPublisher
 from vllm_audit_agent.delivery.publisher import Publisher
 from vllm_audit_agent.ingest.service import IngestServicer, replay_wal
+from vllm_audit_agent.log_limit import LIMITED_LOGGERS, LogRateLimit
 from vllm_audit_agent.log_limit import install as install_log_limit
 from vllm_audit_agent.records.chain import load_or_create_signer
 from vllm_audit_agent.records.identity import identity_from_env
@@ -153,10 +154,18 @@ async def running_agent(config: AgentConfig, publisher: Publisher | None = None,
     check_listener(host, config.tls_cert is not None, config.allow_insecure_remote)
     # One agent per data directory: a second one fails here (DataDirLocked names the holder),
     # before it opens the WAL. Held until the WAL is closed.
-    with DataDirLock(config.data_dir):
-        async with _running_agent(config, publisher, gpu_reader, shutdown_timeout,
-                                  audit_sink, record_log) as handle:
-            yield handle
+    # A broker or a disk that fails makes the same lines repeat many times a second. Installed
+    # here, so it is removed however the agent ends, a failed start included (a filter left on
+    # the root logger's handlers would limit whatever runs in this process next).
+    log_limit = LogRateLimit(LIMITED_LOGGERS)
+    remove_log_limit = install_log_limit(log_limit)
+    try:
+        with DataDirLock(config.data_dir):
+            async with _running_agent(config, publisher, gpu_reader, shutdown_timeout,
+                                      audit_sink, record_log, log_limit) as handle:
+                yield handle
+    finally:
+        remove_log_limit()
 
 
 @contextlib.asynccontextmanager
@@ -164,7 +173,8 @@ async def _running_agent(config: AgentConfig, publisher: Publisher | None,
                          gpu_reader: GpuReader | None,
                          shutdown_timeout: float | None,
                          audit_sink: AuditSink | None,
-                         record_log: Callable[..., RecordLog]) -> AsyncIterator[AgentHandle]:
+                         record_log: Callable[..., RecordLog],
+                         log_limit: LogRateLimit) -> AsyncIterator[AgentHandle]:
     wal = WriteAheadLog(config.data_dir, config.wal_max_bytes, config.wal_fsync,
                         config.wal_segment_bytes or None)
     records = _record_log(config, record_log)
@@ -172,8 +182,7 @@ async def _running_agent(config: AgentConfig, publisher: Publisher | None,
     publisher = publisher or _publisher(config)
     gpu = GpuSampler(gpu_reader or _gpu_reader(config.gpu), config.gpu_interval_seconds)
     state = AgentState(config, wal, publisher, gpu, records)
-    # A broker or a disk that fails makes the same lines repeat many times a second.
-    remove_log_limit = install_log_limit(state.log_limit)
+    state.log_limit = log_limit
     tokens = load_token_table(config.auth_tokens_file, config.data_dir)
     index = TrailIndex(state.trails)  # before the replay, so replayed trails are indexed
     if wal.torn_tail_bytes:
@@ -283,12 +292,9 @@ async def _running_agent(config: AgentConfig, publisher: Publisher | None,
             await cosigner.stop(1.0)
         if archiver is not None:  # what it has not uploaded waits on the disk for the next start
             await archiver.stop(1.0)
-        try:
-            await _stop(state, server, query_server, sweeper, http, (ingest_health, query_health),
-                        config.shutdown_timeout_seconds if shutdown_timeout is None
-                        else shutdown_timeout, refusal_windows)
-        finally:
-            remove_log_limit()
+        await _stop(state, server, query_server, sweeper, http, (ingest_health, query_health),
+                    config.shutdown_timeout_seconds if shutdown_timeout is None
+                    else shutdown_timeout, refusal_windows)
 
 
 def _socket_directory(directory: Path) -> None:
