@@ -66,8 +66,9 @@ from vllm_audit_agent.records.chain import (
 from vllm_audit_agent.records.disk_feed import DiskFeed
 from vllm_audit_agent.records.entry import TOPICS, Entry, entry_of, event_id
 from vllm_audit_agent.records.identity import genesis_record, new_log_id
-from vllm_audit_agent.records.merkle import CompactRange, consistency_proof, leaf_hash, subtree_after
+from vllm_audit_agent.records.merkle import CompactRange, leaf_hash
 from vllm_audit_agent.records.note import Checkpoint, origin_of, sign_checkpoint
+from vllm_audit_agent.records.proof_window import ProofWindow
 from vllm_audit_agent.records.recorded_before import RecordedBefore
 from vllm_audit_agent.records.retention import (
     EXPIRY_REASONS,
@@ -89,9 +90,6 @@ DEAD_LETTER_NAME = "dead-letter.jsonl"
 OnRecorded = Callable[[], None]
 CheckpointListener = Callable[[dict[str, Any]], None]
 ACCESS_TOPIC = TOPICS[RECORD_TYPE_ACCESS]
-#: Leaves kept for witnesses' consistency proofs at most (32 bytes each): past it the oldest go
-#: and a witness that is that far behind needs an operator (counted: proof_leaves_dropped).
-PROOF_LEAVES_MAX = 1 << 20
 
 
 class RecordLog:
@@ -147,10 +145,8 @@ class RecordLog:
         self.log_id = ""
         self.tree: CompactRange | None = None
         self._checkpoint_listeners: list[CheckpointListener] = []
-        #: Leaves since `_proof_base` (32 bytes each), kept while witnesses are configured.
-        self._proof_base = CompactRange()
-        self._proof_leaves = bytearray()
-        self._keep_proof_leaves = False
+        #: What witnesses' consistency proofs need (kept once a witness listens).
+        self._proofs = ProofWindow(self.counters)
         #: A seal appended whose segments are deleted once it is durable.
         self._sealing: list[int] | None = None
         #: Root (hex) of each of this log's checkpoints by tree size: what an anchor held
@@ -165,7 +161,6 @@ class RecordLog:
         self._replay()
         if not self.log_id or self.tree is None:
             self._start_log(self._identity)
-        self._proof_base = self.tree.copy() if self.tree is not None else CompactRange()
 
     # -- start ---------------------------------------------------------------------------
     def _load_cursor(self) -> int:
@@ -293,8 +288,8 @@ class RecordLog:
             leaf = leaf_hash(value)
             tree.append(leaf)
             snapshot = TreeState(tree.size, tuple(tree.nodes))
-            if self._keep_proof_leaves:
-                self._keep_leaf(leaf)
+            if self._proofs.keeping:
+                self._proofs.keep(leaf)
         self._pending.append((entry_of(record, value), on_recorded, snapshot))
         self.counters[f"appended_{kind}"] += 1
         self._wake.set()
@@ -334,40 +329,15 @@ class RecordLog:
         """`listener(checkpoint record)` runs once each later checkpoint is durable; from now
         on the log keeps the leaves witnesses' consistency proofs need."""
         self._checkpoint_listeners.append(listener)
-        if not self._keep_proof_leaves:  # proofs start from the tree as it is now
-            self._proof_base = self.tree.copy() if self.tree is not None else CompactRange()
-            self._proof_leaves.clear()
-        self._keep_proof_leaves = True
-
-    def _keep_leaf(self, leaf: bytes) -> None:
-        self._proof_leaves += leaf
-        if len(self._proof_leaves) > PROOF_LEAVES_MAX * 32:
-            self._proof_base.append(bytes(self._proof_leaves[:32]))
-            del self._proof_leaves[:32]
-            self.counters["proof_leaves_dropped"] += 1
+        self._proofs.start(self.tree)
 
     def consistency_proof(self, old_size: int, new_size: int) -> list[bytes]:
-        """RFC 9162 consistency proof between two sizes of this log's tree; ValueError when the
-        leaves it needs are no longer kept (older than the newest size every witness has)."""
-        base, leaves = self._proof_base, self._proof_leaves
-        have = base.size + len(leaves) // 32
-        if not base.size <= old_size <= new_size <= have:
-            raise ValueError(f"no proof from {old_size} to {new_size}: the log keeps what proofs "
-                             f"need from {base.size} to {have}")
-        at_old = base.copy()
-        for i in range(old_size - base.size):
-            at_old.append(bytes(leaves[32 * i:32 * i + 32]))
-        after = [bytes(leaves[i:i + 32]) for i in range(32 * (old_size - base.size),
-                                                        32 * (new_size - base.size), 32)]
-        return consistency_proof(old_size, new_size, subtree_after(at_old, after))
+        """RFC 9162 consistency proof between two sizes of this log's tree (proof_window.py)."""
+        return self._proofs.consistency_proof(old_size, new_size)
 
     def witnessed(self, size: int) -> None:
         """Every witness has cosigned the tree up to `size`: proofs need not start earlier."""
-        move = min(size - self._proof_base.size, len(self._proof_leaves) // 32)
-        for i in range(max(0, move)):
-            self._proof_base.append(bytes(self._proof_leaves[32 * i:32 * i + 32]))
-        if move > 0:
-            del self._proof_leaves[:32 * move]
+        self._proofs.witnessed(size)
 
     def record_level(self, level: str, how: str) -> int | None:
         """A level record when the level in effect is not the one the log last recorded:
