@@ -199,14 +199,13 @@ def verify_inclusion(index: int, size: int, leaf: bytes, proof: Sequence[bytes],
         return False
 
 
-def verify_consistency(old_size: int, new_size: int, old_root: bytes, new_root: bytes,
-                       proof: Sequence[bytes]) -> bool:
-    if old_size == new_size:
-        return not proof and old_root == new_root
-    if old_size == 0:
-        return not proof
+def consistency_roots(old_size: int, new_size: int, old_root: bytes,
+                      proof: Sequence[bytes]) -> tuple[bytes, bytes] | None:
+    """(old root, new root) that RFC 9162 §2.1.4.2 rebuilds from a proof for
+    0 < old_size < new_size, or None when the proof's shape does not fit the sizes. (When the
+    old size is a power of two the old root is the proof's first node, so it comes back as is.)"""
     if not 0 < old_size < new_size or not proof:
-        return False
+        return None
     path = list(proof)
     if old_size & (old_size - 1) == 0:  # a power of two: the old root is the first node
         path.insert(0, old_root)
@@ -216,7 +215,7 @@ def verify_consistency(old_size: int, new_size: int, old_root: bytes, new_root: 
     fr = sr = path[0]
     for c in path[1:]:
         if sn == 0:
-            return False
+            return None
         if fn & 1 or fn == sn:
             fr, sr = node_hash(c, fr), node_hash(c, sr)
             if not fn & 1:
@@ -225,4 +224,13 @@ def verify_consistency(old_size: int, new_size: int, old_root: bytes, new_root: 
         else:
             sr = node_hash(sr, c)
         fn, sn = fn >> 1, sn >> 1
-    return sn == 0 and fr == old_root and sr == new_root
+    return (fr, sr) if sn == 0 else None
+
+
+def verify_consistency(old_size: int, new_size: int, old_root: bytes, new_root: bytes,
+                       proof: Sequence[bytes]) -> bool:
+    if old_size == new_size:
+        return not proof and old_root == new_root
+    if old_size == 0:
+        return not proof
+    return consistency_roots(old_size, new_size, old_root, proof) == (old_root, new_root)

@@ -27,8 +27,9 @@ from vllm_audit_agent.records.chain import raw_public_key
 
 ORIGIN_PREFIX = "vllm-audit/"
 SIGNATURE_DASH = "\u2014 "
-_ED25519 = b"\x01"
-_COSIGNATURE_V1 = b"\x04"
+#: The signed-note key types: an Ed25519 log key, a cosignature/v1 witness key.
+ED25519 = b"\x01"
+COSIGNATURE_V1 = b"\x04"
 
 
 def origin_of(log_id: str) -> str:
@@ -100,7 +101,7 @@ def sign_checkpoint(checkpoint: Checkpoint, private_key: Ed25519PrivateKey) -> S
     public = private_key.public_key()
     name = checkpoint.origin
     signature = private_key.sign(checkpoint.body().encode())
-    value = base64.b64encode(key_hash(name, _ED25519, public) + signature).decode()
+    value = base64.b64encode(key_hash(name, ED25519, public) + signature).decode()
     return SignedNote(checkpoint, ((name, value),))
 
 
@@ -114,7 +115,7 @@ def _decoded(value: str) -> bytes:
 def log_signature_valid(note: SignedNote, public_key: Ed25519PublicKey) -> bool:
     """Whether the note carries the log key's signature (key name = the origin)."""
     name = note.checkpoint.origin
-    want = key_hash(name, _ED25519, public_key)
+    want = key_hash(name, ED25519, public_key)
     for signer, value in note.signatures:
         raw = _decoded(value)
         if signer == name and raw[:4] == want and len(raw) == 68:
@@ -135,14 +136,14 @@ def cosign(checkpoint: Checkpoint, name: str, private_key: Ed25519PrivateKey,
            timestamp: int) -> tuple[str, str]:
     """A witness's signature line (name, value) over the checkpoint at `timestamp` (seconds)."""
     signature = private_key.sign(_cosigned_message(checkpoint, timestamp))
-    raw = key_hash(name, _COSIGNATURE_V1, private_key.public_key()) + \
+    raw = key_hash(name, COSIGNATURE_V1, private_key.public_key()) + \
         struct.pack(">Q", timestamp) + signature
     return name, base64.b64encode(raw).decode()
 
 
 def cosignature_time(note: SignedNote, name: str, public_key: Ed25519PublicKey) -> int | None:
     """The time of the witness `name`'s valid cosignature on the note, or None."""
-    want = key_hash(name, _COSIGNATURE_V1, public_key)
+    want = key_hash(name, COSIGNATURE_V1, public_key)
     for signer, value in note.signatures:
         raw = _decoded(value)
         if signer != name or raw[:4] != want or len(raw) != 76:

@@ -115,7 +115,7 @@ class Witness:
     def _names_key(signed: note.SignedNote, key: Ed25519PublicKey) -> bool:
         """A signature line claims to be by `key` (its key hash), whether or not it verifies."""
         origin = signed.checkpoint.origin
-        want = note.key_hash(origin, note._ED25519, key)  # the signed-note Ed25519 key hash
+        want = note.key_hash(origin, note.ED25519, key)  # the signed-note Ed25519 key hash
         for name, value in signed.signatures:
             try:
                 raw = base64.b64decode(value, validate=True)

@@ -16,34 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from vllm_audit_agent.records.merkle import node_hash
-
-
-def consistency_roots(old_size: int, new_size: int, old_root: bytes,
-                      proof: Sequence[bytes]) -> tuple[bytes, bytes] | None:
-    """(old root, new root) the proof rebuilds for 0 < old_size < new_size, or None when the
-    proof's shape does not fit the sizes."""
-    if not 0 < old_size < new_size or not proof:
-        return None
-    path = list(proof)
-    if old_size & (old_size - 1) == 0:
-        path.insert(0, old_root)
-    fn, sn = old_size - 1, new_size - 1
-    while fn & 1:
-        fn, sn = fn >> 1, sn >> 1
-    fr = sr = path[0]
-    for c in path[1:]:
-        if sn == 0:
-            return None
-        if fn & 1 or fn == sn:
-            fr, sr = node_hash(c, fr), node_hash(c, sr)
-            if not fn & 1:
-                while fn and not fn & 1:
-                    fn, sn = fn >> 1, sn >> 1
-        else:
-            sr = node_hash(sr, c)
-        fn, sn = fn >> 1, sn >> 1
-    return (fr, sr) if sn == 0 else None
+from vllm_audit_agent.records.merkle import consistency_roots
 
 
 def shows_fork(old_size: int, new_size: int, old_root: bytes, new_root: bytes,

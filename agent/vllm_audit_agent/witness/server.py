@@ -48,8 +48,8 @@ class WitnessConfig:
 
 def verifier_key(name: str, public: Ed25519PublicKey) -> str:
     """The witness's signed-note verifier key (cosignature/v1): name+keyhash+base64(0x04||key)."""
-    digest = note.key_hash(name, note._COSIGNATURE_V1, public).hex()  # the cosignature/v1 type
-    return f"{name}+{digest}+{base64.b64encode(note._COSIGNATURE_V1 + raw_public_key(public)).decode()}"
+    digest = note.key_hash(name, note.COSIGNATURE_V1, public).hex()  # the cosignature/v1 type
+    return f"{name}+{digest}+{base64.b64encode(note.COSIGNATURE_V1 + raw_public_key(public)).decode()}"
 
 
 def public_text(name: str, public: Ed25519PublicKey) -> str:
