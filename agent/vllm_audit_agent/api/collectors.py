@@ -93,6 +93,9 @@ def labelled(name: str, doc: str, label: str, values: Mapping[str, int],
     return family
 
 
+#: What a ReadAudit call came to (ingest/service.py counts each).
+READ_AUDIT_OUTCOMES = ("answered", "not_found", "invalid")
+
 class AgentCollector(Collector):
     def __init__(self, state: AgentState, hostname: str | None = None) -> None:
         self.state = state
@@ -206,6 +209,11 @@ class AgentCollector(Collector):
         yield counter("vllm_audit_ingest_dedup_epochs_evicted",
                       "Epochs of a source whose de-dup window was forgotten (oldest first)",
                       c["dedup_epochs_evicted"])
+        yield labelled("vllm_audit_ingest_read_audit",
+                       "In-response audit reads over the ingest socket (IngestService.ReadAudit): "
+                       "answered, not found (not yet, or another launch's trail), invalid",
+                       "outcome", {k: c[f"read_audit_{k}"] for k in READ_AUDIT_OUTCOMES},
+                       READ_AUDIT_OUTCOMES)
         yield counter("vllm_audit_wal_replay_duplicate_batches",
                       "Second copies of a batch skipped when replaying the WAL",
                       c["wal_replay_duplicates"])
