@@ -40,6 +40,7 @@ from vllm_hooks.http.identity import (
     RequestIdentity,
     auth_decision,
 )
+from vllm_hooks.http.trace_context import traceparent
 from vllm_hooks.runtime import HookRuntime, get_runtime
 
 Scope = MutableMapping[str, Any]
@@ -214,6 +215,7 @@ class _RequestAudit:
         token = auth[7:] if auth[:7].lower() == b"bearer " else auth
         self.api_key_sha256 = hashlib.sha256(token).hexdigest() if token else ""
         self.user_agent = lookup.get(b"user-agent", b"").decode("latin-1")
+        self.traceparent = traceparent(lookup.get(b"traceparent"))
         # The TCP peer (uvicorn may have put an X-Forwarded-For address into "client").
         client = scope.get(SOCKET_PEER_KEY) or scope.get("client")
         peer = str(client[0]) if client else ""
@@ -342,6 +344,7 @@ class _RequestAudit:
             "error": self.error,
             "client_disconnected": self.client_disconnected,
             "user_agent": self.user_agent,
+            "traceparent": self.traceparent,
             "response_bytes": self.response_bytes,
             "vllm_request_id": vllm_request_id,
             "client_request_id": (self.client_request_id or b"").decode("latin-1"),

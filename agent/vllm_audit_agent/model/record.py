@@ -46,7 +46,8 @@ from vllm_audit.v1 import query_pb2 as q
 #: 7: model_provenance (weights' and tokenizer's digests, revision, dtype, quantization, vLLM
 #: and hook versions, changes since start), lora_adapter (name, path, digest) and sampling
 #: (the parameters the engine applied); admin records (type "admin") beside them.
-SCHEMA_VERSION = 7
+#: 8: traceparent (the caller's W3C trace context, which the OTLP span joins).
+SCHEMA_VERSION = 8
 
 #: Where every field of the hook's per-request events goes: the TrailSummary field it fills,
 #: or None with the reason it is not in the summary (the event itself is still kept in the
@@ -66,6 +67,7 @@ FIELD_MAP: dict[str, dict[str, str | tuple[None, str]]] = {
         "client_request_id": "client_request_id", "auth_decision": "auth_decision",
         "user_source": "user_source", "tenant_source": "tenant_source",
         "claimed_user": "claimed_user", "ignored_identity_headers": "ignored_identity_headers",
+        "traceparent": "traceparent",
     },
     "RequestLifecycle": {
         "phase": (None, "drives state, preemptions and completeness; each transition is an event"),

@@ -279,6 +279,7 @@ class Trail:
             "http_method": h.method,
             "http_path": h.path,
             "user_agent": h.user_agent,
+            "traceparent": h.traceparent,
             "response_bytes": h.response_bytes,
             "vllm_request_id": h.vllm_request_id,
             "grammar_compile_ms": g.compile_ms,

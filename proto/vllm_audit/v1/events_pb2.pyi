@@ -402,7 +402,7 @@ class EngineStats(_message.Message):
     def __init__(self, engine_index: _Optional[int] = ..., num_running_reqs: _Optional[int] = ..., num_waiting_reqs: _Optional[int] = ..., kv_cache_usage: _Optional[float] = ..., prefix_cache_queries: _Optional[int] = ..., prefix_cache_hits: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., generation_tokens: _Optional[int] = ..., num_preempted_reqs: _Optional[int] = ..., spec_decode_num_drafts: _Optional[int] = ..., spec_decode_num_draft_tokens: _Optional[int] = ..., spec_decode_num_accepted_tokens: _Optional[int] = ..., ttft_seconds_sum: _Optional[float] = ..., ttft_count: _Optional[int] = ..., inter_token_latency_seconds_sum: _Optional[float] = ..., inter_token_latency_count: _Optional[int] = ..., tpot_seconds_sum: _Optional[float] = ..., tpot_count: _Optional[int] = ..., finished_requests: _Optional[int] = ..., queue_time_seconds_sum: _Optional[float] = ..., e2e_latency_seconds_sum: _Optional[float] = ..., prefill_time_seconds_sum: _Optional[float] = ..., decode_time_seconds_sum: _Optional[float] = ..., cached_prompt_tokens: _Optional[int] = ...) -> None: ...
 
 class HttpRequest(_message.Message):
-    __slots__ = ("method", "path", "client_ip", "user", "model", "status_code", "auth_status", "api_key_sha256", "stream", "prompt", "output", "capture_policy", "prompt_tokens", "completion_tokens", "latency_ms", "ttft_ms", "error", "user_agent", "response_bytes", "tenant", "vllm_request_id", "client_disconnected", "client_request_id", "auth_decision", "user_source", "tenant_source", "claimed_user", "ignored_identity_headers")
+    __slots__ = ("method", "path", "client_ip", "user", "model", "status_code", "auth_status", "api_key_sha256", "stream", "prompt", "output", "capture_policy", "prompt_tokens", "completion_tokens", "latency_ms", "ttft_ms", "error", "user_agent", "response_bytes", "tenant", "vllm_request_id", "client_disconnected", "client_request_id", "auth_decision", "user_source", "tenant_source", "claimed_user", "ignored_identity_headers", "traceparent")
     METHOD_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
     CLIENT_IP_FIELD_NUMBER: _ClassVar[int]
@@ -431,6 +431,7 @@ class HttpRequest(_message.Message):
     TENANT_SOURCE_FIELD_NUMBER: _ClassVar[int]
     CLAIMED_USER_FIELD_NUMBER: _ClassVar[int]
     IGNORED_IDENTITY_HEADERS_FIELD_NUMBER: _ClassVar[int]
+    TRACEPARENT_FIELD_NUMBER: _ClassVar[int]
     method: str
     path: str
     client_ip: str
@@ -459,7 +460,8 @@ class HttpRequest(_message.Message):
     tenant_source: IdentitySource
     claimed_user: str
     ignored_identity_headers: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, method: _Optional[str] = ..., path: _Optional[str] = ..., client_ip: _Optional[str] = ..., user: _Optional[str] = ..., model: _Optional[str] = ..., status_code: _Optional[int] = ..., auth_status: _Optional[str] = ..., api_key_sha256: _Optional[str] = ..., stream: _Optional[bool] = ..., prompt: _Optional[str] = ..., output: _Optional[str] = ..., capture_policy: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., latency_ms: _Optional[float] = ..., ttft_ms: _Optional[float] = ..., error: _Optional[str] = ..., user_agent: _Optional[str] = ..., response_bytes: _Optional[int] = ..., tenant: _Optional[str] = ..., vllm_request_id: _Optional[str] = ..., client_disconnected: _Optional[bool] = ..., client_request_id: _Optional[str] = ..., auth_decision: _Optional[_Union[AuthStatus, str]] = ..., user_source: _Optional[_Union[IdentitySource, str]] = ..., tenant_source: _Optional[_Union[IdentitySource, str]] = ..., claimed_user: _Optional[str] = ..., ignored_identity_headers: _Optional[_Iterable[str]] = ...) -> None: ...
+    traceparent: str
+    def __init__(self, method: _Optional[str] = ..., path: _Optional[str] = ..., client_ip: _Optional[str] = ..., user: _Optional[str] = ..., model: _Optional[str] = ..., status_code: _Optional[int] = ..., auth_status: _Optional[str] = ..., api_key_sha256: _Optional[str] = ..., stream: _Optional[bool] = ..., prompt: _Optional[str] = ..., output: _Optional[str] = ..., capture_policy: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., latency_ms: _Optional[float] = ..., ttft_ms: _Optional[float] = ..., error: _Optional[str] = ..., user_agent: _Optional[str] = ..., response_bytes: _Optional[int] = ..., tenant: _Optional[str] = ..., vllm_request_id: _Optional[str] = ..., client_disconnected: _Optional[bool] = ..., client_request_id: _Optional[str] = ..., auth_decision: _Optional[_Union[AuthStatus, str]] = ..., user_source: _Optional[_Union[IdentitySource, str]] = ..., tenant_source: _Optional[_Union[IdentitySource, str]] = ..., claimed_user: _Optional[str] = ..., ignored_identity_headers: _Optional[_Iterable[str]] = ..., traceparent: _Optional[str] = ...) -> None: ...
 
 class Event(_message.Message):
     __slots__ = ("time_unix_nano", "request_id", "truncated", "lifecycle", "grammar_compiled", "so_step", "so_summary", "engine_stats", "http", "custom", "admin")
