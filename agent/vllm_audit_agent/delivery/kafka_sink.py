@@ -17,6 +17,7 @@ from collections.abc import Awaitable
 from typing import Any
 
 from vllm_audit_agent.delivery.kafka_partition import partitions_for_keys
+from vllm_audit_agent.delivery.metadata_gate import GateCounts, MetadataGate
 from vllm_audit_agent.delivery.publisher import SEND_WINDOW, Publisher
 from vllm_audit_agent.records.entry import TOPICS, Entry
 
@@ -51,6 +52,8 @@ class KafkaSink:
         self.probe_timeout = PROBE_TIMEOUT_S
         self._producer: Any = None
         self._partitions: dict[str, list[int]] = {}
+        #: What the producers' metadata gates did (metadata_gate.py), across reconnects.
+        self.gate_counts = GateCounts()
 
     async def connect(self) -> None:
         from aiokafka import AIOKafkaProducer
@@ -62,6 +65,7 @@ class KafkaSink:
             request_timeout_ms=self.request_timeout_ms, max_request_size=self.max_request_size,
         )
         self._partitions.clear()
+        MetadataGate(producer.client, self.gate_counts)
         try:
             await producer.start()
             # Metadata for every topic first (auto-creating them where the broker does): a
