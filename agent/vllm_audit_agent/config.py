@@ -379,6 +379,20 @@ class FleetConfig:
         "whose genesis names another key is flagged untrusted (repeatable)", metavar="PATH",
         parse=_key_paths, repeatable=True, show=lambda v: ",".join(map(str, v)),
         default_note="none: every log untrusted")
+    witness_keys: tuple[Path, ...] = declare(
+        "--witness-key", "VLLM_AUDIT_FLEET_WITNESS_KEYS", (),
+        "a witness's public key (PEM, raw or hex), or a directory of them: the logs' "
+        "cosignature records are checked against these (repeatable)", metavar="PATH",
+        parse=_key_paths, repeatable=True, show=lambda v: ",".join(map(str, v)),
+        default_note="none: cosignatures not checked")
+    required_cosignatures: int = declare(
+        "--required-cosignatures", "VLLM_AUDIT_FLEET_REQUIRED_COSIGNATURES", 1,
+        "distinct --witness-key witnesses that must cosign a checkpoint for it to count as "
+        "witnessed", metavar="N", check=positive)
+    unwitnessed_seconds: float = declare(
+        "--unwitnessed-seconds", "VLLM_AUDIT_FLEET_UNWITNESSED_SECONDS", 600.0,
+        "a log whose oldest checkpoint has waited this long for its cosignatures is flagged "
+        "unwitnessed (metric and alert; not a break)", metavar="S", check=positive)
     http_address: str = declare(
         "--http-address", "VLLM_AUDIT_FLEET_HTTP_ADDRESS", "127.0.0.1:9420",
         "HTTP port of /metrics and /healthz", metavar="HOST:PORT", check=_address)

@@ -13,7 +13,7 @@ import logging
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from vllm_audit_agent.fleet.store import FleetStore
@@ -30,6 +30,8 @@ class ConsumerStats:
     stored: int = 0
     store_errors: int = 0
     last_batch_ms: int = 0
+    #: topic -> records on the broker past this replica's positions (its partitions only)
+    lag: dict[str, int] = field(default_factory=dict)
 
 
 def topic_pattern(prefix: str) -> str:
@@ -72,6 +74,7 @@ class FleetConsumer:
                         return  # never committed: re-delivered to whoever comes next
                     await consumer.commit()
                 await asyncio.to_thread(self._gaps)
+                await self._lag(consumer)
                 on_batch()
         finally:
             await consumer.stop()
@@ -92,6 +95,18 @@ class FleetConsumer:
                 await asyncio.sleep(self.retry_seconds)
                 # The verifier may have gone past what the store holds: the store is the truth.
                 await asyncio.to_thread(self._reload)
+
+    async def _lag(self, consumer: Any) -> None:
+        """What the broker holds past our positions, per topic, from the high watermarks the
+        last fetches saw (a partition not fetched yet counts when it is)."""
+        lag: dict[str, int] = {}
+        for tp in consumer.assignment():
+            high = consumer.highwater(tp)
+            if high is None:
+                continue
+            behind = max(0, int(high) - int(await consumer.position(tp)))
+            lag[tp.topic] = lag.get(tp.topic, 0) + behind
+        self.stats.lag = lag
 
     def _write(self, payloads: list[bytes]) -> None:
         fed = self.verifier.feed(payloads)

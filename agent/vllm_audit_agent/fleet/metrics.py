@@ -4,13 +4,18 @@ fleet's pods, as a log per pod (and per restart after a break) is what the alert
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from vllm_audit_agent.fleet.consumer import ConsumerStats
-from vllm_audit_agent.fleet.verifier import STATUSES, FleetVerifier
+from vllm_audit_agent.fleet.verifier import STATUSES, FleetVerifier, LogState
+
+
+def _pod(log: LogState) -> str:
+    return str(log.identity.get("pod") or log.identity.get("host") or "")
 
 
 class FleetCollector(Collector):
@@ -46,13 +51,48 @@ class FleetCollector(Collector):
                                  "when the fleet last received a record of the log",
                                  labels=["log_id", "pod"])
         for log in logs:
-            pod = str(log.identity.get("pod") or log.identity.get("host") or "")
+            pod = _pod(log)
             head.add_metric([log.log_id, pod], log.head_seq)
             pending.add_metric([log.log_id, pod], len(log.pending))
             seen.add_metric([log.log_id, pod], log.last_record_ms / 1000)
             if log.status in ("broken", "untrusted", "no_genesis"):
                 broken.add_metric([log.log_id, pod, log.reason], 1)
         yield from (head, broken, pending, seen)
+        if self.verifier.witnesses.keys:
+            yield from self._witnessing(logs)
+        lag = GaugeMetricFamily("vllm_audit_fleet_consumer_lag_records",
+                                "records on the broker past this replica's positions, per topic "
+                                "(its assigned partitions)", labels=["topic"])
+        for topic, behind in sorted(s.lag.items()):
+            lag.add_metric([topic], behind)
+        yield lag
         yield GaugeMetricFamily("vllm_audit_fleet_last_batch_timestamp_seconds",
                                 "when the last batch was committed",
                                 value=s.last_batch_ms / 1000 if s.last_batch_ms else 0.0)
+
+    def _witnessing(self, logs: list[LogState]) -> Iterator[Metric]:
+        """Per log (with --witness-key): how far witnesses cosigned, how long its oldest
+        checkpoint has waited for them, and whether that is past --unwitnessed-seconds."""
+        now_ms = time.time_ns() // 1_000_000
+        bound = self.verifier.witnesses.unwitnessed_seconds
+        size = GaugeMetricFamily("vllm_audit_fleet_log_witnessed_tree_size",
+                                 "the tree size up to which the required witnesses cosigned "
+                                 "the log", labels=["log_id", "pod"])
+        waited = GaugeMetricFamily("vllm_audit_fleet_log_unwitnessed_seconds",
+                                   "age of the log's oldest checkpoint the required witnesses "
+                                   "have not cosigned (0: none waits)", labels=["log_id", "pod"])
+        flagged = GaugeMetricFamily("vllm_audit_fleet_log_unwitnessed",
+                                    "1 while the log's oldest uncosigned checkpoint is older than "
+                                    "--unwitnessed-seconds", labels=["log_id", "pod"])
+        cosigned = CounterMetricFamily("vllm_audit_fleet_cosignatures",
+                                       "cosignature records that verified with a witness key and "
+                                       "name the log's own checkpoint", value=sum(
+                                           log.witness.cosignatures for log in logs))
+        for log in logs:
+            if log.status != "verified":
+                continue
+            labels, age = [log.log_id, _pod(log)], log.unwitnessed_seconds(now_ms)
+            size.add_metric(labels, log.witness.witnessed_size)
+            waited.add_metric(labels, age)
+            flagged.add_metric(labels, 1 if age > bound else 0)
+        yield from (size, waited, flagged, cosigned)

@@ -27,6 +27,7 @@ from vllm_audit_agent.fleet.metrics import FleetCollector
 from vllm_audit_agent.fleet.schema import Retention
 from vllm_audit_agent.fleet.store import FleetStore
 from vllm_audit_agent.fleet.verifier import FleetVerifier
+from vllm_audit_agent.fleet.witnessing import WitnessPolicy
 from vllm_audit_agent.records.chain import load_public_key
 
 logger = logging.getLogger("vllm_audit.fleet")
@@ -57,6 +58,12 @@ def _http_app(registry: CollectorRegistry) -> web.Application:
     return app
 
 
+def witness_policy(config: FleetConfig) -> WitnessPolicy:
+    keys = tuple(load_keys(config.witness_keys))
+    return WitnessPolicy(keys, config.required_cosignatures if keys else 1,
+                         config.unwitnessed_seconds)
+
+
 #: What runs beside the consumer over its store (the query API), entered before it consumes.
 Beside = Callable[[FleetStore], AbstractAsyncContextManager[object]]
 
@@ -69,7 +76,7 @@ async def serve(config: FleetConfig, stop: asyncio.Event, store_class: type[Flee
     retention = Retention(config.content_days, config.metadata_days, config.evidence_days)
     store = await asyncio.to_thread(store_class.open, config.store, config.database, retention)
     try:
-        verifier = FleetVerifier(store, keys, config.gap_seconds)
+        verifier = FleetVerifier(store, keys, config.gap_seconds, witnesses=witness_policy(config))
         await asyncio.to_thread(lambda: verifier.load(store.logs()))
         # load() verified what the store held past the saved heads: saved before consuming
         await asyncio.to_thread(lambda: store.save_logs(verifier.states(verifier.logs)))

@@ -8,8 +8,19 @@ log's records arrive interleaved: those after a missing seq wait (`pending`) unt
 A seq still missing `gap_seconds` after a later one arrived is a gap; a record that differs
 from the one verified at its seq is a conflicting duplicate (a rewritten copy). Both, and every
 break verify names, mark the log broken by its id (sticky: its records are stored, not
-verified further). A log whose genesis key is not among the trusted keys is `untrusted`; one
-whose first record seen is not its genesis (the topic's retention cut it) is `no_genesis`.
+verified further). A log whose genesis key is not among the trusted keys is `untrusted`.
+
+A log whose first record seen is not its genesis (the topic's retention cut its start before
+the fleet came) waits `gap_seconds` for the genesis, then is verified from its first
+checkpoint or seal carrying a compact range that a trusted key signed, and the records chained
+to it before (`first_seq`: where its verification starts; records below it are stored, not
+verified). Without such a record among those waiting it is `no_genesis`; with one no trusted
+key signed, `untrusted`.
+
+Witness cosignatures (witnessing.py) are checked with the configured witness keys: a log is
+witnessed up to a tree size, and how long its oldest checkpoint beyond that has waited is a
+metric (and an alert past `WitnessPolicy.unwitnessed_seconds`); a cosignature of a root the
+log never signed at that size breaks it (`cosignature_mismatch`).
 
 Each log's state (head, tree, status) is saved in the store with the batch, so a restarted
 consumer resumes where the store is (records after the head are read back from the store).
@@ -25,13 +36,22 @@ from typing import Any, Protocol
 import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from vllm_audit_agent.records.chain import RECORD_TYPE_GENESIS, raw_public_key
+from vllm_audit_agent.fleet.witnessing import Witnessing, WitnessPolicy
+from vllm_audit_agent.records.chain import (
+    RECORD_TYPE_CHECKPOINT,
+    RECORD_TYPE_COSIGNATURE,
+    RECORD_TYPE_GENESIS,
+    RECORD_TYPE_SEAL,
+    raw_public_key,
+    verify_signature,
+)
 from vllm_audit_agent.records.merkle import CompactRange
 from vllm_audit_agent.records.tree_check import TreeCheck, TreeFinding
 from vllm_audit_agent.records.verify import verify_chain
 
 #: A log's status; `verified`: every record up to its head checks.
 STATUSES = ("waiting", "verified", "broken", "untrusted", "no_genesis")
+NO_WITNESSES = WitnessPolicy()
 PENDING_MAX = 200_000  # records waiting for a missing seq, per log, before it is a gap
 
 
@@ -75,9 +95,16 @@ class LogState:
     break_seq: int = 0
     detail: str = ""
     last_record_ms: int = 0
+    first_seq: int = 0  # where verification started (after the genesis: a partial start)
+    witness: Witnessing = field(default_factory=Witnessing)
     tree: _Resumed | None = None
     pending: dict[int, bytes] = field(default_factory=dict)
     waiting_since: float | None = None
+
+    def unwitnessed_seconds(self, now_ms: int) -> float:
+        """How long its oldest checkpoint has waited for a witness quorum (0: none waits)."""
+        since = self.witness.unwitnessed_since_ms()
+        return max(0.0, (now_ms - since) / 1000) if since else 0.0
 
     def saved(self) -> dict[str, Any]:
         tree = self.tree.tree if self.tree is not None else None
@@ -85,17 +112,19 @@ class LogState:
                 "key": self.key, "identity": self.identity, "verified": self.verified,
                 "checkpoints": self.checkpoints, "reason": self.reason,
                 "break_seq": self.break_seq, "detail": self.detail,
-                "last_record_ms": self.last_record_ms,
+                "last_record_ms": self.last_record_ms, "first_seq": self.first_seq,
+                "witness": self.witness.saved(),
                 "tree_size": tree.size if tree is not None else None,
                 "tree_nodes": tree.to_hex() if tree is not None else []}
 
 
 class FleetVerifier:
     def __init__(self, source: RecordSource, trusted_keys: Iterable[Ed25519PublicKey],
-                 gap_seconds: float = 60.0, clock: Callable[[], float] = time.monotonic
-                 ) -> None:
+                 gap_seconds: float = 60.0, clock: Callable[[], float] = time.monotonic,
+                 witnesses: WitnessPolicy = NO_WITNESSES) -> None:
         self.source = source
         self.trusted = {raw_public_key(k).hex(): k for k in trusted_keys}
+        self.witnesses = witnesses
         self.gap_seconds = gap_seconds
         self.clock = clock
         self.logs: dict[str, LogState] = {}
@@ -110,7 +139,9 @@ class FleetVerifier:
                            verified=int(s.get("verified", 0)),
                            checkpoints=int(s.get("checkpoints", 0)), reason=str(s.get("reason", "")),
                            break_seq=int(s.get("break_seq", 0)), detail=str(s.get("detail", "")),
-                           last_record_ms=int(s.get("last_record_ms", 0)))
+                           last_record_ms=int(s.get("last_record_ms", 0)),
+                           first_seq=int(s.get("first_seq", 0)),
+                           witness=Witnessing.from_saved(s.get("witness")))
             self.logs[log.log_id] = log
             if log.status not in ("verified", "waiting"):
                 continue
@@ -150,7 +181,9 @@ class FleetVerifier:
                 log = self.logs.setdefault(log_id, LogState(log_id))
             log.last_record_ms = now_ms
             fed.changed.add(log_id)
-            if log.head_seq and seq <= log.head_seq:
+            if seq < log.first_seq:
+                fed.store.append(payload)  # before a partial start: kept, not verified
+            elif log.head_seq and seq <= log.head_seq:
                 replayed.setdefault(log_id, {})[seq] = payload
             elif log.status not in ("waiting", "verified"):
                 fed.store.append(payload)  # kept as published, not verified
@@ -183,6 +216,38 @@ class FleetVerifier:
         if run:
             self._verify(log, run)
         log.waiting_since = (log.waiting_since or self.clock()) if log.pending else None
+
+    def _partial_start(self, log: LogState) -> bool:
+        """A log seen without its genesis: verified from its first checkpoint or seal with a
+        compact range that a trusted key signed, and the records chained to it before."""
+        for seq in sorted(log.pending):
+            payload = log.pending[seq]
+            if b'"compact_range"' not in payload:
+                continue
+            record = orjson.loads(payload)
+            if record.get("type") not in (RECORD_TYPE_CHECKPOINT, RECORD_TYPE_SEAL) \
+                    or not record.get("compact_range"):
+                continue
+            signer = next((h for h, k in self.trusted.items() if verify_signature(k, record)),
+                          None)
+            if signer is None:
+                log.status, log.reason = "untrusted", "untrusted_key"
+                log.detail = (f"the log's {record['type']} at seq {seq} (its genesis not seen) "
+                              "is signed by no trusted log key")
+                log.pending.clear()
+                return False
+            start = seq
+            while start - 1 in log.pending:
+                start -= 1
+            log.pending = {s: p for s, p in log.pending.items() if s >= start}
+            log.key, log.status, log.first_seq = signer, "verified", start
+            log.tree = _Resumed(self.trusted[signer])
+            log.head_seq, log.head = start - 1, b""
+            log.detail = (f"verified from seq {start} (its genesis and the records before were "
+                          f"not on the topics when the fleet read them); key from the "
+                          f"{record['type']} at seq {seq}")
+            return True
+        return False
 
     def _start(self, log: LogState) -> bool:
         """A log starts at its genesis, whose key must be trusted."""
@@ -221,6 +286,27 @@ class FleetVerifier:
         log.head_seq, log.head = log.head_seq + len(run), run[-1]
         log.verified += len(run)
         log.checkpoints += report.checkpoints - again
+        if self.witnesses.keys:
+            self._witness(log, run)
+
+    def _witness(self, log: LogState, run: list[bytes]) -> None:
+        """The run's checkpoints and cosignatures, in order (verified: the chain holds them)."""
+        for payload in run:
+            if b'"type":"checkpoint"' in payload:
+                log.witness.checkpoint(orjson.loads(payload))
+            elif b'"type":"cosignature"' in payload:
+                record = orjson.loads(payload)
+                if record.get("type") != RECORD_TYPE_COSIGNATURE:
+                    continue
+                fork = log.witness.cosignature(record, log.log_id, self.witnesses,
+                                               lambda seq: self._record_at(log, seq))
+                if fork is not None:
+                    self._break(log, int(record["seq"]), "cosignature_mismatch", fork)
+                    return
+
+    def _record_at(self, log: LogState, seq: int) -> dict[str, Any] | None:
+        found = self.source.records_at(log.log_id, [seq]).get(seq)
+        return orjson.loads(found) if found is not None else None
 
     def _break(self, log: LogState, seq: int, reason: str, detail: str) -> None:
         log.status, log.break_seq, log.reason, log.detail = "broken", seq, reason, detail
@@ -239,9 +325,16 @@ class FleetVerifier:
                 continue
             found.add(log.log_id)
             if log.status == "waiting":
-                log.status, log.reason = "no_genesis", "no_genesis"
-                log.detail = (f"the log's first record here is seq {min(log.pending)}, not its "
-                              "genesis: its key is unknown, its records are not verified")
+                first = min(log.pending)
+                log.waiting_since = None
+                if self._partial_start(log):
+                    self._advance(log)
+                    continue
+                if log.status == "waiting":
+                    log.status, log.reason = "no_genesis", "no_genesis"
+                    log.detail = (f"the log's first record here is seq {first}, not its "
+                                  "genesis, and no checkpoint or seal a trusted key signed "
+                                  "follows: its records are not verified")
                 log.pending.clear()
             else:
                 missing = log.head_seq + 1
