@@ -48,6 +48,9 @@ def test_every_field_is_mapped_or_excluded_with_a_reason(name: str) -> None:
 
 
 def _distinct_value(field: FieldDescriptor, n: int) -> Any:
+    if field.message_type is pb.ContentSignals.DESCRIPTOR:
+        return pb.ContentSignals(ruleset=f"v{n}-ruleset", prompt={"sql_injection": n},
+                                 output={"pii_email": n + 1})
     if field.type == FieldDescriptor.TYPE_STRING:
         return f"v{n}-{field.name}"
     if field.type == FieldDescriptor.TYPE_BOOL:
@@ -67,6 +70,8 @@ def _recorded(message: Message, field: str) -> Any:
     descriptor = message.DESCRIPTOR.fields_by_name[field]
     if descriptor.type == FieldDescriptor.TYPE_ENUM:
         return descriptor.enum_type.values_by_number[value].name
+    if descriptor.type == FieldDescriptor.TYPE_MESSAGE:
+        return message_to_dict(value)
     return list(value) if descriptor.is_repeated else value
 
 

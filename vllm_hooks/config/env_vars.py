@@ -34,6 +34,15 @@ ENV_ACK_TIMEOUT_MS = "VLLM_AUDIT_ACK_TIMEOUT_MS"
 ENV_CAPTURE_PROMPT = "VLLM_AUDIT_CAPTURE_PROMPT"
 ENV_CAPTURE_OUTPUT = "VLLM_AUDIT_CAPTURE_OUTPUT"
 ENV_CAPTURE_CLIENT_IP = "VLLM_AUDIT_CAPTURE_CLIENT_IP"
+#: "false" turns off the content signals: counts of SQL / command / prompt injection, secrets
+#: and personal data (e-mail, phone, Luhn-valid card, mod-97-valid IBAN) in each served
+#: request's prompt and output, taken before the capture policy (on by default; records
+#: carry content_signals null when off).
+ENV_SIGNALS = "VLLM_AUDIT_SIGNALS"
+#: Characters of each side (prompt, output) the signals scan; over it, the first and the last
+#: half of this many are scanned and the rest counted in content_signals_unscanned_chars.
+ENV_SIGNALS_MAX_CHARS = "VLLM_AUDIT_SIGNALS_MAX_CHARS"
+DEFAULT_SIGNALS_MAX_CHARS = 64 * 1024
 #: Secret for the hmac policy. Without it a random per-process key is used (not joinable).
 ENV_HMAC_KEY = "VLLM_AUDIT_HMAC_KEY"
 #: Header a trusted proxy sets to name the tenant of a request (default x-tenant-id). Believed

@@ -34,6 +34,7 @@ from vllm_hooks.config.env_vars import (
     DEFAULT_ALLOWED_SETS_TRAIL_MAX_BYTES,
     DEFAULT_MAX_BATCH_BYTES,
     DEFAULT_MAX_MESSAGE_BYTES,
+    DEFAULT_SIGNALS_MAX_CHARS,
     ENV_ACK_TIMEOUT_MS,
     ENV_AGENT_ADDRESS,
     ENV_ALLOWED_SET_MAX_BYTES,
@@ -59,6 +60,8 @@ from vllm_hooks.config.env_vars import (
     ENV_RESPONSE_LEVEL,
     ENV_RESPONSE_TIMEOUT_MS,
     ENV_SELF_TIMING,
+    ENV_SIGNALS,
+    ENV_SIGNALS_MAX_CHARS,
     ENV_TENANT_HEADER,
     ENV_UNACKED_BYTES,
     ENV_USER_HEADER,
@@ -87,6 +90,9 @@ class HookSettings:
     capture_output: str = "hmac"
     capture_client_ip: str = "hmac"
     hmac_key: bytes | None = None
+    #: Content signals of prompt and output (signals.py), and the characters scanned per side.
+    signals: bool = True
+    signals_max_chars: int = DEFAULT_SIGNALS_MAX_CHARS
     tenant_header: str = "x-tenant-id"
     user_header: str = ""
     trusted_proxies: tuple[Network, ...] = ()
@@ -156,6 +162,9 @@ class HookSettings:
             capture_output=read_policy(env, ENV_CAPTURE_OUTPUT, "hmac"),
             capture_client_ip=read_policy(env, ENV_CAPTURE_CLIENT_IP, "hmac"),
             hmac_key=key.encode() if key else None,
+            signals=read_bool(env, ENV_SIGNALS, True),
+            signals_max_chars=read_positive_int(env, ENV_SIGNALS_MAX_CHARS,
+                                                DEFAULT_SIGNALS_MAX_CHARS),
             tenant_header=read_header(env, ENV_TENANT_HEADER, "x-tenant-id"),
             user_header=read_header(env, ENV_USER_HEADER, ""),
             trusted_proxies=read_trusted_proxies(env),

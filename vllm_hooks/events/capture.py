@@ -11,40 +11,25 @@ import hmac
 import re
 import secrets
 
-_EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
-_IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?:[ ]?[A-Z0-9]{4}){2,7}(?:[ ]?[A-Z0-9]{1,4})?\b")
-_CARD = re.compile(r"\b(?:\d[ -]?){12,18}\d\b")
-_IPV4 = re.compile(r"\b(?:(?:25[0-5]|2[0-4]\d|1?\d?\d)\.){3}(?:25[0-5]|2[0-4]\d|1?\d?\d)\b")
-_IPV6 = re.compile(r"\b(?:[0-9A-Fa-f]{1,4}:){2,7}[0-9A-Fa-f]{1,4}\b")
-_PHONE = re.compile(r"(?<![\w])\+?\d[\d ()./-]{7,}\d(?![\w])")
+from vllm_hooks.events.pii import CARD, EMAIL, IBAN, IPV4, IPV6, PHONE, card_number, luhn_valid
 
+__all__ = ["CapturePolicy", "luhn_valid", "redact"]
 
-def luhn_valid(digits: str) -> bool:
-    total = 0
-    for i, ch in enumerate(reversed(digits)):
-        d = ord(ch) - 48
-        if i % 2 == 1:
-            d *= 2
-            if d > 9:
-                d -= 9
-        total += d
-    return total % 10 == 0
 
 
 def _card(match: re.Match[str]) -> str:
-    digits = re.sub(r"\D", "", match.group(0))
     # Only Luhn-valid numbers are cards; other long digit runs fall through to the phone rule.
-    return "<CARD>" if 13 <= len(digits) <= 19 and luhn_valid(digits) else match.group(0)
+    return "<CARD>" if card_number(match.group(0)) else match.group(0)
 
 
 def redact(text: str) -> str:
     """Replaces e-mail, IBAN, card (Luhn), IP and phone numbers by typed placeholders."""
-    text = _EMAIL.sub("<EMAIL>", text)
-    text = _IBAN.sub("<IBAN>", text)
-    text = _CARD.sub(_card, text)
-    text = _IPV4.sub("<IP>", text)
-    text = _IPV6.sub("<IP>", text)
-    return _PHONE.sub("<PHONE>", text)
+    text = EMAIL.sub("<EMAIL>", text)
+    text = IBAN.sub("<IBAN>", text)
+    text = CARD.sub(_card, text)
+    text = IPV4.sub("<IP>", text)
+    text = IPV6.sub("<IP>", text)
+    return PHONE.sub("<PHONE>", text)
 
 
 class CapturePolicy:

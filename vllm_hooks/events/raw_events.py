@@ -10,11 +10,13 @@ from typing import Any
 
 from vllm_audit.v1 import events_pb2 as pb
 from vllm_hooks.config.settings import HookSettings
+from vllm_hooks.errors import ERRORS
 from vllm_hooks.events.admin_parse import complete_admin_fields
 from vllm_hooks.events.allowed_set_encoder import AllowedSetRecorder
 from vllm_hooks.events.capture import CapturePolicy
 from vllm_hooks.events.http_parse import complete_http_fields
 from vllm_hooks.events.provenance import fill_added
+from vllm_hooks.events.signals import content_signal_fields
 
 # (KIND, time_ns, request_id, phase, n_prompt, n_output, finish_reason, status, max_tokens, so)
 # and, on ADDED only, the caller's request id (vLLM's external_req_id) and then the provenance
@@ -124,6 +126,8 @@ class EventConverter:
             fields = (dict(raw[3]) if kind == HTTP
                       else complete_http_fields(raw[3], raw[4], raw[5]))
             settings, policy = self.settings, self.policy
+            if settings.signals:  # on the text as sent, before the policy hashes it
+                fields.update(signal_fields(fields, settings.signals_max_chars))
             fields["prompt"] = policy.apply(settings.capture_prompt, fields.get("prompt", ""))
             fields["output"] = policy.apply(settings.capture_output, fields.get("output", ""))
             fields["client_ip"] = policy.apply(
@@ -148,3 +152,15 @@ class EventConverter:
         else:
             raise ValueError(f"unknown raw event kind {kind!r}")
         return event
+
+
+def signal_fields(fields: dict[str, Any], max_chars: int) -> dict[str, Any]:
+    """The content-signal fields of an HTTP event's fields; none when the scan fails (counted
+    as the hook's internal error `signals`, and the record carries content_signals null): a
+    bug in a pattern must not cost the request its audit record."""
+    try:
+        return content_signal_fields(str(fields.get("prompt") or ""),
+                                     str(fields.get("output") or ""), max_chars)
+    except Exception as exc:
+        ERRORS.record("signals", exc)
+        return {}

@@ -14,6 +14,8 @@ from typing import Any
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
+from vllm_audit_agent.model.record import NULL_WHEN_UNSET
+
 _F = FieldDescriptor
 _SCALARS: dict[int, dict[str, Any]] = {
     **{t: {"type": "integer"} for t in (
@@ -64,6 +66,8 @@ def _field(field: FieldDescriptor, schemas: dict[str, Any]) -> dict[str, Any]:
 
 def _single(field: FieldDescriptor, schemas: dict[str, Any]) -> dict[str, Any]:
     if field.type == _F.TYPE_MESSAGE and field.message_type is not None:
+        if field.message_type.full_name in NULL_WHEN_UNSET:  # null when not set (record.py)
+            return {"oneOf": [{"type": "null"}, ref(field.message_type, schemas)]}
         return ref(field.message_type, schemas)
     if field.type == _F.TYPE_ENUM and field.enum_type is not None:
         # an unknown number (a newer peer's value) is rendered null

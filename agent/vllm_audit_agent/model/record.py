@@ -46,8 +46,16 @@ from vllm_audit.v1 import query_pb2 as q
 #: 7: model_provenance (weights' and tokenizer's digests, revision, dtype, quantization, vLLM
 #: and hook versions, changes since start), lora_adapter (name, path, digest) and sampling
 #: (the parameters the engine applied); admin records (type "admin") beside them.
-#: 8: traceparent (the caller's W3C trace context, which the OTLP span joins).
+#: 8: traceparent (the caller's W3C trace context, which the OTLP span joins);
+#: content_signals (the hook's counts of injection, secret and personal-data patterns in the
+#: prompt and output, taken before the capture policy; null when none were computed) and
+#: content_signals_unscanned_chars.
 SCHEMA_VERSION = 8
+
+#: Message types a record renders null when a message holds none of them (unset), not as an
+#: object of defaults: content signals that were not computed are not "nothing matched". A
+#: set one always names its rule set, so it is never empty.
+NULL_WHEN_UNSET = frozenset({pb.ContentSignals.DESCRIPTOR.full_name})
 
 #: Where every field of the hook's per-request events goes: the TrailSummary field it fills,
 #: or None with the reason it is not in the summary (the event itself is still kept in the
@@ -68,6 +76,8 @@ FIELD_MAP: dict[str, dict[str, str | tuple[None, str]]] = {
         "user_source": "user_source", "tenant_source": "tenant_source",
         "claimed_user": "claimed_user", "ignored_identity_headers": "ignored_identity_headers",
         "traceparent": "traceparent",
+        "content_signals": "content_signals",
+        "content_signals_unscanned_chars": "content_signals_unscanned_chars",
     },
     "RequestLifecycle": {
         "phase": (None, "drives state, preemptions and completeness; each transition is an event"),
@@ -142,7 +152,9 @@ def _plan(descriptor: Descriptor) -> tuple[tuple[str, _Convert, bool], ...]:
             plan.append((field.name, dict, False))
             continue
         if field.type == FieldDescriptor.TYPE_MESSAGE:
-            convert = message_to_dict
+            nullable = (field.message_type is not None
+                        and field.message_type.full_name in NULL_WHEN_UNSET)
+            convert = _dict_or_none if nullable else message_to_dict
         elif field.type == FieldDescriptor.TYPE_ENUM and field.enum_type is not None:
             names = {v.number: v.name for v in field.enum_type.values}
             convert = names.get
@@ -187,6 +199,11 @@ def message_to_dict(message: Message) -> dict[str, Any]:
             if name != chosen:
                 del out[name]
     return out
+
+
+def _dict_or_none(message: Message) -> dict[str, Any] | None:
+    """A NULL_WHEN_UNSET message: null when it holds nothing."""
+    return message_to_dict(message) if message.ByteSize() else None
 
 
 def event_id(trail_id: str, revision: int) -> str:

@@ -292,6 +292,9 @@ class Trail:
             "tenant_source": _SOURCE_NAMES[h.tenant_source],
             "claimed_user": h.claimed_user,
             "ignored_identity_headers": list(h.ignored_identity_headers),
+            "content_signals": (message_to_dict(h.content_signals)
+                                if h.HasField("content_signals") else None),
+            "content_signals_unscanned_chars": h.content_signals_unscanned_chars,
         }
         fields.update(self._added_fields())
         return fields

@@ -23,12 +23,17 @@ Repaired and counted in `clamped` by "<Message>.<field>" (the event is marked `t
   - a list of strings over MAX_LIST_ITEMS -> its first MAX_LIST_ITEMS, each string capped;
   - a string over its cap (MAX_TEXT_BYTES for prompt/output/error, MAX_STRING_BYTES for the
     rest) -> cut at a UTF-8 boundary;
+  - content signals counted under a flag the contract does not name (a newer hook's) -> that
+    count dropped; a rule set name over MAX_RULESET_CHARS -> cut;
   - a step's allowed_set that is not a valid encoding over its vocab_size (ids out of range
     or not ascending, runs past the vocabulary, a raw row of the wrong length, a reference
     to a step that is not earlier) -> removed and
     the step marked allowed_set_truncated, so whatever decodes a stored set gets a valid one.
+Expanded first: steps sent as columns (a `so_steps` event, vllm_audit/step_columns.py) become
+the per-step `so_step` events they stand for, and are checked as those.
 Dropped and counted in `dropped_events`: an event with no body (an unknown kind from a newer
-hook, or none at all); the rest of its batch is kept.
+hook, or none at all), and a `so_steps` event whose columns do not line up; the rest of its
+batch is kept.
 
 Gap-marker counts are accepted up to 2^64-1: the counters they feed saturate (saturating_add).
 
@@ -50,8 +55,9 @@ from typing import Any
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
-from vllm_audit import allowed_sets
+from vllm_audit import allowed_sets, step_columns
 from vllm_audit.v1 import events_pb2 as pb
+from vllm_audit_agent.model.content_signals import KNOWN
 
 MAX_SOURCE_ID_BYTES = 256
 #: Longest duration accepted, in ms (~115 days); keeps every derived timestamp in int64.
@@ -59,6 +65,8 @@ MAX_DURATION_MS = 1e10
 MAX_STRING_BYTES = 4096
 MAX_TEXT_BYTES = 1 << 20
 MAX_GAP_REASONS = 64
+#: Longest content-signal rule set name kept ("vllm-audit-signals/1" and its successors).
+MAX_RULESET_CHARS = 64
 #: Items kept of a repeated string field (ignored_identity_headers: a handful at most).
 MAX_LIST_ITEMS = 16
 #: Counters exported as uint64 stop here instead of overflowing.
@@ -92,7 +100,8 @@ def _non_negative_floats() -> dict[str, tuple[str, ...]]:
 _DURATIONS = _non_negative_floats()
 _COUNTS = {
     "RequestLifecycle": ("num_prompt_tokens", "num_output_tokens", "max_tokens"),
-    "HttpRequest": ("prompt_tokens", "completion_tokens", "response_bytes"),
+    "HttpRequest": ("prompt_tokens", "completion_tokens", "response_bytes",
+                    "content_signals_unscanned_chars"),
     "StructuredOutputSummary": ("steps", "accepted_tokens", "rejected_tokens", "rollbacks"),
     "EngineStats": ("num_running_reqs", "num_waiting_reqs", "prefix_cache_queries",
                     "prefix_cache_hits", "prompt_tokens", "generation_tokens",
@@ -132,9 +141,25 @@ _ENUMS = {c.DESCRIPTOR.name: e for c in _BODIES.values() if (e := _enum_fields(c
 _STRING_LISTS = {c.DESCRIPTOR.name: x for c in _BODIES.values() if (x := _string_lists(c))}
 
 
+def signals_ok(signals: pb.ContentSignals) -> bool:
+    """Content signals a record may carry as they are: a short rule set name, and counts only
+    under the flags the contract names (the keys become metric labels and schema names)."""
+    return (len(signals.ruleset) <= MAX_RULESET_CHARS and KNOWN.issuperset(signals.prompt)
+            and KNOWN.issuperset(signals.output))
+
+
+def _repair_signals(signals: pb.ContentSignals) -> None:
+    """Drops the counts of flags this agent does not know (a newer hook's) and cuts the rule
+    set's name: the known counts are kept."""
+    signals.ruleset = signals.ruleset[:MAX_RULESET_CHARS]
+    for side in (signals.prompt, signals.output):
+        for flag in [f for f in side if f not in KNOWN]:
+            del side[flag]
+
+
 def _all_fields() -> tuple[str, ...]:
     names = {"Event.time_unix_nano", "Event.request_id", "Batch.model", "Batch.process_role",
-             "HttpRequest.status_code", "CustomEvent.attributes",
+             "HttpRequest.status_code", "HttpRequest.content_signals", "CustomEvent.attributes",
              "StructuredOutputStep.allowed_set"}
     names.update(f"{msg}.{f}" for msg, fields in _ENUMS.items() for f, _ in fields)
     for table in (_DURATIONS, _RATIOS, _COUNTS, _STRINGS, _STRING_LISTS):
@@ -198,11 +223,11 @@ def validate(batch: pb.Batch, max_batch_bytes: int) -> Verdict:
     _cap_string(batch, "Batch", "process_role", verdict.clamped)
     fast, clamped, dropped = _FAST, verdict.clamped, 0
     events = list(batch.events)
-    kinds: list[Any] = []
+    kinds: list[Any] = [event.WhichOneof("body") for event in events]
+    if "so_steps" in kinds:
+        events, kinds, dropped = _expand_step_columns(batch, events, kinds)
     request_ids: list[str] = []
-    for event in events:
-        kind = event.WhichOneof("body")
-        kinds.append(kind)
+    for event, kind in zip(events, kinds, strict=True):
         request_id = event.request_id
         request_ids.append(request_id)
         if kind is None:
@@ -220,6 +245,27 @@ def validate(batch: pb.Batch, max_batch_bytes: int) -> Verdict:
     else:
         verdict.events = Classified(events, kinds, request_ids)
     return verdict
+
+
+def _expand_step_columns(batch: pb.Batch, events: list[pb.Event], kinds: list[Any]
+                         ) -> tuple[list[pb.Event], list[Any], int]:
+    """Steps sent as columns (`so_steps`) become, in place, the per-step events they stand
+    for, before any rule reads the batch: what is stored, applied and replayed is what a
+    hook sending per-step events sends. Columns that do not line up are dropped, counted."""
+    out: list[pb.Event] = []
+    bad = 0
+    for event, kind in zip(events, kinds, strict=True):
+        if kind != "so_steps":
+            out.append(event)
+            continue
+        try:
+            out.extend(step_columns.expand(event))
+        except step_columns.StepColumnsError:
+            bad += 1
+    del batch.events[:]
+    batch.events.extend(out)
+    events = list(batch.events)  # extend copied them
+    return events, [event.WhichOneof("body") for event in events], bad
 
 
 def _fast_check_source(name: str, kind: str) -> str:
@@ -272,6 +318,8 @@ def _fast_check_source(name: str, kind: str) -> str:
     if name == "HttpRequest":
         lines.append("    if not 0 <= body.status_code <= 999:")
         lines.append("        return False")
+        lines.append("    if body.HasField('content_signals') and not SIGNALS_OK(body.content_signals):")
+        lines.append("        return False")
     if name == "StructuredOutputStep":  # an allowed-token set is checked in full when present
         lines.append("    if body.HasField('allowed_set'):")
         lines.append("        return False")
@@ -286,6 +334,7 @@ FastCheck = Callable[[pb.Event, str], bool]
 
 def _fast_check(name: str, kind: str) -> FastCheck:
     namespace: dict[str, Any] = {f"ENUM_{f}": defined for f, defined in _ENUMS.get(name, ())}
+    namespace["SIGNALS_OK"] = signals_ok
     # The source is generated from the contract's descriptors, never from input.
     exec(compile(_fast_check_source(name, kind), f"<fast check {name}>", "exec"), namespace)
     check: FastCheck = namespace[f"check_{name}"]
@@ -343,6 +392,10 @@ def _repair_event(event: pb.Event, clamped: Counter[str]) -> bool:  # noqa: C901
     if name == "HttpRequest" and not 0 <= event.http.status_code <= 999:
         event.http.status_code = 0
         clamped["HttpRequest.status_code"] += 1
+    if (name == "HttpRequest" and event.http.HasField("content_signals")
+            and not signals_ok(event.http.content_signals)):
+        _repair_signals(event.http.content_signals)
+        clamped["HttpRequest.content_signals"] += 1
     for f, defined in _ENUMS.get(name, ()):
         if getattr(body, f) not in defined:
             setattr(body, f, 0)

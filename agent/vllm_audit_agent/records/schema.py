@@ -16,7 +16,8 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
 from vllm_audit.v1 import events_pb2 as pb
 from vllm_audit.v1 import query_pb2 as q
-from vllm_audit_agent.model.record import SCHEMA_VERSION
+from vllm_audit_agent.model.content_signals import SIGNAL_NAMES
+from vllm_audit_agent.model.record import NULL_WHEN_UNSET, SCHEMA_VERSION
 from vllm_audit_agent.records.chain import RECORD_TYPE_REQUEST
 
 _INTEGER = {FieldDescriptor.TYPE_INT32, FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_UINT32,
@@ -27,10 +28,26 @@ _UNSIGNED = {FieldDescriptor.TYPE_UINT32, FieldDescriptor.TYPE_UINT64,
              FieldDescriptor.TYPE_FIXED32, FieldDescriptor.TYPE_FIXED64}
 
 
+#: Maps whose keys are a closed set: the content signals' counts are keyed by flag name.
+MAP_KEYS: dict[str, tuple[str, ...]] = {
+    "vllm_audit.v1.ContentSignals.prompt": SIGNAL_NAMES,
+    "vllm_audit.v1.ContentSignals.output": SIGNAL_NAMES,
+}
+
+
 def _field_schema(field: Any) -> dict[str, Any]:
     schema: dict[str, Any]
+    message = field.message_type
+    if message is not None and message.GetOptions().map_entry:
+        # map<string, scalar>: an object, numbers kept numbers (record.py's `_plan`).
+        value = _field_schema(message.fields_by_name["value"])
+        names = MAP_KEYS.get(f"{field.containing_type.full_name}.{field.name}")
+        return {"type": "object", "additionalProperties": value,
+                **({"propertyNames": {"enum": list(names)}} if names else {})}
     if field.type == FieldDescriptor.TYPE_MESSAGE:
         schema = _message_schema(field.message_type)
+        if field.message_type.full_name in NULL_WHEN_UNSET:
+            return {"oneOf": [{"type": "null"}, schema]}
     elif field.type == FieldDescriptor.TYPE_ENUM and field.enum_type is not None:
         schema = {"enum": [v.name for v in field.enum_type.values]}
     elif field.type in _INTEGER:

@@ -1,6 +1,7 @@
 """Per-request histograms (seconds, tokens), observed once per final trail, and counters of
 who the served requests were attributed to and how (identity sources, vLLM's key decisions,
-identity headers ignored from untrusted peers), counted once per trail (revision 0).
+identity headers ignored from untrusted peers) and of the content signals the hook flagged,
+counted once per trail (revision 0).
 
 `AgentState._on_final` calls `observe` with the trail's summary fields (`Trail.fields()`,
 the record's body: no protobuf message is built for it); they are counted here in plain
@@ -22,6 +23,7 @@ from prometheus_client.utils import floatToGoString
 
 from vllm_audit.v1 import events_pb2 as pb
 from vllm_audit.v1 import query_pb2 as q
+from vllm_audit_agent.model.content_signals import SIDES, SIGNAL_NAMES
 
 _FINISHED = q.TrailState.Name(q.TRAIL_STATE_FINISHED)
 #: Request latency and TTFT: 10 ms .. 10 min.
@@ -105,6 +107,10 @@ class RequestMetrics(Collector):
             (f, source): 0 for f in ("user", "tenant") for source in IDENTITY_SOURCES.values()}
         self.auth: dict[str, int] = dict.fromkeys(AUTH_DECISIONS.values(), 0)
         self.ignored_headers = 0
+        #: (signal, side) -> served requests flagged; born at 0 for every flag and side.
+        self.signals: dict[tuple[str, str], int] = {
+            (flag, side): 0 for flag in SIGNAL_NAMES for side in SIDES}
+        self.signals_cut = 0
         self.latency = _Family("vllm_audit_request_latency_seconds",
                                "End-to-end latency of finished requests", LATENCY_BUCKETS_S)
         self.ttft = _Family("vllm_audit_request_time_to_first_token_seconds",
@@ -132,6 +138,7 @@ class RequestMetrics(Collector):
             self.auth[decision] = self.auth.get(decision, 0) + 1
             if s["ignored_identity_headers"]:
                 self.ignored_headers += 1
+            self._observe_signals(s)
         if s["state"] != _FINISHED:
             return
         model = s["model"] or "unknown"
@@ -145,6 +152,18 @@ class RequestMetrics(Collector):
                 self.tpot.observe(model, (latency_ms - ttft_ms) / 1000.0 / (completion - 1))
         self.prompt_tokens.observe(model, s["prompt_tokens"])
         self.completion_tokens.observe(model, completion)
+
+    def _observe_signals(self, s: Mapping[str, Any]) -> None:
+        signals = s.get("content_signals")
+        if not signals:
+            return
+        counted = self.signals
+        for side in SIDES:
+            for flag, n in signals.get(side, {}).items():
+                if n > 0 and (flag, side) in counted:  # validation kept only known flags
+                    counted[flag, side] += 1
+        if s.get("content_signals_unscanned_chars"):
+            self.signals_cut += 1
 
     def collect(self) -> Iterator[Metric]:
         for family in (self.latency, self.ttft, self.tpot, self.prompt_tokens,
@@ -164,6 +183,19 @@ class RequestMetrics(Collector):
         for decision, n in self.auth.items():
             auth.add_metric([decision], n)
         yield auth
+        flagged = CounterMetricFamily(
+            "vllm_audit_request_content_signals",
+            "Served requests whose prompt or output matched a content signal (the hook's "
+            "rule set, counted before the capture policy), by signal and side",
+            labels=["signal", "side"])
+        for (flag, side), n in self.signals.items():
+            flagged.add_metric([flag, side], n)
+        yield flagged
+        yield CounterMetricFamily(
+            "vllm_audit_request_content_signals_cut",
+            "Served requests with text past the hook's scan cap (VLLM_AUDIT_SIGNALS_MAX_CHARS): "
+            "its middle was not scanned",
+            value=self.signals_cut)
         yield CounterMetricFamily(
             "vllm_audit_request_ignored_identity_headers",
             "Served requests that carried identity headers (tenant, user, X-Forwarded-For) "

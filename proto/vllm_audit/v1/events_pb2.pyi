@@ -40,6 +40,18 @@ class IdentitySource(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     IDENTITY_SOURCE_API_KEY: _ClassVar[IdentitySource]
     IDENTITY_SOURCE_PROXY_HEADER: _ClassVar[IdentitySource]
     IDENTITY_SOURCE_CLAIMED: _ClassVar[IdentitySource]
+
+class ContentSignal(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CONTENT_SIGNAL_UNSPECIFIED: _ClassVar[ContentSignal]
+    CONTENT_SIGNAL_SQL_INJECTION: _ClassVar[ContentSignal]
+    CONTENT_SIGNAL_COMMAND_INJECTION: _ClassVar[ContentSignal]
+    CONTENT_SIGNAL_PROMPT_INJECTION: _ClassVar[ContentSignal]
+    CONTENT_SIGNAL_SECRET: _ClassVar[ContentSignal]
+    CONTENT_SIGNAL_PII_EMAIL: _ClassVar[ContentSignal]
+    CONTENT_SIGNAL_PII_PHONE: _ClassVar[ContentSignal]
+    CONTENT_SIGNAL_PII_CARD: _ClassVar[ContentSignal]
+    CONTENT_SIGNAL_PII_IBAN: _ClassVar[ContentSignal]
 AUDIT_LEVEL_UNSPECIFIED: AuditLevel
 AUDIT_LEVEL_OFF: AuditLevel
 AUDIT_LEVEL_SUMMARY: AuditLevel
@@ -62,6 +74,15 @@ IDENTITY_SOURCE_NONE: IdentitySource
 IDENTITY_SOURCE_API_KEY: IdentitySource
 IDENTITY_SOURCE_PROXY_HEADER: IdentitySource
 IDENTITY_SOURCE_CLAIMED: IdentitySource
+CONTENT_SIGNAL_UNSPECIFIED: ContentSignal
+CONTENT_SIGNAL_SQL_INJECTION: ContentSignal
+CONTENT_SIGNAL_COMMAND_INJECTION: ContentSignal
+CONTENT_SIGNAL_PROMPT_INJECTION: ContentSignal
+CONTENT_SIGNAL_SECRET: ContentSignal
+CONTENT_SIGNAL_PII_EMAIL: ContentSignal
+CONTENT_SIGNAL_PII_PHONE: ContentSignal
+CONTENT_SIGNAL_PII_CARD: ContentSignal
+CONTENT_SIGNAL_PII_IBAN: ContentSignal
 
 class RequestLifecycle(_message.Message):
     __slots__ = ("phase", "num_prompt_tokens", "num_output_tokens", "finish_reason", "status", "max_tokens", "structured_output", "external_request_id", "provenance", "lora_adapter", "sampling")
@@ -401,8 +422,32 @@ class EngineStats(_message.Message):
     cached_prompt_tokens: int
     def __init__(self, engine_index: _Optional[int] = ..., num_running_reqs: _Optional[int] = ..., num_waiting_reqs: _Optional[int] = ..., kv_cache_usage: _Optional[float] = ..., prefix_cache_queries: _Optional[int] = ..., prefix_cache_hits: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., generation_tokens: _Optional[int] = ..., num_preempted_reqs: _Optional[int] = ..., spec_decode_num_drafts: _Optional[int] = ..., spec_decode_num_draft_tokens: _Optional[int] = ..., spec_decode_num_accepted_tokens: _Optional[int] = ..., ttft_seconds_sum: _Optional[float] = ..., ttft_count: _Optional[int] = ..., inter_token_latency_seconds_sum: _Optional[float] = ..., inter_token_latency_count: _Optional[int] = ..., tpot_seconds_sum: _Optional[float] = ..., tpot_count: _Optional[int] = ..., finished_requests: _Optional[int] = ..., queue_time_seconds_sum: _Optional[float] = ..., e2e_latency_seconds_sum: _Optional[float] = ..., prefill_time_seconds_sum: _Optional[float] = ..., decode_time_seconds_sum: _Optional[float] = ..., cached_prompt_tokens: _Optional[int] = ...) -> None: ...
 
+class ContentSignals(_message.Message):
+    __slots__ = ("ruleset", "prompt", "output")
+    class PromptEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    class OutputEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    RULESET_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    ruleset: str
+    prompt: _containers.ScalarMap[str, int]
+    output: _containers.ScalarMap[str, int]
+    def __init__(self, ruleset: _Optional[str] = ..., prompt: _Optional[_Mapping[str, int]] = ..., output: _Optional[_Mapping[str, int]] = ...) -> None: ...
+
 class HttpRequest(_message.Message):
-    __slots__ = ("method", "path", "client_ip", "user", "model", "status_code", "auth_status", "api_key_sha256", "stream", "prompt", "output", "capture_policy", "prompt_tokens", "completion_tokens", "latency_ms", "ttft_ms", "error", "user_agent", "response_bytes", "tenant", "vllm_request_id", "client_disconnected", "client_request_id", "auth_decision", "user_source", "tenant_source", "claimed_user", "ignored_identity_headers", "traceparent")
+    __slots__ = ("method", "path", "client_ip", "user", "model", "status_code", "auth_status", "api_key_sha256", "stream", "prompt", "output", "capture_policy", "prompt_tokens", "completion_tokens", "latency_ms", "ttft_ms", "error", "user_agent", "response_bytes", "tenant", "vllm_request_id", "client_disconnected", "client_request_id", "auth_decision", "user_source", "tenant_source", "claimed_user", "ignored_identity_headers", "traceparent", "content_signals", "content_signals_unscanned_chars")
     METHOD_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
     CLIENT_IP_FIELD_NUMBER: _ClassVar[int]
@@ -432,6 +477,8 @@ class HttpRequest(_message.Message):
     CLAIMED_USER_FIELD_NUMBER: _ClassVar[int]
     IGNORED_IDENTITY_HEADERS_FIELD_NUMBER: _ClassVar[int]
     TRACEPARENT_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_SIGNALS_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_SIGNALS_UNSCANNED_CHARS_FIELD_NUMBER: _ClassVar[int]
     method: str
     path: str
     client_ip: str
@@ -461,7 +508,9 @@ class HttpRequest(_message.Message):
     claimed_user: str
     ignored_identity_headers: _containers.RepeatedScalarFieldContainer[str]
     traceparent: str
-    def __init__(self, method: _Optional[str] = ..., path: _Optional[str] = ..., client_ip: _Optional[str] = ..., user: _Optional[str] = ..., model: _Optional[str] = ..., status_code: _Optional[int] = ..., auth_status: _Optional[str] = ..., api_key_sha256: _Optional[str] = ..., stream: _Optional[bool] = ..., prompt: _Optional[str] = ..., output: _Optional[str] = ..., capture_policy: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., latency_ms: _Optional[float] = ..., ttft_ms: _Optional[float] = ..., error: _Optional[str] = ..., user_agent: _Optional[str] = ..., response_bytes: _Optional[int] = ..., tenant: _Optional[str] = ..., vllm_request_id: _Optional[str] = ..., client_disconnected: _Optional[bool] = ..., client_request_id: _Optional[str] = ..., auth_decision: _Optional[_Union[AuthStatus, str]] = ..., user_source: _Optional[_Union[IdentitySource, str]] = ..., tenant_source: _Optional[_Union[IdentitySource, str]] = ..., claimed_user: _Optional[str] = ..., ignored_identity_headers: _Optional[_Iterable[str]] = ..., traceparent: _Optional[str] = ...) -> None: ...
+    content_signals: ContentSignals
+    content_signals_unscanned_chars: int
+    def __init__(self, method: _Optional[str] = ..., path: _Optional[str] = ..., client_ip: _Optional[str] = ..., user: _Optional[str] = ..., model: _Optional[str] = ..., status_code: _Optional[int] = ..., auth_status: _Optional[str] = ..., api_key_sha256: _Optional[str] = ..., stream: _Optional[bool] = ..., prompt: _Optional[str] = ..., output: _Optional[str] = ..., capture_policy: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., latency_ms: _Optional[float] = ..., ttft_ms: _Optional[float] = ..., error: _Optional[str] = ..., user_agent: _Optional[str] = ..., response_bytes: _Optional[int] = ..., tenant: _Optional[str] = ..., vllm_request_id: _Optional[str] = ..., client_disconnected: _Optional[bool] = ..., client_request_id: _Optional[str] = ..., auth_decision: _Optional[_Union[AuthStatus, str]] = ..., user_source: _Optional[_Union[IdentitySource, str]] = ..., tenant_source: _Optional[_Union[IdentitySource, str]] = ..., claimed_user: _Optional[str] = ..., ignored_identity_headers: _Optional[_Iterable[str]] = ..., traceparent: _Optional[str] = ..., content_signals: _Optional[_Union[ContentSignals, _Mapping]] = ..., content_signals_unscanned_chars: _Optional[int] = ...) -> None: ...
 
 class Event(_message.Message):
     __slots__ = ("time_unix_nano", "request_id", "truncated", "lifecycle", "grammar_compiled", "so_step", "so_summary", "engine_stats", "http", "custom", "admin")
