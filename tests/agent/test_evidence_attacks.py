@@ -129,7 +129,7 @@ def payloads_of(records: Path) -> list[bytes]:
 
 def rewrite_log(records: Path, payloads: list[bytes]) -> None:
     """What an insider with the directory does: the segments replaced by these records."""
-    for segment in records.glob("*.wal"):
+    for segment in records.glob("ingest-*.wal*"):  # plain and sealed segments
         segment.unlink()
     wal = WriteAheadLog(records, 1 << 30, "never")
     wal.append_many(payloads)
@@ -173,7 +173,7 @@ def test_the_log_verifies_with_its_witness(written: tuple[Path, str], log_dir: P
 
 
 def test_deleting_the_oldest_records_is_named(written: tuple[Path, str], log_dir: Path) -> None:
-    segments = sorted(log_dir.glob("*.wal"))
+    segments = sorted(log_dir.glob("ingest-*.wal*"))  # plain and sealed
     assert len(segments) > 3
     segments[0].unlink()  # no key needed: the file system is enough
     code, report = verify(log_dir, written[0])
@@ -322,7 +322,7 @@ async def test_a_log_cut_by_retention_verifies_by_its_seal_and_only_by_it(tmp_pa
     done = cli("prove", records, "--trail-id", "req-12", "--public-key", tmp_path / "log.pub")
     assert done.returncode == 0, done.stderr
     # Deleting one more segment by hand is not covered by any seal.
-    sorted(records.glob("*.wal"))[0].unlink()
+    sorted(records.glob("ingest-*.wal*"))[0].unlink()
     code, report = verify(records, tmp_path)
     assert code == 1 and report["broken"]["reason"] == "unsealed_start", report
 

@@ -35,6 +35,12 @@ Cursor: `<records dir>/cursor` holds the last `seq` the sink acknowledged (writt
 temp file, fsync, rename). At start the log is replayed to rebuild the chain head, the
 segment index and the unpublished tail, and what the agent needs to know of the records
 written before (recorded_before.py).
+
+Sealed segments (footers.py, storage/sealed.py): each segment the writer has finished is
+rewritten compressed, with a footer saying what a start needs of it; a start reads the footers,
+the newest sealed segments (for what it remembers of the newest trails) and the open segment,
+so its time does not grow with the log's history. `seal_segments=False` writes the log as
+versions before did (plain segments, no footers); both are read the same way.
 """
 
 from __future__ import annotations
@@ -65,6 +71,7 @@ from vllm_audit_agent.records.chain import (
 )
 from vllm_audit_agent.records.disk_feed import DiskFeed
 from vllm_audit_agent.records.entry import TOPICS, Entry, entry_of, event_id
+from vllm_audit_agent.records.footers import StartPlan, plan_start, segment_footer
 from vllm_audit_agent.records.identity import genesis_record, new_log_id
 from vllm_audit_agent.records.merkle import CompactRange, leaf_hash
 from vllm_audit_agent.records.note import Checkpoint, origin_of, sign_checkpoint
@@ -100,8 +107,13 @@ class RecordLog:
                  segment_bytes: int | None = None,
                  expire_by_size: bool = True,
                  identity: Mapping[str, str] | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 seal_segments: bool = True) -> None:
         self.directory = directory
+        #: Whether finished segments are sealed (compressed, with a footer).
+        self.seal_segments = seal_segments
+        self._unsealable: set[int] = set()
+        self.footer_records: list[dict[str, Any]] = []
         self.signer = signer
         self.retention_days = retention_days
         self.checkpoint_every = checkpoint_every
@@ -174,10 +186,48 @@ class RecordLog:
             return 0
 
     def _replay(self) -> None:
+        segments = self.wal.segments()
+        plan = plan_start(segments, {i: self.wal.sealed_index(i) for i in segments}, self.cursor)
+        if plan.footed and not self._replay_from(plan):
+            self.counters["footer_fallbacks"] += 1
+            logger.warning("record log: the first record after segment %d does not follow its "
+                           "footer; reading the whole log", plan.footed[-1])
+            self._reset_replay()
+            plan = StartPlan()
+        if not plan.footed:
+            self._replay_from(plan)
+        self.counters["started_from_footers"] = len(plan.footed)
+
+    def _reset_replay(self) -> None:
+        self.segments.clear()
+        self.head_seq, self.head_hash = 0, GENESIS_HASH
+        self.unpublished_bytes = self._tail_bytes = self._since_checkpoint = 0
+        self._earlier = RecordedBefore()
+        self.last_level = None
+        self.footer_records = []
+
+    def _replay_from(self, plan: StartPlan) -> bool:
+        """Takes what `plan`'s footers say, then reads the records after them (and those of
+        the newest footed segments, for the trails only). False: the first record read does
+        not follow the last footer (the caller reads the whole log instead)."""
         tail: deque[Entry] = deque()
         replayed = 0
+        self.segments.update(plan.infos)
+        if plan.footed:
+            self.head_seq, self.head_hash = plan.head_seq, plan.head_hash
+        self.last_level, self._since_checkpoint = plan.last_level, plan.since_checkpoint
+        self.unpublished_bytes = plan.unpublished_bytes
+        #: Records of footers.KEPT_TYPES (erasures) in the segments this start did not read:
+        #: whoever needs them at start takes them here, as well as from the records it reads.
+        self.footer_records = list(plan.kept_records)
         trees = TreeReplay(self.segments, self.counters)
-        for segment, payload in self.wal.replay():
+        trees.log_id, trees.checkpoint_roots = plan.log_id, dict(plan.checkpoint_roots)
+        trees.tree = plan.tree.copy() if plan.tree is not None else None
+        footed = set(plan.footed)
+        first = plan.recall_from if plan.recall_from is not None else \
+            (plan.footed[-1] + 1 if plan.footed else 0)
+        check_link = bool(plan.footed)
+        for segment, payload in self.wal.replay(first_segment=first):
             replayed += 1
             try:
                 record = orjson.loads(payload)
@@ -185,33 +235,16 @@ class RecordLog:
             except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
                 self.counters["replay_unreadable_records"] += 1
                 continue
-            if self.head_seq and seq != self.head_seq + 1:
-                self.counters["replay_seq_gaps"] += 1
-                logger.warning("record log: seq %d follows %d", seq, self.head_seq)
-            self.head_seq, self.head_hash = seq, str(record.get("hash", ""))
-            entry = entry_of(record, payload)
-            info = self.segments.get(segment)
-            if info is None:
-                info = self.segments[segment] = SegmentInfo(seq, seq, entry.time_ms)
-            else:
-                info.last_seq, info.last_time_ms = seq, max(info.last_time_ms, entry.time_ms)
-            if entry.topic == ACCESS_TOPIC:
-                info.access_bytes += len(payload)
-            trees.add(segment, record, payload)
-            if record.get("type") == RECORD_TYPE_LEVEL:
-                self.last_level = str(record.get("level"))
-            if record.get("type") in (RECORD_TYPE_REQUEST, RECORD_TYPE_ADMIN) and "event_id" in record:
-                self._earlier.note(record, payload)
-            if seq > self.cursor:
-                self.unpublished_bytes += len(payload)
-                tail.append(entry)
-                self._tail_bytes += len(payload)
-                while self._tail_bytes > self.tail_max_bytes and len(tail) > 1:
-                    self._tail_bytes -= len(tail.popleft().value)
-            if record.get("type") == RECORD_TYPE_CHECKPOINT:
-                self._since_checkpoint = 0
-            elif record.get("type") in (RECORD_TYPE_REQUEST, RECORD_TYPE_ACCESS, RECORD_TYPE_ADMIN):
-                self._since_checkpoint += 1
+            if segment in footed:  # read back for the newest trails only
+                if record.get("type") in (RECORD_TYPE_REQUEST, RECORD_TYPE_ADMIN) \
+                        and "event_id" in record:
+                    self._earlier.note(record, payload)
+                continue
+            if check_link:
+                if seq != self.head_seq + 1 or record.get("prev_hash") != self.head_hash:
+                    return False
+                check_link = False
+            self._replay_record(segment, record, seq, payload, trees, tail)
         self._tail = tail
         self.log_id, self.tree = trees.finish()
         self.checkpoint_roots = trees.checkpoint_roots
@@ -223,6 +256,38 @@ class RecordLog:
         self.durable_seq = self.head_seq
         self.counters["replayed_records"] = replayed
         self.replay_event_ids = self._earlier.take_event_ids()
+        return True
+
+    def _replay_record(self, segment: int, record: dict[str, Any], seq: int, payload: bytes,
+                       trees: TreeReplay, tail: deque[Entry]) -> None:
+        if self.head_seq and seq != self.head_seq + 1:
+            self.counters["replay_seq_gaps"] += 1
+            logger.warning("record log: seq %d follows %d", seq, self.head_seq)
+        self.head_seq, self.head_hash = seq, str(record.get("hash", ""))
+        entry = entry_of(record, payload)
+        info = self.segments.get(segment)
+        if info is None:
+            info = self.segments[segment] = SegmentInfo(seq, seq, entry.time_ms)
+        else:
+            info.last_seq, info.last_time_ms = seq, max(info.last_time_ms, entry.time_ms)
+        if entry.topic == ACCESS_TOPIC:
+            info.access_bytes += len(payload)
+        trees.add(segment, record, payload)
+        kind = record.get("type")
+        if kind == RECORD_TYPE_LEVEL:
+            self.last_level = str(record.get("level"))
+        if kind in (RECORD_TYPE_REQUEST, RECORD_TYPE_ADMIN) and "event_id" in record:
+            self._earlier.note(record, payload)
+        if seq > self.cursor:
+            self.unpublished_bytes += len(payload)
+            tail.append(entry)
+            self._tail_bytes += len(payload)
+            while self._tail_bytes > self.tail_max_bytes and len(tail) > 1:
+                self._tail_bytes -= len(tail.popleft().value)
+        if kind == RECORD_TYPE_CHECKPOINT:
+            self._since_checkpoint = 0
+        elif kind in (RECORD_TYPE_REQUEST, RECORD_TYPE_ACCESS, RECORD_TYPE_ADMIN):
+            self._since_checkpoint += 1
 
     @property
     def recorded_trails(self) -> OrderedDict[str, tuple[int, bytes | None]]:
@@ -388,6 +453,8 @@ class RecordLog:
                 continue
             if await self.write_pending():
                 backoff = 0.05
+                if not self._pending and not self._stopping.is_set():
+                    await self.seal_finished()
                 continue
             if self._stopping.is_set():
                 return
@@ -397,6 +464,26 @@ class RecordLog:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), backoff)
             backoff = min(0.5, backoff * 2)
+
+    async def seal_finished(self) -> int | None:
+        """Seals (compresses, with its footer) the oldest finished segment not sealed yet, on
+        a worker thread; returns its index (None: none to seal, or it could not be)."""
+        if not self.seal_segments:
+            return None
+        unsealed = [i for i in self.wal.unsealed() if i not in self._unsealable]
+        if not unsealed:
+            return None
+        segment = unsealed[0]
+        info = self.segments.get(segment)
+        async with self._io:
+            sealed = await asyncio.to_thread(self.wal.seal_segment, segment,
+                                             lambda payloads: segment_footer(info, payloads))
+        if sealed is None:  # damaged since it was written (or gone): left as it is
+            self._unsealable.add(segment)
+            self.counters["seal_skipped"] += 1
+            return None
+        self.counters["sealed_segments"] += 1
+        return segment
 
     def _checkpoint_due_in(self) -> float:
         return max(0.05, self.checkpoint_interval - (time.monotonic() - self._last_checkpoint))

@@ -24,12 +24,13 @@ import os
 import struct
 import threading
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from vllm_audit_agent.storage.datadir import fsync_dir, open_private, private_dir
-from vllm_audit_agent.storage.segment_format import CRC, HEADER_SIZE, MAGIC, MAX_PAYLOAD, PREFIX
+from vllm_audit_agent.storage.sealed import SealedIndex, pack_sealed, write_file
+from vllm_audit_agent.storage.segment_format import CRC, HEADER_SIZE, MAGIC, MAX_PAYLOAD, PREFIX, scan
 from vllm_audit_agent.storage.wal_reader import WalReader
 from vllm_audit_agent.storage.wal_recovery import QUARANTINE_DIR, Recovery
 
@@ -95,8 +96,11 @@ class WriteAheadLog(WalReader):
         self.damaged_bytes = recovery.damaged_bytes
         #: index -> bytes, oldest first; the last one is open for appends.
         self._segments = recovery.segments
-        if not self._segments:
-            self._segments[1] = 0
+        #: index -> the index of a sealed (compressed) segment (sealed.py; `seal_segment`).
+        self._sealed = recovery.sealed
+        self.sealed_index_rebuilt = recovery.sealed_index_rebuilt
+        if not self._segments or max(self._segments) in self._sealed:
+            self._segments[max(self._segments, default=0) + 1] = 0
         self._size = sum(self._segments.values())
         self.current = max(self._segments)
         self._fd = open_private(self._path(self.current), os.O_WRONLY | os.O_APPEND)
@@ -292,9 +296,48 @@ class WriteAheadLog(WalReader):
             if index == self.current or index not in self._segments:
                 return False
             self._size -= self._segments.pop(index)
+            self._sealed.pop(index, None)
             self._path(index).unlink(missing_ok=True)
+            self._sealed_path(index).unlink(missing_ok=True)
             self.deleted_segments += 1
             return True
+
+    def seal_segment(self, index: int, meta_of: Callable[[list[bytes]], dict[str, Any]]
+                     ) -> SealedIndex | None:
+        """Rewrites a finished segment compressed (sealed.py), with `meta_of(its payloads)` in
+        its index; the plain file goes once the sealed one is durable. Returns its index, or
+        None when it is not to be sealed (the open one, gone, sealed already, or holding
+        damage: that stays as found, for recovery to quarantine and count)."""
+        with self._lock:
+            size = self._segments.get(index)
+            if index >= self.current or size is None or index in self._sealed:
+                return None
+        with open(self._path(index), "rb") as f:
+            data = f.read(size)
+        records, damage = scan(data)
+        if damage or len(data) != size or not records:
+            return None
+        payloads = [data[r.start + HEADER_SIZE:r.end] for r in records if not r.lost]
+        packed, sealed = pack_sealed(data, records, meta_of(payloads))
+        on_disk = len(packed)
+        if on_disk >= size:  # a few small records: their footer outweighs them (tests)
+            return None
+        write_file(self._sealed_path(index), packed, fsync=self.fsync != "never")
+        with self._lock:
+            if index not in self._segments:  # deleted meanwhile
+                self._sealed_path(index).unlink(missing_ok=True)
+                return None
+            self._size += on_disk - self._segments[index]
+            self._segments[index] = on_disk
+            self._sealed[index] = sealed
+        # A reader that took the segment as plain and opens it after this retries as sealed.
+        self._path(index).unlink(missing_ok=True)
+        return sealed
+
+    def unsealed(self) -> list[int]:
+        """Finished segments not sealed yet, oldest first."""
+        with self._lock:
+            return [i for i in self._segments if i < self.current and i not in self._sealed]
 
     def sync(self) -> None:
         """Under batch/always fsyncs everything appended so far. On failure the records

@@ -2,7 +2,9 @@
 from a saved position on (`read_from`, the seek a reader that goes on where it stopped needs).
 
 Readers run while the log is appended to: a segment is read up to the size the writer last
-recorded for it, so a record being appended is never half read.
+recorded for it, so a record being appended is never half read. A sealed (compressed) segment
+(sealed.py) is read frame by frame: `replay` reads it through by its frames' headers, never its
+index; `read_from` seeks by the index to the frame that holds its position.
 """
 
 from __future__ import annotations
@@ -12,6 +14,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from vllm_audit_agent.storage.sealed import (
+    SealedIndex,
+    frame_ends,
+    read_frame,
+    sealed_name,
+    walk_frames,
+)
 from vllm_audit_agent.storage.segment_format import HEADER_SIZE, Damage, Record, scan, segment_name, walk
 
 
@@ -64,10 +73,50 @@ class WalReader:
     damaged_bytes: int
     #: index -> bytes, oldest first (the writer's; read under `_lock`).
     _segments: dict[int, int]
+    _sealed: dict[int, SealedIndex]
     _lock: threading.Lock
 
     def _path(self, index: int) -> Path:
         return self.directory / segment_name(index)
+
+    def _sealed_path(self, index: int) -> Path:
+        return self.directory / sealed_name(index)
+
+    def sealed_index(self, index: int) -> SealedIndex | None:
+        """What a sealed segment's index says (None: the segment is plain, or gone)."""
+        with self._lock:
+            return self._sealed.get(index)
+
+    def _state(self, index: int) -> tuple[int | None, SealedIndex | None]:
+        with self._lock:
+            return self._segments.get(index), self._sealed.get(index)
+
+    def _chunks(self, index: int) -> Iterator[bytes]:
+        """The raw bytes of one segment: the plain file up to its recorded size, or each
+        intact frame of the sealed one (a damaged frame is counted and skipped)."""
+        for attempt in (0, 1):
+            size, sealed = self._state(index)
+            if size is None:
+                return
+            try:
+                if sealed is None:
+                    with open(self._path(index), "rb") as f:
+                        data = f.read(size)
+                    yield data
+                    return
+                with open(self._sealed_path(index), "rb") as f:
+                    packed = f.read()
+            except FileNotFoundError:
+                if attempt:
+                    raise
+                continue  # sealed (or deleted) since the state was read: read it again
+            for frame in walk_frames(packed):
+                if frame.raw is None:
+                    self.damaged_records += 1
+                    self.damaged_bytes += frame.file_end - frame.file_offset
+                else:
+                    yield frame.raw
+            return
 
     def segments(self) -> list[int]:
         """A snapshot of the segment indexes, without the lock: `sync()` holds it for a whole
@@ -83,21 +132,16 @@ class WalReader:
         for index in self.segments():
             if index < first_segment:
                 continue
-            with self._lock:
-                size = self._segments.get(index)
-            if size is None:
-                continue  # deleted meanwhile
-            with open(self._path(index), "rb") as f:
-                data = f.read(size)
-            records, damage = scan(data, prev_seq)
-            for item in damage:  # damaged since open: counted, never silently skipped
-                self.damaged_records += 1
-                self.damaged_bytes += item.end - item.start
-            for record in records:
-                if not record.lost:
-                    yield index, data[record.start + HEADER_SIZE:record.end]
-            if records:
-                prev_seq = records[-1].seq
+            for data in self._chunks(index):
+                records, damage = scan(data, prev_seq)
+                for item in damage:  # damaged since open: counted, never silently skipped
+                    self.damaged_records += 1
+                    self.damaged_bytes += item.end - item.start
+                for record in records:
+                    if not record.lost:
+                        yield index, data[record.start + HEADER_SIZE:record.end]
+                if records:
+                    prev_seq = records[-1].seq
 
     def read_from(self, position: Position, max_bytes: int
                   ) -> tuple[list[ReadRecord], Position]:
@@ -115,8 +159,17 @@ class WalReader:
                 continue
             if index > segment:
                 offset = 0
-            with self._lock:
-                size = self._segments.get(index)
+            size, sealed = self._state(index)
+            if sealed is not None:
+                taken, prev_seq, done = self._read_sealed(index, sealed, offset, prev_seq,
+                                                          max_bytes - taken, out, taken)
+                if out:
+                    last = out[-1]
+                    resume = Position(last[0], last[1], last[2]) if last[0] == index else resume
+                if done:
+                    break
+                resume = Position(index, sealed.raw_bytes, prev_seq)
+                continue
             if size is None or offset >= size:
                 continue  # deleted meanwhile, or read to its end
             window = size - offset
@@ -145,3 +198,32 @@ class WalReader:
             if taken >= max_bytes or partial:
                 break
         return out, resume
+
+    def _read_sealed(self, index: int, sealed: SealedIndex, offset: int, prev_seq: int | None,
+                     budget: int, out: list[ReadRecord], taken: int
+                     ) -> tuple[int, int | None, bool]:
+        """`read_from` in a sealed segment: from the frame holding `offset`, records until
+        `budget` bytes are taken. Returns (bytes taken so far, the last seq passed, whether the
+        budget ran out here)."""
+        ends = frame_ends(sealed)
+        start = taken
+        for i in range(sealed.frame_at(offset), len(sealed.frames)):
+            frame = sealed.frames[i]
+            read = read_frame(self._sealed_path(index), frame, ends[i])
+            if read.raw is None:
+                self.damaged_records += frame.records
+                self.damaged_bytes += read.file_end - read.file_offset
+                continue
+            for item in walk(read.raw, prev_seq, max(0, offset - frame.raw_offset)):
+                if not isinstance(item, Record):
+                    self.damaged_records += 1
+                    self.damaged_bytes += item.end - item.start
+                    continue
+                prev_seq = item.seq
+                if not item.lost:
+                    out.append((index, frame.raw_offset + item.end, item.seq,
+                                read.raw[item.start + HEADER_SIZE:item.end]))
+                    taken += item.end - item.start
+            if taken - start >= budget:
+                return taken, prev_seq, True
+        return taken, prev_seq, False

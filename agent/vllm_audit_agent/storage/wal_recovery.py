@@ -8,6 +8,12 @@ counted once and not again at the next open. An incomplete record at the very en
 newest segment is a crash mid-append — never acknowledged — and is truncated and counted
 apart (`torn_tail_bytes`); a damaged length field in the newest segment's last record looks
 the same and is counted as torn too.
+
+A sealed (compressed) segment (sealed.py) is never rewritten: recovery reads only its trailer
+and index (so an open does not grow with the log's history) and takes its last seq from there;
+one whose index does not check is read through once to rebuild it (counted:
+`sealed_index_rebuilt`). Damage inside one is counted by the reader that meets it. A plain
+segment left beside its sealed copy (a crash between the rename and the unlink) goes.
 """
 
 from __future__ import annotations
@@ -16,6 +22,13 @@ import os
 from pathlib import Path
 
 from vllm_audit_agent.storage.datadir import FILE_MODE, private_dir, write_private_file
+from vllm_audit_agent.storage.sealed import (
+    SEALED_FILE,
+    SealedIndex,
+    read_index,
+    rebuild_index,
+    sealed_name,
+)
 from vllm_audit_agent.storage.segment_format import (
     HEADER,
     HEADER_SIZE,
@@ -57,17 +70,13 @@ class Recovery:
         self.torn_tail_bytes = 0
         self.damaged_records = 0
         self.damaged_bytes = 0
+        #: index -> what a sealed segment's index says (its `segments` entry: bytes on disk).
+        self.sealed: dict[int, SealedIndex] = {}
+        self.sealed_index_rebuilt = 0
 
     def run(self) -> int:
         """Scans every segment, keeps the intact records; returns the next record seq."""
-        indexes = []
-        for path in self.directory.iterdir():
-            match = SEGMENT_FILE.match(path.name)
-            if match:
-                indexes.append(int(match.group(1)))
-            elif path.name.endswith(".wal.tmp"):
-                path.unlink()  # a rewrite that crashed before its rename; the original stands
-        indexes.sort()
+        indexes, sealed_set = self._list()
         # Lost records are counted per run of damaged ranges with no intact record between
         # them (a run may cross a segment boundary): exactly from the seq gap when the intact
         # records on both sides are known and no deleted segment lies between them (so a
@@ -80,6 +89,13 @@ class Recovery:
             if position and index != indexes[position - 1] + 1:
                 self._count_run(run, last_seq, None, run_exact)
                 run, exact = [], False  # a deleted segment in between: its seqs are gone
+            if index in sealed_set:
+                found = self._open_sealed(index)
+                if found.records:
+                    if run:  # damage at the end of the segment before
+                        self._count_run(run, last_seq, found.first_seq, run_exact)
+                    run, last_seq, exact = [], found.last_seq, True
+                continue
             path = self.directory / segment_name(index)
             os.chmod(path, FILE_MODE)  # tighten files an older version left 0644
             data = path.read_bytes()
@@ -118,6 +134,35 @@ class Recovery:
                                     + sum(map(len, markers.values())))
         self._count_run(run, last_seq, None, run_exact)
         return (last_seq or 0) + 1
+
+    def _list(self) -> tuple[list[int], set[int]]:
+        """The segments' indexes, oldest first, and which of them are sealed."""
+        indexes = []
+        sealed = []
+        for path in self.directory.iterdir():
+            match = SEGMENT_FILE.match(path.name)
+            if match:
+                indexes.append(int(match.group(1)))
+            elif (match := SEALED_FILE.match(path.name)) is not None:
+                sealed.append(int(match.group(1)))
+            elif path.name.endswith((".wal.tmp", ".wal.zst.tmp")):
+                path.unlink()  # a rewrite that crashed before its rename; the original stands
+        for index in sealed:
+            if index in indexes:  # sealed, the plain copy not yet removed: it goes now
+                indexes.remove(index)
+                (self.directory / segment_name(index)).unlink()
+        return sorted(indexes + sealed), set(sealed)
+
+    def _open_sealed(self, index: int) -> SealedIndex:
+        """Takes a sealed segment as its index says (rebuilt when it does not check)."""
+        path = self.directory / sealed_name(index)
+        found = read_index(path)
+        if found is None:
+            self.sealed_index_rebuilt += 1
+            found = rebuild_index(path.read_bytes())
+        self.sealed[index] = found
+        self.segments[index] = path.stat().st_size
+        return found
 
     def _count_run(self, run: list[Damage], prev_seq: int | None, next_seq: int | None,
                    exact: bool) -> int:

@@ -1,0 +1,51 @@
+"""Reading a WAL directory's segments read-only, without opening the log (no recovery, no
+rewrite, no lock): plain segments and sealed (compressed) ones, oldest first, each read through
+record by record (every record's CRC checked; a sealed one by its frames' headers, never its
+index). What the offline readers (`export`, `verify`) use, so they need no scratch copy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+from vllm_audit_agent.storage.sealed import SEALED_FILE, sealed_name, walk_frames
+from vllm_audit_agent.storage.segment_format import HEADER_SIZE, SEGMENT_FILE, scan, segment_name
+
+
+def segment_indexes(directory: Path) -> list[tuple[int, bool]]:
+    """(index, sealed) of every segment file, oldest first (a sealed copy wins over a plain one
+    left beside it by a crash between the two)."""
+    found: dict[int, bool] = {}
+    for path in directory.iterdir():
+        if (match := SEALED_FILE.match(path.name)) is not None:
+            found[int(match.group(1))] = True
+        elif (match := SEGMENT_FILE.match(path.name)) is not None:
+            found.setdefault(int(match.group(1)), False)
+    return sorted(found.items())
+
+
+def segment_chunks(directory: Path, index: int, sealed: bool) -> Iterator[bytes]:
+    """The raw record bytes of one segment: the plain file, or each intact frame."""
+    if not sealed:
+        yield (directory / segment_name(index)).read_bytes()
+        return
+    for frame in walk_frames((directory / sealed_name(index)).read_bytes()):
+        if frame.raw is not None:
+            yield frame.raw
+
+
+def read_segment_files(directory: Path, first_segment: int = 0
+                       ) -> Iterator[tuple[int, bytes]]:
+    """(segment, payload) of every intact record, oldest first."""
+    prev_seq: int | None = None
+    for index, sealed in segment_indexes(directory):
+        if index < first_segment:
+            continue
+        for data in segment_chunks(directory, index, sealed):
+            records, _ = scan(data, prev_seq)
+            for record in records:
+                if not record.lost:
+                    yield index, data[record.start + HEADER_SIZE:record.end]
+            if records:
+                prev_seq = records[-1].seq

@@ -1,0 +1,201 @@
+"""Record-log benchmarks (issue 23): restart time, verify and export rates, bytes at rest.
+
+    .venv/bin/python scripts/bench_record_log.py [--records 10000000] [--restart-only]
+
+- at rest:   a real log of 100k summary trail records (bench_evidence.record, ~2.9 KB each as
+             stored) written through RecordLog and its segments sealed as the writer task seals
+             them; bytes per record of the sealed segments on disk.
+- verify / export: `vllm-audit verify` and `vllm-audit export` (the CLI, in process) over that
+             log, records/s on one core.
+- restart:   RecordLog's own start (what the agent runs before /readyz) on a log of --records
+             records. Writing 10M records through RecordLog takes hours, so the sealed segments
+             are made directly with the log's segment writer (storage/sealed.py) in a fast
+             loop: real record bytes from one template (seq, times, ids and the chain fields
+             vary), footers as the log writes them; the chain and tree hashes are synthetic
+             (a start checks that the records it reads follow the last footer, not every hash).
+             The newest segment is plain, as the open one is.
+
+"Before" figures are those measured on this machine with the code before sealed segments
+(commit 1e44e1e, 100k records of the same shape), printed beside the new ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import hashlib
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+from bench_evidence import Row, new_log, record, timed_cli
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from vllm_audit_agent.records.chain import Signer, public_pem
+from vllm_audit_agent.records.footers import FOOTER_VERSION
+from vllm_audit_agent.records.merkle import CompactRange
+from vllm_audit_agent.storage.datadir import private_dir
+from vllm_audit_agent.storage.sealed import pack_sealed, sealed_name, write_file
+from vllm_audit_agent.storage.segment_format import HEADER_SIZE, Record, encode, segment_name
+
+#: Before sealed segments (commit 1e44e1e), 100k records of this shape on this machine.
+BEFORE = {"restart_s_per_100k": 5.3, "verify": 19_500.0, "export": 39_200.0,
+          "bytes_per_record": 2946.0}
+SEGMENT_RAW_BYTES = 64 << 20  # the record log's default segment size
+
+
+async def _real_log(directory: Path, signer: Signer, n: int) -> int:
+    log = new_log(directory, signer, checkpoint_every=1000)
+    for i in range(n):
+        log.append(record(i))
+        if i % 5000 == 4999:
+            await log.write_pending()
+    await log.stop(30)
+    while await log.seal_finished() is not None:  # what the writer task does between groups
+        pass
+    log.close()
+    return log.head_seq
+
+
+def bench_real_log(n: int = 100_000) -> list[Row]:
+    signer = Signer(Ed25519PrivateKey.generate())
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = Path(tmp) / "data" / "records"
+        directory.parent.mkdir()
+        total = asyncio.run(_real_log(directory, signer, n))
+        sealed = sorted(directory.glob("ingest-*.wal.zst"))
+        sealed_records = sum(_records_in(p) for p in sealed)
+        at_rest = sum(p.stat().st_size for p in sealed) / max(1, sealed_records)
+        public = Path(tmp) / "log.pub"
+        public.write_bytes(public_pem(signer.public_key))
+        verify_s, code, _ = timed_cli(["verify", str(directory), "--public-key", str(public)])
+        assert code == 0, "the benchmark's log does not verify"
+        out = Path(tmp) / "export.jsonl"
+        export_s, code, _ = timed_cli(["export", "--data-dir", str(directory.parent),
+                                       "--output-file", str(out)])
+        assert code == 0, "export failed"
+    return [
+        (f"record log at rest, sealed segments ({sealed_records:,} records)",
+         f"{at_rest:.0f} B/record (before {BEFORE['bytes_per_record']:.0f})", "<= 200 B"),
+        (f"vllm-audit verify, real log of {total // 1000}k records",
+         f"{total / verify_s / 1000:.1f}k records/s (before {BEFORE['verify'] / 1000:.1f}k)",
+         ">= 200k/s"),
+        ("vllm-audit export (JSONL), same log",
+         f"{total / export_s / 1000:.1f}k records/s (before {BEFORE['export'] / 1000:.1f}k)",
+         ">= 200k/s"),
+    ]
+
+
+def _records_in(path: Path) -> int:
+    from vllm_audit_agent.storage.sealed import read_index
+
+    index = read_index(path)
+    return index.records if index is not None else 0
+
+
+def _template() -> tuple[bytes, dict[str, Any]]:
+    """A summary record's canonical bytes with %-slots for what varies per record."""
+    fields = record(0)
+    fields.update({"type": "request", "log_id": "0" * 32, "seq": -111, "prev_hash": "@P@",
+                   "hash": "@H@", "recorded_unix_ms": -222, "request_id": "@R@",
+                   "trail_id": "@R@", "event_id": "@E@", "created_unix_ms": -333,
+                   "timestamp_ms": -333, "gen_ai.response.id": "@R@"})
+    data = orjson.dumps(fields, option=orjson.OPT_SORT_KEYS).replace(b"%", b"%%")
+    for old, new in ((b"-111", b"%(seq)d"), (b'"@P@"', b'"%(prev)s"'), (b'"@H@"', b'"%(hash)s"'),
+                     (b"-222", b"%(t)d"), (b'"@R@"', b'"%(rid)s"'), (b'"@E@"', b'"%(rid)s/0"'),
+                     (b"-333", b"%(t)d")):
+        data = data.replace(old, new)
+    return data, fields
+
+
+def make_log(directory: Path, n: int, log_id: str = "0" * 32) -> None:
+    """`n` records in sealed segments of about SEGMENT_RAW_BYTES, the newest plain."""
+    private_dir(directory)
+    template, _ = _template()
+    template = template.replace(b"0" * 32, log_id.encode(), 1)
+    tree = CompactRange()
+    prev = "0" * 64
+    seq, segment = 0, 1
+    sha = hashlib.sha256
+    t0 = 1_790_000_000_000
+    while seq < n:
+        parts: list[bytes] = []
+        size = 0
+        first_prev = prev
+        first_seq = seq + 1
+        while size < SEGMENT_RAW_BYTES and seq < n:
+            seq += 1
+            digest = sha(seq.to_bytes(8, "little")).hexdigest()
+            payload = template % {b"seq": seq, b"prev": prev.encode(), b"hash": digest.encode(),
+                                  b"t": t0 + seq, b"rid": b"chatcmpl-%016x" % seq}
+            frame = encode(seq, payload)
+            parts.append(frame)
+            size += len(frame)
+            tree.append(sha(digest.encode()).digest())
+            prev = digest
+        data = b"".join(parts)
+        if seq >= n:  # the open segment: plain
+            write_file(directory / segment_name(segment), data, fsync=False)
+            return
+        records, at = [], 0
+        for s, frame in zip(range(first_seq, seq + 1), parts, strict=True):
+            records.append(Record(at, at + len(frame), s))
+            at += len(frame)
+        count = seq - first_seq + 1
+        footer = {
+            "footer": FOOTER_VERSION, "first_seq": first_seq, "last_seq": seq,
+            "first_prev_hash": first_prev, "last_hash": prev, "first_time_ms": t0 + first_seq,
+            "last_time_ms": t0 + seq, "log_id": log_id, "genesis": first_seq == 1,
+            "counts": {"request": count}, "payload_bytes": size - HEADER_SIZE * count,
+            "access_bytes": 0, "checkpoint_roots": {}, "last_level": None,
+            "checkpointed": False, "since_checkpoint": 0, "kept_records": [],
+            "tree_after": {"size": tree.size, "nodes": [h.hex() for h in tree.nodes]}}
+        packed, _ = pack_sealed(data, records, footer)
+        write_file(directory / sealed_name(segment), packed, fsync=False)
+        segment += 1
+
+
+def bench_restart(n: int) -> list[Row]:
+    signer = Signer(Ed25519PrivateKey.generate())
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = Path(tmp) / "records"
+        t0 = time.perf_counter()
+        make_log(directory, n)
+        made_s = time.perf_counter() - t0
+        on_disk = sum(p.stat().st_size for p in directory.iterdir() if p.is_file())
+        gc.collect()
+        t0, c0 = time.perf_counter(), time.process_time()
+        log = new_log(directory, signer, checkpoint_every=1000)
+        restart_s, restart_cpu = time.perf_counter() - t0, time.process_time() - c0
+        assert log.head_seq == n and log.counters["started_from_footers"] > 0, log.counters
+        footed, replayed = log.counters["started_from_footers"], log.counters["replayed_records"]
+        log.close()
+    before = BEFORE["restart_s_per_100k"] * n / 100_000
+    return [
+        (f"record log restart with {n / 1e6:g}M records on disk",
+         f"{restart_s:.2f} s, {restart_cpu:.2f} CPU-s (before ~{before:.0f} s)", "<= 2 s at 10M"),
+        ("  footers read / records read back", f"{footed} segments / {replayed:,} records", ""),
+        ("  (made directly in, bytes on disk)", f"{made_s:.0f} s, {on_disk / 2**20:,.0f} MiB", ""),
+    ]
+
+
+def print_rows(rows: list[Row]) -> None:
+    width = max(len(r[0]) for r in rows)
+    print(f"{'figure':<{width}}  {'measured':<44} target")
+    for name, value, target in rows:
+        print(f"{name:<{width}}  {value:<44} {target}")
+
+
+def main(argv: list[str]) -> None:
+    n = int(argv[argv.index("--records") + 1]) if "--records" in argv else 10_000_000
+    print(f"record log (Python {sys.version.split()[0]}, temp dir {tempfile.gettempdir()})")
+    rows = [] if "--restart-only" in argv else bench_real_log()
+    rows += bench_restart(n)
+    print_rows(rows)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
