@@ -32,6 +32,9 @@ verify records/s).
 `python scripts/benchmarks.py signals` prints the content signals' cost (bench_signals.py:
 microseconds per KiB of prompt text, benign and hostile, and a 1 MiB prompt at the scan cap).
 
+`python scripts/benchmarks.py detections` prints events/s through the detections' rule engine
+(bench_detections.py).
+
 `python scripts/benchmarks.py fleet` prints only the fleet store's figures (bench_fleet.py:
 records/s into chDB, one user's newest 50 over 1M records, bytes per stored record).
 """
@@ -627,6 +630,10 @@ if __name__ == "__main__":
         import bench_signals  # beside this script (scripts/ is sys.path[0])
 
         bench_signals.main(print_rows)
+    elif sys.argv[1:] == ["detections"]:
+        import bench_detections  # beside this script (scripts/ is sys.path[0])
+
+        bench_detections.main(print_rows)
     elif sys.argv[1:] == ["evidence"]:
         import bench_evidence  # beside this script (scripts/ is sys.path[0])
 

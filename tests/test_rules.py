@@ -48,6 +48,8 @@ def test_rules_are_valid_and_their_unit_tests_pass() -> None:
     # The suite holds the case this design exists for: the first loss of a counter born at 0.
     suite = yaml.safe_load((RULES.parent / "alerts_test.yml").read_text())
     assert any(t["name"] == "first loss fires (counter born at 0)" for t in suite["tests"])
+    # And the detections' (issue 21): a rule's first finding fires, by its severity.
+    assert any(t["name"] == "the first finding of a rule fires" for t in suite["tests"])
 
 
 def test_the_chart_ships_the_same_rules() -> None:

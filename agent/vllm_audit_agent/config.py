@@ -309,6 +309,15 @@ class AgentConfig:
         "--price-table", "VLLM_AUDIT_PRICE_TABLE", None,
         "YAML/JSON prices per model per 1k input/output tokens, for GetAggregates' cost",
         metavar="FILE", default_note="no prices (cost 0; requests counted unpriced)")
+    # -- detections (detections/): streaming rules over the records, findings in the log --
+    detections: bool = declare(
+        "--detections", "VLLM_AUDIT_DETECTIONS", False,
+        "run the detection rules over the records this agent writes: each finding is a "
+        "`finding` record in the log and on <prefix>.findings", default_note="off")
+    detection_rules_file: Path | None = declare(
+        "--detection-rules", "VLLM_AUDIT_DETECTION_RULES", None,
+        "YAML/JSON/TOML thresholds of the detection rules (README: Detections)",
+        metavar="FILE", default_note="the defaults")
     # -- lifecycle --
     ready_requires: tuple[str, ...] = declare(
         "--ready-requires", "VLLM_AUDIT_READY_REQUIRES", DEFAULT_REQUIRED,
@@ -368,7 +377,8 @@ class FleetConfig:
         default_note="required")
     kafka_topic_prefix: str = declare(
         "--kafka-topic-prefix", "VLLM_AUDIT_FLEET_KAFKA_TOPIC_PREFIX", "vllm-audit",
-        "the agents' topic prefix: <prefix>.requests, .checkpoints and .access are read",
+        "the agents' topic prefix: <prefix>.requests, .checkpoints, .access and .findings are "
+        "read",
         metavar="PREFIX")
     group_id: str = declare(
         "--group-id", "VLLM_AUDIT_FLEET_GROUP_ID", "vllm-audit-fleet",
@@ -393,6 +403,14 @@ class FleetConfig:
         "--unwitnessed-seconds", "VLLM_AUDIT_FLEET_UNWITNESSED_SECONDS", 600.0,
         "a log whose oldest checkpoint has waited this long for its cosignatures is flagged "
         "unwitnessed (metric and alert; not a break)", metavar="S", check=positive)
+    detections: bool = declare(
+        "--detections", "VLLM_AUDIT_FLEET_DETECTIONS", False,
+        "run the detection rules over every pod's request and access records (scope fleet); "
+        "findings go to the store's findings table", default_note="off")
+    detection_rules_file: Path | None = declare(
+        "--detection-rules", "VLLM_AUDIT_FLEET_DETECTION_RULES", None,
+        "YAML/JSON/TOML thresholds of the detection rules (README: Detections)",
+        metavar="FILE", default_note="the defaults")
     http_address: str = declare(
         "--http-address", "VLLM_AUDIT_FLEET_HTTP_ADDRESS", "127.0.0.1:9420",
         "HTTP port of /metrics and /healthz", metavar="HOST:PORT", check=_address)

@@ -54,6 +54,10 @@ from vllm_audit_agent.delivery.cosigning import Cosigner
 from vllm_audit_agent.delivery.kafka_sink import KafkaPublisher
 from vllm_audit_agent.delivery.no_kafka import NoKafkaPublisher
 from vllm_audit_agent.delivery.publisher import Publisher
+from vllm_audit_agent.detections.engine import RuleEngine
+from vllm_audit_agent.detections.metrics import DetectionCollector
+from vllm_audit_agent.detections.runner import DetectionRunner
+from vllm_audit_agent.detections.settings import load_settings
 from vllm_audit_agent.ingest.service import IngestServicer, replay_wal
 from vllm_audit_agent.log_limit import LIMITED_LOGGERS, LogRateLimit
 from vllm_audit_agent.log_limit import install as install_log_limit
@@ -126,9 +130,21 @@ def _archiver(config: AgentConfig, records: RecordLog) -> Archiver | None:
     return archiver
 
 
+def _detections(config: AgentConfig, records: RecordLog) -> DetectionRunner | None:
+    """The rule engine over this log's records (--detections), started; its thresholds file
+    is read here, so a wrong one fails the start."""
+    if not config.detections:
+        return None
+    runner = DetectionRunner(RuleEngine(load_settings(config.detection_rules_file), "pod"),
+                             records)
+    runner.start()
+    return runner
+
+
 def _register(registry: CollectorRegistry, records: RecordLog, cosigner: Cosigner | None,
-              archiver: Archiver | None) -> None:
+              archiver: Archiver | None, detections: DetectionRunner | None) -> None:
     """The collectors of the optional parts, beside make_registry's."""
+    registry.register(DetectionCollector(detections.engine if detections else None, detections))
     if cosigner is not None:
         registry.register(WitnessCollector(cosigner))
     registry.register(EvidenceCollector(records))
@@ -216,6 +232,7 @@ async def _running_agent(config: AgentConfig, publisher: Publisher | None,
         logger.info("replayed %d batches from the WAL", replayed)
     state.reclaim_wal()
     records.start()
+    detections = _detections(config, records)
     await publisher.start(records)
     # Each durable checkpoint is offered to the witnesses; nothing waits for them.
     cosigner = Cosigner(records, config.witnesses, config.witness_timeout_seconds) \
@@ -264,7 +281,7 @@ async def _running_agent(config: AgentConfig, publisher: Publisher | None,
     if refused:
         logger.warning("%s", refused)
     registry = make_registry(state)
-    _register(registry, records, cosigner, archiver)
+    _register(registry, records, cosigner, archiver, detections)
     http = HttpEndpoint(state, registry, disabled_routes(refused) if refused
                         else ManagementApi(api, auth.gate).routes())
     if config.metrics_token_file is not None:
@@ -294,7 +311,7 @@ async def _running_agent(config: AgentConfig, publisher: Publisher | None,
             await archiver.stop(1.0)
         await _stop(state, server, query_server, sweeper, http, (ingest_health, query_health),
                     config.shutdown_timeout_seconds if shutdown_timeout is None
-                    else shutdown_timeout, refusal_windows)
+                    else shutdown_timeout, refusal_windows, detections)
 
 
 def _socket_directory(directory: Path) -> None:
@@ -330,7 +347,8 @@ def _restrict_socket(path: os.PathLike[str], group: str | None) -> None:
 async def _stop(state: AgentState, server: grpc.aio.Server, query_server: grpc.aio.Server,
                 sweeper: asyncio.Task[None], http: HttpEndpoint,
                 health: tuple[HealthServicer, ...], timeout: float,
-                refusal_windows: Callable[..., None] | None = None) -> None:
+                refusal_windows: Callable[..., None] | None = None,
+                detections: DetectionRunner | None = None) -> None:
     """Stops everything within one deadline, in order; each step gets what is left of it.
 
     Kubernetes sends SIGKILL `terminationGracePeriodSeconds` after SIGTERM, so a stop that
@@ -356,6 +374,8 @@ async def _stop(state: AgentState, server: grpc.aio.Server, query_server: grpc.a
     open_trails = state.trails.open_trails()
     if refusal_windows is not None:  # refusal floods still counting: their records first
         refusal_windows(everything=True)
+    if detections is not None:  # what the rules find in the last records is chained too
+        await detections.stop(left(reserve=min(6.0, timeout / 2)))
     # The record log writes what is queued and a final signed checkpoint first.
     await state.records.stop(left(reserve=min(4.0, timeout / 3)))
     # Keep a little of the deadline for the steps after the publisher.

@@ -1,9 +1,10 @@
 """The fleet's Kafka consumer group: each batch is verified, stored, its logs' states saved,
 and only then are its offsets committed (at-least-once; the store folds what comes twice).
 
-The three topics are subscribed by pattern (a topic created later is picked up) with the range
-assignor: with the same partition count on each topic — the agents key every topic by log_id —
-partition p of every topic goes to one replica, so each log is verified by one replica.
+The four topics (requests, checkpoints, access, findings) are subscribed by pattern (a topic
+created later is picked up) with the range assignor: with the same partition count on each
+topic — the agents key every topic by log_id — partition p of every topic goes to one
+replica, so each log is verified by one replica.
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from vllm_audit_agent.fleet.findings import FleetDetections
 from vllm_audit_agent.fleet.store import FleetStore
 from vllm_audit_agent.fleet.verifier import FleetVerifier
 
 logger = logging.getLogger("vllm_audit.fleet")
-TOPIC_SUFFIXES = ("requests", "checkpoints", "access")
+TOPIC_SUFFIXES = ("requests", "checkpoints", "access", "findings")
 
 
 @dataclass
@@ -40,10 +42,12 @@ def topic_pattern(prefix: str) -> str:
 
 class FleetConsumer:
     def __init__(self, bootstrap: str, prefix: str, group_id: str, store: FleetStore,
-                 verifier: FleetVerifier, max_records: int = 5000, retry_seconds: float = 1.0
-                 ) -> None:
+                 verifier: FleetVerifier, max_records: int = 5000, retry_seconds: float = 1.0,
+                 detections: FleetDetections | None = None) -> None:
         self.bootstrap, self.prefix, self.group_id = bootstrap, prefix, group_id
         self.store, self.verifier = store, verifier
+        #: The fleet-wide rules over what each batch stored (None: --detections off).
+        self.detections = detections
         self.max_records, self.retry_seconds = max_records, retry_seconds
         self.stats = ConsumerStats()
 
@@ -111,6 +115,8 @@ class FleetConsumer:
     def _write(self, payloads: list[bytes]) -> None:
         fed = self.verifier.feed(payloads)
         self.stats.stored += self.store.insert(fed.store)
+        if self.detections is not None:
+            self.detections.feed(fed.store)
         self.store.save_logs(self.verifier.states(fed.changed))
         self.stats.batches += 1
         self.stats.records += len(payloads)

@@ -22,7 +22,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from vllm_audit_agent.config import FleetConfig, parse_address
+from vllm_audit_agent.detections.engine import RuleEngine
+from vllm_audit_agent.detections.metrics import DetectionCollector
+from vllm_audit_agent.detections.settings import load_settings
 from vllm_audit_agent.fleet.consumer import FleetConsumer
+from vllm_audit_agent.fleet.findings import FindingsTable, FleetDetections
 from vllm_audit_agent.fleet.metrics import FleetCollector
 from vllm_audit_agent.fleet.schema import Retention
 from vllm_audit_agent.fleet.store import FleetStore
@@ -64,6 +68,16 @@ def witness_policy(config: FleetConfig) -> WitnessPolicy:
                          config.unwitnessed_seconds)
 
 
+def _detections(config: FleetConfig, store: FleetStore, retention: Retention
+                ) -> FleetDetections | None:
+    """The fleet-wide rules (--detections) and their findings table; a wrong thresholds file
+    fails the start."""
+    if not config.detections:
+        return None
+    engine = RuleEngine(load_settings(config.detection_rules_file), "fleet", dedupe=True)
+    return FleetDetections(engine, FindingsTable(store.backend, config.database, retention))
+
+
 #: What runs beside the consumer over its store (the query API), entered before it consumes.
 Beside = Callable[[FleetStore], AbstractAsyncContextManager[object]]
 
@@ -80,10 +94,13 @@ async def serve(config: FleetConfig, stop: asyncio.Event, store_class: type[Flee
         await asyncio.to_thread(lambda: verifier.load(store.logs()))
         # load() verified what the store held past the saved heads: saved before consuming
         await asyncio.to_thread(lambda: store.save_logs(verifier.states(verifier.logs)))
+        detections = await asyncio.to_thread(_detections, config, store, retention)
         consumer = FleetConsumer(config.kafka_bootstrap, config.kafka_topic_prefix,
-                                 config.group_id, store, verifier, config.max_batch_records)
+                                 config.group_id, store, verifier, config.max_batch_records,
+                                 detections=detections)
         registry = CollectorRegistry()
         registry.register(FleetCollector(verifier, consumer.stats))
+        registry.register(DetectionCollector(detections.engine if detections else None))
         runner = web.AppRunner(_http_app(registry), access_log=None)
         await runner.setup()
         host, port = parse_address("http_address", config.http_address)

@@ -63,6 +63,8 @@ RECORD_TYPE_COSIGNATURE = "cosignature"
 RECORD_TYPE_LEVEL = "level"
 #: A call to one of vLLM's administrative endpoints (model/record.py admin_record).
 RECORD_TYPE_ADMIN = "admin"
+#: A detection's finding (detections/finding.py): what a rule saw, about whom, on what evidence.
+RECORD_TYPE_FINDING = "finding"
 #: Record types whose Ed25519 `signature` covers them (signed_bytes) besides the chain.
 SIGNED_TYPES = frozenset({"checkpoint", "genesis", "seal"})
 #: What the record log adds to a record: its kind, when it entered the log, its place in the

@@ -12,6 +12,7 @@ from vllm_audit_agent.records.chain import (
     RECORD_TYPE_ADMIN,
     RECORD_TYPE_CHECKPOINT,
     RECORD_TYPE_COSIGNATURE,
+    RECORD_TYPE_FINDING,
     RECORD_TYPE_GENESIS,
     RECORD_TYPE_LEVEL,
     RECORD_TYPE_REQUEST,
@@ -23,11 +24,13 @@ from vllm_audit_agent.records.chain import (
 #: Admin records (vLLM's administrative calls: an adapter loaded, weights updated) go on the
 #: requests topic: keyed by the log like the requests, they share their partition, so a
 #: consumer reads "adapter loaded" before the first request it served, in order (consumers
-#: tell them apart by `type`).
+#: tell them apart by `type`). Findings (detections) have their own topic: what a SIEM or an
+#: on-call tool subscribes to without reading every request.
 TOPICS = {RECORD_TYPE_REQUEST: "requests", RECORD_TYPE_ADMIN: "requests",
           RECORD_TYPE_CHECKPOINT: "checkpoints", RECORD_TYPE_ACCESS: "access",
           RECORD_TYPE_GENESIS: "checkpoints", RECORD_TYPE_SEAL: "checkpoints",
-          RECORD_TYPE_COSIGNATURE: "checkpoints", RECORD_TYPE_LEVEL: "checkpoints"}
+          RECORD_TYPE_COSIGNATURE: "checkpoints", RECORD_TYPE_LEVEL: "checkpoints",
+          RECORD_TYPE_FINDING: "findings"}
 
 
 def event_id(record: dict[str, Any]) -> str:

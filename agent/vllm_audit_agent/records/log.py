@@ -62,6 +62,7 @@ from vllm_audit_agent.records.chain import (
     RECORD_TYPE_ADMIN,
     RECORD_TYPE_CHECKPOINT,
     RECORD_TYPE_COSIGNATURE,
+    RECORD_TYPE_FINDING,
     RECORD_TYPE_GENESIS,
     RECORD_TYPE_LEVEL,
     RECORD_TYPE_REQUEST,
@@ -96,7 +97,11 @@ CURSOR_NAME = "cursor"
 DEAD_LETTER_NAME = "dead-letter.jsonl"
 OnRecorded = Callable[[], None]
 CheckpointListener = Callable[[dict[str, Any]], None]
+RecordListener = Callable[[dict[str, Any]], None]
 ACCESS_TOPIC = TOPICS[RECORD_TYPE_ACCESS]
+#: What checkpoints are about: a log that ends with one of these after its last checkpoint
+#: writes one more at a clean stop (verify calls them an unsigned tail otherwise).
+COVERED_TYPES = (RECORD_TYPE_REQUEST, RECORD_TYPE_ACCESS, RECORD_TYPE_ADMIN, RECORD_TYPE_FINDING)
 
 
 class RecordLog:
@@ -157,6 +162,7 @@ class RecordLog:
         self.log_id = ""
         self.tree: CompactRange | None = None
         self._checkpoint_listeners: list[CheckpointListener] = []
+        self._record_listeners: list[RecordListener] = []
         #: What witnesses' consistency proofs need (kept once a witness listens).
         self._proofs = ProofWindow(self.counters)
         #: A seal appended whose segments are deleted once it is durable.
@@ -286,7 +292,7 @@ class RecordLog:
                 self._tail_bytes -= len(tail.popleft().value)
         if kind == RECORD_TYPE_CHECKPOINT:
             self._since_checkpoint = 0
-        elif kind in (RECORD_TYPE_REQUEST, RECORD_TYPE_ACCESS, RECORD_TYPE_ADMIN):
+        elif kind in COVERED_TYPES:
             self._since_checkpoint += 1
 
     @property
@@ -358,7 +364,9 @@ class RecordLog:
         self._pending.append((entry_of(record, value), on_recorded, snapshot))
         self.counters[f"appended_{kind}"] += 1
         self._wake.set()
-        if kind in (RECORD_TYPE_REQUEST, RECORD_TYPE_ACCESS, RECORD_TYPE_ADMIN):  # what checkpoints are about
+        for listener in self._record_listeners:
+            listener(record)
+        if kind in COVERED_TYPES:  # what checkpoints are about
             self._since_checkpoint += 1
             if self._since_checkpoint >= self.checkpoint_every:
                 self.checkpoint()
@@ -395,6 +403,12 @@ class RecordLog:
         on the log keeps the leaves witnesses' consistency proofs need."""
         self._checkpoint_listeners.append(listener)
         self._proofs.start(self.tree)
+
+    def add_record_listener(self, listener: RecordListener) -> None:
+        """`listener(record)` runs right after each later append, on the appending loop, with
+        the sealed record (do not change it): it must only take it (the detections' runner
+        queues it and evaluates off this path)."""
+        self._record_listeners.append(listener)
 
     def consistency_proof(self, old_size: int, new_size: int) -> list[bytes]:
         """RFC 9162 consistency proof between two sizes of this log's tree (proof_window.py)."""

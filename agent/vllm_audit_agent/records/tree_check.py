@@ -31,6 +31,7 @@ from vllm_audit_agent.records.chain import (
     RECORD_TYPE_ADMIN,
     RECORD_TYPE_CHECKPOINT,
     RECORD_TYPE_COSIGNATURE,
+    RECORD_TYPE_FINDING,
     RECORD_TYPE_GENESIS,
     RECORD_TYPE_REQUEST,
     RECORD_TYPE_SEAL,
@@ -124,7 +125,7 @@ class TreeCheck:
             self._early.append(leaf)
             return None
         self.tree.append(leaf)
-        if kind in (RECORD_TYPE_REQUEST, RECORD_TYPE_ACCESS, RECORD_TYPE_ADMIN):
+        if kind in (RECORD_TYPE_REQUEST, RECORD_TYPE_ACCESS, RECORD_TYPE_ADMIN, RECORD_TYPE_FINDING):
             self._last_covered_needed = self.tree.size
         return self._anchor_at(seq)
 
