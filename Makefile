@@ -24,7 +24,8 @@ lint: install
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
-# promtool, docker-compose and Grafana's schema, for the operations tests (skipped without).
+# promtool, docker-compose and Grafana's schema, for the operations tests, and the Sigma tools venv
+# (pySigma's backends), for the Sigma rules' tests (each skipped without).
 tools:
 	bash scripts/install_test_tools.sh
 

@@ -52,8 +52,10 @@ def sample(option: Option) -> str:
         return next(c for c in option.choices if c != option.default_text)
     if option.field == "ready_requires":
         return "kafka_connected"
-    if option.field == "witnesses":
+    if option.field in ("witnesses", "otlp_endpoint"):
         return "http://10.0.0.1:1"
+    if option.field == "kafka_formats":
+        return "requests=ocsf"
     if option.kind is int:
         return "7"
     if option.kind is float:

@@ -119,14 +119,17 @@ def test_hooks_extra_plus_vllm_covers_every_import_of_the_hooks() -> None:
 
 FLEET = "agent/vllm_audit_agent/fleet/"
 ARCHIVE = "agent/vllm_audit_agent/archive/"
+#: The OTLP export (`--otlp-endpoint`), imported only when that is set: the `otel` extra.
+OTLP = "agent/vllm_audit_agent/delivery/otlp_export.py"
 
 
 def test_agent_extra_covers_every_import_of_the_agent() -> None:
     """The fleet room runs only in `vllm-audit fleet`, installed with the `fleet` extra too;
-    the archive room only with `--archive-url` (or `verify s3://…`), with the `archive` extra."""
+    the archive room only with `--archive-url` (or `verify s3://…`), with the `archive` extra;
+    the OTLP export only with `--otlp-endpoint`, with the `otel` extra."""
     imports = third_party_imports(REPO / "agent", CONTRACT)
     assert "vllm" not in imports  # the agent runs in its own slim image
-    agent = {module: {f for f in files if not f.startswith((FLEET, ARCHIVE))}
+    agent = {module: {f for f in files if not f.startswith((FLEET, ARCHIVE, OTLP))}
              for module, files in imports.items()}
     assert missing({m: f for m, f in agent.items() if f}, extra("agent")) == {}
     fleet = {module: {f for f in files if f.startswith(FLEET)} for module, files in imports.items()}
@@ -137,6 +140,9 @@ def test_agent_extra_covers_every_import_of_the_agent() -> None:
     assert "boto3" in {m for m, f in archive.items() if f}
     assert missing({m: f for m, f in archive.items() if f},
                    extra("agent") | extra("archive")) == {}
+    otlp = {module: {f for f in files if f == OTLP} for module, files in imports.items()}
+    assert "opentelemetry" in {m for m, f in otlp.items() if f}
+    assert missing({m: f for m, f in otlp.items() if f}, extra("agent") | extra("otel")) == {}
 
 
 def test_a_forgotten_dependency_is_reported() -> None:

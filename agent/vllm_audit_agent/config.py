@@ -81,6 +81,52 @@ def parse_witnesses(text: str) -> tuple[str, ...]:
     return urls
 
 
+#: Topic suffixes a SIEM copy can be made for, and the formats (json: the chained record
+#: alone, which every topic carries anyway).
+KAFKA_FORMAT_TOPICS = ("requests", "findings", "access", "checkpoints")
+KAFKA_FORMATS = ("json", "ocsf", "ecs", "hec")
+
+
+def parse_kafka_formats(text: str) -> tuple[str, ...]:
+    """`TOPIC=FORMAT[+FORMAT]`, comma-separated, as sorted `topic=format` pairs (json dropped:
+    the chained record is on its topic whatever the option says)."""
+    pairs: set[str] = set()
+    for item in (i.strip() for i in text.split(",") if i.strip()):
+        topic, sep, formats = item.partition("=")
+        topic = topic.strip()
+        if not sep or topic not in KAFKA_FORMAT_TOPICS:
+            raise ValueError(f"kafka format {item!r} is not TOPIC=FORMAT with TOPIC one of "
+                             f"{', '.join(KAFKA_FORMAT_TOPICS)}")
+        for fmt in (f.strip() for f in formats.split("+")):
+            if fmt not in KAFKA_FORMATS:
+                raise ValueError(f"kafka format {fmt!r} (of {item!r}) is not one of "
+                                 f"{', '.join(KAFKA_FORMATS)}")
+            if fmt != "json":
+                pairs.add(f"{topic}={fmt}")
+    return tuple(sorted(pairs))
+
+
+def kafka_copies(pairs: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
+    """{topic suffix: the formats of its copies} from `parse_kafka_formats`' pairs."""
+    copies: dict[str, tuple[str, ...]] = {}
+    for pair in pairs:
+        topic, _, fmt = pair.partition("=")
+        copies[topic] = (*copies.get(topic, ()), fmt)
+    return copies
+
+
+def _kafka_formats(field: str, value: Any) -> None:
+    parse_kafka_formats(",".join(value))
+
+
+def _otlp_endpoint(field: str, value: Any) -> None:
+    if value is None:
+        return
+    parts = urllib.parse.urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("", "/"):
+        raise ValueError(f"{field}={value!r} is not an OTLP gRPC endpoint http(s)://HOST:PORT")
+
+
 def _witnesses(field: str, value: Any) -> None:
     parse_witnesses(",".join(value))
 
@@ -186,6 +232,22 @@ class AgentConfig:
     kafka_topic_prefix: str = declare(
         "--kafka-topic-prefix", "VLLM_AUDIT_KAFKA_TOPIC_PREFIX", "vllm-audit",
         "topics are PREFIX.requests etc.", metavar="PREFIX")
+    kafka_formats: tuple[str, ...] = declare(
+        "--kafka-format", "VLLM_AUDIT_KAFKA_FORMATS", (),
+        "TOPIC=FORMAT[+FORMAT]: beside each record on <prefix>.TOPIC (the chained JSON, always "
+        "there: what the fleet verifies), a copy in FORMAT on <prefix>.TOPIC.FORMAT, for a SIEM "
+        f"to consume as is; TOPIC one of {', '.join(KAFKA_FORMAT_TOPICS)}, FORMAT one of "
+        f"{', '.join(KAFKA_FORMATS)} (ocsf and ecs copy requests and findings; hec every "
+        "record) (repeatable or comma-separated)", metavar="TOPIC=FORMAT",
+        parse=parse_kafka_formats, check=_kafka_formats, show=_none_if_empty, repeatable=True,
+        default_note="the chained JSON only")
+    # -- OpenTelemetry: records as spans (siem/otlp.py), optional --
+    otlp_endpoint: str | None = declare(
+        "--otlp-endpoint", "VLLM_AUDIT_OTLP_ENDPOINT", None,
+        "OTLP gRPC endpoint (a Collector) each request record is exported to as a span with "
+        "the GenAI semantic conventions, in the caller's trace (its traceparent); best effort: "
+        "a bounded queue, drops counted; needs the `otel` extra", metavar="URL",
+        check=_otlp_endpoint, default_note="no export")
     # -- GPU telemetry --
     gpu: str = declare("--gpu", "VLLM_AUDIT_GPU", "nvml", "GPU telemetry reader",
                        choices=GPU_READERS)

@@ -48,12 +48,14 @@ from vllm_audit_agent.archive.layout import parse_archive_url
 from vllm_audit_agent.archive.metrics import ArchiveCollector
 from vllm_audit_agent.archive.store import S3Store, s3_client
 from vllm_audit_agent.archive.uploader import Archiver
-from vllm_audit_agent.config import AgentConfig, parse_address
+from vllm_audit_agent.config import AgentConfig, kafka_copies, parse_address
 from vllm_audit_agent.delivery.anchor_check import check_against_witnesses
 from vllm_audit_agent.delivery.cosigning import Cosigner
-from vllm_audit_agent.delivery.kafka_sink import KafkaPublisher
+from vllm_audit_agent.delivery.kafka_sink import KafkaPublisher, KafkaSink
 from vllm_audit_agent.delivery.no_kafka import NoKafkaPublisher
+from vllm_audit_agent.delivery.otlp_export import OtlpExporter
 from vllm_audit_agent.delivery.publisher import Publisher
+from vllm_audit_agent.delivery.siem_copies import SiemCopySink
 from vllm_audit_agent.detections.engine import RuleEngine
 from vllm_audit_agent.detections.metrics import DetectionCollector
 from vllm_audit_agent.detections.runner import DetectionRunner
@@ -81,6 +83,8 @@ QUERY_HEALTH = ("", query_pb2.DESCRIPTOR.services_by_name["QueryService"].full_n
 SWEEP_INTERVAL_S = 0.5
 #: Trails the linger sweep finalises before it lets the loop serve ingest again.
 SWEEP_BATCH = 1000
+#: Seconds the OTLP export gets at a stop to send the spans it holds (after the record log's).
+OTLP_STOP_S = 2.0
 
 
 @dataclass
@@ -153,9 +157,28 @@ def _register(registry: CollectorRegistry, records: RecordLog, cosigner: Cosigne
 
 
 def _publisher(config: AgentConfig) -> Publisher:
+    if config.kafka_bootstrap and config.kafka_formats:  # SIEM copies beside the records
+        sink = KafkaSink(config.kafka_bootstrap, config.kafka_topic_prefix)
+        return Publisher(SiemCopySink(sink, kafka_copies(config.kafka_formats)))
     if config.kafka_bootstrap:
         return KafkaPublisher(config.kafka_bootstrap, config.kafka_topic_prefix)
     return NoKafkaPublisher()
+
+def _otlp(config: AgentConfig, records: RecordLog) -> OtlpExporter | None:
+    """The OTLP span export of the request records (--otlp-endpoint), listening to the log."""
+    if config.otlp_endpoint is None:
+        return None
+    exporter = OtlpExporter(config.otlp_endpoint)
+    records.add_record_listener(exporter.offer)
+    logger.info("exporting request records as spans to %s (OTLP gRPC)", config.otlp_endpoint)
+    return exporter
+
+
+async def _stop_otlp(exporter: OtlpExporter | None) -> None:
+    """Sends the spans the export holds, within OTLP_STOP_S (best effort, as the export is)."""
+    if exporter is not None:
+        await asyncio.to_thread(exporter.stop, OTLP_STOP_S)
+
 
 
 @contextlib.asynccontextmanager
@@ -233,6 +256,7 @@ async def _running_agent(config: AgentConfig, publisher: Publisher | None,
     state.reclaim_wal()
     records.start()
     detections = _detections(config, records)
+    otlp = _otlp(config, records)
     await publisher.start(records)
     # Each durable checkpoint is offered to the witnesses; nothing waits for them.
     cosigner = Cosigner(records, config.witnesses, config.witness_timeout_seconds) \
@@ -312,6 +336,7 @@ async def _running_agent(config: AgentConfig, publisher: Publisher | None,
         await _stop(state, server, query_server, sweeper, http, (ingest_health, query_health),
                     config.shutdown_timeout_seconds if shutdown_timeout is None
                     else shutdown_timeout, refusal_windows, detections)
+        await _stop_otlp(otlp)  # after the log's last records
 
 
 def _socket_directory(directory: Path) -> None:

@@ -19,6 +19,7 @@ from vllm_audit_agent.cli.run_fleet import add_fleet_parser
 from vllm_audit_agent.cli.run_witness import add_witness_parser
 from vllm_audit_agent.config import LEVELS, OPTIONS, AgentConfig, env_var
 from vllm_audit_agent.options import add_arguments
+from vllm_audit_agent.records.export import FORMATS as EXPORT_FORMATS
 
 PROG = "vllm-audit"
 DISTRIBUTION = "vllm-audit"
@@ -46,7 +47,7 @@ DESCRIPTION = f"""`vllm-audit`: run the agent, query it, switch the audit level.
                       [--anchor FILE] [--anchor-kafka B] [--witness-url URL]
                       [--witness-key PEM --require-cosignatures N]
     vllm-audit prove PATH --seq N|--trail-id ID --public-key PEM [--witness-url URL]
-    vllm-audit export [--data-dir DIR] [--since T] [--until T] [--format jsonl|csv]
+    vllm-audit export [--data-dir DIR] [--since T] [--until T] [--format jsonl|csv|ocsf|ecs|hec]
     vllm-audit witness --key FILE --state-dir DIR --listen H:P --log-public-key PEM [--name N]
     vllm-audit keygen --key FILE [--public-key FILE]   (the signing key, apart from the data dir)
 
@@ -179,7 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--topic-prefix", default="vllm-audit")
     s.add_argument("--model", required=True, help="the model directory (its tokenizer)")
     evidence_parser.add_arguments(sub)
-    e = sub.add_parser("export", help="a time range of the record log as JSONL or CSV")
+    e = sub.add_parser("export", help="a time range of the record log as JSONL, CSV, OCSF, ECS "
+                                      "or Splunk HEC")
     e.add_argument("--data-dir", type=Path, help="the agent's data dir (default: env or config)")
     e.add_argument("--archive", metavar="s3://BUCKET/PREFIX",
                    help="read the WORM archive instead of the data dir")
@@ -187,7 +189,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="its S3 endpoint (default: $VLLM_AUDIT_ARCHIVE_ENDPOINT, else AWS S3)")
     e.add_argument("--since", help="ISO 8601 or unix time (recorded time, inclusive)")
     e.add_argument("--until", help="ISO 8601 or unix time (recorded time, exclusive)")
-    e.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
+    e.add_argument("--format", choices=EXPORT_FORMATS, default="jsonl",
+                   help="jsonl: the chained records (verifiable); csv: a table of the requests; "
+                        "ocsf, ecs, hec: one JSON line per record for a SIEM (OCSF 1.7.0 events, "
+                        "ECS documents, Splunk HEC events)")
     e.add_argument("--output-file", type=Path, help="file to write (default: stdout)")
     st = sub.add_parser("stats", help="the engine-stats time series")
     sts = st.add_subparsers(dest="what", required=True, metavar="WHAT")

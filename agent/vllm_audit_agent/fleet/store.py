@@ -23,6 +23,7 @@ from vllm_audit_agent.fleet.schema import (
     Retention,
     create_statements,
 )
+from vllm_audit_agent.fleet.sigma_view import view_statement
 
 #: A listing page's position: (timestamp_ms, event_id) of the last trail shown.
 Cursor = tuple[int, str]
@@ -76,7 +77,8 @@ class FleetStore:
         self.backend = backend
         self.db = database
         self._saved_ms = 0
-        for statement in create_statements(database, retention):
+        # The Sigma rules' view last: it reads the records table.
+        for statement in [*create_statements(database, retention), view_statement(database)]:
             backend.command(statement)
 
     @classmethod

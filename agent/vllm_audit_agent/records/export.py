@@ -1,4 +1,4 @@
-"""`vllm-audit export`: a time range of the record log as JSONL or CSV.
+"""`vllm-audit export`: a time range of the record log as JSONL, CSV, or a SIEM's format.
 
 The range is on `recorded_unix_ms` (when the record entered the log: the log's own order, so
 a range is one contiguous run of the chain): from the first record recorded at or after
@@ -7,6 +7,10 @@ byte for byte, and the export runs on to the first checkpoint after the range, s
 `vllm-audit verify` can check the file on its own (the first line anchors the chain). CSV has
 one row per request record: the chain fields first, then every other top-level field seen in
 the range (sorted); nested values are JSON. CSV is for reading, not for verification.
+`ocsf`, `ecs` and `hec` write one JSON line per record of the range that the format has a
+shape for (siem/formats.py): OCSF events and ECS documents of the requests and findings, a
+Splunk HEC event of every record; no checkpoint tail, as they are copies for a SIEM, not
+evidence (`jsonl` is).
 """
 
 from __future__ import annotations
@@ -21,8 +25,9 @@ import orjson
 
 from vllm_audit_agent.records.chain import RECORD_TYPE_CHECKPOINT, RECORD_TYPE_REQUEST
 from vllm_audit_agent.records.read_only import read_records
+from vllm_audit_agent.siem.formats import SIEM_FORMATS, encode
 
-FORMATS = ("jsonl", "csv")
+FORMATS = ("jsonl", "csv", *SIEM_FORMATS)
 CSV_LEAD = ("seq", "type", "event_id", "recorded_unix_ms", "prev_hash", "hash")
 
 
@@ -81,6 +86,8 @@ def export(records: Path | Callable[[], Iterator[bytes]], out: TextIO,
     if since_ms is not None and until_ms is not None and until_ms <= since_ms:
         raise ValueError("--until must be after --since")
     count = 0
+    if fmt in SIEM_FORMATS:
+        return _export_siem(read(), out, since_ms, until_ms, fmt)
     if fmt == "jsonl":
         tail: list[bytes] = []  # records past `until`, written only if a checkpoint ends them
         for payload, record in select(read(), since_ms, until_ms):
@@ -107,6 +114,19 @@ def export(records: Path | Callable[[], Iterator[bytes]], out: TextIO,
             continue
         writer.writerow([_cell(record.get(c)) for c in header])
         count += 1
+    return count
+
+
+def _export_siem(payloads: Iterator[bytes], out: TextIO, since_ms: int | None,
+                 until_ms: int | None, fmt: str) -> int:
+    count = 0
+    for _, record in select(payloads, since_ms, until_ms):
+        if until_ms is not None and int(record.get("recorded_unix_ms", 0)) >= until_ms:
+            break
+        line = encode(fmt, record)
+        if line is not None:
+            out.write(line.decode() + "\n")
+            count += record.get("type") == RECORD_TYPE_REQUEST
     return count
 
 
