@@ -272,6 +272,27 @@ class AgentConfig:
     checkpoint_interval_seconds: float = declare(
         "--checkpoint-interval", "VLLM_AUDIT_CHECKPOINT_INTERVAL_SECONDS", 10.0,
         "seconds between signed checkpoints while records arrive", metavar="S", check=positive)
+    # -- content sealing (records/content.py): crypto-shredding, content retention --
+    content_plaintext: bool = declare(
+        "--content-plaintext", "VLLM_AUDIT_CONTENT_PLAINTEXT", False,
+        "keep the prompt and output a capture policy keeps readable (full, redact) in clear in "
+        "the records instead of sealing them under a per-user, per-period key: no erasure, "
+        "and content then expires only with its records", default_note="sealed")
+    content_key_dir: Path | None = declare(
+        "--content-key-dir", "VLLM_AUDIT_CONTENT_KEY_DIR", None,
+        "directory of the content keys; in production its own volume, apart from the data dir "
+        "and its backups (README: Retention tiers and erasure)", metavar="DIR",
+        default_note="<data dir>/content-keys, warned at start: a copy of the data dir then "
+                     "holds the keys")
+    content_retention_days: float = declare(
+        "--content-retention-days", "VLLM_AUDIT_CONTENT_RETENTION_DAYS", 30.0,
+        "sealed content is readable this long (its keys are then destroyed, a signed erasure "
+        "record says so); the records stay for --record-retention-days; 0 = as long as they",
+        metavar="DAYS", check=not_negative)
+    content_key_period_seconds: float = declare(
+        "--content-key-period", "VLLM_AUDIT_CONTENT_KEY_PERIOD_SECONDS", 86400.0,
+        "how long one user's content key serves: the granularity of content expiry",
+        metavar="S", check=positive)
     # -- witnesses (delivery/cosigning.py): checkpoints cosigned off the pod --
     witnesses: tuple[str, ...] = declare(
         "--witness", "VLLM_AUDIT_WITNESSES", (),

@@ -64,6 +64,7 @@ from vllm_audit_agent.ingest.service import IngestServicer, replay_wal
 from vllm_audit_agent.log_limit import LIMITED_LOGGERS, LogRateLimit
 from vllm_audit_agent.log_limit import install as install_log_limit
 from vllm_audit_agent.records.chain import load_or_create_signer
+from vllm_audit_agent.records.content_keys import ContentKeyStore
 from vllm_audit_agent.records.identity import identity_from_env
 from vllm_audit_agent.records.log import RecordLog
 from vllm_audit_agent.state import AgentState
@@ -122,6 +123,28 @@ def _record_log(config: AgentConfig, kind: Callable[..., RecordLog] = RecordLog)
                      segment_bytes=max(1024, min(64 << 20, config.record_log_max_bytes // 16)))
 
 
+#: The start-up warning for content keys inside the data directory.
+CONTENT_KEYS_IN_DATA_DIR_WARNING = (
+    "the content keys %s are inside the data directory %s: a copy of that directory (a backup, "
+    "a volume snapshot) keeps keys that erasure or content expiry destroys here, and with them "
+    "the content; put --content-key-dir on a volume of its own that is not backed up with it")
+
+
+def _content_keys(config: AgentConfig, records: RecordLog) -> ContentKeyStore | None:
+    """The content key store (None: sealing off), after destroying any key an erasure record
+    of the log names that is still there (the agent stopped between the two)."""
+    if config.content_plaintext:
+        return None
+    directory = config.content_key_dir or config.data_dir / "content-keys"
+    if directory.resolve().is_relative_to(config.data_dir.resolve()):
+        logger.warning(CONTENT_KEYS_IN_DATA_DIR_WARNING, directory, config.data_dir)
+    keys = ContentKeyStore(directory, int(config.content_key_period_seconds * 1000))
+    if keys.destroy(records.erased_content_keys):
+        logger.warning("content keys named by an erasure record were still present; destroyed")
+    records.erased_content_keys = []
+    return keys
+
+
 def _archiver(config: AgentConfig, records: RecordLog) -> Archiver | None:
     """The WORM archive's uploader, started; from here on retention holds what it has not
     archived (it lists the archive first)."""
@@ -164,6 +187,7 @@ def _publisher(config: AgentConfig) -> Publisher:
         return KafkaPublisher(config.kafka_bootstrap, config.kafka_topic_prefix)
     return NoKafkaPublisher()
 
+
 def _otlp(config: AgentConfig, records: RecordLog) -> OtlpExporter | None:
     """The OTLP span export of the request records (--otlp-endpoint), listening to the log."""
     if config.otlp_endpoint is None:
@@ -178,7 +202,6 @@ async def _stop_otlp(exporter: OtlpExporter | None) -> None:
     """Sends the spans the export holds, within OTLP_STOP_S (best effort, as the export is)."""
     if exporter is not None:
         await asyncio.to_thread(exporter.stop, OTLP_STOP_S)
-
 
 
 @contextlib.asynccontextmanager
@@ -220,7 +243,7 @@ async def _running_agent(config: AgentConfig, publisher: Publisher | None,
     archiver = _archiver(config, records)  # before anything can reclaim the log
     publisher = publisher or _publisher(config)
     gpu = GpuSampler(gpu_reader or _gpu_reader(config.gpu), config.gpu_interval_seconds)
-    state = AgentState(config, wal, publisher, gpu, records)
+    state = AgentState(config, wal, publisher, gpu, records, _content_keys(config, records))
     state.log_limit = log_limit
     tokens = load_token_table(config.auth_tokens_file, config.data_dir)
     index = TrailIndex(state.trails)  # before the replay, so replayed trails are indexed

@@ -22,6 +22,7 @@ from vllm_audit_agent.ingest.recorder import Recorder
 from vllm_audit_agent.ingest.session import Session
 from vllm_audit_agent.ingest.sources import SourceState
 from vllm_audit_agent.log_limit import LIMITED_LOGGERS, LogRateLimit
+from vllm_audit_agent.records.content_keys import ContentKeyStore
 from vllm_audit_agent.records.log import RecordLog
 from vllm_audit_agent.storage.wal import WriteAheadLog
 from vllm_audit_agent.telemetry.engines import EngineTable
@@ -33,10 +34,13 @@ from vllm_audit_agent.trails.store import TrailStore
 
 class AgentState:
     def __init__(self, config: AgentConfig, wal: WriteAheadLog, publisher: Publisher,
-                 gpu: GpuSampler, records: RecordLog) -> None:
+                 gpu: GpuSampler, records: RecordLog,
+                 content_keys: ContentKeyStore | None = None) -> None:
         self.config = config
         self.wal = wal
         self.records = records
+        #: The content key store (None: content sealing is off).
+        self.content_keys = content_keys
         self.publisher = publisher
         self.gpu = gpu
         #: Internal errors swallowed by the agent; tests assert this stays empty.
@@ -61,7 +65,8 @@ class AgentState:
                                    self.stats_history, config.engine_stats_interval_seconds)
         self.recorder = Recorder(records, wal, self.trails, self.request_metrics,
                                  self.ingest.engine_snapshot, self.ingest.counters,
-                                 config.record_grammar_max_bytes)
+                                 config.record_grammar_max_bytes, content_keys,
+                                 config.content_retention_days)
         self.ingest.on_admin = self.recorder.record_admin
 
     def _record_at_level(self, level: int) -> None:

@@ -4,7 +4,10 @@ log on disk.
 Pages come from the trail index (trails/index.py) newest first; the cursor is the index
 position of the last trail handed out (8 bytes), so pages stay stable while trails arrive and
 go. Export reads the record log, not the store: a trail deleted from the store or evicted from
-memory is still exported.
+memory is still exported, exactly as stored (sealed content stays sealed).
+
+Pages and trails show sealed content opened with the content key store (records/content.py):
+the prompt and output while their key lives, `content.erased` (and why) once it is gone.
 """
 
 from __future__ import annotations
@@ -22,7 +25,10 @@ from vllm_audit_agent.api.errors import ApiError
 from vllm_audit_agent.api.scope import record_matches
 from vllm_audit_agent.api.trail_source import StoredTrail
 from vllm_audit_agent.api.usage import sum_summaries
+from vllm_audit_agent.model.record import message_to_dict
 from vllm_audit_agent.records.chain import RECORD_TYPE_REQUEST
+from vllm_audit_agent.records.content import open_fields
+from vllm_audit_agent.records.content_keys import ContentKeyStore
 from vllm_audit_agent.state import AgentState
 from vllm_audit_agent.trails.index import Filter, TrailIndex, Watch
 
@@ -40,13 +46,15 @@ class AgentTrailSource:
 
     def page(self, f: Filter, cursor: bytes, size: int) -> tuple[list[q.TrailSummary], bytes]:
         page, next_seq = self.index.page(f, int.from_bytes(cursor, "big") if cursor else 0, size)
-        return page, next_seq.to_bytes(8, "big") if next_seq else b""
+        keys = self.state.content_keys
+        return ([open_summary(s, keys) for s in page],
+                next_seq.to_bytes(8, "big") if next_seq else b"")
 
     def get(self, trail_id: str, tenant: str | None) -> StoredTrail | None:
         trail = self.state.trails.get(trail_id)
         if trail is None or (tenant is not None and trail.tenant != tenant):
             return None
-        return StoredTrail(trail.summary, trail.events)
+        return StoredTrail(open_summary(trail.summary, self.state.content_keys), trail.events)
 
     async def export(self, f: Filter) -> AsyncGenerator[list[bytes], None]:
         """The record log read in a worker thread a step at a time (the WAL's reader copes
@@ -84,6 +92,20 @@ class AgentTrailSource:
         """Over the final trails in memory (the last --max-trails): the fleet service has the
         months."""
         return sum_summaries(self.index.final(f), keys)
+
+
+def open_summary(summary: q.TrailSummary, keys: ContentKeyStore | None) -> q.TrailSummary:
+    """A fresh summary with its sealed content opened, or marked erased (in place)."""
+    if keys is None or not summary.content.scheme:
+        return summary
+    view = open_fields({"request_id": summary.request_id,
+                        "content": message_to_dict(summary.content)}, keys)
+    if view["content"].get("erased"):
+        summary.content.CopyFrom(q.SealedContent(**view["content"]))
+    else:
+        summary.prompt = view.get("prompt", summary.prompt)
+        summary.output = view.get("output", summary.output)
+    return summary
 
 
 def _scan(payloads: Iterator[tuple[int, bytes]], f: Filter, upto: int

@@ -212,7 +212,7 @@ class ManagementApi:
 
 #: The ControlService's methods and the AuditApi method each runs.
 CONTROL_METHODS = {"DeleteTrail": "delete_trail", "ClearTrails": "clear_trails",
-                   "SetAuditLevel": "set_level"}
+                   "SetAuditLevel": "set_level", "EraseSubject": "erase_subject"}
 
 
 async def _no_control(request: web.Request, message: Message) -> tuple[web.StreamResponse, int]:

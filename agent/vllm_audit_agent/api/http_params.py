@@ -191,6 +191,17 @@ LEVEL: Mapping[str, Param] = {
 }
 
 
+ERASE: Mapping[str, Param] = {
+    "user": Param("user", _text, {"type": "string", "maxLength": max_bytes("user")},
+                  "the user whose content keys are destroyed", "alice", required=True),
+    "tenant": Param("tenant", _text, {"type": "string", "maxLength": max_bytes("tenant")},
+                    "the user's tenant (empty: none)", "acme"),
+    "reason": Param("reason", _text, {"type": "string", "maxLength": max_bytes("reason")},
+                    "why (a ticket, the request's basis); no personal data",
+                    "GDPR Art. 17 request #123", required=True),
+}
+
+
 def from_query(request: web.Request, message: Message, known: Mapping[str, Param]) -> Message:
     """Fills `message` from the query string; refuses what it does not know."""
     seen: set[str] = set()

@@ -17,6 +17,7 @@ from vllm_audit.v1 import query_pb2 as q
 from vllm_audit_agent.api.http_params import (
     AGGREGATES,
     CONFIRM,
+    ERASE,
     EVENTS,
     FILTERS,
     LEVEL,
@@ -77,5 +78,8 @@ ROUTES: tuple[Route, ...] = (
           "Removes every final trail from the query store (the record log stays)", body=CONFIRM),
     Route("PUT", "/level", _C + "SetAuditLevel", "Sets the audit level of every hook",
           body=LEVEL),
+    Route("POST", "/erasures", _C + "EraseSubject",
+          "Erases one user's content: destroys their content keys, writes a signed erasure "
+          "record (admin)", body=ERASE),
     Route("GET", OPENAPI_PATH, "", "This document: the management API in OpenAPI 3.1"),
 )

@@ -12,7 +12,9 @@ and control.
 
 Delete and clear act on the query store and its index only: the record log stays append-only
 (it expires by retention alone), so `export` (which reads the record log) still returns a
-deleted trail's records, and `verify` still passes.
+deleted trail's records, and `verify` still passes. Erasure (`erase_subject`) changes no
+record either: it destroys the subject's content keys (records/content_keys.py) once a signed
+erasure record naming them is durable, so their content is unreadable in every copy.
 """
 
 from __future__ import annotations
@@ -25,18 +27,21 @@ from vllm_audit.v1 import events_pb2 as pb
 from vllm_audit.v1 import query_pb2 as q
 from vllm_audit_agent.api.agent_trails import AgentTrailSource
 from vllm_audit_agent.api.errors import ApiError
-from vllm_audit_agent.api.gate import note_for_access_record
+from vllm_audit_agent.api.gate import current_principal, note_for_access_record
 from vllm_audit_agent.api.page_tokens import PageTokens
 from vllm_audit_agent.api.reads import TrailReads
 from vllm_audit_agent.api.scope import visible
 from vllm_audit_agent.api.usage import PriceTable
 from vllm_audit_agent.config import LEVELS
+from vllm_audit_agent.records.erasure import subject_erasure
 from vllm_audit_agent.state import AgentState
 from vllm_audit_agent.trails.index import TrailIndex
 from vllm_audit_agent.trails.store import TrailOpen
 
 #: What ClearTrailsRequest.confirm must say: clearing the query store is never an accident.
 CLEAR_CONFIRMATION = "delete-all-trails"
+#: Seconds an erasure waits for its record to be durable before answering UNAVAILABLE.
+ERASURE_DURABLE_TIMEOUT_S = 30.0
 
 
 class AuditApi(TrailReads):
@@ -127,3 +132,47 @@ class AuditApi(TrailReads):
                            f"confirm={CLEAR_CONFIRMATION!r} (got {request.confirm!r})")
         deleted, kept = self.state.trails.clear()
         return q.ClearTrailsResponse(deleted=deleted, kept_open=kept)
+
+    async def erase_subject(self, request: q.EraseSubjectRequest) -> q.EraseSubjectResponse:
+        """Destroys every content key of one user (in a tenant) after a signed erasure record
+        naming them (by count and id, the user by HMAC) is durable."""
+        if not request.user:
+            raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, "user is required")
+        if not request.reason.strip():
+            raise ApiError(grpc.StatusCode.INVALID_ARGUMENT,
+                           "reason is required: why this erasure (a ticket, the request's basis)")
+        keys = self.state.content_keys
+        if keys is None:
+            raise ApiError(grpc.StatusCode.FAILED_PRECONDITION,
+                           "content sealing is off (--content-plaintext): this agent "
+                           "holds no content keys to erase")
+        found = keys.keys_of(request.tenant, request.user)
+        subject = keys.subject(request.tenant, request.user)
+        if not found:
+            raise ApiError(grpc.StatusCode.NOT_FOUND,
+                           f"no content key for user {request.user!r} in tenant "
+                           f"{request.tenant!r}: nothing of theirs is readable here (never "
+                           "captured readable, already erased, or expired); nothing written")
+        records = self.state.records
+        principal = current_principal()
+        who = f"{principal.subject} ({principal.role}, token {principal.token_id})" \
+            if principal is not None else "local"
+        ids = [k.key_id for k in found]
+        record = subject_erasure(records.log_id, int(time.time() * 1000), ids, subject,
+                                 request.tenant, who, request.reason)
+        seq = records.append_erasure(record, lambda: self._destroy(ids))
+        note_for_access_record(erasure_seq=seq, keys=len(ids), subject_hmac=subject)
+        deadline = time.monotonic() + ERASURE_DURABLE_TIMEOUT_S
+        while records.durable_seq < seq and time.monotonic() < deadline:
+            await records.wait_durable(seq - 1, deadline - time.monotonic())
+        if records.durable_seq < seq:
+            raise ApiError(grpc.StatusCode.UNAVAILABLE,
+                           f"the erasure record (seq {seq}) is not durable yet: the keys go "
+                           "once it is (the record log refuses writes; see its metrics)")
+        return q.EraseSubjectResponse(keys_destroyed=len(ids), erasure_seq=seq,
+                                      subject_hmac=subject)
+
+    def _destroy(self, key_ids: list[str]) -> None:
+        keys = self.state.content_keys
+        if keys is not None:
+            self.state.counters["content_keys_erased"] += keys.destroy(key_ids)

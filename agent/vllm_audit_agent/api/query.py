@@ -86,6 +86,10 @@ class ControlServicer(query_pb2_grpc.ControlServiceServicer):
                           ) -> q.DeleteTrailResponse:
         return await _run(context, self.api.delete_trail, request)
 
+    async def EraseSubject(self, request: q.EraseSubjectRequest, context: Context
+                           ) -> q.EraseSubjectResponse:
+        return await _run(context, self.api.erase_subject, request)
+
     async def ClearTrails(self, request: q.ClearTrailsRequest, context: Context
                           ) -> q.ClearTrailsResponse:
         return await _run(context, self.api.clear_trails, request)

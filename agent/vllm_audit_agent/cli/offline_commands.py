@@ -82,6 +82,8 @@ def run_export(args: argparse.Namespace) -> int:
         source = data_dir / "records"
         if not source.is_dir():
             raise ValueError(f"{source}: no record log there")
+    if args.open_content:
+        source = _opened(source, _content_keys(args))
     if args.output_file is None:
         n = export(source, sys.stdout, since, until, args.format)
     else:
@@ -124,3 +126,25 @@ def run_stats_export(args: argparse.Namespace) -> int:
     note = f", {skipped['unreadable_lines']} unreadable lines skipped" if skipped else ""
     print(f"{PROG} stats export: {n} snapshots{note}", file=sys.stderr)
     return 0
+
+
+def _content_keys(args: argparse.Namespace) -> Any:
+    """The content key store `export --open-content` reads (never created here)."""
+    from vllm_audit_agent.records.content_keys import ContentKeyStore
+
+    config = AgentConfig.from_env()
+    directory = args.content_key_dir or config.content_key_dir or \
+        (args.data_dir or config.data_dir) / "content-keys"
+    return ContentKeyStore.open_existing(directory)
+
+
+def _opened(source: Path | Callable[[], Iterator[bytes]], keys: Any
+            ) -> Callable[[], Iterator[bytes]]:
+    """`source` read with its sealed content opened (records/content.py open_payloads)."""
+    from vllm_audit_agent.records.content import open_payloads
+    from vllm_audit_agent.records.read_only import read_records
+
+    def read() -> Iterator[bytes]:
+        payloads = read_records(source) if isinstance(source, Path) else source()
+        return open_payloads(payloads, keys)
+    return read

@@ -42,12 +42,14 @@ DESCRIPTION = f"""`vllm-audit`: run the agent, query it, switch the audit level.
     vllm-audit set-level {'|'.join(LEVELS)}
     vllm-audit delete REQUEST_ID        (admin: the query store only; records stay)
     vllm-audit clear --confirm          (admin: every final trail of the query store)
+    vllm-audit erase --user U [--tenant T] --reason R   (admin: destroys U's content keys)
     vllm-audit tail [--count N]
     vllm-audit verify PATH|--kafka-bootstrap B --public-key PEM [--allow-unsigned-tail]
                       [--anchor FILE] [--anchor-kafka B] [--witness-url URL]
                       [--witness-key PEM --require-cosignatures N]
     vllm-audit prove PATH --seq N|--trail-id ID --public-key PEM [--witness-url URL]
     vllm-audit export [--data-dir DIR] [--since T] [--until T] [--format jsonl|csv|ocsf|ecs|hec]
+                      [--open-content [--content-key-dir DIR]]
     vllm-audit witness --key FILE --state-dir DIR --listen H:P --log-public-key PEM [--name N]
     vllm-audit keygen --key FILE [--public-key FILE]   (the signing key, apart from the data dir)
 
@@ -165,6 +167,13 @@ def build_parser() -> argparse.ArgumentParser:
                             "record log keeps their records)")
     s.add_argument("--confirm", action="store_true", required=True,
                    help="required: says you mean it")
+    s = sub.add_parser("erase", parents=[client],
+                       help="erase one user's content (admin): their content keys are destroyed "
+                            "and a signed erasure record written; records and chain stay")
+    s.add_argument("--user", required=True)
+    s.add_argument("--tenant", default="", help="the user's tenant (default: none)")
+    s.add_argument("--reason", required=True,
+                   help="why (a ticket, the request's basis); kept in the erasure record")
 
     s = sub.add_parser("tail", parents=[client],
                        help="the stored final trails, then each new one as it becomes final")
@@ -194,6 +203,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "ocsf, ecs, hec: one JSON line per record for a SIEM (OCSF 1.7.0 events, "
                         "ECS documents, Splunk HEC events)")
     e.add_argument("--output-file", type=Path, help="file to write (default: stdout)")
+    e.add_argument("--open-content", action="store_true",
+                   help="open sealed prompts and outputs with the content keys (erased ones "
+                        "say so); the records then differ from the hashed ones: for reading, "
+                        "not for verify")
+    e.add_argument("--content-key-dir", type=Path,
+                   help="the content keys (default: $VLLM_AUDIT_CONTENT_KEY_DIR, else "
+                        "<data dir>/content-keys)")
     st = sub.add_parser("stats", help="the engine-stats time series")
     sts = st.add_subparsers(dest="what", required=True, metavar="WHAT")
     se = sts.add_parser("export", help="engine-stats snapshots in a time range as CSV or JSONL, "

@@ -64,6 +64,10 @@ def run_client(args: argparse.Namespace) -> int:
         elif args.command == "delete":
             answer = query_pb2_grpc.ControlServiceStub(chan).DeleteTrail(
                 q.DeleteTrailRequest(request_id=args.request_id), timeout=timeout)
+        elif args.command == "erase":
+            answer = query_pb2_grpc.ControlServiceStub(chan).EraseSubject(
+                q.EraseSubjectRequest(user=args.user, tenant=args.tenant, reason=args.reason),
+                timeout=timeout)
         elif args.command == "clear":
             answer = query_pb2_grpc.ControlServiceStub(chan).ClearTrails(
                 q.ClearTrailsRequest(confirm=CLEAR_CONFIRMATION), timeout=timeout)

@@ -1,5 +1,10 @@
 """A final trail (or a revision of one) becomes one record in the record log; once it is
-durable there, the ingest WAL segments that held the trail are released."""
+durable there, the ingest WAL segments that held the trail are released.
+
+With a content key store, the prompt and output a capture policy kept readable are sealed
+into the record (records/content.py) and forgotten by the trail in memory: from then on the
+query API shows them only while their key lives. Content retention (`expire_content`) runs
+with the log's retention sweep."""
 
 from __future__ import annotations
 
@@ -17,6 +22,9 @@ from vllm_audit_agent.model.record import (
 )
 from vllm_audit_agent.model.trail import Trail
 from vllm_audit_agent.records.chain import RECORD_TYPE_ADMIN
+from vllm_audit_agent.records.content import seal_fields
+from vllm_audit_agent.records.content_keys import ContentKeyStore
+from vllm_audit_agent.records.erasure import expiry_erasure
 from vllm_audit_agent.records.log import RecordLog
 from vllm_audit_agent.storage.wal import WriteAheadLog
 from vllm_audit_agent.telemetry.request_metrics import RequestMetrics
@@ -30,8 +38,15 @@ class Recorder:
     def __init__(self, records: RecordLog, wal: WriteAheadLog, trails: TrailStore,
                  request_metrics: RequestMetrics,
                  engine_snapshot: Callable[[Trail], pb.EngineStats | None],
-                 counters: Counter[str], record_grammar_max_bytes: int) -> None:
+                 counters: Counter[str], record_grammar_max_bytes: int,
+                 content_keys: ContentKeyStore | None = None,
+                 content_retention_days: float = 0.0) -> None:
         self.records = records
+        self.content_keys = content_keys
+        #: Days sealed content is kept (0: as long as its record).
+        self.content_retention_days = content_retention_days
+        #: The expiry bound an erasure record is on its way for (not durable yet).
+        self._expiring_to = 0
         self.wal = wal
         self.trails = trails
         self.request_metrics = request_metrics
@@ -50,6 +65,9 @@ class Recorder:
             return
         fields = trail.fields()
         self.request_metrics.observe(fields)
+        if self.content_keys is not None and seal_fields(fields, self.content_keys) is not None:
+            trail.content = fields["content"]
+            _forget_plain_content(trail)
         proof = (grammar_proof(trail.events, self.record_grammar_max_bytes)
                  if trail.grammar_backend and trail.audit_level in GRAMMAR_PROOF_LEVELS
                  else ([], 0))
@@ -97,4 +115,43 @@ class Recorder:
             if not self.trails.segment_refs.get(segment) and self.wal.delete(segment):
                 deleted += 1
         self.records.reclaim()
+        self.expire_content()
         return deleted
+
+    def expire_content(self) -> int:
+        """Content retention: the keys of every period that ended more than
+        `content_retention_days` ago go, once a signed erasure record naming the bound is
+        durable. Returns how many keys the record names (0: nothing due)."""
+        keys = self.content_keys
+        if keys is None or self.content_retention_days <= 0:
+            return 0
+        horizon = int((keys.clock() - self.content_retention_days * 86400) * 1000)
+        before = keys.period_end(horizon) - keys.period_ms
+        if before <= max(keys.expired_before_ms, self._expiring_to):
+            return 0
+        count = sum(1 for k in keys.live() if k.period_end_ms <= before)
+        if not count:
+            keys.expire(before)
+            return 0
+        self._expiring_to = before
+        record = expiry_erasure(self.records.log_id, int(keys.clock() * 1000), before, count,
+                                self.content_retention_days)
+        self.counters["content_keys_expired"] += count
+        def expire() -> None:
+            keys.expire(before)
+        self.records.append_erasure(record, expire)
+        return count
+
+
+def _forget_plain_content(trail: Trail) -> None:
+    """The trail's HTTP half without its prompt and output (the record sealed them), in
+    `http_event` and among its events (the same bytes object)."""
+    old = trail.http_event
+    if old is None:
+        return
+    event = pb.Event.FromString(old)
+    event.http.prompt = ""
+    event.http.output = ""
+    new = event.SerializeToString()
+    trail.http_event = new
+    trail.events = tuple(new if raw is old else raw for raw in trail.events)

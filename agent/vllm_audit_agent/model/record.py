@@ -46,7 +46,9 @@ from vllm_audit.v1 import query_pb2 as q
 #: 7: model_provenance (weights' and tokenizer's digests, revision, dtype, quantization, vLLM
 #: and hook versions, changes since start), lora_adapter (name, path, digest) and sampling
 #: (the parameters the engine applied); admin records (type "admin") beside them.
-#: 8: traceparent (the caller's W3C trace context, which the OTLP span joins);
+#: 8: traceparent (the caller's W3C trace context, which the OTLP span joins); content (the
+#: prompt and output a capture policy kept readable, sealed under a content key:
+#: records/content.py; prompt and output are then empty); erasure records (type "erasure");
 #: content_signals (the hook's counts of injection, secret and personal-data patterns in the
 #: prompt and output, taken before the capture policy; null when none were computed) and
 #: content_signals_unscanned_chars.

@@ -56,6 +56,7 @@ _NO_STRUCTURED_OUTPUT = message_to_dict(pb.StructuredOutputSummary())
 _NO_PROVENANCE = message_to_dict(pb.ModelProvenance())
 _NO_ADAPTER = message_to_dict(pb.LoraAdapter())
 _NO_SAMPLING = message_to_dict(pb.SamplingParameters())
+_NO_CONTENT = message_to_dict(q.SealedContent())
 #: The ADDED event's parts a record carries (RequestLifecycle field -> record field).
 _ADDED_PARTS = (("provenance", "model_provenance", _NO_PROVENANCE),
                 ("lora_adapter", "lora_adapter", _NO_ADAPTER),
@@ -78,6 +79,8 @@ class Trail:
         "client_request_id", "status_code", "finalised_by", "incomplete",
         # -- the latest serialised event of each kind the summary reads fields from --
         "http_event", "grammar_event", "so_event", "added_event",
+        # -- the prompt and output sealed under a content key (records/content.py), or None --
+        "content",
         # -- owned by the query index (trail_index.py): where it filed this trail --
         "index_seq", "index_keys", "index_final", "index_told",
     )
@@ -139,6 +142,9 @@ class Trail:
         #: The first ADDED lifecycle event with the model's provenance, the LoRA adapter and
         #: the sampling parameters (the samples of n > 1 share them).
         self.added_event: bytes | None = None
+        #: The sealed prompt and output (SealedContent's fields) once the record sealed them:
+        #: the HTTP half in memory then holds neither (ingest/recorder.py).
+        self.content: dict[str, Any] | None = None
         #: The index's sequence number (0: not indexed), the keys it filed the trail under
         #: and whether it counted the trail as final.
         self.index_seq = 0
@@ -297,6 +303,7 @@ class Trail:
             "content_signals_unscanned_chars": h.content_signals_unscanned_chars,
         }
         fields.update(self._added_fields())
+        fields["content"] = dict(self.content) if self.content else dict(_NO_CONTENT)
         return fields
 
     def _added_fields(self) -> dict[str, Any]:
@@ -392,4 +399,7 @@ def from_record(record: dict[str, Any]) -> Trail:
                                      lifecycle=lifecycle).SerializeToString()
     trail.events = tuple(json_format.ParseDict(event, pb.Event(), ignore_unknown_fields=True)
                          .SerializeToString() for event in record.get("grammar_events") or ())
+    content = record.get("content")
+    if isinstance(content, dict) and content.get("scheme"):
+        trail.content = dict(content)
     return trail

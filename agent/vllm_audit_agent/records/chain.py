@@ -65,8 +65,11 @@ RECORD_TYPE_LEVEL = "level"
 RECORD_TYPE_ADMIN = "admin"
 #: A detection's finding (detections/finding.py): what a rule saw, about whom, on what evidence.
 RECORD_TYPE_FINDING = "finding"
+#: Content keys destroyed: one subject's on request, or a period's by content retention
+#: (erasure.py).
+RECORD_TYPE_ERASURE = "erasure"
 #: Record types whose Ed25519 `signature` covers them (signed_bytes) besides the chain.
-SIGNED_TYPES = frozenset({"checkpoint", "genesis", "seal"})
+SIGNED_TYPES = frozenset({"checkpoint", "genesis", "seal", "erasure"})
 #: What the record log adds to a record: its kind, when it entered the log, its place in the
 #: chain. A trail shown by the query API has every other field of its record.
 CHAIN_FIELDS = ("type", "recorded_unix_ms", "seq", "prev_hash", "hash")

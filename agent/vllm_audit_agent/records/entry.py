@@ -12,6 +12,7 @@ from vllm_audit_agent.records.chain import (
     RECORD_TYPE_ADMIN,
     RECORD_TYPE_CHECKPOINT,
     RECORD_TYPE_COSIGNATURE,
+    RECORD_TYPE_ERASURE,
     RECORD_TYPE_FINDING,
     RECORD_TYPE_GENESIS,
     RECORD_TYPE_LEVEL,
@@ -24,9 +25,11 @@ from vllm_audit_agent.records.chain import (
 #: Admin records (vLLM's administrative calls: an adapter loaded, weights updated) go on the
 #: requests topic: keyed by the log like the requests, they share their partition, so a
 #: consumer reads "adapter loaded" before the first request it served, in order (consumers
-#: tell them apart by `type`). Findings (detections) have their own topic: what a SIEM or an
-#: on-call tool subscribes to without reading every request.
+#: tell them apart by `type`). Erasure records too: a consumer of the requests reads which
+#: content keys are gone in the same order. Findings (detections) have their own topic: what a
+#: SIEM or an on-call tool subscribes to without reading every request.
 TOPICS = {RECORD_TYPE_REQUEST: "requests", RECORD_TYPE_ADMIN: "requests",
+          RECORD_TYPE_ERASURE: "requests",
           RECORD_TYPE_CHECKPOINT: "checkpoints", RECORD_TYPE_ACCESS: "access",
           RECORD_TYPE_GENESIS: "checkpoints", RECORD_TYPE_SEAL: "checkpoints",
           RECORD_TYPE_COSIGNATURE: "checkpoints", RECORD_TYPE_LEVEL: "checkpoints",

@@ -62,6 +62,7 @@ from vllm_audit_agent.records.chain import (
     RECORD_TYPE_ADMIN,
     RECORD_TYPE_CHECKPOINT,
     RECORD_TYPE_COSIGNATURE,
+    RECORD_TYPE_ERASURE,
     RECORD_TYPE_FINDING,
     RECORD_TYPE_GENESIS,
     RECORD_TYPE_LEVEL,
@@ -176,6 +177,9 @@ class RecordLog:
         #: Set by the WORM archive (archive/uploader.py): True keeps a segment retention would
         #: otherwise delete, until the archive holds it (retention.py's plan_expiry).
         self.expiry_hold: ExpiryHold | None = None
+        #: Content keys the log's erasure records name (erasure.py): the key store follows
+        #: the log, so those still present at a start are destroyed then (server.py).
+        self.erased_content_keys: list[str] = []
         self._replay()
         if not self.log_id or self.tree is None:
             self._start_log(self._identity)
@@ -427,6 +431,12 @@ class RecordLog:
         previous, self.last_level = self.last_level, level
         return self.append({"level": level, "previous_level": previous, "how": how},
                            kind=RECORD_TYPE_LEVEL)
+
+    def append_erasure(self, record: dict[str, Any], on_recorded: OnRecorded) -> int:
+        """A signed erasure record (erasure.py); `on_recorded` (which destroys the keys it
+        names) runs once it is durable."""
+        self.signer.sign(record)
+        return self.append(record, on_recorded, kind=RECORD_TYPE_ERASURE)
 
     def append_cosignature(self, checkpoint_seq: int, tree_size: int, witness: str,
                            note_text: str) -> int:

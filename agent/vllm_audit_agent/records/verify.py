@@ -42,6 +42,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from vllm_audit_agent.records.chain import (
     RECORD_TYPE_CHECKPOINT,
     RECORD_TYPE_COSIGNATURE,
+    RECORD_TYPE_ERASURE,
     RECORD_TYPE_GENESIS,
     RECORD_TYPE_SEAL,
     record_hash,
@@ -56,7 +57,7 @@ BREAK_REASONS = ("seq_gap", "seq_order", "hash_mismatch", "prev_hash_mismatch",
                  "conflicting_duplicate", "unverified_after_checkpoint", *TREE_BREAK_REASONS)
 #: Records whose own signature or witness signatures cover them: never an unsigned tail.
 _SELF_SIGNED = (RECORD_TYPE_CHECKPOINT, RECORD_TYPE_GENESIS, RECORD_TYPE_SEAL,
-                RECORD_TYPE_COSIGNATURE)
+                RECORD_TYPE_COSIGNATURE, RECORD_TYPE_ERASURE)
 
 
 @dataclass
@@ -157,6 +158,12 @@ def _verify_records(payloads: Iterable[bytes], public_key: Ed25519PublicKey, tre
             return None
         if since_checkpoint is None and record.get("type") not in _SELF_SIGNED:
             since_checkpoint = seq
+        if record.get("type") == RECORD_TYPE_ERASURE and not verify_signature(public_key, record):
+            # An erasure signs what it destroyed (erasure.py): the same break as a checkpoint's.
+            report.broken = Break(seq, "bad_checkpoint_signature",
+                                  "the erasure record's signature does not verify with the "
+                                  "public key")
+            return None
         if record.get("type") == RECORD_TYPE_CHECKPOINT:
             if not verify_signature(public_key, record):
                 report.broken = Break(seq, "bad_checkpoint_signature",

@@ -147,7 +147,7 @@ class SourceLevel(_message.Message):
     def __init__(self, source_id: _Optional[str] = ..., process_role: _Optional[str] = ..., applied_level: _Optional[_Union[_events_pb2.AuditLevel, str]] = ..., config_epoch: _Optional[int] = ..., config_version: _Optional[int] = ..., connected: _Optional[bool] = ..., mismatch: _Optional[bool] = ...) -> None: ...
 
 class TrailSummary(_message.Message):
-    __slots__ = ("request_id", "engine_request_ids", "state", "created_unix_ms", "finished_unix_ms", "model", "user", "client_ip", "status_code", "auth_status", "finish_reason", "prompt_tokens", "completion_tokens", "latency_ms", "ttft_ms", "grammar_backend", "grammar_spec_type", "grammar_error", "structured_output", "audit_level", "num_events", "prompt", "output", "api_key_sha256", "error", "stream", "preemptions", "tenant", "client_disconnected", "client_request_id", "revision", "finalised_by", "incomplete", "source_ids", "http_method", "http_path", "user_agent", "response_bytes", "vllm_request_id", "grammar_compile_ms", "grammar_spec_sha256", "max_tokens", "capture_policy", "truncated_events", "auth_decision", "user_source", "tenant_source", "claimed_user", "ignored_identity_headers", "model_provenance", "lora_adapter", "sampling", "traceparent", "content_signals", "content_signals_unscanned_chars")
+    __slots__ = ("request_id", "engine_request_ids", "state", "created_unix_ms", "finished_unix_ms", "model", "user", "client_ip", "status_code", "auth_status", "finish_reason", "prompt_tokens", "completion_tokens", "latency_ms", "ttft_ms", "grammar_backend", "grammar_spec_type", "grammar_error", "structured_output", "audit_level", "num_events", "prompt", "output", "api_key_sha256", "error", "stream", "preemptions", "tenant", "client_disconnected", "client_request_id", "revision", "finalised_by", "incomplete", "source_ids", "http_method", "http_path", "user_agent", "response_bytes", "vllm_request_id", "grammar_compile_ms", "grammar_spec_sha256", "max_tokens", "capture_policy", "truncated_events", "auth_decision", "user_source", "tenant_source", "claimed_user", "ignored_identity_headers", "model_provenance", "lora_adapter", "sampling", "traceparent", "content_signals", "content_signals_unscanned_chars", "content")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     ENGINE_REQUEST_IDS_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -203,6 +203,7 @@ class TrailSummary(_message.Message):
     TRACEPARENT_FIELD_NUMBER: _ClassVar[int]
     CONTENT_SIGNALS_FIELD_NUMBER: _ClassVar[int]
     CONTENT_SIGNALS_UNSCANNED_CHARS_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     engine_request_ids: _containers.RepeatedScalarFieldContainer[str]
     state: TrailState
@@ -258,7 +259,26 @@ class TrailSummary(_message.Message):
     traceparent: str
     content_signals: _events_pb2.ContentSignals
     content_signals_unscanned_chars: int
-    def __init__(self, request_id: _Optional[str] = ..., engine_request_ids: _Optional[_Iterable[str]] = ..., state: _Optional[_Union[TrailState, str]] = ..., created_unix_ms: _Optional[int] = ..., finished_unix_ms: _Optional[int] = ..., model: _Optional[str] = ..., user: _Optional[str] = ..., client_ip: _Optional[str] = ..., status_code: _Optional[int] = ..., auth_status: _Optional[str] = ..., finish_reason: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., latency_ms: _Optional[float] = ..., ttft_ms: _Optional[float] = ..., grammar_backend: _Optional[str] = ..., grammar_spec_type: _Optional[str] = ..., grammar_error: _Optional[str] = ..., structured_output: _Optional[_Union[_events_pb2.StructuredOutputSummary, _Mapping]] = ..., audit_level: _Optional[_Union[_events_pb2.AuditLevel, str]] = ..., num_events: _Optional[int] = ..., prompt: _Optional[str] = ..., output: _Optional[str] = ..., api_key_sha256: _Optional[str] = ..., error: _Optional[str] = ..., stream: _Optional[bool] = ..., preemptions: _Optional[int] = ..., tenant: _Optional[str] = ..., client_disconnected: _Optional[bool] = ..., client_request_id: _Optional[str] = ..., revision: _Optional[int] = ..., finalised_by: _Optional[_Union[FinalisedBy, str]] = ..., incomplete: _Optional[_Iterable[_Union[TrailHalf, str]]] = ..., source_ids: _Optional[_Iterable[str]] = ..., http_method: _Optional[str] = ..., http_path: _Optional[str] = ..., user_agent: _Optional[str] = ..., response_bytes: _Optional[int] = ..., vllm_request_id: _Optional[str] = ..., grammar_compile_ms: _Optional[float] = ..., grammar_spec_sha256: _Optional[str] = ..., max_tokens: _Optional[int] = ..., capture_policy: _Optional[str] = ..., truncated_events: _Optional[int] = ..., auth_decision: _Optional[_Union[_events_pb2.AuthStatus, str]] = ..., user_source: _Optional[_Union[_events_pb2.IdentitySource, str]] = ..., tenant_source: _Optional[_Union[_events_pb2.IdentitySource, str]] = ..., claimed_user: _Optional[str] = ..., ignored_identity_headers: _Optional[_Iterable[str]] = ..., model_provenance: _Optional[_Union[_events_pb2.ModelProvenance, _Mapping]] = ..., lora_adapter: _Optional[_Union[_events_pb2.LoraAdapter, _Mapping]] = ..., sampling: _Optional[_Union[_events_pb2.SamplingParameters, _Mapping]] = ..., traceparent: _Optional[str] = ..., content_signals: _Optional[_Union[_events_pb2.ContentSignals, _Mapping]] = ..., content_signals_unscanned_chars: _Optional[int] = ...) -> None: ...
+    content: SealedContent
+    def __init__(self, request_id: _Optional[str] = ..., engine_request_ids: _Optional[_Iterable[str]] = ..., state: _Optional[_Union[TrailState, str]] = ..., created_unix_ms: _Optional[int] = ..., finished_unix_ms: _Optional[int] = ..., model: _Optional[str] = ..., user: _Optional[str] = ..., client_ip: _Optional[str] = ..., status_code: _Optional[int] = ..., auth_status: _Optional[str] = ..., finish_reason: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., latency_ms: _Optional[float] = ..., ttft_ms: _Optional[float] = ..., grammar_backend: _Optional[str] = ..., grammar_spec_type: _Optional[str] = ..., grammar_error: _Optional[str] = ..., structured_output: _Optional[_Union[_events_pb2.StructuredOutputSummary, _Mapping]] = ..., audit_level: _Optional[_Union[_events_pb2.AuditLevel, str]] = ..., num_events: _Optional[int] = ..., prompt: _Optional[str] = ..., output: _Optional[str] = ..., api_key_sha256: _Optional[str] = ..., error: _Optional[str] = ..., stream: _Optional[bool] = ..., preemptions: _Optional[int] = ..., tenant: _Optional[str] = ..., client_disconnected: _Optional[bool] = ..., client_request_id: _Optional[str] = ..., revision: _Optional[int] = ..., finalised_by: _Optional[_Union[FinalisedBy, str]] = ..., incomplete: _Optional[_Iterable[_Union[TrailHalf, str]]] = ..., source_ids: _Optional[_Iterable[str]] = ..., http_method: _Optional[str] = ..., http_path: _Optional[str] = ..., user_agent: _Optional[str] = ..., response_bytes: _Optional[int] = ..., vllm_request_id: _Optional[str] = ..., grammar_compile_ms: _Optional[float] = ..., grammar_spec_sha256: _Optional[str] = ..., max_tokens: _Optional[int] = ..., capture_policy: _Optional[str] = ..., truncated_events: _Optional[int] = ..., auth_decision: _Optional[_Union[_events_pb2.AuthStatus, str]] = ..., user_source: _Optional[_Union[_events_pb2.IdentitySource, str]] = ..., tenant_source: _Optional[_Union[_events_pb2.IdentitySource, str]] = ..., claimed_user: _Optional[str] = ..., ignored_identity_headers: _Optional[_Iterable[str]] = ..., model_provenance: _Optional[_Union[_events_pb2.ModelProvenance, _Mapping]] = ..., lora_adapter: _Optional[_Union[_events_pb2.LoraAdapter, _Mapping]] = ..., sampling: _Optional[_Union[_events_pb2.SamplingParameters, _Mapping]] = ..., traceparent: _Optional[str] = ..., content_signals: _Optional[_Union[_events_pb2.ContentSignals, _Mapping]] = ..., content_signals_unscanned_chars: _Optional[int] = ..., content: _Optional[_Union[SealedContent, _Mapping]] = ...) -> None: ...
+
+class SealedContent(_message.Message):
+    __slots__ = ("scheme", "key_id", "period_end_ms", "nonce", "ciphertext", "erased", "erasure")
+    SCHEME_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    PERIOD_END_MS_FIELD_NUMBER: _ClassVar[int]
+    NONCE_FIELD_NUMBER: _ClassVar[int]
+    CIPHERTEXT_FIELD_NUMBER: _ClassVar[int]
+    ERASED_FIELD_NUMBER: _ClassVar[int]
+    ERASURE_FIELD_NUMBER: _ClassVar[int]
+    scheme: str
+    key_id: str
+    period_end_ms: int
+    nonce: str
+    ciphertext: str
+    erased: bool
+    erasure: str
+    def __init__(self, scheme: _Optional[str] = ..., key_id: _Optional[str] = ..., period_end_ms: _Optional[int] = ..., nonce: _Optional[str] = ..., ciphertext: _Optional[str] = ..., erased: _Optional[bool] = ..., erasure: _Optional[str] = ...) -> None: ...
 
 class ListTrailsRequest(_message.Message):
     __slots__ = ("model", "user", "state", "finish_reason", "since_unix_ms", "until_unix_ms", "structured_only", "page_size", "page_token", "client_request_id", "tenant", "grammar_backend")
@@ -463,3 +483,23 @@ class ClearTrailsResponse(_message.Message):
     deleted: int
     kept_open: int
     def __init__(self, deleted: _Optional[int] = ..., kept_open: _Optional[int] = ...) -> None: ...
+
+class EraseSubjectRequest(_message.Message):
+    __slots__ = ("user", "tenant", "reason")
+    USER_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    user: str
+    tenant: str
+    reason: str
+    def __init__(self, user: _Optional[str] = ..., tenant: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class EraseSubjectResponse(_message.Message):
+    __slots__ = ("keys_destroyed", "erasure_seq", "subject_hmac")
+    KEYS_DESTROYED_FIELD_NUMBER: _ClassVar[int]
+    ERASURE_SEQ_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_HMAC_FIELD_NUMBER: _ClassVar[int]
+    keys_destroyed: int
+    erasure_seq: int
+    subject_hmac: str
+    def __init__(self, keys_destroyed: _Optional[int] = ..., erasure_seq: _Optional[int] = ..., subject_hmac: _Optional[str] = ...) -> None: ...

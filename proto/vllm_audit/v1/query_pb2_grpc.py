@@ -369,6 +369,11 @@ class ControlServiceStub:
                 request_serializer=vllm__audit_dot_v1_dot_query__pb2.SetAuditLevelRequest.SerializeToString,
                 response_deserializer=vllm__audit_dot_v1_dot_query__pb2.SetAuditLevelResponse.FromString,
                 _registered_method=True)
+        self.EraseSubject = channel.unary_unary(
+                '/vllm_audit.v1.ControlService/EraseSubject',
+                request_serializer=vllm__audit_dot_v1_dot_query__pb2.EraseSubjectRequest.SerializeToString,
+                response_deserializer=vllm__audit_dot_v1_dot_query__pb2.EraseSubjectResponse.FromString,
+                _registered_method=True)
         self.DeleteTrail = channel.unary_unary(
                 '/vllm_audit.v1.ControlService/DeleteTrail',
                 request_serializer=vllm__audit_dot_v1_dot_query__pb2.DeleteTrailRequest.SerializeToString,
@@ -385,6 +390,12 @@ class ControlServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
     def SetAuditLevel(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EraseSubject(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -409,6 +420,11 @@ def add_ControlServiceServicer_to_server(servicer, server):
                     servicer.SetAuditLevel,
                     request_deserializer=vllm__audit_dot_v1_dot_query__pb2.SetAuditLevelRequest.FromString,
                     response_serializer=vllm__audit_dot_v1_dot_query__pb2.SetAuditLevelResponse.SerializeToString,
+            ),
+            'EraseSubject': grpc.unary_unary_rpc_method_handler(
+                    servicer.EraseSubject,
+                    request_deserializer=vllm__audit_dot_v1_dot_query__pb2.EraseSubjectRequest.FromString,
+                    response_serializer=vllm__audit_dot_v1_dot_query__pb2.EraseSubjectResponse.SerializeToString,
             ),
             'DeleteTrail': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteTrail,
@@ -448,6 +464,33 @@ class ControlService:
             '/vllm_audit.v1.ControlService/SetAuditLevel',
             vllm__audit_dot_v1_dot_query__pb2.SetAuditLevelRequest.SerializeToString,
             vllm__audit_dot_v1_dot_query__pb2.SetAuditLevelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EraseSubject(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vllm_audit.v1.ControlService/EraseSubject',
+            vllm__audit_dot_v1_dot_query__pb2.EraseSubjectRequest.SerializeToString,
+            vllm__audit_dot_v1_dot_query__pb2.EraseSubjectResponse.FromString,
             options,
             channel_credentials,
             insecure,
