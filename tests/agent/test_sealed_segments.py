@@ -174,3 +174,33 @@ async def test_a_forged_footer_is_never_taken_over_the_records(tmp_path: Path) -
 def test_sealed_names_and_trailer_are_fixed() -> None:
     assert sealed_name(7) == "ingest-00000007.wal.zst"
     assert TRAILER.size == struct.calcsize("<II8s") == 16
+
+
+async def test_a_start_names_the_keys_of_every_erasure_record_read_or_footed(
+        tmp_path: Path) -> None:
+    """An erasure whose keys may still be in the key store (the agent stopped between its
+    record and the deletion) is found at start, whether its segment was sealed (its footer
+    keeps it) or is read."""
+    from vllm_audit_agent.records.erasure import subject_erasure
+
+    signer = Signer(Ed25519PrivateKey.generate())
+    log = open_log(tmp_path, signer)
+    for i in range(200):
+        log.append(request(i))
+    log.append_erasure(subject_erasure(log.log_id, 1, ["k-sealed"], "hmac-a", "", "ops", "t"),
+                       lambda: None)
+    await log.write_pending()
+    for i in range(200, 400):  # pushes the first erasure into a sealed segment
+        log.append(request(i))
+        if i % 40 == 39:
+            await log.write_pending()
+    log.append_erasure(subject_erasure(log.log_id, 2, ["k-open"], "hmac-b", "", "ops", "t"),
+                       lambda: None)
+    log.checkpoint()
+    await log.write_pending()
+    while await log.seal_finished() is not None:
+        pass
+    log.close()
+    again = open_log(tmp_path, signer)
+    assert again.counters["started_from_footers"] >= 1
+    assert sorted(again.erased_content_keys) == ["k-open", "k-sealed"]

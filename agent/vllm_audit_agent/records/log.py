@@ -73,6 +73,7 @@ from vllm_audit_agent.records.chain import (
 )
 from vllm_audit_agent.records.disk_feed import DiskFeed
 from vllm_audit_agent.records.entry import TOPICS, Entry, entry_of, event_id
+from vllm_audit_agent.records.erasure import erased_by
 from vllm_audit_agent.records.footers import StartPlan, plan_start, segment_footer
 from vllm_audit_agent.records.identity import genesis_record, new_log_id
 from vllm_audit_agent.records.merkle import CompactRange, leaf_hash
@@ -120,6 +121,8 @@ class RecordLog:
         self.seal_segments = seal_segments
         self._unsealable: set[int] = set()
         self.footer_records: list[dict[str, Any]] = []
+        #: Erasure records read by this start's replay (see _replay).
+        self._replayed_erasures: list[dict[str, Any]] = []
         self.signer = signer
         self.retention_days = retention_days
         self.checkpoint_every = checkpoint_every
@@ -207,6 +210,11 @@ class RecordLog:
         if not plan.footed:
             self._replay_from(plan)
         self.counters["started_from_footers"] = len(plan.footed)
+        # Those still in the key store are destroyed at start (the agent stopped between an
+        # erasure record and the keys' deletion): from the segments read and the footers.
+        erased, _ = erased_by([*self.footer_records, *self._replayed_erasures])
+        self.erased_content_keys = list(erased)
+        self._replayed_erasures = []
 
     def _reset_replay(self) -> None:
         self.segments.clear()
@@ -215,6 +223,7 @@ class RecordLog:
         self._earlier = RecordedBefore()
         self.last_level = None
         self.footer_records = []
+        self._replayed_erasures = []
 
     def _replay_from(self, plan: StartPlan) -> bool:
         """Takes what `plan`'s footers say, then reads the records after them (and those of
@@ -298,6 +307,8 @@ class RecordLog:
             self._since_checkpoint = 0
         elif kind in COVERED_TYPES:
             self._since_checkpoint += 1
+        if kind == RECORD_TYPE_ERASURE:
+            self._replayed_erasures.append(record)
 
     @property
     def recorded_trails(self) -> OrderedDict[str, tuple[int, bytes | None]]:
