@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vllm_audit import allowed_sets as sets
+from vllm_audit import step_columns
 from vllm_audit.v1 import events_pb2 as pb
 from vllm_hooks.config.settings import HookSettings
 from vllm_hooks.events import raw_events as raw
@@ -339,28 +340,31 @@ def test_a_backlog_of_rows_sheds_sets_not_steps_and_counts_them() -> None:
     from vllm_hooks.runtime import HookRuntime
     from vllm_hooks.vllm.grammar_tap import AuditedGrammar, BitmaskTap
 
-    vocab = 1024  # 128 bytes a row: the backlog cap below holds 4 buffered events' worth
+    vocab = 1024  # 128 bytes a row (one row a step): the cap below holds 4 steps' copies
     settings = HookSettings(enabled=True, hmac_key=b"k", level=Level.FULL_WITH_ALLOWED_SETS,
                             allowed_sets_backlog_bytes=4 * 128)
     rt = HookRuntime(settings, "test")
     tap = BitmaskTap(rt, vocab)
     grammar = AuditedGrammar(_Grammar(), "r", tap, "xgrammar")
     bitmask = np.stack([packed_row({7, 9}, vocab)])
-    for _ in range(6):  # each step's own event waits in the buffer: the 6th finds 5 there
-        tap.assign(bitmask, [(grammar, 0, 1)])
+    for _ in range(6):  # no sender takes the copies: the 5th and 6th steps find 4 waiting
+        tap.snapshot(bitmask, ["r"], None)
         grammar.accept_tokens("r", [7])
-    steps = rt.buffer.drain(100)
-    rows = [s[8] for s in steps]
-    assert rows[:5] == [bitmask[0].tobytes()] * 5 and rows[5] == raw.ROW_OVER_BACKLOG
     grammar.finish("FINISHED_STOPPED")
-    convert = EventConverter(settings, CapturePolicy(b"k")).to_proto
-    events = [convert(s) for s in steps + rt.buffer.drain(100)]
-    last = events[5].so_step
-    assert last.allowed_tokens == 2 and last.allowed_set_truncated  # the step is whole
-    assert not last.HasField("allowed_set")
+    raws = rt.buffer.drain(100)
+    copies = [r[4] for r in raws if r[0] == raw.ROWS]
+    assert [c is not None for c in copies] == [True] * 4 + [False] * 2
+    converter = EventConverter(settings, CapturePolicy(b"k"))
+    events = [e for r in raws for e in converter.convert(r)]
+    steps = [s.so_step for e in events if e.WhichOneof("body") == "so_steps"
+             for s in step_columns.expand(e)]
+    assert [s.step for s in steps] == [1, 2, 3, 4, 5, 6]
+    assert all(s.allowed_tokens == 2 for s in steps)  # every step is whole, counted
+    assert [s.HasField("allowed_set") for s in steps] == [True] * 4 + [False] * 2
+    assert [s.allowed_set_truncated for s in steps] == [False] * 4 + [True] * 2
     summary = events[-1].so_summary
-    assert (summary.allowed_sets_over_backlog, summary.steps) == (1, 6)
-    # Once the sender has drained the buffer, rows are copied again.
-    tap.assign(bitmask, [(grammar, 0, 1)])
-    grammar.accept_tokens("r", [9])
-    assert rt.buffer.drain(1)[0][8] == bitmask[0].tobytes()
+    assert (summary.allowed_sets_over_backlog, summary.steps) == (2, 6)
+    assert tap.backlog.waiting() == 0  # the sender took the copies it converted
+    # With the backlog taken, rows are copied again.
+    tap.snapshot(bitmask, ["r"], None)
+    assert rt.buffer.drain(1)[0][4] is not None

@@ -1,7 +1,8 @@
 """Raw event tuples offered on vLLM's threads, and their conversion to protobuf.
 
 The hot path builds a plain tuple (cheap, no allocation beyond the tuple); the sender thread
-converts whole batches to `vllm_audit.v1.Event` messages. The first element is the kind.
+converts whole batches to `vllm_audit.v1.Event` messages (`EventConverter.convert`: none, one
+or several per raw event). The first element is the kind.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from vllm_hooks.events.capture import CapturePolicy
 from vllm_hooks.events.http_parse import complete_http_fields
 from vllm_hooks.events.provenance import fill_added
 from vllm_hooks.events.signals import content_signal_fields
+from vllm_hooks.events.step_frames import StepFrames
 
 # (KIND, time_ns, request_id, phase, n_prompt, n_output, finish_reason, status, max_tokens, so)
 # and, on ADDED only, the caller's request id (vLLM's external_req_id) and then the provenance
@@ -35,7 +37,9 @@ GRAMMAR = 2
 # (KIND, time_ns, request_id, step, tokens, allowed, accepted, terminated, row, vocab,
 #  allowed_per_token, drafted, accepted_drafts, rolled_back_drafts); row: the bytes of the
 #  bitmask row (level full-with-allowed-sets, encoded here into allowed_set), ROW_OVER_BACKLOG
-#  (the engine thread did not copy it: too many rows were waiting), or None (not captured)
+#  (the engine thread did not copy it: too many rows were waiting), or None (not captured).
+#  One per-step message each: the engine thread makes ROWS and STEPS now (below); this form
+#  stays convertible for tools and tests, and as what the columnar form must match.
 
 STEP = 3
 ROW_OVER_BACKLOG = b""
@@ -57,6 +61,16 @@ HTTP_UNPARSED = 8
 #  response body bytes, query string bytes): a call to one of vLLM's administrative
 #  endpoints, its arguments read (and secrets removed) here (admin_parse.py).
 ADMIN_UNPARSED = 9
+# Columnar step capture (levels key-events and up; step_frames.py), one of each per engine step:
+# (KIND, 0, "", request ids in row order, a copy of the bitmask (int32 rows) or None, allowed
+#  counts made by the engine thread or None (then counted here), vocab, speculative rows
+#  [(request id, first row, row count)] or None, with allowed sets, the RowsBacklog, and
+#  (pool, tensor) when the rows are vLLM's own filled tensor, handed back to the pool once
+#  read (vllm/grammar_tap.py BitmaskPool), else None)
+ROWS = 10
+# (KIND, time_ns, "", [(request id, step, tokens, accepted, terminated[, drafted, accepted
+#  drafts, rolled-back drafts]), ...], level, vocab): the steps accepted since the last seal
+STEPS = 11
 
 
 class EventConverter:
@@ -65,6 +79,28 @@ class EventConverter:
         self.policy = policy
         self.allowed_sets = AllowedSetRecorder(settings.allowed_set_step_cap(),
                                                settings.allowed_sets_trail_max_bytes)
+        # A columnar message stays under a quarter of a batch (so it is never cut to fit).
+        self.frames = StepFrames(self.allowed_sets, settings.max_batch_bytes // 4)
+
+    def convert(self, raw: tuple[Any, ...]) -> list[pb.Event]:
+        """The events of one raw event, in order: none (ROWS), the columnar steps of a STEPS
+        event, a summary after its request's held last step, or one event."""
+        kind = raw[0]
+        if kind == STEPS:
+            return self.frames.steps(raw)
+        if kind == ROWS:
+            self.frames.rows(raw)
+            return []
+        if kind == SO_SUMMARY:
+            held, figures = self.frames.finish(raw[2])
+            event = self.to_proto(raw)
+            if figures is not None:
+                s = event.so_summary
+                n, total, s.allowed_tokens_min, s.allowed_tokens_max = figures
+                s.allowed_tokens_mean = total / n
+            held.append(event)
+            return held
+        return [self.to_proto(raw)]
 
     def to_proto(self, raw: tuple[Any, ...]) -> pb.Event:
         kind = raw[0]

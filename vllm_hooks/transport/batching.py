@@ -98,11 +98,11 @@ class BatchFiller:
 
     def _refill(self, want: int, drops: Counter[str]) -> bool:
         """Converts up to `want` buffered events into the carry. False when none is left."""
-        convert = self._converter.to_proto
-        append = self._carry.append
+        convert = self._converter.convert
+        extend = self._carry.extend
         for raw in self._buffer.drain(want):
             try:
-                append(convert(raw))
+                extend(convert(raw))
             except Exception as exc:
                 self._errors.record("sender.convert", exc)
                 drops["convert_error"] += 1

@@ -78,6 +78,8 @@ def truncate_to_fit(event: pb.Event, max_bytes: int) -> bool:
             event.ByteSize() > max_bytes):
         event.so_step.ClearField("allowed_set")
         event.so_step.allowed_set_truncated = True
+    if which == "so_steps":
+        return _truncate_columns(event, max_bytes)
     for _ in range(_MAX_CUTS):
         size = event.ByteSize()
         if size <= max_bytes:
@@ -93,4 +95,16 @@ def truncate_to_fit(event: pb.Event, max_bytes: int) -> bool:
             return False
         n, field, value = largest
         _cut(body, field, value, n, max(0, n - (size - max_bytes) - _SLACK))
+    return event.ByteSize() <= max_bytes
+
+
+def _truncate_columns(event: pb.Event, max_bytes: int) -> bool:
+    """Steps as columns lose their allowed sets (each step marked allowed_set_truncated) and
+    nothing else: a column cut short would no longer line up with the others. The sender
+    cuts columns into messages of a quarter of a batch, so this is a last resort."""
+    cols = event.so_steps
+    if cols.allowed_sets and event.ByteSize() > max_bytes:
+        del cols.allowed_sets[:]
+        del cols.allowed_set_truncated[:]
+        cols.allowed_set_truncated.extend([True] * len(cols.step))
     return event.ByteSize() <= max_bytes

@@ -2,18 +2,20 @@
 
 Wrapping the grammar object (instead of subclassing a backend) works across xgrammar,
 guidance, outlines and lm-format-enforcer. The proxy counts steps, accepted and rejected
-tokens for the per-request summary and, at level FULL, emits one event per step with the
-number of tokens the bitmask allowed before each token was sampled (at KEY_EVENTS only the
-first step, every rejected step and the last).
+tokens for the per-request summary and, from level key-events on, captures every step for
+the sender thread, which makes the events (events/step_frames.py): at FULL one per step
+with the number of tokens the bitmask allowed before each token was sampled, at KEY_EVENTS
+only the first step, every rejected step and the last.
 
-Allowed-token counts come from one vectorised popcount over the whole bitmask array per
-engine step (see `allowed_counts`), not from per-token Python work.
+Capture is columnar: per engine step the engine thread hands over one copy of the bitmask
+(the rows; the sender popcounts them, `allowed_counts`) and one list of small tuples, one
+per request step. Building events, counting rows and encoding sets are the sender's.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections import deque
 from typing import Any
 
 import numpy as np
@@ -22,48 +24,76 @@ import numpy.typing as npt
 from vllm_hooks.config.levels import Level
 from vllm_hooks.errors import ERRORS
 from vllm_hooks.events import raw_events as raw
+from vllm_hooks.events.allowed_counts import allowed_counts, new_scratch, scratch_shape
 from vllm_hooks.events.self_timing import SelfTimer
 from vllm_hooks.runtime import HookRuntime
 
 _KEY_EVENTS = int(Level.KEY_EVENTS)
-_FULL = int(Level.FULL)
 _WITH_SETS = int(Level.FULL_WITH_ALLOWED_SETS)
 
 
-def allowed_counts(
-    bitmask: npt.NDArray[np.int32], vocab_size: int,
-    scratch: npt.NDArray[np.uint8] | None = None,
-) -> npt.NDArray[np.uint32]:
-    """Allowed tokens per bitmask row: popcount of the first `vocab_size` bits.
+class RowsBacklog:
+    """Bytes of bitmask copies handed to the sender and not yet taken by it. Each counter has
+    one writer (the engine thread adds, the sender thread takes), so no lock is needed."""
 
-    Rows are int32 words, bit i of word w allowing token 32*w+i. Bits past vocab_size are
-    padding (a row reset to "allow all" is -1, i.e. every bit set) and must not count. Whole
-    word pairs are counted through a uint64 view: half the elements, half the time. The
-    per-word counts go into `scratch` when it has their shape (a fresh 0.5 MB array per
-    step at 256 rows x 128k costs as much as the counting, in page faults), and are summed
-    as uint32, which a row cannot overflow (at most 2^32 bits) and is twice as fast as int64.
-    Measured for 256 rows x 128k: ~470 us the plain way, ~200 us this way.
-    """
-    words = bitmask.view(np.uint32)
-    full_words, rem = divmod(vocab_size, 32)
-    full_words = min(full_words, words.shape[1])
-    pairs = full_words // 2
-    wide = words[:, : 2 * pairs].view(np.uint64)
-    if scratch is not None and scratch.shape == wide.shape:
-        per_word = np.bitwise_count(wide, out=scratch)
-    else:
-        per_word = np.bitwise_count(wide)
-    counts: npt.NDArray[np.uint32] = per_word.sum(axis=1, dtype=np.uint32)
-    if full_words % 2:
-        counts += np.bitwise_count(words[:, full_words - 1])
-    if rem and words.shape[1] > full_words:
-        tail = words[:, full_words] & np.uint32((1 << rem) - 1)
-        counts += np.bitwise_count(tail)
-    return counts
+    __slots__ = ("handed", "taken")
+
+    def __init__(self) -> None:
+        self.handed = 0
+        self.taken = 0
+
+    def waiting(self) -> int:
+        return self.handed - self.taken
+
+
+class BitmaskPool:
+    """Bitmask tensors for vLLM's StructuredOutputManager to fill, in rotation, so the hook can
+    hand the sender the filled one itself instead of a copy ("where the backend allows": a
+    manager that keeps its reused tensor in `_grammar_bitmask`, as vLLM's does).
+
+    vLLM fills one tensor per engine step and reuses it the next; it is done with a step's
+    tensor when it asks for the next step's bitmask. So once a step is filled, the filled
+    tensor goes to the sender and the manager gets another of the same shape for the next
+    step: one taken back from the sender (it releases each when it no longer reads it) or a
+    new one, up to `SLOTS` in all. With none free, the step is copied as before."""
+
+    SLOTS = 4
+
+    def __init__(self, manager: Any) -> None:
+        self.manager = manager
+        #: Tensors the sender released (appended by the sender thread, popped by the engine's).
+        self.free: deque[Any] = deque()
+        self.allocated = 1  # vLLM's own
+
+    def swap(self) -> Any | None:
+        """The filled tensor, with the manager given another one; None when none is free
+        (or the manager has no tensor to swap: then the rows are copied)."""
+        manager = self.manager
+        filled = getattr(manager, "_grammar_bitmask", None)
+        if filled is None:
+            return None
+        free = self.free
+        if free:
+            fresh = free.pop()
+        elif self.allocated < self.SLOTS:
+            new_empty = getattr(filled, "new_empty", None)  # a torch tensor's
+            fresh = new_empty(filled.shape) if new_empty is not None else np.empty_like(filled)
+            self.allocated += 1
+        else:
+            return None
+        manager._grammar_bitmask = fresh
+        return filled
 
 
 class BitmaskTap:
-    """Per-engine state shared by the proxies of one StructuredOutputManager."""
+    """Per-engine state shared by the proxies of one StructuredOutputManager.
+
+    From level key-events on, an engine step costs the engine thread one copy of the bitmask
+    (a memcpy, cheaper than counting it) handed to the sender as a ROWS event, and one small
+    tuple per request step appended to `entries`; the entries go to the sender as one STEPS
+    event when sealed (at the next bitmask, at the end of vLLM's update_from_output, and
+    before any request's summary, so a request's steps always precede its summary). The
+    sender thread counts, resolves and encodes them (events/step_frames.py)."""
 
     def __init__(self, runtime: HookRuntime, vocab_size: int) -> None:
         self.runtime = runtime
@@ -71,69 +101,63 @@ class BitmaskTap:
         #: True while vLLM fills the bitmask: under speculative decoding it calls
         #: accept_tokens()/rollback() there as bookkeeping, which are not steps.
         self.filling = False
-        #: The popcount's per-word counts, reused while the bitmask keeps its shape (vLLM
-        #: reuses one array per engine); only the engine thread uses it.
+        #: Whether the current engine step's steps are captured (level key-events and up when
+        #: its bitmask was filled): one attribute read on the accept path.
+        self.capture = False
+        #: Steps accepted since the last seal (engine thread only): (request id, step, tokens,
+        #: accepted, terminated) and, with drafts, (drafted, accepted drafts, rolled back).
+        self.entries: list[tuple[Any, ...]] = []
+        self.backlog = RowsBacklog()
+        #: Set by structured_output_patch when the manager's bitmask can be rotated.
+        self.pool: BitmaskPool | None = None
+        #: The popcount's per-word counts, when the engine thread counts (a sender far
+        #: behind: no copy); only the engine thread uses it.
         self._scratch: npt.NDArray[np.uint8] | None = None
 
-    def counts(self, bitmask: npt.NDArray[np.int32]) -> list[int]:
-        """Allowed count per row of this step's bitmask, as Python ints."""
-        pairs = min(self.vocab_size // 32, bitmask.shape[1]) // 2
-        scratch = self._scratch
-        if scratch is None or scratch.shape != (bitmask.shape[0], pairs):
-            scratch = self._scratch = np.empty((bitmask.shape[0], pairs), dtype=np.uint8)
-        result: list[int] = allowed_counts(bitmask, self.vocab_size, scratch).tolist()
-        return result
+    def seal(self) -> None:
+        """Hands the steps accepted so far to the sender (one STEPS event)."""
+        entries = self.entries
+        if entries:
+            self.entries = []
+            self.runtime.buffer.offer(
+                (raw.STEPS, time.time_ns(), "", entries, self.runtime.level, self.vocab_size))
 
-    def assign(
-        self,
-        bitmask: npt.NDArray[np.int32],
-        rows: list[tuple[Any, int, int]],
-    ) -> None:
-        """`rows`: (grammar, first row, row count) per request. A request has one row per
-        scheduled draft token (speculative decoding) and one bonus row; the k-th token the
-        engine accepts this step is sampled from row first + k."""
-        counts = self.counts(bitmask)
-        row_set = self._row_set_source(bitmask)
-        for grammar, first, n_rows in rows:
-            if isinstance(grammar, AuditedGrammar):
-                grammar.pending_rows = counts[first:first + n_rows]
-                if row_set is not None:
-                    grammar.pending_bitmask = row_set(first)
-
-    def assign_one_row_each(self, bitmask: npt.NDArray[np.int32], requests: dict[str, Any],
-                            request_ids: list[str]) -> None:
-        """`assign` without speculative decoding: the i-th structured request (vLLM's
-        `structured_output_request_ids` order) has row i alone. The common case, kept free
-        of per-request tuples and of slicing numpy arrays."""
-        counts = self.counts(bitmask)
-        row_set = self._row_set_source(bitmask)
-        for index, req_id in enumerate(request_ids[:len(counts)]):
-            grammar = getattr(requests[req_id].structured_output_request, "_grammar", None)
-            if isinstance(grammar, AuditedGrammar):
-                grammar.pending_rows = counts[index:index + 1]
-                if row_set is not None:
-                    grammar.pending_bitmask = row_set(index)
-
-    def _row_set_source(self, bitmask: npt.NDArray[np.int32]) -> Callable[[int], bytes] | None:
-        """At level full-with-allowed-sets, what a step keeps of its row: a copy (vLLM reuses
-        its array; ~1 µs at 128k tokens), encoded by the sender thread (allowed_set_encoder.py),
-        never this one. Copied rows wait in the buffer for the sender: past the backlog cap
-        (reckoned as if every buffered event held a row) steps go without their set, counted."""
+    def snapshot(self, bitmask: npt.NDArray[np.int32], request_ids: list[str],
+                 spec_rows: list[tuple[str, int, int]] | None) -> None:
+        """Level key-events and up, once per engine step: the rows of this step for the sender
+        (a copy: vLLM refills its array next step), or, while more than the backlog cap of
+        copies waits for the sender, the counts made here and no rows (sets are then shed,
+        counted; steps never are)."""
+        self.seal()
+        self.capture = True
         rt = self.runtime
-        if rt.level < _WITH_SETS:
-            return None
-        if len(rt.buffer) * bitmask.shape[1] * 4 > rt.settings.allowed_sets_backlog_bytes:
-            return lambda row: raw.ROW_OVER_BACKLOG
-        return lambda row: _row_bytes(bitmask, row)
+        with_sets = rt.level >= _WITH_SETS
+        backlog = self.backlog
+        size = bitmask.nbytes
+        rows: npt.NDArray[np.int32] | None = None
+        counts: npt.NDArray[np.uint32] | None = None
+        release: tuple[deque[Any], Any] | None = None
+        pool = self.pool
+        if pool is not None and bitmask.dtype == _LE_INT32:
+            filled = pool.swap()
+            if filled is not None:
+                release = (pool.free, filled)
+        if release is not None:
+            rows = bitmask  # the filled tensor's own rows: vLLM fills another one next step
+        elif backlog.waiting() + size <= rt.settings.allowed_sets_backlog_bytes:
+            rows = bitmask.astype(_LE_INT32)  # always a copy
+            backlog.handed += size
+        else:
+            counts = self.counts(bitmask)
+        rt.buffer.offer((raw.ROWS, 0, "", list(request_ids), rows, counts, self.vocab_size,
+                         spec_rows, with_sets, backlog, release))
 
-
-def _row_bytes(bitmask: npt.NDArray[np.int32], row: int) -> bytes:
-    """A copy of one row (vLLM refills the array next step) as little-endian int32 words."""
-    data = bitmask[row]
-    if data.dtype != _LE_INT32:
-        data = data.astype(_LE_INT32)
-    row_bytes: bytes = data.tobytes()
-    return row_bytes
+    def counts(self, bitmask: npt.NDArray[np.int32]) -> npt.NDArray[np.uint32]:
+        """Allowed count per row of this step's bitmask."""
+        scratch = self._scratch
+        if scratch is None or scratch.shape != scratch_shape(bitmask, self.vocab_size):
+            scratch = self._scratch = new_scratch(bitmask, self.vocab_size)
+        return allowed_counts(bitmask, self.vocab_size, scratch)
 
 
 _LE_INT32 = np.dtype("<i4")
@@ -153,39 +177,50 @@ class AuditedGrammar:
         self.accepted = 0
         self.rejected = 0
         self.rollbacks = 0
-        self.allowed_n = 0
-        self.allowed_sum = 0
-        self.allowed_min = -1
-        self.allowed_max = -1
         self.first_rejected_token = -1
         self.first_rejected_step = -1
         self.drafted = 0
         self.accepted_drafts = 0
         self.draft_rollbacks = 0
         self.rolled_back_drafts = 0
-        #: Set while vLLM fills this step's rows (see BitmaskTap.assign and structured_output_patch).
-        self.pending_rows: list[int] = []
-        self.pending_bitmask: bytes | None = None
+        #: Set while vLLM fills this step's rows (speculative decoding, see
+        #: structured_output_patch): the step's drafts and the fill's rollbacks.
         self.pending_drafted = 0
         self.pending_rolled_back = 0
-        #: Level key-events: the latest step not yet offered, offered at finish as the last.
-        self.held_step: tuple[Any, ...] | None = None
 
     # -- the StructuredOutputGrammar interface ---------------------------------------------
     def accept_tokens(self, request_id: str, tokens: list[int]) -> bool:
         ok: bool = self._inner.accept_tokens(request_id, tokens)
-        if not self.tap.filling:
-            self._count_step(tokens, ok)
+        tap = self.tap
+        if tap.filling:
+            return ok
+        try:
+            if ok and not self.pending_drafted and not self.pending_rolled_back:
+                # Paid per request per step at every level: a step and its tokens, and from
+                # level key-events on one tuple appended (tokens by reference: vLLM hands
+                # each call a list of its own, `new_token_ids[start:]`, and never changes it).
+                self.steps = steps = self.steps + 1
+                self.accepted += len(tokens)
+                if tap.capture:
+                    tap.entries.append(
+                        (self.request_id, steps, tokens, True, self._inner.is_terminated()))
+            else:
+                self._record_step(tokens, ok)
+        except Exception as exc:
+            ERRORS.record("grammar.accept_tokens", exc)
         return ok
 
     def _count_step(self, tokens: list[int], ok: bool) -> None:
+        """accept_tokens' bookkeeping as a method of its own (the timed proxy clocks it; the
+        untimed one has it inline, a call less per request per step)."""
         try:
-            if ok and not self.pending_rows and not self.pending_drafted \
-                    and not self.pending_rolled_back and self.tap.runtime.level < _KEY_EVENTS:
-                # Level summary without drafts: a step and its tokens are all there is to
-                # count (paid per request per step: kept to two additions).
-                self.steps += 1
+            if ok and not self.pending_drafted and not self.pending_rolled_back:
+                self.steps = steps = self.steps + 1
                 self.accepted += len(tokens)
+                tap = self.tap
+                if tap.capture:
+                    tap.entries.append(
+                        (self.request_id, steps, tokens, True, self._inner.is_terminated()))
             else:
                 self._record_step(tokens, ok)
         except Exception as exc:
@@ -221,8 +256,7 @@ class AuditedGrammar:
 
     # -- audit -----------------------------------------------------------------------------
     def _record_step(self, tokens: list[int], ok: bool) -> None:
-        # Paid per request per step from level key-events on: written for the common case
-        # (one token, one row, no drafts), which takes no branch it does not need.
+        """A rejected step, or one with drafts (speculative decoding): the rare path."""
         self.steps = steps = self.steps + 1
         n_tokens = len(tokens)
         if ok:
@@ -232,33 +266,11 @@ class AuditedGrammar:
             if self.first_rejected_step < 0:
                 self.first_rejected_step = steps
                 self.first_rejected_token = tokens[0] if tokens else -1
-        rows = self.pending_rows
-        bitmask = self.pending_bitmask
         drafted = self.pending_drafted
         rolled_back = self.pending_rolled_back
-        self.pending_rows = []
-        if bitmask is not None:
-            self.pending_bitmask = None
-        if drafted or rolled_back:
-            self.pending_drafted = self.pending_rolled_back = 0
-        # Token k was sampled from row k (after k accepted drafts); rows past the tokens belong
-        # to drafts the engine rejected. Missing rows (level raised mid-request) are unknown.
-        if len(rows) == n_tokens:
-            per_token = rows
-        elif len(rows) > n_tokens:
-            per_token = rows[:n_tokens]
-        else:
-            per_token = rows + [-1] * (n_tokens - len(rows))
-        for allowed in per_token:
-            if allowed >= 0:
-                self.allowed_n += 1
-                self.allowed_sum += allowed
-                if self.allowed_min < 0 or allowed < self.allowed_min:
-                    self.allowed_min = allowed
-                if allowed > self.allowed_max:
-                    self.allowed_max = allowed
         accepted_drafts = 0
         if drafted or rolled_back:
+            self.pending_drafted = self.pending_rolled_back = 0
             accepted_drafts = min(drafted, max(n_tokens - 1, 0))
             self.drafted += drafted
             self.accepted_drafts += accepted_drafts
@@ -268,45 +280,21 @@ class AuditedGrammar:
             if rolled_back:
                 self.draft_rollbacks += 1
                 self.rolled_back_drafts += rolled_back
-        tap = self.tap
-        rt = tap.runtime
-        level = rt.level
-        if level < _KEY_EVENTS:
-            return
-        step = (
-            raw.STEP,
-            time.time_ns(),
-            self.request_id,
-            steps,
-            list(tokens),
-            per_token[0] if per_token else -1,
-            ok,
-            bool(self._inner.is_terminated()),
-            bitmask,
-            tap.vocab_size,
-            per_token,
-            drafted,
-            accepted_drafts,
-            rolled_back,
-        )
-        if level >= _FULL or steps == 1 or not ok:
-            rt.buffer.offer(step)
-            self.held_step = None
-        else:
-            # Key events keep the first step, every rejection and the last, known at finish.
-            self.held_step = step
+        if self.tap.capture:
+            self.tap.entries.append((self.request_id, steps, list(tokens), ok,
+                                     bool(self._inner.is_terminated()), drafted,
+                                     accepted_drafts, rolled_back))
 
     def finish(self, status: str) -> None:
-        """At the request's end: the held last step (level key-events), then the summary."""
-        buffer = self.tap.runtime.buffer
-        held, self.held_step = self.held_step, None
-        if held is not None:
-            buffer.offer(held)
-        buffer.offer(self.summary_event(status))
+        """At the request's end: the steps captured so far (its own among them), then the
+        summary, so the sender sees the request's last step before its summary."""
+        tap = self.tap
+        tap.seal()
+        tap.runtime.buffer.offer(self.summary_event(status))
 
     def summary_event(self, status: str = "") -> tuple[Any, ...]:
-        """`status`: vLLM's request status at the end, kept as the fate of a rejection."""
-        mean = self.allowed_sum / self.allowed_n if self.allowed_n else -1.0
+        """`status`: vLLM's request status at the end, kept as the fate of a rejection. The
+        allowed-token min/max/mean are the sender's (it counts the rows): -1 here."""
         return (
             raw.SO_SUMMARY,
             time.time_ns(),
@@ -315,9 +303,9 @@ class AuditedGrammar:
             self.steps,
             self.accepted,
             self.rejected,
-            self.allowed_min,
-            self.allowed_max,
-            mean,
+            -1,
+            -1,
+            -1.0,
             bool(self._inner.is_terminated()),
             self.rollbacks,
             self.first_rejected_token,

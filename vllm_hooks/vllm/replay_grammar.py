@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from vllm_hooks.events.allowed_counts import allowed_counts
 from vllm_hooks.events.allowed_set_encoder import row_words
-from vllm_hooks.vllm.grammar_tap import allowed_counts
 
 
 class GrammarUnavailable(Exception):

@@ -3,7 +3,8 @@
 `Scheduler.__init__` is patched (at install) so every scheduler built afterwards in the process
 has its *instance* methods wrapped: `add_request` (ADDED, with the caller's request id that
 `request_id_patch` noted), `schedule` (SCHEDULED / RESUMED /
-PREEMPTED) and `_free_request` (every finish). Its structured-output manager is handed to
+PREEMPTED), `_free_request` (every finish) and `update_from_output` (the structured-output
+steps it accepted go to the sender when it returns). Its structured-output manager is handed to
 `structured_output_patch` from here, since the scheduler is where the hook first sees it.
 """
 
@@ -135,7 +136,29 @@ def wrap_scheduler(sched: Any, rt: HookRuntime) -> None:
     manager = getattr(sched, "structured_output_manager", None)
     if manager is not None:
         vocab_size = int(manager.vllm_config.model_config.get_vocab_size())
-        wrap_structured_output_manager(manager, BitmaskTap(rt, vocab_size))
+        tap = BitmaskTap(rt, vocab_size)
+        wrap_structured_output_manager(manager, tap)
+        _seal_after_update(sched, tap, timer)
+
+
+def _seal_after_update(sched: Any, tap: BitmaskTap, timer: SelfTimer | None) -> None:
+    """The steps vLLM's update_from_output accepted go to the sender as it returns (waiting
+    for the next bitmask would hold an idle engine's last steps back)."""
+    orig_update = sched.update_from_output
+    if timer is not None:
+        orig_update = timer.vllm_region(orig_update)
+
+    def update_from_output(*args: Any, **kwargs: Any) -> Any:
+        out = orig_update(*args, **kwargs)
+        if tap.entries:
+            try:
+                tap.seal()
+            except Exception as exc:
+                ERRORS.record("scheduler.update_from_output", exc)
+        return out
+
+    sched.update_from_output = (update_from_output if timer is None
+                                else timer.hook_region(update_from_output))
 
 
 def _counting_steps(schedule: Any, timer: SelfTimer) -> Any:

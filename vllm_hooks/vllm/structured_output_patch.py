@@ -2,9 +2,10 @@
 
 `_create_grammar` is wrapped to time each compile (backend, spec type, errors: one GRAMMAR event)
 and to hand vLLM our delegating grammar proxy (`grammar_tap`); `grammar_bitmask` is wrapped to
-give each structured request its rows of the int32 bitmask vLLM fills once per engine step,
-popcounted by the tap. The manager is an instance attribute of the scheduler, wrapped per
-instance by `scheduler_patch`; nothing here imports vLLM.
+hand the int32 bitmask vLLM fills once per engine step to the tap (from level key-events on:
+one copy per engine step, counted and encoded on the sender thread). The manager is an
+instance attribute of the scheduler, wrapped per instance by `scheduler_patch`; nothing here
+imports vLLM.
 """
 
 from __future__ import annotations
@@ -16,7 +17,12 @@ from typing import Any
 from vllm_hooks.config.levels import Level
 from vllm_hooks.errors import ERRORS
 from vllm_hooks.events import raw_events as raw
-from vllm_hooks.vllm.grammar_tap import AuditedGrammar, BitmaskTap, TimedAuditedGrammar
+from vllm_hooks.vllm.grammar_tap import (
+    AuditedGrammar,
+    BitmaskPool,
+    BitmaskTap,
+    TimedAuditedGrammar,
+)
 
 _SUMMARY = int(Level.SUMMARY)
 _KEY_EVENTS = int(Level.KEY_EVENTS)
@@ -33,6 +39,7 @@ _SPEC_TYPES = {
 
 def wrap_structured_output_manager(manager: Any, tap: BitmaskTap) -> None:
     rt = tap.runtime
+    tap.pool = BitmaskPool(manager)
     offer = rt.buffer.offer
     settings, cap = rt.settings, rt.settings.grammar_max_bytes
     timer = rt.timer
@@ -77,20 +84,22 @@ def wrap_structured_output_manager(manager: Any, tap: BitmaskTap) -> None:
         finally:
             tap.filling = False
         level = rt.level
+        if tap.entries:
+            tap.seal()  # the previous engine step's steps, before this step's rows
+        tap.capture = False
         # Rows are walked at summary level only under speculative decoding (draft counts);
-        # the popcount is paid from level key-events on (its steps carry allowed counts).
+        # from level key-events on the engine step's rows go to the sender (tap.snapshot).
         if bitmask is not None and (
             level >= _KEY_EVENTS or (level >= _SUMMARY and scheduled_spec_decode_tokens)
         ):
             try:
-                if not scheduled_spec_decode_tokens:
-                    # No drafts (level key-events or more): request i has row i alone.
-                    tap.assign_one_row_each(bitmask, requests, structured_output_request_ids)
-                else:
-                    rows = _request_rows(requests, structured_output_request_ids,
-                                         scheduled_spec_decode_tokens, bitmask.shape[0])
-                    if level >= _KEY_EVENTS:
-                        tap.assign(bitmask, rows)
+                spec_rows = None
+                if scheduled_spec_decode_tokens:
+                    spec_rows = _request_rows(requests, structured_output_request_ids,
+                                              scheduled_spec_decode_tokens, bitmask.shape[0])
+                if level >= _KEY_EVENTS:
+                    # No drafts: the i-th structured request has row i alone.
+                    tap.snapshot(bitmask, structured_output_request_ids, spec_rows)
             except Exception as exc:
                 ERRORS.record("grammar.bitmask", exc)
         return bitmask
@@ -108,10 +117,12 @@ def _request_rows(
     request_ids: list[str],
     spec_tokens: dict[str, list[int]],
     n_rows: int,
-) -> list[tuple[Any, int, int]]:
-    """(grammar, first row, row count) per request, in the manager's row order; also sets each
-    grammar's count of real (non-padding) drafts for the coming step."""
-    rows: list[tuple[Any, int, int]] = []
+) -> list[tuple[str, int, int]]:
+    """(request id, first row, row count) per request, in the manager's row order; also sets
+    each grammar's count of real (non-padding) drafts for the coming step. A request has one
+    row per scheduled draft token and one bonus row; the k-th token the engine accepts this
+    step is sampled from row first + k."""
+    rows: list[tuple[str, int, int]] = []
     index = 0
     for req_id in request_ids:
         drafts = spec_tokens.get(req_id, ())
@@ -121,7 +132,7 @@ def _request_rows(
         grammar = getattr(requests[req_id].structured_output_request, "_grammar", None)
         if isinstance(grammar, AuditedGrammar):
             grammar.pending_drafted = sum(1 for t in drafts if t != -1)
-        rows.append((grammar, index, count))
+        rows.append((req_id, index, count))
         index += len(drafts) + 1
     return rows
 

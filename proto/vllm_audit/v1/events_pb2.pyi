@@ -300,6 +300,38 @@ class StructuredOutputStep(_message.Message):
     allowed_set_truncated: bool
     def __init__(self, step: _Optional[int] = ..., accepted_tokens: _Optional[_Iterable[int]] = ..., allowed_tokens: _Optional[int] = ..., accepted: _Optional[bool] = ..., terminated: _Optional[bool] = ..., vocab_size: _Optional[int] = ..., allowed_per_token: _Optional[_Iterable[int]] = ..., drafted_tokens: _Optional[int] = ..., accepted_draft_tokens: _Optional[int] = ..., rolled_back_draft_tokens: _Optional[int] = ..., allowed_set: _Optional[_Union[AllowedTokenSet, _Mapping]] = ..., allowed_set_truncated: _Optional[bool] = ...) -> None: ...
 
+class StructuredOutputSteps(_message.Message):
+    __slots__ = ("request_ids", "request_index", "step", "token_counts", "tokens", "allowed_per_token", "accepted", "terminated", "vocab_size", "drafted_tokens", "accepted_draft_tokens", "rolled_back_draft_tokens", "allowed_sets", "allowed_set_truncated")
+    REQUEST_IDS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_INDEX_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_COUNTS_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    ALLOWED_PER_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    TERMINATED_FIELD_NUMBER: _ClassVar[int]
+    VOCAB_SIZE_FIELD_NUMBER: _ClassVar[int]
+    DRAFTED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    ACCEPTED_DRAFT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    ROLLED_BACK_DRAFT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    ALLOWED_SETS_FIELD_NUMBER: _ClassVar[int]
+    ALLOWED_SET_TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    request_ids: _containers.RepeatedScalarFieldContainer[str]
+    request_index: _containers.RepeatedScalarFieldContainer[int]
+    step: _containers.RepeatedScalarFieldContainer[int]
+    token_counts: _containers.RepeatedScalarFieldContainer[int]
+    tokens: _containers.RepeatedScalarFieldContainer[int]
+    allowed_per_token: _containers.RepeatedScalarFieldContainer[int]
+    accepted: _containers.RepeatedScalarFieldContainer[bool]
+    terminated: _containers.RepeatedScalarFieldContainer[bool]
+    vocab_size: int
+    drafted_tokens: _containers.RepeatedScalarFieldContainer[int]
+    accepted_draft_tokens: _containers.RepeatedScalarFieldContainer[int]
+    rolled_back_draft_tokens: _containers.RepeatedScalarFieldContainer[int]
+    allowed_sets: _containers.RepeatedCompositeFieldContainer[AllowedTokenSet]
+    allowed_set_truncated: _containers.RepeatedScalarFieldContainer[bool]
+    def __init__(self, request_ids: _Optional[_Iterable[str]] = ..., request_index: _Optional[_Iterable[int]] = ..., step: _Optional[_Iterable[int]] = ..., token_counts: _Optional[_Iterable[int]] = ..., tokens: _Optional[_Iterable[int]] = ..., allowed_per_token: _Optional[_Iterable[int]] = ..., accepted: _Optional[_Iterable[bool]] = ..., terminated: _Optional[_Iterable[bool]] = ..., vocab_size: _Optional[int] = ..., drafted_tokens: _Optional[_Iterable[int]] = ..., accepted_draft_tokens: _Optional[_Iterable[int]] = ..., rolled_back_draft_tokens: _Optional[_Iterable[int]] = ..., allowed_sets: _Optional[_Iterable[_Union[AllowedTokenSet, _Mapping]]] = ..., allowed_set_truncated: _Optional[_Iterable[bool]] = ...) -> None: ...
+
 class AllowedTokenSet(_message.Message):
     __slots__ = ("allowed_ids", "disallowed_ids", "runs", "bitmask", "same_as_step")
     ALLOWED_IDS_FIELD_NUMBER: _ClassVar[int]
@@ -513,7 +545,7 @@ class HttpRequest(_message.Message):
     def __init__(self, method: _Optional[str] = ..., path: _Optional[str] = ..., client_ip: _Optional[str] = ..., user: _Optional[str] = ..., model: _Optional[str] = ..., status_code: _Optional[int] = ..., auth_status: _Optional[str] = ..., api_key_sha256: _Optional[str] = ..., stream: _Optional[bool] = ..., prompt: _Optional[str] = ..., output: _Optional[str] = ..., capture_policy: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., latency_ms: _Optional[float] = ..., ttft_ms: _Optional[float] = ..., error: _Optional[str] = ..., user_agent: _Optional[str] = ..., response_bytes: _Optional[int] = ..., tenant: _Optional[str] = ..., vllm_request_id: _Optional[str] = ..., client_disconnected: _Optional[bool] = ..., client_request_id: _Optional[str] = ..., auth_decision: _Optional[_Union[AuthStatus, str]] = ..., user_source: _Optional[_Union[IdentitySource, str]] = ..., tenant_source: _Optional[_Union[IdentitySource, str]] = ..., claimed_user: _Optional[str] = ..., ignored_identity_headers: _Optional[_Iterable[str]] = ..., traceparent: _Optional[str] = ..., content_signals: _Optional[_Union[ContentSignals, _Mapping]] = ..., content_signals_unscanned_chars: _Optional[int] = ...) -> None: ...
 
 class Event(_message.Message):
-    __slots__ = ("time_unix_nano", "request_id", "truncated", "lifecycle", "grammar_compiled", "so_step", "so_summary", "engine_stats", "http", "custom", "admin")
+    __slots__ = ("time_unix_nano", "request_id", "truncated", "lifecycle", "grammar_compiled", "so_step", "so_summary", "engine_stats", "http", "custom", "admin", "so_steps")
     TIME_UNIX_NANO_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     TRUNCATED_FIELD_NUMBER: _ClassVar[int]
@@ -525,6 +557,7 @@ class Event(_message.Message):
     HTTP_FIELD_NUMBER: _ClassVar[int]
     CUSTOM_FIELD_NUMBER: _ClassVar[int]
     ADMIN_FIELD_NUMBER: _ClassVar[int]
+    SO_STEPS_FIELD_NUMBER: _ClassVar[int]
     time_unix_nano: int
     request_id: str
     truncated: bool
@@ -536,7 +569,8 @@ class Event(_message.Message):
     http: HttpRequest
     custom: CustomEvent
     admin: AdminAction
-    def __init__(self, time_unix_nano: _Optional[int] = ..., request_id: _Optional[str] = ..., truncated: _Optional[bool] = ..., lifecycle: _Optional[_Union[RequestLifecycle, _Mapping]] = ..., grammar_compiled: _Optional[_Union[GrammarCompiled, _Mapping]] = ..., so_step: _Optional[_Union[StructuredOutputStep, _Mapping]] = ..., so_summary: _Optional[_Union[StructuredOutputSummary, _Mapping]] = ..., engine_stats: _Optional[_Union[EngineStats, _Mapping]] = ..., http: _Optional[_Union[HttpRequest, _Mapping]] = ..., custom: _Optional[_Union[CustomEvent, _Mapping]] = ..., admin: _Optional[_Union[AdminAction, _Mapping]] = ...) -> None: ...
+    so_steps: StructuredOutputSteps
+    def __init__(self, time_unix_nano: _Optional[int] = ..., request_id: _Optional[str] = ..., truncated: _Optional[bool] = ..., lifecycle: _Optional[_Union[RequestLifecycle, _Mapping]] = ..., grammar_compiled: _Optional[_Union[GrammarCompiled, _Mapping]] = ..., so_step: _Optional[_Union[StructuredOutputStep, _Mapping]] = ..., so_summary: _Optional[_Union[StructuredOutputSummary, _Mapping]] = ..., engine_stats: _Optional[_Union[EngineStats, _Mapping]] = ..., http: _Optional[_Union[HttpRequest, _Mapping]] = ..., custom: _Optional[_Union[CustomEvent, _Mapping]] = ..., admin: _Optional[_Union[AdminAction, _Mapping]] = ..., so_steps: _Optional[_Union[StructuredOutputSteps, _Mapping]] = ...) -> None: ...
 
 class CustomEvent(_message.Message):
     __slots__ = ("name", "attributes")
