@@ -114,10 +114,11 @@ def admin_token(tmp: Path) -> str:
 
 
 def start_agent(tmp: Path, socket_path: Path, kafka_bootstrap: str | None,
-                level: str = "full-with-allowed-sets", extra_args: Sequence[str] = ()
-                ) -> tuple[Proc, str, str]:
-    """Starts `vllm-audit agent` (`extra_args`: more of its flags); returns (proc, query
-    address, metrics base URL)."""
+                level: str = "full-with-allowed-sets", extra_args: Sequence[str] = (),
+                **env: str) -> tuple[Proc, str, str]:
+    """Starts `vllm-audit agent` (`extra_args`: more of its flags, `env`: more of its
+    environment, e.g. POD_NAME for its log's identity); returns (proc, query address, metrics
+    base URL)."""
     query = f"127.0.0.1:{free_port()}"
     http_port = free_port()
     args = [
@@ -133,7 +134,7 @@ def start_agent(tmp: Path, socket_path: Path, kafka_bootstrap: str | None,
     if kafka_bootstrap:
         args += ["--kafka-bootstrap", kafka_bootstrap]
     args += extra_args
-    proc = Proc(args, base_env(), tmp / "agent.log")
+    proc = Proc(args, base_env(**env), tmp / "agent.log")
     base = f"http://127.0.0.1:{http_port}"
     try:
         wait_until(lambda: proc.alive() and http_ok(base + "/readyz"), 60, "agent /readyz")
@@ -195,3 +196,25 @@ def start_vllm_server(model_dir: Path, tmp: Path, agent_socket: Path, api_key: s
         proc.stop()
         raise RuntimeError("vLLM did not start:\n" + proc.log_tail()) from None
     return proc, base
+
+
+def start_fleet(tmp: Path, kafka_bootstrap: str, extra_args: Sequence[str] = ()
+                ) -> tuple[Proc, str, str, str]:
+    """Starts `vllm-audit fleet` with chDB in `tmp`/fleet-store and its API's directory in
+    `tmp`/fleet-api (`extra_args`: more of its flags, e.g. --log-public-key); returns (proc,
+    query address, API HTTP base URL, metrics base URL). Its admin token is
+    `tmp`/fleet-api/admin.token."""
+    query, api_port, metrics_port = f"127.0.0.1:{free_port()}", free_port(), free_port()
+    args = [PYTHON, "-m", "vllm_audit_agent.cli", "fleet", "--store", str(tmp / "fleet-store"),
+            "--kafka-bootstrap", kafka_bootstrap, "--http-address",
+            f"127.0.0.1:{metrics_port}", "--query-address", query, "--api-http-address",
+            f"127.0.0.1:{api_port}", "--api-data-dir", str(tmp / "fleet-api"), *extra_args]
+    proc = Proc(args, base_env(), tmp / "fleet.log")
+    metrics = f"http://127.0.0.1:{metrics_port}"
+    try:
+        wait_until(lambda: proc.alive() and http_ok(metrics + "/healthz")
+                   and (tmp / "fleet-api" / "admin.token").exists(), 60, "fleet /healthz")
+    except TimeoutError:
+        proc.stop()
+        raise RuntimeError("fleet did not start:\n" + proc.log_tail()) from None
+    return proc, query, f"http://127.0.0.1:{api_port}", metrics

@@ -1,5 +1,6 @@
 """Every query of the Grafana dashboard, evaluated by a real Prometheus server scraping a real
-in-process agent that ingested real batches over its Unix socket. Bounded: the server is
+in-process agent that ingested real batches over its Unix socket — and the fleet row's, a real
+`vllm-audit fleet` consuming real record logs from a real broker. Bounded: the servers are
 started on loopback by the test, polled with deadlines, and stopped by pid in `finally`."""
 
 from __future__ import annotations
@@ -19,11 +20,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from harness.kafka_broker import KafkaBroker
+from harness.procs import start_fleet
 from tests.support.agent_harness import Hook, agent, lifecycle
 from tests.support.metrics_workload import gpu_reader, ingest
 from tests.support.prometheus import needs_prometheus, running_prometheus
 from vllm_audit.v1 import events_pb2 as pb
+from vllm_audit_agent.delivery.kafka_sink import KafkaSink
+from vllm_audit_agent.records.chain import Signer
+from vllm_audit_agent.records.entry import TOPICS
+from vllm_audit_agent.records.log import RecordLog
+from vllm_audit_agent.records.note import cosign, parse
+from vllm_audit_agent.records.read_only import read_records
 
 REPO = Path(__file__).resolve().parents[1]
 DASHBOARD = REPO / "deploy" / "grafana" / "vllm-audit.json"
@@ -32,10 +43,19 @@ VARIABLES = {"$__rate_interval": "15s", "$job": "vllm-audit"}
 SCRAPE_INTERVAL = "1s"
 
 
-def queries() -> Iterator[tuple[str, str]]:
+#: The row of the fleet service's panels (its own process: the fleet test scrapes it).
+FLEET_ROW = "Fleet"
+
+
+def queries(fleet: bool = False) -> Iterator[tuple[str, str]]:
+    """The agents' panels' queries, or (`fleet`) the fleet row's."""
+    row = ""
     for panel in json.loads(DASHBOARD.read_text())["panels"]:
-        for target in panel.get("targets", []):
-            yield panel["title"], target["expr"]
+        if panel["type"] == "row":
+            row = panel["title"]
+        elif row.startswith(FLEET_ROW) == fleet:
+            for target in panel.get("targets", []):
+                yield panel["title"], target["expr"]
 
 
 def substitute(expr: str) -> str:
@@ -211,3 +231,108 @@ async def test_the_dashboard_token_percentiles_are_within_10_percent(tmp_path: P
             got = await asyncio.to_thread(prom.wait, "token percentiles", estimates, 60.0)
     for kind, estimate in got.items():
         assert abs(estimate - truth[kind]) <= 0.1 * truth[kind], (kind, estimate, truth[kind])
+
+
+class FleetInput:
+    """Real record logs published as the agents publish them (each record to its topic, keyed
+    by log_id): one whose key the fleet trusts, cosigned by a witness it trusts, and one signed
+    by a key it does not (a break every panel of breaks must show)."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.key, self.witness = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+        self.trusted = RecordLog(tmp / "trusted", 1 << 30, "never", Signer(self.key),
+                                 checkpoint_every=1000)
+        self.stranger = RecordLog(tmp / "stranger", 1 << 30, "never",
+                                  Signer(Ed25519PrivateKey.generate()), checkpoint_every=1000)
+        self.sent: dict[Path, int] = {}
+        self.n = 0
+
+    def key_files(self, tmp: Path) -> tuple[Path, Path]:
+        paths = (tmp / "log.pub", tmp / "witness.pub")
+        for path, key in zip(paths, (self.key, self.witness), strict=True):
+            path.write_bytes(key.public_key().public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+        return paths
+
+    async def write(self, requests: int) -> None:
+        """Requests and a checkpoint in both logs; the trusted one's checkpoint cosigned."""
+        for log in (self.trusted, self.stranger):
+            for _ in range(requests):
+                self.n += 1
+                log.append({"type": "request", "schema": 6, "trail_id": f"t{self.n}",
+                            "revision": 0, "timestamp_ms": time.time_ns() // 1_000_000,
+                            "user": "alice", "model": "tiny"})
+            log.checkpoint()
+            await log.write_pending()
+        checkpoint = self.unsent(self.trusted)[-1]
+        note = parse(checkpoint["note"])
+        note = note.with_signature(*cosign(note.checkpoint, "w1", self.witness, int(time.time())))
+        self.trusted.append_cosignature(checkpoint["seq"], checkpoint["tree_size"], "w1",
+                                        note.text())
+        await self.trusted.write_pending()
+
+    def unsent(self, log: Any) -> list[dict[str, Any]]:
+        return [json.loads(p) for p in list(read_records(log.directory))[self.sent.get(
+            log.directory, 0):]]
+
+    def log_id(self, log: Any) -> str:
+        return str(log.log_id)
+
+    def last_seq(self, log: Any) -> int:
+        return int(json.loads(list(read_records(log.directory))[-1])["seq"])
+
+    async def publish(self, bootstrap: str) -> None:
+        sink = KafkaSink(bootstrap, "vllm-audit")
+        await sink.connect()
+        try:
+            for log in (self.trusted, self.stranger):
+                payloads = list(read_records(log.directory))
+                for payload in payloads[self.sent.get(log.directory, 0):]:
+                    record = json.loads(payload)
+                    await (await sink.send(TOPICS[record["type"]], record["log_id"].encode(),
+                                           payload))
+                self.sent[log.directory] = len(payloads)
+        finally:
+            await sink.close(5.0)
+
+
+@needs_prometheus
+def test_a_real_prometheus_answers_every_fleet_panel_from_a_real_fleet(
+        tmp_path: Path) -> None:
+    feed = FleetInput(tmp_path / "logs")
+    log_pub, witness_pub = feed.key_files(tmp_path)
+    asyncio.run(feed.write(5))
+    with KafkaBroker() as kafka:
+        asyncio.run(feed.publish(kafka.bootstrap))
+        fleet, _, _, metrics = start_fleet(
+            tmp_path, kafka.bootstrap,
+            ["--log-public-key", str(log_pub), "--witness-key", str(witness_pub),
+             "--gap-seconds", "5"])
+        try:
+            target = metrics.removeprefix("http://")
+            with running_prometheus(tmp_path / "prom", "vllm-audit", [target]) as prom:
+                prom.scraped("vllm-audit", 3)
+                for _ in range(3):  # more while Prometheus scrapes, so rates have something
+                    asyncio.run(feed.write(5))
+                    asyncio.run(feed.publish(kafka.bootstrap))
+                    time.sleep(1.5)
+
+                def answered() -> dict[tuple[str, str], list[dict[str, Any]]] | None:
+                    found = {(t, e): prom.query(substitute(e)) for t, e in queries(fleet=True)}
+                    return None if any(not r for r in found.values()) else found
+
+                results = prom.wait("every fleet panel", answered, 60.0)
+                # What the panels show is what happened: the stranger's log untrusted, the
+                # trusted one verified to its last record and witnessed up to its checkpoint.
+                trusted = feed.log_id(feed.trusted)
+                head = prom.value(f'max(vllm_audit_fleet_log_verified_seq{{log_id="{trusted}"}})')
+                witnessed = prom.value(
+                    f'max(vllm_audit_fleet_log_witnessed_tree_size{{log_id="{trusted}"}})')
+        finally:
+            fleet.stop()
+    assert len(results) >= 9
+    breaks = [r["metric"] for (title, _), found in results.items() if title == "Fleet breaks"
+              for r in found]
+    assert (feed.log_id(feed.stranger), "untrusted_key") in {
+        (b.get("log_id"), b.get("reason")) for b in breaks}
+    assert head == feed.last_seq(feed.trusted) and witnessed is not None and witnessed > 20

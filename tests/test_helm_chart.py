@@ -682,3 +682,42 @@ def test_the_fleet_service_scales_on_a_clickhouse_server_from_a_secret() -> None
         render({**SECRET, "fleet": {"enabled": True}})
     # Off by default.
     assert fleet_objects(render({**SECRET, "agent": KAFKA})) == {}
+
+
+def test_the_fleet_is_scraped_by_its_own_service_monitor_and_checks_the_given_witnesses() -> None:
+    witness_pem = public_pem(Ed25519PrivateKey.generate().public_key()).decode()
+    values = {**FLEET, "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "kps"}}},
+              "fleet": {**FLEET["fleet"], "witnessPublicKeys": [witness_pem],
+                        "unwitnessedSeconds": 900}}
+    report = helm.lint(CHART, values, strict=True)
+    assert report["errors"] == [] and [m for m in report["messages"] if m["severity"] >= 2] == []
+    docs = render(values)
+    for doc in docs:
+        validate(doc)
+    monitors = {m["metadata"]["name"]: m for m in of_kind(docs, "ServiceMonitor")}
+    assert set(monitors) == {"llm-vllm-audit", "llm-vllm-audit-fleet"}
+    fleet_monitor = monitors["llm-vllm-audit-fleet"]
+    assert fleet_monitor["metadata"]["labels"]["release"] == "kps"
+    services = {s["metadata"]["name"]: s for s in of_kind(docs, "Service")}
+    fleet_service = services["llm-vllm-audit-fleet"]
+    selector = fleet_monitor["spec"]["selector"]["matchLabels"].items()
+    # It selects the fleet's Service, on its metrics port, and no Service of the agents.
+    assert selector <= fleet_service["metadata"]["labels"].items()
+    assert not [name for name, s in services.items()
+                if name != "llm-vllm-audit-fleet" and selector <= s["metadata"]["labels"].items()]
+    (endpoint,) = fleet_monitor["spec"]["endpoints"]
+    assert endpoint["port"] in {p["name"] for p in fleet_service["spec"]["ports"]}
+    # The witnesses' keys are mounted and given, with the quorum and the bound.
+    args, mounts = fleet_args(fleet_objects(docs)["Deployment"])
+    (witness_key,) = args.witness_key
+    assert witness_key.startswith(mounts["witness-keys"] + "/")
+    (config,) = [d for d in of_kind(docs, "ConfigMap")
+                 if d["metadata"]["name"] == "llm-vllm-audit-fleet-witness-keys"]
+    assert config["data"][Path(witness_key).name] == witness_pem
+    assert (args.required_cosignatures, args.unwitnessed_seconds) == (1, 900)
+    # No ServiceMonitor without the switch, nor without the fleet; a quorum beyond the keys fails.
+    assert "ServiceMonitor" not in fleet_objects(render(FLEET))
+    assert [m["metadata"]["name"] for m in of_kind(render(EVERYTHING), "ServiceMonitor")] == [
+        "llm-vllm-audit"]
+    with pytest.raises(helm.HelmError, match="requiredCosignatures is more than"):
+        render({**values, "fleet": {**values["fleet"], "requiredCosignatures": 2}})

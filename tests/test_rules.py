@@ -100,7 +100,8 @@ def scrape(port: int) -> str:
 async def test_every_fleet_metric_a_rule_reads_is_exported(tmp_path: Path) -> None:
     """A real `vllm-audit fleet` over two real agents' logs. It trusts another key than
     theirs, so both logs are flagged (untrusted): the per-log series the alerts read, broken
-    included, are then exported by a real process, not only written in the rules."""
+    included, are then exported by a real process, not only written in the rules. With a
+    witness key, the witnessing series (unwitnessed) too, and the consumer's lag."""
     broker = KafkaBroker()
     await asyncio.to_thread(broker.__enter__)
     proc = None
@@ -109,7 +110,7 @@ async def test_every_fleet_metric_a_rule_reads_is_exported(tmp_path: Path) -> No
         other = tmp_path / "other.pub"
         other.write_bytes(public_pem(Ed25519PrivateKey.generate().public_key()))
         ports = Ports(free_port(), free_port(), free_port())
-        proc = fleet(tmp_path, broker.bootstrap, other, ports, 1)
+        proc = fleet(tmp_path, broker.bootstrap, other, ports, 1, ["--witness-key", str(other)])
 
         def both_flagged() -> bool:
             body = scrape(ports.metrics)
@@ -122,5 +123,5 @@ async def test_every_fleet_metric_a_rule_reads_is_exported(tmp_path: Path) -> No
         await asyncio.to_thread(broker.__exit__, None, None, None)
     exported = {s.name for f in text_string_to_metric_families(body) for s in f.samples}
     used = {name for name in rule_metric_names() if name.startswith(FLEET)}
-    assert len(used) == 3
+    assert len(used) == 6
     assert used - exported == set()

@@ -180,6 +180,40 @@ panel("GPU telemetry", [(f"vllm_audit_gpu_available{{{J}}}", "available {{instan
                         (f"sum by (field) (increase(vllm_audit_gpu_read_errors_total{{{J}}}[{RI}]))",
                          "read errors {{field}}")])
 
+end_row()
+# The fleet service (`vllm-audit fleet`): its own job in Prometheus, selected like the rest.
+row("Fleet (vllm-audit fleet: every pod's records, verified as they stream)")
+panel("Fleet consumer lag", [(
+    f"sum by (instance, topic) (vllm_audit_fleet_consumer_lag_records{{{J}}})",
+    "{{instance}} {{topic}}")], description="records on the broker past the consumer group's "
+      "positions: growing means the fleet stores slower than the agents publish")
+panel("Fleet records/s", [
+    (f"sum by (instance) (rate(vllm_audit_fleet_records_stored_total{{{J}}}[{RI}]))",
+     "stored {{instance}}"),
+    (f"sum by (instance) (rate(vllm_audit_fleet_records_total{{{J}}}[{RI}]))",
+     "consumed {{instance}}"),
+    (f"sum by (instance) (increase(vllm_audit_fleet_store_errors_total{{{J}}}[{RI}]))",
+     "store errors {{instance}}")], unit="ops")
+panel("Fleet verified heads", [
+    (f"max by (log_id, pod) (vllm_audit_fleet_log_verified_seq{{{J}}})", "{{pod}} {{log_id}}"),
+    (f"max by (log_id, pod) (vllm_audit_fleet_log_witnessed_tree_size{{{J}}})",
+     "witnessed tree size {{pod}} {{log_id}}")],
+      description="the seq up to which each log verifies, and the tree size its witnesses cosigned")
+panel("Fleet silent logs (time since a log's last record)", [(
+    f"time() - max by (log_id, pod) (vllm_audit_fleet_log_last_record_timestamp_seconds{{{J}}})",
+    "{{pod}} {{log_id}}")], unit="s", description="an hour of silence alerts "
+      "(VllmAuditFleetLogSilent): a pod gone, or an agent that cannot reach Kafka")
+panel("Fleet breaks", [
+    (f"sum by (status) (vllm_audit_fleet_logs{{{J}}})", "logs {{status}}"),
+    (f"max by (log_id, pod, reason) (vllm_audit_fleet_log_broken{{{J}}})",
+     "{{pod}} {{log_id}} {{reason}}")],
+      description="logs by verification status, and each log that does not verify, by reason "
+      "(sticky; VllmAuditFleetLogBroken)")
+panel("Fleet unwitnessed logs", [(
+    f"max by (log_id, pod) (vllm_audit_fleet_log_unwitnessed_seconds{{{J}}})",
+    "{{pod}} {{log_id}}")], unit="s", description="age of each log's oldest checkpoint no "
+      "witness quorum cosigned (with --witness-key); past --unwitnessed-seconds it alerts")
+
 dashboard = {
     "title": "vLLM audit", "uid": "vllm-audit", "editable": True, "schemaVersion": 39,
     "version": 1, "tags": ["vllm", "vllm-audit"], "timezone": "browser",
@@ -191,7 +225,9 @@ dashboard = {
          "includeAll": False, "multi": False},
         {"name": "job", "label": "Job", "type": "query",
          "datasource": {"type": "prometheus", "uid": "${datasource}"},
-         "query": {"query": "label_values(vllm_audit_build_info, job)", "refId": "job"},
+         # The agents' jobs and the fleet's (which has no build info of its own).
+         "query": {"query": 'label_values({__name__=~"vllm_audit_build_info|'
+                            'vllm_audit_fleet_batches_total"}, job)', "refId": "job"},
          "refresh": 2, "includeAll": True, "multi": True, "allValue": ".+",
          "hide": 0, "options": [], "sort": 1},
     ]},

@@ -10,6 +10,7 @@ import asyncio
 import sys
 import time
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,14 +74,16 @@ class Ports:
     api_http: int
 
 
-def fleet(tmp: Path, bootstrap: str, keys: Path, ports: Ports, n: int) -> Proc:
+def fleet(tmp: Path, bootstrap: str, keys: Path, ports: Ports, n: int,
+          extra: Sequence[str] = ()) -> Proc:
     return Proc([sys.executable, "-m", "vllm_audit_agent.cli", "fleet", "--store",
                  str(tmp / "store"), "--kafka-bootstrap", bootstrap, "--log-public-key",
                  str(keys), "--http-address", f"127.0.0.1:{ports.metrics}",
                  "--max-batch-records", "2", "--gap-seconds", "60",
                  "--query-address", f"127.0.0.1:{ports.query}",
                  "--api-http-address", f"127.0.0.1:{ports.api_http}",
-                 "--api-data-dir", str(tmp / "api"), "--auth-tokens-file", str(tokens_file(tmp))],
+                 "--api-data-dir", str(tmp / "api"), "--auth-tokens-file", str(tokens_file(tmp)),
+                 *extra],
                 base_env(), tmp / f"fleet-{n}.log")
 
 

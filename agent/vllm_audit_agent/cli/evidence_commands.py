@@ -104,10 +104,12 @@ def _print_break(report: Any, log: str = "") -> None:
 def run_verify(args: argparse.Namespace) -> int:
     """Exit 0: intact (every log); 1: a break, named; 2: the question cannot be answered."""
     from vllm_audit_agent.records.chain import load_public_key
-    from vllm_audit_agent.records.verify import Report, order_by_seq, split_by_log, verify_chain
+    from vllm_audit_agent.records.verify import split_by_log, verify_chain
 
-    if (args.path is None) == (args.kafka_bootstrap is None):
-        raise ValueError("verify needs exactly one of PATH or --kafka-bootstrap")
+    sources = [args.path is not None, args.kafka_bootstrap is not None,
+               getattr(args, "fleet_store", None) is not None]
+    if sum(sources) != 1:
+        raise ValueError("verify needs exactly one of PATH, --kafka-bootstrap or --fleet-store")
     keys = [load_public_key(path) for path in args.public_key]
     if args.path is not None:
         payloads = _payloads_of_path(args.path, args.archive_endpoint)
@@ -127,22 +129,51 @@ def run_verify(args: argparse.Namespace) -> int:
               f"{f', {report.anchors_checked} anchors matched' if report.anchors_checked else ''}",
               file=sys.stderr)
         return 0
+    if args.kafka_bootstrap is None:
+        return _verify_logs(args, keys, _fleet_logs(args), ordered=True)
     topics = args.topic or [f"{args.topic_prefix}.{t}" for t in dict.fromkeys(TOPICS.values())]
-    payloads = _kafka(args, topics)
-    by_log = split_by_log(payloads)
+    return _verify_logs(args, keys, split_by_log(_kafka(args, topics)))
+
+
+def _fleet_logs(args: argparse.Namespace) -> dict[str, list[bytes]]:
+    """Each log's records from the fleet store (in seq order, one per seq), in the range."""
+    from vllm_audit_agent.fleet import read_back
+    from vllm_audit_agent.fleet.store import FleetStore
+    from vllm_audit_agent.records.export import parse_time
+
+    since = parse_time(args.since) if args.since else None
+    until = parse_time(args.until) if args.until else None
+    store = FleetStore.open(args.fleet_store, args.database)
+    try:
+        out: dict[str, list[bytes]] = {}
+        for log_id in args.log_id or read_back.stored_log_ids(store):
+            found = read_back.seq_range(store, log_id, since, until)
+            if found is not None:
+                out[log_id] = list(read_back.log_payloads(store, log_id, *found))
+        return out
+    finally:
+        store.close()
+
+
+def _verify_logs(args: argparse.Namespace, keys: list[Any], by_log: dict[str, list[bytes]],
+                 ordered: bool = False) -> int:
+    """Each log on its own (`ordered`: its records come in seq order, one per seq)."""
+    from vllm_audit_agent.records.verify import Report, order_by_seq, verify_chain
+
     anchors = [a for k in keys for a in _anchors(args, k, [log for log in by_log if log],
                                                  quiet=len(keys) > 1)]
     reports: list[tuple[str, Report]] = []
     for log_id, records in by_log.items():
         key = _key_for(records, keys)
         pre = Report()
-        ordered = order_by_seq(records, pre)
-        report = verify_chain(ordered, key, args.allow_unsigned_tail,
+        in_order = records if ordered else order_by_seq(records, pre)
+        report = verify_chain(in_order, key, args.allow_unsigned_tail,
                               _tree_check(args, key, anchors))
         report.duplicates_collapsed = pre.duplicates_collapsed
         if pre.broken is not None and (report.broken is None
                                        or pre.broken.seq <= report.broken.seq):
             report.broken = pre.broken
+        report.log_id = report.log_id or log_id  # a break ends the report before it names it
         reports.append((log_id, report))
     missing = [a for a in anchors if a.origin.split("/", 1)[-1] not in by_log]
     out = {"intact": all(r.intact for _, r in reports) and not missing,

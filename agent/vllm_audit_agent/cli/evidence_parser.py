@@ -25,6 +25,17 @@ def add_arguments(sub: Any) -> None:
                         "(default: $VLLM_AUDIT_ARCHIVE_ENDPOINT, else AWS S3 or $AWS_ENDPOINT_URL)")
     v.add_argument("--kafka-bootstrap", help="read the logs from Kafka instead (each log on the "
                                              "topics is verified on its own)")
+    v.add_argument("--fleet-store", metavar="DIR|URL",
+                   help="read the logs from the fleet service's store instead (its chDB "
+                        "directory, while no fleet service has it open, or its ClickHouse "
+                        "server URL); each log is verified on its own")
+    v.add_argument("--database", default="vllm_audit", help="the fleet store's database")
+    v.add_argument("--log-id", action="append", metavar="ID",
+                   help="with --fleet-store: only this log (repeatable; default every log)")
+    v.add_argument("--since", help="with --fleet-store: records the agent wrote at or after "
+                                   "(ISO 8601 or unix time)")
+    v.add_argument("--until", help="with --fleet-store: records written before (ISO 8601 or "
+                                   "unix time); read on to the checkpoint after them")
     v.add_argument("--topic", action="append",
                    help="Kafka topic (repeatable); default every topic of the chain: <prefix>."
                         "requests, .checkpoints and .access")

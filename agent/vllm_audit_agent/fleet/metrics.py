@@ -72,7 +72,8 @@ class FleetCollector(Collector):
 
     def _witnessing(self, logs: list[LogState]) -> Iterator[Metric]:
         """Per log (with --witness-key): how far witnesses cosigned, how long its oldest
-        checkpoint has waited for them, and whether that is past --unwitnessed-seconds."""
+        checkpoint has waited for them, and whether that is past --unwitnessed-seconds (0 for
+        a log that does not verify)."""
         now_ms = time.time_ns() // 1_000_000
         bound = self.verifier.witnesses.unwitnessed_seconds
         size = GaugeMetricFamily("vllm_audit_fleet_log_witnessed_tree_size",
@@ -89,9 +90,9 @@ class FleetCollector(Collector):
                                        "name the log's own checkpoint", value=sum(
                                            log.witness.cosignatures for log in logs))
         for log in logs:
-            if log.status != "verified":
-                continue
-            labels, age = [log.log_id, _pod(log)], log.unwitnessed_seconds(now_ms)
+            # A log not verified (broken, untrusted…) has its own alert: not this one too.
+            age = log.unwitnessed_seconds(now_ms) if log.status == "verified" else 0.0
+            labels = [log.log_id, _pod(log)]
             size.add_metric(labels, log.witness.witnessed_size)
             waited.add_metric(labels, age)
             flagged.add_metric(labels, 1 if age > bound else 0)
