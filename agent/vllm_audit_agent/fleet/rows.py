@@ -1,9 +1,26 @@
-"""A record's row in the fleet store: the columns an audit query filters and sums on, taken
-from its canonical bytes (any record type; fields a type lacks are empty)."""
+"""A batch of records as the fleet store's columns: what an audit query filters and sums on,
+taken from each record's canonical bytes (any record type; fields a type lacks are empty).
+
+This is the consumer's hot path (one call per Kafka batch), so it is written for speed: each
+payload is parsed once (orjson), its values go straight into one list per column (no row
+tuples, no transpose), and the bounds a column's type needs are checked inline — only a value
+that is not already an in-range int takes the slow, forgiving conversion (`_int`). The Arrow
+table is what both backends insert column by column (chDB's `Python()` table function,
+clickhouse-connect's `insert_arrow`).
+
+A column's value, for a record `r` (`now_ms`: the batch's time):
+  log_id, trail_id, tenant, user, state, client_request_id, request_id: the field as text ("" if
+  absent or falsy); model: `model`, else `gen_ai.request.model`; type: `type`, else "request";
+  seq, revision, status_code, tokens: the field as an int clamped to the column's range (0 when
+  absent or not a number); ts: `timestamp_ms`, else `time_unix_ms`, else `recorded_unix_ms`;
+  recorded: `recorded_unix_ms`, else `now_ms`; input/output tokens: `gen_ai.usage.*_tokens`,
+  else `prompt_tokens`/`completion_tokens`; is_error: `error` is set or status >= 400;
+  has_content: the record holds `prompt` or `output`; record: the payload's bytes as they are.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -14,54 +31,95 @@ from vllm_audit_agent.fleet.schema import RECORD_COLUMNS
 _ARROW_TYPES = {"seq": pa.uint64(), "ts": pa.timestamp("ms"),
                 "recorded": pa.timestamp("ms"), "revision": pa.uint32(),
                 "status_code": pa.uint16(), "is_error": pa.uint8(), "input_tokens": pa.uint32(),
-                "output_tokens": pa.uint32(), "has_content": pa.uint8()}
+                "output_tokens": pa.uint32(), "has_content": pa.uint8(),
+                # the canonical bytes as they came: no decode, no copy into Python text
+                "record": pa.binary()}
 SCHEMA = pa.schema([(name, _ARROW_TYPES.get(name, pa.string())) for name in RECORD_COLUMNS])
+TIME_MAX = 2**53  # ms; beyond it a float JSON reader loses precision
+SEQ_MAX, U32_MAX, U16_MAX = 2**63, 2**32 - 1, 65535
 
 
 def _int(value: Any, high: int) -> int:
+    """`value` as an int in [0, high]: numbers clamped, numeric text read, anything else 0."""
     try:
         return max(0, min(int(value or 0), high))
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return 0
 
 
-def record_row(record: dict[str, Any], payload: bytes, now_ms: int) -> tuple[Any, ...]:
-    """The column values of one record, in RECORD_COLUMNS order. `recorded` (what partitions
-    and retention go by) is when the agent wrote it; `now_ms` for a record without that time."""
-    kind = str(record.get("type") or "request")
-    ts = record.get("timestamp_ms") or record.get("time_unix_ms") or record.get(
-        "recorded_unix_ms") or 0
-    recorded = _int(record.get("recorded_unix_ms"), 2**53) or now_ms
-    status = _int(record.get("status_code"), 65535)
-    error = bool(record.get("error")) or status >= 400
-    return (
-        str(record.get("log_id") or ""), _int(record.get("seq"), 2**63), kind, _int(ts, 2**53),
-        recorded,
-        str(record.get("trail_id") or ""), _int(record.get("revision"), 2**32 - 1),
-        str(record.get("tenant") or ""), str(record.get("user") or ""),
-        str(record.get("model") or record.get("gen_ai.request.model") or ""),
-        str(record.get("state") or ""), str(record.get("client_request_id") or ""),
-        str(record.get("request_id") or ""), status, int(error),
-        _int(record.get("gen_ai.usage.input_tokens") or record.get("prompt_tokens"), 2**32 - 1),
-        _int(record.get("gen_ai.usage.output_tokens") or record.get("completion_tokens"),
-             2**32 - 1),
-        int(bool(record.get("prompt") or record.get("output"))), payload.decode(),
-    )
+def _text(value: Any) -> str:
+    return value if value.__class__ is str else str(value or "")
 
 
-def parse(payload: bytes) -> dict[str, Any] | None:
-    """The record in `payload`, or None when it is not a JSON object with a `seq`."""
-    try:
-        record = orjson.loads(payload)
-    except orjson.JSONDecodeError:
-        return None
-    if not isinstance(record, dict) or not isinstance(record.get("seq"), int):
-        return None
-    return record
+class _Columns:
+    """One list per column, filled record by record."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, list[Any]] = {name: [] for name in RECORD_COLUMNS}
+
+    def table(self) -> pa.Table:
+        return pa.Table.from_arrays(
+            [pa.array(self.values[f.name], type=f.type) for f in SCHEMA], schema=SCHEMA)
 
 
-def to_arrow(rows: Iterable[tuple[Any, ...]]) -> pa.Table:
-    columns = list(zip(*rows, strict=True)) or [()] * len(RECORD_COLUMNS)
-    return pa.Table.from_arrays([pa.array(col, type=field.type)
-                                 for col, field in zip(columns, SCHEMA, strict=True)],
-                                schema=SCHEMA)
+def columns(payloads: Sequence[bytes], now_ms: int) -> pa.Table:
+    """The store's rows for `payloads`, one per (log_id, seq) (the first of a batch's copies);
+    payloads that are not a JSON object with an integer `seq` are skipped."""
+    out, seen = _Columns(), set()
+    v = out.values
+    log_ids, seqs, kinds, times, recorded = (v["log_id"], v["seq"], v["type"], v["ts"],
+                                             v["recorded"])
+    trails, revisions, tenants, users, models = (v["trail_id"], v["revision"], v["tenant"],
+                                                 v["user"], v["model"])
+    states, clients, requests, statuses, errors = (v["state"], v["client_request_id"],
+                                                   v["request_id"], v["status_code"],
+                                                   v["is_error"])
+    inputs, outputs, contents, records = (v["input_tokens"], v["output_tokens"],
+                                          v["has_content"], v["record"])
+    loads = orjson.loads
+    for payload in payloads:
+        try:
+            r = loads(payload)
+        except orjson.JSONDecodeError:
+            continue
+        if r.__class__ is not dict:
+            continue
+        get = r.get
+        seq = get("seq")
+        if not isinstance(seq, int):
+            continue
+        log_id = get("log_id")
+        log_id = log_id if log_id.__class__ is str else str(log_id or "")
+        seq = seq if seq.__class__ is int and 0 <= seq <= SEQ_MAX else _int(seq, SEQ_MAX)
+        if (log_id, seq) in seen:
+            continue
+        seen.add((log_id, seq))
+        log_ids.append(log_id)
+        seqs.append(seq)
+        kind = get("type")
+        kinds.append(kind if kind.__class__ is str and kind else str(kind or "request"))
+        ts = get("timestamp_ms") or get("time_unix_ms") or get("recorded_unix_ms") or 0
+        times.append(ts if ts.__class__ is int and 0 <= ts <= TIME_MAX else _int(ts, TIME_MAX))
+        at = get("recorded_unix_ms")
+        recorded.append((at if at.__class__ is int and 0 <= at <= TIME_MAX
+                         else _int(at, TIME_MAX)) or now_ms)
+        trails.append(_text(get("trail_id")))
+        n = get("revision")
+        revisions.append(n if n.__class__ is int and 0 <= n <= U32_MAX else _int(n, U32_MAX))
+        tenants.append(_text(get("tenant")))
+        users.append(_text(get("user")))
+        models.append(_text(get("model") or get("gen_ai.request.model")))
+        states.append(_text(get("state")))
+        clients.append(_text(get("client_request_id")))
+        requests.append(_text(get("request_id")))
+        n = get("status_code")
+        status = n if n.__class__ is int and 0 <= n <= U16_MAX else _int(n, U16_MAX)
+        statuses.append(status)
+        errors.append(1 if get("error") or status >= 400 else 0)
+        n = get("gen_ai.usage.input_tokens") or get("prompt_tokens")
+        inputs.append(n if n.__class__ is int and 0 <= n <= U32_MAX else _int(n, U32_MAX))
+        n = get("gen_ai.usage.output_tokens") or get("completion_tokens")
+        outputs.append(n if n.__class__ is int and 0 <= n <= U32_MAX else _int(n, U32_MAX))
+        contents.append(1 if get("prompt") or get("output") else 0)
+        records.append(payload)
+    return out.table()

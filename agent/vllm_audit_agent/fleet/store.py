@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 
 from vllm_audit_agent.fleet.backend import Backend, open_backend
-from vllm_audit_agent.fleet.rows import parse, record_row, to_arrow
+from vllm_audit_agent.fleet.rows import columns
 from vllm_audit_agent.fleet.schema import (
     DEFAULT_RETENTION,
     LOG_COLUMNS,
@@ -91,19 +91,10 @@ class FleetStore:
     def insert(self, payloads: Sequence[bytes]) -> int:
         """Stores canonical records of any type; returns how many rows were written (unreadable
         payloads are skipped). Idempotent: a record stored again is the same (log_id, seq)."""
-        rows, seen, now_ms = [], set(), time.time_ns() // 1_000_000
-        for payload in payloads:
-            record = parse(payload)
-            if record is None:
-                continue
-            key = (record.get("log_id"), record["seq"])
-            if key in seen:
-                continue
-            seen.add(key)
-            rows.append(record_row(record, payload, now_ms))
-        if rows:
-            self.backend.insert(f"{self.db}.records", to_arrow(rows))
-        return len(rows)
+        data = columns(payloads, time.time_ns() // 1_000_000)
+        if data.num_rows:
+            self.backend.insert(f"{self.db}.records", data)
+        return int(data.num_rows)
 
     # -- trails ----------------------------------------------------------------------------
     def _newest(self, query: TrailQuery, extra_having: Sequence[str] = ()) -> tuple[str, dict[str, Any]]:
