@@ -66,8 +66,10 @@ class ChdbBackend:
 
 def _param_text(value: Any, nested: bool = False) -> str:
     """A parameter as ClickHouse reads it for its `{name:Type}` (clickhouse-connect does this
-    for the server): arrays as literals, strings inside them quoted."""
-    if isinstance(value, (list, tuple)):
+    for the server): lists as arrays, tuples as tuples, strings inside them quoted."""
+    if isinstance(value, tuple):
+        return "(" + ",".join(_param_text(item, True) for item in value) + ")"
+    if isinstance(value, list):
         return "[" + ",".join(_param_text(item, True) for item in value) + "]"
     if isinstance(value, str) and nested:
         return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"

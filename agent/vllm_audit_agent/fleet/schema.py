@@ -17,10 +17,14 @@ cosignatures, level changes), one row per (log_id, seq):
     there, not from `ts` (the request's time as the engine's clock gave it): an event stamped
     with a wrong clock (1970, or years ahead) would otherwise be deleted at the first TTL merge
     right after it was stored and acknowledged — or kept for ever;
-  - a projection ordered by (user, ts) with the columns a trail listing reads: "one user's
-    newest 50 over 30 days" reads that user's rows only (DESIGN.md: 43 ms p99 → 7.4 ms at 1M
-    rows); bloom-filter skip indexes for the point look-ups (trail_id, client_request_id,
-    request_id), which a (log_id, seq) order scatters over every granule;
+  - projections ordered by (user, ts) and by (tenant, ts) with the columns a trail listing
+    reads: "one user's (or tenant's) newest 50 over 30 days" reads that user's newest rows
+    only, in reverse order (DESIGN.md: 43 ms p99 → 7.4 ms at 1M rows; a bloom filter does not
+    help: every granule holds every user); a store made before a projection gets it when it
+    opens (migrate.py); bloom-filter skip indexes for the point look-ups (trail_id,
+    client_request_id, request_id), which a (log_id, seq) order scatters over every granule;
+  - granules of ~1 MiB (`GRANULE_BYTES`), not ClickHouse's 10 MiB: a page's records are read
+    by (log_id, seq), each from its own granule, decompressed from the granule's start;
   - TTLs per retention class (`Retention`): content (a request record whose bytes hold prompt or
     output text: its `record` column is emptied, the summary columns stay), metadata (request
     and access rows deleted), evidence (genesis, checkpoints, seals, cosignatures, level records
@@ -75,8 +79,22 @@ def _ttl(retention: Retention) -> tuple[str, str]:
     return column, ("TTL " + ", ".join(rules)) if rules else ""
 
 
+#: A listing's trail columns (what `FleetStore.list_trails` reads) in an order of its own, so
+#: "newest first" for one user or tenant reads only that user's or tenant's newest rows.
+_LISTED = ("type, tenant, user, model, state, trail_id, revision, log_id, seq, "
+           "client_request_id, ts")
+PROJECTIONS = {"by_user": f"SELECT {_LISTED} ORDER BY user, ts",
+               "by_tenant": f"SELECT {_LISTED} ORDER BY tenant, ts"}
+#: Granules of about 1 MiB (ClickHouse's default: 10 MiB): reading one record (a ~3 KB
+#: `record` value) decompresses its granule from the start, so a page of 50 records read by
+#: (log_id, seq) costs 50 granules — 50 MiB at this size, ten times that at the default.
+GRANULE_BYTES = 1 << 20
+
+
 def create_statements(database: str, retention: Retention = DEFAULT_RETENTION) -> list[str]:
     column_ttl, table_ttl = _ttl(retention)
+    projections = ",\n    ".join(f"PROJECTION {name} ({body})"
+                                  for name, body in PROJECTIONS.items())
     return [
         f"CREATE DATABASE IF NOT EXISTS {database}",
         f"""CREATE TABLE IF NOT EXISTS {database}.records (
@@ -105,16 +123,12 @@ def create_statements(database: str, retention: Retention = DEFAULT_RETENTION) -
     INDEX request_idx request_id TYPE bloom_filter(0.01) GRANULARITY 4,
     INDEX tenant_idx tenant TYPE set(256) GRANULARITY 4,
     INDEX model_idx model TYPE set(256) GRANULARITY 4,
-    PROJECTION by_user (
-        SELECT user, ts, type, tenant, model, state, trail_id, revision, log_id, seq,
-               client_request_id
-        ORDER BY user, ts
-    )
+    {projections}
 ) ENGINE = ReplacingMergeTree
 PARTITION BY toYYYYMM(recorded)
 ORDER BY (log_id, seq)
 {table_ttl}
-SETTINGS deduplicate_merge_projection_mode = 'rebuild'""",
+SETTINGS deduplicate_merge_projection_mode = 'rebuild', index_granularity_bytes = {GRANULE_BYTES}""",
         f"""CREATE TABLE IF NOT EXISTS {database}.logs (
     log_id String,
     updated_ms Int64,

@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 
 from vllm_audit_agent.fleet.backend import Backend, open_backend
+from vllm_audit_agent.fleet.migrate import migrate
 from vllm_audit_agent.fleet.rows import columns
 from vllm_audit_agent.fleet.schema import (
     DEFAULT_RETENTION,
@@ -33,6 +34,8 @@ Cursor = tuple[int, str]
 GROUP_KEYS = {"tenant": "g_tenant", "user": "g_user", "model": "g_model",
               "day": "toString(g_day)"}
 EXPORT_PAGE = 10_000
+#: Rows a listing reads first, newest first (at least 4 per trail asked for): see _newest_page.
+CANDIDATES = 200
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,7 @@ class FleetStore:
         # The Sigma rules' view last: it reads the records table.
         for statement in [*create_statements(database, retention), view_statement(database)]:
             backend.command(statement)
+        migrate(backend, database)
 
     @classmethod
     def open(cls, target: str, database: str = "vllm_audit",
@@ -97,9 +101,12 @@ class FleetStore:
         return int(data.num_rows)
 
     # -- trails ----------------------------------------------------------------------------
-    def _newest(self, query: TrailQuery, extra_having: Sequence[str] = ()) -> tuple[str, dict[str, Any]]:
-        """The newest revision of each matching trail: its key, time and event id."""
+    def _newest(self, query: TrailQuery, extra_having: Sequence[str] = (), also: str = ""
+                ) -> tuple[str, dict[str, Any]]:
+        """The newest revision of each matching trail: its key, time and event id (`also`:
+        more conditions on the rows)."""
         where, params = _where(query)
+        where += also
         having = _having(query, params) + list(extra_having)
         sql = f"""SELECT trail_id, max(revision) AS rev, argMax(log_id, revision) AS lid,
        argMax(seq, revision) AS s, toUnixTimestamp64Milli(argMax(ts, revision)) AS t,
@@ -113,29 +120,55 @@ FROM {self.db}.records WHERE {where} GROUP BY trail_id"""
                     ) -> list[dict[str, Any]]:
         """Request records, the newest revision per trail, newest first (timestamp_ms, then
         event_id, descending), after `before` (the last trail of the previous page)."""
-        extra = []
-        if before is not None:
-            extra.append("(t, eid) < ({before_t:Int64}, {before_e:String})")
-        sql, params = self._newest(query, extra)
-        if before is not None:
-            params["before_t"], params["before_e"] = before
-        params["limit"] = max(0, int(limit))
-        keys = self.backend.rows(sql + " ORDER BY t DESC, eid DESC LIMIT {limit:UInt32}", params)
+        keys = self._newest_page(query, max(0, int(limit)), before)
         found = self._records_at([(k["lid"], k["s"]) for k in keys])
         return [orjson.loads(found[(k["lid"], k["s"])]) for k in keys
                 if (k["lid"], k["s"]) in found]
 
+    def _newest_page(self, query: TrailQuery, limit: int, before: Cursor | None
+                     ) -> list[dict[str, Any]]:
+        """The page's trail keys. First from the newest rows only: the `CANDIDATES` newest
+        matching rows (read in (user, ts) or (tenant, ts) order from a projection) name the
+        trails to group; the answer is exact when `limit` of them have their newest revision
+        after the oldest row read (every trail not read has all its rows at or before it).
+        Otherwise (revisions older than the rows around them, a state filter that drops
+        most), every matching row is grouped, as before."""
+        where, params = _where(query)
+        if before is not None:
+            where += " AND ts <= fromUnixTimestamp64Milli({before_t:Int64})"
+            params["before_t"] = before[0]
+        params["rows"] = max(CANDIDATES, 4 * limit)
+        newest = self.backend.rows(
+            f"SELECT trail_id, toUnixTimestamp64Milli(ts) AS t FROM {self.db}.records "
+            f"WHERE {where} ORDER BY ts DESC LIMIT {{rows:UInt32}}", params)
+        extra = []
+        if before is not None:
+            extra.append("(t, eid) < ({before_t:Int64}, {before_e:String})")
+            params["before_e"] = before[1]
+        params["limit"] = limit
+        page = " ORDER BY t DESC, eid DESC LIMIT {limit:UInt32}"
+        if len(newest) == params["rows"]:
+            floor = min(int(r["t"]) for r in newest)
+            sql, more = self._newest(query, [*extra, "t > {floor:Int64}"],
+                                     " AND trail_id IN {trails:Array(String)}")
+            keys = self.backend.rows(sql + page, {
+                **more, **params, "floor": floor,
+                "trails": sorted({r["trail_id"] for r in newest})})
+            if len(keys) == limit:
+                return keys
+        sql, more = self._newest(query, extra)
+        return self.backend.rows(sql + page, {**more, **params})
+
     def _records_at(self, keys: Sequence[tuple[str, int]]) -> dict[tuple[str, int], bytes]:
         if not keys:
             return {}
+        # The pairs themselves, not log_id IN … AND seq IN …: that product names every seq in
+        # every log (dense seqs: a granule per pair), these only their own granules.
         rows = self.backend.rows(
             f"SELECT log_id, seq, record FROM {self.db}.records "
-            "WHERE log_id IN {lids:Array(String)} AND seq IN {seqs:Array(UInt64)} "
-            "LIMIT 1 BY log_id, seq",
-            {"lids": sorted({k[0] for k in keys}), "seqs": sorted({k[1] for k in keys})})
-        wanted = set(keys)
-        return {(r["log_id"], r["seq"]): _bytes(r["record"]) for r in rows
-                if (r["log_id"], r["seq"]) in wanted}
+            "WHERE (log_id, seq) IN {keys:Array(Tuple(String, UInt64))} LIMIT 1 BY log_id, seq",
+            {"keys": sorted(set(keys))})
+        return {(r["log_id"], r["seq"]): _bytes(r["record"]) for r in rows}
 
     def get_trail(self, trail_id: str, tenant: str | None = None) -> dict[str, Any] | None:
         """The newest revision of one trail (None: none, or not of `tenant`)."""
