@@ -164,19 +164,22 @@ def start_witness(tmp: Path, key: Path, log_public_keys: list[Path], state_dir: 
 
 def start_vllm_server(model_dir: Path, tmp: Path, agent_socket: Path, api_key: str | None,
                       hook: bool = True, extra_args: tuple[str, ...] = (),
-                      **hook_env: str) -> tuple[Proc, str]:
+                      start_timeout: float = 240.0, **hook_env: str) -> tuple[Proc, str]:
     """Starts `vllm serve` (CPU build) with the hook (`hook=False`: without it, neither the
     plugin nor the middleware, the baseline of a benchmark); returns (proc, base URL).
-    `api_key` None: vLLM checks no key. `extra_args`: more of vLLM's arguments."""
+    `api_key` None: vLLM checks no key. `extra_args`: more of vLLM's arguments.
+    `start_timeout`: how long it may take to answer /health (several at once take longer)."""
     port = free_port()
-    env = base_env(
-        VLLM_AUDIT_ENABLED="true",
-        VLLM_AUDIT_AGENT_ADDRESS=str(agent_socket),
-        VLLM_AUDIT_CAPTURE_PROMPT="full",
-        VLLM_AUDIT_CAPTURE_OUTPUT="full",
-        VLLM_AUDIT_CAPTURE_CLIENT_IP="full",
+    # The tests read prompts back, so content is captured in full unless `hook_env` says
+    # otherwise (the product's default is hmac).
+    env = base_env(**{
+        "VLLM_AUDIT_ENABLED": "true",
+        "VLLM_AUDIT_AGENT_ADDRESS": str(agent_socket),
+        "VLLM_AUDIT_CAPTURE_PROMPT": "full",
+        "VLLM_AUDIT_CAPTURE_OUTPUT": "full",
+        "VLLM_AUDIT_CAPTURE_CLIENT_IP": "full",
         **hook_env,
-    ) if hook else base_env(**hook_env)
+    }) if hook else base_env(**hook_env)
     args = [
         PYTHON, "-m", "vllm.entrypoints.openai.api_server",
         "--model", str(model_dir), "--served-model-name", "tiny",
@@ -191,7 +194,8 @@ def start_vllm_server(model_dir: Path, tmp: Path, agent_socket: Path, api_key: s
     proc = Proc(args, env, tmp / f"vllm-{port}.log")
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_until(lambda: proc.alive() and http_ok(base + "/health"), 240, "vLLM /health", 0.5)
+        wait_until(lambda: proc.alive() and http_ok(base + "/health"), start_timeout,
+                   "vLLM /health", 0.5)
     except TimeoutError:
         proc.stop()
         raise RuntimeError("vLLM did not start:\n" + proc.log_tail()) from None

@@ -1,13 +1,15 @@
 """Content signals through a real `vllm serve` with the hook (issue 21): a prompt with
 `DROP TABLE` is flagged in its record, read back from Kafka, while the record's prompt stays
-an HMAC (the default capture policy); a benign prompt is not flagged; the agent counts the
-flagged request in its metrics."""
+an HMAC (the default capture policy: this module's own server runs without the tests'
+`full` capture); a benign prompt is not flagged; the agent counts the flagged request in its
+metrics."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,7 @@ import openai
 import pytest
 from aiokafka import AIOKafkaConsumer
 
+from harness import procs
 from harness.kafka_broker import KafkaBroker
 from tests.e2e.conftest import API_KEY, Agent
 from tests.e2e.helpers import FINAL_STATES, scrape, wait_for_trail
@@ -69,8 +72,21 @@ def _flagged(agent: Agent, signal: str, side: str) -> float:
                 if labels == {"signal": signal, "side": side})
 
 
+@pytest.fixture(scope="module")
+def hmac_server(tiny_model: Path, e2e_tmp: Path, agent: Agent) -> Iterator[str]:
+    """`vllm serve` with the hook on the capture policy's defaults (hmac)."""
+    proc, base = procs.start_vllm_server(
+        tiny_model, e2e_tmp, agent.socket, API_KEY, VLLM_AUDIT_CAPTURE_PROMPT="hmac",
+        VLLM_AUDIT_CAPTURE_OUTPUT="hmac", VLLM_AUDIT_CAPTURE_CLIENT_IP="hmac")
+    try:
+        yield base
+    finally:
+        proc.stop()
+
+
 def test_a_drop_table_prompt_is_flagged_while_its_text_stays_an_hmac(
-        vllm_server: str, agent: Agent, kafka: KafkaBroker) -> None:
+        hmac_server: str, agent: Agent, kafka: KafkaBroker) -> None:
+    vllm_server = hmac_server
     flagged_before = _flagged(agent, "sql_injection", "prompt")
     hostile = wait_for_trail(agent.query, _chat(vllm_server, HOSTILE), _final).summary
     benign = wait_for_trail(agent.query, _chat(vllm_server, BENIGN), _final).summary
