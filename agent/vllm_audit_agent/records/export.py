@@ -19,11 +19,12 @@ import csv
 import datetime as dt
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, BinaryIO, TextIO
 
 import orjson
 
 from vllm_audit_agent.records.chain import RECORD_TYPE_CHECKPOINT, RECORD_TYPE_REQUEST
+from vllm_audit_agent.records.fields import time_and_type
 from vllm_audit_agent.records.read_only import read_records
 from vllm_audit_agent.siem.formats import SIEM_FORMATS, encode
 
@@ -89,17 +90,7 @@ def export(records: Path | Callable[[], Iterator[bytes]], out: TextIO,
     if fmt in SIEM_FORMATS:
         return _export_siem(read(), out, since_ms, until_ms, fmt)
     if fmt == "jsonl":
-        tail: list[bytes] = []  # records past `until`, written only if a checkpoint ends them
-        for payload, record in select(read(), since_ms, until_ms):
-            in_range = until_ms is None or int(record.get("recorded_unix_ms", 0)) < until_ms
-            if in_range:
-                out.write(payload.decode() + "\n")
-                count += record.get("type") == RECORD_TYPE_REQUEST
-            else:
-                tail.append(payload)
-                if record.get("type") == RECORD_TYPE_CHECKPOINT:
-                    out.write("".join(p.decode() + "\n" for p in tail))
-        return count
+        return _export_jsonl(read(), out, since_ms, until_ms)
     columns: set[str] = set()
     for _, record in select(read(), since_ms, until_ms):
         if record.get("type") == RECORD_TYPE_REQUEST:
@@ -115,6 +106,60 @@ def export(records: Path | Callable[[], Iterator[bytes]], out: TextIO,
         writer.writerow([_cell(record.get(c)) for c in header])
         count += 1
     return count
+
+
+def _time_and_type(payload: bytes) -> tuple[int, str | None]:
+    """`recorded_unix_ms` and `type`, from the bytes when their keys occur once (fields.py),
+    else parsed."""
+    found = time_and_type(payload)
+    if found is not None:
+        return found
+    record = orjson.loads(payload)
+    return int(record.get("recorded_unix_ms", 0)), record.get("type")
+
+
+def _export_jsonl(payloads: Iterator[bytes], out: TextIO, since_ms: int | None,
+                  until_ms: int | None) -> int:
+    """The stored bytes of the range, unparsed (see `select`), in writes of ~1 MiB: to the
+    binary stream under `out` when it has one (a file, stdout), else as text."""
+    binary: BinaryIO | None = getattr(out, "buffer", None)
+    if binary is not None:
+        out.flush()
+    batch: list[bytes] = []
+    size = count = 0
+    tail: list[bytes] = []  # records past `until`, written only if a checkpoint ends them
+    started = False
+    for payload in payloads:
+        when, kind = _time_and_type(payload)
+        if not started:
+            if since_ms is not None and when < since_ms:
+                continue
+            started = True
+        if until_ms is not None and when >= until_ms:
+            # Past the range: run on to the checkpoint that covers what was exported.
+            tail.append(payload)
+            if kind != RECORD_TYPE_CHECKPOINT:
+                continue
+            batch.extend(tail)
+            break
+        batch.append(payload)
+        size += len(payload)
+        count += kind == RECORD_TYPE_REQUEST
+        if size >= 1 << 20:
+            _write_lines(batch, out, binary)
+            batch, size = [], 0
+    _write_lines(batch, out, binary)
+    return count
+
+
+def _write_lines(payloads: list[bytes], out: TextIO, binary: BinaryIO | None) -> None:
+    if not payloads:
+        return
+    data = b"\n".join(payloads) + b"\n"
+    if binary is not None:
+        binary.write(data)
+    else:
+        out.write(data.decode())
 
 
 def _export_siem(payloads: Iterator[bytes], out: TextIO, since_ms: int | None,

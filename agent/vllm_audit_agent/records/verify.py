@@ -49,6 +49,7 @@ from vllm_audit_agent.records.chain import (
     stored_hash_matches,
     verify_signature,
 )
+from vllm_audit_agent.records.fields import chain_fields, hash_matches
 from vllm_audit_agent.records.read_only import read_records
 from vllm_audit_agent.records.tree_check import TREE_BREAK_REASONS, TreeCheck, TreeFinding
 
@@ -128,63 +129,97 @@ def verify_chain(payloads: Iterable[bytes], public_key: Ed25519PublicKey,
 
 def _verify_records(payloads: Iterable[bytes], public_key: Ed25519PublicKey, tree: TreeCheck,
                     report: Report) -> TreeFinding | None:
-    """The chain checks record by record, and the tree's; the tree's first finding."""
-    prev: dict[str, Any] | None = None
+    """The chain checks record by record, and the tree's; the tree's first finding.
+
+    A plain record (not of a signed type) whose chain fields, read from its bytes
+    (fields.py), pass every check is taken without parsing it; any other record, and any
+    that fails a check that way, is parsed and checked exactly, so a break is always named
+    from the parsed record."""
+    prev: tuple[int, str] | None = None  # (seq, hash) of the record before
     since_checkpoint: int | None = None  # first seq not yet covered by a checkpoint
     for payload in payloads:
-        expected = prev["seq"] + 1 if prev is not None else None
-        try:
-            record = orjson.loads(payload)
+        fast = chain_fields(payload)
+        if fast is not None and (prev is None or (fast.seq == prev[0] + 1
+                                                  and fast.prev_hash == prev[1])) \
+                and hash_matches(payload, fast):
+            record: dict[str, Any] = {"seq": fast.seq, "type": fast.type, "log_id": fast.log_id,
+                                      "prev_hash": fast.prev_hash}
+            if since_checkpoint is None:
+                since_checkpoint = fast.seq
+            seq, stored_hash = fast.seq, fast.hash
+        else:
+            parsed = _check_exact(payload, prev, public_key, report)
+            if parsed is None:
+                return None
+            record = parsed
             seq, stored_hash = int(record["seq"]), str(record["hash"])
-            prev_hash = str(record["prev_hash"])
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-            report.broken = Break(expected or 0, "unreadable", f"record after seq "
-                                  f"{expected and expected - 1}: {exc}")
-            return None
+            if since_checkpoint is None and record.get("type") not in _SELF_SIGNED:
+                since_checkpoint = seq
+            if record.get("type") == RECORD_TYPE_CHECKPOINT:
+                report.checkpoints += 1
+                report.last_checkpoint_seq = seq
+                since_checkpoint = None
         report.records += 1
         if report.first_seq is None:
             report.first_seq = seq
-        if expected is not None and seq != expected:
-            reason = "seq_gap" if seq > expected else "seq_order"
-            report.broken = Break(expected, reason, f"expected seq {expected}, found {seq}")
-            return None
-        if not stored_hash_matches(payload, stored_hash) and record_hash(record) != stored_hash:
-            report.broken = Break(seq, "hash_mismatch", "the record's bytes do not hash to "
-                                  "its hash (altered)")
-            return None
-        if prev is not None and prev_hash != prev["hash"]:
-            report.broken = Break(seq, "prev_hash_mismatch",
-                                  f"prev_hash is not the hash of seq {prev['seq']}")
-            return None
-        if since_checkpoint is None and record.get("type") not in _SELF_SIGNED:
-            since_checkpoint = seq
-        if record.get("type") == RECORD_TYPE_ERASURE and not verify_signature(public_key, record):
-            # An erasure signs what it destroyed (erasure.py): the same break as a checkpoint's.
-            report.broken = Break(seq, "bad_checkpoint_signature",
-                                  "the erasure record's signature does not verify with the "
-                                  "public key")
-            return None
-        if record.get("type") == RECORD_TYPE_CHECKPOINT:
-            if not verify_signature(public_key, record):
-                report.broken = Break(seq, "bad_checkpoint_signature",
-                                      "the checkpoint's signature does not verify with the "
-                                      "public key")
-                return None
-            if prev is not None and (record.get("head_seq") != prev["seq"]
-                                     or record.get("head_hash") != prev["hash"]):
-                report.broken = Break(seq, "checkpoint_head_mismatch",
-                                      f"checkpoint names head {record.get('head_seq')}, the "
-                                      f"record before it is {prev['seq']}")
-                return None
-            report.checkpoints += 1
-            report.last_checkpoint_seq = seq
-            since_checkpoint = None
-        prev = {"seq": seq, "hash": stored_hash}
+        prev = (seq, stored_hash)
         report.last_seq = seq
         finding = tree.add(record, payload)
         if finding is not None:
             return finding
     report.unsigned_from = since_checkpoint
+    return None
+
+
+def _check_exact(payload: bytes, prev: tuple[int, str] | None, public_key: Ed25519PublicKey,
+                 report: Report) -> dict[str, Any] | None:
+    """One record parsed and checked against the one before (`prev`: its seq and hash): the
+    record, or None with `report.broken` set (a record read and broken is counted)."""
+    expected = prev[0] + 1 if prev is not None else None
+    try:
+        record: dict[str, Any] = orjson.loads(payload)
+        seq, stored_hash = int(record["seq"]), str(record["hash"])
+        prev_hash = str(record["prev_hash"])
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        report.broken = Break(expected or 0, "unreadable", f"record after seq "
+                              f"{expected and expected - 1}: {exc}")
+        return None
+    broken: Break | None
+    if expected is not None and seq != expected:
+        reason = "seq_gap" if seq > expected else "seq_order"
+        broken = Break(expected, reason, f"expected seq {expected}, found {seq}")
+    elif not stored_hash_matches(payload, stored_hash) and record_hash(record) != stored_hash:
+        broken = Break(seq, "hash_mismatch", "the record's bytes do not hash to its hash "
+                       "(altered)")
+    elif prev is not None and prev_hash != prev[1]:
+        broken = Break(seq, "prev_hash_mismatch", f"prev_hash is not the hash of seq {prev[0]}")
+    else:
+        broken = _signatures(record, seq, prev, public_key)
+    if broken is None:
+        return record
+    report.records += 1  # read, and broken
+    if report.first_seq is None:
+        report.first_seq = seq
+    report.broken = broken
+    return None
+
+
+def _signatures(record: dict[str, Any], seq: int, prev: tuple[int, str] | None,
+                public_key: Ed25519PublicKey) -> Break | None:
+    """A checkpoint's or an erasure's own signature, and the head a checkpoint names."""
+    if record.get("type") == RECORD_TYPE_ERASURE and not verify_signature(public_key, record):
+        # An erasure signs what it destroyed (erasure.py): the same break as a checkpoint's.
+        return Break(seq, "bad_checkpoint_signature", "the erasure record's signature does "
+                     "not verify with the public key")
+    if record.get("type") != RECORD_TYPE_CHECKPOINT:
+        return None
+    if not verify_signature(public_key, record):
+        return Break(seq, "bad_checkpoint_signature", "the checkpoint's signature does not "
+                     "verify with the public key")
+    if prev is not None and (record.get("head_seq") != prev[0]
+                             or record.get("head_hash") != prev[1]):
+        return Break(seq, "checkpoint_head_mismatch", f"checkpoint names head "
+                     f"{record.get('head_seq')}, the record before it is {prev[0]}")
     return None
 
 

@@ -10,7 +10,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from vllm_audit_agent.storage.sealed import SEALED_FILE, sealed_name, walk_frames
-from vllm_audit_agent.storage.segment_format import HEADER_SIZE, SEGMENT_FILE, scan, segment_name
+from vllm_audit_agent.storage.segment_format import (
+    HEADER,
+    HEADER_SIZE,
+    MAGIC,
+    SEGMENT_FILE,
+    scan,
+    segment_name,
+)
 
 
 def segment_indexes(directory: Path) -> list[tuple[int, bool]]:
@@ -25,14 +32,35 @@ def segment_indexes(directory: Path) -> list[tuple[int, bool]]:
     return sorted(found.items())
 
 
-def segment_chunks(directory: Path, index: int, sealed: bool) -> Iterator[bytes]:
-    """The raw record bytes of one segment: the plain file, or each intact frame."""
+def segment_chunks(directory: Path, index: int, sealed: bool) -> Iterator[tuple[bytes, bool]]:
+    """The raw record bytes of one segment: the plain file, or each intact frame; and whether
+    they are checked already (a frame: its CRC and zstd's content checksum held)."""
     if not sealed:
-        yield (directory / segment_name(index)).read_bytes()
+        yield (directory / segment_name(index)).read_bytes(), False
         return
     for frame in walk_frames((directory / sealed_name(index)).read_bytes()):
         if frame.raw is not None:
-            yield frame.raw
+            yield frame.raw, True
+
+
+def _split_checked(data: bytes, prev_seq: int | None) -> tuple[list[bytes], int | None] | None:
+    """The payloads of a frame whose checksums held, split by their headers alone (its records
+    were intact when sealed, and the frame's checksums cover every byte of them since, so a
+    record's own CRC would check nothing more); None when a header is not a plain record in
+    order (a lost marker, or bytes the writer did not write): `scan` then reads the frame."""
+    out: list[bytes] = []
+    pos, size = 0, len(data)
+    unpack = HEADER.unpack_from
+    while pos < size:
+        if size - pos < HEADER_SIZE:
+            return None
+        magic, length, seq, _ = unpack(data, pos)
+        end = pos + HEADER_SIZE + length
+        if magic != MAGIC or end > size or (prev_seq is not None and seq <= prev_seq):
+            return None
+        out.append(data[pos + HEADER_SIZE:end])
+        prev_seq, pos = seq, end
+    return out, prev_seq
 
 
 def read_segment_files(directory: Path, first_segment: int = 0
@@ -42,7 +70,13 @@ def read_segment_files(directory: Path, first_segment: int = 0
     for index, sealed in segment_indexes(directory):
         if index < first_segment:
             continue
-        for data in segment_chunks(directory, index, sealed):
+        for data, checked in segment_chunks(directory, index, sealed):
+            split = _split_checked(data, prev_seq) if checked else None
+            if split is not None:
+                payloads, prev_seq = split
+                for payload in payloads:
+                    yield index, payload
+                continue
             records, _ = scan(data, prev_seq)
             for record in records:
                 if not record.lost:
