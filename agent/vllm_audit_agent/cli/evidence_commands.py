@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,16 @@ def _payloads_of_path(path: Path | str, endpoint: str | None = None) -> list[byt
     return list(path_payloads(path))
 
 
+def _path_source(path: Path | str, endpoint: str | None) -> Callable[[], Iterable[bytes]]:
+    """What reads a path's records, oldest first, each time it is called: a record log
+    directory is streamed (never held whole in memory), an archive or a file is read once."""
+    if isinstance(path, Path) and path.is_dir():
+        from vllm_audit_agent.records.verify import path_payloads
+        return lambda: path_payloads(path)
+    payloads = _payloads_of_path(path, endpoint)
+    return lambda: payloads
+
+
 def archive_endpoint(given: str | None) -> str | None:
     """The flag, else the agent's variable; None lets boto3 choose (AWS, or AWS_ENDPOINT_URL)."""
     import os
@@ -41,7 +52,7 @@ def _kafka(args: argparse.Namespace, topics: list[str]) -> list[bytes]:
                                       timeout=args.timeout))
 
 
-def _log_ids(payloads: list[bytes]) -> list[str]:
+def _log_ids(payloads: Iterable[bytes]) -> list[str]:
     seen: dict[str, None] = {}
     for payload in payloads:
         with_id = orjson.loads(payload).get("log_id")
@@ -50,7 +61,7 @@ def _log_ids(payloads: list[bytes]) -> list[str]:
     return list(seen)
 
 
-def _key_for(payloads: list[bytes], keys: list[Any]) -> Any:
+def _key_for(payloads: Iterable[bytes], keys: list[Any]) -> Any:
     """The key a log names (its genesis's public key, its checkpoints' key id), else the
     first given: a wrong key is then reported as a bad signature."""
     from vllm_audit_agent.records.chain import key_id, raw_public_key
@@ -112,12 +123,14 @@ def run_verify(args: argparse.Namespace) -> int:
         raise ValueError("verify needs exactly one of PATH, --kafka-bootstrap or --fleet-store")
     keys = [load_public_key(path) for path in args.public_key]
     if args.path is not None:
-        payloads = _payloads_of_path(args.path, args.archive_endpoint)
-        key = _key_for(payloads, keys)
-        anchors = _anchors(args, key, _log_ids(payloads))
+        payloads = _path_source(args.path, args.archive_endpoint)
+        key = _key_for(payloads(), keys)
+        # Log ids are only asked of witnesses and Kafka anchors: else not read for them.
+        anchors = _anchors(args, key, _log_ids(payloads())
+                           if args.witness_url or getattr(args, "anchor_kafka", None) else [])
         # A log directory and an archive (its segments) must start at the genesis or a seal.
         whole_log = isinstance(args.path, str) or args.path.is_dir()
-        report = verify_chain(payloads, key, args.allow_unsigned_tail,
+        report = verify_chain(payloads(), key, args.allow_unsigned_tail,
                               _tree_check(args, key, anchors), sealed_start=whole_log)
         sys.stdout.write(dumps(report.to_dict()) + "\n")
         if report.broken is not None:
