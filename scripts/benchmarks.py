@@ -37,6 +37,10 @@ microseconds per KiB of prompt text, benign and hostile, and a 1 MiB prompt at t
 
 `python scripts/benchmarks.py fleet` prints only the fleet store's figures (bench_fleet.py:
 records/s into chDB, one user's newest 50 over 1M records, bytes per stored record).
+
+`python scripts/benchmarks.py record-log [--records N] [--restart-only]` prints the record log's
+figures (bench_record_log.py): bytes per record at rest, verify and export records/s, restart
+time with N records on disk (10M by default), each beside the figure before.
 """
 
 from __future__ import annotations
@@ -634,6 +638,10 @@ if __name__ == "__main__":
         import bench_detections  # beside this script (scripts/ is sys.path[0])
 
         bench_detections.main(print_rows)
+    elif sys.argv[1:2] == ["record-log"]:
+        import bench_record_log  # beside this script (scripts/ is sys.path[0])
+
+        bench_record_log.main(sys.argv[2:])
     elif sys.argv[1:] == ["evidence"]:
         import bench_evidence  # beside this script (scripts/ is sys.path[0])
 
