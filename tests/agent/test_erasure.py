@@ -6,6 +6,7 @@ the chain verifies throughout and every copy shows the content erased while meta
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -162,3 +163,31 @@ async def test_sealing_off_erasure_says_so(tmp_path: Path) -> None:
         code, detail = await code_of(control(handle).EraseSubject(
             q.EraseSubjectRequest(user="erin", reason="x")))
         assert code == grpc.StatusCode.FAILED_PRECONDITION and "sealing is off" in detail
+
+
+async def test_a_watch_shows_content_as_get_and_list_do(tmp_path: Path) -> None:
+    """Opened while the key lives, erased after: a watch's live events and its replay."""
+    async with agent(tmp_path, auth_tokens_file=tokens_file(tmp_path, ROLES)) as (handle, _):
+        auditor = query(handle, "aud-secret")
+        live = auditor.WatchTrails(q.WatchTrailsRequest())
+        assert handle.index is not None
+        index = handle.index
+        await until(lambda: bool(index.watches), "the watch registered")
+        async with Hook(handle.state.config.ingest_socket) as hook:
+            await hook.send(1, http("r-alice", "alice", 10**15))
+            async with asyncio.timeout(30):
+                event = await anext(aiter(live))
+        live.cancel()
+        assert event.trail.prompt == "secret of alice" and not event.trail.content.erased
+        assert event.trail.content.ciphertext  # the sealed form stays beside what it opened
+        answer = await control(handle, "adm-secret").EraseSubject(
+            q.EraseSubjectRequest(user="alice", tenant="acme", reason="GDPR Art. 17 #8"))
+        assert answer.keys_destroyed == 1
+        replay = auditor.WatchTrails(q.WatchTrailsRequest(replay=True))
+        async with asyncio.timeout(30):
+            event = await anext(aiter(replay))
+        replay.cancel()
+        listed = (await auditor.ListTrails(q.ListTrailsRequest())).trails[0]
+        for trail in (event.trail, listed):
+            assert trail.content.erased and trail.content.erasure == "request"
+            assert trail.prompt == "" and not trail.content.ciphertext and trail.user == "alice"

@@ -6,8 +6,9 @@ position of the last trail handed out (8 bytes), so pages stay stable while trai
 go. Export reads the record log, not the store: a trail deleted from the store or evicted from
 memory is still exported, exactly as stored (sealed content stays sealed).
 
-Pages and trails show sealed content opened with the content key store (records/content.py):
-the prompt and output while their key lives, `content.erased` (and why) once it is gone.
+Pages, trails and watches show sealed content opened with the content key store
+(records/content.py): the prompt and output while their key lives, `content.erased` (and why)
+once it is gone.
 """
 
 from __future__ import annotations
@@ -84,6 +85,15 @@ class AgentTrailSource:
 
     def unwatch(self, watch: Watch) -> None:
         self.index.unwatch(watch)
+
+    def shown(self, summary: q.TrailSummary) -> q.TrailSummary:
+        """Opened at the moment it is sent (a watch may lag: the key may be gone since)."""
+        keys = self.state.content_keys
+        if keys is None or not summary.content.scheme:
+            return summary
+        copy = q.TrailSummary()
+        copy.CopyFrom(summary)  # the watches share the snapshot
+        return open_summary(copy, keys)
 
     def final(self, f: Filter) -> Iterable[q.TrailSummary]:
         return self.index.final(f)

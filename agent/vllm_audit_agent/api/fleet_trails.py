@@ -15,6 +15,10 @@ fleet with the same roles, tenant scope, page tokens, limits and meta-audit.
   With several fleet replicas a watch sees the partitions its replica consumes.
 - **Reads run in a worker thread** (`FleetApi`): a query over months must not stall the event
   loop that serves the other calls and the consumer's commits.
+- **Content**: the fleet holds no content keys, so it never shows sealed content: pages, trails
+  and watches show the ciphertext while the key may live and `content.erased` (and why) once
+  the log's erasure records say it is gone (fleet/erasures.py); exports stay as stored. Reading
+  content is the agent's (its query API, `vllm-audit export --open-content`).
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from vllm_audit_agent.api.reads import TrailReads
 from vllm_audit_agent.api.scope import STATE_NAMES, record_matches
 from vllm_audit_agent.api.trail_source import StoredTrail
 from vllm_audit_agent.api.usage import PriceTable
+from vllm_audit_agent.fleet.erasures import FleetErasures
 from vllm_audit_agent.fleet.store import Cursor, FleetStore, TrailQuery
 from vllm_audit_agent.records.chain import RECORD_TYPE_REQUEST
 from vllm_audit_agent.trails.index import WATCH_QUEUE, Filter, Watch, record_kind
@@ -82,9 +87,11 @@ def _cursor_of(raw: bytes) -> Cursor:
 
 
 class StoreWatches:
-    """The watches of one process, told of the request records it stores (from any thread)."""
+    """The watches of one process, told of the request records it stores (from any thread),
+    their sealed content shown as `erasures` tells (erased or as stored)."""
 
-    def __init__(self) -> None:
+    def __init__(self, erasures: FleetErasures | None = None) -> None:
+        self.erasures = erasures
         self.watches: set[Watch] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._told: OrderedDict[str, None] = OrderedDict()
@@ -117,7 +124,7 @@ class StoreWatches:
             self._told[event_id] = None
             if len(self._told) > TOLD_IDS:
                 self._told.popitem(last=False)
-            summary = summary_of(record)
+            summary = summary_of(self.erasures.view(record) if self.erasures else record)
             events.append((record_kind(summary.revision), summary))
         if events:
             with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
@@ -136,19 +143,33 @@ class WatchedStore(FleetStore):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.watches = StoreWatches()
+        self.erasures = FleetErasures(self)
+        self.watches = StoreWatches(self.erasures)
 
     def insert(self, payloads: Sequence[bytes]) -> int:
         written = super().insert(payloads)
+        if any(b'"type":"erasure"' in p for p in payloads):
+            self.erasures.note(_erasures_in(payloads))
         self.watches.stored(payloads)
         return written
+
+
+def _erasures_in(payloads: Sequence[bytes]) -> list[dict[str, Any]]:
+    out = []
+    for payload in payloads:
+        if b'"type":"erasure"' in payload:
+            with contextlib.suppress(orjson.JSONDecodeError):
+                out.append(orjson.loads(payload))
+    return out
 
 
 class FleetTrailSource:
     def __init__(self, store: FleetStore, watches: StoreWatches | None = None) -> None:
         self.store = store
+        erasures = getattr(store, "erasures", None)
+        self.erasures = erasures if isinstance(erasures, FleetErasures) else FleetErasures(store)
         self.watches = watches if watches is not None else getattr(store, "watches", None) \
-            or StoreWatches()
+            or StoreWatches(self.erasures)
 
     def page(self, f: Filter, cursor: bytes, size: int) -> tuple[list[q.TrailSummary], bytes]:
         query, before = query_of(f), _cursor_of(cursor) if cursor else None
@@ -163,7 +184,7 @@ class FleetTrailSource:
                     continue
                 if len(out) == size:  # one more exists: the next page starts after `last`
                     return out, _cursor_bytes(last) if last is not None else b""
-                out.append(summary_of(record))
+                out.append(summary_of(self.erasures.view(record)))
                 last = before
             if len(batch) < fetch:
                 return out, b""
@@ -172,7 +193,7 @@ class FleetTrailSource:
         record = self.store.get_trail(trail_id, tenant)
         if record is None:
             return None
-        return StoredTrail(summary_of(record), events_of(record))
+        return StoredTrail(summary_of(self.erasures.view(record)), events_of(record))
 
     async def export(self, f: Filter) -> AsyncGenerator[list[bytes], None]:
         """The store's request records (every revision), oldest first, read in a worker
@@ -199,6 +220,9 @@ class FleetTrailSource:
 
     def unwatch(self, watch: Watch) -> None:
         self.watches.remove(watch)
+
+    def shown(self, summary: q.TrailSummary) -> q.TrailSummary:
+        return summary  # its content was shown as the erasures say when it was read
 
     def final(self, f: Filter) -> Iterable[q.TrailSummary]:
         newest, _ = self.page(f, b"", WATCH_REPLAY)

@@ -90,7 +90,7 @@ class TrailReads:
         try:
             replay = list(source.final(f)) if request.replay else []
             for summary in replay:
-                yield q.WatchTrailsResponse(trail=summary,
+                yield q.WatchTrailsResponse(trail=source.shown(summary),
                                             # ignore[arg-type]: an int for a contract enum
                                             kind=record_kind(summary.revision))  # type: ignore[arg-type]
             while True:
@@ -101,8 +101,9 @@ class TrailReads:
                         "list what was missed with ListTrails and watch again")
                 # An overflow happens only with a full queue: it is noticed once drained.
                 kind, summary = await watch.queue.get()
+                shown = source.shown(summary)
                 # the ignore[arg-type] below: an int for a contract enum (stubs want its ValueType)
-                yield q.WatchTrailsResponse(trail=summary, kind=kind)  # type: ignore[arg-type]
+                yield q.WatchTrailsResponse(trail=shown, kind=kind)  # type: ignore[arg-type]
         finally:
             source.unwatch(watch)
 

@@ -56,6 +56,11 @@ class TrailSource(Protocol):
 
     def unwatch(self, watch: Watch) -> None: ...
 
+    def shown(self, summary: q.TrailSummary) -> q.TrailSummary:
+        """A watched summary (shared by every watch: never changed) as the caller sees it:
+        its sealed content as `page` and `get` show it (opened, erased, or as stored)."""
+        ...
+
     def final(self, f: Filter) -> Iterable[q.TrailSummary]:
         """Matching final trails already stored, oldest first (a watch's replay). Taken
         right after `watch`, without awaiting: nothing is missed or sent twice."""
