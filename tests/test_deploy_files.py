@@ -123,6 +123,8 @@ def test_compose_wires_agent_and_vllm_through_a_shared_socket() -> None:
                                               if k in ("audit-socket", "audit-wal")}
     grace = int(agent["stop_grace_period"].rstrip("s"))
     assert args.shutdown_timeout < grace
+    # The detection rules run, on their documented thresholds (README "Detections").
+    assert args.detections is True and args.detection_rules is None
     assert set(doc["volumes"]) >= {"audit-socket", "audit-wal", "kafka-data"}
 
 
@@ -181,6 +183,8 @@ def test_the_fleet_service_runs_on_its_profile_with_chdb_on_a_volume() -> None:
     assert set(mounts(fleet)) == {"fleet-data", public_volume[str(Path(key).parent)]}
     agent_flags = flags(services["vllm-audit-agent"]["command"])
     assert config.kafka_bootstrap == agent_flags["kafka-bootstrap"]
+    # The same rules fleet-wide.
+    assert config.detections is True
     assert fleet["depends_on"]["kafka"] == {"condition": "service_healthy"}
     # Its image carries chDB (the sidecar's does not): built from its own lock.
     assert fleet["build"]["dockerfile"] == "deploy/fleet.Dockerfile"

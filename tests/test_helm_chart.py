@@ -364,7 +364,8 @@ def test_service_monitor_and_prometheus_rule_are_optional() -> None:
 
 def _object_schemas(schema: dict[str, Any], path: str = "") -> list[tuple[str, dict[str, Any]]]:
     found = [(path or "/", schema)] if "properties" in schema else []
-    for key, sub in schema.get("properties", {}).items():
+    # The definitions too (detections: the agent's and the fleet's refer to one).
+    for key, sub in {**schema.get("properties", {}), **schema.get("definitions", {})}.items():
         found += _object_schemas(sub, f"{path}/{key}")
     return found
 
@@ -721,3 +722,118 @@ def test_the_fleet_is_scraped_by_its_own_service_monitor_and_checks_the_given_wi
         "llm-vllm-audit"]
     with pytest.raises(helm.HelmError, match="requiredCosignatures is more than"):
         render({**values, "fleet": {**values["fleet"], "requiredCosignatures": 2}})
+
+
+# -- detections ----------------------------------------------------------------------------------
+THRESHOLDS = {"max_keys": 500, "rules": {"high_call_rate": {"max_calls": 100, "window_seconds": 5},
+                                         "repeated_refusals": {"enabled": False}}}
+
+
+def mounted_file(container: dict[str, Any], volumes: list[dict[str, Any]], path: str
+                 ) -> tuple[dict[str, Any], str]:
+    """The volume a file path lies on and the file's name in it."""
+    (mount,) = [m for m in container["volumeMounts"] if path.startswith(m["mountPath"] + "/")]
+    assert mount.get("readOnly") is True
+    (volume,) = [v for v in volumes if v["name"] == mount["name"]]
+    return volume, path[len(mount["mountPath"]) + 1:]
+
+
+def test_detections_run_by_default_and_take_thresholds_from_a_config_map(tmp_path: Path) -> None:
+    from vllm_audit_agent.detections.settings import CallRate, load_settings
+
+    # On by default, on the documented thresholds: no rules file, no ConfigMap of its own.
+    docs = render(SECRET)
+    args = agent_args(containers(docs)[0])
+    assert args.detections is True and args.detection_rules is None
+    assert not [d for d in of_kind(docs, "ConfigMap") if "detection" in d["metadata"]["name"]]
+    # Inline thresholds: a ConfigMap of the chart, mounted read-only, read by the agent's own
+    # loader as the file it is; a change of them rolls the pods.
+    values = {**SECRET, "agent": {"detections": {"rules": THRESHOLDS}}}
+    assert helm.lint(CHART, values, strict=True)["errors"] == []
+    docs = render(values)
+    for doc in docs:
+        validate(doc)
+    agent, _ = containers(docs)
+    path = str(agent_args(agent).detection_rules)
+    volume, key = mounted_file(agent, pod_spec(docs)["volumes"], path)
+    (config,) = [d for d in of_kind(docs, "ConfigMap")
+                 if d["metadata"]["name"] == volume["configMap"]["name"]]
+    (tmp_path / key).write_text(config["data"][key])
+    settings = load_settings(tmp_path / key)
+    rate = settings.rules["high_call_rate"]
+    assert isinstance(rate, CallRate) and (rate.max_calls, rate.window_seconds) == (100, 5.0)
+    assert settings.max_keys == 500 and settings.rules["repeated_refusals"].enabled is False
+    annotations = workload(docs)["spec"]["template"]["metadata"]["annotations"]
+    changed = {**SECRET, "agent": {"detections": {"rules": {"max_keys": 501}}}}
+    assert annotations["checksum/detection-rules"] != workload(render(changed))["spec"][
+        "template"]["metadata"]["annotations"]["checksum/detection-rules"]
+    # A ConfigMap of one's own (JSON here): mounted by name, its key as the file.
+    docs = render({**SECRET, "agent": {"detections": {
+        "rulesConfigMap": {"name": "soc-thresholds", "key": "rules.json"}}}})
+    agent, _ = containers(docs)
+    volume, key = mounted_file(agent, pod_spec(docs)["volumes"],
+                               str(agent_args(agent).detection_rules))
+    assert volume["configMap"] == {"name": "soc-thresholds"} and key == "rules.json"
+    assert not [d for d in of_kind(docs, "ConfigMap") if "detection" in d["metadata"]["name"]]
+    # Off: no rule runs, nothing is mounted.
+    docs = render({**SECRET, "agent": {"detections": {"enabled": False, "rules": THRESHOLDS}}})
+    agent, _ = containers(docs)
+    assert agent_args(agent).detections is None  # not passed: the agent's default, off
+    assert "--detection-rules" not in " ".join(agent["args"])
+    assert volume_of(docs, "audit-detection-rules") is None
+
+
+def test_detection_thresholds_are_checked_at_install() -> None:
+    # A rule or a setting the agent does not know fails the install, not the pod's start.
+    for rules, where in (({"rules": {"high_call_rte": {}}}, "/agent/detections/rules/rules"),
+                         ({"rules": {"high_call_rate": {"max_cals": 1}}},
+                          "/agent/detections/rules/rules/high_call_rate"),
+                         ({"rules": {"output_length_anomaly": {"severity": "urgent"}}},
+                          "/agent/detections/rules/rules/output_length_anomaly/severity"),
+                         ({"max_keys": 0}, "/agent/detections/rules/max_keys")):
+        with pytest.raises(helm.HelmError, match=where):
+            render({**SECRET, "agent": {"detections": {"rules": rules}}})
+    with pytest.raises(helm.HelmError, match=r"agent\.detections: give rules or rulesConfigMap"):
+        render({**SECRET, "agent": {"detections": {
+            "rules": THRESHOLDS, "rulesConfigMap": {"name": "soc-thresholds"}}}})
+
+
+def test_the_values_schema_names_every_detection_rule_and_setting() -> None:
+    """The schema's rules are the engine's (detections/settings.py), setting for setting."""
+    import dataclasses
+
+    from vllm_audit_agent.detections.settings import _KINDS
+
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    rules = schema["definitions"]["detections"]["properties"]["rules"]["properties"]["rules"]
+    assert {name: set(rule["properties"]) for name, rule in rules["properties"].items()} == {
+        name: {f.name for f in dataclasses.fields(kind)} for name, kind in _KINDS.items()}
+    for where in ("agent", "fleet"):
+        assert schema["properties"][where]["properties"]["detections"] == {
+            "$ref": "#/definitions/detections"}
+
+
+def test_the_fleet_runs_the_rules_fleet_wide_with_its_own_thresholds(tmp_path: Path) -> None:
+    from vllm_audit_agent.detections.settings import load_settings
+
+    args, _ = fleet_args(fleet_objects(render(FLEET))["Deployment"])
+    assert args.detections is True and args.detection_rules is None
+    values = {**FLEET, "fleet": {**FLEET["fleet"], "detections": {"rules": THRESHOLDS}}}
+    docs = render(values)
+    for doc in docs:
+        validate(doc)
+    deployment = fleet_objects(docs)["Deployment"]
+    args, _ = fleet_args(deployment)
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    volume, key = mounted_file(container, deployment["spec"]["template"]["spec"]["volumes"],
+                               str(args.detection_rules))
+    (config,) = [d for d in of_kind(docs, "ConfigMap")
+                 if d["metadata"]["name"] == volume["configMap"]["name"]]
+    assert config["metadata"]["name"] == "llm-vllm-audit-fleet-detection-rules"
+    (tmp_path / key).write_text(config["data"][key])
+    assert load_settings(tmp_path / key).max_keys == 500
+    # The agents' thresholds are theirs: no rules file for them.
+    agents = [d for d in docs if d["kind"] != "Deployment" or d is not deployment]
+    assert agent_args(containers(agents)[0]).detection_rules is None
+    off = {**FLEET, "fleet": {**FLEET["fleet"], "detections": {"enabled": False}}}
+    assert fleet_args(fleet_objects(render(off))["Deployment"])[0].detections is None

@@ -98,3 +98,22 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/name: {{ .Chart.Name }}-fleet
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
+
+{{/* The ConfigMap holding a detections' thresholds file, called with (list <detections
+values> <the owner's name>): the one named in rulesConfigMap, the chart's own
+(<owner>-detection-rules) when rules are given inline, nothing without either or while the
+rules are off. */}}
+{{- define "vllm-audit.detectionRulesConfigMap" -}}
+{{- $d := index . 0 -}}
+{{- if and $d.enabled $d.rulesConfigMap.name -}}
+{{- $d.rulesConfigMap.name -}}
+{{- else if and $d.enabled $d.rules -}}
+{{- printf "%s-detection-rules" (index . 1) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The thresholds file's key in that ConfigMap (the chart's own: YAML). */}}
+{{- define "vllm-audit.detectionRulesKey" -}}
+{{- $d := index . 0 -}}
+{{- if $d.rulesConfigMap.name -}}{{ $d.rulesConfigMap.key }}{{- else -}}detection-rules.yaml{{- end -}}
+{{- end -}}
