@@ -36,7 +36,8 @@ microseconds per KiB of prompt text, benign and hostile, and a 1 MiB prompt at t
 (bench_detections.py).
 
 `python scripts/benchmarks.py fleet` prints only the fleet store's figures (bench_fleet.py:
-records/s into chDB, one user's newest 50 over 1M records, bytes per stored record).
+records/s into chDB, one user's and one tenant's newest 50 over 10M records, bytes per stored
+record; FLEET_BENCH_STORE=DIR keeps the 10M rows for the next run).
 
 `python scripts/benchmarks.py record-log [--records N] [--restart-only]` prints the record log's
 figures (bench_record_log.py): bytes per record at rest, verify and export records/s, restart
