@@ -15,7 +15,9 @@ A column's value, for a record `r` (`now_ms`: the batch's time):
   absent or not a number); ts: `timestamp_ms`, else `time_unix_ms`, else `recorded_unix_ms`;
   recorded: `recorded_unix_ms`, else `now_ms`; input/output tokens: `gen_ai.usage.*_tokens`,
   else `prompt_tokens`/`completion_tokens`; is_error: `error` is set or status >= 400;
-  has_content: the record holds `prompt` or `output`; record: the payload's bytes as they are.
+  has_content: the record holds `prompt` or `output` in clear (sealed `content` does not count:
+  its ciphertext is unreadable once the agent destroys the key, so the record stays whole and
+  provable instead of going with the content TTL); record: the payload's bytes as they are.
 """
 
 from __future__ import annotations
