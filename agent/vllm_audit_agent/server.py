@@ -33,6 +33,7 @@ from vllm_audit.v1 import ingest_pb2, ingest_pb2_grpc, query_pb2, query_pb2_grpc
 from vllm_audit_agent.api.auth_interceptor import AuthInterceptor
 from vllm_audit_agent.api.collectors import make_registry
 from vllm_audit_agent.api.evidence_metrics import EvidenceCollector
+from vllm_audit_agent.api.findings import LogFindings
 from vllm_audit_agent.api.gate import AuditSink
 from vllm_audit_agent.api.http_api import ManagementApi, disabled_routes, http_api_allowed
 from vllm_audit_agent.api.http_endpoint import HttpEndpoint
@@ -168,6 +169,16 @@ def _detections(config: AgentConfig, records: RecordLog) -> DetectionRunner | No
     return runner
 
 
+def _findings(records: RecordLog, detections: DetectionRunner | None) -> LogFindings | None:
+    """What ListFindings lists: listening before the rules' first finding, the log's earlier
+    ones read beside ingest (without the rules the call is refused with the reason)."""
+    if detections is None:
+        return None
+    findings = LogFindings(records)
+    findings.start()
+    return findings
+
+
 def _register(registry: CollectorRegistry, records: RecordLog, cosigner: Cosigner | None,
               archiver: Archiver | None, detections: DetectionRunner | None) -> None:
     """The collectors of the optional parts, beside make_registry's."""
@@ -279,6 +290,7 @@ async def _running_agent(config: AgentConfig, publisher: Publisher | None,
     state.reclaim_wal()
     records.start()
     detections = _detections(config, records)
+    findings = _findings(records, detections)
     otlp = _otlp(config, records)
     await publisher.start(records)
     # Each durable checkpoint is offered to the witnesses; nothing waits for them.
@@ -314,7 +326,7 @@ async def _running_agent(config: AgentConfig, publisher: Publisher | None,
     query_server = grpc.aio.server(interceptors=[auth])
     # One implementation of every query/control/management call, two transports.
     api = AuditApi(state, index, prices=load_price_table(config.price_table_file))
-    query_pb2_grpc.add_QueryServiceServicer_to_server(QueryServicer(api), query_server)
+    query_pb2_grpc.add_QueryServiceServicer_to_server(QueryServicer(api, findings), query_server)
     query_pb2_grpc.add_ControlServiceServicer_to_server(ControlServicer(api), query_server)
     query_health = await _health(query_server, QUERY_HEALTH)
     if config.tls_cert is not None and config.tls_key is not None:
@@ -330,7 +342,7 @@ async def _running_agent(config: AgentConfig, publisher: Publisher | None,
     registry = make_registry(state)
     _register(registry, records, cosigner, archiver, detections)
     http = HttpEndpoint(state, registry, disabled_routes(refused) if refused
-                        else ManagementApi(api, auth.gate).routes())
+                        else ManagementApi(api, auth.gate, findings).routes())
     if config.metrics_token_file is not None:
         http.metrics_token_sha256 = metrics_token_hash(config.metrics_token_file)
     ssl_context = None
@@ -358,7 +370,7 @@ async def _running_agent(config: AgentConfig, publisher: Publisher | None,
             await archiver.stop(1.0)
         await _stop(state, server, query_server, sweeper, http, (ingest_health, query_health),
                     config.shutdown_timeout_seconds if shutdown_timeout is None
-                    else shutdown_timeout, refusal_windows, detections)
+                    else shutdown_timeout, refusal_windows, detections, findings)
         await _stop_otlp(otlp)  # after the log's last records
 
 
@@ -396,7 +408,8 @@ async def _stop(state: AgentState, server: grpc.aio.Server, query_server: grpc.a
                 sweeper: asyncio.Task[None], http: HttpEndpoint,
                 health: tuple[HealthServicer, ...], timeout: float,
                 refusal_windows: Callable[..., None] | None = None,
-                detections: DetectionRunner | None = None) -> None:
+                detections: DetectionRunner | None = None,
+                findings: LogFindings | None = None) -> None:
     """Stops everything within one deadline, in order; each step gets what is left of it.
 
     Kubernetes sends SIGKILL `terminationGracePeriodSeconds` after SIGTERM, so a stop that
@@ -417,6 +430,8 @@ async def _stop(state: AgentState, server: grpc.aio.Server, query_server: grpc.a
     await state.ingest.stop(grace)
     await asyncio.gather(server.stop(grace=grace), query_server.stop(grace=grace))
     sweeper.cancel()
+    if findings is not None:  # still reading the log's earlier findings: no one will ask
+        findings.stop()
     # Open trails are not forced out: the WAL keeps them and the next start finishes them
     # (a record made up now would share its id with the real one that follows).
     open_trails = state.trails.open_trails()

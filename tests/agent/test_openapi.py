@@ -38,7 +38,9 @@ class Agent:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Agent]:
     tmp = tmp_path_factory.mktemp("openapi")
-    proc, _, base = procs.start_agent(tmp, tmp / "ingest.sock", None, level="summary")
+    # With the detection rules: GET /findings answers (without them it is refused, 409).
+    proc, _, base = procs.start_agent(tmp, tmp / "ingest.sock", None, level="summary",
+                                      extra_args=["--detections"])
     try:
         reply = httpx.get(base + "/api/v1/openapi.json", timeout=30)  # no credential needed
         assert reply.status_code == 200, reply.text

@@ -34,6 +34,7 @@ from prometheus_client.registry import Collector
 from vllm_audit.v1 import query_pb2, query_pb2_grpc
 from vllm_audit_agent.api.auth_interceptor import AuthInterceptor
 from vllm_audit_agent.api.fleet_config import FleetApiConfig
+from vllm_audit_agent.api.fleet_findings import StoreFindings
 from vllm_audit_agent.api.fleet_trails import FleetApi
 from vllm_audit_agent.api.gate import REFUSALS
 from vllm_audit_agent.api.http_api import ManagementApi
@@ -126,8 +127,9 @@ async def running_fleet_api(store: FleetStore, config: FleetApiConfig
         api = FleetApi(store, PageTokens(page_token_key(config)), prices)
         server = grpc.aio.server(interceptors=[auth])
         # the ignore[no-untyped-call] below: grpcio-tools emits no hints for add_*_to_server
+        findings = StoreFindings(store)
         query_pb2_grpc.add_QueryServiceServicer_to_server(  # type: ignore[no-untyped-call]
-            QueryServicer(api), server)
+            QueryServicer(api, findings), server)
         health = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health, server)
         port = server.add_secure_port(config.query_address, server_credentials(
@@ -138,7 +140,7 @@ async def running_fleet_api(store: FleetStore, config: FleetApiConfig
         registry.register(_Refusals(counters))
         registry.register(UsageCollector(
             lambda: store.aggregates(TrailQuery(), ("tenant", "model")), prices))
-        runner = await _http(ManagementApi(api, auth.gate).routes(), registry, http_host,
+        runner = await _http(ManagementApi(api, auth.gate, findings).routes(), registry, http_host,
                              http_port, config)
         flusher: asyncio.Task[None] | None = None
         try:

@@ -63,6 +63,8 @@ METHOD_ROLES: Mapping[str, frozenset[str]] = {
     _QUERY + "ExportTrails": _READERS,
     # Per-user usage is audit data: readers, a tenant-auditor scoped to its tenant.
     _QUERY + "GetAggregates": _READERS,
+    # What the detection rules found names users and keys: audit data, scoped like trails.
+    _QUERY + "ListFindings": _READERS,
     _CONTROL + "SetAuditLevel": frozenset({OPERATOR, ADMIN}),
     _CONTROL + "DeleteTrail": frozenset({ADMIN}),
     _CONTROL + "ClearTrails": frozenset({ADMIN}),
@@ -179,6 +181,9 @@ def result_count(response: Message) -> int:
     if "rows" in fields:  # aggregates: the groups returned
         # the ignore[attr-defined] below: the method's name says which response it is
         return len(response.rows)  # type: ignore[attr-defined]
+    if "findings" in fields:  # the findings listed
+        # the ignore[attr-defined] below: the method's name says which response it is
+        return len(response.findings)  # type: ignore[attr-defined]
     if "records" in fields:
         # the ignore[attr-defined] below: the method's name says which response it is
         return len(response.records)  # type: ignore[attr-defined]

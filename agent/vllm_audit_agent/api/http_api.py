@@ -16,6 +16,8 @@ one route without a credential: it holds no audit data). In short:
     GET    /api/v1/trails/{id}?events&event_offset&event_limit   GetTrail
     GET    /api/v1/export?filters               ExportTrails  (application/x-ndjson)
     GET    /api/v1/aggregates?tenant&user&model&since&until&group_by   GetAggregates
+    GET    /api/v1/findings?rule&subject&subject_kind&severity&tenant&since&until&page_size
+                                                ListFindings  (the detections' findings)
     DELETE /api/v1/trails/{id}                  DeleteTrail   (admin)
     POST   /api/v1/clear   {"confirm": "delete-all-trails"}   ClearTrails (admin)
     PUT    /api/v1/level   {"level": "summary"}               SetAuditLevel
@@ -44,6 +46,7 @@ from google.protobuf.message import Message
 
 from vllm_audit.v1 import query_pb2 as q
 from vllm_audit_agent.api.errors import ApiError
+from vllm_audit_agent.api.findings import FindingsApi, NoFindings
 from vllm_audit_agent.api.gate import Gate, Peer, Refused, acting_as, result_count
 from vllm_audit_agent.api.http_params import from_body, from_query
 from vllm_audit_agent.api.http_routes import PREFIX, ROUTES, Route
@@ -84,6 +87,11 @@ def _json(value: dict[str, Any]) -> web.Response:
     return web.Response(body=orjson.dumps(value), content_type="application/json")
 
 
+def findings_json(response: q.ListFindingsResponse) -> dict[str, Any]:
+    """The finding records as JSON objects (the gRPC answer carries their bytes)."""
+    return {"findings": [orjson.loads(raw) for raw in response.findings]}
+
+
 def trail_json(response: q.GetTrailResponse) -> dict[str, Any]:
     out = message_to_dict(response)
     # Events carry one body each of many kinds: protobuf's mapping omits the unset ones.
@@ -98,11 +106,13 @@ Run = Callable[[web.Request, Message], Awaitable[tuple[web.StreamResponse, int]]
 
 class ManagementApi:
     """`api`: the agent's AuditApi (reads and control), or a fleet service's reads alone
-    (fleet/api_source.py), whose control routes answer 501: control is each agent's."""
+    (fleet/api_source.py), whose control routes answer 501: control is each agent's.
+    `findings`: the detection findings (findings.py; none: the agent runs no rules)."""
 
-    def __init__(self, api: QueryApi, gate: Gate) -> None:
+    def __init__(self, api: QueryApi, gate: Gate, findings: FindingsApi | None = None) -> None:
         self.api = api
         self.gate = gate
+        findings = findings or NoFindings()
         #: The gRPC method's short name -> what runs it (the route's builder made its request).
         self._runs: dict[str, Run] = {
             "Health": self._unary(lambda _: api.health()),
@@ -111,6 +121,7 @@ class ManagementApi:
             "GetTrail": self._unary(api.get_trail, trail_json),
             "ExportTrails": self._export,
             "GetAggregates": self._unary(api.aggregates),
+            "ListFindings": self._unary(findings.list_findings, findings_json),
         }
         for name in CONTROL_METHODS:
             self._runs[name] = self._unary(getattr(api, CONTROL_METHODS[name])) \

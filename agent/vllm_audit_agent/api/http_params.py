@@ -176,6 +176,21 @@ AGGREGATES: Mapping[str, Param] = {
                       f"what to group by: a comma-separated list of {', '.join(USAGE_KEYS)} "
                       "(none: one row)", "tenant,day"),
 }
+#: The parameters of GET /findings (on the finding's window end; page back with `until`).
+FINDINGS: Mapping[str, Param] = {
+    "rule": text("rule", "the rule that fired", "high_call_rate"),
+    "subject": text("subject", "the subject's value (a user, an API key's SHA-256, an "
+                    "address, a tenant, a model)", "alice"),
+    "subject_kind": text("subject_kind", "user, api_key, client_ip, tenant or model", "user"),
+    "severity": text("severity", "low, medium, high or critical", "high"),
+    "tenant": FILTERS["tenant"],
+    "since": timestamp("since_unix_ms", "findings whose window ended at or after",
+                       "2026-01-01T00:00:00Z"),
+    "until": timestamp("until_unix_ms", "findings whose window ended before (the next page: "
+                       "the oldest window_end_ms seen)", "1767225600"),
+    "page_size": integer("page_size", "findings per answer", 10, MAX_PAGE_SIZE,
+                         DEFAULT_PAGE_SIZE),
+}
 #: The `{id}` of /trails/{id}.
 TRAIL_ID = text("request_id", "the trail's request id", "cmpl-1")
 #: JSON body fields.

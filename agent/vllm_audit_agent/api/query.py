@@ -17,6 +17,7 @@ import grpc
 from vllm_audit.v1 import query_pb2 as q
 from vllm_audit.v1 import query_pb2_grpc
 from vllm_audit_agent.api.errors import ApiError
+from vllm_audit_agent.api.findings import FindingsApi, NoFindings
 from vllm_audit_agent.api.operations import AuditApi
 from vllm_audit_agent.api.reads import QueryApi, answer
 
@@ -35,10 +36,12 @@ async def _run(context: Context, call: Callable[[Req], Resp | Awaitable[Resp]], 
 
 
 class QueryServicer(query_pb2_grpc.QueryServiceServicer):
-    """`api`: the agent's AuditApi, or a fleet's (the same reads over its store)."""
+    """`api`: the agent's AuditApi, or a fleet's (the same reads over its store);
+    `findings`: its detection findings (findings.py; none: the agent runs no rules)."""
 
-    def __init__(self, api: QueryApi) -> None:
+    def __init__(self, api: QueryApi, findings: FindingsApi | None = None) -> None:
         self.api = api
+        self.findings: FindingsApi = findings or NoFindings()
 
     async def Health(self, request: q.HealthRequest, context: Context) -> q.HealthResponse:
         return self.api.health()
@@ -72,6 +75,10 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
     async def GetAggregates(self, request: q.AggregatesRequest, context: Context
                             ) -> q.AggregatesResponse:
         return await _run(context, self.api.aggregates, request)
+
+    async def ListFindings(self, request: q.ListFindingsRequest, context: Context
+                           ) -> q.ListFindingsResponse:
+        return await _run(context, self.findings.list_findings, request)
 
 
 class ControlServicer(query_pb2_grpc.ControlServiceServicer):

@@ -18,6 +18,7 @@ from vllm_audit_agent.cli.keygen import add_keygen_parser
 from vllm_audit_agent.cli.run_fleet import add_fleet_parser
 from vllm_audit_agent.cli.run_witness import add_witness_parser
 from vllm_audit_agent.config import LEVELS, OPTIONS, AgentConfig, env_var
+from vllm_audit_agent.detections.finding import SEVERITIES, SUBJECT_KINDS
 from vllm_audit_agent.options import add_arguments
 from vllm_audit_agent.records.export import FORMATS as EXPORT_FORMATS
 
@@ -38,6 +39,7 @@ DESCRIPTION = f"""`vllm-audit`: run the agent, query it, switch the audit level.
     vllm-audit query health|stats
     vllm-audit query list [--model M] [--user U] [--state S] [--limit N]
     vllm-audit query get REQUEST_ID [--events]
+    vllm-audit findings [--rule R] [--subject S] [--since T] [--until T]   (agent or fleet)
     vllm-audit query aggregates [--group-by tenant,user,model,day] [--since T] [--until T]
     vllm-audit set-level {'|'.join(LEVELS)}
     vllm-audit delete REQUEST_ID        (admin: the query store only; records stay)
@@ -154,6 +156,20 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("request_id")
     g.add_argument("--events", action="store_true",
                    help="include the trail's events (read page by page)")
+
+    s = sub.add_parser("findings", parents=[client],
+                       help="the detection rules' findings, newest first (an agent with "
+                            "--detections, or a fleet service: its own and the pods')")
+    s.add_argument("--rule", default="", help="only this rule (e.g. high_call_rate)")
+    s.add_argument("--subject", default="",
+                   help="only this subject (a user, an API key's SHA-256, an address, ...)")
+    s.add_argument("--subject-kind", default="", choices=["", *SUBJECT_KINDS],
+                   help="only subjects of this kind")
+    s.add_argument("--severity", default="", choices=["", *SEVERITIES], help="only this severity")
+    s.add_argument("--tenant", default="", help="only this tenant")
+    s.add_argument("--since", default="", help="windows ending at or after (ISO 8601 or unix s)")
+    s.add_argument("--until", default="", help="windows ending before (ISO 8601 or unix s)")
+    s.add_argument("--limit", type=int, default=50, help="at most N findings (default: 50)")
 
     s = sub.add_parser("set-level", parents=[client], help="switch the audit level of every hook")
     s.add_argument("level", choices=list(LEVELS))

@@ -1,14 +1,16 @@
-"""The commands that ask a running agent over its gRPC API: query, set-level, delete, clear
-and tail; and the channel (credentials, TLS) and error wording they share with replay."""
+"""The commands that ask a running agent over its gRPC API: query, findings, set-level,
+delete, clear and tail; and the channel (credentials, TLS) and error wording they share with replay."""
 
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
 import grpc
+import orjson
 from google.protobuf.message import Message
 
 from vllm_audit.v1 import query_pb2 as q
@@ -73,6 +75,8 @@ def run_client(args: argparse.Namespace) -> int:
                 q.ClearTrailsRequest(confirm=CLEAR_CONFIRMATION), timeout=timeout)
         elif args.command == "tail":
             return tail(query, args.count, output)
+        elif args.command == "findings":
+            return findings(query, args, timeout, output)
         elif args.what == "health":
             answer = query.Health(q.HealthRequest(), timeout=timeout)
         elif args.what == "stats":
@@ -89,6 +93,31 @@ def run_client(args: argparse.Namespace) -> int:
         else:
             answer = get_trail(query, args.request_id, args.events, timeout)
         emit(as_dict(answer, with_events=getattr(args, "events", False)), output)
+    return 0
+
+
+#: `findings --output table`: a finding's columns (the subject as kind:value).
+FINDING_COLUMNS = ("WINDOW_END", "RULE", "SEVERITY", "SUBJECT", "OBSERVED", "THRESHOLD", "SCOPE",
+                   "SUMMARY")
+
+
+def findings(query: query_pb2_grpc.QueryServiceStub, args: argparse.Namespace, timeout: float,
+             output: str) -> int:
+    request = q.ListFindingsRequest(
+        rule=args.rule, subject=args.subject, subject_kind=args.subject_kind,
+        severity=args.severity, tenant=args.tenant, page_size=args.limit,
+        since_unix_ms=parse_time(args.since) if args.since else 0,
+        until_unix_ms=parse_time(args.until) if args.until else 0)
+    found = [orjson.loads(raw) for raw in query.ListFindings(request, timeout=timeout).findings]
+    if output == "json":
+        emit({"findings": found}, output)
+        return 0
+    rows = [[datetime.fromtimestamp(int(f.get("window_end_ms") or 0) / 1000, timezone.utc)
+             .isoformat(timespec="seconds"), str(f.get("rule", "")), str(f.get("severity", "")),
+             f"{f.get('subject', {}).get('kind', '')}:{f.get('subject', {}).get('value', '')}",
+             f"{f.get('observed', 0):g}", f"{f.get('threshold', 0):g}", str(f.get("scope", "")),
+             str(f.get("summary", ""))] for f in found]
+    sys.stdout.write(table(rows, FINDING_COLUMNS) + "\n")
     return 0
 
 

@@ -120,3 +120,44 @@ class FleetDetections:
             finding["type"] = "finding"
             finding["recorded_unix_ms"] = now_ms
         return self.table.insert(findings)
+
+
+#: ListFindings' filters -> (the findings table's column, the records' JSON path): the pods'
+#: findings are records (type finding) whose fields only the record's JSON holds.
+_FILTERS = {"rule": ("rule", "'rule'"), "subject": ("subject", "'subject', 'value'"),
+            "subject_kind": ("subject_kind", "'subject', 'kind'"),
+            "severity": ("severity", "'severity'"), "tenant": ("tenant", "'tenant'")}
+
+
+def stored_findings(backend: Backend, database: str, filters: dict[str, str], since_ms: int,
+                    until_ms: int, limit: int) -> list[bytes]:
+    """The newest `limit` findings by window end, the pods' (records of type finding) and the
+    fleet's own (its findings table, when --detections made it), matching every non-empty
+    filter of _FILTERS and the window end's range (0: open)."""
+    params: dict[str, Any] = {"limit": limit, "since": since_ms, "until": until_ms}
+    own, pods = [], ["type = 'finding'"]
+    for name, value in filters.items():
+        if value:
+            column, path = _FILTERS[name]
+            params[name] = value
+            own.append(f"{column} = {{{name}:String}}")
+            pods.append(f"JSONExtractString(record, {path}) = {{{name}:String}}")
+    end = "JSONExtractInt(record, 'window_end_ms')"
+    for cond, col in (("since", ">="), ("until", "<")):
+        if params[cond]:
+            own.append(f"toUnixTimestamp64Milli(window_end) {col} {{{cond}:Int64}}")
+            pods.append(f"{end} {col} {{{cond}:Int64}}")
+    rows = backend.rows(
+        f"SELECT record, {end} AS ended FROM {database}.records WHERE {' AND '.join(pods)} "
+        "ORDER BY ended DESC, log_id, seq LIMIT 1 BY log_id, seq LIMIT {limit:UInt32}", params)
+    if backend.rows(f"EXISTS TABLE {database}.findings")[0]["result"]:
+        rows += backend.rows(
+            f"SELECT record, toUnixTimestamp64Milli(window_end) AS ended FROM {database}.findings "
+            f"WHERE {' AND '.join(own) or '1'} ORDER BY ended DESC, finding_id "
+            "LIMIT 1 BY finding_id LIMIT {limit:UInt32}", params)
+    rows.sort(key=lambda r: int(r["ended"]), reverse=True)
+    return [_bytes(r["record"]) for r in rows[:limit]]
+
+
+def _bytes(value: str | bytes) -> bytes:
+    return value if isinstance(value, bytes) else value.encode()

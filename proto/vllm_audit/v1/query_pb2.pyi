@@ -442,6 +442,32 @@ class AggregatesResponse(_message.Message):
     currency: str
     def __init__(self, rows: _Optional[_Iterable[_Union[AggregateRow, _Mapping]]] = ..., currency: _Optional[str] = ...) -> None: ...
 
+class ListFindingsRequest(_message.Message):
+    __slots__ = ("rule", "subject", "subject_kind", "since_unix_ms", "until_unix_ms", "tenant", "severity", "page_size")
+    RULE_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_KIND_FIELD_NUMBER: _ClassVar[int]
+    SINCE_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    UNTIL_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    SEVERITY_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    rule: str
+    subject: str
+    subject_kind: str
+    since_unix_ms: int
+    until_unix_ms: int
+    tenant: str
+    severity: str
+    page_size: int
+    def __init__(self, rule: _Optional[str] = ..., subject: _Optional[str] = ..., subject_kind: _Optional[str] = ..., since_unix_ms: _Optional[int] = ..., until_unix_ms: _Optional[int] = ..., tenant: _Optional[str] = ..., severity: _Optional[str] = ..., page_size: _Optional[int] = ...) -> None: ...
+
+class ListFindingsResponse(_message.Message):
+    __slots__ = ("findings",)
+    FINDINGS_FIELD_NUMBER: _ClassVar[int]
+    findings: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, findings: _Optional[_Iterable[bytes]] = ...) -> None: ...
+
 class SetAuditLevelRequest(_message.Message):
     __slots__ = ("level",)
     LEVEL_FIELD_NUMBER: _ClassVar[int]

@@ -69,6 +69,11 @@ class QueryServiceStub:
                 request_serializer=vllm__audit_dot_v1_dot_query__pb2.AggregatesRequest.SerializeToString,
                 response_deserializer=vllm__audit_dot_v1_dot_query__pb2.AggregatesResponse.FromString,
                 _registered_method=True)
+        self.ListFindings = channel.unary_unary(
+                '/vllm_audit.v1.QueryService/ListFindings',
+                request_serializer=vllm__audit_dot_v1_dot_query__pb2.ListFindingsRequest.SerializeToString,
+                response_deserializer=vllm__audit_dot_v1_dot_query__pb2.ListFindingsResponse.FromString,
+                _registered_method=True)
 
 
 class QueryServiceServicer:
@@ -116,6 +121,12 @@ class QueryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListFindings(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_QueryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -153,6 +164,11 @@ def add_QueryServiceServicer_to_server(servicer, server):
                     servicer.GetAggregates,
                     request_deserializer=vllm__audit_dot_v1_dot_query__pb2.AggregatesRequest.FromString,
                     response_serializer=vllm__audit_dot_v1_dot_query__pb2.AggregatesResponse.SerializeToString,
+            ),
+            'ListFindings': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListFindings,
+                    request_deserializer=vllm__audit_dot_v1_dot_query__pb2.ListFindingsRequest.FromString,
+                    response_serializer=vllm__audit_dot_v1_dot_query__pb2.ListFindingsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -344,6 +360,33 @@ class QueryService:
             '/vllm_audit.v1.QueryService/GetAggregates',
             vllm__audit_dot_v1_dot_query__pb2.AggregatesRequest.SerializeToString,
             vllm__audit_dot_v1_dot_query__pb2.AggregatesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListFindings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vllm_audit.v1.QueryService/ListFindings',
+            vllm__audit_dot_v1_dot_query__pb2.ListFindingsRequest.SerializeToString,
+            vllm__audit_dot_v1_dot_query__pb2.ListFindingsResponse.FromString,
             options,
             channel_credentials,
             insecure,
