@@ -339,7 +339,7 @@ async def _running_agent(config: AgentConfig, publisher: Publisher | None,
     refused = http_api_allowed(http_host, config.http_tls, config.allow_insecure_remote)
     if refused:
         logger.warning("%s", refused)
-    registry = make_registry(state)
+    registry = make_registry(state, otlp)
     _register(registry, records, cosigner, archiver, detections)
     http = HttpEndpoint(state, registry, disabled_routes(refused) if refused
                         else ManagementApi(api, auth.gate, findings).routes())

@@ -25,6 +25,9 @@ from prometheus_client.registry import Collector
 
 from vllm_audit_agent.api.gate import REFUSALS as AUTH_REFUSALS
 from vllm_audit_agent.api.key_custody import KeyCustodyCollector
+from vllm_audit_agent.api.siem_metrics import SiemCollector
+from vllm_audit_agent.delivery.otlp_export import OtlpExporter
+from vllm_audit_agent.delivery.siem_copies import SiemCopySink
 from vllm_audit_agent.model.validation import CLAMPABLE_FIELDS
 from vllm_audit_agent.records.entry import TOPICS
 from vllm_audit_agent.state import AgentState
@@ -424,10 +427,13 @@ class BuildInfo(Collector):
         yield self.info
 
 
-def make_registry(state: AgentState) -> CollectorRegistry:
+def make_registry(state: AgentState, otlp: OtlpExporter | None = None) -> CollectorRegistry:
+    """`otlp`: the OTLP export when --otlp-endpoint is set (its counters at 0 without)."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(AgentCollector(state))
     registry.register(state.request_metrics)
+    sink = getattr(state.publisher, "sink", None)  # a Publisher's (the memory one has none)
+    registry.register(SiemCollector(sink if isinstance(sink, SiemCopySink) else None, otlp))
     registry.register(BuildInfo())
     registry.register(KeyCustodyCollector(state.config.signing_key_file, state.config.data_dir))
     # The standard process_* names: the registry is this process's alone.

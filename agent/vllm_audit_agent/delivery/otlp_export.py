@@ -44,7 +44,9 @@ class OtlpExporter:
                                        resource=Resource.create({"service.name": SERVICE_NAME}))
         self.processor = BatchSpanProcessor(
             OTLPSpanExporter(endpoint=parts.netloc, insecure=parts.scheme == "http"),
-            max_queue_size=queue_max, schedule_delay_millis=schedule_delay_ms)
+            # The SDK refuses batches larger than its queue (its default batch is 512).
+            max_queue_size=queue_max, max_export_batch_size=min(512, queue_max),
+            schedule_delay_millis=schedule_delay_ms)
         self.provider.add_span_processor(self.processor)
         self.tracer = self.provider.get_tracer("vllm_audit_agent")
         self._trace = trace
