@@ -12,6 +12,7 @@ COPY vllm_hooks ./vllm_hooks
 COPY proto ./proto
 RUN pip install --no-cache-dir --no-deps --no-build-isolation . \
     && install -d -o 65532 -g 65532 -m 0750 /var/lib/vllm-audit \
+    && install -d -o 65532 -g 65532 -m 0700 /var/lib/vllm-audit-content-keys \
     && install -d -o 65532 -g 65532 -m 0755 /var/run/vllm-audit
 USER 65532:65532
 ENTRYPOINT []

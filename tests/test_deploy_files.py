@@ -119,8 +119,16 @@ def test_compose_wires_agent_and_vllm_through_a_shared_socket() -> None:
     # The agent starts after its directories are its own, as its own user, and has time to flush.
     assert agent["depends_on"]["audit-init"] == {"condition": "service_completed_successfully"}
     assert agent["user"] == f"{AGENT_UID}:{AGENT_UID}"
-    assert mounts(services["audit-init"]) == {k: v for k, v in mounts(agent).items()
-                                              if k in ("audit-socket", "audit-wal")}
+    assert mounts(services["audit-init"]) == {
+        k: v for k, v in mounts(agent).items()
+        if k in ("audit-socket", "audit-wal", "audit-content-keys")}
+    # Content keys on a volume of their own, outside the data directory, which no other
+    # service mounts (README "Retention tiers and erasure").
+    assert args.content_key_dir is not None
+    assert not args.content_key_dir.is_relative_to(args.data_dir)
+    assert mounts(agent)["audit-content-keys"] == str(args.content_key_dir)
+    assert [name for name, svc in services.items()
+            if "audit-content-keys" in mounts(svc)] == ["audit-init", "vllm-audit-agent"]
     grace = int(agent["stop_grace_period"].rstrip("s"))
     assert args.shutdown_timeout < grace
     # The detection rules run, on their documented thresholds (README "Detections").
@@ -433,7 +441,8 @@ def test_agent_image_owns_the_directories_compose_mounts() -> None:
              if f"install -d -o {AGENT_UID} -g {AGENT_UID}" in line}
     assert f"USER {AGENT_UID}:{AGENT_UID}" in dockerfile
     agent = compose()["services"]["vllm-audit-agent"]
-    assert owned == {mounts(agent)["audit-wal"], mounts(agent)["audit-socket"]}
+    assert owned == {mounts(agent)["audit-wal"], mounts(agent)["audit-socket"],
+                     mounts(agent)["audit-content-keys"]}
 
 
 def test_the_signing_key_is_made_once_apart_and_read_only_for_the_agent(volumes: Path) -> None:
@@ -480,7 +489,7 @@ def test_the_signing_key_is_made_once_apart_and_read_only_for_the_agent(volumes:
     (family,) = [f for f in text_string_to_metric_families(body)
                  if f.name == "vllm_audit_signing_key_in_data_dir"]
     assert [s.value for s in family.samples] == [0]
-    assert "inside the data directory" not in err
+    assert "inside the data directory" not in err  # neither the signing key nor content keys
     assert not (vols["audit-wal"] / "signing.key").exists()
 
 
