@@ -4,6 +4,7 @@ a start reads footers instead of the records, readers read both forms, logs writ
 
 from __future__ import annotations
 
+import asyncio
 import io
 import struct
 import zlib
@@ -204,3 +205,26 @@ async def test_a_start_names_the_keys_of_every_erasure_record_read_or_footed(
     again = open_log(tmp_path, signer)
     assert again.counters["started_from_footers"] >= 1
     assert sorted(again.erased_content_keys) == ["k-open", "k-sealed"]
+
+
+async def test_access_records_count_against_their_budget_while_being_written(
+        tmp_path: Path) -> None:
+    """The access budget is read while a group is written — and while the write waits for a
+    segment being sealed: the group's access records must count then too, or a spent budget
+    reads as free and a query runs (a flaky HTTP 200 where 429 was due)."""
+    from vllm_audit_agent.records.chain import RECORD_TYPE_ACCESS
+
+    signer = Signer(Ed25519PrivateKey.generate())
+    log = open_log(tmp_path, signer)
+    for i in range(5):
+        log.append({"schema": 2, "method": "Stats", "n": i}, kind=RECORD_TYPE_ACCESS)
+    queued = log.access_bytes
+    assert queued > 0
+    async with log._io:  # a segment being sealed holds the log's disk
+        writing = asyncio.ensure_future(log.write_pending())
+        await asyncio.sleep(0.05)
+        assert not writing.done()
+        assert log.access_bytes == queued
+    assert await writing
+    assert log.access_bytes == queued
+    log.close()

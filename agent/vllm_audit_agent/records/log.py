@@ -151,6 +151,8 @@ class RecordLog:
         self._tail_bytes = 0
         self._pending: list[tuple[Entry, OnRecorded | None, TreeState | None]] = []
         self._writing = 0
+        #: Bytes of access records in the group being written (see write_pending).
+        self._writing_access_bytes = 0
         self._since_checkpoint = 0
         self._last_checkpoint = time.monotonic()
         self._wake = asyncio.Event()
@@ -460,7 +462,8 @@ class RecordLog:
     def access_bytes(self) -> int:
         """Bytes of access records in the log, written or queued (against their budget)."""
         return sum(i.access_bytes for i in self.segments.values()) + sum(
-            len(e.value) for e, _, _ in self._pending if e.topic == ACCESS_TOPIC)
+            len(e.value) for e, _, _ in self._pending if e.topic == ACCESS_TOPIC) + \
+            self._writing_access_bytes
 
     @property
     def pending(self) -> int:
@@ -527,11 +530,16 @@ class RecordLog:
         """Writes and syncs what is queued; returns False if the log refused (kept queued)."""
         group, self._pending = self._pending, []
         self._writing = len(group)
+        # Counted against the access budget while being written (and while waiting for a
+        # segment being sealed): without it the budget read low for the whole write.
+        self._writing_access_bytes = sum(len(e.value) for e, _, _ in group
+                                         if e.topic == ACCESS_TOPIC)
         try:
             async with self._io:
                 written, segments, refusal = await asyncio.to_thread(self._write, group)
         finally:
-            self._writing = 0
+            # No await from here until the written entries are in their segments' counts.
+            self._writing = self._writing_access_bytes = 0
         if refusal is not None:
             self._pending[:0] = group[written:]
             self.counters[f"refused_{refusal.reason}"] += 1
