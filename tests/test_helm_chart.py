@@ -42,7 +42,8 @@ EVERYTHING = {**SECRET,
                           "prometheusRule": {"enabled": True, "labels": {"release": "kps"}}},
               "replicaCount": 2}
 VALUE_SETS = (SECRET, {**SECRET, "agent": KAFKA},
-              {**SECRET, "agent": {**KAFKA, "wal": {"existingClaim": "audit-wal"}}}, EVERYTHING)
+              {**SECRET, "agent": {**KAFKA, "wal": {"existingClaim": "audit-wal"},
+                                   "contentKeys": {"existingClaim": "audit-keys"}}}, EVERYTHING)
 
 
 def render(values: dict[str, Any]) -> list[dict[str, Any]]:
@@ -283,7 +284,7 @@ def test_without_kafka_the_wal_gets_a_claim_per_pod() -> None:
     docs = render(SECRET)
     sts = workload(docs)
     assert sts["kind"] == "StatefulSet"
-    (claim,) = sts["spec"]["volumeClaimTemplates"]
+    claim, _keys = sts["spec"]["volumeClaimTemplates"]
     assert claim["metadata"]["name"] == "audit-wal" and volume_of(docs, "audit-wal") is None
     assert claim["spec"]["resources"]["requests"]["storage"] == "10Gi"
     assert sts["spec"]["persistentVolumeClaimRetentionPolicy"] == {"whenDeleted": "Retain",
@@ -302,13 +303,66 @@ def test_without_kafka_the_wal_gets_a_claim_per_pod() -> None:
     assert forced["kind"] == "StatefulSet"
     assert forced["spec"]["volumeClaimTemplates"][0]["spec"]["storageClassName"] == "fast"
     # Or an existing claim, for one replica only.
-    claimed = {**SECRET, "agent": {"wal": {"existingClaim": "audit-wal"}}}
+    claimed = {**SECRET, "agent": {"wal": {"existingClaim": "audit-wal"},
+                                   "contentKeys": {"existingClaim": "audit-keys"}}}
     docs = render(claimed)
     assert workload(docs)["kind"] == "Deployment"
     assert volume_of(docs, "audit-wal") == {"name": "audit-wal",
                                             "persistentVolumeClaim": {"claimName": "audit-wal"}}
     with pytest.raises(helm.HelmError, match="existingClaim serves one replica only"):
         render({**claimed, "replicaCount": 2})
+
+
+def test_content_keys_live_on_a_volume_of_their_own_mounted_by_the_agent_alone() -> None:
+    """A copy of the data directory's volume (a backup, a snapshot) must not keep the keys that
+    erasure destroys (README "Retention tiers and erasure"): the agent gets --content-key-dir
+    outside its data dir, on a volume only it mounts, as long-lived as its records."""
+    for values in VALUE_SETS:
+        docs = render(values)
+        agent, vllm = containers(docs)
+        args = agent_args(agent)
+        assert args.content_key_dir is not None
+        assert not args.content_key_dir.is_relative_to(args.data_dir)
+        (mount,) = [m for m in agent["volumeMounts"] if m["name"] == "audit-content-keys"]
+        assert mount["mountPath"] == str(args.content_key_dir) and not mount.get("readOnly")
+        data = next(m for m in agent["volumeMounts"] if m["name"] == "audit-wal")
+        assert not Path(data["mountPath"]).is_relative_to(mount["mountPath"])
+        assert "audit-content-keys" not in {m["name"] for m in vllm["volumeMounts"]}
+    # Without Kafka the WAL has a claim per pod, and so do the keys: a claim of their own,
+    # kept with the records' when the release goes.
+    sts = workload(render(SECRET))
+    claims = {c["metadata"]["name"]: c["spec"] for c in sts["spec"]["volumeClaimTemplates"]}
+    assert set(claims) == {"audit-wal", "audit-content-keys"}
+    assert claims["audit-content-keys"]["resources"]["requests"]["storage"] == "1Gi"
+    assert claims["audit-content-keys"]["accessModes"] == ["ReadWriteOnce"]
+    assert volume_of(render(SECRET), "audit-content-keys") is None
+    sized = {**SECRET, "agent": {"contentKeys": {"persistence": {"size": "5Gi",
+                                                                 "storageClassName": "no-snapshots"}}}}
+    claims = {c["metadata"]["name"]: c["spec"]
+              for c in workload(render(sized))["spec"]["volumeClaimTemplates"]}
+    assert claims["audit-content-keys"]["storageClassName"] == "no-snapshots"
+    assert claims["audit-content-keys"]["resources"]["requests"]["storage"] == "5Gi"
+    assert "storageClassName" not in claims["audit-wal"]
+    forced = workload(render(EVERYTHING))  # Kafka, but the WAL forced onto a claim
+    assert [c["metadata"]["name"] for c in forced["spec"]["volumeClaimTemplates"]] == [
+        "audit-wal", "audit-content-keys"]
+    # With Kafka and no claim: an emptyDir, like the WAL's.
+    docs = render({**SECRET, "agent": KAFKA})
+    assert volume_of(docs, "audit-content-keys") == {"name": "audit-content-keys",
+                                                     "emptyDir": {"sizeLimit": "256Mi"}}
+    # An existing claim, on a StatefulSet too, for one replica only.
+    docs = render({**SECRET, "agent": {"contentKeys": {"existingClaim": "keys"}}})
+    assert [c["metadata"]["name"] for c in workload(docs)["spec"]["volumeClaimTemplates"]] == [
+        "audit-wal"]
+    assert volume_of(docs, "audit-content-keys") == {"name": "audit-content-keys",
+                                                     "persistentVolumeClaim": {"claimName": "keys"}}
+    with pytest.raises(helm.HelmError, match=r"contentKeys\.existingClaim serves one replica only"):
+        render({**SECRET, "replicaCount": 2, "agent": {"contentKeys": {"existingClaim": "keys"}}})
+    # Records on an existing claim outlive the pod: the keys that open them must too.
+    with pytest.raises(helm.HelmError, match=r"set agent\.contentKeys\.existingClaim too"):
+        render({**SECRET, "agent": {"wal": {"existingClaim": "audit-wal"}}})
+    with pytest.raises(helm.HelmError, match="at '/agent/contentKeys': additional"):
+        render({**SECRET, "agent": {"contentKeys": {"persistance": {}}}})
 
 
 def rule_for(policy: dict[str, Any], port: str) -> list[dict[str, Any]]:

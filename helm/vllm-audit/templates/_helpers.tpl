@@ -54,6 +54,12 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- if and .Values.agent.wal.existingClaim (gt (int .Values.replicaCount) 1) }}
 {{- fail "agent.wal.existingClaim serves one replica only (two agents must never share a WAL); use agent.wal.persistence for a claim per pod" }}
 {{- end }}
+{{- if and .Values.agent.contentKeys.existingClaim (gt (int .Values.replicaCount) 1) }}
+{{- fail "agent.contentKeys.existingClaim serves one replica only (two agents must never share a content key store); a claim per pod comes with agent.wal.persistence" }}
+{{- end }}
+{{- if and .Values.agent.wal.existingClaim (not .Values.agent.contentKeys.existingClaim) }}
+{{- fail "agent.wal.existingClaim keeps the records beyond the pod: set agent.contentKeys.existingClaim too, a claim of its own for the keys their content is sealed under (kept out of the data's backups), or the content is unreadable after a restart" }}
+{{- end }}
 {{- end -}}
 
 {{/* The witness (templates/witness.yaml): a name and selector of its own, so neither the
