@@ -24,6 +24,7 @@ from vllm_hooks.config.settings import HookSettings
 from vllm_hooks.events import raw_events as raw
 from vllm_hooks.events.capture import CapturePolicy
 from vllm_hooks.events.raw_events import EventConverter
+from vllm_hooks.events.step_frames import records
 from vllm_hooks.vllm.grammar_tap import RowsBacklog
 
 VOCAB = 200
@@ -126,9 +127,9 @@ def columnar_events(engine_steps: list[dict[str, Any]], level: Level, settings: 
         converted += converter.convert((raw.ROWS, 0, "", engine_step["ids"], rows.copy(), None,
                                         VOCAB, engine_step["spec_rows"], with_sets, backlog,
                                         None))
-        entries = [(rid, step, tokens, ok, term, *draft) if any(draft) else
-                   (rid, step, tokens, ok, term)
-                   for rid, step, tokens, ok, term, draft, _, _ in engine_step["accepts"]]
+        entries = records((rid, step, tokens, ok, term, *draft) if any(draft) else
+                          (rid, step, tokens, ok, term)
+                          for rid, step, tokens, ok, term, draft, _, _ in engine_step["accepts"])
         converted += converter.convert((raw.STEPS, TIME, "", entries, int(level), VOCAB))
     summaries = {}
     for rid in sorted({a[0] for s in engine_steps for a in s["accepts"]}):

@@ -3,7 +3,7 @@ into `StructuredOutputSteps` events (the columns the agent expands into per-step
 
 The engine thread (vllm/grammar_tap.py) hands over, per engine step, a ROWS event (the
 request ids in row order, a copy of the bitmask or the counts it made, speculative rows) and,
-when sealed, a STEPS event (one tuple per request step). Here, in buffer order:
+when sealed, a STEPS event (four slots per request step, `records`). Here, in buffer order:
 - ROWS: the rows are popcounted (one vectorised count per engine step) and each request's
   rows remembered until its next step takes them, as the per-step proxy once took its
   pending rows: token k of a step is sampled from row first + k;
@@ -139,6 +139,36 @@ class _Columns:
         return event
 
 
+def records(steps: Iterable[tuple[Any, ...]]) -> list[Any]:
+    """Steps as the engine thread hands them over in a STEPS event: four slots each, request
+    id, step, then either the one token and whether the grammar terminated (a step that
+    accepted one token without drafts: nearly all) or the whole step as a tuple (request id,
+    step, tokens, accepted, terminated[, drafted, accepted drafts, rolled back]) and its
+    terminated flag. Flat, of ints and strs, so a batch of steps held until the sender takes
+    it keeps no object the garbage collector tracks (a tuple per step would: vLLM's engine
+    thread would pay gen-0 and gen-1 collections for them). Used by the tests; the engine
+    thread (vllm/grammar_tap.py) writes the same slots inline."""
+    out: list[Any] = []
+    for step in steps:
+        rid, number, tokens, ok, terminated = step[:5]
+        if ok and len(tokens) == 1 and (len(step) == 5 or not any(step[5:8])):
+            out.extend((rid, number, tokens[0], terminated))
+        else:
+            out.extend((rid, number, step, terminated))
+    return out
+
+
+def _steps_of(flat: list[Any]) -> Iterable[tuple[Any, ...]]:
+    """The steps of `records`' slots, each as (request id, step, tokens, accepted, terminated
+    [, drafts])."""
+    slots = iter(flat)
+    for rid, number, token, terminated in zip(slots, slots, slots, slots, strict=True):
+        if type(token) is tuple:
+            yield token
+        else:
+            yield (rid, number, [token], True, terminated)
+
+
 def _per_token(rows: list[int], n_tokens: int) -> list[int]:
     """Token k was sampled from row k (after k accepted drafts); rows past the tokens belong
     to drafts the engine rejected; missing rows (no rows taken for the step) are unknown."""
@@ -212,7 +242,7 @@ class StepFrames:
         _, time_ns, _, entries, level, vocab = raw
         full = level >= _FULL
         kept: list[Resolved] = []
-        for entry in entries:
+        for entry in _steps_of(entries):
             step = self._resolve(entry)
             rid = step[0]
             if full or step[1] == 1 or not step[3]:

@@ -55,19 +55,29 @@ class BitmaskPool:
     tensor when it asks for the next step's bitmask. So once a step is filled, the filled
     tensor goes to the sender and the manager gets another of the same shape for the next
     step: one taken back from the sender (it releases each when it no longer reads it) or a
-    new one, up to `SLOTS` in all. With none free, the step is copied as before."""
+    new one. `SLOTS` tensors always may be made; more while their bytes and the copies
+    waiting fit the backlog budget (`allowed_sets_backlog_bytes`, which bounds the copies
+    too: a tensor made is memory a copy would have taken, and a copy into fresh memory costs
+    the engine thread its page faults every time, ~200 us at 256 rows x 128k, a tensor kept
+    only once). Tensors made are kept for reuse. With none free and none to make, the step
+    is copied as before. Running dry also wakes the sender, which hands tensors back."""
 
     SLOTS = 4
 
-    def __init__(self, manager: Any) -> None:
+    def __init__(self, manager: Any, wakeup: Any = None) -> None:
         self.manager = manager
         #: Tensors the sender released (appended by the sender thread, popped by the engine's).
         self.free: deque[Any] = deque()
         self.allocated = 1  # vLLM's own
+        #: Bytes of the tensors made beyond SLOTS: they count against the backlog budget.
+        self.extra_bytes = 0
+        #: The sender's wake-up (a threading.Event): set when no tensor is free.
+        self.wakeup = wakeup
 
-    def swap(self) -> Any | None:
+    def swap(self, backlog: RowsBacklog, budget: int) -> Any | None:
         """The filled tensor, with the manager given another one; None when none is free
-        (or the manager has no tensor to swap: then the rows are copied)."""
+        and none may be made (or the manager has no tensor to swap: then the rows are
+        copied)."""
         manager = self.manager
         filled = getattr(manager, "_grammar_bitmask", None)
         if filled is None:
@@ -75,12 +85,19 @@ class BitmaskPool:
         free = self.free
         if free:
             fresh = free.pop()
-        elif self.allocated < self.SLOTS:
+        else:
+            if self.wakeup is not None:
+                self.wakeup.set()
+            size = filled.nbytes
+            if self.allocated < self.SLOTS:
+                pass
+            elif self.extra_bytes + backlog.waiting() + size <= budget:
+                self.extra_bytes += size
+            else:
+                return None
             new_empty = getattr(filled, "new_empty", None)  # a torch tensor's
             fresh = new_empty(filled.shape) if new_empty is not None else np.empty_like(filled)
             self.allocated += 1
-        else:
-            return None
         manager._grammar_bitmask = fresh
         return filled
 
@@ -88,10 +105,12 @@ class BitmaskPool:
 class BitmaskTap:
     """Per-engine state shared by the proxies of one StructuredOutputManager.
 
-    From level key-events on, an engine step costs the engine thread one copy of the bitmask
-    (a memcpy, cheaper than counting it) handed to the sender as a ROWS event, and one small
-    tuple per request step appended to `entries`; the entries go to the sender as one STEPS
-    event when sealed (at the next bitmask, at the end of vLLM's update_from_output, and
+    From level key-events on, an engine step costs the engine thread the filled bitmask (or a
+    copy of it: a memcpy, cheaper than counting it) handed to the sender as a ROWS event, and
+    one record of four slots per request step extended onto `entries` (step_frames.py says
+    the format: no object the garbage collector tracks outlives the call, so holding a batch
+    of steps does not make vLLM's engine thread collect); the entries go to the sender as one
+    STEPS event when sealed (at the next bitmask, at the end of vLLM's update_from_output, and
     before any request's summary, so a request's steps always precede its summary). The
     sender thread counts, resolves and encodes them (events/step_frames.py)."""
 
@@ -104,9 +123,10 @@ class BitmaskTap:
         #: Whether the current engine step's steps are captured (level key-events and up when
         #: its bitmask was filled): one attribute read on the accept path.
         self.capture = False
-        #: Steps accepted since the last seal (engine thread only): (request id, step, tokens,
-        #: accepted, terminated) and, with drafts, (drafted, accepted drafts, rolled back).
-        self.entries: list[tuple[Any, ...]] = []
+        #: Steps accepted since the last seal (engine thread only), four slots a step:
+        #: request id, step, token (an int) or the whole step (a tuple), terminated
+        #: (events/step_frames.py `records`).
+        self.entries: list[Any] = []
         self.backlog = RowsBacklog()
         #: Set by structured_output_patch when the manager's bitmask can be rotated.
         self.pool: BitmaskPool | None = None
@@ -137,14 +157,15 @@ class BitmaskTap:
         rows: npt.NDArray[np.int32] | None = None
         counts: npt.NDArray[np.uint32] | None = None
         release: tuple[deque[Any], Any] | None = None
+        budget = rt.settings.allowed_sets_backlog_bytes
         pool = self.pool
         if pool is not None and bitmask.dtype == _LE_INT32:
-            filled = pool.swap()
+            filled = pool.swap(backlog, budget)
             if filled is not None:
                 release = (pool.free, filled)
         if release is not None:
             rows = bitmask  # the filled tensor's own rows: vLLM fills another one next step
-        elif backlog.waiting() + size <= rt.settings.allowed_sets_backlog_bytes:
+        elif backlog.waiting() + (pool.extra_bytes if pool is not None else 0) + size <= budget:
             rows = bitmask.astype(_LE_INT32)  # always a copy
             backlog.handed += size
         else:
@@ -197,13 +218,17 @@ class AuditedGrammar:
         try:
             if ok and not self.pending_drafted and not self.pending_rolled_back:
                 # Paid per request per step at every level: a step and its tokens, and from
-                # level key-events on one tuple appended (tokens by reference: vLLM hands
-                # each call a list of its own, `new_token_ids[start:]`, and never changes it).
+                # level key-events on one record of ints and a str (the tuple is freed at once,
+                # nothing the garbage collector tracks is kept: see BitmaskTap).
                 self.steps = steps = self.steps + 1
-                self.accepted += len(tokens)
+                n_tokens = len(tokens)
+                self.accepted += n_tokens
                 if tap.capture:
-                    tap.entries.append(
-                        (self.request_id, steps, tokens, True, self._inner.is_terminated()))
+                    if n_tokens == 1:
+                        tap.entries.extend(
+                            (self.request_id, steps, tokens[0], self._inner.is_terminated()))
+                    else:
+                        self._capture_whole(steps, tokens, True, self._inner.is_terminated())
             else:
                 self._record_step(tokens, ok)
         except Exception as exc:
@@ -216,11 +241,15 @@ class AuditedGrammar:
         try:
             if ok and not self.pending_drafted and not self.pending_rolled_back:
                 self.steps = steps = self.steps + 1
-                self.accepted += len(tokens)
+                n_tokens = len(tokens)
+                self.accepted += n_tokens
                 tap = self.tap
                 if tap.capture:
-                    tap.entries.append(
-                        (self.request_id, steps, tokens, True, self._inner.is_terminated()))
+                    if n_tokens == 1:
+                        tap.entries.extend(
+                            (self.request_id, steps, tokens[0], self._inner.is_terminated()))
+                    else:
+                        self._capture_whole(steps, tokens, True, self._inner.is_terminated())
             else:
                 self._record_step(tokens, ok)
         except Exception as exc:
@@ -281,9 +310,17 @@ class AuditedGrammar:
                 self.draft_rollbacks += 1
                 self.rolled_back_drafts += rolled_back
         if self.tap.capture:
-            self.tap.entries.append((self.request_id, steps, list(tokens), ok,
-                                     bool(self._inner.is_terminated()), drafted,
-                                     accepted_drafts, rolled_back))
+            self._capture_whole(steps, tokens, ok, bool(self._inner.is_terminated()),
+                                (drafted, accepted_drafts, rolled_back))
+
+    def _capture_whole(self, steps: int, tokens: list[int], ok: bool, terminated: bool,
+                       drafts: tuple[int, int, int] | None = None) -> None:
+        """A step that is not one accepted token without drafts, as a whole tuple in its
+        record (events/step_frames.py `records`): rare, so its tuple may be kept."""
+        step: tuple[Any, ...] = (self.request_id, steps, list(tokens), ok, terminated)
+        if drafts is not None:
+            step += drafts
+        self.tap.entries.extend((self.request_id, steps, step, terminated))
 
     def finish(self, status: str) -> None:
         """At the request's end: the steps captured so far (its own among them), then the

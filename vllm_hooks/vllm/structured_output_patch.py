@@ -39,7 +39,7 @@ _SPEC_TYPES = {
 
 def wrap_structured_output_manager(manager: Any, tap: BitmaskTap) -> None:
     rt = tap.runtime
-    tap.pool = BitmaskPool(manager)
+    tap.pool = BitmaskPool(manager, rt.buffer.wakeup)
     offer = rt.buffer.offer
     settings, cap = rt.settings, rt.settings.grammar_max_bytes
     timer = rt.timer
