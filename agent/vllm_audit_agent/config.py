@@ -502,8 +502,13 @@ class FleetConfig:
         "a log's next seq missing this long after a later one arrived is a gap (the log is "
         "flagged broken)", metavar="S", check=positive)
     max_batch_records: int = declare(
-        "--max-batch-records", "VLLM_AUDIT_FLEET_MAX_BATCH_RECORDS", 5000,
-        "records per consumed batch (stored, then committed)", metavar="N", check=positive)
+        "--max-batch-records", "VLLM_AUDIT_FLEET_MAX_BATCH_RECORDS", 20_000,
+        "records per stored batch, gathered over Kafka fetches (stored, then committed; the "
+        "next is verified while the store inserts it)", metavar="N", check=positive)
+    max_batch_ms: int = declare(
+        "--max-batch-ms", "VLLM_AUDIT_FLEET_MAX_BATCH_MS", 500,
+        "how long a batch gathers fetches after its first record before it is stored, if "
+        "--max-batch-records did not fill it first", metavar="MS", check=positive)
     content_days: int = declare(
         "--content-days", "VLLM_AUDIT_FLEET_CONTENT_DAYS", 30,
         "days a request record holding prompt or output text keeps its bytes (its summary "

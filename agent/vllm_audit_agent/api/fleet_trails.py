@@ -32,6 +32,7 @@ from typing import Any
 
 import grpc
 import orjson
+import pyarrow as pa
 from google.protobuf import json_format
 
 from vllm_audit.v1 import events_pb2 as pb
@@ -146,8 +147,8 @@ class WatchedStore(FleetStore):
         self.erasures = FleetErasures(self)
         self.watches = StoreWatches(self.erasures)
 
-    def insert(self, payloads: Sequence[bytes]) -> int:
-        written = super().insert(payloads)
+    def insert_rows(self, payloads: Sequence[bytes], data: pa.Table) -> int:
+        written = super().insert_rows(payloads, data)
         if any(b'"type":"erasure"' in p for p in payloads):
             self.erasures.note(_erasures_in(payloads))
         self.watches.stored(payloads)

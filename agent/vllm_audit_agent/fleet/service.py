@@ -97,7 +97,7 @@ async def serve(config: FleetConfig, stop: asyncio.Event, store_class: type[Flee
         detections = await asyncio.to_thread(_detections, config, store, retention)
         consumer = FleetConsumer(config.kafka_bootstrap, config.kafka_topic_prefix,
                                  config.group_id, store, verifier, config.max_batch_records,
-                                 detections=detections)
+                                 detections=detections, max_wait_ms=config.max_batch_ms)
         registry = CollectorRegistry()
         registry.register(FleetCollector(verifier, consumer.stats))
         registry.register(DetectionCollector(detections.engine if detections else None))

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+import pyarrow as pa
 
 from vllm_audit_agent.fleet.backend import Backend, open_backend
 from vllm_audit_agent.fleet.migrate import migrate
@@ -95,7 +96,11 @@ class FleetStore:
     def insert(self, payloads: Sequence[bytes]) -> int:
         """Stores canonical records of any type; returns how many rows were written (unreadable
         payloads are skipped). Idempotent: a record stored again is the same (log_id, seq)."""
-        data = columns(payloads, time.time_ns() // 1_000_000)
+        return self.insert_rows(payloads, columns(payloads, time.time_ns() // 1_000_000))
+
+    def insert_rows(self, payloads: Sequence[bytes], data: pa.Table) -> int:
+        """`insert` with the rows made already (`rows.columns(payloads, …)`: the consumer
+        builds them while the batch before is inserted)."""
         if data.num_rows:
             self.backend.insert(f"{self.db}.records", data)
         return int(data.num_rows)
@@ -254,8 +259,6 @@ FROM {self.db}.records WHERE {where} GROUP BY trail_id"""
         JSON); the newest saved per log is what `logs()` returns."""
         if not states:
             return
-        import pyarrow as pa
-
         # The version orders saves: two in one millisecond still replace in order.
         now = self._saved_ms = max(time.time_ns() // 1_000_000, self._saved_ms + 1)
         data = pa.table({
