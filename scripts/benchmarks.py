@@ -29,11 +29,11 @@ About two minutes on two cores; everything it starts it stops.
 checkpoint cost, the Merkle tree's cost per record, proof bundle size and time at 10M records,
 verify records/s).
 
-`python scripts/benchmarks.py signals` prints the content signals' cost (bench_signals.py:
-microseconds per KiB of prompt text, benign and hostile, and a 1 MiB prompt at the scan cap).
-
 `python scripts/benchmarks.py detections` prints events/s through the detections' rule engine
 (bench_detections.py).
+
+`python scripts/benchmarks.py signals` prints the content signals' cost (bench_signals.py:
+microseconds per KiB of prompt text, benign and hostile, and a 1 MiB prompt at the scan cap).
 
 `python scripts/benchmarks.py fleet` prints only the fleet store's figures (bench_fleet.py:
 records/s into chDB, one user's and one tenant's newest 50 over 10M records, bytes per stored
@@ -631,14 +631,14 @@ if __name__ == "__main__":
         import bench_fleet  # beside this script (scripts/ is sys.path[0])
 
         bench_fleet.main(print_rows)
-    elif sys.argv[1:] == ["signals"]:
-        import bench_signals  # beside this script (scripts/ is sys.path[0])
-
-        bench_signals.main(print_rows)
     elif sys.argv[1:] == ["detections"]:
         import bench_detections  # beside this script (scripts/ is sys.path[0])
 
         bench_detections.main(print_rows)
+    elif sys.argv[1:] == ["signals"]:
+        import bench_signals  # beside this script (scripts/ is sys.path[0])
+
+        bench_signals.main(print_rows)
     elif sys.argv[1:2] == ["record-log"]:
         import bench_record_log  # beside this script (scripts/ is sys.path[0])
 

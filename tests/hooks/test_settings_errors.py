@@ -50,6 +50,8 @@ BAD_VALUES: dict[str, tuple[str, ...]] = {
     "VLLM_AUDIT_MAX_TRAILS": ("0", "all"),
     "VLLM_AUDIT_REQUIRED_WAIT_SECONDS": ("ten",),
     "VLLM_AUDIT_DIGEST_CACHE": ("digests.json", "./cache/digests.json"),
+    "VLLM_AUDIT_SIGNALS": ("maybe",),
+    "VLLM_AUDIT_SIGNALS_MAX_CHARS": ("64KiB", "0", "-1"),
 }
 #: Variables with no bad value, and why.
 ANY_VALUE = {

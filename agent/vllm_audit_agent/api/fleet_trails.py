@@ -28,11 +28,10 @@ import contextlib
 import time
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import orjson
-import pyarrow as pa
 from google.protobuf import json_format
 
 from vllm_audit.v1 import events_pb2 as pb
@@ -48,6 +47,9 @@ from vllm_audit_agent.fleet.erasures import FleetErasures
 from vllm_audit_agent.fleet.store import Cursor, FleetStore, TrailQuery
 from vllm_audit_agent.records.chain import RECORD_TYPE_REQUEST
 from vllm_audit_agent.trails.index import WATCH_QUEUE, Filter, Watch, record_kind
+
+if TYPE_CHECKING:  # the fleet extra's; this room is installed without it in the agent's image
+    import pyarrow as pa
 
 #: Stored trails a watch's replay sends first (the newest, oldest first): a fleet holds months.
 WATCH_REPLAY = 1000

@@ -110,6 +110,8 @@ FIELD_MAP: dict[str, dict[str, str | tuple[None, str]]] = {
         "lifecycle": (None, "mapped field by field (RequestLifecycle)"),
         "grammar_compiled": (None, "mapped field by field (GrammarCompiled)"),
         "so_step": (None, "one per grammar step: trail events and the trail-events topic"),
+        "so_steps": (None, "a batch's grammar steps as columns (the hook's columnar capture): "
+                           "expanded into so_step events before validation (step_columns.py)"),
         "so_summary": "structured_output",
         "engine_stats": (None, "not per request: the engine-stats topic; the snapshot nearest "
                                 "a trail's finish is its record's engine_at_finish"),
