@@ -8,6 +8,7 @@ alternative (`alternatives`).
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 from collections.abc import Callable
@@ -71,6 +72,17 @@ def _chart_values(*keys: str) -> Callable[[], None]:
 
 
 #: README command -> (why it is not run here, what checks it instead).
+def _from_the_repository(command: str) -> Callable[[], None]:
+    """Runs `command` in the repository's root, as the README's reader does, and checks it
+    prints one JSON document (its `>` redirection dropped: nothing is written in the checkout)."""
+    def check() -> None:
+        out = subprocess.run(["bash", "-c", command.split(">")[0]], cwd=REPO,
+                             capture_output=True, text=True, timeout=300, check=False)
+        assert out.returncode == 0, f"{command!r} exited {out.returncode}:\n{out.stderr[-3000:]}"
+        assert json.loads(out.stdout), f"{command!r} printed no queries"
+    return check
+
+
 def _parses(*argv: str) -> Callable[[], None]:
     """The CLI accepts the command's arguments as written (tests/agent/test_archive.py runs
     them against a real S3 server)."""
@@ -90,6 +102,12 @@ EXCUSED: dict[str, tuple[str, Callable[[], None]]] = {
         ("needs an S3 server holding an archive; tests/agent/test_archive.py exports one from "
          "SeaweedFS", _parses("export", "--archive", "s3://audit/pod-0", "--archive-endpoint",
                               "http://s3:8333", "--since", "2026-11-01")),
+    ".cache/sigma-venv/bin/python scripts/sigma_convert.py > sigma-queries.json":
+        ("names paths in the repository (the tools venv `make tools` makes, the script): run "
+         "there, not in the scratch directory the other commands run in; "
+         "tests/siem/test_sigma_rules.py runs every query it prints",
+         _from_the_repository(".cache/sigma-venv/bin/python scripts/sigma_convert.py "
+                              "> sigma-queries.json")),
     "make demo": ("runs scripts/install.sh, which re-syncs the shared .venv under the other "
                   "tests; the demo's parts (agent, broker, vLLM with the hook, the CLI) are "
                   "what the vllm test below runs", lambda: _make_targets("demo")),
