@@ -70,7 +70,8 @@ def test_fields_read_from_the_bytes_are_the_parsed_ones() -> None:
 
 @settings(max_examples=200, deadline=None)
 @given(st.lists(RECORDS, min_size=1, max_size=4), st.data())
-@pytest.mark.xfail(strict=False, reason="known bug: a nested 'seq' key before the top-level one is read by verify's byte-level path and reported as a false seq_gap (issue 23, next stop)")
+@pytest.mark.xfail(strict=False, reason="known bug: a nested 'seq' key before the top-level "
+                   "one gives verify's byte-level path a false seq_gap (issue 23)")
 def test_lookalike_keys_neither_break_a_chain_nor_hide_a_changed_byte(
         records: list[dict[str, Any]], data: st.DataObject) -> None:
     signer = Signer(Ed25519PrivateKey.generate())
