@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import time
 from collections.abc import AsyncIterator, Callable, Collection
@@ -20,6 +21,7 @@ from vllm_audit_agent.cli.client import aio_channel
 from vllm_audit_agent.config import AgentConfig
 from vllm_audit_agent.delivery.no_kafka import InMemoryPublisher
 from vllm_audit_agent.records.log import RecordLog
+from vllm_audit_agent.records.log_start import LogStart
 from vllm_audit_agent.server import AgentHandle, running_agent
 from vllm_audit_agent.telemetry.gpu import GpuReader
 
@@ -57,9 +59,8 @@ class FailingRecordLog(RecordLog):
     def end_replay(self) -> None:
         self.replay_event_ids = None
 
-    def _replay(self) -> None:
-        super()._replay()
-        self.replay_event_ids = None
+    def _apply_start(self, start: LogStart) -> None:
+        super()._apply_start(dataclasses.replace(start, replay_event_ids=None))
 
     def append(self, record: dict[str, Any], *args: Any, **kwargs: Any) -> int:
         if kwargs.get("kind", "request") == "request":  # the log's own records (genesis) go in

@@ -32,9 +32,9 @@ one the archive does not hold yet: `expiry_hold`), and only once a signed
 *seal* record naming what goes and the tree at its end is durable.
 
 Cursor: `<records dir>/cursor` holds the last `seq` the sink acknowledged (written atomically:
-temp file, fsync, rename). At start the log is replayed to rebuild the chain head, the
-segment index and the unpublished tail, and what the agent needs to know of the records
-written before (recorded_before.py).
+temp file, fsync, rename). At start the log is read back (log_start.py) to rebuild the chain
+head, the segment index and the unpublished tail, and what the agent needs to know of the
+records written before (recorded_before.py); the log takes the result in `_apply_start`.
 
 Sealed segments (footers.py, storage/sealed.py): each segment the writer has finished is
 rewritten compressed, with a footer saying what a start needs of it; a start reads the footers,
@@ -54,8 +54,6 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from vllm_audit_agent.records.chain import (
     GENESIS_HASH,
     RECORD_TYPE_ACCESS,
@@ -72,10 +70,10 @@ from vllm_audit_agent.records.chain import (
     seal,
 )
 from vllm_audit_agent.records.disk_feed import DiskFeed
-from vllm_audit_agent.records.entry import TOPICS, Entry, entry_of, event_id
-from vllm_audit_agent.records.erasure import erased_by
-from vllm_audit_agent.records.footers import StartPlan, plan_start, segment_footer
+from vllm_audit_agent.records.entry import Entry, entry_of, event_id
+from vllm_audit_agent.records.footers import segment_footer
 from vllm_audit_agent.records.identity import genesis_record, new_log_id
+from vllm_audit_agent.records.log_start import ACCESS_TOPIC, CURSOR_NAME, LogStart, read_start
 from vllm_audit_agent.records.merkle import CompactRange, leaf_hash
 from vllm_audit_agent.records.note import Checkpoint, origin_of, sign_checkpoint
 from vllm_audit_agent.records.proof_window import ProofWindow
@@ -89,18 +87,15 @@ from vllm_audit_agent.records.retention import (
     plan_expiry,
     seal_record,
 )
-from vllm_audit_agent.records.tree_replay import TreeReplay
 from vllm_audit_agent.storage.datadir import write_private_file
 from vllm_audit_agent.storage.wal import WalRefused, WriteAheadLog
 
 logger = logging.getLogger("vllm_audit.agent")
 
-CURSOR_NAME = "cursor"
 DEAD_LETTER_NAME = "dead-letter.jsonl"
 OnRecorded = Callable[[], None]
 CheckpointListener = Callable[[dict[str, Any]], None]
 RecordListener = Callable[[dict[str, Any]], None]
-ACCESS_TOPIC = TOPICS[RECORD_TYPE_ACCESS]
 #: What checkpoints are about: a log that ends with one of these after its last checkpoint
 #: writes one more at a clean stop (verify calls them an unsigned tail otherwise).
 COVERED_TYPES = (RECORD_TYPE_REQUEST, RECORD_TYPE_ACCESS, RECORD_TYPE_ADMIN, RECORD_TYPE_FINDING)
@@ -120,9 +115,8 @@ class RecordLog:
         #: Whether finished segments are sealed (compressed, with a footer).
         self.seal_segments = seal_segments
         self._unsealable: set[int] = set()
+        #: Records footers kept (erasures) of the segments the start did not read (log_start.py).
         self.footer_records: list[dict[str, Any]] = []
-        #: Erasure records read by this start's replay (see _replay).
-        self._replayed_erasures: list[dict[str, Any]] = []
         self.signer = signer
         self.retention_days = retention_days
         self.checkpoint_every = checkpoint_every
@@ -143,8 +137,8 @@ class RecordLog:
         #: Highest seq written and synced; the publisher reads up to here.
         self.durable_seq = 0
         self.segments: dict[int, SegmentInfo] = {}
-        #: Last seq the sink acknowledged (persisted in `cursor`).
-        self.cursor = self._load_cursor()
+        #: Last seq the sink acknowledged (persisted in `cursor`; read at start).
+        self.cursor = 0
         #: Bytes of durable records after the cursor.
         self.unpublished_bytes = 0
         self._tail: deque[Entry] = deque()
@@ -185,132 +179,30 @@ class RecordLog:
         #: Content keys the log's erasure records name (erasure.py): the key store follows
         #: the log, so those still present at a start are destroyed then (server.py).
         self.erased_content_keys: list[str] = []
-        self._replay()
+        self._apply_start(read_start(self.wal, directory, tail_max_bytes))
         if not self.log_id or self.tree is None:
             self._start_log(self._identity)
 
     # -- start ---------------------------------------------------------------------------
-    def _load_cursor(self) -> int:
-        try:
-            return int((self.directory / CURSOR_NAME).read_text().strip() or 0)
-        except FileNotFoundError:
-            return 0
-        except ValueError:
-            logger.warning("record log cursor unreadable; publishing from the start")
-            self.counters["cursor_unreadable"] += 1
-            return 0
-
-    def _replay(self) -> None:
-        segments = self.wal.segments()
-        plan = plan_start(segments, {i: self.wal.sealed_index(i) for i in segments}, self.cursor)
-        if plan.footed and not self._replay_from(plan):
-            self.counters["footer_fallbacks"] += 1
-            logger.warning("record log: the first record after segment %d does not follow its "
-                           "footer; reading the whole log", plan.footed[-1])
-            self._reset_replay()
-            plan = StartPlan()
-        if not plan.footed:
-            self._replay_from(plan)
-        self.counters["started_from_footers"] = len(plan.footed)
-        # Those still in the key store are destroyed at start (the agent stopped between an
-        # erasure record and the keys' deletion): from the segments read and the footers.
-        erased, _ = erased_by([*self.footer_records, *self._replayed_erasures])
-        self.erased_content_keys = list(erased)
-        self._replayed_erasures = []
-
-    def _reset_replay(self) -> None:
+    def _apply_start(self, start: LogStart) -> None:
+        """Takes what the start read of the log (log_start.py), in this one place."""
+        self.cursor = start.cursor
+        self.head_seq, self.head_hash = start.head_seq, start.head_hash
+        self.durable_seq = start.head_seq
+        # The same dict as before: the disk feed holds it.
         self.segments.clear()
-        self.head_seq, self.head_hash = 0, GENESIS_HASH
-        self.unpublished_bytes = self._tail_bytes = self._since_checkpoint = 0
-        self._earlier = RecordedBefore()
-        self.last_level = None
-        self.footer_records = []
-        self._replayed_erasures = []
-
-    def _replay_from(self, plan: StartPlan) -> bool:
-        """Takes what `plan`'s footers say, then reads the records after them (and those of
-        the newest footed segments, for the trails only). False: the first record read does
-        not follow the last footer (the caller reads the whole log instead)."""
-        tail: deque[Entry] = deque()
-        replayed = 0
-        self.segments.update(plan.infos)
-        if plan.footed:
-            self.head_seq, self.head_hash = plan.head_seq, plan.head_hash
-        self.last_level, self._since_checkpoint = plan.last_level, plan.since_checkpoint
-        self.unpublished_bytes = plan.unpublished_bytes
-        #: Records of footers.KEPT_TYPES (erasures) in the segments this start did not read:
-        #: whoever needs them at start takes them here, as well as from the records it reads.
-        self.footer_records = list(plan.kept_records)
-        trees = TreeReplay(self.segments, self.counters)
-        trees.log_id, trees.checkpoint_roots = plan.log_id, dict(plan.checkpoint_roots)
-        trees.tree = plan.tree.copy() if plan.tree is not None else None
-        footed = set(plan.footed)
-        first = plan.recall_from if plan.recall_from is not None else \
-            (plan.footed[-1] + 1 if plan.footed else 0)
-        check_link = bool(plan.footed)
-        for segment, payload in self.wal.replay(first_segment=first):
-            replayed += 1
-            try:
-                record = orjson.loads(payload)
-                seq = int(record["seq"])
-            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
-                self.counters["replay_unreadable_records"] += 1
-                continue
-            if segment in footed:  # read back for the newest trails only
-                if record.get("type") in (RECORD_TYPE_REQUEST, RECORD_TYPE_ADMIN) \
-                        and "event_id" in record:
-                    self._earlier.note(record, payload)
-                continue
-            if check_link:
-                if seq != self.head_seq + 1 or record.get("prev_hash") != self.head_hash:
-                    return False
-                check_link = False
-            self._replay_record(segment, record, seq, payload, trees, tail)
-        self._tail = tail
-        self.log_id, self.tree = trees.finish()
-        self.checkpoint_roots = trees.checkpoint_roots
-        if self.cursor > self.head_seq:
-            logger.warning("record log cursor %d is past the log's head %d", self.cursor,
-                           self.head_seq)
-            self.counters["cursor_past_head"] += 1
-            self.cursor = self.head_seq
-        self.durable_seq = self.head_seq
-        self.counters["replayed_records"] = replayed
-        self.replay_event_ids = self._earlier.take_event_ids()
-        return True
-
-    def _replay_record(self, segment: int, record: dict[str, Any], seq: int, payload: bytes,
-                       trees: TreeReplay, tail: deque[Entry]) -> None:
-        if self.head_seq and seq != self.head_seq + 1:
-            self.counters["replay_seq_gaps"] += 1
-            logger.warning("record log: seq %d follows %d", seq, self.head_seq)
-        self.head_seq, self.head_hash = seq, str(record.get("hash", ""))
-        entry = entry_of(record, payload)
-        info = self.segments.get(segment)
-        if info is None:
-            info = self.segments[segment] = SegmentInfo(seq, seq, entry.time_ms)
-        else:
-            info.last_seq, info.last_time_ms = seq, max(info.last_time_ms, entry.time_ms)
-        if entry.topic == ACCESS_TOPIC:
-            info.access_bytes += len(payload)
-        trees.add(segment, record, payload)
-        kind = record.get("type")
-        if kind == RECORD_TYPE_LEVEL:
-            self.last_level = str(record.get("level"))
-        if kind in (RECORD_TYPE_REQUEST, RECORD_TYPE_ADMIN) and "event_id" in record:
-            self._earlier.note(record, payload)
-        if seq > self.cursor:
-            self.unpublished_bytes += len(payload)
-            tail.append(entry)
-            self._tail_bytes += len(payload)
-            while self._tail_bytes > self.tail_max_bytes and len(tail) > 1:
-                self._tail_bytes -= len(tail.popleft().value)
-        if kind == RECORD_TYPE_CHECKPOINT:
-            self._since_checkpoint = 0
-        elif kind in COVERED_TYPES:
-            self._since_checkpoint += 1
-        if kind == RECORD_TYPE_ERASURE:
-            self._replayed_erasures.append(record)
+        self.segments.update(start.segments)
+        self._tail, self._tail_bytes = start.tail, start.tail_bytes
+        self.unpublished_bytes = start.unpublished_bytes
+        self._since_checkpoint = start.since_checkpoint
+        self.last_level = start.last_level
+        self.log_id, self.tree = start.log_id, start.tree
+        self.checkpoint_roots = start.checkpoint_roots
+        self._earlier = start.recorded_before
+        self.replay_event_ids = start.replay_event_ids
+        self.erased_content_keys = list(start.erased_content_keys)
+        self.footer_records = list(start.footer_records)
+        self.counters.update(start.counters)
 
     @property
     def recorded_trails(self) -> OrderedDict[str, tuple[int, bytes | None]]:
@@ -323,7 +215,7 @@ class RecordLog:
         return self._earlier.newest(trail_id)
 
     def take_recorded_trails(self) -> list[tuple[str, int, dict[str, Any] | None]]:
-        """What `_replay` remembered of the newest trails, oldest first: (trail id, newest
+        """What the start remembered of the newest trails, oldest first: (trail id, newest
         revision, that record when it was forced). Handed over once."""
         return self._earlier.take_trails()
 
