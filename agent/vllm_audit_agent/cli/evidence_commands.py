@@ -38,6 +38,24 @@ def _path_source(path: Path | str, endpoint: str | None) -> Callable[[], Iterabl
     return lambda: payloads
 
 
+def _range_source(args: argparse.Namespace, stats: list[Any]) -> Callable[[], Iterable[bytes]]:
+    """What reads a log directory's records from `--since` (by its segments' footers: see
+    records/range_read.py) to the checkpoint after `--until`; each pass appends its
+    RangeStats to `stats`."""
+    from vllm_audit_agent.records.export import parse_time
+    from vllm_audit_agent.records.range_read import RangeStats, read_since, through_checkpoint_after
+
+    since = parse_time(args.since) if args.since else None
+    until = parse_time(args.until) if args.until else None
+    if since is not None and until is not None and until <= since:
+        raise ValueError("--until must be after --since")
+
+    def read() -> Iterable[bytes]:
+        stats.append(RangeStats())
+        return through_checkpoint_after(read_since(args.path, since, stats[-1]), until)
+    return read
+
+
 def archive_endpoint(given: str | None) -> str | None:
     """The flag, else the agent's variable; None lets boto3 choose (AWS, or AWS_ENDPOINT_URL)."""
     import os
@@ -123,15 +141,23 @@ def run_verify(args: argparse.Namespace) -> int:
         raise ValueError("verify needs exactly one of PATH, --kafka-bootstrap or --fleet-store")
     keys = [load_public_key(path) for path in args.public_key]
     if args.path is not None:
-        payloads = _path_source(args.path, args.archive_endpoint)
+        ranged = getattr(args, "since", None) or getattr(args, "until", None)
+        if ranged and not (isinstance(args.path, Path) and args.path.is_dir()):
+            raise ValueError("--since and --until take a record log directory or --fleet-store")
+        stats: list[Any] = []  # the range read of the last pass (the verify's)
+        payloads = _range_source(args, stats) if ranged else _path_source(args.path,
+                                                                          args.archive_endpoint)
         key = _key_for(payloads(), keys)
         # Log ids are only asked of witnesses and Kafka anchors: else not read for them.
         anchors = _anchors(args, key, _log_ids(payloads())
                            if args.witness_url or getattr(args, "anchor_kafka", None) else [])
-        # A log directory and an archive (its segments) must start at the genesis or a seal.
-        whole_log = isinstance(args.path, str) or args.path.is_dir()
+        # A log directory and an archive (its segments) must start at the genesis or a seal;
+        # a range starts where it starts (checked from its first checkpoint, as an export).
+        whole_log = not ranged and (isinstance(args.path, str) or args.path.is_dir())
         report = verify_chain(payloads(), key, args.allow_unsigned_tail,
                               _tree_check(args, key, anchors), sealed_start=whole_log)
+        if stats:
+            report.notes.extend(stats[-1].notes())
         sys.stdout.write(dumps(report.to_dict()) + "\n")
         if report.broken is not None:
             _print_break(report)

@@ -32,10 +32,12 @@ def add_arguments(sub: Any) -> None:
     v.add_argument("--database", default="vllm_audit", help="the fleet store's database")
     v.add_argument("--log-id", action="append", metavar="ID",
                    help="with --fleet-store: only this log (repeatable; default every log)")
-    v.add_argument("--since", help="with --fleet-store: records the agent wrote at or after "
-                                   "(ISO 8601 or unix time)")
-    v.add_argument("--until", help="with --fleet-store: records written before (ISO 8601 or "
-                                   "unix time); read on to the checkpoint after them")
+    v.add_argument("--since", help="with a record log directory or --fleet-store: records "
+                                   "the agent wrote at or after (ISO 8601 or unix time); a "
+                                   "directory's older segments are skipped by their footers")
+    v.add_argument("--until", help="with a record log directory or --fleet-store: records "
+                                   "written before (ISO 8601 or unix time); read on to the "
+                                   "checkpoint after them")
     v.add_argument("--topic", action="append",
                    help="Kafka topic (repeatable); default every topic of the chain: <prefix>."
                         "requests, .checkpoints and .access")

@@ -11,6 +11,11 @@ the range (sorted); nested values are JSON. CSV is for reading, not for verifica
 shape for (siem/formats.py): OCSF events and ECS documents of the requests and findings, a
 Splunk HEC event of every record; no checkpoint tail, as they are copies for a SIEM, not
 evidence (`jsonl` is).
+
+From a record log directory, a range with `since` starts where the sealed segments' footers
+and index say its first record lies (range_read.py: the segments and frames before are not
+read), and every format stops reading at the checkpoint after `until`: the cost of a range is
+that of the range, not of the log's history.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import orjson
 
 from vllm_audit_agent.records.chain import RECORD_TYPE_CHECKPOINT, RECORD_TYPE_REQUEST
 from vllm_audit_agent.records.fields import time_and_type
-from vllm_audit_agent.records.read_only import read_records
+from vllm_audit_agent.records.range_read import RangeStats, read_since
 from vllm_audit_agent.siem.formats import SIEM_FORMATS, encode
 
 FORMATS = ("jsonl", "csv", *SIEM_FORMATS)
@@ -71,15 +76,16 @@ def select(payloads: Iterator[bytes], since_ms: int | None, until_ms: int | None
 
 
 def export(records: Path | Callable[[], Iterator[bytes]], out: TextIO,
-           since_ms: int | None = None, until_ms: int | None = None, fmt: str = "jsonl") -> int:
+           since_ms: int | None = None, until_ms: int | None = None, fmt: str = "jsonl",
+           stats: RangeStats | None = None) -> int:
     """Writes the range to `out`; returns how many request records it holds. `records`: a
-    record log directory, or what reads the records oldest first (the WORM archive's reader),
-    called once per pass."""
+    record log directory (read from `since` on by its footers; `stats`: what that read), or
+    what reads the records oldest first (the WORM archive's reader), called once per pass."""
     if isinstance(records, Path):
         directory = records
 
         def read() -> Iterator[bytes]:
-            return read_records(directory)
+            return read_since(directory, since_ms, stats)
     else:
         read = records
     if fmt not in FORMATS:

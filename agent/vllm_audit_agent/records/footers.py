@@ -4,8 +4,10 @@ reading its records, kept in the sealed segment's index (storage/sealed.py, `met
 A footer is written when a finished segment is sealed (compressed), from the segment's records
 and what the log knows of it: its seq and time range, the hash of the record before it and of
 its last record, the log it belongs to and the Merkle tree's compact range after it, the roots
-of its checkpoints, the newest audit level it names, its records per type, their bytes, and how
-many records follow its last checkpoint.
+of its checkpoints, the newest audit level it names, its records per type, their bytes, how
+many records follow its last checkpoint, and time marks: at the end of each frame the sealed
+segment gets, the seq reached and the newest `recorded_unix_ms` up to it (a running maximum, so
+it only grows even if the clock stepped back), which a range read seeks by (range_read.py).
 
 A start (`plan_start`) takes the footers of the sealed segments from the oldest on, as long as
 each one checks (its index's CRC holds, it has a tree, and it follows the one before: seq and
@@ -14,12 +16,14 @@ least), and the newest sealed segments are read for what the agent remembers of 
 trails (RECALL_RECORDS). The first record read must follow the last footer used (seq and
 `prev_hash`), else the log is read whole (counted: `footer_fallbacks`, logged once).
 
-Threat model. Footers are hints for the log's own start, never evidence: `verify` and `export`
-read the records (every hash recomputed, every record's CRC checked) and ignore them. Whoever
-can write the data directory can forge a footer with a valid CRC — and could as well rewrite the
-segments; a start that trusts a forged tree would then sign checkpoints that `verify` finds
-disagree with the records (tree_mismatch), and anchors and witnesses held elsewhere catch a
-rewritten past as before. The CRC guards against damage, not against an attacker.
+Threat model. Footers are hints for the log's own start and for where a range read starts,
+never evidence: `verify` and `export` read the records (every hash recomputed, every record's
+CRC checked); a range read uses them only to skip what lies before its range (range_read.py
+says what that trusts). Whoever can write the data directory can forge a footer with a valid
+CRC — and could as well rewrite the segments; a start that trusts a forged tree would then
+sign checkpoints that `verify` finds disagree with the records (tree_mismatch), and anchors
+and witnesses held elsewhere catch a rewritten past as before. The CRC guards against damage,
+not against an attacker.
 """
 
 from __future__ import annotations
@@ -42,7 +46,8 @@ from vllm_audit_agent.records.chain import (
 )
 from vllm_audit_agent.records.merkle import CompactRange
 from vllm_audit_agent.records.retention import SegmentInfo, TreeState
-from vllm_audit_agent.storage.sealed import SealedIndex
+from vllm_audit_agent.storage.sealed import FRAME_RAW_BYTES, SealedIndex
+from vllm_audit_agent.storage.segment_format import HEADER_SIZE
 
 logger = logging.getLogger("vllm_audit.agent")
 
@@ -59,6 +64,9 @@ COUNTED_TYPES = (RECORD_TYPE_REQUEST, RECORD_TYPE_ACCESS, RECORD_TYPE_ADMIN, "fi
 #: Rare records a start needs whole wherever they lie (erasure: the content keys to destroy):
 #: a footer keeps them, so a start finds them without reading the segment.
 KEPT_TYPES = ("erasure",)
+#: Bytes of records between two time marks: a sealed frame's, so a range read can start at
+#: the frame before its first record; ~256 marks in a 64 MiB segment.
+MARK_BYTES = FRAME_RAW_BYTES
 
 
 def segment_footer(info: SegmentInfo | None, payloads: Iterable[bytes]) -> dict[str, Any]:
@@ -73,6 +81,8 @@ def segment_footer(info: SegmentInfo | None, payloads: Iterable[bytes]) -> dict[
     checkpointed = genesis = False
     nbytes = first_time = last_time = 0
     kept: list[dict[str, Any]] = []
+    marks: list[list[int]] = []
+    unmarked = marked_seq = marked_time = 0
     for payload in payloads:
         record = orjson.loads(payload)
         kind = str(record.get("type", RECORD_TYPE_REQUEST))
@@ -83,6 +93,15 @@ def segment_footer(info: SegmentInfo | None, payloads: Iterable[bytes]) -> dict[
             first, first_time = record, t
         last_time = max(last_time, t)
         last = record
+        # A mark at the last record of each frame the sealed segment will have (frames take
+        # whole records while they fit in FRAME_RAW_BYTES, sealed.py): a range read then
+        # starts at the frame just before its first record.
+        size = HEADER_SIZE + len(payload)
+        if unmarked and unmarked + size > MARK_BYTES:
+            marks.append([marked_seq, marked_time])
+            unmarked = 0
+        unmarked += size
+        marked_seq, marked_time = int(record.get("seq", 0)), last_time
         if kind == RECORD_TYPE_CHECKPOINT:
             checkpointed, since_checkpoint = True, 0
             if isinstance(record.get("tree_size"), int):
@@ -105,7 +124,7 @@ def segment_footer(info: SegmentInfo | None, payloads: Iterable[bytes]) -> dict[
         "genesis": genesis, "counts": dict(sorted(counts.items())), "payload_bytes": nbytes,
         "access_bytes": info.access_bytes if info is not None else 0,
         "checkpoint_roots": roots, "last_level": level, "checkpointed": checkpointed,
-        "since_checkpoint": since_checkpoint, "kept_records": kept,
+        "since_checkpoint": since_checkpoint, "kept_records": kept, "time_marks": marks,
         "tree_after": None if tree is None else {"size": tree.size,
                                                  "nodes": [n.hex() for n in tree.nodes]},
     }

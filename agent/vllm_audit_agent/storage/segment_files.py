@@ -7,6 +7,7 @@ index). What the offline readers (`export`, `verify`) use, so they need no scrat
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from vllm_audit_agent.storage.sealed import SEALED_FILE, sealed_name, walk_frames
@@ -32,13 +33,30 @@ def segment_indexes(directory: Path) -> list[tuple[int, bool]]:
     return sorted(found.items())
 
 
-def segment_chunks(directory: Path, index: int, sealed: bool) -> Iterator[tuple[bytes, bool]]:
-    """The raw record bytes of one segment: the plain file, or each intact frame; and whether
-    they are checked already (a frame: its CRC and zstd's content checksum held)."""
+@dataclass
+class ReadCounts:
+    """What a read opened: segment files whose records it read, frames it decompressed."""
+
+    segments: int = 0
+    frames: int = 0
+
+
+def segment_chunks(directory: Path, index: int, sealed: bool, offset: int = 0,
+                   counts: ReadCounts | None = None) -> Iterator[tuple[bytes, bool]]:
+    """The raw record bytes of one segment: the plain file, or each intact frame (from the
+    frame whose header starts at file `offset` on: frames are then found by their headers as
+    from the start, the index is not read); and whether they are checked already (a frame:
+    its CRC and zstd's content checksum held)."""
+    counts = counts if counts is not None else ReadCounts()
+    counts.segments += 1
     if not sealed:
         yield (directory / segment_name(index)).read_bytes(), False
         return
-    for frame in walk_frames((directory / sealed_name(index)).read_bytes()):
+    with open(directory / sealed_name(index), "rb") as f:
+        f.seek(offset)
+        data = f.read()  # to the end: the trailer tells walk_frames where the frames end
+    for frame in walk_frames(data):
+        counts.frames += 1
         if frame.raw is not None:
             yield frame.raw, True
 
@@ -63,14 +81,18 @@ def _split_checked(data: bytes, prev_seq: int | None) -> tuple[list[bytes], int 
     return out, prev_seq
 
 
-def read_segment_files(directory: Path, first_segment: int = 0
-                       ) -> Iterator[tuple[int, bytes]]:
-    """(segment, payload) of every intact record, oldest first."""
+def read_segment_files(directory: Path, first_segment: int = 0, first_offset: int = 0,
+                       counts: ReadCounts | None = None) -> Iterator[tuple[int, bytes]]:
+    """(segment, payload) of every intact record, oldest first; from `first_segment` on, in
+    it from the frame at file offset `first_offset` (a sealed one's: a plain one is read
+    whole). Segments are opened as the reader gets to them: one that stops early leaves the
+    rest unread."""
     prev_seq: int | None = None
     for index, sealed in segment_indexes(directory):
         if index < first_segment:
             continue
-        for data, checked in segment_chunks(directory, index, sealed):
+        offset = first_offset if index == first_segment and sealed else 0
+        for data, checked in segment_chunks(directory, index, sealed, offset, counts):
             split = _split_checked(data, prev_seq) if checked else None
             if split is not None:
                 payloads, prev_seq = split
