@@ -8,6 +8,10 @@
 - verify / export: `vllm-audit verify` and `vllm-audit export` (the CLI, in process, imports
              done before) over that log, records per CPU-second of the process (one core;
              on a shared machine wall time measures the neighbours) and wall time.
+- newest 1%: export and verify of the records recorded since the newest 1% began, on that
+             log and (export) on the restart's log: read from the log's start as before
+             (full scan) and by the sealed segments' footers and index (records/range_read.py),
+             CPU time, best of two, and what the seek opened.
 - restart:   RecordLog's own start (what the agent runs before /readyz) on a log of --records
              records. Writing 10M records through RecordLog takes hours, so the sealed segments
              are made directly with the log's segment writer (storage/sealed.py) in a fast
@@ -25,9 +29,12 @@ from __future__ import annotations
 import asyncio
 import gc
 import hashlib
+import itertools
+import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +43,13 @@ from bench_evidence import Row, new_log, record, timed_cli
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from vllm_audit_agent.records.chain import Signer, public_pem
+from vllm_audit_agent.records.export import export
+from vllm_audit_agent.records.fields import time_and_type
 from vllm_audit_agent.records.footers import FOOTER_VERSION
 from vllm_audit_agent.records.merkle import CompactRange
+from vllm_audit_agent.records.range_read import RangeStats, read_since
+from vllm_audit_agent.records.read_only import read_records
+from vllm_audit_agent.records.verify import verify_chain
 from vllm_audit_agent.storage.datadir import private_dir
 from vllm_audit_agent.storage.sealed import pack_sealed, sealed_name, write_file
 from vllm_audit_agent.storage.segment_format import HEADER_SIZE, Record, encode, segment_name
@@ -79,6 +91,13 @@ def bench_real_log(n: int = 100_000) -> list[Row]:
         out = Path(tmp) / "export.jsonl"
         export_s, export_cpu = _cpu_timed(["export", "--data-dir", str(directory.parent),
                                            "--output-file", str(out)])
+        newest = _newest_range_rows(directory, total, f"the {total // 1000}k log", signer)
+    return [*_rest_rows(sealed_records, at_rest, total, verify_s, verify_cpu, export_s,
+                        export_cpu), *newest]
+
+
+def _rest_rows(sealed_records: int, at_rest: float, total: int, verify_s: float,
+               verify_cpu: float, export_s: float, export_cpu: float) -> list[Row]:
     return [
         (f"record log at rest, sealed segments ({sealed_records:,} records)",
          f"{at_rest:.0f} B/record (before {BEFORE['bytes_per_record']:.0f})", "<= 200 B"),
@@ -104,6 +123,58 @@ def _cpu_timed(argv: list[str]) -> tuple[float, float]:
         best = (wall, cpu) if best is None or cpu < best[1] else best
     assert best is not None
     return best
+
+
+def _best_cpu(run: Callable[[], object]) -> float:
+    """CPU seconds of the faster of two runs (one core; wall time measures the neighbours)."""
+    best = float("inf")
+    for _ in range(2):
+        gc.collect()
+        c0 = time.process_time()
+        run()
+        best = min(best, time.process_time() - c0)
+    return best
+
+
+def _time_of(payload: bytes) -> int:
+    found = time_and_type(payload)
+    return found[0] if found is not None else int(orjson.loads(payload)["recorded_unix_ms"])
+
+
+def _scanned_from(directory: Path, since_ms: int) -> Iterator[bytes]:
+    """The log read from its first record, the records before `since` passed over: how a
+    range was read before the seek."""
+    return itertools.dropwhile(lambda p: _time_of(p) < since_ms, read_records(directory))
+
+
+def _newest_range_rows(directory: Path, total: int, name: str, signer: Signer | None
+                       ) -> list[Row]:
+    """Export (and, with the log's `signer`, verify) of the newest 1% of the log: a full
+    scan against the seek by footers."""
+    at = total - total // 100
+    since = next(_time_of(p) for p in itertools.islice(read_records(directory), at - 1, None))
+    stats = RangeStats()
+    with open(os.devnull, "w") as sink:
+        scan = _best_cpu(lambda: export(lambda: _scanned_from(directory, since), sink, since))
+        seek = _best_cpu(lambda: export(directory, sink, since))
+        export(directory, sink, since, stats=stats)  # what one seek opens
+    segments = len(list(directory.glob("ingest-*")))
+    opened = (f"{stats.counts.segments}/{segments} segments, {stats.counts.frames} frames "
+              "opened")
+    rows = [(f"export --since, newest 1% of {name}",
+             f"{seek * 1000:.0f} ms CPU, {opened} (before, full scan: {scan * 1000:.0f} ms)",
+             "")]
+    if signer is None:
+        return rows
+    key = signer.public_key
+    scan = _best_cpu(lambda: verify_chain(_scanned_from(directory, since), key, True))
+    checked = verify_chain(read_since(directory, since), key, True)
+    assert checked.intact, checked.broken
+    seek = _best_cpu(lambda: verify_chain(read_since(directory, since), key, True))
+    rows.append((f"verify --since, newest 1% of {name}",
+                 f"{seek * 1000:.0f} ms CPU, {checked.records:,} records (before, full scan: "
+                 f"{scan * 1000:.0f} ms)", ""))
+    return rows
 
 
 def _records_in(path: Path) -> int:
@@ -170,6 +241,9 @@ def make_log(directory: Path, n: int, log_id: str = "0" * 32) -> None:
             "access_bytes": 0, "checkpoint_roots": {}, "last_level": None,
             "checkpointed": False, "since_checkpoint": 0, "kept_records": [],
             "tree_after": {"size": tree.size, "nodes": [h.hex() for h in tree.nodes]}}
+        packed, index = pack_sealed(data, records, footer)
+        # Time marks as the log's footers have them (footers.py): at each frame's last record.
+        footer["time_marks"] = [[f.last_seq, t0 + f.last_seq] for f in index.frames[:-1]]
         packed, _ = pack_sealed(data, records, footer)
         write_file(directory / sealed_name(segment), packed, fsync=False)
         segment += 1
@@ -190,12 +264,14 @@ def bench_restart(n: int) -> list[Row]:
         assert log.head_seq == n and log.counters["started_from_footers"] > 0, log.counters
         footed, replayed = log.counters["started_from_footers"], log.counters["replayed_records"]
         log.close()
+        newest = _newest_range_rows(directory, n, f"these {n / 1e6:g}M records", None)
     before = BEFORE["restart_s_per_100k"] * n / 100_000
     return [
         (f"record log restart with {n / 1e6:g}M records on disk",
          f"{restart_s:.2f} s, {restart_cpu:.2f} CPU-s (before ~{before:.0f} s)", "<= 2 s at 10M"),
         ("  footers read / records read back", f"{footed} segments / {replayed:,} records", ""),
         ("  (made directly in, bytes on disk)", f"{made_s:.0f} s, {on_disk / 2**20:,.0f} MiB", ""),
+        *newest,
     ]
 
 
