@@ -1,6 +1,7 @@
 """The consumer's write path in two stages, so one batch's verification overlaps the previous
-batch's insert: `prepare` (the verifier fed, the logs' states taken, the store's columns built:
-Python work, under the GIL) and `write` (chDB's insert, which releases the GIL while
+batch's insert: `prepare` (the verifier fed, the logs' states taken, the store's columns built
+from the verifier's parse of each record — one parse per record, rows.py —: Python work, under
+the GIL) and `write` (chDB's insert, which releases the GIL while
 ClickHouse works, then the logs' states saved). The consumer prepares batch k+1 in one thread
 while batch k is written in another; batches are written, and their offsets committed, in
 order, each only after the one before is stored.
@@ -27,7 +28,7 @@ import orjson
 import pyarrow as pa
 
 from vllm_audit_agent.fleet.findings import FleetDetections
-from vllm_audit_agent.fleet.rows import columns
+from vllm_audit_agent.fleet.rows import Rows
 from vllm_audit_agent.fleet.store import FleetStore
 from vllm_audit_agent.fleet.verifier import FleetVerifier, RecordSource
 
@@ -123,10 +124,12 @@ class WritePath:
 
     def prepare(self, payloads: list[bytes], offsets: dict[Any, int]) -> Prepared:
         """Feeds `payloads` (may be none: the gaps of quiet logs are looked for all the same)."""
-        fed = self.verifier.feed(payloads)
+        # One parse per record: the verifier hands each record it keeps to the columns.
+        built = Rows(time.time_ns() // 1_000_000)
+        fed = self.verifier.feed(payloads, built.add)
         changed = fed.changed | self.verifier.gaps()
         self.unstored.add(fed.store)
-        rows = columns(fed.store, time.time_ns() // 1_000_000) if fed.store else None
+        rows = built.table() if fed.store else None
         return Prepared(payloads, offsets, fed.store, rows, self.verifier.states(changed))
 
     def write(self, batch: Prepared) -> int:

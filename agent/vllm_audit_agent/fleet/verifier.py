@@ -45,6 +45,7 @@ from vllm_audit_agent.records.chain import (
     raw_public_key,
     verify_signature,
 )
+from vllm_audit_agent.records.fields import ChainFields, parsed_fields
 from vllm_audit_agent.records.merkle import CompactRange
 from vllm_audit_agent.records.tree_check import TreeCheck, TreeFinding
 from vllm_audit_agent.records.verify import verify_chain
@@ -53,6 +54,10 @@ from vllm_audit_agent.records.verify import verify_chain
 STATUSES = ("waiting", "verified", "broken", "untrusted", "no_genesis")
 NO_WITNESSES = WitnessPolicy()
 PENDING_MAX = 200_000  # records waiting for a missing seq, per log, before it is a gap
+
+
+def _ignore(record: Any, payload: bytes) -> None:
+    """feed's `keep` when the caller builds no columns."""
 
 
 class RecordSource(Protocol):
@@ -99,7 +104,14 @@ class LogState:
     witness: Witnessing = field(default_factory=Witnessing)
     tree: _Resumed | None = None
     pending: dict[int, bytes] = field(default_factory=dict)
+    #: seq -> (the pending record, its chain fields from feed's parse); a claim verify_chain
+    #: checks as it checks one read from the bytes, used only for that very payload object.
+    claims: dict[int, tuple[bytes, ChainFields]] = field(default_factory=dict)
     waiting_since: float | None = None
+
+    def drop_pending(self) -> None:
+        self.pending.clear()
+        self.claims.clear()
 
     def unwitnessed_seconds(self, now_ms: int) -> float:
         """How long its oldest checkpoint has waited for a witness quorum (0: none waits)."""
@@ -160,43 +172,63 @@ class FleetVerifier:
             self._advance(log)
 
     # -- consuming -------------------------------------------------------------------------
-    def feed(self, payloads: Sequence[bytes]) -> Fed:
+    def feed(self, payloads: Sequence[bytes], keep: Callable[[Any, bytes], object] = _ignore
+             ) -> Fed:
         """Verifies what `payloads` complete. Records of a log's verified range are never
         stored again (a re-delivery is the same; a rewritten copy must not replace the
-        original), nor the second of two different records with one seq."""
+        original), nor the second of two different records with one seq. `keep`: called with
+        each record the store should keep, as parsed here, and its bytes, in `Fed.store`'s
+        order (the consumer builds the store's columns from this one parse: rows.Rows.add)."""
         fed = Fed()
         replayed: dict[str, dict[int, bytes]] = {}
         now_ms = time.time_ns() // 1_000_000
+        loads, store = orjson.loads, fed.store.append
         for payload in payloads:
             try:
-                record = orjson.loads(payload)
+                record = loads(payload)
                 log_id, seq = str(record.get("log_id") or ""), int(record["seq"])
             except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
                 continue  # unreadable: the store skips it too
-            log = self.logs.get(log_id) if log_id else None
+            if not log_id:  # written before log identities: stored, not verifiable here
+                store(payload)
+                keep(record, payload)
+                continue
+            log = self.logs.get(log_id)
             if log is None:
-                if not log_id:  # written before log identities: stored, not verifiable here
-                    fed.store.append(payload)
-                    continue
-                log = self.logs.setdefault(log_id, LogState(log_id))
+                log = self.logs[log_id] = LogState(log_id)
             log.last_record_ms = now_ms
             fed.changed.add(log_id)
-            if seq < log.first_seq:
-                fed.store.append(payload)  # before a partial start: kept, not verified
-            elif log.head_seq and seq <= log.head_seq:
-                replayed.setdefault(log_id, {})[seq] = payload
-            elif log.status not in ("waiting", "verified"):
-                fed.store.append(payload)  # kept as published, not verified
-            elif log.pending.setdefault(seq, payload) != payload:
-                self._break(log, seq, "conflicting_duplicate", "two different records with "
-                            f"seq {seq} arrived")
-            else:
-                fed.store.append(payload)
+            if self._route(log, seq, record, payload, replayed):
+                store(payload)
+                keep(record, payload)
         for log_id, seqs in replayed.items():
             self._check_replayed(self.logs[log_id], seqs)
         for log_id in fed.changed:
             self._advance(self.logs[log_id])
         return fed
+
+    def _route(self, log: LogState, seq: int, record: Any, payload: bytes,
+               replayed: dict[str, dict[int, bytes]]) -> bool:
+        """Where a record of `log` goes; True: to the store (verified when its run is complete,
+        or kept unverified), False: not stored (a replay, checked against the store after the
+        batch, or a conflicting copy)."""
+        if seq < log.first_seq:
+            return True  # before a partial start: kept, not verified
+        if log.head_seq and seq <= log.head_seq:
+            replayed.setdefault(log.log_id, {})[seq] = payload
+            return False
+        if log.status not in ("waiting", "verified"):
+            return True  # kept as published, not verified
+        first = log.pending.setdefault(seq, payload)
+        if first != payload:
+            self._break(log, seq, "conflicting_duplicate", "two different records with "
+                        f"seq {seq} arrived")
+            return False
+        if first is payload:  # its chain fields, from this parse: not read from the bytes again
+            fields = parsed_fields(record, payload)
+            if fields is not None:
+                log.claims[seq] = (payload, fields)
+        return True
 
     def _check_replayed(self, log: LogState, seqs: dict[int, bytes]) -> None:
         """Records at or below the head: a re-delivery must be the record verified there."""
@@ -211,10 +243,14 @@ class FleetVerifier:
         if log.status == "waiting" and not self._start(log):
             return
         run: list[bytes] = []
-        while log.status == "verified" and log.head_seq + 1 + len(run) in log.pending:
-            run.append(log.pending.pop(log.head_seq + 1 + len(run)))
+        fields: list[ChainFields | None] = []
+        while log.status == "verified" and (seq := log.head_seq + 1 + len(run)) in log.pending:
+            payload = log.pending.pop(seq)
+            claim = log.claims.pop(seq, None)
+            run.append(payload)
+            fields.append(claim[1] if claim is not None and claim[0] is payload else None)
         if run:
-            self._verify(log, run)
+            self._verify(log, run, fields)
         log.waiting_since = (log.waiting_since or self.clock()) if log.pending else None
 
     def _partial_start(self, log: LogState) -> bool:
@@ -234,12 +270,13 @@ class FleetVerifier:
                 log.status, log.reason = "untrusted", "untrusted_key"
                 log.detail = (f"the log's {record['type']} at seq {seq} (its genesis not seen) "
                               "is signed by no trusted log key")
-                log.pending.clear()
+                log.drop_pending()
                 return False
             start = seq
             while start - 1 in log.pending:
                 start -= 1
             log.pending = {s: p for s, p in log.pending.items() if s >= start}
+            log.claims.clear()  # optional: read from the bytes instead
             log.key, log.status, log.first_seq = signer, "verified", start
             log.tree = _Resumed(self.trusted[signer])
             log.head_seq, log.head = start - 1, b""
@@ -265,18 +302,20 @@ class FleetVerifier:
         if key is None:
             log.status, log.reason = "untrusted", "untrusted_key"
             log.detail = f"the genesis names key {log.key[:16]}…, not a trusted log key"
-            log.pending.clear()
+            log.drop_pending()
             return False
         log.status, log.tree = "verified", _Resumed(key)
         log.head_seq, log.head = first - 1, b""
         return True
 
-    def _verify(self, log: LogState, run: list[bytes]) -> None:
+    def _verify(self, log: LogState, run: list[bytes], fields: list[ChainFields | None]
+                ) -> None:
         assert log.tree is not None
         key = self.trusted[log.key]
         log.tree.through = log.head_seq if log.head else 0
         report = verify_chain([log.head, *run] if log.head else run, key,
-                              allow_unsigned_tail=True, tree=log.tree)
+                              allow_unsigned_tail=True, tree=log.tree,
+                              fields=[None, *fields] if log.head else fields)
         log.tree.summary.notes.clear()
         if report.broken is not None:
             self._break(log, report.broken.seq, report.broken.reason, report.broken.detail)
@@ -310,7 +349,7 @@ class FleetVerifier:
 
     def _break(self, log: LogState, seq: int, reason: str, detail: str) -> None:
         log.status, log.break_seq, log.reason, log.detail = "broken", seq, reason, detail
-        log.pending.clear()
+        log.drop_pending()
         log.tree = None
 
     # -- time ------------------------------------------------------------------------------
@@ -335,7 +374,7 @@ class FleetVerifier:
                     log.detail = (f"the log's first record here is seq {first}, not its "
                                   "genesis, and no checkpoint or seal a trusted key signed "
                                   "follows: its records are not verified")
-                log.pending.clear()
+                log.drop_pending()
             else:
                 missing = log.head_seq + 1
                 self._break(log, missing, "seq_gap", f"seq {missing} missing for "

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 #: Types whose records are always parsed (their own signatures, the tree's start and notes).
 PARSED_TYPES = frozenset({b"checkpoint", b"genesis", b"seal", b"cosignature", b"erasure"})
@@ -88,6 +88,32 @@ def chain_fields(payload: bytes) -> ChainFields | None:
             return None
     return ChainFields(int(match.group()), stored[1:-1].decode(), prev[1:-1].decode(), log_id,
                        kind.decode(), hash_at - len(_HASH) + 1)
+
+
+def parsed_fields(record: Any, payload: bytes) -> ChainFields | None:
+    """The chain fields of a record parsed already (the fleet consumer parses each record once,
+    for its store columns and its routing, and hands the verifier these): the values are the
+    record's own, so only where its `"hash"` member sits is looked for in the bytes — the
+    member with that very value, taken when it occurs once (then it is the record's; a nested
+    copy of it sends the record to the exact path). 0.3 µs where chain_fields' regex pass
+    costs ~6 on a 2.8 KB record. None as chain_fields: a signed type, or a field of another
+    form than the log writes (the record is then parsed and checked exactly)."""
+    if record.__class__ is not dict:
+        return None
+    seq, kind, prev, stored = record.get("seq"), record.get("type"), record.get("prev_hash"), \
+        record.get("hash")
+    log_id = record.get("log_id")
+    if seq.__class__ is not int or kind.__class__ is not str or prev.__class__ is not str \
+            or stored.__class__ is not str or len(prev) != _HEX_LEN or len(stored) != _HEX_LEN \
+            or (log_id is not None and log_id.__class__ is not str):
+        return None
+    if kind.encode() in PARSED_TYPES:
+        return None
+    member = _HASH + stored.encode() + b'"'
+    at = payload.find(member)
+    if at < 0 or payload.find(member, at + 1) >= 0:
+        return None
+    return ChainFields(seq, stored, prev, log_id, kind, at)
 
 
 def _is_hex_string(value: bytes) -> bool:

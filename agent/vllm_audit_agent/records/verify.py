@@ -31,7 +31,7 @@ ends its log with a checkpoint; an export extends to the checkpoint after its ra
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,7 +49,7 @@ from vllm_audit_agent.records.chain import (
     stored_hash_matches,
     verify_signature,
 )
-from vllm_audit_agent.records.fields import chain_fields, hash_matches
+from vllm_audit_agent.records.fields import ChainFields, chain_fields, hash_matches
 from vllm_audit_agent.records.read_only import read_records
 from vllm_audit_agent.records.tree_check import TREE_BREAK_REASONS, TreeCheck, TreeFinding
 
@@ -100,12 +100,16 @@ class Report:
 
 def verify_chain(payloads: Iterable[bytes], public_key: Ed25519PublicKey,
                  allow_unsigned_tail: bool = False, tree: TreeCheck | None = None,
-                 sealed_start: bool = False) -> Report:
+                 sealed_start: bool = False,
+                 fields: Sequence[ChainFields | None] | None = None) -> Report:
     """`tree`: the identity/tree/anchor checks (a plain TreeCheck by default).
-    `sealed_start`: a log directory, which must start at its genesis or a seal."""
+    `sealed_start`: a log directory, which must start at its genesis or a seal.
+    `fields`: one per payload, its chain fields found already (fields.parsed_fields: the
+    fleet consumer parses each record once); None for a payload: read from its bytes. A claim
+    either way: checked as one read from the bytes is."""
     report = Report()
     tree = tree if tree is not None else TreeCheck(public_key)
-    found = _verify_records(payloads, public_key, tree, report)
+    found = _verify_records(payloads, public_key, tree, report, fields)
     if report.broken is not None:
         return report
     if found is not None:
@@ -128,7 +132,8 @@ def verify_chain(payloads: Iterable[bytes], public_key: Ed25519PublicKey,
 
 
 def _verify_records(payloads: Iterable[bytes], public_key: Ed25519PublicKey, tree: TreeCheck,
-                    report: Report) -> TreeFinding | None:
+                    report: Report, fields: Sequence[ChainFields | None] | None = None
+                    ) -> TreeFinding | None:
     """The chain checks record by record, and the tree's; the tree's first finding.
 
     A plain record (not of a signed type) whose chain fields, read from its bytes
@@ -137,8 +142,11 @@ def _verify_records(payloads: Iterable[bytes], public_key: Ed25519PublicKey, tre
     from the parsed record."""
     prev: tuple[int, str] | None = None  # (seq, hash) of the record before
     since_checkpoint: int | None = None  # first seq not yet covered by a checkpoint
-    for payload in payloads:
-        fast = chain_fields(payload)
+    claimed: Iterable[tuple[bytes, ChainFields | None]] = \
+        zip(payloads, fields, strict=True) if fields is not None else \
+        ((payload, None) for payload in payloads)
+    for payload, known in claimed:
+        fast = known if known is not None else chain_fields(payload)
         if fast is not None and (prev is None or (fast.seq == prev[0] + 1
                                                   and fast.prev_hash == prev[1])) \
                 and hash_matches(payload, fast):
