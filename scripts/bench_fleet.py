@@ -42,6 +42,8 @@ from vllm_audit_agent.records.read_only import read_records
 DAY_MS, DAYS, LOGS = fleet_synth.DAY_MS, fleet_synth.DAYS, fleet_synth.LOGS  # the same rows
 USERS, TENANTS, MODELS = fleet_synth.USERS, fleet_synth.TENANTS, fleet_synth.MODELS
 BATCH = FleetConfig().max_batch_records  # the consumer's default --max-batch-records
+#: The write path's figures before each record was parsed once (README, at load ~1.5).
+BEFORE = {"insert": "44.3k", "consumed": "31.7k", "serial": "-"}
 
 
 def records(n: int, now_ms: int, seed: int = 7) -> Iterator[list[bytes]]:
@@ -111,19 +113,23 @@ def signed_log(n: int, tmp: Path) -> tuple[Ed25519PrivateKey, list[bytes]]:
 
 
 def bench_consume(key: Ed25519PrivateKey, payloads: list[bytes], db: str, pipelined: bool
-                  ) -> tuple[float, float]:
+                  ) -> tuple[float, float, float]:
     """records/s through the consumer's write path (fleet/pipeline.py, as FleetConsumer runs
     it, in its batches): each log verified (chain, tree, signed checkpoints) and the rows
     built, then FleetStore's insert and the logs' states saved — the next batch prepared while
-    chDB inserts this one (`pipelined`), or one after the other."""
+    chDB inserts this one (`pipelined`), or one after the other. (wall, per CPU-second, µs of
+    CPU per record in `prepare`'s thread: the Python half, which holds the GIL)."""
     store = FleetStore.open(db)
+    prepare_cpu = 0.0
     try:
         path = WritePath(store, FleetVerifier(store, [key.public_key()]))
         t0, c0 = time.perf_counter(), time.process_time()
         with ThreadPoolExecutor(1) as writer:
             writing: Future[int] | None = None
             for i in range(0, len(payloads), BATCH):
+                p0 = time.thread_time()
                 batch = path.prepare(payloads[i:i + BATCH], {})
+                prepare_cpu += time.thread_time() - p0
                 if writing is not None:
                     writing.result()
                 writing = writer.submit(path.write, batch)
@@ -136,7 +142,7 @@ def bench_consume(key: Ed25519PrivateKey, payloads: list[bytes], db: str, pipeli
         assert state["status"] == "verified" and state["head_seq"] == len(payloads), state
     finally:
         store.close()
-    return len(payloads) / spent, len(payloads) / cpu
+    return len(payloads) / spent, len(payloads) / cpu, prepare_cpu / len(payloads) * 1e6
 
 
 def bench_list(store: FleetStore, now_ms: int, scope: str, count: int, rounds: int
@@ -173,7 +179,8 @@ def stored_bytes(store: FleetStore) -> tuple[int, int, int]:
 def main(print_rows: Callable[[list[tuple[str, str, str]]], None], total: int = 10_000_000,
          insert_n: int = 200_000, consume_n: int = 100_000) -> None:
     """FLEET_BENCH_STORE=DIR keeps the 10M-row store there (made once: ~5 minutes on two idle
-    cores) for the query figures of later runs."""
+    cores) for the query figures of later runs; FLEET_BENCH_WRITE_ONLY=1 prints the write
+    path's figures only (no 10M-row store, no queries)."""
     now_ms = time.time_ns() // 1_000_000
     with tempfile.TemporaryDirectory() as tmp:
         store = FleetStore.open(f"{tmp}/ins")
@@ -185,12 +192,30 @@ def main(print_rows: Callable[[list[tuple[str, str, str]]], None], total: int = 
         key, payloads = signed_log(consume_n, Path(tmp))
         # Best of two, the modes alternated: on a shared machine the second core (what the
         # pipeline uses) comes and goes.
-        runs: dict[bool, list[tuple[float, float]]] = {True: [], False: []}
+        runs: dict[bool, list[tuple[float, float, float]]] = {True: [], False: []}
         for n in range(2):
             for pipelined in (True, False):
                 runs[pipelined].append(bench_consume(key, payloads, f"{tmp}/db{n}{pipelined}",
                                                      pipelined))
         consumed, serial = max(runs[True]), max(runs[False])
+    write_rows = [
+        (f"fleet store insert, one consumer path ({insert_n // 1000}k records, batches of "
+         f"{BATCH}): wall / per CPU-second", f"{rate / 1000:.1f}k / {rate_cpu / 1000:.1f}k "
+         "records/s", f">= 50k/s (before: {BEFORE['insert']})"),
+        ("  canonical record size (summary level)", f"{payload_bytes} B", ""),
+        (f"  with each log verified as consumed ({consume_n // 1000}k signed records), "
+         "the next batch verified while chDB inserts (best of 2)", f"{consumed[0] / 1000:.1f}k / "
+         f"{consumed[1] / 1000:.1f}k records/s", f">= 50k/s (before: {BEFORE['consumed']})"),
+        ("  the same, verify then insert one after the other (best of 2)",
+         f"{serial[0] / 1000:.1f}k / {serial[1] / 1000:.1f}k records/s",
+         f"(before: {BEFORE['serial']})"),
+        ("  where a record's CPU goes: prepare (one parse, verify, columns; holds the GIL) / "
+         "the rest (chDB's insert and merges, states)",
+         f"{serial[2]:.1f} / {1e6 / serial[1] - serial[2]:.1f} µs", ""),
+    ]
+    if os.environ.get("FLEET_BENCH_WRITE_ONLY"):
+        print_rows([*write_rows, _load_row()])
+        return
     with tempfile.TemporaryDirectory() as tmp:
         kept = os.environ.get("FLEET_BENCH_STORE")
         store = FleetStore.open(kept or f"{tmp}/big")
@@ -210,17 +235,8 @@ def main(print_rows: Callable[[list[tuple[str, str, str]]], None], total: int = 
             rows, size, parts = stored_bytes(store)
         finally:
             store.close()
-    load = os.getloadavg()[0]
     print_rows([
-        (f"fleet store insert, one consumer path ({insert_n // 1000}k records, batches of "
-         f"{BATCH}): wall / per CPU-second", f"{rate / 1000:.1f}k / {rate_cpu / 1000:.1f}k "
-         "records/s", ">= 50k/s"),
-        ("  canonical record size (summary level)", f"{payload_bytes} B", ""),
-        (f"  with each log verified as consumed ({consume_n // 1000}k signed records), "
-         "the next batch verified while chDB inserts (best of 2)", f"{consumed[0] / 1000:.1f}k / "
-         f"{consumed[1] / 1000:.1f}k records/s", ">= 50k/s"),
-        ("  the same, verify then insert one after the other (best of 2)",
-         f"{serial[0] / 1000:.1f}k / {serial[1] / 1000:.1f}k records/s", ""),
+        *write_rows,
         (f"one user's last 30 days, newest 50, over {total / 1e6:g}M records, p50 / p99 "
          "(p99 CPU)", f"{user[0]:.1f} / {user[1]:.1f} ({user[2]:.1f}) ms", "p99 <= 100 ms"),
         (f"one tenant's last 30 days, newest 50 ({TENANTS} tenants), p50 / p99 (p99 CPU)",
@@ -231,6 +247,10 @@ def main(print_rows: Callable[[list[tuple[str, str, str]]], None], total: int = 
          f"{same} / 1000", "1000 / 1000"),
         (f"bytes per stored summary record (system.parts, {parts} parts, as inserted)",
          f"{size / rows:.0f} B", "<= 200 B"),
-        ("  load average (1 min) at the end: figures by the wall clock need an idle machine",
-         f"{load:.1f} on {os.cpu_count()} cores", ""),
+        _load_row(),
     ])
+
+
+def _load_row() -> tuple[str, str, str]:
+    return ("  load average (1 min) at the end: figures by the wall clock need an idle machine",
+            f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores", "")
