@@ -25,7 +25,12 @@ from tests.support.agent_harness import tokens_file as harness_tokens_file
 from vllm_audit.v1 import events_pb2 as pb
 from vllm_audit.v1 import query_pb2 as q
 from vllm_audit.v1 import query_pb2_grpc
-from vllm_audit_agent.api.tokens import ADMIN_TOKEN_FILE, TokenTable
+from vllm_audit_agent.api.tokens import (
+    ADMIN_TOKEN_FILE,
+    ADMIN_TOKEN_PREFIX,
+    TokenTable,
+    ensure_admin_token,
+)
 from vllm_audit_agent.cli.client import ClientTls, aio_channel
 from vllm_audit_agent.server import AgentHandle, running_agent
 
@@ -184,6 +189,10 @@ async def test_local_admin_token_is_private_kept_and_used_by_the_cli(tmp_path: P
         token_path = data_dir / ADMIN_TOKEN_FILE
         assert stat.S_IMODE(token_path.stat().st_mode) == 0o600
         first = token_path.read_text()
+        # Never an option's look-alike: a token starting with "-" broke `--token <it>`.
+        assert first.startswith(ADMIN_TOKEN_PREFIX)
+        made = {ensure_admin_token(tmp_path / f"d{i}") for i in range(200)}
+        assert len(made) == 200 and not any(t.startswith("-") for t in made)
         env = {**os.environ, "VLLM_AUDIT_DATA_DIR": str(data_dir)}
         env.pop("VLLM_AUDIT_TOKEN", None)
         cli = [sys.executable, "-m", "vllm_audit_agent.cli"]

@@ -124,6 +124,10 @@ def _parse_entry(path: Path, i: int, entry: object) -> tuple[str, Principal]:
     return sha, Principal(subject, role, tenant, sha[:12])
 
 
+#: What every admin token the agent makes starts with.
+ADMIN_TOKEN_PREFIX = "vla_"
+
+
 def ensure_admin_token(data_dir: Path) -> str:
     """The local admin token in `data_dir/admin.token`, created (0600) if missing."""
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -137,7 +141,9 @@ def ensure_admin_token(data_dir: Path) -> str:
         if path.stat().st_mode & 0o077:
             logger.warning("%s is readable by others than its owner; chmod 600 it", path)
         return token
-    token = secrets.token_urlsafe(32)
+    # The prefix names the token to secret scanners, and a token never starts with "-" (one
+    # in 64 of bare token_urlsafe did: `--token <it>` was then read as an option).
+    token = ADMIN_TOKEN_PREFIX + secrets.token_urlsafe(32)
     with os.fdopen(fd, "w") as f:
         f.write(token + "\n")
         f.flush()
