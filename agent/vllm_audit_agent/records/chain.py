@@ -68,6 +68,10 @@ RECORD_TYPE_FINDING = "finding"
 #: Content keys destroyed: one subject's on request, or a period's by content retention
 #: (erasure.py).
 RECORD_TYPE_ERASURE = "erasure"
+#: What checkpoints are about: the records counted towards --checkpoint-every, and a log that
+#: ends with one of these after its last checkpoint writes one more at a clean stop (verify
+#: calls them an unsigned tail otherwise). Footers count them too (footers.py).
+COVERED_TYPES = (RECORD_TYPE_REQUEST, RECORD_TYPE_ACCESS, RECORD_TYPE_ADMIN, RECORD_TYPE_FINDING)
 #: Record types whose Ed25519 `signature` covers them (signed_bytes) besides the chain.
 SIGNED_TYPES = frozenset({"checkpoint", "genesis", "seal", "erasure"})
 #: What the record log adds to a record: its kind, when it entered the log, its place in the

@@ -37,7 +37,7 @@ from typing import Any
 import orjson
 
 from vllm_audit_agent.records.chain import (
-    RECORD_TYPE_ACCESS,
+    COVERED_TYPES,
     RECORD_TYPE_ADMIN,
     RECORD_TYPE_CHECKPOINT,
     RECORD_TYPE_GENESIS,
@@ -59,8 +59,6 @@ FOOTER_VERSION = 1
 #: costs ~10 us a record (orjson), so this bounds a start's time: the ingest WAL holds the
 #: trails of the last minutes, and at 100 requests/s 50k records are over 8 minutes.
 RECALL_RECORDS = 50_000
-#: Record types checkpoints are about (log.py counts them towards --checkpoint-every).
-COUNTED_TYPES = (RECORD_TYPE_REQUEST, RECORD_TYPE_ACCESS, RECORD_TYPE_ADMIN, "finding")
 #: Rare records a start needs whole wherever they lie (erasure: the content keys to destroy):
 #: a footer keeps them, so a start finds them without reading the segment.
 KEPT_TYPES = ("erasure",)
@@ -106,7 +104,7 @@ def segment_footer(info: SegmentInfo | None, payloads: Iterable[bytes]) -> dict[
             checkpointed, since_checkpoint = True, 0
             if isinstance(record.get("tree_size"), int):
                 roots[str(record["tree_size"])] = str(record.get("root_hash", ""))
-        elif kind in COUNTED_TYPES:
+        elif kind in COVERED_TYPES:
             since_checkpoint += 1
         elif kind == RECORD_TYPE_GENESIS:
             genesis, roots = True, {}

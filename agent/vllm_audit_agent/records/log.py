@@ -55,13 +55,11 @@ from pathlib import Path
 from typing import Any
 
 from vllm_audit_agent.records.chain import (
+    COVERED_TYPES,
     GENESIS_HASH,
-    RECORD_TYPE_ACCESS,
-    RECORD_TYPE_ADMIN,
     RECORD_TYPE_CHECKPOINT,
     RECORD_TYPE_COSIGNATURE,
     RECORD_TYPE_ERASURE,
-    RECORD_TYPE_FINDING,
     RECORD_TYPE_GENESIS,
     RECORD_TYPE_LEVEL,
     RECORD_TYPE_REQUEST,
@@ -96,9 +94,6 @@ DEAD_LETTER_NAME = "dead-letter.jsonl"
 OnRecorded = Callable[[], None]
 CheckpointListener = Callable[[dict[str, Any]], None]
 RecordListener = Callable[[dict[str, Any]], None]
-#: What checkpoints are about: a log that ends with one of these after its last checkpoint
-#: writes one more at a clean stop (verify calls them an unsigned tail otherwise).
-COVERED_TYPES = (RECORD_TYPE_REQUEST, RECORD_TYPE_ACCESS, RECORD_TYPE_ADMIN, RECORD_TYPE_FINDING)
 
 
 class RecordLog:

@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 
 from vllm_audit_agent.records.chain import (
+    COVERED_TYPES,
     GENESIS_HASH,
     RECORD_TYPE_ACCESS,
     RECORD_TYPE_ADMIN,
@@ -31,7 +32,7 @@ from vllm_audit_agent.records.chain import (
 )
 from vllm_audit_agent.records.entry import TOPICS, Entry, entry_of
 from vllm_audit_agent.records.erasure import erased_by
-from vllm_audit_agent.records.footers import COUNTED_TYPES, StartPlan, plan_start
+from vllm_audit_agent.records.footers import StartPlan, plan_start
 from vllm_audit_agent.records.merkle import CompactRange
 from vllm_audit_agent.records.recorded_before import RecordedBefore
 from vllm_audit_agent.records.retention import SegmentInfo
@@ -197,7 +198,7 @@ class _Replay:
                 self.tail_bytes -= len(self.tail.popleft().value)
         if kind == RECORD_TYPE_CHECKPOINT:
             self.since_checkpoint = 0
-        elif kind in COUNTED_TYPES:
+        elif kind in COVERED_TYPES:
             self.since_checkpoint += 1
         if kind == RECORD_TYPE_ERASURE:
             self.erasures.append(record)
