@@ -11,39 +11,12 @@ from typing import Any
 import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from tests.support.sealed_logs import SEGMENT_BYTES, open_log, write_log
 from vllm_audit_agent.records.chain import Signer
 from vllm_audit_agent.records.log import RecordLog
 from vllm_audit_agent.records.log_start import CURSOR_NAME, read_start
 from vllm_audit_agent.storage.sealed import TRAILER, TRAILER_MAGIC
 from vllm_audit_agent.storage.wal import WriteAheadLog
-
-SEGMENT_BYTES = 64 << 10
-
-
-def request(i: int) -> dict[str, Any]:
-    return {"schema": 1, "request_id": f"req-{i}", "trail_id": f"req-{i}", "latency_ms": 12.5,
-            "model": "tiny", "prompt": "the same prompt " * 40}
-
-
-def open_log(path: Path, signer: Signer) -> RecordLog:
-    return RecordLog(path, 1 << 30, "batch", signer, checkpoint_every=50,
-                     segment_bytes=SEGMENT_BYTES)
-
-
-async def write_log(path: Path, signer: Signer, n: int) -> RecordLog:
-    """A stopped log of `n` requests: sealed segments, then an open one with records."""
-    log = open_log(path, signer)
-    for i in range(n):
-        log.append(request(i))
-        if i % 40 == 39:
-            await log.write_pending()
-    log.record_level("AUDIT_LEVEL_SUMMARY", "test")
-    log.checkpoint()
-    await log.write_pending()
-    while await log.seal_finished() is not None:
-        pass
-    log.close()
-    return log
 
 
 def state_of(log: RecordLog) -> tuple[Any, ...]:

@@ -14,40 +14,13 @@ from typing import Any
 import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from tests.support.sealed_logs import open_log, request, write_log
 from vllm_audit_agent.records.chain import Signer
 from vllm_audit_agent.records.export import export
 from vllm_audit_agent.records.log import RecordLog
 from vllm_audit_agent.records.read_only import read_records
 from vllm_audit_agent.records.verify import verify_chain
 from vllm_audit_agent.storage.sealed import TRAILER, TRAILER_MAGIC, read_index, sealed_name
-
-SEGMENT_BYTES = 64 << 10
-
-
-def request(i: int) -> dict[str, Any]:
-    # Like a summary record: mostly the same fields, a few that change.
-    return {"schema": 1, "request_id": f"req-{i}", "trail_id": f"req-{i}", "latency_ms": 12.5,
-            "model": "tiny", "user": f"user-{i % 7}", "prompt": "the same prompt " * 40}
-
-
-def open_log(path: Path, signer: Signer, **kw: Any) -> RecordLog:
-    return RecordLog(path, 1 << 30, "batch", signer, checkpoint_every=50,
-                     segment_bytes=SEGMENT_BYTES, **kw)
-
-
-async def write_log(path: Path, signer: Signer, n: int, seal: bool = True) -> RecordLog:
-    log = open_log(path, signer, seal_segments=seal)
-    for i in range(n):
-        log.append(request(i))
-        if i % 40 == 39:
-            await log.write_pending()
-    log.record_level("AUDIT_LEVEL_SUMMARY", "test")
-    log.checkpoint()
-    await log.write_pending()
-    while await log.seal_finished() is not None:
-        pass
-    log.close()
-    return log
 
 
 def state_of(log: RecordLog) -> tuple[Any, ...]:

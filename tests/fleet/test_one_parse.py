@@ -7,7 +7,6 @@ verifier and a real chDB store."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,15 +26,6 @@ from vllm_audit_agent.fleet.verifier import FleetVerifier
 from vllm_audit_agent.records.chain import Signer, seal
 from vllm_audit_agent.records.fields import chain_fields, parsed_fields
 from vllm_audit_agent.records.verify import verify_chain
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[FleetStore]:
-    opened = FleetStore.open(str(tmp_path / "chdb"))
-    try:
-        yield opened
-    finally:
-        opened.close()
 
 
 # -- the claim from the parse ----------------------------------------------------------------

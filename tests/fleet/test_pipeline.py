@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
@@ -24,15 +23,6 @@ from vllm_audit_agent.fleet.store import FleetStore
 from vllm_audit_agent.fleet.verifier import FleetVerifier
 from vllm_audit_agent.records.chain import seal
 from vllm_audit_agent.records.entry import TOPICS
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[FleetStore]:
-    opened = FleetStore.open(str(tmp_path / "chdb"))
-    try:
-        yield opened
-    finally:
-        opened.close()
 
 
 def rewritten(payload: bytes) -> bytes:

@@ -3,8 +3,6 @@ never shown (the consumer is at-least-once and trails are re-recorded per revisi
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -23,15 +21,6 @@ def request(seq: int, trail: str, revision: int, ts: int, **fields: Any) -> byte
               "model": "m1", "state": "TRAIL_STATE_FINISHED", "status_code": 200,
               "gen_ai.usage.input_tokens": 10, "gen_ai.usage.output_tokens": 4, **fields}
     return orjson.dumps(record, option=orjson.OPT_SORT_KEYS)
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[FleetStore]:
-    opened = FleetStore.open(str(tmp_path / "chdb"))
-    try:
-        yield opened
-    finally:
-        opened.close()
 
 
 def trails(records: list[dict[str, Any]]) -> list[tuple[str, int]]:

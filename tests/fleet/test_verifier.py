@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
-import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from vllm_audit_agent.fleet.store import FleetStore
@@ -44,15 +42,6 @@ def by_topic(payloads: list[bytes]) -> list[bytes]:
         out.append(q.pop(0))
         queues = [q for q in queues if q]
     return out
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[FleetStore]:
-    opened = FleetStore.open(str(tmp_path / "chdb"))
-    try:
-        yield opened
-    finally:
-        opened.close()
 
 
 def consume(store: FleetStore, verifier: FleetVerifier, payloads: list[bytes], batch: int

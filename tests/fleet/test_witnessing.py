@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
@@ -28,15 +27,6 @@ from vllm_audit_agent.records.note import Checkpoint, SignedNote, cosign, parse
 from vllm_audit_agent.records.read_only import read_records
 
 W1, W2 = "witness.test/w1", "witness.test/w2"
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[FleetStore]:
-    opened = FleetStore.open(str(tmp_path / "chdb"))
-    try:
-        yield opened
-    finally:
-        opened.close()
 
 
 class Pod:
