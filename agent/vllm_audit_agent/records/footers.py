@@ -56,9 +56,12 @@ FOOTER_VERSION = 1
 #: until their request and admin records reach this): what the agent remembers of its newest
 #: trails (recorded_before.py) and the event ids replaying the ingest WAL is de-duplicated
 #: against. Before footers the whole log was read and up to 1M event ids kept; reading back
-#: costs ~10 us a record (orjson), so this bounds a start's time: the ingest WAL holds the
-#: trails of the last minutes, and at 100 requests/s 50k records are over 8 minutes.
-RECALL_RECORDS = 50_000
+#: costs ~10 us a record (orjson), so this bounds a start's time (~10 CPU-s at most). It must
+#: reach back as far as the ingest WAL replays: a trail replayed whose record is not recalled
+#: is recorded again, a second record under the same event id. 50k was too few: a 20 s Kafka
+#: outage at 10k requests/s kept ~280k trails in the ingest WAL (the combined fault test).
+#: A bound by the ingest WAL's oldest event time instead of a count is the better fix.
+RECALL_RECORDS = 1_000_000
 #: Rare records a start needs whole wherever they lie (erasure: the content keys to destroy):
 #: a footer keeps them, so a start finds them without reading the segment.
 KEPT_TYPES = ("erasure",)
