@@ -30,14 +30,14 @@ tools:
 	bash scripts/install_test_tools.sh
 
 test: lint tools
-	VLLM_AUDIT_GRAFANA_SCHEMA_DIR=$(CURDIR)/.cache/grafana-schema $(PY) -m pytest -q -rs
+	VLLM_AUDIT_GRAFANA_SCHEMA_DIR=$(CURDIR)/.cache/grafana-schema $(PY) -m pytest -q -rfEs
 
 test-fast: install
 	$(PY) -m pytest -q -m "not vllm and not faults"
 
 # The fault suite alone (also part of `make test`), with its table of what each fault cost.
 faults: install
-	$(PY) -m pytest -q -rs tests/faults
+	$(PY) -m pytest -q -rfEs tests/faults
 
 demo: install
 	$(PY) scripts/demo.py
