@@ -61,6 +61,7 @@ from vllm_audit_agent.detections.engine import RuleEngine
 from vllm_audit_agent.detections.metrics import DetectionCollector
 from vllm_audit_agent.detections.runner import DetectionRunner
 from vllm_audit_agent.detections.settings import load_settings
+from vllm_audit_agent.ingest.replay_bound import recall_since_ms
 from vllm_audit_agent.ingest.service import IngestServicer, replay_wal
 from vllm_audit_agent.log_limit import LIMITED_LOGGERS, LogRateLimit
 from vllm_audit_agent.log_limit import install as install_log_limit
@@ -110,8 +111,10 @@ def _gpu_reader(kind: str) -> GpuReader | None:
 #: meanwhile); a witness that does not answer is counted and skipped.
 START_CHECK_TIMEOUT_S = 5.0
 
-def _record_log(config: AgentConfig, kind: Callable[..., RecordLog] = RecordLog) -> RecordLog:
-    """`kind`: RecordLog, or a subclass (tests inject failures with one)."""
+def _record_log(config: AgentConfig, kind: Callable[..., RecordLog] = RecordLog,
+                recall_since_ms: int | None = None) -> RecordLog:
+    """`kind`: RecordLog, or a subclass (tests inject failures with one); `recall_since_ms`:
+    how far back its start reads records, for the ingest WAL's replay (replay_bound.py)."""
     return kind(config.data_dir / "records", config.record_log_max_bytes, config.wal_fsync,
                      load_or_create_signer(config.signing_key_file, config.data_dir),
                      retention_days=config.record_retention_days,
@@ -121,7 +124,8 @@ def _record_log(config: AgentConfig, kind: Callable[..., RecordLog] = RecordLog)
                      expire_by_size=config.record_expire_by_size,
                      identity=identity_from_env(),
                      # Retention deletes whole segments: ~1/16 of the cap each.
-                     segment_bytes=max(1024, min(64 << 20, config.record_log_max_bytes // 16)))
+                     segment_bytes=max(1024, min(64 << 20, config.record_log_max_bytes // 16)),
+                     recall_since_ms=recall_since_ms)
 
 
 #: The start-up warning for content keys inside the data directory.
@@ -250,7 +254,7 @@ async def _running_agent(config: AgentConfig, publisher: Publisher | None,
                          log_limit: LogRateLimit) -> AsyncIterator[AgentHandle]:
     wal = WriteAheadLog(config.data_dir, config.wal_max_bytes, config.wal_fsync,
                         config.wal_segment_bytes or None)
-    records = _record_log(config, record_log)
+    records = _record_log(config, record_log, recall_since_ms(wal))
     archiver = _archiver(config, records)  # before anything can reclaim the log
     publisher = publisher or _publisher(config)
     gpu = GpuSampler(gpu_reader or _gpu_reader(config.gpu), config.gpu_interval_seconds)

@@ -11,7 +11,8 @@ from typing import Any
 import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from tests.support.sealed_logs import SEGMENT_BYTES, open_log, write_log
+from tests.support.sealed_logs import SEGMENT_BYTES, open_log, request, write_log
+from vllm_audit_agent.records import footers as footers_module
 from vllm_audit_agent.records.chain import Signer
 from vllm_audit_agent.records.log import RecordLog
 from vllm_audit_agent.records.log_start import CURSOR_NAME, read_start
@@ -107,3 +108,42 @@ async def test_reading_a_start_changes_nothing(tmp_path: Path) -> None:
         assert start.counters["started_from_footers"] >= 1
     assert first.tree is not None and second.tree is not None and written.tree is not None
     assert first.tree.root() == second.tree.root() == written.tree.root()
+
+
+async def test_a_start_reads_back_every_segment_at_or_after_the_ingest_bound(
+        tmp_path: Path, monkeypatch: Any) -> None:
+    """The ingest WAL's replay is de-duplicated against the records a start reads back: with a
+    time bound, every sealed segment holding a record stamped at or after it is read back,
+    however many records that is, and none older once the minimum is met."""
+    signer = Signer(Ed25519PrivateKey.generate())
+    ticks = iter(range(10**9))
+    clock = lambda: 1_000_000.0 + next(ticks)  # noqa: E731 - one second a call
+    log = open_log(tmp_path, signer, clock=clock)
+    for i in range(400):
+        log.append(request(i))
+        if i % 40 == 39:
+            await log.write_pending()
+    await log.write_pending()
+    while await log.seal_finished() is not None:
+        pass
+    log.close()
+    wal = WriteAheadLog(tmp_path, 1 << 30, "batch", SEGMENT_BYTES)
+    sealed = {i: wal.sealed_index(i) for i in wal.segments()}
+    footers = [index.meta for index in sealed.values() if index is not None]
+    assert len(footers) >= 4
+    monkeypatch.setattr(footers_module, "RECALL_MIN_RECORDS", 1)
+    bound = int(footers[1]["last_time_ms"])  # the second sealed segment's newest record
+    start = read_start(wal, tmp_path, 1 << 20, recall_since_ms=bound)
+    records = [(segment, orjson.loads(p)) for segment, p in wal.replay()]
+    requests = [(segment, r) for segment, r in records if "event_id" in r]
+    at_or_after = {r["event_id"] for _, r in requests if r["recorded_unix_ms"] >= bound}
+    second = sorted(i for i, index in sealed.items() if index is not None)[1]
+    assert start.replay_event_ids == at_or_after  # all the replay could meet, nothing older
+    plan = footers_module.plan_start(wal.segments(), sealed, 0, bound)
+    assert plan.recall_from == second  # whole segments from the bound's on, none before
+    # Without a bound the start reads back by count; with a bound of now, nothing is needed.
+    everything = read_start(wal, tmp_path, 1 << 20)
+    assert everything.replay_event_ids == {r["event_id"] for _, r in requests}
+    assert read_start(wal, tmp_path, 1 << 20, recall_since_ms=2**62).replay_event_ids == set()
+    assert footers_module.plan_start(wal.segments(), sealed, 0, 2**62).recall_from == \
+        max(i for i, index in sealed.items() if index is not None)

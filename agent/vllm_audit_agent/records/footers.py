@@ -13,8 +13,9 @@ A start (`plan_start`) takes the footers of the sealed segments from the oldest 
 each one checks (its index's CRC holds, it has a tree, and it follows the one before: seq and
 hash); the records are read from the first segment without a usable footer on (the open one at
 least), and the newest sealed segments are read for what the agent remembers of its newest
-trails (RECALL_RECORDS). The first record read must follow the last footer used (seq and
-`prev_hash`), else the log is read whole (counted: `footer_fallbacks`, logged once).
+trails and for the ingest WAL's replay (RECALL_MIN_RECORDS). The first record read must follow
+the last footer used (seq and `prev_hash`), else the log is read whole (counted:
+`footer_fallbacks`, logged once).
 
 Threat model. Footers are hints for the log's own start and for where a range read starts,
 never evidence: `verify` and `export` read the records (every hash recomputed, every record's
@@ -38,7 +39,6 @@ import orjson
 
 from vllm_audit_agent.records.chain import (
     COVERED_TYPES,
-    RECORD_TYPE_ADMIN,
     RECORD_TYPE_CHECKPOINT,
     RECORD_TYPE_GENESIS,
     RECORD_TYPE_LEVEL,
@@ -52,15 +52,19 @@ from vllm_audit_agent.storage.segment_format import HEADER_SIZE
 logger = logging.getLogger("vllm_audit.agent")
 
 FOOTER_VERSION = 1
-#: Records a start reads back from the newest sealed segments (whole segments, newest first,
-#: until their request and admin records reach this): what the agent remembers of its newest
-#: trails (recorded_before.py) and the event ids replaying the ingest WAL is de-duplicated
-#: against. Before footers the whole log was read and up to 1M event ids kept; reading back
-#: costs ~10 us a record (orjson), so this bounds a start's time (~10 CPU-s at most). It must
-#: reach back as far as the ingest WAL replays: a trail replayed whose record is not recalled
-#: is recorded again, a second record under the same event id. 50k was too few: a 20 s Kafka
-#: outage at 10k requests/s kept ~280k trails in the ingest WAL (the combined fault test).
-#: A bound by the ingest WAL's oldest event time instead of a count is the better fix.
+#: What a start reads back from the newest sealed segments (whole segments, newest first): what
+#: the agent remembers of its newest trails (recorded_before.py) and the event ids replaying
+#: the ingest WAL is de-duplicated against. It must reach back as far as the ingest WAL
+#: replays: a trail replayed whose record is not recalled is recorded again, a second record
+#: under the same event id (a 20 s Kafka outage at 10k requests/s kept ~280k trails in the
+#: ingest WAL: the combined fault test). So the start is given `recall_since_ms`, a lower
+#: bound on when the oldest batch the ingest WAL replays arrived (ingest/replay_bound.py),
+#: and reads back every segment with a record at or after it, and at least RECALL_MIN_RECORDS
+#: records (for the remembered trails). Reading back costs ~10 us a record (orjson): a clean
+#: restart reads ~50k (~0.5 CPU-s) whatever the history; after an outage it reads what the
+#: outage left unrecorded. Without a bound (None: a log opened on its own) it reads back
+#: RECALL_RECORDS.
+RECALL_MIN_RECORDS = 50_000
 RECALL_RECORDS = 1_000_000
 #: Rare records a start needs whole wherever they lie (erasure: the content keys to destroy):
 #: a footer keeps them, so a start finds them without reading the segment.
@@ -179,8 +183,9 @@ def _usable(index: SealedIndex | None, before: dict[str, Any] | None) -> dict[st
 
 
 def plan_start(segments: Sequence[int], sealed: dict[int, SealedIndex | None],
-               cursor: int) -> StartPlan:
-    """The footers usable from the oldest segment on (see the module's docstring)."""
+               cursor: int, recall_since_ms: int | None = None) -> StartPlan:
+    """The footers usable from the oldest segment on (see the module's docstring);
+    `recall_since_ms`: see RECALL_MIN_RECORDS."""
     plan = StartPlan()
     before: dict[str, Any] | None = None
     footers: list[dict[str, Any]] = []
@@ -216,9 +221,10 @@ def plan_start(segments: Sequence[int], sealed: dict[int, SealedIndex | None],
         plan.head_seq, plan.head_hash = info.last_seq, info.last_hash
     recalled = 0
     for segment, footer in zip(reversed(plan.footed), reversed(footers), strict=True):
-        if recalled >= RECALL_RECORDS:
+        if recalled >= RECALL_MIN_RECORDS and (
+                recalled >= RECALL_RECORDS if recall_since_ms is None
+                else int(footer["last_time_ms"]) < recall_since_ms):
             break
         plan.recall_from = segment
-        counts = footer.get("counts", {})
-        recalled += int(counts.get(RECORD_TYPE_REQUEST, 0)) + int(counts.get(RECORD_TYPE_ADMIN, 0))
+        recalled += sum(int(n) for n in footer.get("counts", {}).values())
     return plan

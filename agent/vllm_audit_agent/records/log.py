@@ -105,7 +105,8 @@ class RecordLog:
                  expire_by_size: bool = True,
                  identity: Mapping[str, str] | None = None,
                  clock: Callable[[], float] = time.time,
-                 seal_segments: bool = True) -> None:
+                 seal_segments: bool = True,
+                 recall_since_ms: int | None = None) -> None:
         self.directory = directory
         #: Whether finished segments are sealed (compressed, with a footer).
         self.seal_segments = seal_segments
@@ -174,7 +175,7 @@ class RecordLog:
         #: Content keys the log's erasure records name (erasure.py): the key store follows
         #: the log, so those still present at a start are destroyed then (server.py).
         self.erased_content_keys: list[str] = []
-        self._apply_start(read_start(self.wal, directory, tail_max_bytes))
+        self._apply_start(read_start(self.wal, directory, tail_max_bytes, recall_since_ms))
         if not self.log_id or self.tree is None:
             self._start_log(self._identity)
 

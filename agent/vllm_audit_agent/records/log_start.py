@@ -91,19 +91,22 @@ def load_cursor(directory: Path, counters: Counter[str]) -> int:
         return 0
 
 
-def read_start(wal: WriteAheadLog, directory: Path, tail_max_bytes: int) -> LogStart:
-    """Reads the log in `wal` (and its cursor in `directory`) back; see the module docstring."""
+def read_start(wal: WriteAheadLog, directory: Path, tail_max_bytes: int,
+               recall_since_ms: int | None = None) -> LogStart:
+    """Reads the log in `wal` (and its cursor in `directory`) back; see the module docstring
+    (`recall_since_ms`: footers.RECALL_MIN_RECORDS)."""
     counters: Counter[str] = Counter()
     cursor = load_cursor(directory, counters)
     segments = wal.segments()
-    plan = plan_start(segments, {i: wal.sealed_index(i) for i in segments}, cursor)
-    replay = _Replay(plan, cursor, tail_max_bytes, counters)
+    plan = plan_start(segments, {i: wal.sealed_index(i) for i in segments}, cursor,
+                      recall_since_ms)
+    replay = _Replay(plan, cursor, tail_max_bytes, counters, recall_since_ms)
     if plan.footed and not replay.read(wal, plan):
         counters["footer_fallbacks"] += 1
         logger.warning("record log: the first record after segment %d does not follow its "
                        "footer; reading the whole log", plan.footed[-1])
         plan = StartPlan()
-        replay = _Replay(plan, cursor, tail_max_bytes, counters)
+        replay = _Replay(plan, cursor, tail_max_bytes, counters, recall_since_ms)
     if not plan.footed:
         replay.read(wal, plan)
     counters["started_from_footers"] = len(plan.footed)
@@ -114,7 +117,7 @@ class _Replay:
     """One reading of the log from `plan` on (a fallback starts a new one from nothing)."""
 
     def __init__(self, plan: StartPlan, cursor: int, tail_max_bytes: int,
-                 counters: Counter[str]) -> None:
+                 counters: Counter[str], recall_since_ms: int | None) -> None:
         self.cursor = cursor
         self.tail_max_bytes = tail_max_bytes
         self.counters = counters
@@ -127,7 +130,7 @@ class _Replay:
         self.erasures: list[dict[str, Any]] = []
         self.tail: deque[Entry] = deque()
         self.tail_bytes = 0
-        self.earlier = RecordedBefore()
+        self.earlier = RecordedBefore(recall_since_ms)
         self.replay_event_ids: set[str] | None = None
         self.trees = TreeReplay(self.segments, counters)
         self.trees.log_id, self.trees.checkpoint_roots = plan.log_id, dict(plan.checkpoint_roots)

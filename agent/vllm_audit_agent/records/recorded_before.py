@@ -1,8 +1,9 @@
 """What the record log remembers, from its replay at start, of the records written before this
-start, until the agent has used it: the event ids of the newest records (so that replaying the
-ingest WAL does not record again a trail already in the log) and the newest revision of the
-newest trails (so that a half arriving after a restart continues its trail: the next
-revision, with the half recorded before). Bounded, and freed once handed over."""
+start, until the agent has used it: the event ids of the records the ingest WAL's replay could
+meet (so that it does not record again a trail already in the log) and the newest revision of
+the newest trails (so that a half arriving after a restart continues its trail: the next
+revision, with the half recorded before). Bounded by how far back the ingest WAL reaches, and
+freed once handed over."""
 
 from __future__ import annotations
 
@@ -11,33 +12,41 @@ from typing import Any
 
 import orjson
 
-#: Event ids of this many newest records are remembered at start, so that replaying the
-#: ingest WAL does not record again a trail already in the log. Freed once replay is over.
-REPLAY_DEDUP_RECORDS = 1_000_000
 #: Trails whose newest record is remembered at start (its revision, and its bytes when it was
 #: forced), so that a half arriving after a restart continues the trail: the next revision,
 #: with the half recorded before. At most this many, and at most REMEMBERED_FORCED_BYTES of
 #: forced records (a record at level full carries its grammar steps). Freed once handed to
 #: the trail store.
 REMEMBERED_TRAILS = 100_000
+#: Event ids kept when the start is not told how far back the ingest WAL reaches (a log
+#: opened on its own, or an ingest WAL whose first batches give no time): the newest this many.
+UNBOUNDED_EVENT_IDS = 1_000_000
 REMEMBERED_FORCED_BYTES = 64 << 20
 
 
 class RecordedBefore:
-    def __init__(self) -> None:
-        self._event_ids: deque[str] = deque(maxlen=REPLAY_DEDUP_RECORDS)
+    def __init__(self, since_ms: int | None = None) -> None:
+        """`since_ms`: how far back the ingest WAL's replay reaches (footers.RECALL_MIN_RECORDS):
+        the event ids of records stamped at or after it are kept, all of them (dropping one
+        would record its trail twice); None (not known) keeps the newest UNBOUNDED_EVENT_IDS."""
+        self.since_ms = since_ms
+        #: Event ids of the request records read back, so that replaying the ingest WAL does
+        #: not record again a trail already in the log. Freed once replay is over.
+        self._event_ids: deque[str] = deque(maxlen=UNBOUNDED_EVENT_IDS if since_ms is None
+                                            else None)
         #: trail id -> (newest revision recorded, that record's bytes if it was forced).
         self.trails: OrderedDict[str, tuple[int, bytes | None]] = OrderedDict()
         self._forced_bytes = 0
 
     def note(self, record: dict[str, Any], payload: bytes) -> None:
         """A request record (one with an `event_id`) read back at start, as `payload`."""
-        self._event_ids.append(str(record["event_id"]))
+        if self.since_ms is None or int(record.get("recorded_unix_ms", 0)) >= self.since_ms:
+            self._event_ids.append(str(record["event_id"]))
         self._remember_trail(record, payload)
 
     def take_event_ids(self) -> set[str]:
-        """The event ids noted, handed over once (the bounded queue of them goes)."""
-        ids, self._event_ids = self._event_ids, deque(maxlen=REPLAY_DEDUP_RECORDS)
+        """The event ids noted, handed over once."""
+        ids, self._event_ids = self._event_ids, deque(maxlen=self._event_ids.maxlen)
         return set(ids)
 
     def _remember_trail(self, record: dict[str, Any], payload: bytes) -> None:
