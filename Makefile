@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install lock lock-upgrade tools lint test test-fast faults demo proto bench
+.PHONY: install lock lock-upgrade tools lint test test-fast faults demo proto bench bench-performance
 
 # .venv synced to requirements/test.txt (fails first when a lock is stale against pyproject.toml).
 install:
@@ -46,3 +46,7 @@ demo: install
 bench: install
 	$(PY) scripts/benchmarks.py
 	$(PY) scripts/bench_engine.py
+
+# The performance issue's figures in one run, written into the README's table of them.
+bench-performance: install
+	$(PY) scripts/bench_performance.py --write-readme

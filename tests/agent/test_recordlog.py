@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import stat
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -217,4 +218,37 @@ async def test_consistency_proofs_hold_for_records_before_witnesses_were_added(t
         proof = log.consistency_proof(old, new)
         assert merkle.verify_consistency(old, new, bytes.fromhex(old_root),
                                          bytes.fromhex(new_root), proof), (old, new)
+    log.close()
+
+
+async def test_a_record_made_durable_while_the_cursor_is_written_is_published_at_stop(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The agent's stop writes the record log's final checkpoint and then stops the publisher;
+    the publisher was often writing its cursor (on a thread) meanwhile. A stop found after
+    that write used to return at once, leaving the checkpoint unpublished until the next
+    start (one record at every clean stop): it is published first."""
+    log = open_log(tmp_path, Signer(Ed25519PrivateKey.generate()))
+    persisting, release = threading.Event(), threading.Event()
+    write_cursor = log.persist_cursor
+
+    def slow_persist() -> None:
+        persisting.set()
+        release.wait(10)
+        write_cursor()
+
+    monkeypatch.setattr(log, "persist_cursor", slow_persist)
+    publisher = InMemoryPublisher(max_records=1000)
+    await publisher.start(log)
+    log.append(request(1))
+    await log.write_pending()
+    assert await asyncio.to_thread(persisting.wait, 10)  # the cursor's write is under way
+    log.append(request(2))  # the final record, durable while the publisher waits
+    await log.write_pending()
+    stopping = asyncio.create_task(publisher.stop(5))
+    await asyncio.sleep(0.1)  # the stop is asked for before the cursor's write returns
+    release.set()
+    assert await stopping == 0
+    assert [v.get("request_id") for topic, _, v in publisher.records
+            if topic == "requests"] == ["req-1", "req-2"]
+    assert log.backlog_records == 0
     log.close()

@@ -210,6 +210,7 @@ class Publisher:
         acked_bytes = 0
         backoff = 0.1
         last_persist = time.monotonic()
+        stop_checked_at = -1  # last_sent when a stop last found records still to publish
         while True:
             if self._rewind is not None:
                 last_sent = await self._send_again(log, inflight, last_sent)
@@ -226,6 +227,13 @@ class Publisher:
                 if log.cursor != self._persisted:
                     await self._persist(log)
                 if self._stopping.is_set():
+                    # A record may have become durable while this loop awaited (the record
+                    # log's final checkpoint is written just before the stop, often while the
+                    # cursor's write is on its thread): publish it first, as long as reading
+                    # makes progress.
+                    if log.durable_seq > last_sent and last_sent != stop_checked_at:
+                        stop_checked_at = last_sent
+                        continue
                     return
                 waiter = asyncio.ensure_future(log.wait_durable(last_sent, 1.0))
                 stopper = asyncio.ensure_future(self._stopping.wait())
