@@ -5,11 +5,8 @@ nothing twice; the consumer reads the pods' findings topic too."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-from pathlib import Path
 
 import orjson
-import pytest
 
 from vllm_audit_agent.detections.engine import RuleEngine
 from vllm_audit_agent.detections.settings import DetectionSettings
@@ -18,15 +15,6 @@ from vllm_audit_agent.fleet.findings import FindingsTable, FleetDetections
 from vllm_audit_agent.fleet.store import FleetStore
 
 T0 = 1_700_000_000_000
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[FleetStore]:
-    opened = FleetStore.open(str(tmp_path / "chdb"))
-    try:
-        yield opened
-    finally:
-        opened.close()
 
 
 def payload(i: int, log_id: str, user: str) -> bytes:
